@@ -1,0 +1,336 @@
+//! The simulated node: given a scenario and a moment, what each GPU reads.
+//!
+//! Everything here is a pure function of (scenario, scenario time), so two readers of the same
+//! scenario (the agent's simulated backend and the fake NVML library) agree, and tests can compute
+//! expected values exactly. Energy is the exact integral of the power curve, ripple included.
+
+use crate::scenario::{EventKind, JobSpec, PhaseSpec, Scenario};
+
+/// NVML clock-event (throttle) reason bits, as in nvml.h.
+pub mod reason {
+    pub const GPU_IDLE: u64 = 0x1;
+    pub const SW_POWER_CAP: u64 = 0x4;
+    pub const SW_THERMAL_SLOWDOWN: u64 = 0x20;
+}
+
+/// Angular frequency of the ripple (a period of about 7.3 s).
+const RIPPLE_OMEGA: f64 = std::f64::consts::TAU / 7.3;
+/// Memory the driver holds on a GPU with nothing running, in MiB.
+const DRIVER_RESERVED_MIB: u64 = 512;
+/// Temperature rise from idle to full power, in degrees Celsius.
+const TEMP_RISE_C: f64 = 42.0;
+
+/// A process on a GPU, as NVML's running-compute-processes call reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SimProcess {
+    pub pid: u32,
+    pub used_memory_bytes: u64,
+}
+
+/// Everything a sampler can read from one GPU at one moment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GpuState {
+    pub power_w: f64,
+    pub utilization: f64,
+    pub memory_used_bytes: u64,
+    pub sm_clock_mhz: u32,
+    pub temperature_c: f64,
+    /// NVML clock-event reason bits (see [`reason`]).
+    pub throttle_reasons: u64,
+    /// The energy counter in millijoules; `None` where the scenario says it is not supported.
+    pub energy_mj: Option<u64>,
+    pub processes: Vec<SimProcess>,
+}
+
+/// The load a GPU carries during one stretch of constant activity.
+#[derive(Debug, Clone, Copy, Default)]
+struct Load {
+    /// Watts above idle.
+    excess_w: f64,
+    utilization: f64,
+    memory_mib: u64,
+}
+
+/// A scenario made ready for queries.
+#[derive(Debug, Clone)]
+pub struct Node {
+    scenario: Scenario,
+    uuids: Vec<String>,
+    /// Per GPU: sorted breakpoints within one timeline (0 and duration included).
+    breakpoints: Vec<Vec<f64>>,
+    /// Per GPU: energy in joules from 0 to each breakpoint (ignoring resets).
+    cumulative_j: Vec<Vec<f64>>,
+}
+
+impl Node {
+    pub fn new(scenario: Scenario) -> Self {
+        let n = scenario.gpus.len();
+        let uuids = scenario
+            .gpus
+            .iter()
+            .enumerate()
+            .map(|(i, g)| {
+                g.uuid.clone().unwrap_or_else(|| {
+                    format!("GPU-5133d5e1-0000-4000-8000-{:012x}", 0x51_0000 + i)
+                })
+            })
+            .collect();
+        let mut node = Node {
+            scenario,
+            uuids,
+            breakpoints: vec![Vec::new(); n],
+            cumulative_j: vec![Vec::new(); n],
+        };
+        for g in 0..n {
+            let mut bps = vec![0.0, node.scenario.duration_s];
+            for j in node.scenario.jobs.iter().filter(|j| j.gpus.contains(&(g as u32))) {
+                let mut t = j.start_s;
+                bps.push(t);
+                for p in &j.phases {
+                    t += p.seconds;
+                    bps.push(t);
+                }
+            }
+            bps.sort_by(f64::total_cmp);
+            bps.dedup_by(|a, b| (*a - *b).abs() < 1e-12);
+            let mut cum = Vec::with_capacity(bps.len());
+            let mut total = 0.0;
+            cum.push(0.0);
+            for w in bps.windows(2) {
+                total += node.segment_energy_j(g, w[0], w[1]);
+                cum.push(total);
+            }
+            node.breakpoints[g] = bps;
+            node.cumulative_j[g] = cum;
+        }
+        node
+    }
+
+    pub fn scenario(&self) -> &Scenario {
+        &self.scenario
+    }
+
+    pub fn gpu_count(&self) -> u32 {
+        self.scenario.gpus.len() as u32
+    }
+
+    pub fn uuid(&self, gpu: u32) -> &str {
+        &self.uuids[gpu as usize]
+    }
+
+    /// Splits scenario time into (completed timelines, time within the current one).
+    fn split(&self, t: f64) -> (f64, f64) {
+        let d = self.scenario.duration_s;
+        if self.scenario.repeat {
+            let p = (t / d).floor();
+            (p, t - p * d)
+        } else {
+            (0.0, t)
+        }
+    }
+
+    /// The phases running on a GPU at time `tm` within one timeline, with their jobs.
+    fn active(&self, gpu: usize, tm: f64) -> impl Iterator<Item = (&JobSpec, &PhaseSpec)> {
+        self.scenario
+            .jobs
+            .iter()
+            .filter(move |j| j.gpus.contains(&(gpu as u32)))
+            .filter_map(move |j| {
+                let mut start = j.start_s;
+                j.phases.iter().find_map(|p| {
+                    let end = start + p.seconds;
+                    let hit = tm >= start && tm < end;
+                    start = end;
+                    hit.then_some((j, p))
+                })
+            })
+    }
+
+    /// The load on a GPU at time `tm` within one timeline (after the timeline: nothing).
+    fn load(&self, gpu: usize, tm: f64) -> Load {
+        let spec = &self.scenario.gpus[gpu];
+        let mut load = Load::default();
+        for (_, p) in self.active(gpu, tm) {
+            load.excess_w += (p.power_w - spec.idle_power_w).max(0.0);
+            load.utilization += p.utilization;
+            load.memory_mib += p.memory_mib;
+        }
+        load.excess_w = load.excess_w.min(spec.power_limit_w - spec.idle_power_w);
+        load.utilization = load.utilization.min(1.0);
+        load
+    }
+
+    fn ripple_phase(gpu: usize) -> f64 {
+        gpu as f64 * 1.7
+    }
+
+    /// Exact energy in joules over `[a, b)`, both within one segment of constant load.
+    fn segment_energy_j(&self, gpu: usize, a: f64, b: f64) -> f64 {
+        if b <= a {
+            return 0.0;
+        }
+        let idle = self.scenario.gpus[gpu].idle_power_w;
+        let load = self.load(gpu, a);
+        let amp = self.scenario.ripple;
+        let phi = Self::ripple_phase(gpu);
+        // P(t) = idle + X * (1 + A sin(w t + phi)); its integral in closed form.
+        let ripple = load.excess_w * amp * ((RIPPLE_OMEGA * a + phi).cos()
+            - (RIPPLE_OMEGA * b + phi).cos())
+            / RIPPLE_OMEGA;
+        (idle + load.excess_w) * (b - a) + ripple
+    }
+
+    /// True energy in joules from scenario time 0 to `t`, ignoring counter resets.
+    pub fn energy_j(&self, gpu: u32, t: f64) -> f64 {
+        let g = gpu as usize;
+        let (periods, tm) = self.split(t.max(0.0));
+        let bps = &self.breakpoints[g];
+        let cum = &self.cumulative_j[g];
+        let per_timeline = *cum.last().expect("at least two breakpoints");
+        let within = if tm >= self.scenario.duration_s {
+            // Past a non-repeating timeline: idle power from its end on.
+            per_timeline + self.scenario.gpus[g].idle_power_w * (tm - self.scenario.duration_s)
+        } else {
+            let k = bps.partition_point(|b| *b <= tm) - 1;
+            cum[k] + self.segment_energy_j(g, bps[k], tm)
+        };
+        self.scenario.gpus[g].initial_energy_j + periods * per_timeline + within
+    }
+
+    /// Absolute scenario time of the most recent event of `kind` on `gpu` at or before `t`.
+    fn last_event(&self, gpu: u32, t: f64, kind: EventKind) -> Option<f64> {
+        let (periods, tm) = self.split(t.max(0.0));
+        let d = self.scenario.duration_s;
+        let times = self
+            .scenario
+            .events
+            .iter()
+            .filter(|e| e.gpu == gpu && e.kind == kind)
+            .map(|e| e.at_s);
+        let this_timeline = times.clone().filter(|at| *at <= tm).fold(None, max_opt);
+        match this_timeline {
+            Some(at) => Some(periods * d + at),
+            None if periods >= 1.0 => times.fold(None, max_opt).map(|at| (periods - 1.0) * d + at),
+            None => None,
+        }
+    }
+
+    /// Whether the GPU answers at time `t` (false between a `gpu_lost` and a `gpu_recovered`).
+    /// A lost GPU is back at the start of each repetition of the timeline.
+    pub fn is_present(&self, gpu: u32, t: f64) -> bool {
+        let (_, tm) = self.split(t.max(0.0));
+        let mut present = true;
+        let mut events: Vec<_> = self
+            .scenario
+            .events
+            .iter()
+            .filter(|e| e.gpu == gpu && e.at_s <= tm)
+            .collect();
+        events.sort_by(|a, b| a.at_s.total_cmp(&b.at_s));
+        for e in events {
+            match e.kind {
+                EventKind::GpuLost => present = false,
+                EventKind::GpuRecovered => present = true,
+                _ => {}
+            }
+        }
+        present
+    }
+
+    /// Xid errors on `gpu` in scenario time `(t0, t1]`, in order, as `(time, xid)`.
+    pub fn xids_between(&self, gpu: u32, t0: f64, t1: f64) -> Vec<(f64, u32)> {
+        let d = self.scenario.duration_s;
+        let mut out = Vec::new();
+        let (p0, _) = self.split(t0.max(0.0));
+        let (p1, _) = self.split(t1.max(0.0));
+        let mut p = p0;
+        while p <= p1 {
+            for e in self.scenario.events.iter().filter(|e| {
+                e.gpu == gpu && e.kind == EventKind::Xid
+            }) {
+                let at = p * d + e.at_s;
+                if at > t0 && at <= t1 {
+                    out.push((at, e.xid.unwrap_or(0)));
+                }
+            }
+            if !self.scenario.repeat {
+                break;
+            }
+            p += 1.0;
+        }
+        out.sort_by(|a, b| a.0.total_cmp(&b.0));
+        out
+    }
+
+    /// What the GPU reads at scenario time `t`. Callers check [`Node::is_present`] first.
+    pub fn state(&self, gpu: u32, t: f64) -> GpuState {
+        let g = gpu as usize;
+        let spec = &self.scenario.gpus[g];
+        let (_, tm) = self.split(t.max(0.0));
+        let load = self.load(g, tm);
+        // The ripple follows time within the timeline, so each repetition has the same energy.
+        let wave = (RIPPLE_OMEGA * tm + Self::ripple_phase(g)).sin();
+        let power_w = spec.idle_power_w + load.excess_w * (1.0 + self.scenario.ripple * wave);
+        let utilization = if load.utilization > 0.0 {
+            (load.utilization * (1.0 + self.scenario.ripple * wave)).clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        let heat = load.excess_w / (spec.power_limit_w - spec.idle_power_w);
+        let temperature_c = spec.idle_temperature_c + TEMP_RISE_C * heat;
+        let at_cap = power_w >= 0.98 * spec.power_limit_w;
+        let mut throttle_reasons = 0;
+        if load.utilization == 0.0 {
+            throttle_reasons |= reason::GPU_IDLE;
+        }
+        if at_cap {
+            throttle_reasons |= reason::SW_POWER_CAP;
+        }
+        if temperature_c >= 85.0 {
+            throttle_reasons |= reason::SW_THERMAL_SLOWDOWN;
+        }
+        let sm_clock_mhz = if load.utilization == 0.0 {
+            spec.idle_sm_clock_mhz
+        } else if at_cap {
+            (spec.max_sm_clock_mhz as f64 * 0.88) as u32
+        } else {
+            spec.max_sm_clock_mhz
+        };
+        let energy_mj = spec.energy_counter.then(|| {
+            let since = self
+                .last_event(gpu, t, EventKind::EnergyReset)
+                .map(|r| self.energy_j(gpu, r))
+                .unwrap_or(0.0);
+            ((self.energy_j(gpu, t) - since) * 1000.0).max(0.0) as u64
+        });
+        let processes = self
+            .active(g, tm)
+            .flat_map(|(j, p)| {
+                let main = SimProcess {
+                    pid: j.pid,
+                    used_memory_bytes: p.memory_mib * 1024 * 1024,
+                };
+                let workers = j.worker_pids.iter().map(|pid| SimProcess {
+                    pid: *pid,
+                    used_memory_bytes: 0,
+                });
+                std::iter::once(main).chain(workers)
+            })
+            .collect();
+        let memory_mib = (DRIVER_RESERVED_MIB + load.memory_mib).min(spec.memory_total_mib);
+        GpuState {
+            power_w,
+            utilization,
+            memory_used_bytes: memory_mib * 1024 * 1024,
+            sm_clock_mhz,
+            temperature_c,
+            throttle_reasons,
+            energy_mj,
+            processes,
+        }
+    }
+}
+
+fn max_opt(acc: Option<f64>, x: f64) -> Option<f64> {
+    Some(acc.map_or(x, |a| a.max(x)))
+}

@@ -1,0 +1,363 @@
+//! The scenario format: a TOML file that describes a simulated GPU node over time.
+//!
+//! The same file drives `gpucost agent --simulate FILE` and the fake `libnvidia-ml.so` used in
+//! tests, so a scenario written for a demo is also a test fixture. The format is documented in
+//! `sim/README.md`; `scenarios/demo.toml` is a worked example.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use serde::Deserialize;
+
+/// The built-in demo scenario, used by `--simulate demo`.
+pub const DEMO: &str = include_str!("../scenarios/demo.toml");
+
+/// Why a scenario could not be loaded. Every variant names where the problem is.
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    #[error("cannot read scenario file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("scenario {origin}: {message}")]
+    Parse { origin: String, message: String },
+    #[error("scenario {origin}: {what}: {problem}")]
+    Invalid {
+        origin: String,
+        what: String,
+        problem: String,
+    },
+}
+
+/// A whole scenario, as written in the file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// Shown in logs and in `gpucost_gpu_info`-adjacent output.
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// Length of the timeline in scenario seconds. With `repeat = true` the timeline starts
+    /// over after this long (jobs run again, events happen again, energy keeps counting up).
+    pub duration_s: f64,
+    #[serde(default)]
+    pub repeat: bool,
+    /// Scenario seconds per wall-clock second (10 makes a 10-minute scenario last one minute).
+    #[serde(default = "one")]
+    pub speed: f64,
+    #[serde(default = "default_driver")]
+    pub driver_version: String,
+    /// Amplitude of the deterministic ripple added to busy GPUs' power and utilization (0..0.2).
+    #[serde(default = "default_ripple")]
+    pub ripple: f64,
+    #[serde(default, rename = "gpu")]
+    pub gpus: Vec<GpuSpec>,
+    #[serde(default, rename = "job")]
+    pub jobs: Vec<JobSpec>,
+    #[serde(default, rename = "event")]
+    pub events: Vec<EventSpec>,
+}
+
+/// One GPU of the node: what it is and how it behaves when nothing runs on it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GpuSpec {
+    /// Product name as NVML reports it, e.g. "NVIDIA H100 80GB HBM3".
+    pub model: String,
+    /// Defaults to a stable made-up UUID derived from the GPU's index.
+    pub uuid: Option<String>,
+    pub memory_total_mib: u64,
+    pub power_limit_w: f64,
+    pub idle_power_w: f64,
+    #[serde(default = "default_max_clock")]
+    pub max_sm_clock_mhz: u32,
+    #[serde(default = "default_idle_clock")]
+    pub idle_sm_clock_mhz: u32,
+    #[serde(default = "default_idle_temp")]
+    pub idle_temperature_c: f64,
+    /// Whether NVML's total-energy counter works on this GPU (false: NOT_SUPPORTED).
+    #[serde(default = "yes")]
+    pub energy_counter: bool,
+    /// Value of the energy counter at the start of the timeline, in joules.
+    #[serde(default)]
+    pub initial_energy_j: f64,
+}
+
+/// A job: one process (plus optional extra worker pids) that loads some GPUs in phases.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    pub name: String,
+    /// The job id a scheduler would give it; read by attribution, not by the GPU model.
+    pub id: Option<String>,
+    #[serde(default = "default_user")]
+    pub user: String,
+    #[serde(default = "default_uid")]
+    pub uid: u32,
+    pub pid: u32,
+    #[serde(default)]
+    pub worker_pids: Vec<u32>,
+    #[serde(default)]
+    pub command: String,
+    /// Indices of the GPUs the job runs on.
+    pub gpus: Vec<u32>,
+    /// When the first phase starts, in scenario seconds.
+    #[serde(default)]
+    pub start_s: f64,
+    /// Exit code when the last phase ends (non-zero: the run failed).
+    #[serde(default)]
+    pub exit_code: i32,
+    #[serde(rename = "phase")]
+    pub phases: Vec<PhaseSpec>,
+}
+
+/// A stretch of a job's life with a constant load on each of its GPUs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PhaseSpec {
+    pub seconds: f64,
+    /// 0..1, the share of time a kernel was running (NVML's "GPU utilization").
+    pub utilization: f64,
+    /// Board power while this phase runs alone on the GPU, in watts.
+    pub power_w: f64,
+    /// GPU memory held by the job's process on each GPU.
+    pub memory_mib: u64,
+    /// Free-form tag ("bf16", "fp32", "idle", "dataloader-stall"); later issues read it for
+    /// pipe activity.
+    #[serde(default)]
+    pub precision: Option<String>,
+}
+
+/// Something that happens to a GPU at a moment of the timeline.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventSpec {
+    pub at_s: f64,
+    pub gpu: u32,
+    pub kind: EventKind,
+    /// Xid code, for `kind = "xid"`.
+    pub xid: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// Every NVML call for the GPU answers GPU_IS_LOST until `gpu_recovered`.
+    GpuLost,
+    GpuRecovered,
+    /// The energy counter starts again from zero (a driver reload does this).
+    EnergyReset,
+    /// An Xid error is logged by the driver for this GPU.
+    Xid,
+}
+
+fn one() -> f64 {
+    1.0
+}
+fn yes() -> bool {
+    true
+}
+fn default_driver() -> String {
+    "550.90.07".to_string()
+}
+fn default_ripple() -> f64 {
+    0.03
+}
+fn default_max_clock() -> u32 {
+    1980
+}
+fn default_idle_clock() -> u32 {
+    345
+}
+fn default_idle_temp() -> f64 {
+    32.0
+}
+fn default_user() -> String {
+    "root".to_string()
+}
+fn default_uid() -> u32 {
+    0
+}
+
+impl Scenario {
+    /// Parses and validates a scenario. `origin` names it in errors (a path, or "demo").
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ScenarioError> {
+        let scenario: Scenario = toml::from_str(text).map_err(|e| ScenarioError::Parse {
+            origin: origin.to_string(),
+            message: e.to_string(),
+        })?;
+        scenario.validate(origin)?;
+        Ok(scenario)
+    }
+
+    /// Loads `demo` (the built-in scenario) or a scenario file.
+    pub fn load(name_or_path: &str) -> Result<Self, ScenarioError> {
+        if name_or_path == "demo" {
+            return Self::parse(DEMO, "demo (built in)");
+        }
+        let path = Path::new(name_or_path);
+        let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Scenario seconds when the job's last phase ends (first run of the timeline).
+    pub fn job_end_s(job: &JobSpec) -> f64 {
+        job.start_s + job.phases.iter().map(|p| p.seconds).sum::<f64>()
+    }
+
+    fn validate(&self, origin: &str) -> Result<(), ScenarioError> {
+        let bad = |what: String, problem: String| ScenarioError::Invalid {
+            origin: origin.to_string(),
+            what,
+            problem,
+        };
+        if !(self.duration_s.is_finite() && self.duration_s > 0.0) {
+            return Err(bad(
+                "duration_s".into(),
+                format!("must be a positive number of seconds, got {}", self.duration_s),
+            ));
+        }
+        if !(self.speed.is_finite() && self.speed > 0.0 && self.speed <= 10_000.0) {
+            return Err(bad(
+                "speed".into(),
+                format!("must be in (0, 10000], got {}", self.speed),
+            ));
+        }
+        if !(0.0..=0.2).contains(&self.ripple) {
+            return Err(bad(
+                "ripple".into(),
+                format!("must be in [0, 0.2], got {}", self.ripple),
+            ));
+        }
+        if self.gpus.is_empty() {
+            return Err(bad(
+                "gpu".into(),
+                "a scenario needs at least one [[gpu]]".into(),
+            ));
+        }
+        let mut uuids = BTreeSet::new();
+        for (i, g) in self.gpus.iter().enumerate() {
+            let what = |field: &str| format!("gpu {i} ({}): {field}", g.model);
+            if g.memory_total_mib == 0 {
+                return Err(bad(what("memory_total_mib"), "must be positive".into()));
+            }
+            if !(g.power_limit_w > 0.0 && g.power_limit_w.is_finite()) {
+                return Err(bad(what("power_limit_w"), "must be positive".into()));
+            }
+            if !(g.idle_power_w >= 0.0 && g.idle_power_w < g.power_limit_w) {
+                return Err(bad(
+                    what("idle_power_w"),
+                    format!("must be in [0, power_limit_w), got {}", g.idle_power_w),
+                ));
+            }
+            if g.idle_sm_clock_mhz > g.max_sm_clock_mhz {
+                return Err(bad(
+                    what("idle_sm_clock_mhz"),
+                    "must not exceed max_sm_clock_mhz".into(),
+                ));
+            }
+            if !(g.initial_energy_j >= 0.0 && g.initial_energy_j.is_finite()) {
+                return Err(bad(what("initial_energy_j"), "must be >= 0".into()));
+            }
+            if let Some(u) = &g.uuid {
+                if !uuids.insert(u.clone()) {
+                    return Err(bad(what("uuid"), format!("{u} is used twice")));
+                }
+            }
+        }
+        let n = self.gpus.len() as u32;
+        let mut pids = BTreeSet::new();
+        for j in &self.jobs {
+            let what = |field: &str| format!("job '{}': {field}", j.name);
+            if j.gpus.is_empty() {
+                return Err(bad(what("gpus"), "lists no GPU".into()));
+            }
+            if let Some(g) = j.gpus.iter().find(|g| **g >= n) {
+                return Err(bad(
+                    what("gpus"),
+                    format!("GPU {g} does not exist (the scenario has {n} GPUs)"),
+                ));
+            }
+            if j.phases.is_empty() {
+                return Err(bad(what("phase"), "needs at least one [[job.phase]]".into()));
+            }
+            if !(j.start_s >= 0.0 && j.start_s.is_finite()) {
+                return Err(bad(what("start_s"), "must be >= 0".into()));
+            }
+            if Self::job_end_s(j) > self.duration_s + 1e-9 {
+                return Err(bad(
+                    what("phase"),
+                    format!(
+                        "the job ends at {}s, after the scenario's duration_s ({}s)",
+                        Self::job_end_s(j),
+                        self.duration_s
+                    ),
+                ));
+            }
+            for pid in std::iter::once(&j.pid).chain(&j.worker_pids) {
+                if *pid == 0 || !pids.insert(*pid) {
+                    return Err(bad(
+                        what("pid"),
+                        format!("pid {pid} is zero or used by another job"),
+                    ));
+                }
+            }
+            for (k, p) in j.phases.iter().enumerate() {
+                let what = |field: &str| format!("job '{}': phase {k}: {field}", j.name);
+                if !(p.seconds > 0.0 && p.seconds.is_finite()) {
+                    return Err(bad(what("seconds"), "must be positive".into()));
+                }
+                if !(0.0..=1.0).contains(&p.utilization) {
+                    return Err(bad(
+                        what("utilization"),
+                        format!("must be in [0, 1], got {}", p.utilization),
+                    ));
+                }
+                if !(p.power_w >= 0.0 && p.power_w.is_finite()) {
+                    return Err(bad(what("power_w"), "must be >= 0".into()));
+                }
+                for g in &j.gpus {
+                    let spec = &self.gpus[*g as usize];
+                    if p.memory_mib > spec.memory_total_mib {
+                        return Err(bad(
+                            what("memory_mib"),
+                            format!(
+                                "{} MiB is more than GPU {g} has ({} MiB)",
+                                p.memory_mib, spec.memory_total_mib
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        for (k, e) in self.events.iter().enumerate() {
+            let what = |field: &str| format!("event {k} ({:?}): {field}", e.kind);
+            if e.gpu >= n {
+                return Err(bad(
+                    what("gpu"),
+                    format!("GPU {} does not exist (the scenario has {n} GPUs)", e.gpu),
+                ));
+            }
+            if !(e.at_s >= 0.0 && e.at_s < self.duration_s) {
+                return Err(bad(
+                    what("at_s"),
+                    format!("must be in [0, duration_s), got {}", e.at_s),
+                ));
+            }
+            match (e.kind, e.xid) {
+                (EventKind::Xid, None) => {
+                    return Err(bad(what("xid"), "an xid event needs its code".into()))
+                }
+                (k, Some(_)) if k != EventKind::Xid => {
+                    return Err(bad(what("xid"), "only xid events carry a code".into()))
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
