@@ -83,7 +83,12 @@ impl Node {
         };
         for g in 0..n {
             let mut bps = vec![0.0, node.scenario.duration_s];
-            for j in node.scenario.jobs.iter().filter(|j| j.gpus.contains(&(g as u32))) {
+            for j in node
+                .scenario
+                .jobs
+                .iter()
+                .filter(|j| j.gpus.contains(&(g as u32)))
+            {
                 let mut t = j.start_s;
                 bps.push(t);
                 for p in &j.phases {
@@ -174,13 +179,14 @@ impl Node {
         let amp = self.scenario.ripple;
         let phi = Self::ripple_phase(gpu);
         // P(t) = idle + X * (1 + A sin(w t + phi)); its integral in closed form.
-        let ripple = load.excess_w * amp * ((RIPPLE_OMEGA * a + phi).cos()
-            - (RIPPLE_OMEGA * b + phi).cos())
-            / RIPPLE_OMEGA;
+        let ripple =
+            load.excess_w * amp * ((RIPPLE_OMEGA * a + phi).cos() - (RIPPLE_OMEGA * b + phi).cos())
+                / RIPPLE_OMEGA;
         (idle + load.excess_w) * (b - a) + ripple
     }
 
-    /// True energy in joules from scenario time 0 to `t`, ignoring counter resets.
+    /// True energy in joules from scenario time 0 to `t`, ignoring counter resets. With
+    /// `speed` > 1 this is wall-clock energy: the integral of power over wall time.
     pub fn energy_j(&self, gpu: u32, t: f64) -> f64 {
         let g = gpu as usize;
         let (periods, tm) = self.split(t.max(0.0));
@@ -194,7 +200,10 @@ impl Node {
             let k = bps.partition_point(|b| *b <= tm) - 1;
             cum[k] + self.segment_energy_j(g, bps[k], tm)
         };
-        self.scenario.gpus[g].initial_energy_j + periods * per_timeline + within
+        // Scenario time may run faster than the wall clock; energy accrues per wall second at
+        // the power shown, so that power x time and the counter agree for any reader.
+        self.scenario.gpus[g].initial_energy_j
+            + (periods * per_timeline + within) / self.scenario.speed
     }
 
     /// Absolute scenario time of the most recent event of `kind` on `gpu` at or before `t`.
@@ -245,9 +254,12 @@ impl Node {
         let (p1, _) = self.split(t1.max(0.0));
         let mut p = p0;
         while p <= p1 {
-            for e in self.scenario.events.iter().filter(|e| {
-                e.gpu == gpu && e.kind == EventKind::Xid
-            }) {
+            for e in self
+                .scenario
+                .events
+                .iter()
+                .filter(|e| e.gpu == gpu && e.kind == EventKind::Xid)
+            {
                 let at = p * d + e.at_s;
                 if at > t0 && at <= t1 {
                     out.push((at, e.xid.unwrap_or(0)));

@@ -44,6 +44,7 @@ pub struct Scenario {
     #[serde(default)]
     pub repeat: bool,
     /// Scenario seconds per wall-clock second (10 makes a 10-minute scenario last one minute).
+    /// Energy still accrues at the power shown per wall second, so counters and power agree.
     #[serde(default = "one")]
     pub speed: f64,
     #[serde(default = "default_driver")]
@@ -218,7 +219,10 @@ impl Scenario {
         if !(self.duration_s.is_finite() && self.duration_s > 0.0) {
             return Err(bad(
                 "duration_s".into(),
-                format!("must be a positive number of seconds, got {}", self.duration_s),
+                format!(
+                    "must be a positive number of seconds, got {}",
+                    self.duration_s
+                ),
             ));
         }
         if !(self.speed.is_finite() && self.speed > 0.0 && self.speed <= 10_000.0) {
@@ -283,7 +287,10 @@ impl Scenario {
                 ));
             }
             if j.phases.is_empty() {
-                return Err(bad(what("phase"), "needs at least one [[job.phase]]".into()));
+                return Err(bad(
+                    what("phase"),
+                    "needs at least one [[job.phase]]".into(),
+                ));
             }
             if !(j.start_s >= 0.0 && j.start_s.is_finite()) {
                 return Err(bad(what("start_s"), "must be >= 0".into()));

@@ -76,7 +76,12 @@ fn numeric_energy(node: &Node, gpu: u32, t0: f64, t1: f64) -> f64 {
 #[test]
 fn energy_is_the_integral_of_power() {
     let n = node();
-    for (gpu, t0, t1) in [(0, 0.0, 100.0), (0, 12.5, 47.25), (1, 5.0, 250.0), (0, 95.0, 215.0)] {
+    for (gpu, t0, t1) in [
+        (0, 0.0, 100.0),
+        (0, 12.5, 47.25),
+        (1, 5.0, 250.0),
+        (0, 95.0, 215.0),
+    ] {
         let closed = n.energy_j(gpu, t1) - n.energy_j(gpu, t0);
         let numeric = numeric_energy(&n, gpu, t0, t1);
         assert!(
@@ -92,7 +97,11 @@ fn shared_gpu_loads_add_up_and_cap_at_the_limit() {
     // Job a (430 W above idle) and b (630 W above idle) overlap on GPU 0 during [20, 30):
     // 1060 W above idle is capped at 700 - 70.
     let s = n.state(0, 25.0);
-    assert!(s.power_w <= 700.0 * 1.05 && s.power_w >= 700.0 * 0.95, "{}", s.power_w);
+    assert!(
+        s.power_w <= 700.0 * 1.05 && s.power_w >= 700.0 * 0.95,
+        "{}",
+        s.power_w
+    );
     assert_eq!(s.utilization, 1.0);
     assert_eq!(s.processes.len(), 2);
     assert_eq!(s.memory_used_bytes, (512 + 3000) * 1024 * 1024);
@@ -128,7 +137,10 @@ fn lost_gpus_and_xids_follow_the_timeline() {
     assert!(!n.is_present(1, 80.0));
     assert!(!n.is_present(1, 89.0));
     assert!(n.is_present(1, 90.0));
-    assert!(!n.is_present(1, 185.0), "the loss repeats with the timeline");
+    assert!(
+        !n.is_present(1, 185.0),
+        "the loss repeats with the timeline"
+    );
     assert!(n.is_present(0, 85.0));
     assert_eq!(n.xids_between(1, 0.0, 80.0), vec![(80.0, 79)]);
     assert_eq!(n.xids_between(1, 80.0, 179.0), vec![]);
@@ -151,13 +163,34 @@ fn demo_scenario_is_valid() {
 #[test]
 fn bad_scenarios_name_the_problem() {
     let cases = [
-        (TWO_GPUS.replace("gpus = [0, 1]", "gpus = [0, 7]"), "job 'a': gpus: GPU 7 does not exist"),
-        (TWO_GPUS.replace("utilization = 0.9", "utilization = 1.5"), "job 'a': phase 0: utilization"),
-        (TWO_GPUS.replace("duration_s = 100", "duration_s = 50"), "after the scenario's duration_s"),
-        (TWO_GPUS.replace("xid = 79", ""), "an xid event needs its code"),
-        (TWO_GPUS.replace("idle_power_w = 70", "idle_power_w = 900"), "gpu 0 (NVIDIA H100 80GB HBM3): idle_power_w"),
-        (TWO_GPUS.replace("pid = 11", "pid = 10"), "pid 10 is zero or used by another job"),
-        (TWO_GPUS.replace("memory_total_mib = 81559", "memory_total = 1"), "unknown field `memory_total`"),
+        (
+            TWO_GPUS.replace("gpus = [0, 1]", "gpus = [0, 7]"),
+            "job 'a': gpus: GPU 7 does not exist",
+        ),
+        (
+            TWO_GPUS.replace("utilization = 0.9", "utilization = 1.5"),
+            "job 'a': phase 0: utilization",
+        ),
+        (
+            TWO_GPUS.replace("duration_s = 100", "duration_s = 50"),
+            "after the scenario's duration_s",
+        ),
+        (
+            TWO_GPUS.replace("xid = 79", ""),
+            "an xid event needs its code",
+        ),
+        (
+            TWO_GPUS.replace("idle_power_w = 70", "idle_power_w = 900"),
+            "gpu 0 (NVIDIA H100 80GB HBM3): idle_power_w",
+        ),
+        (
+            TWO_GPUS.replace("pid = 11", "pid = 10"),
+            "pid 10 is zero or used by another job",
+        ),
+        (
+            TWO_GPUS.replace("memory_total_mib = 81559", "memory_total = 1"),
+            "unknown field `memory_total`",
+        ),
     ];
     for (text, want) in cases {
         let err = Scenario::parse(&text, "case.toml").unwrap_err().to_string();
