@@ -1,0 +1,482 @@
+//! Configuration: the TOML file, then `GPUCOST_*` environment variables, then flags, merged and
+//! validated into one [`Config`] before anything starts.
+//!
+//! Every error names where the bad value came from (the file, the variable or the flag), the
+//! key, and what is wrong with it. The default file (`/etc/gpucost/config.toml`) may be absent;
+//! a file named with `--config` or `GPUCOST_CONFIG` must exist.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/gpucost/config.toml";
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:10119";
+
+/// The validated configuration of `gpucost agent`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub sampling: Sampling,
+    pub nvml: NvmlConfig,
+    /// `demo` or a scenario file: run on a simulated node instead of NVML.
+    pub simulate: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sampling {
+    pub interval: Duration,
+    /// Process lists are slower to read than the rest, so they are read less often.
+    pub process_interval: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NvmlConfig {
+    /// Path of libnvidia-ml; `None` lets the dynamic loader find `libnvidia-ml.so.1`.
+    pub lib: Option<PathBuf>,
+    pub retry_interval: Duration,
+}
+
+/// One layer of settings, every field optional; the file, the environment and the flags each
+/// produce one.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Layer {
+    pub listen: Option<String>,
+    pub simulate: Option<String>,
+    #[serde(default)]
+    pub sampling: SamplingLayer,
+    #[serde(default)]
+    pub nvml: NvmlLayer,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SamplingLayer {
+    #[serde(default, with = "humantime_serde")]
+    pub interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub process_interval: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NvmlLayer {
+    pub lib: Option<PathBuf>,
+    #[serde(default, with = "humantime_serde")]
+    pub retry_interval: Option<Duration>,
+}
+
+/// Where a setting came from, for error messages.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Origin {
+    Default,
+    File(PathBuf),
+    Env(String),
+    Flag(&'static str),
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Default => write!(f, "the built-in default"),
+            Origin::File(p) => write!(f, "config file {}", p.display()),
+            Origin::Env(v) => write!(f, "environment variable {v}"),
+            Origin::Flag(name) => write!(f, "flag --{name}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("invalid configuration in {origin}: {key}: {problem}")]
+pub struct ConfigError {
+    pub origin: Origin,
+    /// The key (`sampling.interval`), or "file" for problems with the file as a whole.
+    pub key: String,
+    pub problem: String,
+}
+
+/// Keys settable from the environment: `GPUCOST_` + the key in upper case, dots as underscores.
+const ENV_KEYS: &[&str] = &[
+    "listen",
+    "simulate",
+    "sampling.interval",
+    "sampling.process_interval",
+    "nvml.lib",
+    "nvml.retry_interval",
+];
+
+pub fn env_var_for(key: &str) -> String {
+    format!("GPUCOST_{}", key.replace('.', "_").to_uppercase())
+}
+
+/// Reads the config file layer. `explicit` is true when the user named the file, in which case
+/// it must exist.
+pub fn file_layer(path: &Path, explicit: bool) -> Result<Layer, ConfigError> {
+    let origin = Origin::File(path.to_path_buf());
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
+            return Ok(Layer::default())
+        }
+        Err(e) => {
+            return Err(ConfigError {
+                origin,
+                key: "file".into(),
+                problem: format!("cannot read it: {e}"),
+            })
+        }
+    };
+    toml::from_str(&text).map_err(|e| ConfigError {
+        origin,
+        key: toml_error_key(&e, &text),
+        problem: e.message().to_string().trim().to_string() + &toml_error_position(&e, &text),
+    })
+}
+
+/// The dotted key a TOML error points at, found from the error's position in the text: the key
+/// on that line, under the last `[table]` header above it.
+fn toml_error_key(e: &toml::de::Error, text: &str) -> String {
+    let Some(span) = e.span() else {
+        return "file".into();
+    };
+    let start = span.start.min(text.len());
+    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next().unwrap_or("").trim();
+    let table = text[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('[') && !l.starts_with("[["))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string());
+    if line.starts_with('[') {
+        return line
+            .trim_matches(|c| c == '[' || c == ']')
+            .trim()
+            .to_string();
+    }
+    let key = match line.split_once('=') {
+        Some((k, _)) => k.trim().trim_matches('"').to_string(),
+        None => return "file".into(),
+    };
+    match table {
+        Some(t) => format!("{t}.{key}"),
+        None => key,
+    }
+}
+
+fn toml_error_position(e: &toml::de::Error, text: &str) -> String {
+    match e.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            format!(" (line {line})")
+        }
+        None => String::new(),
+    }
+}
+
+/// Reads the environment layer through `get` (the process environment in production).
+pub fn env_layer(
+    get: impl Fn(&str) -> Option<String>,
+) -> Result<Vec<(Origin, Layer)>, ConfigError> {
+    let mut layers = Vec::new();
+    for key in ENV_KEYS {
+        let var = env_var_for(key);
+        let Some(value) = get(&var) else { continue };
+        let origin = Origin::Env(var);
+        let (table, leaf) = match key.split_once('.') {
+            Some((t, l)) => (Some(t), l),
+            None => (None, *key),
+        };
+        let mut leaf_table = toml::Table::new();
+        leaf_table.insert(leaf.to_string(), toml::Value::String(value));
+        let doc = match table {
+            Some(t) => {
+                let mut outer = toml::Table::new();
+                outer.insert(t.to_string(), toml::Value::Table(leaf_table));
+                outer
+            }
+            None => leaf_table,
+        };
+        let layer: Layer = doc.try_into().map_err(|e: toml::de::Error| ConfigError {
+            origin: origin.clone(),
+            key: key.to_string(),
+            problem: e.message().trim().to_string(),
+        })?;
+        layers.push((origin, layer));
+    }
+    Ok(layers)
+}
+
+/// Picks the value of the highest-priority layer that sets it (layers are lowest first).
+fn pick<T: Clone>(
+    layers: &[(Origin, Layer)],
+    get: impl Fn(&Layer) -> Option<T>,
+    default: Option<T>,
+) -> (Option<T>, Origin) {
+    for (origin, layer) in layers.iter().rev() {
+        if let Some(v) = get(layer) {
+            return (Some(v), origin.clone());
+        }
+    }
+    (default, Origin::Default)
+}
+
+/// Merges layers (lowest priority first: file, environment, flags) and validates the result.
+pub fn resolve(layers: &[(Origin, Layer)]) -> Result<Config, ConfigError> {
+    let err = |origin: Origin, key: &str, problem: String| ConfigError {
+        origin,
+        key: key.to_string(),
+        problem,
+    };
+
+    let (listen, origin) = pick(
+        layers,
+        |l| l.listen.clone(),
+        Some(DEFAULT_LISTEN.to_string()),
+    );
+    let listen_text = listen.unwrap_or_default();
+    let listen: SocketAddr = listen_text.parse().map_err(|_| {
+        err(
+            origin,
+            "listen",
+            format!("{listen_text:?} is not an address:port such as 0.0.0.0:10119 or [::1]:10119"),
+        )
+    })?;
+
+    let in_range =
+        |key: &str, (v, origin): (Option<Duration>, Origin), min: Duration, max: Duration| {
+            let v = v.expect("every duration has a default");
+            if v < min || v > max {
+                return Err(err(
+                    origin,
+                    key,
+                    format!(
+                        "{} is out of range: allowed {} to {}",
+                        humantime::format_duration(v),
+                        humantime::format_duration(min),
+                        humantime::format_duration(max)
+                    ),
+                ));
+            }
+            Ok(v)
+        };
+    let interval = in_range(
+        "sampling.interval",
+        pick(
+            layers,
+            |l| l.sampling.interval,
+            Some(Duration::from_secs(1)),
+        ),
+        Duration::from_millis(10),
+        Duration::from_secs(3600),
+    )?;
+    let (pi, pi_origin) = pick(
+        layers,
+        |l| l.sampling.process_interval,
+        Some(Duration::from_secs(5).max(interval)),
+    );
+    let process_interval = in_range(
+        "sampling.process_interval",
+        (pi, pi_origin.clone()),
+        Duration::from_millis(10),
+        Duration::from_secs(3600),
+    )?;
+    if process_interval < interval {
+        return Err(err(
+            pi_origin,
+            "sampling.process_interval",
+            format!(
+                "{} is shorter than sampling.interval ({}); processes cannot be read more often \
+                 than the GPUs",
+                humantime::format_duration(process_interval),
+                humantime::format_duration(interval)
+            ),
+        ));
+    }
+    let retry_interval = in_range(
+        "nvml.retry_interval",
+        pick(
+            layers,
+            |l| l.nvml.retry_interval,
+            Some(Duration::from_secs(30)),
+        ),
+        Duration::from_millis(100),
+        Duration::from_secs(86_400),
+    )?;
+
+    let (lib, lib_origin) = pick(layers, |l| l.nvml.lib.clone(), None);
+    if let Some(p) = &lib {
+        if p.as_os_str().is_empty() {
+            return Err(err(lib_origin, "nvml.lib", "is empty".into()));
+        }
+    }
+    let (simulate, sim_origin) = pick(layers, |l| l.simulate.clone(), None);
+    if let Some(s) = &simulate {
+        if s.trim().is_empty() {
+            return Err(err(
+                sim_origin,
+                "simulate",
+                "is empty; use `demo` or the path of a scenario file".into(),
+            ));
+        }
+    }
+    Ok(Config {
+        listen,
+        sampling: Sampling {
+            interval,
+            process_interval,
+        },
+        nvml: NvmlConfig {
+            lib,
+            retry_interval,
+        },
+        simulate,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(text: &str) -> Result<Layer, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, text).unwrap();
+        file_layer(&path, true)
+    }
+
+    fn from_file(text: &str) -> Result<Config, ConfigError> {
+        let layer = file(text)?;
+        resolve(&[(Origin::File("config.toml".into()), layer)])
+    }
+
+    #[test]
+    fn defaults() {
+        let c = resolve(&[]).unwrap();
+        assert_eq!(c.listen, "0.0.0.0:10119".parse().unwrap());
+        assert_eq!(c.sampling.interval, Duration::from_secs(1));
+        assert_eq!(c.sampling.process_interval, Duration::from_secs(5));
+        assert_eq!(c.nvml.retry_interval, Duration::from_secs(30));
+        assert_eq!(c.nvml.lib, None);
+        assert_eq!(c.simulate, None);
+    }
+
+    #[test]
+    fn full_file() {
+        let c = from_file(
+            r#"
+listen = "127.0.0.1:9999"
+simulate = "demo"
+[sampling]
+interval = "500ms"
+process_interval = "10s"
+[nvml]
+lib = "/opt/nvidia/libnvidia-ml.so.1"
+retry_interval = "1m"
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.listen, "127.0.0.1:9999".parse().unwrap());
+        assert_eq!(c.sampling.interval, Duration::from_millis(500));
+        assert_eq!(c.sampling.process_interval, Duration::from_secs(10));
+        assert_eq!(c.nvml.lib, Some("/opt/nvidia/libnvidia-ml.so.1".into()));
+        assert_eq!(c.nvml.retry_interval, Duration::from_secs(60));
+        assert_eq!(c.simulate.as_deref(), Some("demo"));
+    }
+
+    #[test]
+    fn flags_beat_env_beat_file() {
+        let file = Layer {
+            listen: Some("127.0.0.1:1".into()),
+            sampling: SamplingLayer {
+                interval: Some(Duration::from_secs(2)),
+                process_interval: Some(Duration::from_secs(20)),
+            },
+            ..Layer::default()
+        };
+        let env = env_layer(|v| match v {
+            "GPUCOST_LISTEN" => Some("127.0.0.1:2".into()),
+            "GPUCOST_SAMPLING_INTERVAL" => Some("3s".into()),
+            _ => None,
+        })
+        .unwrap();
+        let flags = Layer {
+            listen: Some("127.0.0.1:3".into()),
+            ..Layer::default()
+        };
+        let mut layers = vec![(Origin::File("f".into()), file)];
+        layers.extend(env);
+        layers.push((Origin::Flag("listen"), flags));
+        let c = resolve(&layers).unwrap();
+        assert_eq!(c.listen.port(), 3);
+        assert_eq!(c.sampling.interval, Duration::from_secs(3));
+        assert_eq!(c.sampling.process_interval, Duration::from_secs(20));
+    }
+
+    /// (file text, expected pieces of the message)
+    #[test]
+    fn bad_files_name_file_key_and_problem() {
+        let cases: &[(&str, &[&str])] = &[
+            ("listen = 10119", &["config.toml", "listen", "invalid type"]),
+            (
+                "listen = \"localhost\"",
+                &["config.toml", "listen", "not an address:port"],
+            ),
+            (
+                "[sampling]\ninterval = \"fast\"",
+                &["config.toml", "sampling.interval", "line 2"],
+            ),
+            (
+                "[sampling]\ninterval = \"0s\"",
+                &["sampling.interval", "out of range"],
+            ),
+            (
+                "[sampling]\ninterval = \"10s\"\nprocess_interval = \"1s\"",
+                &[
+                    "sampling.process_interval",
+                    "shorter than sampling.interval",
+                ],
+            ),
+            (
+                "[sampling]\nintervall = \"1s\"",
+                &["sampling.intervall", "unknown field"],
+            ),
+            ("colour = \"red\"", &["colour", "unknown field"]),
+            ("listen = [", &["config.toml", "line 1"]),
+            (
+                "[nvml]\nretry_interval = \"1ms\"",
+                &["nvml.retry_interval", "out of range"],
+            ),
+            ("simulate = \"  \"", &["simulate", "is empty"]),
+        ];
+        for (text, want) in cases {
+            let msg = from_file(text).unwrap_err().to_string();
+            for w in *want {
+                assert!(msg.contains(w), "{text:?}: expected {w:?} in {msg:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn bad_env_names_the_variable() {
+        let msg = env_layer(|v| (v == "GPUCOST_SAMPLING_INTERVAL").then(|| "soon".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("GPUCOST_SAMPLING_INTERVAL"), "{msg}");
+        assert!(msg.contains("sampling.interval"), "{msg}");
+    }
+
+    #[test]
+    fn missing_default_file_is_fine_but_named_file_is_not() {
+        let p = Path::new("/nonexistent/gpucost.toml");
+        assert_eq!(file_layer(p, false).unwrap(), Layer::default());
+        let msg = file_layer(p, true).unwrap_err().to_string();
+        assert!(
+            msg.contains("/nonexistent/gpucost.toml") && msg.contains("cannot read"),
+            "{msg}"
+        );
+    }
+}

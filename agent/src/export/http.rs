@@ -1,0 +1,119 @@
+//! The read-only HTTP server: `/metrics`, `/healthz` and the JSON API.
+//!
+//! Handlers read the latest [`Snapshot`] from a watch channel; none of them touches the hardware
+//! or blocks on the sampler. [`serve`] takes a bound listener, so tests can bind port 0.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::metrics;
+use crate::snapshot::Snapshot;
+
+#[derive(Clone)]
+struct AppState {
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+    /// A sample older than this means the sampler is stuck: `/healthz` answers 503.
+    stale_after: Duration,
+}
+
+impl AppState {
+    fn latest(&self) -> Arc<Snapshot> {
+        self.snapshots.borrow().clone()
+    }
+}
+
+pub fn router(snapshots: watch::Receiver<Arc<Snapshot>>, stale_after: Duration) -> Router {
+    Router::new()
+        .route("/metrics", get(get_metrics))
+        .route("/healthz", get(get_healthz))
+        .route("/api/v1/gpus", get(get_gpus))
+        .route("/api/v1/gpus/{index}", get(get_gpu))
+        .fallback(not_found)
+        .with_state(AppState {
+            snapshots,
+            stale_after,
+        })
+}
+
+/// Serves until `shutdown` is cancelled, then finishes in-flight requests and returns.
+pub async fn serve(
+    listener: TcpListener,
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+    stale_after: Duration,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(snapshots, stale_after))
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}
+
+async fn get_metrics(State(app): State<AppState>) -> Response {
+    let snap = app.latest();
+    (
+        [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
+        metrics::render(&snap),
+    )
+        .into_response()
+}
+
+async fn get_healthz(State(app): State<AppState>) -> Response {
+    let snap = app.latest();
+    let age = snap
+        .taken_at
+        .and_then(|t| SystemTime::now().duration_since(t).ok());
+    let sampling = age.is_some_and(|a| a <= app.stale_after);
+    let status = if sampling {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({
+        "status": if sampling { "ok" } else { "sampler stalled or not started" },
+        "last_sample_age_seconds": age.map(|a| a.as_secs_f64()),
+        "nvml_up": snap.backend_up,
+        "nvml_error": snap.backend_error,
+        "source": snap.source,
+        "simulated": snap.simulated,
+        "gpus": snap.gpus.len(),
+    });
+    (status, Json(body)).into_response()
+}
+
+async fn get_gpus(State(app): State<AppState>) -> Response {
+    let snap = app.latest();
+    let gpus: Vec<_> = snap.gpus.iter().map(|g| g.view(snap.source)).collect();
+    Json(json!({ "simulated": snap.simulated, "gpus": gpus })).into_response()
+}
+
+async fn get_gpu(State(app): State<AppState>, Path(index): Path<String>) -> Response {
+    let snap = app.latest();
+    match index
+        .parse::<u32>()
+        .ok()
+        .and_then(|i| snap.gpus.iter().find(|g| g.info.index == i))
+    {
+        Some(g) => Json(g.view(snap.source)).into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            &format!("no GPU with index {index:?}"),
+        ),
+    }
+}
+
+async fn not_found() -> Response {
+    error(StatusCode::NOT_FOUND, "no such endpoint")
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    (status, Json(json!({ "error": message }))).into_response()
+}

@@ -1,0 +1,236 @@
+//! `/metrics`: renders a [`Snapshot`] in the Prometheus text format through the `prometheus`
+//! crate's encoder. This is the only file that knows metric names.
+//!
+//! Rendering reads the snapshot only; it never calls NVML. On a simulated node every series
+//! carries `simulated="true"`, so demo data cannot pass for real data in any query.
+
+use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
+use prometheus::{Encoder, TextEncoder};
+
+use crate::sample::CLOCK_EVENT_REASONS;
+use crate::snapshot::Snapshot;
+
+/// The content type of the text format we render.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Collects metric families in the order they are first used.
+struct Families {
+    list: Vec<MetricFamily>,
+    simulated: bool,
+}
+
+impl Families {
+    fn family(&mut self, name: &str, help: &str, kind: MetricType) -> &mut MetricFamily {
+        let pos = match self.list.iter().position(|f| f.name() == name) {
+            Some(p) => p,
+            None => {
+                let mut f = MetricFamily::default();
+                f.set_name(name.to_string());
+                f.set_help(help.to_string());
+                f.set_field_type(kind);
+                self.list.push(f);
+                self.list.len() - 1
+            }
+        };
+        &mut self.list[pos]
+    }
+
+    fn labels(&self, labels: &[(&str, &str)]) -> Vec<LabelPair> {
+        let sim = self.simulated.then_some(("simulated", "true"));
+        labels
+            .iter()
+            .copied()
+            .chain(sim)
+            .map(|(k, v)| {
+                let mut p = LabelPair::default();
+                p.set_name(k.to_string());
+                p.set_value(v.to_string());
+                p
+            })
+            .collect()
+    }
+
+    fn gauge(&mut self, name: &str, help: &str, labels: &[(&str, &str)], value: f64) {
+        let mut m = Metric::from_label(self.labels(labels));
+        let mut g = Gauge::default();
+        g.set_value(value);
+        m.set_gauge(g);
+        self.family(name, help, MetricType::GAUGE)
+            .mut_metric()
+            .push(m);
+    }
+
+    fn counter(&mut self, name: &str, help: &str, labels: &[(&str, &str)], value: f64) {
+        let mut m = Metric::from_label(self.labels(labels));
+        let mut c = Counter::default();
+        c.set_value(value);
+        m.set_counter(c);
+        self.family(name, help, MetricType::COUNTER)
+            .mut_metric()
+            .push(m);
+    }
+}
+
+/// Renders the snapshot as Prometheus text.
+pub fn render(snap: &Snapshot) -> String {
+    let mut f = Families {
+        list: Vec::new(),
+        simulated: snap.simulated.is_some(),
+    };
+    f.gauge(
+        "gpucost_build_info",
+        "gpucost build; always 1.",
+        &[("version", env!("CARGO_PKG_VERSION"))],
+        1.0,
+    );
+    f.gauge(
+        "gpucost_nvml_up",
+        "1 when the GPU library (NVML, or the simulated node) is loaded and answering.",
+        &[],
+        bool_value(snap.backend_up),
+    );
+    f.gauge(
+        "gpucost_agent_sample_duration_seconds",
+        "Wall time of the last sampling cycle.",
+        &[],
+        snap.sample_duration_s,
+    );
+    f.counter(
+        "gpucost_agent_samples_total",
+        "Sampling cycles run since the agent started.",
+        &[],
+        snap.samples_total as f64,
+    );
+    for (gpu, field, kind, n) in &snap.sample_errors {
+        f.counter(
+            "gpucost_agent_sample_errors_total",
+            "Failed reads; field is \"all\" when the whole GPU could not be read.",
+            &[("gpu", &gpu.to_string()), ("field", field), ("kind", kind)],
+            *n as f64,
+        );
+    }
+    let driver = snap.driver.as_deref().unwrap_or("unknown");
+    for g in &snap.gpus {
+        let idx = g.info.index.to_string();
+        let gpu = [("gpu", idx.as_str())];
+        let v = g.view(snap.source);
+        f.gauge(
+            "gpucost_gpu_info",
+            "One series per GPU with its identity; 1.",
+            &[
+                ("gpu", &idx),
+                ("uuid", &g.info.uuid),
+                ("model", &g.info.model),
+                ("driver", driver),
+                ("source", snap.source.as_str()),
+            ],
+            1.0,
+        );
+        f.gauge(
+            "gpucost_gpu_up",
+            "1 when the GPU answered the last sample, 0 while it is lost or unreadable.",
+            &gpu,
+            bool_value(g.up),
+        );
+        f.counter(
+            "gpucost_gpu_energy_joules_total",
+            "Energy used by the GPU since the agent began counting; never decreases.",
+            &gpu,
+            v.energy_joules_total,
+        );
+        if let Some(m) = v.energy_method {
+            f.gauge(
+                "gpucost_gpu_energy_method_info",
+                "How the GPU's energy is measured now: counter (NVML energy counter) or \
+                 power_integration (power x time); 1.",
+                &[("gpu", &idx), ("method", m.as_str())],
+                1.0,
+            );
+        }
+        f.counter(
+            "gpucost_gpu_energy_resets_total",
+            "Times the GPU's energy counter went backwards or jumped (driver reload, wrap).",
+            &gpu,
+            g.totals.energy.counter_resets() as f64,
+        );
+        for (i, (_, reason)) in CLOCK_EVENT_REASONS.iter().enumerate() {
+            f.counter(
+                "gpucost_gpu_throttled_seconds_total",
+                "Seconds with each clock-event (throttle) reason active.",
+                &[("gpu", &idx), ("reason", reason)],
+                g.totals.throttled_s[i],
+            );
+        }
+        for (xid, n) in &g.totals.xids {
+            f.counter(
+                "gpucost_gpu_xid_errors_total",
+                "Xid errors the driver reported for the GPU, by code.",
+                &[("gpu", &idx), ("xid", &xid.to_string())],
+                *n as f64,
+            );
+        }
+        let gauges = [
+            (
+                "gpucost_gpu_power_watts",
+                "Board power draw.",
+                v.power_watts,
+            ),
+            (
+                "gpucost_gpu_power_limit_watts",
+                "Enforced power limit.",
+                v.power_limit_watts,
+            ),
+            (
+                "gpucost_gpu_utilization_ratio",
+                "Share of the last sample period in which a kernel was running (0..1).",
+                v.utilization_ratio,
+            ),
+            (
+                "gpucost_gpu_memory_used_bytes",
+                "GPU memory in use.",
+                v.memory_used_bytes.map(|b| b as f64),
+            ),
+            (
+                "gpucost_gpu_memory_total_bytes",
+                "GPU memory installed.",
+                v.memory_total_bytes.map(|b| b as f64),
+            ),
+            (
+                "gpucost_gpu_sm_clock_hertz",
+                "Current SM clock.",
+                v.sm_clock_hertz,
+            ),
+            (
+                "gpucost_gpu_temperature_celsius",
+                "GPU core temperature.",
+                v.temperature_celsius.map(f64::from),
+            ),
+        ];
+        for (name, help, value) in gauges {
+            if let Some(value) = value {
+                f.gauge(name, help, &gpu, value);
+            }
+        }
+        if g.up {
+            f.gauge(
+                "gpucost_gpu_compute_processes",
+                "Compute processes running on the GPU at the last process sample.",
+                &gpu,
+                g.processes.len() as f64,
+            );
+        }
+    }
+    let mut out = Vec::with_capacity(8192);
+    TextEncoder::new()
+        .encode(&f.list, &mut out)
+        .expect("families built here are well-formed");
+    String::from_utf8(out).expect("the text encoder writes UTF-8")
+}
+
+fn bool_value(b: bool) -> f64 {
+    if b {
+        1.0
+    } else {
+        0.0
+    }
+}

@@ -1,0 +1,11 @@
+//! gpucost: what each training run on a GPU node costs, where the money goes, how well it uses
+//! the hardware. The modules follow the data: [`sample`] reads the GPUs, [`account`] turns
+//! readings into totals, [`snapshot`] is what the sampler publishes, [`export`] renders it.
+//! [`config`] and [`agent`] set it all up.
+
+pub mod account;
+pub mod agent;
+pub mod config;
+pub mod export;
+pub mod sample;
+pub mod snapshot;

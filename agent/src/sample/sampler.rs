@@ -1,0 +1,313 @@
+//! The sampler: one thread that owns the backend and the per-GPU totals, reads every GPU on an
+//! interval (the process list on a slower cadence) and publishes a [`Snapshot`] after each cycle.
+//!
+//! It runs on a plain thread because NVML calls block; the async side only ever sees snapshots.
+//! Nothing here is fatal: a missing library is retried, a lost GPU is reported and re-read, a
+//! failed field is counted and logged, and the cycle goes on.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use gpucost_sim::Scenario;
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use super::nvml::{NvmlBackend, DEFAULT_LIB};
+use super::sim::SimBackend;
+use super::{Backend, Field, FieldError, GpuStatic, SampleError, Source};
+use crate::account::GpuTotals;
+use crate::snapshot::{GpuSnapshot, Snapshot};
+
+/// Which backend to run.
+#[derive(Debug, Clone)]
+pub enum BackendSpec {
+    Nvml { lib: Option<PathBuf> },
+    Simulated(Scenario),
+}
+
+#[derive(Debug, Clone)]
+pub struct Cadence {
+    pub interval: Duration,
+    pub process_interval: Duration,
+    /// How often to try again to load NVML when it is not available.
+    pub retry_interval: Duration,
+}
+
+struct GpuSlot {
+    snap: GpuSnapshot,
+    last_read: Option<Instant>,
+    /// Fields already reported as unsupported, so the log says it once.
+    said_unsupported: BTreeSet<Field>,
+    said_failed: BTreeSet<Field>,
+}
+
+impl GpuSlot {
+    fn new(info: GpuStatic, totals: GpuTotals) -> Self {
+        GpuSlot {
+            snap: GpuSnapshot {
+                info,
+                up: true,
+                reading: None,
+                processes: Vec::new(),
+                totals,
+                energy_method: None,
+            },
+            last_read: None,
+            said_unsupported: BTreeSet::new(),
+            said_failed: BTreeSet::new(),
+        }
+    }
+}
+
+pub struct Sampler {
+    spec: BackendSpec,
+    cadence: Cadence,
+    backend: Option<Box<dyn Backend>>,
+    next_open: Instant,
+    open_error: Option<String>,
+    driver: Option<String>,
+    gpus: Vec<GpuSlot>,
+    /// Totals of GPUs that disappeared from the device list, kept by UUID in case they return.
+    retired: BTreeMap<String, GpuTotals>,
+    next_processes: Instant,
+    samples_total: u64,
+    errors: BTreeMap<(u32, &'static str, &'static str), u64>,
+    tx: watch::Sender<Arc<Snapshot>>,
+}
+
+impl Sampler {
+    pub fn new(spec: BackendSpec, cadence: Cadence, tx: watch::Sender<Arc<Snapshot>>) -> Self {
+        let now = Instant::now();
+        Sampler {
+            spec,
+            cadence,
+            backend: None,
+            next_open: now,
+            open_error: None,
+            driver: None,
+            gpus: Vec::new(),
+            retired: BTreeMap::new(),
+            next_processes: now,
+            samples_total: 0,
+            errors: BTreeMap::new(),
+            tx,
+        }
+    }
+
+    fn source(&self) -> Source {
+        match self.spec {
+            BackendSpec::Nvml { .. } => Source::Nvml,
+            BackendSpec::Simulated(_) => Source::Simulated,
+        }
+    }
+
+    /// Runs cycles until `shutdown` receives a message or its sender is dropped.
+    pub fn run(mut self, shutdown: Receiver<()>) {
+        let mut next = Instant::now();
+        loop {
+            self.cycle(Instant::now());
+            next += self.cadence.interval;
+            let now = Instant::now();
+            if next < now {
+                // A slow cycle (a hung NVML call): skip the missed ticks instead of bursting.
+                next = now + self.cadence.interval;
+            }
+            match shutdown.recv_timeout(next - now) {
+                Err(RecvTimeoutError::Timeout) => {}
+                Ok(()) | Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        debug!("sampler stopped");
+    }
+
+    fn open(&mut self, now: Instant) {
+        let result: Result<Box<dyn Backend>, SampleError> = match &self.spec {
+            BackendSpec::Nvml { lib } => {
+                NvmlBackend::open(lib.as_deref()).map(|b| Box::new(b) as Box<dyn Backend>)
+            }
+            BackendSpec::Simulated(s) => Ok(Box::new(SimBackend::new(s.clone()))),
+        };
+        let mut backend = match result {
+            Ok(b) => b,
+            Err(e) => {
+                let msg = e.to_string();
+                if self.open_error.as_deref() != Some(msg.as_str()) {
+                    let tried = match &self.spec {
+                        BackendSpec::Nvml { lib: Some(p) } => p.display().to_string(),
+                        _ => DEFAULT_LIB.to_string(),
+                    };
+                    warn!(
+                        "NVML unavailable ({msg}); tried {tried}; point --nvml-lib (or nvml.lib in \
+                         the config) at libnvidia-ml.so.1 if it lives elsewhere. No GPU metrics \
+                         until it loads (gpucost_nvml_up 0); retrying every {}",
+                        humantime::format_duration(self.cadence.retry_interval)
+                    );
+                } else {
+                    debug!("NVML still unavailable: {msg}");
+                }
+                self.open_error = Some(msg);
+                self.next_open = now + self.cadence.retry_interval;
+                return;
+            }
+        };
+        let gpus = match backend.gpus() {
+            Ok(g) => g,
+            Err(e) => {
+                warn!("GPU library loaded but cannot list GPUs: {e}; retrying");
+                self.open_error = Some(e.to_string());
+                self.next_open = now + self.cadence.retry_interval;
+                return;
+            }
+        };
+        self.driver = backend.driver_version();
+        info!(
+            source = backend.source().as_str(),
+            driver = self.driver.as_deref().unwrap_or("unknown"),
+            "GPU library up: {} GPU(s): {}",
+            gpus.len(),
+            gpus.iter()
+                .map(|g| format!("{} {} ({})", g.index, g.model, g.uuid))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        // Keep the totals of GPUs we knew (by UUID), so a re-open never resets a counter.
+        for slot in self.gpus.drain(..) {
+            self.retired
+                .insert(slot.snap.info.uuid.clone(), slot.snap.totals);
+        }
+        self.gpus = gpus
+            .into_iter()
+            .map(|info| {
+                let totals = self.retired.remove(&info.uuid).unwrap_or_default();
+                GpuSlot::new(info, totals)
+            })
+            .collect();
+        self.open_error = None;
+        self.backend = Some(backend);
+        self.next_processes = now;
+    }
+
+    fn count_error(&mut self, gpu: u32, field: &'static str, kind: &'static str) {
+        *self.errors.entry((gpu, field, kind)).or_default() += 1;
+    }
+
+    /// One sampling cycle: read every GPU, fold the readings into the totals, publish.
+    pub fn cycle(&mut self, now: Instant) {
+        let started = Instant::now();
+        if self.backend.is_none() && now >= self.next_open {
+            self.open(now);
+        }
+        let with_processes = now >= self.next_processes;
+        if with_processes {
+            self.next_processes = now + self.cadence.process_interval;
+        }
+        if let Some(backend) = self.backend.as_mut() {
+            let mut failures = Vec::new();
+            for slot in &mut self.gpus {
+                let index = slot.snap.info.index;
+                let dt = slot
+                    .last_read
+                    .map_or(0.0, |t| now.duration_since(t).as_secs_f64());
+                match backend.read(index, with_processes) {
+                    Ok(mut r) => {
+                        if !slot.snap.up {
+                            info!(
+                                gpu = index,
+                                "GPU {index} ({}) answers again", slot.snap.info.uuid
+                            );
+                            slot.snap.up = true;
+                        }
+                        for (field, err) in std::mem::take(&mut r.field_errors) {
+                            match err {
+                                FieldError::NotSupported => {
+                                    if slot.said_unsupported.insert(field) {
+                                        info!(
+                                            gpu = index,
+                                            "GPU {index}: {field} is not supported; {}",
+                                            unsupported_note(field)
+                                        );
+                                    }
+                                }
+                                FieldError::Failed(msg) => {
+                                    if slot.said_failed.insert(field) {
+                                        warn!(gpu = index, "GPU {index}: reading {field} failed: {msg} (counted in gpucost_agent_sample_errors_total; said once)");
+                                    }
+                                    failures.push((index, field.as_str(), "failed"));
+                                }
+                            }
+                        }
+                        let step = slot.snap.totals.apply(&r, dt);
+                        if step.counter_reset {
+                            warn!(gpu = index, "GPU {index}: energy counter went backwards or jumped (driver reload or wrap); this interval uses power x time, the total keeps counting up");
+                        }
+                        slot.snap.energy_method = Some(step.method);
+                        for xid in &r.xids {
+                            warn!(
+                                gpu = index,
+                                xid, "GPU {index}: Xid {xid} reported by the driver"
+                            );
+                        }
+                        if let Some(ps) = r.processes.take() {
+                            slot.snap.processes = ps;
+                        }
+                        slot.snap.reading = Some(r);
+                        slot.last_read = Some(now);
+                    }
+                    Err(e) => {
+                        if slot.snap.up {
+                            warn!(gpu = index, "GPU {index} ({}) cannot be read: {e}; its totals are kept and it is retried every cycle", slot.snap.info.uuid);
+                        }
+                        slot.snap.up = false;
+                        slot.snap.reading = None;
+                        slot.snap.processes.clear();
+                        slot.snap.totals.energy.interrupt();
+                        // The interval the GPU was away is not measured: the next good reading
+                        // starts a new interval (the energy counter still covers it if it kept
+                        // counting).
+                        slot.last_read = Some(now);
+                        let kind = match e {
+                            SampleError::GpuLost(_) => "gpu_lost",
+                            _ => "failed",
+                        };
+                        failures.push((index, "all", kind));
+                    }
+                }
+            }
+            for (gpu, field, kind) in failures {
+                self.count_error(gpu, field, kind);
+            }
+        }
+        self.samples_total += 1;
+        let snapshot = Snapshot {
+            taken_at: Some(SystemTime::now()),
+            simulated: match &self.spec {
+                BackendSpec::Simulated(s) => Some(s.name.clone()),
+                BackendSpec::Nvml { .. } => None,
+            },
+            source: self.source(),
+            backend_up: self.backend.is_some(),
+            backend_error: self.open_error.clone(),
+            driver: self.driver.clone(),
+            gpus: self.gpus.iter().map(|s| s.snap.clone()).collect(),
+            sample_duration_s: started.elapsed().as_secs_f64(),
+            samples_total: self.samples_total,
+            sample_errors: self
+                .errors
+                .iter()
+                .map(|(&(g, f, k), &n)| (g, f, k, n))
+                .collect(),
+        };
+        // No receiver left means the agent is shutting down; nothing to do about it.
+        let _ = self.tx.send(Arc::new(snapshot));
+    }
+}
+
+fn unsupported_note(field: Field) -> &'static str {
+    match field {
+        Field::Energy => "energy is integrated from power x time instead",
+        _ => "it is left out of the metrics",
+    }
+}

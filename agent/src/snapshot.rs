@@ -1,0 +1,104 @@
+//! The node as of the latest sample: what the sampler publishes and what `/metrics` and the API
+//! render. Plain data, cheap to share behind an `Arc`; readers never touch the hardware.
+
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use crate::account::energy::EnergyMethod;
+use crate::account::GpuTotals;
+use crate::sample::{GpuStatic, ProcessUse, Reading, Source};
+
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// When the sample was taken; `None` before the first one.
+    pub taken_at: Option<SystemTime>,
+    /// The scenario name when the node is simulated.
+    pub simulated: Option<String>,
+    pub source: Source,
+    /// Whether the GPU library is loaded and answering.
+    pub backend_up: bool,
+    /// Why it is not, when it is not.
+    pub backend_error: Option<String>,
+    pub driver: Option<String>,
+    pub gpus: Vec<GpuSnapshot>,
+    /// Wall time the last sampling cycle took.
+    pub sample_duration_s: f64,
+    pub samples_total: u64,
+    /// (gpu, field, kind) -> count of failed reads; `field` is "all" when the whole GPU failed.
+    pub sample_errors: Vec<(u32, &'static str, &'static str, u64)>,
+}
+
+impl Snapshot {
+    pub fn empty(source: Source, simulated: Option<String>) -> Self {
+        Snapshot {
+            taken_at: None,
+            simulated,
+            source,
+            backend_up: false,
+            backend_error: None,
+            driver: None,
+            gpus: Vec::new(),
+            sample_duration_s: 0.0,
+            samples_total: 0,
+            sample_errors: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct GpuSnapshot {
+    pub info: GpuStatic,
+    /// False while the GPU is lost or unreadable.
+    pub up: bool,
+    /// The latest good reading; `None` while the GPU is down (gauges are not exported then).
+    pub reading: Option<Reading>,
+    /// The latest process list (read on the slower cadence).
+    pub processes: Vec<ProcessUse>,
+    pub totals: GpuTotals,
+    /// How the last interval's energy was measured.
+    pub energy_method: Option<EnergyMethod>,
+}
+
+/// The JSON shape of a GPU in `/api/v1/gpus`.
+#[derive(Debug, Serialize)]
+pub struct GpuView<'a> {
+    pub index: u32,
+    pub uuid: &'a str,
+    pub model: &'a str,
+    pub source: Source,
+    pub up: bool,
+    pub energy_joules_total: f64,
+    pub energy_method: Option<EnergyMethod>,
+    pub power_watts: Option<f64>,
+    pub power_limit_watts: Option<f64>,
+    pub utilization_ratio: Option<f64>,
+    pub memory_used_bytes: Option<u64>,
+    pub memory_total_bytes: Option<u64>,
+    pub sm_clock_hertz: Option<f64>,
+    pub temperature_celsius: Option<u32>,
+    pub processes: &'a [ProcessUse],
+}
+
+impl GpuSnapshot {
+    pub fn view(&self, source: Source) -> GpuView<'_> {
+        let r = self.reading.as_ref();
+        GpuView {
+            index: self.info.index,
+            uuid: &self.info.uuid,
+            model: &self.info.model,
+            source,
+            up: self.up,
+            energy_joules_total: self.totals.energy.total_j(),
+            energy_method: self.energy_method,
+            power_watts: r.and_then(|r| r.power_mw).map(|mw| mw as f64 / 1e3),
+            power_limit_watts: r.and_then(|r| r.power_limit_mw).map(|mw| mw as f64 / 1e3),
+            utilization_ratio: r.and_then(|r| r.utilization_pct).map(|p| p as f64 / 100.0),
+            memory_used_bytes: r.and_then(|r| r.memory_used_bytes),
+            memory_total_bytes: r.and_then(|r| r.memory_total_bytes),
+            sm_clock_hertz: r.and_then(|r| r.sm_clock_mhz).map(|m| m as f64 * 1e6),
+            temperature_celsius: r.and_then(|r| r.temperature_c),
+            processes: &self.processes,
+        }
+    }
+}
