@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Runs every test of the project. Installs what the tests need when it is missing, so it works
+# on a fresh machine; safe to run again and again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+# promtool (Debian package `prometheus`) checks the /metrics output in the integration tests.
+if ! command -v promtool >/dev/null 2>&1; then
+  echo "test.sh: installing promtool (Debian package prometheus)..."
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
+
+echo "test.sh: formatting"
+cargo fmt --all -- --check
+echo "test.sh: lints"
+cargo clippy --workspace --all-targets --locked --quiet -- -D warnings
+echo "test.sh: tests"
+cargo test --workspace --locked

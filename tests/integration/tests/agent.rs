@@ -1,0 +1,444 @@
+//! The real `gpucost agent` binary over HTTP: on the simulated node, and on the real NVML code
+//! path through the fake `libnvidia-ml.so` (normal sampling, no library, a GPU lost mid-run,
+//! energy counter unsupported, counter reset), plus start-up with a bad config.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use gpucost_integration_tests::{
+    agent_bin, fake_nvml_lib, promtool_check_metrics, write_scenario, Agent, Metrics,
+};
+
+const FAST: &[(&str, &str)] = &[
+    ("GPUCOST_SAMPLING_INTERVAL", "100ms"),
+    ("GPUCOST_SAMPLING_PROCESS_INTERVAL", "100ms"),
+];
+
+fn fast_env(extra: &[(&'static str, String)]) -> Vec<(&'static str, String)> {
+    FAST.iter()
+        .map(|(k, v)| (*k, v.to_string()))
+        .chain(extra.iter().cloned())
+        .collect()
+}
+
+fn start(args: &[&str], env: &[(&'static str, String)]) -> Agent {
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    Agent::start(args, &env)
+}
+
+fn samples_at_least(n: f64) -> impl Fn(&Metrics) -> bool {
+    move |m| m.get("gpucost_agent_samples_total", &[]).unwrap_or(0.0) >= n
+}
+
+/// A constant node on the fake NVML library: GPU 0 carries a steady job, GPU 1 is idle and has
+/// no energy counter. No ripple, so the expected values are exact.
+const STEADY: &str = r#"
+name = "steady"
+duration_s = 3600
+ripple = 0.0
+driver_version = "550.54.15"
+[[gpu]]
+model = "NVIDIA H100 80GB HBM3"
+memory_total_mib = 81559
+power_limit_w = 700
+idle_power_w = 70
+initial_energy_j = 5000000
+[[gpu]]
+model = "NVIDIA A100-SXM4-40GB"
+memory_total_mib = 40960
+power_limit_w = 400
+idle_power_w = 50
+energy_counter = false
+[[job]]
+name = "steady"
+pid = 4242
+gpus = [0]
+[[job.phase]]
+seconds = 3600
+utilization = 0.8
+power_w = 300
+memory_mib = 10000
+"#;
+
+#[test]
+fn simulated_demo_serves_clean_labelled_metrics() {
+    let mut agent = start(&["--simulate", "demo"], &fast_env(&[]));
+    let m = agent.wait_for_metrics(
+        "two samples",
+        Duration::from_secs(10),
+        samples_at_least(2.0),
+    );
+    promtool_check_metrics(&m.text);
+
+    let info = m.find("gpucost_gpu_info", &[("source", "simulated")]);
+    assert_eq!(info.len(), 4, "{}", m.text);
+    assert!(info
+        .iter()
+        .all(|s| s.labels["model"] == "NVIDIA H100 80GB HBM3"));
+    assert!(
+        m.samples
+            .iter()
+            .all(|s| s.labels.get("simulated").map(String::as_str) == Some("true")),
+        "every simulated series says so"
+    );
+    assert_eq!(m.get("gpucost_nvml_up", &[]), Some(1.0));
+    // The demo starts with the bf16 pretrain on GPUs 0 and 1 at 610 W, +-3% ripple.
+    let p0 = m.gpu("gpucost_gpu_power_watts", 0).unwrap();
+    assert!((590.0..=630.0).contains(&p0), "GPU 0 power {p0}");
+    assert_eq!(
+        m.gpu("gpucost_gpu_memory_total_bytes", 0),
+        Some(81559.0 * 1048576.0)
+    );
+    assert_eq!(m.gpu("gpucost_gpu_compute_processes", 0), Some(3.0));
+
+    let (status, body) = agent.get("/healthz");
+    assert_eq!(status, 200, "{body}");
+    let health: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(health["simulated"], "demo");
+    let (status, body) = agent.get("/api/v1/gpus");
+    assert_eq!(status, 200);
+    let gpus: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(gpus["gpus"].as_array().unwrap().len(), 4);
+    assert_eq!(gpus["gpus"][0]["processes"][0]["pid"], 4101);
+    assert_eq!(agent.get("/api/v1/gpus/9").0, 404);
+    assert_eq!(agent.get("/nope").0, 404);
+
+    let status = agent.terminate();
+    assert!(status.success(), "SIGTERM ends the agent cleanly: {status}");
+    let logs = agent.logs();
+    assert!(
+        logs.iter().any(|l| l.contains("SIMULATED NODE")),
+        "{logs:?}"
+    );
+    assert!(
+        logs.iter().all(|l| l.contains("simulated")),
+        "every log line of a simulated agent says so: {logs:#?}"
+    );
+}
+
+#[test]
+fn fake_nvml_normal_sampling() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = write_scenario(dir.path(), "steady.toml", STEADY);
+    let lib = fake_nvml_lib().display().to_string();
+    let mut agent = start(
+        &["--nvml-lib", &lib],
+        &fast_env(&[("GPUCOST_FAKE_NVML_SCENARIO", scenario)]),
+    );
+    let m = agent.wait_for_metrics("samples with processes", Duration::from_secs(10), |m| {
+        samples_at_least(3.0)(m) && m.gpu("gpucost_gpu_compute_processes", 0) == Some(1.0)
+    });
+    promtool_check_metrics(&m.text);
+    assert!(m
+        .samples
+        .iter()
+        .all(|s| !s.labels.contains_key("simulated")));
+    assert_eq!(m.get("gpucost_nvml_up", &[]), Some(1.0));
+    let info = m.find("gpucost_gpu_info", &[("gpu", "0")]);
+    assert_eq!(info[0].labels["source"], "nvml");
+    assert_eq!(info[0].labels["driver"], "550.54.15");
+    assert_eq!(info[0].labels["model"], "NVIDIA H100 80GB HBM3");
+    assert_eq!(m.gpu("gpucost_gpu_power_watts", 0), Some(300.0));
+    assert_eq!(m.gpu("gpucost_gpu_power_limit_watts", 0), Some(700.0));
+    assert_eq!(m.gpu("gpucost_gpu_utilization_ratio", 0), Some(0.8));
+    assert_eq!(m.gpu("gpucost_gpu_sm_clock_hertz", 0), Some(1980e6));
+    assert_eq!(
+        m.gpu("gpucost_gpu_memory_used_bytes", 0),
+        Some((512.0 + 10000.0) * 1048576.0)
+    );
+    assert_eq!(m.gpu("gpucost_gpu_power_watts", 1), Some(50.0));
+    assert_eq!(m.gpu("gpucost_gpu_utilization_ratio", 1), Some(0.0));
+    assert_eq!(m.gpu("gpucost_gpu_compute_processes", 1), Some(0.0));
+    assert_eq!(
+        m.get(
+            "gpucost_gpu_energy_method_info",
+            &[("gpu", "0"), ("method", "counter")]
+        ),
+        Some(1.0)
+    );
+    // An idle GPU spends its time with the gpu_idle clock-event reason.
+    let idle_s = |m: &Metrics| {
+        m.get(
+            "gpucost_gpu_throttled_seconds_total",
+            &[("gpu", "1"), ("reason", "gpu_idle")],
+        )
+        .unwrap()
+    };
+    assert!(idle_s(&m) > 0.0);
+    assert_eq!(
+        m.get(
+            "gpucost_gpu_throttled_seconds_total",
+            &[("gpu", "0"), ("reason", "gpu_idle")]
+        ),
+        Some(0.0)
+    );
+
+    // Energy through the counter grows at the GPU's power: 300 W.
+    let e0 = m.gpu("gpucost_gpu_energy_joules_total", 0).unwrap();
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_millis(1500));
+    let m2 = agent.metrics();
+    let e1 = m2.gpu("gpucost_gpu_energy_joules_total", 0).unwrap();
+    let watts = (e1 - e0) / t0.elapsed().as_secs_f64();
+    assert!(
+        (240.0..=360.0).contains(&watts),
+        "energy rate {watts} W for a 300 W GPU"
+    );
+    assert!(idle_s(&m2) > idle_s(&m));
+    assert!(agent.terminate().success());
+}
+
+#[test]
+fn fake_nvml_energy_unsupported_integrates_power() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = write_scenario(dir.path(), "steady.toml", STEADY);
+    let lib = fake_nvml_lib().display().to_string();
+    let mut agent = start(
+        &["--nvml-lib", &lib],
+        &fast_env(&[("GPUCOST_FAKE_NVML_SCENARIO", scenario)]),
+    );
+    let m = agent.wait_for_metrics("samples", Duration::from_secs(10), samples_at_least(3.0));
+    assert_eq!(
+        m.get(
+            "gpucost_gpu_energy_method_info",
+            &[("gpu", "1"), ("method", "power_integration")]
+        ),
+        Some(1.0),
+        "{}",
+        m.text
+    );
+    let e0 = m.gpu("gpucost_gpu_energy_joules_total", 1).unwrap();
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_millis(1500));
+    let e1 = agent
+        .metrics()
+        .gpu("gpucost_gpu_energy_joules_total", 1)
+        .unwrap();
+    let watts = (e1 - e0) / t0.elapsed().as_secs_f64();
+    assert!(
+        (40.0..=60.0).contains(&watts),
+        "power-integrated rate {watts} W for a 50 W GPU"
+    );
+    agent.wait_for_log(
+        "energy is integrated from power x time",
+        Duration::from_secs(1),
+    );
+    drop(agent);
+}
+
+#[test]
+fn fake_nvml_gpu_lost_mid_run() {
+    let dir = tempfile::tempdir().unwrap();
+    // Scenario time runs 10x: GPU 1 is lost 1 s (wall) in and stays lost.
+    let text = STEADY.replace("ripple = 0.0", "ripple = 0.0\nspeed = 10")
+        + "[[event]]\nat_s = 10\ngpu = 1\nkind = \"gpu_lost\"\n";
+    let scenario = write_scenario(dir.path(), "lost.toml", &text);
+    let lib = fake_nvml_lib().display().to_string();
+    let mut agent = start(
+        &["--nvml-lib", &lib],
+        &fast_env(&[("GPUCOST_FAKE_NVML_SCENARIO", scenario)]),
+    );
+    let before = agent.wait_for_metrics("samples", Duration::from_secs(10), samples_at_least(2.0));
+    assert_eq!(
+        before.gpu("gpucost_gpu_up", 1),
+        Some(1.0),
+        "{}",
+        before.text
+    );
+    let e_before = before.gpu("gpucost_gpu_energy_joules_total", 1).unwrap();
+    let m = agent.wait_for_metrics("GPU 1 lost", Duration::from_secs(10), |m| {
+        m.gpu("gpucost_gpu_up", 1) == Some(0.0)
+    });
+    promtool_check_metrics(&m.text);
+    // The lost GPU keeps its identity and its energy total, loses its gauges; GPU 0 goes on.
+    assert_eq!(m.find("gpucost_gpu_info", &[("gpu", "1")]).len(), 1);
+    assert!(m.gpu("gpucost_gpu_energy_joules_total", 1).unwrap() >= e_before);
+    assert_eq!(m.gpu("gpucost_gpu_power_watts", 1), None);
+    assert_eq!(m.gpu("gpucost_gpu_up", 0), Some(1.0));
+    assert_eq!(m.gpu("gpucost_gpu_power_watts", 0), Some(300.0));
+    let lost = agent.wait_for_metrics("lost reads counted", Duration::from_secs(5), |m| {
+        m.get(
+            "gpucost_agent_sample_errors_total",
+            &[("gpu", "1"), ("field", "all"), ("kind", "gpu_lost")],
+        )
+        .unwrap_or(0.0)
+            >= 2.0
+    });
+    assert_eq!(lost.get("gpucost_nvml_up", &[]), Some(1.0));
+    agent.wait_for_log("GPU 1 (", Duration::from_secs(1));
+    let warnings = agent
+        .logs()
+        .iter()
+        .filter(|l| l.contains("cannot be read"))
+        .count();
+    assert_eq!(warnings, 1, "the loss is logged once, not every cycle");
+    assert!(agent.terminate().success());
+}
+
+#[test]
+fn fake_nvml_counter_reset_never_decreases() {
+    let dir = tempfile::tempdir().unwrap();
+    // At 10x, GPU 0's counter restarts from zero 1 s (wall) in.
+    let text = STEADY.replace("ripple = 0.0", "ripple = 0.0\nspeed = 10")
+        + "[[event]]\nat_s = 10\ngpu = 0\nkind = \"energy_reset\"\n";
+    let scenario = write_scenario(dir.path(), "reset.toml", &text);
+    let lib = fake_nvml_lib().display().to_string();
+    let mut agent = start(
+        &["--nvml-lib", &lib],
+        &fast_env(&[("GPUCOST_FAKE_NVML_SCENARIO", scenario)]),
+    );
+    let mut last = 0.0;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let rate_after;
+    loop {
+        let m = agent.metrics();
+        let e = m.gpu("gpucost_gpu_energy_joules_total", 0).unwrap_or(0.0);
+        assert!(e >= last, "energy went backwards: {last} -> {e}");
+        last = e;
+        if m.gpu("gpucost_gpu_energy_resets_total", 0) == Some(1.0) {
+            // After the reset the counter is used again, at the GPU's 300 W.
+            let t0 = Instant::now();
+            std::thread::sleep(Duration::from_millis(800));
+            let e1 = agent
+                .metrics()
+                .gpu("gpucost_gpu_energy_joules_total", 0)
+                .unwrap();
+            assert!(e1 >= e);
+            rate_after = (e1 - e) / t0.elapsed().as_secs_f64();
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no counter reset seen; last scrape:\n{}",
+            m.text
+        );
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    assert!(
+        (240.0..=360.0).contains(&rate_after),
+        "rate after the reset {rate_after} W"
+    );
+    let m = agent.metrics();
+    assert_eq!(
+        m.gpu("gpucost_gpu_energy_resets_total", 0),
+        Some(1.0),
+        "one reset, one count"
+    );
+    assert_eq!(
+        m.get(
+            "gpucost_gpu_energy_method_info",
+            &[("gpu", "0"), ("method", "counter")]
+        ),
+        Some(1.0)
+    );
+    agent.wait_for_log("energy counter went backwards", Duration::from_secs(1));
+    assert!(agent.terminate().success());
+}
+
+#[test]
+fn no_library_keeps_serving_and_retries_until_it_appears() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = write_scenario(dir.path(), "steady.toml", STEADY);
+    let later = dir.path().join("lib").join("libnvidia-ml.so.1");
+    let later_s = later.display().to_string();
+    let mut agent = start(
+        &["--nvml-lib", &later_s],
+        &fast_env(&[
+            ("GPUCOST_FAKE_NVML_SCENARIO", scenario),
+            ("GPUCOST_NVML_RETRY_INTERVAL", "300ms".into()),
+        ]),
+    );
+    let m = agent.wait_for_metrics("samples", Duration::from_secs(10), samples_at_least(2.0));
+    promtool_check_metrics(&m.text);
+    assert_eq!(m.get("gpucost_nvml_up", &[]), Some(0.0));
+    assert!(m.find("gpucost_gpu_info", &[]).is_empty());
+    let line = agent.wait_for_log("NVML unavailable", Duration::from_secs(1));
+    assert!(
+        line.contains(&later_s) && line.contains("--nvml-lib"),
+        "{line}"
+    );
+    let (status, body) = agent.get("/healthz");
+    assert_eq!(
+        status, 200,
+        "the agent itself is healthy without a GPU library: {body}"
+    );
+    assert!(body.contains("\"nvml_up\":false"), "{body}");
+    // Retries stay quiet in the log: the same failure is said once.
+    std::thread::sleep(Duration::from_millis(700));
+    let said = agent
+        .logs()
+        .iter()
+        .filter(|l| l.contains("NVML unavailable"))
+        .count();
+    assert_eq!(said, 1);
+
+    // The driver shows up (installed late, or a mount appears): the agent picks it up.
+    std::fs::create_dir_all(later.parent().unwrap()).unwrap();
+    std::fs::copy(fake_nvml_lib(), &later).unwrap();
+    let m = agent.wait_for_metrics("NVML up", Duration::from_secs(10), |m| {
+        m.get("gpucost_nvml_up", &[]) == Some(1.0) && m.gpu("gpucost_gpu_power_watts", 0).is_some()
+    });
+    assert_eq!(m.find("gpucost_gpu_info", &[]).len(), 2);
+    assert!(agent.terminate().success());
+}
+
+#[test]
+fn default_library_missing_says_what_it_tried() {
+    // No --nvml-lib and no driver on a CI machine: the dynamic loader's name is reported.
+    // (On a machine with a driver this test would see NVML up, so it asserts only one way.)
+    let mut agent = start(
+        &[],
+        &fast_env(&[("LD_LIBRARY_PATH", "/nonexistent".into())]),
+    );
+    let m = agent.wait_for_metrics("samples", Duration::from_secs(10), samples_at_least(1.0));
+    if m.get("gpucost_nvml_up", &[]) == Some(0.0) {
+        let line = agent.wait_for_log("NVML unavailable", Duration::from_secs(1));
+        assert!(line.contains("libnvidia-ml.so.1"), "{line}");
+    }
+    assert!(agent.terminate().success());
+}
+
+#[test]
+fn bad_config_stops_start_up_with_exit_2_naming_file_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, "[sampling]\ninterval = \"0s\"\n").unwrap();
+    let out = Command::new(agent_bin())
+        .args(["agent", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&path.display().to_string()), "{err}");
+    assert!(
+        err.contains("sampling.interval") && err.contains("out of range"),
+        "{err}"
+    );
+
+    let out = Command::new(agent_bin())
+        .args(["agent", "--simulate", "demo"])
+        .env("GPUCOST_LISTEN", "not-an-address")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("GPUCOST_LISTEN") && err.contains("listen"),
+        "{err}"
+    );
+
+    let bad = dir.path().join("bad-scenario.toml");
+    std::fs::write(&bad, "name = \"x\"\nduration_s = 10\n").unwrap();
+    let out = Command::new(agent_bin())
+        .args(["agent", "--listen", "127.0.0.1:0", "--simulate"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad-scenario.toml") && err.contains("at least one [[gpu]]"),
+        "{err}"
+    );
+}
