@@ -1,4 +1,5 @@
-//! `gpucost agent`: wires the sampler thread to the HTTP server and runs until SIGTERM/Ctrl-C.
+//! `gpucost agent`: wires the node's owner thread, the HTTP server, the job socket and the
+//! kubelet poller, and runs until SIGTERM/Ctrl-C.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,14 +11,19 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn, Instrument};
 
+use crate::api::{socket, Command};
+use crate::attribute::kubelet::{list_gpus, PodGpu};
+use crate::attribute::procfs::{ProcFs, ProcSource};
 use crate::config::Config;
 use crate::export::http;
+use crate::node::{Node, NodeConfig};
 use crate::sample::sampler::{BackendSpec, Cadence, Sampler};
+use crate::sample::sim::SimProcs;
 use crate::sample::Source;
 use crate::snapshot::Snapshot;
 
 /// Runs the agent until a shutdown signal. Errors are start-up errors (a bad scenario, a port in
-/// use); once running, nothing about the GPUs stops it.
+/// use); once running, nothing about the GPUs, the ledger or the socket stops it.
 pub fn run(config: Config) -> anyhow::Result<()> {
     let spec = match &config.simulate {
         Some(s) => BackendSpec::Simulated(Scenario::load(s)?),
@@ -40,6 +46,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             s.description
         );
     }
+    for w in config.pricing.warnings(&[]) {
+        warn!("pricing: {w}");
+    }
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -51,36 +60,72 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let local = listener.local_addr()?;
 
-    let (source, sim_name) = match &spec {
-        BackendSpec::Simulated(s) => (Source::Simulated, Some(s.name.clone())),
-        BackendSpec::Nvml { .. } => (Source::Nvml, None),
+    let real_procs = ProcFs::new(&config.attribution.proc_root);
+    let (source, sim_name, procs): (_, _, Box<dyn ProcSource>) = match &spec {
+        BackendSpec::Simulated(s) => (
+            Source::Simulated,
+            Some(s.name.clone()),
+            Box::new(SimProcs::new(s, real_procs)),
+        ),
+        BackendSpec::Nvml { .. } => (Source::Nvml, None, Box::new(real_procs)),
     };
     let (tx, rx) = watch::channel(Arc::new(Snapshot::empty(source, sim_name)));
+    let (pods_tx, pods_rx) = watch::channel(Vec::<PodGpu>::new());
     let cadence = Cadence {
         interval: config.sampling.interval,
         process_interval: config.sampling.process_interval,
         retry_interval: config.nvml.retry_interval,
     };
-    let (stop_sampler, stop_rx) = std::sync::mpsc::channel::<()>();
-    let sampler_span = span.clone();
-    let sampler = std::thread::Builder::new()
-        .name("gpucost-sampler".into())
+    let node_cfg = NodeConfig {
+        interval: config.sampling.interval,
+        persist_interval: config.persist_interval,
+        state_dir: config.state_dir.clone(),
+        job_map_dir: config.attribution.job_map_dir.clone(),
+        grace_s: config.jobs.grace_period.as_secs_f64(),
+        vanish_s: config.jobs.vanish_after.as_secs_f64(),
+        export_labels: config.jobs.export_labels.clone(),
+    };
+    let (inbox, inbox_rx) = std::sync::mpsc::channel::<Command>();
+    let node_span = span.clone();
+    let pricing = config.pricing.clone();
+    let node = std::thread::Builder::new()
+        .name("gpucost-node".into())
         .spawn(move || {
-            let _e = sampler_span.enter();
-            Sampler::new(spec, cadence, tx).run(stop_rx)
+            let _e = node_span.enter();
+            let sampler = Sampler::new(spec, cadence);
+            Node::new(node_cfg, sampler, pricing, procs, pods_rx, tx).run(inbox_rx)
         })
-        .context("cannot start the sampler thread")?;
+        .context("cannot start the node thread")?;
 
     let shutdown = CancellationToken::new();
     // A sampler that misses three ticks (plus slack for slow NVML calls) is stuck.
     let stale_after = config.sampling.interval * 3 + Duration::from_secs(5);
     info!(
-        "listening on http://{local} (/metrics, /healthz, /api/v1/gpus); sampling every {}",
-        humantime::format_duration(config.sampling.interval)
+        "listening on http://{local} (/metrics, /healthz, /api/v1/gpus, /api/v1/jobs); sampling every {}; ledger in {}",
+        humantime::format_duration(config.sampling.interval),
+        config.state_dir.display()
     );
     let server = http::serve(listener, rx, stale_after, shutdown.clone());
+
     let result = runtime.block_on(
         async {
+            // The job socket: without it jobs are still found by attribution.
+            let _guard = runtime.enter();
+            match socket::bind(&config.socket, config.socket_mode) {
+                Ok(l) => {
+                    info!("job registration on unix socket {}", config.socket.display());
+                    tokio::spawn(socket::serve(l, inbox.clone(), shutdown.clone()).in_current_span());
+                }
+                Err(e) => warn!(
+                    "cannot open the job socket {}: {e}; `gpucost run` and `gpucost job` will run untracked (set socket / --socket)",
+                    config.socket.display()
+                ),
+            }
+            if let Some(sock) = config.attribution.kubelet_socket.clone() {
+                let resources = config.attribution.kubelet_resources.clone();
+                let every = config.attribution.kubelet_interval;
+                tokio::spawn(poll_kubelet(sock, resources, every, pods_tx, shutdown.clone()).in_current_span());
+            }
             tokio::select! {
                 r = server => r.context("HTTP server failed"),
                 () = shutdown_signal() => {
@@ -92,13 +137,56 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         }
         .instrument(span.clone()),
     );
-    let _ = stop_sampler.send(());
-    if sampler.join().is_err() {
-        warn!("the sampler thread panicked");
+    shutdown.cancel();
+    let _ = inbox.send(Command::Shutdown);
+    if node.join().is_err() {
+        warn!("the node thread panicked");
     }
     runtime.shutdown_timeout(Duration::from_secs(2));
+    if let Err(e) = std::fs::remove_file(&config.socket) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            warn!("cannot remove the socket {}: {e}", config.socket.display());
+        }
+    }
     info!("stopped");
     result
+}
+
+/// Asks the kubelet which pod holds which GPU, every `every`; says once when it cannot.
+async fn poll_kubelet(
+    socket: std::path::PathBuf,
+    resources: Vec<String>,
+    every: Duration,
+    tx: watch::Sender<Vec<PodGpu>>,
+    shutdown: CancellationToken,
+) {
+    let mut said: Option<String> = None;
+    loop {
+        match list_gpus(&socket, &resources, Duration::from_secs(5)).await {
+            Ok(pods) => {
+                if said.take().is_some() || tx.borrow().is_empty() && !pods.is_empty() {
+                    info!(
+                        "kubelet pod-resources at {}: {} GPU assignment(s)",
+                        socket.display(),
+                        pods.len()
+                    );
+                }
+                let _ = tx.send(pods);
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                if said.as_deref() != Some(msg.as_str()) {
+                    info!("Kubernetes attribution off for now: {msg} (normal outside Kubernetes; set attribution.kubelet_socket = \"off\" to stop trying)");
+                }
+                said = Some(msg);
+                let _ = tx.send(Vec::new());
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            () = shutdown.cancelled() => return,
+        }
+    }
 }
 
 async fn shutdown_signal() {

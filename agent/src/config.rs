@@ -12,8 +12,13 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::account::pricing::{self, Pricing};
+
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/gpucost/config.toml";
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:10119";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/gpucost";
+pub const DEFAULT_SOCKET: &str = "/run/gpucost/agent.sock";
+pub const DEFAULT_KUBELET_SOCKET: &str = "/var/lib/kubelet/pod-resources/kubelet.sock";
 
 /// The validated configuration of `gpucost agent`.
 #[derive(Debug, Clone, PartialEq)]
@@ -23,6 +28,36 @@ pub struct Config {
     pub nvml: NvmlConfig,
     /// `demo` or a scenario file: run on a simulated node instead of NVML.
     pub simulate: Option<String>,
+    /// Where the ledger lives.
+    pub state_dir: PathBuf,
+    /// The unix socket for job registration (mutations).
+    pub socket: PathBuf,
+    pub socket_mode: u32,
+    pub persist_interval: Duration,
+    pub jobs: JobsConfig,
+    pub attribution: AttributionConfig,
+    pub pricing: Pricing,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobsConfig {
+    /// How long a finished job stays on /metrics.
+    pub grace_period: Duration,
+    /// How long a job found by attribution may go unseen before it ends as `unknown`.
+    pub vanish_after: Duration,
+    /// Job labels exported on `gpucost_job_info` (as `label_KEY`).
+    pub export_labels: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttributionConfig {
+    pub proc_root: PathBuf,
+    /// The GPU -> job mapping directory a Slurm prolog writes; unset: not used.
+    pub job_map_dir: Option<PathBuf>,
+    /// The kubelet pod-resources socket; unset: Kubernetes attribution is off.
+    pub kubelet_socket: Option<PathBuf>,
+    pub kubelet_resources: Vec<String>,
+    pub kubelet_interval: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -46,10 +81,51 @@ pub struct NvmlConfig {
 pub struct Layer {
     pub listen: Option<String>,
     pub simulate: Option<String>,
+    pub state_dir: Option<PathBuf>,
+    pub socket: Option<PathBuf>,
+    /// Octal text, e.g. "0660".
+    pub socket_mode: Option<String>,
     #[serde(default)]
     pub sampling: SamplingLayer,
     #[serde(default)]
     pub nvml: NvmlLayer,
+    #[serde(default)]
+    pub ledger: LedgerLayer,
+    #[serde(default)]
+    pub jobs: JobsLayer,
+    #[serde(default)]
+    pub attribution: AttributionLayer,
+    /// Validated by `account::pricing`; only read from the file.
+    pub pricing: Option<toml::Value>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerLayer {
+    #[serde(default, with = "humantime_serde")]
+    pub persist_interval: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct JobsLayer {
+    #[serde(default, with = "humantime_serde")]
+    pub grace_period: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub vanish_after: Option<Duration>,
+    pub export_labels: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AttributionLayer {
+    pub proc_root: Option<PathBuf>,
+    pub job_map_dir: Option<PathBuf>,
+    /// Path of the kubelet socket, or "off".
+    pub kubelet_socket: Option<PathBuf>,
+    pub kubelet_resources: Option<Vec<String>>,
+    #[serde(default, with = "humantime_serde")]
+    pub kubelet_interval: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -98,14 +174,32 @@ pub struct ConfigError {
     pub problem: String,
 }
 
+/// The documented example config, shipped in the binary.
+pub const EXAMPLE: &str = include_str!("../../deploy/config.example.toml");
+
+/// The `[pricing]` of the example config (the simulated node's prices when none are set).
+pub fn example_pricing() -> Pricing {
+    let doc: toml::Table = toml::from_str(EXAMPLE).expect("the example config is valid TOML");
+    pricing::from_toml_value(&doc["pricing"]).expect("the example pricing is valid")
+}
+
 /// Keys settable from the environment: `GPUCOST_` + the key in upper case, dots as underscores.
 const ENV_KEYS: &[&str] = &[
     "listen",
     "simulate",
+    "state_dir",
+    "socket",
+    "socket_mode",
     "sampling.interval",
     "sampling.process_interval",
     "nvml.lib",
     "nvml.retry_interval",
+    "ledger.persist_interval",
+    "jobs.grace_period",
+    "jobs.vanish_after",
+    "attribution.proc_root",
+    "attribution.job_map_dir",
+    "attribution.kubelet_socket",
 ];
 
 pub fn env_var_for(key: &str) -> String {
@@ -323,6 +417,91 @@ pub fn resolve(layers: &[(Origin, Layer)]) -> Result<Config, ConfigError> {
             ));
         }
     }
+    let persist_interval = in_range(
+        "ledger.persist_interval",
+        pick(
+            layers,
+            |l| l.ledger.persist_interval,
+            Some(Duration::from_secs(5)),
+        ),
+        Duration::from_millis(10),
+        Duration::from_secs(3600),
+    )?;
+    let grace_period = in_range(
+        "jobs.grace_period",
+        pick(
+            layers,
+            |l| l.jobs.grace_period,
+            Some(Duration::from_secs(600)),
+        ),
+        Duration::ZERO,
+        Duration::from_secs(7 * 86_400),
+    )?;
+    let vanish_after = in_range(
+        "jobs.vanish_after",
+        pick(
+            layers,
+            |l| l.jobs.vanish_after,
+            Some((process_interval * 3).max(Duration::from_secs(15))),
+        ),
+        Duration::ZERO,
+        Duration::from_secs(86_400),
+    )?;
+    let (export_labels, labels_origin) =
+        pick(layers, |l| l.jobs.export_labels.clone(), Some(Vec::new()));
+    let export_labels = export_labels.unwrap_or_default();
+    for k in &export_labels {
+        let ok = !k.is_empty()
+            && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && !k.starts_with(|c: char| c.is_ascii_digit())
+            && !k.starts_with("__")
+            && !crate::export::metrics::RESERVED_LABELS.contains(&k.as_str());
+        if !ok {
+            return Err(err(
+                labels_origin,
+                "jobs.export_labels",
+                format!("{k:?} cannot be a label of gpucost_job_info (letters, digits and _, not starting with a digit or __, and none of {:?})", crate::export::metrics::RESERVED_LABELS),
+            ));
+        }
+    }
+    let (mode_text, mode_origin) =
+        pick(layers, |l| l.socket_mode.clone(), Some("0660".to_string()));
+    let mode_text = mode_text.unwrap_or_default();
+    let socket_mode = u32::from_str_radix(mode_text.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| {
+            err(
+                mode_origin,
+                "socket_mode",
+                format!("{mode_text:?} is not an octal file mode such as \"0660\""),
+            )
+        })?;
+    let (kubelet_socket, _) = pick(layers, |l| l.attribution.kubelet_socket.clone(), None);
+    let kubelet_socket = match kubelet_socket {
+        Some(p) if p.as_os_str() == "off" => None,
+        Some(p) => Some(p),
+        None => Some(PathBuf::from(DEFAULT_KUBELET_SOCKET)),
+    };
+    let kubelet_interval = in_range(
+        "attribution.kubelet_interval",
+        pick(
+            layers,
+            |l| l.attribution.kubelet_interval,
+            Some(Duration::from_secs(10)),
+        ),
+        Duration::from_millis(100),
+        Duration::from_secs(3600),
+    )?;
+    let (pricing_value, pricing_origin) = pick(layers, |l| l.pricing.clone(), None);
+    let pricing = match pricing_value {
+        Some(v) => {
+            pricing::from_toml_value(&v).map_err(|e| err(pricing_origin, &e.key, e.problem))?
+        }
+        // A demo with no prices would show no money: it takes the example config's prices.
+        None if simulate.is_some() => example_pricing(),
+        None => Pricing::default(),
+    };
     Ok(Config {
         listen,
         sampling: Sampling {
@@ -334,6 +513,43 @@ pub fn resolve(layers: &[(Origin, Layer)]) -> Result<Config, ConfigError> {
             retry_interval,
         },
         simulate,
+        state_dir: pick(
+            layers,
+            |l| l.state_dir.clone(),
+            Some(DEFAULT_STATE_DIR.into()),
+        )
+        .0
+        .unwrap_or_default(),
+        socket: pick(layers, |l| l.socket.clone(), Some(DEFAULT_SOCKET.into()))
+            .0
+            .unwrap_or_default(),
+        socket_mode,
+        persist_interval,
+        jobs: JobsConfig {
+            grace_period,
+            vanish_after,
+            export_labels,
+        },
+        attribution: AttributionConfig {
+            proc_root: pick(
+                layers,
+                |l| l.attribution.proc_root.clone(),
+                Some("/proc".into()),
+            )
+            .0
+            .unwrap_or_default(),
+            job_map_dir: pick(layers, |l| l.attribution.job_map_dir.clone(), None).0,
+            kubelet_socket,
+            kubelet_resources: pick(
+                layers,
+                |l| l.attribution.kubelet_resources.clone(),
+                Some(vec!["nvidia.com/gpu".to_string()]),
+            )
+            .0
+            .unwrap_or_default(),
+            kubelet_interval,
+        },
+        pricing,
     })
 }
 
@@ -351,6 +567,23 @@ mod tests {
     fn from_file(text: &str) -> Result<Config, ConfigError> {
         let layer = file(text)?;
         resolve(&[(Origin::File("config.toml".into()), layer)])
+    }
+
+    #[test]
+    fn the_example_config_is_valid_and_complete() {
+        let c = from_file(EXAMPLE).unwrap();
+        assert_eq!(c.pricing, example_pricing());
+        assert_eq!(c.pricing.hourly_price("NVIDIA H100 80GB HBM3"), 4.0);
+        assert_eq!(c.jobs.export_labels, ["team", "project"]);
+        assert_eq!(c.socket_mode, 0o660);
+        // Every key a layer accepts appears in the example (commented out or not).
+        for key in ENV_KEYS {
+            let leaf = key.rsplit('.').next().unwrap();
+            assert!(
+                EXAMPLE.contains(&format!("{leaf} =")),
+                "{key} is not documented in the example"
+            );
+        }
     }
 
     #[test]

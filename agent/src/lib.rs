@@ -5,7 +5,14 @@
 
 pub mod account;
 pub mod agent;
+pub mod api;
+pub mod attribute;
+pub mod cli;
 pub mod config;
 pub mod export;
+pub mod jobs;
+pub mod ledger;
+pub mod node;
 pub mod sample;
 pub mod snapshot;
+pub mod tracker;

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use gpucost::cli;
 use gpucost::config::{self, Layer, Origin};
 
 #[derive(Parser)]
@@ -22,6 +23,66 @@ struct Cli {
 enum Command {
     /// Run the node agent: sample the GPUs, serve /metrics and the API.
     Agent(AgentArgs),
+    /// Run a command as a tracked job: `gpucost run --name exp1 -- python train.py`.
+    Run(RunArgs),
+    /// Scheduler hooks (Slurm prolog/epilog); never fail the hook.
+    #[command(subcommand)]
+    Job(JobCommand),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Job name [default: the command's name]
+    #[arg(long)]
+    name: Option<String>,
+    /// A label KEY=VALUE (repeatable)
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = cli::parse_label)]
+    labels: Vec<(String, String)>,
+    /// The agent's socket [default: /run/gpucost/agent.sock; env: GPUCOST_SOCKET]
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// The command and its arguments
+    #[arg(last = true, required = true, value_name = "CMD")]
+    command: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum JobCommand {
+    /// Register a job (a Slurm prolog: reads SLURM_JOB_ID, SLURM_JOB_USER, SLURM_JOB_UID, SLURM_JOB_GPUS)
+    Start {
+        /// Job id [default: SLURM_JOB_ID, else GPUCOST_JOB_ID]
+        #[arg(long)]
+        id: Option<String>,
+        #[arg(long)]
+        name: Option<String>,
+        /// The job's user (root only) [default: SLURM_JOB_USER]
+        #[arg(long)]
+        user: Option<String>,
+        /// The job's uid (root only) [default: SLURM_JOB_UID]
+        #[arg(long)]
+        uid: Option<u32>,
+        /// GPUs allocated, indices or UUIDs, comma-separated [default: SLURM_JOB_GPUS]
+        #[arg(long)]
+        gpus: Option<String>,
+        #[arg(long = "label", value_name = "KEY=VALUE", value_parser = cli::parse_label)]
+        labels: Vec<(String, String)>,
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+    },
+    /// End a job (a Slurm epilog)
+    End {
+        /// Job id [default: SLURM_JOB_ID, else GPUCOST_JOB_ID]
+        #[arg(long)]
+        id: Option<String>,
+        /// The job's exit code, when known (non-zero: failed)
+        #[arg(long)]
+        exit_code: Option<i32>,
+        /// succeeded, failed or unknown, when no exit code is known
+        #[arg(long)]
+        outcome: Option<String>,
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+    },
 }
 
 #[derive(Args)]
@@ -38,6 +99,12 @@ struct AgentArgs {
     /// Run on a simulated node: `demo`, or a scenario file (see sim/README.md)
     #[arg(long, value_name = "SCENARIO")]
     simulate: Option<String>,
+    /// Where the ledger lives [default: /var/lib/gpucost]
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// The job registration socket [default: /run/gpucost/agent.sock; env: GPUCOST_SOCKET]
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -51,7 +118,45 @@ fn main() -> ExitCode {
         .init();
     match cli.command {
         Command::Agent(args) => agent(args),
+        Command::Run(a) => exit_code(cli::run::run(cli::run::RunArgs {
+            name: a.name,
+            labels: a.labels.into_iter().collect(),
+            socket: cli::socket_path(a.socket),
+            command: a.command,
+        })),
+        Command::Job(JobCommand::Start {
+            id,
+            name,
+            user,
+            uid,
+            gpus,
+            labels,
+            socket,
+        }) => exit_code(cli::job::start(cli::job::StartArgs {
+            id,
+            name,
+            user,
+            uid,
+            gpus,
+            labels: labels.into_iter().collect(),
+            socket: cli::socket_path(socket),
+        })),
+        Command::Job(JobCommand::End {
+            id,
+            exit_code: code,
+            outcome,
+            socket,
+        }) => exit_code(cli::job::end(cli::job::EndArgs {
+            id,
+            exit_code: code,
+            outcome,
+            socket: cli::socket_path(socket),
+        })),
     }
+}
+
+fn exit_code(code: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
 
 fn agent(args: AgentArgs) -> ExitCode {
@@ -110,6 +215,20 @@ fn load_config(args: AgentArgs) -> Result<config::Config, config::ConfigError> {
                 ..Layer::default()
             },
         ));
+    }
+    if let Some(dir) = args.state_dir {
+        let l = Layer {
+            state_dir: Some(dir),
+            ..Layer::default()
+        };
+        layers.push(flag("state-dir", l));
+    }
+    if let Some(socket) = args.socket {
+        let l = Layer {
+            socket: Some(socket),
+            ..Layer::default()
+        };
+        layers.push(flag("socket", l));
     }
     config::resolve(&layers)
 }

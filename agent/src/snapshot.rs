@@ -1,12 +1,15 @@
 //! The node as of the latest sample: what the sampler publishes and what `/metrics` and the API
 //! render. Plain data, cheap to share behind an `Arc`; readers never touch the hardware.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use serde::Serialize;
 
 use crate::account::energy::EnergyMethod;
 use crate::account::GpuTotals;
+use crate::jobs::{GpuRecord, JobRecord, Outcome};
 use crate::sample::{GpuStatic, ProcessUse, Reading, Source};
 
 #[derive(Debug, Clone)]
@@ -27,6 +30,25 @@ pub struct Snapshot {
     pub samples_total: u64,
     /// (gpu, field, kind) -> count of failed reads; `field` is "all" when the whole GPU failed.
     pub sample_errors: Vec<(u32, &'static str, &'static str, u64)>,
+    /// Job and GPU totals as last persisted (or live, when there is no ledger).
+    pub published: Published,
+    /// Why the ledger cannot be written, when it cannot.
+    pub ledger_error: Option<String>,
+    pub currency: String,
+    pub market: &'static str,
+    /// Job labels exported on `gpucost_job_info`.
+    pub export_labels: Arc<Vec<String>>,
+}
+
+/// Totals that must never go backwards, as exported.
+#[derive(Debug, Clone, Default)]
+pub struct Published {
+    /// Jobs on this node: running ones and those in their grace period.
+    pub jobs: Arc<Vec<JobRecord>>,
+    /// By GPU UUID.
+    pub gpus: Arc<BTreeMap<String, GpuRecord>>,
+    /// Finished jobs since the ledger began, by outcome.
+    pub finished: BTreeMap<Outcome, u64>,
 }
 
 impl Snapshot {
@@ -42,6 +64,11 @@ impl Snapshot {
             sample_duration_s: 0.0,
             samples_total: 0,
             sample_errors: Vec::new(),
+            published: Published::default(),
+            ledger_error: None,
+            currency: String::new(),
+            market: "",
+            export_labels: Arc::new(Vec::new()),
         }
     }
 }

@@ -2,7 +2,9 @@
 //!
 //! Pure code: nothing here does I/O or reads a clock; callers pass elapsed time in.
 
+pub mod cost;
 pub mod energy;
+pub mod pricing;
 
 use std::collections::BTreeMap;
 

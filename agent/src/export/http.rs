@@ -38,6 +38,8 @@ pub fn router(snapshots: watch::Receiver<Arc<Snapshot>>, stale_after: Duration) 
         .route("/healthz", get(get_healthz))
         .route("/api/v1/gpus", get(get_gpus))
         .route("/api/v1/gpus/{index}", get(get_gpu))
+        .route("/api/v1/jobs", get(get_jobs))
+        .route("/api/v1/jobs/{id}", get(get_job))
         .fallback(not_found)
         .with_state(AppState {
             snapshots,
@@ -106,6 +108,37 @@ async fn get_gpu(State(app): State<AppState>, Path(index): Path<String>) -> Resp
         None => error(
             StatusCode::NOT_FOUND,
             &format!("no GPU with index {index:?}"),
+        ),
+    }
+}
+
+fn job_json(j: &crate::jobs::JobRecord, currency: &str) -> serde_json::Value {
+    let mut v = serde_json::to_value(j).unwrap_or_default();
+    v["cost_total"] = json!(j.usage.total_cost());
+    v["wasted_cost"] = json!(j.wasted_cost());
+    v["currency"] = json!(currency);
+    v
+}
+
+async fn get_jobs(State(app): State<AppState>) -> Response {
+    let snap = app.latest();
+    let jobs: Vec<_> = snap
+        .published
+        .jobs
+        .iter()
+        .map(|j| job_json(j, &snap.currency))
+        .collect();
+    Json(json!({ "simulated": snap.simulated, "currency": snap.currency, "jobs": jobs }))
+        .into_response()
+}
+
+async fn get_job(State(app): State<AppState>, Path(id): Path<String>) -> Response {
+    let snap = app.latest();
+    match snap.published.jobs.iter().find(|j| j.id == id) {
+        Some(j) => Json(job_json(j, &snap.currency)).into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            &format!("no job {id:?} on this node's metrics (finished jobs past their grace period are in the ledger: gpucost report --job)"),
         ),
     }
 }

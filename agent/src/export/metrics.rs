@@ -7,6 +7,7 @@
 use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
 use prometheus::{Encoder, TextEncoder};
 
+use crate::jobs::Outcome;
 use crate::sample::CLOCK_EVENT_REASONS;
 use crate::snapshot::Snapshot;
 
@@ -132,11 +133,31 @@ pub fn render(snap: &Snapshot) -> String {
             &gpu,
             bool_value(g.up),
         );
+        let rec = snap.published.gpus.get(&g.info.uuid);
+        let usage = rec.map(|r| r.usage).unwrap_or_default();
         f.counter(
             "gpucost_gpu_energy_joules_total",
-            "Energy used by the GPU since the agent began counting; never decreases.",
+            "Energy used by the GPU, as persisted in the ledger; never decreases, also across restarts.",
             &gpu,
-            v.energy_joules_total,
+            usage.energy_j,
+        );
+        f.counter(
+            "gpucost_gpu_cost_total",
+            "Cost of the GPU (GPU time, energy, overhead), allocated or not, in the pricing currency.",
+            &gpu,
+            usage.total_cost(),
+        );
+        f.counter(
+            "gpucost_gpu_idle_seconds_total",
+            "Seconds the GPU spent below the idle utilization threshold.",
+            &gpu,
+            usage.idle_gpu_seconds,
+        );
+        f.counter(
+            "gpucost_gpu_unallocated_seconds_total",
+            "Seconds the GPU was held by no job.",
+            &gpu,
+            rec.map_or(0.0, |r| r.unallocated_seconds),
         );
         if let Some(m) = v.energy_method {
             f.gauge(
@@ -220,11 +241,128 @@ pub fn render(snap: &Snapshot) -> String {
             );
         }
     }
+    render_jobs(&mut f, snap);
     let mut out = Vec::with_capacity(8192);
     TextEncoder::new()
         .encode(&f.list, &mut out)
         .expect("families built here are well-formed");
     String::from_utf8(out).expect("the text encoder writes UTF-8")
+}
+
+/// Labels of `gpucost_job_info` that a configured job label may not take.
+pub const RESERVED_LABELS: &[&str] = &[
+    "job",
+    "job_id",
+    "name",
+    "user",
+    "scheduler",
+    "instance",
+    "gpu",
+    "simulated",
+    "outcome",
+];
+
+fn render_jobs(f: &mut Families, snap: &Snapshot) {
+    f.gauge(
+        "gpucost_pricing_info",
+        "The currency of every cost metric and the market whose GPU prices apply; 1.",
+        &[("currency", &snap.currency), ("market", snap.market)],
+        1.0,
+    );
+    f.gauge(
+        "gpucost_ledger_up",
+        "1 when the last write to the ledger succeeded.",
+        &[],
+        bool_value(snap.ledger_error.is_none()),
+    );
+    for outcome in [Outcome::Succeeded, Outcome::Failed, Outcome::Unknown] {
+        f.counter(
+            "gpucost_jobs_finished_total",
+            "Jobs that ended on this node, by outcome.",
+            &[("outcome", outcome.as_str())],
+            snap.published.finished.get(&outcome).copied().unwrap_or(0) as f64,
+        );
+    }
+    for j in snap.published.jobs.iter() {
+        let id = [("job_id", j.id.as_str())];
+        let mut info: Vec<(&str, &str)> = vec![
+            ("job_id", &j.id),
+            ("name", &j.name),
+            ("user", &j.user),
+            ("scheduler", j.scheduler.as_str()),
+        ];
+        for k in snap.export_labels.iter() {
+            info.push((k, j.labels.get(k).map_or("", String::as_str)));
+        }
+        f.gauge(
+            "gpucost_job_info",
+            "One series per known job with its identity; 1.",
+            &info,
+            1.0,
+        );
+        let u = &j.usage;
+        f.counter(
+            "gpucost_job_gpu_seconds_total",
+            "GPU-seconds the job held (shares of shared GPUs).",
+            &id,
+            u.gpu_seconds,
+        );
+        f.counter(
+            "gpucost_job_energy_joules_total",
+            "Energy of the job's GPU share.",
+            &id,
+            u.energy_j,
+        );
+        f.counter(
+            "gpucost_job_carbon_grams_total",
+            "CO2e of the job's energy at the configured PUE and grid intensity.",
+            &id,
+            u.carbon_g,
+        );
+        for (component, v) in [
+            ("gpu_time", u.cost_gpu_time),
+            ("energy", u.cost_energy),
+            ("overhead", u.cost_overhead),
+        ] {
+            f.counter(
+                "gpucost_job_cost_total",
+                "Cost of the job by component, in the pricing currency.",
+                &[("job_id", &j.id), ("component", component)],
+                v,
+            );
+        }
+        f.counter(
+            "gpucost_job_idle_gpu_seconds_total",
+            "GPU-seconds the job held while the GPU was idle.",
+            &id,
+            u.idle_gpu_seconds,
+        );
+        let failed_rest = if j.outcome == Outcome::Failed {
+            (u.total_cost() - u.idle_cost).max(0.0)
+        } else {
+            0.0
+        };
+        for (reason, v) in [("idle", u.idle_cost), ("failed", failed_rest)] {
+            f.counter(
+                "gpucost_job_wasted_cost_total",
+                "Cost that bought nothing: idle = held while idle; failed = the rest of a failed run's cost (the two add up to a failed run's whole cost).",
+                &[("job_id", &j.id), ("reason", reason)],
+                v,
+            );
+        }
+        f.gauge(
+            "gpucost_job_running",
+            "1 while the job runs.",
+            &id,
+            bool_value(j.outcome == Outcome::Running),
+        );
+        f.gauge(
+            "gpucost_job_failed",
+            "1 when the job ended failed.",
+            &id,
+            bool_value(j.outcome == Outcome::Failed),
+        );
+    }
 }
 
 fn bool_value(b: bool) -> f64 {

@@ -1,25 +1,22 @@
-//! The sampler: one thread that owns the backend and the per-GPU totals, reads every GPU on an
-//! interval (the process list on a slower cadence) and publishes a [`Snapshot`] after each cycle.
+//! The sampler: owns the backend and the per-GPU totals; each [`Sampler::cycle`] reads every GPU
+//! (the process list on a slower cadence) and says what the interval since the last one held.
 //!
-//! It runs on a plain thread because NVML calls block; the async side only ever sees snapshots.
-//! Nothing here is fatal: a missing library is retried, a lost GPU is reported and re-read, a
-//! failed field is counted and logged, and the cycle goes on.
+//! It is driven by the node's owner thread (`crate::node`), because NVML calls block. Nothing
+//! here is fatal: a missing library is retried, a lost GPU is reported and re-read, a failed
+//! field is counted and logged, and the cycle goes on.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use gpucost_sim::Scenario;
-use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use super::nvml::{NvmlBackend, DEFAULT_LIB};
 use super::sim::SimBackend;
 use super::{Backend, Field, FieldError, GpuStatic, SampleError, Source};
 use crate::account::GpuTotals;
-use crate::snapshot::{GpuSnapshot, Snapshot};
+use crate::snapshot::GpuSnapshot;
 
 /// Which backend to run.
 #[derive(Debug, Clone)]
@@ -75,11 +72,32 @@ pub struct Sampler {
     next_processes: Instant,
     samples_total: u64,
     errors: BTreeMap<(u32, &'static str, &'static str), u64>,
-    tx: watch::Sender<Arc<Snapshot>>,
+}
+
+/// What one GPU did over the interval that a cycle closed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tick {
+    pub index: u32,
+    pub uuid: String,
+    pub model: String,
+    /// Seconds since the previous reading (0 for the first).
+    pub dt: f64,
+    pub energy_j: f64,
+    pub utilization: Option<f64>,
+}
+
+/// The result of a cycle.
+#[derive(Debug, Clone, Default)]
+pub struct CycleResult {
+    /// GPUs read successfully, with their interval.
+    pub ticks: Vec<Tick>,
+    /// Whether process lists were read this cycle (attribution runs then).
+    pub processes_read: bool,
+    pub duration: Duration,
 }
 
 impl Sampler {
-    pub fn new(spec: BackendSpec, cadence: Cadence, tx: watch::Sender<Arc<Snapshot>>) -> Self {
+    pub fn new(spec: BackendSpec, cadence: Cadence) -> Self {
         let now = Instant::now();
         Sampler {
             spec,
@@ -93,34 +111,14 @@ impl Sampler {
             next_processes: now,
             samples_total: 0,
             errors: BTreeMap::new(),
-            tx,
         }
     }
 
-    fn source(&self) -> Source {
+    pub fn source(&self) -> Source {
         match self.spec {
             BackendSpec::Nvml { .. } => Source::Nvml,
             BackendSpec::Simulated(_) => Source::Simulated,
         }
-    }
-
-    /// Runs cycles until `shutdown` receives a message or its sender is dropped.
-    pub fn run(mut self, shutdown: Receiver<()>) {
-        let mut next = Instant::now();
-        loop {
-            self.cycle(Instant::now());
-            next += self.cadence.interval;
-            let now = Instant::now();
-            if next < now {
-                // A slow cycle (a hung NVML call): skip the missed ticks instead of bursting.
-                next = now + self.cadence.interval;
-            }
-            match shutdown.recv_timeout(next - now) {
-                Err(RecvTimeoutError::Timeout) => {}
-                Ok(()) | Err(RecvTimeoutError::Disconnected) => break,
-            }
-        }
-        debug!("sampler stopped");
     }
 
     fn open(&mut self, now: Instant) {
@@ -194,13 +192,15 @@ impl Sampler {
         *self.errors.entry((gpu, field, kind)).or_default() += 1;
     }
 
-    /// One sampling cycle: read every GPU, fold the readings into the totals, publish.
-    pub fn cycle(&mut self, now: Instant) {
+    /// One sampling cycle: read every GPU and fold the readings into the totals.
+    pub fn cycle(&mut self, now: Instant) -> CycleResult {
         let started = Instant::now();
+        let mut result = CycleResult::default();
         if self.backend.is_none() && now >= self.next_open {
             self.open(now);
         }
-        let with_processes = now >= self.next_processes;
+        let with_processes = now >= self.next_processes && self.backend.is_some();
+        result.processes_read = with_processes;
         if with_processes {
             self.next_processes = now + self.cadence.process_interval;
         }
@@ -253,6 +253,14 @@ impl Sampler {
                         if let Some(ps) = r.processes.take() {
                             slot.snap.processes = ps;
                         }
+                        result.ticks.push(Tick {
+                            index,
+                            uuid: slot.snap.info.uuid.clone(),
+                            model: slot.snap.info.model.clone(),
+                            dt,
+                            energy_j: step.delta_j,
+                            utilization: r.utilization_pct.map(|p| f64::from(p) / 100.0),
+                        });
                         slot.snap.reading = Some(r);
                         slot.last_read = Some(now);
                     }
@@ -281,27 +289,44 @@ impl Sampler {
             }
         }
         self.samples_total += 1;
-        let snapshot = Snapshot {
-            taken_at: Some(SystemTime::now()),
-            simulated: match &self.spec {
-                BackendSpec::Simulated(s) => Some(s.name.clone()),
-                BackendSpec::Nvml { .. } => None,
-            },
-            source: self.source(),
-            backend_up: self.backend.is_some(),
-            backend_error: self.open_error.clone(),
-            driver: self.driver.clone(),
-            gpus: self.gpus.iter().map(|s| s.snap.clone()).collect(),
-            sample_duration_s: started.elapsed().as_secs_f64(),
-            samples_total: self.samples_total,
-            sample_errors: self
-                .errors
-                .iter()
-                .map(|(&(g, f, k), &n)| (g, f, k, n))
-                .collect(),
-        };
-        // No receiver left means the agent is shutting down; nothing to do about it.
-        let _ = self.tx.send(Arc::new(snapshot));
+        result.duration = started.elapsed();
+        result
+    }
+
+    pub fn gpus(&self) -> impl Iterator<Item = &GpuSnapshot> {
+        self.gpus.iter().map(|s| &s.snap)
+    }
+
+    pub fn backend_up(&self) -> bool {
+        self.backend.is_some()
+    }
+
+    pub fn open_error(&self) -> Option<&str> {
+        self.open_error.as_deref()
+    }
+
+    pub fn driver(&self) -> Option<&str> {
+        self.driver.as_deref()
+    }
+
+    pub fn samples_total(&self) -> u64 {
+        self.samples_total
+    }
+
+    /// (gpu, field, kind) -> count of failed reads.
+    pub fn errors(&self) -> Vec<(u32, &'static str, &'static str, u64)> {
+        self.errors
+            .iter()
+            .map(|(&(g, f, k), &n)| (g, f, k, n))
+            .collect()
+    }
+
+    /// The scenario name when the node is simulated.
+    pub fn simulated(&self) -> Option<&str> {
+        match &self.spec {
+            BackendSpec::Simulated(s) => Some(&s.name),
+            BackendSpec::Nvml { .. } => None,
+        }
     }
 }
 

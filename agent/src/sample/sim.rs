@@ -99,3 +99,52 @@ impl Backend for SimBackend {
         })
     }
 }
+
+/// Process facts of the simulated node's jobs, so attribution runs its real rules on them: a job
+/// with an `id` sits in a Slurm cgroup (`.../slurmstepd.scope/job_<id>/...`), the others are
+/// plain processes. Pids the scenario does not know (a real `gpucost run` on a simulated node)
+/// are looked up in the real `/proc`.
+pub struct SimProcs {
+    procs: std::collections::BTreeMap<u32, crate::attribute::procfs::ProcInfo>,
+    real: crate::attribute::procfs::ProcFs,
+}
+
+impl SimProcs {
+    pub fn new(scenario: &Scenario, real: crate::attribute::procfs::ProcFs) -> Self {
+        use crate::attribute::procfs::ProcInfo;
+        let mut procs = std::collections::BTreeMap::new();
+        for j in &scenario.jobs {
+            let comm = j
+                .command
+                .split_whitespace()
+                .next()
+                .unwrap_or(&j.name)
+                .to_string();
+            let info = |pid: u32, ppid: u32| ProcInfo {
+                pid,
+                ppid,
+                uid: j.uid,
+                user: Some(j.user.clone()),
+                comm: comm.clone(),
+                start_ticks: 0,
+                slurm_job: j.id.clone(),
+                env_job_id: None,
+                env_labels: Default::default(),
+            };
+            procs.insert(j.pid, info(j.pid, 1));
+            for w in &j.worker_pids {
+                procs.insert(*w, info(*w, j.pid));
+            }
+        }
+        SimProcs { procs, real }
+    }
+}
+
+impl crate::attribute::procfs::ProcSource for SimProcs {
+    fn info(&self, pid: u32) -> Option<crate::attribute::procfs::ProcInfo> {
+        self.procs
+            .get(&pid)
+            .cloned()
+            .or_else(|| self.real.info(pid))
+    }
+}

@@ -59,16 +59,37 @@ pub fn fake_nvml_lib() -> &'static Path {
 pub struct Agent {
     child: Option<Child>,
     pub addr: String,
+    /// The agent's state directory (the ledger) and socket.
+    pub state_dir: PathBuf,
+    pub socket: PathBuf,
     logs: Arc<Mutex<Vec<String>>>,
+    _own_dir: Option<tempfile::TempDir>,
 }
 
 impl Agent {
-    /// Starts `gpucost agent ARGS` on a free loopback port with extra environment variables and
-    /// waits until it listens.
+    /// Starts `gpucost agent ARGS` on a free loopback port, with its state and socket in a fresh
+    /// temporary directory and extra environment variables, and waits until it listens.
     pub fn start(args: &[&str], env: &[(&str, &str)]) -> Agent {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut a = Agent::start_in(dir.path(), args, env);
+        a._own_dir = Some(dir);
+        a
+    }
+
+    /// Like [`Agent::start`], with the state and socket in `dir` (kept by the caller, so that an
+    /// agent can be restarted on the same ledger).
+    pub fn start_in(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Agent {
+        let state_dir = dir.join("state");
+        let socket = dir.join("agent.sock");
         let mut cmd = Command::new(agent_bin());
         cmd.arg("agent")
             .args(["--listen", "127.0.0.1:0"])
+            .arg("--state-dir")
+            .arg(&state_dir)
+            .arg("--socket")
+            .arg(&socket)
+            .env("GPUCOST_ATTRIBUTION_KUBELET_SOCKET", "off")
+            .env("GPUCOST_LEDGER_PERSIST_INTERVAL", "100ms")
             .args(args)
             .env_remove("GPUCOST_CONFIG")
             .env("GPUCOST_LOG", "info")
@@ -91,7 +112,10 @@ impl Agent {
         let mut agent = Agent {
             child: Some(child),
             addr: String::new(),
+            state_dir,
+            socket,
             logs,
+            _own_dir: None,
         };
         let line = agent.wait_for_log("listening on http://", Duration::from_secs(20));
         let start = line.find("http://").unwrap() + "http://".len();
@@ -162,6 +186,13 @@ impl Agent {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Kills the agent with SIGKILL (no chance to persist) and waits for it.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("agent still running");
+        child.kill().expect("SIGKILL");
+        child.wait().expect("wait");
     }
 
     /// Sends SIGTERM and waits for the exit status.

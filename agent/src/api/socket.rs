@@ -1,0 +1,184 @@
+//! The unix-socket server for job registration and endings.
+//!
+//! Every request carries its caller's uid from SO_PEERCRED, not from anything the caller says.
+//! Bodies are limited to [`MAX_BODY`] bytes; malformed requests get a 4xx with a JSON error and
+//! change nothing.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::mpsc::Sender;
+use std::time::Duration;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path as UrlPath, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::serve::IncomingStream;
+use axum::{Json, Router};
+use serde_json::json;
+use tokio::net::UnixListener;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use super::Command;
+use crate::jobs::JobRecord;
+use crate::tracker::{EndRequest, RegisterRequest, RequestError};
+
+/// Largest accepted request body.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// Who is on the other end of a connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    pub uid: Option<u32>,
+}
+
+impl axum::extract::connect_info::Connected<IncomingStream<'_, UnixListener>> for Peer {
+    fn connect_info(stream: IncomingStream<'_, UnixListener>) -> Self {
+        Peer {
+            uid: stream.io().peer_cred().ok().map(|c| c.uid()),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    inbox: Sender<Command>,
+}
+
+/// Binds the socket: creates its folder, replaces a stale socket file, sets `mode`.
+pub fn bind(path: &Path, mode: u32) -> std::io::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    Ok(listener)
+}
+
+pub fn router(inbox: Sender<Command>) -> Router {
+    Router::new()
+        .route("/api/v1/jobs", post(register))
+        .route("/api/v1/jobs/{id}/end", post(end))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint".into()) })
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(AppState { inbox })
+}
+
+pub async fn serve(
+    listener: UnixListener,
+    inbox: Sender<Command>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        router(inbox).into_make_service_with_connect_info::<Peer>(),
+    )
+    .with_graceful_shutdown(async move { shutdown.cancelled().await })
+    .await
+}
+
+async fn register(
+    State(app): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    body: Result<Json<RegisterRequest>, JsonRejection>,
+) -> Response {
+    let Some(uid) = peer.uid else {
+        return error(
+            StatusCode::FORBIDDEN,
+            "cannot tell who is calling (no peer credentials)".into(),
+        );
+    };
+    let req = match body {
+        Ok(Json(r)) => r,
+        Err(e) => return rejection(e),
+    };
+    let (reply, rx) = oneshot::channel();
+    ask(
+        &app,
+        Command::Register { req, uid, reply },
+        rx,
+        StatusCode::CREATED,
+    )
+    .await
+}
+
+async fn end(
+    State(app): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    UrlPath(id): UrlPath<String>,
+    body: Result<Json<EndRequest>, JsonRejection>,
+) -> Response {
+    let Some(uid) = peer.uid else {
+        return error(
+            StatusCode::FORBIDDEN,
+            "cannot tell who is calling (no peer credentials)".into(),
+        );
+    };
+    let req = match body {
+        Ok(Json(r)) => r,
+        Err(e) => return rejection(e),
+    };
+    let (reply, rx) = oneshot::channel();
+    ask(
+        &app,
+        Command::End {
+            id,
+            req,
+            uid,
+            reply,
+        },
+        rx,
+        StatusCode::OK,
+    )
+    .await
+}
+
+async fn ask(
+    app: &AppState,
+    cmd: Command,
+    rx: oneshot::Receiver<Result<JobRecord, RequestError>>,
+    ok: StatusCode,
+) -> Response {
+    if app.inbox.send(cmd).is_err() {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the agent is shutting down".into(),
+        );
+    }
+    match tokio::time::timeout(Duration::from_secs(10), rx).await {
+        Ok(Ok(Ok(job))) => (ok, Json(job)).into_response(),
+        Ok(Ok(Err(e))) => {
+            let status = match e {
+                RequestError::Invalid(_) => StatusCode::BAD_REQUEST,
+                RequestError::Forbidden(_) => StatusCode::FORBIDDEN,
+                RequestError::NotFound(_) => StatusCode::NOT_FOUND,
+                RequestError::Conflict(_) => StatusCode::CONFLICT,
+            };
+            error(status, e.to_string())
+        }
+        Ok(Err(_)) | Err(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the agent did not answer in time".into(),
+        ),
+    }
+}
+
+fn rejection(e: JsonRejection) -> Response {
+    let status = match e {
+        JsonRejection::MissingJsonContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        JsonRejection::BytesRejection(_) => StatusCode::PAYLOAD_TOO_LARGE,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    error(status, e.body_text())
+}
+
+fn error(status: StatusCode, message: String) -> Response {
+    (status, Json(json!({ "error": message }))).into_response()
+}

@@ -1,0 +1,431 @@
+//! Kubernetes attribution: asks the kubelet which pod and container holds which GPU.
+//!
+//! Owns the client side of the kubelet pod-resources gRPC API (service `v1.PodResourcesLister`,
+//! rpc `List`) over its unix socket, default [`DEFAULT_SOCKET`]. NVIDIA's device plugin
+//! registers GPUs as resource `nvidia.com/gpu` with the GPU UUID (`GPU-…`) as device id, or the
+//! MIG device id (`MIG-…`) for MIG slices; with the plugin's "mixed" MIG strategy the resource
+//! names are `nvidia.com/mig-<profile>`, which the caller adds to `resource_names`.
+//!
+//! Each [`list_gpus`] call opens a fresh connection (the socket is local and polled every few
+//! seconds, so there is no channel to keep healthy across kubelet restarts). GPUs handed out
+//! through Dynamic Resource Allocation arrive in `dynamic_resources` as CDI devices and are not
+//! read here yet.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tonic::codegen::http::uri::PathAndQuery;
+use tonic::transport::Endpoint;
+
+/// Where the kubelet serves the pod-resources API.
+pub const DEFAULT_SOCKET: &str = "/var/lib/kubelet/pod-resources/kubelet.sock";
+/// The resource name NVIDIA's device plugin registers GPUs under.
+pub const NVIDIA_GPU: &str = "nvidia.com/gpu";
+/// gRPC path of `PodResourcesLister.List` (package `v1`).
+const LIST_PATH: &str = "/v1.PodResourcesLister/List";
+/// The kubelet's own client allows 16 MiB responses (`podresources.DefaultMaxMsgSize`); a node
+/// with many pods goes past tonic's 4 MiB default.
+const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
+
+/// One device held by one container.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PodGpu {
+    pub namespace: String,
+    pub pod: String,
+    pub container: String,
+    /// GPU UUID (`GPU-…`) or MIG device id (`MIG-…`), as the device plugin reported it.
+    pub device_id: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KubeletError {
+    /// No socket, nobody listening, or the HTTP/2 handshake failed.
+    #[error("cannot connect to the kubelet pod-resources socket {}: {reason}", path.display())]
+    Connect { path: PathBuf, reason: String },
+    /// The kubelet answered with a gRPC error.
+    #[error("kubelet pod-resources List on {} failed: {status}", path.display())]
+    Rpc {
+        path: PathBuf,
+        status: Box<tonic::Status>,
+    },
+    /// Connect plus the call took longer than the timeout.
+    #[error("kubelet pod-resources socket {} did not answer within {timeout:?}", path.display())]
+    Timeout { path: PathBuf, timeout: Duration },
+}
+
+/// Every device whose resource name is in `resource_names` (normally `[NVIDIA_GPU]`) with the
+/// pod and container that hold it, sorted, without duplicates. The whole exchange (connect and
+/// call) is bounded by `timeout`. A missing socket is [`KubeletError::Connect`] naming the path.
+pub async fn list_gpus(
+    socket: &Path,
+    resource_names: &[String],
+    timeout: Duration,
+) -> Result<Vec<PodGpu>, KubeletError> {
+    let response = tokio::time::timeout(timeout, list(socket))
+        .await
+        .map_err(|_| KubeletError::Timeout {
+            path: socket.to_path_buf(),
+            timeout,
+        })??;
+    Ok(gpus_from(response, resource_names))
+}
+
+async fn list(socket: &Path) -> Result<pb::ListPodResourcesResponse, KubeletError> {
+    let connect_err = |reason: String| KubeletError::Connect {
+        path: socket.to_path_buf(),
+        reason,
+    };
+    let path = socket.to_path_buf();
+    // The URI is required by the HTTP/2 client but never resolved: the connector dials the socket.
+    let channel = Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(path).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        }))
+        .await
+        .map_err(|e| connect_err(error_chain(&e)))?;
+    let mut grpc = tonic::client::Grpc::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES);
+    grpc.ready()
+        .await
+        .map_err(|e| connect_err(error_chain(&e)))?;
+    let codec =
+        tonic_prost::ProstCodec::<pb::ListPodResourcesRequest, pb::ListPodResourcesResponse>::default();
+    grpc.unary(
+        tonic::Request::new(pb::ListPodResourcesRequest {}),
+        PathAndQuery::from_static(LIST_PATH),
+        codec,
+    )
+    .await
+    .map(tonic::Response::into_inner)
+    .map_err(|status| KubeletError::Rpc {
+        path: socket.to_path_buf(),
+        status: Box::new(status),
+    })
+}
+
+/// tonic's transport error says only "transport error"; the cause (e.g. "No such file or
+/// directory") is further down the chain.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+fn gpus_from(response: pb::ListPodResourcesResponse, resource_names: &[String]) -> Vec<PodGpu> {
+    let mut out = Vec::new();
+    for pod in response.pod_resources {
+        for container in pod.containers {
+            for devices in container.devices {
+                if !resource_names.contains(&devices.resource_name) {
+                    continue;
+                }
+                for device_id in devices.device_ids {
+                    out.push(PodGpu {
+                        namespace: pod.namespace.clone(),
+                        pod: pod.name.clone(),
+                        container: container.name.clone(),
+                        device_id,
+                    });
+                }
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The `List` messages, written by hand (no protoc) with the field numbers and types of upstream
+/// kubernetes `staging/src/k8s.io/kubelet/pkg/apis/podresources/v1/api.proto` (package `v1`).
+/// Fields not read here are still declared so the structs mirror the wire format; prost would
+/// skip them anyway.
+pub mod pb {
+    /// `message ListPodResourcesRequest {}`
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ListPodResourcesRequest {}
+
+    /// `message ListPodResourcesResponse { repeated PodResources pod_resources = 1; }`
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ListPodResourcesResponse {
+        #[prost(message, repeated, tag = "1")]
+        pub pod_resources: Vec<PodResources>,
+    }
+
+    /// `message PodResources`
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct PodResources {
+        #[prost(string, tag = "1")]
+        pub name: String,
+        #[prost(string, tag = "2")]
+        pub namespace: String,
+        #[prost(message, repeated, tag = "3")]
+        pub containers: Vec<ContainerResources>,
+    }
+
+    /// `message ContainerResources`
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ContainerResources {
+        #[prost(string, tag = "1")]
+        pub name: String,
+        #[prost(message, repeated, tag = "2")]
+        pub devices: Vec<ContainerDevices>,
+        #[prost(int64, repeated, tag = "3")]
+        pub cpu_ids: Vec<i64>,
+        #[prost(message, repeated, tag = "4")]
+        pub memory: Vec<ContainerMemory>,
+        #[prost(message, repeated, tag = "5")]
+        pub dynamic_resources: Vec<DynamicResource>,
+    }
+
+    /// `message ContainerDevices`
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ContainerDevices {
+        #[prost(string, tag = "1")]
+        pub resource_name: String,
+        #[prost(string, repeated, tag = "2")]
+        pub device_ids: Vec<String>,
+        #[prost(message, optional, tag = "3")]
+        pub topology: Option<TopologyInfo>,
+    }
+
+    /// `message ContainerMemory`
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ContainerMemory {
+        #[prost(string, tag = "1")]
+        pub memory_type: String,
+        #[prost(uint64, tag = "2")]
+        pub size: u64,
+        #[prost(message, optional, tag = "3")]
+        pub topology: Option<TopologyInfo>,
+    }
+
+    /// `message TopologyInfo`
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct TopologyInfo {
+        #[prost(message, repeated, tag = "1")]
+        pub nodes: Vec<NumaNode>,
+    }
+
+    /// `message NUMANode { int64 ID = 1; }`
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct NumaNode {
+        #[prost(int64, tag = "1")]
+        pub id: i64,
+    }
+
+    /// `message DynamicResource` (tag 1, `class_name`, was removed upstream in 1.31).
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct DynamicResource {
+        #[prost(string, tag = "2")]
+        pub claim_name: String,
+        #[prost(string, tag = "3")]
+        pub claim_namespace: String,
+        #[prost(message, repeated, tag = "4")]
+        pub claim_resources: Vec<ClaimResource>,
+    }
+
+    /// `message ClaimResource`
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ClaimResource {
+        #[prost(message, repeated, tag = "1")]
+        pub cdi_devices: Vec<CdiDevice>,
+        #[prost(string, tag = "2")]
+        pub driver_name: String,
+        #[prost(string, tag = "3")]
+        pub pool_name: String,
+        #[prost(string, tag = "4")]
+        pub device_name: String,
+    }
+
+    /// `message CDIDevice`
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct CdiDevice {
+        #[prost(string, tag = "1")]
+        pub name: String,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fake_kubelet::{FakeKubelet, FakePod};
+    use std::time::Instant;
+
+    const TIMEOUT: Duration = Duration::from_secs(5);
+
+    fn gpu_names() -> Vec<String> {
+        vec![NVIDIA_GPU.to_string()]
+    }
+
+    fn pod(ns: &str, name: &str, containers: &[(&str, &[(&str, &[&str])])]) -> FakePod {
+        FakePod {
+            namespace: ns.into(),
+            name: name.into(),
+            containers: containers
+                .iter()
+                .map(|(c, res)| {
+                    let res = res
+                        .iter()
+                        .map(|(r, ids)| {
+                            (r.to_string(), ids.iter().map(|s| s.to_string()).collect())
+                        })
+                        .collect();
+                    (c.to_string(), res)
+                })
+                .collect(),
+        }
+    }
+
+    fn held(ns: &str, pod: &str, container: &str, device: &str) -> PodGpu {
+        PodGpu {
+            namespace: ns.into(),
+            pod: pod.into(),
+            container: container.into(),
+            device_id: device.into(),
+        }
+    }
+
+    fn two_pods() -> Vec<FakePod> {
+        vec![
+            pod(
+                "ml",
+                "train-0",
+                &[("trainer", &[(NVIDIA_GPU, &["GPU-bbbb", "GPU-aaaa"])])],
+            ),
+            pod(
+                "default",
+                "notebook",
+                &[
+                    ("sidecar", &[]),
+                    (
+                        "jupyter",
+                        &[("example.com/foo", &["foo-1"]), (NVIDIA_GPU, &["GPU-cccc"])],
+                    ),
+                ],
+            ),
+        ]
+    }
+
+    #[tokio::test]
+    async fn lists_gpu_assignments_and_follows_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("kubelet.sock");
+        let fake = FakeKubelet::start(&socket, two_pods()).await;
+
+        let got = list_gpus(&socket, &gpu_names(), TIMEOUT).await.unwrap();
+        assert_eq!(
+            got,
+            [
+                held("default", "notebook", "jupyter", "GPU-cccc"),
+                held("ml", "train-0", "trainer", "GPU-aaaa"),
+                held("ml", "train-0", "trainer", "GPU-bbbb"),
+            ]
+        );
+
+        // Other resource names are there when asked for.
+        let foo = list_gpus(&socket, &["example.com/foo".to_string()], TIMEOUT)
+            .await
+            .unwrap();
+        assert_eq!(foo, [held("default", "notebook", "jupyter", "foo-1")]);
+
+        fake.set_pods(vec![pod(
+            "ml",
+            "train-1",
+            &[("trainer", &[(NVIDIA_GPU, &["MIG-dddd"])])],
+        )]);
+        let got = list_gpus(&socket, &gpu_names(), TIMEOUT).await.unwrap();
+        assert_eq!(got, [held("ml", "train-1", "trainer", "MIG-dddd")]);
+
+        fake.set_pods(vec![]);
+        assert!(list_gpus(&socket, &gpu_names(), TIMEOUT)
+            .await
+            .unwrap()
+            .is_empty());
+    }
+
+    #[tokio::test]
+    async fn missing_socket_is_an_error_naming_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("pod-resources").join("kubelet.sock");
+        let err = list_gpus(&socket, &gpu_names(), TIMEOUT).await.unwrap_err();
+        assert!(matches!(err, KubeletError::Connect { .. }), "{err:?}");
+        let msg = err.to_string();
+        assert!(msg.contains(&socket.display().to_string()), "{msg}");
+        assert!(msg.contains("No such file"), "{msg}");
+    }
+
+    #[tokio::test]
+    async fn stopped_server_is_an_error_not_a_hang() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("kubelet.sock");
+        let fake = FakeKubelet::start(&socket, two_pods()).await;
+        assert_eq!(
+            list_gpus(&socket, &gpu_names(), TIMEOUT)
+                .await
+                .unwrap()
+                .len(),
+            3
+        );
+        drop(fake);
+        let started = Instant::now();
+        let err = list_gpus(&socket, &gpu_names(), TIMEOUT).await.unwrap_err();
+        assert!(matches!(err, KubeletError::Connect { .. }), "{err:?}");
+        assert!(started.elapsed() < TIMEOUT);
+
+        // A stale socket file nobody listens on (kubelet died): refused, at once.
+        drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+        assert!(socket.exists());
+        let err = list_gpus(&socket, &gpu_names(), TIMEOUT).await.unwrap_err();
+        assert!(matches!(err, KubeletError::Connect { .. }), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn silent_server_times_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("kubelet.sock");
+        // Accepts connections and never answers (a wedged kubelet).
+        let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+        let hold = tokio::spawn(async move {
+            let mut conns = Vec::new();
+            while let Ok((conn, _)) = listener.accept().await {
+                conns.push(conn);
+            }
+        });
+        let timeout = Duration::from_millis(300);
+        let started = Instant::now();
+        let err = list_gpus(&socket, &gpu_names(), timeout).await.unwrap_err();
+        let took = started.elapsed();
+        assert!(matches!(err, KubeletError::Timeout { .. }), "{err:?}");
+        assert!(took >= timeout && took < timeout * 5, "{took:?}");
+        assert!(err.to_string().contains(&socket.display().to_string()));
+        hold.abort();
+    }
+
+    #[tokio::test]
+    async fn error_status_is_an_rpc_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("kubelet.sock");
+        let fake = FakeKubelet::start(&socket, two_pods()).await;
+        fake.fail_with(tonic::Status::unavailable("kubelet restarting"));
+        let err = list_gpus(&socket, &gpu_names(), TIMEOUT).await.unwrap_err();
+        match &err {
+            KubeletError::Rpc { status, .. } => {
+                assert_eq!(status.code(), tonic::Code::Unavailable)
+            }
+            other => panic!("{other:?}"),
+        }
+        let msg = err.to_string();
+        assert!(
+            msg.contains("kubelet restarting") && msg.contains(&socket.display().to_string()),
+            "{msg}"
+        );
+    }
+}

@@ -1,0 +1,221 @@
+//! Which job holds each GPU, and with what share.
+//!
+//! Identity, first match wins (PRODUCT.md): explicit registration (`gpucost run`, `gpucost job
+//! start`, the API; the job owns its root process and every descendant) > Kubernetes pod (kubelet
+//! pod-resources) > Slurm job (the process's cgroup, or the prolog's GPU->job mapping directory)
+//! > `GPUCOST_JOB_ID` in the process environment > unattributed (named after the process).
+//!
+//! [`attribute`] is a pure function of its inputs; the I/O lives in [`procfs`] (process facts),
+//! [`job_map`] (the mapping directory) and [`kubelet`] (the gRPC client).
+
+pub mod cgroup;
+pub mod job_map;
+pub mod kubelet;
+pub mod procfs;
+
+use std::collections::BTreeMap;
+
+use crate::account::cost::owner_weights;
+use crate::jobs::Scheduler;
+use crate::sample::ProcessUse;
+use job_map::{jobs_for, JobMap};
+use kubelet::PodGpu;
+use procfs::{ancestry, ProcInfo, ProcSource};
+
+/// How deep to follow parents when looking for a registered root (torchrun -> workers ->
+/// data-loader processes is three levels; shells and launchers add a few).
+const MAX_ANCESTRY: usize = 64;
+
+/// A job registered by `gpucost run`, `gpucost job start` or the API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registration {
+    pub job_id: String,
+    /// The job owns this process and all its descendants.
+    pub root_pid: Option<u32>,
+    /// GPUs allocated to the job (UUIDs or indices as text), held even while idle.
+    pub gpus: Vec<String>,
+}
+
+/// One GPU's processes, as the sampler last read them.
+#[derive(Debug, Clone, Copy)]
+pub struct GpuInput<'a> {
+    pub index: u32,
+    pub uuid: &'a str,
+    pub processes: &'a [ProcessUse],
+}
+
+/// What attribution learned about a job it found (not registered).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    pub id: String,
+    pub scheduler: Scheduler,
+    pub name: String,
+    pub uid: Option<u32>,
+    pub user: Option<String>,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// The result: per GPU (in input order), its owners and their weights (summing to 1; empty when
+/// no job holds it), plus the facts of every job seen.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Attribution {
+    pub owners: Vec<Vec<(String, f64)>>,
+    pub found: BTreeMap<String, Found>,
+}
+
+fn kube_job(p: &PodGpu) -> Found {
+    Found {
+        id: format!("{}/{}", p.namespace, p.pod),
+        scheduler: Scheduler::Kubernetes,
+        name: p.pod.clone(),
+        uid: None,
+        user: None,
+        labels: BTreeMap::from([("namespace".to_string(), p.namespace.clone())]),
+    }
+}
+
+fn slurm_job(id: &str, me: Option<&ProcInfo>) -> Found {
+    Found {
+        id: id.to_string(),
+        scheduler: Scheduler::Slurm,
+        name: format!("slurm-{id}"),
+        uid: me.map(|p| p.uid),
+        user: me.and_then(|p| p.user.clone()),
+        labels: BTreeMap::new(),
+    }
+}
+
+fn matches_gpu(names: &[String], index: u32, uuid: &str) -> bool {
+    names.iter().any(|g| g == uuid || *g == index.to_string())
+}
+
+/// Decides the owners of every GPU.
+pub fn attribute(
+    gpus: &[GpuInput<'_>],
+    procs: &dyn ProcSource,
+    registered: &[Registration],
+    pods: &[PodGpu],
+    job_map: &JobMap,
+) -> Attribution {
+    let mut out = Attribution::default();
+    for g in gpus {
+        let pod = pods.iter().find(|p| p.device_id == g.uuid);
+        let mapped = jobs_for(job_map, g.index, g.uuid);
+        // job id -> memory its processes hold on this GPU (None when NVML could not tell).
+        let mut claims: BTreeMap<String, Option<u64>> = BTreeMap::new();
+        for proc_use in g.processes {
+            let chain = ancestry(procs, proc_use.pid, MAX_ANCESTRY);
+            let job = identify(proc_use.pid, &chain, registered, pod, mapped);
+            let id = match job {
+                Identity::Registered(id) => id,
+                Identity::Found(f) => {
+                    let id = f.id.clone();
+                    out.found.entry(id.clone()).or_insert(f);
+                    id
+                }
+            };
+            let mem = claims.entry(id).or_insert(Some(0));
+            *mem = match (*mem, proc_use.used_memory_bytes) {
+                (Some(a), Some(b)) => Some(a + b),
+                _ => None,
+            };
+        }
+        if claims.is_empty() {
+            // Nobody computes on it; it may still be allocated (and so idle at someone's cost).
+            for r in registered
+                .iter()
+                .filter(|r| matches_gpu(&r.gpus, g.index, g.uuid))
+            {
+                claims.insert(r.job_id.clone(), None);
+            }
+            if claims.is_empty() {
+                if let Some(p) = pod {
+                    let f = kube_job(p);
+                    claims.insert(f.id.clone(), None);
+                    out.found.entry(f.id.clone()).or_insert(f);
+                } else {
+                    for id in mapped {
+                        claims.insert(id.clone(), None);
+                        out.found
+                            .entry(id.clone())
+                            .or_insert_with(|| slurm_job(id, None));
+                    }
+                }
+            }
+        }
+        let shares: Vec<(String, Option<f64>, Option<u64>)> = claims
+            .into_iter()
+            .map(|(id, mem)| (id, None, mem))
+            .collect();
+        out.owners.push(if shares.is_empty() {
+            Vec::new()
+        } else {
+            owner_weights(&shares)
+        });
+    }
+    out
+}
+
+enum Identity {
+    Registered(String),
+    Found(Found),
+}
+
+fn identify(
+    pid: u32,
+    chain: &[ProcInfo],
+    registered: &[Registration],
+    pod: Option<&PodGpu>,
+    mapped: &[String],
+) -> Identity {
+    // 1. Registration: the process or an ancestor is a registered root.
+    for p in chain {
+        if let Some(r) = registered.iter().find(|r| r.root_pid == Some(p.pid)) {
+            return Identity::Registered(r.job_id.clone());
+        }
+    }
+    let me = chain.first();
+    let uid = me.map(|p| p.uid);
+    let user = me.and_then(|p| p.user.clone());
+    // 2. Kubernetes: the pod that holds this GPU.
+    if let Some(p) = pod {
+        return Identity::Found(kube_job(p));
+    }
+    // 3. Slurm: the process's cgroup, else the prolog's mapping when it names one job.
+    if let Some(id) = me.and_then(|p| p.slurm_job.as_deref()) {
+        return Identity::Found(slurm_job(id, me));
+    }
+    if let [id] = mapped {
+        return Identity::Found(slurm_job(id, me));
+    }
+    // 4. The environment.
+    if let Some(p) = me {
+        if let Some(id) = &p.env_job_id {
+            return Identity::Found(Found {
+                id: id.clone(),
+                scheduler: Scheduler::Env,
+                name: p
+                    .env_labels
+                    .get("name")
+                    .cloned()
+                    .unwrap_or_else(|| p.comm.clone()),
+                uid,
+                user,
+                labels: p.env_labels.clone(),
+            });
+        }
+    }
+    // 5. Nothing said who it is: the process itself, so its cost is still visible.
+    let name = me.map_or_else(|| format!("pid {pid}"), |p| p.comm.clone());
+    Identity::Found(Found {
+        id: format!("unattributed:{pid}"),
+        scheduler: Scheduler::Unattributed,
+        name,
+        uid,
+        user,
+        labels: BTreeMap::new(),
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,209 @@
+use std::collections::BTreeMap;
+
+use super::*;
+
+/// Process facts from a table (the file-reading side is tested in `procfs`).
+struct Table(BTreeMap<u32, ProcInfo>);
+
+impl ProcSource for Table {
+    fn info(&self, pid: u32) -> Option<ProcInfo> {
+        self.0.get(&pid).cloned()
+    }
+}
+
+fn table(rows: &[(u32, u32, u32, &str, Option<&str>, Option<&str>)]) -> Table {
+    Table(
+        rows.iter()
+            .map(|(pid, ppid, uid, comm, slurm, env)| {
+                (
+                    *pid,
+                    ProcInfo {
+                        pid: *pid,
+                        ppid: *ppid,
+                        uid: *uid,
+                        comm: comm.to_string(),
+                        slurm_job: slurm.map(str::to_string),
+                        env_job_id: env.map(str::to_string),
+                        ..ProcInfo::default()
+                    },
+                )
+            })
+            .collect(),
+    )
+}
+
+fn procs(list: &[(u32, Option<u64>)]) -> Vec<ProcessUse> {
+    list.iter()
+        .map(|(pid, mem)| ProcessUse {
+            pid: *pid,
+            used_memory_bytes: *mem,
+        })
+        .collect()
+}
+
+fn reg(id: &str, root: Option<u32>, gpus: &[&str]) -> Registration {
+    Registration {
+        job_id: id.into(),
+        root_pid: root,
+        gpus: gpus.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+fn owners(a: &Attribution, gpu: usize) -> Vec<(&str, f64)> {
+    a.owners[gpu]
+        .iter()
+        .map(|(id, w)| (id.as_str(), *w))
+        .collect()
+}
+
+#[test]
+fn identity_priority_and_shares() {
+    let t = table(&[
+        (1, 0, 0, "init", None, None),
+        (100, 1, 1001, "gpucost", None, None),
+        (101, 100, 1001, "torchrun", None, None),
+        (102, 101, 1001, "python", Some("555"), Some("env-job")), // registered beats all
+        (200, 1, 1002, "python", Some("555"), Some("env-job")),   // slurm beats env
+        (300, 1, 1003, "python", None, Some("sweep-7")),          // env
+        (400, 1, 1004, "python", None, None),                     // unattributed
+    ]);
+    let g0 = procs(&[(102, Some(3 << 30)), (200, Some(1 << 30))]);
+    let g1 = procs(&[(300, Some(1 << 30)), (400, None)]);
+    let g2 = procs(&[(999, Some(1 << 30))]); // not in our /proc (another pid namespace)
+    let gpus = [
+        GpuInput {
+            index: 0,
+            uuid: "GPU-0",
+            processes: &g0,
+        },
+        GpuInput {
+            index: 1,
+            uuid: "GPU-1",
+            processes: &g1,
+        },
+        GpuInput {
+            index: 2,
+            uuid: "GPU-2",
+            processes: &g2,
+        },
+    ];
+    let a = attribute(
+        &gpus,
+        &t,
+        &[reg("run-1", Some(100), &[])],
+        &[],
+        &JobMap::new(),
+    );
+    // GPU 0: by memory share, 3 GiB vs 1 GiB.
+    assert_eq!(owners(&a, 0), vec![("555", 0.25), ("run-1", 0.75)]);
+    // GPU 1: one process's memory is unknown, so equal shares.
+    assert_eq!(
+        owners(&a, 1),
+        vec![("sweep-7", 0.5), ("unattributed:400", 0.5)]
+    );
+    assert_eq!(owners(&a, 2), vec![("unattributed:999", 1.0)]);
+    assert_eq!(a.found["555"].scheduler, Scheduler::Slurm);
+    assert_eq!(a.found["555"].uid, Some(1002));
+    assert_eq!(a.found["sweep-7"].scheduler, Scheduler::Env);
+    assert_eq!(a.found["unattributed:400"].name, "python");
+    assert!(
+        !a.found.contains_key("run-1"),
+        "registered jobs are known already"
+    );
+}
+
+#[test]
+fn kubernetes_pod_owns_its_gpu_and_processes_on_it() {
+    let t = table(&[(500, 1, 0, "python", None, Some("ignored"))]);
+    let g0 = procs(&[(500, Some(1))]);
+    let none = procs(&[]);
+    let pods = [
+        PodGpu {
+            namespace: "ml".into(),
+            pod: "train-0".into(),
+            container: "main".into(),
+            device_id: "GPU-0".into(),
+        },
+        PodGpu {
+            namespace: "ml".into(),
+            pod: "idle-1".into(),
+            container: "main".into(),
+            device_id: "GPU-1".into(),
+        },
+    ];
+    let gpus = [
+        GpuInput {
+            index: 0,
+            uuid: "GPU-0",
+            processes: &g0,
+        },
+        GpuInput {
+            index: 1,
+            uuid: "GPU-1",
+            processes: &none,
+        },
+        GpuInput {
+            index: 2,
+            uuid: "GPU-2",
+            processes: &none,
+        },
+    ];
+    let a = attribute(&gpus, &t, &[], &pods, &JobMap::new());
+    assert_eq!(owners(&a, 0), vec![("ml/train-0", 1.0)]);
+    // Allocated but idle: the pod holds it with no process.
+    assert_eq!(owners(&a, 1), vec![("ml/idle-1", 1.0)]);
+    assert!(owners(&a, 2).is_empty(), "unallocated");
+    assert_eq!(a.found["ml/idle-1"].scheduler, Scheduler::Kubernetes);
+    assert_eq!(a.found["ml/idle-1"].labels["namespace"], "ml");
+}
+
+#[test]
+fn slurm_mapping_directory_and_registered_allocations_hold_idle_gpus() {
+    let t = table(&[]);
+    let none = procs(&[]);
+    let gpus = [
+        GpuInput {
+            index: 0,
+            uuid: "GPU-0",
+            processes: &none,
+        },
+        GpuInput {
+            index: 1,
+            uuid: "GPU-1",
+            processes: &none,
+        },
+        GpuInput {
+            index: 2,
+            uuid: "GPU-2",
+            processes: &none,
+        },
+    ];
+    let map = JobMap::from([
+        ("0".to_string(), vec!["77".to_string()]),
+        (
+            "GPU-1".to_string(),
+            vec!["78".to_string(), "79".to_string()],
+        ),
+    ]);
+    let a = attribute(&gpus, &t, &[reg("run-9", None, &["2"])], &[], &map);
+    assert_eq!(owners(&a, 0), vec![("77", 1.0)]);
+    assert_eq!(owners(&a, 1), vec![("78", 0.5), ("79", 0.5)]);
+    assert_eq!(owners(&a, 2), vec![("run-9", 1.0)]);
+    assert_eq!(a.found["78"].scheduler, Scheduler::Slurm);
+}
+
+#[test]
+fn mapped_gpu_attributes_its_processes_to_the_single_mapped_job() {
+    // A process outside any Slurm cgroup (e.g. cgroups not confined) on a GPU the prolog mapped.
+    let t = table(&[(600, 1, 1001, "python", None, None)]);
+    let g0 = procs(&[(600, Some(5))]);
+    let gpus = [GpuInput {
+        index: 0,
+        uuid: "GPU-0",
+        processes: &g0,
+    }];
+    let map = JobMap::from([("0".to_string(), vec!["80".to_string()])]);
+    let a = attribute(&gpus, &t, &[], &[], &map);
+    assert_eq!(owners(&a, 0), vec![("80", 1.0)]);
+    assert_eq!(a.found["80"].uid, Some(1001));
+}

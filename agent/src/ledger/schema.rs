@@ -1,0 +1,89 @@
+//! The ledger's schema as a list of migrations, keyed on `PRAGMA user_version`.
+//!
+//! `MIGRATIONS[i]` takes a database from version `i` to version `i + 1`; version 0 is an empty
+//! file. To change the schema, append one entry (never edit a shipped one): `open` applies every
+//! missing step, each in its own transaction together with the new `user_version`.
+//!
+//! Every REAL column of a [`Usage`](crate::jobs::Usage) (and `started_at`,
+//! `unallocated_seconds`) may hold NULL: SQLite stores a NaN as NULL, and reading NULL back gives
+//! NaN. A bad value upstream is then visible in reports instead of making every persist fail on a
+//! NOT NULL constraint. `ended_at` NULL means the job has not ended.
+
+/// The usage columns, in the order of [`crate::jobs::Usage`]'s fields.
+pub(crate) const USAGE_COLUMNS: [&str; 8] = [
+    "gpu_seconds",
+    "energy_j",
+    "carbon_g",
+    "cost_gpu_time",
+    "cost_energy",
+    "cost_overhead",
+    "idle_gpu_seconds",
+    "idle_cost",
+];
+
+/// Version 1: jobs, their per-GPU usage, GPUs, and key/value metadata.
+const V1: &str = "
+CREATE TABLE jobs (
+    id               TEXT PRIMARY KEY NOT NULL,
+    name             TEXT NOT NULL,
+    user             TEXT NOT NULL,
+    uid              INTEGER,
+    scheduler        TEXT NOT NULL,
+    labels           TEXT NOT NULL DEFAULT '{}',   -- JSON object of strings
+    started_at       REAL,                         -- unix seconds
+    ended_at         REAL,                         -- unix seconds; NULL while running
+    outcome          TEXT NOT NULL,
+    exit_code        INTEGER,
+    signal           INTEGER,
+    gpu_seconds      REAL,
+    energy_j         REAL,
+    carbon_g         REAL,
+    cost_gpu_time    REAL,
+    cost_energy      REAL,
+    cost_overhead    REAL,
+    idle_gpu_seconds REAL,
+    idle_cost        REAL
+);
+CREATE INDEX jobs_started_at ON jobs(started_at);
+CREATE INDEX jobs_ended_at ON jobs(ended_at);
+
+CREATE TABLE job_gpus (
+    job_id           TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+    gpu_uuid         TEXT NOT NULL,
+    gpu_seconds      REAL,
+    energy_j         REAL,
+    carbon_g         REAL,
+    cost_gpu_time    REAL,
+    cost_energy      REAL,
+    cost_overhead    REAL,
+    idle_gpu_seconds REAL,
+    idle_cost        REAL,
+    PRIMARY KEY (job_id, gpu_uuid)
+) WITHOUT ROWID;
+
+CREATE TABLE gpus (
+    uuid                TEXT PRIMARY KEY NOT NULL,
+    idx                 INTEGER NOT NULL,
+    model               TEXT NOT NULL,
+    gpu_seconds         REAL,
+    energy_j            REAL,
+    carbon_g            REAL,
+    cost_gpu_time       REAL,
+    cost_energy         REAL,
+    cost_overhead       REAL,
+    idle_gpu_seconds    REAL,
+    idle_cost           REAL,
+    unallocated_seconds REAL
+);
+
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY NOT NULL,
+    value TEXT NOT NULL
+);
+";
+
+/// `MIGRATIONS[i]` upgrades version `i` to `i + 1`. Append only.
+pub(crate) const MIGRATIONS: &[&str] = &[V1];
+
+/// The schema version this build writes and understands.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -1,0 +1,465 @@
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use rusqlite::Connection;
+
+use super::*;
+
+fn usage(k: f64) -> Usage {
+    Usage {
+        gpu_seconds: 100.0 * k,
+        energy_j: 36_000.0 * k,
+        carbon_g: 4.0 * k,
+        cost_gpu_time: 1.5 * k,
+        cost_energy: 0.25 * k,
+        cost_overhead: 0.125 * k,
+        idle_gpu_seconds: 10.0 * k,
+        idle_cost: 0.2 * k,
+    }
+}
+
+fn job(id: &str, started_at: f64, ended_at: Option<f64>) -> JobRecord {
+    let mut per_gpu = BTreeMap::new();
+    per_gpu.insert("GPU-aaaa".to_string(), usage(1.0));
+    per_gpu.insert("GPU-bbbb".to_string(), usage(2.0));
+    let mut labels = BTreeMap::new();
+    labels.insert("team".to_string(), "nlp".to_string());
+    labels.insert(
+        "odd \"key\", with = signs".to_string(),
+        "välue\n2".to_string(),
+    );
+    JobRecord {
+        id: id.to_string(),
+        name: format!("train {id}"),
+        user: "alice".to_string(),
+        uid: Some(1000),
+        scheduler: Scheduler::Slurm,
+        labels,
+        started_at,
+        ended_at,
+        outcome: if ended_at.is_some() {
+            Outcome::Succeeded
+        } else {
+            Outcome::Running
+        },
+        exit_code: ended_at.map(|_| 0),
+        signal: None,
+        usage: usage(3.0),
+        per_gpu,
+    }
+}
+
+/// A job with every optional field empty.
+fn bare_job(id: &str, started_at: f64) -> JobRecord {
+    JobRecord {
+        id: id.to_string(),
+        name: String::new(),
+        user: "root".to_string(),
+        uid: None,
+        scheduler: Scheduler::Unattributed,
+        labels: BTreeMap::new(),
+        started_at,
+        ended_at: None,
+        outcome: Outcome::Unknown,
+        exit_code: None,
+        signal: None,
+        usage: Usage::default(),
+        per_gpu: BTreeMap::new(),
+    }
+}
+
+fn gpu(i: u32) -> GpuRecord {
+    GpuRecord {
+        uuid: format!("GPU-{i:04}"),
+        index: i,
+        model: "NVIDIA H100 80GB HBM3".to_string(),
+        usage: usage(f64::from(i) + 1.0),
+        unallocated_seconds: 12.5,
+    }
+}
+
+fn ids(jobs: &[JobRecord]) -> Vec<&str> {
+    jobs.iter().map(|j| j.id.as_str()).collect()
+}
+
+#[test]
+fn round_trip_of_jobs_with_labels_per_gpu_and_nulls() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ledger = Ledger::open(dir.path()).unwrap();
+    let mut failed = job("slurm-2", 2000.0, Some(2500.0));
+    failed.outcome = Outcome::Failed;
+    failed.exit_code = None;
+    failed.signal = Some(9);
+    failed.scheduler = Scheduler::Kubernetes;
+    let written = vec![
+        job("slurm-1", 1000.0, None),
+        failed,
+        bare_job("pid-3", 3000.0),
+    ];
+    let refs: Vec<&JobRecord> = written.iter().collect();
+    let stats = ledger.persist(&refs, &[gpu(0), gpu(1)]).unwrap();
+    assert_eq!((stats.jobs, stats.job_gpus, stats.gpus), (3, 4, 2));
+
+    assert_eq!(ledger.load_jobs().unwrap(), written);
+    assert_eq!(ledger.load_gpus().unwrap(), vec![gpu(0), gpu(1)]);
+}
+
+#[test]
+fn nan_is_stored_as_null_and_read_back_as_nan() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ledger = Ledger::open(dir.path()).unwrap();
+    let mut j = job("j", 1.0, None);
+    j.usage.energy_j = f64::NAN;
+    ledger.persist(&[&j], &[]).unwrap();
+    let back = ledger.load_jobs().unwrap();
+    assert!(back[0].usage.energy_j.is_nan());
+    assert_eq!(back[0].usage.gpu_seconds, j.usage.gpu_seconds);
+}
+
+#[test]
+fn upsert_updates_rows_without_duplicates() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ledger = Ledger::open(dir.path()).unwrap();
+    let mut j = job("k8s-uid-1", 1000.0, None);
+    ledger.persist(&[&j], &[gpu(0)]).unwrap();
+
+    j.usage = usage(10.0);
+    j.per_gpu.insert("GPU-aaaa".to_string(), usage(4.0));
+    j.per_gpu.remove("GPU-bbbb");
+    j.per_gpu.insert("GPU-cccc".to_string(), usage(6.0));
+    j.ended_at = Some(4000.0);
+    j.outcome = Outcome::Failed;
+    j.exit_code = Some(1);
+    j.labels.insert("team".to_string(), "vision".to_string());
+    let mut g = gpu(0);
+    g.usage = usage(50.0);
+    g.unallocated_seconds = 99.0;
+    ledger.persist(&[&j], &[g.clone()]).unwrap();
+    ledger.persist(&[&j], &[g.clone()]).unwrap();
+
+    assert_eq!(ledger.load_jobs().unwrap(), vec![j]);
+    assert_eq!(ledger.load_gpus().unwrap(), vec![g]);
+    let count = |table: &str| -> i64 {
+        ledger
+            .conn
+            .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+            .unwrap()
+    };
+    assert_eq!(count("jobs"), 1);
+    assert_eq!(count("job_gpus"), 2);
+    assert_eq!(count("gpus"), 1);
+}
+
+#[test]
+fn reopen_after_drop_keeps_data_and_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("nested/state");
+    let jobs = vec![job("a", 1.0, Some(2.0)), job("b", 3.0, None)];
+    {
+        let mut ledger = Ledger::open(&state).unwrap();
+        ledger
+            .persist(&jobs.iter().collect::<Vec<_>>(), &[gpu(3)])
+            .unwrap();
+        ledger.set_meta("currency", "EUR").unwrap();
+    }
+    let mode = fs::metadata(&state).unwrap().permissions();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(mode.mode() & 0o027, 0, "state dir mode {:o}", mode.mode());
+
+    let ledger = Ledger::open(&state).unwrap();
+    assert_eq!(ledger.path(), state.join("ledger.db"));
+    assert_eq!(ledger.load_jobs().unwrap(), jobs);
+    assert_eq!(ledger.load_gpus().unwrap(), vec![gpu(3)]);
+    assert_eq!(ledger.meta("currency").unwrap().as_deref(), Some("EUR"));
+    assert_eq!(
+        ledger.meta("agent_version").unwrap().as_deref(),
+        Some(env!("CARGO_PKG_VERSION"))
+    );
+    assert!(ledger.last_persist_unix().unwrap().unwrap() > 1.0e9);
+    let version: i64 = ledger
+        .conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, SCHEMA_VERSION);
+    let journal: String = ledger
+        .conn
+        .pragma_query_value(None, "journal_mode", |r| r.get(0))
+        .unwrap();
+    assert_eq!(journal, "wal");
+}
+
+#[test]
+fn read_only_open_sees_data_of_an_open_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut writer = Ledger::open(dir.path()).unwrap();
+    writer.persist(&[&job("a", 1.0, None)], &[]).unwrap();
+
+    let reader = Ledger::open_read_only(dir.path()).unwrap();
+    assert_eq!(ids(&reader.load_jobs().unwrap()), ["a"]);
+
+    // Later commits of the writer are visible to the same reader connection.
+    writer.persist(&[&job("b", 2.0, None)], &[gpu(0)]).unwrap();
+    assert_eq!(ids(&reader.load_jobs().unwrap()), ["a", "b"]);
+    assert_eq!(reader.load_gpus().unwrap(), vec![gpu(0)]);
+    drop(writer);
+    assert_eq!(ids(&reader.load_jobs().unwrap()), ["a", "b"]);
+}
+
+#[test]
+fn read_only_open_of_a_cleanly_closed_ledger() {
+    let dir = tempfile::tempdir().unwrap();
+    Ledger::open(dir.path())
+        .unwrap()
+        .persist(&[&job("a", 1.0, None)], &[])
+        .unwrap();
+    let reader = Ledger::open_read_only(dir.path()).unwrap();
+    assert_eq!(ids(&reader.load_jobs().unwrap()), ["a"]);
+}
+
+#[test]
+fn read_only_ledger_refuses_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(Ledger::open(dir.path()).unwrap());
+    let mut reader = Ledger::open_read_only(dir.path()).unwrap();
+    let err = reader.persist(&[&job("a", 1.0, None)], &[]).unwrap_err();
+    assert!(matches!(err, LedgerError::ReadOnly { .. }), "{err}");
+    assert!(err.to_string().contains("ledger.db"), "{err}");
+    assert!(reader.set_meta("k", "v").is_err());
+}
+
+#[test]
+fn read_only_open_of_a_missing_ledger_names_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("nowhere");
+    let err = Ledger::open_read_only(&state).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, LedgerError::Missing { .. }), "{msg}");
+    assert!(
+        msg.contains(&state.join("ledger.db").display().to_string()),
+        "{msg}"
+    );
+    assert!(msg.contains("no gpucost agent has written"), "{msg}");
+    assert!(msg.contains("--state-dir"), "{msg}");
+    assert!(!state.exists(), "a read-only open must not create anything");
+}
+
+#[test]
+fn read_only_open_of_a_non_ledger_file_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(
+        dir.path().join("ledger.db"),
+        b"this is not sqlite, just some text....",
+    )
+    .unwrap();
+    let err = Ledger::open_read_only(dir.path()).unwrap_err();
+    assert!(err.to_string().contains("ledger.db"), "{err}");
+
+    let empty = tempfile::tempdir().unwrap();
+    Connection::open(empty.path().join("ledger.db"))
+        .unwrap()
+        .execute_batch("CREATE TABLE x (y)")
+        .unwrap();
+    let err = Ledger::open_read_only(empty.path()).unwrap_err();
+    assert!(matches!(err, LedgerError::NotALedger { .. }), "{err}");
+}
+
+#[test]
+fn schema_version_from_the_future_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.db");
+    drop(Ledger::open(dir.path()).unwrap());
+    let future = SCHEMA_VERSION + 7;
+    Connection::open(&path)
+        .unwrap()
+        .pragma_update(None, "user_version", future)
+        .unwrap();
+
+    for err in [
+        Ledger::open(dir.path()).unwrap_err(),
+        Ledger::open_read_only(dir.path()).unwrap_err(),
+    ] {
+        let msg = err.to_string();
+        assert!(
+            matches!(err, LedgerError::TooNew { found, supported, .. }
+                if found == future && supported == SCHEMA_VERSION),
+            "{msg}"
+        );
+        assert!(msg.contains(&path.display().to_string()), "{msg}");
+        assert!(msg.contains(&format!("version {future}")), "{msg}");
+        assert!(msg.contains(&format!("up to {SCHEMA_VERSION}")), "{msg}");
+        assert!(msg.contains("newer gpucost"), "{msg}");
+    }
+    // Never downgraded.
+    let v: i64 = Connection::open(&path)
+        .unwrap()
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, future);
+}
+
+#[test]
+fn read_only_open_refuses_an_older_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(Ledger::open(dir.path()).unwrap());
+    Connection::open(dir.path().join("ledger.db"))
+        .unwrap()
+        .pragma_update(None, "user_version", SCHEMA_VERSION - 1)
+        .unwrap();
+    if SCHEMA_VERSION > 1 {
+        let err = Ledger::open_read_only(dir.path()).unwrap_err();
+        assert!(matches!(err, LedgerError::TooOld { .. }), "{err}");
+    } else {
+        // Version 0: a file without gpucost's schema.
+        let err = Ledger::open_read_only(dir.path()).unwrap_err();
+        assert!(matches!(err, LedgerError::NotALedger { .. }), "{err}");
+    }
+}
+
+#[test]
+fn migrations_run_on_a_fresh_file_and_are_idempotent() {
+    assert_eq!(SCHEMA_VERSION, schema::MIGRATIONS.len() as i64);
+    let dir = tempfile::tempdir().unwrap();
+    for _ in 0..3 {
+        let ledger = Ledger::open(dir.path()).unwrap();
+        let indexes: Vec<String> = ledger
+            .conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'jobs' AND sql IS NOT NULL ORDER BY name")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(indexes, ["jobs_ended_at", "jobs_started_at"]);
+    }
+}
+
+#[test]
+fn query_filters_by_since_and_job_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ledger = Ledger::open(dir.path()).unwrap();
+    let jobs = [
+        job("old", 100.0, Some(200.0)),
+        job("ends-at-since", 150.0, Some(1000.0)),
+        job("overlaps", 500.0, Some(1500.0)),
+        job("running-old", 50.0, None),
+        job("later", 2000.0, Some(2100.0)),
+    ];
+    ledger
+        .persist(&jobs.iter().collect::<Vec<_>>(), &[])
+        .unwrap();
+
+    let q = |since: Option<f64>, job_id: Option<&str>| {
+        let jobs = ledger
+            .query_jobs(&JobFilter {
+                since,
+                job_id: job_id.map(str::to_string),
+            })
+            .unwrap();
+        jobs.iter().map(|j| j.id.clone()).collect::<Vec<_>>()
+    };
+    // Ordered by started_at.
+    assert_eq!(
+        q(None, None),
+        ["running-old", "old", "ends-at-since", "overlaps", "later"]
+    );
+    assert_eq!(
+        q(Some(1000.0), None),
+        ["running-old", "ends-at-since", "overlaps", "later"]
+    );
+    assert_eq!(q(Some(1800.0), None), ["running-old", "later"]);
+    assert_eq!(q(None, Some("overlaps")), ["overlaps"]);
+    assert_eq!(q(Some(1800.0), Some("overlaps")), Vec::<String>::new());
+    assert_eq!(q(None, Some("nope")), Vec::<String>::new());
+
+    // The per-GPU rows come with the filtered job.
+    let one = ledger
+        .query_jobs(&JobFilter {
+            since: None,
+            job_id: Some("later".into()),
+        })
+        .unwrap();
+    assert_eq!(one, vec![jobs[4].clone()]);
+}
+
+#[test]
+fn open_fails_with_the_path_when_the_state_dir_cannot_be_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    fs::write(&file, b"x").unwrap();
+
+    for state in [file.join("state"), file.clone()] {
+        let err = Ledger::open(&state).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, LedgerError::CreateDir { .. }), "{msg}");
+        assert!(
+            msg.contains(&state.join("ledger.db").display().to_string()),
+            "{msg}"
+        );
+    }
+}
+
+#[test]
+fn a_failing_write_is_an_error_and_rolls_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ledger = Ledger::open(dir.path()).unwrap();
+    ledger.persist(&[&job("a", 1.0, None)], &[]).unwrap();
+    // Make the next write fail inside the transaction, after job "b" was written.
+    ledger
+        .conn
+        .execute_batch(
+            "CREATE TRIGGER no_gpus BEFORE INSERT ON gpus
+             BEGIN SELECT RAISE(ABORT, 'simulated write failure'); END",
+        )
+        .unwrap();
+    let err = ledger
+        .persist(&[&job("b", 2.0, None)], &[gpu(0)])
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("ledger.db"), "{msg}");
+    assert!(msg.contains("simulated write failure"), "{msg}");
+    assert_eq!(ids(&ledger.load_jobs().unwrap()), ["a"]);
+    // And the ledger stays usable.
+    ledger.conn.execute_batch("DROP TRIGGER no_gpus").unwrap();
+    ledger.persist(&[&job("b", 2.0, None)], &[gpu(0)]).unwrap();
+    assert_eq!(ids(&ledger.load_jobs().unwrap()), ["a", "b"]);
+}
+
+#[test]
+fn uri_path_escapes_what_a_uri_would_misread() {
+    assert_eq!(
+        uri_path(Path::new("/var/lib/gpu cost/a?b#c%d.db")),
+        "/var/lib/gpu%20cost/a%3Fb%23c%25d.db"
+    );
+}
+
+/// Times one persist of 10,000 jobs x 2 GPUs (inserts, then updates). Prints, asserts nothing
+/// about time: `cargo test --release -p gpucost ledger::tests::persist_10k -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn persist_10k_jobs_x_2_gpus_timing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ledger = Ledger::open(dir.path()).unwrap();
+    let mut jobs: Vec<JobRecord> = (0..10_000)
+        .map(|i| job(&format!("slurm-{i}"), f64::from(i), None))
+        .collect();
+    let gpus: Vec<GpuRecord> = (0..8).map(gpu).collect();
+    for round in ["insert", "update", "update"] {
+        let refs: Vec<&JobRecord> = jobs.iter().collect();
+        let t = Instant::now();
+        let stats = ledger.persist(&refs, &gpus).unwrap();
+        println!(
+            "persist {round}: {} jobs, {} job_gpus, {} gpus in {:?} (persist says {:?})",
+            stats.jobs,
+            stats.job_gpus,
+            stats.gpus,
+            t.elapsed(),
+            stats.elapsed
+        );
+        for j in &mut jobs {
+            j.usage.add(&usage(1.0));
+        }
+    }
+    let t = Instant::now();
+    let n = ledger.load_jobs().unwrap().len();
+    println!("load_jobs: {n} jobs in {:?}", t.elapsed());
+}

@@ -1,0 +1,317 @@
+//! The node's owner thread: the one place that holds mutable state.
+//!
+//! Each tick it runs a sampling cycle, re-attributes GPUs to jobs when fresh process lists came
+//! in, adds each GPU interval's cost to its owners, persists to the ledger when due, and
+//! publishes a [`Snapshot`]. Between ticks it answers [`Command`]s from the socket API. Exported
+//! totals are the ledger's (what was last persisted), so a crash and restart never shows a
+//! counter going backwards; without a working ledger the live totals are shown instead.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use crate::account::cost::Interval;
+use crate::account::pricing::Pricing;
+use crate::api::{user_name, Command};
+use crate::attribute::job_map::read_job_map;
+use crate::attribute::kubelet::PodGpu;
+use crate::attribute::procfs::ProcSource;
+use crate::attribute::{attribute, GpuInput};
+use crate::jobs::{GpuRecord, JobRecord};
+use crate::ledger::Ledger;
+use crate::sample::sampler::Sampler;
+use crate::snapshot::{Published, Snapshot};
+use crate::tracker::Tracker;
+
+pub struct NodeConfig {
+    pub interval: Duration,
+    pub persist_interval: Duration,
+    pub state_dir: PathBuf,
+    pub job_map_dir: Option<PathBuf>,
+    pub grace_s: f64,
+    pub vanish_s: f64,
+    pub export_labels: Vec<String>,
+}
+
+pub struct Node {
+    cfg: NodeConfig,
+    sampler: Sampler,
+    pricing: Pricing,
+    procs: Box<dyn ProcSource>,
+    pods: watch::Receiver<Vec<PodGpu>>,
+    tracker: Tracker,
+    ledger: Option<Ledger>,
+    ledger_error: Option<String>,
+    next_persist: Instant,
+    /// GPU UUID -> its owners and their weights, from the last attribution.
+    owners: BTreeMap<String, Vec<(String, f64)>>,
+    published: Published,
+    tx: watch::Sender<Arc<Snapshot>>,
+}
+
+pub fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "node".to_string())
+}
+
+impl Node {
+    pub fn new(
+        cfg: NodeConfig,
+        sampler: Sampler,
+        pricing: Pricing,
+        procs: Box<dyn ProcSource>,
+        pods: watch::Receiver<Vec<PodGpu>>,
+        tx: watch::Sender<Arc<Snapshot>>,
+    ) -> Self {
+        let now = unix_now();
+        let host = hostname();
+        let (ledger, ledger_error, jobs, gpus) = match Ledger::open(&cfg.state_dir) {
+            Ok(l) => match (l.load_jobs(), l.load_gpus()) {
+                (Ok(j), Ok(g)) => {
+                    let running = j.iter().filter(|j| j.ended_at.is_none()).count();
+                    info!(
+                        "ledger {}: {} jobs ({running} still running continue), {} GPUs",
+                        l.path().display(),
+                        j.len(),
+                        g.len()
+                    );
+                    (Some(l), None, j, g)
+                }
+                (Err(e), _) | (_, Err(e)) => {
+                    warn!("cannot load the ledger: {e}; starting with empty totals and not persisting");
+                    (None, Some(e.to_string()), Vec::new(), Vec::new())
+                }
+            },
+            Err(e) => {
+                warn!("ledger unavailable: {e}; totals are kept in memory only and persistence is retried");
+                (None, Some(e.to_string()), Vec::new(), Vec::new())
+            }
+        };
+        let tracker = Tracker::restore(jobs, gpus, now, cfg.grace_s, cfg.vanish_s, &host);
+        let mut node = Node {
+            next_persist: Instant::now() + cfg.persist_interval,
+            cfg,
+            sampler,
+            pricing,
+            procs,
+            pods,
+            tracker,
+            ledger,
+            ledger_error,
+            owners: BTreeMap::new(),
+            published: Published::default(),
+            tx,
+        };
+        node.republish();
+        node
+    }
+
+    /// Runs ticks and answers commands until shutdown; persists once more on the way out.
+    pub fn run(mut self, inbox: Receiver<Command>) {
+        let mut next = Instant::now();
+        'outer: loop {
+            self.tick();
+            next += self.cfg.interval;
+            let now = Instant::now();
+            if next < now {
+                // A slow cycle (a hung NVML call): skip the missed ticks instead of bursting.
+                next = now + self.cfg.interval;
+            }
+            loop {
+                let wait = next.saturating_duration_since(Instant::now());
+                match inbox.recv_timeout(wait) {
+                    Ok(Command::Shutdown) | Err(RecvTimeoutError::Disconnected) => break 'outer,
+                    Ok(cmd) => self.handle(cmd),
+                    Err(RecvTimeoutError::Timeout) => break,
+                }
+            }
+        }
+        self.persist();
+        debug!("node loop stopped");
+    }
+
+    fn handle(&mut self, cmd: Command) {
+        let now = unix_now();
+        match cmd {
+            Command::Register { req, uid, reply } => {
+                let r = self.tracker.register(req, uid, &user_name(uid), now);
+                if let Ok(j) = &r {
+                    info!(job_id = %j.id, user = %j.user, "job registered: {}", j.name);
+                }
+                let _ = reply.send(r);
+            }
+            Command::End {
+                id,
+                req,
+                uid,
+                reply,
+            } => {
+                let r = self.tracker.end(&id, req, uid, now);
+                if let Ok(j) = &r {
+                    info!(job_id = %j.id, outcome = j.outcome.as_str(), "job ended");
+                }
+                let _ = reply.send(r);
+            }
+            Command::Shutdown => {}
+        }
+        // Endings and registrations are persisted at once: they are rare and matter.
+        self.persist();
+        self.publish(None);
+    }
+
+    fn tick(&mut self) {
+        let now = Instant::now();
+        let unix = unix_now();
+        let cycle = self.sampler.cycle(now);
+        if cycle.processes_read {
+            self.attribute(unix);
+        }
+        for t in &cycle.ticks {
+            if t.dt <= 0.0 {
+                continue;
+            }
+            let owners = self.owners.get(&t.uuid).cloned().unwrap_or_default();
+            let iv = Interval {
+                t0: unix - t.dt,
+                dt: t.dt,
+                energy_j: t.energy_j,
+                utilization: t.utilization,
+                model: &t.model,
+            };
+            self.tracker
+                .account(&self.pricing, (&t.uuid, t.index, &t.model), &owners, &iv);
+        }
+        if now >= self.next_persist {
+            self.next_persist = now + self.cfg.persist_interval;
+            self.persist();
+            self.tracker.expire(unix);
+        }
+        self.publish(Some(cycle.duration));
+    }
+
+    fn attribute(&mut self, unix: f64) {
+        let gpus: Vec<_> = self.sampler.gpus().filter(|g| g.up).collect();
+        let inputs: Vec<GpuInput<'_>> = gpus
+            .iter()
+            .map(|g| GpuInput {
+                index: g.info.index,
+                uuid: &g.info.uuid,
+                processes: &g.processes,
+            })
+            .collect();
+        let job_map = self
+            .cfg
+            .job_map_dir
+            .as_deref()
+            .map(read_job_map)
+            .unwrap_or_default();
+        let pods = self.pods.borrow().clone();
+        let regs = self.tracker.registrations();
+        let att = attribute(&inputs, self.procs.as_ref(), &regs, &pods, &job_map);
+        self.owners = gpus
+            .iter()
+            .zip(&att.owners)
+            .map(|(g, o)| (g.info.uuid.clone(), o.clone()))
+            .collect();
+        let procs = self.procs.as_ref();
+        self.tracker
+            .observe(&att, |pid| procs.info(pid).is_some(), user_name, unix);
+    }
+
+    /// Writes what changed; on success the persisted state becomes what is exported.
+    fn persist(&mut self) {
+        if self.ledger.is_none() {
+            match Ledger::open(&self.cfg.state_dir) {
+                Ok(l) => {
+                    info!("ledger {} available again; persisting", l.path().display());
+                    self.ledger = Some(l);
+                    self.ledger_error = None;
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    if self.ledger_error.as_deref() != Some(msg.as_str()) {
+                        warn!("ledger unavailable: {msg}; retrying");
+                    }
+                    self.ledger_error = Some(msg);
+                    return;
+                }
+            }
+        }
+        let Some(ledger) = self.ledger.as_mut() else {
+            return;
+        };
+        let dirty: Vec<&JobRecord> = self.tracker.dirty();
+        let gpus: Vec<GpuRecord> = self.tracker.gpus().cloned().collect();
+        match ledger.persist(&dirty, &gpus) {
+            Ok(_) => {
+                if self.ledger_error.take().is_some() {
+                    info!("ledger writes work again");
+                }
+                self.tracker.mark_clean();
+                self.republish();
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                if self.ledger_error.as_deref() != Some(msg.as_str()) {
+                    warn!("cannot persist to the ledger: {msg}; metrics keep being served, retrying every {}", humantime::format_duration(self.cfg.persist_interval));
+                }
+                self.ledger_error = Some(msg);
+            }
+        }
+    }
+
+    /// Takes the tracker's current totals as the exported ones.
+    fn republish(&mut self) {
+        self.published = Published {
+            jobs: Arc::new(self.tracker.jobs().cloned().collect()),
+            gpus: Arc::new(
+                self.tracker
+                    .gpus()
+                    .map(|g| (g.uuid.clone(), g.clone()))
+                    .collect(),
+            ),
+            finished: self.tracker.finished_counts().clone(),
+        };
+    }
+
+    fn publish(&mut self, duration: Option<Duration>) {
+        if self.ledger.is_none() {
+            // Nothing durable to stay consistent with: show the live totals.
+            self.republish();
+        }
+        let prev = self.tx.borrow().clone();
+        let s = &self.sampler;
+        let snapshot = Snapshot {
+            taken_at: Some(SystemTime::now()),
+            simulated: s.simulated().map(str::to_string),
+            source: s.source(),
+            backend_up: s.backend_up(),
+            backend_error: s.open_error().map(str::to_string),
+            driver: s.driver().map(str::to_string),
+            gpus: s.gpus().cloned().collect(),
+            sample_duration_s: duration.map_or(prev.sample_duration_s, |d| d.as_secs_f64()),
+            samples_total: s.samples_total(),
+            sample_errors: s.errors(),
+            published: self.published.clone(),
+            ledger_error: self.ledger_error.clone(),
+            currency: self.pricing.currency.clone(),
+            market: self.pricing.market.as_str(),
+            export_labels: Arc::new(self.cfg.export_labels.clone()),
+        };
+        let _ = self.tx.send(Arc::new(snapshot));
+    }
+}

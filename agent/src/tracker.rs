@@ -1,0 +1,496 @@
+//! The job table: every job the node knows, its registration, and its running totals.
+//!
+//! Owned by the sampler thread (one owner; the API reaches it through messages). It turns
+//! attribution results into jobs (found jobs appear, vanished ones end as `unknown`), applies
+//! registrations and endings with ownership checks, adds each GPU interval's cost to the jobs
+//! holding the GPU, and hands the ledger what changed. Pure: time is passed in.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::account::cost::{cost_interval, Interval, Owner};
+use crate::account::pricing::Pricing;
+use crate::attribute::{Attribution, Registration};
+use crate::jobs::{GpuRecord, JobRecord, Outcome, Scheduler, Usage};
+
+/// Longest accepted job id, name, label key or value, in bytes.
+pub const MAX_TEXT: usize = 256;
+/// Most labels on one job.
+pub const MAX_LABELS: usize = 32;
+
+/// A request to register a job (from `gpucost run`, `gpucost job start` or the API).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    /// Chosen by the caller (a scheduler's id, or `GPUCOST_JOB_ID`); generated when absent.
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// The job's root process; it and its descendants belong to the job.
+    #[serde(default)]
+    pub pid: Option<u32>,
+    /// GPUs allocated to the job (UUIDs or indices), held even while idle.
+    #[serde(default)]
+    pub gpus: Vec<String>,
+    /// `gpucost` (default) or `slurm` (for prolog hooks).
+    #[serde(default)]
+    pub scheduler: Option<Scheduler>,
+    /// User name to record; only root may register a job for another user.
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub uid: Option<u32>,
+}
+
+/// A request to end a job.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndRequest {
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    #[serde(default)]
+    pub signal: Option<i32>,
+    /// Explicit outcome when no exit status is known (`failed` from an epilog that knows).
+    #[serde(default)]
+    pub outcome: Option<Outcome>,
+}
+
+/// Why a request was refused; maps to an HTTP status.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+}
+
+#[derive(Debug, Clone)]
+struct Tracked {
+    rec: JobRecord,
+    reg: Option<Registration>,
+    /// Unix seconds attribution last saw the job hold a GPU.
+    last_seen: f64,
+    dirty: bool,
+}
+
+/// The per-node job table.
+#[derive(Debug, Clone)]
+pub struct Tracker {
+    jobs: BTreeMap<String, Tracked>,
+    gpus: BTreeMap<String, GpuRecord>,
+    finished: BTreeMap<Outcome, u64>,
+    /// Seconds a finished job stays on /metrics.
+    grace_s: f64,
+    /// Seconds a found job may go unseen before it is ended as `unknown`.
+    vanish_s: f64,
+    next_serial: u64,
+    host: String,
+}
+
+fn check_text(what: &str, s: &str) -> Result<(), RequestError> {
+    if s.is_empty() || s.len() > MAX_TEXT || s.chars().any(char::is_control) {
+        return Err(RequestError::Invalid(format!(
+            "{what} must be 1 to {MAX_TEXT} bytes without control characters"
+        )));
+    }
+    Ok(())
+}
+
+impl Tracker {
+    /// A table restored from the ledger's jobs and GPUs. Jobs still running when the agent
+    /// stopped continue under their ids.
+    pub fn restore(
+        jobs: Vec<JobRecord>,
+        gpus: Vec<GpuRecord>,
+        now: f64,
+        grace_s: f64,
+        vanish_s: f64,
+        host: &str,
+    ) -> Self {
+        let mut t = Tracker {
+            jobs: BTreeMap::new(),
+            gpus: gpus.into_iter().map(|g| (g.uuid.clone(), g)).collect(),
+            finished: BTreeMap::new(),
+            grace_s,
+            vanish_s,
+            next_serial: 0,
+            host: host.to_string(),
+        };
+        for rec in jobs {
+            if rec.outcome != Outcome::Running {
+                *t.finished.entry(rec.outcome).or_default() += 1;
+            }
+            let in_grace = rec.ended_at.is_none_or(|e| now - e < grace_s);
+            if in_grace {
+                let reg = (rec.outcome == Outcome::Running
+                    && matches!(rec.scheduler, Scheduler::Gpucost | Scheduler::Slurm)
+                    && rec.labels.contains_key("gpucost.registered"))
+                .then(|| Registration {
+                    job_id: rec.id.clone(),
+                    root_pid: rec.labels.get("gpucost.pid").and_then(|p| p.parse().ok()),
+                    gpus: rec
+                        .labels
+                        .get("gpucost.gpus")
+                        .map(|g| {
+                            g.split(',')
+                                .filter(|s| !s.is_empty())
+                                .map(String::from)
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                });
+                t.jobs.insert(
+                    rec.id.clone(),
+                    Tracked {
+                        rec,
+                        reg,
+                        last_seen: now,
+                        dirty: false,
+                    },
+                );
+            }
+        }
+        t
+    }
+
+    pub fn get(&self, id: &str) -> Option<&JobRecord> {
+        self.jobs.get(id).map(|t| &t.rec)
+    }
+
+    pub fn jobs(&self) -> impl Iterator<Item = &JobRecord> {
+        self.jobs.values().map(|t| &t.rec)
+    }
+
+    pub fn gpus(&self) -> impl Iterator<Item = &GpuRecord> {
+        self.gpus.values()
+    }
+
+    /// Jobs finished so far (also those that left the table), by outcome.
+    pub fn finished_counts(&self) -> &BTreeMap<Outcome, u64> {
+        &self.finished
+    }
+
+    /// Registrations of running jobs, for attribution.
+    pub fn registrations(&self) -> Vec<Registration> {
+        self.jobs
+            .values()
+            .filter(|t| t.rec.outcome == Outcome::Running)
+            .filter_map(|t| t.reg.clone())
+            .collect()
+    }
+
+    fn new_id(&mut self, now: f64) -> String {
+        self.next_serial += 1;
+        format!("{}-{}-{}", self.host, now as u64, self.next_serial)
+    }
+
+    /// Registers a job for the caller `uid` (from the socket's peer credentials).
+    pub fn register(
+        &mut self,
+        req: RegisterRequest,
+        caller_uid: u32,
+        caller_user: &str,
+        now: f64,
+    ) -> Result<JobRecord, RequestError> {
+        let is_root = caller_uid == 0;
+        if (req.uid.is_some_and(|u| u != caller_uid) || req.user.is_some()) && !is_root {
+            return Err(RequestError::Forbidden(
+                "only root may register a job for another user".into(),
+            ));
+        }
+        if let Some(id) = &req.id {
+            check_text("job id", id)?;
+        }
+        if let Some(n) = &req.name {
+            check_text("name", n)?;
+        }
+        if req.labels.len() > MAX_LABELS {
+            return Err(RequestError::Invalid(format!(
+                "at most {MAX_LABELS} labels"
+            )));
+        }
+        for (k, v) in &req.labels {
+            check_text("label key", k)?;
+            if v.len() > MAX_TEXT || v.chars().any(char::is_control) {
+                return Err(RequestError::Invalid(format!(
+                    "label {k}: value too long or has control characters"
+                )));
+            }
+            if !k
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+                || k.starts_with("gpucost.")
+            {
+                return Err(RequestError::Invalid(format!(
+                    "label key {k:?}: use letters, digits, _ - . (and not the gpucost. prefix)"
+                )));
+            }
+        }
+        if req.gpus.len() > 64 || req.gpus.iter().any(|g| g.is_empty() || g.len() > 128) {
+            return Err(RequestError::Invalid(
+                "gpus: at most 64 GPU UUIDs or indices".into(),
+            ));
+        }
+        let uid = req.uid.unwrap_or(caller_uid);
+        let user = req.user.clone().unwrap_or_else(|| caller_user.to_string());
+        let id = match req.id.clone() {
+            Some(id) => id,
+            None => self.new_id(now),
+        };
+        let mut labels = req.labels.clone();
+        labels.insert("gpucost.registered".into(), "1".into());
+        if let Some(pid) = req.pid {
+            labels.insert("gpucost.pid".into(), pid.to_string());
+        }
+        if !req.gpus.is_empty() {
+            labels.insert("gpucost.gpus".into(), req.gpus.join(","));
+        }
+        let reg = Registration {
+            job_id: id.clone(),
+            root_pid: req.pid,
+            gpus: req.gpus.clone(),
+        };
+        if let Some(existing) = self.jobs.get_mut(&id) {
+            if existing.rec.uid.is_some_and(|u| u != caller_uid) && !is_root {
+                return Err(RequestError::Forbidden(format!(
+                    "job {id} belongs to another user"
+                )));
+            }
+            if existing.rec.outcome != Outcome::Running {
+                return Err(RequestError::Conflict(format!(
+                    "job {id} has already ended"
+                )));
+            }
+            // A known job (found by attribution, or a repeated prolog): it becomes registered.
+            existing.rec.labels.extend(labels);
+            if let Some(n) = req.name {
+                existing.rec.name = n;
+            }
+            existing.rec.uid = Some(uid);
+            existing.rec.user = user;
+            existing.reg = Some(reg);
+            existing.dirty = true;
+            existing.last_seen = now;
+            return Ok(existing.rec.clone());
+        }
+        let rec = JobRecord {
+            id: id.clone(),
+            name: req.name.unwrap_or_else(|| id.clone()),
+            user,
+            uid: Some(uid),
+            scheduler: req.scheduler.unwrap_or(Scheduler::Gpucost),
+            labels,
+            started_at: now,
+            ended_at: None,
+            outcome: Outcome::Running,
+            exit_code: None,
+            signal: None,
+            usage: Usage::default(),
+            per_gpu: BTreeMap::new(),
+        };
+        self.jobs.insert(
+            id,
+            Tracked {
+                rec: rec.clone(),
+                reg: Some(reg),
+                last_seen: now,
+                dirty: true,
+            },
+        );
+        Ok(rec)
+    }
+
+    /// Ends a job on behalf of `caller_uid`.
+    pub fn end(
+        &mut self,
+        id: &str,
+        req: EndRequest,
+        caller_uid: u32,
+        now: f64,
+    ) -> Result<JobRecord, RequestError> {
+        let t = self
+            .jobs
+            .get_mut(id)
+            .ok_or_else(|| RequestError::NotFound(format!("no job {id:?} on this node")))?;
+        if caller_uid != 0 && t.rec.uid != Some(caller_uid) {
+            return Err(RequestError::Forbidden(format!(
+                "job {id} belongs to another user"
+            )));
+        }
+        if t.rec.outcome != Outcome::Running {
+            return Err(RequestError::Conflict(format!(
+                "job {id} has already ended ({})",
+                t.rec.outcome.as_str()
+            )));
+        }
+        let outcome = match req.outcome {
+            Some(Outcome::Running) => {
+                return Err(RequestError::Invalid(
+                    "outcome must be succeeded, failed or unknown".into(),
+                ))
+            }
+            Some(o) => o,
+            None => Outcome::from_exit(req.exit_code, req.signal),
+        };
+        t.rec.outcome = outcome;
+        t.rec.exit_code = req.exit_code;
+        t.rec.signal = req.signal;
+        t.rec.ended_at = Some(now);
+        t.dirty = true;
+        *self.finished.entry(outcome).or_default() += 1;
+        Ok(t.rec.clone())
+    }
+
+    /// Folds in an attribution: found jobs appear, jobs seen again are kept alive, found jobs
+    /// unseen for longer than the vanish time end as `unknown`, and so do registered jobs whose
+    /// root process is gone (`alive(pid)` false) with no ending reported.
+    pub fn observe(
+        &mut self,
+        att: &Attribution,
+        alive: impl Fn(u32) -> bool,
+        user_of: impl Fn(u32) -> String,
+        now: f64,
+    ) {
+        let seen: BTreeSet<&str> = att
+            .owners
+            .iter()
+            .flatten()
+            .map(|(id, _)| id.as_str())
+            .collect();
+        for (id, f) in &att.found {
+            if self.jobs.contains_key(id) {
+                continue;
+            }
+            let rec = JobRecord {
+                id: id.clone(),
+                name: f.name.clone(),
+                user: f
+                    .user
+                    .clone()
+                    .unwrap_or_else(|| f.uid.map_or_else(|| "unknown".to_string(), &user_of)),
+                uid: f.uid,
+                scheduler: f.scheduler,
+                labels: f.labels.clone(),
+                started_at: now,
+                ended_at: None,
+                outcome: Outcome::Running,
+                exit_code: None,
+                signal: None,
+                usage: Usage::default(),
+                per_gpu: BTreeMap::new(),
+            };
+            self.jobs.insert(
+                id.clone(),
+                Tracked {
+                    rec,
+                    reg: None,
+                    last_seen: now,
+                    dirty: true,
+                },
+            );
+        }
+        let mut ended = Vec::new();
+        for (id, t) in self.jobs.iter_mut() {
+            if t.rec.outcome != Outcome::Running {
+                continue;
+            }
+            if seen.contains(id.as_str()) {
+                t.last_seen = now;
+            }
+            let gone = match &t.reg {
+                // A registered job ends when told; if its root process died without a word,
+                // after the vanish time, it ended in an unknown way.
+                Some(r) => {
+                    r.root_pid.is_some_and(|p| !alive(p)) && now - t.last_seen >= self.vanish_s
+                }
+                None => now - t.last_seen >= self.vanish_s,
+            };
+            if gone {
+                t.rec.outcome = Outcome::Unknown;
+                t.rec.ended_at = Some(t.last_seen.max(t.rec.started_at));
+                t.dirty = true;
+                ended.push(Outcome::Unknown);
+            }
+        }
+        for o in ended {
+            *self.finished.entry(o).or_default() += 1;
+        }
+    }
+
+    /// Adds one GPU interval's cost to the GPU and to its owners.
+    pub fn account(
+        &mut self,
+        pricing: &Pricing,
+        gpu: (&str, u32, &str),
+        owners: &[(String, f64)],
+        iv: &Interval<'_>,
+    ) {
+        let (uuid, index, model) = gpu;
+        let running: Vec<Owner<'_>> = owners
+            .iter()
+            .filter(|(id, _)| {
+                self.jobs
+                    .get(id)
+                    .is_some_and(|t| t.rec.outcome == Outcome::Running)
+            })
+            .map(|(id, w)| Owner {
+                key: id,
+                weight: *w,
+            })
+            .collect();
+        let c = cost_interval(pricing, iv, &running);
+        let g = self
+            .gpus
+            .entry(uuid.to_string())
+            .or_insert_with(|| GpuRecord {
+                uuid: uuid.to_string(),
+                index,
+                model: model.to_string(),
+                usage: Usage::default(),
+                unallocated_seconds: 0.0,
+            });
+        g.index = index;
+        g.usage.add(&c.gpu);
+        g.unallocated_seconds += c.unallocated_seconds;
+        for (id, u) in c.per_owner {
+            if let Some(t) = self.jobs.get_mut(&id) {
+                t.rec.usage.add(&u);
+                t.rec.per_gpu.entry(uuid.to_string()).or_default().add(&u);
+                t.dirty = true;
+            }
+        }
+    }
+
+    /// Jobs changed since the last [`Tracker::mark_clean`].
+    pub fn dirty(&self) -> Vec<&JobRecord> {
+        self.jobs
+            .values()
+            .filter(|t| t.dirty)
+            .map(|t| &t.rec)
+            .collect()
+    }
+
+    pub fn mark_clean(&mut self) {
+        for t in self.jobs.values_mut() {
+            t.dirty = false;
+        }
+    }
+
+    /// Drops finished jobs whose grace period is over (once persisted).
+    pub fn expire(&mut self, now: f64) {
+        let grace = self.grace_s;
+        self.jobs
+            .retain(|_, t| t.dirty || t.rec.ended_at.is_none_or(|e| now - e < grace));
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,281 @@
+use std::collections::BTreeMap;
+
+use super::*;
+use crate::attribute::Found;
+
+fn tracker() -> Tracker {
+    Tracker::restore(Vec::new(), Vec::new(), 1000.0, 600.0, 15.0, "node1")
+}
+
+fn req(id: &str) -> RegisterRequest {
+    RegisterRequest {
+        id: Some(id.into()),
+        pid: Some(4242),
+        ..RegisterRequest::default()
+    }
+}
+
+#[test]
+fn a_user_may_end_only_their_own_jobs() {
+    let mut t = tracker();
+    let j = t.register(req("a"), 1001, "alice", 1000.0).unwrap();
+    assert_eq!(
+        (j.uid, j.user.as_str(), j.outcome),
+        (Some(1001), "alice", Outcome::Running)
+    );
+    let end = EndRequest {
+        exit_code: Some(0),
+        ..EndRequest::default()
+    };
+    assert!(matches!(
+        t.end("a", end.clone(), 1002, 1001.0),
+        Err(RequestError::Forbidden(_))
+    ));
+    assert_eq!(
+        t.get("a").unwrap().outcome,
+        Outcome::Running,
+        "a refusal changes nothing"
+    );
+    assert!(matches!(
+        t.end("nope", end.clone(), 0, 1001.0),
+        Err(RequestError::NotFound(_))
+    ));
+    let j = t.end("a", end.clone(), 1001, 1002.0).unwrap();
+    assert_eq!((j.outcome, j.ended_at), (Outcome::Succeeded, Some(1002.0)));
+    assert!(matches!(
+        t.end("a", end, 0, 1003.0),
+        Err(RequestError::Conflict(_))
+    ));
+    // Root may end anyone's job.
+    t.register(req("b"), 1001, "alice", 1000.0).unwrap();
+    let j = t
+        .end(
+            "b",
+            EndRequest {
+                signal: Some(9),
+                ..EndRequest::default()
+            },
+            0,
+            1004.0,
+        )
+        .unwrap();
+    assert_eq!(j.outcome, Outcome::Failed);
+    assert_eq!(t.finished_counts()[&Outcome::Succeeded], 1);
+    assert_eq!(t.finished_counts()[&Outcome::Failed], 1);
+}
+
+#[test]
+fn registration_input_is_checked() {
+    let mut t = tracker();
+    let cases: Vec<(RegisterRequest, u32, &str)> = vec![
+        (
+            RegisterRequest {
+                uid: Some(0),
+                ..req("x")
+            },
+            1001,
+            "another user",
+        ),
+        (
+            RegisterRequest {
+                user: Some("bob".into()),
+                ..req("x")
+            },
+            1001,
+            "another user",
+        ),
+        (req(&"x".repeat(300)), 0, "job id must be"),
+        (req("a\nb"), 0, "job id must be"),
+        (
+            RegisterRequest {
+                labels: BTreeMap::from([("bad key".into(), "v".into())]),
+                ..req("x")
+            },
+            0,
+            "label key",
+        ),
+        (
+            RegisterRequest {
+                labels: BTreeMap::from([("gpucost.pid".into(), "1".into())]),
+                ..req("x")
+            },
+            0,
+            "label key",
+        ),
+    ];
+    for (r, uid, want) in cases {
+        let e = t.register(r, uid, "u", 1000.0).unwrap_err().to_string();
+        assert!(e.contains(want), "{e}");
+    }
+    assert_eq!(t.jobs().count(), 0);
+    // Root registers for a user (a Slurm prolog).
+    let j = t
+        .register(
+            RegisterRequest {
+                uid: Some(1001),
+                user: Some("alice".into()),
+                ..req("55")
+            },
+            0,
+            "root",
+            1000.0,
+        )
+        .unwrap();
+    assert_eq!((j.uid, j.user.as_str()), (Some(1001), "alice"));
+    // Without an id the agent makes one.
+    let j = t
+        .register(RegisterRequest::default(), 1001, "alice", 1000.0)
+        .unwrap();
+    assert_eq!(j.id, "node1-1000-1");
+}
+
+fn found(id: &str, scheduler: Scheduler) -> Found {
+    Found {
+        id: id.into(),
+        scheduler,
+        name: id.into(),
+        uid: Some(1001),
+        user: Some("alice".into()),
+        labels: BTreeMap::new(),
+    }
+}
+
+#[test]
+fn found_jobs_appear_and_vanish_as_unknown() {
+    let mut t = tracker();
+    let att = Attribution {
+        owners: vec![vec![("41".into(), 1.0)]],
+        found: BTreeMap::from([("41".into(), found("41", Scheduler::Slurm))]),
+    };
+    t.observe(&att, |_| true, |u| u.to_string(), 1000.0);
+    assert_eq!(t.get("41").unwrap().scheduler, Scheduler::Slurm);
+    let empty = Attribution {
+        owners: vec![vec![]],
+        found: BTreeMap::new(),
+    };
+    t.observe(&empty, |_| true, |u| u.to_string(), 1010.0);
+    assert_eq!(
+        t.get("41").unwrap().outcome,
+        Outcome::Running,
+        "within the vanish time"
+    );
+    t.observe(&empty, |_| true, |u| u.to_string(), 1016.0);
+    let j = t.get("41").unwrap();
+    assert_eq!((j.outcome, j.ended_at), (Outcome::Unknown, Some(1000.0)));
+
+    // A registered job whose root process died without a word ends unknown too.
+    t.register(req("r"), 1001, "alice", 1000.0).unwrap();
+    t.observe(&empty, |pid| pid != 4242, |u| u.to_string(), 1020.0);
+    assert_eq!(t.get("r").unwrap().outcome, Outcome::Unknown);
+    assert_eq!(t.finished_counts()[&Outcome::Unknown], 2);
+}
+
+#[test]
+fn accounting_goes_to_running_owners_and_the_gpu() {
+    let mut t = tracker();
+    let pricing = crate::config::example_pricing();
+    t.register(req("a"), 1001, "alice", 1000.0).unwrap();
+    t.register(req("b"), 1001, "alice", 1000.0).unwrap();
+    let iv = Interval {
+        t0: 1000.0,
+        dt: 3600.0,
+        energy_j: 3.6e6,
+        utilization: Some(0.9),
+        model: "NVIDIA H100 80GB HBM3",
+    };
+    let owners = vec![("a".to_string(), 0.75), ("b".to_string(), 0.25)];
+    t.account(
+        &pricing,
+        ("GPU-0", 0, "NVIDIA H100 80GB HBM3"),
+        &owners,
+        &iv,
+    );
+    let a = t.get("a").unwrap();
+    assert!((a.usage.gpu_seconds - 2700.0).abs() < 1e-9);
+    assert!(
+        (a.usage.cost_gpu_time - 3.0).abs() < 1e-9,
+        "0.75 x 4.00/h x 1 h"
+    );
+    assert!((a.per_gpu["GPU-0"].energy_j - 2.7e6).abs() < 1e-6);
+    let gpu = t.gpus().next().unwrap();
+    assert!((gpu.usage.cost_gpu_time - 4.0).abs() < 1e-9);
+    assert_eq!(gpu.unallocated_seconds, 0.0);
+    // An ended job gets nothing more; its share goes unallocated.
+    t.end(
+        "b",
+        EndRequest {
+            exit_code: Some(0),
+            ..EndRequest::default()
+        },
+        1001,
+        4600.0,
+    )
+    .unwrap();
+    t.account(
+        &pricing,
+        ("GPU-0", 0, "NVIDIA H100 80GB HBM3"),
+        &[("b".to_string(), 1.0)],
+        &iv,
+    );
+    assert!((t.get("b").unwrap().usage.gpu_seconds - 900.0).abs() < 1e-9);
+    assert_eq!(t.gpus().next().unwrap().unallocated_seconds, 3600.0);
+    assert_eq!(t.dirty().len(), 2);
+    t.mark_clean();
+    assert!(t.dirty().is_empty());
+}
+
+#[test]
+fn restore_continues_running_jobs_and_counts_finished_ones() {
+    let mut t = tracker();
+    t.register(
+        RegisterRequest {
+            gpus: vec!["0".into()],
+            ..req("a")
+        },
+        1001,
+        "alice",
+        1000.0,
+    )
+    .unwrap();
+    t.register(req("b"), 1001, "alice", 1000.0).unwrap();
+    t.end(
+        "b",
+        EndRequest {
+            exit_code: Some(3),
+            ..EndRequest::default()
+        },
+        1001,
+        1100.0,
+    )
+    .unwrap();
+    let jobs: Vec<JobRecord> = t.jobs().cloned().collect();
+    let r = Tracker::restore(jobs.clone(), Vec::new(), 1200.0, 600.0, 15.0, "node1");
+    assert_eq!(r.get("a").unwrap().outcome, Outcome::Running);
+    assert_eq!(
+        r.registrations(),
+        vec![Registration {
+            job_id: "a".into(),
+            root_pid: Some(4242),
+            gpus: vec!["0".into()]
+        }]
+    );
+    assert_eq!(r.finished_counts()[&Outcome::Failed], 1);
+    // Past the grace period a finished job is not loaded, but still counted.
+    let r = Tracker::restore(jobs, Vec::new(), 5000.0, 600.0, 15.0, "node1");
+    assert!(r.get("b").is_none());
+    assert_eq!(r.finished_counts()[&Outcome::Failed], 1);
+}
+
+#[test]
+fn finished_jobs_expire_after_the_grace_period_once_persisted() {
+    let mut t = tracker();
+    t.register(req("a"), 1001, "alice", 1000.0).unwrap();
+    t.end("a", EndRequest::default(), 1001, 1000.0).unwrap();
+    t.expire(2000.0);
+    assert!(t.get("a").is_some(), "not yet persisted");
+    t.mark_clean();
+    t.expire(1500.0);
+    assert!(t.get("a").is_some(), "within the grace period");
+    t.expire(1601.0);
+    assert!(t.get("a").is_none());
+}
