@@ -28,6 +28,33 @@ enum Command {
     /// Scheduler hooks (Slurm prolog/epilog); never fail the hook.
     #[command(subcommand)]
     Job(JobCommand),
+    /// Per-job cost breakdown from the ledger.
+    Report(ReportArgs),
+}
+
+#[derive(Args)]
+struct ReportArgs {
+    /// The agent's state directory [default: state_dir of the config, else /var/lib/gpucost]
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Only jobs running since: a duration (7d, 36h) or a UTC date (2026-11-01)
+    #[arg(long, value_name = "WHEN")]
+    since: Option<String>,
+    /// Only this job
+    #[arg(long, value_name = "ID")]
+    job: Option<String>,
+    /// One row per value of a job label: label:KEY (a sweep's or a team's total)
+    #[arg(long, value_name = "label:KEY")]
+    group_by: Option<String>,
+    /// table, json or csv
+    #[arg(long, default_value = "table")]
+    format: String,
+    /// Compare renting these GPUs with buying them, from the observed use and [pricing]
+    #[arg(long)]
+    breakeven: bool,
+    /// Config file for [pricing] and state_dir [default: /etc/gpucost/config.toml, if present]
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -141,6 +168,7 @@ fn main() -> ExitCode {
             labels: labels.into_iter().collect(),
             socket: cli::socket_path(socket),
         })),
+        Command::Report(a) => report(a),
         Command::Job(JobCommand::End {
             id,
             exit_code: code,
@@ -152,6 +180,62 @@ fn main() -> ExitCode {
             outcome,
             socket: cli::socket_path(socket),
         })),
+    }
+}
+
+fn report(a: ReportArgs) -> ExitCode {
+    let format = match a.format.parse() {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("gpucost: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let env_path = std::env::var_os("GPUCOST_CONFIG").map(PathBuf::from);
+    let (path, explicit) = match a.config.or(env_path) {
+        Some(p) => (p, true),
+        None => (PathBuf::from(config::DEFAULT_CONFIG_PATH), false),
+    };
+    let file = match config::file_layer(&path, explicit) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("gpucost: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut layers = vec![(Origin::File(path), file)];
+    if let Some(dir) = a.state_dir {
+        let l = Layer {
+            state_dir: Some(dir),
+            ..Layer::default()
+        };
+        layers.push((Origin::Flag("state-dir"), l));
+    }
+    let cfg = match config::resolve(&layers) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("gpucost: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let args = cli::report::ReportArgs {
+        state_dir: cfg.state_dir,
+        since: a.since,
+        job: a.job,
+        group_by: a.group_by,
+        format,
+        breakeven: a.breakeven,
+        pricing: cfg.pricing,
+    };
+    match cli::report::report(args) {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("gpucost: {e:#}");
+            ExitCode::from(2)
+        }
     }
 }
 

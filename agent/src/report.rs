@@ -517,14 +517,20 @@ fn groups_csv(groups: &[GroupRow], total: &Totals) -> String {
     for g in groups {
         csv_line(
             &mut out,
-            std::iter::once(g.group.clone())
-                .chain(TOTALS_COLUMNS.iter().map(|c| g.totals.field(c).unwrap_or_default())),
+            std::iter::once(g.group.clone()).chain(
+                TOTALS_COLUMNS
+                    .iter()
+                    .map(|c| g.totals.field(c).unwrap_or_default()),
+            ),
         );
     }
     csv_line(
         &mut out,
-        std::iter::once("TOTAL".to_string())
-            .chain(TOTALS_COLUMNS.iter().map(|c| total.field(c).unwrap_or_default())),
+        std::iter::once("TOTAL".to_string()).chain(
+            TOTALS_COLUMNS
+                .iter()
+                .map(|c| total.field(c).unwrap_or_default()),
+        ),
     );
     out
 }
@@ -708,16 +714,7 @@ fn jobs_table(rows: &[JobRow<'_>], total: &Totals, currency: &str) -> String {
         ]);
     }
     cost.total_row = Some(vec![
-        format!(
-            "TOTAL ({} job{}{})",
-            total.jobs,
-            if total.jobs == 1 { "" } else { "s" },
-            if total.failed > 0 {
-                format!(", {} failed", total.failed)
-            } else {
-                String::new()
-            }
-        ),
+        "TOTAL".to_string(),
         String::new(),
         fixed(total.gpu_hours, 2),
         fixed(total.kwh, 3),
@@ -730,6 +727,12 @@ fn jobs_table(rows: &[JobRow<'_>], total: &Totals, currency: &str) -> String {
         money(total.wasted_cost),
     ]);
     cost.render(&mut out);
+    out.push_str(&format!(
+        "{} job{}, {} failed\n",
+        total.jobs,
+        if total.jobs == 1 { "" } else { "s" },
+        total.failed
+    ));
     out
 }
 
@@ -776,3 +779,465 @@ fn groups_table(groups: &[GroupRow], total: &Totals, spec: &str, currency: &str)
     out
 }
 
+#[cfg(test)]
+mod tests {
+    use serde_json::{json, Value};
+
+    use super::*;
+    use crate::jobs::Scheduler;
+
+    fn opts(format: Format, group_by: Option<&str>) -> ReportOptions {
+        ReportOptions {
+            format,
+            group_by: group_by.map(str::to_string),
+            currency: "EUR".to_string(),
+        }
+    }
+
+    /// A 2-GPU job: 7200 GPU-s (2 GPU-h), 3.6e6 J (1 kWh), 400 g CO2, 10 + 0.5 + 1.5 = 12 EUR,
+    /// 1800 idle GPU-s (25 %) costing 3 EUR.
+    fn job(id: &str, outcome: Outcome, labels: &[(&str, &str)]) -> JobRecord {
+        let usage = Usage {
+            gpu_seconds: 7200.0,
+            energy_j: 3.6e6,
+            carbon_g: 400.0,
+            cost_gpu_time: 10.0,
+            cost_energy: 0.5,
+            cost_overhead: 1.5,
+            idle_gpu_seconds: 1800.0,
+            idle_cost: 3.0,
+        };
+        let half = Usage {
+            gpu_seconds: 3600.0,
+            energy_j: 1.8e6,
+            carbon_g: 200.0,
+            cost_gpu_time: 5.0,
+            cost_energy: 0.25,
+            cost_overhead: 0.75,
+            idle_gpu_seconds: 900.0,
+            idle_cost: 1.5,
+        };
+        JobRecord {
+            id: id.to_string(),
+            name: format!("train-{id}"),
+            user: "alice".to_string(),
+            uid: Some(1000),
+            scheduler: Scheduler::Slurm,
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            started_at: 1_795_677_300.0, // 2026-11-26T07:15:00Z
+            ended_at: (outcome != Outcome::Running).then_some(1_795_677_300.0 + 3600.0),
+            outcome,
+            exit_code: match outcome {
+                Outcome::Succeeded => Some(0),
+                Outcome::Failed => Some(1),
+                _ => None,
+            },
+            signal: None,
+            usage,
+            per_gpu: [("GPU-a".to_string(), half), ("GPU-b".to_string(), half)]
+                .into_iter()
+                .collect(),
+        }
+    }
+
+    fn render_json(jobs: &[JobRecord], group_by: Option<&str>) -> Value {
+        serde_json::from_str(&render(jobs, &opts(Format::Json, group_by)).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn format_utc_cases() {
+        for (unix, want) in [
+            (0.0, "1970-01-01T00:00:00Z"),
+            (1_795_677_300.0, "2026-11-26T07:15:00Z"),
+            (1_795_677_300.999, "2026-11-26T07:15:00Z"),
+            (951_782_400.0, "2000-02-29T00:00:00Z"),
+            (1_735_689_599.0, "2024-12-31T23:59:59Z"),
+            (4_107_542_400.0, "2100-03-01T00:00:00Z"),
+            (-1.0, "1969-12-31T23:59:59Z"),
+            (-0.5, "1969-12-31T23:59:59Z"),
+            (-2_203_934_400.0, "1900-02-28T12:00:00Z"),
+            (-62_135_596_800.0, "0001-01-01T00:00:00Z"),
+            (-62_167_219_200.0, "0000-01-01T00:00:00Z"),
+            (253_402_300_799.0, "9999-12-31T23:59:59Z"),
+            (253_402_300_800.0, "invalid time"),
+            (f64::NAN, "invalid time"),
+            (f64::INFINITY, "invalid time"),
+        ] {
+            assert_eq!(format_utc(unix), want, "{unix}");
+        }
+    }
+
+    #[test]
+    fn civil_from_days_matches_a_day_by_day_walk() {
+        // Walk 1969-01-01 .. 2101-01-01 one day at a time with the plain calendar rules.
+        let leap = |y: i64| (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+        let (mut y, mut m, mut d) = (1969i64, 1u32, 1u32);
+        for days in -365..48_213 {
+            assert_eq!(civil_from_days(days), (y, m, d), "day {days}");
+            let len = match m {
+                2 if leap(y) => 29,
+                2 => 28,
+                4 | 6 | 9 | 11 => 30,
+                _ => 31,
+            };
+            d += 1;
+            if d > len {
+                d = 1;
+                m += 1;
+                if m > 12 {
+                    m = 1;
+                    y += 1;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn format_parses_and_rejects_with_the_accepted_values() {
+        assert_eq!("table".parse::<Format>().unwrap(), Format::Table);
+        assert_eq!("JSON".parse::<Format>().unwrap(), Format::Json);
+        assert_eq!("csv".parse::<Format>().unwrap(), Format::Csv);
+        let err = "xml".parse::<Format>().unwrap_err().to_string();
+        assert!(
+            err.contains("\"xml\"") && err.contains("table, json or csv"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn group_by_must_be_label_and_a_key() {
+        assert_eq!(parse_group_by("label:team").unwrap(), "team");
+        assert_eq!(parse_group_by("label:a:b").unwrap(), "a:b");
+        for bad in ["team", "label:", "label: ", "user", "Label:team", ""] {
+            let err = render(
+                &[job("1", Outcome::Succeeded, &[])],
+                &opts(Format::Table, Some(bad)),
+            )
+            .unwrap_err();
+            assert!(matches!(err, ReportError::BadGroupBy(_)), "{bad}");
+            assert!(err.to_string().contains("label:KEY"), "{err}");
+        }
+    }
+
+    #[test]
+    fn derived_numbers_by_hand() {
+        // (outcome, gpu_hours, kwh, co2_kg, cost_total, idle_share, wasted_cost)
+        let cases = [
+            (Outcome::Succeeded, 2.0, 1.0, 0.4, 12.0, 0.25, 3.0),
+            (Outcome::Running, 2.0, 1.0, 0.4, 12.0, 0.25, 3.0),
+            // A failed run wastes all it cost.
+            (Outcome::Failed, 2.0, 1.0, 0.4, 12.0, 0.25, 12.0),
+        ];
+        for (outcome, gpu_hours, kwh, co2_kg, cost_total, idle_share, wasted) in cases {
+            let v = render_json(&[job("j", outcome, &[])], None);
+            let j = &v["jobs"][0];
+            assert_eq!(j["gpu_hours"], json!(gpu_hours), "{outcome:?}");
+            assert_eq!(j["kwh"], json!(kwh));
+            assert_eq!(j["co2_kg"], json!(co2_kg));
+            assert_eq!(j["cost_total"], json!(cost_total));
+            assert_eq!(j["idle_share"], json!(idle_share));
+            assert_eq!(j["wasted_cost"], json!(wasted));
+            assert_eq!(j["gpus"], json!(2));
+            assert_eq!(j["gpu_seconds"], json!(7200.0));
+            assert_eq!(j["energy_j"], json!(3.6e6));
+            assert_eq!(v["total"]["wasted_cost"], json!(wasted));
+        }
+    }
+
+    #[test]
+    fn idle_share_is_zero_without_gpu_seconds() {
+        let mut j = job("j", Outcome::Succeeded, &[]);
+        j.usage = Usage::default();
+        j.per_gpu.clear();
+        let v = render_json(&[j], None);
+        assert_eq!(v["jobs"][0]["idle_share"], json!(0.0));
+        assert_eq!(v["jobs"][0]["gpus"], json!(0));
+        assert_eq!(v["total"]["idle_share"], json!(0.0));
+    }
+
+    #[test]
+    fn json_document_shape() {
+        let mut running = job("r", Outcome::Running, &[("team", "nlp")]);
+        running.uid = None;
+        let v = render_json(&[job("s", Outcome::Succeeded, &[]), running], None);
+        assert_eq!(v["currency"], "EUR");
+        assert_eq!(v["jobs"].as_array().unwrap().len(), 2);
+        let s = &v["jobs"][0];
+        assert_eq!(s["start"], "2026-11-26T07:15:00Z");
+        assert_eq!(s["end"], "2026-11-26T08:15:00Z");
+        assert_eq!(s["started_at"], json!(1_795_677_300.0));
+        assert_eq!(s["outcome"], "succeeded");
+        assert_eq!(s["scheduler"], "slurm");
+        let r = &v["jobs"][1];
+        assert_eq!(r["end"], Value::Null);
+        assert_eq!(r["ended_at"], Value::Null);
+        assert_eq!(r["uid"], Value::Null);
+        assert_eq!(r["labels"], json!({"team": "nlp"}));
+        let t = &v["total"];
+        assert_eq!(t["jobs"], json!(2));
+        assert_eq!(t["failed"], json!(0));
+        assert_eq!(t["gpu_hours"], json!(4.0));
+        assert_eq!(t["kwh"], json!(2.0));
+        assert_eq!(t["cost_gpu_time"], json!(20.0));
+        assert_eq!(t["cost_total"], json!(24.0));
+        assert_eq!(t["co2_kg"], json!(0.8));
+        assert_eq!(t["wasted_cost"], json!(6.0));
+    }
+
+    #[test]
+    fn csv_has_the_json_job_columns_in_the_same_order() {
+        let jobs = [job("j", Outcome::Succeeded, &[("team", "nlp")])];
+        let json_text = render(&jobs, &opts(Format::Json, None)).unwrap();
+        let v: Value = serde_json::from_str(&json_text).unwrap();
+        let keys: Vec<&str> = v["jobs"][0]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let mut sorted = JOB_COLUMNS.to_vec();
+        sorted.sort_unstable();
+        assert_eq!(keys, sorted, "JSON keys and CSV columns differ");
+        // Same order: each column's key appears after the previous one in the JSON text.
+        let job_text = &json_text[json_text.find("\"jobs\"").unwrap()..];
+        let positions: Vec<usize> = JOB_COLUMNS
+            .iter()
+            .map(|c| job_text.find(&format!("\"{c}\":")).unwrap())
+            .collect();
+        assert!(positions.windows(2).all(|w| w[0] < w[1]), "{positions:?}");
+
+        let csv = render(&jobs, &opts(Format::Csv, None)).unwrap();
+        let lines: Vec<&str> = csv.lines().collect();
+        assert_eq!(lines[0], JOB_COLUMNS.join(","));
+        assert_eq!(lines.len(), 3);
+        assert_eq!(
+            lines[1],
+            "j,train-j,alice,1000,slurm,\"{\"\"team\"\":\"\"nlp\"\"}\",2026-11-26T07:15:00Z,\
+             2026-11-26T08:15:00Z,1795677300,1795680900,succeeded,0,,2,7200,3600000,400,10,0.5,\
+             1.5,1800,3,2,1,0.4,12,0.25,3"
+        );
+        assert_eq!(
+            lines[2],
+            "TOTAL,,,,,,,,,,,,,,7200,3600000,400,10,0.5,1.5,1800,3,2,1,0.4,12,0.25,3"
+        );
+    }
+
+    #[test]
+    fn csv_quotes_commas_quotes_and_newlines() {
+        for (field, want) in [
+            ("plain", "plain"),
+            ("a, b", "\"a, b\""),
+            ("say \"hi\"", "\"say \"\"hi\"\"\""),
+            ("llama, \"big\"", "\"llama, \"\"big\"\"\""),
+            ("two\nlines", "\"two\nlines\""),
+            ("cr\r", "\"cr\r\""),
+            ("", ""),
+        ] {
+            assert_eq!(csv_field(field), want);
+        }
+        let mut j = job("j", Outcome::Succeeded, &[]);
+        j.name = "llama, \"big\"".to_string();
+        let csv = render(&[j], &opts(Format::Csv, None)).unwrap();
+        assert!(
+            csv.lines()
+                .nth(1)
+                .unwrap()
+                .starts_with("j,\"llama, \"\"big\"\"\",alice,"),
+            "{csv}"
+        );
+    }
+
+    #[test]
+    fn table_numbers_headers_and_total() {
+        let jobs = [
+            job("slurm-4812", Outcome::Succeeded, &[]),
+            job("slurm-4813", Outcome::Failed, &[]),
+        ];
+        let out = render(&jobs, &opts(Format::Table, None)).unwrap();
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(lines[0].starts_with("JOB "), "{out}");
+        assert!(lines[1].contains("2026-11-26T07:15:00Z  2026-11-26T08:15:00Z  succeeded"));
+        assert!(lines[2].ends_with("failed"));
+        assert_eq!(lines[3], "");
+        for h in [
+            "GPU-TIME EUR",
+            "ENERGY EUR",
+            "OVERHEAD EUR",
+            "TOTAL EUR",
+            "WASTED EUR",
+        ] {
+            assert!(lines[4].contains(h), "{h} in {}", lines[4]);
+        }
+        let cells = |l: &str| l.split_whitespace().map(str::to_string).collect::<Vec<_>>();
+        // JOB GPUS GPU-H kWh GPU-TIME ENERGY OVERHEAD TOTAL CO2 IDLE WASTED
+        assert_eq!(
+            cells(lines[5]),
+            [
+                "slurm-4812",
+                "2",
+                "2.00",
+                "1.000",
+                "10.00",
+                "0.50",
+                "1.50",
+                "12.00",
+                "0.400",
+                "25%",
+                "3.00"
+            ]
+        );
+        assert_eq!(
+            cells(lines[6]),
+            [
+                "slurm-4813",
+                "2",
+                "2.00",
+                "1.000",
+                "10.00",
+                "0.50",
+                "1.50",
+                "12.00",
+                "0.400",
+                "25%",
+                "12.00"
+            ]
+        );
+        assert!(lines[7].chars().all(|c| c == '-'));
+        assert_eq!(
+            cells(lines[8]),
+            ["TOTAL", "4.00", "2.000", "20.00", "1.00", "3.00", "24.00", "0.800", "25%", "15.00"]
+        );
+        assert_eq!(lines[9], "2 jobs, 1 failed");
+        assert_eq!(lines.len(), 10);
+        // Numbers are right-aligned: every cost line has the same length.
+        assert_eq!(lines[5].len(), lines[6].len());
+        for l in &lines {
+            assert!(l.chars().count() <= 120, "{} wide: {l}", l.chars().count());
+        }
+    }
+
+    #[test]
+    fn table_cuts_long_names_and_hides_control_characters() {
+        let mut j = job("j", Outcome::Running, &[]);
+        j.name = "a-very-long-training-run-name-indeed".to_string();
+        j.user = "evil\u{1b}[2J".to_string();
+        let out = render(&[j], &opts(Format::Table, None)).unwrap();
+        assert!(out.contains("a-very-long-trainin… "), "{out}");
+        assert!(!out.contains('\u{1b}'));
+        assert!(out.contains("evil?[2J"));
+        // Running: no end.
+        assert!(out.lines().nth(1).unwrap().contains("Z  -  "), "{out}");
+    }
+
+    #[test]
+    fn empty_input() {
+        for group_by in [None, Some("label:team")] {
+            assert_eq!(
+                render(&[], &opts(Format::Table, group_by)).unwrap(),
+                "no jobs\n"
+            );
+        }
+        let v = render_json(&[], None);
+        assert_eq!(v["jobs"], json!([]));
+        assert_eq!(v["total"]["jobs"], json!(0));
+        assert_eq!(v["total"]["cost_total"], json!(0.0));
+        assert_eq!(v["total"]["idle_share"], json!(0.0));
+        let v = render_json(&[], Some("label:team"));
+        assert_eq!(v["groups"], json!([]));
+        assert_eq!(v["total"]["gpu_hours"], json!(0.0));
+        let csv = render(&[], &opts(Format::Csv, None)).unwrap();
+        assert_eq!(csv.lines().count(), 2);
+        assert!(csv.lines().nth(1).unwrap().starts_with("TOTAL,"));
+    }
+
+    fn grouped_jobs() -> Vec<JobRecord> {
+        let mut cheap = job("c", Outcome::Succeeded, &[("team", "vision")]);
+        cheap.usage.cost_gpu_time = 1.0; // total 3.0
+        vec![
+            job("a", Outcome::Succeeded, &[("team", "nlp")]),
+            job("b", Outcome::Failed, &[("team", "nlp"), ("proj", "x")]),
+            cheap,
+            job("d", Outcome::Unknown, &[("proj", "y")]),
+        ]
+    }
+
+    #[test]
+    fn group_by_label_sums() {
+        let v = render_json(&grouped_jobs(), Some("label:team"));
+        assert_eq!(v["group_by"], "label:team");
+        assert!(v.get("jobs").is_none());
+        let groups = v["groups"].as_array().unwrap();
+        // (group, jobs, failed, gpu_hours, kwh, cost_gpu_time, cost_total, co2_kg, wasted_cost)
+        let want = [
+            ("nlp", 2, 1, 4.0, 2.0, 20.0, 24.0, 0.8, 3.0 + 12.0),
+            ("(none)", 1, 0, 2.0, 1.0, 10.0, 12.0, 0.4, 3.0),
+            ("vision", 1, 0, 2.0, 1.0, 1.0, 3.0, 0.4, 3.0),
+        ];
+        assert_eq!(groups.len(), want.len());
+        for (g, (name, jobs, failed, gpu_h, kwh, gpu_time, total, co2, wasted)) in
+            groups.iter().zip(want)
+        {
+            assert_eq!(g["group"], name);
+            assert_eq!(g["jobs"], json!(jobs), "{name}");
+            assert_eq!(g["failed"], json!(failed), "{name}");
+            assert_eq!(g["gpu_hours"], json!(gpu_h), "{name}");
+            assert_eq!(g["kwh"], json!(kwh), "{name}");
+            assert_eq!(g["cost_gpu_time"], json!(gpu_time), "{name}");
+            assert_eq!(g["cost_energy"], json!(0.5 * jobs as f64), "{name}");
+            assert_eq!(g["cost_overhead"], json!(1.5 * jobs as f64), "{name}");
+            assert_eq!(g["cost_total"], json!(total), "{name}");
+            assert_eq!(g["co2_kg"], json!(co2), "{name}");
+            assert_eq!(g["wasted_cost"], json!(wasted), "{name}");
+        }
+        let t = &v["total"];
+        assert_eq!(t["jobs"], json!(4));
+        assert_eq!(t["failed"], json!(1));
+        assert_eq!(t["gpu_hours"], json!(8.0));
+        assert_eq!(t["cost_total"], json!(39.0));
+        assert_eq!(t["wasted_cost"], json!(21.0));
+    }
+
+    #[test]
+    fn group_by_table_and_csv() {
+        let jobs = grouped_jobs();
+        let out = render(&jobs, &opts(Format::Table, Some("label:proj"))).unwrap();
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(lines[0].starts_with("label:proj"), "{out}");
+        assert!(lines[0].contains("TOTAL EUR") && lines[0].contains("FAILED"));
+        let cells = |l: &str| l.split_whitespace().map(str::to_string).collect::<Vec<_>>();
+        // group JOBS FAILED GPU-H kWh GPU-TIME ENERGY OVERHEAD TOTAL CO2 WASTED
+        assert_eq!(
+            cells(lines[1]),
+            [
+                "(none)", "2", "0", "4.00", "2.000", "11.00", "1.00", "3.00", "15.00", "0.800",
+                "6.00"
+            ]
+        );
+        assert_eq!(cells(lines[2])[0..3], ["x", "1", "1"]);
+        assert_eq!(cells(lines[2])[10], "12.00");
+        assert_eq!(cells(lines[3])[0], "y");
+        assert!(lines[4].chars().all(|c| c == '-'));
+        assert_eq!(
+            cells(lines[5]),
+            [
+                "TOTAL", "4", "1", "8.00", "4.000", "31.00", "2.00", "6.00", "39.00", "1.600",
+                "21.00"
+            ]
+        );
+
+        let csv = render(&jobs, &opts(Format::Csv, Some("label:proj"))).unwrap();
+        let lines: Vec<&str> = csv.lines().collect();
+        assert_eq!(
+            lines[0],
+            "group,jobs,failed,gpu_seconds,energy_j,carbon_g,cost_gpu_time,cost_energy,\
+             cost_overhead,idle_gpu_seconds,idle_cost,gpu_hours,kwh,co2_kg,cost_total,\
+             idle_share,wasted_cost"
+        );
+        assert!(lines[1].starts_with("(none),2,0,14400,"), "{csv}");
+        assert!(lines[4].starts_with("TOTAL,4,1,28800,"), "{csv}");
+        assert!(lines[4].ends_with(",39,0.25,21"), "{csv}");
+    }
+}

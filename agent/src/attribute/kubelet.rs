@@ -43,7 +43,12 @@ pub enum KubeletError {
     #[error("cannot connect to the kubelet pod-resources socket {}: {reason}", path.display())]
     Connect { path: PathBuf, reason: String },
     /// The kubelet answered with a gRPC error.
-    #[error("kubelet pod-resources List on {} failed: {status}", path.display())]
+    #[error(
+        "kubelet pod-resources List on {} failed: {:?}: {}",
+        path.display(),
+        status.code(),
+        status.message()
+    )]
     Rpc {
         path: PathBuf,
         status: Box<tonic::Status>,
@@ -107,16 +112,21 @@ async fn list(socket: &Path) -> Result<pb::ListPodResourcesResponse, KubeletErro
 }
 
 /// tonic's transport error says only "transport error"; the cause (e.g. "No such file or
-/// directory") is further down the chain.
+/// directory") is further down the chain, sometimes twice.
 fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(e);
+    while let Some(err) = next {
+        let text = err.to_string();
+        if text != "transport error" && !parts.contains(&text) {
+            parts.push(text);
+        }
+        next = err.source();
     }
-    out
+    if parts.is_empty() {
+        return e.to_string();
+    }
+    parts.join(": ")
 }
 
 fn gpus_from(response: pb::ListPodResourcesResponse, resource_names: &[String]) -> Vec<PodGpu> {
@@ -265,7 +275,10 @@ mod tests {
         vec![NVIDIA_GPU.to_string()]
     }
 
-    fn pod(ns: &str, name: &str, containers: &[(&str, &[(&str, &[&str])])]) -> FakePod {
+    /// A container's devices: `[(resource name, [device id])]`.
+    type Devices<'a> = &'a [(&'a str, &'a [&'a str])];
+
+    fn pod(ns: &str, name: &str, containers: &[(&str, Devices<'_>)]) -> FakePod {
         FakePod {
             namespace: ns.into(),
             name: name.into(),

@@ -1,6 +1,7 @@
 //! The client commands: `gpucost run`, `gpucost job`, `gpucost report`.
 
 pub mod job;
+pub mod report;
 pub mod run;
 
 use std::path::PathBuf;

@@ -1,0 +1,454 @@
+//! Jobs end to end: `gpucost run` and `gpucost job` against a running agent over its socket,
+//! ownership through SO_PEERCRED, and a `kill -9` of the agent mid-job.
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use gpucost_integration_tests::{agent_bin, write_scenario, Agent, Metrics};
+
+/// One GPU with a steady Slurm job (id 41871) on it, for a whole hour.
+const STEADY_JOB: &str = r#"
+name = "steady-job"
+duration_s = 3600
+ripple = 0.0
+[[gpu]]
+model = "NVIDIA H100 80GB HBM3"
+memory_total_mib = 81559
+power_limit_w = 700
+idle_power_w = 70
+[[gpu]]
+model = "NVIDIA H100 80GB HBM3"
+memory_total_mib = 81559
+power_limit_w = 700
+idle_power_w = 70
+[[job]]
+name = "pretrain"
+id = "41871"
+user = "alice"
+uid = 1001
+pid = 4101
+gpus = [0]
+[[job.phase]]
+seconds = 3600
+utilization = 0.9
+power_w = 500
+memory_mib = 10000
+"#;
+
+const FAST: &[(&str, &str)] = &[
+    ("GPUCOST_SAMPLING_INTERVAL", "100ms"),
+    ("GPUCOST_SAMPLING_PROCESS_INTERVAL", "100ms"),
+];
+
+fn gpucost(args: &[&str], socket: &Path) -> Command {
+    let mut c = Command::new(agent_bin());
+    c.args(args)
+        .env("GPUCOST_SOCKET", socket)
+        .env_remove("GPUCOST_JOB_ID");
+    c.stdin(Stdio::null());
+    c
+}
+
+fn job_json(agent: &Agent, id: &str) -> serde_json::Value {
+    let (status, body) = agent.get(&format!("/api/v1/jobs/{id}"));
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+fn wait_job(
+    agent: &Agent,
+    id: &str,
+    what: &str,
+    cond: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = agent.get(&format!("/api/v1/jobs/{id}"));
+        if status == 200 {
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            if cond(&v) {
+                return v;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "job {id}: timed out waiting for {what}; last: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn run_passes_the_exit_code_and_a_failure_is_recorded() {
+    let agent = Agent::start(&["--simulate", "demo"], FAST);
+    let out = gpucost(
+        &[
+            "run",
+            "--name",
+            "exit3",
+            "--label",
+            "team=nlp",
+            "--",
+            "sh",
+            "-c",
+            "echo $GPUCOST_JOB_ID; exit 3",
+        ],
+        &agent.socket,
+    )
+    .output()
+    .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(
+        !id.is_empty(),
+        "the command sees its job id in GPUCOST_JOB_ID"
+    );
+    let j = wait_job(&agent, &id, "outcome", |j| j["outcome"] != "running");
+    assert_eq!(j["outcome"], "failed");
+    assert_eq!(j["exit_code"], 3);
+    assert_eq!(j["name"], "exit3");
+    assert_eq!(j["labels"]["team"], "nlp");
+    assert_eq!(j["user"], "root");
+    let m = agent.wait_for_metrics(
+        "the failed job counted",
+        Duration::from_secs(5),
+        |m: &Metrics| m.get("gpucost_jobs_finished_total", &[("outcome", "failed")]) == Some(1.0),
+    );
+    assert_eq!(m.get("gpucost_job_failed", &[("job_id", &id)]), Some(1.0));
+    assert_eq!(m.get("gpucost_job_running", &[("job_id", &id)]), Some(0.0));
+
+    // A command that succeeds.
+    let out = gpucost(&["run", "--", "true"], &agent.socket)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    agent.wait_for_metrics(
+        "the good job counted",
+        Duration::from_secs(5),
+        |m: &Metrics| {
+            m.get("gpucost_jobs_finished_total", &[("outcome", "succeeded")]) == Some(1.0)
+        },
+    );
+    // A command that does not exist: 127, like a shell.
+    let out = gpucost(&["run", "--", "/nonexistent/cmd"], &agent.socket)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(127));
+}
+
+#[test]
+fn sigterm_to_run_reaches_the_command() {
+    let agent = Agent::start(&["--simulate", "demo"], FAST);
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("got-term");
+    let script = format!(
+        "trap 'echo term > {}; exit 7' TERM; echo started; while true; do sleep 0.05; done",
+        marker.display()
+    );
+    let mut child = gpucost(
+        &["run", "--name", "trap", "--", "sh", "-c", &script],
+        &agent.socket,
+    )
+    .stdout(Stdio::piped())
+    .spawn()
+    .unwrap();
+    // Wait until the job is registered and the shell runs.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let id = loop {
+        let (_, body) = agent.get("/api/v1/jobs");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if let Some(j) = v["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|j| j["name"] == "trap")
+        {
+            break j["id"].as_str().unwrap().to_string();
+        }
+        assert!(Instant::now() < deadline, "job never registered");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: kill(2) on our own child.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let status = child.wait().unwrap();
+    assert_eq!(
+        status.code(),
+        Some(7),
+        "gpucost run exits with the command's code"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&marker).unwrap().trim(),
+        "term",
+        "the command got SIGTERM"
+    );
+    let j = wait_job(&agent, &id, "outcome", |j| j["outcome"] != "running");
+    assert_eq!(
+        (j["outcome"].as_str(), j["exit_code"].as_i64()),
+        (Some("failed"), Some(7))
+    );
+}
+
+#[test]
+fn run_without_an_agent_warns_and_still_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = gpucost(
+        &["run", "--", "sh", "-c", "echo ran; exit 5"],
+        &dir.path().join("none.sock"),
+    )
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(5));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ran");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.matches("warning").count(), 1, "one warning: {err}");
+    assert!(
+        err.contains("not reachable") && err.contains("untracked"),
+        "{err}"
+    );
+    // Scheduler hooks never fail, even with no agent and no job id.
+    for args in [
+        &["job", "start", "--id", "1"][..],
+        &["job", "end", "--id", "1"],
+        &["job", "start"],
+    ] {
+        let out = gpucost(args, &dir.path().join("none.sock"))
+            .env_remove("SLURM_JOB_ID")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("warning"));
+    }
+}
+
+fn as_user(mut c: Command, uid: u32) -> Output {
+    c.uid(uid).gid(uid);
+    c.output().unwrap()
+}
+
+#[test]
+fn another_users_uid_cannot_end_a_job() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "this test switches uids and must run as root (CI does)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let agent = Agent::start_in(
+        dir.path(),
+        &["--simulate", "demo"],
+        &[FAST[0], FAST[1], ("GPUCOST_SOCKET_MODE", "0666")],
+    );
+    // A prolog (root) registers job 900 for uid 1001 with GPU 1.
+    let out = gpucost(
+        &[
+            "job", "start", "--id", "900", "--uid", "1001", "--user", "alice", "--gpus", "1",
+        ],
+        &agent.socket,
+    )
+    .output()
+    .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("registered"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Another user tries to end it, and to register over it: refused, nothing changes.
+    let out = as_user(
+        gpucost(
+            &["job", "end", "--id", "900", "--exit-code", "0"],
+            &agent.socket,
+        ),
+        1002,
+    );
+    assert_eq!(out.status.code(), Some(0), "hooks never fail");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("403") && err.contains("another user"), "{err}");
+    let out = as_user(
+        gpucost(
+            &["job", "start", "--id", "900", "--label", "team=x"],
+            &agent.socket,
+        ),
+        1002,
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("403"));
+    let j = job_json(&agent, "900");
+    assert_eq!(j["outcome"], "running");
+    assert!(j["labels"].get("team").is_none());
+    // Its owner may.
+    let out = as_user(
+        gpucost(
+            &["job", "end", "--id", "900", "--exit-code", "0"],
+            &agent.socket,
+        ),
+        1001,
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("ended (succeeded)"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Nothing over TCP mutates.
+    let (status, _) = post_tcp(&agent.addr, "/api/v1/jobs", "{}");
+    assert_eq!(status, 405);
+}
+
+fn post_tcp(addr: &str, path: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "POST {path} HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, out)
+}
+
+#[test]
+fn kill_9_mid_job_then_restart_resumes_without_going_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = write_scenario(dir.path(), "steady.toml", STEADY_JOB);
+    let cost = |m: &Metrics| {
+        m.get(
+            "gpucost_job_cost_total",
+            &[("job_id", "41871"), ("component", "gpu_time")],
+        )
+    };
+    let mut agent = Agent::start_in(dir.path(), &["--simulate", &scenario], FAST);
+    let before = agent.wait_for_metrics("the job costing money", Duration::from_secs(10), |m| {
+        cost(m).is_some_and(|c| c > 0.0)
+    });
+    std::thread::sleep(Duration::from_millis(700));
+    let last = cost(&agent.metrics()).unwrap();
+    assert!(last > cost(&before).unwrap());
+    agent.kill9();
+
+    let again = Agent::start_in(dir.path(), &["--simulate", &scenario], FAST);
+    let first = again.metrics();
+    let resumed = cost(&first).expect("the job is back under its id right after the restart");
+    // The exported total is what was persisted, never less than what was shown before: a crash
+    // loses only what accrued after the last persist (here 100 ms), which was never shown.
+    assert!(resumed >= last, "counter went back: {last} -> {resumed}");
+    let j = job_json(&again, "41871");
+    assert_eq!(j["outcome"], "running");
+    assert_eq!(j["scheduler"], "slurm");
+    assert_eq!(j["user"], "alice");
+    let m = again.wait_for_metrics("the job to keep costing", Duration::from_secs(5), |m| {
+        cost(m).unwrap() > resumed
+    });
+    assert_eq!(m.find("gpucost_job_info", &[("job_id", "41871")]).len(), 1);
+    // The GPU's energy counter continues too.
+    assert!(m.gpu("gpucost_gpu_energy_joules_total", 0).unwrap() > 0.0);
+}
+
+#[test]
+fn report_reads_the_agents_ledger() {
+    let agent = Agent::start(&["--simulate", "demo"], FAST);
+    for (team, code) in [("nlp", "0"), ("nlp", "2"), ("vision", "0")] {
+        let label = format!("team={team}");
+        let out = gpucost(
+            &[
+                "run",
+                "--label",
+                &label,
+                "--",
+                "sh",
+                "-c",
+                &format!("sleep 0.3; exit {code}"),
+            ],
+            &agent.socket,
+        )
+        .output()
+        .unwrap();
+        assert_eq!(out.status.code(), Some(code.parse().unwrap()));
+    }
+    // The demo's own jobs (Slurm job 41871 and the bare processes) are found by attribution.
+    agent.wait_for_metrics(
+        "demo jobs and three endings persisted",
+        Duration::from_secs(10),
+        |m: &Metrics| {
+            m.get("gpucost_jobs_finished_total", &[("outcome", "succeeded")]) == Some(2.0)
+                && m.find("gpucost_job_info", &[("job_id", "41871")]).len() == 1
+        },
+    );
+    let state = agent.state_dir.display().to_string();
+    let report = |args: &[&str]| {
+        let out = Command::new(agent_bin())
+            .args(["report", "--state-dir", &state])
+            .args(args)
+            .env_remove("GPUCOST_CONFIG")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, table, err) = report(&[]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        table.contains("41871") && table.contains("TOTAL") && table.contains("failed"),
+        "{table}"
+    );
+
+    let (code, json, _) = report(&["--format", "json", "--group-by", "label:team"]);
+    assert_eq!(code, Some(0));
+    let doc: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let groups = doc["groups"].as_array().unwrap();
+    let nlp = groups
+        .iter()
+        .find(|g| g["group"] == "nlp")
+        .expect("an nlp group");
+    assert_eq!(nlp["jobs"], 2);
+    assert_eq!(nlp["failed"], 1);
+    assert!(
+        groups.iter().any(|g| g["group"] == "(none)"),
+        "the demo's jobs have no team label"
+    );
+
+    let (code, csv, _) = report(&["--format", "csv", "--job", "41871"]);
+    assert_eq!(code, Some(0));
+    let lines: Vec<&str> = csv.lines().collect();
+    assert!(lines[0].starts_with("id,"), "{csv}");
+    assert!(lines[1].starts_with("41871,"), "{csv}");
+
+    // The demo's GPUs are H100s priced in the example config: break-even is computable.
+    let (code, be, err) = report(&[
+        "--breakeven",
+        "--config",
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../deploy/config.example.toml"
+        ),
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(be.contains("Break-even, 4 GPU(s)"), "{be}");
+
+    let (code, _, err) = report(&["--job", "no-such-job"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("no-such-job"), "{err}");
+    let (code, _, err) = report(&["--format", "xml"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("table, json or csv"), "{err}");
+    let (code, _, err) = report(&["--group-by", "team"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("label:KEY"), "{err}");
+    let missing = Command::new(agent_bin())
+        .args(["report", "--state-dir", "/nonexistent/state"])
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/state"));
+}
