@@ -11,7 +11,10 @@ impl ProcSource for Table {
     }
 }
 
-fn table(rows: &[(u32, u32, u32, &str, Option<&str>, Option<&str>)]) -> Table {
+/// (pid, ppid, uid, comm, Slurm job from the cgroup, GPUCOST_JOB_ID)
+type Row<'a> = (u32, u32, u32, &'a str, Option<&'a str>, Option<&'a str>);
+
+fn table(rows: &[Row<'_>]) -> Table {
     Table(
         rows.iter()
             .map(|(pid, ppid, uid, comm, slurm, env)| {

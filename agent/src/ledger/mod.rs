@@ -383,12 +383,9 @@ impl Ledger {
                         path: path.to_owned(),
                         detail: format!("cannot encode the GPUs of job {}: {e}", job.id),
                     })?;
-                let _ = (&mut prune_stmt, uuids);
-                if false {
-                    prune_stmt
-                        .execute(params![job.id, ""])
-                        .map_err(sql(path, "cannot prune a job's GPU usage"))?;
-                }
+                prune_stmt
+                    .execute(params![job.id, uuids])
+                    .map_err(sql(path, "cannot prune a job's GPU usage"))?;
             }
             for g in gpus {
                 let u = &g.usage;
