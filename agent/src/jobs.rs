@@ -143,6 +143,19 @@ pub struct JobRecord {
     pub usage: Usage,
     /// By GPU UUID.
     pub per_gpu: BTreeMap<String, Usage>,
+    /// How the job was registered, for jobs registered by `gpucost run`, `job start` or the API
+    /// (kept in the ledger so a restarted agent still knows the job's processes and GPUs).
+    pub registration: Option<Registered>,
+}
+
+/// What a registration said about a job's processes and GPUs.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Registered {
+    /// The job's root process; it and its descendants belong to the job.
+    pub pid: Option<u32>,
+    /// GPUs allocated to the job (UUIDs or indices as text), held even while idle.
+    #[serde(default)]
+    pub gpus: Vec<String>,
 }
 
 impl JobRecord {

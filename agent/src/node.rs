@@ -101,6 +101,13 @@ impl Node {
                 (None, Some(e.to_string()), Vec::new(), Vec::new())
             }
         };
+        let mut ledger = ledger;
+        if let Some(l) = ledger.as_mut() {
+            // `gpucost report` labels money with the currency the agent counted in.
+            if let Err(e) = l.set_meta("currency", &pricing.currency) {
+                warn!("cannot record the currency in the ledger: {e}");
+            }
+        }
         let tracker = Tracker::restore(jobs, gpus, now, cfg.grace_s, cfg.vanish_s, &host);
         let mut node = Node {
             next_persist: Instant::now() + cfg.persist_interval,

@@ -840,6 +840,7 @@ mod tests {
             per_gpu: [("GPU-a".to_string(), half), ("GPU-b".to_string(), half)]
                 .into_iter()
                 .collect(),
+            registration: None,
         }
     }
 

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::account::cost::{cost_interval, Interval, Owner};
 use crate::account::pricing::Pricing;
 use crate::attribute::{Attribution, Registration};
-use crate::jobs::{GpuRecord, JobRecord, Outcome, Scheduler, Usage};
+use crate::jobs::{GpuRecord, JobRecord, Outcome, Registered, Scheduler, Usage};
 
 /// Longest accepted job id, name, label key or value, in bytes.
 pub const MAX_TEXT: usize = 256;
@@ -75,7 +75,6 @@ pub enum RequestError {
 #[derive(Debug, Clone)]
 struct Tracked {
     rec: JobRecord,
-    reg: Option<Registration>,
     /// Unix seconds attribution last saw the job hold a GPU.
     last_seen: f64,
     dirty: bool,
@@ -130,28 +129,10 @@ impl Tracker {
             }
             let in_grace = rec.ended_at.is_none_or(|e| now - e < grace_s);
             if in_grace {
-                let reg = (rec.outcome == Outcome::Running
-                    && matches!(rec.scheduler, Scheduler::Gpucost | Scheduler::Slurm)
-                    && rec.labels.contains_key("gpucost.registered"))
-                .then(|| Registration {
-                    job_id: rec.id.clone(),
-                    root_pid: rec.labels.get("gpucost.pid").and_then(|p| p.parse().ok()),
-                    gpus: rec
-                        .labels
-                        .get("gpucost.gpus")
-                        .map(|g| {
-                            g.split(',')
-                                .filter(|s| !s.is_empty())
-                                .map(String::from)
-                                .collect()
-                        })
-                        .unwrap_or_default(),
-                });
                 t.jobs.insert(
                     rec.id.clone(),
                     Tracked {
                         rec,
-                        reg,
                         last_seen: now,
                         dirty: false,
                     },
@@ -183,7 +164,13 @@ impl Tracker {
         self.jobs
             .values()
             .filter(|t| t.rec.outcome == Outcome::Running)
-            .filter_map(|t| t.reg.clone())
+            .filter_map(|t| {
+                t.rec.registration.as_ref().map(|r| Registration {
+                    job_id: t.rec.id.clone(),
+                    root_pid: r.pid,
+                    gpus: r.gpus.clone(),
+                })
+            })
             .collect()
     }
 
@@ -227,10 +214,9 @@ impl Tracker {
             if !k
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
-                || k.starts_with("gpucost.")
             {
                 return Err(RequestError::Invalid(format!(
-                    "label key {k:?}: use letters, digits, _ - . (and not the gpucost. prefix)"
+                    "label key {k:?}: use letters, digits, _ - ."
                 )));
             }
         }
@@ -245,17 +231,9 @@ impl Tracker {
             Some(id) => id,
             None => self.new_id(now),
         };
-        let mut labels = req.labels.clone();
-        labels.insert("gpucost.registered".into(), "1".into());
-        if let Some(pid) = req.pid {
-            labels.insert("gpucost.pid".into(), pid.to_string());
-        }
-        if !req.gpus.is_empty() {
-            labels.insert("gpucost.gpus".into(), req.gpus.join(","));
-        }
-        let reg = Registration {
-            job_id: id.clone(),
-            root_pid: req.pid,
+        let labels = req.labels.clone();
+        let reg = Registered {
+            pid: req.pid,
             gpus: req.gpus.clone(),
         };
         if let Some(existing) = self.jobs.get_mut(&id) {
@@ -276,7 +254,7 @@ impl Tracker {
             }
             existing.rec.uid = Some(uid);
             existing.rec.user = user;
-            existing.reg = Some(reg);
+            existing.rec.registration = Some(reg);
             existing.dirty = true;
             existing.last_seen = now;
             return Ok(existing.rec.clone());
@@ -295,12 +273,12 @@ impl Tracker {
             signal: None,
             usage: Usage::default(),
             per_gpu: BTreeMap::new(),
+            registration: Some(reg),
         };
         self.jobs.insert(
             id,
             Tracked {
                 rec: rec.clone(),
-                reg: Some(reg),
                 last_seen: now,
                 dirty: true,
             },
@@ -386,12 +364,12 @@ impl Tracker {
                 signal: None,
                 usage: Usage::default(),
                 per_gpu: BTreeMap::new(),
+                registration: None,
             };
             self.jobs.insert(
                 id.clone(),
                 Tracked {
                     rec,
-                    reg: None,
                     last_seen: now,
                     dirty: true,
                 },
@@ -405,12 +383,10 @@ impl Tracker {
             if seen.contains(id.as_str()) {
                 t.last_seen = now;
             }
-            let gone = match &t.reg {
+            let gone = match &t.rec.registration {
                 // A registered job ends when told; if its root process died without a word,
                 // after the vanish time, it ended in an unknown way.
-                Some(r) => {
-                    r.root_pid.is_some_and(|p| !alive(p)) && now - t.last_seen >= self.vanish_s
-                }
+                Some(r) => r.pid.is_some_and(|p| !alive(p)) && now - t.last_seen >= self.vanish_s,
                 None => now - t.last_seen >= self.vanish_s,
             };
             if gone {

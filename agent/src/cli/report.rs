@@ -63,10 +63,14 @@ pub fn report(a: ReportArgs) -> anyhow::Result<String> {
             bail!("no job {id:?} in the ledger {}", ledger.path().display());
         }
     }
+    // The currency the agent counted in, else the one configured here.
+    let currency = ledger
+        .meta("currency")?
+        .unwrap_or_else(|| a.pricing.currency.clone());
     let opts = ReportOptions {
         format: a.format,
         group_by: a.group_by.clone(),
-        currency: a.pricing.currency.clone(),
+        currency,
     };
     let mut out = render(&jobs, &opts)?;
     if a.breakeven {

@@ -138,8 +138,8 @@ pub struct Ledger {
 const UPSERT_JOB: &str = "
 INSERT INTO jobs (id, name, user, uid, scheduler, labels, started_at, ended_at, outcome,
                   exit_code, signal, gpu_seconds, energy_j, carbon_g, cost_gpu_time, cost_energy,
-                  cost_overhead, idle_gpu_seconds, idle_cost)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)
+                  cost_overhead, idle_gpu_seconds, idle_cost, registration)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)
 ON CONFLICT (id) DO UPDATE SET
     name = excluded.name, user = excluded.user, uid = excluded.uid,
     scheduler = excluded.scheduler, labels = excluded.labels, started_at = excluded.started_at,
@@ -147,7 +147,8 @@ ON CONFLICT (id) DO UPDATE SET
     signal = excluded.signal, gpu_seconds = excluded.gpu_seconds, energy_j = excluded.energy_j,
     carbon_g = excluded.carbon_g, cost_gpu_time = excluded.cost_gpu_time,
     cost_energy = excluded.cost_energy, cost_overhead = excluded.cost_overhead,
-    idle_gpu_seconds = excluded.idle_gpu_seconds, idle_cost = excluded.idle_cost";
+    idle_gpu_seconds = excluded.idle_gpu_seconds, idle_cost = excluded.idle_cost,
+    registration = excluded.registration";
 
 const UPSERT_JOB_GPU: &str = "
 INSERT INTO job_gpus (job_id, gpu_uuid, gpu_seconds, energy_j, carbon_g, cost_gpu_time,
@@ -337,6 +338,18 @@ impl Ledger {
                         path: path.to_owned(),
                         detail: format!("cannot encode the labels of job {}: {e}", job.id),
                     })?;
+                let registration = match &job.registration {
+                    Some(r) => {
+                        Some(serde_json::to_string(r).map_err(|e| LedgerError::Corrupt {
+                            path: path.to_owned(),
+                            detail: format!(
+                                "cannot encode the registration of job {}: {e}",
+                                job.id
+                            ),
+                        })?)
+                    }
+                    None => None,
+                };
                 let u = &job.usage;
                 job_stmt
                     .execute(params![
@@ -359,6 +372,7 @@ impl Ledger {
                         u.cost_overhead,
                         u.idle_gpu_seconds,
                         u.idle_cost,
+                        registration,
                     ])
                     .map_err(sql(path, "cannot write a job"))?;
                 for (uuid, u) in &job.per_gpu {
@@ -436,7 +450,7 @@ impl Ledger {
             .conn
             .prepare_cached(&format!(
                 "SELECT j.id, j.name, j.user, j.uid, j.scheduler, j.labels, j.started_at,
-                        j.ended_at, j.outcome, j.exit_code, j.signal, {usage}
+                        j.ended_at, j.outcome, j.exit_code, j.signal, j.registration, {usage}
                  FROM jobs AS j WHERE {JOB_FILTER} ORDER BY j.started_at, j.id",
                 usage = usage_columns("j."),
             ))
@@ -455,7 +469,8 @@ impl Ledger {
                     outcome: row.get(8)?,
                     exit_code: row.get(9)?,
                     signal: row.get(10)?,
-                    usage: read_usage(row, 11)?,
+                    registration: row.get(11)?,
+                    usage: read_usage(row, 12)?,
                 })
             })
             .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
@@ -571,6 +586,7 @@ struct RawJob {
     outcome: String,
     exit_code: Option<i32>,
     signal: Option<i32>,
+    registration: Option<String>,
     usage: Usage,
 }
 
@@ -594,6 +610,13 @@ impl RawJob {
         })?;
         let labels = serde_json::from_str(&self.labels)
             .map_err(|e| corrupt(format!("job {}: bad labels JSON: {e}", self.id)))?;
+        let registration = match &self.registration {
+            Some(text) => Some(
+                serde_json::from_str(text)
+                    .map_err(|e| corrupt(format!("job {}: bad registration JSON: {e}", self.id)))?,
+            ),
+            None => None,
+        };
         Ok(JobRecord {
             id: self.id,
             name: self.name,
@@ -608,6 +631,7 @@ impl RawJob {
             signal: self.signal,
             usage: self.usage,
             per_gpu: Default::default(),
+            registration,
         })
     }
 }

@@ -35,6 +35,7 @@ CREATE TABLE jobs (
     outcome          TEXT NOT NULL,
     exit_code        INTEGER,
     signal           INTEGER,
+    registration     TEXT,                         -- JSON {pid, gpus} of registered jobs
     gpu_seconds      REAL,
     energy_j         REAL,
     carbon_g         REAL,

@@ -4,6 +4,7 @@ use std::time::Instant;
 use rusqlite::Connection;
 
 use super::*;
+use crate::jobs::Registered;
 
 fn usage(k: f64) -> Usage {
     Usage {
@@ -46,6 +47,10 @@ fn job(id: &str, started_at: f64, ended_at: Option<f64>) -> JobRecord {
         signal: None,
         usage: usage(3.0),
         per_gpu,
+        registration: Some(Registered {
+            pid: Some(4242),
+            gpus: vec!["0".into(), "GPU-0001".into()],
+        }),
     }
 }
 
@@ -65,6 +70,7 @@ fn bare_job(id: &str, started_at: f64) -> JobRecord {
         signal: None,
         usage: Usage::default(),
         per_gpu: BTreeMap::new(),
+        registration: None,
     }
 }
 

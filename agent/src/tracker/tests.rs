@@ -94,14 +94,6 @@ fn registration_input_is_checked() {
             0,
             "label key",
         ),
-        (
-            RegisterRequest {
-                labels: BTreeMap::from([("gpucost.pid".into(), "1".into())]),
-                ..req("x")
-            },
-            0,
-            "label key",
-        ),
     ];
     for (r, uid, want) in cases {
         let e = t.register(r, uid, "u", 1000.0).unwrap_err().to_string();
