@@ -4,7 +4,7 @@
 //!
 //! The node: four H100s at 4.00/GPU-hour, PUE 1.25, 0.20/kWh flat, 400 g CO2e/kWh, 0.10/GPU-hour
 //! overhead, idle below 5% utilization.
-//! - GPU 0: job A (GPUCOST_JOB_ID) and Slurm job 555 (its cgroup) share it; their processes hold 3 GiB and 1 GiB -> weights 0.75 / 0.25.
+//! - GPU 0: job A (GPUCOST_JOB_ID) and Slurm job 555 (its cgroup) share it; their processes keep the SMs busy 60% and 20% of the time -> weights 0.75 / 0.25.
 //!   500 W for an hour (1.8e6 J), 90% busy.
 //! - GPUs 1 and 2: job C, 600 W each (2.16e6 J each), 95% busy. C then fails (exit 1).
 //! - GPU 3: allocated to job D (registered with `gpus = ["3"]`), no process, 100 W, 0% busy.
@@ -84,24 +84,16 @@ fn report_totals_equal_the_hand_computation() {
     t.register(reg("D", None, &["3"]), 1004, "dave", T0)
         .unwrap();
 
-    let g0 = [
-        ProcessUse {
-            pid: 10,
-            used_memory_bytes: Some(3 * GIB),
-        },
-        ProcessUse {
-            pid: 20,
-            used_memory_bytes: Some(GIB),
-        },
-    ];
-    let g1 = [ProcessUse {
-        pid: 30,
-        used_memory_bytes: Some(GIB),
-    }];
-    let g2 = [ProcessUse {
-        pid: 31,
-        used_memory_bytes: Some(GIB),
-    }];
+    // Shares by SM utilization: A's process 60%, 555's 20% -> 0.75 / 0.25 (memory would say
+    // the opposite: 1 GiB vs 3 GiB).
+    let use_ = |pid, mem, sm| ProcessUse {
+        pid,
+        used_memory_bytes: Some(mem),
+        sm_util_pct: Some(sm),
+    };
+    let g0 = [use_(10, GIB, 60), use_(20, 3 * GIB, 20)];
+    let g1 = [use_(30, GIB, 95)];
+    let g2 = [use_(31, GIB, 95)];
     let none: [ProcessUse; 0] = [];
     let uuids = ["GPU-0", "GPU-1", "GPU-2", "GPU-3"];
     let inputs = [

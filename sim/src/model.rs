@@ -25,6 +25,9 @@ const TEMP_RISE_C: f64 = 42.0;
 pub struct SimProcess {
     pub pid: u32,
     pub used_memory_bytes: u64,
+    /// Percent of the sample period this process had a kernel on the SMs (NVML's per-process
+    /// `smUtil`): the job's phase utilization for its main process, 0 for its workers.
+    pub sm_util_pct: u32,
 }
 
 /// Everything a sampler can read from one GPU at one moment.
@@ -321,10 +324,12 @@ impl Node {
                 let main = SimProcess {
                     pid: j.pid,
                     used_memory_bytes: p.memory_mib * 1024 * 1024,
+                    sm_util_pct: (p.utilization * 100.0).round() as u32,
                 };
                 let workers = j.worker_pids.iter().map(|pid| SimProcess {
                     pid: *pid,
                     used_memory_bytes: 0,
+                    sm_util_pct: 0,
                 });
                 std::iter::once(main).chain(workers)
             })

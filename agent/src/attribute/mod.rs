@@ -101,8 +101,9 @@ pub fn attribute(
     for g in gpus {
         let pod = pods.iter().find(|p| p.device_id == g.uuid);
         let mapped = jobs_for(job_map, g.index, g.uuid);
-        // job id -> memory its processes hold on this GPU (None when NVML could not tell).
-        let mut claims: BTreeMap<String, Option<u64>> = BTreeMap::new();
+        // job id -> (SM utilization, memory) of its processes on this GPU; `None` where NVML
+        // could not tell for one of them.
+        let mut claims: BTreeMap<String, Share> = BTreeMap::new();
         for proc_use in g.processes {
             let chain = ancestry(procs, proc_use.pid, MAX_ANCESTRY);
             let job = identify(proc_use.pid, &chain, registered, pod, mapped);
@@ -114,11 +115,15 @@ pub fn attribute(
                     id
                 }
             };
-            let mem = claims.entry(id).or_insert(Some(0));
-            *mem = match (*mem, proc_use.used_memory_bytes) {
-                (Some(a), Some(b)) => Some(a + b),
-                _ => None,
-            };
+            let share = claims.entry(id).or_insert(Share::ZERO);
+            share.sm = share
+                .sm
+                .zip(proc_use.sm_util_pct)
+                .map(|(a, b)| a + f64::from(b));
+            share.mem = share
+                .mem
+                .zip(proc_use.used_memory_bytes)
+                .map(|(a, b)| a + b);
         }
         if claims.is_empty() {
             // Nobody computes on it; it may still be allocated (and so idle at someone's cost).
@@ -126,16 +131,16 @@ pub fn attribute(
                 .iter()
                 .filter(|r| matches_gpu(&r.gpus, g.index, g.uuid))
             {
-                claims.insert(r.job_id.clone(), None);
+                claims.insert(r.job_id.clone(), Share::UNKNOWN);
             }
             if claims.is_empty() {
                 if let Some(p) = pod {
                     let f = kube_job(p);
-                    claims.insert(f.id.clone(), None);
+                    claims.insert(f.id.clone(), Share::UNKNOWN);
                     out.found.entry(f.id.clone()).or_insert(f);
                 } else {
                     for id in mapped {
-                        claims.insert(id.clone(), None);
+                        claims.insert(id.clone(), Share::UNKNOWN);
                         out.found
                             .entry(id.clone())
                             .or_insert_with(|| slurm_job(id, None));
@@ -145,7 +150,7 @@ pub fn attribute(
         }
         let shares: Vec<(String, Option<f64>, Option<u64>)> = claims
             .into_iter()
-            .map(|(id, mem)| (id, None, mem))
+            .map(|(id, s)| (id, s.sm, s.mem))
             .collect();
         out.owners.push(if shares.is_empty() {
             Vec::new()
@@ -154,6 +159,24 @@ pub fn attribute(
         });
     }
     out
+}
+
+/// What a job's processes use of one GPU, for its share of the cost.
+#[derive(Debug, Clone, Copy)]
+struct Share {
+    sm: Option<f64>,
+    mem: Option<u64>,
+}
+
+impl Share {
+    const ZERO: Share = Share {
+        sm: Some(0.0),
+        mem: Some(0),
+    };
+    const UNKNOWN: Share = Share {
+        sm: None,
+        mem: None,
+    };
 }
 
 enum Identity {

@@ -40,6 +40,7 @@ fn procs(list: &[(u32, Option<u64>)]) -> Vec<ProcessUse> {
         .map(|(pid, mem)| ProcessUse {
             pid: *pid,
             used_memory_bytes: *mem,
+            sm_util_pct: None,
         })
         .collect()
 }
@@ -209,4 +210,41 @@ fn mapped_gpu_attributes_its_processes_to_the_single_mapped_job() {
     let a = attribute(&gpus, &t, &[], &[], &map);
     assert_eq!(owners(&a, 0), vec![("80", 1.0)]);
     assert_eq!(a.found["80"].uid, Some(1001));
+}
+
+#[test]
+fn sm_utilization_share_beats_memory_share() {
+    let t = table(&[
+        (10, 1, 0, "a", None, Some("a")),
+        (11, 10, 0, "a-worker", None, Some("a")),
+        (20, 1, 0, "b", None, Some("b")),
+    ]);
+    let use_ = |pid, mem, sm| ProcessUse {
+        pid,
+        used_memory_bytes: Some(mem),
+        sm_util_pct: sm,
+    };
+    // Job a: 50% + 10% of the SMs with little memory; job b: 20% with a lot.
+    let g0 = [
+        use_(10, 1 << 20, Some(50)),
+        use_(11, 0, Some(10)),
+        use_(20, 30 << 30, Some(20)),
+    ];
+    // One process without a per-process figure: memory decides.
+    let g1 = [use_(10, 3 << 30, Some(50)), use_(20, 1 << 30, None)];
+    let gpus = [
+        GpuInput {
+            index: 0,
+            uuid: "GPU-0",
+            processes: &g0,
+        },
+        GpuInput {
+            index: 1,
+            uuid: "GPU-1",
+            processes: &g1,
+        },
+    ];
+    let a = attribute(&gpus, &t, &[], &[], &JobMap::new());
+    assert_eq!(owners(&a, 0), vec![("a", 0.75), ("b", 0.25)]);
+    assert_eq!(owners(&a, 1), vec![("a", 0.75), ("b", 0.25)]);
 }

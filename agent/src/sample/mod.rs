@@ -47,6 +47,9 @@ pub struct ProcessUse {
     pub pid: u32,
     /// GPU memory the process holds; `None` where NVML cannot tell (some MIG and WSL setups).
     pub used_memory_bytes: Option<u64>,
+    /// Percent of the last sample period the process had work on the SMs (NVML's per-process
+    /// utilization); `None` where the GPU does not report it.
+    pub sm_util_pct: Option<u32>,
 }
 
 /// The fields of a [`Reading`], to say which one failed.
@@ -62,6 +65,7 @@ pub enum Field {
     Temperature,
     ClockEvents,
     Processes,
+    ProcessUtilization,
 }
 
 impl Field {
@@ -76,6 +80,7 @@ impl Field {
             Field::Temperature => "temperature",
             Field::ClockEvents => "clock_events",
             Field::Processes => "processes",
+            Field::ProcessUtilization => "process_utilization",
         }
     }
 }

@@ -19,6 +19,9 @@ pub const DEFAULT_LIB: &str = "libnvidia-ml.so.1";
 pub struct NvmlBackend {
     nvml: Nvml,
     driver: Option<String>,
+    /// Per GPU, the newest per-process utilization sample seen (NVML timestamps, microseconds),
+    /// so each read asks only for samples since then.
+    last_util_sample: std::collections::BTreeMap<u32, u64>,
 }
 
 impl NvmlBackend {
@@ -30,7 +33,11 @@ impl NvmlBackend {
             .init()
             .map_err(|e| SampleError::Unavailable(describe_open_error(&e)))?;
         let driver = nvml.sys_driver_version().ok();
-        Ok(NvmlBackend { nvml, driver })
+        Ok(NvmlBackend {
+            nvml,
+            driver,
+            last_util_sample: Default::default(),
+        })
     }
 }
 
@@ -119,7 +126,29 @@ impl Backend for NvmlBackend {
             field_errors: Vec::new(),
         };
         if with_processes {
-            r.processes = field(d.running_compute_processes(), Field::Processes, e)?.map(|ps| {
+            let procs = field(d.running_compute_processes(), Field::Processes, e)?;
+            let since = self.last_util_sample.get(&index).copied();
+            let samples = if procs.as_ref().is_some_and(|p| !p.is_empty()) {
+                field(
+                    d.process_utilization_stats(since),
+                    Field::ProcessUtilization,
+                    e,
+                )?
+                .unwrap_or_default()
+            } else {
+                Vec::new()
+            };
+            if let Some(newest) = samples.iter().map(|s| s.timestamp).max() {
+                self.last_util_sample.insert(index, newest);
+            }
+            // NVML may return several samples per process: average them.
+            let mut sm: std::collections::BTreeMap<u32, (u64, u64)> = Default::default();
+            for s in &samples {
+                let e = sm.entry(s.pid).or_default();
+                e.0 += u64::from(s.sm_util);
+                e.1 += 1;
+            }
+            r.processes = procs.map(|ps| {
                 ps.into_iter()
                     .map(|p| ProcessUse {
                         pid: p.pid,
@@ -127,6 +156,7 @@ impl Backend for NvmlBackend {
                             UsedGpuMemory::Used(b) => Some(b),
                             UsedGpuMemory::Unavailable => None,
                         },
+                        sm_util_pct: sm.get(&p.pid).map(|(sum, n)| (sum / n) as u32),
                     })
                     .collect()
             });

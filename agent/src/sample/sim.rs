@@ -91,6 +91,7 @@ impl Backend for SimBackend {
                     .map(|p| ProcessUse {
                         pid: p.pid,
                         used_memory_bytes: Some(p.used_memory_bytes),
+                        sm_util_pct: Some(p.sm_util_pct),
                     })
                     .collect()
             }),

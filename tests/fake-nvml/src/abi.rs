@@ -86,6 +86,19 @@ pub struct nvmlProcessInfo_t {
     pub computeInstanceId: c_uint,
 }
 
+/// `nvmlProcessUtilizationSample_t` as `nvmlDeviceGetProcessUtilization` fills it.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct nvmlProcessUtilizationSample_t {
+    pub pid: c_uint,
+    /// Microseconds since the epoch.
+    pub timeStamp: c_ulonglong,
+    pub smUtil: c_uint,
+    pub memUtil: c_uint,
+    pub encUtil: c_uint,
+    pub decUtil: c_uint,
+}
+
 /// `nvmlPciInfo_t` as `nvmlDeviceGetPciInfo_v3` fills it.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
@@ -168,6 +181,11 @@ mod tests {
             nvmlProcessInfo_t,
             sys::nvmlProcessInfo_t,
             [pid, usedGpuMemory, gpuInstanceId, computeInstanceId]
+        );
+        same_layout!(
+            nvmlProcessUtilizationSample_t,
+            sys::nvmlProcessUtilizationSample_t,
+            [pid, timeStamp, smUtil, memUtil, encUtil, decUtil]
         );
         same_layout!(
             nvmlPciInfo_t,

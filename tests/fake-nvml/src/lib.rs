@@ -629,6 +629,49 @@ pub unsafe extern "C" fn nvmlDeviceGetComputeRunningProcesses_v3(
     })
 }
 
+/// Per-process utilization: one sample per process on the GPU, stamped now. `lastSeenTimeStamp`
+/// is accepted but every call answers with the current samples (real NVML keeps a history).
+/// A NULL `utilization` asks for the count, answered with INSUFFICIENT_SIZE as nvml.h says.
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetProcessUtilization(
+    device: nvmlDevice_t,
+    utilization: *mut nvmlProcessUtilizationSample_t,
+    process_samples_count: *mut c_uint,
+    _last_seen_time_stamp: c_ulonglong,
+) -> nvmlReturn_t {
+    device_call(device, !process_samples_count.is_null(), |gpu| {
+        let procs = gpu.state().processes;
+        let needed = procs.len() as c_uint;
+        // SAFETY: `process_samples_count` checked non-NULL by `device_call`.
+        let room = unsafe { process_samples_count.read() };
+        // SAFETY: as above.
+        unsafe { process_samples_count.write(needed) };
+        if utilization.is_null() || room < needed {
+            return if needed == 0 {
+                NVML_SUCCESS
+            } else {
+                NVML_ERROR_INSUFFICIENT_SIZE
+            };
+        }
+        let now_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as c_ulonglong);
+        for (i, p) in procs.iter().enumerate() {
+            let sample = nvmlProcessUtilizationSample_t {
+                pid: p.pid,
+                timeStamp: now_us,
+                smUtil: p.sm_util_pct,
+                memUtil: p.sm_util_pct * 6 / 10,
+                encUtil: 0,
+                decUtil: 0,
+            };
+            // SAFETY: `utilization` is non-NULL with room for `room >= needed > i` samples.
+            unsafe { utilization.add(i).write(sample) };
+        }
+        NVML_SUCCESS
+    })
+}
+
 /// Simulated nodes run no graphics processes.
 #[no_mangle]
 pub unsafe extern "C" fn nvmlDeviceGetGraphicsRunningProcesses_v3(

@@ -291,6 +291,12 @@ fn readings_follow_the_model() {
     assert_eq!(procs[1].pid, 4102);
     assert_eq!(procs[1].used_gpu_memory, UsedGpuMemory::Used(0));
     assert!(busy.running_graphics_processes().unwrap().is_empty());
+    let mut util = busy.process_utilization_stats(None).unwrap();
+    util.sort_by_key(|u| u.pid);
+    let sm: Vec<(u32, u32)> = util.iter().map(|u| (u.pid, u.sm_util)).collect();
+    let phase = f.node.state(0, f.now()).processes;
+    assert_eq!(sm, vec![(4101, phase[0].sm_util_pct), (4102, 0)]);
+    assert!(phase[0].sm_util_pct > 0);
 
     // The idle GPU, in numbers.
     assert_eq!(idle.power_usage().unwrap(), 50_000);
@@ -302,6 +308,7 @@ fn readings_follow_the_model() {
     assert_eq!(reasons, ThrottleReasons::GPU_IDLE);
     assert_eq!(reasons.bits(), reason::GPU_IDLE);
     assert!(idle.running_compute_processes().unwrap().is_empty());
+    assert!(idle.process_utilization_stats(None).unwrap().is_empty());
     assert_eq!(idle.running_compute_processes_count().unwrap(), 0);
 }
 

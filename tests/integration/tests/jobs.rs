@@ -452,3 +452,74 @@ fn report_reads_the_agents_ledger() {
     assert_eq!(missing.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/state"));
 }
+
+#[test]
+fn a_shared_gpu_is_split_by_per_process_sm_utilization_through_nvml() {
+    // Two processes share GPU 0 through the real NVML code path (fake library): SM utilization
+    // 60% and 20%, so the cost splits 3:1, although the second holds three times the memory.
+    let dir = tempfile::tempdir().unwrap();
+    let text = r#"
+name = "shared"
+duration_s = 3600
+ripple = 0.0
+[[gpu]]
+model = "NVIDIA H100 80GB HBM3"
+memory_total_mib = 81559
+power_limit_w = 700
+idle_power_w = 70
+[[job]]
+name = "big"
+pid = 3000001
+gpus = [0]
+[[job.phase]]
+seconds = 3600
+utilization = 0.6
+power_w = 400
+memory_mib = 1000
+[[job]]
+name = "small"
+pid = 3000002
+gpus = [0]
+[[job.phase]]
+seconds = 3600
+utilization = 0.2
+power_w = 200
+memory_mib = 3000
+"#;
+    let scenario = write_scenario(dir.path(), "shared.toml", text);
+    let lib = gpucost_integration_tests::fake_nvml_lib()
+        .display()
+        .to_string();
+    let agent = Agent::start(
+        &["--nvml-lib", &lib],
+        &[FAST[0], FAST[1], ("GPUCOST_FAKE_NVML_SCENARIO", &scenario)],
+    );
+    let secs = |m: &Metrics, id: &str| m.get("gpucost_job_gpu_seconds_total", &[("job_id", id)]);
+    let m = agent.wait_for_metrics("both jobs accounted", Duration::from_secs(10), |m| {
+        secs(m, "unattributed:3000001").unwrap_or(0.0) > 0.5
+            && secs(m, "unattributed:3000002").unwrap_or(0.0) > 0.0
+    });
+    let big = secs(&m, "unattributed:3000001").unwrap();
+    let small = secs(&m, "unattributed:3000002").unwrap();
+    assert!((big / small - 3.0).abs() < 1e-6, "shares {big} : {small}");
+    let gpu = m.gpu("gpucost_gpu_cost_total", 0).unwrap();
+    let jobs: f64 = ["unattributed:3000001", "unattributed:3000002"]
+        .iter()
+        .map(|id| {
+            ["gpu_time", "energy", "overhead"]
+                .iter()
+                .map(|c| {
+                    m.get(
+                        "gpucost_job_cost_total",
+                        &[("job_id", id), ("component", c)],
+                    )
+                    .unwrap()
+                })
+                .sum::<f64>()
+        })
+        .sum();
+    assert!(
+        (gpu - jobs).abs() < 1e-9 * gpu.max(1.0),
+        "GPU {gpu} vs jobs {jobs}: no cost lost or counted twice"
+    );
+}
