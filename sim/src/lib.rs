@@ -2,15 +2,18 @@
 //!
 //! A scenario (TOML, see `sim/README.md`) describes GPUs, the jobs that load them in phases, and
 //! faults (a GPU lost, an energy-counter reset, an Xid error). [`Node`] answers what each GPU
-//! reads at a given scenario time. It is shared by the agent's `--simulate` mode and by the fake
-//! `libnvidia-ml.so` in `tests/fake-nvml`, so the demo and the tests run on one model.
+//! reads at a given scenario time, pipe activity ([`Pipes`], what Hopper's GPM reports)
+//! included. It is shared by the agent's `--simulate` mode and by the fake `libnvidia-ml.so` in
+//! `tests/fake-nvml`, so the demo and the tests run on one model.
 //!
 //! Nothing here does I/O except [`Scenario::load`], which reads the scenario file.
 
 mod model;
+mod pipes;
 mod scenario;
 
 pub use model::{reason, GpuState, Node, SimProcess};
+pub use pipes::{coefficients, Pipes};
 pub use scenario::{
     EventKind, EventSpec, GpuSpec, JobSpec, PhaseSpec, Scenario, ScenarioError, DEMO,
 };

@@ -4,6 +4,7 @@
 //! scenario (the agent's simulated backend and the fake NVML library) agree, and tests can compute
 //! expected values exactly. Energy is the exact integral of the power curve, ripple included.
 
+use crate::pipes::Pipes;
 use crate::scenario::{EventKind, JobSpec, PhaseSpec, Scenario};
 
 /// NVML clock-event (throttle) reason bits, as in nvml.h.
@@ -43,6 +44,8 @@ pub struct GpuState {
     /// The energy counter in millijoules; `None` where the scenario says it is not supported.
     pub energy_mj: Option<u64>,
     pub processes: Vec<SimProcess>,
+    /// Pipe activity now (what GPM averages between two samples; see [`Node::pipes_between`]).
+    pub pipes: Pipes,
 }
 
 /// The load a GPU carries during one stretch of constant activity.
@@ -52,6 +55,7 @@ struct Load {
     excess_w: f64,
     utilization: f64,
     memory_mib: u64,
+    pipes: Pipes,
 }
 
 /// A scenario made ready for queries.
@@ -63,6 +67,8 @@ pub struct Node {
     breakpoints: Vec<Vec<f64>>,
     /// Per GPU: energy in joules from 0 to each breakpoint (ignoring resets).
     cumulative_j: Vec<Vec<f64>>,
+    /// Per GPU: pipe-seconds (scenario time) from 0 to each breakpoint.
+    cumulative_pipes: Vec<Vec<Pipes>>,
 }
 
 impl Node {
@@ -83,6 +89,7 @@ impl Node {
             uuids,
             breakpoints: vec![Vec::new(); n],
             cumulative_j: vec![Vec::new(); n],
+            cumulative_pipes: vec![Vec::new(); n],
         };
         for g in 0..n {
             let mut bps = vec![0.0, node.scenario.duration_s];
@@ -102,14 +109,21 @@ impl Node {
             bps.sort_by(f64::total_cmp);
             bps.dedup_by(|a, b| (*a - *b).abs() < 1e-12);
             let mut cum = Vec::with_capacity(bps.len());
+            let mut cum_pipes = Vec::with_capacity(bps.len());
             let mut total = 0.0;
+            let mut total_pipes = Pipes::default();
             cum.push(0.0);
+            cum_pipes.push(total_pipes);
             for w in bps.windows(2) {
                 total += node.segment_energy_j(g, w[0], w[1]);
                 cum.push(total);
+                let pipes = node.load(g, w[0]).pipes;
+                total_pipes = total_pipes.plus(pipes.scaled(w[1] - w[0]));
+                cum_pipes.push(total_pipes);
             }
             node.breakpoints[g] = bps;
             node.cumulative_j[g] = cum;
+            node.cumulative_pipes[g] = cum_pipes;
         }
         node
     }
@@ -162,9 +176,11 @@ impl Node {
             load.excess_w += (p.power_w - spec.idle_power_w).max(0.0);
             load.utilization += p.utilization;
             load.memory_mib += p.memory_mib;
+            load.pipes = load.pipes.plus(p.pipes());
         }
         load.excess_w = load.excess_w.min(spec.power_limit_w - spec.idle_power_w);
         load.utilization = load.utilization.min(1.0);
+        load.pipes = load.pipes.capped();
         load
     }
 
@@ -207,6 +223,43 @@ impl Node {
         // the power shown, so that power x time and the counter agree for any reader.
         self.scenario.gpus[g].initial_energy_j
             + (periods * per_timeline + within) / self.scenario.speed
+    }
+
+    /// Pipe-seconds from scenario time 0 to `t`: for each pipe, the integral of its activity
+    /// over scenario time (exact; activity is constant within a phase). The difference between
+    /// two times, divided by their distance, is the average a GPM metric reports.
+    pub fn pipe_seconds(&self, gpu: u32, t: f64) -> Pipes {
+        let g = gpu as usize;
+        let (periods, tm) = self.split(t.max(0.0));
+        let bps = &self.breakpoints[g];
+        let cum = &self.cumulative_pipes[g];
+        let per_timeline = *cum.last().expect("at least two breakpoints");
+        let within = if tm >= self.scenario.duration_s {
+            // Past a non-repeating timeline nothing runs.
+            per_timeline
+        } else {
+            let k = bps.partition_point(|b| *b <= tm) - 1;
+            cum[k].plus(self.load(g, bps[k]).pipes.scaled(tm - bps[k]))
+        };
+        per_timeline.scaled(periods).plus(within)
+    }
+
+    /// Average pipe activity over scenario time `[t0, t1)`, what GPM reports for two samples
+    /// taken at `t0` and `t1`. For `t1 <= t0`, the activity at `t0`.
+    pub fn pipes_between(&self, gpu: u32, t0: f64, t1: f64) -> Pipes {
+        if t1 <= t0 {
+            let (_, tm) = self.split(t0.max(0.0));
+            return self.load(gpu as usize, tm).pipes;
+        }
+        self.pipe_seconds(gpu, t1)
+            .minus(self.pipe_seconds(gpu, t0))
+            .scaled(1.0 / (t1 - t0))
+            .capped()
+    }
+
+    /// Whether the GPU supports GPM (pipe activity): see [`crate::GpuSpec::gpm_supported`].
+    pub fn gpm_supported(&self, gpu: u32) -> bool {
+        self.scenario.gpus[gpu as usize].gpm_supported()
     }
 
     /// Absolute scenario time of the most recent event of `kind` on `gpu` at or before `t`.
@@ -344,6 +397,7 @@ impl Node {
             throttle_reasons,
             energy_mj,
             processes,
+            pipes: load.pipes,
         }
     }
 }

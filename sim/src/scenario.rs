@@ -83,6 +83,22 @@ pub struct GpuSpec {
     /// Value of the energy counter at the start of the timeline, in joules.
     #[serde(default)]
     pub initial_energy_j: f64,
+    /// Whether the GPU supports GPM (pipe activity metrics). Absent: by model name, see
+    /// [`GpuSpec::gpm_supported`].
+    #[serde(default)]
+    pub gpm: Option<bool>,
+}
+
+/// Model-name parts of the GPUs that have GPM: Hopper and newer.
+const GPM_MODELS: [&str; 5] = ["H100", "H200", "GH200", "B100", "B200"];
+
+impl GpuSpec {
+    /// Whether the GPU supports GPM: the scenario's `gpm`, or else true for Hopper and newer
+    /// (a model name containing H100, H200, GH200, B100 or B200).
+    pub fn gpm_supported(&self) -> bool {
+        self.gpm
+            .unwrap_or_else(|| GPM_MODELS.iter().any(|m| self.model.contains(m)))
+    }
 }
 
 /// A job: one process (plus optional extra worker pids) that loads some GPUs in phases.
@@ -124,10 +140,24 @@ pub struct PhaseSpec {
     pub power_w: f64,
     /// GPU memory held by the job's process on each GPU.
     pub memory_mib: u64,
-    /// Free-form tag ("bf16", "fp32", "idle", "dataloader-stall"); later issues read it for
-    /// pipe activity.
+    /// Free-form tag ("bf16", "fp32", "idle", "dataloader-stall"). Known tags set the pipe
+    /// activity (see [`PhaseSpec::pipes`] and `sim/README.md`).
     #[serde(default)]
     pub precision: Option<String>,
+    /// Explicit pipe activity (0..1) on each of the job's GPUs, instead of the precision
+    /// table's value for that pipe.
+    #[serde(default)]
+    pub sm_active: Option<f64>,
+    #[serde(default)]
+    pub tensor_active: Option<f64>,
+    #[serde(default)]
+    pub fp16_active: Option<f64>,
+    #[serde(default)]
+    pub fp32_active: Option<f64>,
+    #[serde(default)]
+    pub fp64_active: Option<f64>,
+    #[serde(default)]
+    pub dram_active: Option<f64>,
 }
 
 /// Something that happens to a GPU at a moment of the timeline.
@@ -326,6 +356,18 @@ impl Scenario {
                 }
                 if !(p.power_w >= 0.0 && p.power_w.is_finite()) {
                     return Err(bad(what("power_w"), "must be >= 0".into()));
+                }
+                for (name, value) in [
+                    ("sm_active", p.sm_active),
+                    ("tensor_active", p.tensor_active),
+                    ("fp16_active", p.fp16_active),
+                    ("fp32_active", p.fp32_active),
+                    ("fp64_active", p.fp64_active),
+                    ("dram_active", p.dram_active),
+                ] {
+                    if let Some(v) = value.filter(|v| !(0.0..=1.0).contains(v)) {
+                        return Err(bad(what(name), format!("must be in [0, 1], got {v}")));
+                    }
                 }
                 for g in &j.gpus {
                     let spec = &self.gpus[*g as usize];

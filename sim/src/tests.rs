@@ -198,3 +198,367 @@ fn bad_scenarios_name_the_problem() {
         assert!(err.contains(want), "expected {want:?} in {err:?}");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Pipe activity (GPM)
+
+/// One GPU, one job whose single phase is `phase` (TOML lines), from 0 to 100 s.
+fn one_phase(phase: &str) -> Result<Node, ScenarioError> {
+    let text = format!(
+        r#"
+name = "pipes"
+duration_s = 100
+ripple = 0.0
+[[gpu]]
+model = "NVIDIA H100 80GB HBM3"
+memory_total_mib = 81559
+power_limit_w = 700
+idle_power_w = 70
+[[job]]
+name = "j"
+pid = 10
+gpus = [0]
+[[job.phase]]
+seconds = 100
+power_w = 500
+memory_mib = 1000
+{phase}
+"#
+    );
+    Scenario::parse(&text, "pipes.toml").map(Node::new)
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() < 1e-9
+}
+
+fn assert_pipes(got: Pipes, want: Pipes, what: &str) {
+    let fields = |p: Pipes| {
+        [
+            ("sm_active", p.sm_active),
+            ("sm_occupancy", p.sm_occupancy),
+            ("tensor_active", p.tensor_active),
+            ("hmma_active", p.hmma_active),
+            ("imma_active", p.imma_active),
+            ("dfma_tensor_active", p.dfma_tensor_active),
+            ("fp16_active", p.fp16_active),
+            ("fp32_active", p.fp32_active),
+            ("fp64_active", p.fp64_active),
+            ("dram_active", p.dram_active),
+        ]
+    };
+    for ((name, g), (_, w)) in fields(got).into_iter().zip(fields(want)) {
+        assert!(close(g, w), "{what}: {name} is {g}, want {w}");
+    }
+}
+
+#[test]
+fn pipes_follow_the_precision_table() {
+    // (precision, utilization, [tensor, hmma, imma, dfma, fp16, fp32, fp64, dram] per util)
+    #[rustfmt::skip]
+    let table: [(&str, f64, [f64; 8]); 11] = [
+        ("bf16", 0.8, [0.55, 0.55, 0.0, 0.0, 0.10, 0.10, 0.0, 0.45]),
+        ("fp16", 0.5, [0.55, 0.55, 0.0, 0.0, 0.10, 0.10, 0.0, 0.45]),
+        ("BF16", 1.0, [0.55, 0.55, 0.0, 0.0, 0.10, 0.10, 0.0, 0.45]),
+        ("tf32", 0.9, [0.45, 0.45, 0.0, 0.0, 0.0, 0.15, 0.0, 0.50]),
+        ("fp8", 0.9, [0.50, 0.0, 0.0, 0.0, 0.10, 0.08, 0.0, 0.40]),
+        ("int8", 0.7, [0.50, 0.0, 0.50, 0.0, 0.0, 0.05, 0.0, 0.40]),
+        ("fp32", 0.99, [0.0, 0.0, 0.0, 0.0, 0.0, 0.65, 0.0, 0.50]),
+        ("fp64", 0.6, [0.50, 0.0, 0.0, 0.50, 0.0, 0.0, 0.60, 0.40]),
+        // Unknown tags: the SMs are busy, no pipe is known.
+        ("dataloader-stall", 0.4, [0.0; 8]),
+        ("bf16", 0.0, [0.0; 8]),
+        ("idle", 0.7, [0.0; 8]),
+    ];
+    for (precision, u, k) in table {
+        let node = one_phase(&format!("utilization = {u}\nprecision = \"{precision}\"")).unwrap();
+        let busy = if precision == "idle" { 0.0 } else { u };
+        let want = Pipes {
+            sm_active: 0.95 * busy,
+            sm_occupancy: 0.6 * busy,
+            tensor_active: k[0] * u,
+            hmma_active: k[1] * u,
+            imma_active: k[2] * u,
+            dfma_tensor_active: k[3] * u,
+            fp16_active: k[4] * u,
+            fp32_active: k[5] * u,
+            fp64_active: k[6] * u,
+            dram_active: k[7] * u,
+        };
+        let what = format!("{precision} at {u}");
+        assert_pipes(node.state(0, 50.0).pipes, want, &what);
+        assert_pipes(node.scenario().jobs[0].phases[0].pipes(), want, &what);
+        assert_pipes(coefficients(Some(precision)).scaled(u), want, &what);
+    }
+    // No tag at all: as an unknown one.
+    let node = one_phase("utilization = 0.5").unwrap();
+    assert_pipes(
+        node.state(0, 50.0).pipes,
+        Pipes {
+            sm_active: 0.475,
+            sm_occupancy: 0.3,
+            ..Pipes::default()
+        },
+        "untagged",
+    );
+    // Nothing runs before or after the job (a timeline that does not repeat).
+    assert_eq!(node.state(0, 150.0).pipes, Pipes::default());
+}
+
+#[test]
+fn explicit_pipes_override_the_table() {
+    let node = one_phase(
+        "utilization = 0.8\nprecision = \"bf16\"\nsm_active = 0.5\ntensor_active = 0.2\n\
+         fp16_active = 0.3\nfp32_active = 0.4\nfp64_active = 0.05\ndram_active = 0.9",
+    )
+    .unwrap();
+    assert_pipes(
+        node.state(0, 10.0).pipes,
+        Pipes {
+            sm_active: 0.5,
+            sm_occupancy: 0.5 * 0.6 / 0.95,
+            tensor_active: 0.2,
+            hmma_active: 0.2,
+            imma_active: 0.0,
+            dfma_tensor_active: 0.0,
+            fp16_active: 0.3,
+            fp32_active: 0.4,
+            fp64_active: 0.05,
+            dram_active: 0.9,
+        },
+        "bf16 with overrides",
+    );
+    // A tensor override keeps the precision's split, or goes to HMMA where there is none.
+    let int8 = one_phase("utilization = 0.8\nprecision = \"int8\"\ntensor_active = 0.3").unwrap();
+    let p = int8.state(0, 10.0).pipes;
+    assert!(
+        close(p.imma_active, 0.3) && close(p.hmma_active, 0.0),
+        "{p:?}"
+    );
+    let fp32 = one_phase("utilization = 0.8\nprecision = \"fp32\"\ntensor_active = 0.1").unwrap();
+    let p = fp32.state(0, 10.0).pipes;
+    assert!(
+        close(p.hmma_active, 0.1) && close(p.fp32_active, 0.52),
+        "{p:?}"
+    );
+    // Only the overridden pipe changes.
+    let dram = one_phase("utilization = 1.0\nprecision = \"fp32\"\ndram_active = 0.2").unwrap();
+    let p = dram.state(0, 10.0).pipes;
+    assert!(
+        close(p.dram_active, 0.2) && close(p.fp32_active, 0.65),
+        "{p:?}"
+    );
+}
+
+#[test]
+fn bad_pipe_overrides_name_the_item() {
+    for field in [
+        "sm_active",
+        "tensor_active",
+        "fp16_active",
+        "fp32_active",
+        "fp64_active",
+        "dram_active",
+    ] {
+        for bad in ["1.5", "-0.1", "nan"] {
+            let err = one_phase(&format!("utilization = 0.5\n{field} = {bad}"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("pipes.toml"), "{err}");
+            assert!(
+                err.contains(&format!(
+                    "job 'j': phase 0: {field}: must be in [0, 1], got"
+                )),
+                "{err}"
+            );
+        }
+    }
+    let err = one_phase("utilization = 0.5\ntensor = 0.5")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("unknown field `tensor`"), "{err}");
+}
+
+const SHARED: &str = r#"
+name = "shared"
+duration_s = 100
+repeat = true
+ripple = 0.05
+[[gpu]]
+model = "NVIDIA H100 80GB HBM3"
+memory_total_mib = 81559
+power_limit_w = 700
+idle_power_w = 70
+[[gpu]]
+model = "NVIDIA A100-SXM4-80GB"
+memory_total_mib = 81920
+power_limit_w = 400
+idle_power_w = 50
+[[gpu]]
+model = "NVIDIA A100-SXM4-80GB"
+memory_total_mib = 81920
+power_limit_w = 400
+idle_power_w = 50
+gpm = true
+[[gpu]]
+model = "NVIDIA H200"
+memory_total_mib = 143771
+power_limit_w = 700
+idle_power_w = 70
+gpm = false
+[[job]]
+name = "a"
+pid = 10
+gpus = [0, 1]
+start_s = 10
+[[job.phase]]
+seconds = 40
+utilization = 0.6
+power_w = 400
+memory_mib = 1000
+precision = "bf16"
+[[job.phase]]
+seconds = 20
+utilization = 0.2
+power_w = 200
+memory_mib = 1000
+precision = "fp32"
+[[job]]
+name = "b"
+pid = 11
+gpus = [0]
+start_s = 30
+[[job.phase]]
+seconds = 10
+utilization = 0.7
+power_w = 500
+memory_mib = 1000
+precision = "bf16"
+dram_active = 0.8
+"#;
+
+fn shared() -> Node {
+    Node::new(Scenario::parse(SHARED, "shared.toml").unwrap())
+}
+
+#[test]
+fn shared_gpus_add_pipes_and_cap_at_one() {
+    let n = shared();
+    let a = n.scenario().jobs[0].phases[0].pipes();
+    let b = n.scenario().jobs[1].phases[0].pipes();
+    // Alone, then together: sums, each pipe capped at 1.
+    assert_pipes(n.state(0, 20.0).pipes, a, "a alone");
+    let both = n.state(0, 35.0).pipes;
+    assert!(close(both.tensor_active, 0.55 * 1.3), "{both:?}");
+    assert!(close(both.hmma_active, 0.55 * 1.3), "{both:?}");
+    assert!(close(both.fp32_active, 0.10 * 1.3), "{both:?}");
+    assert_eq!(both.sm_active, 1.0, "0.95 x 1.3 is capped");
+    assert_eq!(both.dram_active, 1.0, "0.27 + 0.8 is capped");
+    assert!(close(both.sm_occupancy, 0.6 * 1.3), "{both:?}");
+    assert!(a.sm_active + b.sm_active > 1.0);
+    // The second phase of `a`: FP32, tensors idle.
+    let fp32 = n.state(0, 55.0).pipes;
+    assert!(close(fp32.fp32_active, 0.13) && fp32.tensor_active == 0.0);
+    assert_eq!(n.state(0, 5.0).pipes, Pipes::default());
+    // The ripple moves power and utilization, never the pipes.
+    assert_eq!(n.state(0, 12.0).pipes, n.state(0, 17.3).pipes);
+}
+
+#[test]
+fn pipe_averages_are_the_integral_of_the_activity() {
+    let n = shared();
+    // Numeric midpoint-rule average of the instantaneous activity.
+    let numeric = |gpu: u32, t0: f64, t1: f64| {
+        let steps = 100_000;
+        let h = (t1 - t0) / steps as f64;
+        (0..steps)
+            .map(|i| n.state(gpu, t0 + (i as f64 + 0.5) * h).pipes)
+            .fold(Pipes::default(), |acc, p| acc.plus(p.scaled(h / (t1 - t0))))
+    };
+    for (gpu, t0, t1) in [
+        (0, 0.0, 100.0),
+        (0, 25.0, 45.0),
+        (0, 34.0, 34.5),
+        (1, 5.0, 250.0),
+        (0, 95.0, 215.0),
+        (0, 1234.5, 1240.0),
+    ] {
+        let exact = n.pipes_between(gpu, t0, t1);
+        let approx = numeric(gpu, t0, t1);
+        for (e, a) in [
+            (exact.sm_active, approx.sm_active),
+            (exact.tensor_active, approx.tensor_active),
+            (exact.fp32_active, approx.fp32_active),
+            (exact.dram_active, approx.dram_active),
+        ] {
+            assert!(
+                (e - a).abs() < 1e-4,
+                "gpu {gpu} [{t0},{t1}): {exact:?} vs {approx:?}"
+            );
+        }
+    }
+    // Within one phase, the average is the phase's activity.
+    assert_pipes(
+        n.pipes_between(0, 12.0, 19.0),
+        n.state(0, 15.0).pipes,
+        "one phase",
+    );
+    // A zero-length window gives the activity at that moment.
+    assert_eq!(n.pipes_between(0, 35.0, 35.0), n.state(0, 35.0).pipes);
+    // Pipe-seconds over a whole timeline repeat with it.
+    let one = n.pipe_seconds(0, 100.0).tensor_active;
+    assert!(close(n.pipe_seconds(0, 300.0).tensor_active, 3.0 * one));
+    assert!(close(one, 0.55 * 0.6 * 40.0 + 0.55 * 0.7 * 10.0));
+}
+
+#[test]
+fn gpm_support_follows_the_model_or_the_flag() {
+    let n = shared();
+    assert!(n.gpm_supported(0), "H100: by name");
+    assert!(!n.gpm_supported(1), "A100: by name");
+    assert!(n.gpm_supported(2), "A100 with gpm = true");
+    assert!(!n.gpm_supported(3), "H200 with gpm = false");
+    for (model, gpm) in [
+        ("NVIDIA H100 PCIe", true),
+        ("NVIDIA H200", true),
+        ("NVIDIA GH200 480GB", true),
+        ("NVIDIA B200", true),
+        ("NVIDIA B100", true),
+        ("NVIDIA L40S", false),
+        ("NVIDIA A10", false),
+        ("Tesla V100-SXM2-32GB", false),
+    ] {
+        let spec: GpuSpec = toml::from_str(&format!(
+            "model = \"{model}\"\nmemory_total_mib = 1\npower_limit_w = 2\nidle_power_w = 1"
+        ))
+        .unwrap();
+        assert_eq!(spec.gpm_supported(), gpm, "{model}");
+    }
+}
+
+#[test]
+fn demo_shows_each_pipe_signal() {
+    let n = Node::new(Scenario::load("demo").unwrap());
+    assert!((0..4).all(|g| n.gpm_supported(g)));
+    // The bf16 pretrain: tensor cores busy.
+    let pretrain = n.state(0, 100.0).pipes;
+    assert!(
+        pretrain.tensor_active > 0.5 && pretrain.hmma_active > 0.5,
+        "{pretrain:?}"
+    );
+    assert_eq!(n.state(1, 100.0).pipes, pretrain);
+    // resnet50-fp32: the FP32 pipe busy, tensor cores idle (the waste signal).
+    let resnet = n.state(3, 100.0).pipes;
+    assert!(resnet.fp32_active > 0.6, "{resnet:?}");
+    assert_eq!(resnet.tensor_active, 0.0);
+    // The notebook's idle phase, alone on GPU 2 (the eval sweep ended at 340 s): nothing.
+    assert_eq!(n.state(2, 400.0).pipes, Pipes::default());
+    // The notebook's bf16 phase with the eval sweep, whose DRAM activity is explicit.
+    let gpu2 = n.state(2, 150.0).pipes;
+    assert!(gpu2.tensor_active > 0.0);
+    assert!(close(gpu2.dram_active, 0.45 * 0.35 + 0.55), "{gpu2:?}");
+    // The fine-tune on GPU 3 is bf16 again.
+    assert!(n.state(3, 400.0).pipes.tensor_active > 0.4);
+    // Averages over a sampling window agree with the instantaneous values within a phase.
+    assert_pipes(n.pipes_between(3, 100.0, 100.25), resnet, "resnet window");
+}

@@ -16,6 +16,7 @@ pub const NVML_ERROR_INVALID_ARGUMENT: nvmlReturn_t = 2;
 pub const NVML_ERROR_NOT_SUPPORTED: nvmlReturn_t = 3;
 pub const NVML_ERROR_NOT_FOUND: nvmlReturn_t = 6;
 pub const NVML_ERROR_INSUFFICIENT_SIZE: nvmlReturn_t = 7;
+pub const NVML_ERROR_TIMEOUT: nvmlReturn_t = 10;
 pub const NVML_ERROR_GPU_IS_LOST: nvmlReturn_t = 15;
 pub const NVML_ERROR_ARGUMENT_VERSION_MISMATCH: nvmlReturn_t = 25;
 pub const NVML_ERROR_UNKNOWN: nvmlReturn_t = 999;
@@ -112,6 +113,99 @@ pub struct nvmlPciInfo_t {
     pub busId: [c_char; 32],
 }
 
+/// `nvmlGpmSample_st`: what a GPM sample handle points to. Opaque to callers; here a heap
+/// token whose address names the sample (see `gpm.rs`).
+#[repr(C)]
+pub struct nvmlGpmSample_st {
+    pub(crate) _token: u8,
+}
+
+/// `nvmlGpmSample_t`, a GPM sample handle.
+pub type nvmlGpmSample_t = *mut nvmlGpmSample_st;
+
+/// `nvmlGpmMetricId_t`.
+pub type nvmlGpmMetricId_t = c_uint;
+pub const NVML_GPM_METRIC_GRAPHICS_UTIL: nvmlGpmMetricId_t = 1;
+pub const NVML_GPM_METRIC_SM_UTIL: nvmlGpmMetricId_t = 2;
+pub const NVML_GPM_METRIC_SM_OCCUPANCY: nvmlGpmMetricId_t = 3;
+pub const NVML_GPM_METRIC_INTEGER_UTIL: nvmlGpmMetricId_t = 4;
+pub const NVML_GPM_METRIC_ANY_TENSOR_UTIL: nvmlGpmMetricId_t = 5;
+pub const NVML_GPM_METRIC_DFMA_TENSOR_UTIL: nvmlGpmMetricId_t = 6;
+pub const NVML_GPM_METRIC_HMMA_TENSOR_UTIL: nvmlGpmMetricId_t = 7;
+pub const NVML_GPM_METRIC_IMMA_TENSOR_UTIL: nvmlGpmMetricId_t = 9;
+pub const NVML_GPM_METRIC_DRAM_BW_UTIL: nvmlGpmMetricId_t = 10;
+pub const NVML_GPM_METRIC_FP64_UTIL: nvmlGpmMetricId_t = 11;
+pub const NVML_GPM_METRIC_FP32_UTIL: nvmlGpmMetricId_t = 12;
+pub const NVML_GPM_METRIC_FP16_UTIL: nvmlGpmMetricId_t = 13;
+/// `NVML_GPM_METRIC_MAX`: the length of `nvmlGpmMetricsGet_t::metrics`.
+pub const NVML_GPM_METRIC_MAX: usize = 210;
+
+/// `NVML_GPM_METRICS_GET_VERSION`: what the caller puts in `nvmlGpmMetricsGet_t::version`.
+pub const NVML_GPM_METRICS_GET_VERSION: c_uint = 1;
+/// `NVML_GPM_SUPPORT_VERSION`: what the caller puts in `nvmlGpmSupport_t::version`.
+pub const NVML_GPM_SUPPORT_VERSION: c_uint = 1;
+
+/// The names and unit NVML gives with a metric (static strings; the caller must not free them).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct nvmlGpmMetricInfo_t {
+    pub shortName: *mut c_char,
+    pub longName: *mut c_char,
+    pub unit: *mut c_char,
+}
+
+/// `nvmlGpmMetric_t`: the caller sets `metricId`; NVML fills the rest.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct nvmlGpmMetric_t {
+    pub metricId: c_uint,
+    pub nvmlReturn: nvmlReturn_t,
+    pub value: f64,
+    pub metricInfo: nvmlGpmMetricInfo_t,
+}
+
+/// `nvmlGpmMetricsGet_t`: the request and answer of `nvmlGpmMetricsGet`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct nvmlGpmMetricsGet_t {
+    pub version: c_uint,
+    pub numMetrics: c_uint,
+    pub sample1: nvmlGpmSample_t,
+    pub sample2: nvmlGpmSample_t,
+    pub metrics: [nvmlGpmMetric_t; NVML_GPM_METRIC_MAX],
+}
+
+/// `nvmlGpmSupport_t`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct nvmlGpmSupport_t {
+    pub version: c_uint,
+    pub isSupportedDevice: c_uint,
+}
+
+/// `nvmlEventSet_st`: what an event-set handle points to; a heap token (see `events.rs`).
+#[repr(C)]
+pub struct nvmlEventSet_st {
+    pub(crate) _token: u8,
+}
+
+/// `nvmlEventSet_t`, an event-set handle.
+pub type nvmlEventSet_t = *mut nvmlEventSet_st;
+
+/// `nvmlEventTypeXidCriticalError`, the only event type simulated GPUs raise.
+pub const nvmlEventTypeXidCriticalError: c_ulonglong = 0x8;
+
+/// `nvmlEventData_t`, one delivered event.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct nvmlEventData_t {
+    pub device: nvmlDevice_t,
+    pub eventType: c_ulonglong,
+    pub eventData: c_ulonglong,
+    pub gpuInstanceId: c_uint,
+    pub computeInstanceId: c_uint,
+}
+
 /// The text `nvmlErrorString` gives for a return code, as nvml.h's documentation words it.
 pub fn error_string(code: nvmlReturn_t) -> &'static std::ffi::CStr {
     match code {
@@ -200,6 +294,37 @@ mod tests {
                 busId
             ]
         );
+        same_layout!(
+            nvmlGpmMetricInfo_t,
+            sys::nvmlGpmMetric_t__bindgen_ty_1,
+            [shortName, longName, unit]
+        );
+        same_layout!(
+            nvmlGpmMetric_t,
+            sys::nvmlGpmMetric_t,
+            [metricId, nvmlReturn, value, metricInfo]
+        );
+        same_layout!(
+            nvmlGpmMetricsGet_t,
+            sys::nvmlGpmMetricsGet_t,
+            [version, numMetrics, sample1, sample2, metrics]
+        );
+        same_layout!(
+            nvmlGpmSupport_t,
+            sys::nvmlGpmSupport_t,
+            [version, isSupportedDevice]
+        );
+        same_layout!(
+            nvmlEventData_t,
+            sys::nvmlEventData_t,
+            [
+                device,
+                eventType,
+                eventData,
+                gpuInstanceId,
+                computeInstanceId
+            ]
+        );
     }
 
     #[test]
@@ -251,5 +376,72 @@ mod tests {
             NVML_TEMPERATURE_GPU,
             sys::nvmlTemperatureSensors_enum_NVML_TEMPERATURE_GPU
         );
+        assert_eq!(NVML_ERROR_TIMEOUT, sys::nvmlReturn_enum_NVML_ERROR_TIMEOUT);
+        assert_eq!(
+            NVML_GPM_METRIC_MAX,
+            sys::nvmlGpmMetricId_t_NVML_GPM_METRIC_MAX as usize
+        );
+        assert_eq!(
+            NVML_GPM_METRICS_GET_VERSION,
+            sys::NVML_GPM_METRICS_GET_VERSION
+        );
+        assert_eq!(NVML_GPM_SUPPORT_VERSION, sys::NVML_GPM_SUPPORT_VERSION);
+        assert_eq!(
+            nvmlEventTypeXidCriticalError,
+            sys::nvmlEventTypeXidCriticalError as u64
+        );
+        let metrics = [
+            (
+                NVML_GPM_METRIC_GRAPHICS_UTIL,
+                sys::nvmlGpmMetricId_t_NVML_GPM_METRIC_GRAPHICS_UTIL,
+            ),
+            (
+                NVML_GPM_METRIC_SM_UTIL,
+                sys::nvmlGpmMetricId_t_NVML_GPM_METRIC_SM_UTIL,
+            ),
+            (
+                NVML_GPM_METRIC_SM_OCCUPANCY,
+                sys::nvmlGpmMetricId_t_NVML_GPM_METRIC_SM_OCCUPANCY,
+            ),
+            (
+                NVML_GPM_METRIC_INTEGER_UTIL,
+                sys::nvmlGpmMetricId_t_NVML_GPM_METRIC_INTEGER_UTIL,
+            ),
+            (
+                NVML_GPM_METRIC_ANY_TENSOR_UTIL,
+                sys::nvmlGpmMetricId_t_NVML_GPM_METRIC_ANY_TENSOR_UTIL,
+            ),
+            (
+                NVML_GPM_METRIC_DFMA_TENSOR_UTIL,
+                sys::nvmlGpmMetricId_t_NVML_GPM_METRIC_DFMA_TENSOR_UTIL,
+            ),
+            (
+                NVML_GPM_METRIC_HMMA_TENSOR_UTIL,
+                sys::nvmlGpmMetricId_t_NVML_GPM_METRIC_HMMA_TENSOR_UTIL,
+            ),
+            (
+                NVML_GPM_METRIC_IMMA_TENSOR_UTIL,
+                sys::nvmlGpmMetricId_t_NVML_GPM_METRIC_IMMA_TENSOR_UTIL,
+            ),
+            (
+                NVML_GPM_METRIC_DRAM_BW_UTIL,
+                sys::nvmlGpmMetricId_t_NVML_GPM_METRIC_DRAM_BW_UTIL,
+            ),
+            (
+                NVML_GPM_METRIC_FP64_UTIL,
+                sys::nvmlGpmMetricId_t_NVML_GPM_METRIC_FP64_UTIL,
+            ),
+            (
+                NVML_GPM_METRIC_FP32_UTIL,
+                sys::nvmlGpmMetricId_t_NVML_GPM_METRIC_FP32_UTIL,
+            ),
+            (
+                NVML_GPM_METRIC_FP16_UTIL,
+                sys::nvmlGpmMetricId_t_NVML_GPM_METRIC_FP16_UTIL,
+            ),
+        ];
+        for (ours, theirs) in metrics {
+            assert_eq!(ours, theirs);
+        }
     }
 }

@@ -5,7 +5,7 @@
 //! `Nvml::builder().lib_path(path).init()` after setting `GPUCOST_FAKE_NVML_SCENARIO` to a
 //! scenario file or `demo`. Scenario time runs from the first successful init since the library
 //! was loaded (or from `GPUCOST_FAKE_NVML_START_UNIX`) at the scenario's `speed`. See README.md
-//! for the list of functions.
+//! for the list of functions; GPM pipe metrics are in `gpm.rs`, Xid events in `events.rs`.
 //!
 //! Every exported function has the C signature of nvml.h, never unwinds across the FFI boundary
 //! (a panic becomes `NVML_ERROR_UNKNOWN`), answers `NVML_ERROR_UNINITIALIZED` outside an
@@ -21,6 +21,8 @@
 #![allow(clippy::missing_safety_doc)]
 
 pub mod abi;
+mod events;
+mod gpm;
 mod product;
 mod state;
 
