@@ -18,7 +18,7 @@ use crate::config::Config;
 use crate::export::http;
 use crate::node::{Node, NodeConfig};
 use crate::sample::sampler::{BackendSpec, Cadence, Sampler};
-use crate::sample::sim::SimProcs;
+use crate::sample::sim::{SimEndings, SimProcs};
 use crate::sample::Source;
 use crate::snapshot::Snapshot;
 
@@ -92,8 +92,16 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         .name("gpucost-node".into())
         .spawn(move || {
             let _e = node_span.enter();
+            let endings = match &spec {
+                BackendSpec::Simulated(s) => Some(SimEndings::new(s.clone())),
+                BackendSpec::Nvml { .. } => None,
+            };
             let sampler = Sampler::new(spec, cadence);
-            Node::new(node_cfg, sampler, pricing, procs, pods_rx, tx).run(inbox_rx)
+            let mut node = Node::new(node_cfg, sampler, pricing, procs, pods_rx, tx);
+            if let Some(e) = endings {
+                node = node.with_sim_endings(e);
+            }
+            node.run(inbox_rx)
         })
         .context("cannot start the node thread")?;
 

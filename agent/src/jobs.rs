@@ -104,6 +104,13 @@ pub struct Usage {
     pub idle_gpu_seconds: f64,
     /// The cost (all components) of those idle seconds.
     pub idle_cost: f64,
+    /// FLOPs executed, estimated from the GPU's pipe activity (GPM) x each pipe's peak rate.
+    pub flop: f64,
+    /// GPU-seconds held while FP32-bound: the FP32 pipe busy, the tensor cores idle.
+    pub fp32_seconds: f64,
+    /// What those seconds would have saved at the GPU's bf16/fp32 speedup: their cost x
+    /// (1 - 1/speedup).
+    pub fp32_saving: f64,
 }
 
 impl Usage {
@@ -120,6 +127,44 @@ impl Usage {
         self.cost_overhead += o.cost_overhead;
         self.idle_gpu_seconds += o.idle_gpu_seconds;
         self.idle_cost += o.idle_cost;
+        self.flop += o.flop;
+        self.fp32_seconds += o.fp32_seconds;
+        self.fp32_saving += o.fp32_saving;
+    }
+
+    /// The fields in ledger column order (see `ledger::schema::USAGE_COLUMNS`).
+    pub fn to_array(&self) -> [f64; 11] {
+        [
+            self.gpu_seconds,
+            self.energy_j,
+            self.carbon_g,
+            self.cost_gpu_time,
+            self.cost_energy,
+            self.cost_overhead,
+            self.idle_gpu_seconds,
+            self.idle_cost,
+            self.flop,
+            self.fp32_seconds,
+            self.fp32_saving,
+        ]
+    }
+
+    pub fn from_array(a: [f64; 11]) -> Self {
+        let [gpu_seconds, energy_j, carbon_g, cost_gpu_time, cost_energy, cost_overhead, idle_gpu_seconds, idle_cost, flop, fp32_seconds, fp32_saving] =
+            a;
+        Usage {
+            gpu_seconds,
+            energy_j,
+            carbon_g,
+            cost_gpu_time,
+            cost_energy,
+            cost_overhead,
+            idle_gpu_seconds,
+            idle_cost,
+            flop,
+            fp32_seconds,
+            fp32_saving,
+        }
     }
 }
 
@@ -146,6 +191,26 @@ pub struct JobRecord {
     /// How the job was registered, for jobs registered by `gpucost run`, `job start` or the API
     /// (kept in the ledger so a restarted agent still knows the job's processes and GPUs).
     pub registration: Option<Registered>,
+    /// What the job reported about its own progress, if anything.
+    pub progress: Option<Progress>,
+}
+
+/// Progress a job reports over the API (cumulative since it started).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Progress {
+    pub tokens: u64,
+    pub samples: u64,
+    pub steps: u64,
+    /// Model FLOPs per token (e.g. 6 x parameters for a decoder's training step), if given.
+    pub flops_per_token: Option<f64>,
+    /// Model FLOPs per step, if given (used when no per-token figure is).
+    pub flops_per_step: Option<f64>,
+    /// Model FLOPs done so far, from the counts above.
+    pub model_flop: f64,
+    /// Model FLOP/s between the last two reports.
+    pub flop_rate: Option<f64>,
+    /// Unix seconds of the last report.
+    pub updated_at: f64,
 }
 
 /// What a registration said about a job's processes and GPUs.
@@ -159,12 +224,13 @@ pub struct Registered {
 }
 
 impl JobRecord {
-    /// The cost that bought nothing: all of it for a failed run, else its idle time.
+    /// The cost that bought nothing: all of it for a failed run; else its idle time plus what
+    /// FP32-bound time would have saved with mixed precision.
     pub fn wasted_cost(&self) -> f64 {
         if self.outcome == Outcome::Failed {
             self.usage.total_cost()
         } else {
-            self.usage.idle_cost
+            self.usage.idle_cost + self.usage.fp32_saving
         }
     }
 }

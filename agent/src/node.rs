@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::account::cost::Interval;
+use crate::account::efficiency::{flop_rate, fp32_bound, PipePeaks};
 use crate::account::pricing::Pricing;
 use crate::api::{user_name, Command};
 use crate::attribute::job_map::read_job_map;
@@ -25,8 +26,9 @@ use crate::attribute::{attribute, GpuInput};
 use crate::jobs::{GpuRecord, JobRecord};
 use crate::ledger::Ledger;
 use crate::sample::sampler::Sampler;
+use crate::sample::sim::SimEndings;
 use crate::snapshot::{Published, Snapshot};
-use crate::tracker::Tracker;
+use crate::tracker::{EndRequest, GpuRates, Tracker};
 
 pub struct NodeConfig {
     pub interval: Duration,
@@ -50,7 +52,12 @@ pub struct Node {
     next_persist: Instant,
     /// GPU UUID -> its owners and their weights, from the last attribution.
     owners: BTreeMap<String, Vec<(String, f64)>>,
+    /// On a simulated node: the scenario's job endings, reported as an epilog would.
+    sim_endings: Option<SimEndings>,
+    /// Model name -> its pipe peaks (looked up once).
+    peaks: BTreeMap<String, Option<PipePeaks>>,
     published: Published,
+    export_labels: Arc<Vec<String>>,
     tx: watch::Sender<Arc<Snapshot>>,
 }
 
@@ -109,7 +116,9 @@ impl Node {
             }
         }
         let tracker = Tracker::restore(jobs, gpus, now, cfg.grace_s, cfg.vanish_s, &host);
+        let export_labels = Arc::new(cfg.export_labels.clone());
         let mut node = Node {
+            export_labels,
             next_persist: Instant::now() + cfg.persist_interval,
             cfg,
             sampler,
@@ -120,11 +129,19 @@ impl Node {
             ledger,
             ledger_error,
             owners: BTreeMap::new(),
+            peaks: BTreeMap::new(),
+            sim_endings: None,
             published: Published::default(),
             tx,
         };
         node.republish();
         node
+    }
+
+    /// Reports the simulated scenario's job endings (exit codes) as a scheduler would.
+    pub fn with_sim_endings(mut self, endings: SimEndings) -> Self {
+        self.sim_endings = Some(endings);
+        self
     }
 
     /// Runs ticks and answers commands until shutdown; persists once more on the way out.
@@ -173,6 +190,14 @@ impl Node {
                 }
                 let _ = reply.send(r);
             }
+            Command::Progress {
+                id,
+                req,
+                uid,
+                reply,
+            } => {
+                let _ = reply.send(self.tracker.progress(&id, req, uid, now));
+            }
             Command::Shutdown => {}
         }
         // Endings and registrations are persisted at once: they are rare and matter.
@@ -184,23 +209,54 @@ impl Node {
         let now = Instant::now();
         let unix = unix_now();
         let cycle = self.sampler.cycle(now);
+        self.tracker.begin_tick();
         if cycle.processes_read {
             self.attribute(unix);
+        }
+        if let Some(endings) = self.sim_endings.as_mut() {
+            for (id, code) in endings.take() {
+                let req = EndRequest {
+                    exit_code: Some(code),
+                    ..EndRequest::default()
+                };
+                // A job the agent never saw (it ran between two process samples) is no error.
+                if let Ok(j) = self.tracker.end(&id, req, 0, unix) {
+                    info!(job_id = %j.id, outcome = j.outcome.as_str(), "simulated scheduler: job ended with exit code {code}");
+                }
+            }
         }
         for t in &cycle.ticks {
             if t.dt <= 0.0 {
                 continue;
             }
             let owners = self.owners.get(&t.uuid).cloned().unwrap_or_default();
+            let peaks = *self
+                .peaks
+                .entry(t.model.clone())
+                .or_insert_with(|| PipePeaks::datasheet(&t.model));
+            let (flop, fp32_bound_speedup) = match (t.pipes.as_ref(), peaks.as_ref()) {
+                (Some(p), Some(k)) => (
+                    flop_rate(p, k) * t.dt,
+                    fp32_bound(p).then(|| k.bf16_over_fp32()),
+                ),
+                _ => (0.0, None),
+            };
             let iv = Interval {
                 t0: unix - t.dt,
                 dt: t.dt,
                 energy_j: t.energy_j,
                 utilization: t.utilization,
                 model: &t.model,
+                flop,
+                fp32_bound_speedup,
             };
+            let rates = GpuRates {
+                flop_rate: t.pipes.is_some().then_some(flop / t.dt),
+                bf16_peak: peaks.map(|k| k.bf16),
+            };
+            let gpu = (t.uuid.as_str(), t.index, t.model.as_str());
             self.tracker
-                .account(&self.pricing, (&t.uuid, t.index, &t.model), &owners, &iv);
+                .account(&self.pricing, gpu, &owners, &iv, rates);
         }
         if now >= self.next_persist {
             self.next_persist = now + self.cfg.persist_interval;
@@ -317,7 +373,8 @@ impl Node {
             ledger_error: self.ledger_error.clone(),
             currency: self.pricing.currency.clone(),
             market: self.pricing.market.as_str(),
-            export_labels: Arc::new(self.cfg.export_labels.clone()),
+            export_labels: self.export_labels.clone(),
+            job_rates: Arc::new(self.tracker.rates()),
         };
         let _ = self.tx.send(Arc::new(snapshot));
     }

@@ -166,6 +166,11 @@ fn idle_share(u: &Usage) -> f64 {
     }
 }
 
+/// Tokens a job reported, when it reported any.
+fn tokens(j: &JobRecord) -> Option<u64> {
+    j.progress.as_ref().map(|p| p.tokens).filter(|t| *t > 0)
+}
+
 /// One job, as JSON writes it; CSV writes the same fields in the same order ([`JOB_COLUMNS`]).
 #[derive(Debug, Serialize)]
 struct JobRow<'a> {
@@ -197,9 +202,15 @@ struct JobRow<'a> {
     cost_total: f64,
     idle_share: f64,
     wasted_cost: f64,
+    /// Cost of the FP32-bound time that mixed precision would have saved.
+    fp32_saving: f64,
+    /// Tokens the job reported, and what each million cost and each token took.
+    tokens: Option<u64>,
+    cost_per_million_tokens: Option<f64>,
+    joules_per_token: Option<f64>,
 }
 
-const JOB_COLUMNS: [&str; 28] = [
+const JOB_COLUMNS: [&str; 32] = [
     "id",
     "name",
     "user",
@@ -228,6 +239,10 @@ const JOB_COLUMNS: [&str; 28] = [
     "cost_total",
     "idle_share",
     "wasted_cost",
+    "fp32_saving",
+    "tokens",
+    "cost_per_million_tokens",
+    "joules_per_token",
 ];
 
 impl<'a> JobRow<'a> {
@@ -262,6 +277,10 @@ impl<'a> JobRow<'a> {
             cost_total: u.total_cost(),
             idle_share: idle_share(u),
             wasted_cost: j.wasted_cost(),
+            fp32_saving: u.fp32_saving,
+            tokens: tokens(j),
+            cost_per_million_tokens: tokens(j).map(|t| u.total_cost() / t as f64 * 1e6),
+            joules_per_token: tokens(j).map(|t| u.energy_j / t as f64),
         }
     }
 
@@ -296,6 +315,10 @@ impl<'a> JobRow<'a> {
             self.cost_total.to_string(),
             self.idle_share.to_string(),
             self.wasted_cost.to_string(),
+            self.fp32_saving.to_string(),
+            opt(self.tokens),
+            opt(self.cost_per_million_tokens),
+            opt(self.joules_per_token),
         ]
     }
 }
@@ -727,6 +750,26 @@ fn jobs_table(rows: &[JobRow<'_>], total: &Totals, currency: &str) -> String {
         money(total.wasted_cost),
     ]);
     cost.render(&mut out);
+    let with_tokens: Vec<&JobRow<'_>> = rows.iter().filter(|r| r.tokens.is_some()).collect();
+    if !with_tokens.is_empty() {
+        out.push('\n');
+        let per_m = format!("{currency}/1M TOKENS");
+        let mut eff = Table::new(&[
+            ("JOB", L, ID_CAP),
+            ("TOKENS", R, None),
+            (&per_m, R, None),
+            ("J/TOKEN", R, None),
+        ]);
+        for r in with_tokens {
+            eff.rows.push(vec![
+                r.id.to_string(),
+                r.tokens.map_or_else(String::new, |t| t.to_string()),
+                r.cost_per_million_tokens.map_or_else(String::new, money),
+                r.joules_per_token.map_or_else(String::new, |j| fixed(j, 3)),
+            ]);
+        }
+        eff.render(&mut out);
+    }
     out.push_str(&format!(
         "{} job{}, {} failed\n",
         total.jobs,
@@ -806,6 +849,7 @@ mod tests {
             cost_overhead: 1.5,
             idle_gpu_seconds: 1800.0,
             idle_cost: 3.0,
+            ..Usage::default()
         };
         let half = Usage {
             gpu_seconds: 3600.0,
@@ -816,6 +860,7 @@ mod tests {
             cost_overhead: 0.75,
             idle_gpu_seconds: 900.0,
             idle_cost: 1.5,
+            ..Usage::default()
         };
         JobRecord {
             id: id.to_string(),
@@ -841,6 +886,7 @@ mod tests {
                 .into_iter()
                 .collect(),
             registration: None,
+            progress: None,
         }
     }
 
@@ -1018,11 +1064,11 @@ mod tests {
             lines[1],
             "j,train-j,alice,1000,slurm,\"{\"\"team\"\":\"\"nlp\"\"}\",2026-11-26T07:15:00Z,\
              2026-11-26T08:15:00Z,1795677300,1795680900,succeeded,0,,2,7200,3600000,400,10,0.5,\
-             1.5,1800,3,2,1,0.4,12,0.25,3"
+             1.5,1800,3,2,1,0.4,12,0.25,3,0,,,"
         );
         assert_eq!(
             lines[2],
-            "TOTAL,,,,,,,,,,,,,,7200,3600000,400,10,0.5,1.5,1800,3,2,1,0.4,12,0.25,3"
+            "TOTAL,,,,,,,,,,,,,,7200,3600000,400,10,0.5,1.5,1800,3,2,1,0.4,12,0.25,3,,,,"
         );
     }
 

@@ -38,6 +38,8 @@ pub struct Snapshot {
     pub market: &'static str,
     /// Job labels exported on `gpucost_job_info`.
     pub export_labels: Arc<Vec<String>>,
+    /// Per running job: achieved FLOP/s and peak over the last tick (live, not persisted).
+    pub job_rates: Arc<BTreeMap<String, crate::tracker::JobRate>>,
 }
 
 /// Totals that must never go backwards, as exported.
@@ -69,6 +71,7 @@ impl Snapshot {
             currency: String::new(),
             market: "",
             export_labels: Arc::new(Vec::new()),
+            job_rates: Arc::new(BTreeMap::new()),
         }
     }
 }

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::account::cost::{cost_interval, Interval, Owner};
 use crate::account::pricing::Pricing;
 use crate::attribute::{Attribution, Registration};
-use crate::jobs::{GpuRecord, JobRecord, Outcome, Registered, Scheduler, Usage};
+use crate::jobs::{GpuRecord, JobRecord, Outcome, Progress, Registered, Scheduler, Usage};
 
 /// Longest accepted job id, name, label key or value, in bytes.
 pub const MAX_TEXT: usize = 256;
@@ -72,9 +72,45 @@ pub enum RequestError {
     Conflict(String),
 }
 
+/// Progress a job reports: cumulative counts since it started (any subset).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProgressRequest {
+    #[serde(default)]
+    pub tokens: Option<u64>,
+    #[serde(default)]
+    pub samples: Option<u64>,
+    #[serde(default)]
+    pub steps: Option<u64>,
+    /// Model FLOPs per token (6 x parameters for a decoder's training step, say).
+    #[serde(default)]
+    pub flops_per_token: Option<f64>,
+    #[serde(default)]
+    pub flops_per_step: Option<f64>,
+}
+
+/// What one GPU interval says about its owners' rates.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct GpuRates {
+    /// FLOP/s from pipe activity, where the GPU has GPM.
+    pub flop_rate: Option<f64>,
+    /// Dense BF16 peak of the GPU, where known.
+    pub bf16_peak: Option<f64>,
+}
+
+/// A running job's FLOP rate over the last tick, and the peak of its GPU shares.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct JobRate {
+    /// From pipe counters; `None` where none of its GPUs has GPM.
+    pub achieved_flops: Option<f64>,
+    /// Sum over its GPUs of share x dense BF16 peak: MFU's denominator.
+    pub peak_flops: f64,
+}
+
 #[derive(Debug, Clone)]
 struct Tracked {
     rec: JobRecord,
+    rate: JobRate,
     /// Unix seconds attribution last saw the job hold a GPU.
     last_seen: f64,
     dirty: bool,
@@ -133,6 +169,7 @@ impl Tracker {
                     rec.id.clone(),
                     Tracked {
                         rec,
+                        rate: JobRate::default(),
                         last_seen: now,
                         dirty: false,
                     },
@@ -274,11 +311,13 @@ impl Tracker {
             usage: Usage::default(),
             per_gpu: BTreeMap::new(),
             registration: Some(reg),
+            progress: None,
         };
         self.jobs.insert(
             id,
             Tracked {
                 rec: rec.clone(),
+                rate: JobRate::default(),
                 last_seen: now,
                 dirty: true,
             },
@@ -344,7 +383,18 @@ impl Tracker {
             .map(|(id, _)| id.as_str())
             .collect();
         for (id, f) in &att.found {
-            if self.jobs.contains_key(id) {
+            if let Some(t) = self.jobs.get_mut(id) {
+                // A found job seen again after it ended (a repeating scenario, a reused
+                // GPUCOST_JOB_ID, a recycled pid) runs again under its id: its totals continue,
+                // so no exported counter goes back.
+                if t.rec.outcome != Outcome::Running && t.rec.registration.is_none() {
+                    t.rec.outcome = Outcome::Running;
+                    t.rec.ended_at = None;
+                    t.rec.exit_code = None;
+                    t.rec.signal = None;
+                    t.last_seen = now;
+                    t.dirty = true;
+                }
                 continue;
             }
             let rec = JobRecord {
@@ -365,11 +415,13 @@ impl Tracker {
                 usage: Usage::default(),
                 per_gpu: BTreeMap::new(),
                 registration: None,
+                progress: None,
             };
             self.jobs.insert(
                 id.clone(),
                 Tracked {
                     rec,
+                    rate: JobRate::default(),
                     last_seen: now,
                     dirty: true,
                 },
@@ -408,6 +460,7 @@ impl Tracker {
         gpu: (&str, u32, &str),
         owners: &[(String, f64)],
         iv: &Interval<'_>,
+        rates: GpuRates,
     ) {
         let (uuid, index, model) = gpu;
         let running: Vec<Owner<'_>> = owners
@@ -441,8 +494,103 @@ impl Tracker {
                 t.rec.usage.add(&u);
                 t.rec.per_gpu.entry(uuid.to_string()).or_default().add(&u);
                 t.dirty = true;
+                // The owner's share of the GPU this tick, for its FLOP rate and peak.
+                let w = u.gpu_seconds / iv.dt;
+                if let Some(peak) = rates.bf16_peak {
+                    t.rate.peak_flops += w * peak;
+                }
+                if let Some(fr) = rates.flop_rate {
+                    *t.rate.achieved_flops.get_or_insert(0.0) += w * fr;
+                }
             }
         }
+    }
+
+    /// Starts a tick: the per-job rates are rebuilt from this tick's intervals.
+    pub fn begin_tick(&mut self) {
+        for t in self.jobs.values_mut() {
+            t.rate = JobRate::default();
+        }
+    }
+
+    /// Running jobs' rates over the last tick.
+    pub fn rates(&self) -> BTreeMap<String, JobRate> {
+        self.jobs
+            .iter()
+            .filter(|(_, t)| t.rec.outcome == Outcome::Running && t.rate.peak_flops > 0.0)
+            .map(|(id, t)| (id.clone(), t.rate))
+            .collect()
+    }
+
+    /// Records progress a job reports (cumulative counts); the caller must own the job.
+    pub fn progress(
+        &mut self,
+        id: &str,
+        req: ProgressRequest,
+        caller_uid: u32,
+        now: f64,
+    ) -> Result<JobRecord, RequestError> {
+        let t = self
+            .jobs
+            .get_mut(id)
+            .ok_or_else(|| RequestError::NotFound(format!("no job {id:?} on this node")))?;
+        if caller_uid != 0 && t.rec.uid != Some(caller_uid) {
+            return Err(RequestError::Forbidden(format!(
+                "job {id} belongs to another user"
+            )));
+        }
+        if t.rec.outcome != Outcome::Running {
+            return Err(RequestError::Conflict(format!(
+                "job {id} has already ended"
+            )));
+        }
+        for (what, v) in [
+            ("flops_per_token", req.flops_per_token),
+            ("flops_per_step", req.flops_per_step),
+        ] {
+            if v.is_some_and(|v| !(v.is_finite() && v > 0.0 && v < 1e21)) {
+                return Err(RequestError::Invalid(format!(
+                    "{what} must be a positive number of FLOPs"
+                )));
+            }
+        }
+        let old = t.rec.progress.clone().unwrap_or_default();
+        let next = |what: &str, new: Option<u64>, old: u64| match new {
+            Some(n) if n < old => Err(RequestError::Conflict(format!(
+                "{what} went backwards ({old} -> {n}): report totals since the job started"
+            ))),
+            Some(n) => Ok(n),
+            None => Ok(old),
+        };
+        let tokens = next("tokens", req.tokens, old.tokens)?;
+        let samples = next("samples", req.samples, old.samples)?;
+        let steps = next("steps", req.steps, old.steps)?;
+        let flops_per_token = req.flops_per_token.or(old.flops_per_token);
+        let flops_per_step = req.flops_per_step.or(old.flops_per_step);
+        // Model FLOPs: per token when known, else per step.
+        let added = match (flops_per_token, flops_per_step) {
+            (Some(f), _) => (tokens - old.tokens) as f64 * f,
+            (None, Some(f)) => (steps - old.steps) as f64 * f,
+            (None, None) => 0.0,
+        };
+        let dt = now - old.updated_at;
+        let flop_rate = if old.updated_at > 0.0 && dt > 0.0 && added > 0.0 {
+            Some(added / dt)
+        } else {
+            old.flop_rate
+        };
+        t.rec.progress = Some(Progress {
+            tokens,
+            samples,
+            steps,
+            flops_per_token,
+            flops_per_step,
+            model_flop: old.model_flop + added,
+            flop_rate,
+            updated_at: now,
+        });
+        t.dirty = true;
+        Ok(t.rec.clone())
     }
 
     /// Jobs changed since the last [`Tracker::mark_clean`].

@@ -19,7 +19,7 @@ use gpucost::jobs::Outcome;
 use gpucost::ledger::{JobFilter, Ledger};
 use gpucost::report::{render, Format, ReportOptions};
 use gpucost::sample::ProcessUse;
-use gpucost::tracker::{EndRequest, RegisterRequest, Tracker};
+use gpucost::tracker::{EndRequest, GpuRates, RegisterRequest, Tracker};
 
 const PRICING: &str = r#"
 currency = "EUR"
@@ -142,8 +142,11 @@ fn report_totals_equal_the_hand_computation() {
                 energy_j: w * 60.0,
                 utilization: Some(*util),
                 model,
+                flop: 0.0,
+                fp32_bound_speedup: None,
             };
-            t.account(&pricing, (uuids[g], g as u32, model), &att.owners[g], &iv);
+            let gpu = (uuids[g], g as u32, model);
+            t.account(&pricing, gpu, &att.owners[g], &iv, GpuRates::default());
         }
     }
     t.end(

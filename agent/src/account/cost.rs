@@ -37,6 +37,11 @@ pub struct Interval<'a> {
     pub utilization: Option<f64>,
     /// NVML model name: picks the hourly price.
     pub model: &'a str,
+    /// FLOPs the GPU executed in the interval, estimated from its pipe activity (0 unknown).
+    pub flop: f64,
+    /// `Some(bf16/fp32 speedup)` when the GPU was FP32-bound (FP32 pipe busy, tensor cores idle)
+    /// and its tensor cores would have been that many times faster.
+    pub fp32_bound_speedup: Option<f64>,
 }
 
 /// A job holding the GPU during the interval, with its share.
@@ -111,27 +116,24 @@ fn whole_interval(p: &Pricing, iv: &Interval) -> Usage {
         cost_gpu_time: p.hourly_price(iv.model) * hours,
         cost_energy: facility_kwh * p.tariff_at(iv.t0),
         cost_overhead: p.overhead_per_gpu_hour * hours,
-        idle_gpu_seconds: 0.0,
-        idle_cost: 0.0,
+        flop: iv.flop.max(0.0),
+        ..Usage::default()
     };
     if idle {
         u.idle_gpu_seconds = dt;
         u.idle_cost = u.total_cost();
     }
+    // FP32 work on a GPU whose tensor cores would do it `speedup` times faster: what the
+    // interval would have cost at that speed is the saving left on the table.
+    if let Some(speedup) = iv.fp32_bound_speedup.filter(|s| s.is_finite() && *s > 1.0) {
+        u.fp32_seconds = dt;
+        u.fp32_saving = u.total_cost() * (1.0 - 1.0 / speedup);
+    }
     u
 }
 
 fn scaled(u: &Usage, w: f64) -> Usage {
-    Usage {
-        gpu_seconds: u.gpu_seconds * w,
-        energy_j: u.energy_j * w,
-        carbon_g: u.carbon_g * w,
-        cost_gpu_time: u.cost_gpu_time * w,
-        cost_energy: u.cost_energy * w,
-        cost_overhead: u.cost_overhead * w,
-        idle_gpu_seconds: u.idle_gpu_seconds * w,
-        idle_cost: u.idle_cost * w,
-    }
+    Usage::from_array(u.to_array().map(|v| v * w))
 }
 
 /// Valid owners merged by key, with weights summing to 1 (empty when none is valid).
@@ -400,6 +402,7 @@ on_demand_per_hour = 4.00
             cost_overhead: over,
             idle_gpu_seconds: if idle { s } else { 0.0 },
             idle_cost: if idle { gpu + energy + over } else { 0.0 },
+            ..Usage::default()
         }
     }
 
@@ -434,6 +437,8 @@ on_demand_per_hour = 4.00
             energy_j: 2.52e6,
             utilization: Some(0.9),
             model: H100,
+            flop: 0.0,
+            fp32_bound_speedup: None,
         }
     }
 

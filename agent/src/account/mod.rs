@@ -3,6 +3,7 @@
 //! Pure code: nothing here does I/O or reads a clock; callers pass elapsed time in.
 
 pub mod cost;
+pub mod efficiency;
 pub mod energy;
 pub mod pricing;
 
@@ -42,10 +43,11 @@ impl GpuTotals {
                 }
             }
         }
-        for xid in &r.xids {
-            *self.xids.entry(*xid).or_default() += 1;
-        }
         step
+    }
+
+    pub fn add_xid(&mut self, xid: u32) {
+        *self.xids.entry(xid).or_default() += 1;
     }
 }
 
@@ -58,10 +60,12 @@ mod tests {
         let mut t = GpuTotals::default();
         let r = Reading {
             clock_event_reasons: Some(0x1 | 0x4),
-            xids: vec![79, 79, 13],
             ..Reading::default()
         };
         t.apply(&r, 2.0);
+        for xid in [79, 79, 13] {
+            t.add_xid(xid);
+        }
         t.apply(
             &Reading {
                 clock_event_reasons: Some(0x4),

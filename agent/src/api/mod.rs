@@ -8,7 +8,7 @@ pub mod socket;
 use tokio::sync::oneshot;
 
 use crate::jobs::JobRecord;
-use crate::tracker::{EndRequest, RegisterRequest, RequestError};
+use crate::tracker::{EndRequest, ProgressRequest, RegisterRequest, RequestError};
 
 /// Messages to the owner of the job table (the sampler thread).
 #[derive(Debug)]
@@ -21,6 +21,12 @@ pub enum Command {
     End {
         id: String,
         req: EndRequest,
+        uid: u32,
+        reply: oneshot::Sender<Result<JobRecord, RequestError>>,
+    },
+    Progress {
+        id: String,
+        req: ProgressRequest,
         uid: u32,
         reply: oneshot::Sender<Result<JobRecord, RequestError>>,
     },

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Command;
 use crate::jobs::JobRecord;
-use crate::tracker::{EndRequest, RegisterRequest, RequestError};
+use crate::tracker::{EndRequest, ProgressRequest, RegisterRequest, RequestError};
 
 /// Largest accepted request body.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -66,6 +66,7 @@ pub fn router(inbox: Sender<Command>) -> Router {
     Router::new()
         .route("/api/v1/jobs", post(register))
         .route("/api/v1/jobs/{id}/end", post(end))
+        .route("/api/v1/jobs/{id}/progress", post(progress))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint".into()) })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(AppState { inbox })
@@ -129,6 +130,37 @@ async fn end(
     ask(
         &app,
         Command::End {
+            id,
+            req,
+            uid,
+            reply,
+        },
+        rx,
+        StatusCode::OK,
+    )
+    .await
+}
+
+async fn progress(
+    State(app): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    UrlPath(id): UrlPath<String>,
+    body: Result<Json<ProgressRequest>, JsonRejection>,
+) -> Response {
+    let Some(uid) = peer.uid else {
+        return error(
+            StatusCode::FORBIDDEN,
+            "cannot tell who is calling (no peer credentials)".into(),
+        );
+    };
+    let req = match body {
+        Ok(Json(r)) => r,
+        Err(e) => return rejection(e),
+    };
+    let (reply, rx) = oneshot::channel();
+    ask(
+        &app,
+        Command::Progress {
             id,
             req,
             uid,

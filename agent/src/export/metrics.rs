@@ -232,6 +232,28 @@ pub fn render(snap: &Snapshot) -> String {
                 f.gauge(name, help, &gpu, value);
             }
         }
+        if let Some(pipes) = g.reading.as_ref().and_then(|r| r.pipes) {
+            for (pipe, v) in pipes.labelled() {
+                f.gauge(
+                    "gpucost_gpu_pipe_active_ratio",
+                    "Share of the last interval each pipe was busy (NVML GPM; Hopper and newer).",
+                    &[("gpu", &idx), ("pipe", pipe)],
+                    v,
+                );
+            }
+        }
+        if let Some(spec) = gpucost_kernels::peaks::lookup(&g.info.model) {
+            for precision in gpucost_kernels::peaks::Precision::ALL {
+                if let Some(peak) = spec.peak(precision) {
+                    f.gauge(
+                        "gpucost_gpu_peak_flops",
+                        "Datasheet dense peak of the GPU model per precision (FLOP/s; OP/s for int8).",
+                        &[("gpu", &idx), ("precision", precision.as_str())],
+                        peak,
+                    );
+                }
+            }
+        }
         if g.up {
             f.gauge(
                 "gpucost_gpu_compute_processes",
@@ -337,18 +359,83 @@ fn render_jobs(f: &mut Families, snap: &Snapshot) {
             &id,
             u.idle_gpu_seconds,
         );
+        // The reasons add up: a failed run's whole cost is wasted, split so that no part of it
+        // is counted under two reasons.
         let failed_rest = if j.outcome == Outcome::Failed {
-            (u.total_cost() - u.idle_cost).max(0.0)
+            (u.total_cost() - u.idle_cost - u.fp32_saving).max(0.0)
         } else {
             0.0
         };
-        for (reason, v) in [("idle", u.idle_cost), ("failed", failed_rest)] {
+        for (reason, v) in [
+            ("idle", u.idle_cost),
+            ("fp32", u.fp32_saving),
+            ("failed", failed_rest),
+        ] {
             f.counter(
                 "gpucost_job_wasted_cost_total",
-                "Cost that bought nothing: idle = held while idle; failed = the rest of a failed run's cost (the two add up to a failed run's whole cost).",
+                "Cost that bought nothing: idle = held while idle; fp32 = what mixed precision would have saved of FP32-bound time; failed = the rest of a failed run's cost (together a failed run's whole cost).",
                 &[("job_id", &j.id), ("reason", reason)],
                 v,
             );
+        }
+        f.counter(
+            "gpucost_job_fp32_gpu_seconds_total",
+            "GPU-seconds the job spent FP32-bound: FP32 pipe busy, tensor cores idle.",
+            &id,
+            u.fp32_seconds,
+        );
+        if let Some(p) = j.progress.as_ref() {
+            f.counter(
+                "gpucost_job_tokens_total",
+                "Tokens the job reported processing.",
+                &id,
+                p.tokens as f64,
+            );
+            f.counter(
+                "gpucost_job_samples_total",
+                "Samples the job reported processing.",
+                &id,
+                p.samples as f64,
+            );
+        }
+        // A job labelled budget=AMOUNT (in the pricing currency) gets its budget exported, for
+        // the over-budget alert.
+        if let Some(budget) = j.labels.get("budget").and_then(|b| b.parse::<f64>().ok()) {
+            if budget.is_finite() && budget >= 0.0 {
+                f.gauge(
+                    "gpucost_job_budget",
+                    "The job's budget, from its `budget` label, in the pricing currency.",
+                    &id,
+                    budget,
+                );
+            }
+        }
+        let rate = snap.job_rates.get(&j.id);
+        let peak = rate.map_or(0.0, |r| r.peak_flops);
+        let reported = j.progress.as_ref().and_then(|p| p.flop_rate);
+        let live = j.outcome == Outcome::Running;
+        for (source, achieved) in [
+            ("counters", rate.and_then(|r| r.achieved_flops)),
+            ("reported", reported),
+        ] {
+            let Some(achieved) = achieved.filter(|_| live) else {
+                continue;
+            };
+            let labels = [("job_id", j.id.as_str()), ("source", source)];
+            f.gauge(
+                "gpucost_job_achieved_flops",
+                "FLOP/s the job achieves: from pipe activity x peaks (counters) or from the progress it reports (reported).",
+                &labels,
+                achieved,
+            );
+            if peak > 0.0 {
+                f.gauge(
+                    "gpucost_job_mfu_ratio",
+                    "Achieved FLOP/s over the dense BF16 peak of the job's GPU shares.",
+                    &labels,
+                    achieved / peak,
+                );
+            }
         }
         f.gauge(
             "gpucost_job_running",

@@ -135,47 +135,72 @@ pub struct Ledger {
     read_only: bool,
 }
 
-const UPSERT_JOB: &str = "
-INSERT INTO jobs (id, name, user, uid, scheduler, labels, started_at, ended_at, outcome,
-                  exit_code, signal, gpu_seconds, energy_j, carbon_g, cost_gpu_time, cost_energy,
-                  cost_overhead, idle_gpu_seconds, idle_cost, registration)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)
-ON CONFLICT (id) DO UPDATE SET
-    name = excluded.name, user = excluded.user, uid = excluded.uid,
-    scheduler = excluded.scheduler, labels = excluded.labels, started_at = excluded.started_at,
-    ended_at = excluded.ended_at, outcome = excluded.outcome, exit_code = excluded.exit_code,
-    signal = excluded.signal, gpu_seconds = excluded.gpu_seconds, energy_j = excluded.energy_j,
-    carbon_g = excluded.carbon_g, cost_gpu_time = excluded.cost_gpu_time,
-    cost_energy = excluded.cost_energy, cost_overhead = excluded.cost_overhead,
-    idle_gpu_seconds = excluded.idle_gpu_seconds, idle_cost = excluded.idle_cost,
-    registration = excluded.registration";
+/// An upsert of `table` keyed on `key`, over `cols` then the usage columns then `tail`.
+fn upsert(table: &str, key: &str, cols: &[&str], tail: &[&str]) -> String {
+    let all: Vec<&str> = cols
+        .iter()
+        .chain(schema::USAGE_COLUMNS.iter())
+        .chain(tail)
+        .copied()
+        .collect();
+    let marks: Vec<String> = (1..=all.len()).map(|i| format!("?{i}")).collect();
+    let keys: Vec<&str> = key.split(", ").collect();
+    let updates: Vec<String> = all
+        .iter()
+        .filter(|c| !keys.contains(c))
+        .map(|c| format!("{c} = excluded.{c}"))
+        .collect();
+    format!(
+        "INSERT INTO {table} ({}) VALUES ({}) ON CONFLICT ({key}) DO UPDATE SET {}",
+        all.join(", "),
+        marks.join(", "),
+        updates.join(", ")
+    )
+}
 
-const UPSERT_JOB_GPU: &str = "
-INSERT INTO job_gpus (job_id, gpu_uuid, gpu_seconds, energy_j, carbon_g, cost_gpu_time,
-                      cost_energy, cost_overhead, idle_gpu_seconds, idle_cost)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
-ON CONFLICT (job_id, gpu_uuid) DO UPDATE SET
-    gpu_seconds = excluded.gpu_seconds, energy_j = excluded.energy_j,
-    carbon_g = excluded.carbon_g, cost_gpu_time = excluded.cost_gpu_time,
-    cost_energy = excluded.cost_energy, cost_overhead = excluded.cost_overhead,
-    idle_gpu_seconds = excluded.idle_gpu_seconds, idle_cost = excluded.idle_cost";
+const JOB_COLUMNS: [&str; 13] = [
+    "id",
+    "name",
+    "user",
+    "uid",
+    "scheduler",
+    "labels",
+    "started_at",
+    "ended_at",
+    "outcome",
+    "exit_code",
+    "signal",
+    "registration",
+    "progress",
+];
+
+fn upsert_job() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| upsert("jobs", "id", &JOB_COLUMNS, &[]))
+}
+
+fn upsert_job_gpu() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| upsert("job_gpus", "job_id, gpu_uuid", &["job_id", "gpu_uuid"], &[]))
+}
+
+fn upsert_gpu() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        upsert(
+            "gpus",
+            "uuid",
+            &["uuid", "idx", "model"],
+            &["unallocated_seconds"],
+        )
+    })
+}
 
 /// Removes per-GPU rows of a job that its record no longer has (`?2`: JSON array of UUIDs), so
 /// that the ledger holds exactly the persisted record.
 const PRUNE_JOB_GPUS: &str = "
 DELETE FROM job_gpus
 WHERE job_id = ?1 AND gpu_uuid NOT IN (SELECT value FROM json_each(?2))";
-
-const UPSERT_GPU: &str = "
-INSERT INTO gpus (uuid, idx, model, gpu_seconds, energy_j, carbon_g, cost_gpu_time, cost_energy,
-                  cost_overhead, idle_gpu_seconds, idle_cost, unallocated_seconds)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
-ON CONFLICT (uuid) DO UPDATE SET
-    idx = excluded.idx, model = excluded.model, gpu_seconds = excluded.gpu_seconds,
-    energy_j = excluded.energy_j, carbon_g = excluded.carbon_g,
-    cost_gpu_time = excluded.cost_gpu_time, cost_energy = excluded.cost_energy,
-    cost_overhead = excluded.cost_overhead, idle_gpu_seconds = excluded.idle_gpu_seconds,
-    idle_cost = excluded.idle_cost, unallocated_seconds = excluded.unallocated_seconds";
 
 const UPSERT_META: &str = "
 INSERT INTO meta (key, value) VALUES (?1, ?2)
@@ -328,67 +353,62 @@ impl Ledger {
             .map_err(sql(path, "cannot begin the persist transaction"))?;
         let mut job_gpus = 0;
         {
-            let mut job_stmt = tx.prepare_cached(UPSERT_JOB).map_err(&write)?;
-            let mut job_gpu_stmt = tx.prepare_cached(UPSERT_JOB_GPU).map_err(&write)?;
+            let mut job_stmt = tx.prepare_cached(upsert_job()).map_err(&write)?;
+            let mut job_gpu_stmt = tx.prepare_cached(upsert_job_gpu()).map_err(&write)?;
             let mut prune_stmt = tx.prepare_cached(PRUNE_JOB_GPUS).map_err(&write)?;
-            let mut gpu_stmt = tx.prepare_cached(UPSERT_GPU).map_err(&write)?;
+            let mut gpu_stmt = tx.prepare_cached(upsert_gpu()).map_err(&write)?;
             for job in jobs {
                 let labels =
                     serde_json::to_string(&job.labels).map_err(|e| LedgerError::Corrupt {
                         path: path.to_owned(),
                         detail: format!("cannot encode the labels of job {}: {e}", job.id),
                     })?;
+                let encode = |what: &str, v: Option<String>| {
+                    v.ok_or_else(|| LedgerError::Corrupt {
+                        path: path.to_owned(),
+                        detail: format!("cannot encode the {what} of job {}", job.id),
+                    })
+                };
                 let registration = match &job.registration {
-                    Some(r) => {
-                        Some(serde_json::to_string(r).map_err(|e| LedgerError::Corrupt {
-                            path: path.to_owned(),
-                            detail: format!(
-                                "cannot encode the registration of job {}: {e}",
-                                job.id
-                            ),
-                        })?)
-                    }
+                    Some(r) => Some(encode("registration", serde_json::to_string(r).ok())?),
                     None => None,
                 };
-                let u = &job.usage;
+                let progress = match &job.progress {
+                    Some(p) => Some(encode("progress", serde_json::to_string(p).ok())?),
+                    None => None,
+                };
+                let head: [&dyn rusqlite::ToSql; 13] = [
+                    &job.id,
+                    &job.name,
+                    &job.user,
+                    &job.uid,
+                    &job.scheduler.as_str(),
+                    &labels,
+                    &job.started_at,
+                    &job.ended_at,
+                    &job.outcome.as_str(),
+                    &job.exit_code,
+                    &job.signal,
+                    &registration,
+                    &progress,
+                ];
+                let usage = job.usage.to_array();
                 job_stmt
-                    .execute(params![
-                        job.id,
-                        job.name,
-                        job.user,
-                        job.uid,
-                        job.scheduler.as_str(),
-                        labels,
-                        job.started_at,
-                        job.ended_at,
-                        job.outcome.as_str(),
-                        job.exit_code,
-                        job.signal,
-                        u.gpu_seconds,
-                        u.energy_j,
-                        u.carbon_g,
-                        u.cost_gpu_time,
-                        u.cost_energy,
-                        u.cost_overhead,
-                        u.idle_gpu_seconds,
-                        u.idle_cost,
-                        registration,
-                    ])
+                    .execute(rusqlite::params_from_iter(
+                        head.iter()
+                            .copied()
+                            .chain(usage.iter().map(|v| v as &dyn rusqlite::ToSql)),
+                    ))
                     .map_err(sql(path, "cannot write a job"))?;
                 for (uuid, u) in &job.per_gpu {
+                    let head: [&dyn rusqlite::ToSql; 2] = [&job.id, uuid];
+                    let usage = u.to_array();
                     job_gpu_stmt
-                        .execute(params![
-                            job.id,
-                            uuid,
-                            u.gpu_seconds,
-                            u.energy_j,
-                            u.carbon_g,
-                            u.cost_gpu_time,
-                            u.cost_energy,
-                            u.cost_overhead,
-                            u.idle_gpu_seconds,
-                            u.idle_cost,
-                        ])
+                        .execute(rusqlite::params_from_iter(
+                            head.iter()
+                                .copied()
+                                .chain(usage.iter().map(|v| v as &dyn rusqlite::ToSql)),
+                        ))
                         .map_err(sql(path, "cannot write a job's GPU usage"))?;
                 }
                 job_gpus += job.per_gpu.len();
@@ -402,22 +422,16 @@ impl Ledger {
                     .map_err(sql(path, "cannot prune a job's GPU usage"))?;
             }
             for g in gpus {
-                let u = &g.usage;
+                let head: [&dyn rusqlite::ToSql; 3] = [&g.uuid, &g.index, &g.model];
+                let usage = g.usage.to_array();
+                let tail: [&dyn rusqlite::ToSql; 1] = [&g.unallocated_seconds];
                 gpu_stmt
-                    .execute(params![
-                        g.uuid,
-                        g.index,
-                        g.model,
-                        u.gpu_seconds,
-                        u.energy_j,
-                        u.carbon_g,
-                        u.cost_gpu_time,
-                        u.cost_energy,
-                        u.cost_overhead,
-                        u.idle_gpu_seconds,
-                        u.idle_cost,
-                        g.unallocated_seconds,
-                    ])
+                    .execute(rusqlite::params_from_iter(
+                        head.iter()
+                            .copied()
+                            .chain(usage.iter().map(|v| v as &dyn rusqlite::ToSql))
+                            .chain(tail.iter().copied()),
+                    ))
                     .map_err(sql(path, "cannot write a GPU"))?;
             }
             tx.prepare_cached(UPSERT_META)
@@ -450,7 +464,8 @@ impl Ledger {
             .conn
             .prepare_cached(&format!(
                 "SELECT j.id, j.name, j.user, j.uid, j.scheduler, j.labels, j.started_at,
-                        j.ended_at, j.outcome, j.exit_code, j.signal, j.registration, {usage}
+                        j.ended_at, j.outcome, j.exit_code, j.signal, j.registration, j.progress,
+                        {usage}
                  FROM jobs AS j WHERE {JOB_FILTER} ORDER BY j.started_at, j.id",
                 usage = usage_columns("j."),
             ))
@@ -470,7 +485,8 @@ impl Ledger {
                     exit_code: row.get(9)?,
                     signal: row.get(10)?,
                     registration: row.get(11)?,
-                    usage: read_usage(row, 12)?,
+                    progress: row.get(12)?,
+                    usage: read_usage(row, 13)?,
                 })
             })
             .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
@@ -527,7 +543,7 @@ impl Ledger {
                 index: row.get(1)?,
                 model: row.get(2)?,
                 usage: read_usage(row, 3)?,
-                unallocated_seconds: nan_if_null(row, 11)?,
+                unallocated_seconds: nan_if_null(row, 3 + schema::USAGE_COLUMNS.len())?,
             })
         })
         .and_then(|rows| rows.collect())
@@ -587,6 +603,7 @@ struct RawJob {
     exit_code: Option<i32>,
     signal: Option<i32>,
     registration: Option<String>,
+    progress: Option<String>,
     usage: Usage,
 }
 
@@ -617,6 +634,13 @@ impl RawJob {
             ),
             None => None,
         };
+        let progress = match &self.progress {
+            Some(text) => Some(
+                serde_json::from_str(text)
+                    .map_err(|e| corrupt(format!("job {}: bad progress JSON: {e}", self.id)))?,
+            ),
+            None => None,
+        };
         Ok(JobRecord {
             id: self.id,
             name: self.name,
@@ -632,6 +656,7 @@ impl RawJob {
             usage: self.usage,
             per_gpu: Default::default(),
             registration,
+            progress,
         })
     }
 }
@@ -713,18 +738,13 @@ fn nan_if_null(row: &Row<'_>, i: usize) -> rusqlite::Result<f64> {
     Ok(row.get::<_, Option<f64>>(i)?.unwrap_or(f64::NAN))
 }
 
-/// Eight usage columns starting at `i`, in [`schema::USAGE_COLUMNS`] order.
+/// The usage columns starting at `i`, in [`schema::USAGE_COLUMNS`] order.
 fn read_usage(row: &Row<'_>, i: usize) -> rusqlite::Result<Usage> {
-    Ok(Usage {
-        gpu_seconds: nan_if_null(row, i)?,
-        energy_j: nan_if_null(row, i + 1)?,
-        carbon_g: nan_if_null(row, i + 2)?,
-        cost_gpu_time: nan_if_null(row, i + 3)?,
-        cost_energy: nan_if_null(row, i + 4)?,
-        cost_overhead: nan_if_null(row, i + 5)?,
-        idle_gpu_seconds: nan_if_null(row, i + 6)?,
-        idle_cost: nan_if_null(row, i + 7)?,
-    })
+    let mut a = [0.0; schema::USAGE_COLUMNS.len()];
+    for (k, v) in a.iter_mut().enumerate() {
+        *v = nan_if_null(row, i + k)?;
+    }
+    Ok(Usage::from_array(a))
 }
 
 fn unix_now() -> f64 {

@@ -10,7 +10,7 @@
 //! NOT NULL constraint. `ended_at` NULL means the job has not ended.
 
 /// The usage columns, in the order of [`crate::jobs::Usage`]'s fields.
-pub(crate) const USAGE_COLUMNS: [&str; 8] = [
+pub(crate) const USAGE_COLUMNS: [&str; 11] = [
     "gpu_seconds",
     "energy_j",
     "carbon_g",
@@ -19,6 +19,9 @@ pub(crate) const USAGE_COLUMNS: [&str; 8] = [
     "cost_overhead",
     "idle_gpu_seconds",
     "idle_cost",
+    "flop",
+    "fp32_seconds",
+    "fp32_saving",
 ];
 
 /// Version 1: jobs, their per-GPU usage, GPUs, and key/value metadata.
@@ -36,6 +39,7 @@ CREATE TABLE jobs (
     exit_code        INTEGER,
     signal           INTEGER,
     registration     TEXT,                         -- JSON {pid, gpus} of registered jobs
+    progress         TEXT,                         -- JSON of what the job reported
     gpu_seconds      REAL,
     energy_j         REAL,
     carbon_g         REAL,
@@ -43,7 +47,10 @@ CREATE TABLE jobs (
     cost_energy      REAL,
     cost_overhead    REAL,
     idle_gpu_seconds REAL,
-    idle_cost        REAL
+    idle_cost        REAL,
+    flop             REAL,
+    fp32_seconds     REAL,
+    fp32_saving      REAL
 );
 CREATE INDEX jobs_started_at ON jobs(started_at);
 CREATE INDEX jobs_ended_at ON jobs(ended_at);
@@ -59,6 +66,9 @@ CREATE TABLE job_gpus (
     cost_overhead    REAL,
     idle_gpu_seconds REAL,
     idle_cost        REAL,
+    flop             REAL,
+    fp32_seconds     REAL,
+    fp32_saving      REAL,
     PRIMARY KEY (job_id, gpu_uuid)
 ) WITHOUT ROWID;
 
@@ -74,6 +84,9 @@ CREATE TABLE gpus (
     cost_overhead       REAL,
     idle_gpu_seconds    REAL,
     idle_cost           REAL,
+    flop                REAL,
+    fp32_seconds        REAL,
+    fp32_saving         REAL,
     unallocated_seconds REAL
 );
 

@@ -16,6 +16,9 @@ fn usage(k: f64) -> Usage {
         cost_overhead: 0.125 * k,
         idle_gpu_seconds: 10.0 * k,
         idle_cost: 0.2 * k,
+        flop: 1e15 * k,
+        fp32_seconds: 5.0 * k,
+        fp32_saving: 0.05 * k,
     }
 }
 
@@ -51,6 +54,16 @@ fn job(id: &str, started_at: f64, ended_at: Option<f64>) -> JobRecord {
             pid: Some(4242),
             gpus: vec!["0".into(), "GPU-0001".into()],
         }),
+        progress: Some(crate::jobs::Progress {
+            tokens: 1_000_000,
+            samples: 2000,
+            steps: 100,
+            flops_per_token: Some(4.2e10),
+            flops_per_step: None,
+            model_flop: 4.2e16,
+            flop_rate: Some(1.5e14),
+            updated_at: started_at + 60.0,
+        }),
     }
 }
 
@@ -71,6 +84,7 @@ fn bare_job(id: &str, started_at: f64) -> JobRecord {
         usage: Usage::default(),
         per_gpu: BTreeMap::new(),
         registration: None,
+        progress: None,
     }
 }
 

@@ -66,6 +66,8 @@ pub enum Field {
     ClockEvents,
     Processes,
     ProcessUtilization,
+    /// Hopper GPM pipe activity.
+    Pipes,
 }
 
 impl Field {
@@ -81,6 +83,7 @@ impl Field {
             Field::ClockEvents => "clock_events",
             Field::Processes => "processes",
             Field::ProcessUtilization => "process_utilization",
+            Field::Pipes => "pipe_activity",
         }
     }
 }
@@ -111,9 +114,49 @@ pub struct Reading {
     pub clock_event_reasons: Option<u64>,
     /// Only filled on the slower process cadence.
     pub processes: Option<Vec<ProcessUse>>,
-    /// Xid codes the driver reported since the previous reading, in order.
-    pub xids: Vec<u32>,
+    /// Pipe activity over the interval since the previous GPM sample (Hopper and newer).
+    pub pipes: Option<Pipes>,
     pub field_errors: Vec<(Field, FieldError)>,
+}
+
+/// How busy each part of the GPU was over an interval, as ratios 0..1 (NVML GPM metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct Pipes {
+    /// Share of time the SMs had a warp assigned.
+    pub sm_active: f64,
+    /// Active warps over the theoretical maximum.
+    pub sm_occupancy: f64,
+    /// Any tensor-core work.
+    pub tensor_active: f64,
+    /// FP16/BF16/TF32/FP8 tensor work (HMMA).
+    pub hmma_active: f64,
+    /// Integer tensor work (IMMA).
+    pub imma_active: f64,
+    /// FP64 tensor work (DFMA).
+    pub dfma_tensor_active: f64,
+    pub fp16_active: f64,
+    pub fp32_active: f64,
+    pub fp64_active: f64,
+    /// Share of DRAM bandwidth used.
+    pub dram_active: f64,
+}
+
+impl Pipes {
+    /// Each pipe with its exported `pipe` label.
+    pub fn labelled(&self) -> [(&'static str, f64); 10] {
+        [
+            ("tensor", self.tensor_active),
+            ("hmma", self.hmma_active),
+            ("imma", self.imma_active),
+            ("dfma", self.dfma_tensor_active),
+            ("fp16", self.fp16_active),
+            ("fp32", self.fp32_active),
+            ("fp64", self.fp64_active),
+            ("sm", self.sm_active),
+            ("sm_occupancy", self.sm_occupancy),
+            ("dram", self.dram_active),
+        ]
+    }
 }
 
 /// Why a backend could not be opened or a GPU could not be read at all.
@@ -138,6 +181,9 @@ pub trait Backend: Send {
     fn gpus(&mut self) -> Result<Vec<GpuStatic>, SampleError>;
     /// Reads one GPU; `with_processes` asks for the (slower) process list too.
     fn read(&mut self, index: u32, with_processes: bool) -> Result<Reading, SampleError>;
+    /// Xid errors the driver reported since the last call, as (GPU index, Xid), in order. Apart
+    /// from `read`, because a GPU that just fell off the bus (Xid 79) cannot be read.
+    fn take_xids(&mut self) -> Vec<(u32, u32)>;
 }
 
 /// clock-event reason bits, in nvml.h order, with their exported names.

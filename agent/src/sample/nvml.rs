@@ -6,12 +6,55 @@
 
 use std::ffi::OsString;
 
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
 use nvml_wrapper::enum_wrappers::device::{Clock, TemperatureSensor};
 use nvml_wrapper::enums::device::UsedGpuMemory;
+use nvml_wrapper::enums::gpm::GpmMetricId;
 use nvml_wrapper::error::NvmlError;
-use nvml_wrapper::Nvml;
+use nvml_wrapper::gpm::gpm_metrics_get;
+use nvml_wrapper::{GpmSample, Nvml};
+use nvml_wrapper_sys::bindings::nvmlGpmSample_t;
 
-use super::{Backend, Field, FieldError, GpuStatic, ProcessUse, Reading, SampleError, Source};
+use super::{
+    Backend, Field, FieldError, GpuStatic, Pipes, ProcessUse, Reading, SampleError, Source,
+};
+
+/// GPM samples must be at least this far apart (NVML's rule) to give a metric.
+const GPM_MIN_GAP: Duration = Duration::from_millis(100);
+
+/// The GPM metrics read each interval, in the order [`pipes_from`] expects.
+const GPM_METRICS: [GpmMetricId; 10] = [
+    GpmMetricId::SmUtil,
+    GpmMetricId::SmOccupancy,
+    GpmMetricId::AnyTensorUtil,
+    GpmMetricId::HmmaTensorUtil,
+    GpmMetricId::ImmaTensorUtil,
+    GpmMetricId::DfmaTensorUtil,
+    GpmMetricId::Fp16Util,
+    GpmMetricId::Fp32Util,
+    GpmMetricId::Fp64Util,
+    GpmMetricId::DramBwUtil,
+];
+
+/// A GPM sample kept between reads, as NVML's raw handle (the wrapper's `GpmSample` borrows the
+/// `Nvml` that this backend owns, so it cannot be stored beside it).
+struct HeldSample(nvmlGpmSample_t);
+
+// SAFETY: a GPM sample is a heap object NVML allocated for us; only the sampler thread that owns
+// the backend ever touches it, one call at a time.
+unsafe impl Send for HeldSample {}
+
+/// Per GPU: whether GPM works, and the last sample with its time.
+#[derive(Default)]
+struct GpmState {
+    supported: Option<bool>,
+    last: Option<(HeldSample, Instant)>,
+}
 
 /// The library NVML's own loader looks for.
 pub const DEFAULT_LIB: &str = "libnvidia-ml.so.1";
@@ -19,9 +62,51 @@ pub const DEFAULT_LIB: &str = "libnvidia-ml.so.1";
 pub struct NvmlBackend {
     nvml: Nvml,
     driver: Option<String>,
+    /// Xid events from the listener thread, by GPU UUID, and the UUID of each index.
+    xids: Option<Receiver<(String, u32)>>,
+    /// GPU UUID -> index, to place the listener's events.
+    indices: BTreeMap<String, u32>,
+    stop_listener: Arc<AtomicBool>,
     /// Per GPU, the newest per-process utilization sample seen (NVML timestamps, microseconds),
     /// so each read asks only for samples since then.
-    last_util_sample: std::collections::BTreeMap<u32, u64>,
+    last_util_sample: BTreeMap<u32, u64>,
+    gpm: BTreeMap<u32, GpmState>,
+}
+
+impl Drop for NvmlBackend {
+    fn drop(&mut self) {
+        self.stop_listener.store(true, Ordering::Relaxed);
+        for (_, state) in std::mem::take(&mut self.gpm) {
+            if let Some((h, _)) = state.last {
+                // SAFETY: the handle came from `GpmSample::into_handle` on this `Nvml` and is
+                // freed exactly once, here (dropping the wrapper frees it).
+                drop(unsafe { GpmSample::from_handle(&self.nvml, h.0) });
+            }
+        }
+    }
+}
+
+/// GPM metric values (percent) in [`GPM_METRICS`] order -> ratios.
+fn pipes_from(values: &[Option<f64>]) -> Pipes {
+    let v = |i: usize| {
+        values
+            .get(i)
+            .copied()
+            .flatten()
+            .map_or(0.0, |p| (p / 100.0).clamp(0.0, 1.0))
+    };
+    Pipes {
+        sm_active: v(0),
+        sm_occupancy: v(1),
+        tensor_active: v(2),
+        hmma_active: v(3),
+        imma_active: v(4),
+        dfma_tensor_active: v(5),
+        fp16_active: v(6),
+        fp32_active: v(7),
+        fp64_active: v(8),
+        dram_active: v(9),
+    }
 }
 
 impl NvmlBackend {
@@ -33,11 +118,111 @@ impl NvmlBackend {
             .init()
             .map_err(|e| SampleError::Unavailable(describe_open_error(&e)))?;
         let driver = nvml.sys_driver_version().ok();
+        let stop_listener = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = mpsc::channel();
+        let stop = stop_listener.clone();
+        let listener_path = path.clone();
+        let span = tracing::Span::current();
+        let xids = std::thread::Builder::new()
+            .name("gpucost-xid".into())
+            .spawn(move || {
+                let _e = span.enter();
+                listen_for_xids(&listener_path, &tx, &stop)
+            })
+            .map_err(|e| tracing::warn!("cannot start the Xid listener thread: {e}"))
+            .ok()
+            .map(|_| rx);
         Ok(NvmlBackend {
             nvml,
             driver,
+            xids,
+            indices: BTreeMap::new(),
+            stop_listener,
             last_util_sample: Default::default(),
+            gpm: Default::default(),
         })
+    }
+}
+
+/// How long one wait for an event may block, so the thread notices it should stop.
+const EVENT_WAIT_MS: u32 = 500;
+
+/// The Xid listener: its own NVML handle (NVML counts inits), an event set for critical Xid
+/// errors on every GPU that supports them, and a blocking wait loop, on its own thread because
+/// the wait blocks. Sends (GPU UUID, Xid) until `stop` is set. Says once what it cannot do.
+fn listen_for_xids(lib: &OsString, tx: &mpsc::Sender<(String, u32)>, stop: &AtomicBool) {
+    use nvml_wrapper::bitmasks::event::EventTypes;
+    use nvml_wrapper::enums::event::XidError;
+    let nvml = match Nvml::builder().lib_path(lib).init() {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!("Xid events unavailable: NVML init for the listener failed: {e}");
+            return;
+        }
+    };
+    let Ok(mut set) = nvml.create_event_set() else {
+        tracing::info!("Xid events unavailable: this driver cannot create event sets");
+        return;
+    };
+    let count = nvml.device_count().unwrap_or(0);
+    let mut watched = 0;
+    // An event names its GPU by handle; a GPU that has just fallen off the bus (Xid 79) no longer
+    // answers `uuid()`, so the UUIDs are read now, while every GPU answers.
+    let mut uuid_of: BTreeMap<usize, String> = BTreeMap::new();
+    for i in 0..count {
+        let Ok(d) = nvml.device_by_index(i) else {
+            continue;
+        };
+        if let Ok(u) = d.uuid() {
+            // SAFETY: the raw handle is only compared as a number, never dereferenced.
+            uuid_of.insert(unsafe { d.handle() } as usize, u);
+        }
+        let supported = d
+            .supported_event_types()
+            .is_ok_and(|t| t.contains(EventTypes::CRITICAL_XID_ERROR));
+        if !supported {
+            continue;
+        }
+        set = match d.register_events(EventTypes::CRITICAL_XID_ERROR, set) {
+            Ok(s) => {
+                watched += 1;
+                s
+            }
+            Err(e) => {
+                tracing::info!("Xid events unavailable: registering GPU {i} failed: {e}");
+                return;
+            }
+        };
+    }
+    if watched == 0 {
+        tracing::info!("Xid events unavailable: no GPU supports critical Xid events");
+        return;
+    }
+    tracing::debug!("listening for Xid errors on {watched} GPU(s)");
+    while !stop.load(Ordering::Relaxed) {
+        match set.wait(EVENT_WAIT_MS) {
+            Ok(ev) => {
+                let xid = match ev.event_data {
+                    Some(XidError::Value(v)) => u32::try_from(v).unwrap_or(u32::MAX),
+                    _ => continue,
+                };
+                // SAFETY: as above, a number to look up.
+                let handle = unsafe { ev.device.handle() } as usize;
+                let Some(uuid) = uuid_of.get(&handle).cloned() else {
+                    continue;
+                };
+                if tx.send((uuid, xid)).is_err() {
+                    return;
+                }
+            }
+            Err(NvmlError::Timeout) => {}
+            // A GPU that falls off the bus may report GPU_IS_LOST here; keep listening.
+            Err(NvmlError::GpuLost) => std::thread::sleep(Duration::from_millis(100)),
+            Err(e) => {
+                tracing::warn!("Xid listener stopped: waiting for events failed: {e}");
+                return;
+            }
+        }
     }
 }
 
@@ -96,9 +281,19 @@ impl Backend for NvmlBackend {
                 ),
                 Err(_) => (format!("unknown-{index}"), "unknown".to_string()),
             };
+            self.indices.insert(uuid.clone(), index);
             gpus.push(GpuStatic { index, uuid, model });
         }
         Ok(gpus)
+    }
+
+    fn take_xids(&mut self) -> Vec<(u32, u32)> {
+        let Some(rx) = &self.xids else {
+            return Vec::new();
+        };
+        rx.try_iter()
+            .filter_map(|(uuid, xid)| self.indices.get(&uuid).map(|i| (*i, xid)))
+            .collect()
     }
 
     fn read(&mut self, index: u32, with_processes: bool) -> Result<Reading, SampleError> {
@@ -122,9 +317,55 @@ impl Backend for NvmlBackend {
             clock_event_reasons: field(d.current_throttle_reasons(), Field::ClockEvents, e)?
                 .map(|r| r.bits()),
             processes: None,
-            xids: Vec::new(),
+            pipes: None,
             field_errors: Vec::new(),
         };
+        // GPM: a new sample each read; the metrics cover the time since the previous one.
+        let gpm = self.gpm.entry(index).or_default();
+        if gpm.supported.is_none() {
+            let ok = matches!(d.gpm_support(), Ok(true));
+            if !ok {
+                e.push((Field::Pipes, FieldError::NotSupported));
+            }
+            gpm.supported = Some(ok);
+        }
+        if gpm.supported == Some(true) {
+            match d.gpm_sample() {
+                Ok(new) => {
+                    let now = Instant::now();
+                    match gpm.last.take() {
+                        Some((old, at)) if now.duration_since(at) >= GPM_MIN_GAP => {
+                            // SAFETY: `old` came from `into_handle` on this `Nvml`; rebuilding the
+                            // wrapper hands ownership back, and it is freed when dropped below.
+                            let old = unsafe { GpmSample::from_handle(&self.nvml, old.0) };
+                            match gpm_metrics_get(&self.nvml, &old, &new, &GPM_METRICS) {
+                                Ok(results) => {
+                                    let values: Vec<Option<f64>> = results
+                                        .iter()
+                                        .map(|r| r.as_ref().ok().map(|m| m.value))
+                                        .collect();
+                                    r.pipes = Some(pipes_from(&values));
+                                }
+                                Err(NvmlError::GpuLost) => {
+                                    return Err(SampleError::GpuLost("while reading GPM".into()))
+                                }
+                                Err(err) => {
+                                    e.push((Field::Pipes, FieldError::Failed(err.to_string())))
+                                }
+                            }
+                            gpm.last = Some((HeldSample(new.into_handle()), now));
+                        }
+                        // Too soon after the last sample: keep that one, drop the new one.
+                        Some(kept) => gpm.last = Some(kept),
+                        None => gpm.last = Some((HeldSample(new.into_handle()), now)),
+                    }
+                }
+                Err(NvmlError::GpuLost) => {
+                    return Err(SampleError::GpuLost("while sampling GPM".into()))
+                }
+                Err(err) => e.push((Field::Pipes, FieldError::Failed(err.to_string()))),
+            }
+        }
         if with_processes {
             let procs = field(d.running_compute_processes(), Field::Processes, e)?;
             let since = self.last_util_sample.get(&index).copied();

@@ -84,6 +84,8 @@ pub struct Tick {
     pub dt: f64,
     pub energy_j: f64,
     pub utilization: Option<f64>,
+    /// Pipe activity over the interval, where the GPU has GPM.
+    pub pipes: Option<super::Pipes>,
 }
 
 /// The result of a cycle.
@@ -244,12 +246,6 @@ impl Sampler {
                             warn!(gpu = index, "GPU {index}: energy counter went backwards or jumped (driver reload or wrap); this interval uses power x time, the total keeps counting up");
                         }
                         slot.snap.energy_method = Some(step.method);
-                        for xid in &r.xids {
-                            warn!(
-                                gpu = index,
-                                xid, "GPU {index}: Xid {xid} reported by the driver"
-                            );
-                        }
                         if let Some(ps) = r.processes.take() {
                             slot.snap.processes = ps;
                         }
@@ -260,6 +256,7 @@ impl Sampler {
                             dt,
                             energy_j: step.delta_j,
                             utilization: r.utilization_pct.map(|p| f64::from(p) / 100.0),
+                            pipes: r.pipes,
                         });
                         slot.snap.reading = Some(r);
                         slot.last_read = Some(now);
@@ -282,6 +279,12 @@ impl Sampler {
                         };
                         failures.push((index, "all", kind));
                     }
+                }
+            }
+            for (gpu, xid) in backend.take_xids() {
+                warn!(gpu, xid, "GPU {gpu}: Xid {xid} reported by the driver");
+                if let Some(slot) = self.gpus.iter_mut().find(|s| s.snap.info.index == gpu) {
+                    slot.snap.totals.add_xid(xid);
                 }
             }
             for (gpu, field, kind) in failures {

@@ -12,18 +12,17 @@ use super::{Backend, GpuStatic, ProcessUse, Reading, SampleError, Source};
 pub struct SimBackend {
     node: Node,
     started: Instant,
-    /// Scenario time of each GPU's previous reading, to report Xids once.
-    last_read_s: Vec<f64>,
+    /// Scenario time up to which Xids have been reported.
+    xids_until_s: f64,
 }
 
 impl SimBackend {
     pub fn new(scenario: Scenario) -> Self {
         let node = Node::new(scenario);
-        let n = node.gpu_count() as usize;
         SimBackend {
             node,
             started: Instant::now(),
-            last_read_s: vec![0.0; n],
+            xids_until_s: 0.0,
         }
     }
 
@@ -55,18 +54,26 @@ impl Backend for SimBackend {
             .collect())
     }
 
+    fn take_xids(&mut self) -> Vec<(u32, u32)> {
+        let t = self.now_s();
+        let since = std::mem::replace(&mut self.xids_until_s, t);
+        let mut out: Vec<(f64, u32, u32)> = (0..self.node.gpu_count())
+            .flat_map(|g| {
+                self.node
+                    .xids_between(g, since, t)
+                    .into_iter()
+                    .map(move |(at, xid)| (at, g, xid))
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.total_cmp(&b.0));
+        out.into_iter().map(|(_, g, xid)| (g, xid)).collect()
+    }
+
     fn read(&mut self, index: u32, with_processes: bool) -> Result<Reading, SampleError> {
         let Some(spec) = self.node.scenario().gpus.get(index as usize) else {
             return Err(SampleError::Failed(format!("no simulated GPU {index}")));
         };
         let t = self.now_s();
-        let since = std::mem::replace(&mut self.last_read_s[index as usize], t);
-        let xids = self
-            .node
-            .xids_between(index, since, t)
-            .into_iter()
-            .map(|(_, xid)| xid)
-            .collect();
         if !self.node.is_present(index, t) {
             return Err(SampleError::GpuLost("simulated".into()));
         }
@@ -74,6 +81,9 @@ impl Backend for SimBackend {
         let mut errors = Vec::new();
         if s.energy_mj.is_none() {
             errors.push((super::Field::Energy, super::FieldError::NotSupported));
+        }
+        if !self.node.gpm_supported(index) {
+            errors.push((super::Field::Pipes, super::FieldError::NotSupported));
         }
         Ok(Reading {
             energy_mj: s.energy_mj,
@@ -95,7 +105,21 @@ impl Backend for SimBackend {
                     })
                     .collect()
             }),
-            xids,
+            pipes: self.node.gpm_supported(index).then(|| {
+                let p = s.pipes;
+                super::Pipes {
+                    sm_active: p.sm_active,
+                    sm_occupancy: p.sm_occupancy,
+                    tensor_active: p.tensor_active,
+                    hmma_active: p.hmma_active,
+                    imma_active: p.imma_active,
+                    dfma_tensor_active: p.dfma_tensor_active,
+                    fp16_active: p.fp16_active,
+                    fp32_active: p.fp32_active,
+                    fp64_active: p.fp64_active,
+                    dram_active: p.dram_active,
+                }
+            }),
             field_errors: errors,
         })
     }
@@ -147,5 +171,51 @@ impl crate::attribute::procfs::ProcSource for SimProcs {
             .get(&pid)
             .cloned()
             .or_else(|| self.real.info(pid))
+    }
+}
+
+/// The simulated node's scheduler: it reports each scenario job's ending with its exit code, as a
+/// Slurm epilog would (`gpucost job end`), so failed runs are visible in the demo. A job's id is
+/// its scenario `id`, else the id attribution gives its process (`unattributed:PID`).
+pub struct SimEndings {
+    node: Node,
+    started: Instant,
+    until_s: f64,
+}
+
+impl SimEndings {
+    pub fn new(scenario: Scenario) -> Self {
+        SimEndings {
+            node: Node::new(scenario),
+            started: Instant::now(),
+            until_s: 0.0,
+        }
+    }
+
+    /// Jobs that ended since the last call: (job id, exit code), in order.
+    pub fn take(&mut self) -> Vec<(String, i32)> {
+        let s = self.node.scenario();
+        let t = self.started.elapsed().as_secs_f64() * s.speed;
+        let since = std::mem::replace(&mut self.until_s, t);
+        let d = s.duration_s;
+        let mut out: Vec<(f64, String, i32)> = Vec::new();
+        for j in &s.jobs {
+            let end = Scenario::job_end_s(j);
+            let first = if s.repeat { (since / d).floor() } else { 0.0 };
+            let last = if s.repeat { (t / d).floor() } else { 0.0 };
+            let mut p = first;
+            while p <= last {
+                let at = p * d + end;
+                if at > since && at <= t {
+                    let id =
+                        j.id.clone()
+                            .unwrap_or_else(|| format!("unattributed:{}", j.pid));
+                    out.push((at, id, j.exit_code));
+                }
+                p += 1.0;
+            }
+        }
+        out.sort_by(|a, b| a.0.total_cmp(&b.0));
+        out.into_iter().map(|(_, id, code)| (id, code)).collect()
     }
 }

@@ -174,6 +174,8 @@ fn accounting_goes_to_running_owners_and_the_gpu() {
         energy_j: 3.6e6,
         utilization: Some(0.9),
         model: "NVIDIA H100 80GB HBM3",
+        flop: 0.0,
+        fp32_bound_speedup: None,
     };
     let owners = vec![("a".to_string(), 0.75), ("b".to_string(), 0.25)];
     t.account(
@@ -181,6 +183,7 @@ fn accounting_goes_to_running_owners_and_the_gpu() {
         ("GPU-0", 0, "NVIDIA H100 80GB HBM3"),
         &owners,
         &iv,
+        GpuRates::default(),
     );
     let a = t.get("a").unwrap();
     assert!((a.usage.gpu_seconds - 2700.0).abs() < 1e-9);
@@ -208,6 +211,7 @@ fn accounting_goes_to_running_owners_and_the_gpu() {
         ("GPU-0", 0, "NVIDIA H100 80GB HBM3"),
         &[("b".to_string(), 1.0)],
         &iv,
+        GpuRates::default(),
     );
     assert!((t.get("b").unwrap().usage.gpu_seconds - 900.0).abs() < 1e-9);
     assert_eq!(t.gpus().next().unwrap().unallocated_seconds, 3600.0);
@@ -270,4 +274,78 @@ fn finished_jobs_expire_after_the_grace_period_once_persisted() {
     assert!(t.get("a").is_some(), "within the grace period");
     t.expire(1601.0);
     assert!(t.get("a").is_none());
+}
+
+#[test]
+fn a_found_job_seen_again_after_it_ended_runs_again_under_its_id() {
+    let mut t = tracker();
+    let att = Attribution {
+        owners: vec![vec![("unattributed:7".into(), 1.0)]],
+        found: BTreeMap::from([(
+            "unattributed:7".into(),
+            found("unattributed:7", Scheduler::Unattributed),
+        )]),
+    };
+    t.observe(&att, |_| true, |u| u.to_string(), 1000.0);
+    t.end(
+        "unattributed:7",
+        EndRequest {
+            exit_code: Some(1),
+            ..EndRequest::default()
+        },
+        0,
+        1010.0,
+    )
+    .unwrap();
+    t.observe(&att, |_| true, |u| u.to_string(), 1020.0);
+    let j = t.get("unattributed:7").unwrap();
+    assert_eq!((j.outcome, j.ended_at), (Outcome::Running, None));
+    // A registered job is not reopened by attribution.
+    t.register(req("r"), 1001, "alice", 1000.0).unwrap();
+    t.end("r", EndRequest::default(), 1001, 1001.0).unwrap();
+    let att = Attribution {
+        owners: vec![vec![("r".into(), 1.0)]],
+        found: BTreeMap::from([("r".into(), found("r", Scheduler::Env))]),
+    };
+    t.observe(&att, |_| true, |u| u.to_string(), 1030.0);
+    assert_eq!(t.get("r").unwrap().outcome, Outcome::Unknown);
+}
+
+#[test]
+fn progress_reports_are_cumulative_and_owned() {
+    let mut t = tracker();
+    t.register(req("p"), 1001, "alice", 1000.0).unwrap();
+    let rep = |tokens, fpt| ProgressRequest {
+        tokens: Some(tokens),
+        flops_per_token: fpt,
+        ..ProgressRequest::default()
+    };
+    let j = t.progress("p", rep(1000, Some(6e9)), 1001, 1010.0).unwrap();
+    let p = j.progress.unwrap();
+    assert_eq!((p.tokens, p.model_flop, p.flop_rate), (1000, 6e12, None));
+    // 9000 more tokens in 10 s at 6e9 FLOPs each: 5.4e12 FLOP/s.
+    let p = t
+        .progress("p", rep(10_000, None), 1001, 1020.0)
+        .unwrap()
+        .progress
+        .unwrap();
+    assert_eq!(p.model_flop, 6e13);
+    assert_eq!(p.flop_rate, Some(5.4e12));
+    let cases = [
+        (rep(9_000, None), 1001, "went backwards"),
+        (rep(20_000, Some(-1.0)), 1001, "flops_per_token"),
+        (rep(20_000, None), 1002, "another user"),
+    ];
+    for (r, uid, want) in cases {
+        let e = t.progress("p", r, uid, 1030.0).unwrap_err().to_string();
+        assert!(e.contains(want), "{e}");
+    }
+    assert_eq!(
+        t.get("p").unwrap().progress.as_ref().unwrap().tokens,
+        10_000
+    );
+    assert!(matches!(
+        t.progress("nope", rep(1, None), 0, 1.0),
+        Err(RequestError::NotFound(_))
+    ));
 }

@@ -442,3 +442,109 @@ fn bad_config_stops_start_up_with_exit_2_naming_file_and_key() {
         "{err}"
     );
 }
+
+#[test]
+fn fake_nvml_gpm_pipes_and_xid_events() {
+    let dir = tempfile::tempdir().unwrap();
+    // GPU 0: bf16 training; GPU 1: FP32 training that falls off the bus with Xid 79 at 1 s (wall).
+    let text = r#"
+name = "gpm"
+duration_s = 3600
+speed = 10
+ripple = 0.0
+[[gpu]]
+model = "NVIDIA H100 80GB HBM3"
+memory_total_mib = 81559
+power_limit_w = 700
+idle_power_w = 70
+[[gpu]]
+model = "NVIDIA H100 80GB HBM3"
+memory_total_mib = 81559
+power_limit_w = 700
+idle_power_w = 70
+[[job]]
+name = "bf16"
+pid = 3100001
+gpus = [0]
+[[job.phase]]
+seconds = 3600
+utilization = 1.0
+power_w = 600
+memory_mib = 1000
+precision = "bf16"
+[[job]]
+name = "fp32"
+pid = 3100002
+gpus = [1]
+[[job.phase]]
+seconds = 3600
+utilization = 1.0
+power_w = 400
+memory_mib = 1000
+precision = "fp32"
+[[event]]
+at_s = 10
+gpu = 1
+kind = "xid"
+xid = 79
+[[event]]
+at_s = 10
+gpu = 1
+kind = "gpu_lost"
+"#;
+    let scenario = write_scenario(dir.path(), "gpm.toml", text);
+    let lib = fake_nvml_lib().display().to_string();
+    let mut agent = start(
+        &["--nvml-lib", &lib],
+        &fast_env(&[("GPUCOST_FAKE_NVML_SCENARIO", scenario)]),
+    );
+    let m = agent.wait_for_metrics("pipe activity", Duration::from_secs(10), |m| {
+        m.get(
+            "gpucost_gpu_pipe_active_ratio",
+            &[("gpu", "0"), ("pipe", "hmma")],
+        )
+        .is_some()
+            && m.get(
+                "gpucost_gpu_pipe_active_ratio",
+                &[("gpu", "1"), ("pipe", "fp32")],
+            )
+            .is_some()
+    });
+    promtool_check_metrics(&m.text);
+    let pipe = |g: &str, p: &str| {
+        m.get("gpucost_gpu_pipe_active_ratio", &[("gpu", g), ("pipe", p)])
+            .unwrap()
+    };
+    assert!(
+        (pipe("0", "hmma") - 0.55).abs() < 0.02,
+        "hmma {}",
+        pipe("0", "hmma")
+    );
+    assert_eq!(pipe("1", "tensor"), 0.0);
+    assert!(pipe("1", "fp32") > 0.5);
+    let mfu = m
+        .get(
+            "gpucost_job_mfu_ratio",
+            &[("job_id", "unattributed:3100001"), ("source", "counters")],
+        )
+        .unwrap();
+    assert!((0.5..0.65).contains(&mfu), "MFU {mfu}");
+    // The Xid arrives through NVML's event set even though the GPU is lost at that moment.
+    let m = agent.wait_for_metrics("Xid 79 on GPU 1", Duration::from_secs(10), |m| {
+        m.get(
+            "gpucost_gpu_xid_errors_total",
+            &[("gpu", "1"), ("xid", "79")],
+        ) == Some(1.0)
+    });
+    assert_eq!(m.gpu("gpucost_gpu_up", 1), Some(0.0));
+    assert!(
+        m.get(
+            "gpucost_job_wasted_cost_total",
+            &[("job_id", "unattributed:3100002"), ("reason", "fp32")]
+        )
+        .unwrap()
+            > 0.0
+    );
+    agent.wait_for_log("Xid 79", Duration::from_secs(1));
+    assert!(agent.terminate().success());
+}

@@ -1,0 +1,167 @@
+//! How well a GPU is used: FLOPs from pipe activity, MFU, and the FP32-on-tensor-cores signal.
+//!
+//! Pure. A pipe's FLOP rate is its activity (GPM, 0..1) times its peak rate; the peaks are the
+//! node's measured ones (`gpucost bench`) where known, else the datasheet's (`gpucost-kernels`).
+//! MFU is measured against the dense BF16 tensor peak: the precision large-model training runs
+//! in and the figure its MFU is conventionally quoted against (PaLM's definition), so numbers are
+//! comparable across jobs and with what training frameworks report.
+
+use gpucost_kernels::peaks::{lookup, Precision};
+
+use crate::sample::Pipes;
+
+/// FP32 pipe busier than this ...
+const FP32_BUSY: f64 = 0.20;
+/// ... while the tensor cores are idler than this: the job computes in FP32 on CUDA cores.
+const TENSOR_IDLE: f64 = 0.05;
+
+/// Peak rates (FLOP/s, OP/s for int8) of the pipes GPM reports on, for one GPU.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PipePeaks {
+    /// Dense BF16 tensor peak: the HMMA pipe's rate and MFU's denominator.
+    pub bf16: f64,
+    pub int8: f64,
+    pub fp64_tensor: f64,
+    pub fp32: f64,
+    pub fp64: f64,
+}
+
+impl PipePeaks {
+    /// Datasheet peaks of an NVML model name; `None` for GPUs the table does not know.
+    pub fn datasheet(model: &str) -> Option<PipePeaks> {
+        let spec = lookup(model)?;
+        let p = |precision| spec.peak(precision).unwrap_or(0.0);
+        let bf16 = p(Precision::Bf16);
+        let fp32 = p(Precision::Fp32);
+        if bf16 <= 0.0 || fp32 <= 0.0 {
+            return None;
+        }
+        Some(PipePeaks {
+            bf16,
+            int8: p(Precision::Int8),
+            fp64_tensor: p(Precision::Fp64Tensor),
+            fp32,
+            fp64: p(Precision::Fp64),
+        })
+    }
+
+    /// How many times faster the tensor cores run BF16 than the CUDA cores run FP32.
+    pub fn bf16_over_fp32(&self) -> f64 {
+        self.bf16 / self.fp32
+    }
+}
+
+/// FLOP/s a GPU achieved with this pipe activity. Tensor pipes count at their peak; the FP16
+/// SIMT pipe at twice the FP32 rate (packed half2 FMA).
+pub fn flop_rate(p: &Pipes, peaks: &PipePeaks) -> f64 {
+    // HMMA is reported separately on Hopper; fall back to "any tensor" at the BF16 rate.
+    let tensor = if p.hmma_active + p.imma_active + p.dfma_tensor_active > 0.0 {
+        p.hmma_active * peaks.bf16
+            + p.imma_active * peaks.int8
+            + p.dfma_tensor_active * peaks.fp64_tensor
+    } else {
+        p.tensor_active * peaks.bf16
+    };
+    tensor
+        + p.fp16_active * 2.0 * peaks.fp32
+        + p.fp32_active * peaks.fp32
+        + p.fp64_active * peaks.fp64
+}
+
+/// FP32 math on CUDA cores with the tensor cores idle: the work a mixed-precision run would do
+/// `bf16_over_fp32` times faster.
+pub fn fp32_bound(p: &Pipes) -> bool {
+    p.fp32_active >= FP32_BUSY && p.tensor_active < TENSOR_IDLE
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h100() -> PipePeaks {
+        PipePeaks::datasheet("NVIDIA H100 80GB HBM3").unwrap()
+    }
+
+    #[test]
+    fn datasheet_peaks() {
+        let p = h100();
+        assert!((p.bf16 / 1e12 - 989.5).abs() < 1.0, "{}", p.bf16);
+        assert!((p.fp32 / 1e12 - 67.0).abs() < 1.0, "{}", p.fp32);
+        assert!((p.bf16_over_fp32() - 14.8).abs() < 0.1);
+        assert!(PipePeaks::datasheet("Some Future GPU").is_none());
+    }
+
+    #[test]
+    fn flop_rates() {
+        let p = h100();
+        let cases = [
+            (
+                Pipes {
+                    hmma_active: 0.5,
+                    ..Pipes::default()
+                },
+                0.5 * p.bf16,
+            ),
+            (
+                Pipes {
+                    tensor_active: 0.5,
+                    ..Pipes::default()
+                },
+                0.5 * p.bf16,
+            ),
+            (
+                Pipes {
+                    tensor_active: 0.5,
+                    hmma_active: 0.4,
+                    ..Pipes::default()
+                },
+                0.4 * p.bf16,
+            ),
+            (
+                Pipes {
+                    fp32_active: 0.6,
+                    ..Pipes::default()
+                },
+                0.6 * p.fp32,
+            ),
+            (
+                Pipes {
+                    fp16_active: 0.5,
+                    ..Pipes::default()
+                },
+                p.fp32,
+            ),
+            (
+                Pipes {
+                    fp64_active: 1.0,
+                    dfma_tensor_active: 0.5,
+                    ..Pipes::default()
+                },
+                p.fp64 + 0.5 * p.fp64_tensor,
+            ),
+            (Pipes::default(), 0.0),
+        ];
+        for (pipes, want) in cases {
+            assert!((flop_rate(&pipes, &p) - want).abs() < 1e3, "{pipes:?}");
+        }
+    }
+
+    #[test]
+    fn fp32_bound_needs_busy_fp32_and_idle_tensor_cores() {
+        let cases = [
+            (0.65, 0.0, true),
+            (0.65, 0.04, true),
+            (0.65, 0.30, false),
+            (0.10, 0.0, false),
+            (0.0, 0.0, false),
+        ];
+        for (fp32, tensor, want) in cases {
+            let p = Pipes {
+                fp32_active: fp32,
+                tensor_active: tensor,
+                ..Pipes::default()
+            };
+            assert_eq!(fp32_bound(&p), want, "fp32 {fp32} tensor {tensor}");
+        }
+    }
+}
