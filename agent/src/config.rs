@@ -712,4 +712,76 @@ retry_interval = "1m"
             "{msg}"
         );
     }
+
+    /// Mutation fuzzing of the example config: any value replaced by junk gives a config or an
+    /// error naming its key, never a panic.
+    #[test]
+    fn fuzzed_configs_give_a_config_or_a_named_error() {
+        let junk = [
+            "-1",
+            "0",
+            "1e308",
+            "-1e308",
+            "nan",
+            "inf",
+            "\"\"",
+            "\"x\"",
+            "[]",
+            "[1, \"a\"]",
+            "{}",
+            "true",
+            "\"-5s\"",
+            "\"10000h\"",
+            "\"0.5\"",
+            "\"+99:99\"",
+            "\"25:00\"",
+            "999999999999",
+            "\"\\u0000\"",
+            "\"../../etc\"",
+            "\"H100\"",
+            "-0.0001",
+            "3",
+            "\"on_prem\"",
+            "[\"mon\", \"funday\"]",
+        ];
+        let lines: Vec<&str> = EXAMPLE.lines().collect();
+        let values: Vec<usize> = (0..lines.len())
+            .filter(|i| !lines[*i].trim_start().starts_with('#') && lines[*i].contains(" = "))
+            .collect();
+        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let (mut ok, mut bad) = (0, 0);
+        for _ in 0..3000 {
+            let mut doc: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+            for _ in 0..(1 + next() % 3) {
+                let i = values[(next() % values.len() as u64) as usize];
+                let key = doc[i].split(" = ").next().unwrap().to_string();
+                doc[i] = format!("{key} = {}", junk[(next() % junk.len() as u64) as usize]);
+            }
+            let text = doc.join("\n");
+            let layer = toml::from_str::<Layer>(&text);
+            let result = match layer {
+                Ok(l) => resolve(&[(Origin::File("fuzz.toml".into()), l)]).map(|_| ()),
+                Err(_) => from_file(&text).map(|_| ()),
+            };
+            match result {
+                Ok(()) => ok += 1,
+                Err(e) => {
+                    bad += 1;
+                    let msg = e.to_string();
+                    assert!(
+                        msg.contains("fuzz.toml") || msg.contains("config.toml"),
+                        "{msg}"
+                    );
+                    assert!(!e.key.is_empty() && !e.problem.is_empty(), "{msg}");
+                }
+            }
+        }
+        assert!(ok > 0 && bad > 1000, "ok {ok}, refused {bad}");
+    }
 }

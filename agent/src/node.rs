@@ -58,6 +58,8 @@ pub struct Node {
     peaks: BTreeMap<String, Option<PipePeaks>>,
     published: Published,
     export_labels: Arc<Vec<String>>,
+    /// Ticks skipped because a cycle ran late.
+    skipped: u64,
     tx: watch::Sender<Arc<Snapshot>>,
 }
 
@@ -119,6 +121,7 @@ impl Node {
         let export_labels = Arc::new(cfg.export_labels.clone());
         let mut node = Node {
             export_labels,
+            skipped: 0,
             next_persist: Instant::now() + cfg.persist_interval,
             cfg,
             sampler,
@@ -152,8 +155,19 @@ impl Node {
             next += self.cfg.interval;
             let now = Instant::now();
             if next < now {
-                // A slow cycle (a hung NVML call): skip the missed ticks instead of bursting.
+                // A slow cycle (a hung NVML call): skip the missed ticks instead of bursting,
+                // and count them.
+                let late = now.duration_since(next).as_secs_f64();
+                let missed = (late / self.cfg.interval.as_secs_f64()).floor() as u64 + 1;
+                self.skipped += missed;
+                if missed > 1 {
+                    warn!(
+                        "a sampling cycle took {:.1} s: {missed} sample(s) skipped (a slow or hung NVML call); /metrics kept serving the last sample",
+                        late + self.cfg.interval.as_secs_f64()
+                    );
+                }
                 next = now + self.cfg.interval;
+                self.publish(None);
             }
             loop {
                 let wait = next.saturating_duration_since(Instant::now());
@@ -375,6 +389,7 @@ impl Node {
             market: self.pricing.market.as_str(),
             export_labels: self.export_labels.clone(),
             job_rates: Arc::new(self.tracker.rates()),
+            skipped_samples: self.skipped,
         };
         let _ = self.tx.send(Arc::new(snapshot));
     }

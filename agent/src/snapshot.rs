@@ -28,6 +28,8 @@ pub struct Snapshot {
     /// Wall time the last sampling cycle took.
     pub sample_duration_s: f64,
     pub samples_total: u64,
+    /// Ticks skipped because a cycle ran late (a slow or hung NVML call).
+    pub skipped_samples: u64,
     /// (gpu, field, kind) -> count of failed reads; `field` is "all" when the whole GPU failed.
     pub sample_errors: Vec<(u32, &'static str, &'static str, u64)>,
     /// Job and GPU totals as last persisted (or live, when there is no ledger).
@@ -65,6 +67,7 @@ impl Snapshot {
             gpus: Vec::new(),
             sample_duration_s: 0.0,
             samples_total: 0,
+            skipped_samples: 0,
             sample_errors: Vec::new(),
             published: Published::default(),
             ledger_error: None,

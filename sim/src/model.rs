@@ -302,6 +302,22 @@ impl Node {
         present
     }
 
+    /// When a `hang` that covers scenario time `t` on `gpu` ends (absolute scenario time), if one
+    /// does.
+    pub fn hang_end(&self, gpu: u32, t: f64) -> Option<f64> {
+        let (periods, tm) = self.split(t.max(0.0));
+        let d = self.scenario.duration_s;
+        self.scenario
+            .events
+            .iter()
+            .filter(|e| e.gpu == gpu && e.kind == EventKind::Hang)
+            .filter_map(|e| {
+                let end = e.at_s + e.seconds.unwrap_or(0.0);
+                (tm >= e.at_s && tm < end).then_some(periods * d + end)
+            })
+            .reduce(f64::max)
+    }
+
     /// Xid errors on `gpu` in scenario time `(t0, t1]`, in order, as `(time, xid)`.
     pub fn xids_between(&self, gpu: u32, t0: f64, t1: f64) -> Vec<(f64, u32)> {
         let d = self.scenario.duration_s;

@@ -169,6 +169,9 @@ pub struct EventSpec {
     pub kind: EventKind,
     /// Xid code, for `kind = "xid"`.
     pub xid: Option<u32>,
+    /// How long, for `kind = "hang"`.
+    #[serde(default)]
+    pub seconds: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -181,6 +184,9 @@ pub enum EventKind {
     EnergyReset,
     /// An Xid error is logged by the driver for this GPU.
     Xid,
+    /// Every NVML call for the GPU blocks until `seconds` after `at_s` (a driver stuck in a
+    /// long operation); the fake library sleeps, the simulated backend does not.
+    Hang,
 }
 
 fn one() -> f64 {
@@ -403,6 +409,19 @@ impl Scenario {
                 }
                 (k, Some(_)) if k != EventKind::Xid => {
                     return Err(bad(what("xid"), "only xid events carry a code".into()))
+                }
+                _ => {}
+            }
+            match (e.kind, e.seconds) {
+                (EventKind::Hang, Some(secs)) if secs > 0.0 && secs.is_finite() => {}
+                (EventKind::Hang, _) => {
+                    return Err(bad(
+                        what("seconds"),
+                        "a hang event needs a positive number of seconds".into(),
+                    ))
+                }
+                (_, Some(_)) => {
+                    return Err(bad(what("seconds"), "only hang events last seconds".into()))
                 }
                 _ => {}
             }

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::mpsc::Sender;
 use std::time::Duration;
 
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Path as UrlPath, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -68,6 +68,12 @@ pub fn router(inbox: Sender<Command>) -> Router {
         .route("/api/v1/jobs/{id}/end", post(end))
         .route("/api/v1/jobs/{id}/progress", post(progress))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint".into()) })
+        .method_not_allowed_fallback(|| async {
+            error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed here".into(),
+            )
+        })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(AppState { inbox })
 }
@@ -113,9 +119,13 @@ async fn register(
 async fn end(
     State(app): State<AppState>,
     ConnectInfo(peer): ConnectInfo<Peer>,
-    UrlPath(id): UrlPath<String>,
+    id: Result<UrlPath<String>, PathRejection>,
     body: Result<Json<EndRequest>, JsonRejection>,
 ) -> Response {
+    let id = match id {
+        Ok(UrlPath(id)) => id,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
     let Some(uid) = peer.uid else {
         return error(
             StatusCode::FORBIDDEN,
@@ -144,9 +154,13 @@ async fn end(
 async fn progress(
     State(app): State<AppState>,
     ConnectInfo(peer): ConnectInfo<Peer>,
-    UrlPath(id): UrlPath<String>,
+    id: Result<UrlPath<String>, PathRejection>,
     body: Result<Json<ProgressRequest>, JsonRejection>,
 ) -> Response {
+    let id = match id {
+        Ok(UrlPath(id)) => id,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
     let Some(uid) = peer.uid else {
         return error(
             StatusCode::FORBIDDEN,

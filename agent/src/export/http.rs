@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -41,6 +42,12 @@ pub fn router(snapshots: watch::Receiver<Arc<Snapshot>>, stale_after: Duration) 
         .route("/api/v1/jobs", get(get_jobs))
         .route("/api/v1/jobs/{id}", get(get_job))
         .fallback(not_found)
+        .method_not_allowed_fallback(|| async {
+            error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "this port is read-only; changes go through the agent's unix socket",
+            )
+        })
         .with_state(AppState {
             snapshots,
             stale_after,
@@ -97,7 +104,13 @@ async fn get_gpus(State(app): State<AppState>) -> Response {
     Json(json!({ "simulated": snap.simulated, "gpus": gpus })).into_response()
 }
 
-async fn get_gpu(State(app): State<AppState>, Path(index): Path<String>) -> Response {
+async fn get_gpu(
+    State(app): State<AppState>,
+    index: Result<Path<String>, PathRejection>,
+) -> Response {
+    let Ok(Path(index)) = index else {
+        return error(StatusCode::BAD_REQUEST, "the GPU index is not valid UTF-8");
+    };
     let snap = app.latest();
     match index
         .parse::<u32>()
@@ -132,7 +145,10 @@ async fn get_jobs(State(app): State<AppState>) -> Response {
         .into_response()
 }
 
-async fn get_job(State(app): State<AppState>, Path(id): Path<String>) -> Response {
+async fn get_job(State(app): State<AppState>, id: Result<Path<String>, PathRejection>) -> Response {
+    let Ok(Path(id)) = id else {
+        return error(StatusCode::BAD_REQUEST, "the job id is not valid UTF-8");
+    };
     let snap = app.latest();
     match snap.published.jobs.iter().find(|j| j.id == id) {
         Some(j) => Json(job_json(j, &snap.currency)).into_response(),

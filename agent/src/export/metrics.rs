@@ -102,6 +102,12 @@ pub fn render(snap: &Snapshot) -> String {
         &[],
         snap.samples_total as f64,
     );
+    f.counter(
+        "gpucost_agent_skipped_samples_total",
+        "Sampling ticks skipped because a cycle ran late (a slow or hung NVML call).",
+        &[],
+        snap.skipped_samples as f64,
+    );
     for (gpu, field, kind, n) in &snap.sample_errors {
         f.counter(
             "gpucost_agent_sample_errors_total",

@@ -78,6 +78,10 @@ fn device_call(
     args_ok: bool,
     answer: impl FnOnce(&Gpu<'_>) -> nvmlReturn_t,
 ) -> nvmlReturn_t {
+    // A GPU in a scenario `hang` blocks its caller (not the library) until the hang is over.
+    if let Some(wait) = guarded_wait(device) {
+        std::thread::sleep(wait);
+    }
     guarded(|| {
         let library = state::lock();
         let Some(model) = library.active() else {
@@ -99,6 +103,21 @@ fn device_call(
             t,
         })
     })
+}
+
+/// How long a call on `device` must block for a scenario hang, if it must.
+fn guarded_wait(device: nvmlDevice_t) -> Option<std::time::Duration> {
+    catch_unwind(AssertUnwindSafe(|| {
+        let library = state::lock();
+        let model = library.active()?;
+        let index = state::index_of(device)?;
+        let t = model.now();
+        let end = model.node.hang_end(index, t)?;
+        let wall = (end - t) / model.node.scenario().speed;
+        Some(std::time::Duration::from_secs_f64(wall.max(0.0)))
+    }))
+    .ok()
+    .flatten()
 }
 
 /// The checks of a system function: initialised, then `answer` with the node.

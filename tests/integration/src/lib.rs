@@ -124,6 +124,11 @@ impl Agent {
         agent
     }
 
+    /// The agent's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn logs(&self) -> Vec<String> {
         self.logs.lock().unwrap().clone()
     }
@@ -249,6 +254,112 @@ pub fn post_unix(socket: &Path, path: &str, body: &str) -> (u16, String) {
         .and_then(|c| c.parse().ok())
         .expect("status code");
     (status, body.to_string())
+}
+
+/// A real Prometheus server (Debian's `prometheus` package) on a free loopback port, with its
+/// data in a temporary directory; killed when dropped.
+pub struct Prometheus {
+    child: Child,
+    pub addr: String,
+    _dir: tempfile::TempDir,
+}
+
+/// A free loopback port (bound and released; good enough for a test server started right after).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Prometheus {
+    /// Starts Prometheus with `config` (YAML; rule files may be given relative to its folder,
+    /// which also holds `extra_files`) and waits until it is ready.
+    pub fn start(config: &str, extra_files: &[(&str, String)]) -> Prometheus {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
+        for (name, text) in extra_files {
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
+        let addr = format!("127.0.0.1:{}", free_port());
+        let child = Command::new("prometheus")
+            .current_dir(dir.path())
+            .arg("--config.file=prometheus.yml")
+            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!("--web.listen-address={addr}"))
+            .arg("--log.level=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("prometheus not found: run scripts/test.sh, which installs it (Debian package prometheus)");
+        let p = Prometheus {
+            child,
+            addr,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if TcpStream::connect(&p.addr).is_ok() && http_get(&p.addr, "/-/ready").0 == 200 {
+                return p;
+            }
+            assert!(Instant::now() < deadline, "prometheus did not become ready");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// An instant query; returns the `data.result` array.
+    pub fn query(&self, expr: &str) -> Vec<serde_json::Value> {
+        let (status, body) = http_get(
+            &self.addr,
+            &format!("/api/v1/query?query={}", url_encode(expr)),
+        );
+        assert_eq!(status, 200, "query {expr}: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["status"], "success", "query {expr}: {body}");
+        v["data"]["result"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// The alerts Prometheus has, as (name, state, labels).
+    pub fn alerts(&self) -> Vec<(String, String, serde_json::Value)> {
+        let (status, body) = http_get(&self.addr, "/api/v1/alerts");
+        assert_eq!(status, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        v["data"]["alerts"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|a| {
+                (
+                    a["labels"]["alertname"].as_str().unwrap_or("").to_string(),
+                    a["state"].as_str().unwrap_or("").to_string(),
+                    a["labels"].clone(),
+                )
+            })
+            .collect()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Percent-encodes a query-string value.
+pub fn url_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() * 3);
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// A minimal HTTP/1.0 GET over loopback (no client library needed for that).

@@ -1,0 +1,396 @@
+//! Faults: a hung NVML call, `kill -9` during ledger writes over and over, a full and a read-only
+//! state directory, garbage on the job socket, the socket's permissions.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use gpucost_integration_tests::{agent_bin, fake_nvml_lib, write_scenario, Agent, Metrics};
+
+const FAST: &[(&str, &str)] = &[
+    ("GPUCOST_SAMPLING_INTERVAL", "100ms"),
+    ("GPUCOST_SAMPLING_PROCESS_INTERVAL", "100ms"),
+];
+
+const ONE_JOB: &str = r#"
+name = "one-job"
+duration_s = 3600
+ripple = 0.0
+speed = 10
+[[gpu]]
+model = "NVIDIA H100 80GB HBM3"
+memory_total_mib = 81559
+power_limit_w = 700
+idle_power_w = 70
+[[job]]
+name = "train"
+id = "777"
+pid = 3200001
+gpus = [0]
+[[job.phase]]
+seconds = 3600
+utilization = 0.9
+power_w = 500
+memory_mib = 1000
+"#;
+
+fn job_cost(m: &Metrics) -> Option<f64> {
+    let parts: Option<Vec<f64>> = ["gpu_time", "energy", "overhead"]
+        .iter()
+        .map(|c| {
+            m.get(
+                "gpucost_job_cost_total",
+                &[("job_id", "777"), ("component", c)],
+            )
+        })
+        .collect();
+    parts.map(|p| p.iter().sum())
+}
+
+#[test]
+fn a_hung_nvml_call_skips_samples_and_metrics_stay_fast() {
+    let dir = tempfile::tempdir().unwrap();
+    // At 10x, every call on GPU 0 blocks from 1 s to 4 s (wall) after start.
+    let text =
+        ONE_JOB.to_string() + "[[event]]\nat_s = 10\ngpu = 0\nkind = \"hang\"\nseconds = 30\n";
+    let scenario = write_scenario(dir.path(), "hang.toml", &text);
+    let lib = fake_nvml_lib().display().to_string();
+    let agent = Agent::start(
+        &["--nvml-lib", &lib],
+        &[FAST[0], FAST[1], ("GPUCOST_FAKE_NVML_SCENARIO", &scenario)],
+    );
+    let started = Instant::now();
+    std::thread::sleep(Duration::from_millis(1500));
+    // Inside the hang: scrapes answer from the last snapshot, quickly.
+    let mut slowest = Duration::ZERO;
+    let before = agent
+        .metrics()
+        .get("gpucost_agent_samples_total", &[])
+        .unwrap();
+    while started.elapsed() < Duration::from_millis(3500) {
+        let t = Instant::now();
+        let (status, _) = agent.get("/metrics");
+        assert_eq!(status, 200);
+        slowest = slowest.max(t.elapsed());
+        let (status, body) = agent.get("/healthz");
+        assert_eq!(
+            status, 200,
+            "a 3 s hang is within the health check's slack: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let during = agent
+        .metrics()
+        .get("gpucost_agent_samples_total", &[])
+        .unwrap();
+    assert!(
+        during - before <= 1.0,
+        "no sampling while NVML hangs ({before} -> {during})"
+    );
+    assert!(
+        slowest < Duration::from_millis(100),
+        "slowest scrape during the hang: {slowest:?}"
+    );
+    let m = agent.wait_for_metrics(
+        "sampling to resume and count the skips",
+        Duration::from_secs(10),
+        |m| {
+            m.get("gpucost_agent_skipped_samples_total", &[])
+                .unwrap_or(0.0)
+                >= 10.0
+                && m.get("gpucost_agent_samples_total", &[]).unwrap() > during + 5.0
+        },
+    );
+    assert_eq!(m.gpu("gpucost_gpu_up", 0), Some(1.0));
+    agent
+        .logs()
+        .iter()
+        .find(|l| l.contains("sample(s) skipped"))
+        .expect("the skip is logged");
+}
+
+#[test]
+fn kill_9_during_ledger_writes_many_times() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = write_scenario(dir.path(), "one.toml", ONE_JOB);
+    let env = [
+        FAST[0],
+        FAST[1],
+        ("GPUCOST_LEDGER_PERSIST_INTERVAL", "10ms"),
+    ];
+    let mut shown = 0.0;
+    for round in 0..12 {
+        let mut agent = Agent::start_in(dir.path(), &["--simulate", &scenario], &env);
+        let first = agent.metrics();
+        let resumed = job_cost(&first).unwrap_or(0.0);
+        assert!(
+            resumed >= shown * (1.0 - 1e-12),
+            "round {round}: counter went back {shown} -> {resumed}"
+        );
+        // Let it write for a while (persisting every 10 ms), read what it shows, kill it.
+        std::thread::sleep(Duration::from_millis(150 + 37 * round as u64 % 200));
+        shown = job_cost(&agent.metrics()).unwrap_or(shown);
+        agent.kill9();
+        // The database opens and reads after every crash.
+        let out = Command::new(agent_bin())
+            .args(["report", "--format", "json", "--job", "777", "--state-dir"])
+            .arg(dir.path().join("state"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "round {round}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let in_ledger = doc["jobs"][0]["cost_total"].as_f64().unwrap();
+        // (The report sums the components in its own order: allow for rounding.)
+        assert!(
+            in_ledger >= shown * (1.0 - 1e-12),
+            "round {round}: the ledger has less ({in_ledger}) than was shown ({shown})"
+        );
+    }
+    assert!(shown > 0.0);
+}
+
+/// A small tmpfs mounted for the test, unmounted when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(at).unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "this test mounts a tmpfs and needs root with CAP_SYS_ADMIN (CI has it): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmpfs(at.to_path_buf())
+    }
+
+    /// Remounts with `opt` (`ro` or `rw`); `ro` needs no file open for writing on it.
+    fn remount(&self, opt: &str) {
+        let out = Command::new("mount")
+            .args(["-o", &format!("remount,{opt}")])
+            .arg(&self.0)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+fn ledger_up(m: &Metrics) -> Option<f64> {
+    m.get("gpucost_ledger_up", &[])
+}
+
+#[test]
+fn a_full_state_dir_is_reported_and_persistence_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = write_scenario(dir.path(), "one.toml", ONE_JOB);
+    let fs = Tmpfs::mount(&dir.path().join("state"), "2m");
+    let agent = Agent::start_in(
+        dir.path(),
+        &["--simulate", &scenario],
+        &[
+            FAST[0],
+            FAST[1],
+            ("GPUCOST_LEDGER_PERSIST_INTERVAL", "50ms"),
+        ],
+    );
+    agent.wait_for_metrics("the ledger writing", Duration::from_secs(10), |m| {
+        ledger_up(m) == Some(1.0) && job_cost(m).is_some()
+    });
+
+    // Full: fill the file system.
+    let filler = fs.0.join("filler");
+    let _ = Command::new("dd")
+        .args(["if=/dev/zero", "bs=64k", "count=64"])
+        .arg(format!("of={}", filler.display()))
+        .output()
+        .unwrap();
+    let m = agent.wait_for_metrics("a failed write reported", Duration::from_secs(10), |m| {
+        ledger_up(m) == Some(0.0)
+    });
+    let frozen = job_cost(&m).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let (status, _) = agent.get("/metrics");
+    assert_eq!(status, 200, "metrics keep being served");
+    assert!(
+        agent
+            .logs()
+            .iter()
+            .any(|l| l.contains("cannot persist to the ledger")),
+        "{:#?}",
+        agent.logs()
+    );
+    std::fs::remove_file(&filler).unwrap();
+    let m = agent.wait_for_metrics("persistence to resume", Duration::from_secs(10), |m| {
+        ledger_up(m) == Some(1.0)
+    });
+    assert!(
+        job_cost(&m).unwrap() > frozen,
+        "the totals caught up: nothing was lost while the disk was full"
+    );
+
+    drop(agent);
+}
+
+#[test]
+fn a_read_only_state_dir_at_start_is_reported_and_persistence_begins_when_writable() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = write_scenario(dir.path(), "one.toml", ONE_JOB);
+    let fs = Tmpfs::mount(&dir.path().join("state"), "2m");
+    fs.remount("ro");
+    let agent = Agent::start_in(
+        dir.path(),
+        &["--simulate", &scenario],
+        &[
+            FAST[0],
+            FAST[1],
+            ("GPUCOST_LEDGER_PERSIST_INTERVAL", "50ms"),
+        ],
+    );
+    let m = agent.wait_for_metrics("the job counted in memory", Duration::from_secs(10), |m| {
+        job_cost(m).is_some_and(|c| c > 0.0)
+    });
+    assert_eq!(ledger_up(&m), Some(0.0), "the ledger cannot be written");
+    assert!(
+        agent
+            .logs()
+            .iter()
+            .any(|l| l.contains("ledger unavailable")),
+        "{:#?}",
+        agent.logs()
+    );
+    fs.remount("rw");
+    let m = agent.wait_for_metrics("persistence to begin", Duration::from_secs(10), |m| {
+        ledger_up(m) == Some(1.0)
+    });
+    let shown = job_cost(&m).unwrap();
+    drop(agent);
+    let out = Command::new(agent_bin())
+        .args(["report", "--format", "json", "--job", "777", "--state-dir"])
+        .arg(dir.path().join("state"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let in_ledger = doc["jobs"][0]["cost_total"].as_f64().unwrap();
+    assert!(
+        in_ledger >= shown * (1.0 - 1e-12),
+        "what was counted before the ledger opened is kept: {in_ledger} vs {shown}"
+    );
+}
+
+#[test]
+fn garbage_on_the_socket_gets_4xx_and_changes_nothing() {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    let agent = Agent::start(&["--simulate", "demo"], FAST);
+    let mode = std::fs::metadata(&agent.socket)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o660, "the socket is 0660 by default");
+    // A deterministic stream of odd requests.
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let ids = [
+        "",
+        "..%2F..%2Fetc",
+        "%00",
+        "a%20b",
+        &"x".repeat(2000),
+        "%FF%FE",
+        "41871",
+    ];
+    let bodies: Vec<Vec<u8>> = vec![
+        b"".to_vec(),
+        b"{".to_vec(),
+        b"[]".to_vec(),
+        b"null".to_vec(),
+        b"{\"id\": 5}".to_vec(),
+        b"{\"labels\": {\"a\": 1}}".to_vec(),
+        b"{\"pid\": -1}".to_vec(),
+        b"{\"tokens\": 1e400}".to_vec(),
+        vec![0xff, 0xfe, 0x00, 0x7b],
+        vec![b'a'; 200_000],
+        format!("{{\"id\": \"{}\"}}", "y".repeat(100_000)).into_bytes(),
+        b"{\"id\": \"ok\", \"unknown_field\": true}".to_vec(),
+    ];
+    let mut statuses = std::collections::BTreeMap::new();
+    for _ in 0..300 {
+        let id = ids[(next() % ids.len() as u64) as usize];
+        let path = match next() % 4 {
+            0 => "/api/v1/jobs".to_string(),
+            1 => format!("/api/v1/jobs/{id}/end"),
+            2 => format!("/api/v1/jobs/{id}/progress"),
+            _ => format!("/api/v1/{id}"),
+        };
+        let method = ["POST", "GET", "PUT", "DELETE"][(next() % 4) as usize];
+        let body = &bodies[(next() % bodies.len() as u64) as usize];
+        let mut s = UnixStream::connect(&agent.socket).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let head = format!("{method} {path} HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", body.len());
+        let _ = s
+            .write_all(head.as_bytes())
+            .and_then(|()| s.write_all(body));
+        let mut raw = Vec::new();
+        let _ = s.read_to_end(&mut raw);
+        let text = String::from_utf8_lossy(&raw);
+        let status: u16 = text
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        *statuses.entry(status).or_insert(0) += 1;
+        assert!(
+            (200..500).contains(&status) && status != 0,
+            "{method} {path} with {} bytes: {status}: {text}",
+            body.len()
+        );
+        if status >= 400 {
+            assert!(text.contains("\"error\""), "a JSON error: {text}");
+        }
+    }
+    assert!(statuses.keys().any(|s| *s >= 400), "{statuses:?}");
+    // Still alive and well, and bounded.
+    let (status, _) = agent.get("/healthz");
+    assert_eq!(status, 200);
+    let rss_kib: u64 = std::fs::read_to_string(format!("/proc/{}/status", agent_pid(&agent)))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    assert!(rss_kib < 100 * 1024, "RSS after the garbage: {rss_kib} KiB");
+}
+
+fn agent_pid(agent: &Agent) -> u32 {
+    agent.pid().expect("running")
+}
