@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use axum::body::Bytes;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
@@ -25,6 +26,9 @@ struct AppState {
     snapshots: watch::Receiver<Arc<Snapshot>>,
     /// A sample older than this means the sampler is stuck: `/healthz` answers 503.
     stale_after: Duration,
+    /// The last rendered `/metrics` and the snapshot it was rendered from: scrapes between two
+    /// samples (several Prometheus servers, dashboards hitting the agent) share one rendering.
+    rendered: Arc<std::sync::Mutex<Option<(Arc<Snapshot>, Bytes)>>>,
 }
 
 impl AppState {
@@ -51,6 +55,7 @@ pub fn router(snapshots: watch::Receiver<Arc<Snapshot>>, stale_after: Duration) 
         .with_state(AppState {
             snapshots,
             stale_after,
+            rendered: Arc::default(),
         })
 }
 
@@ -68,11 +73,22 @@ pub async fn serve(
 
 async fn get_metrics(State(app): State<AppState>) -> Response {
     let snap = app.latest();
-    (
-        [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
-        metrics::render(&snap),
-    )
-        .into_response()
+    let cached = {
+        let guard = app.rendered.lock().unwrap_or_else(|e| e.into_inner());
+        guard
+            .as_ref()
+            .filter(|(s, _)| Arc::ptr_eq(s, &snap))
+            .map(|(_, text)| text.clone())
+    };
+    let text = match cached {
+        Some(t) => t,
+        None => {
+            let t = Bytes::from(metrics::render(&snap));
+            *app.rendered.lock().unwrap_or_else(|e| e.into_inner()) = Some((snap, t.clone()));
+            t
+        }
+    };
+    ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response()
 }
 
 async fn get_healthz(State(app): State<AppState>) -> Response {
