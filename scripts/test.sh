@@ -19,3 +19,5 @@ echo "test.sh: lints"
 cargo clippy --workspace --all-targets --locked --quiet -- -D warnings
 echo "test.sh: tests"
 cargo test --workspace --locked
+echo "test.sh: deployment"
+./scripts/check-deploy.sh

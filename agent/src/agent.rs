@@ -17,6 +17,7 @@ use crate::attribute::procfs::{ProcFs, ProcSource};
 use crate::config::Config;
 use crate::export::http;
 use crate::node::{Node, NodeConfig};
+use crate::notify;
 use crate::sample::sampler::{BackendSpec, Cadence, Sampler};
 use crate::sample::sim::{SimEndings, SimProcs};
 use crate::sample::Source;
@@ -113,6 +114,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         humantime::format_duration(config.sampling.interval),
         config.state_dir.display()
     );
+    let health = rx.clone();
     let server = http::serve(listener, rx, stale_after, shutdown.clone());
 
     let result = runtime.block_on(
@@ -134,10 +136,16 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                 let every = config.attribution.kubelet_interval;
                 tokio::spawn(poll_kubelet(sock, resources, every, pods_tx, shutdown.clone()).in_current_span());
             }
+            // systemd (Type=notify): up once both listeners are bound; then the watchdog.
+            let _ = notify::ready(&format!("listening on {local}"));
+            if let Some(every) = notify::watchdog_interval() {
+                tokio::spawn(keep_watchdog(health, local, stale_after, every, shutdown.clone()));
+            }
             tokio::select! {
                 r = server => r.context("HTTP server failed"),
                 () = shutdown_signal() => {
                     info!("shutting down");
+                    let _ = notify::stopping();
                     shutdown.cancel();
                     Ok(())
                 }
@@ -158,6 +166,45 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     }
     info!("stopped");
     result
+}
+
+/// Pings the systemd watchdog every `every` while the sampler publishes fresh snapshots (the
+/// test `/healthz` uses), and keeps `systemctl status` saying how sampling goes. A stuck node
+/// thread stops the pings, and systemd restarts the agent.
+async fn keep_watchdog(
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+    local: std::net::SocketAddr,
+    stale_after: Duration,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut said = String::new();
+    loop {
+        let (fresh, line) = {
+            let snap = snapshots.borrow();
+            let fresh = snap
+                .taken_at
+                .and_then(|t| std::time::SystemTime::now().duration_since(t).ok())
+                .is_some_and(|age| age <= stale_after);
+            let line = match (&snap.backend_error, snap.backend_up) {
+                (_, true) => format!("listening on {local}; sampling {} GPU(s)", snap.gpus.len()),
+                (Some(e), false) => format!("listening on {local}; GPU library unavailable: {e}"),
+                (None, false) => format!("listening on {local}; GPU library not loaded yet"),
+            };
+            (fresh, line)
+        };
+        if fresh {
+            let _ = notify::watchdog();
+        }
+        if line != said {
+            let _ = notify::status(&line);
+            said = line;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            () = shutdown.cancelled() => return,
+        }
+    }
 }
 
 /// Asks the kubelet which pod holds which GPU, every `every`; says once when it cannot.

@@ -13,6 +13,7 @@ pub mod export;
 pub mod jobs;
 pub mod ledger;
 pub mod node;
+pub mod notify;
 pub mod report;
 pub mod sample;
 pub mod snapshot;

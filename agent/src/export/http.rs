@@ -21,6 +21,9 @@ use tokio_util::sync::CancellationToken;
 use super::metrics;
 use crate::snapshot::Snapshot;
 
+/// The last `/metrics` text and the snapshot it was rendered from.
+type RenderCache = Arc<std::sync::Mutex<Option<(Arc<Snapshot>, Bytes)>>>;
+
 #[derive(Clone)]
 struct AppState {
     snapshots: watch::Receiver<Arc<Snapshot>>,
@@ -28,7 +31,7 @@ struct AppState {
     stale_after: Duration,
     /// The last rendered `/metrics` and the snapshot it was rendered from: scrapes between two
     /// samples (several Prometheus servers, dashboards hitting the agent) share one rendering.
-    rendered: Arc<std::sync::Mutex<Option<(Arc<Snapshot>, Bytes)>>>,
+    rendered: RenderCache,
 }
 
 impl AppState {

@@ -1,0 +1,121 @@
+//! The agent's own costs, measured (not asserted): `/metrics` rendering at 100, 1,000 and 10,000
+//! jobs, and one ledger persist of 10,000 jobs on 2 GPUs each. Run by `scripts/bench.sh`, or
+//! `cargo bench -p gpucost --bench agent_costs`. Prints one line per figure.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gpucost::export::metrics::render;
+use gpucost::jobs::{GpuRecord, JobRecord, Outcome, Scheduler, Usage};
+use gpucost::ledger::Ledger;
+use gpucost::sample::{GpuStatic, Source};
+use gpucost::snapshot::{GpuSnapshot, Published, Snapshot};
+
+fn usage(k: f64) -> Usage {
+    Usage {
+        gpu_seconds: 3600.0 * k,
+        energy_j: 1.8e6 * k,
+        carbon_g: 250.0 * k,
+        cost_gpu_time: 4.0 * k,
+        cost_energy: 0.1 * k,
+        cost_overhead: 0.1 * k,
+        idle_gpu_seconds: 60.0 * k,
+        idle_cost: 0.07 * k,
+        ..Usage::default()
+    }
+}
+
+fn job(i: usize) -> JobRecord {
+    let per_gpu: BTreeMap<String, Usage> = (0..2)
+        .map(|g| (format!("GPU-{:04}", (i + g) % 8), usage(0.5)))
+        .collect();
+    JobRecord {
+        id: format!("job-{i}"),
+        name: format!("train-{i}"),
+        user: format!("user{}", i % 50),
+        uid: Some(1000 + (i % 50) as u32),
+        scheduler: Scheduler::Slurm,
+        labels: BTreeMap::from([("team".to_string(), format!("team{}", i % 7))]),
+        started_at: 1.79e9 + i as f64,
+        ended_at: (i % 3 == 0).then_some(1.79e9 + i as f64 + 600.0),
+        outcome: if i % 3 == 0 {
+            Outcome::Succeeded
+        } else {
+            Outcome::Running
+        },
+        exit_code: None,
+        signal: None,
+        usage: usage(1.0),
+        per_gpu,
+        registration: None,
+        progress: None,
+    }
+}
+
+fn snapshot(jobs: usize) -> Snapshot {
+    let mut s = Snapshot::empty(Source::Nvml, None);
+    s.backend_up = true;
+    s.gpus = (0..8)
+        .map(|i| GpuSnapshot {
+            info: GpuStatic {
+                index: i,
+                uuid: format!("GPU-{i:04}"),
+                model: "NVIDIA H100 80GB HBM3".into(),
+            },
+            up: true,
+            reading: None,
+            processes: Vec::new(),
+            totals: Default::default(),
+            energy_method: None,
+        })
+        .collect();
+    s.published = Published {
+        jobs: Arc::new((0..jobs).map(job).collect()),
+        gpus: Arc::new(BTreeMap::new()),
+        finished: BTreeMap::new(),
+    };
+    s.export_labels = Arc::new(vec!["team".to_string()]);
+    s
+}
+
+fn percentile(d: &mut [Duration], q: f64) -> Duration {
+    d.sort();
+    d[((d.len() - 1) as f64 * q) as usize]
+}
+
+fn main() {
+    for jobs in [100, 1_000, 10_000] {
+        let snap = snapshot(jobs);
+        let bytes = render(&snap).len();
+        let runs = if jobs >= 10_000 { 30 } else { 200 };
+        let mut times: Vec<Duration> = (0..runs)
+            .map(|_| {
+                let t = Instant::now();
+                std::hint::black_box(render(&snap));
+                t.elapsed()
+            })
+            .collect();
+        println!(
+            "render {jobs} jobs: {bytes} bytes, p50 {:.2} ms, p99 {:.2} ms ({runs} runs)",
+            percentile(&mut times, 0.5).as_secs_f64() * 1e3,
+            percentile(&mut times, 0.99).as_secs_f64() * 1e3
+        );
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut ledger = Ledger::open(dir.path()).expect("ledger");
+    let jobs: Vec<JobRecord> = (0..10_000).map(job).collect();
+    let refs: Vec<&JobRecord> = jobs.iter().collect();
+    let gpus: Vec<GpuRecord> = Vec::new();
+    let mut times = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        ledger.persist(&refs, &gpus).expect("persist");
+        times.push(t.elapsed());
+    }
+    println!(
+        "ledger persist 10000 jobs x 2 GPUs: first {:.0} ms, median of 5 {:.0} ms",
+        times[0].as_secs_f64() * 1e3,
+        percentile(&mut times, 0.5).as_secs_f64() * 1e3
+    );
+}
