@@ -85,6 +85,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         grace_s: config.jobs.grace_period.as_secs_f64(),
         vanish_s: config.jobs.vanish_after.as_secs_f64(),
         export_labels: config.jobs.export_labels.clone(),
+        bench_min_ratio: config.bench.min_ratio,
     };
     let (inbox, inbox_rx) = std::sync::mpsc::channel::<Command>();
     let node_span = span.clone();
@@ -97,10 +98,14 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                 BackendSpec::Simulated(s) => Some(SimEndings::new(s.clone())),
                 BackendSpec::Nvml { .. } => None,
             };
+            let sim_bench = match &spec {
+                BackendSpec::Simulated(s) => simulated_benchmarks(s),
+                BackendSpec::Nvml { .. } => Default::default(),
+            };
             let sampler = Sampler::new(spec, cadence);
             let mut node = Node::new(node_cfg, sampler, pricing, procs, pods_rx, tx);
             if let Some(e) = endings {
-                node = node.with_sim_endings(e);
+                node = node.with_sim_endings(e).with_benchmarks(sim_bench);
             }
             node.run(inbox_rx)
         })
@@ -205,6 +210,22 @@ async fn keep_watchdog(
             () = shutdown.cancelled() => return,
         }
     }
+}
+
+/// A simulated node's benchmarks: each GPU's datasheet peaks times its `bench_efficiency`.
+fn simulated_benchmarks(
+    s: &Scenario,
+) -> std::collections::BTreeMap<String, crate::bench::GpuBenchmark> {
+    let node = gpucost_sim::Node::new(s.clone());
+    let now = crate::node::unix_now();
+    s.gpus
+        .iter()
+        .enumerate()
+        .filter_map(|(i, g)| {
+            let b = crate::bench::simulated(&g.model, g.bench_efficiency, now)?;
+            Some((node.uuid(i as u32).to_string(), b))
+        })
+        .collect()
 }
 
 /// Asks the kubelet which pod holds which GPU, every `every`; says once when it cannot.

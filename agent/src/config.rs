@@ -37,6 +37,15 @@ pub struct Config {
     pub jobs: JobsConfig,
     pub attribution: AttributionConfig,
     pub pricing: Pricing,
+    pub bench: BenchConfig,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BenchConfig {
+    /// Benchmark each GPU at start and this often (only while no process uses it); zero: never.
+    pub interval: Duration,
+    /// A GPU measuring below this share of its expected rate is flagged.
+    pub min_ratio: f64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -97,6 +106,16 @@ pub struct Layer {
     pub attribution: AttributionLayer,
     /// Validated by `account::pricing`; only read from the file.
     pub pricing: Option<toml::Value>,
+    #[serde(default)]
+    pub bench: BenchLayer,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BenchLayer {
+    #[serde(default, with = "humantime_serde")]
+    pub interval: Option<Duration>,
+    pub min_ratio: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -200,6 +219,7 @@ const ENV_KEYS: &[&str] = &[
     "attribution.proc_root",
     "attribution.job_map_dir",
     "attribution.kubelet_socket",
+    "bench.interval",
 ];
 
 pub fn env_var_for(key: &str) -> String {
@@ -502,7 +522,30 @@ pub fn resolve(layers: &[(Origin, Layer)]) -> Result<Config, ConfigError> {
         None if simulate.is_some() => example_pricing(),
         None => Pricing::default(),
     };
+    let bench_interval = in_range(
+        "bench.interval",
+        pick(
+            layers,
+            |l| l.bench.interval,
+            Some(Duration::from_secs(86_400)),
+        ),
+        Duration::ZERO,
+        Duration::from_secs(365 * 86_400),
+    )?;
+    let (min_ratio, mr_origin) = pick(layers, |l| l.bench.min_ratio, Some(0.85));
+    let min_ratio = min_ratio.unwrap_or(0.85);
+    if !(0.0..=1.0).contains(&min_ratio) {
+        return Err(err(
+            mr_origin,
+            "bench.min_ratio",
+            format!("must be in [0, 1], got {min_ratio}"),
+        ));
+    }
     Ok(Config {
+        bench: BenchConfig {
+            interval: bench_interval,
+            min_ratio,
+        },
         listen,
         sampling: Sampling {
             interval,

@@ -7,6 +7,7 @@ pub mod account;
 pub mod agent;
 pub mod api;
 pub mod attribute;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod export;

@@ -23,6 +23,7 @@ use crate::attribute::job_map::read_job_map;
 use crate::attribute::kubelet::PodGpu;
 use crate::attribute::procfs::ProcSource;
 use crate::attribute::{attribute, GpuInput};
+use crate::bench::GpuBenchmark;
 use crate::jobs::{GpuRecord, JobRecord};
 use crate::ledger::Ledger;
 use crate::sample::sampler::Sampler;
@@ -38,6 +39,7 @@ pub struct NodeConfig {
     pub grace_s: f64,
     pub vanish_s: f64,
     pub export_labels: Vec<String>,
+    pub bench_min_ratio: f64,
 }
 
 pub struct Node {
@@ -60,6 +62,8 @@ pub struct Node {
     export_labels: Arc<Vec<String>>,
     /// Ticks skipped because a cycle ran late.
     skipped: u64,
+    /// The latest benchmark of each GPU, by UUID.
+    benchmarks: Arc<BTreeMap<String, GpuBenchmark>>,
     tx: watch::Sender<Arc<Snapshot>>,
 }
 
@@ -122,6 +126,7 @@ impl Node {
         let mut node = Node {
             export_labels,
             skipped: 0,
+            benchmarks: Arc::default(),
             next_persist: Instant::now() + cfg.persist_interval,
             cfg,
             sampler,
@@ -144,6 +149,12 @@ impl Node {
     /// Reports the simulated scenario's job endings (exit codes) as a scheduler would.
     pub fn with_sim_endings(mut self, endings: SimEndings) -> Self {
         self.sim_endings = Some(endings);
+        self
+    }
+
+    /// Starts with these benchmarks (a simulated node's, from its scenario).
+    pub fn with_benchmarks(mut self, b: BTreeMap<String, GpuBenchmark>) -> Self {
+        self.benchmarks = Arc::new(b);
         self
     }
 
@@ -211,6 +222,9 @@ impl Node {
                 reply,
             } => {
                 let _ = reply.send(self.tracker.progress(&id, req, uid, now));
+            }
+            Command::Benchmark { uuid, result } => {
+                Arc::make_mut(&mut self.benchmarks).insert(uuid, result);
             }
             Command::Shutdown => {}
         }
@@ -282,12 +296,25 @@ impl Node {
 
     fn attribute(&mut self, unix: f64) {
         let gpus: Vec<_> = self.sampler.gpus().filter(|g| g.up).collect();
+        // The agent's own benchmark runs on idle GPUs; it is nobody's job.
+        let own = std::process::id();
+        let processes: Vec<Vec<crate::sample::ProcessUse>> = gpus
+            .iter()
+            .map(|g| {
+                g.processes
+                    .iter()
+                    .filter(|p| p.pid != own)
+                    .copied()
+                    .collect()
+            })
+            .collect();
         let inputs: Vec<GpuInput<'_>> = gpus
             .iter()
-            .map(|g| GpuInput {
+            .zip(&processes)
+            .map(|(g, p)| GpuInput {
                 index: g.info.index,
                 uuid: &g.info.uuid,
-                processes: &g.processes,
+                processes: p,
             })
             .collect();
         let job_map = self
@@ -390,6 +417,8 @@ impl Node {
             export_labels: self.export_labels.clone(),
             job_rates: Arc::new(self.tracker.rates()),
             skipped_samples: self.skipped,
+            benchmarks: self.benchmarks.clone(),
+            bench_min_ratio: self.cfg.bench_min_ratio,
         };
         let _ = self.tx.send(Arc::new(snapshot));
     }

@@ -30,6 +30,10 @@ pub struct Snapshot {
     pub samples_total: u64,
     /// Ticks skipped because a cycle ran late (a slow or hung NVML call).
     pub skipped_samples: u64,
+    /// The latest benchmark of each GPU, by UUID.
+    pub benchmarks: Arc<BTreeMap<String, crate::bench::GpuBenchmark>>,
+    /// `bench.min_ratio`.
+    pub bench_min_ratio: f64,
     /// (gpu, field, kind) -> count of failed reads; `field` is "all" when the whole GPU failed.
     pub sample_errors: Vec<(u32, &'static str, &'static str, u64)>,
     /// Job and GPU totals as last persisted (or live, when there is no ledger).
@@ -68,6 +72,8 @@ impl Snapshot {
             sample_duration_s: 0.0,
             samples_total: 0,
             skipped_samples: 0,
+            benchmarks: Arc::new(BTreeMap::new()),
+            bench_min_ratio: 0.85,
             sample_errors: Vec::new(),
             published: Published::default(),
             ledger_error: None,

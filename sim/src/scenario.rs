@@ -87,6 +87,14 @@ pub struct GpuSpec {
     /// [`GpuSpec::gpm_supported`].
     #[serde(default)]
     pub gpm: Option<bool>,
+    /// What `gpucost bench` would measure on this GPU, as a share of its datasheet peaks
+    /// (0..1; the simulated node reports it as its benchmark). Default 0.92.
+    #[serde(default = "default_bench_efficiency")]
+    pub bench_efficiency: f64,
+}
+
+fn default_bench_efficiency() -> f64 {
+    0.92
 }
 
 /// Model-name parts of the GPUs that have GPM: Hopper and newer.
@@ -302,6 +310,12 @@ impl Scenario {
             }
             if !(g.initial_energy_j >= 0.0 && g.initial_energy_j.is_finite()) {
                 return Err(bad(what("initial_energy_j"), "must be >= 0".into()));
+            }
+            if !(g.bench_efficiency > 0.0 && g.bench_efficiency <= 1.0) {
+                return Err(bad(
+                    what("bench_efficiency"),
+                    format!("must be in (0, 1], got {}", g.bench_efficiency),
+                ));
             }
             if let Some(u) = &g.uuid {
                 if !uuids.insert(u.clone()) {

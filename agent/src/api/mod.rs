@@ -30,6 +30,11 @@ pub enum Command {
         uid: u32,
         reply: oneshot::Sender<Result<JobRecord, RequestError>>,
     },
+    /// A benchmark of a GPU finished (from the benchmark thread).
+    Benchmark {
+        uuid: String,
+        result: crate::bench::GpuBenchmark,
+    },
     /// Stop the sampler (its sender being dropped does the same).
     Shutdown,
 }

@@ -260,6 +260,48 @@ pub fn render(snap: &Snapshot) -> String {
                 }
             }
         }
+        if let Some(b) = snap.benchmarks.get(&g.info.uuid) {
+            for (precision, method, flops) in &b.flops {
+                f.gauge(
+                    "gpucost_gpu_benchmark_flops",
+                    "FLOP/s (OP/s for int8) the GPU delivered in its latest benchmark: our kernels (kernel) or the vendor library (library).",
+                    &[("gpu", &idx), ("precision", precision.as_str()), ("method", method)],
+                    *flops,
+                );
+            }
+            for (op, bps) in &b.memory {
+                f.gauge(
+                    "gpucost_gpu_benchmark_bandwidth_bytes_per_second",
+                    "Memory bandwidth the GPU delivered in its latest benchmark.",
+                    &[("gpu", &idx), ("op", op)],
+                    *bps,
+                );
+            }
+            let ratios = crate::bench::ratios(&g.info.model, b);
+            for (precision, r) in &ratios {
+                f.gauge(
+                    "gpucost_gpu_benchmark_ratio",
+                    "The latest benchmark over the datasheet peak, per precision (best method).",
+                    &[("gpu", &idx), ("precision", precision.as_str())],
+                    *r,
+                );
+            }
+            f.gauge(
+                "gpucost_gpu_benchmark_below_expectation",
+                "1 when the GPU's FP32 benchmark is below bench.min_ratio of its datasheet peak.",
+                &gpu,
+                bool_value(crate::bench::below_expectation(
+                    &ratios,
+                    snap.bench_min_ratio,
+                )),
+            );
+            f.gauge(
+                "gpucost_gpu_benchmark_timestamp_seconds",
+                "When the latest benchmark ran (unix time).",
+                &gpu,
+                b.taken_at,
+            );
+        }
         if g.up {
             f.gauge(
                 "gpucost_gpu_compute_processes",
