@@ -325,14 +325,8 @@ impl Tracker {
         Ok(rec)
     }
 
-    /// Ends a job on behalf of `caller_uid`.
-    pub fn end(
-        &mut self,
-        id: &str,
-        req: EndRequest,
-        caller_uid: u32,
-        now: f64,
-    ) -> Result<JobRecord, RequestError> {
+    /// The running job `id`, if `caller_uid` may change it (its owner, or root).
+    fn running_job_of(&mut self, id: &str, caller_uid: u32) -> Result<&mut Tracked, RequestError> {
         let t = self
             .jobs
             .get_mut(id)
@@ -348,6 +342,18 @@ impl Tracker {
                 t.rec.outcome.as_str()
             )));
         }
+        Ok(t)
+    }
+
+    /// Ends a job on behalf of `caller_uid`.
+    pub fn end(
+        &mut self,
+        id: &str,
+        req: EndRequest,
+        caller_uid: u32,
+        now: f64,
+    ) -> Result<JobRecord, RequestError> {
+        let t = self.running_job_of(id, caller_uid)?;
         let outcome = match req.outcome {
             Some(Outcome::Running) => {
                 return Err(RequestError::Invalid(
@@ -362,8 +368,9 @@ impl Tracker {
         t.rec.signal = req.signal;
         t.rec.ended_at = Some(now);
         t.dirty = true;
+        let rec = t.rec.clone();
         *self.finished.entry(outcome).or_default() += 1;
-        Ok(t.rec.clone())
+        Ok(rec)
     }
 
     /// Folds in an attribution: found jobs appear, jobs seen again are kept alive, found jobs
@@ -530,20 +537,7 @@ impl Tracker {
         caller_uid: u32,
         now: f64,
     ) -> Result<JobRecord, RequestError> {
-        let t = self
-            .jobs
-            .get_mut(id)
-            .ok_or_else(|| RequestError::NotFound(format!("no job {id:?} on this node")))?;
-        if caller_uid != 0 && t.rec.uid != Some(caller_uid) {
-            return Err(RequestError::Forbidden(format!(
-                "job {id} belongs to another user"
-            )));
-        }
-        if t.rec.outcome != Outcome::Running {
-            return Err(RequestError::Conflict(format!(
-                "job {id} has already ended"
-            )));
-        }
+        let t = self.running_job_of(id, caller_uid)?;
         for (what, v) in [
             ("flops_per_token", req.flops_per_token),
             ("flops_per_step", req.flops_per_step),

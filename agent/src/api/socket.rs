@@ -91,29 +91,41 @@ pub async fn serve(
     .await
 }
 
+/// The caller's uid and the parsed body, or the 4xx that says what is wrong with the request.
+fn checked<T>(peer: Peer, body: Result<Json<T>, JsonRejection>) -> Result<(u32, T), Refusal> {
+    let Some(uid) = peer.uid else {
+        return Err((
+            StatusCode::FORBIDDEN,
+            "cannot tell who is calling (no peer credentials)".into(),
+        ));
+    };
+    match body {
+        Ok(Json(r)) => Ok((uid, r)),
+        Err(e) => Err(rejection(e)),
+    }
+}
+
+/// A 4xx status and what is wrong.
+type Refusal = (StatusCode, String);
+
+/// The job id of the URL, or a 400.
+fn job_id(id: Result<UrlPath<String>, PathRejection>) -> Result<String, Refusal> {
+    id.map(|UrlPath(id)| id)
+        .map_err(|e| (StatusCode::BAD_REQUEST, e.body_text()))
+}
+
 async fn register(
     State(app): State<AppState>,
     ConnectInfo(peer): ConnectInfo<Peer>,
     body: Result<Json<RegisterRequest>, JsonRejection>,
 ) -> Response {
-    let Some(uid) = peer.uid else {
-        return error(
-            StatusCode::FORBIDDEN,
-            "cannot tell who is calling (no peer credentials)".into(),
-        );
-    };
-    let req = match body {
-        Ok(Json(r)) => r,
-        Err(e) => return rejection(e),
+    let (uid, req) = match checked(peer, body) {
+        Ok(c) => c,
+        Err((status, msg)) => return error(status, msg),
     };
     let (reply, rx) = oneshot::channel();
-    ask(
-        &app,
-        Command::Register { req, uid, reply },
-        rx,
-        StatusCode::CREATED,
-    )
-    .await
+    let cmd = Command::Register { req, uid, reply };
+    ask(&app, cmd, rx, StatusCode::CREATED).await
 }
 
 async fn end(
@@ -122,33 +134,18 @@ async fn end(
     id: Result<UrlPath<String>, PathRejection>,
     body: Result<Json<EndRequest>, JsonRejection>,
 ) -> Response {
-    let id = match id {
-        Ok(UrlPath(id)) => id,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
-    };
-    let Some(uid) = peer.uid else {
-        return error(
-            StatusCode::FORBIDDEN,
-            "cannot tell who is calling (no peer credentials)".into(),
-        );
-    };
-    let req = match body {
-        Ok(Json(r)) => r,
-        Err(e) => return rejection(e),
+    let (id, (uid, req)) = match job_id(id).and_then(|id| Ok((id, checked(peer, body)?))) {
+        Ok(c) => c,
+        Err((status, msg)) => return error(status, msg),
     };
     let (reply, rx) = oneshot::channel();
-    ask(
-        &app,
-        Command::End {
-            id,
-            req,
-            uid,
-            reply,
-        },
-        rx,
-        StatusCode::OK,
-    )
-    .await
+    let cmd = Command::End {
+        id,
+        req,
+        uid,
+        reply,
+    };
+    ask(&app, cmd, rx, StatusCode::OK).await
 }
 
 async fn progress(
@@ -157,33 +154,18 @@ async fn progress(
     id: Result<UrlPath<String>, PathRejection>,
     body: Result<Json<ProgressRequest>, JsonRejection>,
 ) -> Response {
-    let id = match id {
-        Ok(UrlPath(id)) => id,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
-    };
-    let Some(uid) = peer.uid else {
-        return error(
-            StatusCode::FORBIDDEN,
-            "cannot tell who is calling (no peer credentials)".into(),
-        );
-    };
-    let req = match body {
-        Ok(Json(r)) => r,
-        Err(e) => return rejection(e),
+    let (id, (uid, req)) = match job_id(id).and_then(|id| Ok((id, checked(peer, body)?))) {
+        Ok(c) => c,
+        Err((status, msg)) => return error(status, msg),
     };
     let (reply, rx) = oneshot::channel();
-    ask(
-        &app,
-        Command::Progress {
-            id,
-            req,
-            uid,
-            reply,
-        },
-        rx,
-        StatusCode::OK,
-    )
-    .await
+    let cmd = Command::Progress {
+        id,
+        req,
+        uid,
+        reply,
+    };
+    ask(&app, cmd, rx, StatusCode::OK).await
 }
 
 async fn ask(
@@ -216,13 +198,13 @@ async fn ask(
     }
 }
 
-fn rejection(e: JsonRejection) -> Response {
+fn rejection(e: JsonRejection) -> Refusal {
     let status = match e {
         JsonRejection::MissingJsonContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         JsonRejection::BytesRejection(_) => StatusCode::PAYLOAD_TOO_LARGE,
         _ => StatusCode::BAD_REQUEST,
     };
-    error(status, e.body_text())
+    (status, e.body_text())
 }
 
 fn error(status: StatusCode, message: String) -> Response {
