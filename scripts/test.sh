@@ -13,6 +13,10 @@ if ! command -v promtool >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
 
+# NVRTC, ptxas and nvdisasm (PyPI wheels, pinned) compile and inspect the CUDA kernels in CI.
+echo "test.sh: CUDA compilers for the kernel checks"
+bash scripts/install-cuda-tools.sh
+
 echo "test.sh: formatting"
 cargo fmt --all -- --check
 echo "test.sh: lints"

@@ -111,6 +111,25 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         })
         .context("cannot start the node thread")?;
 
+    // Benchmarks of idle GPUs, at start and every bench.interval (not on a simulated node, whose
+    // benchmarks come from its scenario).
+    if config.simulate.is_none() && !config.bench.interval.is_zero() {
+        let (every, inbox, snapshots, lib) = (
+            config.bench.interval,
+            inbox.clone(),
+            rx.clone(),
+            config.nvml.lib.clone(),
+        );
+        let span = span.clone();
+        std::thread::Builder::new()
+            .name("gpucost-bench".into())
+            .spawn(move || {
+                let _e = span.enter();
+                benchmark_loop(every, &inbox, &snapshots, lib.as_deref())
+            })
+            .context("cannot start the benchmark thread")?;
+    }
+
     let shutdown = CancellationToken::new();
     // A sampler that misses three ticks (plus slack for slow NVML calls) is stuck.
     let stale_after = config.sampling.interval * 3 + Duration::from_secs(5);
@@ -209,6 +228,74 @@ async fn keep_watchdog(
             () = tokio::time::sleep(every) => {}
             () = shutdown.cancelled() => return,
         }
+    }
+}
+
+/// Benchmarks each GPU that no process uses, 30 s after start and then every `every`; the
+/// results go to the node thread. Stops, saying why once, where there is no CUDA driver.
+fn benchmark_loop(
+    every: Duration,
+    inbox: &std::sync::mpsc::Sender<Command>,
+    snapshots: &watch::Receiver<Arc<Snapshot>>,
+    nvml_lib: Option<&std::path::Path>,
+) {
+    std::thread::sleep(Duration::from_secs(30));
+    loop {
+        if let Err(e) = gpucost_kernels::bench::device_count() {
+            info!("GPU benchmarks unavailable: {e}");
+            return;
+        }
+        let gpus: Vec<(u32, String)> = snapshots
+            .borrow()
+            .gpus
+            .iter()
+            .filter(|g| g.up)
+            .map(|g| (g.info.index, g.info.uuid.clone()))
+            .collect();
+        for (index, uuid) in gpus {
+            // Never disturb a job: only a GPU with no process on it right now.
+            let busy = snapshots
+                .borrow()
+                .gpus
+                .iter()
+                .any(|g| g.info.uuid == uuid && !g.processes.is_empty());
+            if busy {
+                info!(
+                    gpu = index,
+                    "GPU {index} is in use: benchmark postponed to the next round"
+                );
+                continue;
+            }
+            match crate::cli::bench::bench_gpu(index as usize, true, nvml_lib) {
+                Ok(b) => {
+                    info!(
+                        gpu = index,
+                        "GPU {index} benchmarked in {:.1} s", b.report.elapsed_s
+                    );
+                    let result = crate::bench::GpuBenchmark {
+                        flops: b
+                            .report
+                            .results
+                            .iter()
+                            .map(|r| (r.precision, r.method.as_str(), r.flops_per_s))
+                            .collect(),
+                        memory: b
+                            .report
+                            .memory
+                            .iter()
+                            .map(|m| (m.op.as_str(), m.bytes_per_s))
+                            .collect(),
+                        taken_at: crate::node::unix_now(),
+                        simulated: false,
+                    };
+                    if inbox.send(Command::Benchmark { uuid, result }).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => warn!(gpu = index, "GPU {index} benchmark failed: {e}"),
+            }
+        }
+        std::thread::sleep(every);
     }
 }
 

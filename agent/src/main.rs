@@ -30,6 +30,24 @@ enum Command {
     Job(JobCommand),
     /// Per-job cost breakdown from the ledger.
     Report(ReportArgs),
+    /// Achieved FLOP/s per precision and memory bandwidth of each GPU, now.
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Only this GPU (CUDA device index)
+    #[arg(long)]
+    gpu: Option<usize>,
+    /// JSON instead of a table
+    #[arg(long)]
+    json: bool,
+    /// At most 3 s per GPU instead of 10
+    #[arg(long)]
+    quick: bool,
+    /// Path of libnvidia-ml, for clocks and power during the run
+    #[arg(long, value_name = "PATH")]
+    nvml_lib: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -135,6 +153,11 @@ struct AgentArgs {
 }
 
 fn main() -> ExitCode {
+    // CUDA numbers GPUs fastest first unless told otherwise, NVML by PCI bus; the benchmarks read
+    // a GPU through both, so CUDA is made to count like NVML (before any thread starts).
+    if std::env::var_os("CUDA_DEVICE_ORDER").is_none() {
+        std::env::set_var("CUDA_DEVICE_ORDER", "PCI_BUS_ID");
+    }
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("GPUCOST_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -169,6 +192,12 @@ fn main() -> ExitCode {
             socket: cli::socket_path(socket),
         })),
         Command::Report(a) => report(a),
+        Command::Bench(a) => exit_code(cli::bench::run(cli::bench::BenchArgs {
+            gpu: a.gpu,
+            json: a.json,
+            quick: a.quick,
+            nvml_lib: a.nvml_lib,
+        })),
         Command::Job(JobCommand::End {
             id,
             exit_code: code,

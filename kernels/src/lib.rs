@@ -1,15 +1,29 @@
 //! GPU-side knowledge and code for gpucost.
 //!
-//! This crate owns what an efficiency figure is measured against: [`peaks`] holds the datasheet
-//! table of dense peak rates for common data-center GPUs, the per-SM per-clock rates of each
-//! architecture, and the arithmetic that turns them into a peak at the clock a GPU actually ran
-//! at (or an estimate for a GPU the table does not know).
+//! - [`peaks`]: the datasheet table of dense peak rates, the per-SM per-clock rates of each
+//!   architecture, and clock-normalized peaks. Plain Rust, no GPU.
+//! - [`registry`]: the CUDA modules (`kernels/cuda/*.cu`), their targets and entry points, and
+//!   the PTX shipped for GPU nodes that have a driver but no CUDA toolkit.
+//! - [`flops`]: how much work each kernel does, and rates from times. Pure.
+//! - [`bench`]: what `gpucost bench` and the agent call: each kernel verified, then timed.
 //!
-//! Later it will also hold the CUDA sources (GEMM and memory-bandwidth probes behind
-//! `gpucost bench`) and their cudarc launchers; everything here today is plain Rust with no GPU
-//! or driver dependency, so it builds and tests on any machine.
+//! Everything that touches CUDA loads it at run time (cudarc with dynamic loading), so this
+//! crate builds and its pure parts test on machines without CUDA; a missing driver or library
+//! is an error value, never a panic.
 
+pub mod bench;
+mod blas;
+mod check;
+pub mod flops;
+mod gpu;
+mod launch;
 pub mod peaks;
+pub mod registry;
+
+#[cfg(test)]
+mod ptx_tests;
+#[cfg(test)]
+mod tools;
 
 pub use peaks::{
     clock_normalized_peak, estimate_peak, lookup, Arch, GpuSpec, ParsePrecisionError, Peaks,

@@ -1,5 +1,6 @@
 //! The client commands: `gpucost run`, `gpucost job`, `gpucost report`.
 
+pub mod bench;
 pub mod job;
 pub mod report;
 pub mod run;

@@ -548,3 +548,26 @@ kind = "gpu_lost"
     agent.wait_for_log("Xid 79", Duration::from_secs(1));
     assert!(agent.terminate().success());
 }
+
+#[test]
+fn bench_without_a_gpu_says_so_in_one_line_and_fails() {
+    for args in [
+        &["bench"][..],
+        &["bench", "--json", "--quick"],
+        &["bench", "--gpu", "0"],
+    ] {
+        let out = Command::new(agent_bin())
+            .args(args)
+            .env("LD_LIBRARY_PATH", "/nonexistent")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(
+            err.contains("no GPU to benchmark") && err.contains("libcuda"),
+            "{err}"
+        );
+        assert!(out.stdout.is_empty());
+    }
+}

@@ -1,0 +1,102 @@
+//! The kernels' own view of one GPU, for device checks: runs `bench::run_with_notes`, prints a
+//! table with % of the datasheet peak, the notes (where each module came from, packed-half
+//! SIMT rates), and last one JSON line (`{"gpu":..,"results":[..],"memory":[..]}`).
+//!
+//! Usage: `bench [--device N] [--quick]` (build: `cargo build --release -p gpucost-kernels
+//! --example bench`). Exit code 1 when the benchmark fails or any verification failed.
+
+use gpucost_kernels::bench::{self, BenchOptions};
+use gpucost_kernels::peaks;
+
+fn main() {
+    let mut opts = BenchOptions {
+        device: 0,
+        quick: false,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--quick" => opts.quick = true,
+            "--device" => {
+                opts.device = args.next().and_then(|v| v.parse().ok()).unwrap_or_else(|| {
+                    eprintln!("--device needs a number");
+                    std::process::exit(2)
+                })
+            }
+            other => {
+                eprintln!("unknown argument {other:?}; usage: bench [--device N] [--quick]");
+                std::process::exit(2)
+            }
+        }
+    }
+    let (report, notes) = match bench::run_with_notes(&opts) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("bench: {e}");
+            std::process::exit(1)
+        }
+    };
+    let spec = peaks::lookup(&report.name);
+    println!(
+        "{} (sm_{}{}, {} SMs), {:.1} s",
+        report.name,
+        report.compute_capability.0,
+        report.compute_capability.1,
+        report.sm_count,
+        report.elapsed_s
+    );
+    let mut json_results = Vec::new();
+    for r in &report.results {
+        let pct = spec
+            .and_then(|s| s.peak(r.precision))
+            .map_or(String::new(), |p| {
+                format!("{:5.1}% of datasheet", 100.0 * r.flops_per_s / p)
+            });
+        println!(
+            "{:<12} {:<8} {:9.2} TFLOP/s  {pct}",
+            r.precision.as_str(),
+            r.method.as_str(),
+            r.flops_per_s / 1e12
+        );
+        json_results.push(format!(
+            r#"{{"precision":"{}","method":"{}","tflops":{:.3},"median_s":{:.6e}}}"#,
+            r.precision.as_str(),
+            r.method.as_str(),
+            r.flops_per_s / 1e12,
+            r.median_s
+        ));
+    }
+    let mut json_memory = Vec::new();
+    for m in &report.memory {
+        println!(
+            "{:<12} memory   {:9.3} TB/s",
+            m.op.as_str(),
+            m.bytes_per_s / 1e12
+        );
+        json_memory.push(format!(
+            r#"{{"op":"{}","tbytes_per_s":{:.4}}}"#,
+            m.op.as_str(),
+            m.bytes_per_s / 1e12
+        ));
+    }
+    for (what, why) in &report.skipped {
+        println!("skipped {what}: {why}");
+    }
+    for n in &notes {
+        println!("note: {n}");
+    }
+    println!(
+        r#"{{"gpu":"{}","elapsed_s":{:.2},"results":[{}],"memory":[{}]}}"#,
+        report.name.replace('"', "'"),
+        report.elapsed_s,
+        json_results.join(","),
+        json_memory.join(",")
+    );
+    if report
+        .skipped
+        .iter()
+        .any(|(_, why)| why.contains("verification failed"))
+    {
+        std::process::exit(1);
+    }
+}

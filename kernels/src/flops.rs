@@ -1,0 +1,231 @@
+//! How much work each benchmark does, and rates from times. Pure arithmetic, no GPU.
+//!
+//! Conventions: an FMA is 2 FLOP (a packed x2 FMA is 4); an MMA of shape m x n x k is
+//! 2mnk FLOP (OP for INT8), a GEMM likewise; memory traffic counts the bytes each kernel must
+//! move to or from DRAM (read: n, write: n, copy: 2n, triad: 3n for arrays of n bytes).
+
+use crate::registry::shape;
+
+/// An MMA instruction's shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MmaShape {
+    pub m: u64,
+    pub n: u64,
+    pub k: u64,
+}
+
+impl MmaShape {
+    pub const M16N8K16: MmaShape = MmaShape { m: 16, n: 8, k: 16 };
+    pub const M16N8K8: MmaShape = MmaShape { m: 16, n: 8, k: 8 };
+    pub const M16N8K32: MmaShape = MmaShape { m: 16, n: 8, k: 32 };
+    pub const M8N8K4: MmaShape = MmaShape { m: 8, n: 8, k: 4 };
+    pub const M64N256K16: MmaShape = MmaShape {
+        m: 64,
+        n: 256,
+        k: 16,
+    };
+    pub const M64N256K32: MmaShape = MmaShape {
+        m: 64,
+        n: 256,
+        k: 32,
+    };
+
+    /// FLOP of one instruction: 2mnk.
+    pub fn flops(self) -> f64 {
+        2.0 * (self.m * self.n * self.k) as f64
+    }
+}
+
+/// FLOP of one launch of an `fma.cu` kernel: every thread runs [`shape::FMA_CHAINS`] chains of
+/// `iters` x [`shape::FMA_UNROLL`] FMAs, each `lanes` wide (1, or 2 for packed half pairs).
+pub fn fma_launch_flops(blocks: u32, iters: u32, lanes: u32) -> f64 {
+    let threads = u64::from(blocks) * u64::from(shape::FMA_THREADS);
+    let fmas =
+        threads * u64::from(shape::FMA_CHAINS) * u64::from(shape::FMA_UNROLL) * u64::from(iters);
+    2.0 * fmas as f64 * f64::from(lanes)
+}
+
+/// FMA steps each chain of an `fma.cu` kernel takes in one launch.
+pub fn fma_steps(iters: u32) -> u64 {
+    u64::from(iters) * u64::from(shape::FMA_UNROLL)
+}
+
+/// FLOP of one launch of an `mma.cu` / `mma_fp8.cu` kernel: every warp issues
+/// [`shape::MMA_NACC`] x [`shape::MMA_STEPS`] x `iters` instructions of `mma`.
+pub fn mma_launch_flops(blocks: u32, iters: u32, mma: MmaShape) -> f64 {
+    let warps = u64::from(blocks) * u64::from(shape::MMA_THREADS / 32);
+    let count = warps * u64::from(shape::MMA_NACC) * u64::from(shape::MMA_STEPS) * u64::from(iters);
+    count as f64 * mma.flops()
+}
+
+/// FLOP of one launch of a `wgmma.cu` kernel: every warpgroup issues [`shape::WG_STEPS`] x
+/// `iters` instructions of `mma`.
+pub fn wgmma_launch_flops(blocks: u32, iters: u32, mma: MmaShape) -> f64 {
+    let groups = u64::from(blocks) * u64::from(shape::WG_THREADS / 128);
+    (groups * u64::from(shape::WG_STEPS) * u64::from(iters)) as f64 * mma.flops()
+}
+
+/// How many times each output of an MMA kernel's tile accumulated A x B in one launch.
+pub fn mma_accumulations(iters: u32) -> u64 {
+    u64::from(iters) * u64::from(shape::MMA_STEPS)
+}
+
+/// Same for the wgmma kernels.
+pub fn wgmma_accumulations(iters: u32) -> u64 {
+    u64::from(iters) * u64::from(shape::WG_STEPS)
+}
+
+/// FLOP of a GEMM m x n x k: 2mnk.
+pub fn gemm_flops(m: u64, n: u64, k: u64) -> f64 {
+    2.0 * m as f64 * n as f64 * k as f64
+}
+
+/// The memory benchmarks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MemTraffic {
+    Read,
+    Write,
+    Copy,
+    Triad,
+}
+
+/// Bytes a memory kernel moves over arrays of `array_bytes` each.
+pub fn memory_bytes(op: MemTraffic, array_bytes: u64) -> f64 {
+    let arrays = match op {
+        MemTraffic::Read | MemTraffic::Write => 1,
+        MemTraffic::Copy => 2,
+        MemTraffic::Triad => 3,
+    };
+    (arrays * array_bytes) as f64
+}
+
+/// `work / seconds`; 0 for a non-positive time.
+pub fn rate(work: f64, seconds: f64) -> f64 {
+    if seconds > 0.0 {
+        work / seconds
+    } else {
+        0.0
+    }
+}
+
+/// The median of `values` (mean of the middle two for an even count); `None` when empty or
+/// when any value is NaN.
+pub fn median(values: &[f64]) -> Option<f64> {
+    if values.is_empty() || values.iter().any(|v| v.is_nan()) {
+        return None;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    Some(if v.len() % 2 == 1 {
+        v[mid]
+    } else {
+        (v[mid - 1] + v[mid]) / 2.0
+    })
+}
+
+/// How many loop iterations (or calls) make one timed launch (or batch) last about `target_s`,
+/// given that `probe` of them took `probe_s`: scaled linearly, at least 1, at most `max`.
+pub fn scale_to(probe: u64, probe_s: f64, target_s: f64, max: u64) -> u64 {
+    if probe_s <= 0.0 || !probe_s.is_finite() {
+        return probe.clamp(1, max);
+    }
+    let want = (probe as f64 * target_s / probe_s).round();
+    (want as u64).clamp(1, max)
+}
+
+/// Rounds a GEMM size for a call of about `target_s` at `rate` FLOP/s: the cube root of
+/// target x rate / 2, a multiple of 256, between 1024 and 16384.
+pub fn gemm_size(rate: f64, target_s: f64) -> u64 {
+    let n = (target_s * rate / 2.0).cbrt();
+    let n = if n.is_finite() { n } else { 1024.0 };
+    ((n / 256.0).round() as u64 * 256).clamp(1024, 16384)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mma_shapes() {
+        assert_eq!(MmaShape::M16N8K16.flops(), 4096.0);
+        assert_eq!(MmaShape::M16N8K8.flops(), 2048.0);
+        assert_eq!(MmaShape::M16N8K32.flops(), 8192.0);
+        assert_eq!(MmaShape::M8N8K4.flops(), 512.0);
+        assert_eq!(MmaShape::M64N256K16.flops(), 524_288.0);
+        assert_eq!(MmaShape::M64N256K32.flops(), 1_048_576.0);
+    }
+
+    #[test]
+    fn fma_counts() {
+        // One block of 256 threads, 8 chains, 32 steps, one iteration: 65536 FMAs.
+        assert_eq!(fma_launch_flops(1, 1, 1), 2.0 * 65536.0);
+        assert_eq!(fma_launch_flops(1, 1, 2), 4.0 * 65536.0);
+        assert_eq!(
+            fma_launch_flops(132, 1000, 1),
+            132.0 * 1000.0 * 2.0 * 65536.0
+        );
+        assert_eq!(fma_steps(3), 96);
+    }
+
+    #[test]
+    fn mma_counts() {
+        // 8 warps x 8 accumulators x 16 steps = 1024 mma per block per iteration.
+        assert_eq!(mma_launch_flops(1, 1, MmaShape::M16N8K16), 1024.0 * 4096.0);
+        assert_eq!(
+            mma_launch_flops(10, 7, MmaShape::M16N8K32),
+            70.0 * 1024.0 * 8192.0
+        );
+        // 3 warpgroups x 16 steps per block per iteration.
+        assert_eq!(
+            wgmma_launch_flops(1, 1, MmaShape::M64N256K16),
+            48.0 * 524_288.0
+        );
+        assert_eq!(mma_accumulations(2), 32);
+        assert_eq!(wgmma_accumulations(1), 16);
+    }
+
+    /// A full H100 SXM at 1.83 GHz doing wgmma bf16: the count x clock reproduces its peak.
+    #[test]
+    fn wgmma_count_matches_hopper_peak_at_one_instruction_per_128_clocks() {
+        // One m64n256k16 per warpgroup-slot per 128 clocks keeps an SM's tensor cores busy
+        // (4096 FLOP/clk/SM); 132 SMs x 4096 x 1.83e9 = 989 TFLOP/s.
+        let per_sm_per_clk = MmaShape::M64N256K16.flops() / 128.0;
+        assert_eq!(per_sm_per_clk, 4096.0);
+        let peak = 132.0 * per_sm_per_clk * 1.83e9;
+        assert!((peak / 989.4e12 - 1.0).abs() < 1e-3, "{peak}");
+    }
+
+    #[test]
+    fn gemm_and_memory() {
+        assert_eq!(gemm_flops(8192, 8192, 8192), 2.0 * 8192f64.powi(3));
+        assert_eq!(memory_bytes(MemTraffic::Read, 100), 100.0);
+        assert_eq!(memory_bytes(MemTraffic::Write, 100), 100.0);
+        assert_eq!(memory_bytes(MemTraffic::Copy, 100), 200.0);
+        assert_eq!(memory_bytes(MemTraffic::Triad, 100), 300.0);
+    }
+
+    #[test]
+    fn rates_and_medians() {
+        assert_eq!(rate(1e12, 0.5), 2e12);
+        assert_eq!(rate(1.0, 0.0), 0.0);
+        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), Some(2.5));
+        assert_eq!(median(&[]), None);
+        assert_eq!(median(&[1.0, f64::NAN]), None);
+    }
+
+    #[test]
+    fn scaling() {
+        assert_eq!(scale_to(10, 0.001, 0.02, 1_000_000), 200);
+        assert_eq!(scale_to(10, 1.0, 0.02, 1_000_000), 1);
+        assert_eq!(scale_to(10, 0.0, 0.02, 1_000_000), 10);
+        assert_eq!(scale_to(10, 1e-9, 1.0, 5000), 5000);
+        // 1 PFLOP/s for 20 ms: cbrt(1e13) = 21544 -> capped at 16384.
+        assert_eq!(gemm_size(1e15, 0.02), 16384);
+        // 0.5 TFLOP/s for 20 ms: cbrt(5e9) = 1710 -> 1792.
+        assert_eq!(gemm_size(0.5e12, 0.02), 1792);
+        assert_eq!(gemm_size(1e9, 0.02), 1024);
+        assert_eq!(gemm_size(f64::NAN, 0.02), 1024);
+    }
+}

@@ -1,0 +1,298 @@
+//! CI checks of the kernels without a GPU: the shipped PTX is fresh (and the generator that
+//! refreshes it), every module compiles with the pinned NVRTC for each of its targets to exactly
+//! the shipped PTX, ptxas assembles it without spills, and the SASS holds the instructions each
+//! kernel exists for.
+
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
+use crate::registry::{self, Module, Target, Toolchain};
+use crate::tools::{self, Nvrtc, PtxasReport, Tools};
+
+const REGEN_ENV: &str = "GPUCOST_REGEN_PTX";
+
+fn nvrtc(tools: &Tools, tc: Toolchain) -> &'static Nvrtc {
+    static LIBS: OnceLock<BTreeMap<Toolchain, Nvrtc>> = OnceLock::new();
+    let libs = LIBS.get_or_init(|| {
+        Toolchain::ALL
+            .iter()
+            .map(|&tc| {
+                let lib = Nvrtc::load(tools.nvrtc(tc)).unwrap_or_else(|e| panic!("{e}"));
+                (tc, lib)
+            })
+            .collect()
+    });
+    &libs[&tc]
+}
+
+/// Fresh NVRTC output (with header) for every (module, target), compiled once per test binary,
+/// two at a time.
+fn generated(tools: &'static Tools) -> &'static BTreeMap<(&'static str, Target), String> {
+    static OUT: OnceLock<BTreeMap<(&'static str, Target), String>> = OnceLock::new();
+    OUT.get_or_init(|| {
+        let builds = tools::all_builds();
+        let results: Vec<_> = std::thread::scope(|s| {
+            let handles: Vec<_> = builds
+                .chunks(builds.len().div_ceil(2))
+                .map(|chunk| {
+                    s.spawn(move || {
+                        chunk
+                            .iter()
+                            .map(|&(m, t)| {
+                                let lib = nvrtc(tools, m.toolchain);
+                                let ptx = tools::generate(lib, m, t).unwrap_or_else(|e| {
+                                    panic!("NVRTC on {} for {t}: {e}", m.file_name())
+                                });
+                                ((m.name, t), ptx)
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().expect("compile thread"))
+                .collect()
+        });
+        results.into_iter().collect()
+    })
+}
+
+/// ptxas + nvdisasm on every shipped PTX, once per test binary.
+fn assembled(tools: &'static Tools) -> &'static BTreeMap<(&'static str, Target), PtxasReport> {
+    static OUT: OnceLock<BTreeMap<(&'static str, Target), PtxasReport>> = OnceLock::new();
+    OUT.get_or_init(|| {
+        let builds = tools::all_builds();
+        std::thread::scope(|s| {
+            let handles: Vec<_> = builds
+                .iter()
+                .map(|&(m, t)| {
+                    s.spawn(move || {
+                        let ptx = shipped(m, t);
+                        let report = tools::assemble(tools, m.toolchain, t, ptx)
+                            .unwrap_or_else(|e| panic!("{}: {e}", m.ptx_path(t)));
+                        ((m.name, t), report)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("ptxas thread"))
+                .collect()
+        })
+    })
+}
+
+fn shipped(m: &Module, t: Target) -> &'static str {
+    m.shipped
+        .iter()
+        .find(|(target, _)| *target == t)
+        .map(|(_, ptx)| *ptx)
+        .expect("registry lists the target")
+}
+
+/// Fails when a shipped PTX file was not generated from the current source, toolchain and
+/// options. With `GPUCOST_REGEN_PTX=1` it regenerates them first (this is the generator):
+///
+/// ```text
+/// bash scripts/install-cuda-tools.sh
+/// GPUCOST_REGEN_PTX=1 cargo test -p gpucost-kernels ptx_is_fresh
+/// ```
+#[test]
+fn ptx_is_fresh() {
+    if std::env::var(REGEN_ENV).is_ok_and(|v| v == "1") {
+        let tools = Tools::required().expect("the generator needs the CUDA tools");
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        for ((name, target), ptx) in generated(tools) {
+            let m = registry::MODULES.iter().find(|m| m.name == *name).unwrap();
+            let path = root.join(m.ptx_path(*target));
+            std::fs::write(&path, ptx).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            eprintln!("wrote {}", path.display());
+            assert_eq!(
+                registry::recorded_fingerprint(ptx),
+                Some(m.fingerprint(*target))
+            );
+        }
+        return;
+    }
+    let mut stale = Vec::new();
+    for (m, t) in tools::all_builds() {
+        if registry::recorded_fingerprint(shipped(m, t)) != Some(m.fingerprint(t)) {
+            stale.push(m.ptx_path(t));
+        }
+    }
+    assert!(
+        stale.is_empty(),
+        "stale PTX (kernels/{}): its source, toolchain or options changed since it was \
+         generated.\nRegenerate: bash scripts/install-cuda-tools.sh && \
+         {REGEN_ENV}=1 cargo test -p gpucost-kernels ptx_is_fresh",
+        stale.join(", kernels/")
+    );
+}
+
+/// Every module compiles with its pinned NVRTC for each of its targets, to exactly the shipped
+/// PTX, with the pinned PTX ISA version and the instructions each kernel asks for.
+#[test]
+fn nvrtc_compiles_every_module_to_the_shipped_ptx() {
+    let Some(tools) = Tools::required() else {
+        return;
+    };
+    for tc in Toolchain::ALL {
+        assert_eq!(
+            nvrtc(tools, tc).version(),
+            tc.nvrtc_version(),
+            "{} is not the pinned NVRTC",
+            tools.nvrtc(tc).display()
+        );
+    }
+    for (m, t) in tools::all_builds() {
+        let fresh = &generated(tools)[&(m.name, t)];
+        let (isa_major, isa_minor) = m.toolchain.ptx_isa();
+        let version = format!("\n.version {isa_major}.{isa_minor}\n");
+        assert!(
+            fresh.contains(&version),
+            "{} {t}: not PTX ISA {isa_major}.{isa_minor}",
+            m.name
+        );
+        let target_line = format!("\n.target {}\n", t.name());
+        assert!(
+            fresh.contains(&target_line),
+            "{} {t}: no `{target_line}`",
+            m.name
+        );
+        assert!(
+            fresh == shipped(m, t),
+            "kernels/{} differs from what NVRTC makes of the source now; regenerate it \
+             ({REGEN_ENV}=1 cargo test -p gpucost-kernels ptx_is_fresh)",
+            m.ptx_path(t)
+        );
+        for e in m.entries {
+            let body = tools::ptx_entry(fresh, e.name)
+                .unwrap_or_else(|| panic!("{} {t}: no entry {}", m.name, e.name));
+            for want in e.ptx {
+                assert!(
+                    body.contains(want),
+                    "{} {t}: {} lacks `{want}`",
+                    m.name,
+                    e.name
+                );
+            }
+        }
+    }
+}
+
+/// The guards: a module compiled for a target below its minimum stops with its `#error`.
+#[test]
+fn nvrtc_refuses_targets_below_the_minimum() {
+    let Some(tools) = Tools::required() else {
+        return;
+    };
+    for (m, below) in [
+        ("fma", "compute_75"),
+        ("mma", "compute_75"),
+        ("mma_fp8", "compute_86"),
+        ("wgmma", "compute_90"),
+        ("memory", "compute_75"),
+    ] {
+        let m = registry::MODULES.iter().find(|x| x.name == m).unwrap();
+        let err = nvrtc(tools, m.toolchain)
+            .compile(m.source, &m.file_name(), &registry::compile_options(below))
+            .expect_err(below);
+        assert!(err.contains("#error"), "{} {below}: {err}", m.name);
+    }
+}
+
+/// ptxas assembles every shipped PTX with no spills and no stack frame, without warnings (it
+/// warns when it has to serialize wgmma), and the SASS holds each kernel's instructions.
+#[test]
+fn ptxas_no_spills_and_sass_has_the_intended_instructions() {
+    let Some(tools) = Tools::required() else {
+        return;
+    };
+    let mut failures = Vec::new();
+    for (m, t) in tools::all_builds() {
+        let report = &assembled(tools)[&(m.name, t)];
+        if report.log.contains("warning") {
+            failures.push(format!("{} {t}: ptxas warned:\n{}", m.name, report.log));
+        }
+        for e in m.entries {
+            let Some(&(stack, stores, loads, regs)) = report.functions.get(e.name) else {
+                failures.push(format!(
+                    "{} {t}: ptxas reported nothing for {}",
+                    m.name, e.name
+                ));
+                continue;
+            };
+            if (stack, stores, loads) != (0, 0, 0) {
+                failures.push(format!(
+                    "{} {t} {}: {stack} bytes stack frame, {stores} bytes spill stores, \
+                     {loads} bytes spill loads ({regs} registers)",
+                    m.name, e.name
+                ));
+            }
+            let sass = report.sass.get(e.name).map(Vec::as_slice).unwrap_or(&[]);
+            for want in e.sass {
+                let n = sass
+                    .iter()
+                    .filter(|ins| {
+                        let mn = tools::mnemonic(ins);
+                        want.mnemonics
+                            .iter()
+                            .any(|w| tools::mnemonic_matches(mn, w))
+                    })
+                    .count();
+                if n < want.min {
+                    failures.push(format!(
+                        "{} {t} {}: {n} x {:?} in SASS, want >= {}",
+                        m.name, e.name, want.mnemonics, want.min
+                    ));
+                }
+            }
+            for bad in e.sass_forbidden {
+                if let Some(ins) = sass
+                    .iter()
+                    .find(|ins| tools::mnemonic_matches(tools::mnemonic(ins), bad))
+                {
+                    failures.push(format!("{} {t} {}: SASS has `{ins}`", m.name, e.name));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn ptxas_and_sass_parsing() {
+    let log = "ptxas info    : 0 bytes gmem\n\
+               ptxas info    : Compiling entry function 'k' for 'sm_80'\n\
+               ptxas info    : Function properties for k\n    \
+               8 bytes stack frame, 4 bytes spill stores, 12 bytes spill loads\n\
+               ptxas info    : Used 58 registers, 388 bytes cmem[0]\n";
+    let f = tools::parse_ptxas(log);
+    assert_eq!(f["k"], (8, 4, 12, 58));
+
+    let dis = "\t.text.k:\n\
+               .L_x_0:\n\
+               \x20       /*0000*/                   MOV R1, c[0x0][0x28] ;\n\
+               \x20       /*0010*/              @!P0 HFMA2.MMA R2, -RZ, RZ, 0, 0 ;\n\
+               \x20       /*0020*/                   HMMA.16816.F32.BF16 R4, R8, R12, R4 ;\n";
+    let s = tools::split_sass(dis);
+    assert_eq!(s["k"].len(), 3);
+    assert_eq!(tools::mnemonic(&s["k"][1]), "HFMA2.MMA");
+    assert!(tools::mnemonic_matches("HFMA2.MMA", "HFMA2"));
+    assert!(tools::mnemonic_matches(
+        "HMMA.16816.F32.BF16",
+        "HMMA.16816.F32"
+    ));
+    assert!(!tools::mnemonic_matches(
+        "HMMA.16816.F32X",
+        "HMMA.16816.F32"
+    ));
+    assert!(tools::mnemonic_matches("LDG.E.128.CONSTANT", "LDG.E.128"));
+
+    let ptx = ".visible .entry a(\n fma.rn.f32 \n}\n.visible .entry b(\n fma.rn.f64\n}\n";
+    assert!(tools::ptx_entry(ptx, "a").unwrap().contains("f32"));
+    assert!(!tools::ptx_entry(ptx, "a").unwrap().contains("f64"));
+    assert!(tools::ptx_entry(ptx, "b").unwrap().contains("f64"));
+    assert!(tools::ptx_entry(ptx, "c").is_none());
+}
