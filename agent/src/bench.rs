@@ -37,6 +37,21 @@ pub fn simulated(model: &str, efficiency: f64, taken_at: f64) -> Option<GpuBench
     })
 }
 
+/// Per precision, the best measured rate (any method).
+pub fn best(b: &GpuBenchmark) -> Vec<(Precision, f64)> {
+    Precision::ALL
+        .into_iter()
+        .filter_map(|p| {
+            b.flops
+                .iter()
+                .filter(|(q, _, _)| *q == p)
+                .map(|(_, _, f)| *f)
+                .reduce(f64::max)
+                .map(|f| (p, f))
+        })
+        .collect()
+}
+
 /// Per precision, the best measured rate over the datasheet peak.
 pub fn ratios(model: &str, b: &GpuBenchmark) -> Vec<(Precision, f64)> {
     let Some(spec) = lookup(model) else {

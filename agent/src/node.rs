@@ -258,10 +258,15 @@ impl Node {
                 continue;
             }
             let owners = self.owners.get(&t.uuid).cloned().unwrap_or_default();
-            let peaks = *self
+            // This GPU's measured peaks where it has been benchmarked, else the datasheet's.
+            let datasheet = *self
                 .peaks
                 .entry(t.model.clone())
                 .or_insert_with(|| PipePeaks::datasheet(&t.model));
+            let peaks = datasheet.map(|d| match self.benchmarks.get(&t.uuid) {
+                Some(b) => d.measured(&crate::bench::best(b)),
+                None => d,
+            });
             let (flop, fp32_bound_speedup) = match (t.pipes.as_ref(), peaks.as_ref()) {
                 (Some(p), Some(k)) => (
                     flop_rate(p, k) * t.dt,
@@ -280,7 +285,8 @@ impl Node {
             };
             let rates = GpuRates {
                 flop_rate: t.pipes.is_some().then_some(flop / t.dt),
-                bf16_peak: peaks.map(|k| k.bf16),
+                // MFU is against the datasheet peak (the usual convention), not the measured one.
+                bf16_peak: datasheet.map(|k| k.bf16),
             };
             let gpu = (t.uuid.as_str(), t.index, t.model.as_str());
             self.tracker

@@ -45,6 +45,25 @@ impl PipePeaks {
         })
     }
 
+    /// These peaks with the node's own measurements where it has them (the best method of each
+    /// precision): what this GPU delivers today, not what its datasheet promises.
+    pub fn measured(mut self, measured: &[(Precision, f64)]) -> PipePeaks {
+        for (p, v) in measured {
+            if !(v.is_finite() && *v > 0.0) {
+                continue;
+            }
+            match p {
+                Precision::Bf16 => self.bf16 = *v,
+                Precision::Int8 => self.int8 = *v,
+                Precision::Fp64Tensor => self.fp64_tensor = *v,
+                Precision::Fp32 => self.fp32 = *v,
+                Precision::Fp64 => self.fp64 = *v,
+                _ => {}
+            }
+        }
+        self
+    }
+
     /// How many times faster the tensor cores run BF16 than the CUDA cores run FP32.
     pub fn bf16_over_fp32(&self) -> f64 {
         self.bf16 / self.fp32
@@ -89,6 +108,18 @@ mod tests {
         assert!((p.fp32 / 1e12 - 67.0).abs() < 1.0, "{}", p.fp32);
         assert!((p.bf16_over_fp32() - 14.8).abs() < 0.1);
         assert!(PipePeaks::datasheet("Some Future GPU").is_none());
+    }
+
+    #[test]
+    fn measured_peaks_replace_the_datasheet() {
+        let p = h100().measured(&[
+            (Precision::Bf16, 700e12),
+            (Precision::Fp32, 60e12),
+            (Precision::Tf32, 1.0),
+        ]);
+        assert_eq!((p.bf16, p.fp32), (700e12, 60e12));
+        assert!((p.bf16_over_fp32() - 700.0 / 60.0).abs() < 1e-9);
+        assert_eq!(p.int8, h100().int8);
     }
 
     #[test]

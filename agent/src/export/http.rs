@@ -148,6 +148,10 @@ fn job_json(j: &crate::jobs::JobRecord, currency: &str) -> serde_json::Value {
     let mut v = serde_json::to_value(j).unwrap_or_default();
     v["cost_total"] = json!(j.usage.total_cost());
     v["wasted_cost"] = json!(j.wasted_cost());
+    if let Some(tokens) = j.progress.as_ref().map(|p| p.tokens).filter(|t| *t > 0) {
+        v["cost_per_million_tokens"] = json!(j.usage.total_cost() / tokens as f64 * 1e6);
+        v["joules_per_token"] = json!(j.usage.energy_j / tokens as f64);
+    }
     v["currency"] = json!(currency);
     v
 }

@@ -331,6 +331,16 @@ fn two_nodes_one_job_rules_and_dashboards_with_a_real_prometheus() {
         "multi-7 succeeded"
     );
 
+    // The token job paid for its idle GPU: what a million tokens cost, in the agent's API.
+    let (_, body) = b.get(&format!("/api/v1/jobs/{tok}"));
+    let job: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let per_m = job["cost_per_million_tokens"].as_f64().unwrap();
+    assert!(per_m > 0.0, "{job}");
+    assert!(
+        (per_m - job["cost_total"].as_f64().unwrap() / 0.9).abs() <= 1e-9 * per_m,
+        "{job}"
+    );
+
     // 3. Every dashboard panel's query returns data.
     let empty: Vec<String> = panel_queries()
         .into_iter()

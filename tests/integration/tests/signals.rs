@@ -251,6 +251,17 @@ fn demo_signals_on_metrics_and_report() {
         .output()
         .unwrap();
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (_, body) = agent.get(&format!("/api/v1/jobs/{id}"));
+    let api: serde_json::Value = serde_json::from_str(&body).unwrap();
+    // (The job holds no GPU of the busy demo node, so its cost is whatever little it is; the
+    // end-to-end test has a token job that pays for a GPU.)
+    let api_per_m = api["cost_per_million_tokens"].as_f64().unwrap();
+    let api_cost = api["cost_total"].as_f64().unwrap();
+    assert!(
+        (api_per_m - api_cost / 1.1).abs() <= 1e-9 * api_cost.max(1e-12),
+        "{api}"
+    );
+    assert!(api["joules_per_token"].as_f64().is_some(), "{api}");
     let job = &doc["jobs"][0];
     let per_m = job["cost_per_million_tokens"].as_f64().unwrap();
     let want = job["cost_total"].as_f64().unwrap() / 1.1;
