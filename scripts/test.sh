@@ -23,5 +23,13 @@ echo "test.sh: lints"
 cargo clippy --workspace --all-targets --locked --quiet -- -D warnings
 echo "test.sh: tests"
 cargo test --workspace --locked
+echo "test.sh: fuzzing the config, the cgroup-path parser and the API bodies (20 s each)"
+if ! command -v cargo-fuzz >/dev/null 2>&1; then
+  cargo install cargo-fuzz --version 0.13.2 --locked --quiet
+fi
+# cargo fuzz needs unstable compiler flags; RUSTC_BOOTSTRAP lets this stable toolchain take them.
+for target in config cgroup_path api_body; do
+  (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" -- -max_total_time=20 -rss_limit_mb=2048 2>&1 | tail -n 2)
+done
 echo "test.sh: deployment"
 ./scripts/check-deploy.sh

@@ -76,6 +76,11 @@ pub async fn serve(
 
 async fn get_metrics(State(app): State<AppState>) -> Response {
     let snap = app.latest();
+    // Before the first sample there is nothing true to say (totals are still being loaded from
+    // the ledger): a scrape fails rather than show counters at zero.
+    if snap.taken_at.is_none() {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "starting: no sample yet");
+    }
     let cached = {
         let guard = app.rendered.lock().unwrap_or_else(|e| e.into_inner());
         guard

@@ -121,6 +121,12 @@ impl Agent {
         let start = line.find("http://").unwrap() + "http://".len();
         let rest = &line[start..];
         agent.addr = rest[..rest.find(' ').unwrap_or(rest.len())].to_string();
+        // /metrics answers 503 until the first sample.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while agent.get("/metrics").0 != 200 {
+            assert!(Instant::now() < deadline, "no first sample within 20 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
         agent
     }
 
