@@ -284,6 +284,7 @@ fn two_nodes_one_job_rules_and_dashboards_with_a_real_prometheus() {
     let in_prometheus: f64 = r[0]["value"][1].as_str().unwrap().parse().unwrap();
     let in_ledgers = ledger_cost(&a.state_dir, "multi-7") + ledger_cost(&b.state_dir, "multi-7");
     assert!(in_ledgers > 0.0);
+    eprintln!("multi-7: Prometheus sum {in_prometheus} vs ledgers {in_ledgers}");
     assert!(
         (in_prometheus - in_ledgers).abs() <= 0.01 * in_ledgers,
         "Prometheus {in_prometheus} vs ledgers {in_ledgers}"
