@@ -32,6 +32,8 @@ struct AppState {
     /// The last rendered `/metrics` and the snapshot it was rendered from: scrapes between two
     /// samples (several Prometheus servers, dashboards hitting the agent) share one rendering.
     rendered: RenderCache,
+    /// Keeps each job's encoded series between renderings.
+    renderer: Arc<std::sync::Mutex<metrics::Renderer>>,
 }
 
 impl AppState {
@@ -59,6 +61,7 @@ pub fn router(snapshots: watch::Receiver<Arc<Snapshot>>, stale_after: Duration) 
             snapshots,
             stale_after,
             rendered: Arc::default(),
+            renderer: Arc::default(),
         })
 }
 
@@ -91,7 +94,12 @@ async fn get_metrics(State(app): State<AppState>) -> Response {
     let text = match cached {
         Some(t) => t,
         None => {
-            let t = Bytes::from(metrics::render(&snap));
+            let text = app
+                .renderer
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .render(&snap);
+            let t = Bytes::from(text);
             *app.rendered.lock().unwrap_or_else(|e| e.into_inner()) = Some((snap, t.clone()));
             t
         }

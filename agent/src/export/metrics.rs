@@ -7,9 +7,12 @@
 use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
 use prometheus::{Encoder, TextEncoder};
 
-use crate::jobs::Outcome;
+use std::collections::HashMap;
+
+use crate::jobs::{JobRecord, Outcome};
 use crate::sample::CLOCK_EVENT_REASONS;
 use crate::snapshot::Snapshot;
+use crate::tracker::JobRate;
 
 /// The content type of the text format we render.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -72,8 +75,168 @@ impl Families {
     }
 }
 
-/// Renders the snapshot as Prometheus text.
+/// Renders the snapshot as Prometheus text (without a cache; see [`Renderer`]).
 pub fn render(snap: &Snapshot) -> String {
+    Renderer::default().render(snap)
+}
+
+/// The per-job families, in the order they are written.
+const JOB_FAMILIES: [&str; 16] = [
+    "gpucost_job_info",
+    "gpucost_job_gpu_seconds_total",
+    "gpucost_job_energy_joules_total",
+    "gpucost_job_carbon_grams_total",
+    "gpucost_job_cost_total",
+    "gpucost_job_idle_gpu_seconds_total",
+    "gpucost_job_wasted_cost_total",
+    "gpucost_job_fp32_gpu_seconds_total",
+    "gpucost_job_tokens_total",
+    "gpucost_job_samples_total",
+    "gpucost_job_budget",
+    "gpucost_job_achieved_flops",
+    "gpucost_job_mfu_ratio",
+    "gpucost_job_running",
+    "gpucost_job_failed",
+    // Anything render_job writes that is not listed above (a test keeps this empty).
+    "",
+];
+
+/// One job's encoded series, kept while the job's record and rate stay the same.
+struct CachedJob {
+    rec: JobRecord,
+    rate: Option<JobRate>,
+    labels: std::sync::Arc<Vec<String>>,
+    /// This job's sample lines, family after family in [`JOB_FAMILIES`] order; family `k` is
+    /// `text[ends[k - 1]..ends[k]]` (one allocation per job keeps the copy loop cache-friendly).
+    text: String,
+    ends: [usize; JOB_FAMILIES.len()],
+    /// The render that last saw this job (entries not seen in a render are dropped).
+    generation: u64,
+}
+
+impl CachedJob {
+    fn family(&self, k: usize) -> &str {
+        let start = if k == 0 { 0 } else { self.ends[k - 1] };
+        &self.text[start..self.ends[k]]
+    }
+}
+
+/// Renders snapshots, re-encoding only the jobs whose numbers changed since the last render: on
+/// a node with thousands of finished jobs in their grace period, those cost a comparison.
+#[derive(Default)]
+pub struct Renderer {
+    jobs: HashMap<String, CachedJob>,
+    /// The `# HELP`/`# TYPE` header of each of [`JOB_FAMILIES`], once seen.
+    headers: [String; JOB_FAMILIES.len()],
+    generation: u64,
+}
+
+impl Renderer {
+    pub fn render(&mut self, snap: &Snapshot) -> String {
+        let mut out = encode(&node_families(snap));
+        let simulated = snap.simulated.is_some();
+        self.generation += 1;
+        let generation = self.generation;
+        for j in snap.published.jobs.iter() {
+            let rate = snap.job_rates.get(&j.id).copied();
+            if let Some(c) = self.jobs.get_mut(&j.id) {
+                if c.rate == rate
+                    && std::sync::Arc::ptr_eq(&c.labels, &snap.export_labels)
+                    && c.rec == *j
+                {
+                    c.generation = generation;
+                    continue;
+                }
+            }
+            let mut f = Families {
+                list: Vec::new(),
+                simulated,
+            };
+            render_job(&mut f, snap, j);
+            let mut by_family: [String; JOB_FAMILIES.len()] = Default::default();
+            for (name, header, text) in sections(&encode(&f.list)) {
+                let k = family_slot(&name);
+                if self.headers[k].is_empty() {
+                    self.headers[k] = header;
+                }
+                by_family[k].push_str(&text);
+            }
+            let mut text = String::with_capacity(by_family.iter().map(String::len).sum());
+            let mut ends = [0; JOB_FAMILIES.len()];
+            for (k, part) in by_family.iter().enumerate() {
+                text.push_str(part);
+                ends[k] = text.len();
+            }
+            let cached = CachedJob {
+                rec: j.clone(),
+                rate,
+                labels: snap.export_labels.clone(),
+                text,
+                ends,
+                generation,
+            };
+            self.jobs.insert(j.id.clone(), cached);
+        }
+        // The jobs' cache entries, in order; then each family's lines from every job.
+        let cached: Vec<&CachedJob> = snap
+            .published
+            .jobs
+            .iter()
+            .map(|j| &self.jobs[&j.id])
+            .collect();
+        let size: usize = cached.iter().map(|c| c.text.len()).sum();
+        out.reserve(size + 4096);
+        for (k, header) in self.headers.iter().enumerate() {
+            if cached.iter().all(|c| c.family(k).is_empty()) {
+                continue;
+            }
+            out.push_str(header);
+            for c in &cached {
+                out.push_str(c.family(k));
+            }
+        }
+        self.jobs.retain(|_, c| c.generation == generation);
+        out
+    }
+}
+
+/// The slot of a per-job family in [`JOB_FAMILIES`] (the last one for an unlisted family).
+fn family_slot(name: &str) -> usize {
+    JOB_FAMILIES
+        .iter()
+        .position(|f| *f == name)
+        .unwrap_or(JOB_FAMILIES.len() - 1)
+}
+
+fn encode(families: &[MetricFamily]) -> String {
+    let mut out = Vec::with_capacity(8192);
+    TextEncoder::new()
+        .encode(families, &mut out)
+        .expect("families built here are well-formed");
+    String::from_utf8(out).expect("the text encoder writes UTF-8")
+}
+
+/// Splits encoded text into (family name, header lines, sample lines) per family. Label values
+/// are escaped by the encoder, so every sample is one line.
+fn sections(text: &str) -> Vec<(String, String, String)> {
+    let mut out: Vec<(String, String, String)> = Vec::new();
+    for line in text.split_inclusive('\n') {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let name = rest.split(' ').next().unwrap_or_default().to_string();
+            out.push((name, line.to_string(), String::new()));
+        } else if line.starts_with("# ") {
+            if let Some(last) = out.last_mut() {
+                last.1.push_str(line);
+            }
+        } else if let Some(last) = out.last_mut() {
+            last.2.push_str(line);
+        }
+    }
+    out
+}
+
+/// Every family but the per-job ones.
+fn node_families(snap: &Snapshot) -> Vec<MetricFamily> {
     let mut f = Families {
         list: Vec::new(),
         simulated: snap.simulated.is_some(),
@@ -312,11 +475,7 @@ pub fn render(snap: &Snapshot) -> String {
         }
     }
     render_jobs(&mut f, snap);
-    let mut out = Vec::with_capacity(8192);
-    TextEncoder::new()
-        .encode(&f.list, &mut out)
-        .expect("families built here are well-formed");
-    String::from_utf8(out).expect("the text encoder writes UTF-8")
+    f.list
 }
 
 /// Labels of `gpucost_job_info` that a configured job label may not take.
@@ -353,151 +512,153 @@ fn render_jobs(f: &mut Families, snap: &Snapshot) {
             snap.published.finished.get(&outcome).copied().unwrap_or(0) as f64,
         );
     }
-    for j in snap.published.jobs.iter() {
-        let id = [("job_id", j.id.as_str())];
-        let mut info: Vec<(&str, &str)> = vec![
-            ("job_id", &j.id),
-            ("name", &j.name),
-            ("user", &j.user),
-            ("scheduler", j.scheduler.as_str()),
-        ];
-        for k in snap.export_labels.iter() {
-            info.push((k, j.labels.get(k).map_or("", String::as_str)));
-        }
-        f.gauge(
-            "gpucost_job_info",
-            "One series per known job with its identity; 1.",
-            &info,
-            1.0,
-        );
-        let u = &j.usage;
+}
+
+/// One job's series (identity, totals, rates), in the order the families are rendered.
+fn render_job(f: &mut Families, snap: &Snapshot, j: &JobRecord) {
+    let id = [("job_id", j.id.as_str())];
+    let mut info: Vec<(&str, &str)> = vec![
+        ("job_id", &j.id),
+        ("name", &j.name),
+        ("user", &j.user),
+        ("scheduler", j.scheduler.as_str()),
+    ];
+    for k in snap.export_labels.iter() {
+        info.push((k, j.labels.get(k).map_or("", String::as_str)));
+    }
+    f.gauge(
+        "gpucost_job_info",
+        "One series per known job with its identity; 1.",
+        &info,
+        1.0,
+    );
+    let u = &j.usage;
+    f.counter(
+        "gpucost_job_gpu_seconds_total",
+        "GPU-seconds the job held (shares of shared GPUs).",
+        &id,
+        u.gpu_seconds,
+    );
+    f.counter(
+        "gpucost_job_energy_joules_total",
+        "Energy of the job's GPU share.",
+        &id,
+        u.energy_j,
+    );
+    f.counter(
+        "gpucost_job_carbon_grams_total",
+        "CO2e of the job's energy at the configured PUE and grid intensity.",
+        &id,
+        u.carbon_g,
+    );
+    for (component, v) in [
+        ("gpu_time", u.cost_gpu_time),
+        ("energy", u.cost_energy),
+        ("overhead", u.cost_overhead),
+    ] {
         f.counter(
-            "gpucost_job_gpu_seconds_total",
-            "GPU-seconds the job held (shares of shared GPUs).",
-            &id,
-            u.gpu_seconds,
-        );
-        f.counter(
-            "gpucost_job_energy_joules_total",
-            "Energy of the job's GPU share.",
-            &id,
-            u.energy_j,
-        );
-        f.counter(
-            "gpucost_job_carbon_grams_total",
-            "CO2e of the job's energy at the configured PUE and grid intensity.",
-            &id,
-            u.carbon_g,
-        );
-        for (component, v) in [
-            ("gpu_time", u.cost_gpu_time),
-            ("energy", u.cost_energy),
-            ("overhead", u.cost_overhead),
-        ] {
-            f.counter(
-                "gpucost_job_cost_total",
-                "Cost of the job by component, in the pricing currency.",
-                &[("job_id", &j.id), ("component", component)],
-                v,
-            );
-        }
-        f.counter(
-            "gpucost_job_idle_gpu_seconds_total",
-            "GPU-seconds the job held while the GPU was idle.",
-            &id,
-            u.idle_gpu_seconds,
-        );
-        // The reasons add up: a failed run's whole cost is wasted, split so that no part of it
-        // is counted under two reasons.
-        let failed_rest = if j.outcome == Outcome::Failed {
-            (u.total_cost() - u.idle_cost - u.fp32_saving).max(0.0)
-        } else {
-            0.0
-        };
-        for (reason, v) in [
-            ("idle", u.idle_cost),
-            ("fp32", u.fp32_saving),
-            ("failed", failed_rest),
-        ] {
-            f.counter(
-                "gpucost_job_wasted_cost_total",
-                "Cost that bought nothing: idle = held while idle; fp32 = what mixed precision would have saved of FP32-bound time; failed = the rest of a failed run's cost (together a failed run's whole cost).",
-                &[("job_id", &j.id), ("reason", reason)],
-                v,
-            );
-        }
-        f.counter(
-            "gpucost_job_fp32_gpu_seconds_total",
-            "GPU-seconds the job spent FP32-bound: FP32 pipe busy, tensor cores idle.",
-            &id,
-            u.fp32_seconds,
-        );
-        if let Some(p) = j.progress.as_ref() {
-            f.counter(
-                "gpucost_job_tokens_total",
-                "Tokens the job reported processing.",
-                &id,
-                p.tokens as f64,
-            );
-            f.counter(
-                "gpucost_job_samples_total",
-                "Samples the job reported processing.",
-                &id,
-                p.samples as f64,
-            );
-        }
-        // A job labelled budget=AMOUNT (in the pricing currency) gets its budget exported, for
-        // the over-budget alert.
-        if let Some(budget) = j.labels.get("budget").and_then(|b| b.parse::<f64>().ok()) {
-            if budget.is_finite() && budget >= 0.0 {
-                f.gauge(
-                    "gpucost_job_budget",
-                    "The job's budget, from its `budget` label, in the pricing currency.",
-                    &id,
-                    budget,
-                );
-            }
-        }
-        let rate = snap.job_rates.get(&j.id);
-        let peak = rate.map_or(0.0, |r| r.peak_flops);
-        let reported = j.progress.as_ref().and_then(|p| p.flop_rate);
-        let live = j.outcome == Outcome::Running;
-        for (source, achieved) in [
-            ("counters", rate.and_then(|r| r.achieved_flops)),
-            ("reported", reported),
-        ] {
-            let Some(achieved) = achieved.filter(|_| live) else {
-                continue;
-            };
-            let labels = [("job_id", j.id.as_str()), ("source", source)];
-            f.gauge(
-                "gpucost_job_achieved_flops",
-                "FLOP/s the job achieves: from pipe activity x peaks (counters) or from the progress it reports (reported).",
-                &labels,
-                achieved,
-            );
-            if peak > 0.0 {
-                f.gauge(
-                    "gpucost_job_mfu_ratio",
-                    "Achieved FLOP/s over the dense BF16 peak of the job's GPU shares.",
-                    &labels,
-                    achieved / peak,
-                );
-            }
-        }
-        f.gauge(
-            "gpucost_job_running",
-            "1 while the job runs.",
-            &id,
-            bool_value(j.outcome == Outcome::Running),
-        );
-        f.gauge(
-            "gpucost_job_failed",
-            "1 when the job ended failed.",
-            &id,
-            bool_value(j.outcome == Outcome::Failed),
+            "gpucost_job_cost_total",
+            "Cost of the job by component, in the pricing currency.",
+            &[("job_id", &j.id), ("component", component)],
+            v,
         );
     }
+    f.counter(
+        "gpucost_job_idle_gpu_seconds_total",
+        "GPU-seconds the job held while the GPU was idle.",
+        &id,
+        u.idle_gpu_seconds,
+    );
+    // The reasons add up: a failed run's whole cost is wasted, split so that no part of it
+    // is counted under two reasons.
+    let failed_rest = if j.outcome == Outcome::Failed {
+        (u.total_cost() - u.idle_cost - u.fp32_saving).max(0.0)
+    } else {
+        0.0
+    };
+    for (reason, v) in [
+        ("idle", u.idle_cost),
+        ("fp32", u.fp32_saving),
+        ("failed", failed_rest),
+    ] {
+        f.counter(
+            "gpucost_job_wasted_cost_total",
+            "Cost that bought nothing: idle = held while idle; fp32 = what mixed precision would have saved of FP32-bound time; failed = the rest of a failed run's cost (together a failed run's whole cost).",
+            &[("job_id", &j.id), ("reason", reason)],
+            v,
+        );
+    }
+    f.counter(
+        "gpucost_job_fp32_gpu_seconds_total",
+        "GPU-seconds the job spent FP32-bound: FP32 pipe busy, tensor cores idle.",
+        &id,
+        u.fp32_seconds,
+    );
+    if let Some(p) = j.progress.as_ref() {
+        f.counter(
+            "gpucost_job_tokens_total",
+            "Tokens the job reported processing.",
+            &id,
+            p.tokens as f64,
+        );
+        f.counter(
+            "gpucost_job_samples_total",
+            "Samples the job reported processing.",
+            &id,
+            p.samples as f64,
+        );
+    }
+    // A job labelled budget=AMOUNT (in the pricing currency) gets its budget exported, for
+    // the over-budget alert.
+    if let Some(budget) = j.labels.get("budget").and_then(|b| b.parse::<f64>().ok()) {
+        if budget.is_finite() && budget >= 0.0 {
+            f.gauge(
+                "gpucost_job_budget",
+                "The job's budget, from its `budget` label, in the pricing currency.",
+                &id,
+                budget,
+            );
+        }
+    }
+    let rate = snap.job_rates.get(&j.id);
+    let peak = rate.map_or(0.0, |r| r.peak_flops);
+    let reported = j.progress.as_ref().and_then(|p| p.flop_rate);
+    let live = j.outcome == Outcome::Running;
+    for (source, achieved) in [
+        ("counters", rate.and_then(|r| r.achieved_flops)),
+        ("reported", reported),
+    ] {
+        let Some(achieved) = achieved.filter(|_| live) else {
+            continue;
+        };
+        let labels = [("job_id", j.id.as_str()), ("source", source)];
+        f.gauge(
+            "gpucost_job_achieved_flops",
+            "FLOP/s the job achieves: from pipe activity x peaks (counters) or from the progress it reports (reported).",
+            &labels,
+            achieved,
+        );
+        if peak > 0.0 {
+            f.gauge(
+                "gpucost_job_mfu_ratio",
+                "Achieved FLOP/s over the dense BF16 peak of the job's GPU shares.",
+                &labels,
+                achieved / peak,
+            );
+        }
+    }
+    f.gauge(
+        "gpucost_job_running",
+        "1 while the job runs.",
+        &id,
+        bool_value(j.outcome == Outcome::Running),
+    );
+    f.gauge(
+        "gpucost_job_failed",
+        "1 when the job ended failed.",
+        &id,
+        bool_value(j.outcome == Outcome::Failed),
+    );
 }
 
 fn bool_value(b: bool) -> f64 {
@@ -505,5 +666,108 @@ fn bool_value(b: bool) -> f64 {
         1.0
     } else {
         0.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::jobs::{Scheduler, Usage};
+    use crate::sample::Source;
+    use crate::snapshot::Published;
+
+    fn job(i: usize, outcome: Outcome) -> JobRecord {
+        JobRecord {
+            id: format!("job-{i}"),
+            name: format!("n{i}"),
+            user: "alice".into(),
+            uid: Some(1001),
+            scheduler: Scheduler::Slurm,
+            labels: BTreeMap::from([
+                ("team".to_string(), format!("t{i}")),
+                ("budget".into(), "5".into()),
+            ]),
+            started_at: 1.0,
+            ended_at: None,
+            outcome,
+            exit_code: None,
+            signal: None,
+            usage: Usage {
+                gpu_seconds: i as f64,
+                cost_gpu_time: 0.5 * i as f64,
+                ..Usage::default()
+            },
+            per_gpu: BTreeMap::new(),
+            registration: None,
+            progress: None,
+        }
+    }
+
+    fn snapshot(jobs: Vec<JobRecord>, labels: &Arc<Vec<String>>) -> Snapshot {
+        let mut s = Snapshot::empty(Source::Nvml, None);
+        s.published = Published {
+            jobs: Arc::new(jobs),
+            ..Published::default()
+        };
+        s.export_labels = labels.clone();
+        s.job_rates = Arc::new(BTreeMap::from([(
+            "job-1".to_string(),
+            JobRate {
+                achieved_flops: Some(1e14),
+                peak_flops: 1e15,
+            },
+        )]));
+        s
+    }
+
+    /// The cached renderer writes exactly what a fresh rendering writes, as jobs change, come
+    /// and go.
+    #[test]
+    fn cached_rendering_equals_a_fresh_one() {
+        let labels = Arc::new(vec!["team".to_string()]);
+        let mut r = Renderer::default();
+        let mut jobs: Vec<JobRecord> = (0..5).map(|i| job(i, Outcome::Running)).collect();
+        for step in 0..4 {
+            let snap = snapshot(jobs.clone(), &labels);
+            let fresh = render(&snap);
+            assert_eq!(r.render(&snap), fresh, "step {step}");
+            assert_eq!(r.render(&snap), fresh, "step {step}, all cached");
+            assert_eq!(fresh.matches("# TYPE gpucost_job_info gauge").count(), 1);
+            jobs[1].usage.cost_energy += 1.0;
+            jobs[2].outcome = Outcome::Failed;
+            jobs.remove(0);
+            jobs.push(job(10 + step, Outcome::Running));
+        }
+        assert_eq!(r.jobs.len(), 5, "gone jobs leave the cache");
+        // Every family render_job writes has its own slot.
+        let mut full = job(1, Outcome::Failed);
+        full.progress = Some(crate::jobs::Progress {
+            tokens: 5,
+            flop_rate: Some(1.0),
+            ..Default::default()
+        });
+        full.outcome = Outcome::Running;
+        let mut r = Renderer::default();
+        r.render(&snapshot(vec![full], &labels));
+        let last = JOB_FAMILIES.len() - 1;
+        assert!(
+            r.headers[last].is_empty(),
+            "unlisted family: {}",
+            r.headers[last]
+        );
+        assert!(
+            r.headers[..last].iter().all(|h| !h.is_empty()),
+            "{:?}",
+            r.headers
+        );
+        let first: Vec<JobRecord> = (0..3).map(|i| job(i, Outcome::Running)).collect();
+        let text = render(&snapshot(first, &labels));
+        assert!(
+            text.contains("gpucost_job_mfu_ratio{job_id=\"job-1\",source=\"counters\"} 0.1"),
+            "{text}"
+        );
     }
 }
