@@ -120,7 +120,9 @@ pub struct GpuView<'a> {
 }
 
 impl GpuSnapshot {
-    pub fn view(&self, source: Source) -> GpuView<'_> {
+    /// The JSON view; its energy total is the one `/metrics` exports (as last persisted), so the
+    /// API and the metrics never disagree.
+    pub fn view<'a>(&'a self, source: Source, published: &Published) -> GpuView<'a> {
         let r = self.reading.as_ref();
         GpuView {
             index: self.info.index,
@@ -128,7 +130,10 @@ impl GpuSnapshot {
             model: &self.info.model,
             source,
             up: self.up,
-            energy_joules_total: self.totals.energy.total_j(),
+            energy_joules_total: published
+                .gpus
+                .get(&self.info.uuid)
+                .map_or(0.0, |g| g.usage.energy_j),
             energy_method: self.energy_method,
             power_watts: r.and_then(|r| r.power_mw).map(|mw| mw as f64 / 1e3),
             power_limit_watts: r.and_then(|r| r.power_limit_mw).map(|mw| mw as f64 / 1e3),

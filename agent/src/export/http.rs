@@ -132,7 +132,11 @@ async fn get_healthz(State(app): State<AppState>) -> Response {
 
 async fn get_gpus(State(app): State<AppState>) -> Response {
     let snap = app.latest();
-    let gpus: Vec<_> = snap.gpus.iter().map(|g| g.view(snap.source)).collect();
+    let gpus: Vec<_> = snap
+        .gpus
+        .iter()
+        .map(|g| g.view(snap.source, &snap.published))
+        .collect();
     Json(json!({ "simulated": snap.simulated, "gpus": gpus })).into_response()
 }
 
@@ -149,7 +153,7 @@ async fn get_gpu(
         .ok()
         .and_then(|i| snap.gpus.iter().find(|g| g.info.index == i))
     {
-        Some(g) => Json(g.view(snap.source)).into_response(),
+        Some(g) => Json(g.view(snap.source, &snap.published)).into_response(),
         None => error(
             StatusCode::NOT_FOUND,
             &format!("no GPU with index {index:?}"),

@@ -283,7 +283,7 @@ fn node_families(snap: &Snapshot) -> Vec<MetricFamily> {
     for g in &snap.gpus {
         let idx = g.info.index.to_string();
         let gpu = [("gpu", idx.as_str())];
-        let v = g.view(snap.source);
+        let v = g.view(snap.source, &snap.published);
         f.gauge(
             "gpucost_gpu_info",
             "One series per GPU with its identity; 1.",
@@ -308,7 +308,7 @@ fn node_families(snap: &Snapshot) -> Vec<MetricFamily> {
             "gpucost_gpu_energy_joules_total",
             "Energy used by the GPU, as persisted in the ledger; never decreases, also across restarts.",
             &gpu,
-            usage.energy_j,
+            v.energy_joules_total,
         );
         f.counter(
             "gpucost_gpu_cost_total",
