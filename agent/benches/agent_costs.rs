@@ -1,6 +1,6 @@
 //! The agent's own costs, measured (not asserted): `/metrics` rendering at 100, 1,000 and 10,000
-//! jobs, and one ledger persist of 10,000 jobs on 2 GPUs each. Run by `scripts/bench.sh`, or
-//! `cargo bench -p gpucost --bench agent_costs`. Prints one line per figure.
+//! jobs, one ledger persist of 10,000 jobs on 2 GPUs each, and reading them back. Run by
+//! `scripts/bench.sh`, or `cargo bench -p gpucost --bench agent_costs`. Prints one line per figure.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -71,7 +71,7 @@ fn snapshot(jobs: usize) -> Snapshot {
         })
         .collect();
     s.published = Published {
-        jobs: Arc::new((0..jobs).map(job).collect()),
+        jobs: Arc::new((0..jobs).map(|i| Arc::new(job(i))).collect()),
         gpus: Arc::new(BTreeMap::new()),
         finished: BTreeMap::new(),
     };
@@ -104,9 +104,10 @@ fn main() {
         let running = (jobs / 100).max(1);
         let mut warm: Vec<Duration> = (0..runs)
             .map(|k| {
-                let mut all: Vec<JobRecord> = snap.published.jobs.as_ref().clone();
+                // As the tracker does: a changed job is a new record, the others are shared.
+                let mut all: Vec<Arc<JobRecord>> = snap.published.jobs.as_ref().clone();
                 for j in all.iter_mut().take(running) {
-                    j.usage.gpu_seconds += 1.0 + k as f64;
+                    Arc::make_mut(j).usage.gpu_seconds += 1.0 + k as f64;
                 }
                 snap.published.jobs = Arc::new(all);
                 let t = Instant::now();
@@ -137,5 +138,13 @@ fn main() {
         "ledger persist 10000 jobs x 2 GPUs: first {:.0} ms, median of 5 {:.0} ms",
         times[0].as_secs_f64() * 1e3,
         percentile(&mut times, 0.5).as_secs_f64() * 1e3
+    );
+    // What a restart reads back.
+    let t = Instant::now();
+    let loaded = ledger.load_jobs().expect("load");
+    println!(
+        "ledger load of {} jobs (agent start): {:.0} ms",
+        loaded.len(),
+        t.elapsed().as_secs_f64() * 1e3
     );
 }

@@ -387,7 +387,7 @@ impl Node {
     /// Takes the tracker's current totals as the exported ones.
     fn republish(&mut self) {
         self.published = Published {
-            jobs: Arc::new(self.tracker.jobs().cloned().collect()),
+            jobs: Arc::new(self.tracker.shared_jobs().cloned().collect()),
             gpus: Arc::new(
                 self.tracker
                     .gpus()

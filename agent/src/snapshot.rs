@@ -52,7 +52,7 @@ pub struct Snapshot {
 #[derive(Debug, Clone, Default)]
 pub struct Published {
     /// Jobs on this node: running ones and those in their grace period.
-    pub jobs: Arc<Vec<JobRecord>>,
+    pub jobs: Arc<Vec<Arc<JobRecord>>>,
     /// By GPU UUID.
     pub gpus: Arc<BTreeMap<String, GpuRecord>>,
     /// Finished jobs since the ledger began, by outcome.

@@ -6,6 +6,7 @@
 //! holding the GPU, and hands the ledger what changed. Pure: time is passed in.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -109,11 +110,21 @@ pub struct JobRate {
 
 #[derive(Debug, Clone)]
 struct Tracked {
-    rec: JobRecord,
+    /// Shared with the published snapshot until changed: [`Tracked::rec_mut`] copies it then,
+    /// so an unchanged job is the same allocation from one snapshot to the next.
+    rec: Arc<JobRecord>,
     rate: JobRate,
     /// Unix seconds attribution last saw the job hold a GPU.
     last_seen: f64,
     dirty: bool,
+}
+
+impl Tracked {
+    /// The record, to change: marks the job dirty (to be persisted).
+    fn rec_mut(&mut self) -> &mut JobRecord {
+        self.dirty = true;
+        Arc::make_mut(&mut self.rec)
+    }
 }
 
 /// The per-node job table.
@@ -168,7 +179,7 @@ impl Tracker {
                 t.jobs.insert(
                     rec.id.clone(),
                     Tracked {
-                        rec,
+                        rec: Arc::new(rec),
                         rate: JobRate::default(),
                         last_seen: now,
                         dirty: false,
@@ -180,10 +191,15 @@ impl Tracker {
     }
 
     pub fn get(&self, id: &str) -> Option<&JobRecord> {
-        self.jobs.get(id).map(|t| &t.rec)
+        self.jobs.get(id).map(|t| t.rec.as_ref())
     }
 
     pub fn jobs(&self) -> impl Iterator<Item = &JobRecord> {
+        self.jobs.values().map(|t| t.rec.as_ref())
+    }
+
+    /// The jobs as shared records: an unchanged job is the same allocation as last time.
+    pub fn shared_jobs(&self) -> impl Iterator<Item = &Arc<JobRecord>> {
         self.jobs.values().map(|t| &t.rec)
     }
 
@@ -285,16 +301,16 @@ impl Tracker {
                 )));
             }
             // A known job (found by attribution, or a repeated prolog): it becomes registered.
-            existing.rec.labels.extend(labels);
-            if let Some(n) = req.name {
-                existing.rec.name = n;
-            }
-            existing.rec.uid = Some(uid);
-            existing.rec.user = user;
-            existing.rec.registration = Some(reg);
-            existing.dirty = true;
             existing.last_seen = now;
-            return Ok(existing.rec.clone());
+            let rec = existing.rec_mut();
+            rec.labels.extend(labels);
+            if let Some(n) = req.name {
+                rec.name = n;
+            }
+            rec.uid = Some(uid);
+            rec.user = user;
+            rec.registration = Some(reg);
+            return Ok(rec.clone());
         }
         let rec = JobRecord {
             id: id.clone(),
@@ -316,7 +332,7 @@ impl Tracker {
         self.jobs.insert(
             id,
             Tracked {
-                rec: rec.clone(),
+                rec: Arc::new(rec.clone()),
                 rate: JobRate::default(),
                 last_seen: now,
                 dirty: true,
@@ -363,12 +379,12 @@ impl Tracker {
             Some(o) => o,
             None => Outcome::from_exit(req.exit_code, req.signal),
         };
-        t.rec.outcome = outcome;
-        t.rec.exit_code = req.exit_code;
-        t.rec.signal = req.signal;
-        t.rec.ended_at = Some(now);
-        t.dirty = true;
-        let rec = t.rec.clone();
+        let rec = t.rec_mut();
+        rec.outcome = outcome;
+        rec.exit_code = req.exit_code;
+        rec.signal = req.signal;
+        rec.ended_at = Some(now);
+        let rec = rec.clone();
         *self.finished.entry(outcome).or_default() += 1;
         Ok(rec)
     }
@@ -395,12 +411,12 @@ impl Tracker {
                 // GPUCOST_JOB_ID, a recycled pid) runs again under its id: its totals continue,
                 // so no exported counter goes back.
                 if t.rec.outcome != Outcome::Running && t.rec.registration.is_none() {
-                    t.rec.outcome = Outcome::Running;
-                    t.rec.ended_at = None;
-                    t.rec.exit_code = None;
-                    t.rec.signal = None;
                     t.last_seen = now;
-                    t.dirty = true;
+                    let rec = t.rec_mut();
+                    rec.outcome = Outcome::Running;
+                    rec.ended_at = None;
+                    rec.exit_code = None;
+                    rec.signal = None;
                 }
                 continue;
             }
@@ -427,7 +443,7 @@ impl Tracker {
             self.jobs.insert(
                 id.clone(),
                 Tracked {
-                    rec,
+                    rec: Arc::new(rec),
                     rate: JobRate::default(),
                     last_seen: now,
                     dirty: true,
@@ -449,9 +465,10 @@ impl Tracker {
                 None => now - t.last_seen >= self.vanish_s,
             };
             if gone {
-                t.rec.outcome = Outcome::Unknown;
-                t.rec.ended_at = Some(t.last_seen.max(t.rec.started_at));
-                t.dirty = true;
+                let ended_at = t.last_seen.max(t.rec.started_at);
+                let rec = t.rec_mut();
+                rec.outcome = Outcome::Unknown;
+                rec.ended_at = Some(ended_at);
                 ended.push(Outcome::Unknown);
             }
         }
@@ -498,9 +515,9 @@ impl Tracker {
         g.unallocated_seconds += c.unallocated_seconds;
         for (id, u) in c.per_owner {
             if let Some(t) = self.jobs.get_mut(&id) {
-                t.rec.usage.add(&u);
-                t.rec.per_gpu.entry(uuid.to_string()).or_default().add(&u);
-                t.dirty = true;
+                let rec = t.rec_mut();
+                rec.usage.add(&u);
+                rec.per_gpu.entry(uuid.to_string()).or_default().add(&u);
                 // The owner's share of the GPU this tick, for its FLOP rate and peak.
                 let w = u.gpu_seconds / iv.dt;
                 if let Some(peak) = rates.bf16_peak {
@@ -573,7 +590,8 @@ impl Tracker {
         } else {
             old.flop_rate
         };
-        t.rec.progress = Some(Progress {
+        let rec = t.rec_mut();
+        rec.progress = Some(Progress {
             tokens,
             samples,
             steps,
@@ -583,8 +601,7 @@ impl Tracker {
             flop_rate,
             updated_at: now,
         });
-        t.dirty = true;
-        Ok(t.rec.clone())
+        Ok(rec.clone())
     }
 
     /// Jobs changed since the last [`Tracker::mark_clean`].
@@ -592,7 +609,7 @@ impl Tracker {
         self.jobs
             .values()
             .filter(|t| t.dirty)
-            .map(|t| &t.rec)
+            .map(|t| t.rec.as_ref())
             .collect()
     }
 

@@ -6,13 +6,13 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use axum::body::Bytes;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use bytes::Bytes;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -94,12 +94,11 @@ async fn get_metrics(State(app): State<AppState>) -> Response {
     let text = match cached {
         Some(t) => t,
         None => {
-            let text = app
+            let t = app
                 .renderer
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .render(&snap);
-            let t = Bytes::from(text);
             *app.rendered.lock().unwrap_or_else(|e| e.into_inner()) = Some((snap, t.clone()));
             t
         }

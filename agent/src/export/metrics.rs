@@ -7,7 +7,10 @@
 use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
 use prometheus::{Encoder, TextEncoder};
 
-use std::collections::HashMap;
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
 
 use crate::jobs::{JobRecord, Outcome};
 use crate::sample::CLOCK_EVENT_REASONS;
@@ -77,7 +80,8 @@ impl Families {
 
 /// Renders the snapshot as Prometheus text (without a cache; see [`Renderer`]).
 pub fn render(snap: &Snapshot) -> String {
-    Renderer::default().render(snap)
+    let text = Renderer::default().render(snap);
+    String::from_utf8(text.to_vec()).expect("the text encoder writes UTF-8")
 }
 
 /// The per-job families, in the order they are written.
@@ -103,15 +107,13 @@ const JOB_FAMILIES: [&str; 16] = [
 
 /// One job's encoded series, kept while the job's record and rate stay the same.
 struct CachedJob {
-    rec: JobRecord,
+    rec: Arc<JobRecord>,
     rate: Option<JobRate>,
-    labels: std::sync::Arc<Vec<String>>,
+    labels: Arc<Vec<String>>,
     /// This job's sample lines, family after family in [`JOB_FAMILIES`] order; family `k` is
     /// `text[ends[k - 1]..ends[k]]` (one allocation per job keeps the copy loop cache-friendly).
     text: String,
     ends: [usize; JOB_FAMILIES.len()],
-    /// The render that last saw this job (entries not seen in a render are dropped).
-    generation: u64,
 }
 
 impl CachedJob {
@@ -122,81 +124,120 @@ impl CachedJob {
 }
 
 /// Renders snapshots, re-encoding only the jobs whose numbers changed since the last render: on
-/// a node with thousands of finished jobs in their grace period, those cost a comparison.
+/// a node with thousands of finished jobs in their grace period, those cost a pointer comparison
+/// (the tracker shares an unchanged job's record from one snapshot to the next) and a copy.
 #[derive(Default)]
 pub struct Renderer {
-    jobs: HashMap<String, CachedJob>,
+    /// The last render's jobs, in its order (the tracker's: by id).
+    jobs: Vec<CachedJob>,
     /// The `# HELP`/`# TYPE` header of each of [`JOB_FAMILIES`], once seen.
     headers: [String; JOB_FAMILIES.len()],
-    generation: u64,
+    /// The last two outputs: the older one's buffer is written again once no scrape holds it,
+    /// so a render of megabytes does not fault in fresh pages each time.
+    outputs: VecDeque<Bytes>,
+    /// Jobs encoded (not taken from the cache) in the last render.
+    encoded: usize,
 }
 
 impl Renderer {
-    pub fn render(&mut self, snap: &Snapshot) -> String {
-        let mut out = encode(&node_families(snap));
-        let simulated = snap.simulated.is_some();
-        self.generation += 1;
-        let generation = self.generation;
+    pub fn render(&mut self, snap: &Snapshot) -> Bytes {
+        let mut old = std::mem::take(&mut self.jobs).into_iter().peekable();
+        let mut cached = Vec::with_capacity(snap.published.jobs.len());
+        let mut present = [false; JOB_FAMILIES.len()];
+        self.encoded = 0;
         for j in snap.published.jobs.iter() {
-            let rate = snap.job_rates.get(&j.id).copied();
-            if let Some(c) = self.jobs.get_mut(&j.id) {
-                if c.rate == rate
-                    && std::sync::Arc::ptr_eq(&c.labels, &snap.export_labels)
-                    && c.rec == *j
+            // A finished job's rate is not rendered, so it cannot make it change.
+            let rate = if j.outcome == Outcome::Running {
+                snap.job_rates.get(&j.id).copied()
+            } else {
+                None
+            };
+            // Both lists are in id order; out of order, a job is only encoded again.
+            while old.peek().is_some_and(|c| c.rec.id < j.id) {
+                old.next();
+            }
+            let entry = match old.next_if(|c| c.rec.id == j.id) {
+                Some(mut c)
+                    if c.rate == rate
+                        && Arc::ptr_eq(&c.labels, &snap.export_labels)
+                        && (Arc::ptr_eq(&c.rec, j) || c.rec == *j) =>
                 {
-                    c.generation = generation;
-                    continue;
+                    c.rec = j.clone();
+                    c
                 }
-            }
-            let mut f = Families {
-                list: Vec::new(),
-                simulated,
-            };
-            render_job(&mut f, snap, j);
-            let mut by_family: [String; JOB_FAMILIES.len()] = Default::default();
-            for (name, header, text) in sections(&encode(&f.list)) {
-                let k = family_slot(&name);
-                if self.headers[k].is_empty() {
-                    self.headers[k] = header;
+                _ => {
+                    self.encoded += 1;
+                    self.encode_job(snap, j, rate)
                 }
-                by_family[k].push_str(&text);
-            }
-            let mut text = String::with_capacity(by_family.iter().map(String::len).sum());
-            let mut ends = [0; JOB_FAMILIES.len()];
-            for (k, part) in by_family.iter().enumerate() {
-                text.push_str(part);
-                ends[k] = text.len();
-            }
-            let cached = CachedJob {
-                rec: j.clone(),
-                rate,
-                labels: snap.export_labels.clone(),
-                text,
-                ends,
-                generation,
             };
-            self.jobs.insert(j.id.clone(), cached);
+            for (k, p) in present.iter_mut().enumerate() {
+                *p |= !entry.family(k).is_empty();
+            }
+            cached.push(entry);
         }
-        // The jobs' cache entries, in order; then each family's lines from every job.
-        let cached: Vec<&CachedJob> = snap
-            .published
-            .jobs
-            .iter()
-            .map(|j| &self.jobs[&j.id])
-            .collect();
         let size: usize = cached.iter().map(|c| c.text.len()).sum();
+        let mut out = self.buffer();
+        out.extend_from_slice(encode(&node_families(snap)).as_bytes());
         out.reserve(size + 4096);
         for (k, header) in self.headers.iter().enumerate() {
-            if cached.iter().all(|c| c.family(k).is_empty()) {
+            if !present[k] {
                 continue;
             }
-            out.push_str(header);
+            out.extend_from_slice(header.as_bytes());
             for c in &cached {
-                out.push_str(c.family(k));
+                out.extend_from_slice(c.family(k).as_bytes());
             }
         }
-        self.jobs.retain(|_, c| c.generation == generation);
+        self.jobs = cached;
+        let out = out.freeze();
+        self.outputs.push_back(out.clone());
         out
+    }
+
+    /// An empty buffer: the oldest output's, if no one holds it any more.
+    fn buffer(&mut self) -> BytesMut {
+        while self.outputs.len() > 1 {
+            let oldest = self.outputs.pop_front().expect("two outputs kept");
+            if let Ok(mut b) = oldest.try_into_mut() {
+                b.clear();
+                return b;
+            }
+        }
+        BytesMut::new()
+    }
+
+    fn encode_job(
+        &mut self,
+        snap: &Snapshot,
+        j: &Arc<JobRecord>,
+        rate: Option<JobRate>,
+    ) -> CachedJob {
+        let mut f = Families {
+            list: Vec::new(),
+            simulated: snap.simulated.is_some(),
+        };
+        render_job(&mut f, snap, j);
+        let mut by_family: [String; JOB_FAMILIES.len()] = Default::default();
+        for (name, header, text) in sections(&encode(&f.list)) {
+            let k = family_slot(&name);
+            if self.headers[k].is_empty() {
+                self.headers[k] = header;
+            }
+            by_family[k].push_str(&text);
+        }
+        let mut text = String::with_capacity(by_family.iter().map(String::len).sum());
+        let mut ends = [0; JOB_FAMILIES.len()];
+        for (k, part) in by_family.iter().enumerate() {
+            text.push_str(part);
+            ends[k] = text.len();
+        }
+        CachedJob {
+            rec: j.clone(),
+            rate,
+            labels: snap.export_labels.clone(),
+            text,
+            ends,
+        }
     }
 }
 
@@ -706,7 +747,7 @@ mod tests {
         }
     }
 
-    fn snapshot(jobs: Vec<JobRecord>, labels: &Arc<Vec<String>>) -> Snapshot {
+    fn snapshot(jobs: Vec<Arc<JobRecord>>, labels: &Arc<Vec<String>>) -> Snapshot {
         let mut s = Snapshot::empty(Source::Nvml, None);
         s.published = Published {
             jobs: Arc::new(jobs),
@@ -723,23 +764,35 @@ mod tests {
         s
     }
 
+    fn shared(jobs: impl IntoIterator<Item = JobRecord>) -> Vec<Arc<JobRecord>> {
+        jobs.into_iter().map(Arc::new).collect()
+    }
+
     /// The cached renderer writes exactly what a fresh rendering writes, as jobs change, come
-    /// and go.
+    /// and go, and encodes only the jobs that changed.
     #[test]
     fn cached_rendering_equals_a_fresh_one() {
         let labels = Arc::new(vec!["team".to_string()]);
         let mut r = Renderer::default();
-        let mut jobs: Vec<JobRecord> = (0..5).map(|i| job(i, Outcome::Running)).collect();
+        let mut jobs = shared((0..5).map(|i| job(i, Outcome::Running)));
+        let mut before: Vec<JobRecord> = Vec::new();
         for step in 0..4 {
+            // In id order, as the tracker publishes them.
+            jobs.sort_by(|a, b| a.id.cmp(&b.id));
             let snap = snapshot(jobs.clone(), &labels);
             let fresh = render(&snap);
-            assert_eq!(r.render(&snap), fresh, "step {step}");
-            assert_eq!(r.render(&snap), fresh, "step {step}, all cached");
+            assert_eq!(r.render(&snap), fresh.as_bytes(), "step {step}");
+            let changed = jobs.iter().filter(|j| !before.contains(j)).count();
+            assert_eq!(r.encoded, changed, "step {step}: only changed jobs encoded");
+            assert_eq!(r.render(&snap), fresh.as_bytes(), "step {step}, all cached");
+            assert_eq!(r.encoded, 0, "step {step}, all cached");
             assert_eq!(fresh.matches("# TYPE gpucost_job_info gauge").count(), 1);
-            jobs[1].usage.cost_energy += 1.0;
-            jobs[2].outcome = Outcome::Failed;
+            before = jobs.iter().map(|j| j.as_ref().clone()).collect();
+            Arc::make_mut(&mut jobs[1]).usage.cost_energy += 1.0;
+            // A new record with the same numbers is not encoded again.
+            Arc::make_mut(&mut jobs[2]).outcome = Outcome::Failed;
             jobs.remove(0);
-            jobs.push(job(10 + step, Outcome::Running));
+            jobs.push(Arc::new(job(10 + step, Outcome::Running)));
         }
         assert_eq!(r.jobs.len(), 5, "gone jobs leave the cache");
         // Every family render_job writes has its own slot.
@@ -751,7 +804,7 @@ mod tests {
         });
         full.outcome = Outcome::Running;
         let mut r = Renderer::default();
-        r.render(&snapshot(vec![full], &labels));
+        r.render(&snapshot(shared([full]), &labels));
         let last = JOB_FAMILIES.len() - 1;
         assert!(
             r.headers[last].is_empty(),
@@ -763,11 +816,32 @@ mod tests {
             "{:?}",
             r.headers
         );
-        let first: Vec<JobRecord> = (0..3).map(|i| job(i, Outcome::Running)).collect();
+        let first = shared((0..3).map(|i| job(i, Outcome::Running)));
         let text = render(&snapshot(first, &labels));
         assert!(
             text.contains("gpucost_job_mfu_ratio{job_id=\"job-1\",source=\"counters\"} 0.1"),
             "{text}"
         );
+    }
+
+    /// A render writes into the buffer of the output before last once no one holds it.
+    #[test]
+    fn output_buffers_are_reused_once_released() {
+        let labels = Arc::new(vec!["team".to_string()]);
+        let snap = snapshot(shared((0..50).map(|i| job(i, Outcome::Running))), &labels);
+        let mut r = Renderer::default();
+        let first = r.render(&snap);
+        let at = first.as_ptr();
+        drop(first);
+        let held = r.render(&snap);
+        assert_eq!(
+            r.render(&snap).as_ptr(),
+            at,
+            "the released buffer is written again"
+        );
+        // The second output is still held (a slow scrape): the next render leaves it alone.
+        let fourth = r.render(&snap);
+        assert_ne!(fourth.as_ptr(), held.as_ptr());
+        assert_eq!(fourth, held);
     }
 }

@@ -1,5 +1,4 @@
 use std::collections::BTreeMap;
-use std::time::Instant;
 
 use rusqlite::Connection;
 
@@ -450,36 +449,4 @@ fn uri_path_escapes_what_a_uri_would_misread() {
         uri_path(Path::new("/var/lib/gpu cost/a?b#c%d.db")),
         "/var/lib/gpu%20cost/a%3Fb%23c%25d.db"
     );
-}
-
-/// Times one persist of 10,000 jobs x 2 GPUs (inserts, then updates). Prints, asserts nothing
-/// about time: `cargo test --release -p gpucost ledger::tests::persist_10k -- --ignored --nocapture`
-#[test]
-#[ignore]
-fn persist_10k_jobs_x_2_gpus_timing() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut ledger = Ledger::open(dir.path()).unwrap();
-    let mut jobs: Vec<JobRecord> = (0..10_000)
-        .map(|i| job(&format!("slurm-{i}"), f64::from(i), None))
-        .collect();
-    let gpus: Vec<GpuRecord> = (0..8).map(gpu).collect();
-    for round in ["insert", "update", "update"] {
-        let refs: Vec<&JobRecord> = jobs.iter().collect();
-        let t = Instant::now();
-        let stats = ledger.persist(&refs, &gpus).unwrap();
-        println!(
-            "persist {round}: {} jobs, {} job_gpus, {} gpus in {:?} (persist says {:?})",
-            stats.jobs,
-            stats.job_gpus,
-            stats.gpus,
-            t.elapsed(),
-            stats.elapsed
-        );
-        for j in &mut jobs {
-            j.usage.add(&usage(1.0));
-        }
-    }
-    let t = Instant::now();
-    let n = ledger.load_jobs().unwrap().len();
-    println!("load_jobs: {n} jobs in {:?}", t.elapsed());
 }
