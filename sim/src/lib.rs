@@ -1,7 +1,8 @@
 //! The simulated GPU node.
 //!
 //! A scenario (TOML, see `sim/README.md`) describes GPUs, the jobs that load them in phases, and
-//! faults (a GPU lost, an energy-counter reset, an Xid error). [`Node`] answers what each GPU
+//! faults (a GPU lost, an energy-counter reset, an Xid error); a GPU may instead replay recorded
+//! readings of a real one ([`Trace`]). [`Node`] answers what each GPU
 //! reads at a given scenario time, pipe activity ([`Pipes`], what Hopper's GPM reports)
 //! included. It is shared by the agent's `--simulate` mode and by the fake `libnvidia-ml.so` in
 //! `tests/fake-nvml`, so the demo and the tests run on one model.
@@ -11,12 +12,14 @@
 mod model;
 mod pipes;
 mod scenario;
+mod trace;
 
 pub use model::{reason, GpuState, Node, SimProcess};
 pub use pipes::{coefficients, Pipes};
 pub use scenario::{
     EventKind, EventSpec, GpuSpec, JobSpec, PhaseSpec, Scenario, ScenarioError, DEMO,
 };
+pub use trace::{Trace, TracePipes};
 
 #[cfg(test)]
 mod tests;

@@ -93,6 +93,9 @@ impl Node {
         };
         for g in 0..n {
             let mut bps = vec![0.0, node.scenario.duration_s];
+            if let Some(trace) = &node.scenario.gpus[g].trace {
+                bps.extend(&trace.t_s);
+            }
             for j in node
                 .scenario
                 .jobs
@@ -171,6 +174,14 @@ impl Node {
     /// The load on a GPU at time `tm` within one timeline (after the timeline: nothing).
     fn load(&self, gpu: usize, tm: f64) -> Load {
         let spec = &self.scenario.gpus[gpu];
+        if let Some(s) = spec.trace.as_ref().and_then(|t| t.at(tm)) {
+            return Load {
+                excess_w: s.energy_rate_w - spec.idle_power_w,
+                utilization: s.utilization,
+                memory_mib: s.memory_used_mib.saturating_sub(DRIVER_RESERVED_MIB),
+                pipes: s.pipes,
+            };
+        }
         let mut load = Load::default();
         for (_, p) in self.active(gpu, tm) {
             load.excess_w += (p.power_w - spec.idle_power_w).max(0.0);
@@ -184,6 +195,14 @@ impl Node {
         load
     }
 
+    /// The recorded interval covering `tm` on a traced GPU.
+    fn traced(&self, gpu: usize, tm: f64) -> Option<crate::trace::TraceSample> {
+        self.scenario.gpus[gpu]
+            .trace
+            .as_ref()
+            .and_then(|t| t.at(tm))
+    }
+
     fn ripple_phase(gpu: usize) -> f64 {
         gpu as f64 * 1.7
     }
@@ -195,6 +214,10 @@ impl Node {
         }
         let idle = self.scenario.gpus[gpu].idle_power_w;
         let load = self.load(gpu, a);
+        if self.traced(gpu, a).is_some() {
+            // Recorded: the counter's average rate over the interval, no ripple.
+            return (idle + load.excess_w) * (b - a);
+        }
         let amp = self.scenario.ripple;
         let phi = Self::ripple_phase(gpu);
         // P(t) = idle + X * (1 + A sin(w t + phi)); its integral in closed form.
@@ -404,6 +427,27 @@ impl Node {
             })
             .collect();
         let memory_mib = (DRIVER_RESERVED_MIB + load.memory_mib).min(spec.memory_total_mib);
+        if let Some(rec) = self.traced(g, tm) {
+            // What was recorded; the jobs' processes share its memory and utilization.
+            let mut processes: Vec<SimProcess> = processes;
+            let mains = self.active(g, tm).count().max(1) as u64;
+            let main_pids: Vec<u32> = self.active(g, tm).map(|(j, _)| j.pid).collect();
+            for p in processes.iter_mut().filter(|p| main_pids.contains(&p.pid)) {
+                p.used_memory_bytes = load.memory_mib / mains * 1024 * 1024;
+                p.sm_util_pct = (rec.utilization * 100.0 / mains as f64).round() as u32;
+            }
+            return GpuState {
+                power_w: rec.power_w,
+                utilization: rec.utilization,
+                memory_used_bytes: rec.memory_used_mib * 1024 * 1024,
+                sm_clock_mhz: rec.sm_clock_mhz,
+                temperature_c: rec.temperature_c,
+                throttle_reasons: rec.clock_event_reasons,
+                energy_mj,
+                processes,
+                pipes: rec.pipes,
+            };
+        }
         GpuState {
             power_w,
             utilization,

@@ -7,7 +7,9 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+
+use crate::trace::Trace;
 
 /// The built-in demo scenario, used by `--simulate demo`.
 pub const DEMO: &str = include_str!("../scenarios/demo.toml");
@@ -31,7 +33,7 @@ pub enum ScenarioError {
 }
 
 /// A whole scenario, as written in the file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Scenario {
     /// Shown in logs and in `gpucost_gpu_info`-adjacent output.
@@ -61,7 +63,7 @@ pub struct Scenario {
 }
 
 /// One GPU of the node: what it is and how it behaves when nothing runs on it.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct GpuSpec {
     /// Product name as NVML reports it, e.g. "NVIDIA H100 80GB HBM3".
@@ -91,6 +93,10 @@ pub struct GpuSpec {
     /// (0..1; the simulated node reports it as its benchmark). Default 0.92.
     #[serde(default = "default_bench_efficiency")]
     pub bench_efficiency: f64,
+    /// Recorded readings of a real GPU, replayed instead of the jobs' phases (see
+    /// [`crate::Trace`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<Trace>,
 }
 
 fn default_bench_efficiency() -> f64 {
@@ -110,7 +116,7 @@ impl GpuSpec {
 }
 
 /// A job: one process (plus optional extra worker pids) that loads some GPUs in phases.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct JobSpec {
     pub name: String,
@@ -138,7 +144,7 @@ pub struct JobSpec {
 }
 
 /// A stretch of a job's life with a constant load on each of its GPUs.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PhaseSpec {
     pub seconds: f64,
@@ -169,7 +175,7 @@ pub struct PhaseSpec {
 }
 
 /// Something that happens to a GPU at a moment of the timeline.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EventSpec {
     pub at_s: f64,
@@ -182,7 +188,7 @@ pub struct EventSpec {
     pub seconds: Option<f64>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
     /// Every NVML call for the GPU answers GPU_IS_LOST until `gpu_recovered`.
@@ -316,6 +322,10 @@ impl Scenario {
                     what("bench_efficiency"),
                     format!("must be in (0, 1], got {}", g.bench_efficiency),
                 ));
+            }
+            if let Some(t) = &g.trace {
+                t.check(self.duration_s, g.memory_total_mib)
+                    .map_err(|(column, problem)| bad(what(&format!("trace.{column}")), problem))?;
             }
             if let Some(u) = &g.uuid {
                 if !uuids.insert(u.clone()) {

@@ -562,3 +562,152 @@ fn demo_shows_each_pipe_signal() {
     // Averages over a sampling window agree with the instantaneous values within a phase.
     assert_pipes(n.pipes_between(3, 100.0, 100.25), resnet, "resnet window");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Traces: recorded readings of a real GPU
+
+const TRACED: &str = r#"
+name = "traced"
+duration_s = 10
+[[gpu]]
+model = "NVIDIA H100 80GB HBM3"
+memory_total_mib = 81559
+power_limit_w = 700
+idle_power_w = 70
+initial_energy_j = 1000
+[gpu.trace]
+t_s = [0.5, 1.5, 2.5, 3.5]
+energy_j = [0, 410, 1020, 1100]
+power_w = [71, 405, 612, 80]
+utilization = [0, 0.97, 1, 0]
+memory_used_mib = [512, 20000, 20480, 20480]
+sm_clock_mhz = [345, 1980, 1755, 345]
+temperature_c = [31, 44, 58, 50]
+clock_event_reasons = [1, 0, 4, 1]
+[gpu.trace.pipes]
+sm_active = [0, 0.9, 0.95, 0]
+sm_occupancy = [0, 0.5, 0.6, 0]
+tensor_active = [0, 0, 0.6, 0]
+hmma_active = [0, 0, 0.6, 0]
+imma_active = [0, 0, 0, 0]
+dfma_tensor_active = [0, 0, 0, 0]
+fp16_active = [0, 0, 0.1, 0]
+fp32_active = [0, 0.7, 0.1, 0]
+fp64_active = [0, 0, 0, 0]
+dram_active = [0, 0.4, 0.5, 0]
+[[job]]
+name = "recorded"
+id = "gt-1"
+pid = 4242
+gpus = [0]
+start_s = 0.5
+exit_code = 1
+[[job.phase]]
+seconds = 3.0
+utilization = 0
+power_w = 0
+memory_mib = 0
+"#;
+
+/// A traced GPU reads what was recorded, interval by interval: its energy counter advances by the
+/// recorded joules, GPM averages are the recorded ones, and after the trace it follows its jobs.
+#[test]
+fn traced_gpus_replay_the_recording() {
+    let node = Node::new(Scenario::parse(TRACED, "traced.toml").unwrap());
+    let e = |t: f64| node.state(0, t).energy_mj.unwrap() as f64 / 1000.0;
+    assert!((e(0.5) - 1000.0 - 0.5 * 71.0).abs() < 1e-3, "{}", e(0.5));
+    for (k, want) in [(1, 410.0), (2, 610.0), (3, 80.0)] {
+        let (t0, t1) = (k as f64 - 0.5, k as f64 + 0.5);
+        assert!(
+            (e(t1) - e(t0) - want).abs() < 2e-3,
+            "interval {k}: {}",
+            e(t1) - e(t0)
+        );
+    }
+    let s = node.state(0, 2.0);
+    assert_eq!(
+        (
+            s.power_w,
+            s.utilization,
+            s.memory_used_bytes,
+            s.sm_clock_mhz,
+            s.throttle_reasons
+        ),
+        (612.0, 1.0, 20480 * 1024 * 1024, 1755, 4)
+    );
+    assert_eq!(s.processes.len(), 1);
+    assert_eq!(s.processes[0].pid, 4242);
+    assert_eq!(s.processes[0].sm_util_pct, 100);
+    assert_eq!(
+        s.processes[0].used_memory_bytes,
+        (20480 - 512) * 1024 * 1024
+    );
+    let p = node.pipes_between(0, 0.5, 1.5);
+    assert!(
+        close(p.fp32_active, 0.7) && close(p.tensor_active, 0.0),
+        "{p:?}"
+    );
+    let p = node.pipes_between(0, 0.5, 2.5);
+    assert!(
+        close(p.fp32_active, 0.4) && close(p.hmma_active, 0.3),
+        "{p:?}"
+    );
+    // After the trace and the job: idle, at the GPU's idle power.
+    let after = node.state(0, 5.0);
+    assert_eq!((after.utilization, after.power_w), (0.0, 70.0));
+    assert!(after.processes.is_empty());
+    assert!((e(6.0) - e(5.0) - 70.0).abs() < 2e-3);
+}
+
+/// A scenario written out (as `gpucost agent --record` does) reads back the same.
+#[test]
+fn traced_scenarios_round_trip_through_toml() {
+    let s = Scenario::parse(TRACED, "traced.toml").unwrap();
+    let text = toml::to_string(&s).unwrap();
+    let back = Scenario::parse(&text, "written.toml").unwrap();
+    assert_eq!(back.gpus[0].trace, s.gpus[0].trace);
+    let (a, b) = (Node::new(s), Node::new(back));
+    for t in [0.0, 1.0, 2.2, 3.4, 7.0] {
+        assert_eq!(a.state(0, t), b.state(0, t), "t = {t}");
+    }
+}
+
+#[test]
+fn bad_traces_name_the_column() {
+    let cases = [
+        (
+            TRACED.replace("power_w = [71, 405, 612, 80]", "power_w = [71, 405, 612]"),
+            "gpu 0 (NVIDIA H100 80GB HBM3): trace.power_w: has 3 values, t_s has 4",
+        ),
+        (
+            TRACED.replace("t_s = [0.5, 1.5, 2.5, 3.5]", "t_s = [0.5, 1.5, 1.5, 3.5]"),
+            "trace.t_s: must be >= 0 and strictly increasing (sample 2)",
+        ),
+        (
+            TRACED.replace(
+                "energy_j = [0, 410, 1020, 1100]",
+                "energy_j = [0, 410, 400, 1100]",
+            ),
+            "trace.energy_j: must be >= 0 and never decrease (sample 2)",
+        ),
+        (
+            TRACED.replace(
+                "fp32_active = [0, 0.7, 0.1, 0]",
+                "fp32_active = [0, 70, 0.1, 0]",
+            ),
+            "trace.fp32_active: must be in [0, 1], got 70 (sample 1)",
+        ),
+        (
+            TRACED.replace("duration_s = 10", "duration_s = 3"),
+            "trace.t_s: ends at 3.5s, after duration_s (3s)",
+        ),
+        (
+            TRACED.replace("memory_used_mib = [512,", "memory_used_mib = [90000,"),
+            "trace.memory_used_mib: 90000 MiB is more than the GPU has (sample 0)",
+        ),
+    ];
+    for (text, want) in cases {
+        let err = Scenario::parse(&text, "case.toml").unwrap_err().to_string();
+        assert!(err.contains(want), "expected {want:?} in {err:?}");
+    }
+}
