@@ -201,7 +201,8 @@ impl Trace {
         }
         let ratio = |v: &f64| (0.0..=1.0).contains(v);
         let watts = |v: &f64| v.is_finite() && *v >= 0.0;
-        let mut checks: Vec<(&str, &Vec<f64>, &dyn Fn(&f64) -> bool, &str)> = vec![
+        type Check<'a> = (&'a str, &'a Vec<f64>, &'a dyn Fn(&f64) -> bool, &'a str);
+        let mut checks: Vec<Check<'_>> = vec![
             ("power_w", &self.power_w, &watts, "must be >= 0"),
             (
                 "utilization",
