@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::export::http;
 use crate::node::{Node, NodeConfig};
 use crate::notify;
+use crate::record::Recorder;
 use crate::sample::sampler::{BackendSpec, Cadence, Sampler};
 use crate::sample::sim::{SimEndings, SimProcs};
 use crate::sample::Source;
@@ -25,7 +26,7 @@ use crate::snapshot::Snapshot;
 
 /// Runs the agent until a shutdown signal. Errors are start-up errors (a bad scenario, a port in
 /// use); once running, nothing about the GPUs, the ledger or the socket stops it.
-pub fn run(config: Config) -> anyhow::Result<()> {
+pub fn run(config: Config, record: Option<std::path::PathBuf>) -> anyhow::Result<()> {
     let spec = match &config.simulate {
         Some(s) => BackendSpec::Simulated(Scenario::load(s)?),
         None => BackendSpec::Nvml {
@@ -87,6 +88,24 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         export_labels: config.jobs.export_labels.clone(),
         bench_min_ratio: config.bench.min_ratio,
     };
+    let recorder = match &record {
+        Some(path) => {
+            let from = match &spec {
+                BackendSpec::Simulated(s) => format!("simulated scenario {:?}", s.name),
+                BackendSpec::Nvml { .. } => "NVML".to_string(),
+            };
+            let r = Recorder::new(
+                path,
+                &from,
+                config.sampling.interval.as_secs_f64(),
+                crate::node::unix_now(),
+            )
+            .with_context(|| format!("cannot write the recording {}", path.display()))?;
+            info!("recording every sample to {}", path.display());
+            Some(r)
+        }
+        None => None,
+    };
     let (inbox, inbox_rx) = std::sync::mpsc::channel::<Command>();
     let node_span = span.clone();
     let pricing = config.pricing.clone();
@@ -106,6 +125,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             let mut node = Node::new(node_cfg, sampler, pricing, procs, pods_rx, tx);
             if let Some(e) = endings {
                 node = node.with_sim_endings(e).with_benchmarks(sim_bench);
+            }
+            if let Some(r) = recorder {
+                node = node.with_recorder(r);
             }
             node.run(inbox_rx)
         })

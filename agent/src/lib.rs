@@ -15,6 +15,7 @@ pub mod jobs;
 pub mod ledger;
 pub mod node;
 pub mod notify;
+pub mod record;
 pub mod report;
 pub mod sample;
 pub mod snapshot;

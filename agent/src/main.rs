@@ -150,6 +150,10 @@ struct AgentArgs {
     /// The job registration socket [default: /run/gpucost/agent.sock; env: GPUCOST_SOCKET]
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
+    /// Also write what is read, as a scenario that `--simulate FILE` replays (rewritten every
+    /// persist interval and at exit)
+    #[arg(long, value_name = "FILE")]
+    record: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -273,6 +277,7 @@ fn exit_code(code: i32) -> ExitCode {
 }
 
 fn agent(args: AgentArgs) -> ExitCode {
+    let record = args.record.clone();
     let config = match load_config(args) {
         Ok(c) => c,
         Err(e) => {
@@ -280,7 +285,7 @@ fn agent(args: AgentArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match gpucost::agent::run(config) {
+    match gpucost::agent::run(config, record) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("gpucost: {e:#}");

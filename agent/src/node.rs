@@ -26,6 +26,7 @@ use crate::attribute::{attribute, GpuInput};
 use crate::bench::GpuBenchmark;
 use crate::jobs::{GpuRecord, JobRecord};
 use crate::ledger::Ledger;
+use crate::record::Recorder;
 use crate::sample::sampler::Sampler;
 use crate::sample::sim::SimEndings;
 use crate::snapshot::{Published, Snapshot};
@@ -65,6 +66,9 @@ pub struct Node {
     /// The latest benchmark of each GPU, by UUID.
     benchmarks: Arc<BTreeMap<String, GpuBenchmark>>,
     tx: watch::Sender<Arc<Snapshot>>,
+    /// `--record`: every sample, written as a replayable scenario.
+    recorder: Option<Recorder>,
+    recorder_error: Option<String>,
 }
 
 pub fn unix_now() -> f64 {
@@ -141,6 +145,8 @@ impl Node {
             sim_endings: None,
             published: Published::default(),
             tx,
+            recorder: None,
+            recorder_error: None,
         };
         node.republish();
         node
@@ -150,6 +156,30 @@ impl Node {
     pub fn with_sim_endings(mut self, endings: SimEndings) -> Self {
         self.sim_endings = Some(endings);
         self
+    }
+
+    /// Records every sample (`--record`).
+    pub fn with_recorder(mut self, r: Recorder) -> Self {
+        self.recorder = Some(r);
+        self
+    }
+
+    /// Writes the recording so far; a failure is said once and retried next time.
+    fn write_recording(&mut self) {
+        let Some(r) = self.recorder.as_mut() else {
+            return;
+        };
+        let tracker = &self.tracker;
+        match r.write(|id| tracker.get(id)) {
+            Ok(()) => self.recorder_error = None,
+            Err(e) => {
+                let msg = format!("{e:#}");
+                if self.recorder_error.as_deref() != Some(msg.as_str()) {
+                    warn!("cannot write the recording {}: {msg}", r.path().display());
+                }
+                self.recorder_error = Some(msg);
+            }
+        }
     }
 
     /// Starts with these benchmarks (a simulated node's, from its scenario).
@@ -190,6 +220,7 @@ impl Node {
             }
         }
         self.persist();
+        self.write_recording();
         debug!("node loop stopped");
     }
 
@@ -292,9 +323,20 @@ impl Node {
             self.tracker
                 .account(&self.pricing, gpu, &owners, &iv, rates);
         }
+        if let Some(r) = self.recorder.as_mut() {
+            let gpus: Vec<_> = self.sampler.gpus().collect();
+            r.observe(
+                now,
+                &cycle.ticks,
+                &gpus,
+                &self.owners,
+                self.sampler.driver(),
+            );
+        }
         if now >= self.next_persist {
             self.next_persist = now + self.cfg.persist_interval;
             self.persist();
+            self.write_recording();
             self.tracker.expire(unix);
         }
         self.publish(Some(cycle.duration));

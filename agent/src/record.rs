@@ -1,0 +1,389 @@
+//! `gpucost agent --record FILE`: writes what the agent reads as a scenario that replays it.
+//!
+//! Each GPU becomes a `[[gpu]]` with a `[gpu.trace]` (the readings of every sample: energy as
+//! the agent accounted it, power, utilization, memory, SM clock, temperature, clock events, GPM
+//! pipes), each job that held a GPU a `[[job]]` (its process, GPUs, start, end and exit code),
+//! each Xid an `[[event]]`. `gpucost agent --simulate FILE` then replays the run, so a run on a
+//! real GPU can become a test fixture. The file is rewritten (atomically) every persist interval
+//! and on shutdown, so a crash loses at most one interval.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use gpucost_sim::{EventKind, EventSpec, GpuSpec, JobSpec, PhaseSpec, Scenario, Trace, TracePipes};
+
+use crate::jobs::{JobRecord, Outcome};
+use crate::sample::sampler::Tick;
+use crate::snapshot::GpuSnapshot;
+
+/// Pids given to recorded jobs whose process was never listed (unique, far above real ones).
+const SYNTHETIC_PID: u32 = 4_000_000;
+
+struct RecGpu {
+    index: u32,
+    uuid: String,
+    model: String,
+    memory_total_mib: u64,
+    power_limit_w: f64,
+    /// Whether every reading had the energy counter.
+    counter: bool,
+    trace: Trace,
+    /// Xid counts at the last sample, to find new ones.
+    xids: BTreeMap<u32, u64>,
+}
+
+struct RecJob {
+    /// GPU indices it held.
+    gpus: BTreeSet<u32>,
+    /// Seconds since the recording began: when it was first and last seen holding a GPU.
+    first_s: f64,
+    last_s: f64,
+    /// The processes listed on its GPUs while it alone held them.
+    pids: BTreeSet<u32>,
+}
+
+pub struct Recorder {
+    path: PathBuf,
+    started: Instant,
+    started_unix: f64,
+    source: String,
+    driver: Option<String>,
+    interval_s: f64,
+    gpus: BTreeMap<String, RecGpu>,
+    jobs: BTreeMap<String, RecJob>,
+    /// The agent's record of each recorded job as last seen (jobs leave the agent's table after
+    /// their grace period; the recording keeps them).
+    records: BTreeMap<String, JobRecord>,
+    events: Vec<EventSpec>,
+}
+
+impl Recorder {
+    /// A recorder writing to `path`; fails at once when the file cannot be written.
+    pub fn new(
+        path: &Path,
+        source: &str,
+        interval_s: f64,
+        started_unix: f64,
+    ) -> std::io::Result<Self> {
+        std::fs::write(path, "# gpucost recording: no sample yet\n")?;
+        Ok(Recorder {
+            path: path.to_path_buf(),
+            started: Instant::now(),
+            started_unix,
+            source: source.to_string(),
+            driver: None,
+            interval_s,
+            gpus: BTreeMap::new(),
+            jobs: BTreeMap::new(),
+            records: BTreeMap::new(),
+            events: Vec::new(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Adds one sampling cycle: each GPU read in it, and who held it.
+    pub fn observe(
+        &mut self,
+        now: Instant,
+        ticks: &[Tick],
+        gpus: &[&GpuSnapshot],
+        owners: &BTreeMap<String, Vec<(String, f64)>>,
+        driver: Option<&str>,
+    ) {
+        // Milliseconds, millijoules, milliwatts: what NVML resolves; shorter files.
+        let t = round(
+            now.saturating_duration_since(self.started).as_secs_f64(),
+            1e3,
+        );
+        if self.driver.is_none() {
+            self.driver = driver.map(str::to_string);
+        }
+        for tick in ticks {
+            let Some(snap) = gpus.iter().find(|g| g.info.uuid == tick.uuid) else {
+                continue;
+            };
+            let Some(r) = snap.reading.as_ref() else {
+                continue;
+            };
+            let g = self
+                .gpus
+                .entry(tick.uuid.clone())
+                .or_insert_with(|| RecGpu {
+                    index: tick.index,
+                    uuid: tick.uuid.clone(),
+                    model: tick.model.clone(),
+                    memory_total_mib: 0,
+                    power_limit_w: 0.0,
+                    counter: true,
+                    trace: Trace::default(),
+                    xids: snap.totals.xids.clone(),
+                });
+            if g.trace.t_s.last().is_some_and(|last| *last >= t) {
+                continue;
+            }
+            let mib = |b: u64| b / (1024 * 1024);
+            g.memory_total_mib = g.memory_total_mib.max(r.memory_total_bytes.map_or(0, mib));
+            g.power_limit_w = g
+                .power_limit_w
+                .max(r.power_limit_mw.map_or(0.0, |mw| f64::from(mw) / 1000.0));
+            g.counter &= r.energy_mj.is_some();
+            let tr = &mut g.trace;
+            let energy = tr
+                .energy_j
+                .last()
+                .map_or(0.0, |e| e + tick.energy_j.max(0.0));
+            tr.t_s.push(t);
+            tr.energy_j.push(round(energy, 1e3));
+            tr.power_w
+                .push(r.power_mw.map_or(0.0, |mw| f64::from(mw) / 1000.0));
+            tr.utilization
+                .push(round(tick.utilization.unwrap_or(0.0).clamp(0.0, 1.0), 1e4));
+            tr.memory_used_mib.push(r.memory_used_bytes.map_or(0, mib));
+            tr.sm_clock_mhz.push(r.sm_clock_mhz.unwrap_or(0));
+            tr.temperature_c
+                .push(r.temperature_c.map_or(0.0, f64::from));
+            tr.clock_event_reasons
+                .push(r.clock_event_reasons.unwrap_or(0));
+            match (&tick.pipes, tr.pipes.as_mut()) {
+                (Some(p), Some(cols)) => cols.push(&sim_pipes(p)),
+                // GPM went or came mid-recording: zeros fill the gap, the columns stay aligned.
+                (None, Some(cols)) => cols.push(&gpucost_sim::Pipes::default()),
+                (Some(p), None) => {
+                    let mut cols = TracePipes::default();
+                    for _ in 1..tr.t_s.len() {
+                        cols.push(&gpucost_sim::Pipes::default());
+                    }
+                    cols.push(&sim_pipes(p));
+                    tr.pipes = Some(cols);
+                }
+                (None, None) => {}
+            }
+            for (xid, n) in &snap.totals.xids {
+                let before = g.xids.get(xid).copied().unwrap_or(0);
+                for _ in before..*n {
+                    self.events.push(EventSpec {
+                        at_s: t,
+                        gpu: g.index,
+                        kind: EventKind::Xid,
+                        xid: Some(*xid),
+                        seconds: None,
+                    });
+                }
+            }
+            g.xids = snap.totals.xids.clone();
+            let held = owners
+                .get(&tick.uuid)
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            for (id, _) in held {
+                let j = self.jobs.entry(id.clone()).or_insert_with(|| RecJob {
+                    gpus: BTreeSet::new(),
+                    first_s: t,
+                    last_s: t,
+                    pids: BTreeSet::new(),
+                });
+                j.gpus.insert(tick.index);
+                j.last_s = t;
+                if held.len() == 1 {
+                    j.pids.extend(snap.processes.iter().map(|p| p.pid));
+                }
+            }
+        }
+    }
+
+    /// The recording so far as a scenario.
+    pub fn scenario(&self) -> Option<Scenario> {
+        let mut gpus: Vec<&RecGpu> = self.gpus.values().collect();
+        gpus.sort_by_key(|g| g.index);
+        let end_s = gpus.iter().map(|g| g.trace.end_s()).fold(0.0_f64, f64::max);
+        if gpus.is_empty() || end_s <= 0.0 {
+            return None;
+        }
+        // Scenario GPUs are numbered in order; NVML's indices may have gaps.
+        let position: BTreeMap<u32, u32> = gpus
+            .iter()
+            .enumerate()
+            .map(|(i, g)| (g.index, i as u32))
+            .collect();
+        let mut used_pids = BTreeSet::new();
+        let mut jobs = Vec::new();
+        for (k, (id, j)) in self.jobs.iter().enumerate() {
+            let rec = self.records.get(id);
+            // A job holds its GPU during the interval that ends where it is first seen.
+            let start_s = (j.first_s - self.interval_s).max(0.0);
+            let ended = rec
+                .and_then(|r| r.ended_at)
+                .map(|e| e - self.started_unix)
+                .filter(|e| e.is_finite());
+            let stop_s = ended
+                .unwrap_or(j.last_s)
+                .clamp(j.first_s, end_s)
+                .max(start_s + 1e-3);
+            let registered = rec
+                .and_then(|r| r.registration.as_ref())
+                .and_then(|r| r.pid);
+            let pid = registered
+                .filter(|p| j.pids.contains(p))
+                .or_else(|| j.pids.iter().copied().find(|p| !used_pids.contains(p)))
+                .filter(|p| *p != 0 && !used_pids.contains(p))
+                .unwrap_or(SYNTHETIC_PID + k as u32);
+            used_pids.insert(pid);
+            let exit_code = match rec {
+                Some(r) => r
+                    .exit_code
+                    .or(r.signal.map(|s| 128 + s))
+                    .unwrap_or(if r.outcome == Outcome::Failed { 1 } else { 0 }),
+                None => 0,
+            };
+            jobs.push(JobSpec {
+                name: rec.map_or_else(|| id.clone(), |r| r.name.clone()),
+                id: Some(id.clone()),
+                user: rec.map_or_else(|| "root".to_string(), |r| r.user.clone()),
+                uid: rec.and_then(|r| r.uid).unwrap_or(0),
+                pid,
+                worker_pids: Vec::new(),
+                command: String::new(),
+                gpus: j
+                    .gpus
+                    .iter()
+                    .filter_map(|g| position.get(g).copied())
+                    .collect(),
+                start_s,
+                exit_code,
+                phases: vec![PhaseSpec {
+                    seconds: stop_s - start_s,
+                    utilization: 0.0,
+                    power_w: 0.0,
+                    memory_mib: 0,
+                    precision: None,
+                    sm_active: None,
+                    tensor_active: None,
+                    fp16_active: None,
+                    fp32_active: None,
+                    fp64_active: None,
+                    dram_active: None,
+                }],
+            });
+        }
+        let events = self
+            .events
+            .iter()
+            .filter_map(|e| {
+                Some(EventSpec {
+                    gpu: *position.get(&e.gpu)?,
+                    at_s: e.at_s.min(end_s * (1.0 - 1e-9)),
+                    ..e.clone()
+                })
+            })
+            .collect();
+        let gpus = gpus
+            .iter()
+            .map(|g| {
+                let tr = &g.trace;
+                let min_u32 = |v: &[u32]| v.iter().copied().filter(|c| *c > 0).min();
+                let max_clock = tr.sm_clock_mhz.iter().copied().max().unwrap_or(1980).max(1);
+                let idle_clock = min_u32(&tr.sm_clock_mhz)
+                    .unwrap_or(max_clock)
+                    .min(max_clock);
+                let power_limit_w = if g.power_limit_w > 0.0 {
+                    g.power_limit_w
+                } else {
+                    tr.power_w.iter().copied().fold(1.0, f64::max)
+                };
+                let idle_power_w = tr
+                    .power_w
+                    .iter()
+                    .copied()
+                    .fold(f64::INFINITY, f64::min)
+                    .min(power_limit_w * 0.99);
+                GpuSpec {
+                    model: g.model.clone(),
+                    uuid: Some(g.uuid.clone()),
+                    memory_total_mib: g
+                        .memory_total_mib
+                        .max(tr.memory_used_mib.iter().copied().max().unwrap_or(1))
+                        .max(1),
+                    power_limit_w,
+                    idle_power_w,
+                    max_sm_clock_mhz: max_clock,
+                    idle_sm_clock_mhz: idle_clock,
+                    idle_temperature_c: tr
+                        .temperature_c
+                        .iter()
+                        .copied()
+                        .fold(f64::INFINITY, f64::min),
+                    energy_counter: g.counter,
+                    initial_energy_j: 0.0,
+                    gpm: Some(tr.pipes.is_some()),
+                    bench_efficiency: 0.92,
+                    trace: Some(tr.clone()),
+                }
+            })
+            .collect();
+        Some(Scenario {
+            name: "recorded".into(),
+            description: format!(
+                "{:.0} s recorded by gpucost {} from {} (driver {}), {} s samples",
+                end_s,
+                env!("CARGO_PKG_VERSION"),
+                self.source,
+                self.driver.as_deref().unwrap_or("unknown"),
+                self.interval_s
+            ),
+            duration_s: (end_s + self.interval_s).ceil(),
+            repeat: false,
+            speed: 1.0,
+            driver_version: self.driver.clone().unwrap_or_else(|| "unknown".into()),
+            ripple: 0.0,
+            gpus,
+            jobs,
+            events,
+        })
+    }
+
+    /// Writes the recording so far (atomically: a temporary file, then a rename); `job` looks up
+    /// the agent's record of a job.
+    pub fn write<'a>(&mut self, job: impl Fn(&str) -> Option<&'a JobRecord>) -> anyhow::Result<()> {
+        for id in self.jobs.keys() {
+            if let Some(r) = job(id) {
+                self.records.insert(id.clone(), r.clone());
+            }
+        }
+        let Some(scenario) = self.scenario() else {
+            return Ok(());
+        };
+        // What is written must load: a recording that cannot be replayed is a bug here.
+        let text = toml::to_string(&scenario)?;
+        Scenario::parse(&text, &self.path.display().to_string())?;
+        let tmp = self.path.with_extension("tmp");
+        let header = "# Recorded by `gpucost agent --record`; replay with `gpucost agent --simulate FILE`.\n";
+        std::fs::write(&tmp, format!("{header}{text}"))?;
+        std::fs::rename(&tmp, &self.path)?;
+        Ok(())
+    }
+}
+
+fn round(v: f64, per_unit: f64) -> f64 {
+    (v * per_unit).round() / per_unit
+}
+
+/// GPM ratios to four places (GPM reports percent with two).
+fn sim_pipes(p: &crate::sample::Pipes) -> gpucost_sim::Pipes {
+    let r = |v: f64| round(v.clamp(0.0, 1.0), 1e4);
+    gpucost_sim::Pipes {
+        sm_active: r(p.sm_active),
+        sm_occupancy: r(p.sm_occupancy),
+        tensor_active: r(p.tensor_active),
+        hmma_active: r(p.hmma_active),
+        imma_active: r(p.imma_active),
+        dfma_tensor_active: r(p.dfma_tensor_active),
+        fp16_active: r(p.fp16_active),
+        fp32_active: r(p.fp32_active),
+        fp64_active: r(p.fp64_active),
+        dram_active: r(p.dram_active),
+    }
+}
