@@ -186,4 +186,21 @@ fn a_recorded_run_replays_to_the_same_accounting() {
     );
     assert_eq!(xids_live, Some(1.0));
     assert_eq!(xids_replay, xids_live);
+
+    // The fake NVML library replays a recording too: in the fp32 phase (1-3 s) the GPU draws
+    // the recorded ~420 W.
+    let replay_nvml = Agent::start(
+        &["--nvml-lib", fake_nvml_lib().to_str().unwrap()],
+        &[ENV[0], ENV[1], ("GPUCOST_FAKE_NVML_SCENARIO", recording)],
+    );
+    let m = replay_nvml.wait_for_metrics("the fp32 phase", Duration::from_secs(10), |m| {
+        m.get(
+            "gpucost_gpu_pipe_active_ratio",
+            &[("gpu", "0"), ("pipe", "fp32")],
+        )
+        .unwrap_or(0.0)
+            > 0.5
+    });
+    let watts = m.gpu("gpucost_gpu_power_watts", 0).unwrap();
+    assert!((400.0..440.0).contains(&watts), "{watts} W");
 }
