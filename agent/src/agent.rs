@@ -330,6 +330,7 @@ fn simulated_benchmarks(
     s.gpus
         .iter()
         .enumerate()
+        .filter(|(_, g)| g.benchmarked)
         .filter_map(|(i, g)| {
             let b = crate::bench::simulated(&g.model, g.bench_efficiency, now)?;
             Some((node.uuid(i as u32).to_string(), b))

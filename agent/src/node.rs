@@ -170,7 +170,7 @@ impl Node {
             return;
         };
         let tracker = &self.tracker;
-        match r.write(|id| tracker.get(id)) {
+        match r.write(|id| tracker.get(id), &self.benchmarks) {
             Ok(()) => self.recorder_error = None,
             Err(e) => {
                 let msg = format!("{e:#}");

@@ -13,6 +13,9 @@ use std::time::Instant;
 
 use gpucost_sim::{EventKind, EventSpec, GpuSpec, JobSpec, PhaseSpec, Scenario, Trace, TracePipes};
 
+use gpucost_kernels::peaks::Precision;
+
+use crate::bench::GpuBenchmark;
 use crate::jobs::{JobRecord, Outcome};
 use crate::sample::sampler::Tick;
 use crate::snapshot::GpuSnapshot;
@@ -195,8 +198,8 @@ impl Recorder {
         }
     }
 
-    /// The recording so far as a scenario.
-    pub fn scenario(&self) -> Option<Scenario> {
+    /// The recording so far as a scenario; `benchmarks` are the agent's latest, by GPU UUID.
+    pub fn scenario(&self, benchmarks: &BTreeMap<String, GpuBenchmark>) -> Option<Scenario> {
         let mut gpus: Vec<&RecGpu> = self.gpus.values().collect();
         gpus.sort_by_key(|g| g.index);
         let end_s = gpus.iter().map(|g| g.trace.end_s()).fold(0.0_f64, f64::max);
@@ -300,6 +303,15 @@ impl Recorder {
                     .copied()
                     .fold(f64::INFINITY, f64::min)
                     .min(power_limit_w * 0.99);
+                // A benchmarked GPU replays with its measured share of the datasheet (BF16, the
+                // peak MFU is against; else FP32); one that was not, without a benchmark.
+                let efficiency = benchmarks.get(&g.uuid).and_then(|b| {
+                    let ratios = crate::bench::ratios(&g.model, b);
+                    let of = |p| ratios.iter().find(|(q, _)| *q == p).map(|(_, r)| *r);
+                    of(Precision::Bf16)
+                        .or(of(Precision::Fp32))
+                        .map(|r| r.clamp(1e-3, 1.0))
+                });
                 GpuSpec {
                     model: g.model.clone(),
                     uuid: Some(g.uuid.clone()),
@@ -319,7 +331,8 @@ impl Recorder {
                     energy_counter: g.counter,
                     initial_energy_j: 0.0,
                     gpm: Some(tr.pipes.is_some()),
-                    bench_efficiency: 0.92,
+                    bench_efficiency: efficiency.unwrap_or(0.92),
+                    benchmarked: efficiency.is_some(),
                     trace: Some(tr.clone()),
                 }
             })
@@ -347,20 +360,28 @@ impl Recorder {
 
     /// Writes the recording so far (atomically: a temporary file, then a rename); `job` looks up
     /// the agent's record of a job.
-    pub fn write<'a>(&mut self, job: impl Fn(&str) -> Option<&'a JobRecord>) -> anyhow::Result<()> {
+    pub fn write<'a>(
+        &mut self,
+        job: impl Fn(&str) -> Option<&'a JobRecord>,
+        benchmarks: &BTreeMap<String, GpuBenchmark>,
+    ) -> anyhow::Result<()> {
         for id in self.jobs.keys() {
             if let Some(r) = job(id) {
                 self.records.insert(id.clone(), r.clone());
             }
         }
-        let Some(scenario) = self.scenario() else {
+        let Some(scenario) = self.scenario(benchmarks) else {
             return Ok(());
         };
         // What is written must load: a recording that cannot be replayed is a bug here.
         let text = toml::to_string(&scenario)?;
         Scenario::parse(&text, &self.path.display().to_string())?;
         let tmp = self.path.with_extension("tmp");
-        let header = "# Recorded by `gpucost agent --record`; replay with `gpucost agent --simulate FILE`.\n";
+        let header = format!(
+            "# Recorded by `gpucost agent --record`; replay with `gpucost agent --simulate FILE`.\n\
+             # Scenario time 0 is unix time {:.3}.\n",
+            self.started_unix
+        );
         std::fs::write(&tmp, format!("{header}{text}"))?;
         std::fs::rename(&tmp, &self.path)?;
         Ok(())

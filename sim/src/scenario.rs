@@ -93,6 +93,10 @@ pub struct GpuSpec {
     /// (0..1; the simulated node reports it as its benchmark). Default 0.92.
     #[serde(default = "default_bench_efficiency")]
     pub bench_efficiency: f64,
+    /// Whether the simulated node reports a benchmark for this GPU at all (a recording of a GPU
+    /// that was never benchmarked says false).
+    #[serde(default = "yes")]
+    pub benchmarked: bool,
     /// Recorded readings of a real GPU, replayed instead of the jobs' phases (see
     /// [`crate::Trace`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
