@@ -213,7 +213,11 @@ def analyze(d, interval):
 
 
 def bench_table(bench_path, ref_path):
-    gpu = json.load(open(bench_path))["gpus"][0]
+    try:
+        gpu = json.load(open(bench_path))["gpus"][0]
+    except (OSError, ValueError, KeyError, IndexError) as e:
+        print(f"no gpucost bench result in {bench_path}: {e}")
+        return
     try:
         ref = json.load(open(ref_path))
     except (OSError, ValueError) as e:
