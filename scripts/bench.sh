@@ -13,17 +13,17 @@ cargo build --release --quiet -p gpucost -p fake-nvml
 agent=$root/target/release/gpucost
 lib=$root/target/release/libnvidia_ml.so
 
-# A node of N GPUs, each with one job of 8 processes (64 processes on 8 GPUs).
+# A node of N GPUs with 64 processes in all: on each GPU one job of 64/N processes.
 scenario() {
-  local n=$1 f=$work/node$1.toml
+  local n=$1 f=$work/node$1.toml k=$((64 / $1))
   { echo 'name = "bench"'; echo 'duration_s = 3600'
     for ((g = 0; g < n; g++)); do
       printf '[[gpu]]\nmodel = "NVIDIA H100 80GB HBM3"\nmemory_total_mib = 81559\npower_limit_w = 700\nidle_power_w = 70\n'
     done
     for ((g = 0; g < n; g++)); do
       p=$((100000 + g * 100))
-      printf '[[job]]\nname = "j%d"\npid = %d\nworker_pids = [%d, %d, %d, %d, %d, %d, %d]\ngpus = [%d]\n' \
-        "$g" "$p" $((p+1)) $((p+2)) $((p+3)) $((p+4)) $((p+5)) $((p+6)) $((p+7)) "$g"
+      workers=$(seq -s ', ' $((p + 1)) $((p + k - 1)))
+      printf '[[job]]\nname = "j%d"\npid = %d\nworker_pids = [%s]\ngpus = [%d]\n' "$g" "$p" "$workers" "$g"
       printf '[[job.phase]]\nseconds = 3600\nutilization = 0.9\npower_w = 500\nmemory_mib = 1000\nprecision = "bf16"\n'
     done; } > "$f"
   echo "$f"
@@ -46,7 +46,7 @@ cycle_cost() { # gpus process_interval
   sleep 10
   t1=$(ticks $pid); s1=$(curl -s localhost:10991/metrics | awk '/^gpucost_agent_samples_total/{print $2}')
   kill $pid; wait $pid 2>/dev/null || true
-  python3 -c "print(f'| sampling cycle, $1 GPU(s), $(( $1 * 8 )) processes, process lists every $2 | {($t1-$t0)/$hz/($s1-$s0)*1e3:.3f} ms CPU |')"
+  python3 -c "print(f'| sampling cycle, $1 GPU(s), 64 processes, process lists every $2 | {($t1-$t0)/$hz/($s1-$s0)*1e3:.3f} ms CPU |')"
 }
 
 echo "| what | figure |"
