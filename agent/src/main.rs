@@ -278,6 +278,20 @@ fn exit_code(code: i32) -> ExitCode {
 
 fn agent(args: AgentArgs) -> ExitCode {
     let record = args.record.clone();
+    if let Some(path) = &record {
+        // Bad input, like a bad config: said before anything starts.
+        let open = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path);
+        if let Err(e) = open {
+            eprintln!(
+                "gpucost: flag --record: cannot write {}: {e}",
+                path.display()
+            );
+            return ExitCode::from(2);
+        }
+    }
     let config = match load_config(args) {
         Ok(c) => c,
         Err(e) => {

@@ -408,3 +408,161 @@ fn sim_pipes(p: &crate::sample::Pipes) -> gpucost_sim::Pipes {
         dram_active: r(p.dram_active),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::jobs::{Registered, Scheduler, Usage};
+    use crate::sample::{GpuStatic, Pipes, ProcessUse, Reading};
+
+    fn gpu(index: u32, pids: &[u32], xids: &[(u32, u64)]) -> GpuSnapshot {
+        GpuSnapshot {
+            info: GpuStatic {
+                index,
+                uuid: format!("GPU-{index}"),
+                model: "NVIDIA H100 80GB HBM3".into(),
+            },
+            up: true,
+            reading: Some(Reading {
+                energy_mj: Some(1),
+                power_mw: Some(300_000),
+                power_limit_mw: Some(700_000),
+                utilization_pct: Some(50),
+                memory_used_bytes: Some(2048 << 20),
+                memory_total_bytes: Some(81559 << 20),
+                sm_clock_mhz: Some(1980),
+                temperature_c: Some(50),
+                clock_event_reasons: Some(0),
+                ..Reading::default()
+            }),
+            processes: pids
+                .iter()
+                .map(|pid| ProcessUse {
+                    pid: *pid,
+                    used_memory_bytes: Some(1 << 30),
+                    sm_util_pct: Some(50),
+                })
+                .collect(),
+            totals: crate::account::GpuTotals {
+                xids: xids.iter().copied().collect(),
+                ..Default::default()
+            },
+            energy_method: None,
+        }
+    }
+
+    fn tick(index: u32, pipes: Option<Pipes>) -> Tick {
+        Tick {
+            index,
+            uuid: format!("GPU-{index}"),
+            model: "NVIDIA H100 80GB HBM3".into(),
+            dt: 1.0,
+            energy_j: 300.0,
+            utilization: Some(0.5),
+            pipes,
+        }
+    }
+
+    fn job(
+        id: &str,
+        outcome: Outcome,
+        exit: Option<i32>,
+        signal: Option<i32>,
+        pid: Option<u32>,
+    ) -> JobRecord {
+        JobRecord {
+            id: id.into(),
+            name: format!("{id}-name"),
+            user: "alice".into(),
+            uid: Some(1001),
+            scheduler: Scheduler::Gpucost,
+            labels: Default::default(),
+            started_at: 0.0,
+            ended_at: None,
+            outcome,
+            exit_code: exit,
+            signal,
+            usage: Usage::default(),
+            per_gpu: Default::default(),
+            registration: pid.map(|p| Registered {
+                pid: Some(p),
+                gpus: Vec::new(),
+            }),
+            progress: None,
+        }
+    }
+
+    /// Jobs, GPUs with gaps in their indices, GPM that appears mid-recording, Xids and exit
+    /// codes all come out as a scenario that loads.
+    #[test]
+    fn recordings_are_replayable_scenarios() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rec.toml");
+        let mut r = Recorder::new(&path, "NVML", 1.0, 1000.0).unwrap();
+        let t0 = r.started;
+        let pipes = Pipes {
+            fp32_active: 0.6,
+            ..Pipes::default()
+        };
+        for k in 0..4u32 {
+            let now = t0 + Duration::from_secs(u64::from(k) + 1);
+            // GPU 0 runs job a (pid 10, registered) alone; GPU 2 runs b and c together (pid 10 is
+            // listed there too, so c, whose process was never alone, gets a made-up pid).
+            let snaps = [gpu(0, &[10], &[]), gpu(2, &[20], &[(13, u64::from(k / 2))])];
+            let refs: Vec<&GpuSnapshot> = snaps.iter().collect();
+            let ticks = [tick(0, (k >= 2).then_some(pipes)), tick(2, None)];
+            let owners = BTreeMap::from([
+                ("GPU-0".to_string(), vec![("a".to_string(), 1.0)]),
+                (
+                    "GPU-2".to_string(),
+                    vec![("b".to_string(), 0.5), ("c".to_string(), 0.5)],
+                ),
+            ]);
+            r.observe(now, &ticks, &refs, &owners, Some("550.1"));
+        }
+        let records = [
+            job("a", Outcome::Failed, None, None, Some(10)),
+            job("b", Outcome::Failed, None, Some(9), None),
+        ];
+        r.write(|id| records.iter().find(|j| j.id == id), &BTreeMap::new())
+            .unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.contains("Scenario time 0 is unix time 1000.000"),
+            "{text}"
+        );
+        let s = Scenario::parse(&text, "rec.toml").unwrap();
+        assert_eq!(s.driver_version, "550.1");
+        assert_eq!(s.gpus.len(), 2);
+        assert!(s.gpus.iter().all(|g| !g.benchmarked));
+        let t0 = s.gpus[0].trace.as_ref().unwrap();
+        assert_eq!(t0.t_s, [1.0, 2.0, 3.0, 4.0]);
+        assert_eq!(
+            t0.energy_j,
+            [0.0, 300.0, 600.0, 900.0],
+            "joules since the first sample"
+        );
+        let p = t0.pipes.as_ref().unwrap();
+        assert_eq!(p.fp32_active, [0.0, 0.0, 0.6, 0.6], "zeros before GPM came");
+        assert_eq!(p.sm_active.len(), 4);
+        assert!(s.gpus[1].trace.as_ref().unwrap().pipes.is_none());
+        let by_id = |id: &str| s.jobs.iter().find(|j| j.id.as_deref() == Some(id)).unwrap();
+        let (a, b, c) = (by_id("a"), by_id("b"), by_id("c"));
+        assert_eq!((a.pid, a.gpus.as_slice(), a.exit_code), (10, &[0][..], 1));
+        assert_eq!((b.gpus.as_slice(), b.exit_code), (&[1][..], 128 + 9));
+        assert_eq!(c.exit_code, 0, "no record: ended with the recording");
+        assert!(b.pid >= SYNTHETIC_PID && c.pid >= SYNTHETIC_PID && b.pid != c.pid);
+        assert_eq!(a.name, "a-name");
+        assert_eq!(a.start_s, 0.0, "one interval before it was first seen");
+        assert_eq!(s.events.len(), 1);
+        assert_eq!((s.events[0].gpu, s.events[0].xid), (1, Some(13)));
+    }
+
+    #[test]
+    fn an_unwritable_recording_fails_at_once() {
+        let err = Recorder::new(Path::new("/nonexistent-dir/rec.toml"), "NVML", 1.0, 0.0);
+        assert!(err.is_err());
+    }
+}

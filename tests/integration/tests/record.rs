@@ -204,3 +204,23 @@ fn a_recorded_run_replays_to_the_same_accounting() {
     let watts = m.gpu("gpucost_gpu_power_watts", 0).unwrap();
     assert!((400.0..440.0).contains(&watts), "{watts} W");
 }
+
+#[test]
+fn an_unwritable_recording_is_refused_at_start() {
+    let out = Command::new(agent_bin())
+        .args([
+            "agent",
+            "--simulate",
+            "demo",
+            "--record",
+            "/nonexistent-dir/rec.toml",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--record") && err.contains("/nonexistent-dir/rec.toml"),
+        "{err}"
+    );
+}
