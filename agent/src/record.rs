@@ -394,19 +394,7 @@ fn round(v: f64, per_unit: f64) -> f64 {
 
 /// GPM ratios to four places (GPM reports percent with two).
 fn sim_pipes(p: &crate::sample::Pipes) -> gpucost_sim::Pipes {
-    let r = |v: f64| round(v.clamp(0.0, 1.0), 1e4);
-    gpucost_sim::Pipes {
-        sm_active: r(p.sm_active),
-        sm_occupancy: r(p.sm_occupancy),
-        tensor_active: r(p.tensor_active),
-        hmma_active: r(p.hmma_active),
-        imma_active: r(p.imma_active),
-        dfma_tensor_active: r(p.dfma_tensor_active),
-        fp16_active: r(p.fp16_active),
-        fp32_active: r(p.fp32_active),
-        fp64_active: r(p.fp64_active),
-        dram_active: r(p.dram_active),
-    }
+    p.map(|v| round(v.clamp(0.0, 1.0), 1e4)).into()
 }
 
 #[cfg(test)]

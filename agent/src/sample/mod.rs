@@ -142,6 +142,22 @@ pub struct Pipes {
 }
 
 impl Pipes {
+    /// Every pipe through `f`.
+    pub fn map(self, f: impl Fn(f64) -> f64) -> Pipes {
+        Pipes {
+            sm_active: f(self.sm_active),
+            sm_occupancy: f(self.sm_occupancy),
+            tensor_active: f(self.tensor_active),
+            hmma_active: f(self.hmma_active),
+            imma_active: f(self.imma_active),
+            dfma_tensor_active: f(self.dfma_tensor_active),
+            fp16_active: f(self.fp16_active),
+            fp32_active: f(self.fp32_active),
+            fp64_active: f(self.fp64_active),
+            dram_active: f(self.dram_active),
+        }
+    }
+
     /// Each pipe with its exported `pipe` label.
     pub fn labelled(&self) -> [(&'static str, f64); 10] {
         [
@@ -156,6 +172,41 @@ impl Pipes {
             ("sm_occupancy", self.sm_occupancy),
             ("dram", self.dram_active),
         ]
+    }
+}
+
+/// The simulated node's pipes read as GPM's, and recorded GPM read back into a scenario.
+impl From<gpucost_sim::Pipes> for Pipes {
+    fn from(p: gpucost_sim::Pipes) -> Self {
+        Pipes {
+            sm_active: p.sm_active,
+            sm_occupancy: p.sm_occupancy,
+            tensor_active: p.tensor_active,
+            hmma_active: p.hmma_active,
+            imma_active: p.imma_active,
+            dfma_tensor_active: p.dfma_tensor_active,
+            fp16_active: p.fp16_active,
+            fp32_active: p.fp32_active,
+            fp64_active: p.fp64_active,
+            dram_active: p.dram_active,
+        }
+    }
+}
+
+impl From<Pipes> for gpucost_sim::Pipes {
+    fn from(p: Pipes) -> Self {
+        gpucost_sim::Pipes {
+            sm_active: p.sm_active,
+            sm_occupancy: p.sm_occupancy,
+            tensor_active: p.tensor_active,
+            hmma_active: p.hmma_active,
+            imma_active: p.imma_active,
+            dfma_tensor_active: p.dfma_tensor_active,
+            fp16_active: p.fp16_active,
+            fp32_active: p.fp32_active,
+            fp64_active: p.fp64_active,
+            dram_active: p.dram_active,
+        }
     }
 }
 

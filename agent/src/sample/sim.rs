@@ -105,21 +105,7 @@ impl Backend for SimBackend {
                     })
                     .collect()
             }),
-            pipes: self.node.gpm_supported(index).then(|| {
-                let p = s.pipes;
-                super::Pipes {
-                    sm_active: p.sm_active,
-                    sm_occupancy: p.sm_occupancy,
-                    tensor_active: p.tensor_active,
-                    hmma_active: p.hmma_active,
-                    imma_active: p.imma_active,
-                    dfma_tensor_active: p.dfma_tensor_active,
-                    fp16_active: p.fp16_active,
-                    fp32_active: p.fp32_active,
-                    fp64_active: p.fp64_active,
-                    dram_active: p.dram_active,
-                }
-            }),
+            pipes: self.node.gpm_supported(index).then(|| s.pipes.into()),
             field_errors: errors,
         })
     }
