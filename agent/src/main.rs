@@ -151,7 +151,7 @@ struct AgentArgs {
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
     /// Also write what is read, as a scenario that `--simulate FILE` replays (rewritten every
-    /// persist interval and at exit)
+    /// persist interval, less often once long, and at exit)
     #[arg(long, value_name = "FILE")]
     record: Option<PathBuf>,
 }

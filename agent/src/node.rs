@@ -164,11 +164,15 @@ impl Node {
         self
     }
 
-    /// Writes the recording so far; a failure is said once and retried next time.
-    fn write_recording(&mut self) {
+    /// Writes the recording so far (when `all_done`, or when a periodic rewrite is due); a
+    /// failure is said once and retried next time.
+    fn write_recording(&mut self, all_done: bool) {
         let Some(r) = self.recorder.as_mut() else {
             return;
         };
+        if !all_done && !r.due(Instant::now()) {
+            return;
+        }
         let tracker = &self.tracker;
         match r.write(|id| tracker.get(id), &self.benchmarks) {
             Ok(()) => self.recorder_error = None,
@@ -220,7 +224,7 @@ impl Node {
             }
         }
         self.persist();
-        self.write_recording();
+        self.write_recording(true);
         debug!("node loop stopped");
     }
 
@@ -336,7 +340,7 @@ impl Node {
         if now >= self.next_persist {
             self.next_persist = now + self.cfg.persist_interval;
             self.persist();
-            self.write_recording();
+            self.write_recording(false);
             self.tracker.expire(unix);
         }
         self.publish(Some(cycle.duration));

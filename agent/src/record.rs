@@ -5,7 +5,10 @@
 //! pipes), each job that held a GPU a `[[job]]` (its process, GPUs, start, end and exit code),
 //! each Xid an `[[event]]`. `gpucost agent --simulate FILE` then replays the run, so a run on a
 //! real GPU can become a test fixture. The file is rewritten (atomically) every persist interval
-//! and on shutdown, so a crash loses at most one interval.
+//! and on shutdown. A rewrite costs time in proportion to the recording's length (about 40 ms per
+//! GPU-hour at 1 s samples, release build), so a long recording is rewritten less often: never sooner than 100
+//! times the last rewrite took, which keeps it under 1% of the agent's time; a crash loses at most
+//! that long.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -59,7 +62,12 @@ pub struct Recorder {
     /// their grace period; the recording keeps them).
     records: BTreeMap<String, JobRecord>,
     events: Vec<EventSpec>,
+    /// No periodic rewrite before this (see the module's note).
+    next_write: Instant,
 }
+
+/// A rewrite waits at least this many times as long as the last one took.
+const WRITE_SPACING: u32 = 100;
 
 impl Recorder {
     /// A recorder writing to `path`; fails at once when the file cannot be written.
@@ -81,11 +89,17 @@ impl Recorder {
             jobs: BTreeMap::new(),
             records: BTreeMap::new(),
             events: Vec::new(),
+            next_write: Instant::now(),
         })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Whether a periodic rewrite is due (the last one was long enough ago for its cost).
+    pub fn due(&self, now: Instant) -> bool {
+        now >= self.next_write
     }
 
     /// Adds one sampling cycle: each GPU read in it, and who held it.
@@ -365,6 +379,7 @@ impl Recorder {
         job: impl Fn(&str) -> Option<&'a JobRecord>,
         benchmarks: &BTreeMap<String, GpuBenchmark>,
     ) -> anyhow::Result<()> {
+        let started = Instant::now();
         for id in self.jobs.keys() {
             if let Some(r) = job(id) {
                 self.records.insert(id.clone(), r.clone());
@@ -384,6 +399,8 @@ impl Recorder {
         );
         std::fs::write(&tmp, format!("{header}{text}"))?;
         std::fs::rename(&tmp, &self.path)?;
+        let now = Instant::now();
+        self.next_write = now + now.duration_since(started) * WRITE_SPACING;
         Ok(())
     }
 }
@@ -514,8 +531,14 @@ mod tests {
             job("a", Outcome::Failed, None, None, Some(10)),
             job("b", Outcome::Failed, None, Some(9), None),
         ];
+        let before = Instant::now();
         r.write(|id| records.iter().find(|j| j.id == id), &BTreeMap::new())
             .unwrap();
+        assert!(
+            !r.due(before),
+            "the next rewrite waits for the cost of this one"
+        );
+        assert!(r.due(r.next_write));
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(
             text.contains("Scenario time 0 is unix time 1000.000"),
