@@ -430,8 +430,8 @@ impl Node {
         if let Some(rec) = self.traced(g, tm) {
             // What was recorded; the jobs' processes share its memory and utilization.
             let mut processes: Vec<SimProcess> = processes;
-            let mains = self.active(g, tm).count().max(1) as u64;
             let main_pids: Vec<u32> = self.active(g, tm).map(|(j, _)| j.pid).collect();
+            let mains = main_pids.len().max(1) as u64;
             for p in processes.iter_mut().filter(|p| main_pids.contains(&p.pid)) {
                 p.used_memory_bytes = load.memory_mib / mains * 1024 * 1024;
                 p.sm_util_pct = (rec.utilization * 100.0 / mains as f64).round() as u32;
