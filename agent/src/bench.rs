@@ -2,7 +2,7 @@
 //! (at start and every `bench.interval`, only on a GPU nobody uses), or on a simulated node the
 //! scenario's figures. Pure: results in, expectations out.
 
-use gpucost_kernels::peaks::{lookup, Precision};
+use gpucost_hw::peaks::{lookup, Precision};
 
 /// One GPU's latest benchmark.
 #[derive(Debug, Clone, PartialEq)]

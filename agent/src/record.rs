@@ -16,7 +16,8 @@ use std::time::Instant;
 
 use gpucost_sim::{EventKind, EventSpec, GpuSpec, JobSpec, PhaseSpec, Scenario, Trace, TracePipes};
 
-use gpucost_kernels::peaks::Precision;
+use gpucost_hw::peaks::Precision;
+use gpucost_hw::Pipes;
 
 use crate::bench::GpuBenchmark;
 use crate::jobs::{JobRecord, Outcome};
@@ -168,11 +169,11 @@ impl Recorder {
             match (&tick.pipes, tr.pipes.as_mut()) {
                 (Some(p), Some(cols)) => cols.push(&sim_pipes(p)),
                 // GPM went or came mid-recording: zeros fill the gap, the columns stay aligned.
-                (None, Some(cols)) => cols.push(&gpucost_sim::Pipes::default()),
+                (None, Some(cols)) => cols.push(&Pipes::default()),
                 (Some(p), None) => {
                     let mut cols = TracePipes::default();
                     for _ in 1..tr.t_s.len() {
-                        cols.push(&gpucost_sim::Pipes::default());
+                        cols.push(&Pipes::default());
                     }
                     cols.push(&sim_pipes(p));
                     tr.pipes = Some(cols);
@@ -410,8 +411,8 @@ fn round(v: f64, per_unit: f64) -> f64 {
 }
 
 /// GPM ratios to four places (GPM reports percent with two).
-fn sim_pipes(p: &crate::sample::Pipes) -> gpucost_sim::Pipes {
-    p.map(|v| round(v.clamp(0.0, 1.0), 1e4)).into()
+fn sim_pipes(p: &Pipes) -> Pipes {
+    p.map(|v| round(v.clamp(0.0, 1.0), 1e4))
 }
 
 #[cfg(test)]

@@ -5,8 +5,8 @@
 //! Usage: `bench [--device N] [--quick]` (build: `cargo build --release -p gpucost-kernels
 //! --example bench`). Exit code 1 when the benchmark fails or any verification failed.
 
+use gpucost_hw::peaks;
 use gpucost_kernels::bench::{self, BenchOptions};
-use gpucost_kernels::peaks;
 
 fn main() {
     let mut opts = BenchOptions {

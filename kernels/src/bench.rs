@@ -21,10 +21,10 @@ use crate::check::{self, Format, Rng};
 use crate::flops::{self, MemTraffic, MmaShape};
 use crate::gpu::{self, Gpu, Origin};
 use crate::launch::{self, FmaKernel, Kernel, MmaBuffers, MmaKernel};
-use crate::peaks::{self, Arch};
 use crate::registry::shape;
+use gpucost_hw::peaks::{self, Arch};
 
-pub use crate::peaks::Precision;
+pub use gpucost_hw::peaks::Precision;
 
 /// How a rate was obtained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

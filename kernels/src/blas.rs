@@ -13,7 +13,7 @@ use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
 use crate::check::{self, Format};
 use crate::gpu::Gpu;
 use crate::launch::{self, FillElem};
-use crate::peaks::Precision;
+use gpucost_hw::peaks::Precision;
 
 const SEED_A: u32 = 0x5EED_000A;
 const SEED_B: u32 = 0x5EED_000B;

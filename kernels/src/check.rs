@@ -9,7 +9,7 @@
 //! dropped MMA or a wrong operand order cannot hide inside a tolerance. The tolerances per
 //! precision are still those of arbitrary inputs, for the library GEMMs' rounded outputs.
 
-use crate::peaks::Precision;
+use gpucost_hw::peaks::Precision;
 
 /// Encodes `v` in a binary format with `exp_bits` exponent and `man_bits` mantissa bits
 /// (IEEE-style bias, subnormals, round to nearest even, no infinities: values past the largest

@@ -1,11 +1,11 @@
 //! GPU-side knowledge and code for gpucost.
 //!
-//! - [`peaks`]: the datasheet table of dense peak rates, the per-SM per-clock rates of each
-//!   architecture, and clock-normalized peaks. Plain Rust, no GPU.
 //! - [`registry`]: the CUDA modules (`kernels/cuda/*.cu`), their targets and entry points, and
 //!   the PTX shipped for GPU nodes that have a driver but no CUDA toolkit.
 //! - [`flops`]: how much work each kernel does, and rates from times. Pure.
 //! - [`bench`]: what `gpucost bench` and the agent call: each kernel verified, then timed.
+//!
+//! The datasheet peaks and per-SM rates live in `gpucost-hw` (no GPU, no CUDA).
 //!
 //! Everything that touches CUDA loads it at run time (cudarc with dynamic loading), so this
 //! crate builds and its pure parts test on machines without CUDA; a missing driver or library
@@ -17,15 +17,9 @@ mod check;
 pub mod flops;
 mod gpu;
 mod launch;
-pub mod peaks;
 pub mod registry;
 
 #[cfg(test)]
 mod ptx_tests;
 #[cfg(test)]
 mod tools;
-
-pub use peaks::{
-    clock_normalized_peak, estimate_peak, lookup, Arch, GpuSpec, ParsePrecisionError, Peaks,
-    Precision, GPUS,
-};

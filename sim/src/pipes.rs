@@ -7,32 +7,7 @@
 //! it is constant within a phase, so averages over any window are exact.
 
 use crate::scenario::PhaseSpec;
-
-/// How busy each pipe of a GPU is, as ratios 0..1 (GPM reports the same in percent).
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Pipes {
-    /// Share of time the SMs had at least one warp (GPM `SM_UTIL`, also `GRAPHICS_UTIL`).
-    pub sm_active: f64,
-    /// Resident warps as a share of the maximum (GPM `SM_OCCUPANCY`).
-    pub sm_occupancy: f64,
-    /// Any tensor-core instruction (GPM `ANY_TENSOR_UTIL`): at least each of the three below
-    /// (FP8 counts here only).
-    pub tensor_active: f64,
-    /// Half-precision tensor MMAs: FP16, BF16, TF32 (GPM `HMMA_TENSOR_UTIL`).
-    pub hmma_active: f64,
-    /// Integer tensor MMAs: INT8 (GPM `IMMA_TENSOR_UTIL`).
-    pub imma_active: f64,
-    /// FP64 tensor MMAs (GPM `DFMA_TENSOR_UTIL`).
-    pub dfma_tensor_active: f64,
-    /// The FP16/BF16 pipe outside the tensor cores (GPM `FP16_UTIL`).
-    pub fp16_active: f64,
-    /// The FP32 pipe (GPM `FP32_UTIL`).
-    pub fp32_active: f64,
-    /// The FP64 pipe (GPM `FP64_UTIL`).
-    pub fp64_active: f64,
-    /// Share of the peak DRAM bandwidth in use (GPM `DRAM_BW_UTIL`).
-    pub dram_active: f64,
-}
+pub use gpucost_hw::Pipes;
 
 /// SM activity per point of utilization, for every busy precision.
 const SM_ACTIVE_PER_UTIL: f64 = 0.95;
@@ -93,43 +68,6 @@ pub fn coefficients(precision: Option<&str>) -> Pipes {
             ..sm
         },
         _ => sm,
-    }
-}
-
-impl Pipes {
-    /// Every pipe times `k`.
-    pub(crate) fn scaled(self, k: f64) -> Pipes {
-        self.zip(Pipes::default(), |a, _| a * k)
-    }
-
-    /// Pipe by pipe, `self + other`.
-    pub(crate) fn plus(self, other: Pipes) -> Pipes {
-        self.zip(other, |a, b| a + b)
-    }
-
-    /// Pipe by pipe, `self - other`.
-    pub(crate) fn minus(self, other: Pipes) -> Pipes {
-        self.zip(other, |a, b| a - b)
-    }
-
-    /// Every pipe clamped to [0, 1].
-    pub(crate) fn capped(self) -> Pipes {
-        self.zip(Pipes::default(), |a, _| a.clamp(0.0, 1.0))
-    }
-
-    fn zip(self, o: Pipes, f: impl Fn(f64, f64) -> f64) -> Pipes {
-        Pipes {
-            sm_active: f(self.sm_active, o.sm_active),
-            sm_occupancy: f(self.sm_occupancy, o.sm_occupancy),
-            tensor_active: f(self.tensor_active, o.tensor_active),
-            hmma_active: f(self.hmma_active, o.hmma_active),
-            imma_active: f(self.imma_active, o.imma_active),
-            dfma_tensor_active: f(self.dfma_tensor_active, o.dfma_tensor_active),
-            fp16_active: f(self.fp16_active, o.fp16_active),
-            fp32_active: f(self.fp32_active, o.fp32_active),
-            fp64_active: f(self.fp64_active, o.fp64_active),
-            dram_active: f(self.dram_active, o.dram_active),
-        }
     }
 }
 

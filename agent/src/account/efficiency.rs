@@ -6,7 +6,7 @@
 //! in and the figure its MFU is conventionally quoted against (PaLM's definition), so numbers are
 //! comparable across jobs and with what training frameworks report.
 
-use gpucost_kernels::peaks::{lookup, Precision};
+use gpucost_hw::peaks::{lookup, Precision};
 
 use crate::sample::Pipes;
 

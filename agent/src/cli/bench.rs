@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use gpucost_hw::peaks::{lookup, Precision};
 use gpucost_kernels::bench::{self, BenchOptions, BenchReport, Method};
-use gpucost_kernels::peaks::{lookup, Precision};
 use serde_json::json;
 
 use crate::sample::nvml::NvmlBackend;

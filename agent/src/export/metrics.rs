@@ -452,8 +452,8 @@ fn node_families(snap: &Snapshot) -> Vec<MetricFamily> {
                 );
             }
         }
-        if let Some(spec) = gpucost_kernels::peaks::lookup(&g.info.model) {
-            for precision in gpucost_kernels::peaks::Precision::ALL {
+        if let Some(spec) = gpucost_hw::peaks::lookup(&g.info.model) {
+            for precision in gpucost_hw::peaks::Precision::ALL {
                 if let Some(peak) = spec.peak(precision) {
                     f.gauge(
                         "gpucost_gpu_peak_flops",

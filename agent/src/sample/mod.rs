@@ -119,96 +119,9 @@ pub struct Reading {
     pub field_errors: Vec<(Field, FieldError)>,
 }
 
-/// How busy each part of the GPU was over an interval, as ratios 0..1 (NVML GPM metrics).
-#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
-pub struct Pipes {
-    /// Share of time the SMs had a warp assigned.
-    pub sm_active: f64,
-    /// Active warps over the theoretical maximum.
-    pub sm_occupancy: f64,
-    /// Any tensor-core work.
-    pub tensor_active: f64,
-    /// FP16/BF16/TF32/FP8 tensor work (HMMA).
-    pub hmma_active: f64,
-    /// Integer tensor work (IMMA).
-    pub imma_active: f64,
-    /// FP64 tensor work (DFMA).
-    pub dfma_tensor_active: f64,
-    pub fp16_active: f64,
-    pub fp32_active: f64,
-    pub fp64_active: f64,
-    /// Share of DRAM bandwidth used.
-    pub dram_active: f64,
-}
-
-impl Pipes {
-    /// Every pipe through `f`.
-    pub fn map(self, f: impl Fn(f64) -> f64) -> Pipes {
-        Pipes {
-            sm_active: f(self.sm_active),
-            sm_occupancy: f(self.sm_occupancy),
-            tensor_active: f(self.tensor_active),
-            hmma_active: f(self.hmma_active),
-            imma_active: f(self.imma_active),
-            dfma_tensor_active: f(self.dfma_tensor_active),
-            fp16_active: f(self.fp16_active),
-            fp32_active: f(self.fp32_active),
-            fp64_active: f(self.fp64_active),
-            dram_active: f(self.dram_active),
-        }
-    }
-
-    /// Each pipe with its exported `pipe` label.
-    pub fn labelled(&self) -> [(&'static str, f64); 10] {
-        [
-            ("tensor", self.tensor_active),
-            ("hmma", self.hmma_active),
-            ("imma", self.imma_active),
-            ("dfma", self.dfma_tensor_active),
-            ("fp16", self.fp16_active),
-            ("fp32", self.fp32_active),
-            ("fp64", self.fp64_active),
-            ("sm", self.sm_active),
-            ("sm_occupancy", self.sm_occupancy),
-            ("dram", self.dram_active),
-        ]
-    }
-}
-
-/// The simulated node's pipes read as GPM's, and recorded GPM read back into a scenario.
-impl From<gpucost_sim::Pipes> for Pipes {
-    fn from(p: gpucost_sim::Pipes) -> Self {
-        Pipes {
-            sm_active: p.sm_active,
-            sm_occupancy: p.sm_occupancy,
-            tensor_active: p.tensor_active,
-            hmma_active: p.hmma_active,
-            imma_active: p.imma_active,
-            dfma_tensor_active: p.dfma_tensor_active,
-            fp16_active: p.fp16_active,
-            fp32_active: p.fp32_active,
-            fp64_active: p.fp64_active,
-            dram_active: p.dram_active,
-        }
-    }
-}
-
-impl From<Pipes> for gpucost_sim::Pipes {
-    fn from(p: Pipes) -> Self {
-        gpucost_sim::Pipes {
-            sm_active: p.sm_active,
-            sm_occupancy: p.sm_occupancy,
-            tensor_active: p.tensor_active,
-            hmma_active: p.hmma_active,
-            imma_active: p.imma_active,
-            dfma_tensor_active: p.dfma_tensor_active,
-            fp16_active: p.fp16_active,
-            fp32_active: p.fp32_active,
-            fp64_active: p.fp64_active,
-            dram_active: p.dram_active,
-        }
-    }
-}
+/// How busy each part of the GPU was over an interval (NVML GPM metrics), one definition for
+/// the whole project.
+pub use gpucost_hw::Pipes;
 
 /// Why a backend could not be opened or a GPU could not be read at all.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -105,7 +105,7 @@ impl Backend for SimBackend {
                     })
                     .collect()
             }),
-            pipes: self.node.gpm_supported(index).then(|| s.pipes.into()),
+            pipes: self.node.gpm_supported(index).then(|| s.pipes),
             field_errors: errors,
         })
     }
