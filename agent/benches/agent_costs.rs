@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gpucost::export::metrics::{render, Renderer};
-use gpucost::jobs::{GpuRecord, JobRecord, Outcome, Scheduler, Usage};
 use gpucost::ledger::Ledger;
-use gpucost::sample::{GpuStatic, Source};
 use gpucost::snapshot::{GpuSnapshot, Published, Snapshot};
+use gpucost_core::jobs::{GpuRecord, JobRecord, Outcome, Scheduler, Usage};
+use gpucost_core::reading::{GpuStatic, Source};
 
 fn usage(k: f64) -> Usage {
     Usage {

@@ -11,35 +11,39 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn, Instrument};
 
-use crate::api::{socket, Command};
-use crate::attribute::kubelet::{list_gpus, PodGpu};
-use crate::attribute::procfs::{ProcFs, ProcSource};
-use crate::config::Config;
+use crate::api::socket;
 use crate::export::http;
-use crate::node::{Node, NodeConfig};
+use crate::identity::kubelet::{list_gpus, PodGpu};
+use crate::identity::procfs::ProcFs;
+use crate::ledger::LedgerStore;
+use crate::node::{Message, Node, NodeConfig, NodeParts};
 use crate::notify;
 use crate::record::Recorder;
-use crate::sample::sampler::{BackendSpec, Cadence, Sampler};
-use crate::sample::sim::{SimEndings, SimProcs};
-use crate::sample::Source;
+use crate::sample::nvml::NvmlFactory;
+use crate::sample::sampler::{Cadence, Sampler};
+use crate::sample::sim::{SimEndings, SimFactory, SimProcs};
+use crate::sample::BackendFactory;
 use crate::snapshot::Snapshot;
+use gpucost_core::attribute::process::ProcSource;
+use gpucost_core::clock::{Clock, SystemClock};
+use gpucost_core::config::Config;
+use gpucost_core::reading::Source;
 
 /// Runs the agent until a shutdown signal. Errors are start-up errors (a bad scenario, a port in
 /// use); once running, nothing about the GPUs, the ledger or the socket stops it.
 pub fn run(config: Config, record: Option<std::path::PathBuf>) -> anyhow::Result<()> {
-    let spec = match &config.simulate {
-        Some(s) => BackendSpec::Simulated(Scenario::load(s)?),
-        None => BackendSpec::Nvml {
-            lib: config.nvml.lib.clone(),
-        },
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let scenario = match &config.simulate {
+        Some(s) => Some(Scenario::load(s)?),
+        None => None,
     };
     // Every log line of a simulated agent carries this span, so no one mistakes it for a node.
-    let span = match &spec {
-        BackendSpec::Simulated(s) => tracing::info_span!("simulated", scenario = %s.name),
-        BackendSpec::Nvml { .. } => tracing::Span::none(),
+    let span = match &scenario {
+        Some(s) => tracing::info_span!("simulated", scenario = %s.name),
+        None => tracing::Span::none(),
     };
     let _entered = span.enter();
-    if let BackendSpec::Simulated(s) = &spec {
+    if let Some(s) = &scenario {
         warn!(
             "SIMULATED NODE: scenario {:?} ({} GPUs): {}. Nothing here is measured; every \
              series carries simulated=\"true\"",
@@ -63,13 +67,13 @@ pub fn run(config: Config, record: Option<std::path::PathBuf>) -> anyhow::Result
     let local = listener.local_addr()?;
 
     let real_procs = ProcFs::new(&config.attribution.proc_root);
-    let (source, sim_name, procs): (_, _, Box<dyn ProcSource>) = match &spec {
-        BackendSpec::Simulated(s) => (
+    let (source, sim_name, procs): (_, _, Box<dyn ProcSource>) = match &scenario {
+        Some(s) => (
             Source::Simulated,
             Some(s.name.clone()),
             Box::new(SimProcs::new(s, real_procs)),
         ),
-        BackendSpec::Nvml { .. } => (Source::Nvml, None, Box::new(real_procs)),
+        None => (Source::Nvml, None, Box::new(real_procs)),
     };
     let (tx, rx) = watch::channel(Arc::new(Snapshot::empty(source, sim_name)));
     let (pods_tx, pods_rx) = watch::channel(Vec::<PodGpu>::new());
@@ -81,8 +85,8 @@ pub fn run(config: Config, record: Option<std::path::PathBuf>) -> anyhow::Result
     let node_cfg = NodeConfig {
         interval: config.sampling.interval,
         persist_interval: config.persist_interval,
-        state_dir: config.state_dir.clone(),
         job_map_dir: config.attribution.job_map_dir.clone(),
+        hostname: hostname(),
         grace_s: config.jobs.grace_period.as_secs_f64(),
         vanish_s: config.jobs.vanish_after.as_secs_f64(),
         export_labels: config.jobs.export_labels.clone(),
@@ -90,15 +94,15 @@ pub fn run(config: Config, record: Option<std::path::PathBuf>) -> anyhow::Result
     };
     let recorder = match &record {
         Some(path) => {
-            let from = match &spec {
-                BackendSpec::Simulated(s) => format!("simulated scenario {:?}", s.name),
-                BackendSpec::Nvml { .. } => "NVML".to_string(),
+            let from = match &scenario {
+                Some(s) => format!("simulated scenario {:?}", s.name),
+                None => "NVML".to_string(),
             };
             let r = Recorder::new(
                 path,
                 &from,
                 config.sampling.interval.as_secs_f64(),
-                crate::node::unix_now(),
+                clock.wall(),
             )
             .with_context(|| format!("cannot write the recording {}", path.display()))?;
             info!("recording every sample to {}", path.display());
@@ -106,25 +110,37 @@ pub fn run(config: Config, record: Option<std::path::PathBuf>) -> anyhow::Result
         }
         None => None,
     };
-    let (inbox, inbox_rx) = std::sync::mpsc::channel::<Command>();
+    let (inbox, inbox_rx) = std::sync::mpsc::channel::<Message>();
     let node_span = span.clone();
     let pricing = config.pricing.clone();
+    let store = LedgerStore::new(&config.state_dir);
+    let node_clock = clock.clone();
+    let nvml_lib = config.nvml.lib.clone();
+    let node_scenario = scenario.clone();
     let node = std::thread::Builder::new()
         .name("gpucost-node".into())
         .spawn(move || {
             let _e = node_span.enter();
-            let endings = match &spec {
-                BackendSpec::Simulated(s) => Some(SimEndings::new(s.clone())),
-                BackendSpec::Nvml { .. } => None,
+            let clock = node_clock;
+            let factory: Box<dyn BackendFactory> = match &node_scenario {
+                Some(s) => Box::new(SimFactory::new(s.clone(), clock.clone())),
+                None => Box::new(NvmlFactory::new(nvml_lib)),
             };
-            let sim_bench = match &spec {
-                BackendSpec::Simulated(s) => simulated_benchmarks(s),
-                BackendSpec::Nvml { .. } => Default::default(),
-            };
-            let sampler = Sampler::new(spec, cadence);
-            let mut node = Node::new(node_cfg, sampler, pricing, procs, pods_rx, tx);
-            if let Some(e) = endings {
-                node = node.with_sim_endings(e).with_benchmarks(sim_bench);
+            let mut node = Node::new(NodeParts {
+                cfg: node_cfg,
+                sampler: Sampler::new(factory, cadence, clock.clone()),
+                pricing,
+                procs,
+                pods: pods_rx,
+                store: Box::new(store),
+                clock: clock.clone(),
+                tx,
+            });
+            if let Some(s) = node_scenario {
+                let bench = simulated_benchmarks(&s, clock.wall());
+                node = node
+                    .with_sim_endings(SimEndings::new(s, clock))
+                    .with_benchmarks(bench);
             }
             if let Some(r) = recorder {
                 node = node.with_recorder(r);
@@ -161,7 +177,7 @@ pub fn run(config: Config, record: Option<std::path::PathBuf>) -> anyhow::Result
         config.state_dir.display()
     );
     let health = rx.clone();
-    let server = http::serve(listener, rx, stale_after, shutdown.clone());
+    let server = http::serve(listener, rx, stale_after, clock.clone(), shutdown.clone());
 
     let result = runtime.block_on(
         async {
@@ -185,7 +201,7 @@ pub fn run(config: Config, record: Option<std::path::PathBuf>) -> anyhow::Result
             // systemd (Type=notify): up once both listeners are bound; then the watchdog.
             let _ = notify::ready(&format!("listening on {local}"));
             if let Some(every) = notify::watchdog_interval() {
-                tokio::spawn(keep_watchdog(health, local, stale_after, every, shutdown.clone()));
+                tokio::spawn(keep_watchdog(health, local, stale_after, every, clock.clone(), shutdown.clone()));
             }
             tokio::select! {
                 r = server => r.context("HTTP server failed"),
@@ -200,7 +216,7 @@ pub fn run(config: Config, record: Option<std::path::PathBuf>) -> anyhow::Result
         .instrument(span.clone()),
     );
     shutdown.cancel();
-    let _ = inbox.send(Command::Shutdown);
+    let _ = inbox.send(Message::Shutdown);
     if node.join().is_err() {
         warn!("the node thread panicked");
     }
@@ -222,16 +238,14 @@ async fn keep_watchdog(
     local: std::net::SocketAddr,
     stale_after: Duration,
     every: Duration,
+    clock: Arc<dyn Clock>,
     shutdown: CancellationToken,
 ) {
     let mut said = String::new();
     loop {
         let (fresh, line) = {
             let snap = snapshots.borrow();
-            let fresh = snap
-                .taken_at
-                .and_then(|t| std::time::SystemTime::now().duration_since(t).ok())
-                .is_some_and(|age| age <= stale_after);
+            let fresh = snap.fresh(clock.mono(), stale_after);
             let line = match (&snap.backend_error, snap.backend_up) {
                 (_, true) => format!("listening on {local}; sampling {} GPU(s)", snap.gpus.len()),
                 (Some(e), false) => format!("listening on {local}; GPU library unavailable: {e}"),
@@ -257,7 +271,7 @@ async fn keep_watchdog(
 /// results go to the node thread. Stops, saying why once, where there is no CUDA driver.
 fn benchmark_loop(
     every: Duration,
-    inbox: &std::sync::mpsc::Sender<Command>,
+    inbox: &std::sync::mpsc::Sender<Message>,
     snapshots: &watch::Receiver<Arc<Snapshot>>,
     nvml_lib: Option<&std::path::Path>,
 ) {
@@ -294,7 +308,7 @@ fn benchmark_loop(
                         gpu = index,
                         "GPU {index} benchmarked in {:.1} s", b.report.elapsed_s
                     );
-                    let result = crate::bench::GpuBenchmark {
+                    let result = gpucost_core::benchmark::GpuBenchmark {
                         flops: b
                             .report
                             .results
@@ -307,10 +321,10 @@ fn benchmark_loop(
                             .iter()
                             .map(|m| (m.op.as_str(), m.bytes_per_s))
                             .collect(),
-                        taken_at: crate::node::unix_now(),
+                        taken_at: gpucost_core::clock::unix_now(),
                         simulated: false,
                     };
-                    if inbox.send(Command::Benchmark { uuid, result }).is_err() {
+                    if inbox.send(Message::Benchmark { uuid, result }).is_err() {
                         return;
                     }
                 }
@@ -324,15 +338,15 @@ fn benchmark_loop(
 /// A simulated node's benchmarks: each GPU's datasheet peaks times its `bench_efficiency`.
 fn simulated_benchmarks(
     s: &Scenario,
-) -> std::collections::BTreeMap<String, crate::bench::GpuBenchmark> {
+    now: f64,
+) -> std::collections::BTreeMap<String, gpucost_core::benchmark::GpuBenchmark> {
     let node = gpucost_sim::Node::new(s.clone());
-    let now = crate::node::unix_now();
     s.gpus
         .iter()
         .enumerate()
         .filter(|(_, g)| g.benchmarked)
         .filter_map(|(i, g)| {
-            let b = crate::bench::simulated(&g.model, g.bench_efficiency, now)?;
+            let b = gpucost_core::benchmark::simulated(&g.model, g.bench_efficiency, now)?;
             Some((node.uuid(i as u32).to_string(), b))
         })
         .collect()
@@ -393,4 +407,13 @@ async fn shutdown_signal() {
         () = ctrl_c => {},
         () = term => {},
     }
+}
+
+/// The node's name, for the ids of jobs registered without one.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "node".to_string())
 }

@@ -3,20 +3,14 @@
 //! readings into totals, [`snapshot`] is what the sampler publishes, [`export`] renders it.
 //! [`config`] and [`agent`] set it all up.
 
-pub mod account;
 pub mod agent;
 pub mod api;
-pub mod attribute;
-pub mod bench;
 pub mod cli;
-pub mod config;
 pub mod export;
-pub mod jobs;
+pub mod identity;
 pub mod ledger;
 pub mod node;
 pub mod notify;
 pub mod record;
-pub mod report;
 pub mod sample;
 pub mod snapshot;
-pub mod tracker;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use gpucost::cli;
-use gpucost::config::{self, Layer, Origin};
+use gpucost_core::config::{self, Layer, Origin};
 
 #[derive(Parser)]
 #[command(

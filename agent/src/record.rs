@@ -19,10 +19,10 @@ use gpucost_sim::{EventKind, EventSpec, GpuSpec, JobSpec, PhaseSpec, Scenario, T
 use gpucost_hw::peaks::Precision;
 use gpucost_hw::Pipes;
 
-use crate::bench::GpuBenchmark;
-use crate::jobs::{JobRecord, Outcome};
 use crate::sample::sampler::Tick;
 use crate::snapshot::GpuSnapshot;
+use gpucost_core::benchmark::GpuBenchmark;
+use gpucost_core::jobs::{JobRecord, Outcome};
 
 /// Pids given to recorded jobs whose process was never listed (unique, far above real ones).
 const SYNTHETIC_PID: u32 = 4_000_000;
@@ -321,7 +321,7 @@ impl Recorder {
                 // A benchmarked GPU replays with its measured share of the datasheet (BF16, the
                 // peak MFU is against; else FP32); one that was not, without a benchmark.
                 let efficiency = benchmarks.get(&g.uuid).and_then(|b| {
-                    let ratios = crate::bench::ratios(&g.model, b);
+                    let ratios = gpucost_core::benchmark::ratios(&g.model, b);
                     let of = |p| ratios.iter().find(|(q, _)| *q == p).map(|(_, r)| *r);
                     of(Precision::Bf16)
                         .or(of(Precision::Fp32))
@@ -420,8 +420,8 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::jobs::{Registered, Scheduler, Usage};
-    use crate::sample::{GpuStatic, Pipes, ProcessUse, Reading};
+    use gpucost_core::jobs::{Registered, Scheduler, Usage};
+    use gpucost_core::reading::{GpuStatic, Pipes, ProcessUse, Reading};
 
     fn gpu(index: u32, pids: &[u32], xids: &[(u32, u64)]) -> GpuSnapshot {
         GpuSnapshot {
@@ -451,7 +451,7 @@ mod tests {
                     sm_util_pct: Some(50),
                 })
                 .collect(),
-            totals: crate::account::GpuTotals {
+            totals: gpucost_core::account::GpuTotals {
                 xids: xids.iter().copied().collect(),
                 ..Default::default()
             },

@@ -3,19 +3,19 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::account::energy::EnergyMethod;
-use crate::account::GpuTotals;
-use crate::jobs::{GpuRecord, JobRecord, Outcome};
-use crate::sample::{GpuStatic, ProcessUse, Reading, Source};
+use gpucost_core::account::energy::EnergyMethod;
+use gpucost_core::account::GpuTotals;
+use gpucost_core::jobs::{GpuRecord, JobRecord, Outcome};
+use gpucost_core::reading::{GpuStatic, ProcessUse, Reading, Source};
 
 #[derive(Debug, Clone)]
 pub struct Snapshot {
-    /// When the sample was taken; `None` before the first one.
-    pub taken_at: Option<SystemTime>,
+    /// When the sample was taken (monotonic clock); `None` before the first one.
+    pub taken_at: Option<Instant>,
     /// The scenario name when the node is simulated.
     pub simulated: Option<String>,
     pub source: Source,
@@ -31,7 +31,7 @@ pub struct Snapshot {
     /// Ticks skipped because a cycle ran late (a slow or hung NVML call).
     pub skipped_samples: u64,
     /// The latest benchmark of each GPU, by UUID.
-    pub benchmarks: Arc<BTreeMap<String, crate::bench::GpuBenchmark>>,
+    pub benchmarks: Arc<BTreeMap<String, gpucost_core::benchmark::GpuBenchmark>>,
     /// `bench.min_ratio`.
     pub bench_min_ratio: f64,
     /// (gpu, field, kind) -> count of failed reads; `field` is "all" when the whole GPU failed.
@@ -45,7 +45,7 @@ pub struct Snapshot {
     /// Job labels exported on `gpucost_job_info`.
     pub export_labels: Arc<Vec<String>>,
     /// Per running job: achieved FLOP/s and peak over the last tick (live, not persisted).
-    pub job_rates: Arc<BTreeMap<String, crate::tracker::JobRate>>,
+    pub job_rates: Arc<BTreeMap<String, gpucost_core::tracker::JobRate>>,
 }
 
 /// Totals that must never go backwards, as exported.
@@ -60,6 +60,17 @@ pub struct Published {
 }
 
 impl Snapshot {
+    /// How old the sample is at `now` (monotonic), when there is one.
+    pub fn age(&self, now: Instant) -> Option<Duration> {
+        self.taken_at.map(|t| now.saturating_duration_since(t))
+    }
+
+    /// Whether the sampler published within `stale_after` of `now`: what `/healthz` and the
+    /// systemd watchdog go by.
+    pub fn fresh(&self, now: Instant, stale_after: Duration) -> bool {
+        self.age(now).is_some_and(|a| a <= stale_after)
+    }
+
     pub fn empty(source: Source, simulated: Option<String>) -> Self {
         Snapshot {
             taken_at: None,

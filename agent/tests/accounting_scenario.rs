@@ -11,15 +11,17 @@
 
 use std::collections::BTreeMap;
 
-use gpucost::account::cost::Interval;
-use gpucost::account::pricing::from_toml_value;
-use gpucost::attribute::procfs::{write_fixture, ProcFs, ProcInfo};
-use gpucost::attribute::{attribute, GpuInput};
-use gpucost::jobs::Outcome;
+use gpucost::identity::procfs::{write_fixture, ProcFs};
 use gpucost::ledger::{JobFilter, Ledger};
-use gpucost::report::{render, Format, ReportOptions};
-use gpucost::sample::ProcessUse;
-use gpucost::tracker::{EndRequest, GpuRates, RegisterRequest, Tracker};
+use gpucost_core::account::cost::Interval;
+use gpucost_core::account::pricing::from_toml_value;
+use gpucost_core::attribute::process::ProcInfo;
+use gpucost_core::attribute::{attribute, GpuInput};
+use gpucost_core::clock::Now;
+use gpucost_core::jobs::Outcome;
+use gpucost_core::reading::ProcessUse;
+use gpucost_core::report::{render, Format, ReportOptions};
+use gpucost_core::tracker::{EndRequest, GpuRates, RegisterRequest, Tracker};
 
 const PRICING: &str = r#"
 currency = "EUR"
@@ -71,7 +73,7 @@ fn report_totals_equal_the_hand_computation() {
     write_fixture(&proc_root, &p(31, 30, 1003), "0::/user.slice\n", &[]);
     let procs = ProcFs::new(&proc_root);
 
-    let mut t = Tracker::restore(Vec::new(), Vec::new(), T0, 600.0, 15.0, "node");
+    let mut t = Tracker::restore(Vec::new(), Vec::new(), Now::at(T0), 600.0, 15.0, "node");
     // C is `gpucost run` (pid 30, its worker 31 on GPU 2); D was registered by a prolog.
     let reg = |id: &str, pid, gpus: &[&str]| RegisterRequest {
         id: Some(id.into()),
@@ -79,9 +81,9 @@ fn report_totals_equal_the_hand_computation() {
         gpus: gpus.iter().map(|s| s.to_string()).collect(),
         ..RegisterRequest::default()
     };
-    t.register(reg("C", Some(30), &[]), 1003, "carol", T0)
+    t.register(reg("C", Some(30), &[]), 1003, "carol", Now::at(T0))
         .unwrap();
-    t.register(reg("D", None, &["3"]), 1004, "dave", T0)
+    t.register(reg("D", None, &["3"]), 1004, "dave", Now::at(T0))
         .unwrap();
 
     // Shares by SM utilization: A's process 60%, 555's 20% -> 0.75 / 0.25 (memory would say
@@ -129,7 +131,7 @@ fn report_totals_equal_the_hand_computation() {
     assert_eq!(owners(1), vec![("C", 1.0)]);
     assert_eq!(owners(2), vec![("C", 1.0)]);
     assert_eq!(owners(3), vec![("D", 1.0)]);
-    t.observe(&att, |_| true, |u| u.to_string(), T0);
+    t.observe(&att, |_| true, |u| u.to_string(), Now::at(T0));
 
     // One hour, 60 intervals of 60 s: (power W, utilization) per GPU.
     let load = [(500.0, 0.90), (600.0, 0.95), (600.0, 0.95), (100.0, 0.0)];
@@ -156,7 +158,7 @@ fn report_totals_equal_the_hand_computation() {
             ..EndRequest::default()
         },
         1003,
-        T0 + 3600.0,
+        Now::at(T0 + 3600.0),
     )
     .unwrap();
 

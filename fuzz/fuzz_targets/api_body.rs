@@ -1,7 +1,7 @@
 //! Any request body on the job socket, registered, ended and reported on a job table: a
 //! result or a refusal, never a panic, and a refused request changes nothing.
 #![no_main]
-use gpucost::tracker::{EndRequest, ProgressRequest, RegisterRequest, Tracker};
+use gpucost_core::tracker::{EndRequest, ProgressRequest, RegisterRequest, Tracker};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -1,7 +1,7 @@
 //! Any `/proc/PID/cgroup` content: a Slurm job id or none, never a panic; an id found is a
 //! non-empty run of safe characters.
 #![no_main]
-use gpucost::attribute::cgroup::slurm_job_id_in_file;
+use gpucost_core::attribute::cgroup::slurm_job_id_in_file;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -1,6 +1,6 @@
 //! Any text as the config file: a config or an error naming the key, never a panic.
 #![no_main]
-use gpucost::config::{resolve, Layer, Origin};
+use gpucost_core::config::{resolve, Layer, Origin};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

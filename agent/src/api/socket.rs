@@ -21,9 +21,9 @@ use tokio::net::UnixListener;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use super::Command;
-use crate::jobs::JobRecord;
-use crate::tracker::{EndRequest, ProgressRequest, RegisterRequest, RequestError};
+use crate::node::Message;
+use gpucost_core::jobs::JobRecord;
+use gpucost_core::tracker::{EndRequest, ProgressRequest, RegisterRequest, RequestError};
 
 /// Largest accepted request body.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -44,7 +44,7 @@ impl axum::extract::connect_info::Connected<IncomingStream<'_, UnixListener>> fo
 
 #[derive(Clone)]
 struct AppState {
-    inbox: Sender<Command>,
+    inbox: Sender<Message>,
 }
 
 /// Binds the socket: creates its folder, replaces a stale socket file, sets `mode`.
@@ -62,7 +62,7 @@ pub fn bind(path: &Path, mode: u32) -> std::io::Result<UnixListener> {
     Ok(listener)
 }
 
-pub fn router(inbox: Sender<Command>) -> Router {
+pub fn router(inbox: Sender<Message>) -> Router {
     Router::new()
         .route("/api/v1/jobs", post(register))
         .route("/api/v1/jobs/{id}/end", post(end))
@@ -80,7 +80,7 @@ pub fn router(inbox: Sender<Command>) -> Router {
 
 pub async fn serve(
     listener: UnixListener,
-    inbox: Sender<Command>,
+    inbox: Sender<Message>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     axum::serve(
@@ -124,7 +124,7 @@ async fn register(
         Err((status, msg)) => return error(status, msg),
     };
     let (reply, rx) = oneshot::channel();
-    let cmd = Command::Register { req, uid, reply };
+    let cmd = Message::Register { req, uid, reply };
     ask(&app, cmd, rx, StatusCode::CREATED).await
 }
 
@@ -139,7 +139,7 @@ async fn end(
         Err((status, msg)) => return error(status, msg),
     };
     let (reply, rx) = oneshot::channel();
-    let cmd = Command::End {
+    let cmd = Message::End {
         id,
         req,
         uid,
@@ -159,7 +159,7 @@ async fn progress(
         Err((status, msg)) => return error(status, msg),
     };
     let (reply, rx) = oneshot::channel();
-    let cmd = Command::Progress {
+    let cmd = Message::Progress {
         id,
         req,
         uid,
@@ -170,7 +170,7 @@ async fn progress(
 
 async fn ask(
     app: &AppState,
-    cmd: Command,
+    cmd: Message,
     rx: oneshot::Receiver<Result<JobRecord, RequestError>>,
     ok: StatusCode,
 ) -> Response {

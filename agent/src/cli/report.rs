@@ -10,11 +10,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context};
 use serde_json::json;
 
-use crate::account::cost::{breakeven, Breakeven};
-use crate::account::pricing::Pricing;
-use crate::jobs::JobRecord;
 use crate::ledger::{JobFilter, Ledger};
-use crate::report::{render, Format, ReportOptions};
+use gpucost_core::account::cost::{breakeven, Breakeven};
+use gpucost_core::account::pricing::Pricing;
+use gpucost_core::jobs::JobRecord;
+use gpucost_core::report::{render, Format, ReportOptions};
 
 pub struct ReportArgs {
     pub state_dir: PathBuf,

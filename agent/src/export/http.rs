@@ -4,7 +4,9 @@
 //! or blocks on the sampler. [`serve`] takes a bound listener, so tests can bind port 0.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
+
+use gpucost_core::clock::Clock;
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
@@ -29,6 +31,8 @@ struct AppState {
     snapshots: watch::Receiver<Arc<Snapshot>>,
     /// A sample older than this means the sampler is stuck: `/healthz` answers 503.
     stale_after: Duration,
+    /// For the age of the last sample.
+    clock: Arc<dyn Clock>,
     /// The last rendered `/metrics` and the snapshot it was rendered from: scrapes between two
     /// samples (several Prometheus servers, dashboards hitting the agent) share one rendering.
     rendered: RenderCache,
@@ -42,7 +46,11 @@ impl AppState {
     }
 }
 
-pub fn router(snapshots: watch::Receiver<Arc<Snapshot>>, stale_after: Duration) -> Router {
+pub fn router(
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+    stale_after: Duration,
+    clock: Arc<dyn Clock>,
+) -> Router {
     Router::new()
         .route("/metrics", get(get_metrics))
         .route("/healthz", get(get_healthz))
@@ -60,6 +68,7 @@ pub fn router(snapshots: watch::Receiver<Arc<Snapshot>>, stale_after: Duration) 
         .with_state(AppState {
             snapshots,
             stale_after,
+            clock,
             rendered: Arc::default(),
             renderer: Arc::default(),
         })
@@ -70,9 +79,10 @@ pub async fn serve(
     listener: TcpListener,
     snapshots: watch::Receiver<Arc<Snapshot>>,
     stale_after: Duration,
+    clock: Arc<dyn Clock>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(snapshots, stale_after))
+    axum::serve(listener, router(snapshots, stale_after, clock))
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
 }
@@ -108,10 +118,9 @@ async fn get_metrics(State(app): State<AppState>) -> Response {
 
 async fn get_healthz(State(app): State<AppState>) -> Response {
     let snap = app.latest();
-    let age = snap
-        .taken_at
-        .and_then(|t| SystemTime::now().duration_since(t).ok());
-    let sampling = age.is_some_and(|a| a <= app.stale_after);
+    let now = app.clock.mono();
+    let age = snap.age(now);
+    let sampling = snap.fresh(now, app.stale_after);
     let status = if sampling {
         StatusCode::OK
     } else {
@@ -160,7 +169,7 @@ async fn get_gpu(
     }
 }
 
-fn job_json(j: &crate::jobs::JobRecord, currency: &str) -> serde_json::Value {
+fn job_json(j: &gpucost_core::jobs::JobRecord, currency: &str) -> serde_json::Value {
     let mut v = serde_json::to_value(j).unwrap_or_default();
     v["cost_total"] = json!(j.usage.total_cost());
     v["wasted_cost"] = json!(j.wasted_cost());

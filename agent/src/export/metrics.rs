@@ -12,10 +12,10 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
-use crate::jobs::{JobRecord, Outcome};
-use crate::sample::CLOCK_EVENT_REASONS;
 use crate::snapshot::Snapshot;
-use crate::tracker::JobRate;
+use gpucost_core::jobs::{JobRecord, Outcome};
+use gpucost_core::reading::CLOCK_EVENT_REASONS;
+use gpucost_core::tracker::JobRate;
 
 /// The content type of the text format we render.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -481,7 +481,7 @@ fn node_families(snap: &Snapshot) -> Vec<MetricFamily> {
                     *bps,
                 );
             }
-            let ratios = crate::bench::ratios(&g.info.model, b);
+            let ratios = gpucost_core::benchmark::ratios(&g.info.model, b);
             for (precision, r) in &ratios {
                 f.gauge(
                     "gpucost_gpu_benchmark_ratio",
@@ -494,7 +494,7 @@ fn node_families(snap: &Snapshot) -> Vec<MetricFamily> {
                 "gpucost_gpu_benchmark_below_expectation",
                 "1 when the GPU's FP32 benchmark is below bench.min_ratio of its datasheet peak.",
                 &gpu,
-                bool_value(crate::bench::below_expectation(
+                bool_value(gpucost_core::benchmark::below_expectation(
                     &ratios,
                     snap.bench_min_ratio,
                 )),
@@ -518,19 +518,6 @@ fn node_families(snap: &Snapshot) -> Vec<MetricFamily> {
     render_jobs(&mut f, snap);
     f.list
 }
-
-/// Labels of `gpucost_job_info` that a configured job label may not take.
-pub const RESERVED_LABELS: &[&str] = &[
-    "job",
-    "job_id",
-    "name",
-    "user",
-    "scheduler",
-    "instance",
-    "gpu",
-    "simulated",
-    "outcome",
-];
 
 fn render_jobs(f: &mut Families, snap: &Snapshot) {
     f.gauge(
@@ -716,9 +703,9 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::jobs::{Scheduler, Usage};
-    use crate::sample::Source;
     use crate::snapshot::Published;
+    use gpucost_core::jobs::{Scheduler, Usage};
+    use gpucost_core::reading::Source;
 
     fn job(i: usize, outcome: Outcome) -> JobRecord {
         JobRecord {
@@ -797,7 +784,7 @@ mod tests {
         assert_eq!(r.jobs.len(), 5, "gone jobs leave the cache");
         // Every family render_job writes has its own slot.
         let mut full = job(1, Outcome::Failed);
-        full.progress = Some(crate::jobs::Progress {
+        full.progress = Some(gpucost_core::jobs::Progress {
             tokens: 5,
             flop_rate: Some(1.0),
             ..Default::default()

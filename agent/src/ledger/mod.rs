@@ -25,8 +25,11 @@
 //! migration. A file written by a newer gpucost is refused, never downgraded.
 
 mod schema;
+mod store;
 #[cfg(test)]
 mod tests;
+
+pub use store::LedgerStore;
 
 use std::collections::HashMap;
 use std::fs;
@@ -34,13 +37,14 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use rusqlite::{
     params, Connection, ErrorCode, OpenFlags, OptionalExtension, Row, TransactionBehavior,
 };
 
-use crate::jobs::{GpuRecord, JobRecord, Outcome, Scheduler, Usage};
+use gpucost_core::clock::unix_now;
+use gpucost_core::jobs::{GpuRecord, JobRecord, Outcome, Scheduler, Usage};
 
 pub use schema::SCHEMA_VERSION;
 
@@ -745,13 +749,6 @@ fn read_usage(row: &Row<'_>, i: usize) -> rusqlite::Result<Usage> {
         *v = nan_if_null(row, i + k)?;
     }
     Ok(Usage::from_array(a))
-}
-
-fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
 }
 
 /// `<path><suffix>`, e.g. the `-wal` file next to the database.

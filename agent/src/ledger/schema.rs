@@ -4,12 +4,12 @@
 //! file. To change the schema, append one entry (never edit a shipped one): `open` applies every
 //! missing step, each in its own transaction together with the new `user_version`.
 //!
-//! Every REAL column of a [`Usage`](crate::jobs::Usage) (and `started_at`,
+//! Every REAL column of a [`Usage`](gpucost_core::jobs::Usage) (and `started_at`,
 //! `unallocated_seconds`) may hold NULL: SQLite stores a NaN as NULL, and reading NULL back gives
 //! NaN. A bad value upstream is then visible in reports instead of making every persist fail on a
 //! NOT NULL constraint. `ended_at` NULL means the job has not ended.
 
-/// The usage columns, in the order of [`crate::jobs::Usage`]'s fields.
+/// The usage columns, in the order of [`gpucost_core::jobs::Usage`]'s fields.
 pub(crate) const USAGE_COLUMNS: [&str; 11] = [
     "gpu_seconds",
     "energy_j",

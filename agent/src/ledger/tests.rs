@@ -3,7 +3,7 @@ use std::collections::BTreeMap;
 use rusqlite::Connection;
 
 use super::*;
-use crate::jobs::Registered;
+use gpucost_core::jobs::Registered;
 
 fn usage(k: f64) -> Usage {
     Usage {
@@ -53,7 +53,7 @@ fn job(id: &str, started_at: f64, ended_at: Option<f64>) -> JobRecord {
             pid: Some(4242),
             gpus: vec!["0".into(), "GPU-0001".into()],
         }),
-        progress: Some(crate::jobs::Progress {
+        progress: Some(gpucost_core::jobs::Progress {
             tokens: 1_000_000,
             samples: 2000,
             steps: 100,

@@ -20,8 +20,9 @@ use nvml_wrapper::gpm::gpm_metrics_get;
 use nvml_wrapper::{GpmSample, Nvml};
 use nvml_wrapper_sys::bindings::nvmlGpmSample_t;
 
-use super::{
-    Backend, Field, FieldError, GpuStatic, Pipes, ProcessUse, Reading, SampleError, Source,
+use super::Backend;
+use gpucost_core::reading::{
+    Field, FieldError, GpuStatic, Pipes, ProcessUse, Reading, SampleError, Source,
 };
 
 /// GPM samples must be at least this far apart (NVML's rule) to give a metric.
@@ -106,6 +107,39 @@ fn pipes_from(values: &[Option<f64>]) -> Pipes {
         fp32_active: v(7),
         fp64_active: v(8),
         dram_active: v(9),
+    }
+}
+
+/// Opens NVML from a library path (or the loader's default).
+pub struct NvmlFactory {
+    lib: Option<std::path::PathBuf>,
+}
+
+impl NvmlFactory {
+    pub fn new(lib: Option<std::path::PathBuf>) -> Self {
+        NvmlFactory { lib }
+    }
+}
+
+impl super::BackendFactory for NvmlFactory {
+    fn source(&self) -> Source {
+        Source::Nvml
+    }
+    fn library(&self) -> &'static str {
+        "NVML"
+    }
+    fn unavailable_hint(&self) -> String {
+        let tried = self
+            .lib
+            .as_ref()
+            .map_or_else(|| DEFAULT_LIB.to_string(), |p| p.display().to_string());
+        format!(
+            "tried {tried}; point --nvml-lib (or nvml.lib in the config) at libnvidia-ml.so.1 if \
+             it lives elsewhere"
+        )
+    }
+    fn open(&mut self) -> Result<Box<dyn Backend>, SampleError> {
+        NvmlBackend::open(self.lib.as_deref()).map(|b| Box::new(b) as Box<dyn Backend>)
     }
 }
 

@@ -1,29 +1,23 @@
 //! The sampler: owns the backend and the per-GPU totals; each [`Sampler::cycle`] reads every GPU
 //! (the process list on a slower cadence) and says what the interval since the last one held.
 //!
-//! It is driven by the node's owner thread (`crate::node`), because NVML calls block. Nothing
-//! here is fatal: a missing library is retried, a lost GPU is reported and re-read, a failed
-//! field is counted and logged, and the cycle goes on.
+//! It is driven by the node's owner thread (`crate::node`), because NVML calls block. The
+//! backend comes from a [`BackendFactory`] and time from a [`Clock`], both passed in, so tests
+//! drive it with a scripted backend in virtual time. Nothing here is fatal: a missing library is
+//! retried, a lost GPU is reported and re-read, a failed field is counted and logged, and the
+//! cycle goes on.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gpucost_sim::Scenario;
+use gpucost_core::clock::Clock;
 use tracing::{debug, info, warn};
 
-use super::nvml::{NvmlBackend, DEFAULT_LIB};
-use super::sim::SimBackend;
-use super::{Backend, Field, FieldError, GpuStatic, SampleError, Source};
-use crate::account::GpuTotals;
+use super::{Backend, BackendFactory};
 use crate::snapshot::GpuSnapshot;
-
-/// Which backend to run.
-#[derive(Debug, Clone)]
-pub enum BackendSpec {
-    Nvml { lib: Option<PathBuf> },
-    Simulated(Scenario),
-}
+use gpucost_core::account::GpuTotals;
+use gpucost_core::reading::{Field, FieldError, GpuStatic, SampleError, Source};
 
 #[derive(Debug, Clone)]
 pub struct Cadence {
@@ -60,8 +54,9 @@ impl GpuSlot {
 }
 
 pub struct Sampler {
-    spec: BackendSpec,
+    factory: Box<dyn BackendFactory>,
     cadence: Cadence,
+    clock: Arc<dyn Clock>,
     backend: Option<Box<dyn Backend>>,
     next_open: Instant,
     open_error: Option<String>,
@@ -85,7 +80,7 @@ pub struct Tick {
     pub energy_j: f64,
     pub utilization: Option<f64>,
     /// Pipe activity over the interval, where the GPU has GPM.
-    pub pipes: Option<super::Pipes>,
+    pub pipes: Option<gpucost_core::reading::Pipes>,
 }
 
 /// The result of a cycle.
@@ -99,11 +94,12 @@ pub struct CycleResult {
 }
 
 impl Sampler {
-    pub fn new(spec: BackendSpec, cadence: Cadence) -> Self {
-        let now = Instant::now();
+    pub fn new(factory: Box<dyn BackendFactory>, cadence: Cadence, clock: Arc<dyn Clock>) -> Self {
+        let now = clock.mono();
         Sampler {
-            spec,
+            factory,
             cadence,
+            clock,
             backend: None,
             next_open: now,
             open_error: None,
@@ -117,36 +113,24 @@ impl Sampler {
     }
 
     pub fn source(&self) -> Source {
-        match self.spec {
-            BackendSpec::Nvml { .. } => Source::Nvml,
-            BackendSpec::Simulated(_) => Source::Simulated,
-        }
+        self.factory.source()
     }
 
     fn open(&mut self, now: Instant) {
-        let result: Result<Box<dyn Backend>, SampleError> = match &self.spec {
-            BackendSpec::Nvml { lib } => {
-                NvmlBackend::open(lib.as_deref()).map(|b| Box::new(b) as Box<dyn Backend>)
-            }
-            BackendSpec::Simulated(s) => Ok(Box::new(SimBackend::new(s.clone()))),
-        };
-        let mut backend = match result {
+        let mut backend = match self.factory.open() {
             Ok(b) => b,
             Err(e) => {
                 let msg = e.to_string();
                 if self.open_error.as_deref() != Some(msg.as_str()) {
-                    let tried = match &self.spec {
-                        BackendSpec::Nvml { lib: Some(p) } => p.display().to_string(),
-                        _ => DEFAULT_LIB.to_string(),
-                    };
                     warn!(
-                        "NVML unavailable ({msg}); tried {tried}; point --nvml-lib (or nvml.lib in \
-                         the config) at libnvidia-ml.so.1 if it lives elsewhere. No GPU metrics \
-                         until it loads (gpucost_nvml_up 0); retrying every {}",
+                        "{} unavailable ({msg}); {}. No GPU metrics until it loads \
+                         (gpucost_nvml_up 0); retrying every {}",
+                        self.factory.library(),
+                        self.factory.unavailable_hint(),
                         humantime::format_duration(self.cadence.retry_interval)
                     );
                 } else {
-                    debug!("NVML still unavailable: {msg}");
+                    debug!("{} still unavailable: {msg}", self.factory.library());
                 }
                 self.open_error = Some(msg);
                 self.next_open = now + self.cadence.retry_interval;
@@ -195,8 +179,8 @@ impl Sampler {
     }
 
     /// One sampling cycle: read every GPU and fold the readings into the totals.
-    pub fn cycle(&mut self, now: Instant) -> CycleResult {
-        let started = Instant::now();
+    pub fn cycle(&mut self) -> CycleResult {
+        let now = self.clock.mono();
         let mut result = CycleResult::default();
         if self.backend.is_none() && now >= self.next_open {
             self.open(now);
@@ -292,7 +276,7 @@ impl Sampler {
             }
         }
         self.samples_total += 1;
-        result.duration = started.elapsed();
+        result.duration = self.clock.mono().saturating_duration_since(now);
         result
     }
 
@@ -326,10 +310,7 @@ impl Sampler {
 
     /// The scenario name when the node is simulated.
     pub fn simulated(&self) -> Option<&str> {
-        match &self.spec {
-            BackendSpec::Simulated(s) => Some(&s.name),
-            BackendSpec::Nvml { .. } => None,
-        }
+        self.factory.simulated()
     }
 }
 

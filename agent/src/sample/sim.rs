@@ -1,27 +1,33 @@
 //! The simulated backend: the scenario model of `gpucost-sim`, read as if it were NVML.
 //!
 //! Used only when the operator asks for it (`--simulate`); the agent never falls back to it.
-//! Scenario time runs from the moment the backend opens, at the scenario's speed.
+//! Scenario time runs from the moment the backend opens, at the scenario's speed, on the
+//! monotonic clock it is given (virtual time in tests).
 
+use std::sync::Arc;
 use std::time::Instant;
 
+use gpucost_core::clock::Clock;
 use gpucost_sim::{Node, Scenario};
 
-use super::{Backend, GpuStatic, ProcessUse, Reading, SampleError, Source};
+use super::{Backend, BackendFactory};
+use gpucost_core::reading::{GpuStatic, ProcessUse, Reading, SampleError, Source};
 
 pub struct SimBackend {
     node: Node,
+    clock: Arc<dyn Clock>,
     started: Instant,
     /// Scenario time up to which Xids have been reported.
     xids_until_s: f64,
 }
 
 impl SimBackend {
-    pub fn new(scenario: Scenario) -> Self {
+    pub fn new(scenario: Scenario, clock: Arc<dyn Clock>) -> Self {
         let node = Node::new(scenario);
         SimBackend {
             node,
-            started: Instant::now(),
+            started: clock.mono(),
+            clock,
             xids_until_s: 0.0,
         }
     }
@@ -31,7 +37,49 @@ impl SimBackend {
     }
 
     fn now_s(&self) -> f64 {
-        self.started.elapsed().as_secs_f64() * self.node.scenario().speed
+        scenario_time(self.clock.as_ref(), self.started, self.node.scenario())
+    }
+}
+
+/// Scenario seconds since `started`, at the scenario's speed.
+fn scenario_time(clock: &dyn Clock, started: Instant, s: &Scenario) -> f64 {
+    clock
+        .mono()
+        .saturating_duration_since(started)
+        .as_secs_f64()
+        * s.speed
+}
+
+/// Opens the simulated node (which never fails).
+pub struct SimFactory {
+    scenario: Scenario,
+    clock: Arc<dyn Clock>,
+}
+
+impl SimFactory {
+    pub fn new(scenario: Scenario, clock: Arc<dyn Clock>) -> Self {
+        SimFactory { scenario, clock }
+    }
+}
+
+impl BackendFactory for SimFactory {
+    fn source(&self) -> Source {
+        Source::Simulated
+    }
+    fn simulated(&self) -> Option<&str> {
+        Some(&self.scenario.name)
+    }
+    fn library(&self) -> &'static str {
+        "the simulated node"
+    }
+    fn unavailable_hint(&self) -> String {
+        format!("scenario {:?}", self.scenario.name)
+    }
+    fn open(&mut self) -> Result<Box<dyn Backend>, SampleError> {
+        Ok(Box::new(SimBackend::new(
+            self.scenario.clone(),
+            self.clock.clone(),
+        )))
     }
 }
 
@@ -80,10 +128,16 @@ impl Backend for SimBackend {
         let s = self.node.state(index, t);
         let mut errors = Vec::new();
         if s.energy_mj.is_none() {
-            errors.push((super::Field::Energy, super::FieldError::NotSupported));
+            errors.push((
+                gpucost_core::reading::Field::Energy,
+                gpucost_core::reading::FieldError::NotSupported,
+            ));
         }
         if !self.node.gpm_supported(index) {
-            errors.push((super::Field::Pipes, super::FieldError::NotSupported));
+            errors.push((
+                gpucost_core::reading::Field::Pipes,
+                gpucost_core::reading::FieldError::NotSupported,
+            ));
         }
         Ok(Reading {
             energy_mj: s.energy_mj,
@@ -105,7 +159,7 @@ impl Backend for SimBackend {
                     })
                     .collect()
             }),
-            pipes: self.node.gpm_supported(index).then(|| s.pipes),
+            pipes: self.node.gpm_supported(index).then_some(s.pipes),
             field_errors: errors,
         })
     }
@@ -116,13 +170,13 @@ impl Backend for SimBackend {
 /// plain processes. Pids the scenario does not know (a real `gpucost run` on a simulated node)
 /// are looked up in the real `/proc`.
 pub struct SimProcs {
-    procs: std::collections::BTreeMap<u32, crate::attribute::procfs::ProcInfo>,
-    real: crate::attribute::procfs::ProcFs,
+    procs: std::collections::BTreeMap<u32, gpucost_core::attribute::process::ProcInfo>,
+    real: crate::identity::procfs::ProcFs,
 }
 
 impl SimProcs {
-    pub fn new(scenario: &Scenario, real: crate::attribute::procfs::ProcFs) -> Self {
-        use crate::attribute::procfs::ProcInfo;
+    pub fn new(scenario: &Scenario, real: crate::identity::procfs::ProcFs) -> Self {
+        use gpucost_core::attribute::process::ProcInfo;
         let mut procs = std::collections::BTreeMap::new();
         for j in &scenario.jobs {
             let comm = j
@@ -151,8 +205,8 @@ impl SimProcs {
     }
 }
 
-impl crate::attribute::procfs::ProcSource for SimProcs {
-    fn info(&self, pid: u32) -> Option<crate::attribute::procfs::ProcInfo> {
+impl gpucost_core::attribute::process::ProcSource for SimProcs {
+    fn info(&self, pid: u32) -> Option<gpucost_core::attribute::process::ProcInfo> {
         self.procs
             .get(&pid)
             .cloned()
@@ -165,15 +219,17 @@ impl crate::attribute::procfs::ProcSource for SimProcs {
 /// its scenario `id`, else the id attribution gives its process (`unattributed:PID`).
 pub struct SimEndings {
     node: Node,
+    clock: Arc<dyn Clock>,
     started: Instant,
     until_s: f64,
 }
 
 impl SimEndings {
-    pub fn new(scenario: Scenario) -> Self {
+    pub fn new(scenario: Scenario, clock: Arc<dyn Clock>) -> Self {
         SimEndings {
             node: Node::new(scenario),
-            started: Instant::now(),
+            started: clock.mono(),
+            clock,
             until_s: 0.0,
         }
     }
@@ -181,7 +237,7 @@ impl SimEndings {
     /// Jobs that ended since the last call: (job id, exit code), in order.
     pub fn take(&mut self) -> Vec<(String, i32)> {
         let s = self.node.scenario();
-        let t = self.started.elapsed().as_secs_f64() * s.speed;
+        let t = scenario_time(self.clock.as_ref(), self.started, s);
         let since = std::mem::replace(&mut self.until_s, t);
         let d = s.duration_s;
         let mut out: Vec<(f64, String, i32)> = Vec::new();

@@ -475,12 +475,12 @@ pub fn resolve(layers: &[(Origin, Layer)]) -> Result<Config, ConfigError> {
             && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
             && !k.starts_with(|c: char| c.is_ascii_digit())
             && !k.starts_with("__")
-            && !crate::export::metrics::RESERVED_LABELS.contains(&k.as_str());
+            && !crate::jobs::RESERVED_LABELS.contains(&k.as_str());
         if !ok {
             return Err(err(
                 labels_origin,
                 "jobs.export_labels",
-                format!("{k:?} cannot be a label of gpucost_job_info (letters, digits and _, not starting with a digit or __, and none of {:?})", crate::export::metrics::RESERVED_LABELS),
+                format!("{k:?} cannot be a label of gpucost_job_info (letters, digits and _, not starting with a digit or __, and none of {:?})", crate::jobs::RESERVED_LABELS),
             ));
         }
     }

@@ -7,12 +7,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 use crate::account::cost::{cost_interval, Interval, Owner};
 use crate::account::pricing::Pricing;
 use crate::attribute::{Attribution, Registration};
+use crate::clock::Now;
 use crate::jobs::{GpuRecord, JobRecord, Outcome, Progress, Registered, Scheduler, Usage};
 
 /// Longest accepted job id, name, label key or value, in bytes.
@@ -114,8 +116,14 @@ struct Tracked {
     /// so an unchanged job is the same allocation from one snapshot to the next.
     rec: Arc<JobRecord>,
     rate: JobRate,
-    /// Unix seconds attribution last saw the job hold a GPU.
-    last_seen: f64,
+    /// When attribution last saw the job hold a GPU (monotonic: a wall-clock step ends no job).
+    last_seen: Instant,
+    /// The same moment on the wall clock, for the end time of a job that vanished.
+    last_seen_wall: f64,
+    /// When the job ended (monotonic), for its grace period on /metrics.
+    ended: Option<Instant>,
+    /// When its last progress report came (monotonic), for its FLOP rate.
+    progress_at: Option<Instant>,
     dirty: bool,
 }
 
@@ -124,6 +132,23 @@ impl Tracked {
     fn rec_mut(&mut self) -> &mut JobRecord {
         self.dirty = true;
         Arc::make_mut(&mut self.rec)
+    }
+
+    fn new(rec: JobRecord, now: Now, dirty: bool) -> Self {
+        Tracked {
+            rec: Arc::new(rec),
+            rate: JobRate::default(),
+            last_seen: now.mono,
+            last_seen_wall: now.wall,
+            ended: None,
+            progress_at: None,
+            dirty,
+        }
+    }
+
+    fn seen(&mut self, now: Now) {
+        self.last_seen = now.mono;
+        self.last_seen_wall = now.wall;
     }
 }
 
@@ -152,11 +177,12 @@ fn check_text(what: &str, s: &str) -> Result<(), RequestError> {
 
 impl Tracker {
     /// A table restored from the ledger's jobs and GPUs. Jobs still running when the agent
-    /// stopped continue under their ids.
+    /// stopped continue under their ids; finished ones stay for what is left of their grace
+    /// period, as far as the wall clock tells (the monotonic clock does not survive a restart).
     pub fn restore(
         jobs: Vec<JobRecord>,
         gpus: Vec<GpuRecord>,
-        now: f64,
+        now: Now,
         grace_s: f64,
         vanish_s: f64,
         host: &str,
@@ -174,17 +200,16 @@ impl Tracker {
             if rec.outcome != Outcome::Running {
                 *t.finished.entry(rec.outcome).or_default() += 1;
             }
-            let in_grace = rec.ended_at.is_none_or(|e| now - e < grace_s);
+            let in_grace = rec.ended_at.is_none_or(|e| now.wall - e < grace_s);
             if in_grace {
-                t.jobs.insert(
-                    rec.id.clone(),
-                    Tracked {
-                        rec: Arc::new(rec),
-                        rate: JobRate::default(),
-                        last_seen: now,
-                        dirty: false,
-                    },
-                );
+                let ago = rec.ended_at.map(|e| (now.wall - e).clamp(0.0, grace_s));
+                let mut tracked = Tracked::new(rec, now, false);
+                tracked.ended = ago.map(|a| {
+                    now.mono
+                        .checked_sub(Duration::from_secs_f64(a))
+                        .unwrap_or(now.mono)
+                });
+                t.jobs.insert(tracked.rec.id.clone(), tracked);
             }
         }
         t
@@ -227,9 +252,9 @@ impl Tracker {
             .collect()
     }
 
-    fn new_id(&mut self, now: f64) -> String {
+    fn new_id(&mut self, now: Now) -> String {
         self.next_serial += 1;
-        format!("{}-{}-{}", self.host, now as u64, self.next_serial)
+        format!("{}-{}-{}", self.host, now.wall as u64, self.next_serial)
     }
 
     /// Registers a job for the caller `uid` (from the socket's peer credentials).
@@ -238,7 +263,7 @@ impl Tracker {
         req: RegisterRequest,
         caller_uid: u32,
         caller_user: &str,
-        now: f64,
+        now: Now,
     ) -> Result<JobRecord, RequestError> {
         let is_root = caller_uid == 0;
         if (req.uid.is_some_and(|u| u != caller_uid) || req.user.is_some()) && !is_root {
@@ -301,7 +326,7 @@ impl Tracker {
                 )));
             }
             // A known job (found by attribution, or a repeated prolog): it becomes registered.
-            existing.last_seen = now;
+            existing.seen(now);
             let rec = existing.rec_mut();
             rec.labels.extend(labels);
             if let Some(n) = req.name {
@@ -319,7 +344,7 @@ impl Tracker {
             uid: Some(uid),
             scheduler: req.scheduler.unwrap_or(Scheduler::Gpucost),
             labels,
-            started_at: now,
+            started_at: now.wall,
             ended_at: None,
             outcome: Outcome::Running,
             exit_code: None,
@@ -329,15 +354,7 @@ impl Tracker {
             registration: Some(reg),
             progress: None,
         };
-        self.jobs.insert(
-            id,
-            Tracked {
-                rec: Arc::new(rec.clone()),
-                rate: JobRate::default(),
-                last_seen: now,
-                dirty: true,
-            },
-        );
+        self.jobs.insert(id, Tracked::new(rec.clone(), now, true));
         Ok(rec)
     }
 
@@ -367,7 +384,7 @@ impl Tracker {
         id: &str,
         req: EndRequest,
         caller_uid: u32,
-        now: f64,
+        now: Now,
     ) -> Result<JobRecord, RequestError> {
         let t = self.running_job_of(id, caller_uid)?;
         let outcome = match req.outcome {
@@ -379,11 +396,12 @@ impl Tracker {
             Some(o) => o,
             None => Outcome::from_exit(req.exit_code, req.signal),
         };
+        t.ended = Some(now.mono);
         let rec = t.rec_mut();
         rec.outcome = outcome;
         rec.exit_code = req.exit_code;
         rec.signal = req.signal;
-        rec.ended_at = Some(now);
+        rec.ended_at = Some(now.wall);
         let rec = rec.clone();
         *self.finished.entry(outcome).or_default() += 1;
         Ok(rec)
@@ -397,7 +415,7 @@ impl Tracker {
         att: &Attribution,
         alive: impl Fn(u32) -> bool,
         user_of: impl Fn(u32) -> String,
-        now: f64,
+        now: Now,
     ) {
         let seen: BTreeSet<&str> = att
             .owners
@@ -411,7 +429,8 @@ impl Tracker {
                 // GPUCOST_JOB_ID, a recycled pid) runs again under its id: its totals continue,
                 // so no exported counter goes back.
                 if t.rec.outcome != Outcome::Running && t.rec.registration.is_none() {
-                    t.last_seen = now;
+                    t.seen(now);
+                    t.ended = None;
                     let rec = t.rec_mut();
                     rec.outcome = Outcome::Running;
                     rec.ended_at = None;
@@ -430,7 +449,7 @@ impl Tracker {
                 uid: f.uid,
                 scheduler: f.scheduler,
                 labels: f.labels.clone(),
-                started_at: now,
+                started_at: now.wall,
                 ended_at: None,
                 outcome: Outcome::Running,
                 exit_code: None,
@@ -440,15 +459,7 @@ impl Tracker {
                 registration: None,
                 progress: None,
             };
-            self.jobs.insert(
-                id.clone(),
-                Tracked {
-                    rec: Arc::new(rec),
-                    rate: JobRate::default(),
-                    last_seen: now,
-                    dirty: true,
-                },
-            );
+            self.jobs.insert(id.clone(), Tracked::new(rec, now, true));
         }
         let mut ended = Vec::new();
         for (id, t) in self.jobs.iter_mut() {
@@ -456,16 +467,18 @@ impl Tracker {
                 continue;
             }
             if seen.contains(id.as_str()) {
-                t.last_seen = now;
+                t.seen(now);
             }
+            let unseen = now.since(t.last_seen) >= self.vanish_s;
             let gone = match &t.rec.registration {
                 // A registered job ends when told; if its root process died without a word,
                 // after the vanish time, it ended in an unknown way.
-                Some(r) => r.pid.is_some_and(|p| !alive(p)) && now - t.last_seen >= self.vanish_s,
-                None => now - t.last_seen >= self.vanish_s,
+                Some(r) => r.pid.is_some_and(|p| !alive(p)) && unseen,
+                None => unseen,
             };
             if gone {
-                let ended_at = t.last_seen.max(t.rec.started_at);
+                let ended_at = t.last_seen_wall.max(t.rec.started_at);
+                t.ended = Some(t.last_seen);
                 let rec = t.rec_mut();
                 rec.outcome = Outcome::Unknown;
                 rec.ended_at = Some(ended_at);
@@ -552,7 +565,7 @@ impl Tracker {
         id: &str,
         req: ProgressRequest,
         caller_uid: u32,
-        now: f64,
+        now: Now,
     ) -> Result<JobRecord, RequestError> {
         let t = self.running_job_of(id, caller_uid)?;
         for (what, v) in [
@@ -584,12 +597,18 @@ impl Tracker {
             (None, Some(f)) => (steps - old.steps) as f64 * f,
             (None, None) => 0.0,
         };
-        let dt = now - old.updated_at;
+        // Seconds since the last report: monotonic, or by the wall clock for the first report
+        // after a restart (the monotonic clock does not survive one).
+        let dt = match t.progress_at {
+            Some(at) => now.since(at),
+            None => now.wall - old.updated_at,
+        };
         let flop_rate = if old.updated_at > 0.0 && dt > 0.0 && added > 0.0 {
             Some(added / dt)
         } else {
             old.flop_rate
         };
+        t.progress_at = Some(now.mono);
         let rec = t.rec_mut();
         rec.progress = Some(Progress {
             tokens,
@@ -599,7 +618,7 @@ impl Tracker {
             flops_per_step,
             model_flop: old.model_flop + added,
             flop_rate,
-            updated_at: now,
+            updated_at: now.wall,
         });
         Ok(rec.clone())
     }
@@ -620,10 +639,10 @@ impl Tracker {
     }
 
     /// Drops finished jobs whose grace period is over (once persisted).
-    pub fn expire(&mut self, now: f64) {
+    pub fn expire(&mut self, now: Now) {
         let grace = self.grace_s;
         self.jobs
-            .retain(|_, t| t.dirty || t.rec.ended_at.is_none_or(|e| now - e < grace));
+            .retain(|_, t| t.dirty || t.ended.is_none_or(|e| now.since(e) < grace));
     }
 }
 

@@ -8,7 +8,7 @@
 
 use gpucost_hw::peaks::{lookup, Precision};
 
-use crate::sample::Pipes;
+use gpucost_hw::Pipes;
 
 /// FP32 pipe busier than this ...
 const FP32_BUSY: f64 = 0.20;

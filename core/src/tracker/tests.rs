@@ -2,9 +2,17 @@ use std::collections::BTreeMap;
 
 use super::*;
 use crate::attribute::Found;
+use crate::clock::Now;
 
 fn tracker() -> Tracker {
-    Tracker::restore(Vec::new(), Vec::new(), 1000.0, 600.0, 15.0, "node1")
+    Tracker::restore(
+        Vec::new(),
+        Vec::new(),
+        Now::at(1000.0),
+        600.0,
+        15.0,
+        "node1",
+    )
 }
 
 fn req(id: &str) -> RegisterRequest {
@@ -18,7 +26,9 @@ fn req(id: &str) -> RegisterRequest {
 #[test]
 fn a_user_may_end_only_their_own_jobs() {
     let mut t = tracker();
-    let j = t.register(req("a"), 1001, "alice", 1000.0).unwrap();
+    let j = t
+        .register(req("a"), 1001, "alice", Now::at(1000.0))
+        .unwrap();
     assert_eq!(
         (j.uid, j.user.as_str(), j.outcome),
         (Some(1001), "alice", Outcome::Running)
@@ -28,7 +38,7 @@ fn a_user_may_end_only_their_own_jobs() {
         ..EndRequest::default()
     };
     assert!(matches!(
-        t.end("a", end.clone(), 1002, 1001.0),
+        t.end("a", end.clone(), 1002, Now::at(1001.0)),
         Err(RequestError::Forbidden(_))
     ));
     assert_eq!(
@@ -37,17 +47,18 @@ fn a_user_may_end_only_their_own_jobs() {
         "a refusal changes nothing"
     );
     assert!(matches!(
-        t.end("nope", end.clone(), 0, 1001.0),
+        t.end("nope", end.clone(), 0, Now::at(1001.0)),
         Err(RequestError::NotFound(_))
     ));
-    let j = t.end("a", end.clone(), 1001, 1002.0).unwrap();
+    let j = t.end("a", end.clone(), 1001, Now::at(1002.0)).unwrap();
     assert_eq!((j.outcome, j.ended_at), (Outcome::Succeeded, Some(1002.0)));
     assert!(matches!(
-        t.end("a", end, 0, 1003.0),
+        t.end("a", end, 0, Now::at(1003.0)),
         Err(RequestError::Conflict(_))
     ));
     // Root may end anyone's job.
-    t.register(req("b"), 1001, "alice", 1000.0).unwrap();
+    t.register(req("b"), 1001, "alice", Now::at(1000.0))
+        .unwrap();
     let j = t
         .end(
             "b",
@@ -56,7 +67,7 @@ fn a_user_may_end_only_their_own_jobs() {
                 ..EndRequest::default()
             },
             0,
-            1004.0,
+            Now::at(1004.0),
         )
         .unwrap();
     assert_eq!(j.outcome, Outcome::Failed);
@@ -96,7 +107,10 @@ fn registration_input_is_checked() {
         ),
     ];
     for (r, uid, want) in cases {
-        let e = t.register(r, uid, "u", 1000.0).unwrap_err().to_string();
+        let e = t
+            .register(r, uid, "u", Now::at(1000.0))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains(want), "{e}");
     }
     assert_eq!(t.jobs().count(), 0);
@@ -110,13 +124,13 @@ fn registration_input_is_checked() {
             },
             0,
             "root",
-            1000.0,
+            Now::at(1000.0),
         )
         .unwrap();
     assert_eq!((j.uid, j.user.as_str()), (Some(1001), "alice"));
     // Without an id the agent makes one.
     let j = t
-        .register(RegisterRequest::default(), 1001, "alice", 1000.0)
+        .register(RegisterRequest::default(), 1001, "alice", Now::at(1000.0))
         .unwrap();
     assert_eq!(j.id, "node1-1000-1");
 }
@@ -139,25 +153,31 @@ fn found_jobs_appear_and_vanish_as_unknown() {
         owners: vec![vec![("41".into(), 1.0)]],
         found: BTreeMap::from([("41".into(), found("41", Scheduler::Slurm))]),
     };
-    t.observe(&att, |_| true, |u| u.to_string(), 1000.0);
+    t.observe(&att, |_| true, |u| u.to_string(), Now::at(1000.0));
     assert_eq!(t.get("41").unwrap().scheduler, Scheduler::Slurm);
     let empty = Attribution {
         owners: vec![vec![]],
         found: BTreeMap::new(),
     };
-    t.observe(&empty, |_| true, |u| u.to_string(), 1010.0);
+    t.observe(&empty, |_| true, |u| u.to_string(), Now::at(1010.0));
     assert_eq!(
         t.get("41").unwrap().outcome,
         Outcome::Running,
         "within the vanish time"
     );
-    t.observe(&empty, |_| true, |u| u.to_string(), 1016.0);
+    t.observe(&empty, |_| true, |u| u.to_string(), Now::at(1016.0));
     let j = t.get("41").unwrap();
     assert_eq!((j.outcome, j.ended_at), (Outcome::Unknown, Some(1000.0)));
 
     // A registered job whose root process died without a word ends unknown too.
-    t.register(req("r"), 1001, "alice", 1000.0).unwrap();
-    t.observe(&empty, |pid| pid != 4242, |u| u.to_string(), 1020.0);
+    t.register(req("r"), 1001, "alice", Now::at(1000.0))
+        .unwrap();
+    t.observe(
+        &empty,
+        |pid| pid != 4242,
+        |u| u.to_string(),
+        Now::at(1020.0),
+    );
     assert_eq!(t.get("r").unwrap().outcome, Outcome::Unknown);
     assert_eq!(t.finished_counts()[&Outcome::Unknown], 2);
 }
@@ -166,8 +186,10 @@ fn found_jobs_appear_and_vanish_as_unknown() {
 fn accounting_goes_to_running_owners_and_the_gpu() {
     let mut t = tracker();
     let pricing = crate::config::example_pricing();
-    t.register(req("a"), 1001, "alice", 1000.0).unwrap();
-    t.register(req("b"), 1001, "alice", 1000.0).unwrap();
+    t.register(req("a"), 1001, "alice", Now::at(1000.0))
+        .unwrap();
+    t.register(req("b"), 1001, "alice", Now::at(1000.0))
+        .unwrap();
     let iv = Interval {
         t0: 1000.0,
         dt: 3600.0,
@@ -203,7 +225,7 @@ fn accounting_goes_to_running_owners_and_the_gpu() {
             ..EndRequest::default()
         },
         1001,
-        4600.0,
+        Now::at(4600.0),
     )
     .unwrap();
     t.account(
@@ -230,10 +252,11 @@ fn restore_continues_running_jobs_and_counts_finished_ones() {
         },
         1001,
         "alice",
-        1000.0,
+        Now::at(1000.0),
     )
     .unwrap();
-    t.register(req("b"), 1001, "alice", 1000.0).unwrap();
+    t.register(req("b"), 1001, "alice", Now::at(1000.0))
+        .unwrap();
     t.end(
         "b",
         EndRequest {
@@ -241,11 +264,18 @@ fn restore_continues_running_jobs_and_counts_finished_ones() {
             ..EndRequest::default()
         },
         1001,
-        1100.0,
+        Now::at(1100.0),
     )
     .unwrap();
     let jobs: Vec<JobRecord> = t.jobs().cloned().collect();
-    let r = Tracker::restore(jobs.clone(), Vec::new(), 1200.0, 600.0, 15.0, "node1");
+    let r = Tracker::restore(
+        jobs.clone(),
+        Vec::new(),
+        Now::at(1200.0),
+        600.0,
+        15.0,
+        "node1",
+    );
     assert_eq!(r.get("a").unwrap().outcome, Outcome::Running);
     assert_eq!(
         r.registrations(),
@@ -257,7 +287,7 @@ fn restore_continues_running_jobs_and_counts_finished_ones() {
     );
     assert_eq!(r.finished_counts()[&Outcome::Failed], 1);
     // Past the grace period a finished job is not loaded, but still counted.
-    let r = Tracker::restore(jobs, Vec::new(), 5000.0, 600.0, 15.0, "node1");
+    let r = Tracker::restore(jobs, Vec::new(), Now::at(5000.0), 600.0, 15.0, "node1");
     assert!(r.get("b").is_none());
     assert_eq!(r.finished_counts()[&Outcome::Failed], 1);
 }
@@ -265,14 +295,16 @@ fn restore_continues_running_jobs_and_counts_finished_ones() {
 #[test]
 fn finished_jobs_expire_after_the_grace_period_once_persisted() {
     let mut t = tracker();
-    t.register(req("a"), 1001, "alice", 1000.0).unwrap();
-    t.end("a", EndRequest::default(), 1001, 1000.0).unwrap();
-    t.expire(2000.0);
+    t.register(req("a"), 1001, "alice", Now::at(1000.0))
+        .unwrap();
+    t.end("a", EndRequest::default(), 1001, Now::at(1000.0))
+        .unwrap();
+    t.expire(Now::at(2000.0));
     assert!(t.get("a").is_some(), "not yet persisted");
     t.mark_clean();
-    t.expire(1500.0);
+    t.expire(Now::at(1500.0));
     assert!(t.get("a").is_some(), "within the grace period");
-    t.expire(1601.0);
+    t.expire(Now::at(1601.0));
     assert!(t.get("a").is_none());
 }
 
@@ -286,7 +318,7 @@ fn a_found_job_seen_again_after_it_ended_runs_again_under_its_id() {
             found("unattributed:7", Scheduler::Unattributed),
         )]),
     };
-    t.observe(&att, |_| true, |u| u.to_string(), 1000.0);
+    t.observe(&att, |_| true, |u| u.to_string(), Now::at(1000.0));
     t.end(
         "unattributed:7",
         EndRequest {
@@ -294,38 +326,43 @@ fn a_found_job_seen_again_after_it_ended_runs_again_under_its_id() {
             ..EndRequest::default()
         },
         0,
-        1010.0,
+        Now::at(1010.0),
     )
     .unwrap();
-    t.observe(&att, |_| true, |u| u.to_string(), 1020.0);
+    t.observe(&att, |_| true, |u| u.to_string(), Now::at(1020.0));
     let j = t.get("unattributed:7").unwrap();
     assert_eq!((j.outcome, j.ended_at), (Outcome::Running, None));
     // A registered job is not reopened by attribution.
-    t.register(req("r"), 1001, "alice", 1000.0).unwrap();
-    t.end("r", EndRequest::default(), 1001, 1001.0).unwrap();
+    t.register(req("r"), 1001, "alice", Now::at(1000.0))
+        .unwrap();
+    t.end("r", EndRequest::default(), 1001, Now::at(1001.0))
+        .unwrap();
     let att = Attribution {
         owners: vec![vec![("r".into(), 1.0)]],
         found: BTreeMap::from([("r".into(), found("r", Scheduler::Env))]),
     };
-    t.observe(&att, |_| true, |u| u.to_string(), 1030.0);
+    t.observe(&att, |_| true, |u| u.to_string(), Now::at(1030.0));
     assert_eq!(t.get("r").unwrap().outcome, Outcome::Unknown);
 }
 
 #[test]
 fn progress_reports_are_cumulative_and_owned() {
     let mut t = tracker();
-    t.register(req("p"), 1001, "alice", 1000.0).unwrap();
+    t.register(req("p"), 1001, "alice", Now::at(1000.0))
+        .unwrap();
     let rep = |tokens, fpt| ProgressRequest {
         tokens: Some(tokens),
         flops_per_token: fpt,
         ..ProgressRequest::default()
     };
-    let j = t.progress("p", rep(1000, Some(6e9)), 1001, 1010.0).unwrap();
+    let j = t
+        .progress("p", rep(1000, Some(6e9)), 1001, Now::at(1010.0))
+        .unwrap();
     let p = j.progress.unwrap();
     assert_eq!((p.tokens, p.model_flop, p.flop_rate), (1000, 6e12, None));
     // 9000 more tokens in 10 s at 6e9 FLOPs each: 5.4e12 FLOP/s.
     let p = t
-        .progress("p", rep(10_000, None), 1001, 1020.0)
+        .progress("p", rep(10_000, None), 1001, Now::at(1020.0))
         .unwrap()
         .progress
         .unwrap();
@@ -337,7 +374,10 @@ fn progress_reports_are_cumulative_and_owned() {
         (rep(20_000, None), 1002, "another user"),
     ];
     for (r, uid, want) in cases {
-        let e = t.progress("p", r, uid, 1030.0).unwrap_err().to_string();
+        let e = t
+            .progress("p", r, uid, Now::at(1030.0))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains(want), "{e}");
     }
     assert_eq!(
@@ -345,7 +385,7 @@ fn progress_reports_are_cumulative_and_owned() {
         10_000
     );
     assert!(matches!(
-        t.progress("nope", rep(1, None), 0, 1.0),
+        t.progress("nope", rep(1, None), 0, Now::at(1.0)),
         Err(RequestError::NotFound(_))
     ));
 }

@@ -27,15 +27,7 @@ const LIST_PATH: &str = "/v1.PodResourcesLister/List";
 /// with many pods goes past tonic's 4 MiB default.
 const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
 
-/// One device held by one container.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct PodGpu {
-    pub namespace: String,
-    pub pod: String,
-    pub container: String,
-    /// GPU UUID (`GPU-…`) or MIG device id (`MIG-…`), as the device plugin reported it.
-    pub device_id: String,
-}
+pub use gpucost_core::attribute::PodGpu;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KubeletError {

@@ -5,26 +5,42 @@
 //! pod-resources) > Slurm job (the process's cgroup, or the prolog's GPU->job mapping directory)
 //! > `GPUCOST_JOB_ID` in the process environment > unattributed (named after the process).
 //!
-//! [`attribute`] is a pure function of its inputs; the I/O lives in [`procfs`] (process facts),
-//! [`job_map`] (the mapping directory) and [`kubelet`] (the gRPC client).
+//! [`attribute`] is a pure function of its inputs; the agent's `identity` module does the I/O
+//! (`/proc`, the prolog's GPU -> job directory, the kubelet's gRPC API) and hands the facts in.
 
 pub mod cgroup;
-pub mod job_map;
-pub mod kubelet;
-pub mod procfs;
+pub mod process;
 
 use std::collections::BTreeMap;
 
 use crate::account::cost::owner_weights;
 use crate::jobs::Scheduler;
-use crate::sample::ProcessUse;
-use job_map::{jobs_for, JobMap};
-use kubelet::PodGpu;
-use procfs::{ancestry, ProcInfo, ProcSource};
+use crate::reading::ProcessUse;
+use process::{ancestry, ProcInfo, ProcSource};
 
 /// How deep to follow parents when looking for a registered root (torchrun -> workers ->
 /// data-loader processes is three levels; shells and launchers add a few).
 const MAX_ANCESTRY: usize = 64;
+
+/// One device held by one container.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PodGpu {
+    pub namespace: String,
+    pub pod: String,
+    pub container: String,
+    /// GPU UUID (`GPU-…`) or MIG device id (`MIG-…`), as the device plugin reported it.
+    pub device_id: String,
+}
+
+/// GPU (index as text, or UUID) -> job ids.
+pub type JobMap = BTreeMap<String, Vec<String>>;
+
+/// The jobs mapped to a GPU, by index or UUID.
+pub fn jobs_for<'a>(map: &'a JobMap, index: u32, uuid: &str) -> &'a [String] {
+    map.get(&index.to_string())
+        .or_else(|| map.get(uuid))
+        .map_or(&[], Vec::as_slice)
+}
 
 /// A job registered by `gpucost run`, `gpucost job start` or the API.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,42 +1,93 @@
 //! The node's owner thread: the one place that holds mutable state.
 //!
 //! Each tick it runs a sampling cycle, re-attributes GPUs to jobs when fresh process lists came
-//! in, adds each GPU interval's cost to its owners, persists to the ledger when due, and
-//! publishes a [`Snapshot`]. Between ticks it answers [`Command`]s from the socket API. Exported
-//! totals are the ledger's (what was last persisted), so a crash and restart never shows a
-//! counter going backwards; without a working ledger the live totals are shown instead.
+//! in, adds each GPU interval's cost to its owners, persists to the [`Store`] when due, and
+//! publishes a [`Snapshot`]. Between ticks it answers [`Message`]s from the socket API and the
+//! benchmark thread. Exported totals are the store's (what was last persisted), so a crash and
+//! restart never shows a counter going backwards; without a working store the live totals are
+//! shown instead.
+//!
+//! Everything it depends on comes in: the sampler (with its backend factory), the store, the
+//! process source, the pods, the hostname and the [`Clock`]. [`Node::run`] is the thread's
+//! loop; tests call [`Node::tick`], [`Node::schedule`] and [`Node::handle`] in virtual time.
+
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
+use gpucost_core::clock::{Clock, Now};
+use tokio::sync::{oneshot, watch};
 use tracing::{debug, info, warn};
 
-use crate::account::cost::Interval;
-use crate::account::efficiency::{flop_rate, fp32_bound, PipePeaks};
-use crate::account::pricing::Pricing;
-use crate::api::{user_name, Command};
-use crate::attribute::job_map::read_job_map;
-use crate::attribute::kubelet::PodGpu;
-use crate::attribute::procfs::ProcSource;
-use crate::attribute::{attribute, GpuInput};
-use crate::bench::GpuBenchmark;
-use crate::jobs::{GpuRecord, JobRecord};
-use crate::ledger::Ledger;
+use crate::identity::job_map::read_job_map;
+use crate::identity::user_name;
 use crate::record::Recorder;
 use crate::sample::sampler::Sampler;
 use crate::sample::sim::SimEndings;
 use crate::snapshot::{Published, Snapshot};
-use crate::tracker::{EndRequest, GpuRates, Tracker};
+use gpucost_core::account::cost::Interval;
+use gpucost_core::account::efficiency::{flop_rate, fp32_bound, PipePeaks};
+use gpucost_core::account::pricing::Pricing;
+use gpucost_core::attribute::process::ProcSource;
+use gpucost_core::attribute::PodGpu;
+use gpucost_core::attribute::{attribute, GpuInput};
+use gpucost_core::benchmark::GpuBenchmark;
+use gpucost_core::jobs::{GpuRecord, JobRecord};
+use gpucost_core::tracker::{
+    EndRequest, GpuRates, ProgressRequest, RegisterRequest, RequestError, Tracker,
+};
+
+/// Messages to the node thread, the owner of the job table.
+#[derive(Debug)]
+pub enum Message {
+    Register {
+        req: RegisterRequest,
+        uid: u32,
+        reply: oneshot::Sender<Result<JobRecord, RequestError>>,
+    },
+    End {
+        id: String,
+        req: EndRequest,
+        uid: u32,
+        reply: oneshot::Sender<Result<JobRecord, RequestError>>,
+    },
+    Progress {
+        id: String,
+        req: ProgressRequest,
+        uid: u32,
+        reply: oneshot::Sender<Result<JobRecord, RequestError>>,
+    },
+    /// A benchmark of a GPU finished (from the benchmark thread).
+    Benchmark { uuid: String, result: GpuBenchmark },
+    /// Stop the node thread (its senders being dropped does the same).
+    Shutdown,
+}
+
+/// Durable state as the node thread uses it: the SQLite ledger on a node
+/// (`crate::ledger::LedgerStore`), memory in tests. A store that cannot be opened or written is
+/// retried at the next call; errors are for the log and `/metrics`.
+pub trait Store: Send {
+    /// Where it lives, for log lines.
+    fn location(&self) -> String;
+    /// The jobs and GPUs as last persisted.
+    fn load(&mut self) -> Result<(Vec<JobRecord>, Vec<GpuRecord>), String>;
+    fn set_meta(&mut self, key: &str, value: &str) -> Result<(), String>;
+    /// Writes the changed jobs and every GPU, all or nothing.
+    fn persist(&mut self, jobs: &[&JobRecord], gpus: &[GpuRecord]) -> Result<(), String>;
+}
 
 pub struct NodeConfig {
     pub interval: Duration,
     pub persist_interval: Duration,
-    pub state_dir: PathBuf,
+    /// Where the prolog's GPU -> job files are, if anywhere.
     pub job_map_dir: Option<PathBuf>,
+    /// The node's name, in the ids of jobs registered without one.
+    pub hostname: String,
     pub grace_s: f64,
     pub vanish_s: f64,
     pub export_labels: Vec<String>,
@@ -50,8 +101,11 @@ pub struct Node {
     procs: Box<dyn ProcSource>,
     pods: watch::Receiver<Vec<PodGpu>>,
     tracker: Tracker,
-    ledger: Option<Ledger>,
+    store: Box<dyn Store>,
+    /// Whether the store holds what is exported: loaded, or written since.
+    durable: bool,
     ledger_error: Option<String>,
+    clock: Arc<dyn Clock>,
     next_persist: Instant,
     /// GPU UUID -> its owners and their weights, from the last attribution.
     owners: BTreeMap<String, Vec<(String, f64)>>,
@@ -71,74 +125,67 @@ pub struct Node {
     recorder_error: Option<String>,
 }
 
-pub fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "node".to_string())
+/// What a node is made of; everything it talks to is passed in.
+pub struct NodeParts {
+    pub cfg: NodeConfig,
+    pub sampler: Sampler,
+    pub pricing: Pricing,
+    pub procs: Box<dyn ProcSource>,
+    pub pods: watch::Receiver<Vec<PodGpu>>,
+    pub store: Box<dyn Store>,
+    pub clock: Arc<dyn Clock>,
+    pub tx: watch::Sender<Arc<Snapshot>>,
 }
 
 impl Node {
-    pub fn new(
-        cfg: NodeConfig,
-        sampler: Sampler,
-        pricing: Pricing,
-        procs: Box<dyn ProcSource>,
-        pods: watch::Receiver<Vec<PodGpu>>,
-        tx: watch::Sender<Arc<Snapshot>>,
-    ) -> Self {
-        let now = unix_now();
-        let host = hostname();
-        let (ledger, ledger_error, jobs, gpus) = match Ledger::open(&cfg.state_dir) {
-            Ok(l) => match (l.load_jobs(), l.load_gpus()) {
-                (Ok(j), Ok(g)) => {
-                    let running = j.iter().filter(|j| j.ended_at.is_none()).count();
-                    info!(
-                        "ledger {}: {} jobs ({running} still running continue), {} GPUs",
-                        l.path().display(),
-                        j.len(),
-                        g.len()
-                    );
-                    (Some(l), None, j, g)
+    pub fn new(parts: NodeParts) -> Self {
+        let NodeParts {
+            cfg,
+            sampler,
+            pricing,
+            procs,
+            pods,
+            mut store,
+            clock,
+            tx,
+        } = parts;
+        let now = clock.now();
+        let (durable, ledger_error, jobs, gpus) = match store.load() {
+            Ok((j, g)) => {
+                let running = j.iter().filter(|j| j.ended_at.is_none()).count();
+                info!(
+                    "ledger {}: {} jobs ({running} still running continue), {} GPUs",
+                    store.location(),
+                    j.len(),
+                    g.len()
+                );
+                // `gpucost report` labels money with the currency the agent counted in.
+                if let Err(e) = store.set_meta("currency", &pricing.currency) {
+                    warn!("cannot record the currency in the ledger: {e}");
                 }
-                (Err(e), _) | (_, Err(e)) => {
-                    warn!("cannot load the ledger: {e}; starting with empty totals and not persisting");
-                    (None, Some(e.to_string()), Vec::new(), Vec::new())
-                }
-            },
+                (true, None, j, g)
+            }
             Err(e) => {
                 warn!("ledger unavailable: {e}; totals are kept in memory only and persistence is retried");
-                (None, Some(e.to_string()), Vec::new(), Vec::new())
+                (false, Some(e), Vec::new(), Vec::new())
             }
         };
-        let mut ledger = ledger;
-        if let Some(l) = ledger.as_mut() {
-            // `gpucost report` labels money with the currency the agent counted in.
-            if let Err(e) = l.set_meta("currency", &pricing.currency) {
-                warn!("cannot record the currency in the ledger: {e}");
-            }
-        }
-        let tracker = Tracker::restore(jobs, gpus, now, cfg.grace_s, cfg.vanish_s, &host);
+        let tracker = Tracker::restore(jobs, gpus, now, cfg.grace_s, cfg.vanish_s, &cfg.hostname);
         let export_labels = Arc::new(cfg.export_labels.clone());
         let mut node = Node {
             export_labels,
             skipped: 0,
             benchmarks: Arc::default(),
-            next_persist: Instant::now() + cfg.persist_interval,
+            next_persist: now.mono + cfg.persist_interval,
             cfg,
             sampler,
             pricing,
             procs,
             pods,
             tracker,
-            ledger,
+            store,
+            durable,
+            clock,
             ledger_error,
             owners: BTreeMap::new(),
             peaks: BTreeMap::new(),
@@ -170,7 +217,7 @@ impl Node {
         let Some(r) = self.recorder.as_mut() else {
             return;
         };
-        if !all_done && !r.due(Instant::now()) {
+        if !all_done && !r.due(self.clock.mono()) {
             return;
         }
         let tracker = &self.tracker;
@@ -192,53 +239,64 @@ impl Node {
         self
     }
 
-    /// Runs ticks and answers commands until shutdown; persists once more on the way out.
-    pub fn run(mut self, inbox: Receiver<Command>) {
-        let mut next = Instant::now();
+    /// Runs ticks and answers messages until shutdown; persists once more on the way out.
+    pub fn run(mut self, inbox: Receiver<Message>) {
+        let mut next = self.clock.mono();
         'outer: loop {
             self.tick();
-            next += self.cfg.interval;
-            let now = Instant::now();
-            if next < now {
-                // A slow cycle (a hung NVML call): skip the missed ticks instead of bursting,
-                // and count them.
-                let late = now.duration_since(next).as_secs_f64();
-                let missed = (late / self.cfg.interval.as_secs_f64()).floor() as u64 + 1;
-                self.skipped += missed;
-                if missed > 1 {
-                    warn!(
-                        "a sampling cycle took {:.1} s: {missed} sample(s) skipped (a slow or hung NVML call); /metrics kept serving the last sample",
-                        late + self.cfg.interval.as_secs_f64()
-                    );
-                }
-                next = now + self.cfg.interval;
-                self.publish(None);
-            }
+            next = self.schedule(next);
             loop {
-                let wait = next.saturating_duration_since(Instant::now());
+                let wait = next.saturating_duration_since(self.clock.mono());
                 match inbox.recv_timeout(wait) {
-                    Ok(Command::Shutdown) | Err(RecvTimeoutError::Disconnected) => break 'outer,
-                    Ok(cmd) => self.handle(cmd),
+                    Ok(Message::Shutdown) | Err(RecvTimeoutError::Disconnected) => break 'outer,
+                    Ok(msg) => self.handle(msg),
                     Err(RecvTimeoutError::Timeout) => break,
                 }
             }
         }
+        self.shutdown();
+    }
+
+    /// When the tick after the one planned for `planned` is due. A cycle that ran past one or
+    /// more ticks (a hung NVML call) skips them instead of bursting, and counts them.
+    pub fn schedule(&mut self, planned: Instant) -> Instant {
+        let next = planned + self.cfg.interval;
+        let now = self.clock.mono();
+        if next >= now {
+            return next;
+        }
+        let late = now.duration_since(next).as_secs_f64();
+        let missed = (late / self.cfg.interval.as_secs_f64()).floor() as u64 + 1;
+        self.skipped += missed;
+        if missed > 1 {
+            warn!(
+                "a sampling cycle took {:.1} s: {missed} sample(s) skipped (a slow or hung NVML call); /metrics kept serving the last sample",
+                late + self.cfg.interval.as_secs_f64()
+            );
+        }
+        self.publish(None);
+        now + self.cfg.interval
+    }
+
+    /// The way out: persists and writes the recording once more.
+    pub fn shutdown(&mut self) {
         self.persist();
         self.write_recording(true);
         debug!("node loop stopped");
     }
 
-    fn handle(&mut self, cmd: Command) {
-        let now = unix_now();
-        match cmd {
-            Command::Register { req, uid, reply } => {
+    /// Answers one message from the socket API or the benchmark thread.
+    pub fn handle(&mut self, msg: Message) {
+        let now = self.clock.now();
+        match msg {
+            Message::Register { req, uid, reply } => {
                 let r = self.tracker.register(req, uid, &user_name(uid), now);
                 if let Ok(j) = &r {
                     info!(job_id = %j.id, user = %j.user, "job registered: {}", j.name);
                 }
                 let _ = reply.send(r);
             }
-            Command::End {
+            Message::End {
                 id,
                 req,
                 uid,
@@ -250,7 +308,7 @@ impl Node {
                 }
                 let _ = reply.send(r);
             }
-            Command::Progress {
+            Message::Progress {
                 id,
                 req,
                 uid,
@@ -258,23 +316,25 @@ impl Node {
             } => {
                 let _ = reply.send(self.tracker.progress(&id, req, uid, now));
             }
-            Command::Benchmark { uuid, result } => {
+            Message::Benchmark { uuid, result } => {
                 Arc::make_mut(&mut self.benchmarks).insert(uuid, result);
             }
-            Command::Shutdown => {}
+            Message::Shutdown => {}
         }
         // Endings and registrations are persisted at once: they are rare and matter.
         self.persist();
         self.publish(None);
     }
 
-    fn tick(&mut self) {
-        let now = Instant::now();
-        let unix = unix_now();
-        let cycle = self.sampler.cycle(now);
+    /// One sampling cycle: sample, attribute, account, persist when due, publish.
+    pub fn tick(&mut self) {
+        // The moment the readings are taken, as the sampler sees it (a cycle may take a while).
+        let now = self.clock.now();
+        let unix = now.wall;
+        let cycle = self.sampler.cycle();
         self.tracker.begin_tick();
         if cycle.processes_read {
-            self.attribute(unix);
+            self.attribute(now);
         }
         if let Some(endings) = self.sim_endings.as_mut() {
             for (id, code) in endings.take() {
@@ -283,7 +343,7 @@ impl Node {
                     ..EndRequest::default()
                 };
                 // A job the agent never saw (it ran between two process samples) is no error.
-                if let Ok(j) = self.tracker.end(&id, req, 0, unix) {
+                if let Ok(j) = self.tracker.end(&id, req, 0, now) {
                     info!(job_id = %j.id, outcome = j.outcome.as_str(), "simulated scheduler: job ended with exit code {code}");
                 }
             }
@@ -299,7 +359,7 @@ impl Node {
                 .entry(t.model.clone())
                 .or_insert_with(|| PipePeaks::datasheet(&t.model));
             let peaks = datasheet.map(|d| match self.benchmarks.get(&t.uuid) {
-                Some(b) => d.measured(&crate::bench::best(b)),
+                Some(b) => d.measured(&gpucost_core::benchmark::best(b)),
                 None => d,
             });
             let (flop, fp32_bound_speedup) = match (t.pipes.as_ref(), peaks.as_ref()) {
@@ -330,27 +390,27 @@ impl Node {
         if let Some(r) = self.recorder.as_mut() {
             let gpus: Vec<_> = self.sampler.gpus().collect();
             r.observe(
-                now,
+                now.mono,
                 &cycle.ticks,
                 &gpus,
                 &self.owners,
                 self.sampler.driver(),
             );
         }
-        if now >= self.next_persist {
-            self.next_persist = now + self.cfg.persist_interval;
+        if now.mono >= self.next_persist {
+            self.next_persist = now.mono + self.cfg.persist_interval;
             self.persist();
             self.write_recording(false);
-            self.tracker.expire(unix);
+            self.tracker.expire(now);
         }
         self.publish(Some(cycle.duration));
     }
 
-    fn attribute(&mut self, unix: f64) {
+    fn attribute(&mut self, now: Now) {
         let gpus: Vec<_> = self.sampler.gpus().filter(|g| g.up).collect();
         // The agent's own benchmark runs on idle GPUs; it is nobody's job.
         let own = std::process::id();
-        let processes: Vec<Vec<crate::sample::ProcessUse>> = gpus
+        let processes: Vec<Vec<gpucost_core::reading::ProcessUse>> = gpus
             .iter()
             .map(|g| {
                 g.processes
@@ -385,43 +445,23 @@ impl Node {
             .collect();
         let procs = self.procs.as_ref();
         self.tracker
-            .observe(&att, |pid| procs.info(pid).is_some(), user_name, unix);
+            .observe(&att, |pid| procs.info(pid).is_some(), user_name, now);
     }
 
     /// Writes what changed; on success the persisted state becomes what is exported.
     fn persist(&mut self) {
-        if self.ledger.is_none() {
-            match Ledger::open(&self.cfg.state_dir) {
-                Ok(l) => {
-                    info!("ledger {} available again; persisting", l.path().display());
-                    self.ledger = Some(l);
-                    self.ledger_error = None;
-                }
-                Err(e) => {
-                    let msg = e.to_string();
-                    if self.ledger_error.as_deref() != Some(msg.as_str()) {
-                        warn!("ledger unavailable: {msg}; retrying");
-                    }
-                    self.ledger_error = Some(msg);
-                    return;
-                }
-            }
-        }
-        let Some(ledger) = self.ledger.as_mut() else {
-            return;
-        };
         let dirty: Vec<&JobRecord> = self.tracker.dirty();
         let gpus: Vec<GpuRecord> = self.tracker.gpus().cloned().collect();
-        match ledger.persist(&dirty, &gpus) {
-            Ok(_) => {
+        match self.store.persist(&dirty, &gpus) {
+            Ok(()) => {
                 if self.ledger_error.take().is_some() {
-                    info!("ledger writes work again");
+                    info!("ledger {} writes work again", self.store.location());
                 }
+                self.durable = true;
                 self.tracker.mark_clean();
                 self.republish();
             }
-            Err(e) => {
-                let msg = e.to_string();
+            Err(msg) => {
                 if self.ledger_error.as_deref() != Some(msg.as_str()) {
                     warn!("cannot persist to the ledger: {msg}; metrics keep being served, retrying every {}", humantime::format_duration(self.cfg.persist_interval));
                 }
@@ -445,14 +485,14 @@ impl Node {
     }
 
     fn publish(&mut self, duration: Option<Duration>) {
-        if self.ledger.is_none() {
+        if !self.durable {
             // Nothing durable to stay consistent with: show the live totals.
             self.republish();
         }
         let prev = self.tx.borrow().clone();
         let s = &self.sampler;
         let snapshot = Snapshot {
-            taken_at: Some(SystemTime::now()),
+            taken_at: Some(self.clock.mono()),
             simulated: s.simulated().map(str::to_string),
             source: s.source(),
             backend_up: s.backend_up(),

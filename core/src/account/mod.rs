@@ -9,7 +9,7 @@ pub mod pricing;
 
 use std::collections::BTreeMap;
 
-use crate::sample::{Reading, CLOCK_EVENT_REASONS};
+use crate::reading::{Reading, CLOCK_EVENT_REASONS};
 use energy::{EnergyMeter, EnergyStep};
 
 /// Power assumed as the ceiling for plausibility checks when a GPU does not report its limit.

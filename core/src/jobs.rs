@@ -7,6 +7,20 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+/// Names a configured job label (`jobs.export_labels`) may not take: the labels the exported
+/// job series already carry, and `job`, which Prometheus owns.
+pub const RESERVED_LABELS: &[&str] = &[
+    "job",
+    "job_id",
+    "name",
+    "user",
+    "scheduler",
+    "instance",
+    "gpu",
+    "simulated",
+    "outcome",
+];
+
 /// Where a job's identity came from (the `scheduler` label of `gpucost_job_info`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

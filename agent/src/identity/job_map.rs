@@ -6,11 +6,9 @@
 //! `for g in ${SLURM_JOB_GPUS//,/ }; do echo "$SLURM_JOB_ID" > /run/gpucost/job-map/$g; done`.
 //! A GPU listed here counts as allocated even with no process on it (allocated-but-idle).
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
-/// GPU (index as text, or UUID) -> job ids.
-pub type JobMap = BTreeMap<String, Vec<String>>;
+pub use gpucost_core::attribute::JobMap;
 
 /// Reads the mapping directory. A missing directory is an empty map; unreadable files are
 /// skipped (a prolog may be writing them right now).
@@ -40,16 +38,10 @@ pub fn read_job_map(dir: &Path) -> JobMap {
     map
 }
 
-/// The jobs mapped to a GPU, by index or UUID.
-pub fn jobs_for<'a>(map: &'a JobMap, index: u32, uuid: &str) -> &'a [String] {
-    map.get(&index.to_string())
-        .or_else(|| map.get(uuid))
-        .map_or(&[], Vec::as_slice)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use gpucost_core::attribute::jobs_for;
 
     #[test]
     fn reads_index_and_uuid_files() {

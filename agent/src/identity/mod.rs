@@ -1,0 +1,24 @@
+//! Where job identities come from: process facts from `/proc` ([`procfs`]), the GPU -> job
+//! directory a Slurm prolog writes ([`job_map`]) and the kubelet's pod-resources API
+//! ([`kubelet`]). Each reads and hands plain facts to `gpucost_core::attribute`, which decides.
+
+pub mod job_map;
+pub mod kubelet;
+pub mod procfs;
+
+/// The user name of a uid, from the system's user database; the uid as text when unknown.
+pub fn user_name(uid: u32) -> String {
+    uzers::get_user_by_uid(uid).map_or_else(
+        || uid.to_string(),
+        |u| u.name().to_string_lossy().into_owned(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn root_has_a_name() {
+        assert_eq!(super::user_name(0), "root");
+        assert_eq!(super::user_name(4_000_000_000), "4000000000");
+    }
+}
