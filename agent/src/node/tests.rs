@@ -1,1 +1,516 @@
+//! The node thread in virtual time: a scripted GPU library, an in-memory store and a manual
+//! clock, driven tick by tick the way `Node::run` drives it.
 
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use gpucost_core::attribute::process::{ProcInfo, ProcSource};
+use gpucost_core::clock::{Clock, ManualClock};
+use gpucost_core::jobs::{GpuRecord, JobRecord, Outcome};
+use gpucost_core::reading::{ProcessUse, Source};
+use gpucost_core::tracker::{EndRequest, RegisterRequest};
+use tokio::sync::{oneshot, watch};
+
+use super::*;
+use crate::sample::sampler::Cadence;
+use crate::sample::scripted::{Script, Scripted};
+
+const SECOND: Duration = Duration::from_secs(1);
+const T0: f64 = 1_780_000_000.0;
+
+/// What the store holds, shared with the test.
+#[derive(Debug, Default)]
+struct Stored {
+    jobs: BTreeMap<String, JobRecord>,
+    gpus: BTreeMap<String, GpuRecord>,
+    meta: BTreeMap<String, String>,
+    /// Every call fails while set (a full disk, a vanished directory).
+    failing: bool,
+    writes: u32,
+}
+
+#[derive(Clone, Default)]
+struct MemStore(Arc<Mutex<Stored>>);
+
+impl MemStore {
+    fn get(&self) -> std::sync::MutexGuard<'_, Stored> {
+        self.0.lock().unwrap()
+    }
+}
+
+impl Store for MemStore {
+    fn location(&self) -> String {
+        "memory".into()
+    }
+    fn load(&mut self) -> Result<(Vec<JobRecord>, Vec<GpuRecord>), String> {
+        let s = self.get();
+        if s.failing {
+            return Err("cannot open (scripted)".into());
+        }
+        Ok((
+            s.jobs.values().cloned().collect(),
+            s.gpus.values().cloned().collect(),
+        ))
+    }
+    fn set_meta(&mut self, key: &str, value: &str) -> Result<(), String> {
+        self.get().meta.insert(key.into(), value.into());
+        Ok(())
+    }
+    fn persist(&mut self, jobs: &[&JobRecord], gpus: &[GpuRecord]) -> Result<(), String> {
+        let mut s = self.get();
+        if s.failing {
+            return Err("disk full (scripted)".into());
+        }
+        for j in jobs {
+            s.jobs.insert(j.id.clone(), (*j).clone());
+        }
+        for g in gpus {
+            s.gpus.insert(g.uuid.clone(), g.clone());
+        }
+        s.writes += 1;
+        Ok(())
+    }
+}
+
+/// Processes the test puts on the node.
+#[derive(Clone, Default)]
+struct Procs(Arc<Mutex<BTreeMap<u32, ProcInfo>>>);
+
+impl ProcSource for Procs {
+    fn info(&self, pid: u32) -> Option<ProcInfo> {
+        self.0.lock().unwrap().get(&pid).cloned()
+    }
+}
+
+struct Rig {
+    clock: Arc<ManualClock>,
+    gpus: Scripted,
+    store: MemStore,
+    procs: Procs,
+    node: Node,
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+    /// When the next tick is planned (as `Node::run` keeps it).
+    next: Instant,
+}
+
+struct Setup {
+    script: Script,
+    store: MemStore,
+    clock: Arc<ManualClock>,
+    grace_s: f64,
+    vanish_s: f64,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Setup {
+            script: Script::h100s(2),
+            store: MemStore::default(),
+            clock: Arc::new(ManualClock::new(T0)),
+            grace_s: 60.0,
+            vanish_s: 10.0,
+        }
+    }
+}
+
+impl Rig {
+    fn new() -> Rig {
+        Rig::with(Setup::default())
+    }
+
+    fn with(s: Setup) -> Rig {
+        let clock = s.clock;
+        let gpus = Scripted::new(s.script, clock.clone());
+        let procs = Procs::default();
+        let (tx, snapshots) = watch::channel(Arc::new(Snapshot::empty(Source::Nvml, None)));
+        let (_pods_tx, pods) = watch::channel(Vec::new());
+        let cadence = Cadence {
+            interval: SECOND,
+            process_interval: SECOND,
+            retry_interval: 5 * SECOND,
+        };
+        let node = Node::new(NodeParts {
+            cfg: NodeConfig {
+                interval: SECOND,
+                persist_interval: 5 * SECOND,
+                job_map_dir: None,
+                hostname: "node1".into(),
+                grace_s: s.grace_s,
+                vanish_s: s.vanish_s,
+                export_labels: Vec::new(),
+                bench_min_ratio: 0.85,
+            },
+            sampler: Sampler::new(Box::new(gpus.clone()), cadence, clock.clone()),
+            pricing: gpucost_core::config::example_pricing(),
+            procs: Box::new(procs.clone()),
+            pods,
+            store: Box::new(s.store.clone()),
+            clock: clock.clone(),
+            tx,
+        });
+        let next = clock.mono();
+        Rig {
+            clock,
+            gpus,
+            store: s.store,
+            procs,
+            node,
+            snapshots,
+            next,
+        }
+    }
+
+    /// One turn of `Node::run`: a tick, then time passes until the next one is due.
+    fn step(&mut self) {
+        self.node.tick();
+        self.next = self.node.schedule(self.next);
+        let wait = self.next.saturating_duration_since(self.clock.mono());
+        self.gpus.advance(wait);
+    }
+
+    fn steps(&mut self, n: usize) {
+        for _ in 0..n {
+            self.step();
+        }
+    }
+
+    fn snap(&self) -> Arc<Snapshot> {
+        self.snapshots.borrow().clone()
+    }
+
+    /// The job as the node knows it now.
+    fn job(&self, id: &str) -> Option<JobRecord> {
+        self.node.tracker.get(id).cloned()
+    }
+
+    /// The job as /metrics shows it (as last persisted).
+    fn exported(&self, id: &str) -> Option<JobRecord> {
+        self.snap()
+            .published
+            .jobs
+            .iter()
+            .find(|j| j.id == id)
+            .map(|j| j.as_ref().clone())
+    }
+
+    /// A process of uid 1001 holding `gpu`, in job `job_id` (its environment says so).
+    fn put_process(&self, pid: u32, gpu: usize, job_id: &str) {
+        self.procs.0.lock().unwrap().insert(
+            pid,
+            ProcInfo {
+                pid,
+                ppid: 1,
+                uid: 1001,
+                user: Some("alice".into()),
+                comm: "python".into(),
+                env_job_id: Some(job_id.into()),
+                ..ProcInfo::default()
+            },
+        );
+        let mut s = self.gpus.script();
+        s.gpus[gpu].processes.push(ProcessUse {
+            pid,
+            used_memory_bytes: Some(1 << 30),
+            sm_util_pct: None,
+        });
+        s.gpus[gpu].utilization_pct = 90;
+        s.gpus[gpu].power_w = 500.0;
+    }
+
+    fn remove_processes(&self) {
+        self.procs.0.lock().unwrap().clear();
+        for g in &mut self.gpus.script().gpus {
+            g.processes.clear();
+            g.utilization_pct = 0;
+            g.power_w = 100.0;
+        }
+    }
+
+    fn register(&mut self, id: &str, uid: u32) -> Result<JobRecord, String> {
+        let (reply, rx) = oneshot::channel();
+        self.node.handle(Message::Register {
+            req: RegisterRequest {
+                id: Some(id.into()),
+                gpus: vec!["0".into()],
+                ..RegisterRequest::default()
+            },
+            uid,
+            reply,
+        });
+        rx.blocking_recv().unwrap().map_err(|e| e.to_string())
+    }
+
+    fn end(&mut self, id: &str, code: i32) -> Result<JobRecord, String> {
+        let (reply, rx) = oneshot::channel();
+        self.node.handle(Message::End {
+            id: id.into(),
+            req: EndRequest {
+                exit_code: Some(code),
+                ..EndRequest::default()
+            },
+            uid: 0,
+            reply,
+        });
+        rx.blocking_recv().unwrap().map_err(|e| e.to_string())
+    }
+}
+
+#[test]
+fn a_missing_library_is_retried_at_its_interval_and_sampling_starts_when_it_loads() {
+    let mut script = Script::h100s(1);
+    script.failing_opens = 2;
+    let mut rig = Rig::with(Setup {
+        script,
+        ..Setup::default()
+    });
+    rig.step();
+    let s = rig.snap();
+    assert!(!s.backend_up);
+    assert!(s
+        .backend_error
+        .as_deref()
+        .unwrap()
+        .contains("not loaded yet"));
+    assert!(s.gpus.is_empty());
+    // Retried every 5 s, not every tick.
+    rig.steps(4);
+    assert_eq!(rig.gpus.script().opens, 1);
+    rig.step();
+    assert_eq!(rig.gpus.script().opens, 2);
+    rig.steps(5);
+    assert_eq!(rig.gpus.script().opens, 3);
+    let s = rig.snap();
+    assert!(s.backend_up && s.backend_error.is_none());
+    assert_eq!(s.gpus.len(), 1);
+    // Sampling works from then on: energy accrues at 100 W.
+    rig.steps(3);
+    let e = rig.snap().gpus[0].totals.energy.total_j();
+    assert!((e - 300.0).abs() < 1e-6, "energy {e}");
+}
+
+#[test]
+fn a_lost_gpu_keeps_its_totals_is_retried_every_tick_and_the_others_go_on() {
+    let mut rig = Rig::new();
+    rig.steps(3);
+    let before = rig.snap().gpus[1].totals.energy.total_j();
+    rig.gpus.script().gpus[1].lost = true;
+    rig.steps(4);
+    let s = rig.snap();
+    assert!(!s.gpus[1].up);
+    assert_eq!(s.gpus[1].totals.energy.total_j(), before);
+    assert!(s.gpus[0].up && s.gpus[0].totals.energy.total_j() > before);
+    let lost = s
+        .sample_errors
+        .iter()
+        .find(|e| e.0 == 1 && e.2 == "gpu_lost")
+        .map(|e| e.3);
+    assert_eq!(lost, Some(4), "each tick retries it: {:?}", s.sample_errors);
+    // Back on the bus: it counts again, from where it was (the counter kept running meanwhile).
+    rig.gpus.script().gpus[1].lost = false;
+    rig.steps(2);
+    let s = rig.snap();
+    assert!(s.gpus[1].up);
+    assert!(s.gpus[1].totals.energy.total_j() > before);
+}
+
+#[test]
+fn a_hung_read_skips_the_missed_ticks_and_counts_them() {
+    let mut rig = Rig::new();
+    rig.steps(2);
+    // Two GPUs, each read hanging 1.75 s: the tick takes 3.5 s of a 1 s interval.
+    rig.gpus.script().read_takes = Duration::from_millis(1750);
+    let before = rig.snap().samples_total;
+    rig.step();
+    rig.gpus.script().read_takes = Duration::ZERO;
+    let s = rig.snap();
+    assert_eq!(s.skipped_samples, 3, "ticks at +1, +2 and +3 s were missed");
+    assert_eq!(s.samples_total, before + 1);
+    // The next tick comes one interval after the late one ended, not in a burst.
+    let t = rig.clock.mono();
+    rig.step();
+    assert_eq!(rig.clock.mono() - t, SECOND);
+    assert_eq!(rig.snap().skipped_samples, 3);
+}
+
+#[test]
+fn totals_are_persisted_every_interval_and_the_exported_ones_are_the_persisted_ones() {
+    let mut rig = Rig::new();
+    rig.put_process(100, 0, "train-1");
+    rig.steps(3);
+    // Not persisted yet: /metrics shows the job only once the store has it.
+    assert_eq!(rig.store.get().writes, 0);
+    assert!(rig.exported("train-1").is_none());
+    rig.steps(3);
+    assert_eq!(rig.store.get().writes, 1);
+    let j = rig
+        .exported("train-1")
+        .expect("exported after the first persist");
+    assert_eq!(
+        j.usage.gpu_seconds,
+        rig.store.get().jobs["train-1"].usage.gpu_seconds
+    );
+    assert!(j.usage.gpu_seconds > 0.0);
+    // The store fails: the totals shown stay at what it holds, and the error is shown.
+    rig.store.get().failing = true;
+    rig.steps(10);
+    let s = rig.snap();
+    assert_eq!(
+        s.ledger_error.as_deref(),
+        Some("disk full (scripted)"),
+        "the error is exported"
+    );
+    assert_eq!(
+        rig.exported("train-1").unwrap().usage.gpu_seconds,
+        j.usage.gpu_seconds
+    );
+    // It recovers: everything that accrued meanwhile is written, nothing lost.
+    rig.store.get().failing = false;
+    rig.steps(5);
+    let s = rig.snap();
+    assert!(s.ledger_error.is_none());
+    let now = rig.exported("train-1").unwrap().usage.gpu_seconds;
+    assert!(
+        (now - 20.0).abs() < 1e-9,
+        "20 s held, 20 GPU-seconds: {now}"
+    );
+    assert_eq!(rig.store.get().jobs["train-1"].usage.gpu_seconds, now);
+}
+
+#[test]
+fn without_a_store_the_live_totals_are_shown_and_persisting_starts_when_it_works() {
+    let store = MemStore::default();
+    store.get().failing = true;
+    let mut rig = Rig::with(Setup {
+        store,
+        ..Setup::default()
+    });
+    rig.put_process(100, 0, "train-1");
+    rig.steps(2);
+    // Nothing durable to stay consistent with: the live figures.
+    assert!(rig.exported("train-1").unwrap().usage.gpu_seconds > 0.0);
+    rig.store.get().failing = false;
+    rig.steps(5);
+    assert!(rig.store.get().writes > 0);
+    assert!(rig.store.get().jobs.contains_key("train-1"));
+}
+
+#[test]
+fn a_restart_resumes_from_the_store_and_no_counter_goes_back() {
+    let mut rig = Rig::new();
+    rig.put_process(100, 0, "train-1");
+    rig.steps(12);
+    rig.node.shutdown();
+    let (gpu_s, energy) = {
+        let s = rig.store.get();
+        (
+            s.jobs["train-1"].usage.gpu_seconds,
+            s.gpus["GPU-0"].usage.energy_j,
+        )
+    };
+    // The first reading opens the first interval: 11 intervals of 1 s.
+    assert!((gpu_s - 11.0).abs() < 1e-9, "{gpu_s}");
+    // A new agent on the same store, 30 s later.
+    rig.clock.advance(30 * SECOND);
+    let mut again = Rig::with(Setup {
+        store: rig.store.clone(),
+        clock: rig.clock.clone(),
+        ..Setup::default()
+    });
+    let j = again.job("train-1").expect("loaded at start");
+    assert_eq!(j.usage.gpu_seconds, gpu_s);
+    assert_eq!(j.outcome, Outcome::Running);
+    again.put_process(100, 0, "train-1");
+    again.steps(6);
+    assert!(again.job("train-1").unwrap().usage.gpu_seconds > gpu_s);
+    assert!(again.store.get().gpus["GPU-0"].usage.energy_j > energy);
+}
+
+#[test]
+fn a_found_job_that_vanishes_ends_unknown_after_the_vanish_time_and_leaves_after_its_grace() {
+    let mut rig = Rig::new();
+    rig.put_process(100, 0, "sweep-7");
+    rig.steps(6);
+    assert_eq!(rig.job("sweep-7").unwrap().outcome, Outcome::Running);
+    rig.remove_processes();
+    // Unseen for less than the vanish time (10 s): still running.
+    rig.steps(9);
+    assert_eq!(rig.job("sweep-7").unwrap().outcome, Outcome::Running);
+    rig.steps(6);
+    let j = rig.job("sweep-7").unwrap();
+    assert_eq!(j.outcome, Outcome::Unknown);
+    // It ended when it was last seen.
+    assert!((j.ended_at.unwrap() - (T0 + 5.0)).abs() <= 1.0, "{j:?}");
+    assert_eq!(rig.snap().published.finished[&Outcome::Unknown], 1);
+    // On /metrics for the grace period (60 s), then only in the store.
+    rig.steps(40);
+    assert!(rig.job("sweep-7").is_some());
+    rig.steps(30);
+    assert!(rig.job("sweep-7").is_none());
+    assert_eq!(rig.store.get().jobs["sweep-7"].outcome, Outcome::Unknown);
+    assert_eq!(rig.snap().published.finished[&Outcome::Unknown], 1);
+}
+
+#[test]
+fn a_wall_clock_step_ends_no_job_and_cuts_no_grace_period() {
+    let mut rig = Rig::new();
+    rig.put_process(100, 0, "sweep-7");
+    rig.register("reg-1", 1001).unwrap();
+    rig.steps(6);
+    rig.end("reg-1", 0).unwrap();
+    // NTP steps the wall clock an hour forward while the sweep's process is briefly off the
+    // GPU (between two of its runs): 2 s unseen is not 10 s unseen.
+    rig.clock.step_wall(3600.0);
+    rig.remove_processes();
+    rig.steps(2);
+    assert_eq!(rig.job("sweep-7").unwrap().outcome, Outcome::Running);
+    rig.put_process(100, 0, "sweep-7");
+    // A persist (and grace-period expiry) comes by: the ended job keeps its 60 s of grace.
+    rig.steps(5);
+    assert!(rig.job("reg-1").is_some());
+    // Two hours back: a job that really vanished still ends 10 s later, not two hours later.
+    rig.clock.step_wall(-7200.0);
+    rig.remove_processes();
+    rig.steps(9);
+    assert_eq!(rig.job("sweep-7").unwrap().outcome, Outcome::Running);
+    rig.steps(2);
+    let j = rig.job("sweep-7").unwrap();
+    assert_eq!(j.outcome, Outcome::Unknown, "{j:?}");
+    // It is not kept past its grace either: 60 s on the monotonic clock (and the next persist).
+    rig.steps(66);
+    assert!(rig.job("reg-1").is_none() && rig.job("sweep-7").is_none());
+}
+
+#[test]
+fn registrations_and_endings_are_persisted_at_once() {
+    let mut rig = Rig::new();
+    rig.steps(1);
+    let j = rig.register("reg-1", 1001).unwrap();
+    assert_eq!(j.started_at, T0 + 1.0);
+    assert_eq!(rig.store.get().writes, 1);
+    assert!(rig.job("reg-1").is_some());
+    // Another user may not end it; its owner may.
+    let (reply, rx) = oneshot::channel();
+    rig.node.handle(Message::End {
+        id: "reg-1".into(),
+        req: EndRequest::default(),
+        uid: 1002,
+        reply,
+    });
+    assert!(rx.blocking_recv().unwrap().is_err());
+    let ended = rig.end("reg-1", 3).unwrap();
+    assert_eq!(ended.outcome, Outcome::Failed);
+    assert_eq!(rig.store.get().jobs["reg-1"].outcome, Outcome::Failed);
+    assert_eq!(rig.store.get().meta["currency"], "USD");
+}
+
+#[test]
+fn xid_events_are_counted_on_their_gpu() {
+    let mut rig = Rig::new();
+    rig.steps(1);
+    rig.gpus.script().xids = vec![(1, 79), (1, 79), (0, 13)];
+    rig.steps(1);
+    let s = rig.snap();
+    assert_eq!(s.gpus[1].totals.xids[&79], 2);
+    assert_eq!(s.gpus[0].totals.xids[&13], 1);
+}

@@ -9,6 +9,8 @@
 
 pub mod nvml;
 pub mod sampler;
+#[cfg(test)]
+pub mod scripted;
 pub mod sim;
 
 use gpucost_core::reading::{GpuStatic, Reading, SampleError, Source};

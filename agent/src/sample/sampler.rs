@@ -320,3 +320,52 @@ fn unsupported_note(field: Field) -> &'static str {
         _ => "it is left out of the metrics",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use gpucost_core::clock::ManualClock;
+
+    use super::*;
+    use crate::sample::scripted::{Script, Scripted};
+
+    fn sampler(script: Script) -> (Sampler, Scripted) {
+        let clock = Arc::new(ManualClock::new(1000.0));
+        let gpus = Scripted::new(script, clock.clone());
+        let cadence = Cadence {
+            interval: Duration::from_secs(1),
+            process_interval: Duration::from_secs(5),
+            retry_interval: Duration::from_secs(10),
+        };
+        (Sampler::new(Box::new(gpus.clone()), cadence, clock), gpus)
+    }
+
+    #[test]
+    fn process_lists_are_read_on_their_own_slower_cadence() {
+        let (mut s, gpus) = sampler(Script::h100s(1));
+        let mut read = Vec::new();
+        for _ in 0..11 {
+            read.push(s.cycle().processes_read);
+            gpus.advance(Duration::from_secs(1));
+        }
+        assert_eq!(
+            read,
+            [true, false, false, false, false, true, false, false, false, false, true]
+        );
+    }
+
+    #[test]
+    fn each_interval_is_the_time_since_the_last_reading_with_its_energy() {
+        let (mut s, gpus) = sampler(Script::h100s(2));
+        let first = s.cycle();
+        assert!(first.ticks.iter().all(|t| t.dt == 0.0 && t.energy_j == 0.0));
+        gpus.script().gpus[1].power_w = 400.0;
+        gpus.advance(Duration::from_millis(2500));
+        let c = s.cycle();
+        let by_gpu: Vec<(f64, f64)> = c.ticks.iter().map(|t| (t.dt, t.energy_j)).collect();
+        assert_eq!(by_gpu, [(2.5, 250.0), (2.5, 1000.0)]);
+        assert_eq!(s.samples_total(), 2);
+    }
+}
