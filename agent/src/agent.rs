@@ -19,6 +19,7 @@ use crate::ledger::LedgerStore;
 use crate::node::{Message, Node, NodeConfig, NodeParts};
 use crate::notify;
 use crate::record::Recorder;
+use crate::sample::benchmark::{bench_gpu, watch_snapshots};
 use crate::sample::nvml::NvmlFactory;
 use crate::sample::sampler::{Cadence, Sampler};
 use crate::sample::sim::{SimEndings, SimFactory, SimProcs};
@@ -152,18 +153,13 @@ pub fn run(config: Config, record: Option<std::path::PathBuf>) -> anyhow::Result
     // Benchmarks of idle GPUs, at start and every bench.interval (not on a simulated node, whose
     // benchmarks come from its scenario).
     if config.simulate.is_none() && !config.bench.interval.is_zero() {
-        let (every, inbox, snapshots, lib) = (
-            config.bench.interval,
-            inbox.clone(),
-            rx.clone(),
-            config.nvml.lib.clone(),
-        );
+        let (every, inbox, snapshots) = (config.bench.interval, inbox.clone(), rx.clone());
         let span = span.clone();
         std::thread::Builder::new()
             .name("gpucost-bench".into())
             .spawn(move || {
                 let _e = span.enter();
-                benchmark_loop(every, &inbox, &snapshots, lib.as_deref())
+                benchmark_loop(every, &inbox, &snapshots)
             })
             .context("cannot start the benchmark thread")?;
     }
@@ -268,16 +264,16 @@ async fn keep_watchdog(
 }
 
 /// Benchmarks each GPU that no process uses, 30 s after start and then every `every`; the
-/// results go to the node thread. Stops, saying why once, where there is no CUDA driver.
+/// results go to the node thread. Stops, saying why once, where there is no CUDA driver. The
+/// GPU's clock and power during a run come from the node's own samples, not a second NVML.
 fn benchmark_loop(
     every: Duration,
     inbox: &std::sync::mpsc::Sender<Message>,
     snapshots: &watch::Receiver<Arc<Snapshot>>,
-    nvml_lib: Option<&std::path::Path>,
 ) {
     std::thread::sleep(Duration::from_secs(30));
     loop {
-        if let Err(e) = gpucost_kernels::bench::device_count() {
+        if let Err(e) = gpucost_kernels::suite::device_count() {
             info!("GPU benchmarks unavailable: {e}");
             return;
         }
@@ -302,7 +298,8 @@ fn benchmark_loop(
                 );
                 continue;
             }
-            match crate::cli::bench::bench_gpu(index as usize, true, nvml_lib) {
+            let watch = watch_snapshots(uuid.clone(), snapshots.clone());
+            match bench_gpu(index as usize, true, watch) {
                 Ok(b) => {
                     info!(
                         gpu = index,
@@ -340,7 +337,7 @@ fn simulated_benchmarks(
     s: &Scenario,
     now: f64,
 ) -> std::collections::BTreeMap<String, gpucost_core::benchmark::GpuBenchmark> {
-    let node = gpucost_sim::Node::new(s.clone());
+    let node = gpucost_sim::SimulatedNode::new(s.clone());
     s.gpus
         .iter()
         .enumerate()

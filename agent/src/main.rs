@@ -16,11 +16,11 @@ use gpucost_core::config::{self, Layer, Origin};
 )]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: CliCommand,
 }
 
 #[derive(Subcommand)]
-enum Command {
+enum CliCommand {
     /// Run the node agent: sample the GPUs, serve /metrics and the API.
     Agent(AgentArgs),
     /// Run a command as a tracked job: `gpucost run --name exp1 -- python train.py`.
@@ -171,14 +171,14 @@ fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     match cli.command {
-        Command::Agent(args) => agent(args),
-        Command::Run(a) => exit_code(cli::run::run(cli::run::RunArgs {
+        CliCommand::Agent(args) => agent(args),
+        CliCommand::Run(a) => exit_code(cli::run::run(cli::run::RunArgs {
             name: a.name,
             labels: a.labels.into_iter().collect(),
             socket: cli::socket_path(a.socket),
             command: a.command,
         })),
-        Command::Job(JobCommand::Start {
+        CliCommand::Job(JobCommand::Start {
             id,
             name,
             user,
@@ -195,14 +195,14 @@ fn main() -> ExitCode {
             labels: labels.into_iter().collect(),
             socket: cli::socket_path(socket),
         })),
-        Command::Report(a) => report(a),
-        Command::Bench(a) => exit_code(cli::bench::run(cli::bench::BenchArgs {
+        CliCommand::Report(a) => report(a),
+        CliCommand::Bench(a) => exit_code(cli::bench::run(cli::bench::BenchArgs {
             gpu: a.gpu,
             json: a.json,
             quick: a.quick,
             nvml_lib: a.nvml_lib,
         })),
-        Command::Job(JobCommand::End {
+        CliCommand::Job(JobCommand::End {
             id,
             exit_code: code,
             outcome,

@@ -1,4 +1,4 @@
-//! The kernels' own view of one GPU, for device checks: runs `bench::run_with_notes`, prints a
+//! The kernels' own view of one GPU, for device checks: runs `suite::run_with_notes`, prints a
 //! table with % of the datasheet peak, the notes (where each module came from, packed-half
 //! SIMT rates), and last one JSON line (`{"gpu":..,"results":[..],"memory":[..]}`).
 //!
@@ -6,7 +6,7 @@
 //! --example bench`). Exit code 1 when the benchmark fails or any verification failed.
 
 use gpucost_hw::peaks;
-use gpucost_kernels::bench::{self, BenchOptions};
+use gpucost_kernels::suite::{self, BenchOptions};
 
 fn main() {
     let mut opts = BenchOptions {
@@ -29,7 +29,7 @@ fn main() {
             }
         }
     }
-    let (report, notes) = match bench::run_with_notes(&opts) {
+    let (report, notes) = match suite::run_with_notes(&opts) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("bench: {e}");

@@ -3,7 +3,7 @@
 //! - [`registry`]: the CUDA modules (`kernels/cuda/*.cu`), their targets and entry points, and
 //!   the PTX shipped for GPU nodes that have a driver but no CUDA toolkit.
 //! - [`flops`]: how much work each kernel does, and rates from times. Pure.
-//! - [`bench`]: what `gpucost bench` and the agent call: each kernel verified, then timed.
+//! - [`suite`]: what `gpucost bench` and the agent run: each kernel verified, then timed.
 //!
 //! The datasheet peaks and per-SM rates live in `gpucost-hw` (no GPU, no CUDA).
 //!
@@ -11,13 +11,13 @@
 //! crate builds and its pure parts test on machines without CUDA; a missing driver or library
 //! is an error value, never a panic.
 
-pub mod bench;
 mod blas;
 mod check;
 pub mod flops;
 mod gpu;
 mod launch;
 pub mod registry;
+pub mod suite;
 
 #[cfg(test)]
 mod ptx_tests;

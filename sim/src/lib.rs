@@ -2,7 +2,7 @@
 //!
 //! A scenario (TOML, see `sim/README.md`) describes GPUs, the jobs that load them in phases, and
 //! faults (a GPU lost, an energy-counter reset, an Xid error); a GPU may instead replay recorded
-//! readings of a real one ([`Trace`]). [`Node`] answers what each GPU
+//! readings of a real one ([`Trace`]). [`SimulatedNode`] answers what each GPU
 //! reads at a given scenario time, pipe activity ([`Pipes`], what Hopper's GPM reports)
 //! included. It is shared by the agent's `--simulate` mode and by the fake `libnvidia-ml.so` in
 //! `tests/fake-nvml`, so the demo and the tests run on one model.
@@ -14,7 +14,7 @@ mod pipes;
 mod scenario;
 mod trace;
 
-pub use model::{reason, GpuState, Node, SimProcess};
+pub use model::{reason, GpuState, SimProcess, SimulatedNode};
 pub use pipes::{coefficients, Pipes};
 pub use scenario::{
     EventKind, EventSpec, GpuSpec, JobSpec, PhaseSpec, Scenario, ScenarioError, DEMO,

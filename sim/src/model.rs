@@ -44,7 +44,7 @@ pub struct GpuState {
     /// The energy counter in millijoules; `None` where the scenario says it is not supported.
     pub energy_mj: Option<u64>,
     pub processes: Vec<SimProcess>,
-    /// Pipe activity now (what GPM averages between two samples; see [`Node::pipes_between`]).
+    /// Pipe activity now (what GPM averages between two samples; see [`SimulatedNode::pipes_between`]).
     pub pipes: Pipes,
 }
 
@@ -60,7 +60,7 @@ struct Load {
 
 /// A scenario made ready for queries.
 #[derive(Debug, Clone)]
-pub struct Node {
+pub struct SimulatedNode {
     scenario: Scenario,
     uuids: Vec<String>,
     /// Per GPU: sorted breakpoints within one timeline (0 and duration included).
@@ -71,7 +71,7 @@ pub struct Node {
     cumulative_pipes: Vec<Vec<Pipes>>,
 }
 
-impl Node {
+impl SimulatedNode {
     pub fn new(scenario: Scenario) -> Self {
         let n = scenario.gpus.len();
         let uuids = scenario
@@ -84,7 +84,7 @@ impl Node {
                 })
             })
             .collect();
-        let mut node = Node {
+        let mut node = SimulatedNode {
             scenario,
             uuids,
             breakpoints: vec![Vec::new(); n],
@@ -369,7 +369,7 @@ impl Node {
         out
     }
 
-    /// What the GPU reads at scenario time `t`. Callers check [`Node::is_present`] first.
+    /// What the GPU reads at scenario time `t`. Callers check [`SimulatedNode::is_present`] first.
     pub fn state(&self, gpu: u32, t: f64) -> GpuState {
         let g = gpu as usize;
         let spec = &self.scenario.gpus[g];

@@ -60,12 +60,12 @@ kind = "xid"
 xid = 79
 "#;
 
-fn node() -> Node {
-    Node::new(Scenario::parse(TWO_GPUS, "test").unwrap())
+fn node() -> SimulatedNode {
+    SimulatedNode::new(Scenario::parse(TWO_GPUS, "test").unwrap())
 }
 
 /// Midpoint-rule integral of the instantaneous power, for comparison with the closed form.
-fn numeric_energy(node: &Node, gpu: u32, t0: f64, t1: f64) -> f64 {
+fn numeric_energy(node: &SimulatedNode, gpu: u32, t0: f64, t1: f64) -> f64 {
     let steps = 200_000;
     let h = (t1 - t0) / steps as f64;
     (0..steps)
@@ -150,7 +150,7 @@ fn lost_gpus_and_xids_follow_the_timeline() {
 #[test]
 fn demo_scenario_is_valid() {
     let s = Scenario::load("demo").unwrap();
-    let n = Node::new(s);
+    let n = SimulatedNode::new(s);
     assert_eq!(n.gpu_count(), 4);
     // The counter of every GPU grows over a whole timeline but for GPU 1's reset.
     for g in [0, 2, 3] {
@@ -203,7 +203,7 @@ fn bad_scenarios_name_the_problem() {
 // Pipe activity (GPM)
 
 /// One GPU, one job whose single phase is `phase` (TOML lines), from 0 to 100 s.
-fn one_phase(phase: &str) -> Result<Node, ScenarioError> {
+fn one_phase(phase: &str) -> Result<SimulatedNode, ScenarioError> {
     let text = format!(
         r#"
 name = "pipes"
@@ -225,7 +225,7 @@ memory_mib = 1000
 {phase}
 "#
     );
-    Scenario::parse(&text, "pipes.toml").map(Node::new)
+    Scenario::parse(&text, "pipes.toml").map(SimulatedNode::new)
 }
 
 fn close(a: f64, b: f64) -> bool {
@@ -437,8 +437,8 @@ precision = "bf16"
 dram_active = 0.8
 "#;
 
-fn shared() -> Node {
-    Node::new(Scenario::parse(SHARED, "shared.toml").unwrap())
+fn shared() -> SimulatedNode {
+    SimulatedNode::new(Scenario::parse(SHARED, "shared.toml").unwrap())
 }
 
 #[test]
@@ -538,7 +538,7 @@ fn gpm_support_follows_the_model_or_the_flag() {
 
 #[test]
 fn demo_shows_each_pipe_signal() {
-    let n = Node::new(Scenario::load("demo").unwrap());
+    let n = SimulatedNode::new(Scenario::load("demo").unwrap());
     assert!((0..4).all(|g| n.gpm_supported(g)));
     // The bf16 pretrain: tensor cores busy.
     let pretrain = n.state(0, 100.0).pipes;
@@ -613,7 +613,7 @@ memory_mib = 0
 /// recorded joules, GPM averages are the recorded ones, and after the trace it follows its jobs.
 #[test]
 fn traced_gpus_replay_the_recording() {
-    let node = Node::new(Scenario::parse(TRACED, "traced.toml").unwrap());
+    let node = SimulatedNode::new(Scenario::parse(TRACED, "traced.toml").unwrap());
     let e = |t: f64| node.state(0, t).energy_mj.unwrap() as f64 / 1000.0;
     assert!((e(0.5) - 1000.0 - 0.5 * 71.0).abs() < 1e-3, "{}", e(0.5));
     for (k, want) in [(1, 410.0), (2, 610.0), (3, 80.0)] {
@@ -666,7 +666,7 @@ fn traced_scenarios_round_trip_through_toml() {
     let text = toml::to_string(&s).unwrap();
     let back = Scenario::parse(&text, "written.toml").unwrap();
     assert_eq!(back.gpus[0].trace, s.gpus[0].trace);
-    let (a, b) = (Node::new(s), Node::new(back));
+    let (a, b) = (SimulatedNode::new(s), SimulatedNode::new(back));
     for t in [0.0, 1.0, 2.2, 3.4, 7.0] {
         assert_eq!(a.state(0, t), b.state(0, t), "t = {t}");
     }

@@ -7,6 +7,7 @@
 //! The [`sampler`] drives a backend for the node's owner thread; nothing else in the agent calls
 //! a backend.
 
+pub mod benchmark;
 pub mod nvml;
 pub mod sampler;
 #[cfg(test)]

@@ -8,13 +8,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use gpucost_core::clock::Clock;
-use gpucost_sim::{Node, Scenario};
+use gpucost_sim::{Scenario, SimulatedNode};
 
 use super::{Backend, BackendFactory};
 use gpucost_core::reading::{GpuStatic, ProcessUse, Reading, SampleError, Source};
 
 pub struct SimBackend {
-    node: Node,
+    node: SimulatedNode,
     clock: Arc<dyn Clock>,
     started: Instant,
     /// Scenario time up to which Xids have been reported.
@@ -23,7 +23,7 @@ pub struct SimBackend {
 
 impl SimBackend {
     pub fn new(scenario: Scenario, clock: Arc<dyn Clock>) -> Self {
-        let node = Node::new(scenario);
+        let node = SimulatedNode::new(scenario);
         SimBackend {
             node,
             started: clock.mono(),
@@ -218,7 +218,7 @@ impl gpucost_core::attribute::process::ProcSource for SimProcs {
 /// Slurm epilog would (`gpucost job end`), so failed runs are visible in the demo. A job's id is
 /// its scenario `id`, else the id attribution gives its process (`unattributed:PID`).
 pub struct SimEndings {
-    node: Node,
+    node: SimulatedNode,
     clock: Arc<dyn Clock>,
     started: Instant,
     until_s: f64,
@@ -227,7 +227,7 @@ pub struct SimEndings {
 impl SimEndings {
     pub fn new(scenario: Scenario, clock: Arc<dyn Clock>) -> Self {
         SimEndings {
-            node: Node::new(scenario),
+            node: SimulatedNode::new(scenario),
             started: clock.mono(),
             clock,
             until_s: 0.0,

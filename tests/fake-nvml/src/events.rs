@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use gpucost_sim::Node;
+use gpucost_sim::SimulatedNode;
 
 use crate::abi::*;
 use crate::{device_call, guarded, put, state};
@@ -52,7 +52,7 @@ type Xids = Vec<(f64, u32)>;
 impl EventSet {
     /// Takes the earliest undelivered Xid up to scenario time `now`, as (GPU, Xid), marking it
     /// delivered. Ties go to the lower GPU index.
-    fn take_next(&mut self, node: &Node, now: f64) -> Option<(u32, u32)> {
+    fn take_next(&mut self, node: &SimulatedNode, now: f64) -> Option<(u32, u32)> {
         // The earliest undelivered Xid so far: its time, its GPU, and that GPU's pending Xids.
         let mut best: Option<(f64, u32, Xids)> = None;
         for (gpu, cursor) in &mut self.gpus {

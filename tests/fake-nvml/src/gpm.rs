@@ -1,7 +1,7 @@
 //! GPM (GPU Performance Monitoring): pipe activity between two samples, as on Hopper and newer.
 //!
 //! A sample records its GPU, its scenario time and the model's pipe-seconds up to that time
-//! (`Node::pipe_seconds`), like the hardware counters a real sample snapshots. A metric between
+//! (`SimulatedNode::pipe_seconds`), like the hardware counters a real sample snapshots. A metric between
 //! two samples is the difference divided by the time between them: the exact average activity
 //! over that window, in percent.
 //!

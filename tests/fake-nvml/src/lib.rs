@@ -30,7 +30,7 @@ use std::ffi::CStr;
 use std::io::Write;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use gpucost_sim::{GpuSpec, GpuState, Node, SimProcess};
+use gpucost_sim::{GpuSpec, GpuState, SimProcess, SimulatedNode};
 
 use abi::*;
 pub use state::{MAX_GPUS, SCENARIO_ENV, START_ENV};
@@ -55,7 +55,7 @@ fn guarded(body: impl FnOnce() -> nvmlReturn_t) -> nvmlReturn_t {
 
 /// The GPU a device function answers about, at the moment of the call.
 struct Gpu<'a> {
-    node: &'a Node,
+    node: &'a SimulatedNode,
     index: u32,
     /// Scenario time of the call.
     t: f64,
@@ -121,7 +121,7 @@ fn guarded_wait(device: nvmlDevice_t) -> Option<std::time::Duration> {
 }
 
 /// The checks of a system function: initialised, then `answer` with the node.
-fn system_call(answer: impl FnOnce(&Node) -> nvmlReturn_t) -> nvmlReturn_t {
+fn system_call(answer: impl FnOnce(&SimulatedNode) -> nvmlReturn_t) -> nvmlReturn_t {
     guarded(|| match state::lock().active() {
         Some(model) => answer(&model.node),
         None => NVML_ERROR_UNINITIALIZED,

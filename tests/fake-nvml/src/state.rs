@@ -4,7 +4,7 @@
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use gpucost_sim::{Node, Scenario};
+use gpucost_sim::{Scenario, SimulatedNode};
 
 use crate::abi::{c_uint, nvmlDevice_st, nvmlDevice_t};
 
@@ -56,7 +56,7 @@ enum Clock {
 /// A loaded scenario and its clock. Loaded at the first successful init, kept until the library
 /// is unloaded (a shutdown does not restart the timeline).
 pub struct Model {
-    pub node: Node,
+    pub node: SimulatedNode,
     clock: Clock,
 }
 
@@ -95,7 +95,7 @@ impl Model {
             },
         };
         Ok(Model {
-            node: Node::new(scenario),
+            node: SimulatedNode::new(scenario),
             clock,
         })
     }

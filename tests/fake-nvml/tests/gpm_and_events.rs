@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use gpucost_sim::{Node, Pipes, Scenario};
+use gpucost_sim::{Pipes, Scenario, SimulatedNode};
 use nvml_wrapper::bitmasks::event::EventTypes;
 use nvml_wrapper::enums::event::XidError;
 use nvml_wrapper::enums::gpm::GpmMetricId;
@@ -202,7 +202,7 @@ const METRICS: [(GpmMetricId, PipeOf); 12] = [
 
 struct Fixture {
     nvml: Nvml,
-    node: Node,
+    node: SimulatedNode,
     /// Unix time of scenario time 0.
     start_unix: f64,
     _dir: tempfile::TempDir,
@@ -250,7 +250,8 @@ fn fixture() -> &'static Fixture {
             .lib_path(fake_lib().as_os_str())
             .init()
             .expect("init the fake NVML");
-        let node = Node::new(Scenario::load(path.to_str().unwrap()).expect("load scenario"));
+        let node =
+            SimulatedNode::new(Scenario::load(path.to_str().unwrap()).expect("load scenario"));
         Fixture {
             nvml,
             node,

@@ -12,7 +12,7 @@ use std::ptr;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use gpucost_sim::{reason, GpuState, Node, Scenario};
+use gpucost_sim::{reason, GpuState, Scenario, SimulatedNode};
 use nvml_wrapper::bitmasks::device::ThrottleReasons;
 use nvml_wrapper::enum_wrappers::device::{Clock, TemperatureSensor};
 use nvml_wrapper::enums::device::UsedGpuMemory;
@@ -97,7 +97,7 @@ const NVML_ERROR_ARGUMENT_VERSION_MISMATCH: u32 = 25;
 
 struct Fixture {
     nvml: Nvml,
-    node: Node,
+    node: SimulatedNode,
     /// Unix time of scenario time 0.
     start_unix: f64,
     _dir: tempfile::TempDir,
@@ -136,7 +136,8 @@ fn fixture() -> &'static Fixture {
             .lib_path(fake_lib().as_os_str())
             .init()
             .expect("init the fake NVML");
-        let node = Node::new(Scenario::load(path.to_str().unwrap()).expect("load scenario"));
+        let node =
+            SimulatedNode::new(Scenario::load(path.to_str().unwrap()).expect("load scenario"));
         Fixture {
             nvml,
             node,

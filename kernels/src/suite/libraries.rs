@@ -1,0 +1,116 @@
+//! The vendor libraries' GEMMs (cuBLAS, cuBLASLt) per precision: what a training job's
+//! matrix products get, verified at sampled outputs.
+
+use super::*;
+
+impl Bench<'_> {
+    /// The rate a GEMM of `p` should roughly reach, for sizing it.
+    pub(super) fn expected_rate(&self, p: Precision) -> f64 {
+        let clock_mhz = self
+            .gpu
+            .ctx
+            .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_CLOCK_RATE)
+            .map_or(1500, |khz| (khz / 1000) as u32);
+        peaks::lookup(&self.gpu.name)
+            .and_then(|s| s.peak(p))
+            .or_else(|| peaks::estimate_peak(self.gpu.cc, self.gpu.sm_count, clock_mhz, p))
+            .unwrap_or(50e12)
+    }
+
+    pub(super) fn libraries(&mut self) {
+        let libs = gpu::libraries();
+        let cc = self.gpu.cc;
+        let has_fp64_tensor = self
+            .arch()
+            .is_some_and(|a| a.flop_per_clock_per_sm(Precision::Fp64Tensor).is_some());
+        for p in [
+            Precision::Bf16,
+            Precision::Fp8,
+            Precision::Fp16,
+            Precision::Tf32,
+            Precision::Fp32,
+            Precision::Fp64,
+        ] {
+            let lt = !matches!(p, Precision::Fp32 | Precision::Fp64);
+            // DGEMM runs on the FP64 tensor cores where there are some.
+            let label = if p == Precision::Fp64 && has_fp64_tensor {
+                Precision::Fp64Tensor
+            } else {
+                p
+            };
+            let what = format!("{label} library");
+            if lt && !libs.cublaslt {
+                self.skip(
+                    what,
+                    format!(
+                        "libcublasLt not found (tried {})",
+                        gpu::candidates("cublasLt").join(", ")
+                    ),
+                );
+                continue;
+            }
+            if !lt && !libs.cublas {
+                self.skip(
+                    what,
+                    format!(
+                        "libcublas not found (tried {})",
+                        gpu::candidates("cublas").join(", ")
+                    ),
+                );
+                continue;
+            }
+            if p == Precision::Fp8 && cc < (8, 9) {
+                self.skip(what, "needs sm_89");
+                continue;
+            }
+            if !self.plan.fits() {
+                self.skip(what, "time budget spent");
+                continue;
+            }
+            match self.library(p, lt) {
+                Ok((flops_per_s, median_s)) => self.results.push(KernelResult {
+                    precision: label,
+                    method: Method::Library,
+                    flops_per_s,
+                    median_s,
+                    repeats: self.plan.repeats,
+                }),
+                Err(why) => self.skip(what, why),
+            }
+        }
+    }
+
+    fn library(&self, p: Precision, lt: bool) -> Result<(f64, f64), String> {
+        let gpu = self.gpu;
+        let mut n = flops::gemm_size(self.expected_rate(p), self.plan.launch_s / 2.0);
+        let bytes = |n: u64| n * n * 3 * 8;
+        let (free, _) = gpu.ctx.mem_get_info().map_err(cuda("memory info"))?;
+        while n > 1024 && bytes(n) > free as u64 / 2 {
+            n -= 1024;
+        }
+        // cudarc panics where a library lacks a symbol its 12.2 bindings expect.
+        let made = std::panic::catch_unwind(std::panic::AssertUnwindSafe(
+            || -> Result<Box<dyn Gemmer>, String> {
+                Ok(if lt {
+                    Box::new(LtGemm::new(gpu, p, n)?)
+                } else {
+                    Box::new(BlasGemm::new(gpu, p, n)?)
+                })
+            },
+        ))
+        .map_err(|_| {
+            "the library panicked (an older version than cudarc's CUDA 12.2 bindings?)".to_string()
+        })?;
+        let mut g = made?;
+        g.call()?;
+        g.verify(gpu)?;
+        let (median, calls) =
+            self.measure(1, 10_000, |calls| (0..calls).try_for_each(|_| g.call()))?;
+        let per_call = median / calls as f64;
+        let nn = g.n();
+        Ok((
+            flops::rate(flops::gemm_flops(nn, nn, nn), per_call),
+            per_call,
+        ))
+    }
+}
