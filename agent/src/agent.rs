@@ -16,7 +16,7 @@ use crate::export::http;
 use crate::identity::kubelet::{list_gpus, PodGpu};
 use crate::identity::procfs::ProcFs;
 use crate::ledger::LedgerStore;
-use crate::node::{Message, Node, NodeConfig, NodeParts};
+use crate::node::{Message, Node, NodeConfig, NodeParts, Store};
 use crate::notify;
 use crate::record::Recorder;
 use crate::sample::benchmark::{bench_gpu, watch_snapshots};
@@ -67,32 +67,8 @@ pub fn run(config: Config, record: Option<std::path::PathBuf>) -> anyhow::Result
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let local = listener.local_addr()?;
 
-    let real_procs = ProcFs::new(&config.attribution.proc_root);
-    let (source, sim_name, procs): (_, _, Box<dyn ProcSource>) = match &scenario {
-        Some(s) => (
-            Source::Simulated,
-            Some(s.name.clone()),
-            Box::new(SimProcs::new(s, real_procs)),
-        ),
-        None => (Source::Nvml, None, Box::new(real_procs)),
-    };
-    let (tx, rx) = watch::channel(Arc::new(Snapshot::empty(source, sim_name)));
+    let (tx, rx) = watch::channel(Arc::new(first_snapshot(scenario.as_ref())));
     let (pods_tx, pods_rx) = watch::channel(Vec::<PodGpu>::new());
-    let cadence = Cadence {
-        interval: config.sampling.interval,
-        process_interval: config.sampling.process_interval,
-        retry_interval: config.nvml.retry_interval,
-    };
-    let node_cfg = NodeConfig {
-        interval: config.sampling.interval,
-        persist_interval: config.persist_interval,
-        job_map_dir: config.attribution.job_map_dir.clone(),
-        hostname: hostname(),
-        grace_s: config.jobs.grace_period.as_secs_f64(),
-        vanish_s: config.jobs.vanish_after.as_secs_f64(),
-        export_labels: config.jobs.export_labels.clone(),
-        bench_min_ratio: config.bench.min_ratio,
-    };
     let recorder = match &record {
         Some(path) => {
             let from = match &scenario {
@@ -113,36 +89,24 @@ pub fn run(config: Config, record: Option<std::path::PathBuf>) -> anyhow::Result
     };
     let (inbox, inbox_rx) = std::sync::mpsc::channel::<Message>();
     let node_span = span.clone();
-    let pricing = config.pricing.clone();
-    let store = LedgerStore::new(&config.state_dir);
     let node_clock = clock.clone();
-    let nvml_lib = config.nvml.lib.clone();
+    let node_config = config.clone();
     let node_scenario = scenario.clone();
     let node = std::thread::Builder::new()
         .name("gpucost-node".into())
         .spawn(move || {
             let _e = node_span.enter();
-            let clock = node_clock;
-            let factory: Box<dyn BackendFactory> = match &node_scenario {
-                Some(s) => Box::new(SimFactory::new(s.clone(), clock.clone())),
-                None => Box::new(NvmlFactory::new(nvml_lib)),
-            };
-            let mut node = Node::new(NodeParts {
-                cfg: node_cfg,
-                sampler: Sampler::new(factory, cadence, clock.clone()),
-                pricing,
-                procs,
-                pods: pods_rx,
-                store: Box::new(store),
-                clock: clock.clone(),
-                tx,
-            });
-            if let Some(s) = node_scenario {
-                let bench = simulated_benchmarks(&s, clock.wall());
-                node = node
-                    .with_sim_endings(SimEndings::new(s, clock))
-                    .with_benchmarks(bench);
-            }
+            let mut node = build_node(
+                &node_config,
+                node_scenario.as_ref(),
+                Wiring {
+                    store: Box::new(LedgerStore::new(&node_config.state_dir)),
+                    clock: node_clock,
+                    hostname: hostname(),
+                    pods: pods_rx,
+                    tx,
+                },
+            );
             if let Some(r) = recorder {
                 node = node.with_recorder(r);
             }
@@ -224,6 +188,73 @@ pub fn run(config: Config, record: Option<std::path::PathBuf>) -> anyhow::Result
     }
     info!("stopped");
     result
+}
+
+/// What a node is connected to, besides what the config says.
+pub struct Wiring {
+    pub store: Box<dyn Store>,
+    pub clock: Arc<dyn Clock>,
+    /// The node's name, for ids of jobs registered without one.
+    pub hostname: String,
+    /// Which pod holds which GPU (the kubelet poller's output).
+    pub pods: watch::Receiver<Vec<PodGpu>>,
+    pub tx: watch::Sender<Arc<Snapshot>>,
+}
+
+/// The snapshot `/metrics` has before the first sample.
+pub fn first_snapshot(scenario: Option<&Scenario>) -> Snapshot {
+    match scenario {
+        Some(s) => Snapshot::empty(Source::Simulated, Some(s.name.clone())),
+        None => Snapshot::empty(Source::Nvml, None),
+    }
+}
+
+/// The node as the config wires it: NVML or the simulated scenario (with its scheduler and
+/// benchmarks), the process source, the cadences, prices and job settings. [`run`] builds it on
+/// the node thread; tests build the same node and drive it in virtual time.
+pub fn build_node(config: &Config, scenario: Option<&Scenario>, w: Wiring) -> Node {
+    let real_procs = ProcFs::new(&config.attribution.proc_root);
+    let (factory, procs): (Box<dyn BackendFactory>, Box<dyn ProcSource>) = match scenario {
+        Some(s) => (
+            Box::new(SimFactory::new(s.clone(), w.clock.clone())),
+            Box::new(SimProcs::new(s, real_procs)),
+        ),
+        None => (
+            Box::new(NvmlFactory::new(config.nvml.lib.clone())),
+            Box::new(real_procs),
+        ),
+    };
+    let cadence = Cadence {
+        interval: config.sampling.interval,
+        process_interval: config.sampling.process_interval,
+        retry_interval: config.nvml.retry_interval,
+    };
+    let cfg = NodeConfig {
+        interval: config.sampling.interval,
+        persist_interval: config.persist_interval,
+        job_map_dir: config.attribution.job_map_dir.clone(),
+        hostname: w.hostname,
+        grace_s: config.jobs.grace_period.as_secs_f64(),
+        vanish_s: config.jobs.vanish_after.as_secs_f64(),
+        export_labels: config.jobs.export_labels.clone(),
+        bench_min_ratio: config.bench.min_ratio,
+    };
+    let node = Node::new(NodeParts {
+        cfg,
+        sampler: Sampler::new(factory, cadence, w.clock.clone()),
+        pricing: config.pricing.clone(),
+        procs,
+        pods: w.pods,
+        store: w.store,
+        clock: w.clock.clone(),
+        tx: w.tx,
+    });
+    match scenario {
+        Some(s) => node
+            .with_benchmarks(simulated_benchmarks(s, w.clock.wall()))
+            .with_sim_endings(SimEndings::new(s.clone(), w.clock)),
+        None => node,
+    }
 }
 
 /// Pings the systemd watchdog every `every` while the sampler publishes fresh snapshots (the

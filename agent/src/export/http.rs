@@ -169,7 +169,8 @@ async fn get_gpu(
     }
 }
 
-fn job_json(j: &gpucost_core::jobs::JobRecord, currency: &str) -> serde_json::Value {
+/// A job as `/api/v1/jobs` shows it: its record with the cost totals and rates derived from it.
+pub fn job_json(j: &gpucost_core::jobs::JobRecord, currency: &str) -> serde_json::Value {
     let mut v = serde_json::to_value(j).unwrap_or_default();
     v["cost_total"] = json!(j.usage.total_cost());
     v["wasted_cost"] = json!(j.wasted_cost());

@@ -4,6 +4,8 @@
 //! The binaries are built once per test process with the same cargo and profile as the tests,
 //! so `cargo test --workspace` needs no other step.
 
+pub mod virtual_node;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;

@@ -1,18 +1,16 @@
 //! Recorded runs replayed: every `tests/fixtures/traces/NAME.toml` (written by
-//! `gpucost agent --record` during `scripts/gpu-validation.sh`) is run with `--simulate`, faster
-//! than it was recorded, and the agent must reach what the live agent measured (NAME.json): the
-//! job's energy, GPU, idle and FP32-bound time, its outcome, its MFU per phase, and the workload's
-//! own MFU where it reported one. A run recorded on a real GPU thereby stays part of every CI run.
+//! `gpucost agent --record` during `scripts/gpu-validation.sh`) is replayed by the node that
+//! `gpucost agent --simulate` runs, in virtual time at the recording's own sampling interval,
+//! and must reach what the live agent measured (NAME.json): the job's energy, GPU, idle and
+//! FP32-bound time, its outcome, its MFU per phase, and the workload's own MFU where it reported
+//! one. A run recorded on a real GPU thereby stays part of every CI run. (That the binary
+//! replays a recording is `record.rs`'s test.)
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use gpucost_integration_tests::{write_scenario, Agent};
-
-/// Wall seconds a replay may take.
-const REPLAY_WALL_S: f64 = 25.0;
-/// The replaying agent's sampling interval (wall seconds).
-const INTERVAL_S: f64 = 0.05;
+use gpucost_integration_tests::virtual_node::{config, VirtualNode};
+use gpucost_sim::Scenario;
 
 fn fixtures() -> Vec<(PathBuf, serde_json::Value)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/traces");
@@ -41,102 +39,45 @@ fn f(v: &serde_json::Value, key: &str) -> f64 {
 struct Replayed {
     usage: serde_json::Value,
     outcome: String,
-    /// (scenario seconds, the job's MFU from counters) at each poll.
+    /// (scenario seconds, the job's MFU from counters) at each sample.
     mfu: Vec<(f64, f64)>,
-    speed: f64,
+    /// The recording's sampling interval, which the replay samples at too.
+    interval_s: f64,
 }
 
-fn replay(trace: &Path, job: &str, dir: &Path) -> Replayed {
-    let text = std::fs::read_to_string(trace).unwrap();
-    let duration = text
-        .lines()
-        .find_map(|l| l.strip_prefix("duration_s = "))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .expect("duration_s");
-    assert!(
-        text.contains("\nspeed = 1.0\n"),
-        "a recording replays at speed 1"
-    );
-    let speed = (duration / REPLAY_WALL_S).ceil().max(1.0);
-    let fast = write_scenario(
-        dir,
-        "replay.toml",
-        &text.replace("\nspeed = 1.0\n", &format!("\nspeed = {speed}\n")),
-    );
-    let interval = format!("{}ms", (INTERVAL_S * 1000.0) as u64);
-    let started = Instant::now();
-    let mut agent = Agent::start(
-        &["--simulate", &fast],
-        &[
-            ("GPUCOST_SAMPLING_INTERVAL", &interval),
-            ("GPUCOST_SAMPLING_PROCESS_INTERVAL", &interval),
-            ("GPUCOST_LEDGER_PERSIST_INTERVAL", "40ms"),
-        ],
-    );
-    // Scenario time starts when the simulated backend opens, which the agent logs.
-    let opened = log_time(&agent.wait_for_log("GPU library up", Duration::from_secs(5)));
-    let deadline = started + Duration::from_secs_f64(duration / speed + 15.0);
+fn replay(trace: &Path, job: &str) -> Replayed {
+    let scenario = Scenario::load(trace.to_str().unwrap()).unwrap();
+    assert_eq!(scenario.speed, 1.0, "a recording replays at speed 1");
+    let t = &scenario.gpus[0].trace.as_ref().expect("a recorded trace").t_s;
+    let interval_s = t[1] - t[0];
+    let interval = Duration::from_secs_f64(interval_s);
+    let cfg = config(|c| {
+        c.sampling.interval = interval;
+        c.sampling.process_interval = interval;
+        c.persist_interval = interval;
+    });
+    let mut node = VirtualNode::simulate(&scenario, &cfg);
     let mut mfu = Vec::new();
-    loop {
-        let t = (unix_now() - opened) * speed;
-        let (status, body) = agent.get(&format!("/api/v1/jobs/{job}"));
-        if status == 200 {
-            let j: serde_json::Value = serde_json::from_str(&body).unwrap();
-            if j["outcome"] != "running" {
-                return Replayed {
-                    usage: j["usage"].clone(),
-                    outcome: j["outcome"].as_str().unwrap().to_string(),
-                    mfu,
-                    speed,
-                };
-            }
-        }
-        if let Some(v) = agent.metrics().get(
+    let mut t = 0.0;
+    while t <= scenario.duration_s + 5.0 {
+        node.run_until(t);
+        if let Some(v) = node.metrics().get(
             "gpucost_job_mfu_ratio",
             &[("job_id", job), ("source", "counters")],
         ) {
             mfu.push((t, v));
         }
-        assert!(Instant::now() < deadline, "job {job} did not end: {body}");
-        std::thread::sleep(Duration::from_millis(40));
+        if let Some(j) = node.job_json(job).filter(|j| j["outcome"] != "running") {
+            return Replayed {
+                usage: j["usage"].clone(),
+                outcome: j["outcome"].as_str().unwrap().to_string(),
+                mfu,
+                interval_s,
+            };
+        }
+        t += interval_s;
     }
-}
-
-fn unix_now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64()
-}
-
-/// The unix time of a log line (`2026-11-26T09:53:13.740489Z  INFO ...`).
-fn log_time(line: &str) -> f64 {
-    let stamp = line.split_whitespace().next().expect("a timestamp");
-    let (date, time) = stamp
-        .trim_end_matches('Z')
-        .split_once('T')
-        .expect("date T time");
-    let d: Vec<i64> = date.split('-').map(|v| v.parse().unwrap()).collect();
-    let t: Vec<f64> = time.split(':').map(|v| v.parse().unwrap()).collect();
-    // Days since 1970-01-01 of a proleptic Gregorian date.
-    let (y, m) = if d[1] <= 2 {
-        (d[0] - 1, d[1] + 9)
-    } else {
-        (d[0], d[1] - 3)
-    };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * m + 2) / 5 + d[2] - 1;
-    let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
-    days as f64 * 86_400.0 + t[0] * 3600.0 + t[1] * 60.0 + t[2]
-}
-
-#[test]
-fn log_times_are_unix_times() {
-    let t = log_time("2026-11-26T09:53:13.740489Z  INFO gpucost: x");
-    assert!((t - 1_795_686_793.740_489).abs() < 1e-3, "{t}");
-    assert_eq!(log_time("1970-01-01T00:00:00Z x"), 0.0);
-    assert_eq!(log_time("2000-03-01T00:00:00Z x"), 951_868_800.0);
+    panic!("job {job} did not end by {t} s: {:?}", node.job_json(job));
 }
 
 #[test]
@@ -145,25 +86,23 @@ fn recorded_runs_replay_to_what_the_live_agent_measured() {
     assert!(!all.is_empty(), "no trace fixtures");
     for (trace, meta) in all {
         let name = trace.file_stem().unwrap().to_string_lossy().into_owned();
-        let dir = tempfile::tempdir().unwrap();
         let live = &meta["job"];
         let id = live["id"].as_str().unwrap();
-        let r = replay(&trace, id, dir.path());
-        let s = r.speed;
-        eprintln!("{name} (replayed at speed {s}): live {}\nreplayed x speed: energy {:.0} J, gpu {:.2} s, idle {:.2} s, fp32 {:.2} s",
-            live["usage"], f(&r.usage, "energy_j") * s, f(&r.usage, "gpu_seconds") * s,
-            f(&r.usage, "idle_gpu_seconds") * s, f(&r.usage, "fp32_seconds") * s);
+        let r = replay(&trace, id);
+        eprintln!(
+            "{name} (replayed at its {} s samples): live {}\nreplayed {}",
+            r.interval_s, live["usage"], r.usage
+        );
         assert_eq!(r.outcome, live["outcome"].as_str().unwrap(), "{name}");
-        // Energy accrues per wall second in a faster replay, times per wall second too.
-        let (a, b) = (f(&live["usage"], "energy_j"), f(&r.usage, "energy_j") * s);
+        let (a, b) = (f(&live["usage"], "energy_j"), f(&r.usage, "energy_j"));
         assert!(
             (b / a - 1.0).abs() <= 0.01,
             "{name}: energy live {a} J, replayed {b} J"
         );
-        // A job's ends fall on samples: one replay sample and one recorded one at each end.
-        let slack = 2.0 * (INTERVAL_S * s + 0.25);
+        // A job's ends fall on samples: one sample at each end.
+        let slack = 2.0 * r.interval_s;
         for field in ["gpu_seconds", "idle_gpu_seconds", "fp32_seconds"] {
-            let (a, b) = (f(&live["usage"], field), f(&r.usage, field) * s);
+            let (a, b) = (f(&live["usage"], field), f(&r.usage, field));
             assert!(
                 (a - b).abs() <= slack,
                 "{name}: {field} live {a}, replayed {b}"
@@ -173,7 +112,7 @@ fn recorded_runs_replay_to_what_the_live_agent_measured() {
             let phase = p["phase"].as_str().unwrap();
             let (a, b) = (f(p, "start_s"), f(p, "end_s"));
             if phase == "fp32" {
-                let fp32 = f(&r.usage, "fp32_seconds") * s;
+                let fp32 = f(&r.usage, "fp32_seconds");
                 assert!(
                     fp32 >= 0.8 * (b - a),
                     "{name}: {fp32} s FP32-bound in a {} s fp32 phase",
