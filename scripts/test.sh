@@ -6,7 +6,24 @@ cd "$(dirname "$0")/.."
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
+# step NAME: starts a step; the time each took is printed as it ends and in a table at the end.
+started=$SECONDS
+step_name="" step_start=$SECONDS timings=""
+end_step() {
+  if [ -n "$step_name" ]; then
+    local took=$((SECONDS - step_start))
+    timings+=$(printf '  %-28s %4d s' "$step_name" "$took")$'\n'
+  fi
+}
+step() {
+  end_step
+  step_name="$1" step_start=$SECONDS
+  echo "test.sh: $1"
+}
+trap 'end_step; step_name=""; printf "test.sh: time per step\n%s  %-28s %4d s\n" "$timings" total $((SECONDS - started))' EXIT
+
 # promtool (Debian package `prometheus`) checks the /metrics output in the integration tests.
+step "tools"
 if ! command -v promtool >/dev/null 2>&1; then
   echo "test.sh: installing promtool (Debian package prometheus)..."
   as_root apt-get update -qq
@@ -17,13 +34,14 @@ fi
 echo "test.sh: CUDA compilers for the kernel checks"
 bash scripts/install-cuda-tools.sh
 
-echo "test.sh: formatting"
+step "formatting"
 cargo fmt --all -- --check
-echo "test.sh: lints"
+step "lints"
 cargo clippy --workspace --all-targets --locked --quiet -- -D warnings
-echo "test.sh: tests"
+step "tests"
 cargo test --workspace --locked
-echo "test.sh: fuzzing the config, the cgroup-path parser and the API bodies (20 s each)"
+step "fuzzing (20 s a target)"
+echo "test.sh: the config, the cgroup-path parser and the API bodies"
 if ! command -v cargo-fuzz >/dev/null 2>&1; then
   cargo install cargo-fuzz --version 0.13.2 --locked --quiet
 fi
@@ -31,5 +49,5 @@ fi
 for target in config cgroup_path api_body; do
   (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" -- -max_total_time=20 -rss_limit_mb=2048 2>&1 | tail -n 2)
 done
-echo "test.sh: deployment"
+step "deployment"
 ./scripts/check-deploy.sh

@@ -122,7 +122,9 @@ impl VirtualNode {
     pub fn register(&mut self, req: RegisterRequest, uid: u32) -> Result<JobRecord, String> {
         let (reply, rx) = oneshot::channel();
         self.node.handle(Message::Register { req, uid, reply });
-        rx.blocking_recv().expect("a reply").map_err(|e| e.to_string())
+        rx.blocking_recv()
+            .expect("a reply")
+            .map_err(|e| e.to_string())
     }
 
     /// Reports progress as uid `uid` would over the socket.
@@ -139,7 +141,9 @@ impl VirtualNode {
             uid,
             reply,
         });
-        rx.blocking_recv().expect("a reply").map_err(|e| e.to_string())
+        rx.blocking_recv()
+            .expect("a reply")
+            .map_err(|e| e.to_string())
     }
 
     /// Persists and writes everything, as the agent does on its way out.

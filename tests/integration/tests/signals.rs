@@ -90,21 +90,31 @@ fn demo_signals_on_metrics_and_report() {
         flops_per_token,
         ..ProgressRequest::default()
     };
-    node.progress(&id, report(100_000, Some(6e9)), 1000).unwrap();
+    node.progress(&id, report(100_000, Some(6e9)), 1000)
+        .unwrap();
     node.wait(Duration::from_millis(500));
     node.progress(&id, report(1_100_000, None), 1000).unwrap();
     let e = node.progress(&id, report(5, None), 1000).unwrap_err();
     assert!(e.contains("went backwards"), "tokens never go back: {e}");
-    assert!(node.progress(&id, report(6, None), 1001).is_err(), "only its owner reports");
+    assert!(
+        node.progress(&id, report(6, None), 1001).is_err(),
+        "only its owner reports"
+    );
     let m = node.metrics();
-    assert_eq!(get(&m, "gpucost_job_tokens_total", &[("job_id", &id)]), 1_100_000.0);
+    assert_eq!(
+        get(&m, "gpucost_job_tokens_total", &[("job_id", &id)]),
+        1_100_000.0
+    );
     let reported = get(
         &m,
         "gpucost_job_achieved_flops",
         &[("job_id", &id), ("source", "reported")],
     );
     // 1e6 tokens x 6e9 FLOPs in half a second.
-    assert!((reported / 1.2e16 - 1.0).abs() < 1e-9, "reported FLOP/s {reported}");
+    assert!(
+        (reported / 1.2e16 - 1.0).abs() < 1e-9,
+        "reported FLOP/s {reported}"
+    );
 
     // Later: the notebook on GPU 2 holds its GPU idle from 220 s, the fine-tune on GPU 3 fails at
     // 525 s, with Xid 13 on GPU 2 at 400 s and Xid 79 on GPU 3 at 525 s.

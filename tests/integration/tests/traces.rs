@@ -48,7 +48,11 @@ struct Replayed {
 fn replay(trace: &Path, job: &str) -> Replayed {
     let scenario = Scenario::load(trace.to_str().unwrap()).unwrap();
     assert_eq!(scenario.speed, 1.0, "a recording replays at speed 1");
-    let t = &scenario.gpus[0].trace.as_ref().expect("a recorded trace").t_s;
+    let t = &scenario.gpus[0]
+        .trace
+        .as_ref()
+        .expect("a recorded trace")
+        .t_s;
     let interval_s = t[1] - t[0];
     let interval = Duration::from_secs_f64(interval_s);
     let cfg = config(|c| {
