@@ -27,11 +27,68 @@ pub use layer::{
 };
 pub use resolve::resolve;
 
-pub const DEFAULT_CONFIG_PATH: &str = "/etc/gpucost/config.toml";
-pub const DEFAULT_LISTEN: &str = "0.0.0.0:10119";
-pub const DEFAULT_STATE_DIR: &str = "/var/lib/gpucost";
-pub const DEFAULT_SOCKET: &str = "/run/gpucost/agent.sock";
-pub const DEFAULT_KUBELET_SOCKET: &str = "/var/lib/kubelet/pod-resources/kubelet.sock";
+/// Every built-in default, each defined once: [`resolve()`] uses these, and so should anything
+/// else that needs to know a default (a flag's help, a client looking for the agent's socket).
+/// `deploy/config.example.toml` states them too, and a test checks that it agrees.
+pub mod defaults {
+    use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+    use std::time::Duration;
+
+    /// The config file read when neither `--config` nor `GPUCOST_CONFIG` names one; it may be
+    /// absent.
+    pub const CONFIG_PATH: &str = "/etc/gpucost/config.toml";
+    /// The port of `/metrics` and the read-only API.
+    pub const PORT: u16 = 10119;
+    /// `listen`: every IPv4 address, on [`PORT`].
+    pub const LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, PORT));
+    /// `state_dir`: where the ledger lives.
+    pub const STATE_DIR: &str = "/var/lib/gpucost";
+    /// `socket`: the unix socket for job registration, also where `gpucost run` and
+    /// `gpucost job` look for the agent.
+    pub const SOCKET: &str = "/run/gpucost/agent.sock";
+    /// `socket_mode`: root and the socket's group may connect.
+    pub const SOCKET_MODE: u32 = 0o660;
+    /// `sampling.interval`: how often every GPU is read.
+    pub const SAMPLING_INTERVAL: Duration = Duration::from_secs(1);
+    /// `sampling.process_interval`, unless `sampling.interval` is longer: see
+    /// [`process_interval`].
+    pub const PROCESS_INTERVAL: Duration = Duration::from_secs(5);
+    /// `nvml.retry_interval`: how often a failed NVML load is tried again.
+    pub const NVML_RETRY_INTERVAL: Duration = Duration::from_secs(30);
+    /// `ledger.persist_interval`: how often changed totals are written to the ledger.
+    pub const PERSIST_INTERVAL: Duration = Duration::from_secs(5);
+    /// `jobs.grace_period`: how long a finished job stays on `/metrics`.
+    pub const GRACE_PERIOD: Duration = Duration::from_secs(600);
+    /// `jobs.vanish_after` is this many process intervals (see [`vanish_after`]) ...
+    pub const VANISH_AFTER_PROCESS_INTERVALS: u32 = 3;
+    /// ... and at least this long.
+    pub const VANISH_AFTER_MIN: Duration = Duration::from_secs(15);
+    /// `attribution.proc_root`.
+    pub const PROC_ROOT: &str = "/proc";
+    /// `attribution.kubelet_socket`: the kubelet's pod-resources socket.
+    pub const KUBELET_SOCKET: &str = "/var/lib/kubelet/pod-resources/kubelet.sock";
+    /// `attribution.kubelet_resources`: the resource name NVIDIA's device plugin registers GPUs
+    /// under.
+    pub const KUBELET_RESOURCES: &[&str] = &["nvidia.com/gpu"];
+    /// `attribution.kubelet_interval`: how often the kubelet is asked.
+    pub const KUBELET_INTERVAL: Duration = Duration::from_secs(10);
+    /// `bench.interval`: how often each idle GPU is benchmarked.
+    pub const BENCH_INTERVAL: Duration = Duration::from_secs(86_400);
+    /// `bench.min_ratio`: the share of its datasheet peak below which a GPU is flagged.
+    pub const BENCH_MIN_RATIO: f64 = 0.85;
+
+    /// The default `sampling.process_interval` for a given `sampling.interval`: processes are
+    /// never read more often than the GPUs.
+    pub fn process_interval(sampling_interval: Duration) -> Duration {
+        PROCESS_INTERVAL.max(sampling_interval)
+    }
+
+    /// The default `jobs.vanish_after` for a given `sampling.process_interval`: long enough that
+    /// a job is seen missing in a few process reads in a row before it is ended.
+    pub fn vanish_after(process_interval: Duration) -> Duration {
+        (process_interval * VANISH_AFTER_PROCESS_INTERVALS).max(VANISH_AFTER_MIN)
+    }
+}
 
 /// The validated configuration of `gpucost agent`.
 #[derive(Debug, Clone, PartialEq)]

@@ -9,9 +9,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::{
-    example_pricing, AttributionConfig, BenchConfig, Config, ConfigError, JobsConfig, Layer,
-    NvmlConfig, Origin, Sampling, DEFAULT_KUBELET_SOCKET, DEFAULT_LISTEN, DEFAULT_SOCKET,
-    DEFAULT_STATE_DIR,
+    defaults, example_pricing, AttributionConfig, BenchConfig, Config, ConfigError, JobsConfig,
+    Layer, NvmlConfig, Origin, Sampling,
 };
 use crate::account::pricing::{self, Pricing};
 
@@ -33,7 +32,7 @@ pub fn resolve(layers: &[(Origin, Layer)]) -> Result<Config, ConfigError> {
         sampling,
         nvml,
         simulate,
-        state_dir: layers.or(|l| l.state_dir.clone(), DEFAULT_STATE_DIR.into()),
+        state_dir: layers.or(|l| l.state_dir.clone(), defaults::STATE_DIR.into()),
         socket,
         socket_mode,
         persist_interval,
@@ -100,17 +99,22 @@ fn err(origin: Origin, key: &str, problem: String) -> ConfigError {
 }
 
 const MS: Duration = Duration::from_millis(1);
-const S: Duration = Duration::from_secs(1);
 const HOUR: Duration = Duration::from_secs(3600);
 const DAY: Duration = Duration::from_secs(86_400);
 
 fn listen(layers: &Layers) -> Result<SocketAddr, ConfigError> {
-    let (text, origin) = layers.pick_or(|l| l.listen.clone(), DEFAULT_LISTEN.to_string());
+    let Some((text, origin)) = layers.pick(|l| l.listen.clone()) else {
+        return Ok(defaults::LISTEN);
+    };
     text.parse().map_err(|_| {
         err(
             origin,
             "listen",
-            format!("{text:?} is not an address:port such as 0.0.0.0:10119 or [::1]:10119"),
+            format!(
+                "{text:?} is not an address:port such as {} or [::1]:{}",
+                defaults::LISTEN,
+                defaults::PORT
+            ),
         )
     })
 }
@@ -119,13 +123,13 @@ fn sampling(layers: &Layers) -> Result<Sampling, ConfigError> {
     let (interval, _) = layers.duration(
         "sampling.interval",
         |l| l.sampling.interval,
-        S,
+        defaults::SAMPLING_INTERVAL,
         10 * MS..=HOUR,
     )?;
     let (process_interval, origin) = layers.duration(
         "sampling.process_interval",
         |l| l.sampling.process_interval,
-        (5 * S).max(interval),
+        defaults::process_interval(interval),
         10 * MS..=HOUR,
     )?;
     if process_interval < interval {
@@ -150,7 +154,7 @@ fn nvml(layers: &Layers) -> Result<NvmlConfig, ConfigError> {
     let (retry_interval, _) = layers.duration(
         "nvml.retry_interval",
         |l| l.nvml.retry_interval,
-        30 * S,
+        defaults::NVML_RETRY_INTERVAL,
         100 * MS..=DAY,
     )?;
     let lib = layers.pick(|l| l.nvml.lib.clone());
@@ -182,7 +186,7 @@ fn ledger(layers: &Layers) -> Result<Duration, ConfigError> {
     let (persist_interval, _) = layers.duration(
         "ledger.persist_interval",
         |l| l.ledger.persist_interval,
-        5 * S,
+        defaults::PERSIST_INTERVAL,
         10 * MS..=HOUR,
     )?;
     Ok(persist_interval)
@@ -192,13 +196,13 @@ fn jobs(layers: &Layers, sampling: &Sampling) -> Result<JobsConfig, ConfigError>
     let (grace_period, _) = layers.duration(
         "jobs.grace_period",
         |l| l.jobs.grace_period,
-        600 * S,
+        defaults::GRACE_PERIOD,
         Duration::ZERO..=7 * DAY,
     )?;
     let (vanish_after, _) = layers.duration(
         "jobs.vanish_after",
         |l| l.jobs.vanish_after,
-        (sampling.process_interval * 3).max(15 * S),
+        defaults::vanish_after(sampling.process_interval),
         Duration::ZERO..=DAY,
     )?;
     let (export_labels, origin) = layers.pick_or(|l| l.jobs.export_labels.clone(), Vec::new());
@@ -229,8 +233,10 @@ fn jobs(layers: &Layers, sampling: &Sampling) -> Result<JobsConfig, ConfigError>
 
 /// The job registration socket's path and file mode.
 fn socket(layers: &Layers) -> Result<(PathBuf, u32), ConfigError> {
-    let path = layers.or(|l| l.socket.clone(), DEFAULT_SOCKET.into());
-    let (text, origin) = layers.pick_or(|l| l.socket_mode.clone(), "0660".to_string());
+    let path = layers.or(|l| l.socket.clone(), defaults::SOCKET.into());
+    let Some((text, origin)) = layers.pick(|l| l.socket_mode.clone()) else {
+        return Ok((path, defaults::SOCKET_MODE));
+    };
     let mode = u32::from_str_radix(text.trim_start_matches("0o"), 8)
         .ok()
         .filter(|m| *m <= 0o777)
@@ -238,7 +244,10 @@ fn socket(layers: &Layers) -> Result<(PathBuf, u32), ConfigError> {
             err(
                 origin,
                 "socket_mode",
-                format!("{text:?} is not an octal file mode such as \"0660\""),
+                format!(
+                    "{text:?} is not an octal file mode such as \"0{:o}\"",
+                    defaults::SOCKET_MODE
+                ),
             )
         })?;
     Ok((path, mode))
@@ -248,23 +257,29 @@ fn attribution(layers: &Layers) -> Result<AttributionConfig, ConfigError> {
     let kubelet_socket = match layers.pick(|l| l.attribution.kubelet_socket.clone()) {
         Some((p, _)) if p.as_os_str() == "off" => None,
         Some((p, _)) => Some(p),
-        None => Some(PathBuf::from(DEFAULT_KUBELET_SOCKET)),
+        None => Some(PathBuf::from(defaults::KUBELET_SOCKET)),
     };
     let (kubelet_interval, _) = layers.duration(
         "attribution.kubelet_interval",
         |l| l.attribution.kubelet_interval,
-        10 * S,
+        defaults::KUBELET_INTERVAL,
         100 * MS..=HOUR,
     )?;
     Ok(AttributionConfig {
-        proc_root: layers.or(|l| l.attribution.proc_root.clone(), "/proc".into()),
+        proc_root: layers.or(
+            |l| l.attribution.proc_root.clone(),
+            defaults::PROC_ROOT.into(),
+        ),
         job_map_dir: layers
             .pick(|l| l.attribution.job_map_dir.clone())
             .map(|(p, _)| p),
         kubelet_socket,
         kubelet_resources: layers.or(
             |l| l.attribution.kubelet_resources.clone(),
-            vec!["nvidia.com/gpu".to_string()],
+            defaults::KUBELET_RESOURCES
+                .iter()
+                .map(|r| r.to_string())
+                .collect(),
         ),
         kubelet_interval,
     })
@@ -285,10 +300,10 @@ fn bench(layers: &Layers) -> Result<BenchConfig, ConfigError> {
     let (interval, _) = layers.duration(
         "bench.interval",
         |l| l.bench.interval,
-        DAY,
+        defaults::BENCH_INTERVAL,
         Duration::ZERO..=365 * DAY,
     )?;
-    let (min_ratio, origin) = layers.pick_or(|l| l.bench.min_ratio, 0.85);
+    let (min_ratio, origin) = layers.pick_or(|l| l.bench.min_ratio, defaults::BENCH_MIN_RATIO);
     if !(0.0..=1.0).contains(&min_ratio) {
         return Err(err(
             origin,

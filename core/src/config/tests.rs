@@ -35,6 +35,17 @@ fn the_example_config_is_valid_and_complete() {
     }
 }
 
+/// The example states every default it sets (only the labels and prices are examples), so it
+/// cannot drift from [`defaults`].
+#[test]
+fn the_example_config_states_the_defaults() {
+    let mut example = from_file(EXAMPLE).unwrap();
+    let built_in = resolve(&[]).unwrap();
+    example.jobs.export_labels.clear();
+    example.pricing = built_in.pricing.clone();
+    assert_eq!(example, built_in);
+}
+
 #[test]
 fn defaults() {
     let c = resolve(&[]).unwrap();
@@ -44,6 +55,16 @@ fn defaults() {
     assert_eq!(c.nvml.retry_interval, Duration::from_secs(30));
     assert_eq!(c.nvml.lib, None);
     assert_eq!(c.simulate, None);
+    // The interface PRODUCT.md promises.
+    assert_eq!(c.state_dir, Path::new("/var/lib/gpucost"));
+    assert_eq!(c.socket, Path::new("/run/gpucost/agent.sock"));
+    assert_eq!(c.socket_mode, 0o660);
+    assert_eq!(
+        c.attribution.kubelet_socket.as_deref(),
+        Some(Path::new("/var/lib/kubelet/pod-resources/kubelet.sock"))
+    );
+    assert_eq!(c.bench.min_ratio, 0.85);
+    assert_eq!(c.jobs.vanish_after, Duration::from_secs(15));
 }
 
 #[test]
