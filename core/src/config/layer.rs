@@ -131,52 +131,43 @@ pub fn file_layer(path: &Path, explicit: bool) -> Result<Layer, ConfigError> {
             })
         }
     };
-    toml::from_str(&text).map_err(|e| ConfigError {
-        origin,
-        key: toml_error_key(&e, &text),
-        problem: e.message().to_string().trim().to_string() + &toml_error_position(&e, &text),
-    })
+    Layer::from_file_text(&text, origin)
 }
 
-/// The dotted key a TOML error points at, found from the error's position in the text: the key
-/// on that line, under the last `[table]` header above it.
-fn toml_error_key(e: &toml::de::Error, text: &str) -> String {
-    let Some(span) = e.span() else {
-        return "file".into();
-    };
-    let start = span.start.min(text.len());
-    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
-    let line = text[line_start..].lines().next().unwrap_or("").trim();
-    let table = text[..line_start]
-        .lines()
-        .rev()
-        .map(str::trim)
-        .find(|l| l.starts_with('[') && !l.starts_with("[["))
-        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string());
-    if line.starts_with('[') {
-        return line
-            .trim_matches(|c| c == '[' || c == ']')
-            .trim()
-            .to_string();
-    }
-    let key = match line.split_once('=') {
-        Some((k, _)) => k.trim().trim_matches('"').to_string(),
-        None => return "file".into(),
-    };
-    match table {
-        Some(t) => format!("{t}.{key}"),
-        None => key,
+impl Layer {
+    /// Parses the text of a config file. An error names the dotted key the deserializer was at
+    /// (`sampling.interval`, `jobs.export_labels[1]`), or `file` for a syntax error, and the line
+    /// and column where TOML says it is.
+    pub fn from_file_text(text: &str, origin: Origin) -> Result<Layer, ConfigError> {
+        serde_path_to_error::deserialize(toml::Deserializer::new(text)).map_err(|e| {
+            let key = match e.path().iter().next() {
+                None => "file".to_string(),
+                Some(_) => e.path().to_string(),
+            };
+            let e = e.into_inner();
+            let at = e.span().map(|span| position(text, span.start));
+            ConfigError {
+                origin,
+                key,
+                problem: one_line(e.message()) + &at.unwrap_or_default(),
+            }
+        })
     }
 }
 
-fn toml_error_position(e: &toml::de::Error, text: &str) -> String {
-    match e.span() {
-        Some(span) => {
-            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
-            format!(" (line {line})")
-        }
-        None => String::new(),
-    }
+/// A TOML message on one line ("invalid array\nexpected `]`" becomes "invalid array; expected
+/// `]`"), since it ends up in the middle of a sentence.
+fn one_line(message: &str) -> String {
+    message.trim().lines().collect::<Vec<_>>().join("; ")
+}
+
+/// " (line L, column C)" of a byte offset into `text`, both counted from 1.
+fn position(text: &str, offset: usize) -> String {
+    let before = text.get(..offset).unwrap_or(text);
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line = before.matches('\n').count() + 1;
+    let column = before[line_start..].chars().count() + 1;
+    format!(" (line {line}, column {column})")
 }
 
 /// Reads the environment layer through `get` (the process environment in production).
@@ -188,26 +179,20 @@ pub fn env_layer(
         let var = env_var_for(key);
         let Some(value) = get(&var) else { continue };
         let origin = Origin::Env(var);
-        let (table, leaf) = match key.split_once('.') {
-            Some((t, l)) => (Some(t), l),
-            None => (None, *key),
-        };
-        let mut leaf_table = toml::Table::new();
-        leaf_table.insert(leaf.to_string(), toml::Value::String(value));
-        let doc = match table {
-            Some(t) => {
-                let mut outer = toml::Table::new();
-                outer.insert(t.to_string(), toml::Value::Table(leaf_table));
-                outer
-            }
-            None => leaf_table,
-        };
-        let layer: Layer = doc.try_into().map_err(|e: toml::de::Error| ConfigError {
+        let layer = single(key, toml::Value::String(value)).map_err(|e| ConfigError {
             origin: origin.clone(),
             key: key.to_string(),
-            problem: e.message().trim().to_string(),
+            problem: one_line(e.message()),
         })?;
         layers.push((origin, layer));
     }
     Ok(layers)
+}
+
+/// A layer setting only `key` (dotted: `sampling.interval`) to `value`, typed as in the file.
+pub(super) fn single(key: &str, value: toml::Value) -> Result<Layer, toml::de::Error> {
+    let doc = key.rsplit('.').fold(value, |inner, part| {
+        toml::Value::Table(toml::Table::from_iter([(part.to_string(), inner)]))
+    });
+    Layer::deserialize(doc)
 }

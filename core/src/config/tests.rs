@@ -130,7 +130,21 @@ fn bad_files_name_file_key_and_problem() {
         ),
         (
             "[sampling]\ninterval = \"fast\"",
-            &["config.toml", "sampling.interval", "line 2"],
+            &["config.toml", "sampling.interval", "line 2, column 12"],
+        ),
+        // The key is the deserializer's path, not the text of the line: an inline table, a
+        // dotted key and an element of a list spread over lines are each named in full.
+        (
+            "sampling = { interval = \"fast\" }",
+            &["sampling.interval: invalid value", "line 1, column 25"],
+        ),
+        (
+            "sampling.interval = 5",
+            &["sampling.interval: invalid type: integer `5`"],
+        ),
+        (
+            "[jobs]\nexport_labels = [\n  \"team\",\n  1,\n]",
+            &["jobs.export_labels[1]: invalid type", "line 4, column 3"],
         ),
         (
             "[sampling]\ninterval = \"0s\"",
@@ -148,7 +162,14 @@ fn bad_files_name_file_key_and_problem() {
             &["sampling.intervall", "unknown field"],
         ),
         ("colour = \"red\"", &["colour", "unknown field"]),
-        ("listen = [", &["config.toml", "line 1"]),
+        (
+            "listen = [",
+            &[
+                "config.toml",
+                "file: invalid array; expected `]`",
+                "line 1, column 11",
+            ],
+        ),
         (
             "[nvml]\nretry_interval = \"1ms\"",
             &["nvml.retry_interval", "out of range"],
