@@ -275,3 +275,257 @@ fn fuzzed_configs_give_a_config_or_a_named_error() {
     }
     assert!(ok > 0 && bad > 1000, "ok {ok}, refused {bad}");
 }
+
+/// Where a bad value is put in a [`check`].
+#[derive(Clone, Copy)]
+enum Source {
+    /// The config file, the value as TOML text.
+    File,
+    /// The key's `GPUCOST_*` variable, the value as its text.
+    Env,
+    /// The flag of that name, the value as given on the command line.
+    Flag(&'static str),
+}
+use Source::{Env, File, Flag};
+
+/// Sets `key` to `value` in `source` alone and checks that the config is refused with an error
+/// naming that source and that key (or an element of it: `key[0]`), whose problem contains
+/// `problem`.
+fn check(source: Source, key: &str, value: &str, problem: &str) {
+    let case = match source {
+        File => format!("file: {key} = {value}"),
+        Env => format!("{} = {value:?}", env_var_for(key)),
+        Flag(name) => format!("--{name} {value:?}"),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    let result = match source {
+        File => {
+            let text = match key.rsplit_once('.') {
+                Some((table, leaf)) => format!("[{table}]\n{leaf} = {value}\n"),
+                None => format!("{key} = {value}\n"),
+            };
+            std::fs::write(&path, text).unwrap();
+            file_layer(&path, true).and_then(|l| resolve(&[(Origin::File(path.clone()), l)]))
+        }
+        Env => {
+            let var = env_var_for(key);
+            env_layer(|v| (v == var).then(|| value.to_string())).and_then(|l| resolve(&l))
+        }
+        Flag(name) => {
+            let layer = layer::single(key, toml::Value::String(value.into())).unwrap();
+            resolve(&[(Origin::Flag(name), layer)])
+        }
+    };
+    let e = match result {
+        Ok(_) => panic!("{case}: accepted"),
+        Err(e) => e,
+    };
+    let origin = match source {
+        File => Origin::File(path),
+        Env => Origin::Env(env_var_for(key)),
+        Flag(name) => Origin::Flag(name),
+    };
+    assert_eq!(e.origin, origin, "{case}: {e}");
+    assert!(
+        e.key == key || e.key.starts_with(&format!("{key}[")),
+        "{case}: key {:?} in {e}",
+        e.key
+    );
+    assert!(
+        e.problem.contains(problem),
+        "{case}: expected {problem:?} in {e}"
+    );
+}
+
+#[test]
+fn bad_listen_and_socket_name_source_and_key() {
+    check(File, "listen", "10119", "invalid type: integer `10119`");
+    check(File, "listen", "\"localhost\"", "not an address:port");
+    check(Env, "listen", "localhost", "not an address:port");
+    check(
+        Flag("listen"),
+        "listen",
+        "0.0.0.0:99999",
+        "not an address:port",
+    );
+    check(File, "state_dir", "true", "invalid type: boolean");
+    check(File, "socket", "5", "invalid type: integer");
+    check(File, "socket_mode", "660", "invalid type: integer");
+    check(File, "socket_mode", "\"0999\"", "not an octal file mode");
+    check(Env, "socket_mode", "01000", "not an octal file mode");
+    check(Env, "socket_mode", "rw-rw----", "not an octal file mode");
+}
+
+#[test]
+fn bad_simulate_names_source_and_key() {
+    check(File, "simulate", "1", "invalid type: integer");
+    check(File, "simulate", "\"\"", "is empty");
+    check(Env, "simulate", " ", "is empty");
+    check(Flag("simulate"), "simulate", "", "is empty");
+}
+
+#[test]
+fn bad_sampling_names_source_and_key() {
+    check(File, "sampling.interval", "1", "invalid type: integer");
+    check(File, "sampling.interval", "\"fast\"", "expected a duration");
+    check(File, "sampling.interval", "\"0s\"", "out of range");
+    check(File, "sampling.interval", "\"2h\"", "out of range");
+    check(Env, "sampling.interval", "soon", "expected a duration");
+    check(Env, "sampling.interval", "9ms", "out of range");
+    check(
+        File,
+        "sampling.process_interval",
+        "[]",
+        "invalid type: sequence",
+    );
+    check(File, "sampling.process_interval", "\"1ms\"", "out of range");
+    check(Env, "sampling.process_interval", "61m", "out of range");
+    // Shorter than the sampling interval's default (1s), which is no layer's fault.
+    check(
+        Env,
+        "sampling.process_interval",
+        "500ms",
+        "shorter than sampling.interval",
+    );
+}
+
+#[test]
+fn bad_nvml_names_source_and_key() {
+    check(File, "nvml.lib", "3", "invalid type: integer");
+    check(File, "nvml.lib", "\"\"", "is empty");
+    check(Env, "nvml.lib", "", "is empty");
+    check(Flag("nvml-lib"), "nvml.lib", "", "is empty");
+    check(File, "nvml.retry_interval", "30", "invalid type: integer");
+    check(File, "nvml.retry_interval", "\"1ms\"", "out of range");
+    check(Env, "nvml.retry_interval", "often", "expected a duration");
+    check(Env, "nvml.retry_interval", "2days", "out of range");
+}
+
+#[test]
+fn bad_ledger_names_source_and_key() {
+    check(
+        File,
+        "ledger.persist_interval",
+        "5",
+        "invalid type: integer",
+    );
+    check(File, "ledger.persist_interval", "\"2h\"", "out of range");
+    check(Env, "ledger.persist_interval", "-1s", "expected a duration");
+    check(Env, "ledger.persist_interval", "5ms", "out of range");
+}
+
+#[test]
+fn bad_jobs_names_source_and_key() {
+    check(File, "jobs.grace_period", "600", "invalid type: integer");
+    check(File, "jobs.grace_period", "\"8days\"", "out of range");
+    check(Env, "jobs.grace_period", "8days", "out of range");
+    check(
+        Env,
+        "jobs.grace_period",
+        "10 minutes please",
+        "expected a duration",
+    );
+    check(File, "jobs.vanish_after", "\"2days\"", "out of range");
+    check(Env, "jobs.vanish_after", "25h", "out of range");
+    check(
+        File,
+        "jobs.export_labels",
+        "\"team\"",
+        "invalid type: string",
+    );
+    check(File, "jobs.export_labels", "[1]", "invalid type: integer");
+    check(File, "jobs.export_labels", "[\"job\"]", "cannot be a label");
+    check(
+        File,
+        "jobs.export_labels",
+        "[\"2team\"]",
+        "cannot be a label",
+    );
+    check(File, "jobs.export_labels", "[\"__x\"]", "cannot be a label");
+}
+
+#[test]
+fn bad_attribution_names_source_and_key() {
+    // Its environment variables and the file's paths take any text, so only the file's types
+    // and the interval's range can be wrong.
+    check(File, "attribution.proc_root", "1", "invalid type: integer");
+    check(
+        File,
+        "attribution.job_map_dir",
+        "false",
+        "invalid type: boolean",
+    );
+    check(
+        File,
+        "attribution.kubelet_socket",
+        "{}",
+        "invalid type: map",
+    );
+    check(
+        File,
+        "attribution.kubelet_resources",
+        "\"nvidia.com/gpu\"",
+        "invalid type",
+    );
+    check(
+        File,
+        "attribution.kubelet_interval",
+        "10",
+        "invalid type: integer",
+    );
+    check(
+        File,
+        "attribution.kubelet_interval",
+        "\"1ms\"",
+        "out of range",
+    );
+    check(
+        File,
+        "attribution.kubelet_interval",
+        "\"2h\"",
+        "out of range",
+    );
+}
+
+#[test]
+fn bad_bench_names_source_and_key() {
+    check(File, "bench.interval", "86400", "invalid type: integer");
+    check(File, "bench.interval", "\"400days\"", "out of range");
+    check(Env, "bench.interval", "400days", "out of range");
+    check(Env, "bench.interval", "weekly", "expected a duration");
+    check(File, "bench.min_ratio", "\"high\"", "invalid type: string");
+    check(File, "bench.min_ratio", "1.5", "must be in [0, 1]");
+    check(File, "bench.min_ratio", "-0.1", "must be in [0, 1]");
+    check(File, "bench.min_ratio", "nan", "must be in [0, 1]");
+}
+
+#[test]
+fn bad_pricing_names_source_and_key() {
+    // [pricing] is read from the file only, and checked by account::pricing (whose own tests
+    // hold its messages; these only check that they reach the user with the file and the key).
+    check(File, "pricing", "3", "table");
+    check(File, "pricing.currency", "\"usd\"", "\"usd\"");
+    check(File, "pricing.currency", "840", "invalid type: integer");
+    check(File, "pricing.pue", "0.5", "0.5");
+    check(File, "pricing.market", "\"cheap\"", "cheap");
+}
+
+/// A bad value is the fault of the layer that set it, even over a good one below, and is no
+/// fault at all under a good one above.
+#[test]
+fn the_winning_layer_is_the_one_named() {
+    let file = layer::single("sampling.interval", toml::Value::String("2s".into())).unwrap();
+    let env = env_layer(|v| (v == "GPUCOST_SAMPLING_INTERVAL").then(|| "0s".into())).unwrap();
+    let mut layers = vec![(Origin::File("f.toml".into()), file)];
+    layers.extend(env);
+    let e = resolve(&layers).unwrap_err();
+    assert_eq!(e.origin, Origin::Env("GPUCOST_SAMPLING_INTERVAL".into()));
+    assert_eq!(e.key, "sampling.interval");
+
+    let flags = layer::single("listen", toml::Value::String("127.0.0.1:1".into())).unwrap();
+    let bad_env = env_layer(|v| (v == "GPUCOST_LISTEN").then(|| "nowhere".into())).unwrap();
+    let mut layers = bad_env;
+    layers.push((Origin::Flag("listen"), flags));
+    assert_eq!(resolve(&layers).unwrap().listen.port(), 1);
+}
