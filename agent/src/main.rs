@@ -227,7 +227,7 @@ fn report(a: ReportArgs) -> ExitCode {
     let env_path = std::env::var_os("GPUCOST_CONFIG").map(PathBuf::from);
     let (path, explicit) = match a.config.or(env_path) {
         Some(p) => (p, true),
-        None => (PathBuf::from(config::DEFAULT_CONFIG_PATH), false),
+        None => (PathBuf::from(config::defaults::CONFIG_PATH), false),
     };
     let file = match config::file_layer(&path, explicit) {
         Ok(l) => l,
@@ -317,7 +317,7 @@ fn load_config(args: AgentArgs) -> Result<config::Config, config::ConfigError> {
     let env_path = std::env::var_os("GPUCOST_CONFIG").map(PathBuf::from);
     let (path, explicit) = match args.config.or(env_path) {
         Some(p) => (p, true),
-        None => (PathBuf::from(config::DEFAULT_CONFIG_PATH), false),
+        None => (PathBuf::from(config::defaults::CONFIG_PATH), false),
     };
     let mut layers = vec![(
         Origin::File(path.clone()),

@@ -1,0 +1,192 @@
+//! Configuration: the TOML file, then `GPUCOST_*` environment variables, then flags, merged and
+//! validated into one [`Config`] before anything starts.
+//!
+//! Every error names where the bad value came from (the file, the variable or the flag), the
+//! key, and what is wrong with it. The default file (`/etc/gpucost/config.toml`) may be absent;
+//! a file named with `--config` or `GPUCOST_CONFIG` must exist.
+//!
+//! `layer.rs` reads the file and the environment into [`Layer`]s (every setting optional);
+//! `resolve.rs` merges the layers, highest priority last, and checks each section
+//! ([`resolve()`]).
+
+mod layer;
+mod resolve;
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::account::pricing::{self, Pricing};
+
+pub use layer::{
+    env_layer, env_var_for, file_layer, AttributionLayer, BenchLayer, JobsLayer, Layer,
+    LedgerLayer, NvmlLayer, SamplingLayer,
+};
+pub use resolve::resolve;
+
+/// Every built-in default, each defined once: [`resolve()`] uses these, and so should anything
+/// else that needs to know a default (a flag's help, a client looking for the agent's socket).
+/// `deploy/config.example.toml` states them too, and a test checks that it agrees.
+pub mod defaults {
+    use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+    use std::time::Duration;
+
+    /// The config file read when neither `--config` nor `GPUCOST_CONFIG` names one; it may be
+    /// absent.
+    pub const CONFIG_PATH: &str = "/etc/gpucost/config.toml";
+    /// The port of `/metrics` and the read-only API.
+    pub const PORT: u16 = 10119;
+    /// `listen`: every IPv4 address, on [`PORT`].
+    pub const LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, PORT));
+    /// `state_dir`: where the ledger lives.
+    pub const STATE_DIR: &str = "/var/lib/gpucost";
+    /// `socket`: the unix socket for job registration, also where `gpucost run` and
+    /// `gpucost job` look for the agent.
+    pub const SOCKET: &str = "/run/gpucost/agent.sock";
+    /// `socket_mode`: root and the socket's group may connect.
+    pub const SOCKET_MODE: u32 = 0o660;
+    /// `sampling.interval`: how often every GPU is read.
+    pub const SAMPLING_INTERVAL: Duration = Duration::from_secs(1);
+    /// `sampling.process_interval`, unless `sampling.interval` is longer: see
+    /// [`process_interval`].
+    pub const PROCESS_INTERVAL: Duration = Duration::from_secs(5);
+    /// `nvml.retry_interval`: how often a failed NVML load is tried again.
+    pub const NVML_RETRY_INTERVAL: Duration = Duration::from_secs(30);
+    /// `ledger.persist_interval`: how often changed totals are written to the ledger.
+    pub const PERSIST_INTERVAL: Duration = Duration::from_secs(5);
+    /// `jobs.grace_period`: how long a finished job stays on `/metrics`.
+    pub const GRACE_PERIOD: Duration = Duration::from_secs(600);
+    /// `jobs.vanish_after` is this many process intervals (see [`vanish_after`]) ...
+    pub const VANISH_AFTER_PROCESS_INTERVALS: u32 = 3;
+    /// ... and at least this long.
+    pub const VANISH_AFTER_MIN: Duration = Duration::from_secs(15);
+    /// `attribution.proc_root`.
+    pub const PROC_ROOT: &str = "/proc";
+    /// `attribution.kubelet_socket`: the kubelet's pod-resources socket.
+    pub const KUBELET_SOCKET: &str = "/var/lib/kubelet/pod-resources/kubelet.sock";
+    /// `attribution.kubelet_resources`: the resource name NVIDIA's device plugin registers GPUs
+    /// under.
+    pub const KUBELET_RESOURCES: &[&str] = &["nvidia.com/gpu"];
+    /// `attribution.kubelet_interval`: how often the kubelet is asked.
+    pub const KUBELET_INTERVAL: Duration = Duration::from_secs(10);
+    /// `bench.interval`: how often each idle GPU is benchmarked.
+    pub const BENCH_INTERVAL: Duration = Duration::from_secs(86_400);
+    /// `bench.min_ratio`: the share of its datasheet peak below which a GPU is flagged.
+    pub const BENCH_MIN_RATIO: f64 = 0.85;
+
+    /// The default `sampling.process_interval` for a given `sampling.interval`: processes are
+    /// never read more often than the GPUs.
+    pub fn process_interval(sampling_interval: Duration) -> Duration {
+        PROCESS_INTERVAL.max(sampling_interval)
+    }
+
+    /// The default `jobs.vanish_after` for a given `sampling.process_interval`: long enough that
+    /// a job is seen missing in a few process reads in a row before it is ended.
+    pub fn vanish_after(process_interval: Duration) -> Duration {
+        (process_interval * VANISH_AFTER_PROCESS_INTERVALS).max(VANISH_AFTER_MIN)
+    }
+}
+
+/// The validated configuration of `gpucost agent`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub sampling: Sampling,
+    pub nvml: NvmlConfig,
+    /// `demo` or a scenario file: run on a simulated node instead of NVML.
+    pub simulate: Option<String>,
+    /// Where the ledger lives.
+    pub state_dir: PathBuf,
+    /// The unix socket for job registration (mutations).
+    pub socket: PathBuf,
+    pub socket_mode: u32,
+    pub persist_interval: Duration,
+    pub jobs: JobsConfig,
+    pub attribution: AttributionConfig,
+    pub pricing: Pricing,
+    pub bench: BenchConfig,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BenchConfig {
+    /// Benchmark each GPU at start and this often (only while no process uses it); zero: never.
+    pub interval: Duration,
+    /// A GPU measuring below this share of its expected rate is flagged.
+    pub min_ratio: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobsConfig {
+    /// How long a finished job stays on /metrics.
+    pub grace_period: Duration,
+    /// How long a job found by attribution may go unseen before it ends as `unknown`.
+    pub vanish_after: Duration,
+    /// Job labels exported on `gpucost_job_info` (as `label_KEY`).
+    pub export_labels: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttributionConfig {
+    pub proc_root: PathBuf,
+    /// The GPU -> job mapping directory a Slurm prolog writes; unset: not used.
+    pub job_map_dir: Option<PathBuf>,
+    /// The kubelet pod-resources socket; unset: Kubernetes attribution is off.
+    pub kubelet_socket: Option<PathBuf>,
+    pub kubelet_resources: Vec<String>,
+    pub kubelet_interval: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sampling {
+    pub interval: Duration,
+    /// Process lists are slower to read than the rest, so they are read less often.
+    pub process_interval: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NvmlConfig {
+    /// Path of libnvidia-ml; `None` lets the dynamic loader find `libnvidia-ml.so.1`.
+    pub lib: Option<PathBuf>,
+    pub retry_interval: Duration,
+}
+
+/// Where a setting came from, for error messages.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Origin {
+    Default,
+    File(PathBuf),
+    Env(String),
+    Flag(&'static str),
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Default => write!(f, "the built-in default"),
+            Origin::File(p) => write!(f, "config file {}", p.display()),
+            Origin::Env(v) => write!(f, "environment variable {v}"),
+            Origin::Flag(name) => write!(f, "flag --{name}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("invalid configuration in {origin}: {key}: {problem}")]
+pub struct ConfigError {
+    pub origin: Origin,
+    /// The key (`sampling.interval`), or "file" for problems with the file as a whole.
+    pub key: String,
+    pub problem: String,
+}
+
+/// The documented example config, shipped in the binary.
+pub const EXAMPLE: &str = include_str!("../../../deploy/config.example.toml");
+
+/// The `[pricing]` of the example config (the simulated node's prices when none are set).
+pub fn example_pricing() -> Pricing {
+    let doc: toml::Table = toml::from_str(EXAMPLE).expect("the example config is valid TOML");
+    pricing::from_toml_value(&doc["pricing"]).expect("the example pricing is valid")
+}

@@ -1,0 +1,318 @@
+//! Merging the layers into one [`Config`]: each setting comes from the highest-priority layer
+//! that sets it, else its default, and is checked there, so that an error names the layer the bad
+//! value came from. One function per section; a section that depends on another (the process
+//! interval's default on the sampling interval) takes it as an argument.
+
+use std::net::SocketAddr;
+use std::ops::RangeInclusive;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::{
+    defaults, example_pricing, AttributionConfig, BenchConfig, Config, ConfigError, JobsConfig,
+    Layer, NvmlConfig, Origin, Sampling,
+};
+use crate::account::pricing::{self, Pricing};
+
+/// Merges layers (lowest priority first: file, environment, flags) and validates the result.
+pub fn resolve(layers: &[(Origin, Layer)]) -> Result<Config, ConfigError> {
+    let layers = Layers(layers);
+    let listen = listen(&layers)?;
+    let sampling = sampling(&layers)?;
+    let nvml = nvml(&layers)?;
+    let simulate = simulate(&layers)?;
+    let persist_interval = ledger(&layers)?;
+    let jobs = jobs(&layers, &sampling)?;
+    let (socket, socket_mode) = socket(&layers)?;
+    let attribution = attribution(&layers)?;
+    let pricing = pricing(&layers, simulate.is_some())?;
+    let bench = bench(&layers)?;
+    Ok(Config {
+        listen,
+        sampling,
+        nvml,
+        simulate,
+        state_dir: layers.or(|l| l.state_dir.clone(), defaults::STATE_DIR.into()),
+        socket,
+        socket_mode,
+        persist_interval,
+        jobs,
+        attribution,
+        pricing,
+        bench,
+    })
+}
+
+/// The layers, lowest priority first.
+struct Layers<'a>(&'a [(Origin, Layer)]);
+
+impl Layers<'_> {
+    /// The value of the highest-priority layer that sets it, and that layer.
+    fn pick<T>(&self, get: impl Fn(&Layer) -> Option<T>) -> Option<(T, Origin)> {
+        self.0
+            .iter()
+            .rev()
+            .find_map(|(origin, layer)| get(layer).map(|v| (v, origin.clone())))
+    }
+
+    /// Like [`Self::pick`], with [`Origin::Default`] for the default.
+    fn pick_or<T>(&self, get: impl Fn(&Layer) -> Option<T>, default: T) -> (T, Origin) {
+        self.pick(get).unwrap_or((default, Origin::Default))
+    }
+
+    /// A setting with no check beyond its type.
+    fn or<T>(&self, get: impl Fn(&Layer) -> Option<T>, default: T) -> T {
+        self.pick_or(get, default).0
+    }
+
+    /// A duration, which must lie in `allowed`.
+    fn duration(
+        &self,
+        key: &str,
+        get: impl Fn(&Layer) -> Option<Duration>,
+        default: Duration,
+        allowed: RangeInclusive<Duration>,
+    ) -> Result<(Duration, Origin), ConfigError> {
+        let (v, origin) = self.pick_or(get, default);
+        if !allowed.contains(&v) {
+            return Err(err(
+                origin,
+                key,
+                format!(
+                    "{} is out of range: allowed {} to {}",
+                    humantime::format_duration(v),
+                    humantime::format_duration(*allowed.start()),
+                    humantime::format_duration(*allowed.end())
+                ),
+            ));
+        }
+        Ok((v, origin))
+    }
+}
+
+fn err(origin: Origin, key: &str, problem: String) -> ConfigError {
+    ConfigError {
+        origin,
+        key: key.to_string(),
+        problem,
+    }
+}
+
+const MS: Duration = Duration::from_millis(1);
+const HOUR: Duration = Duration::from_secs(3600);
+const DAY: Duration = Duration::from_secs(86_400);
+
+fn listen(layers: &Layers) -> Result<SocketAddr, ConfigError> {
+    let Some((text, origin)) = layers.pick(|l| l.listen.clone()) else {
+        return Ok(defaults::LISTEN);
+    };
+    text.parse().map_err(|_| {
+        err(
+            origin,
+            "listen",
+            format!(
+                "{text:?} is not an address:port such as {} or [::1]:{}",
+                defaults::LISTEN,
+                defaults::PORT
+            ),
+        )
+    })
+}
+
+fn sampling(layers: &Layers) -> Result<Sampling, ConfigError> {
+    let (interval, _) = layers.duration(
+        "sampling.interval",
+        |l| l.sampling.interval,
+        defaults::SAMPLING_INTERVAL,
+        10 * MS..=HOUR,
+    )?;
+    let (process_interval, origin) = layers.duration(
+        "sampling.process_interval",
+        |l| l.sampling.process_interval,
+        defaults::process_interval(interval),
+        10 * MS..=HOUR,
+    )?;
+    if process_interval < interval {
+        return Err(err(
+            origin,
+            "sampling.process_interval",
+            format!(
+                "{} is shorter than sampling.interval ({}); processes cannot be read more often \
+                 than the GPUs",
+                humantime::format_duration(process_interval),
+                humantime::format_duration(interval)
+            ),
+        ));
+    }
+    Ok(Sampling {
+        interval,
+        process_interval,
+    })
+}
+
+fn nvml(layers: &Layers) -> Result<NvmlConfig, ConfigError> {
+    let (retry_interval, _) = layers.duration(
+        "nvml.retry_interval",
+        |l| l.nvml.retry_interval,
+        defaults::NVML_RETRY_INTERVAL,
+        100 * MS..=DAY,
+    )?;
+    let lib = layers.pick(|l| l.nvml.lib.clone());
+    if let Some((p, origin)) = &lib {
+        if p.as_os_str().is_empty() {
+            return Err(err(origin.clone(), "nvml.lib", "is empty".into()));
+        }
+    }
+    Ok(NvmlConfig {
+        lib: lib.map(|(p, _)| p),
+        retry_interval,
+    })
+}
+
+fn simulate(layers: &Layers) -> Result<Option<String>, ConfigError> {
+    match layers.pick(|l| l.simulate.clone()) {
+        Some((s, origin)) if s.trim().is_empty() => Err(err(
+            origin,
+            "simulate",
+            "is empty; use `demo` or the path of a scenario file".into(),
+        )),
+        Some((s, _)) => Ok(Some(s)),
+        None => Ok(None),
+    }
+}
+
+/// The ledger's persist interval.
+fn ledger(layers: &Layers) -> Result<Duration, ConfigError> {
+    let (persist_interval, _) = layers.duration(
+        "ledger.persist_interval",
+        |l| l.ledger.persist_interval,
+        defaults::PERSIST_INTERVAL,
+        10 * MS..=HOUR,
+    )?;
+    Ok(persist_interval)
+}
+
+fn jobs(layers: &Layers, sampling: &Sampling) -> Result<JobsConfig, ConfigError> {
+    let (grace_period, _) = layers.duration(
+        "jobs.grace_period",
+        |l| l.jobs.grace_period,
+        defaults::GRACE_PERIOD,
+        Duration::ZERO..=7 * DAY,
+    )?;
+    let (vanish_after, _) = layers.duration(
+        "jobs.vanish_after",
+        |l| l.jobs.vanish_after,
+        defaults::vanish_after(sampling.process_interval),
+        Duration::ZERO..=DAY,
+    )?;
+    let (export_labels, origin) = layers.pick_or(|l| l.jobs.export_labels.clone(), Vec::new());
+    for k in &export_labels {
+        let ok = !k.is_empty()
+            && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && !k.starts_with(|c: char| c.is_ascii_digit())
+            && !k.starts_with("__")
+            && !crate::jobs::RESERVED_LABELS.contains(&k.as_str());
+        if !ok {
+            return Err(err(
+                origin,
+                "jobs.export_labels",
+                format!(
+                    "{k:?} cannot be a label of gpucost_job_info (letters, digits and _, not \
+                     starting with a digit or __, and none of {:?})",
+                    crate::jobs::RESERVED_LABELS
+                ),
+            ));
+        }
+    }
+    Ok(JobsConfig {
+        grace_period,
+        vanish_after,
+        export_labels,
+    })
+}
+
+/// The job registration socket's path and file mode.
+fn socket(layers: &Layers) -> Result<(PathBuf, u32), ConfigError> {
+    let path = layers.or(|l| l.socket.clone(), defaults::SOCKET.into());
+    let Some((text, origin)) = layers.pick(|l| l.socket_mode.clone()) else {
+        return Ok((path, defaults::SOCKET_MODE));
+    };
+    let mode = u32::from_str_radix(text.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| {
+            err(
+                origin,
+                "socket_mode",
+                format!(
+                    "{text:?} is not an octal file mode such as \"0{:o}\"",
+                    defaults::SOCKET_MODE
+                ),
+            )
+        })?;
+    Ok((path, mode))
+}
+
+fn attribution(layers: &Layers) -> Result<AttributionConfig, ConfigError> {
+    let kubelet_socket = match layers.pick(|l| l.attribution.kubelet_socket.clone()) {
+        Some((p, _)) if p.as_os_str() == "off" => None,
+        Some((p, _)) => Some(p),
+        None => Some(PathBuf::from(defaults::KUBELET_SOCKET)),
+    };
+    let (kubelet_interval, _) = layers.duration(
+        "attribution.kubelet_interval",
+        |l| l.attribution.kubelet_interval,
+        defaults::KUBELET_INTERVAL,
+        100 * MS..=HOUR,
+    )?;
+    Ok(AttributionConfig {
+        proc_root: layers.or(
+            |l| l.attribution.proc_root.clone(),
+            defaults::PROC_ROOT.into(),
+        ),
+        job_map_dir: layers
+            .pick(|l| l.attribution.job_map_dir.clone())
+            .map(|(p, _)| p),
+        kubelet_socket,
+        kubelet_resources: layers.or(
+            |l| l.attribution.kubelet_resources.clone(),
+            defaults::KUBELET_RESOURCES
+                .iter()
+                .map(|r| r.to_string())
+                .collect(),
+        ),
+        kubelet_interval,
+    })
+}
+
+fn pricing(layers: &Layers, simulated: bool) -> Result<Pricing, ConfigError> {
+    match layers.pick(|l| l.pricing.clone()) {
+        Some((v, origin)) => {
+            pricing::from_toml_value(&v).map_err(|e| err(origin, &e.key, e.problem))
+        }
+        // A demo with no prices would show no money: it takes the example config's prices.
+        None if simulated => Ok(example_pricing()),
+        None => Ok(Pricing::default()),
+    }
+}
+
+fn bench(layers: &Layers) -> Result<BenchConfig, ConfigError> {
+    let (interval, _) = layers.duration(
+        "bench.interval",
+        |l| l.bench.interval,
+        defaults::BENCH_INTERVAL,
+        Duration::ZERO..=365 * DAY,
+    )?;
+    let (min_ratio, origin) = layers.pick_or(|l| l.bench.min_ratio, defaults::BENCH_MIN_RATIO);
+    if !(0.0..=1.0).contains(&min_ratio) {
+        return Err(err(
+            origin,
+            "bench.min_ratio",
+            format!("must be in [0, 1], got {min_ratio}"),
+        ));
+    }
+    Ok(BenchConfig {
+        interval,
+        min_ratio,
+    })
+}

@@ -1,0 +1,531 @@
+//! The config's tests: files, environment variables and flag layers through [`resolve`].
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::layer::ENV_KEYS;
+use super::*;
+
+fn file(text: &str) -> Result<Layer, ConfigError> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, text).unwrap();
+    file_layer(&path, true)
+}
+
+fn from_file(text: &str) -> Result<Config, ConfigError> {
+    let layer = file(text)?;
+    resolve(&[(Origin::File("config.toml".into()), layer)])
+}
+
+#[test]
+fn the_example_config_is_valid_and_complete() {
+    let c = from_file(EXAMPLE).unwrap();
+    assert_eq!(c.pricing, example_pricing());
+    assert_eq!(c.pricing.hourly_price("NVIDIA H100 80GB HBM3"), 4.0);
+    assert_eq!(c.jobs.export_labels, ["team", "project"]);
+    assert_eq!(c.socket_mode, 0o660);
+    // Every key a layer accepts appears in the example (commented out or not).
+    for key in ENV_KEYS {
+        let leaf = key.rsplit('.').next().unwrap();
+        assert!(
+            EXAMPLE.contains(&format!("{leaf} =")),
+            "{key} is not documented in the example"
+        );
+    }
+}
+
+/// The example states every default it sets (only the labels and prices are examples), so it
+/// cannot drift from [`defaults`].
+#[test]
+fn the_example_config_states_the_defaults() {
+    let mut example = from_file(EXAMPLE).unwrap();
+    let built_in = resolve(&[]).unwrap();
+    example.jobs.export_labels.clear();
+    example.pricing = built_in.pricing.clone();
+    assert_eq!(example, built_in);
+}
+
+#[test]
+fn defaults() {
+    let c = resolve(&[]).unwrap();
+    assert_eq!(c.listen, "0.0.0.0:10119".parse().unwrap());
+    assert_eq!(c.sampling.interval, Duration::from_secs(1));
+    assert_eq!(c.sampling.process_interval, Duration::from_secs(5));
+    assert_eq!(c.nvml.retry_interval, Duration::from_secs(30));
+    assert_eq!(c.nvml.lib, None);
+    assert_eq!(c.simulate, None);
+    // The interface PRODUCT.md promises.
+    assert_eq!(c.state_dir, Path::new("/var/lib/gpucost"));
+    assert_eq!(c.socket, Path::new("/run/gpucost/agent.sock"));
+    assert_eq!(c.socket_mode, 0o660);
+    assert_eq!(
+        c.attribution.kubelet_socket.as_deref(),
+        Some(Path::new("/var/lib/kubelet/pod-resources/kubelet.sock"))
+    );
+    assert_eq!(c.bench.min_ratio, 0.85);
+    assert_eq!(c.jobs.vanish_after, Duration::from_secs(15));
+}
+
+#[test]
+fn full_file() {
+    let c = from_file(
+        r#"
+listen = "127.0.0.1:9999"
+simulate = "demo"
+[sampling]
+interval = "500ms"
+process_interval = "10s"
+[nvml]
+lib = "/opt/nvidia/libnvidia-ml.so.1"
+retry_interval = "1m"
+"#,
+    )
+    .unwrap();
+    assert_eq!(c.listen, "127.0.0.1:9999".parse().unwrap());
+    assert_eq!(c.sampling.interval, Duration::from_millis(500));
+    assert_eq!(c.sampling.process_interval, Duration::from_secs(10));
+    assert_eq!(c.nvml.lib, Some("/opt/nvidia/libnvidia-ml.so.1".into()));
+    assert_eq!(c.nvml.retry_interval, Duration::from_secs(60));
+    assert_eq!(c.simulate.as_deref(), Some("demo"));
+}
+
+#[test]
+fn flags_beat_env_beat_file() {
+    let file = Layer {
+        listen: Some("127.0.0.1:1".into()),
+        sampling: SamplingLayer {
+            interval: Some(Duration::from_secs(2)),
+            process_interval: Some(Duration::from_secs(20)),
+        },
+        ..Layer::default()
+    };
+    let env = env_layer(|v| match v {
+        "GPUCOST_LISTEN" => Some("127.0.0.1:2".into()),
+        "GPUCOST_SAMPLING_INTERVAL" => Some("3s".into()),
+        _ => None,
+    })
+    .unwrap();
+    let flags = Layer {
+        listen: Some("127.0.0.1:3".into()),
+        ..Layer::default()
+    };
+    let mut layers = vec![(Origin::File("f".into()), file)];
+    layers.extend(env);
+    layers.push((Origin::Flag("listen"), flags));
+    let c = resolve(&layers).unwrap();
+    assert_eq!(c.listen.port(), 3);
+    assert_eq!(c.sampling.interval, Duration::from_secs(3));
+    assert_eq!(c.sampling.process_interval, Duration::from_secs(20));
+}
+
+/// (file text, expected pieces of the message)
+#[test]
+fn bad_files_name_file_key_and_problem() {
+    let cases: &[(&str, &[&str])] = &[
+        ("listen = 10119", &["config.toml", "listen", "invalid type"]),
+        (
+            "listen = \"localhost\"",
+            &["config.toml", "listen", "not an address:port"],
+        ),
+        (
+            "[sampling]\ninterval = \"fast\"",
+            &["config.toml", "sampling.interval", "line 2, column 12"],
+        ),
+        // The key is the deserializer's path, not the text of the line: an inline table, a
+        // dotted key and an element of a list spread over lines are each named in full.
+        (
+            "sampling = { interval = \"fast\" }",
+            &["sampling.interval: invalid value", "line 1, column 25"],
+        ),
+        (
+            "sampling.interval = 5",
+            &["sampling.interval: invalid type: integer `5`"],
+        ),
+        (
+            "[jobs]\nexport_labels = [\n  \"team\",\n  1,\n]",
+            &["jobs.export_labels[1]: invalid type", "line 4, column 3"],
+        ),
+        (
+            "[sampling]\ninterval = \"0s\"",
+            &["sampling.interval", "out of range"],
+        ),
+        (
+            "[sampling]\ninterval = \"10s\"\nprocess_interval = \"1s\"",
+            &[
+                "sampling.process_interval",
+                "shorter than sampling.interval",
+            ],
+        ),
+        (
+            "[sampling]\nintervall = \"1s\"",
+            &["sampling.intervall", "unknown field"],
+        ),
+        ("colour = \"red\"", &["colour", "unknown field"]),
+        (
+            "listen = [",
+            &[
+                "config.toml",
+                "file: invalid array; expected `]`",
+                "line 1, column 11",
+            ],
+        ),
+        (
+            "[nvml]\nretry_interval = \"1ms\"",
+            &["nvml.retry_interval", "out of range"],
+        ),
+        ("simulate = \"  \"", &["simulate", "is empty"]),
+    ];
+    for (text, want) in cases {
+        let msg = from_file(text).unwrap_err().to_string();
+        for w in *want {
+            assert!(msg.contains(w), "{text:?}: expected {w:?} in {msg:?}");
+        }
+    }
+}
+
+#[test]
+fn bad_env_names_the_variable() {
+    let msg = env_layer(|v| (v == "GPUCOST_SAMPLING_INTERVAL").then(|| "soon".into()))
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("GPUCOST_SAMPLING_INTERVAL"), "{msg}");
+    assert!(msg.contains("sampling.interval"), "{msg}");
+}
+
+#[test]
+fn missing_default_file_is_fine_but_named_file_is_not() {
+    let p = Path::new("/nonexistent/gpucost.toml");
+    assert_eq!(file_layer(p, false).unwrap(), Layer::default());
+    let msg = file_layer(p, true).unwrap_err().to_string();
+    assert!(
+        msg.contains("/nonexistent/gpucost.toml") && msg.contains("cannot read"),
+        "{msg}"
+    );
+}
+
+/// Mutation fuzzing of the example config: any value replaced by junk gives a config or an
+/// error naming its key, never a panic.
+#[test]
+fn fuzzed_configs_give_a_config_or_a_named_error() {
+    let junk = [
+        "-1",
+        "0",
+        "1e308",
+        "-1e308",
+        "nan",
+        "inf",
+        "\"\"",
+        "\"x\"",
+        "[]",
+        "[1, \"a\"]",
+        "{}",
+        "true",
+        "\"-5s\"",
+        "\"10000h\"",
+        "\"0.5\"",
+        "\"+99:99\"",
+        "\"25:00\"",
+        "999999999999",
+        "\"\\u0000\"",
+        "\"../../etc\"",
+        "\"H100\"",
+        "-0.0001",
+        "3",
+        "\"on_prem\"",
+        "[\"mon\", \"funday\"]",
+    ];
+    let lines: Vec<&str> = EXAMPLE.lines().collect();
+    let values: Vec<usize> = (0..lines.len())
+        .filter(|i| !lines[*i].trim_start().starts_with('#') && lines[*i].contains(" = "))
+        .collect();
+    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let (mut ok, mut bad) = (0, 0);
+    for _ in 0..3000 {
+        let mut doc: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+        for _ in 0..(1 + next() % 3) {
+            let i = values[(next() % values.len() as u64) as usize];
+            let key = doc[i].split(" = ").next().unwrap().to_string();
+            doc[i] = format!("{key} = {}", junk[(next() % junk.len() as u64) as usize]);
+        }
+        let text = doc.join("\n");
+        let layer = toml::from_str::<Layer>(&text);
+        let result = match layer {
+            Ok(l) => resolve(&[(Origin::File("fuzz.toml".into()), l)]).map(|_| ()),
+            Err(_) => from_file(&text).map(|_| ()),
+        };
+        match result {
+            Ok(()) => ok += 1,
+            Err(e) => {
+                bad += 1;
+                let msg = e.to_string();
+                assert!(
+                    msg.contains("fuzz.toml") || msg.contains("config.toml"),
+                    "{msg}"
+                );
+                assert!(!e.key.is_empty() && !e.problem.is_empty(), "{msg}");
+            }
+        }
+    }
+    assert!(ok > 0 && bad > 1000, "ok {ok}, refused {bad}");
+}
+
+/// Where a bad value is put in a [`check`].
+#[derive(Clone, Copy)]
+enum Source {
+    /// The config file, the value as TOML text.
+    File,
+    /// The key's `GPUCOST_*` variable, the value as its text.
+    Env,
+    /// The flag of that name, the value as given on the command line.
+    Flag(&'static str),
+}
+use Source::{Env, File, Flag};
+
+/// Sets `key` to `value` in `source` alone and checks that the config is refused with an error
+/// naming that source and that key (or an element of it: `key[0]`), whose problem contains
+/// `problem`.
+fn check(source: Source, key: &str, value: &str, problem: &str) {
+    let case = match source {
+        File => format!("file: {key} = {value}"),
+        Env => format!("{} = {value:?}", env_var_for(key)),
+        Flag(name) => format!("--{name} {value:?}"),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    let result = match source {
+        File => {
+            let text = match key.rsplit_once('.') {
+                Some((table, leaf)) => format!("[{table}]\n{leaf} = {value}\n"),
+                None => format!("{key} = {value}\n"),
+            };
+            std::fs::write(&path, text).unwrap();
+            file_layer(&path, true).and_then(|l| resolve(&[(Origin::File(path.clone()), l)]))
+        }
+        Env => {
+            let var = env_var_for(key);
+            env_layer(|v| (v == var).then(|| value.to_string())).and_then(|l| resolve(&l))
+        }
+        Flag(name) => {
+            let layer = layer::single(key, toml::Value::String(value.into())).unwrap();
+            resolve(&[(Origin::Flag(name), layer)])
+        }
+    };
+    let e = match result {
+        Ok(_) => panic!("{case}: accepted"),
+        Err(e) => e,
+    };
+    let origin = match source {
+        File => Origin::File(path),
+        Env => Origin::Env(env_var_for(key)),
+        Flag(name) => Origin::Flag(name),
+    };
+    assert_eq!(e.origin, origin, "{case}: {e}");
+    assert!(
+        e.key == key || e.key.starts_with(&format!("{key}[")),
+        "{case}: key {:?} in {e}",
+        e.key
+    );
+    assert!(
+        e.problem.contains(problem),
+        "{case}: expected {problem:?} in {e}"
+    );
+}
+
+#[test]
+fn bad_listen_and_socket_name_source_and_key() {
+    check(File, "listen", "10119", "invalid type: integer `10119`");
+    check(File, "listen", "\"localhost\"", "not an address:port");
+    check(Env, "listen", "localhost", "not an address:port");
+    check(
+        Flag("listen"),
+        "listen",
+        "0.0.0.0:99999",
+        "not an address:port",
+    );
+    check(File, "state_dir", "true", "invalid type: boolean");
+    check(File, "socket", "5", "invalid type: integer");
+    check(File, "socket_mode", "660", "invalid type: integer");
+    check(File, "socket_mode", "\"0999\"", "not an octal file mode");
+    check(Env, "socket_mode", "01000", "not an octal file mode");
+    check(Env, "socket_mode", "rw-rw----", "not an octal file mode");
+}
+
+#[test]
+fn bad_simulate_names_source_and_key() {
+    check(File, "simulate", "1", "invalid type: integer");
+    check(File, "simulate", "\"\"", "is empty");
+    check(Env, "simulate", " ", "is empty");
+    check(Flag("simulate"), "simulate", "", "is empty");
+}
+
+#[test]
+fn bad_sampling_names_source_and_key() {
+    check(File, "sampling.interval", "1", "invalid type: integer");
+    check(File, "sampling.interval", "\"fast\"", "expected a duration");
+    check(File, "sampling.interval", "\"0s\"", "out of range");
+    check(File, "sampling.interval", "\"2h\"", "out of range");
+    check(Env, "sampling.interval", "soon", "expected a duration");
+    check(Env, "sampling.interval", "9ms", "out of range");
+    check(
+        File,
+        "sampling.process_interval",
+        "[]",
+        "invalid type: sequence",
+    );
+    check(File, "sampling.process_interval", "\"1ms\"", "out of range");
+    check(Env, "sampling.process_interval", "61m", "out of range");
+    // Shorter than the sampling interval's default (1s), which is no layer's fault.
+    check(
+        Env,
+        "sampling.process_interval",
+        "500ms",
+        "shorter than sampling.interval",
+    );
+}
+
+#[test]
+fn bad_nvml_names_source_and_key() {
+    check(File, "nvml.lib", "3", "invalid type: integer");
+    check(File, "nvml.lib", "\"\"", "is empty");
+    check(Env, "nvml.lib", "", "is empty");
+    check(Flag("nvml-lib"), "nvml.lib", "", "is empty");
+    check(File, "nvml.retry_interval", "30", "invalid type: integer");
+    check(File, "nvml.retry_interval", "\"1ms\"", "out of range");
+    check(Env, "nvml.retry_interval", "often", "expected a duration");
+    check(Env, "nvml.retry_interval", "2days", "out of range");
+}
+
+#[test]
+fn bad_ledger_names_source_and_key() {
+    check(
+        File,
+        "ledger.persist_interval",
+        "5",
+        "invalid type: integer",
+    );
+    check(File, "ledger.persist_interval", "\"2h\"", "out of range");
+    check(Env, "ledger.persist_interval", "-1s", "expected a duration");
+    check(Env, "ledger.persist_interval", "5ms", "out of range");
+}
+
+#[test]
+fn bad_jobs_names_source_and_key() {
+    check(File, "jobs.grace_period", "600", "invalid type: integer");
+    check(File, "jobs.grace_period", "\"8days\"", "out of range");
+    check(Env, "jobs.grace_period", "8days", "out of range");
+    check(
+        Env,
+        "jobs.grace_period",
+        "10 minutes please",
+        "expected a duration",
+    );
+    check(File, "jobs.vanish_after", "\"2days\"", "out of range");
+    check(Env, "jobs.vanish_after", "25h", "out of range");
+    check(
+        File,
+        "jobs.export_labels",
+        "\"team\"",
+        "invalid type: string",
+    );
+    check(File, "jobs.export_labels", "[1]", "invalid type: integer");
+    check(File, "jobs.export_labels", "[\"job\"]", "cannot be a label");
+    check(
+        File,
+        "jobs.export_labels",
+        "[\"2team\"]",
+        "cannot be a label",
+    );
+    check(File, "jobs.export_labels", "[\"__x\"]", "cannot be a label");
+}
+
+#[test]
+fn bad_attribution_names_source_and_key() {
+    // Its environment variables and the file's paths take any text, so only the file's types
+    // and the interval's range can be wrong.
+    check(File, "attribution.proc_root", "1", "invalid type: integer");
+    check(
+        File,
+        "attribution.job_map_dir",
+        "false",
+        "invalid type: boolean",
+    );
+    check(
+        File,
+        "attribution.kubelet_socket",
+        "{}",
+        "invalid type: map",
+    );
+    check(
+        File,
+        "attribution.kubelet_resources",
+        "\"nvidia.com/gpu\"",
+        "invalid type",
+    );
+    check(
+        File,
+        "attribution.kubelet_interval",
+        "10",
+        "invalid type: integer",
+    );
+    check(
+        File,
+        "attribution.kubelet_interval",
+        "\"1ms\"",
+        "out of range",
+    );
+    check(
+        File,
+        "attribution.kubelet_interval",
+        "\"2h\"",
+        "out of range",
+    );
+}
+
+#[test]
+fn bad_bench_names_source_and_key() {
+    check(File, "bench.interval", "86400", "invalid type: integer");
+    check(File, "bench.interval", "\"400days\"", "out of range");
+    check(Env, "bench.interval", "400days", "out of range");
+    check(Env, "bench.interval", "weekly", "expected a duration");
+    check(File, "bench.min_ratio", "\"high\"", "invalid type: string");
+    check(File, "bench.min_ratio", "1.5", "must be in [0, 1]");
+    check(File, "bench.min_ratio", "-0.1", "must be in [0, 1]");
+    check(File, "bench.min_ratio", "nan", "must be in [0, 1]");
+}
+
+#[test]
+fn bad_pricing_names_source_and_key() {
+    // [pricing] is read from the file only, and checked by account::pricing (whose own tests
+    // hold its messages; these only check that they reach the user with the file and the key).
+    check(File, "pricing", "3", "table");
+    check(File, "pricing.currency", "\"usd\"", "\"usd\"");
+    check(File, "pricing.currency", "840", "invalid type: integer");
+    check(File, "pricing.pue", "0.5", "0.5");
+    check(File, "pricing.market", "\"cheap\"", "cheap");
+}
+
+/// A bad value is the fault of the layer that set it, even over a good one below, and is no
+/// fault at all under a good one above.
+#[test]
+fn the_winning_layer_is_the_one_named() {
+    let file = layer::single("sampling.interval", toml::Value::String("2s".into())).unwrap();
+    let env = env_layer(|v| (v == "GPUCOST_SAMPLING_INTERVAL").then(|| "0s".into())).unwrap();
+    let mut layers = vec![(Origin::File("f.toml".into()), file)];
+    layers.extend(env);
+    let e = resolve(&layers).unwrap_err();
+    assert_eq!(e.origin, Origin::Env("GPUCOST_SAMPLING_INTERVAL".into()));
+    assert_eq!(e.key, "sampling.interval");
+
+    let flags = layer::single("listen", toml::Value::String("127.0.0.1:1".into())).unwrap();
+    let bad_env = env_layer(|v| (v == "GPUCOST_LISTEN").then(|| "nowhere".into())).unwrap();
+    let mut layers = bad_env;
+    layers.push((Origin::Flag("listen"), flags));
+    assert_eq!(resolve(&layers).unwrap().listen.port(), 1);
+}
