@@ -71,16 +71,18 @@ enum Day {
 #[serde(deny_unknown_fields)]
 struct RawWindow {
     days: Option<Vec<Day>>,
-    start: String,
-    end: String,
-    price_per_kwh: f64,
+    /// Required, like `end` and `price_per_kwh` (see [`de_table`]).
+    start: Option<String>,
+    end: Option<String>,
+    price_per_kwh: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawGpu {
+    /// Required (see [`de_table`]).
     #[serde(rename = "match")]
-    pattern: String,
+    pattern: Option<String>,
     on_demand_per_hour: Option<f64>,
     spot_per_hour: Option<f64>,
     reserved_per_hour: Option<f64>,
@@ -90,9 +92,11 @@ struct RawGpu {
     power_w: Option<f64>,
 }
 
-/// Deserializes the table at `path`, naming the offending key on error. serde's errors from a
-/// `toml::Value` carry no path, so a failure is located by deserializing each key on its own:
-/// the key whose lone value fails for a reason other than a missing field is the culprit.
+/// Deserializes the table at `path`. serde_path_to_error follows the deserializer into the
+/// table, so an error names the key (or list element) where it failed: `pricing.colour` for an
+/// unknown key, `pricing.energy.window[0].days[1]` for a bad day. Required keys are `Option`s in
+/// the raw structs and checked by the caller (see [`required`]), because serde reports a missing
+/// field at the table that lacks it, naming the field only in its message.
 fn de_table<T: DeserializeOwned>(v: &toml::Value, path: &str) -> Result<T, PricingError> {
     if !v.is_table() {
         return Err(PricingError::new(
@@ -100,31 +104,30 @@ fn de_table<T: DeserializeOwned>(v: &toml::Value, path: &str) -> Result<T, Prici
             format!("must be a table (found {})", v.type_str()),
         ));
     }
-    let err = match T::deserialize(v.clone()) {
-        Ok(t) => return Ok(t),
-        Err(e) => e.message().trim().to_string(),
-    };
-    if let Some(field) = backticked(&err, "missing field `") {
-        return Err(PricingError::new(format!("{path}.{field}"), "is required"));
-    }
-    if let Some(table) = v.as_table() {
-        for (k, val) in table {
-            let mut single = toml::Table::new();
-            single.insert(k.clone(), val.clone());
-            if let Err(e) = T::deserialize(toml::Value::Table(single)) {
-                let msg = e.message().trim().to_string();
-                if !msg.starts_with("missing field") {
-                    return Err(PricingError::new(format!("{path}.{k}"), msg));
-                }
-            }
-        }
-    }
-    Err(PricingError::new(path, err))
+    serde_path_to_error::deserialize(v.clone()).map_err(|e| {
+        let key = dotted(path, e.path());
+        PricingError::new(key, e.into_inner().message().trim())
+    })
 }
 
-fn backticked<'a>(msg: &'a str, prefix: &str) -> Option<&'a str> {
-    let rest = msg.strip_prefix(prefix)?;
-    rest.split('`').next()
+/// `path` followed by the segments serde_path_to_error recorded, in the config's spelling.
+fn dotted(path: &str, within: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut key = path.to_string();
+    for segment in within {
+        match segment {
+            Segment::Seq { index } => key.push_str(&format!("[{index}]")),
+            Segment::Map { key: k } => key.push_str(&format!(".{k}")),
+            Segment::Enum { variant } => key.push_str(&format!(".{variant}")),
+            Segment::Unknown => key.push_str(".?"),
+        }
+    }
+    key
+}
+
+/// A key the table must have.
+fn required<T>(v: Option<T>, path: &str, key: &str) -> Result<T, PricingError> {
+    v.ok_or_else(|| PricingError::new(format!("{path}.{key}"), "is required"))
 }
 
 /// Validates the `[pricing]` table (already split out of the config file).
@@ -230,6 +233,9 @@ fn energy(v: &toml::Value, money: f64) -> Result<EnergyPricing, PricingError> {
     for (i, w) in raw.window.iter().flatten().enumerate() {
         let path = format!("pricing.energy.window[{i}]");
         let raw: RawWindow = de_table(w, &path)?;
+        let start = required(raw.start, &path, "start")?;
+        let end = required(raw.end, &path, "end")?;
+        let price = required(raw.price_per_kwh, &path, "price_per_kwh")?;
         let days = match &raw.days {
             None => [true; 7],
             Some(list) if list.is_empty() => {
@@ -252,24 +258,23 @@ fn energy(v: &toml::Value, money: f64) -> Result<EnergyPricing, PricingError> {
                 format!("{s:?} is not a time of day HH:MM ({range})"),
             )
         };
-        let start_min = parse_hhmm(&raw.start)
+        let start_min = parse_hhmm(&start)
             .filter(|m| *m < 1440)
-            .ok_or_else(|| bad_time("start", &raw.start, "00:00 to 23:59"))?;
-        let end_min =
-            parse_hhmm(&raw.end).ok_or_else(|| bad_time("end", &raw.end, "00:00 to 24:00"))?;
+            .ok_or_else(|| bad_time("start", &start, "00:00 to 23:59"))?;
+        let end_min = parse_hhmm(&end).ok_or_else(|| bad_time("end", &end, "00:00 to 24:00"))?;
         if start_min == end_min {
             return Err(PricingError::new(
                 format!("{path}.end"),
                 format!(
                     "equals start ({}): an empty window; for the whole day use start = \
                      \"00:00\", end = \"24:00\"",
-                    raw.start
+                    start
                 ),
             ));
         }
         let price = check(
             &format!("{path}.price_per_kwh"),
-            Some(raw.price_per_kwh),
+            Some(price),
             0.0,
             0.0,
             MAX_PER_KWH * money,
@@ -291,7 +296,8 @@ fn energy(v: &toml::Value, money: f64) -> Result<EnergyPricing, PricingError> {
 fn gpu(v: &toml::Value, path: &str, market: Market, money: f64) -> Result<GpuPrice, PricingError> {
     let raw: RawGpu = de_table(v, path)?;
     let key = |k: &str| format!("{path}.{k}");
-    if raw.pattern.trim().is_empty() {
+    let pattern = required(raw.pattern, path, "match")?;
+    if pattern.trim().is_empty() {
         return Err(PricingError::new(
             key("match"),
             "is empty: it would match every GPU; use pricing.default_gpu_per_hour for that",
@@ -299,7 +305,7 @@ fn gpu(v: &toml::Value, path: &str, market: Market, money: f64) -> Result<GpuPri
     }
     let rate = |k: &str, v| opt_check(&key(k), v, 0.0, MAX_PER_HOUR * money);
     let g = GpuPrice {
-        pattern: raw.pattern.trim().to_string(),
+        pattern: pattern.trim().to_string(),
         on_demand_per_hour: rate("on_demand_per_hour", raw.on_demand_per_hour)?,
         spot_per_hour: rate("spot_per_hour", raw.spot_per_hour)?,
         reserved_per_hour: rate("reserved_per_hour", raw.reserved_per_hour)?,
@@ -630,9 +636,15 @@ power_w = 700
             (window("start = 22\nend = \"06:00\""), "pricing.energy.window[0].start", "invalid type"),
             (
                 window("days = [\"mon\", \"funday\"]\nstart = \"22:00\"\nend = \"06:00\""),
-                "pricing.energy.window[0].days",
+                "pricing.energy.window[0].days[1]",
                 "unknown variant `funday`",
             ),
+            (
+                window("days = \"mon\"\nstart = \"22:00\"\nend = \"06:00\""),
+                "pricing.energy.window[0].days",
+                "invalid type",
+            ),
+            ("[pricing.energy]\nwindow = 3".into(), "pricing.energy.window", "invalid type"),
             (
                 window("days = []\nstart = \"22:00\"\nend = \"06:00\""),
                 "pricing.energy.window[0].days",
@@ -719,6 +731,11 @@ power_w = 700
             (gpu("power_w = 0"), "pricing.gpu[0].power_w", "more than 0"),
             (gpu("power_w = 70000"), "pricing.gpu[0].power_w", "implausibly large"),
             (gpu("prize = 3"), "pricing.gpu[0].prize", "unknown field"),
+            (
+                "[[pricing.gpu]]\nmatch = \"H100\"\non_demand_per_hour = \"4\"".into(),
+                "pricing.gpu[0].on_demand_per_hour",
+                "invalid type",
+            ),
             (
                 "[pricing]\nmarket = \"on_demand\"\n[[pricing.gpu]]\nmatch = \"  \"\non_demand_per_hour = 1".into(),
                 "pricing.gpu[0].match",
