@@ -26,8 +26,13 @@
 //! [pricing.energy]
 //! price_per_kwh = 0.15              # the tariff outside every window. Default 0.15.
 //! utc_offset = "+01:00"             # local time of the windows, as a fixed offset ±HH:MM from
-//!                                   # UTC (no time-zone database, so no daylight-saving
-//!                                   # switch). Default "+00:00".
+//!                                   # UTC (no daylight-saving switch). Default "+00:00".
+//! # timezone = "Europe/Berlin"      # instead of utc_offset (setting both is an error): local
+//!                                   # time of the windows in an IANA time zone, daylight
+//!                                   # saving included. On the day clocks skip an hour, a
+//!                                   # window boundary inside it takes effect when the hour
+//!                                   # ends; on the day they repeat one, it is priced by the
+//!                                   # local time it shows both times (see `tariff.rs`).
 //!
 //! [[pricing.energy.window]]         # time-of-use windows, first match wins. Optional.
 //! days = ["mon", "tue", "wed", "thu", "fri"]  # mon..sun (or monday..sunday). Optional: all
@@ -74,7 +79,7 @@ mod parse;
 mod tariff;
 
 pub use parse::from_toml_value;
-pub use tariff::TariffWindow;
+pub use tariff::{LocalClock, TariffWindow};
 
 /// Hours in a (365-day) year: the amortization period unit.
 pub const HOURS_PER_YEAR: f64 = 8760.0;
@@ -133,12 +138,13 @@ impl Market {
     }
 }
 
+/// The `[pricing.energy]` table: the electricity tariff.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EnergyPricing {
     /// The tariff outside every window.
     pub price_per_kwh: f64,
-    /// Seconds east of UTC of the windows' local time.
-    pub utc_offset_s: i32,
+    /// The clock the windows' times of day are read on (`utc_offset` or `timezone`).
+    pub clock: LocalClock,
     pub windows: Vec<TariffWindow>,
 }
 
@@ -209,7 +215,7 @@ impl Default for Pricing {
             default_gpu_per_hour: None,
             energy: EnergyPricing {
                 price_per_kwh: DEFAULT_PRICE_PER_KWH,
-                utc_offset_s: 0,
+                clock: LocalClock::UTC,
                 windows: Vec::new(),
             },
             gpus: Vec::new(),

@@ -1,14 +1,17 @@
 //! From TOML to a validated [`Pricing`]: the `[pricing]` keys, their bounds and their errors.
 //!
 //! Owns the raw (as written) shapes of the tables, the validators, the plausibility limits and
-//! the small text formats (`HH:MM`, `±HH:MM`). Every error is a [`PricingError`] naming the
-//! dotted key and what is wrong with it.
+//! the small text formats (`HH:MM`, `±HH:MM`, IANA time zone names). Every error is a
+//! [`PricingError`] naming the dotted key and what is wrong with it.
 
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
+use jiff::tz::{TimeZone, TimeZoneDatabase};
+
 use super::{
-    EnergyPricing, GpuPrice, Market, Pricing, PricingError, TariffWindow, DEFAULT_PRICE_PER_KWH,
+    EnergyPricing, GpuPrice, LocalClock, Market, Pricing, PricingError, TariffWindow,
+    DEFAULT_PRICE_PER_KWH,
 };
 
 /// The longest lifetime accepted for on-prem hardware.
@@ -45,6 +48,7 @@ struct RawPricing {
 struct RawEnergy {
     price_per_kwh: Option<f64>,
     utc_offset: Option<String>,
+    timezone: Option<String>,
     window: Option<Vec<toml::Value>>,
 }
 
@@ -217,18 +221,7 @@ fn energy(v: &toml::Value, money: f64) -> Result<EnergyPricing, PricingError> {
         0.0,
         MAX_PER_KWH * money,
     )?;
-    let utc_offset_s = match &raw.utc_offset {
-        Some(s) => parse_offset(s).ok_or_else(|| {
-            PricingError::new(
-                "pricing.energy.utc_offset",
-                format!(
-                    "{s:?} is not a UTC offset ±HH:MM from -14:00 to +14:00, such as \"+01:00\" \
-                     (\"+00:00\" for UTC)"
-                ),
-            )
-        })?,
-        None => 0,
-    };
+    let clock = local_clock(raw.utc_offset.as_deref(), raw.timezone.as_deref())?;
     let mut windows = Vec::new();
     for (i, w) in raw.window.iter().flatten().enumerate() {
         let path = format!("pricing.energy.window[{i}]");
@@ -288,7 +281,7 @@ fn energy(v: &toml::Value, money: f64) -> Result<EnergyPricing, PricingError> {
     }
     Ok(EnergyPricing {
         price_per_kwh,
-        utc_offset_s,
+        clock,
         windows,
     })
 }
@@ -437,6 +430,55 @@ fn parse_offset(s: &str) -> Option<i32> {
     (minutes <= 14 * 60).then_some(sign * minutes as i32 * 60)
 }
 
+/// The clock the windows are read on: `utc_offset` or `timezone`, not both; UTC without either.
+fn local_clock(
+    utc_offset: Option<&str>,
+    timezone: Option<&str>,
+) -> Result<LocalClock, PricingError> {
+    match (utc_offset, timezone) {
+        (Some(_), Some(_)) => Err(PricingError::new(
+            "pricing.energy.timezone",
+            "cannot be set together with pricing.energy.utc_offset: set timezone for local time \
+             with its daylight-saving switches, or utc_offset for a fixed offset",
+        )),
+        (Some(s), None) => parse_offset(s).map(LocalClock::FixedOffset).ok_or_else(|| {
+            let hint = if s.contains('/') {
+                format!("; for a time zone write timezone = {s:?}")
+            } else {
+                String::new()
+            };
+            PricingError::new(
+                "pricing.energy.utc_offset",
+                format!(
+                    "{s:?} is not a UTC offset ±HH:MM from -14:00 to +14:00, such as \"+01:00\" \
+                     (\"+00:00\" for UTC){hint}"
+                ),
+            )
+        }),
+        (None, Some(name)) => parse_timezone(name).map(LocalClock::Zone),
+        (None, None) => Ok(LocalClock::UTC),
+    }
+}
+
+/// An IANA time zone name (`Europe/Berlin`, any ASCII case), looked up in the time zone
+/// database bundled with gpucost, never in the node's (see `tariff.rs`).
+fn parse_timezone(name: &str) -> Result<TimeZone, PricingError> {
+    TimeZoneDatabase::bundled()
+        .get(name)
+        .ok()
+        // jiff answers "Etc/Unknown" with a stand-in zone at UTC; no place keeps that time.
+        .filter(|tz| !tz.is_unknown())
+        .ok_or_else(|| {
+            PricingError::new(
+                "pricing.energy.timezone",
+                format!(
+                    "unknown time zone {name:?}: an IANA name such as \"Europe/Berlin\" or \
+                     \"America/New_York\" (for a fixed offset use utc_offset)"
+                ),
+            )
+        })
+}
+
 /// Parses a config file's text and validates its `[pricing]` table (empty when absent).
 #[cfg(test)]
 pub(super) fn parse_text(text: &str) -> Result<Pricing, PricingError> {
@@ -465,7 +507,7 @@ mod tests {
         assert_eq!(p.pue, 1.2);
         assert_eq!(p.carbon_intensity_g_per_kwh, 400.0);
         assert_eq!(p.energy.price_per_kwh, 0.15);
-        assert_eq!(p.energy.utc_offset_s, 0);
+        assert_eq!(p.energy.clock, LocalClock::UTC);
         assert_eq!(p.overhead_per_gpu_hour, 0.0);
         assert_eq!(p.idle_threshold, 0.05);
         assert_eq!(p.default_gpu_per_hour, None);
@@ -517,7 +559,7 @@ power_w = 700
         assert_eq!(p.carbon_intensity_g_per_kwh, 380.0);
         assert_eq!(p.overhead_per_gpu_hour, 0.10);
         assert_eq!(p.default_gpu_per_hour, Some(2.0));
-        assert_eq!(p.energy.utc_offset_s, 3600);
+        assert_eq!(p.energy.clock, LocalClock::FixedOffset(3600));
         assert_eq!(
             p.energy.windows,
             vec![TariffWindow {
@@ -625,6 +667,42 @@ power_w = 700
                 "[pricing.energy]\nutc_offset = \"Europe/Paris\"".into(),
                 "pricing.energy.utc_offset",
                 "±HH:MM",
+            ),
+            (
+                "[pricing.energy]\nutc_offset = \"Europe/Paris\"".into(),
+                "pricing.energy.utc_offset",
+                "for a time zone write timezone = \"Europe/Paris\"",
+            ),
+            (
+                "[pricing.energy]\ntimezone = \"Europe/Berln\"".into(),
+                "pricing.energy.timezone",
+                "unknown time zone \"Europe/Berln\"",
+            ),
+            (
+                "[pricing.energy]\ntimezone = \"\"".into(),
+                "pricing.energy.timezone",
+                "unknown time zone \"\"",
+            ),
+            (
+                "[pricing.energy]\ntimezone = \"Etc/Unknown\"".into(),
+                "pricing.energy.timezone",
+                "unknown time zone",
+            ),
+            (
+                "[pricing.energy]\ntimezone = \"CET-1CEST,M3.5.0,M10.5.0/3\"".into(),
+                "pricing.energy.timezone",
+                "an IANA name such as \"Europe/Berlin\"",
+            ),
+            (
+                "[pricing.energy]\ntimezone = \"+01:00\"".into(),
+                "pricing.energy.timezone",
+                "for a fixed offset use utc_offset",
+            ),
+            ("[pricing.energy]\ntimezone = 1".into(), "pricing.energy.timezone", "invalid type"),
+            (
+                "[pricing.energy]\ntimezone = \"Europe/Berlin\"\nutc_offset = \"+01:00\"".into(),
+                "pricing.energy.timezone",
+                "cannot be set together with pricing.energy.utc_offset",
             ),
             (window("start = \"25:00\"\nend = \"06:00\""), "pricing.energy.window[0].start", "HH:MM"),
             (window("start = \"24:00\"\nend = \"06:00\""), "pricing.energy.window[0].start", "HH:MM"),
@@ -770,6 +848,30 @@ power_w = 700
         fn gpu(body: &str) -> String {
             format!("[[pricing.gpu]]\nmatch = \"H100\"\non_demand_per_hour = 4\n{body}")
         }
+    }
+
+    /// (timezone as written, the zone's canonical IANA name)
+    #[test]
+    fn timezone_names_resolve_in_the_bundled_database() {
+        let cases = [
+            ("Europe/Berlin", "Europe/Berlin"),
+            ("europe/berlin", "Europe/Berlin"),
+            ("America/New_York", "America/New_York"),
+            ("Asia/Kolkata", "Asia/Kolkata"),
+            ("UTC", "UTC"),
+        ];
+        for (written, want) in cases {
+            let p = parse(&format!("[pricing.energy]\ntimezone = {written:?}")).unwrap();
+            match &p.energy.clock {
+                LocalClock::Zone(tz) => assert_eq!(tz.iana_name(), Some(want), "{written}"),
+                other => panic!("{written}: {other:?}"),
+            }
+        }
+        // Without either key the windows are in UTC, as before `timezone` existed.
+        assert_eq!(
+            parse("[pricing.energy]").unwrap().energy.clock,
+            LocalClock::UTC
+        );
     }
 
     #[test]
