@@ -874,6 +874,28 @@ power_w = 700
         );
     }
 
+    /// deploy/config.example.toml shows `timezone` commented out beside `utc_offset`: switching
+    /// to it as the comment says (drop utc_offset, uncomment timezone) gives a valid config, and
+    /// uncommenting it alone gives the error about setting both.
+    #[test]
+    fn example_config_timezone_alternative() {
+        let example = include_str!("../../../../deploy/config.example.toml");
+        let offset = "\nutc_offset = \"+00:00\"\n";
+        let zone = "\n# timezone = \"Europe/Berlin\"\n";
+        assert!(example.contains(offset) && example.contains(zone));
+        let uncommented = example.replace(zone, "\ntimezone = \"Europe/Berlin\"\n");
+        let pricing = |text: &str| {
+            let doc: toml::Table = toml::from_str(text).unwrap();
+            from_toml_value(&doc["pricing"])
+        };
+        let p = pricing(&uncommented.replace(offset, "\n")).unwrap();
+        assert!(
+            matches!(&p.energy.clock, LocalClock::Zone(tz) if tz.iana_name() == Some("Europe/Berlin"))
+        );
+        let e = pricing(&uncommented).unwrap_err();
+        assert_eq!(e.key, "pricing.energy.timezone");
+    }
+
     #[test]
     fn not_a_table() {
         let e = from_toml_value(&toml::Value::Integer(3)).unwrap_err();
