@@ -1,77 +1,19 @@
-//! Prices: the `[pricing]` section of the agent's config, validated into [`Pricing`].
+//! From TOML to a validated [`Pricing`]: the `[pricing]` keys, their bounds and their errors.
 //!
-//! Everything money-related that the accounting needs lives here: the hourly price of each GPU
-//! model (a cloud rate for the configured market, or on-prem hardware amortized over its
-//! lifetime), the electricity tariff with time-of-use windows, PUE, grid carbon intensity and a
-//! per-GPU-hour overhead. Amounts are in `currency`; the agent never converts currencies.
-//!
-//! # Keys
-//!
-//! ```toml
-//! [pricing]
-//! currency = "USD"                  # 3 upper-case letters (ISO 4217). Default "USD".
-//! market = "on_demand"              # on_demand | spot | reserved | on_prem: which hourly price
-//!                                   # of each [[pricing.gpu]] applies. Default "on_demand".
-//! pue = 1.3                         # power usage effectiveness, 1.0 to 3.0. Default 1.2.
-//! carbon_intensity_g_per_kwh = 380  # grid g CO2e per kWh, 0 to 2000. Default 400.
-//! overhead_per_gpu_hour = 0.10      # storage, network, support: what a node cannot see.
-//!                                   # 0 or more. Default 0.
-//! idle_threshold = 0.05             # utilization ratio (0 to 1) below which a GPU is idle.
-//!                                   # Default 0.05; 0 means never idle.
-//! default_gpu_per_hour = 2.0        # price per hour of GPU models that match no
-//!                                   # [[pricing.gpu]] entry, in any market. Optional: when it
-//!                                   # is missing such GPUs cost 0 per hour and the agent warns
-//!                                   # (see `Pricing::warnings`).
-//!
-//! [pricing.energy]
-//! price_per_kwh = 0.15              # the tariff outside every window. Default 0.15.
-//! utc_offset = "+01:00"             # local time of the windows, as a fixed offset ±HH:MM from
-//!                                   # UTC (no time-zone database, so no daylight-saving
-//!                                   # switch). Default "+00:00".
-//!
-//! [[pricing.energy.window]]         # time-of-use windows, first match wins. Optional.
-//! days = ["mon", "tue", "wed", "thu", "fri"]  # mon..sun (or monday..sunday). Optional: all
-//!                                   # days. A window that crosses midnight belongs to the day
-//!                                   # it starts on: Friday 22:00-06:00 covers Saturday 03:00,
-//!                                   # not Monday 03:00.
-//! start = "22:00"                   # HH:MM local time, 00:00 to 23:59.
-//! end = "06:00"                     # HH:MM, 00:00 to 24:00 (both mean midnight); earlier
-//!                                   # than start = crosses midnight. start = end is rejected
-//!                                   # (for a whole day: 00:00 to 24:00).
-//! price_per_kwh = 0.09
-//!
-//! [[pricing.gpu]]                   # matched against the NVML model name; first match wins,
-//!                                   # so put specific entries ("H100 NVL") before general
-//!                                   # ones ("H100").
-//! match = "H100"                    # case-insensitive substring of the model name. Required.
-//! on_demand_per_hour = 4.00         # cloud rates per GPU-hour; the one for `market` is
-//! spot_per_hour = 2.10              # required, the others optional (on_demand_per_hour is
-//! reserved_per_hour = 2.60          # also what `report --breakeven` compares with).
-//! purchase_price = 30000            # on-prem hardware, per GPU: required when
-//! lifetime_years = 4                # market = "on_prem", and for `--breakeven`.
-//! opex_per_year = 1500              # per GPU: maintenance, rack space; not energy, which is
-//!                                   # counted separately. Default 0.
-//! power_w = 700                     # mean draw for the break-even estimate. Optional: the
-//!                                   # observed mean power.
-//! ```
-//!
-//! On-prem hourly price: `purchase_price / (lifetime_years x 8760) + opex_per_year / 8760`
-//! (30000 over 4 years plus 1500 a year is 0.8562 + 0.1712 = 1.0274 per hour).
-//!
-//! Values beyond plausible bounds are rejected as typos: more than 1000 per GPU-hour, 10 per kWh,
-//! 1,000,000 purchase price or opex per year. For currencies with a small unit (JPY, KRW, INR,
-//! ...; see `SMALL_UNIT_CURRENCIES`) these money bounds are 1000 times larger.
-//!
-//! Every error names the dotted key (`pricing.gpu[1].on_demand_per_hour`) and what is wrong.
+//! Owns the raw (as written) shapes of the tables, the validators, the plausibility limits and
+//! the small text formats (`HH:MM`, `±HH:MM`, IANA time zone names). Every error is a
+//! [`PricingError`] naming the dotted key and what is wrong with it.
 
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
-/// Hours in a (365-day) year: the amortization period unit.
-pub const HOURS_PER_YEAR: f64 = 8760.0;
+use jiff::tz::{TimeZone, TimeZoneDatabase};
 
-/// The tariff when `[pricing.energy]` does not say.
-const DEFAULT_PRICE_PER_KWH: f64 = 0.15;
+use super::{
+    EnergyPricing, GpuPrice, LocalClock, Market, Pricing, PricingError, TariffWindow,
+    DEFAULT_PRICE_PER_KWH,
+};
+
 /// The longest lifetime accepted for on-prem hardware.
 const MAX_LIFETIME_YEARS: f64 = 20.0;
 const MAX_PER_HOUR: f64 = 1000.0;
@@ -85,243 +27,7 @@ const SMALL_UNIT_CURRENCIES: &[&str] = &[
     "PKR", "RUB", "TZS", "UGX", "VND",
 ];
 
-/// A problem with the `[pricing]` section (or with what a computation needs from it).
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("{key}: {problem}")]
-pub struct PricingError {
-    /// Dotted key, e.g. `pricing.gpu[1].on_demand_per_hour`.
-    pub key: String,
-    pub problem: String,
-}
-
-impl PricingError {
-    fn new(key: impl Into<String>, problem: impl Into<String>) -> Self {
-        PricingError {
-            key: key.into(),
-            problem: problem.into(),
-        }
-    }
-}
-
-/// Which hourly price of a GPU applies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Market {
-    OnDemand,
-    Spot,
-    Reserved,
-    /// Owned hardware: purchase price amortized over its lifetime plus yearly operating cost.
-    OnPrem,
-}
-
-impl Market {
-    /// The config spelling, also the `market` label of `gpucost_pricing_info`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Market::OnDemand => "on_demand",
-            Market::Spot => "spot",
-            Market::Reserved => "reserved",
-            Market::OnPrem => "on_prem",
-        }
-    }
-
-    /// The `[[pricing.gpu]]` key holding this market's price.
-    pub fn rate_key(self) -> &'static str {
-        match self {
-            Market::OnDemand => "on_demand_per_hour",
-            Market::Spot => "spot_per_hour",
-            Market::Reserved => "reserved_per_hour",
-            Market::OnPrem => "purchase_price",
-        }
-    }
-}
-
-/// A time-of-use window of the energy tariff.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TariffWindow {
-    /// Monday first. The days on which the window starts.
-    pub days: [bool; 7],
-    /// Minutes after local midnight, 0..1440.
-    pub start_min: u32,
-    /// Minutes after local midnight, 0..=1440; less than `start_min` when crossing midnight.
-    pub end_min: u32,
-    pub price_per_kwh: f64,
-}
-
-impl TariffWindow {
-    /// Whether the window covers local second-of-day `sod` on weekday `wd` (0 = Monday).
-    fn covers(&self, wd: usize, sod: f64) -> bool {
-        let start = f64::from(self.start_min) * 60.0;
-        let end = f64::from(self.end_min) * 60.0;
-        if start < end {
-            self.days[wd] && sod >= start && sod < end
-        } else {
-            (self.days[wd] && sod >= start) || (self.days[(wd + 6) % 7] && sod < end)
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct EnergyPricing {
-    /// The tariff outside every window.
-    pub price_per_kwh: f64,
-    /// Seconds east of UTC of the windows' local time.
-    pub utc_offset_s: i32,
-    pub windows: Vec<TariffWindow>,
-}
-
-/// One `[[pricing.gpu]]` entry.
-#[derive(Debug, Clone, PartialEq)]
-pub struct GpuPrice {
-    /// Case-insensitive substring of the NVML model name, as written.
-    pub pattern: String,
-    pub on_demand_per_hour: Option<f64>,
-    pub spot_per_hour: Option<f64>,
-    pub reserved_per_hour: Option<f64>,
-    pub purchase_price: Option<f64>,
-    pub lifetime_years: Option<f64>,
-    pub opex_per_year: f64,
-    pub power_w: Option<f64>,
-}
-
-impl GpuPrice {
-    /// The cloud rate for a cloud market (`None` for `OnPrem` or when not configured).
-    pub fn cloud_rate(&self, market: Market) -> Option<f64> {
-        match market {
-            Market::OnDemand => self.on_demand_per_hour,
-            Market::Spot => self.spot_per_hour,
-            Market::Reserved => self.reserved_per_hour,
-            Market::OnPrem => None,
-        }
-    }
-
-    /// Amortized hourly cost of owning the GPU: purchase over its lifetime plus opex.
-    pub fn owned_per_hour(&self) -> Option<f64> {
-        let (price, years) = (self.purchase_price?, self.lifetime_years?);
-        Some(price / (years * HOURS_PER_YEAR) + self.opex_per_year / HOURS_PER_YEAR)
-    }
-
-    /// The hourly price in `market`.
-    pub fn rate(&self, market: Market) -> Option<f64> {
-        match market {
-            Market::OnPrem => self.owned_per_hour(),
-            m => self.cloud_rate(m),
-        }
-    }
-}
-
-/// The validated `[pricing]` section.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Pricing {
-    pub currency: String,
-    pub market: Market,
-    pub pue: f64,
-    pub carbon_intensity_g_per_kwh: f64,
-    pub overhead_per_gpu_hour: f64,
-    pub idle_threshold: f64,
-    /// `None`: not configured, unmatched GPUs cost 0 per hour (see [`Pricing::warnings`]).
-    pub default_gpu_per_hour: Option<f64>,
-    pub energy: EnergyPricing,
-    pub gpus: Vec<GpuPrice>,
-}
-
-impl Default for Pricing {
-    fn default() -> Self {
-        Pricing {
-            currency: "USD".into(),
-            market: Market::OnDemand,
-            pue: 1.2,
-            carbon_intensity_g_per_kwh: 400.0,
-            overhead_per_gpu_hour: 0.0,
-            idle_threshold: 0.05,
-            default_gpu_per_hour: None,
-            energy: EnergyPricing {
-                price_per_kwh: DEFAULT_PRICE_PER_KWH,
-                utc_offset_s: 0,
-                windows: Vec::new(),
-            },
-            gpus: Vec::new(),
-        }
-    }
-}
-
-impl Pricing {
-    /// Validates the `[pricing]` table (already split out of the config file).
-    pub fn from_toml_value(v: &toml::Value) -> Result<Pricing, PricingError> {
-        from_toml_value(v)
-    }
-
-    /// Index of the first `[[pricing.gpu]]` entry matching `model`.
-    pub fn matched_rule(&self, model: &str) -> Option<usize> {
-        let model = model.to_lowercase();
-        self.gpus
-            .iter()
-            .position(|g| model.contains(&g.pattern.to_lowercase()))
-    }
-
-    /// The price per GPU-hour of `model` in the configured market; `default_gpu_per_hour` (or 0)
-    /// when no entry matches.
-    pub fn hourly_price(&self, model: &str) -> f64 {
-        match self.matched_rule(model) {
-            Some(i) => self.gpus[i].rate(self.market).unwrap_or(0.0),
-            None => self.default_gpu_per_hour.unwrap_or(0.0),
-        }
-    }
-
-    /// The electricity price per kWh at `unix_seconds`.
-    pub fn tariff_at(&self, unix_seconds: f64) -> f64 {
-        if !unix_seconds.is_finite() {
-            return self.energy.price_per_kwh;
-        }
-        let local = unix_seconds + f64::from(self.energy.utc_offset_s);
-        let day = (local / 86_400.0).floor();
-        let sod = (local - day * 86_400.0).clamp(0.0, 86_399.999);
-        // 1970-01-01 was a Thursday (Monday = 0).
-        let wd = ((day as i64) + 3).rem_euclid(7) as usize;
-        self.tariff_local(wd, sod)
-    }
-
-    fn tariff_local(&self, wd: usize, sod: f64) -> f64 {
-        self.energy
-            .windows
-            .iter()
-            .find(|w| w.covers(wd, sod))
-            .map_or(self.energy.price_per_kwh, |w| w.price_per_kwh)
-    }
-
-    /// The time-weighted mean tariff over a week (exact: windows have minute boundaries).
-    pub fn mean_tariff(&self) -> f64 {
-        if self.energy.windows.is_empty() {
-            return self.energy.price_per_kwh;
-        }
-        let mut sum = 0.0;
-        for wd in 0..7 {
-            for m in 0..1440 {
-                sum += self.tariff_local(wd, f64::from(m) * 60.0 + 30.0);
-            }
-        }
-        sum / (7.0 * 1440.0)
-    }
-
-    /// Warnings for GPU models this configuration prices at 0 without saying so.
-    pub fn warnings(&self, models: &[&str]) -> Vec<String> {
-        let mut out = Vec::new();
-        if self.default_gpu_per_hour.is_some() {
-            return out;
-        }
-        for m in models {
-            if self.matched_rule(m).is_none() {
-                out.push(format!(
-                    "GPU model {m:?} matches no [[pricing.gpu]] entry and \
-                     pricing.default_gpu_per_hour is not set: its GPU time costs 0"
-                ));
-            }
-        }
-        out
-    }
-}
-
-// ---- deserialization ----
+// ---- the tables as written ----
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -342,6 +48,7 @@ struct RawPricing {
 struct RawEnergy {
     price_per_kwh: Option<f64>,
     utc_offset: Option<String>,
+    timezone: Option<String>,
     window: Option<Vec<toml::Value>>,
 }
 
@@ -368,16 +75,18 @@ enum Day {
 #[serde(deny_unknown_fields)]
 struct RawWindow {
     days: Option<Vec<Day>>,
-    start: String,
-    end: String,
-    price_per_kwh: f64,
+    /// Required, like `end` and `price_per_kwh` (see [`de_table`]).
+    start: Option<String>,
+    end: Option<String>,
+    price_per_kwh: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawGpu {
+    /// Required (see [`de_table`]).
     #[serde(rename = "match")]
-    pattern: String,
+    pattern: Option<String>,
     on_demand_per_hour: Option<f64>,
     spot_per_hour: Option<f64>,
     reserved_per_hour: Option<f64>,
@@ -387,9 +96,11 @@ struct RawGpu {
     power_w: Option<f64>,
 }
 
-/// Deserializes the table at `path`, naming the offending key on error. serde's errors from a
-/// `toml::Value` carry no path, so a failure is located by deserializing each key on its own:
-/// the key whose lone value fails for a reason other than a missing field is the culprit.
+/// Deserializes the table at `path`. serde_path_to_error follows the deserializer into the
+/// table, so an error names the key (or list element) where it failed: `pricing.colour` for an
+/// unknown key, `pricing.energy.window[0].days[1]` for a bad day. Required keys are `Option`s in
+/// the raw structs and checked by the caller (see [`required`]), because serde reports a missing
+/// field at the table that lacks it, naming the field only in its message.
 fn de_table<T: DeserializeOwned>(v: &toml::Value, path: &str) -> Result<T, PricingError> {
     if !v.is_table() {
         return Err(PricingError::new(
@@ -397,31 +108,30 @@ fn de_table<T: DeserializeOwned>(v: &toml::Value, path: &str) -> Result<T, Prici
             format!("must be a table (found {})", v.type_str()),
         ));
     }
-    let err = match T::deserialize(v.clone()) {
-        Ok(t) => return Ok(t),
-        Err(e) => e.message().trim().to_string(),
-    };
-    if let Some(field) = backticked(&err, "missing field `") {
-        return Err(PricingError::new(format!("{path}.{field}"), "is required"));
-    }
-    if let Some(table) = v.as_table() {
-        for (k, val) in table {
-            let mut single = toml::Table::new();
-            single.insert(k.clone(), val.clone());
-            if let Err(e) = T::deserialize(toml::Value::Table(single)) {
-                let msg = e.message().trim().to_string();
-                if !msg.starts_with("missing field") {
-                    return Err(PricingError::new(format!("{path}.{k}"), msg));
-                }
-            }
-        }
-    }
-    Err(PricingError::new(path, err))
+    serde_path_to_error::deserialize(v.clone()).map_err(|e| {
+        let key = dotted(path, e.path());
+        PricingError::new(key, e.into_inner().message().trim())
+    })
 }
 
-fn backticked<'a>(msg: &'a str, prefix: &str) -> Option<&'a str> {
-    let rest = msg.strip_prefix(prefix)?;
-    rest.split('`').next()
+/// `path` followed by the segments serde_path_to_error recorded, in the config's spelling.
+fn dotted(path: &str, within: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut key = path.to_string();
+    for segment in within {
+        match segment {
+            Segment::Seq { index } => key.push_str(&format!("[{index}]")),
+            Segment::Map { key: k } => key.push_str(&format!(".{k}")),
+            Segment::Enum { variant } => key.push_str(&format!(".{variant}")),
+            Segment::Unknown => key.push_str(".?"),
+        }
+    }
+    key
+}
+
+/// A key the table must have.
+fn required<T>(v: Option<T>, path: &str, key: &str) -> Result<T, PricingError> {
+    v.ok_or_else(|| PricingError::new(format!("{path}.{key}"), "is required"))
 }
 
 /// Validates the `[pricing]` table (already split out of the config file).
@@ -511,22 +221,14 @@ fn energy(v: &toml::Value, money: f64) -> Result<EnergyPricing, PricingError> {
         0.0,
         MAX_PER_KWH * money,
     )?;
-    let utc_offset_s = match &raw.utc_offset {
-        Some(s) => parse_offset(s).ok_or_else(|| {
-            PricingError::new(
-                "pricing.energy.utc_offset",
-                format!(
-                    "{s:?} is not a UTC offset ±HH:MM from -14:00 to +14:00, such as \"+01:00\" \
-                     (\"+00:00\" for UTC)"
-                ),
-            )
-        })?,
-        None => 0,
-    };
+    let clock = local_clock(raw.utc_offset.as_deref(), raw.timezone.as_deref())?;
     let mut windows = Vec::new();
     for (i, w) in raw.window.iter().flatten().enumerate() {
         let path = format!("pricing.energy.window[{i}]");
         let raw: RawWindow = de_table(w, &path)?;
+        let start = required(raw.start, &path, "start")?;
+        let end = required(raw.end, &path, "end")?;
+        let price = required(raw.price_per_kwh, &path, "price_per_kwh")?;
         let days = match &raw.days {
             None => [true; 7],
             Some(list) if list.is_empty() => {
@@ -549,24 +251,23 @@ fn energy(v: &toml::Value, money: f64) -> Result<EnergyPricing, PricingError> {
                 format!("{s:?} is not a time of day HH:MM ({range})"),
             )
         };
-        let start_min = parse_hhmm(&raw.start)
+        let start_min = parse_hhmm(&start)
             .filter(|m| *m < 1440)
-            .ok_or_else(|| bad_time("start", &raw.start, "00:00 to 23:59"))?;
-        let end_min =
-            parse_hhmm(&raw.end).ok_or_else(|| bad_time("end", &raw.end, "00:00 to 24:00"))?;
+            .ok_or_else(|| bad_time("start", &start, "00:00 to 23:59"))?;
+        let end_min = parse_hhmm(&end).ok_or_else(|| bad_time("end", &end, "00:00 to 24:00"))?;
         if start_min == end_min {
             return Err(PricingError::new(
                 format!("{path}.end"),
                 format!(
                     "equals start ({}): an empty window; for the whole day use start = \
                      \"00:00\", end = \"24:00\"",
-                    raw.start
+                    start
                 ),
             ));
         }
         let price = check(
             &format!("{path}.price_per_kwh"),
-            Some(raw.price_per_kwh),
+            Some(price),
             0.0,
             0.0,
             MAX_PER_KWH * money,
@@ -580,7 +281,7 @@ fn energy(v: &toml::Value, money: f64) -> Result<EnergyPricing, PricingError> {
     }
     Ok(EnergyPricing {
         price_per_kwh,
-        utc_offset_s,
+        clock,
         windows,
     })
 }
@@ -588,7 +289,8 @@ fn energy(v: &toml::Value, money: f64) -> Result<EnergyPricing, PricingError> {
 fn gpu(v: &toml::Value, path: &str, market: Market, money: f64) -> Result<GpuPrice, PricingError> {
     let raw: RawGpu = de_table(v, path)?;
     let key = |k: &str| format!("{path}.{k}");
-    if raw.pattern.trim().is_empty() {
+    let pattern = required(raw.pattern, path, "match")?;
+    if pattern.trim().is_empty() {
         return Err(PricingError::new(
             key("match"),
             "is empty: it would match every GPU; use pricing.default_gpu_per_hour for that",
@@ -596,7 +298,7 @@ fn gpu(v: &toml::Value, path: &str, market: Market, money: f64) -> Result<GpuPri
     }
     let rate = |k: &str, v| opt_check(&key(k), v, 0.0, MAX_PER_HOUR * money);
     let g = GpuPrice {
-        pattern: raw.pattern.trim().to_string(),
+        pattern: pattern.trim().to_string(),
         on_demand_per_hour: rate("on_demand_per_hour", raw.on_demand_per_hour)?,
         spot_per_hour: rate("spot_per_hour", raw.spot_per_hour)?,
         reserved_per_hour: rate("reserved_per_hour", raw.reserved_per_hour)?,
@@ -728,32 +430,73 @@ fn parse_offset(s: &str) -> Option<i32> {
     (minutes <= 14 * 60).then_some(sign * minutes as i32 * 60)
 }
 
+/// The clock the windows are read on: `utc_offset` or `timezone`, not both; UTC without either.
+fn local_clock(
+    utc_offset: Option<&str>,
+    timezone: Option<&str>,
+) -> Result<LocalClock, PricingError> {
+    match (utc_offset, timezone) {
+        (Some(_), Some(_)) => Err(PricingError::new(
+            "pricing.energy.timezone",
+            "cannot be set together with pricing.energy.utc_offset: set timezone for local time \
+             with its daylight-saving switches, or utc_offset for a fixed offset",
+        )),
+        (Some(s), None) => parse_offset(s).map(LocalClock::FixedOffset).ok_or_else(|| {
+            let hint = if s.contains('/') {
+                format!("; for a time zone write timezone = {s:?}")
+            } else {
+                String::new()
+            };
+            PricingError::new(
+                "pricing.energy.utc_offset",
+                format!(
+                    "{s:?} is not a UTC offset ±HH:MM from -14:00 to +14:00, such as \"+01:00\" \
+                     (\"+00:00\" for UTC){hint}"
+                ),
+            )
+        }),
+        (None, Some(name)) => parse_timezone(name).map(LocalClock::Zone),
+        (None, None) => Ok(LocalClock::UTC),
+    }
+}
+
+/// An IANA time zone name (`Europe/Berlin`, any ASCII case), looked up in the time zone
+/// database bundled with gpucost, never in the node's (see `tariff.rs`).
+fn parse_timezone(name: &str) -> Result<TimeZone, PricingError> {
+    TimeZoneDatabase::bundled()
+        .get(name)
+        .ok()
+        // jiff answers "Etc/Unknown" with a stand-in zone at UTC; no place keeps that time.
+        .filter(|tz| !tz.is_unknown())
+        .ok_or_else(|| {
+            PricingError::new(
+                "pricing.energy.timezone",
+                format!(
+                    "unknown time zone {name:?}: an IANA name such as \"Europe/Berlin\" or \
+                     \"America/New_York\" (for a fixed offset use utc_offset)"
+                ),
+            )
+        })
+}
+
+/// Parses a config file's text and validates its `[pricing]` table (empty when absent).
+#[cfg(test)]
+pub(super) fn parse_text(text: &str) -> Result<Pricing, PricingError> {
+    let doc: toml::Table = toml::from_str(text).expect("test TOML parses");
+    let v = doc
+        .get("pricing")
+        .cloned()
+        .unwrap_or(toml::Value::Table(toml::Table::new()));
+    from_toml_value(&v)
+}
+
 #[cfg(test)]
 mod tests {
+    use super::parse_text as parse;
     use super::*;
-
-    /// Parses a config file's text and validates its `[pricing]` table (empty when absent).
-    fn parse(text: &str) -> Result<Pricing, PricingError> {
-        let doc: toml::Table = toml::from_str(text).expect("test TOML parses");
-        let v = doc
-            .get("pricing")
-            .cloned()
-            .unwrap_or(toml::Value::Table(toml::Table::new()));
-        from_toml_value(&v)
-    }
-
-    fn close(a: f64, b: f64) -> bool {
-        (a - b).abs() <= 1e-9 * b.abs().max(1.0)
-    }
 
     /// 2024-01-01 00:00 UTC, a Monday.
     const MON_2024_01_01: f64 = 1_704_067_200.0;
-
-    /// Unix seconds of local `day` of January 2024 at `hh:mm:ss`, at `offset_h` hours east.
-    fn jan2024(day: u32, hh: u32, mm: u32, ss: u32, offset_h: f64) -> f64 {
-        MON_2024_01_01 + f64::from(day - 1) * 86_400.0 + f64::from(hh * 3600 + mm * 60 + ss)
-            - offset_h * 3600.0
-    }
 
     #[test]
     fn empty_table_is_the_documented_default() {
@@ -764,7 +507,7 @@ mod tests {
         assert_eq!(p.pue, 1.2);
         assert_eq!(p.carbon_intensity_g_per_kwh, 400.0);
         assert_eq!(p.energy.price_per_kwh, 0.15);
-        assert_eq!(p.energy.utc_offset_s, 0);
+        assert_eq!(p.energy.clock, LocalClock::UTC);
         assert_eq!(p.overhead_per_gpu_hour, 0.0);
         assert_eq!(p.idle_threshold, 0.05);
         assert_eq!(p.default_gpu_per_hour, None);
@@ -816,7 +559,7 @@ power_w = 700
         assert_eq!(p.carbon_intensity_g_per_kwh, 380.0);
         assert_eq!(p.overhead_per_gpu_hour, 0.10);
         assert_eq!(p.default_gpu_per_hour, Some(2.0));
-        assert_eq!(p.energy.utc_offset_s, 3600);
+        assert_eq!(p.energy.clock, LocalClock::FixedOffset(3600));
         assert_eq!(
             p.energy.windows,
             vec![TariffWindow {
@@ -831,156 +574,6 @@ power_w = 700
         assert_eq!(p.hourly_price("NVIDIA H100 80GB HBM3"), 2.10);
         assert_eq!(p.hourly_price("NVIDIA A100-SXM4-40GB"), 2.0);
         assert!(p.warnings(&["NVIDIA A100-SXM4-40GB"]).is_empty());
-    }
-
-    #[test]
-    fn hourly_price_by_market_first_match_case_insensitive() {
-        let entries = r#"
-[[pricing.gpu]]
-match = "h100 nvl"
-on_demand_per_hour = 5.00
-spot_per_hour = 2.50
-reserved_per_hour = 3.00
-purchase_price = 35040
-lifetime_years = 4
-[[pricing.gpu]]
-match = "H100"
-on_demand_per_hour = 4.00
-spot_per_hour = 2.10
-reserved_per_hour = 2.60
-purchase_price = 30000
-lifetime_years = 4
-opex_per_year = 1500
-"#;
-        // (market, model, expected price per hour)
-        let cases: &[(&str, &str, f64)] = &[
-            ("on_demand", "NVIDIA H100 NVL", 5.00),
-            ("on_demand", "NVIDIA H100 80GB HBM3", 4.00),
-            ("spot", "NVIDIA H100 NVL", 2.50),
-            ("spot", "nvidia h100 80gb hbm3", 2.10),
-            ("reserved", "NVIDIA H100 80GB HBM3", 2.60),
-            ("reserved", "Tesla V100-SXM2-16GB", 0.0),
-            // 35040 / (4 x 8760) = 1.0 per hour, no opex.
-            ("on_prem", "NVIDIA H100 NVL", 1.0),
-            // 30000 / (4 x 8760) + 1500 / 8760 = 0.8562 + 0.1712 = 1.0274 per hour.
-            ("on_prem", "NVIDIA H100 80GB HBM3", 1.027_397_260_273_972_5),
-        ];
-        for (market, model, want) in cases {
-            let p = parse(&format!("[pricing]\nmarket = {market:?}\n{entries}")).unwrap();
-            let got = p.hourly_price(model);
-            assert!(close(got, *want), "{market} {model}: {got} != {want}");
-        }
-        let p = parse(&format!("[pricing]\n{entries}")).unwrap();
-        assert_eq!(p.matched_rule("NVIDIA H100 NVL"), Some(0));
-        assert_eq!(p.matched_rule("NVIDIA H100 PCIe"), Some(1));
-        assert_eq!(p.matched_rule("NVIDIA A10"), None);
-        let w = p.warnings(&["NVIDIA H100 PCIe", "NVIDIA A10"]);
-        assert_eq!(w.len(), 1);
-        assert!(w[0].contains("NVIDIA A10") && w[0].contains("default_gpu_per_hour"));
-    }
-
-    #[test]
-    fn on_prem_amortization_worked_example() {
-        let p = parse(
-            "[pricing]\nmarket = \"on_prem\"\n[[pricing.gpu]]\nmatch = \"H100\"\n\
-             purchase_price = 30000\nlifetime_years = 4\nopex_per_year = 1500\n",
-        )
-        .unwrap();
-        // 30000 / 35040 h = 0.856164; 1500 / 8760 h = 0.171233; sum 1.027397 per hour.
-        let h = p.hourly_price("NVIDIA H100 80GB HBM3");
-        assert!((h - 1.0274).abs() < 1e-4, "{h}");
-        assert!(close(h, 30000.0 / 35040.0 + 1500.0 / 8760.0));
-    }
-
-    #[test]
-    fn tariff_windows_cross_midnight_by_weekday_with_offset() {
-        let p = parse(
-            r#"
-[pricing.energy]
-price_per_kwh = 0.15
-utc_offset = "+01:00"
-[[pricing.energy.window]]   # weekday nights, belonging to the day they start
-days = ["mon", "tue", "wed", "thu", "fri"]
-start = "22:00"
-end = "06:00"
-price_per_kwh = 0.09
-[[pricing.energy.window]]   # weekends all day
-days = ["sat", "sun"]
-start = "00:00"
-end = "24:00"
-price_per_kwh = 0.10
-"#,
-        )
-        .unwrap();
-        // (local day of January 2024 (1 = Monday), hh, mm, ss, expected price)
-        let cases: &[(u32, u32, u32, u32, f64)] = &[
-            (1, 3, 0, 0, 0.15),    // Mon 03:00: Sunday night is not a weekday night
-            (1, 12, 0, 0, 0.15),   // Mon noon
-            (1, 21, 59, 59, 0.15), // just before the window
-            (1, 22, 0, 0, 0.09),   // start is inclusive
-            (2, 5, 59, 59, 0.09),  // Tue early morning: Monday's night
-            (2, 6, 0, 0, 0.15),    // end is exclusive
-            (5, 23, 0, 0, 0.09),   // Fri night
-            (6, 3, 0, 0, 0.09),    // Sat 03:00: Friday's night, first match beats the weekend
-            (6, 6, 0, 0, 0.10),    // Sat 06:00: weekend
-            (7, 23, 30, 0, 0.10),  // Sun night: weekend
-            (8, 3, 0, 0, 0.15),    // Mon 03:00 again
-        ];
-        for &(day, hh, mm, ss, want) in cases {
-            let t = jan2024(day, hh, mm, ss, 1.0);
-            assert_eq!(
-                p.tariff_at(t),
-                want,
-                "Jan {day} {hh:02}:{mm:02}:{ss:02} local"
-            );
-        }
-        // The offset matters: Mon 21:30 UTC is 22:30 local (+01:00), in the night window.
-        assert_eq!(p.tariff_at(jan2024(1, 21, 30, 0, 0.0)), 0.09);
-        assert_eq!(p.tariff_at(f64::NAN), 0.15);
-    }
-
-    #[test]
-    fn tariff_weekday_follows_a_negative_offset_and_the_epoch() {
-        let fri = |offset: &str, day: &str| {
-            parse(&format!(
-                "[pricing.energy]\nutc_offset = {offset:?}\n[[pricing.energy.window]]\n\
-                 days = [{day:?}]\nstart = \"00:00\"\nend = \"24:00\"\nprice_per_kwh = 0.5\n"
-            ))
-            .unwrap()
-        };
-        let p = fri("-05:00", "fri");
-        // Sat 6 Jan 03:00 UTC is Fri 22:00 at -05:00.
-        assert_eq!(p.tariff_at(jan2024(6, 3, 0, 0, 0.0)), 0.5);
-        // Sat 06:00 UTC is Sat 01:00 local.
-        assert_eq!(p.tariff_at(jan2024(6, 6, 0, 0, 0.0)), 0.15);
-        // 1970-01-01 was a Thursday; the hour before it a Wednesday.
-        assert_eq!(fri("+00:00", "thu").tariff_at(0.0), 0.5);
-        assert_eq!(fri("+00:00", "thu").tariff_at(86_399.0), 0.5);
-        assert_eq!(fri("+00:00", "thu").tariff_at(86_400.0), 0.15);
-        assert_eq!(fri("+00:00", "wed").tariff_at(-3600.0), 0.5);
-        // At +05:30 the epoch is already 05:30 Thursday; 18:30 UTC is Friday 00:00.
-        assert_eq!(fri("+05:30", "fri").tariff_at(18.5 * 3600.0 - 1.0), 0.15);
-        assert_eq!(fri("+05:30", "fri").tariff_at(18.5 * 3600.0), 0.5);
-    }
-
-    #[test]
-    fn window_ending_at_midnight_and_mean_tariff() {
-        let p = parse(
-            "[[pricing.energy.window]]\nstart = \"22:00\"\nend = \"00:00\"\nprice_per_kwh = 0.05\n",
-        )
-        .unwrap();
-        assert_eq!(p.tariff_at(jan2024(3, 23, 59, 59, 0.0)), 0.05);
-        assert_eq!(p.tariff_at(jan2024(4, 0, 0, 0, 0.0)), 0.15);
-        // 2 h at 0.05 and 22 h at 0.15: (0.10 + 3.30) / 24 = 0.141667.
-        assert!(close(p.mean_tariff(), 3.4 / 24.0));
-
-        let p = parse(
-            "[[pricing.energy.window]]\nstart = \"22:00\"\nend = \"06:00\"\nprice_per_kwh = 0.09\n",
-        )
-        .unwrap();
-        // 8 h at 0.09, 16 h at 0.15: (0.72 + 2.40) / 24 = 0.13.
-        assert!(close(p.mean_tariff(), 0.13));
-        assert_eq!(Pricing::default().mean_tariff(), 0.15);
     }
 
     #[test]
@@ -1075,6 +668,42 @@ price_per_kwh = 0.10
                 "pricing.energy.utc_offset",
                 "±HH:MM",
             ),
+            (
+                "[pricing.energy]\nutc_offset = \"Europe/Paris\"".into(),
+                "pricing.energy.utc_offset",
+                "for a time zone write timezone = \"Europe/Paris\"",
+            ),
+            (
+                "[pricing.energy]\ntimezone = \"Europe/Berln\"".into(),
+                "pricing.energy.timezone",
+                "unknown time zone \"Europe/Berln\"",
+            ),
+            (
+                "[pricing.energy]\ntimezone = \"\"".into(),
+                "pricing.energy.timezone",
+                "unknown time zone \"\"",
+            ),
+            (
+                "[pricing.energy]\ntimezone = \"Etc/Unknown\"".into(),
+                "pricing.energy.timezone",
+                "unknown time zone",
+            ),
+            (
+                "[pricing.energy]\ntimezone = \"CET-1CEST,M3.5.0,M10.5.0/3\"".into(),
+                "pricing.energy.timezone",
+                "an IANA name such as \"Europe/Berlin\"",
+            ),
+            (
+                "[pricing.energy]\ntimezone = \"+01:00\"".into(),
+                "pricing.energy.timezone",
+                "for a fixed offset use utc_offset",
+            ),
+            ("[pricing.energy]\ntimezone = 1".into(), "pricing.energy.timezone", "invalid type"),
+            (
+                "[pricing.energy]\ntimezone = \"Europe/Berlin\"\nutc_offset = \"+01:00\"".into(),
+                "pricing.energy.timezone",
+                "cannot be set together with pricing.energy.utc_offset",
+            ),
             (window("start = \"25:00\"\nend = \"06:00\""), "pricing.energy.window[0].start", "HH:MM"),
             (window("start = \"24:00\"\nend = \"06:00\""), "pricing.energy.window[0].start", "HH:MM"),
             (window("start = \"22:00\"\nend = \"6:00\""), "pricing.energy.window[0].end", "HH:MM"),
@@ -1085,9 +714,15 @@ price_per_kwh = 0.10
             (window("start = 22\nend = \"06:00\""), "pricing.energy.window[0].start", "invalid type"),
             (
                 window("days = [\"mon\", \"funday\"]\nstart = \"22:00\"\nend = \"06:00\""),
-                "pricing.energy.window[0].days",
+                "pricing.energy.window[0].days[1]",
                 "unknown variant `funday`",
             ),
+            (
+                window("days = \"mon\"\nstart = \"22:00\"\nend = \"06:00\""),
+                "pricing.energy.window[0].days",
+                "invalid type",
+            ),
+            ("[pricing.energy]\nwindow = 3".into(), "pricing.energy.window", "invalid type"),
             (
                 window("days = []\nstart = \"22:00\"\nend = \"06:00\""),
                 "pricing.energy.window[0].days",
@@ -1175,6 +810,11 @@ price_per_kwh = 0.10
             (gpu("power_w = 70000"), "pricing.gpu[0].power_w", "implausibly large"),
             (gpu("prize = 3"), "pricing.gpu[0].prize", "unknown field"),
             (
+                "[[pricing.gpu]]\nmatch = \"H100\"\non_demand_per_hour = \"4\"".into(),
+                "pricing.gpu[0].on_demand_per_hour",
+                "invalid type",
+            ),
+            (
                 "[pricing]\nmarket = \"on_demand\"\n[[pricing.gpu]]\nmatch = \"  \"\non_demand_per_hour = 1".into(),
                 "pricing.gpu[0].match",
                 "empty",
@@ -1208,6 +848,52 @@ price_per_kwh = 0.10
         fn gpu(body: &str) -> String {
             format!("[[pricing.gpu]]\nmatch = \"H100\"\non_demand_per_hour = 4\n{body}")
         }
+    }
+
+    /// (timezone as written, the zone's canonical IANA name)
+    #[test]
+    fn timezone_names_resolve_in_the_bundled_database() {
+        let cases = [
+            ("Europe/Berlin", "Europe/Berlin"),
+            ("europe/berlin", "Europe/Berlin"),
+            ("America/New_York", "America/New_York"),
+            ("Asia/Kolkata", "Asia/Kolkata"),
+            ("UTC", "UTC"),
+        ];
+        for (written, want) in cases {
+            let p = parse(&format!("[pricing.energy]\ntimezone = {written:?}")).unwrap();
+            match &p.energy.clock {
+                LocalClock::Zone(tz) => assert_eq!(tz.iana_name(), Some(want), "{written}"),
+                other => panic!("{written}: {other:?}"),
+            }
+        }
+        // Without either key the windows are in UTC, as before `timezone` existed.
+        assert_eq!(
+            parse("[pricing.energy]").unwrap().energy.clock,
+            LocalClock::UTC
+        );
+    }
+
+    /// deploy/config.example.toml shows `timezone` commented out beside `utc_offset`: switching
+    /// to it as the comment says (drop utc_offset, uncomment timezone) gives a valid config, and
+    /// uncommenting it alone gives the error about setting both.
+    #[test]
+    fn example_config_timezone_alternative() {
+        let example = include_str!("../../../../deploy/config.example.toml");
+        let offset = "\nutc_offset = \"+00:00\"\n";
+        let zone = "\n# timezone = \"Europe/Berlin\"\n";
+        assert!(example.contains(offset) && example.contains(zone));
+        let uncommented = example.replace(zone, "\ntimezone = \"Europe/Berlin\"\n");
+        let pricing = |text: &str| {
+            let doc: toml::Table = toml::from_str(text).unwrap();
+            from_toml_value(&doc["pricing"])
+        };
+        let p = pricing(&uncommented.replace(offset, "\n")).unwrap();
+        assert!(
+            matches!(&p.energy.clock, LocalClock::Zone(tz) if tz.iana_name() == Some("Europe/Berlin"))
+        );
+        let e = pricing(&uncommented).unwrap_err();
+        assert_eq!(e.key, "pricing.energy.timezone");
     }
 
     #[test]
