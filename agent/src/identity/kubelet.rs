@@ -1,10 +1,13 @@
 //! Kubernetes attribution: asks the kubelet which pod and container holds which GPU.
 //!
 //! Owns the client side of the kubelet pod-resources gRPC API (service `v1.PodResourcesLister`,
-//! rpc `List`) over its unix socket, default [`DEFAULT_SOCKET`]. NVIDIA's device plugin
-//! registers GPUs as resource `nvidia.com/gpu` with the GPU UUID (`GPU-…`) as device id, or the
-//! MIG device id (`MIG-…`) for MIG slices; with the plugin's "mixed" MIG strategy the resource
-//! names are `nvidia.com/mig-<profile>`, which the caller adds to `resource_names`.
+//! rpc `List`) over its unix socket, default [`DEFAULT_SOCKET`]. The messages and the client are
+//! generated from the proto in `gpucost-podresources`, which the fake kubelet serves too.
+//!
+//! NVIDIA's device plugin registers GPUs as resource `nvidia.com/gpu` with the GPU UUID (`GPU-…`)
+//! as device id, or the MIG device id (`MIG-…`) for MIG slices; with the plugin's "mixed" MIG
+//! strategy the resource names are `nvidia.com/mig-<profile>`, which the caller adds to
+//! `resource_names`.
 //!
 //! Each [`list_gpus`] call opens a fresh connection (the socket is local and polled every few
 //! seconds, so there is no channel to keep healthy across kubelet restarts). GPUs handed out
@@ -14,15 +17,14 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use tonic::codegen::http::uri::PathAndQuery;
+use gpucost_podresources::v1::pod_resources_lister_client::PodResourcesListerClient;
+use gpucost_podresources::v1::{ListPodResourcesRequest, ListPodResourcesResponse};
 use tonic::transport::Endpoint;
 
 /// Where the kubelet serves the pod-resources API.
 pub const DEFAULT_SOCKET: &str = "/var/lib/kubelet/pod-resources/kubelet.sock";
 /// The resource name NVIDIA's device plugin registers GPUs under.
 pub const NVIDIA_GPU: &str = "nvidia.com/gpu";
-/// gRPC path of `PodResourcesLister.List` (package `v1`).
-const LIST_PATH: &str = "/v1.PodResourcesLister/List";
 /// The kubelet's own client allows 16 MiB responses (`podresources.DefaultMaxMsgSize`); a node
 /// with many pods goes past tonic's 4 MiB default.
 const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
@@ -67,14 +69,14 @@ pub async fn list_gpus(
     Ok(gpus_from(response, resource_names))
 }
 
-async fn list(socket: &Path) -> Result<pb::ListPodResourcesResponse, KubeletError> {
+async fn list(socket: &Path) -> Result<ListPodResourcesResponse, KubeletError> {
     let connect_err = |reason: String| KubeletError::Connect {
         path: socket.to_path_buf(),
         reason,
     };
     let path = socket.to_path_buf();
     // The URI is required by the HTTP/2 client but never resolved: the connector dials the socket.
-    let channel = Endpoint::from_static("http://localhost")
+    let mut channel = Endpoint::from_static("http://localhost")
         .connect_with_connector(tower::service_fn(move |_| {
             let path = path.clone();
             async move {
@@ -84,23 +86,20 @@ async fn list(socket: &Path) -> Result<pb::ListPodResourcesResponse, KubeletErro
         }))
         .await
         .map_err(|e| connect_err(error_chain(&e)))?;
-    let mut grpc = tonic::client::Grpc::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES);
-    grpc.ready()
+    // Waited for here, so that a connection that is not ready is a Connect error naming its
+    // cause; the generated client would turn it into an UNKNOWN status.
+    tower::ServiceExt::ready(&mut channel)
         .await
         .map_err(|e| connect_err(error_chain(&e)))?;
-    let codec =
-        tonic_prost::ProstCodec::<pb::ListPodResourcesRequest, pb::ListPodResourcesResponse>::default();
-    grpc.unary(
-        tonic::Request::new(pb::ListPodResourcesRequest {}),
-        PathAndQuery::from_static(LIST_PATH),
-        codec,
-    )
-    .await
-    .map(tonic::Response::into_inner)
-    .map_err(|status| KubeletError::Rpc {
-        path: socket.to_path_buf(),
-        status: Box::new(status),
-    })
+    PodResourcesListerClient::new(channel)
+        .max_decoding_message_size(MAX_RESPONSE_BYTES)
+        .list(ListPodResourcesRequest {})
+        .await
+        .map(tonic::Response::into_inner)
+        .map_err(|status| KubeletError::Rpc {
+            path: socket.to_path_buf(),
+            status: Box::new(status),
+        })
 }
 
 /// tonic's transport error says only "transport error"; the cause (e.g. "No such file or
@@ -121,7 +120,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     parts.join(": ")
 }
 
-fn gpus_from(response: pb::ListPodResourcesResponse, resource_names: &[String]) -> Vec<PodGpu> {
+fn gpus_from(response: ListPodResourcesResponse, resource_names: &[String]) -> Vec<PodGpu> {
     let mut out = Vec::new();
     for pod in response.pod_resources {
         for container in pod.containers {
@@ -143,116 +142,6 @@ fn gpus_from(response: pb::ListPodResourcesResponse, resource_names: &[String]) 
     out.sort();
     out.dedup();
     out
-}
-
-/// The `List` messages, written by hand (no protoc) with the field numbers and types of upstream
-/// kubernetes `staging/src/k8s.io/kubelet/pkg/apis/podresources/v1/api.proto` (package `v1`).
-/// Fields not read here are still declared so the structs mirror the wire format; prost would
-/// skip them anyway.
-pub mod pb {
-    /// `message ListPodResourcesRequest {}`
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct ListPodResourcesRequest {}
-
-    /// `message ListPodResourcesResponse { repeated PodResources pod_resources = 1; }`
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct ListPodResourcesResponse {
-        #[prost(message, repeated, tag = "1")]
-        pub pod_resources: Vec<PodResources>,
-    }
-
-    /// `message PodResources`
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct PodResources {
-        #[prost(string, tag = "1")]
-        pub name: String,
-        #[prost(string, tag = "2")]
-        pub namespace: String,
-        #[prost(message, repeated, tag = "3")]
-        pub containers: Vec<ContainerResources>,
-    }
-
-    /// `message ContainerResources`
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct ContainerResources {
-        #[prost(string, tag = "1")]
-        pub name: String,
-        #[prost(message, repeated, tag = "2")]
-        pub devices: Vec<ContainerDevices>,
-        #[prost(int64, repeated, tag = "3")]
-        pub cpu_ids: Vec<i64>,
-        #[prost(message, repeated, tag = "4")]
-        pub memory: Vec<ContainerMemory>,
-        #[prost(message, repeated, tag = "5")]
-        pub dynamic_resources: Vec<DynamicResource>,
-    }
-
-    /// `message ContainerDevices`
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct ContainerDevices {
-        #[prost(string, tag = "1")]
-        pub resource_name: String,
-        #[prost(string, repeated, tag = "2")]
-        pub device_ids: Vec<String>,
-        #[prost(message, optional, tag = "3")]
-        pub topology: Option<TopologyInfo>,
-    }
-
-    /// `message ContainerMemory`
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct ContainerMemory {
-        #[prost(string, tag = "1")]
-        pub memory_type: String,
-        #[prost(uint64, tag = "2")]
-        pub size: u64,
-        #[prost(message, optional, tag = "3")]
-        pub topology: Option<TopologyInfo>,
-    }
-
-    /// `message TopologyInfo`
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct TopologyInfo {
-        #[prost(message, repeated, tag = "1")]
-        pub nodes: Vec<NumaNode>,
-    }
-
-    /// `message NUMANode { int64 ID = 1; }`
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct NumaNode {
-        #[prost(int64, tag = "1")]
-        pub id: i64,
-    }
-
-    /// `message DynamicResource` (tag 1, `class_name`, was removed upstream in 1.31).
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct DynamicResource {
-        #[prost(string, tag = "2")]
-        pub claim_name: String,
-        #[prost(string, tag = "3")]
-        pub claim_namespace: String,
-        #[prost(message, repeated, tag = "4")]
-        pub claim_resources: Vec<ClaimResource>,
-    }
-
-    /// `message ClaimResource`
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct ClaimResource {
-        #[prost(message, repeated, tag = "1")]
-        pub cdi_devices: Vec<CdiDevice>,
-        #[prost(string, tag = "2")]
-        pub driver_name: String,
-        #[prost(string, tag = "3")]
-        pub pool_name: String,
-        #[prost(string, tag = "4")]
-        pub device_name: String,
-    }
-
-    /// `message CDIDevice`
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct CdiDevice {
-        #[prost(string, tag = "1")]
-        pub name: String,
-    }
 }
 
 #[cfg(test)]

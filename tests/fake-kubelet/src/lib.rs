@@ -1,90 +1,27 @@
-//! A fake kubelet: serves the pod-resources gRPC API (`v1.PodResourcesLister/List`) on a unix
-//! socket, answering with whatever pods the test (or the JSON file given to the binary) set.
-//! Only `List` is implemented; other methods answer `UNIMPLEMENTED`, as an old kubelet would.
+//! A fake kubelet: serves the pod-resources gRPC API (service `v1.PodResourcesLister`) on a unix
+//! socket, answering `List` with whatever pods the test (or the JSON file given to the binary)
+//! set. `Get` and `GetAllocatableResources` answer `UNIMPLEMENTED`, as from a kubelet older than
+//! those methods (gRPC's answer to a method the server does not know).
 //!
-//! The message structs below are this crate's own copy of the upstream messages (it depends on
-//! nothing from the agent, so the agent's client tests prove the two copies are wire-compatible).
+//! The server and its messages are generated from the proto in `gpucost-podresources`, the same
+//! one the agent's client is generated from; that crate checks the proto against the wire format.
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
-use std::future::{ready, Future, Ready};
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 
+use gpucost_podresources::v1::pod_resources_lister_server::{
+    PodResourcesLister, PodResourcesListerServer,
+};
+use gpucost_podresources::v1::{
+    AllocatableResourcesRequest, AllocatableResourcesResponse, ContainerDevices,
+    ContainerResources, GetPodResourcesRequest, GetPodResourcesResponse, ListPodResourcesRequest,
+    ListPodResourcesResponse, NumaNode, PodResources, TopologyInfo,
+};
 use serde::Deserialize;
 use tokio::net::UnixListener;
 use tokio::sync::oneshot;
 use tokio_stream::wrappers::UnixListenerStream;
-use tonic::body::Body;
-use tonic::codegen::{http, Service};
-
-/// Wire messages, copied by hand from upstream kubernetes
-/// `staging/src/k8s.io/kubelet/pkg/apis/podresources/v1/api.proto` (package `v1`). Only what
-/// `List` needs; fields this fake never fills (`memory`, `dynamic_resources`) are left out.
-pub mod pb {
-    /// `message ListPodResourcesRequest {}`
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct ListPodResourcesRequest {}
-
-    /// `message ListPodResourcesResponse`
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct ListPodResourcesResponse {
-        #[prost(message, repeated, tag = "1")]
-        pub pod_resources: Vec<PodResources>,
-    }
-
-    /// `message PodResources`
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct PodResources {
-        #[prost(string, tag = "1")]
-        pub name: String,
-        #[prost(string, tag = "2")]
-        pub namespace: String,
-        #[prost(message, repeated, tag = "3")]
-        pub containers: Vec<ContainerResources>,
-    }
-
-    /// `message ContainerResources` (upstream also has `memory = 4`, `dynamic_resources = 5`).
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct ContainerResources {
-        #[prost(string, tag = "1")]
-        pub name: String,
-        #[prost(message, repeated, tag = "2")]
-        pub devices: Vec<ContainerDevices>,
-        #[prost(int64, repeated, tag = "3")]
-        pub cpu_ids: Vec<i64>,
-    }
-
-    /// `message ContainerDevices`
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct ContainerDevices {
-        #[prost(string, tag = "1")]
-        pub resource_name: String,
-        #[prost(string, repeated, tag = "2")]
-        pub device_ids: Vec<String>,
-        #[prost(message, optional, tag = "3")]
-        pub topology: Option<TopologyInfo>,
-    }
-
-    /// `message TopologyInfo`
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct TopologyInfo {
-        #[prost(message, repeated, tag = "1")]
-        pub nodes: Vec<NumaNode>,
-    }
-
-    /// `message NUMANode`
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct NumaNode {
-        #[prost(int64, tag = "1")]
-        pub id: i64,
-    }
-}
-
-/// gRPC path of the one method served.
-pub const LIST_PATH: &str = "/v1.PodResourcesLister/List";
 
 /// A container's devices: `(resource name, [device id])`, e.g. `("nvidia.com/gpu", ["GPU-…"])`.
 pub type Devices = Vec<(String, Vec<String>)>;
@@ -132,42 +69,42 @@ pub fn pods_from_json(text: &str) -> Result<Vec<FakePod>, serde_json::Error> {
 }
 
 impl FakePod {
-    fn to_pb(&self) -> pb::PodResources {
-        pb::PodResources {
+    fn to_pb(&self) -> PodResources {
+        PodResources {
             name: self.name.clone(),
             namespace: self.namespace.clone(),
             containers: self
                 .containers
                 .iter()
-                .map(|(container, resources)| pb::ContainerResources {
+                .map(|(container, resources)| ContainerResources {
                     name: container.clone(),
                     devices: resources
                         .iter()
-                        .map(|(resource, ids)| pb::ContainerDevices {
+                        .map(|(resource, ids)| ContainerDevices {
                             resource_name: resource.clone(),
                             device_ids: ids.clone(),
                             // A real kubelet fills this in when the device plugin reports NUMA
                             // affinity (NVIDIA's does); the client must not trip over it.
-                            topology: Some(pb::TopologyInfo {
-                                nodes: vec![pb::NumaNode { id: 0 }],
+                            topology: Some(TopologyInfo {
+                                nodes: vec![NumaNode { id: 0 }],
                             }),
                         })
                         .collect(),
-                    cpu_ids: Vec::new(),
+                    ..Default::default()
                 })
                 .collect(),
         }
     }
 }
 
-fn response_for(pods: &[FakePod]) -> pb::ListPodResourcesResponse {
-    pb::ListPodResourcesResponse {
+fn response_for(pods: &[FakePod]) -> ListPodResourcesResponse {
+    ListPodResourcesResponse {
         pod_resources: pods.iter().map(FakePod::to_pb).collect(),
     }
 }
 
 /// What `List` answers: the pods, or an error status.
-type Shared = Arc<Mutex<Result<pb::ListPodResourcesResponse, tonic::Status>>>;
+type Shared = Arc<Mutex<Result<ListPodResourcesResponse, tonic::Status>>>;
 
 /// A running fake kubelet. Dropping it stops the server and removes the socket file.
 pub struct FakeKubelet {
@@ -187,9 +124,9 @@ impl FakeKubelet {
             .unwrap_or_else(|e| panic!("fake-kubelet: cannot bind {}: {e}", socket.display()));
         let answer: Shared = Arc::new(Mutex::new(Ok(response_for(&pods))));
         let (stop, stopped) = oneshot::channel::<()>();
-        let svc = PodResourcesServer {
+        let svc = PodResourcesListerServer::new(Lister {
             answer: answer.clone(),
-        };
+        });
         let task = tokio::spawn(async move {
             let result = tonic::transport::Server::builder()
                 .serve_with_incoming_shutdown(svc, UnixListenerStream::new(listener), async {
@@ -247,54 +184,43 @@ impl Drop for FakeKubelet {
     }
 }
 
-/// The hand-written equivalent of what tonic-build generates for a service with one unary
-/// method: routes by path, answers everything else with `UNIMPLEMENTED`.
-#[derive(Clone)]
-struct PodResourcesServer {
+/// `List` answers what [`FakeKubelet::set_pods`] or [`FakeKubelet::fail_with`] last set.
+struct Lister {
     answer: Shared,
 }
 
-/// The `List` method as a unary service.
-struct ListSvc(Shared);
+#[tonic::async_trait]
+impl PodResourcesLister for Lister {
+    async fn list(
+        &self,
+        _request: tonic::Request<ListPodResourcesRequest>,
+    ) -> Result<tonic::Response<ListPodResourcesResponse>, tonic::Status> {
+        self.answer
+            .lock()
+            .unwrap()
+            .clone()
+            .map(tonic::Response::new)
+    }
 
-impl tonic::server::UnaryService<pb::ListPodResourcesRequest> for ListSvc {
-    type Response = pb::ListPodResourcesResponse;
-    type Future = Ready<Result<tonic::Response<Self::Response>, tonic::Status>>;
+    async fn get_allocatable_resources(
+        &self,
+        _request: tonic::Request<AllocatableResourcesRequest>,
+    ) -> Result<tonic::Response<AllocatableResourcesResponse>, tonic::Status> {
+        Err(not_served("GetAllocatableResources"))
+    }
 
-    fn call(&mut self, _request: tonic::Request<pb::ListPodResourcesRequest>) -> Self::Future {
-        ready(self.0.lock().unwrap().clone().map(tonic::Response::new))
+    async fn get(
+        &self,
+        _request: tonic::Request<GetPodResourcesRequest>,
+    ) -> Result<tonic::Response<GetPodResourcesResponse>, tonic::Status> {
+        Err(not_served("Get"))
     }
 }
 
-impl Service<http::Request<Body>> for PodResourcesServer {
-    type Response = http::Response<Body>;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
-        if req.uri().path() == LIST_PATH {
-            let svc = ListSvc(self.answer.clone());
-            Box::pin(async move {
-                let codec = tonic_prost::ProstCodec::<
-                    pb::ListPodResourcesResponse,
-                    pb::ListPodResourcesRequest,
-                >::default();
-                Ok(tonic::server::Grpc::new(codec).unary(svc, req).await)
-            })
-        } else {
-            Box::pin(async move {
-                Ok(tonic::Status::unimplemented(format!(
-                    "fake-kubelet does not implement {}",
-                    req.uri().path()
-                ))
-                .into_http())
-            })
-        }
-    }
+fn not_served(method: &str) -> tonic::Status {
+    tonic::Status::unimplemented(format!(
+        "fake-kubelet does not implement v1.PodResourcesLister/{method}"
+    ))
 }
 
 #[cfg(test)]
@@ -323,12 +249,13 @@ mod tests {
         }
     }
 
-    async fn call(
-        socket: &Path,
-        path: &'static str,
-    ) -> Result<pb::ListPodResourcesResponse, tonic::Status> {
+    /// The gRPC path of `List`, written out as upstream names it (package `v1`), rather than
+    /// taken from the generated client.
+    const LIST_PATH: &str = "/v1.PodResourcesLister/List";
+
+    async fn channel(socket: &Path) -> tonic::transport::Channel {
         let socket = socket.to_path_buf();
-        let channel = tonic::transport::Endpoint::from_static("http://localhost")
+        tonic::transport::Endpoint::from_static("http://localhost")
             .connect_with_connector(tower::service_fn(move |_| {
                 let socket = socket.clone();
                 async move {
@@ -337,16 +264,21 @@ mod tests {
                 }
             }))
             .await
-            .expect("connect");
-        let mut grpc = tonic::client::Grpc::new(channel);
+            .expect("connect")
+    }
+
+    /// A `List` request sent to `path`.
+    async fn call(
+        socket: &Path,
+        path: &'static str,
+    ) -> Result<ListPodResourcesResponse, tonic::Status> {
+        let mut grpc = tonic::client::Grpc::new(channel(socket).await);
         grpc.ready().await.expect("ready");
-        let codec = tonic_prost::ProstCodec::<
-            pb::ListPodResourcesRequest,
-            pb::ListPodResourcesResponse,
-        >::default();
+        let codec =
+            tonic_prost::ProstCodec::<ListPodResourcesRequest, ListPodResourcesResponse>::default();
         grpc.unary(
-            tonic::Request::new(pb::ListPodResourcesRequest {}),
-            http::uri::PathAndQuery::from_static(path),
+            tonic::Request::new(ListPodResourcesRequest {}),
+            tonic::codegen::http::uri::PathAndQuery::from_static(path),
             codec,
         )
         .await
@@ -379,10 +311,31 @@ mod tests {
 
     #[tokio::test]
     async fn other_methods_are_unimplemented() {
+        use gpucost_podresources::v1::pod_resources_lister_client::PodResourcesListerClient;
+
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("kubelet.sock");
-        let _fake = FakeKubelet::start(&socket, vec![]).await;
-        let err = call(&socket, "/v1.PodResourcesLister/Get")
+        let _fake = FakeKubelet::start(&socket, vec![pod("ns", "a", &["GPU-1"])]).await;
+        let mut client = PodResourcesListerClient::new(channel(&socket).await);
+
+        let err = client
+            .get(GetPodResourcesRequest {
+                pod_name: "a".into(),
+                pod_namespace: "ns".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unimplemented);
+        assert!(err.message().contains("Get"), "{err:?}");
+
+        let err = client
+            .get_allocatable_resources(AllocatableResourcesRequest {})
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unimplemented);
+
+        // A method the API does not have at all.
+        let err = call(&socket, "/v1.PodResourcesLister/Watch")
             .await
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::Unimplemented);
