@@ -224,11 +224,7 @@ fn report(a: ReportArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let env_path = std::env::var_os("GPUCOST_CONFIG").map(PathBuf::from);
-    let (path, explicit) = match a.config.or(env_path) {
-        Some(p) => (p, true),
-        None => (PathBuf::from(config::defaults::CONFIG_PATH), false),
-    };
+    let (path, explicit) = cli::config_path(a.config);
     let file = match config::file_layer(&path, explicit) {
         Ok(l) => l,
         Err(e) => {
@@ -314,11 +310,7 @@ fn agent(args: AgentArgs) -> ExitCode {
 }
 
 fn load_config(args: AgentArgs) -> Result<config::Config, config::ConfigError> {
-    let env_path = std::env::var_os("GPUCOST_CONFIG").map(PathBuf::from);
-    let (path, explicit) = match args.config.or(env_path) {
-        Some(p) => (p, true),
-        None => (PathBuf::from(config::defaults::CONFIG_PATH), false),
-    };
+    let (path, explicit) = cli::config_path(args.config);
     let mut layers = vec![(
         Origin::File(path.clone()),
         config::file_layer(&path, explicit)?,

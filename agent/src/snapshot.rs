@@ -84,7 +84,7 @@ impl Snapshot {
             samples_total: 0,
             skipped_samples: 0,
             benchmarks: Arc::new(BTreeMap::new()),
-            bench_min_ratio: 0.85,
+            bench_min_ratio: gpucost_core::config::defaults::BENCH_MIN_RATIO,
             sample_errors: Vec::new(),
             published: Published::default(),
             ledger_error: None,

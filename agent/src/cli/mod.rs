@@ -7,13 +7,21 @@ pub mod run;
 
 use std::path::PathBuf;
 
-/// Default path of the agent's socket.
-pub const DEFAULT_SOCKET: &str = "/run/gpucost/agent.sock";
+use gpucost_core::config::{defaults, env_var_for};
 
 /// The socket to use: the flag, else `GPUCOST_SOCKET`, else the default.
 pub fn socket_path(flag: Option<PathBuf>) -> PathBuf {
-    flag.or_else(|| std::env::var_os("GPUCOST_SOCKET").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET))
+    flag.or_else(|| std::env::var_os(env_var_for("socket")).map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(defaults::SOCKET))
+}
+
+/// The config file to read: `--config`, else `GPUCOST_CONFIG`, else the default path; and
+/// whether it was asked for (a missing file asked for is an error, the default may be absent).
+pub fn config_path(flag: Option<PathBuf>) -> (PathBuf, bool) {
+    match flag.or_else(|| std::env::var_os(env_var_for("config")).map(PathBuf::from)) {
+        Some(p) => (p, true),
+        None => (PathBuf::from(defaults::CONFIG_PATH), false),
+    }
 }
 
 /// Parses `k=v` labels given on the command line.

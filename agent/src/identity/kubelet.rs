@@ -1,7 +1,7 @@
 //! Kubernetes attribution: asks the kubelet which pod and container holds which GPU.
 //!
 //! Owns the client side of the kubelet pod-resources gRPC API (service `v1.PodResourcesLister`,
-//! rpc `List`) over its unix socket, default [`DEFAULT_SOCKET`]. The messages and the client are
+//! rpc `List`) over its unix socket, default `gpucost_core::config::defaults::KUBELET_SOCKET`. The messages and the client are
 //! generated from the proto in `gpucost-podresources`, which the fake kubelet serves too.
 //!
 //! NVIDIA's device plugin registers GPUs as resource `nvidia.com/gpu` with the GPU UUID (`GPU-…`)
@@ -21,10 +21,6 @@ use gpucost_podresources::v1::pod_resources_lister_client::PodResourcesListerCli
 use gpucost_podresources::v1::{ListPodResourcesRequest, ListPodResourcesResponse};
 use tonic::transport::Endpoint;
 
-/// Where the kubelet serves the pod-resources API.
-pub const DEFAULT_SOCKET: &str = "/var/lib/kubelet/pod-resources/kubelet.sock";
-/// The resource name NVIDIA's device plugin registers GPUs under.
-pub const NVIDIA_GPU: &str = "nvidia.com/gpu";
 /// The kubelet's own client allows 16 MiB responses (`podresources.DefaultMaxMsgSize`); a node
 /// with many pods goes past tonic's 4 MiB default.
 const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
@@ -52,7 +48,7 @@ pub enum KubeletError {
     Timeout { path: PathBuf, timeout: Duration },
 }
 
-/// Every device whose resource name is in `resource_names` (normally `[NVIDIA_GPU]`) with the
+/// Every device whose resource name is in `resource_names` (normally `nvidia.com/gpu`, NVIDIA's device plugin's) with the
 /// pod and container that hold it, sorted, without duplicates. The whole exchange (connect and
 /// call) is bounded by `timeout`. A missing socket is [`KubeletError::Connect`] naming the path.
 pub async fn list_gpus(
@@ -153,7 +149,10 @@ mod tests {
     const TIMEOUT: Duration = Duration::from_secs(5);
 
     fn gpu_names() -> Vec<String> {
-        vec![NVIDIA_GPU.to_string()]
+        gpucost_core::config::defaults::KUBELET_RESOURCES
+            .iter()
+            .map(|r| r.to_string())
+            .collect()
     }
 
     /// A container's devices: `[(resource name, [device id])]`.
@@ -192,7 +191,7 @@ mod tests {
             pod(
                 "ml",
                 "train-0",
-                &[("trainer", &[(NVIDIA_GPU, &["GPU-bbbb", "GPU-aaaa"])])],
+                &[("trainer", &[("nvidia.com/gpu", &["GPU-bbbb", "GPU-aaaa"])])],
             ),
             pod(
                 "default",
@@ -201,7 +200,10 @@ mod tests {
                     ("sidecar", &[]),
                     (
                         "jupyter",
-                        &[("example.com/foo", &["foo-1"]), (NVIDIA_GPU, &["GPU-cccc"])],
+                        &[
+                            ("example.com/foo", &["foo-1"]),
+                            ("nvidia.com/gpu", &["GPU-cccc"]),
+                        ],
                     ),
                 ],
             ),
@@ -233,7 +235,7 @@ mod tests {
         fake.set_pods(vec![pod(
             "ml",
             "train-1",
-            &[("trainer", &[(NVIDIA_GPU, &["MIG-dddd"])])],
+            &[("trainer", &[("nvidia.com/gpu", &["MIG-dddd"])])],
         )]);
         let got = list_gpus(&socket, &gpu_names(), TIMEOUT).await.unwrap();
         assert_eq!(got, [held("ml", "train-1", "trainer", "MIG-dddd")]);

@@ -204,10 +204,10 @@ fn missing_default_file_is_fine_but_named_file_is_not() {
     );
 }
 
-/// Mutation fuzzing of the example config: any value replaced by junk gives a config or an
-/// error naming its key, never a panic.
+/// Mutations of the example config: any value replaced by junk gives a config or an error
+/// naming its key, never a panic.
 #[test]
-fn fuzzed_configs_give_a_config_or_a_named_error() {
+fn junk_in_any_value_gives_a_config_or_a_named_error() {
     let junk = [
         "-1",
         "0",
@@ -239,41 +239,35 @@ fn fuzzed_configs_give_a_config_or_a_named_error() {
     let values: Vec<usize> = (0..lines.len())
         .filter(|i| !lines[*i].trim_start().starts_with('#') && lines[*i].contains(" = "))
         .collect();
-    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
-    let mut next = || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
+    // Every value of the example, replaced by every junk value in turn: each key meets each
+    // kind of bad input once (`cargo fuzz run config` explores further, in CI too).
     let (mut ok, mut bad) = (0, 0);
-    for _ in 0..3000 {
-        let mut doc: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
-        for _ in 0..(1 + next() % 3) {
-            let i = values[(next() % values.len() as u64) as usize];
+    for &i in &values {
+        for j in junk {
+            let mut doc: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
             let key = doc[i].split(" = ").next().unwrap().to_string();
-            doc[i] = format!("{key} = {}", junk[(next() % junk.len() as u64) as usize]);
-        }
-        let text = doc.join("\n");
-        let layer = toml::from_str::<Layer>(&text);
-        let result = match layer {
-            Ok(l) => resolve(&[(Origin::File("fuzz.toml".into()), l)]).map(|_| ()),
-            Err(_) => from_file(&text).map(|_| ()),
-        };
-        match result {
-            Ok(()) => ok += 1,
-            Err(e) => {
-                bad += 1;
-                let msg = e.to_string();
-                assert!(
-                    msg.contains("fuzz.toml") || msg.contains("config.toml"),
-                    "{msg}"
-                );
-                assert!(!e.key.is_empty() && !e.problem.is_empty(), "{msg}");
+            doc[i] = format!("{key} = {j}");
+            let text = doc.join("\n");
+            let layer = toml::from_str::<Layer>(&text);
+            let result = match layer {
+                Ok(l) => resolve(&[(Origin::File("fuzz.toml".into()), l)]).map(|_| ()),
+                Err(_) => from_file(&text).map(|_| ()),
+            };
+            match result {
+                Ok(()) => ok += 1,
+                Err(e) => {
+                    bad += 1;
+                    let msg = e.to_string();
+                    assert!(
+                        msg.contains("fuzz.toml") || msg.contains("config.toml"),
+                        "{msg}"
+                    );
+                    assert!(!e.key.is_empty() && !e.problem.is_empty(), "{msg}");
+                }
             }
         }
     }
-    assert!(ok > 0 && bad > 1000, "ok {ok}, refused {bad}");
+    assert!(ok > 0 && bad > values.len() * 10, "ok {ok}, refused {bad}");
 }
 
 /// Where a bad value is put in a [`check`].
