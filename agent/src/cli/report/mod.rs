@@ -1,9 +1,18 @@
 //! `gpucost report`: per-job cost from the ledger, and `--breakeven`: renting vs buying.
 //!
 //! Reads the ledger read-only (works while the agent runs) and the `[pricing]` of the config
-//! (for the currency and for the break-even prices).
+//! (for the currency and for the break-even prices). What a report holds is
+//! [`gpucost_core::report`]'s model; [`render`] writes it out as a table, JSON or CSV.
 
 mod breakeven;
+mod csv;
+#[cfg(test)]
+mod fixtures;
+mod json;
+mod render;
+mod table;
+
+pub use render::{format_utc, render, Format, RenderError, ReportOptions};
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -13,7 +22,6 @@ use anyhow::{bail, Context};
 use crate::ledger::{JobFilter, Ledger};
 use breakeven::{breakeven_from, breakeven_json, breakeven_text};
 use gpucost_core::account::pricing::Pricing;
-use gpucost_core::report::{render, Format, ReportOptions};
 
 pub struct ReportArgs {
     pub state_dir: PathBuf,
