@@ -11,6 +11,7 @@
 
 use std::collections::BTreeMap;
 
+use gpucost::cli::report::{render, Format, ReportOptions};
 use gpucost::identity::procfs::{write_fixture, ProcFs};
 use gpucost::ledger::{JobFilter, Ledger};
 use gpucost_core::account::cost::Interval;
@@ -20,7 +21,6 @@ use gpucost_core::attribute::{attribute, GpuInput};
 use gpucost_core::clock::Now;
 use gpucost_core::jobs::Outcome;
 use gpucost_core::reading::ProcessUse;
-use gpucost_core::report::{render, Format, ReportOptions};
 use gpucost_core::tracker::{EndRequest, GpuRates, RegisterRequest, Tracker};
 
 const PRICING: &str = r#"

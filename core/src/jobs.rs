@@ -103,82 +103,92 @@ impl Outcome {
     }
 }
 
-/// Running sums of what a job (or a job on one GPU, or a GPU) used and cost. Money is in the
-/// configured currency; every field only ever grows.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-pub struct Usage {
-    /// GPU-seconds held (weighted by the job's share of each GPU).
-    pub gpu_seconds: f64,
-    pub energy_j: f64,
-    pub carbon_g: f64,
-    pub cost_gpu_time: f64,
-    pub cost_energy: f64,
-    pub cost_overhead: f64,
-    /// GPU-seconds held while the GPU was idle (utilization below the idle threshold).
-    pub idle_gpu_seconds: f64,
-    /// The cost (all components) of those idle seconds.
-    pub idle_cost: f64,
-    /// FLOPs executed, estimated from the GPU's pipe activity (GPM) x each pipe's peak rate.
-    pub flop: f64,
-    /// GPU-seconds held while FP32-bound: the FP32 pipe busy, the tensor cores idle.
-    pub fp32_seconds: f64,
-    /// What those seconds would have saved at the GPU's bf16/fp32 speedup: their cost x
-    /// (1 - 1/speedup).
-    pub fp32_saving: f64,
+/// One field of [`Usage`]: its name (the ledger's column, the JSON key), its unit, and how to
+/// read it. [`Usage::FIELDS`] lists them all, in the order the struct declares them.
+#[derive(Debug, Clone, Copy)]
+pub struct UsageField {
+    pub name: &'static str,
+    /// `s`, `J`, `g` (CO2e), `FLOP`, or `money` (the configured currency).
+    pub unit: &'static str,
+    pub get: fn(&Usage) -> f64,
+}
+
+/// Declares [`Usage`] from one list of fields, and from the same list its field table
+/// ([`Usage::FIELDS`]), its sum ([`Usage::add`]) and its conversions to and from an array in
+/// field order (what the ledger stores).
+macro_rules! usage {
+    (
+        $(#[$struct_attr:meta])*
+        pub struct Usage {
+            $( $(#[$field_attr:meta])* $field:ident: $unit:literal, )*
+        }
+    ) => {
+        $(#[$struct_attr])*
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+        pub struct Usage {
+            $( $(#[$field_attr])* pub $field: f64, )*
+        }
+
+        impl Usage {
+            /// How many fields a `Usage` has.
+            pub const LEN: usize = [$(stringify!($field)),*].len();
+
+            /// Every field, in declaration order: the order of the ledger's usage columns and of
+            /// [`Usage::to_array`].
+            pub const FIELDS: [UsageField; Self::LEN] = [
+                $( UsageField { name: stringify!($field), unit: $unit, get: |u| u.$field }, )*
+            ];
+
+            /// Adds `o` field by field.
+            pub fn add(&mut self, o: &Usage) {
+                $( self.$field += o.$field; )*
+            }
+
+            /// The fields in [`Usage::FIELDS`] order.
+            pub fn to_array(&self) -> [f64; Self::LEN] {
+                [$( self.$field, )*]
+            }
+
+            /// The inverse of [`Usage::to_array`].
+            pub fn from_array(a: [f64; Self::LEN]) -> Self {
+                let [$( $field, )*] = a;
+                Usage { $( $field, )* }
+            }
+        }
+    };
+}
+
+usage! {
+    /// Running sums of what a job (or a job on one GPU, or a GPU) used and cost. Money is in the
+    /// configured currency; every field only ever grows.
+    ///
+    /// Each field's name is its ledger column and its JSON key; append new fields at the end (the
+    /// ledger's columns follow this order, and a new one needs a schema migration).
+    pub struct Usage {
+        /// GPU-seconds held (weighted by the job's share of each GPU).
+        gpu_seconds: "s",
+        energy_j: "J",
+        carbon_g: "g",
+        cost_gpu_time: "money",
+        cost_energy: "money",
+        cost_overhead: "money",
+        /// GPU-seconds held while the GPU was idle (utilization below the idle threshold).
+        idle_gpu_seconds: "s",
+        /// The cost (all components) of those idle seconds.
+        idle_cost: "money",
+        /// FLOPs executed, estimated from the GPU's pipe activity (GPM) x each pipe's peak rate.
+        flop: "FLOP",
+        /// GPU-seconds held while FP32-bound: the FP32 pipe busy, the tensor cores idle.
+        fp32_seconds: "s",
+        /// What those seconds would have saved at the GPU's bf16/fp32 speedup: their cost x
+        /// (1 - 1/speedup).
+        fp32_saving: "money",
+    }
 }
 
 impl Usage {
     pub fn total_cost(&self) -> f64 {
         self.cost_gpu_time + self.cost_energy + self.cost_overhead
-    }
-
-    pub fn add(&mut self, o: &Usage) {
-        self.gpu_seconds += o.gpu_seconds;
-        self.energy_j += o.energy_j;
-        self.carbon_g += o.carbon_g;
-        self.cost_gpu_time += o.cost_gpu_time;
-        self.cost_energy += o.cost_energy;
-        self.cost_overhead += o.cost_overhead;
-        self.idle_gpu_seconds += o.idle_gpu_seconds;
-        self.idle_cost += o.idle_cost;
-        self.flop += o.flop;
-        self.fp32_seconds += o.fp32_seconds;
-        self.fp32_saving += o.fp32_saving;
-    }
-
-    /// The fields in ledger column order (see `ledger::schema::USAGE_COLUMNS`).
-    pub fn to_array(&self) -> [f64; 11] {
-        [
-            self.gpu_seconds,
-            self.energy_j,
-            self.carbon_g,
-            self.cost_gpu_time,
-            self.cost_energy,
-            self.cost_overhead,
-            self.idle_gpu_seconds,
-            self.idle_cost,
-            self.flop,
-            self.fp32_seconds,
-            self.fp32_saving,
-        ]
-    }
-
-    pub fn from_array(a: [f64; 11]) -> Self {
-        let [gpu_seconds, energy_j, carbon_g, cost_gpu_time, cost_energy, cost_overhead, idle_gpu_seconds, idle_cost, flop, fp32_seconds, fp32_saving] =
-            a;
-        Usage {
-            gpu_seconds,
-            energy_j,
-            carbon_g,
-            cost_gpu_time,
-            cost_energy,
-            cost_overhead,
-            idle_gpu_seconds,
-            idle_cost,
-            flop,
-            fp32_seconds,
-            fp32_saving,
-        }
     }
 }
 
@@ -259,4 +269,50 @@ pub struct GpuRecord {
     pub usage: Usage,
     /// Seconds the GPU was held by no job.
     pub unallocated_seconds: f64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A usage whose fields are 1, 2, 3, ... in declaration order.
+    fn counting() -> Usage {
+        let mut a = [0.0; Usage::LEN];
+        for (i, v) in a.iter_mut().enumerate() {
+            *v = (i + 1) as f64;
+        }
+        Usage::from_array(a)
+    }
+
+    #[test]
+    fn the_field_table_names_reads_and_orders_every_field() {
+        let u = counting();
+        assert_eq!(Usage::from_array(u.to_array()), u);
+        for (i, f) in Usage::FIELDS.iter().enumerate() {
+            assert_eq!((f.get)(&u), (i + 1) as f64, "{}", f.name);
+        }
+        // The JSON keys are the field names, in the same order.
+        let json = serde_json::to_value(u).unwrap();
+        let keys: Vec<&str> = json
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let mut names: Vec<&str> = Usage::FIELDS.iter().map(|f| f.name).collect();
+        names.sort_unstable();
+        assert_eq!(keys, names);
+        for f in &Usage::FIELDS {
+            assert_eq!(json[f.name], serde_json::json!((f.get)(&u)), "{}", f.name);
+        }
+    }
+
+    #[test]
+    fn add_sums_every_field() {
+        let mut u = counting();
+        u.add(&counting());
+        for (i, f) in Usage::FIELDS.iter().enumerate() {
+            assert_eq!((f.get)(&u), 2.0 * (i + 1) as f64, "{}", f.name);
+        }
+    }
 }

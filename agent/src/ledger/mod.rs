@@ -139,13 +139,14 @@ pub struct Ledger {
     read_only: bool,
 }
 
-/// An upsert of `table` keyed on `key`, over `cols` then the usage columns then `tail`.
+/// An upsert of `table` keyed on `key`, over `cols` then the usage columns ([`Usage::FIELDS`])
+/// then `tail`.
 fn upsert(table: &str, key: &str, cols: &[&str], tail: &[&str]) -> String {
     let all: Vec<&str> = cols
         .iter()
-        .chain(schema::USAGE_COLUMNS.iter())
-        .chain(tail)
         .copied()
+        .chain(Usage::FIELDS.iter().map(|f| f.name))
+        .chain(tail.iter().copied())
         .collect();
     let marks: Vec<String> = (1..=all.len()).map(|i| format!("?{i}")).collect();
     let keys: Vec<&str> = key.split(", ").collect();
@@ -547,7 +548,7 @@ impl Ledger {
                 index: row.get(1)?,
                 model: row.get(2)?,
                 usage: read_usage(row, 3)?,
-                unallocated_seconds: nan_if_null(row, 3 + schema::USAGE_COLUMNS.len())?,
+                unallocated_seconds: nan_if_null(row, 3 + Usage::LEN)?,
             })
         })
         .and_then(|rows| rows.collect())
@@ -729,10 +730,11 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), LedgerError> {
     }
 }
 
+/// The usage columns, comma-separated, each name prefixed with `prefix` (a table alias).
 fn usage_columns(prefix: &str) -> String {
-    schema::USAGE_COLUMNS
+    Usage::FIELDS
         .iter()
-        .map(|c| format!("{prefix}{c}"))
+        .map(|f| format!("{prefix}{}", f.name))
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -742,9 +744,9 @@ fn nan_if_null(row: &Row<'_>, i: usize) -> rusqlite::Result<f64> {
     Ok(row.get::<_, Option<f64>>(i)?.unwrap_or(f64::NAN))
 }
 
-/// The usage columns starting at `i`, in [`schema::USAGE_COLUMNS`] order.
+/// The usage columns starting at `i`, in [`Usage::FIELDS`] order.
 fn read_usage(row: &Row<'_>, i: usize) -> rusqlite::Result<Usage> {
-    let mut a = [0.0; schema::USAGE_COLUMNS.len()];
+    let mut a = [0.0; Usage::LEN];
     for (k, v) in a.iter_mut().enumerate() {
         *v = nan_if_null(row, i + k)?;
     }

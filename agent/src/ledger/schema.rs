@@ -8,21 +8,13 @@
 //! `unallocated_seconds`) may hold NULL: SQLite stores a NaN as NULL, and reading NULL back gives
 //! NaN. A bad value upstream is then visible in reports instead of making every persist fail on a
 //! NOT NULL constraint. `ended_at` NULL means the job has not ended.
-
-/// The usage columns, in the order of [`gpucost_core::jobs::Usage`]'s fields.
-pub(crate) const USAGE_COLUMNS: [&str; 11] = [
-    "gpu_seconds",
-    "energy_j",
-    "carbon_g",
-    "cost_gpu_time",
-    "cost_energy",
-    "cost_overhead",
-    "idle_gpu_seconds",
-    "idle_cost",
-    "flop",
-    "fp32_seconds",
-    "fp32_saving",
-];
+//!
+//! The usage columns of `jobs`, `job_gpus` and `gpus` are [`Usage::FIELDS`], in that order; the
+//! statements that read and write them are built from that table. The schema text is written
+//! out, as shipped (a migration is never edited), and a test checks that its usage columns are
+//! still the field table.
+//!
+//! [`Usage::FIELDS`]: gpucost_core::jobs::Usage::FIELDS
 
 /// Version 1: jobs, their per-GPU usage, GPUs, and key/value metadata.
 const V1: &str = "

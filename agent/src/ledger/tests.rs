@@ -5,20 +5,14 @@ use rusqlite::Connection;
 use super::*;
 use gpucost_core::jobs::Registered;
 
+/// A usage with a different value in each field (k, 2k, 3k, ... in field order), so that a column
+/// read into the wrong field shows.
 fn usage(k: f64) -> Usage {
-    Usage {
-        gpu_seconds: 100.0 * k,
-        energy_j: 36_000.0 * k,
-        carbon_g: 4.0 * k,
-        cost_gpu_time: 1.5 * k,
-        cost_energy: 0.25 * k,
-        cost_overhead: 0.125 * k,
-        idle_gpu_seconds: 10.0 * k,
-        idle_cost: 0.2 * k,
-        flop: 1e15 * k,
-        fp32_seconds: 5.0 * k,
-        fp32_saving: 0.05 * k,
+    let mut a = [0.0; Usage::LEN];
+    for (i, v) in a.iter_mut().enumerate() {
+        *v = k * (i + 1) as f64;
     }
+    Usage::from_array(a)
 }
 
 fn job(id: &str, started_at: f64, ended_at: Option<f64>) -> JobRecord {
@@ -121,6 +115,42 @@ fn round_trip_of_jobs_with_labels_per_gpu_and_nulls() {
 
     assert_eq!(ledger.load_jobs().unwrap(), written);
     assert_eq!(ledger.load_gpus().unwrap(), vec![gpu(0), gpu(1)]);
+}
+
+/// The columns of `table`, in order.
+fn columns(ledger: &Ledger, table: &str) -> Vec<String> {
+    let mut stmt = ledger
+        .conn
+        .prepare(&format!(
+            "SELECT name FROM pragma_table_info('{table}') ORDER BY cid"
+        ))
+        .unwrap();
+    stmt.query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+#[test]
+fn the_schemas_usage_columns_are_the_usage_field_table() {
+    // The schema text is written out (a shipped migration never changes); the statements that
+    // read and write usage are built from `Usage::FIELDS`. They must agree.
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(dir.path()).unwrap();
+    let fields: Vec<&str> = Usage::FIELDS.iter().map(|f| f.name).collect();
+    // (table, columns before the usage, columns after it)
+    for (table, head, tail) in [
+        ("jobs", JOB_COLUMNS.as_slice(), &[][..]),
+        ("job_gpus", &["job_id", "gpu_uuid"][..], &[][..]),
+        (
+            "gpus",
+            &["uuid", "idx", "model"][..],
+            &["unallocated_seconds"][..],
+        ),
+    ] {
+        let want: Vec<&str> = head.iter().chain(&fields).chain(tail).copied().collect();
+        assert_eq!(columns(&ledger, table), want, "{table}");
+    }
 }
 
 #[test]

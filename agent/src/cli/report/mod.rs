@@ -1,0 +1,118 @@
+//! `gpucost report`: per-job cost from the ledger, and `--breakeven`: renting vs buying.
+//!
+//! Reads the ledger read-only (works while the agent runs) and the `[pricing]` of the config
+//! (for the currency and for the break-even prices). What a report holds is
+//! [`gpucost_core::report`]'s model; [`render`] writes it out as a table, JSON or CSV.
+
+mod breakeven;
+mod csv;
+#[cfg(test)]
+mod fixtures;
+mod json;
+mod render;
+mod table;
+
+pub use render::{format_utc, render, Format, RenderError, ReportOptions};
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+
+use crate::ledger::{JobFilter, Ledger};
+use breakeven::{breakeven_from, breakeven_json, breakeven_text};
+use gpucost_core::account::pricing::Pricing;
+
+pub struct ReportArgs {
+    pub state_dir: PathBuf,
+    pub since: Option<String>,
+    pub job: Option<String>,
+    pub group_by: Option<String>,
+    pub format: Format,
+    pub breakeven: bool,
+    pub pricing: Pricing,
+}
+
+/// `7d`, `36h` (that long ago) or a date/time (`2026-11-01`, `2026-11-01T08:00:00Z`).
+pub fn parse_since(s: &str, now: f64) -> anyhow::Result<f64> {
+    if let Ok(d) = humantime::parse_duration(s) {
+        return Ok(now - d.as_secs_f64());
+    }
+    let text = if s.len() == 10 {
+        format!("{s}T00:00:00Z")
+    } else {
+        s.to_string()
+    };
+    let t = humantime::parse_rfc3339_weak(&text)
+        .with_context(|| format!("--since {s:?}: expected a duration (7d, 36h) or a UTC date/time (2026-11-01, 2026-11-01T08:00:00Z)"))?;
+    Ok(t.duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs_f64())
+}
+
+pub fn report(a: ReportArgs) -> anyhow::Result<String> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64();
+    let since = a
+        .since
+        .as_deref()
+        .map(|s| parse_since(s, now))
+        .transpose()?;
+    let ledger = Ledger::open_read_only(&a.state_dir)?;
+    let jobs = ledger.query_jobs(&JobFilter {
+        since,
+        job_id: a.job.clone(),
+    })?;
+    if let Some(id) = &a.job {
+        if jobs.is_empty() {
+            bail!("no job {id:?} in the ledger {}", ledger.path().display());
+        }
+    }
+    // The currency the agent counted in, else the one configured here.
+    let currency = ledger
+        .meta("currency")?
+        .unwrap_or_else(|| a.pricing.currency.clone());
+    let opts = ReportOptions {
+        format: a.format,
+        group_by: a.group_by.clone(),
+        currency,
+    };
+    let mut out = render(&jobs, &opts)?;
+    if a.breakeven {
+        let models: Vec<(String, u32)> = ledger
+            .load_gpus()?
+            .into_iter()
+            .map(|g| (g.model, g.index))
+            .collect();
+        let be = breakeven_from(&a.pricing, &jobs, &models, since, now)?;
+        match a.format {
+            Format::Json => {
+                let mut doc: serde_json::Value = serde_json::from_str(&out)?;
+                doc["breakeven"] = breakeven_json(&be);
+                out = serde_json::to_string_pretty(&doc)? + "\n";
+            }
+            _ => out.push_str(&breakeven_text(&be, &a.pricing.currency)),
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_accepts_durations_and_dates() {
+        let now = 1_800_000_000.0;
+        assert_eq!(parse_since("1d", now).unwrap(), now - 86_400.0);
+        assert_eq!(parse_since("2026-11-01", now).unwrap(), 1_793_491_200.0);
+        assert_eq!(
+            parse_since("2026-11-01T08:00:00Z", now).unwrap(),
+            1_793_520_000.0
+        );
+        let e = parse_since("last week", now).unwrap_err().to_string();
+        assert!(e.contains("--since") && e.contains("7d"), "{e}");
+    }
+}
