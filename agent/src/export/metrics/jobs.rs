@@ -1,0 +1,176 @@
+//! Each job's series: identity (`gpucost_job_info`), totals, waste, progress and rates. Per-job
+//! series carry `job_id` only; the rest joins through `gpucost_job_info`.
+
+use gpucost_core::jobs::{JobRecord, Outcome};
+
+use super::{bool_value, Families};
+use crate::snapshot::Snapshot;
+
+/// The per-job families, in the order they are written.
+pub(super) const JOB_FAMILIES: [&str; 16] = [
+    "gpucost_job_info",
+    "gpucost_job_gpu_seconds_total",
+    "gpucost_job_energy_joules_total",
+    "gpucost_job_carbon_grams_total",
+    "gpucost_job_cost_total",
+    "gpucost_job_idle_gpu_seconds_total",
+    "gpucost_job_wasted_cost_total",
+    "gpucost_job_fp32_gpu_seconds_total",
+    "gpucost_job_tokens_total",
+    "gpucost_job_samples_total",
+    "gpucost_job_budget",
+    "gpucost_job_achieved_flops",
+    "gpucost_job_mfu_ratio",
+    "gpucost_job_running",
+    "gpucost_job_failed",
+    // Anything render_job writes that is not listed above (a test keeps this empty).
+    "",
+];
+
+/// One job's series (identity, totals, rates), in the order the families are rendered.
+pub(super) fn render_job(f: &mut Families, snap: &Snapshot, j: &JobRecord) {
+    let id = [("job_id", j.id.as_str())];
+    let mut info: Vec<(&str, &str)> = vec![
+        ("job_id", &j.id),
+        ("name", &j.name),
+        ("user", &j.user),
+        ("scheduler", j.scheduler.as_str()),
+    ];
+    for k in snap.export_labels.iter() {
+        info.push((k, j.labels.get(k).map_or("", String::as_str)));
+    }
+    f.gauge(
+        "gpucost_job_info",
+        "One series per known job with its identity; 1.",
+        &info,
+        1.0,
+    );
+    let u = &j.usage;
+    f.counter(
+        "gpucost_job_gpu_seconds_total",
+        "GPU-seconds the job held (shares of shared GPUs).",
+        &id,
+        u.gpu_seconds,
+    );
+    f.counter(
+        "gpucost_job_energy_joules_total",
+        "Energy of the job's GPU share.",
+        &id,
+        u.energy_j,
+    );
+    f.counter(
+        "gpucost_job_carbon_grams_total",
+        "CO2e of the job's energy at the configured PUE and grid intensity.",
+        &id,
+        u.carbon_g,
+    );
+    for (component, v) in [
+        ("gpu_time", u.cost_gpu_time),
+        ("energy", u.cost_energy),
+        ("overhead", u.cost_overhead),
+    ] {
+        f.counter(
+            "gpucost_job_cost_total",
+            "Cost of the job by component, in the pricing currency.",
+            &[("job_id", &j.id), ("component", component)],
+            v,
+        );
+    }
+    f.counter(
+        "gpucost_job_idle_gpu_seconds_total",
+        "GPU-seconds the job held while the GPU was idle.",
+        &id,
+        u.idle_gpu_seconds,
+    );
+    // The reasons add up: a failed run's whole cost is wasted, split so that no part of it
+    // is counted under two reasons.
+    let failed_rest = if j.outcome == Outcome::Failed {
+        (u.total_cost() - u.idle_cost - u.fp32_saving).max(0.0)
+    } else {
+        0.0
+    };
+    for (reason, v) in [
+        ("idle", u.idle_cost),
+        ("fp32", u.fp32_saving),
+        ("failed", failed_rest),
+    ] {
+        f.counter(
+            "gpucost_job_wasted_cost_total",
+            "Cost that bought nothing: idle = held while idle; fp32 = what mixed precision would have saved of FP32-bound time; failed = the rest of a failed run's cost (together a failed run's whole cost).",
+            &[("job_id", &j.id), ("reason", reason)],
+            v,
+        );
+    }
+    f.counter(
+        "gpucost_job_fp32_gpu_seconds_total",
+        "GPU-seconds the job spent FP32-bound: FP32 pipe busy, tensor cores idle.",
+        &id,
+        u.fp32_seconds,
+    );
+    if let Some(p) = j.progress.as_ref() {
+        f.counter(
+            "gpucost_job_tokens_total",
+            "Tokens the job reported processing.",
+            &id,
+            p.tokens as f64,
+        );
+        f.counter(
+            "gpucost_job_samples_total",
+            "Samples the job reported processing.",
+            &id,
+            p.samples as f64,
+        );
+    }
+    // A job labelled budget=AMOUNT (in the pricing currency) gets its budget exported, for
+    // the over-budget alert.
+    if let Some(budget) = j.labels.get("budget").and_then(|b| b.parse::<f64>().ok()) {
+        if budget.is_finite() && budget >= 0.0 {
+            f.gauge(
+                "gpucost_job_budget",
+                "The job's budget, from its `budget` label, in the pricing currency.",
+                &id,
+                budget,
+            );
+        }
+    }
+    let rate = snap.job_rates.get(&j.id);
+    let peak = rate.map_or(0.0, |r| r.peak_flops);
+    let reported = j.progress.as_ref().and_then(|p| p.flop_rate);
+    let live = j.outcome == Outcome::Running;
+    for (source, achieved) in [
+        ("counters", rate.and_then(|r| r.achieved_flops)),
+        ("reported", reported),
+    ] {
+        let Some(achieved) = achieved.filter(|_| live) else {
+            continue;
+        };
+        let labels = [("job_id", j.id.as_str()), ("source", source)];
+        f.gauge(
+            "gpucost_job_achieved_flops",
+            "FLOP/s the job achieves: from pipe activity x peaks (counters) or from the progress it reports (reported).",
+            &labels,
+            achieved,
+        );
+        if peak > 0.0 {
+            f.gauge(
+                "gpucost_job_mfu_ratio",
+                "Achieved FLOP/s over the dense BF16 peak of the job's GPU shares.",
+                &labels,
+                achieved / peak,
+            );
+        }
+    }
+    f.gauge(
+        "gpucost_job_running",
+        "1 while the job runs.",
+        &id,
+        bool_value(j.outcome == Outcome::Running),
+    );
+    f.gauge(
+        "gpucost_job_failed",
+        "1 when the job ended failed.",
+        &id,
+        bool_value(j.outcome == Outcome::Failed),
+    );
+}
+

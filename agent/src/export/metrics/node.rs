@@ -1,0 +1,276 @@
+//! The node's own series: the agent's health, each GPU's readings and totals, benchmarks, and
+//! the node-level job counters.
+
+use gpucost_core::jobs::Outcome;
+use gpucost_core::reading::CLOCK_EVENT_REASONS;
+use prometheus::proto::MetricFamily;
+
+use super::{bool_value, Families};
+use crate::snapshot::Snapshot;
+
+/// Every family but the per-job ones.
+pub(super) fn node_families(snap: &Snapshot) -> Vec<MetricFamily> {
+    let mut f = Families {
+        list: Vec::new(),
+        simulated: snap.simulated.is_some(),
+    };
+    f.gauge(
+        "gpucost_build_info",
+        "gpucost build; always 1.",
+        &[("version", env!("CARGO_PKG_VERSION"))],
+        1.0,
+    );
+    f.gauge(
+        "gpucost_nvml_up",
+        "1 when the GPU library (NVML, or the simulated node) is loaded and answering.",
+        &[],
+        bool_value(snap.backend_up),
+    );
+    f.gauge(
+        "gpucost_agent_sample_duration_seconds",
+        "Wall time of the last sampling cycle.",
+        &[],
+        snap.sample_duration_s,
+    );
+    f.counter(
+        "gpucost_agent_samples_total",
+        "Sampling cycles run since the agent started.",
+        &[],
+        snap.samples_total as f64,
+    );
+    f.counter(
+        "gpucost_agent_skipped_samples_total",
+        "Sampling ticks skipped because a cycle ran late (a slow or hung NVML call).",
+        &[],
+        snap.skipped_samples as f64,
+    );
+    for (gpu, field, kind, n) in &snap.sample_errors {
+        f.counter(
+            "gpucost_agent_sample_errors_total",
+            "Failed reads; field is \"all\" when the whole GPU could not be read.",
+            &[("gpu", &gpu.to_string()), ("field", field), ("kind", kind)],
+            *n as f64,
+        );
+    }
+    let driver = snap.driver.as_deref().unwrap_or("unknown");
+    for g in &snap.gpus {
+        let idx = g.info.index.to_string();
+        let gpu = [("gpu", idx.as_str())];
+        let v = g.view(snap.source, &snap.published);
+        f.gauge(
+            "gpucost_gpu_info",
+            "One series per GPU with its identity; 1.",
+            &[
+                ("gpu", &idx),
+                ("uuid", &g.info.uuid),
+                ("model", &g.info.model),
+                ("driver", driver),
+                ("source", snap.source.as_str()),
+            ],
+            1.0,
+        );
+        f.gauge(
+            "gpucost_gpu_up",
+            "1 when the GPU answered the last sample, 0 while it is lost or unreadable.",
+            &gpu,
+            bool_value(g.up),
+        );
+        let rec = snap.published.gpus.get(&g.info.uuid);
+        let usage = rec.map(|r| r.usage).unwrap_or_default();
+        f.counter(
+            "gpucost_gpu_energy_joules_total",
+            "Energy used by the GPU, as persisted in the ledger; never decreases, also across restarts.",
+            &gpu,
+            v.energy_joules_total,
+        );
+        f.counter(
+            "gpucost_gpu_cost_total",
+            "Cost of the GPU (GPU time, energy, overhead), allocated or not, in the pricing currency.",
+            &gpu,
+            usage.total_cost(),
+        );
+        f.counter(
+            "gpucost_gpu_idle_seconds_total",
+            "Seconds the GPU spent below the idle utilization threshold.",
+            &gpu,
+            usage.idle_gpu_seconds,
+        );
+        f.counter(
+            "gpucost_gpu_unallocated_seconds_total",
+            "Seconds the GPU was held by no job.",
+            &gpu,
+            rec.map_or(0.0, |r| r.unallocated_seconds),
+        );
+        if let Some(m) = v.energy_method {
+            f.gauge(
+                "gpucost_gpu_energy_method_info",
+                "How the GPU's energy is measured now: counter (NVML energy counter) or \
+                 power_integration (power x time); 1.",
+                &[("gpu", &idx), ("method", m.as_str())],
+                1.0,
+            );
+        }
+        f.counter(
+            "gpucost_gpu_energy_resets_total",
+            "Times the GPU's energy counter went backwards or jumped (driver reload, wrap).",
+            &gpu,
+            g.totals.energy.counter_resets() as f64,
+        );
+        for (i, (_, reason)) in CLOCK_EVENT_REASONS.iter().enumerate() {
+            f.counter(
+                "gpucost_gpu_throttled_seconds_total",
+                "Seconds with each clock-event (throttle) reason active.",
+                &[("gpu", &idx), ("reason", reason)],
+                g.totals.throttled_s[i],
+            );
+        }
+        for (xid, n) in &g.totals.xids {
+            f.counter(
+                "gpucost_gpu_xid_errors_total",
+                "Xid errors the driver reported for the GPU, by code.",
+                &[("gpu", &idx), ("xid", &xid.to_string())],
+                *n as f64,
+            );
+        }
+        let gauges = [
+            (
+                "gpucost_gpu_power_watts",
+                "Board power draw.",
+                v.power_watts,
+            ),
+            (
+                "gpucost_gpu_power_limit_watts",
+                "Enforced power limit.",
+                v.power_limit_watts,
+            ),
+            (
+                "gpucost_gpu_utilization_ratio",
+                "Share of the last sample period in which a kernel was running (0..1).",
+                v.utilization_ratio,
+            ),
+            (
+                "gpucost_gpu_memory_used_bytes",
+                "GPU memory in use.",
+                v.memory_used_bytes.map(|b| b as f64),
+            ),
+            (
+                "gpucost_gpu_memory_total_bytes",
+                "GPU memory installed.",
+                v.memory_total_bytes.map(|b| b as f64),
+            ),
+            (
+                "gpucost_gpu_sm_clock_hertz",
+                "Current SM clock.",
+                v.sm_clock_hertz,
+            ),
+            (
+                "gpucost_gpu_temperature_celsius",
+                "GPU core temperature.",
+                v.temperature_celsius.map(f64::from),
+            ),
+        ];
+        for (name, help, value) in gauges {
+            if let Some(value) = value {
+                f.gauge(name, help, &gpu, value);
+            }
+        }
+        if let Some(pipes) = g.reading.as_ref().and_then(|r| r.pipes) {
+            for (pipe, v) in pipes.labelled() {
+                f.gauge(
+                    "gpucost_gpu_pipe_active_ratio",
+                    "Share of the last interval each pipe was busy (NVML GPM; Hopper and newer).",
+                    &[("gpu", &idx), ("pipe", pipe)],
+                    v,
+                );
+            }
+        }
+        if let Some(spec) = gpucost_hw::peaks::lookup(&g.info.model) {
+            for precision in gpucost_hw::peaks::Precision::ALL {
+                if let Some(peak) = spec.peak(precision) {
+                    f.gauge(
+                        "gpucost_gpu_peak_flops",
+                        "Datasheet dense peak of the GPU model per precision (FLOP/s; OP/s for int8).",
+                        &[("gpu", &idx), ("precision", precision.as_str())],
+                        peak,
+                    );
+                }
+            }
+        }
+        if let Some(b) = snap.benchmarks.get(&g.info.uuid) {
+            for (precision, method, flops) in &b.flops {
+                f.gauge(
+                    "gpucost_gpu_benchmark_flops",
+                    "FLOP/s (OP/s for int8) the GPU delivered in its latest benchmark: our kernels (kernel) or the vendor library (library).",
+                    &[("gpu", &idx), ("precision", precision.as_str()), ("method", method)],
+                    *flops,
+                );
+            }
+            for (op, bps) in &b.memory {
+                f.gauge(
+                    "gpucost_gpu_benchmark_bandwidth_bytes_per_second",
+                    "Memory bandwidth the GPU delivered in its latest benchmark.",
+                    &[("gpu", &idx), ("op", op)],
+                    *bps,
+                );
+            }
+            let ratios = gpucost_core::benchmark::ratios(&g.info.model, b);
+            for (precision, r) in &ratios {
+                f.gauge(
+                    "gpucost_gpu_benchmark_ratio",
+                    "The latest benchmark over the datasheet peak, per precision (best method).",
+                    &[("gpu", &idx), ("precision", precision.as_str())],
+                    *r,
+                );
+            }
+            f.gauge(
+                "gpucost_gpu_benchmark_below_expectation",
+                "1 when the GPU's FP32 benchmark is below bench.min_ratio of its datasheet peak.",
+                &gpu,
+                bool_value(gpucost_core::benchmark::below_expectation(
+                    &ratios,
+                    snap.bench_min_ratio,
+                )),
+            );
+            f.gauge(
+                "gpucost_gpu_benchmark_timestamp_seconds",
+                "When the latest benchmark ran (unix time).",
+                &gpu,
+                b.taken_at,
+            );
+        }
+        if g.up {
+            f.gauge(
+                "gpucost_gpu_compute_processes",
+                "Compute processes running on the GPU at the last process sample.",
+                &gpu,
+                g.processes.len() as f64,
+            );
+        }
+    }
+    render_jobs(&mut f, snap);
+    f.list
+}
+
+fn render_jobs(f: &mut Families, snap: &Snapshot) {
+    f.gauge(
+        "gpucost_pricing_info",
+        "The currency of every cost metric and the market whose GPU prices apply; 1.",
+        &[("currency", &snap.currency), ("market", snap.market)],
+        1.0,
+    );
+    f.gauge(
+        "gpucost_ledger_up",
+        "1 when the last write to the ledger succeeded.",
+        &[],
+        bool_value(snap.ledger_error.is_none()),
+    );
+    for outcome in [Outcome::Succeeded, Outcome::Failed, Outcome::Unknown] {
+        f.counter(
+            "gpucost_jobs_finished_total",
+            "Jobs that ended on this node, by outcome.",
+            &[("outcome", outcome.as_str())],
+            snap.published.finished.get(&outcome).copied().unwrap_or(0) as f64,
+        );
+    }
+}
+
