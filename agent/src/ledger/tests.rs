@@ -2,8 +2,9 @@ use std::collections::BTreeMap;
 
 use rusqlite::Connection;
 
+use super::write::JOB_COLUMNS;
 use super::*;
-use gpucost_core::jobs::Registered;
+use gpucost_core::jobs::{GpuRecord, JobRecord, Outcome, Registered, Scheduler, Usage};
 
 /// A usage with a different value in each field (k, 2k, 3k, ... in field order), so that a column
 /// read into the wrong field shows.

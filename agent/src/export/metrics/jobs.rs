@@ -173,4 +173,3 @@ pub(super) fn render_job(f: &mut Families, snap: &Snapshot, j: &JobRecord) {
         bool_value(j.outcome == Outcome::Failed),
     );
 }
-

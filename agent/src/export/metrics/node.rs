@@ -273,4 +273,3 @@ fn render_jobs(f: &mut Families, snap: &Snapshot) {
         );
     }
 }
-
