@@ -46,8 +46,17 @@ if ! command -v cargo-fuzz >/dev/null 2>&1; then
   cargo install cargo-fuzz --version 0.13.2 --locked --quiet
 fi
 # cargo fuzz needs unstable compiler flags; RUSTC_BOOTSTRAP lets this stable toolchain take them.
+mkdir -p target/fuzz-logs
 for target in config cgroup_path api_body; do
-  (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" -- -max_total_time=20 -rss_limit_mb=2048 2>&1 | tail -n 2)
+  log="target/fuzz-logs/$target.log"
+  if (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" -- -max_total_time=20 -rss_limit_mb=2048) >"$log" 2>&1; then
+    tail -n 1 "$log"
+  else
+    echo "test.sh: fuzz target $target FAILED; the panic and the input that caused it (whole log: $log):"
+    grep -A3 -m1 "panicked at" "$log" || tail -n 20 "$log"
+    grep -E "Test unit written to|artifact_prefix" "$log" | tail -n 2
+    exit 1
+  fi
 done
 step "deployment"
 ./scripts/check-deploy.sh

@@ -142,7 +142,10 @@ impl Layer {
         serde_path_to_error::deserialize(toml::Deserializer::new(text)).map_err(|e| {
             let key = match e.path().iter().next() {
                 None => "file".to_string(),
-                Some(_) => e.path().to_string(),
+                // An empty key (`"" = 1`) is named as TOML writes it.
+                Some(_) => Some(e.path().to_string())
+                    .filter(|k| !k.is_empty())
+                    .unwrap_or_else(|| "\"\"".to_string()),
             };
             let e = e.into_inner();
             let at = e.span().map(|span| position(text, span.start));

@@ -523,3 +523,12 @@ fn the_winning_layer_is_the_one_named() {
     layers.push((Origin::Flag("listen"), flags));
     assert_eq!(resolve(&layers).unwrap().listen.port(), 1);
 }
+
+/// Found by `cargo fuzz run config`: an empty key (`"" = ...`) gave an error with an empty key.
+#[test]
+fn an_empty_key_is_named() {
+    for text in ["\"\"=\"=\"", "\"\"=0\t", "[sampling]\n\"\" = 1\n"] {
+        let e = Layer::from_file_text(text, Origin::File("x.toml".into())).unwrap_err();
+        assert!(!e.key.is_empty() && !e.problem.is_empty(), "{text:?}: {e}");
+    }
+}
