@@ -495,6 +495,7 @@ mod tests {
             registration: pid.map(|p| Registered {
                 pid: Some(p),
                 gpus: Vec::new(),
+                by_root: false,
             }),
             progress: None,
         }

@@ -83,8 +83,12 @@ fn report_totals_equal_the_hand_computation() {
     };
     t.register(reg("C", Some(30), &[]), 1003, "carol", Now::at(T0))
         .unwrap();
-    t.register(reg("D", None, &["3"]), 1004, "dave", Now::at(T0))
-        .unwrap();
+    let prolog = RegisterRequest {
+        uid: Some(1004),
+        user: Some("dave".into()),
+        ..reg("D", None, &["3"])
+    };
+    t.register(prolog, 0, "root", Now::at(T0)).unwrap();
 
     // Shares by SM utilization: A's process 60%, 555's 20% -> 0.75 / 0.25 (memory would say
     // the opposite: 1 GiB vs 3 GiB).
@@ -120,7 +124,14 @@ fn report_totals_equal_the_hand_computation() {
             processes: &none,
         },
     ];
-    let att = attribute(&inputs, &procs, &t.registrations(), &[], &BTreeMap::new());
+    let att = attribute(
+        &inputs,
+        &procs,
+        &t.registrations(),
+        &t.owners(),
+        &[],
+        &BTreeMap::new(),
+    );
     let owners = |g: usize| {
         att.owners[g]
             .iter()

@@ -245,6 +245,10 @@ pub struct Registered {
     /// GPUs allocated to the job (UUIDs or indices as text), held even while idle.
     #[serde(default)]
     pub gpus: Vec<String>,
+    /// Registered by root (a scheduler's hook, root's `gpucost run`): it claims every process
+    /// below its root; a user's registration claims only that user's processes.
+    #[serde(default)]
+    pub by_root: bool,
 }
 
 impl JobRecord {

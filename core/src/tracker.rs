@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::account::cost::{cost_interval, Interval, Owner};
 use crate::account::pricing::Pricing;
-use crate::attribute::{Attribution, Registration};
+use crate::attribute::{Attribution, JobOwners, Registration};
 use crate::clock::Now;
 use crate::jobs::{GpuRecord, JobRecord, Outcome, Progress, Registered, Scheduler, Usage};
 
@@ -73,6 +73,28 @@ pub enum RequestError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// A cap on running jobs was reached (429).
+    #[error("{0}")]
+    TooMany(String),
+}
+
+/// Caps on running jobs that users register, so that no user can grow the job table (and
+/// `/metrics`) without bound. Root's registrations (the scheduler's hooks) are not capped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobLimits {
+    /// Running jobs one user may have registered at a time.
+    pub max_running_per_user: usize,
+    /// Running jobs all users may have registered at a time.
+    pub max_running: usize,
+}
+
+impl Default for JobLimits {
+    fn default() -> Self {
+        JobLimits {
+            max_running_per_user: 64,
+            max_running: 10_000,
+        }
+    }
 }
 
 /// Progress a job reports: cumulative counts since it started (any subset).
@@ -164,6 +186,7 @@ pub struct Tracker {
     vanish_s: f64,
     next_serial: u64,
     host: String,
+    limits: JobLimits,
 }
 
 fn check_text(what: &str, s: &str) -> Result<(), RequestError> {
@@ -171,6 +194,32 @@ fn check_text(what: &str, s: &str) -> Result<(), RequestError> {
         return Err(RequestError::Invalid(format!(
             "{what} must be 1 to {MAX_TEXT} bytes without control characters"
         )));
+    }
+    Ok(())
+}
+
+/// What a user (not root) may not put in a registration: another user's identity, GPUs (an
+/// allocation is the scheduler's to declare: a user's job pays for the GPUs its processes use),
+/// another scheduler's name, or no process at all (a user's job is the process tree it names).
+fn check_user_registration(req: &RegisterRequest, caller_uid: u32) -> Result<(), RequestError> {
+    let refuse = |why: &str| Err(RequestError::Forbidden(why.to_string()));
+    if req.uid.is_some_and(|u| u != caller_uid) || req.user.is_some() {
+        return refuse("only root may register a job for another user");
+    }
+    if !req.gpus.is_empty() {
+        return refuse(
+            "gpus: only root (a scheduler's prolog) may allocate GPUs to a job; a user's job \
+             is billed for the GPUs its processes use",
+        );
+    }
+    if req.scheduler.is_some_and(|s| s != Scheduler::Gpucost) {
+        return refuse("scheduler: only root (a scheduler's hook) may register a scheduler's job");
+    }
+    if req.pid.is_none() {
+        return Err(RequestError::Invalid(
+            "pid: a user's registration names the job's root process (gpucost run sends its own)"
+                .into(),
+        ));
     }
     Ok(())
 }
@@ -195,6 +244,7 @@ impl Tracker {
             vanish_s,
             next_serial: 0,
             host: host.to_string(),
+            limits: JobLimits::default(),
         };
         for rec in jobs {
             if rec.outcome != Outcome::Running {
@@ -237,6 +287,11 @@ impl Tracker {
         &self.finished
     }
 
+    /// The caps on users' running registrations.
+    pub fn set_limits(&mut self, limits: JobLimits) {
+        self.limits = limits;
+    }
+
     /// Registrations of running jobs, for attribution.
     pub fn registrations(&self) -> Vec<Registration> {
         self.jobs
@@ -247,9 +302,34 @@ impl Tracker {
                     job_id: t.rec.id.clone(),
                     root_pid: r.pid,
                     gpus: r.gpus.clone(),
+                    uid: if r.by_root {
+                        None
+                    } else {
+                        t.rec.uid.filter(|u| *u != 0)
+                    },
                 })
             })
             .collect()
+    }
+
+    /// The owner of every job that has one, for attribution (an environment's job id joins a
+    /// job only when the uids match).
+    pub fn owners(&self) -> JobOwners {
+        self.jobs
+            .iter()
+            .filter_map(|(id, t)| t.rec.uid.map(|u| (id.clone(), u)))
+            .collect()
+    }
+
+    /// Running jobs that users (not root) registered: all of them, and `uid`'s.
+    fn users_running(&self, uid: u32) -> (usize, usize) {
+        self.jobs
+            .values()
+            .filter(|t| t.rec.outcome == Outcome::Running)
+            .filter(|t| t.rec.registration.as_ref().is_some_and(|r| !r.by_root))
+            .fold((0, 0), |(all, mine), t| {
+                (all + 1, mine + usize::from(t.rec.uid == Some(uid)))
+            })
     }
 
     fn new_id(&mut self, now: Now) -> String {
@@ -266,10 +346,23 @@ impl Tracker {
         now: Now,
     ) -> Result<JobRecord, RequestError> {
         let is_root = caller_uid == 0;
-        if (req.uid.is_some_and(|u| u != caller_uid) || req.user.is_some()) && !is_root {
-            return Err(RequestError::Forbidden(
-                "only root may register a job for another user".into(),
-            ));
+        if !is_root {
+            if let Some(id) = req.id.as_deref() {
+                if self
+                    .jobs
+                    .get(id)
+                    .and_then(|t| t.rec.uid)
+                    .is_some_and(|u| u != caller_uid)
+                {
+                    return Err(RequestError::Forbidden(format!(
+                        "job {id} belongs to another user"
+                    )));
+                }
+            }
+            check_user_registration(&req, caller_uid)?;
+        }
+        if req.pid == Some(0) {
+            return Err(RequestError::Invalid("pid 0 is not a process".into()));
         }
         if let Some(id) = &req.id {
             check_text("job id", id)?;
@@ -313,6 +406,7 @@ impl Tracker {
         let reg = Registered {
             pid: req.pid,
             gpus: req.gpus.clone(),
+            by_root: is_root,
         };
         if let Some(existing) = self.jobs.get_mut(&id) {
             if existing.rec.uid.is_some_and(|u| u != caller_uid) && !is_root {
@@ -327,15 +421,47 @@ impl Tracker {
             }
             // A known job (found by attribution, or a repeated prolog): it becomes registered.
             existing.seen(now);
+            // Root's word is final: a job id that a user registered first (squatting the id a
+            // scheduler is about to use) takes root's name, labels, owner and scheduler. Its cost
+            // so far stays with the job, since exported counters never go back.
+            let squatted = is_root && existing.rec.uid.is_some_and(|u| u != uid);
             let rec = existing.rec_mut();
-            rec.labels.extend(labels);
-            if let Some(n) = req.name {
-                rec.name = n;
+            if squatted {
+                rec.labels = labels;
+                rec.name = req.name.unwrap_or_else(|| id.clone());
+                rec.scheduler = req.scheduler.unwrap_or(Scheduler::Gpucost);
+            } else {
+                rec.labels.extend(labels);
+                if let Some(n) = req.name {
+                    rec.name = n;
+                }
+                if let Some(s) = req.scheduler.filter(|_| is_root) {
+                    rec.scheduler = s;
+                }
             }
             rec.uid = Some(uid);
             rec.user = user;
             rec.registration = Some(reg);
             return Ok(rec.clone());
+        }
+        if !is_root {
+            let (all, mine) = self.users_running(caller_uid);
+            let JobLimits {
+                max_running_per_user: per_user,
+                max_running: per_node,
+            } = self.limits;
+            if mine >= per_user {
+                return Err(RequestError::TooMany(format!(
+                    "uid {caller_uid} has {mine} running jobs registered, the most one user may \
+                     (jobs.max_running_per_user = {per_user}); end some first"
+                )));
+            }
+            if all >= per_node {
+                return Err(RequestError::TooMany(format!(
+                    "{all} running jobs registered by users on this node, the most allowed \
+                     (jobs.max_running = {per_node})"
+                )));
+            }
         }
         let rec = JobRecord {
             id: id.clone(),

@@ -188,6 +188,7 @@ async fn ask(
                 RequestError::Forbidden(_) => StatusCode::FORBIDDEN,
                 RequestError::NotFound(_) => StatusCode::NOT_FOUND,
                 RequestError::Conflict(_) => StatusCode::CONFLICT,
+                RequestError::TooMany(_) => StatusCode::TOO_MANY_REQUESTS,
             };
             error(status, e.to_string())
         }

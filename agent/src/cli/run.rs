@@ -88,8 +88,13 @@ pub fn run(args: RunArgs) -> i32 {
             body["id"] = json!(id.trim());
         }
     }
-    if let Some(gpus) = visible_gpus() {
-        body["gpus"] = json!(gpus);
+    // Only root may declare an allocation (the agent refuses a user's): a user's job is billed
+    // for the GPUs its processes use.
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        if let Some(gpus) = visible_gpus() {
+            body["gpus"] = json!(gpus);
+        }
     }
     let job_id = match post(&args.socket, "/api/v1/jobs", &body, timeout) {
         Ok(job) => job["id"].as_str().map(str::to_string),

@@ -47,6 +47,7 @@ fn job(id: &str, started_at: f64, ended_at: Option<f64>) -> JobRecord {
         registration: Some(Registered {
             pid: Some(4242),
             gpus: vec!["0".into(), "GPU-0001".into()],
+            by_root: true,
         }),
         progress: Some(gpucost_core::jobs::Progress {
             tokens: 1_000_000,

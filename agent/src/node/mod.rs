@@ -35,7 +35,7 @@ use gpucost_core::account::efficiency::{flop_rate, fp32_bound, PipePeaks};
 use gpucost_core::account::pricing::Pricing;
 use gpucost_core::attribute::process::ProcSource;
 use gpucost_core::attribute::PodGpu;
-use gpucost_core::attribute::{attribute, GpuInput};
+use gpucost_core::attribute::{attribute, check_claim, GpuInput};
 use gpucost_core::benchmark::GpuBenchmark;
 use gpucost_core::jobs::{GpuRecord, JobRecord};
 use gpucost_core::tracker::{
@@ -290,7 +290,9 @@ impl Node {
         let now = self.clock.now();
         match msg {
             Message::Register { req, uid, reply } => {
-                let r = self.tracker.register(req, uid, &user_name(uid), now);
+                let r = self
+                    .check_registration(&req, uid)
+                    .and_then(|()| self.tracker.register(req, uid, &user_name(uid), now));
                 if let Ok(j) = &r {
                     info!(job_id = %j.id, user = %j.user, "job registered: {}", j.name);
                 }
@@ -324,6 +326,35 @@ impl Node {
         // Endings and registrations are persisted at once: they are rare and matter.
         self.persist();
         self.publish(None);
+    }
+
+    /// What the job table cannot check alone: that a user's job root is the user's process and
+    /// claims nobody else's (from `/proc` and the GPUs' process lists), and that root's GPUs exist.
+    fn check_registration(&self, req: &RegisterRequest, uid: u32) -> Result<(), RequestError> {
+        // (pid 0 is refused by the job table, as for root.)
+        if let (Some(pid), true) = (req.pid.filter(|p| *p != 0), uid != 0) {
+            let gpu_pids: Vec<u32> = self
+                .sampler
+                .gpus()
+                .flat_map(|g| g.processes.iter().map(|p| p.pid))
+                .collect();
+            check_claim(self.procs.as_ref(), pid, uid, &gpu_pids)
+                .map_err(RequestError::Forbidden)?;
+        }
+        let known: Vec<_> = self.sampler.gpus().map(|g| &g.info).collect();
+        if let Some(g) = req.gpus.iter().find(|g| {
+            !known.is_empty()
+                && !known
+                    .iter()
+                    .any(|k| k.uuid == **g || k.index.to_string() == **g)
+        }) {
+            let indices: Vec<String> = known.iter().map(|k| k.index.to_string()).collect();
+            return Err(RequestError::Invalid(format!(
+                "gpus: no GPU {g:?} on this node (indices {}, or their UUIDs)",
+                indices.join(", ")
+            )));
+        }
+        Ok(())
     }
 
     /// One sampling cycle: sample, attribute, account, persist when due, publish.
@@ -437,7 +468,15 @@ impl Node {
             .unwrap_or_default();
         let pods = self.pods.borrow().clone();
         let regs = self.tracker.registrations();
-        let att = attribute(&inputs, self.procs.as_ref(), &regs, &pods, &job_map);
+        let owners = self.tracker.owners();
+        let att = attribute(
+            &inputs,
+            self.procs.as_ref(),
+            &regs,
+            &owners,
+            &pods,
+            &job_map,
+        );
         self.owners = gpus
             .iter()
             .zip(&att.owners)

@@ -227,15 +227,17 @@ impl Rig {
         }
     }
 
+    /// A prolog (root) registers job `id` for `uid`, with GPU 0.
     fn register(&mut self, id: &str, uid: u32) -> Result<JobRecord, String> {
         let (reply, rx) = oneshot::channel();
         self.node.handle(Message::Register {
             req: RegisterRequest {
                 id: Some(id.into()),
                 gpus: vec!["0".into()],
+                uid: Some(uid),
                 ..RegisterRequest::default()
             },
-            uid,
+            uid: 0,
             reply,
         });
         rx.blocking_recv().unwrap().map_err(|e| e.to_string())

@@ -46,11 +46,19 @@ pub fn jobs_for<'a>(map: &'a JobMap, index: u32, uuid: &str) -> &'a [String] {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Registration {
     pub job_id: String,
-    /// The job owns this process and all its descendants.
+    /// The job owns this process and all its descendants (of `uid`, when set).
     pub root_pid: Option<u32>,
     /// GPUs allocated to the job (UUIDs or indices as text), held even while idle.
     pub gpus: Vec<String>,
+    /// A user's own registration claims only that user's processes, so that registering an
+    /// ancestor of other users' processes (pid 1 is everyone's) claims none of them; `None`
+    /// for root's registrations (the scheduler's hooks, root's `gpucost run`).
+    pub uid: Option<u32>,
 }
+
+/// Job id -> the uid that owns the job, for every known job that has an owner: a process whose
+/// environment names a job (`GPUCOST_JOB_ID`) joins it only when the uids match.
+pub type JobOwners = BTreeMap<String, u32>;
 
 /// One GPU's processes, as the sampler last read them.
 #[derive(Debug, Clone, Copy)]
@@ -105,11 +113,43 @@ fn matches_gpu(names: &[String], index: u32, uuid: &str) -> bool {
     names.iter().any(|g| g == uuid || *g == index.to_string())
 }
 
+/// Whether user `uid` may name process `pid` as the root of a job: the process is the user's,
+/// and no process using a GPU (`gpu_pids`) below it is someone else's. (A registration claims
+/// its root's descendants; pid 1 is everyone's ancestor.) `Err` says why not.
+pub fn check_claim(
+    procs: &dyn ProcSource,
+    pid: u32,
+    uid: u32,
+    gpu_pids: &[u32],
+) -> Result<(), String> {
+    let Some(p) = procs.info(pid) else {
+        return Err(format!("pid {pid}: no such process"));
+    };
+    if p.uid != uid {
+        return Err(format!(
+            "pid {pid}: the process belongs to uid {}, not to the caller (uid {uid})",
+            p.uid
+        ));
+    }
+    for &g in gpu_pids {
+        let chain = ancestry(procs, g, MAX_ANCESTRY);
+        let theirs = chain.first().is_some_and(|c| c.uid != uid);
+        if theirs && chain.iter().skip(1).any(|a| a.pid == pid) {
+            return Err(format!(
+                "pid {pid}: the process is an ancestor of process {g}, which uses a GPU and \
+                 belongs to another user"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Decides the owners of every GPU.
 pub fn attribute(
     gpus: &[GpuInput<'_>],
     procs: &dyn ProcSource,
     registered: &[Registration],
+    owners: &JobOwners,
     pods: &[PodGpu],
     job_map: &JobMap,
 ) -> Attribution {
@@ -122,7 +162,12 @@ pub fn attribute(
         let mut claims: BTreeMap<String, Share> = BTreeMap::new();
         for proc_use in g.processes {
             let chain = ancestry(procs, proc_use.pid, MAX_ANCESTRY);
-            let job = identify(proc_use.pid, &chain, registered, pod, mapped);
+            let job = identify(proc_use.pid, &chain, registered, pod, mapped, |id| {
+                owners
+                    .get(id)
+                    .copied()
+                    .or_else(|| out.found.get(id).and_then(|f| f.uid))
+            });
             let id = match job {
                 Identity::Registered(id) => id,
                 Identity::Found(f) => {
@@ -206,15 +251,20 @@ fn identify(
     registered: &[Registration],
     pod: Option<&PodGpu>,
     mapped: &[String],
+    owner_of: impl Fn(&str) -> Option<u32>,
 ) -> Identity {
-    // 1. Registration: the process or an ancestor is a registered root.
+    let me = chain.first();
+    let uid = me.map(|p| p.uid);
+    // 1. Registration: the process or an ancestor is a registered root (a user's registration
+    //    claims only that user's processes).
     for p in chain {
-        if let Some(r) = registered.iter().find(|r| r.root_pid == Some(p.pid)) {
+        if let Some(r) = registered
+            .iter()
+            .find(|r| r.root_pid == Some(p.pid) && r.uid.is_none_or(|u| Some(u) == uid))
+        {
             return Identity::Registered(r.job_id.clone());
         }
     }
-    let me = chain.first();
-    let uid = me.map(|p| p.uid);
     let user = me.and_then(|p| p.user.clone());
     // 2. Kubernetes: the pod that holds this GPU.
     if let Some(p) = pod {
@@ -227,9 +277,14 @@ fn identify(
     if let [id] = mapped {
         return Identity::Found(slurm_job(id, me));
     }
-    // 4. The environment.
+    // 4. The environment, when the job it names is this process's user's (or nobody's yet):
+    //    anyone can set GPUCOST_JOB_ID to another user's job id.
     if let Some(p) = me {
-        if let Some(id) = &p.env_job_id {
+        if let Some(id) = p
+            .env_job_id
+            .as_ref()
+            .filter(|id| owner_of(id).is_none_or(|o| o == p.uid))
+        {
             return Identity::Found(Found {
                 id: id.clone(),
                 scheduler: Scheduler::Env,

@@ -50,6 +50,7 @@ fn reg(id: &str, root: Option<u32>, gpus: &[&str]) -> Registration {
         job_id: id.into(),
         root_pid: root,
         gpus: gpus.iter().map(|s| s.to_string()).collect(),
+        uid: None,
     }
 }
 
@@ -95,6 +96,7 @@ fn identity_priority_and_shares() {
         &gpus,
         &t,
         &[reg("run-1", Some(100), &[])],
+        &JobOwners::new(),
         &[],
         &JobMap::new(),
     );
@@ -152,7 +154,7 @@ fn kubernetes_pod_owns_its_gpu_and_processes_on_it() {
             processes: &none,
         },
     ];
-    let a = attribute(&gpus, &t, &[], &pods, &JobMap::new());
+    let a = attribute(&gpus, &t, &[], &JobOwners::new(), &pods, &JobMap::new());
     assert_eq!(owners(&a, 0), vec![("ml/train-0", 1.0)]);
     // Allocated but idle: the pod holds it with no process.
     assert_eq!(owners(&a, 1), vec![("ml/idle-1", 1.0)]);
@@ -189,7 +191,14 @@ fn slurm_mapping_directory_and_registered_allocations_hold_idle_gpus() {
             vec!["78".to_string(), "79".to_string()],
         ),
     ]);
-    let a = attribute(&gpus, &t, &[reg("run-9", None, &["2"])], &[], &map);
+    let a = attribute(
+        &gpus,
+        &t,
+        &[reg("run-9", None, &["2"])],
+        &JobOwners::new(),
+        &[],
+        &map,
+    );
     assert_eq!(owners(&a, 0), vec![("77", 1.0)]);
     assert_eq!(owners(&a, 1), vec![("78", 0.5), ("79", 0.5)]);
     assert_eq!(owners(&a, 2), vec![("run-9", 1.0)]);
@@ -207,7 +216,7 @@ fn mapped_gpu_attributes_its_processes_to_the_single_mapped_job() {
         processes: &g0,
     }];
     let map = JobMap::from([("0".to_string(), vec!["80".to_string()])]);
-    let a = attribute(&gpus, &t, &[], &[], &map);
+    let a = attribute(&gpus, &t, &[], &JobOwners::new(), &[], &map);
     assert_eq!(owners(&a, 0), vec![("80", 1.0)]);
     assert_eq!(a.found["80"].uid, Some(1001));
 }
@@ -244,7 +253,119 @@ fn sm_utilization_share_beats_memory_share() {
             processes: &g1,
         },
     ];
-    let a = attribute(&gpus, &t, &[], &[], &JobMap::new());
+    let a = attribute(&gpus, &t, &[], &JobOwners::new(), &[], &JobMap::new());
     assert_eq!(owners(&a, 0), vec![("a", 0.75), ("b", 0.25)]);
     assert_eq!(owners(&a, 1), vec![("a", 0.75), ("b", 0.25)]);
+}
+
+/// Issue 13: a user who registers pid 1 (everyone's ancestor) must not take over the node's
+/// billing; a user's registration claims only that user's processes.
+#[test]
+fn a_users_registration_claims_only_that_users_processes() {
+    let t = table(&[
+        (1, 0, 0, "init", None, None),
+        (200, 1, 1001, "python", Some("555"), None), // alice's Slurm job
+        (300, 1, 1002, "python", None, None),        // mallory's own process
+    ]);
+    let g0 = procs(&[(200, Some(1 << 30))]);
+    let g1 = procs(&[(300, Some(1 << 30))]);
+    let gpus = [
+        GpuInput {
+            index: 0,
+            uuid: "GPU-0",
+            processes: &g0,
+        },
+        GpuInput {
+            index: 1,
+            uuid: "GPU-1",
+            processes: &g1,
+        },
+    ];
+    let squat = Registration {
+        uid: Some(1002),
+        ..reg("x", Some(1), &[])
+    };
+    let a = attribute(
+        &gpus,
+        &t,
+        std::slice::from_ref(&squat),
+        &JobOwners::new(),
+        &[],
+        &JobMap::new(),
+    );
+    assert_eq!(owners(&a, 0), vec![("555", 1.0)], "alice's job stays hers");
+    assert_eq!(owners(&a, 1), vec![("x", 1.0)], "mallory's process is hers");
+    // Root's registration of pid 1 does claim everything below it (root is trusted).
+    let root = reg("all", Some(1), &[]);
+    let a = attribute(&gpus, &t, &[root], &JobOwners::new(), &[], &JobMap::new());
+    assert_eq!(owners(&a, 0), vec![("all", 1.0)]);
+}
+
+/// Issue 13: `GPUCOST_JOB_ID=<someone else's job>` in a process's environment does not bill the
+/// process to that job.
+#[test]
+fn an_environment_job_id_joins_only_a_job_of_the_same_user() {
+    let t = table(&[
+        (1, 0, 0, "init", None, None),
+        (300, 1, 1002, "python", None, Some("alice-run")),
+        (301, 1, 1001, "python", None, Some("alice-run")),
+        (302, 1, 1002, "python", None, Some("shared")),
+        (303, 1, 1001, "python", None, Some("shared")),
+    ]);
+    let g0 = procs(&[(300, Some(1 << 30)), (301, Some(1 << 30))]);
+    let g1 = procs(&[(302, Some(1 << 30)), (303, Some(1 << 30))]);
+    let gpus = [
+        GpuInput {
+            index: 0,
+            uuid: "GPU-0",
+            processes: &g0,
+        },
+        GpuInput {
+            index: 1,
+            uuid: "GPU-1",
+            processes: &g1,
+        },
+    ];
+    let known = JobOwners::from([("alice-run".to_string(), 1001)]);
+    let a = attribute(&gpus, &t, &[], &known, &[], &JobMap::new());
+    assert_eq!(
+        owners(&a, 0),
+        vec![("alice-run", 0.5), ("unattributed:300", 0.5)],
+        "mallory's process is hers alone"
+    );
+    // A job nobody owned yet: the first process found owns it, the other user's does not join.
+    assert_eq!(
+        owners(&a, 1),
+        vec![("shared", 0.5), ("unattributed:303", 0.5)]
+    );
+    assert_eq!(a.found["shared"].uid, Some(1002));
+}
+
+#[test]
+fn a_user_may_claim_only_their_own_process_and_no_one_elses_below_it() {
+    let t = table(&[
+        (1, 0, 0, "init", None, None),
+        (50, 1, 1002, "bash", None, None),
+        (60, 50, 1002, "python", None, None),
+        (70, 50, 1001, "sudo-ed", None, None),
+    ]);
+    // (pid, uid, GPU processes) -> refused with this, or allowed.
+    let cases: [(u32, u32, &[u32], Option<&str>); 6] = [
+        (60, 1002, &[60], None),
+        (50, 1002, &[60], None),
+        (1, 1002, &[], Some("belongs to uid 0")),
+        (60, 1001, &[], Some("belongs to uid 1002")),
+        (50, 1002, &[60, 70], Some("ancestor of process 70")),
+        (99, 1002, &[], Some("no such process")),
+    ];
+    for (pid, uid, gpu_pids, want) in cases {
+        let got = check_claim(&t, pid, uid, gpu_pids);
+        match want {
+            None => assert_eq!(got, Ok(()), "pid {pid} uid {uid}"),
+            Some(w) => assert!(
+                got.as_ref().unwrap_err().contains(w),
+                "pid {pid} uid {uid}: {got:?}"
+            ),
+        }
+    }
 }

@@ -130,7 +130,15 @@ fn registration_input_is_checked() {
     assert_eq!((j.uid, j.user.as_str()), (Some(1001), "alice"));
     // Without an id the agent makes one.
     let j = t
-        .register(RegisterRequest::default(), 1001, "alice", Now::at(1000.0))
+        .register(
+            RegisterRequest {
+                pid: Some(4242),
+                ..RegisterRequest::default()
+            },
+            1001,
+            "alice",
+            Now::at(1000.0),
+        )
         .unwrap();
     assert_eq!(j.id, "node1-1000-1");
 }
@@ -245,13 +253,15 @@ fn accounting_goes_to_running_owners_and_the_gpu() {
 #[test]
 fn restore_continues_running_jobs_and_counts_finished_ones() {
     let mut t = tracker();
+    // A prolog (root) registers job a for alice with GPU 0.
     t.register(
         RegisterRequest {
             gpus: vec!["0".into()],
+            uid: Some(1001),
             ..req("a")
         },
-        1001,
-        "alice",
+        0,
+        "root",
         Now::at(1000.0),
     )
     .unwrap();
@@ -282,7 +292,8 @@ fn restore_continues_running_jobs_and_counts_finished_ones() {
         vec![Registration {
             job_id: "a".into(),
             root_pid: Some(4242),
-            gpus: vec!["0".into()]
+            gpus: vec!["0".into()],
+            uid: None,
         }]
     );
     assert_eq!(r.finished_counts()[&Outcome::Failed], 1);
@@ -388,4 +399,135 @@ fn progress_reports_are_cumulative_and_owned() {
         t.progress("nope", rep(1, None), 0, Now::at(1.0)),
         Err(RequestError::NotFound(_))
     ));
+}
+
+/// Issue 13: what a user (not root) may put in a registration.
+#[test]
+fn a_user_registers_only_their_own_process_tree() {
+    let mut t = tracker();
+    let cases = [
+        (
+            RegisterRequest {
+                gpus: vec!["0".into()],
+                ..req("a")
+            },
+            "gpus: only root",
+        ),
+        (
+            RegisterRequest {
+                scheduler: Some(Scheduler::Slurm),
+                ..req("a")
+            },
+            "scheduler: only root",
+        ),
+        (
+            RegisterRequest {
+                pid: None,
+                ..req("a")
+            },
+            "pid: a user's registration names",
+        ),
+        (
+            RegisterRequest {
+                pid: Some(0),
+                ..req("a")
+            },
+            "pid 0",
+        ),
+    ];
+    for (r, want) in cases {
+        let e = t.register(r, 1002, "mallory", Now::at(1000.0)).unwrap_err();
+        assert!(e.to_string().contains(want), "{e}");
+    }
+    assert_eq!(t.jobs().count(), 0, "a refusal changes nothing");
+    // Its own process, as `gpucost run` sends it: claims only the user's processes.
+    t.register(req("mine"), 1002, "mallory", Now::at(1000.0))
+        .unwrap();
+    assert_eq!(t.registrations()[0].uid, Some(1002));
+    // pid 0 is refused for root too.
+    let e = t
+        .register(
+            RegisterRequest {
+                pid: Some(0),
+                ..req("r")
+            },
+            0,
+            "root",
+            Now::at(1000.0),
+        )
+        .unwrap_err();
+    assert!(matches!(e, RequestError::Invalid(_)), "{e}");
+}
+
+/// Issue 13: a user who registers a Slurm job's id before its prolog does gets nothing from it:
+/// root's registration takes the name, labels, owner and scheduler.
+#[test]
+fn roots_registration_takes_over_a_squatted_id() {
+    let mut t = tracker();
+    t.register(
+        RegisterRequest {
+            name: Some("mine now".into()),
+            labels: BTreeMap::from([("team".into(), "evil".into())]),
+            ..req("55")
+        },
+        1002,
+        "mallory",
+        Now::at(1000.0),
+    )
+    .unwrap();
+    let j = t
+        .register(
+            RegisterRequest {
+                id: Some("55".into()),
+                uid: Some(1001),
+                user: Some("alice".into()),
+                scheduler: Some(Scheduler::Slurm),
+                labels: BTreeMap::from([("team".into(), "nlp".into())]),
+                ..RegisterRequest::default()
+            },
+            0,
+            "root",
+            Now::at(1001.0),
+        )
+        .unwrap();
+    assert_eq!(
+        (j.name.as_str(), j.user.as_str(), j.uid, j.scheduler),
+        ("55", "alice", Some(1001), Scheduler::Slurm)
+    );
+    assert_eq!(j.labels, BTreeMap::from([("team".into(), "nlp".into())]));
+    assert_eq!(t.registrations()[0].uid, None, "root's registration");
+    // The squatter can no longer touch it.
+    let e = t
+        .end("55", EndRequest::default(), 1002, Now::at(1002.0))
+        .unwrap_err();
+    assert!(matches!(e, RequestError::Forbidden(_)), "{e}");
+}
+
+/// Issue 13: users' running registrations are capped per user and per node; root is not.
+#[test]
+fn running_registrations_are_capped_per_user_and_per_node() {
+    let mut t = tracker();
+    t.set_limits(JobLimits {
+        max_running_per_user: 2,
+        max_running: 3,
+    });
+    let reg = |t: &mut Tracker, id: &str, uid: u32| t.register(req(id), uid, "u", Now::at(1000.0));
+    reg(&mut t, "a1", 1001).unwrap();
+    reg(&mut t, "a2", 1001).unwrap();
+    let e = reg(&mut t, "a3", 1001).unwrap_err();
+    assert!(
+        matches!(&e, RequestError::TooMany(m) if m.contains("max_running_per_user")),
+        "{e}"
+    );
+    reg(&mut t, "b1", 1002).unwrap();
+    let e = reg(&mut t, "b2", 1002).unwrap_err();
+    assert!(
+        matches!(&e, RequestError::TooMany(m) if m.contains("jobs.max_running =")),
+        "{e}"
+    );
+    // Root (a prolog) is not capped; an ended job frees its place.
+    reg(&mut t, "slurm-1", 0).unwrap();
+    t.end("a1", EndRequest::default(), 1001, Now::at(1001.0))
+        .unwrap();
+    reg(&mut t, "a3", 1001).unwrap();
 }
