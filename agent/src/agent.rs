@@ -30,6 +30,9 @@ use gpucost_core::clock::{Clock, SystemClock};
 use gpucost_core::config::Config;
 use gpucost_core::reading::Source;
 
+/// Requests waiting for the node thread at most.
+const INBOX_CAPACITY: usize = 1024;
+
 /// Runs the agent until a shutdown signal. Errors are start-up errors (a bad scenario, a port in
 /// use); once running, nothing about the GPUs, the ledger or the socket stops it.
 pub fn run(config: Config, record: Option<std::path::PathBuf>) -> anyhow::Result<()> {
@@ -87,7 +90,8 @@ pub fn run(config: Config, record: Option<std::path::PathBuf>) -> anyhow::Result
         }
         None => None,
     };
-    let (inbox, inbox_rx) = std::sync::mpsc::channel::<Message>();
+    // Bounded: a flood of socket requests is refused (503) rather than queued without end.
+    let (inbox, inbox_rx) = std::sync::mpsc::sync_channel::<Message>(INBOX_CAPACITY);
     let node_span = span.clone();
     let node_clock = clock.clone();
     let node_config = config.clone();
@@ -299,7 +303,7 @@ async fn keep_watchdog(
 /// GPU's clock and power during a run come from the node's own samples, not a second NVML.
 fn benchmark_loop(
     every: Duration,
-    inbox: &std::sync::mpsc::Sender<Message>,
+    inbox: &std::sync::mpsc::SyncSender<Message>,
     snapshots: &watch::Receiver<Arc<Snapshot>>,
 ) {
     std::thread::sleep(Duration::from_secs(30));

@@ -30,6 +30,8 @@ pub struct Snapshot {
     pub samples_total: u64,
     /// Ticks skipped because a cycle ran late (a slow or hung NVML call).
     pub skipped_samples: u64,
+    /// Socket requests dropped unanswered because they waited past their caller's deadline.
+    pub late_requests: u64,
     /// The latest benchmark of each GPU, by UUID.
     pub benchmarks: Arc<BTreeMap<String, gpucost_core::benchmark::GpuBenchmark>>,
     /// `bench.min_ratio`.
@@ -83,6 +85,7 @@ impl Snapshot {
             sample_duration_s: 0.0,
             samples_total: 0,
             skipped_samples: 0,
+            late_requests: 0,
             benchmarks: Arc::new(BTreeMap::new()),
             bench_min_ratio: gpucost_core::config::defaults::BENCH_MIN_RATIO,
             sample_errors: Vec::new(),

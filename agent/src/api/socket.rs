@@ -6,8 +6,8 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::sync::mpsc::Sender;
-use std::time::Duration;
+use std::sync::mpsc::{SyncSender, TrySendError};
+use std::time::{Duration, Instant};
 
 use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Path as UrlPath, State};
@@ -42,9 +42,14 @@ impl axum::extract::connect_info::Connected<IncomingStream<'_, UnixListener>> fo
     }
 }
 
+/// How long a caller waits for the node's answer; past it the node drops the request unanswered.
+const ANSWER_WITHIN: Duration = Duration::from_secs(10);
+
 #[derive(Clone)]
 struct AppState {
-    inbox: Sender<Message>,
+    /// Bounded: when the node is behind, a request is refused at once (503) instead of queueing
+    /// without end.
+    inbox: SyncSender<Message>,
 }
 
 /// Binds the socket: creates its folder, replaces a stale socket file, sets `mode`.
@@ -62,7 +67,7 @@ pub fn bind(path: &Path, mode: u32) -> std::io::Result<UnixListener> {
     Ok(listener)
 }
 
-pub fn router(inbox: Sender<Message>) -> Router {
+pub fn router(inbox: SyncSender<Message>) -> Router {
     Router::new()
         .route("/api/v1/jobs", post(register))
         .route("/api/v1/jobs/{id}/end", post(end))
@@ -80,7 +85,7 @@ pub fn router(inbox: Sender<Message>) -> Router {
 
 pub async fn serve(
     listener: UnixListener,
-    inbox: Sender<Message>,
+    inbox: SyncSender<Message>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     axum::serve(
@@ -124,7 +129,13 @@ async fn register(
         Err((status, msg)) => return error(status, msg),
     };
     let (reply, rx) = oneshot::channel();
-    let cmd = Message::Register { req, uid, reply };
+    let deadline = Instant::now() + ANSWER_WITHIN;
+    let cmd = Message::Register {
+        req,
+        uid,
+        deadline,
+        reply,
+    };
     ask(&app, cmd, rx, StatusCode::CREATED).await
 }
 
@@ -143,6 +154,7 @@ async fn end(
         id,
         req,
         uid,
+        deadline: Instant::now() + ANSWER_WITHIN,
         reply,
     };
     ask(&app, cmd, rx, StatusCode::OK).await
@@ -163,6 +175,7 @@ async fn progress(
         id,
         req,
         uid,
+        deadline: Instant::now() + ANSWER_WITHIN,
         reply,
     };
     ask(&app, cmd, rx, StatusCode::OK).await
@@ -174,13 +187,22 @@ async fn ask(
     rx: oneshot::Receiver<Result<JobRecord, RequestError>>,
     ok: StatusCode,
 ) -> Response {
-    if app.inbox.send(cmd).is_err() {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the agent is shutting down".into(),
-        );
+    match app.inbox.try_send(cmd) {
+        Ok(()) => {}
+        Err(TrySendError::Full(_)) => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the agent is busy (too many requests waiting); try again shortly".into(),
+            )
+        }
+        Err(TrySendError::Disconnected(_)) => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the agent is shutting down".into(),
+            )
+        }
     }
-    match tokio::time::timeout(Duration::from_secs(10), rx).await {
+    match tokio::time::timeout(ANSWER_WITHIN, rx).await {
         Ok(Ok(Ok(job))) => (ok, Json(job)).into_response(),
         Ok(Ok(Err(e))) => {
             let status = match e {

@@ -16,7 +16,7 @@ mod tests;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -42,24 +42,29 @@ use gpucost_core::tracker::{
     EndRequest, GpuRates, ProgressRequest, RegisterRequest, RequestError, Tracker,
 };
 
-/// Messages to the node thread, the owner of the job table.
+/// Messages to the node thread, the owner of the job table. A request carries the moment its
+/// caller stops waiting (monotonic): past it, the node drops it unanswered rather than apply it
+/// late.
 #[derive(Debug)]
 pub enum Message {
     Register {
         req: RegisterRequest,
         uid: u32,
+        deadline: Instant,
         reply: oneshot::Sender<Result<JobRecord, RequestError>>,
     },
     End {
         id: String,
         req: EndRequest,
         uid: u32,
+        deadline: Instant,
         reply: oneshot::Sender<Result<JobRecord, RequestError>>,
     },
     Progress {
         id: String,
         req: ProgressRequest,
         uid: u32,
+        deadline: Instant,
         reply: oneshot::Sender<Result<JobRecord, RequestError>>,
     },
     /// A benchmark of a GPU finished (from the benchmark thread).
@@ -117,6 +122,8 @@ pub struct Node {
     export_labels: Arc<Vec<String>>,
     /// Ticks skipped because a cycle ran late.
     skipped: u64,
+    /// Requests dropped because they waited past their deadline.
+    late_requests: u64,
     /// The latest benchmark of each GPU, by UUID.
     benchmarks: Arc<BTreeMap<String, GpuBenchmark>>,
     tx: watch::Sender<Arc<Snapshot>>,
@@ -175,6 +182,7 @@ impl Node {
         let mut node = Node {
             export_labels,
             skipped: 0,
+            late_requests: 0,
             benchmarks: Arc::default(),
             next_persist: now.mono + cfg.persist_interval,
             cfg,
@@ -240,6 +248,11 @@ impl Node {
     }
 
     /// Runs ticks and answers messages until shutdown; persists once more on the way out.
+    ///
+    /// Messages are answered only between ticks, and a burst of them only until the next tick is
+    /// due: however many requests arrive, the samples keep their cadence (the rest wait in the
+    /// bounded inbox, whose senders answer 503 when it is full). What a burst changed is persisted
+    /// and published once, not once per message.
     pub fn run(mut self, inbox: Receiver<Message>) {
         let mut next = self.clock.mono();
         'outer: loop {
@@ -247,10 +260,30 @@ impl Node {
             next = self.schedule(next);
             loop {
                 let wait = next.saturating_duration_since(self.clock.mono());
-                match inbox.recv_timeout(wait) {
+                if wait.is_zero() {
+                    break;
+                }
+                let mut changed = match inbox.recv_timeout(wait) {
                     Ok(Message::Shutdown) | Err(RecvTimeoutError::Disconnected) => break 'outer,
-                    Ok(msg) => self.handle(msg),
+                    Ok(msg) => self.answer(msg),
                     Err(RecvTimeoutError::Timeout) => break,
+                };
+                let mut stop = false;
+                while self.clock.mono() < next {
+                    match inbox.try_recv() {
+                        Ok(Message::Shutdown) | Err(TryRecvError::Disconnected) => {
+                            stop = true;
+                            break;
+                        }
+                        Ok(msg) => changed |= self.answer(msg),
+                        Err(TryRecvError::Empty) => break,
+                    }
+                }
+                if changed {
+                    self.settle();
+                }
+                if stop {
+                    break 'outer;
                 }
             }
         }
@@ -285,47 +318,84 @@ impl Node {
         debug!("node loop stopped");
     }
 
-    /// Answers one message from the socket API or the benchmark thread.
+    /// Answers one message from the socket API or the benchmark thread, and persists and
+    /// publishes what it changed.
     pub fn handle(&mut self, msg: Message) {
+        if self.answer(msg) {
+            self.settle();
+        }
+    }
+
+    /// Registrations, endings and progress are persisted soon (at the end of the burst they came
+    /// in, not at the next persist interval): they are rare and matter.
+    fn settle(&mut self) {
+        self.persist();
+        self.publish(None);
+    }
+
+    /// Answers one message; whether it changed anything.
+    fn answer(&mut self, msg: Message) -> bool {
         let now = self.clock.now();
+        let late = match &msg {
+            Message::Register { deadline, .. }
+            | Message::End { deadline, .. }
+            | Message::Progress { deadline, .. } => now.mono > *deadline,
+            Message::Benchmark { .. } | Message::Shutdown => false,
+        };
+        if late {
+            // Its caller has given up (and was told the agent did not answer in time): doing it
+            // now would change the job table behind their back.
+            self.late_requests += 1;
+            debug!("a request that waited past its deadline was dropped");
+            return false;
+        }
         match msg {
-            Message::Register { req, uid, reply } => {
+            Message::Register {
+                req, uid, reply, ..
+            } => {
                 let r = self
                     .check_registration(&req, uid)
                     .and_then(|()| self.tracker.register(req, uid, &user_name(uid), now));
                 if let Ok(j) = &r {
                     info!(job_id = %j.id, user = %j.user, "job registered: {}", j.name);
                 }
+                let changed = r.is_ok();
                 let _ = reply.send(r);
+                changed
             }
             Message::End {
                 id,
                 req,
                 uid,
                 reply,
+                ..
             } => {
                 let r = self.tracker.end(&id, req, uid, now);
                 if let Ok(j) = &r {
                     info!(job_id = %j.id, outcome = j.outcome.as_str(), "job ended");
                 }
+                let changed = r.is_ok();
                 let _ = reply.send(r);
+                changed
             }
             Message::Progress {
                 id,
                 req,
                 uid,
                 reply,
+                ..
             } => {
-                let _ = reply.send(self.tracker.progress(&id, req, uid, now));
+                let r = self.tracker.progress(&id, req, uid, now);
+                let changed = r.is_ok();
+                let _ = reply.send(r);
+                changed
             }
             Message::Benchmark { uuid, result } => {
                 Arc::make_mut(&mut self.benchmarks).insert(uuid, result);
+                true
             }
-            Message::Shutdown => {}
+            Message::Shutdown => false,
         }
-        // Endings and registrations are persisted at once: they are rare and matter.
-        self.persist();
-        self.publish(None);
     }
 
     /// What the job table cannot check alone: that a user's job root is the user's process and
@@ -531,7 +601,13 @@ impl Node {
         let prev = self.tx.borrow().clone();
         let s = &self.sampler;
         let snapshot = Snapshot {
-            taken_at: Some(self.clock.mono()),
+            // The time of the last sample, not of this publication: /healthz and the watchdog
+            // judge the sampler by it, and a stream of requests must not make a stuck sampler
+            // look alive.
+            taken_at: match duration {
+                Some(_) => Some(self.clock.mono()),
+                None => prev.taken_at,
+            },
             simulated: s.simulated().map(str::to_string),
             source: s.source(),
             backend_up: s.backend_up(),
@@ -548,6 +624,7 @@ impl Node {
             export_labels: self.export_labels.clone(),
             job_rates: Arc::new(self.tracker.rates()),
             skipped_samples: self.skipped,
+            late_requests: self.late_requests,
             benchmarks: self.benchmarks.clone(),
             bench_min_ratio: self.cfg.bench_min_ratio,
         };

@@ -231,6 +231,7 @@ impl Rig {
     fn register(&mut self, id: &str, uid: u32) -> Result<JobRecord, String> {
         let (reply, rx) = oneshot::channel();
         self.node.handle(Message::Register {
+            deadline: far_future(),
             req: RegisterRequest {
                 id: Some(id.into()),
                 gpus: vec!["0".into()],
@@ -246,6 +247,7 @@ impl Rig {
     fn end(&mut self, id: &str, code: i32) -> Result<JobRecord, String> {
         let (reply, rx) = oneshot::channel();
         self.node.handle(Message::End {
+            deadline: far_future(),
             id: id.into(),
             req: EndRequest {
                 exit_code: Some(code),
@@ -494,6 +496,7 @@ fn registrations_and_endings_are_persisted_at_once() {
     // Another user may not end it; its owner may.
     let (reply, rx) = oneshot::channel();
     rig.node.handle(Message::End {
+        deadline: far_future(),
         id: "reg-1".into(),
         req: EndRequest::default(),
         uid: 1002,
@@ -515,4 +518,51 @@ fn xid_events_are_counted_on_their_gpu() {
     let s = rig.snap();
     assert_eq!(s.gpus[1].totals.xids[&79], 2);
     assert_eq!(s.gpus[0].totals.xids[&13], 1);
+}
+
+/// A deadline no test reaches.
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(365 * 24 * 3600)
+}
+
+/// Issue 13: a stream of requests between samples must not make a stuck sampler look alive:
+/// the snapshot's time is the last sample's.
+#[test]
+fn requests_do_not_refresh_the_time_of_the_last_sample() {
+    let mut rig = Rig::new();
+    rig.steps(2);
+    let sampled = rig.snap().taken_at.unwrap();
+    rig.clock.advance(SECOND / 2);
+    rig.register("reg-1", 1001).unwrap();
+    let s = rig.snap();
+    assert!(
+        s.published.jobs.iter().any(|j| j.id == "reg-1"),
+        "published"
+    );
+    assert_eq!(s.taken_at, Some(sampled), "still the last sample's time");
+}
+
+/// Issue 13: a request whose caller stopped waiting is dropped, not applied late.
+#[test]
+fn a_request_past_its_deadline_is_dropped_unanswered() {
+    let mut rig = Rig::new();
+    rig.steps(1);
+    let (reply, rx) = oneshot::channel();
+    let deadline = rig.clock.mono();
+    rig.clock.advance(SECOND);
+    rig.node.handle(Message::Register {
+        req: RegisterRequest {
+            id: Some("late".into()),
+            uid: Some(1001),
+            ..RegisterRequest::default()
+        },
+        uid: 0,
+        deadline,
+        reply,
+    });
+    assert!(rx.blocking_recv().is_err(), "no answer");
+    assert!(rig.job("late").is_none());
+    assert_eq!(rig.store.get().writes, 0, "nothing to persist");
+    rig.step();
+    assert_eq!(rig.snap().late_requests, 1);
 }

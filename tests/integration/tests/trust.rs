@@ -294,3 +294,77 @@ fn an_environment_job_id_does_not_bill_another_users_job() {
         "alice {alice}, mallory {mallory}"
     );
 }
+
+/// Issue 13: eight clients of one user registering in a loop froze sampling for 17 s while
+/// /healthz said ok. Now the user's registrations stop at the per-user cap (429), requests wait
+/// for the gaps between samples, and the samples keep their cadence.
+#[test]
+fn a_flood_of_registrations_does_not_stop_sampling() {
+    must_run_as_root();
+    let dir = open_dir();
+    let agent = Agent::start_in(
+        dir.path(),
+        &["--simulate", "demo"],
+        &[
+            ("GPUCOST_SOCKET_MODE", "0666"),
+            ("GPUCOST_SAMPLING_INTERVAL", "100ms"),
+            ("GPUCOST_SAMPLING_PROCESS_INTERVAL", "100ms"),
+        ],
+    );
+    let own = Sleeper::start(1002);
+    let samples = |a: &Agent| {
+        a.metrics()
+            .get("gpucost_agent_samples_total", &[])
+            .unwrap_or(0.0)
+    };
+    let before = samples(&agent);
+    let started = Instant::now();
+    let seconds = 4.0;
+    let body = format!(r#"{{"id":"flood-{{n}}-%","pid":{}}}"#, own.pid());
+    let flooders: Vec<_> = (0..8)
+        .map(|k| {
+            Command::new(env!("CARGO_BIN_EXE_socket-post"))
+                .args(["--flood", &seconds.to_string()])
+                .arg(&agent.socket)
+                .arg("/api/v1/jobs")
+                .arg(body.replace('%', &k.to_string()))
+                .uid(1002)
+                .gid(1002)
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    // /healthz stays honest (and answers) throughout.
+    while started.elapsed() < Duration::from_secs_f64(seconds) {
+        let (status, body) = agent.get("/healthz");
+        assert_eq!(status, 200, "{body}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut answers: std::collections::BTreeMap<u16, u64> = Default::default();
+    for f in flooders {
+        let out = f.wait_with_output().unwrap();
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let (status, n) = line.split_once(' ').unwrap();
+            *answers.entry(status.parse().unwrap()).or_default() += n.parse::<u64>().unwrap();
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let took = samples(&agent) - before;
+    eprintln!("answers {answers:?}; {took} samples in {elapsed:.1} s at 100 ms");
+    assert_eq!(
+        answers.get(&201),
+        Some(&64),
+        "the per-user cap: {answers:?}"
+    );
+    assert!(answers.get(&429).copied().unwrap_or(0) > 100, "{answers:?}");
+    assert!(
+        took >= 0.6 * elapsed / 0.1,
+        "{took} samples in {elapsed:.1} s: sampling was held back"
+    );
+    let theirs = jobs(&agent)
+        .iter()
+        .filter(|j| j["uid"] == 1002 && j["outcome"] == "running")
+        .count();
+    assert_eq!(theirs, 64);
+}

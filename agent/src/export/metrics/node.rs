@@ -44,6 +44,12 @@ pub(super) fn node_families(snap: &Snapshot) -> Vec<MetricFamily> {
         &[],
         snap.skipped_samples as f64,
     );
+    f.counter(
+        "gpucost_agent_late_requests_total",
+        "Socket requests dropped unanswered because they waited past their caller's deadline.",
+        &[],
+        snap.late_requests as f64,
+    );
     for (gpu, field, kind, n) in &snap.sample_errors {
         f.counter(
             "gpucost_agent_sample_errors_total",
