@@ -164,6 +164,14 @@ pub fn run(config: Config, record: Option<std::path::PathBuf>) -> anyhow::Result
             }
             // systemd (Type=notify): up once both listeners are bound; then the watchdog.
             let _ = notify::ready(&format!("listening on {local}"));
+            // SIGHUP (a closed terminal, `systemctl kill -s HUP`, a reload habit) would end the
+            // agent without its final persist: persist instead, and go on.
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+                Ok(hangups) => {
+                    tokio::spawn(persist_on_hangup(hangups, inbox.clone(), shutdown.clone()).in_current_span());
+                }
+                Err(e) => warn!("cannot handle SIGHUP ({e}); it will stop the agent"),
+            }
             if let Some(every) = notify::watchdog_interval() {
                 tokio::spawn(keep_watchdog(health, local, stale_after, every, clock.clone(), shutdown.clone()));
             }
@@ -258,6 +266,27 @@ pub fn build_node(config: &Config, scenario: Option<&Scenario>, w: Wiring) -> No
             .with_benchmarks(simulated_benchmarks(s, w.clock.wall()))
             .with_sim_endings(SimEndings::new(s.clone(), w.clock)),
         None => node,
+    }
+}
+
+/// Asks the node thread to persist at each SIGHUP.
+async fn persist_on_hangup(
+    mut hangups: tokio::signal::unix::Signal,
+    inbox: std::sync::mpsc::SyncSender<Message>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            got = hangups.recv() => {
+                if got.is_none() {
+                    return;
+                }
+                if inbox.try_send(Message::Persist).is_err() {
+                    warn!("SIGHUP: the node is busy; the totals are persisted at the next interval");
+                }
+            }
+            () = shutdown.cancelled() => return,
+        }
     }
 }
 

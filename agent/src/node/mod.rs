@@ -69,6 +69,8 @@ pub enum Message {
     },
     /// A benchmark of a GPU finished (from the benchmark thread).
     Benchmark { uuid: String, result: GpuBenchmark },
+    /// Persist now (SIGHUP).
+    Persist,
     /// Stop the node thread (its senders being dropped does the same).
     Shutdown,
 }
@@ -340,7 +342,7 @@ impl Node {
             Message::Register { deadline, .. }
             | Message::End { deadline, .. }
             | Message::Progress { deadline, .. } => now.mono > *deadline,
-            Message::Benchmark { .. } | Message::Shutdown => false,
+            Message::Benchmark { .. } | Message::Persist | Message::Shutdown => false,
         };
         if late {
             // Its caller has given up (and was told the agent did not answer in time): doing it
@@ -392,6 +394,10 @@ impl Node {
             }
             Message::Benchmark { uuid, result } => {
                 Arc::make_mut(&mut self.benchmarks).insert(uuid, result);
+                true
+            }
+            Message::Persist => {
+                info!("SIGHUP: persisting the totals now; the configuration is read only at start (restart the agent to apply a change)");
                 true
             }
             Message::Shutdown => false,

@@ -368,3 +368,44 @@ fn a_flood_of_registrations_does_not_stop_sampling() {
         .count();
     assert_eq!(theirs, 64);
 }
+
+/// Issue 13: SIGHUP (a closed terminal, an admin's reload habit) ended the agent without its
+/// final persist. Now it persists and goes on.
+#[test]
+fn sighup_persists_and_the_agent_goes_on() {
+    let dir = open_dir();
+    let mut agent = Agent::start_in(
+        dir.path(),
+        &["--simulate", "demo"],
+        &[
+            // Nothing is persisted on the clock during the test: only the SIGHUP does it.
+            ("GPUCOST_LEDGER_PERSIST_INTERVAL", "1h"),
+            ("GPUCOST_SAMPLING_INTERVAL", "100ms"),
+            ("GPUCOST_SAMPLING_PROCESS_INTERVAL", "100ms"),
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(800));
+    let state_dir = agent.state_dir.clone();
+    let report = || {
+        let out = Command::new(agent_bin())
+            .args(["report", "--format", "json", "--state-dir"])
+            .arg(&state_dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        doc["jobs"].as_array().map_or(0, Vec::len)
+    };
+    assert_eq!(report(), 0, "nothing persisted yet");
+    let pid = agent.pid().unwrap();
+    // SAFETY: kill has no memory preconditions; the pid is our child's.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGHUP) }, 0);
+    agent.wait_for_log("SIGHUP: persisting", Duration::from_secs(5));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while report() == 0 {
+        assert!(Instant::now() < deadline, "SIGHUP persisted nothing");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(agent.get("/healthz").0, 200, "still running");
+    assert_eq!(agent.pid(), Some(pid));
+}
