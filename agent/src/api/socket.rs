@@ -188,6 +188,7 @@ async fn ask(
                 RequestError::Forbidden(_) => StatusCode::FORBIDDEN,
                 RequestError::NotFound(_) => StatusCode::NOT_FOUND,
                 RequestError::Conflict(_) => StatusCode::CONFLICT,
+                RequestError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             };
             error(status, e.to_string())
         }
