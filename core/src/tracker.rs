@@ -299,6 +299,9 @@ impl Tracker {
         if let Some(n) = &req.name {
             check_text("name", n)?;
         }
+        if let Some(u) = &req.user {
+            check_text("user", u)?;
+        }
         if req.labels.len() > MAX_LABELS {
             return Err(RequestError::Invalid(format!(
                 "at most {MAX_LABELS} labels"

@@ -97,6 +97,40 @@ fn registration_input_is_checked() {
         ),
         (req(&"x".repeat(300)), 0, "job id must be"),
         (req("a\nb"), 0, "job id must be"),
+        // Issue 13, item 10: root's `user` field took NUL and newlines (into log lines, the
+        // ledger and the report) and any length.
+        (
+            RegisterRequest {
+                user: Some("alice\0".into()),
+                ..req("x")
+            },
+            0,
+            "user must be",
+        ),
+        (
+            RegisterRequest {
+                user: Some("alice\nFAKE LOG LINE".into()),
+                ..req("x")
+            },
+            0,
+            "user must be",
+        ),
+        (
+            RegisterRequest {
+                user: Some("a".repeat(MAX_TEXT + 1)),
+                ..req("x")
+            },
+            0,
+            "user must be",
+        ),
+        (
+            RegisterRequest {
+                user: Some(String::new()),
+                ..req("x")
+            },
+            0,
+            "user must be",
+        ),
         (
             RegisterRequest {
                 labels: BTreeMap::from([("bad key".into(), "v".into())]),
