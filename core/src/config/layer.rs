@@ -90,24 +90,42 @@ pub struct NvmlLayer {
     pub retry_interval: Option<Duration>,
 }
 
-/// Keys settable from the environment: `GPUCOST_` + the key in upper case, dots as underscores.
-pub(super) const ENV_KEYS: &[&str] = &[
-    "listen",
-    "simulate",
-    "state_dir",
-    "socket",
-    "socket_mode",
-    "sampling.interval",
-    "sampling.process_interval",
-    "nvml.lib",
-    "nvml.retry_interval",
-    "ledger.persist_interval",
-    "jobs.grace_period",
-    "jobs.vanish_after",
-    "attribution.proc_root",
-    "attribution.job_map_dir",
-    "attribution.kubelet_socket",
-    "bench.interval",
+/// How a variable's text becomes the value its key takes in the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum EnvText {
+    /// As it is: text, paths, durations (`5s`), the socket's octal mode.
+    Text,
+    /// A number: an integer, else a float (`0.85`, `nan`).
+    Number,
+    /// A list of text, comma-separated (`team,project`), each item trimmed and empty ones left
+    /// out; empty text is an empty list.
+    List,
+}
+
+/// Keys settable from the environment: `GPUCOST_` + the key in upper case, dots as underscores
+/// ([`env_var_for`]). Every key of `deploy/config.example.toml` but `[pricing]`'s (a test keeps
+/// the two equal).
+pub(super) const ENV_KEYS: &[(&str, EnvText)] = &[
+    ("listen", EnvText::Text),
+    ("simulate", EnvText::Text),
+    ("state_dir", EnvText::Text),
+    ("socket", EnvText::Text),
+    ("socket_mode", EnvText::Text),
+    ("sampling.interval", EnvText::Text),
+    ("sampling.process_interval", EnvText::Text),
+    ("nvml.lib", EnvText::Text),
+    ("nvml.retry_interval", EnvText::Text),
+    ("ledger.persist_interval", EnvText::Text),
+    ("jobs.grace_period", EnvText::Text),
+    ("jobs.vanish_after", EnvText::Text),
+    ("jobs.export_labels", EnvText::List),
+    ("attribution.proc_root", EnvText::Text),
+    ("attribution.job_map_dir", EnvText::Text),
+    ("attribution.kubelet_socket", EnvText::Text),
+    ("attribution.kubelet_resources", EnvText::List),
+    ("attribution.kubelet_interval", EnvText::Text),
+    ("bench.interval", EnvText::Text),
+    ("bench.min_ratio", EnvText::Number),
 ];
 
 pub fn env_var_for(key: &str) -> String {
@@ -173,23 +191,48 @@ fn position(text: &str, offset: usize) -> String {
     format!(" (line {line}, column {column})")
 }
 
-/// Reads the environment layer through `get` (the process environment in production).
+/// Reads the environment layer through `get` (the process environment in production): one
+/// layer per variable set, each value typed as its key is in the file ([`EnvText`]).
 pub fn env_layer(
     get: impl Fn(&str) -> Option<String>,
 ) -> Result<Vec<(Origin, Layer)>, ConfigError> {
     let mut layers = Vec::new();
-    for key in ENV_KEYS {
+    for (key, kind) in ENV_KEYS {
         let var = env_var_for(key);
-        let Some(value) = get(&var) else { continue };
+        let Some(text) = get(&var) else { continue };
         let origin = Origin::Env(var);
-        let layer = single(key, toml::Value::String(value)).map_err(|e| ConfigError {
+        let error = |problem: String| ConfigError {
             origin: origin.clone(),
             key: key.to_string(),
-            problem: one_line(e.message()),
-        })?;
+            problem,
+        };
+        let value = env_value(&text, *kind).map_err(error)?;
+        let layer = single(key, value).map_err(|e| error(one_line(e.message())))?;
         layers.push((origin, layer));
     }
     Ok(layers)
+}
+
+/// A variable's text as the TOML value its key takes.
+fn env_value(text: &str, kind: EnvText) -> Result<toml::Value, String> {
+    Ok(match kind {
+        EnvText::Text => toml::Value::String(text.to_string()),
+        EnvText::Number => {
+            let t = text.trim();
+            match (t.parse::<i64>(), t.parse::<f64>()) {
+                (Ok(i), _) => toml::Value::Integer(i),
+                (Err(_), Ok(x)) => toml::Value::Float(x),
+                (Err(_), Err(_)) => return Err(format!("{text:?} is not a number")),
+            }
+        }
+        EnvText::List => toml::Value::Array(
+            text.split(',')
+                .map(str::trim)
+                .filter(|item| !item.is_empty())
+                .map(|item| toml::Value::String(item.to_string()))
+                .collect(),
+        ),
+    })
 }
 
 /// A layer setting only `key` (dotted: `sampling.interval`) to `value`, typed as in the file.

@@ -25,13 +25,72 @@ fn the_example_config_is_valid_and_complete() {
     assert_eq!(c.pricing.hourly_price("NVIDIA H100 80GB HBM3"), 4.0);
     assert_eq!(c.jobs.export_labels, ["team", "project"]);
     assert_eq!(c.socket_mode, 0o660);
-    // Every key a layer accepts appears in the example (commented out or not).
-    for key in ENV_KEYS {
-        let leaf = key.rsplit('.').next().unwrap();
-        assert!(
-            EXAMPLE.contains(&format!("{leaf} =")),
-            "{key} is not documented in the example"
+}
+
+/// Every key `deploy/config.example.toml` documents outside `[pricing]`, commented out or not,
+/// with its value there: `(sampling.interval, "1s")`.
+fn example_keys() -> Vec<(String, toml::Value)> {
+    let mut section = String::new();
+    let mut keys = Vec::new();
+    for line in EXAMPLE.lines() {
+        let line = line.trim();
+        if let Some(header) = line.strip_prefix('[') {
+            section = header.trim_matches(|c| c == '[' || c == ']').to_string();
+            continue;
+        }
+        if section.starts_with("pricing") {
+            continue;
+        }
+        // A setting, or a commented-out one (`# simulate = "demo"`); prose is no TOML.
+        let text = line.trim_start_matches('#').trim();
+        let Ok(table) = toml::from_str::<toml::Table>(text) else {
+            continue;
+        };
+        for (leaf, value) in table {
+            let key = match section.as_str() {
+                "" => leaf,
+                s => format!("{s}.{leaf}"),
+            };
+            keys.push((key, value));
+        }
+    }
+    keys
+}
+
+/// A value of the example as an environment variable writes it: text as it is, numbers as
+/// digits, lists comma-separated.
+fn env_text(value: &toml::Value) -> String {
+    match value {
+        toml::Value::String(s) => s.clone(),
+        toml::Value::Array(items) => items.iter().map(env_text).collect::<Vec<_>>().join(","),
+        v => v.to_string(),
+    }
+}
+
+/// Issue 13, item 10: GPUCOST_JOBS_EXPORT_LABELS, GPUCOST_BENCH_MIN_RATIO and the kubelet's
+/// interval and resources were silently ignored. Every key the example documents (but
+/// `[pricing]`, which is read from the file only) has its variable, which reads the example's
+/// value as the file does.
+#[test]
+fn every_documented_key_has_a_variable_read_like_the_file() {
+    let keys = example_keys();
+    assert!(keys.len() > 15, "{keys:?}");
+    for (key, value) in &keys {
+        let var = env_var_for(key);
+        let text = env_text(value);
+        let env = env_layer(|v| (v == var).then(|| text.clone()))
+            .unwrap_or_else(|e| panic!("{var}={text:?}: {e}"));
+        let file = layer::single(key, value.clone()).unwrap();
+        assert_eq!(
+            env,
+            vec![(Origin::Env(var.clone()), file)],
+            "{var}={text:?} is not read as {key} = {value}"
         );
+    }
+    // And no variable without a documented key.
+    let documented: Vec<&str> = keys.iter().map(|(k, _)| k.as_str()).collect();
+    for (key, _) in ENV_KEYS {
+        assert!(documented.contains(key), "{key} is not in the example");
     }
 }
 
@@ -437,6 +496,7 @@ fn bad_jobs_names_source_and_key() {
         "cannot be a label",
     );
     check(File, "jobs.export_labels", "[\"__x\"]", "cannot be a label");
+    check(Env, "jobs.export_labels", "team,job", "cannot be a label");
 }
 
 #[test]
@@ -480,6 +540,13 @@ fn bad_attribution_names_source_and_key() {
         "\"2h\"",
         "out of range",
     );
+    check(
+        Env,
+        "attribution.kubelet_interval",
+        "often",
+        "expected a duration",
+    );
+    check(Env, "attribution.kubelet_interval", "1ms", "out of range");
 }
 
 #[test]
@@ -492,6 +559,36 @@ fn bad_bench_names_source_and_key() {
     check(File, "bench.min_ratio", "1.5", "must be in [0, 1]");
     check(File, "bench.min_ratio", "-0.1", "must be in [0, 1]");
     check(File, "bench.min_ratio", "nan", "must be in [0, 1]");
+    check(Env, "bench.min_ratio", "high", "\"high\" is not a number");
+    check(Env, "bench.min_ratio", "85%", "is not a number");
+    check(Env, "bench.min_ratio", "1.5", "must be in [0, 1]");
+    check(Env, "bench.min_ratio", "nan", "must be in [0, 1]");
+}
+
+/// Lists from the environment: comma-separated, items trimmed, empty ones left out, so that
+/// empty text turns a list off.
+#[test]
+fn env_lists_are_comma_separated() {
+    let read = |var: &str, text: &str| {
+        let layers = env_layer(|v| (v == var).then(|| text.to_string())).unwrap();
+        resolve(&layers).unwrap()
+    };
+    let c = read("GPUCOST_JOBS_EXPORT_LABELS", " team, project ,");
+    assert_eq!(c.jobs.export_labels, ["team", "project"]);
+    let c = read("GPUCOST_JOBS_EXPORT_LABELS", "");
+    assert!(c.jobs.export_labels.is_empty());
+    let c = read(
+        "GPUCOST_ATTRIBUTION_KUBELET_RESOURCES",
+        "nvidia.com/gpu,nvidia.com/mig-1g.10gb",
+    );
+    assert_eq!(
+        c.attribution.kubelet_resources,
+        ["nvidia.com/gpu", "nvidia.com/mig-1g.10gb"]
+    );
+    let c = read("GPUCOST_BENCH_MIN_RATIO", "0.7");
+    assert_eq!(c.bench.min_ratio, 0.7);
+    let c = read("GPUCOST_BENCH_MIN_RATIO", "1");
+    assert_eq!(c.bench.min_ratio, 1.0);
 }
 
 #[test]
