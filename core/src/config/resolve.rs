@@ -199,12 +199,26 @@ fn jobs(layers: &Layers, sampling: &Sampling) -> Result<JobsConfig, ConfigError>
         defaults::GRACE_PERIOD,
         Duration::ZERO..=7 * DAY,
     )?;
-    let (vanish_after, _) = layers.duration(
+    let (vanish_after, origin) = layers.duration(
         "jobs.vanish_after",
         |l| l.jobs.vanish_after,
         defaults::vanish_after(sampling.process_interval),
         Duration::ZERO..=DAY,
     )?;
+    // Shorter, and a found job would end as soon as one process read missed it (at "0s", at
+    // every tick between two reads).
+    if vanish_after < sampling.process_interval {
+        return Err(err(
+            origin,
+            "jobs.vanish_after",
+            format!(
+                "{} is shorter than sampling.process_interval ({}); a found job must be missed by \
+                 at least one process read before it ends",
+                humantime::format_duration(vanish_after),
+                humantime::format_duration(sampling.process_interval)
+            ),
+        ));
+    }
     let (export_labels, origin) = layers.pick_or(|l| l.jobs.export_labels.clone(), Vec::new());
     for k in &export_labels {
         let ok = !k.is_empty()

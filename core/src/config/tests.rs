@@ -481,6 +481,20 @@ fn bad_jobs_names_source_and_key() {
     );
     check(File, "jobs.vanish_after", "\"2days\"", "out of range");
     check(Env, "jobs.vanish_after", "25h", "out of range");
+    // Issue 13, item 10: "0s" ended every found job at once. At least one process interval
+    // (5 s by default), so that a job is missed by one process read before it ends.
+    check(
+        File,
+        "jobs.vanish_after",
+        "\"0s\"",
+        "shorter than sampling.process_interval (5s)",
+    );
+    check(
+        Env,
+        "jobs.vanish_after",
+        "4s",
+        "shorter than sampling.process_interval (5s)",
+    );
     check(
         File,
         "jobs.export_labels",
@@ -563,6 +577,22 @@ fn bad_bench_names_source_and_key() {
     check(Env, "bench.min_ratio", "85%", "is not a number");
     check(Env, "bench.min_ratio", "1.5", "must be in [0, 1]");
     check(Env, "bench.min_ratio", "nan", "must be in [0, 1]");
+}
+
+/// `jobs.vanish_after` may be as short as the process interval, whatever sets it.
+#[test]
+fn vanish_after_is_at_least_one_process_interval() {
+    let text = |vanish: &str| {
+        format!("[sampling]\nprocess_interval = \"10s\"\n[jobs]\nvanish_after = \"{vanish}\"\n")
+    };
+    let c = from_file(&text("10s")).unwrap();
+    assert_eq!(c.jobs.vanish_after, Duration::from_secs(10));
+    let e = from_file(&text("9s")).unwrap_err();
+    assert_eq!(e.key, "jobs.vanish_after");
+    assert!(e.problem.contains("(10s)"), "{e}");
+    // The default follows a long process interval.
+    let c = from_file("[sampling]\nprocess_interval = \"1h\"\n").unwrap();
+    assert_eq!(c.jobs.vanish_after, Duration::from_secs(3 * 3600));
 }
 
 /// Lists from the environment: comma-separated, items trimmed, empty ones left out, so that
