@@ -59,6 +59,8 @@ pub struct JobsLayer {
     #[serde(default, with = "humantime_serde")]
     pub vanish_after: Option<Duration>,
     pub export_labels: Option<Vec<String>>,
+    pub max_running_per_user: Option<u32>,
+    pub max_running: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -119,6 +121,8 @@ pub(super) const ENV_KEYS: &[(&str, EnvText)] = &[
     ("jobs.grace_period", EnvText::Text),
     ("jobs.vanish_after", EnvText::Text),
     ("jobs.export_labels", EnvText::List),
+    ("jobs.max_running_per_user", EnvText::Number),
+    ("jobs.max_running", EnvText::Number),
     ("attribution.proc_root", EnvText::Text),
     ("attribution.job_map_dir", EnvText::Text),
     ("attribution.kubelet_socket", EnvText::Text),

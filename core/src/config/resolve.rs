@@ -88,7 +88,25 @@ impl Layers<'_> {
         }
         Ok((v, origin))
     }
+
+    /// A cap on a number of jobs: at least 1 (0 would refuse every registration; a cap is
+    /// lifted by raising it), at most [`MAX_CAP`] (the table, and `/metrics`, stay bounded).
+    fn cap(
+        &self,
+        key: &str,
+        get: impl Fn(&Layer) -> Option<u32>,
+        default: u32,
+    ) -> Result<u32, ConfigError> {
+        let (v, origin) = self.pick_or(get, default);
+        if !(1..=MAX_CAP).contains(&v) {
+            return Err(err(origin, key, format!("must be 1 to {MAX_CAP}, got {v}")));
+        }
+        Ok(v)
+    }
 }
+
+/// The largest job cap.
+const MAX_CAP: u32 = 1_000_000;
 
 fn err(origin: Origin, key: &str, problem: String) -> ConfigError {
     ConfigError {
@@ -238,10 +256,22 @@ fn jobs(layers: &Layers, sampling: &Sampling) -> Result<JobsConfig, ConfigError>
             ));
         }
     }
+    let max_running_per_user = layers.cap(
+        "jobs.max_running_per_user",
+        |l| l.jobs.max_running_per_user,
+        defaults::MAX_RUNNING_PER_USER,
+    )?;
+    let max_running = layers.cap(
+        "jobs.max_running",
+        |l| l.jobs.max_running,
+        defaults::MAX_RUNNING,
+    )?;
     Ok(JobsConfig {
         grace_period,
         vanish_after,
         export_labels,
+        max_running_per_user,
+        max_running,
     })
 }
 

@@ -124,6 +124,8 @@ fn defaults() {
     );
     assert_eq!(c.bench.min_ratio, 0.85);
     assert_eq!(c.jobs.vanish_after, Duration::from_secs(15));
+    assert_eq!(c.jobs.max_running_per_user, 64);
+    assert_eq!(c.jobs.max_running, 10_000);
 }
 
 #[test]
@@ -511,6 +513,35 @@ fn bad_jobs_names_source_and_key() {
     );
     check(File, "jobs.export_labels", "[\"__x\"]", "cannot be a label");
     check(Env, "jobs.export_labels", "team,job", "cannot be a label");
+    // Issue 13, item 4: the caps on running registered jobs.
+    for key in ["jobs.max_running_per_user", "jobs.max_running"] {
+        check(File, key, "0", "must be 1 to 1000000, got 0");
+        check(File, key, "1000001", "must be 1 to 1000000");
+        check(File, key, "-1", "invalid value: integer `-1`");
+        check(File, key, "1.5", "invalid type: floating point");
+        check(File, key, "\"64\"", "invalid type: string");
+        check(Env, key, "lots", "\"lots\" is not a number");
+        check(Env, key, "0", "must be 1 to 1000000");
+        check(Env, key, "-3", "invalid value");
+        check(Env, key, "2.5", "invalid type: floating point");
+    }
+}
+
+#[test]
+fn job_caps_from_file_and_env() {
+    let c = from_file("[jobs]\nmax_running_per_user = 8\nmax_running = 100\n").unwrap();
+    assert_eq!((c.jobs.max_running_per_user, c.jobs.max_running), (8, 100));
+    let env = env_layer(|v| match v {
+        "GPUCOST_JOBS_MAX_RUNNING_PER_USER" => Some("2".into()),
+        "GPUCOST_JOBS_MAX_RUNNING" => Some(" 1000000 ".into()),
+        _ => None,
+    })
+    .unwrap();
+    let c = resolve(&env).unwrap();
+    assert_eq!(
+        (c.jobs.max_running_per_user, c.jobs.max_running),
+        (2, 1_000_000)
+    );
 }
 
 #[test]
