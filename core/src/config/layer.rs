@@ -132,6 +132,65 @@ pub(super) const ENV_KEYS: &[(&str, EnvText)] = &[
     ("bench.min_ratio", EnvText::Number),
 ];
 
+/// The `GPUCOST_*` variables gpucost or its tools read that are no setting; none of them is
+/// warned about (see [`unknown_env_vars`]). A test finds every `GPUCOST_` name written in the
+/// repository among these or the settings' variables.
+pub const OTHER_ENV_VARS: &[&str] = &[
+    // The config file (`gpucost agent`, `gpucost report`) and the log filter.
+    "GPUCOST_CONFIG",
+    "GPUCOST_LOG",
+    // A process's job and labels, read from its environment (`gpucost run` sets the id).
+    "GPUCOST_JOB_ID",
+    "GPUCOST_LABELS",
+    // `gpucost bench`'s libraries (kernels/src/gpu.rs).
+    "GPUCOST_NVRTC",
+    "GPUCOST_NVRTC_LIB",
+    "GPUCOST_CUBLAS_LIB",
+    "GPUCOST_CUBLASLT_LIB",
+    // The kernels' checks and the scripts that run them (kernels/src/tools.rs, scripts/).
+    "GPUCOST_NVDISASM",
+    "GPUCOST_SKIP_CUDA_TOOLS",
+    "GPUCOST_REGEN_PTX",
+    "GPUCOST_CUDA_TOOLS_DIR",
+    "GPUCOST_VALIDATION_PORT",
+    // The fake NVML library (tests/fake-nvml).
+    "GPUCOST_FAKE_NVML_SCENARIO",
+    "GPUCOST_FAKE_NVML_START_UNIX",
+];
+
+/// Families of variables that are no setting: the fake NVML library's, and one compiler and one
+/// `ptxas` per pinned CUDA toolchain (`GPUCOST_NVRTC_12_4`, `GPUCOST_PTXAS_12_2`; kernels/src/
+/// registry.rs).
+pub const OTHER_ENV_PREFIXES: &[&str] = &["GPUCOST_FAKE_NVML_", "GPUCOST_NVRTC_", "GPUCOST_PTXAS_"];
+
+/// The `GPUCOST_*` names among `names` (the environment's) that gpucost does not read, sorted,
+/// each with the known variable closest to it by edit distance, for a warning at start: a
+/// mistyped variable would otherwise be ignored without a word.
+pub fn unknown_env_vars(names: impl IntoIterator<Item = String>) -> Vec<(String, String)> {
+    let settings: Vec<String> = ENV_KEYS.iter().map(|(k, _)| env_var_for(k)).collect();
+    let known = || {
+        settings
+            .iter()
+            .map(String::as_str)
+            .chain(OTHER_ENV_VARS.iter().copied())
+    };
+    let mut unknown: Vec<(String, String)> = names
+        .into_iter()
+        .filter(|n| n.starts_with("GPUCOST_"))
+        .filter(|n| !known().any(|k| k == n))
+        .filter(|n| !OTHER_ENV_PREFIXES.iter().any(|p| n.starts_with(p)))
+        .map(|n| {
+            let closest = known()
+                .min_by_key(|k| strsim::levenshtein(k, &n))
+                .unwrap_or_default()
+                .to_string();
+            (n, closest)
+        })
+        .collect();
+    unknown.sort();
+    unknown
+}
+
 pub fn env_var_for(key: &str) -> String {
     format!("GPUCOST_{}", key.replace('.', "_").to_uppercase())
 }

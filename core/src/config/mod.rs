@@ -22,8 +22,8 @@ use std::time::Duration;
 use crate::account::pricing::{self, Pricing};
 
 pub use layer::{
-    env_layer, env_var_for, file_layer, AttributionLayer, BenchLayer, JobsLayer, Layer,
-    LedgerLayer, NvmlLayer, SamplingLayer,
+    env_layer, env_var_for, file_layer, unknown_env_vars, AttributionLayer, BenchLayer, JobsLayer,
+    Layer, LedgerLayer, NvmlLayer, SamplingLayer, OTHER_ENV_PREFIXES, OTHER_ENV_VARS,
 };
 pub use resolve::resolve;
 

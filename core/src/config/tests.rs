@@ -690,3 +690,94 @@ fn an_empty_key_is_named() {
         assert!(!e.key.is_empty() && !e.problem.is_empty(), "{text:?}: {e}");
     }
 }
+
+/// Issue 13, item 10: a mistyped `GPUCOST_*` variable was ignored without a word. Those that
+/// are no setting and nothing else gpucost reads are named, each with the closest known one.
+#[test]
+fn unknown_variables_are_named_with_the_closest_known_one() {
+    // The mistyped names are put together with concat!, so that the search of the repository
+    // below does not find them.
+    let names = [
+        concat!("GPUCOST_SAMPLING_INTERVAL", "L"),
+        concat!("GPUCOST_JOBS_EXPORT_", "LABEL"),
+        concat!("GPUCOST_SOCKET", "MODE"),
+        concat!("GPUCOST_JOB_ID", "S"),
+        "GPUCOST_",
+        // Known: settings, and what the agent, `gpucost run`, the kernels' checks and the fake
+        // NVML library read.
+        "GPUCOST_SAMPLING_INTERVAL",
+        "GPUCOST_JOBS_MAX_RUNNING",
+        "GPUCOST_CONFIG",
+        "GPUCOST_LOG",
+        "GPUCOST_JOB_ID",
+        "GPUCOST_LABELS",
+        "GPUCOST_SOCKET",
+        "GPUCOST_FAKE_NVML_SCENARIO",
+        "GPUCOST_FAKE_NVML_START_UNIX",
+        "GPUCOST_NVRTC",
+        "GPUCOST_NVRTC_LIB",
+        "GPUCOST_NVRTC_12_4",
+        "GPUCOST_PTXAS_12_2",
+        "GPUCOST_NVDISASM",
+        "GPUCOST_CUBLAS_LIB",
+        "GPUCOST_CUBLASLT_LIB",
+        "GPUCOST_SKIP_CUDA_TOOLS",
+        "GPUCOST_REGEN_PTX",
+        // Not ours at all.
+        "PATH",
+        "gpucost_listen",
+        "XGPUCOST_LISTEN",
+    ];
+    let unknown = unknown_env_vars(names.iter().map(|n| n.to_string()));
+    let want = [
+        ("GPUCOST_", "GPUCOST_LOG"),
+        (names[1], "GPUCOST_JOBS_EXPORT_LABELS"),
+        (names[3], "GPUCOST_JOB_ID"),
+        (names[0], "GPUCOST_SAMPLING_INTERVAL"),
+        (names[2], "GPUCOST_SOCKET_MODE"),
+    ];
+    let got: Vec<(&str, &str)> = unknown
+        .iter()
+        .map(|(n, c)| (n.as_str(), c.as_str()))
+        .collect();
+    assert_eq!(got, want);
+}
+
+/// Every `GPUCOST_*` name written anywhere in the repository is one gpucost knows, so that none
+/// is warned about; a new one must be added to [`OTHER_ENV_VARS`] (or be a setting).
+#[test]
+fn every_gpucost_variable_in_the_repository_is_known() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut names = std::collections::BTreeSet::new();
+    let mut dirs = vec![root.clone()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if path.is_dir() {
+                // Not what git ignores (build outputs, fuzzing's inputs) nor the generated PTX.
+                let skip = ["target", "corpus", "artifacts", "coverage", "ptx"];
+                if !name.starts_with('.') && !skip.contains(&name.as_str()) {
+                    dirs.push(path);
+                }
+                continue;
+            }
+            let Ok(text) = std::fs::read_to_string(&path) else {
+                continue;
+            };
+            for (i, _) in text.match_indices("GPUCOST_") {
+                let var: String = text[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+                    .collect();
+                // `GPUCOST_` alone (a prefix in prose or code), or a family (`GPUCOST_*`).
+                if var.len() > "GPUCOST_".len() && !var.ends_with('_') {
+                    names.insert(var);
+                }
+            }
+        }
+    }
+    assert!(names.contains("GPUCOST_FAKE_NVML_SCENARIO"), "{names:?}");
+    let unknown = unknown_env_vars(names.iter().cloned());
+    assert!(unknown.is_empty(), "{unknown:?}");
+}
