@@ -29,6 +29,7 @@ use gpucost_core::attribute::process::ProcSource;
 use gpucost_core::clock::{Clock, SystemClock};
 use gpucost_core::config::Config;
 use gpucost_core::reading::Source;
+use gpucost_core::tracker::JobLimits;
 
 /// Requests waiting for the node thread at most.
 const INBOX_CAPACITY: usize = 1024;
@@ -246,6 +247,10 @@ pub fn build_node(config: &Config, scenario: Option<&Scenario>, w: Wiring) -> No
         persist_interval: config.persist_interval,
         job_map_dir: config.attribution.job_map_dir.clone(),
         hostname: w.hostname,
+        limits: JobLimits {
+            max_running_per_user: config.jobs.max_running_per_user as usize,
+            max_running: config.jobs.max_running as usize,
+        },
         grace_s: config.jobs.grace_period.as_secs_f64(),
         vanish_s: config.jobs.vanish_after.as_secs_f64(),
         export_labels: config.jobs.export_labels.clone(),

@@ -273,6 +273,13 @@ fn exit_code(code: i32) -> ExitCode {
 }
 
 fn agent(args: AgentArgs) -> ExitCode {
+    // A mistyped variable would otherwise be ignored without a word (its value is not logged).
+    let names = std::env::vars_os().filter_map(|(name, _)| name.into_string().ok());
+    for (name, closest) in config::unknown_env_vars(names) {
+        tracing::warn!(
+            "environment variable {name} is not one gpucost reads, ignored; did you mean {closest}?"
+        );
+    }
     let record = args.record.clone();
     if let Some(path) = &record {
         // Bad input, like a bad config: said before anything starts.

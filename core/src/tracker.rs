@@ -21,6 +21,16 @@ use crate::jobs::{GpuRecord, JobRecord, Outcome, Progress, Registered, Scheduler
 pub const MAX_TEXT: usize = 256;
 /// Most labels on one job.
 pub const MAX_LABELS: usize = 32;
+/// Largest reported count (tokens, samples, steps): 2^53, the largest range in which an f64
+/// holds every whole number. Counts are exported as f64 (Prometheus samples are) and multiplied
+/// into model FLOPs as f64; above this they would be rounded.
+pub const MAX_COUNT: u64 = 1 << 53;
+/// How many times the dense BF16 peak of a job's GPU shares on this node (or, for a job holding
+/// none, of the node's GPUs) a reported model FLOP rate may be. A multi-node job may report its
+/// global progress on one node only, so the rate it reports there can be its whole size times the
+/// peak of what it holds here: this allows a job of 1,024 nodes like this one. A rate beyond it is
+/// a wrong `tokens` or `flops_per_token`, not a big job (the issue's showed an MFU of 4.6e23).
+pub const MAX_REPORTED_PEAKS: f64 = 1024.0;
 
 /// A request to register a job (from `gpucost run`, `gpucost job start` or the API).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -65,15 +75,23 @@ pub struct EndRequest {
 /// Why a request was refused; maps to an HTTP status.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RequestError {
+    /// Malformed or out of the allowed range: 400.
     #[error("{0}")]
     Invalid(String),
+    /// Not the caller's to change: 403.
     #[error("{0}")]
     Forbidden(String),
+    /// No such job on this node: 404.
     #[error("{0}")]
     NotFound(String),
+    /// At odds with the job's state (it has ended, a count went backwards): 409.
     #[error("{0}")]
     Conflict(String),
-    /// A cap on running jobs was reached (429).
+    /// Well-formed, but what it claims cannot be true: a model FLOP rate far above what the
+    /// hardware can do, or counts beyond what an f64 holds exactly: 422 Unprocessable Content.
+    #[error("{0}")]
+    Unprocessable(String),
+    /// A cap on running jobs was reached: 429.
     #[error("{0}")]
     TooMany(String),
 }
@@ -91,8 +109,8 @@ pub struct JobLimits {
 impl Default for JobLimits {
     fn default() -> Self {
         JobLimits {
-            max_running_per_user: 64,
-            max_running: 10_000,
+            max_running_per_user: crate::config::defaults::MAX_RUNNING_PER_USER as usize,
+            max_running: crate::config::defaults::MAX_RUNNING as usize,
         }
     }
 }
@@ -187,6 +205,9 @@ pub struct Tracker {
     next_serial: u64,
     host: String,
     limits: JobLimits,
+    /// Each GPU's dense BF16 peak (FLOP/s) as last accounted, by UUID: the node's peak bounds
+    /// the progress a job holding no GPU may report.
+    gpu_peaks: BTreeMap<String, f64>,
 }
 
 fn check_text(what: &str, s: &str) -> Result<(), RequestError> {
@@ -245,6 +266,7 @@ impl Tracker {
             next_serial: 0,
             host: host.to_string(),
             limits: JobLimits::default(),
+            gpu_peaks: BTreeMap::new(),
         };
         for rec in jobs {
             if rec.outcome != Outcome::Running {
@@ -369,6 +391,9 @@ impl Tracker {
         }
         if let Some(n) = &req.name {
             check_text("name", n)?;
+        }
+        if let Some(u) = &req.user {
+            check_text("user", u)?;
         }
         if req.labels.len() > MAX_LABELS {
             return Err(RequestError::Invalid(format!(
@@ -652,6 +677,14 @@ impl Tracker {
         g.index = index;
         g.usage.add(&c.gpu);
         g.unallocated_seconds += c.unallocated_seconds;
+        if let Some(peak) = rates.bf16_peak {
+            match self.gpu_peaks.get_mut(uuid) {
+                Some(p) => *p = peak,
+                None => {
+                    self.gpu_peaks.insert(uuid.to_string(), peak);
+                }
+            }
+        }
         for (id, u) in c.per_owner {
             if let Some(t) = self.jobs.get_mut(&id) {
                 let rec = t.rec_mut();
@@ -686,6 +719,11 @@ impl Tracker {
     }
 
     /// Records progress a job reports (cumulative counts); the caller must own the job.
+    ///
+    /// Refused as [`RequestError::Unprocessable`]: a count above [`MAX_COUNT`], model FLOPs that
+    /// are no longer a finite number, and a model FLOP rate since the last report above
+    /// [`MAX_REPORTED_PEAKS`] times the dense BF16 peak of the job's GPU shares in the last tick
+    /// (of the node's GPUs where it held none; no bound while no GPU's peak is known).
     pub fn progress(
         &mut self,
         id: &str,
@@ -693,6 +731,7 @@ impl Tracker {
         caller_uid: u32,
         now: Now,
     ) -> Result<JobRecord, RequestError> {
+        let node_peak: f64 = self.gpu_peaks.values().sum();
         let t = self.running_job_of(id, caller_uid)?;
         for (what, v) in [
             ("flops_per_token", req.flops_per_token),
@@ -701,6 +740,18 @@ impl Tracker {
             if v.is_some_and(|v| !(v.is_finite() && v > 0.0 && v < 1e21)) {
                 return Err(RequestError::Invalid(format!(
                     "{what} must be a positive number of FLOPs"
+                )));
+            }
+        }
+        for (what, n) in [
+            ("tokens", req.tokens),
+            ("samples", req.samples),
+            ("steps", req.steps),
+        ] {
+            if let Some(n) = n.filter(|n| *n > MAX_COUNT) {
+                return Err(RequestError::Unprocessable(format!(
+                    "{what} {n} is more than 2^53 ({MAX_COUNT}): counts are kept as f64, which \
+                     holds no larger whole number exactly"
                 )));
             }
         }
@@ -723,6 +774,13 @@ impl Tracker {
             (None, Some(f)) => (steps - old.steps) as f64 * f,
             (None, None) => 0.0,
         };
+        let model_flop = old.model_flop + added;
+        if !model_flop.is_finite() {
+            return Err(RequestError::Unprocessable(format!(
+                "the job's model FLOPs would be {model_flop} ({} + {added:e}), not a finite number",
+                old.model_flop
+            )));
+        }
         // Seconds since the last report: monotonic, or by the wall clock for the first report
         // after a restart (the monotonic clock does not survive one).
         let dt = match t.progress_at {
@@ -730,7 +788,26 @@ impl Tracker {
             None => now.wall - old.updated_at,
         };
         let flop_rate = if old.updated_at > 0.0 && dt > 0.0 && added > 0.0 {
-            Some(added / dt)
+            let rate = added / dt;
+            let (peak, whose) = if t.rate.peak_flops > 0.0 {
+                (t.rate.peak_flops, "the job's GPUs")
+            } else {
+                (node_peak, "this node's GPUs")
+            };
+            if peak > 0.0 && rate > MAX_REPORTED_PEAKS * peak {
+                let none = if t.rate.peak_flops > 0.0 {
+                    ""
+                } else {
+                    "; the job holds none"
+                };
+                return Err(RequestError::Unprocessable(format!(
+                    "a model FLOP rate of {rate:.3e} FLOP/s since the last report is more than \
+                     {MAX_REPORTED_PEAKS} times the dense BF16 peak of {whose} ({peak:.3e} \
+                     FLOP/s{none}), more than a job of {MAX_REPORTED_PEAKS} such nodes could do: \
+                     check the counts and flops_per_token or flops_per_step"
+                )));
+            }
+            Some(rate)
         } else {
             old.flop_rate
         };
@@ -742,7 +819,7 @@ impl Tracker {
             steps,
             flops_per_token,
             flops_per_step,
-            model_flop: old.model_flop + added,
+            model_flop,
             flop_rate,
             updated_at: now.wall,
         });

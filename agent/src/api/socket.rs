@@ -211,6 +211,7 @@ async fn ask(
                 RequestError::NotFound(_) => StatusCode::NOT_FOUND,
                 RequestError::Conflict(_) => StatusCode::CONFLICT,
                 RequestError::TooMany(_) => StatusCode::TOO_MANY_REQUESTS,
+                RequestError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             };
             error(status, e.to_string())
         }

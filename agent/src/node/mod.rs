@@ -39,7 +39,7 @@ use gpucost_core::attribute::{attribute, check_claim, GpuInput};
 use gpucost_core::benchmark::GpuBenchmark;
 use gpucost_core::jobs::{GpuRecord, JobRecord};
 use gpucost_core::tracker::{
-    EndRequest, GpuRates, ProgressRequest, RegisterRequest, RequestError, Tracker,
+    EndRequest, GpuRates, JobLimits, ProgressRequest, RegisterRequest, RequestError, Tracker,
 };
 
 /// Messages to the node thread, the owner of the job table. A request carries the moment its
@@ -95,6 +95,8 @@ pub struct NodeConfig {
     pub job_map_dir: Option<PathBuf>,
     /// The node's name, in the ids of jobs registered without one.
     pub hostname: String,
+    /// Caps on users' running registrations.
+    pub limits: JobLimits,
     pub grace_s: f64,
     pub vanish_s: f64,
     pub export_labels: Vec<String>,
@@ -179,7 +181,9 @@ impl Node {
                 (false, Some(e), Vec::new(), Vec::new())
             }
         };
-        let tracker = Tracker::restore(jobs, gpus, now, cfg.grace_s, cfg.vanish_s, &cfg.hostname);
+        let mut tracker =
+            Tracker::restore(jobs, gpus, now, cfg.grace_s, cfg.vanish_s, &cfg.hostname);
+        tracker.set_limits(cfg.limits);
         let export_labels = Arc::new(cfg.export_labels.clone());
         let mut node = Node {
             export_labels,

@@ -136,6 +136,7 @@ impl Rig {
                 persist_interval: 5 * SECOND,
                 job_map_dir: None,
                 hostname: "node1".into(),
+                limits: JobLimits::default(),
                 grace_s: s.grace_s,
                 vanish_s: s.vanish_s,
                 export_labels: Vec::new(),

@@ -59,6 +59,8 @@ pub struct JobsLayer {
     #[serde(default, with = "humantime_serde")]
     pub vanish_after: Option<Duration>,
     pub export_labels: Option<Vec<String>>,
+    pub max_running_per_user: Option<u32>,
+    pub max_running: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -90,25 +92,104 @@ pub struct NvmlLayer {
     pub retry_interval: Option<Duration>,
 }
 
-/// Keys settable from the environment: `GPUCOST_` + the key in upper case, dots as underscores.
-pub(super) const ENV_KEYS: &[&str] = &[
-    "listen",
-    "simulate",
-    "state_dir",
-    "socket",
-    "socket_mode",
-    "sampling.interval",
-    "sampling.process_interval",
-    "nvml.lib",
-    "nvml.retry_interval",
-    "ledger.persist_interval",
-    "jobs.grace_period",
-    "jobs.vanish_after",
-    "attribution.proc_root",
-    "attribution.job_map_dir",
-    "attribution.kubelet_socket",
-    "bench.interval",
+/// How a variable's text becomes the value its key takes in the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum EnvText {
+    /// As it is: text, paths, durations (`5s`), the socket's octal mode.
+    Text,
+    /// A number: an integer, else a float (`0.85`, `nan`).
+    Number,
+    /// A list of text, comma-separated (`team,project`), each item trimmed and empty ones left
+    /// out; empty text is an empty list.
+    List,
+}
+
+/// Keys settable from the environment: `GPUCOST_` + the key in upper case, dots as underscores
+/// ([`env_var_for`]). Every key of `deploy/config.example.toml` but `[pricing]`'s (a test keeps
+/// the two equal).
+pub(super) const ENV_KEYS: &[(&str, EnvText)] = &[
+    ("listen", EnvText::Text),
+    ("simulate", EnvText::Text),
+    ("state_dir", EnvText::Text),
+    ("socket", EnvText::Text),
+    ("socket_mode", EnvText::Text),
+    ("sampling.interval", EnvText::Text),
+    ("sampling.process_interval", EnvText::Text),
+    ("nvml.lib", EnvText::Text),
+    ("nvml.retry_interval", EnvText::Text),
+    ("ledger.persist_interval", EnvText::Text),
+    ("jobs.grace_period", EnvText::Text),
+    ("jobs.vanish_after", EnvText::Text),
+    ("jobs.export_labels", EnvText::List),
+    ("jobs.max_running_per_user", EnvText::Number),
+    ("jobs.max_running", EnvText::Number),
+    ("attribution.proc_root", EnvText::Text),
+    ("attribution.job_map_dir", EnvText::Text),
+    ("attribution.kubelet_socket", EnvText::Text),
+    ("attribution.kubelet_resources", EnvText::List),
+    ("attribution.kubelet_interval", EnvText::Text),
+    ("bench.interval", EnvText::Text),
+    ("bench.min_ratio", EnvText::Number),
 ];
+
+/// The `GPUCOST_*` variables gpucost or its tools read that are no setting; none of them is
+/// warned about (see [`unknown_env_vars`]). A test finds every `GPUCOST_` name written in the
+/// repository among these or the settings' variables.
+pub const OTHER_ENV_VARS: &[&str] = &[
+    // The config file (`gpucost agent`, `gpucost report`) and the log filter.
+    "GPUCOST_CONFIG",
+    "GPUCOST_LOG",
+    // A process's job and labels, read from its environment (`gpucost run` sets the id).
+    "GPUCOST_JOB_ID",
+    "GPUCOST_LABELS",
+    // `gpucost bench`'s libraries (kernels/src/gpu.rs).
+    "GPUCOST_NVRTC",
+    "GPUCOST_NVRTC_LIB",
+    "GPUCOST_CUBLAS_LIB",
+    "GPUCOST_CUBLASLT_LIB",
+    // The kernels' checks and the scripts that run them (kernels/src/tools.rs, scripts/).
+    "GPUCOST_NVDISASM",
+    "GPUCOST_SKIP_CUDA_TOOLS",
+    "GPUCOST_REGEN_PTX",
+    "GPUCOST_CUDA_TOOLS_DIR",
+    "GPUCOST_VALIDATION_PORT",
+    // The fake NVML library (tests/fake-nvml).
+    "GPUCOST_FAKE_NVML_SCENARIO",
+    "GPUCOST_FAKE_NVML_START_UNIX",
+];
+
+/// Families of variables that are no setting: the fake NVML library's, and one compiler and one
+/// `ptxas` per pinned CUDA toolchain (`GPUCOST_NVRTC_12_4`, `GPUCOST_PTXAS_12_2`; kernels/src/
+/// registry.rs).
+pub const OTHER_ENV_PREFIXES: &[&str] = &["GPUCOST_FAKE_NVML_", "GPUCOST_NVRTC_", "GPUCOST_PTXAS_"];
+
+/// The `GPUCOST_*` names among `names` (the environment's) that gpucost does not read, sorted,
+/// each with the known variable closest to it by edit distance, for a warning at start: a
+/// mistyped variable would otherwise be ignored without a word.
+pub fn unknown_env_vars(names: impl IntoIterator<Item = String>) -> Vec<(String, String)> {
+    let settings: Vec<String> = ENV_KEYS.iter().map(|(k, _)| env_var_for(k)).collect();
+    let known = || {
+        settings
+            .iter()
+            .map(String::as_str)
+            .chain(OTHER_ENV_VARS.iter().copied())
+    };
+    let mut unknown: Vec<(String, String)> = names
+        .into_iter()
+        .filter(|n| n.starts_with("GPUCOST_"))
+        .filter(|n| !known().any(|k| k == n))
+        .filter(|n| !OTHER_ENV_PREFIXES.iter().any(|p| n.starts_with(p)))
+        .map(|n| {
+            let closest = known()
+                .min_by_key(|k| strsim::levenshtein(k, &n))
+                .unwrap_or_default()
+                .to_string();
+            (n, closest)
+        })
+        .collect();
+    unknown.sort();
+    unknown
+}
 
 pub fn env_var_for(key: &str) -> String {
     format!("GPUCOST_{}", key.replace('.', "_").to_uppercase())
@@ -173,23 +254,48 @@ fn position(text: &str, offset: usize) -> String {
     format!(" (line {line}, column {column})")
 }
 
-/// Reads the environment layer through `get` (the process environment in production).
+/// Reads the environment layer through `get` (the process environment in production): one
+/// layer per variable set, each value typed as its key is in the file ([`EnvText`]).
 pub fn env_layer(
     get: impl Fn(&str) -> Option<String>,
 ) -> Result<Vec<(Origin, Layer)>, ConfigError> {
     let mut layers = Vec::new();
-    for key in ENV_KEYS {
+    for (key, kind) in ENV_KEYS {
         let var = env_var_for(key);
-        let Some(value) = get(&var) else { continue };
+        let Some(text) = get(&var) else { continue };
         let origin = Origin::Env(var);
-        let layer = single(key, toml::Value::String(value)).map_err(|e| ConfigError {
+        let error = |problem: String| ConfigError {
             origin: origin.clone(),
             key: key.to_string(),
-            problem: one_line(e.message()),
-        })?;
+            problem,
+        };
+        let value = env_value(&text, *kind).map_err(error)?;
+        let layer = single(key, value).map_err(|e| error(one_line(e.message())))?;
         layers.push((origin, layer));
     }
     Ok(layers)
+}
+
+/// A variable's text as the TOML value its key takes.
+fn env_value(text: &str, kind: EnvText) -> Result<toml::Value, String> {
+    Ok(match kind {
+        EnvText::Text => toml::Value::String(text.to_string()),
+        EnvText::Number => {
+            let t = text.trim();
+            match (t.parse::<i64>(), t.parse::<f64>()) {
+                (Ok(i), _) => toml::Value::Integer(i),
+                (Err(_), Ok(x)) => toml::Value::Float(x),
+                (Err(_), Err(_)) => return Err(format!("{text:?} is not a number")),
+            }
+        }
+        EnvText::List => toml::Value::Array(
+            text.split(',')
+                .map(str::trim)
+                .filter(|item| !item.is_empty())
+                .map(|item| toml::Value::String(item.to_string()))
+                .collect(),
+        ),
+    })
 }
 
 /// A layer setting only `key` (dotted: `sampling.interval`) to `value`, typed as in the file.

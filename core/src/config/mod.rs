@@ -22,8 +22,8 @@ use std::time::Duration;
 use crate::account::pricing::{self, Pricing};
 
 pub use layer::{
-    env_layer, env_var_for, file_layer, AttributionLayer, BenchLayer, JobsLayer, Layer,
-    LedgerLayer, NvmlLayer, SamplingLayer,
+    env_layer, env_var_for, file_layer, unknown_env_vars, AttributionLayer, BenchLayer, JobsLayer,
+    Layer, LedgerLayer, NvmlLayer, SamplingLayer, OTHER_ENV_PREFIXES, OTHER_ENV_VARS,
 };
 pub use resolve::resolve;
 
@@ -63,6 +63,10 @@ pub mod defaults {
     pub const VANISH_AFTER_PROCESS_INTERVALS: u32 = 3;
     /// ... and at least this long.
     pub const VANISH_AFTER_MIN: Duration = Duration::from_secs(15);
+    /// `jobs.max_running_per_user`: running registered jobs one user may have on a node.
+    pub const MAX_RUNNING_PER_USER: u32 = 64;
+    /// `jobs.max_running`: running registered jobs on a node, all users together.
+    pub const MAX_RUNNING: u32 = 10_000;
     /// `attribution.proc_root`.
     pub const PROC_ROOT: &str = "/proc";
     /// `attribution.kubelet_socket`: the kubelet's pod-resources socket.
@@ -126,6 +130,12 @@ pub struct JobsConfig {
     pub vanish_after: Duration,
     /// Job labels exported on `gpucost_job_info` (as `label_KEY`).
     pub export_labels: Vec<String>,
+    /// Most running registered jobs of one user on this node; a registration past it is refused
+    /// (429). Root (the scheduler's hooks) is not capped per user.
+    pub max_running_per_user: u32,
+    /// Most running registered jobs on this node, all users (root too) together; a registration
+    /// past it is refused (429).
+    pub max_running: u32,
 }
 
 #[derive(Debug, Clone, PartialEq)]

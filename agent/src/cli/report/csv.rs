@@ -1,5 +1,6 @@
 //! The report as CSV (RFC 4180 through the `csv` crate; lines end in `\n`): a header of the
-//! model's column names, one line per row, then the total, whose first field is `TOTAL`.
+//! model's column names, one line per row, then the total, whose first field is `TOTAL`. Text
+//! that a spreadsheet would run as a formula starts with a `'`.
 
 use std::collections::HashMap;
 
@@ -45,17 +46,32 @@ pub(super) fn render(report: &Report<'_>) -> Result<String, ::csv::Error> {
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
-/// A value as a CSV field: numbers as Rust prints them (`7200`, `0.25`), times as UTC ISO 8601,
-/// labels as a JSON object, a missing value as nothing.
+/// A value as a CSV field: text that could start a formula with a `'` in front ([`text`]),
+/// numbers as Rust prints them (`7200`, `0.25`, `-1`), times as UTC ISO 8601, labels as a JSON
+/// object (which starts with `{`), a missing value as nothing.
 fn field(v: Value<'_>) -> String {
     match v {
-        Value::Text(t) => t.to_string(),
+        Value::Text(t) => text(t),
         Value::Int(i) => i.to_string(),
         Value::Count(n) => n.to_string(),
         Value::Real(x) => x.to_string(),
         Value::Time(t) => format_utc(t),
         Value::Labels(labels) => serde_json::to_string(labels).unwrap_or_default(),
         Value::Missing => String::new(),
+    }
+}
+
+/// Text from job data (ids, names, users, label values as group names) as a cell no spreadsheet
+/// runs as a formula. A spreadsheet that opens a CSV file takes a cell starting with `=`, `+`,
+/// `-` or `@` as a formula (which may run commands, `=cmd|' /C calc'!A0`, or send data away), and
+/// a leading tab or carriage return can hide such a start; OWASP's "CSV Injection"
+/// (https://owasp.org/www-community/attacks/CSV_Injection) says to put a single quote in front of
+/// such cells, which spreadsheets show as text. The quote stays in the value a CSV parser reads.
+fn text(t: &str) -> String {
+    if t.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{t}")
+    } else {
+        t.to_string()
     }
 }
 
@@ -128,6 +144,55 @@ mod tests {
                 "{name:?}: {csv}"
             );
         }
+    }
+
+    /// Issue 13, item 10: cells from job data went out as written, so a job named
+    /// `=cmd|' /C calc'!A0` became a formula in a spreadsheet that opened the report. Text that
+    /// starts like a formula gets a `'` in front; numbers stay numbers.
+    #[test]
+    fn csv_text_that_starts_like_a_formula_is_quoted_with_an_apostrophe() {
+        for (name, want) in [
+            ("=cmd|' /C calc'!A0", "'=cmd|' /C calc'!A0"),
+            ("+1+2", "'+1+2"),
+            ("-2+3", "'-2+3"),
+            ("@SUM(A1:A2)", "'@SUM(A1:A2)"),
+            ("\t=1", "'\t=1"),
+            ("\r=1", "\"'\r=1\""),
+            (
+                "=HYPERLINK(\"http://x\", \"y\")",
+                "\"'=HYPERLINK(\"\"http://x\"\", \"\"y\"\")\"",
+            ),
+            ("a=b", "a=b"),
+            ("'quoted", "'quoted"),
+            ("llama-7b", "llama-7b"),
+        ] {
+            let mut j = job("j", Outcome::Failed, &[("team", "=1+1")]);
+            j.name = name.to_string();
+            j.user = "@root".to_string();
+            j.exit_code = Some(-1);
+            let csv = render(&[j], &opts(Format::Csv, None)).unwrap();
+            let row = csv.lines().nth(1).unwrap();
+            assert!(
+                row.starts_with(&format!("j,{want},'@root,1000,slurm,")),
+                "{name:?}: {csv}"
+            );
+            // A label's value is inside its JSON object, which starts with `{`; the exit code
+            // -1 is a number.
+            assert!(row.contains(",\"{\"\"team\"\":\"\"=1+1\"\"}\","), "{row}");
+            assert!(row.contains(",failed,-1,"), "{row}");
+        }
+        // A job id, and a group's name (a label's value).
+        let jobs = [job("-1", Outcome::Succeeded, &[("team", "+nlp")])];
+        let csv = render(&jobs, &opts(Format::Csv, None)).unwrap();
+        assert!(
+            csv.lines().nth(1).unwrap().starts_with("'-1,train--1,"),
+            "{csv}"
+        );
+        let csv = render(&jobs, &opts(Format::Csv, Some("label:team"))).unwrap();
+        assert!(
+            csv.lines().nth(1).unwrap().starts_with("'+nlp,1,0,"),
+            "{csv}"
+        );
     }
 
     #[test]
