@@ -111,6 +111,7 @@ impl Ledger {
                 model: row.get(2)?,
                 usage: read_usage(row, 3)?,
                 unallocated_seconds: nan_if_null(row, 3 + Usage::LEN)?,
+                events: Default::default(),
             })
         })
         .and_then(|rows| rows.collect())

@@ -89,6 +89,7 @@ fn gpu(i: u32) -> GpuRecord {
         model: "NVIDIA H100 80GB HBM3".to_string(),
         usage: usage(f64::from(i) + 1.0),
         unallocated_seconds: 12.5,
+        events: Default::default(),
     }
 }
 

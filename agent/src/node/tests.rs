@@ -511,6 +511,6 @@ fn xid_events_are_counted_on_their_gpu() {
     rig.gpus.script().xids = vec![(1, 79), (1, 79), (0, 13)];
     rig.steps(1);
     let s = rig.snap();
-    assert_eq!(s.gpus[1].totals.xids[&79], 2);
-    assert_eq!(s.gpus[0].totals.xids[&13], 1);
+    assert_eq!(s.gpus[1].totals.events.xids[&79], 2);
+    assert_eq!(s.gpus[0].totals.events.xids[&13], 1);
 }

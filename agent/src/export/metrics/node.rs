@@ -121,10 +121,10 @@ pub(super) fn node_families(snap: &Snapshot) -> Vec<MetricFamily> {
                 "gpucost_gpu_throttled_seconds_total",
                 "Seconds with each clock-event (throttle) reason active.",
                 &[("gpu", &idx), ("reason", reason)],
-                g.totals.throttled_s[i],
+                g.totals.events.throttled_s[i],
             );
         }
-        for (xid, n) in &g.totals.xids {
+        for (xid, n) in &g.totals.events.xids {
             f.counter(
                 "gpucost_gpu_xid_errors_total",
                 "Xid errors the driver reported for the GPU, by code.",
