@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::account::cost::{cost_interval, Interval, Owner};
-use crate::account::GpuEvents;
 use crate::account::pricing::Pricing;
+use crate::account::GpuEvents;
 use crate::attribute::{Attribution, Registration};
 use crate::clock::Now;
 use crate::jobs::{GpuRecord, JobRecord, Outcome, Progress, Registered, Scheduler, Usage};

@@ -88,8 +88,17 @@ CREATE TABLE meta (
 );
 ";
 
+/// Version 2: each GPU's seconds with each clock-event reason active and its Xids by code, which
+/// a restart used to reset (issue 13). JSON objects, keyed by the reason's name (the `reason`
+/// label; a new reason needs no migration) and by the Xid code. NULL in a ledger written before:
+/// none yet.
+const V2: &str = "
+ALTER TABLE gpus ADD COLUMN throttled_s TEXT;     -- JSON {reason: seconds}
+ALTER TABLE gpus ADD COLUMN xids TEXT;            -- JSON {xid code: count}
+";
+
 /// `MIGRATIONS[i]` upgrades version `i` to `i + 1`. Append only.
-pub(crate) const MIGRATIONS: &[&str] = &[V1];
+pub(crate) const MIGRATIONS: &[&str] = &[V1, V2];
 
 /// The schema version this build writes and understands.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

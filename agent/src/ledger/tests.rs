@@ -2,8 +2,9 @@ use std::collections::BTreeMap;
 
 use rusqlite::Connection;
 
-use super::write::JOB_COLUMNS;
+use super::write::{GPU_TAIL, JOB_COLUMNS};
 use super::*;
+use gpucost_core::account::GpuEvents;
 use gpucost_core::jobs::{GpuRecord, JobRecord, Outcome, Registered, Scheduler, Usage};
 
 /// A usage with a different value in each field (k, 2k, 3k, ... in field order), so that a column
@@ -83,13 +84,17 @@ fn bare_job(id: &str, started_at: f64) -> JobRecord {
 }
 
 fn gpu(i: u32) -> GpuRecord {
+    let mut events = GpuEvents::default();
+    events.set_throttled("gpu_idle", 120.5);
+    events.set_throttled("hw_thermal_slowdown", f64::from(i) + 0.25);
+    events.xids = BTreeMap::from([(79, 1), (13, u64::from(i) + 2)]);
     GpuRecord {
         uuid: format!("GPU-{i:04}"),
         index: i,
         model: "NVIDIA H100 80GB HBM3".to_string(),
         usage: usage(f64::from(i) + 1.0),
         unallocated_seconds: 12.5,
-        events: Default::default(),
+        events,
     }
 }
 
@@ -144,11 +149,7 @@ fn the_schemas_usage_columns_are_the_usage_field_table() {
     for (table, head, tail) in [
         ("jobs", JOB_COLUMNS.as_slice(), &[][..]),
         ("job_gpus", &["job_id", "gpu_uuid"][..], &[][..]),
-        (
-            "gpus",
-            &["uuid", "idx", "model"][..],
-            &["unallocated_seconds"][..],
-        ),
+        ("gpus", &["uuid", "idx", "model"][..], &GPU_TAIL[..]),
     ] {
         let want: Vec<&str> = head.iter().chain(&fields).chain(tail).copied().collect();
         assert_eq!(columns(&ledger, table), want, "{table}");
@@ -364,6 +365,72 @@ fn read_only_open_refuses_an_older_schema() {
         let err = Ledger::open_read_only(dir.path()).unwrap_err();
         assert!(matches!(err, LedgerError::NotALedger { .. }), "{err}");
     }
+}
+
+#[test]
+fn a_version_1_ledger_migrates_and_its_gpus_start_with_no_throttling_and_no_xids() {
+    // Issue 13: throttled seconds and Xids are kept from version 2 on; a ledger written before
+    // loads with none and counts on from there.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.db");
+    {
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(schema::MIGRATIONS[0]).unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        let usage_cols: Vec<&str> = Usage::FIELDS.iter().map(|f| f.name).collect();
+        conn.execute(
+            &format!(
+                "INSERT INTO gpus (uuid, idx, model, {}, unallocated_seconds)
+                 VALUES ('GPU-old', 0, 'NVIDIA H100 80GB HBM3', {}, 7.0)",
+                usage_cols.join(", "),
+                vec!["1.5"; usage_cols.len()].join(", ")
+            ),
+            [],
+        )
+        .unwrap();
+    }
+    let mut ledger = Ledger::open(dir.path()).unwrap();
+    let gpus = ledger.load_gpus().unwrap();
+    assert_eq!(gpus.len(), 1);
+    assert_eq!(gpus[0].usage.energy_j, 1.5);
+    assert_eq!(gpus[0].unallocated_seconds, 7.0);
+    assert_eq!(gpus[0].events, GpuEvents::default());
+    // And from then on they are kept.
+    let mut g = gpus[0].clone();
+    g.events.xids.insert(79, 1);
+    ledger.persist(&[], &[g.clone()]).unwrap();
+    assert_eq!(ledger.load_gpus().unwrap(), vec![g]);
+}
+
+#[test]
+fn a_gpus_events_in_the_ledger_are_json_by_reason_name_and_xid_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ledger = Ledger::open(dir.path()).unwrap();
+    ledger.persist(&[], &[gpu(1)]).unwrap();
+    let (throttled, xids): (String, String) = ledger
+        .conn
+        .query_row("SELECT throttled_s, xids FROM gpus", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert_eq!(
+        throttled,
+        r#"{"gpu_idle":120.5,"hw_thermal_slowdown":1.25}"#
+    );
+    assert_eq!(xids, r#"{"13":3,"79":1}"#);
+    // A reason this build does not know (a newer gpucost's) is left out, not an error.
+    ledger
+        .conn
+        .execute(
+            r#"UPDATE gpus SET throttled_s = '{"gpu_idle":1.0,"from_the_future":2.0}'"#,
+            [],
+        )
+        .unwrap();
+    let g = &ledger.load_gpus().unwrap()[0];
+    assert_eq!(
+        g.events.throttled_by_reason(),
+        BTreeMap::from([("gpu_idle", 1.0)])
+    );
 }
 
 #[test]

@@ -33,6 +33,7 @@ use crate::snapshot::{Published, Snapshot};
 use gpucost_core::account::cost::Interval;
 use gpucost_core::account::efficiency::{flop_rate, fp32_bound, PipePeaks};
 use gpucost_core::account::pricing::Pricing;
+use gpucost_core::account::GpuEvents;
 use gpucost_core::attribute::process::ProcSource;
 use gpucost_core::attribute::PodGpu;
 use gpucost_core::attribute::{attribute, GpuInput};
@@ -104,6 +105,9 @@ pub struct Node {
     store: Box<dyn Store>,
     /// Whether the store holds what is exported: loaded, or written since.
     durable: bool,
+    /// Each GPU's throttled seconds and Xids as the store had them: the sampler counts from
+    /// zero when the agent starts, so what is persisted is this plus the sampler's count.
+    events_loaded: BTreeMap<String, GpuEvents>,
     ledger_error: Option<String>,
     clock: Arc<dyn Clock>,
     next_persist: Instant,
@@ -170,6 +174,10 @@ impl Node {
                 (false, Some(e), Vec::new(), Vec::new())
             }
         };
+        let events_loaded = gpus
+            .iter()
+            .map(|g| (g.uuid.clone(), g.events.clone()))
+            .collect();
         let tracker = Tracker::restore(jobs, gpus, now, cfg.grace_s, cfg.vanish_s, &cfg.hostname);
         let export_labels = Arc::new(cfg.export_labels.clone());
         let mut node = Node {
@@ -185,6 +193,7 @@ impl Node {
             tracker,
             store,
             durable,
+            events_loaded,
             clock,
             ledger_error,
             owners: BTreeMap::new(),
@@ -450,6 +459,7 @@ impl Node {
 
     /// Writes what changed; on success the persisted state becomes what is exported.
     fn persist(&mut self) {
+        self.count_gpu_events();
         let dirty: Vec<&JobRecord> = self.tracker.dirty();
         let gpus: Vec<GpuRecord> = self.tracker.gpus().cloned().collect();
         match self.store.persist(&dirty, &gpus) {
@@ -467,6 +477,20 @@ impl Node {
                 }
                 self.ledger_error = Some(msg);
             }
+        }
+    }
+
+    /// Brings each GPU's throttled seconds and Xids in the totals up to date: what the store
+    /// had plus what the sampler counted since the agent started.
+    fn count_gpu_events(&mut self) {
+        for g in self.sampler.gpus() {
+            let mut events = self
+                .events_loaded
+                .get(&g.info.uuid)
+                .cloned()
+                .unwrap_or_default();
+            events.add(&g.totals.events);
+            self.tracker.set_gpu_events(&g.info.uuid, events);
         }
     }
 

@@ -514,3 +514,47 @@ fn xid_events_are_counted_on_their_gpu() {
     assert_eq!(s.gpus[1].totals.events.xids[&79], 2);
     assert_eq!(s.gpus[0].totals.events.xids[&13], 1);
 }
+
+#[test]
+fn issue_13_throttled_seconds_and_xids_are_persisted_and_continue_after_a_restart() {
+    let mut rig = Rig::new();
+    // GPU 1 is power-capped (sw_power_cap, bit 0x4) from the start.
+    rig.gpus.script().gpus[1].clock_event_reasons = 0x4;
+    rig.steps(1);
+    rig.gpus.script().xids = vec![(1, 79), (1, 79), (0, 13)];
+    rig.steps(10);
+    let capped =
+        |s: &Snapshot| s.published.gpus["GPU-1"].events.throttled_by_reason()["sw_power_cap"];
+    let xids = |s: &Snapshot, uuid: &str| s.published.gpus[uuid].events.xids.clone();
+    let s = rig.snap();
+    // Exported as persisted (at 5 s and 10 s), like the other totals.
+    assert_eq!(capped(&s), 10.0);
+    assert_eq!(xids(&s, "GPU-1"), BTreeMap::from([(79, 2)]));
+    assert_eq!(xids(&s, "GPU-0"), BTreeMap::from([(13, 1)]));
+    rig.node.shutdown();
+    let stored = rig.store.get().gpus["GPU-1"].events.clone();
+    assert_eq!(stored.xids, BTreeMap::from([(79, 2)]));
+
+    // A new agent on the same store: the counters go on from there, never lower.
+    let mut again = Rig::with(Setup {
+        store: rig.store.clone(),
+        clock: rig.clock.clone(),
+        ..Setup::default()
+    });
+    again.gpus.script().gpus[1].clock_event_reasons = 0x4;
+    again.step();
+    let s = again.snap();
+    assert_eq!(capped(&s), stored.throttled_by_reason()["sw_power_cap"]);
+    assert_eq!(xids(&s, "GPU-1"), stored.xids);
+    again.gpus.script().xids = vec![(1, 79)];
+    let mut last = capped(&again.snap());
+    for _ in 0..10 {
+        again.step();
+        let now = capped(&again.snap());
+        assert!(now >= last, "{last} -> {now}");
+        last = now;
+    }
+    assert!(last > 10.0, "{last}");
+    assert_eq!(xids(&again.snap(), "GPU-1"), BTreeMap::from([(79, 3)]));
+    assert_eq!(again.store.get().gpus["GPU-1"].events.xids[&79], 3);
+}

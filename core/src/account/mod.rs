@@ -46,13 +46,13 @@ impl GpuEvents {
         }
     }
 
-    /// The throttled seconds by reason name (the `reason` label), for the reasons that were
-    /// ever active.
+    /// The throttled seconds by reason name (the `reason` label), for the reasons with time
+    /// counted (a NaN is left out: it would not survive JSON).
     pub fn throttled_by_reason(&self) -> BTreeMap<&'static str, f64> {
         CLOCK_EVENT_REASONS
             .iter()
             .zip(self.throttled_s)
-            .filter(|(_, s)| *s != 0.0)
+            .filter(|(_, s)| *s > 0.0)
             .map(|((_, reason), s)| (*reason, s))
             .collect()
     }

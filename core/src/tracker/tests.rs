@@ -424,7 +424,8 @@ fn counted_in_memory(jobs: &[JobRecord], now: Now) -> Tracker {
         if j.outcome != Outcome::Running {
             *t.finished.entry(j.outcome).or_default() += 1;
         }
-        t.jobs.insert(j.id.clone(), Tracked::new(j.clone(), now, true));
+        t.jobs
+            .insert(j.id.clone(), Tracked::new(j.clone(), now, true));
     }
     t
 }
@@ -546,10 +547,7 @@ fn merge_history_keeps_the_newer_facts_and_fills_in_the_older_ones() {
     let mut memory = rec("a", 9_000.0, 15.0, 9_151.0, Outcome::Running);
     memory.labels = BTreeMap::from([("team".into(), "vision".into())]);
     let mut ledger = rec("a", 5_000.0, 40.0, 24_451.0, Outcome::Running);
-    ledger.labels = BTreeMap::from([
-        ("team".into(), "nlp".into()),
-        ("sweep".into(), "s1".into()),
-    ]);
+    ledger.labels = BTreeMap::from([("team".into(), "nlp".into()), ("sweep".into(), "s1".into())]);
     ledger.registration = Some(Registered {
         pid: Some(4242),
         gpus: vec!["0".into()],
