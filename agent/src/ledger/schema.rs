@@ -2,7 +2,8 @@
 //!
 //! `MIGRATIONS[i]` takes a database from version `i` to version `i + 1`; version 0 is an empty
 //! file. To change the schema, append one entry (never edit a shipped one): `open` applies every
-//! missing step, each in its own transaction together with the new `user_version`.
+//! missing step in one transaction together with the new `user_version` and the reading of the
+//! history, so that a file whose history cannot be read is not migrated either.
 //!
 //! Every REAL column of a [`Usage`](gpucost_core::jobs::Usage) (and `started_at`,
 //! `unallocated_seconds`) may hold NULL: SQLite stores a NaN as NULL, and reading NULL back gives

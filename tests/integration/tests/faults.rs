@@ -1,5 +1,6 @@
 //! Faults: a hung NVML call, `kill -9` during ledger writes over and over, a full and a read-only
-//! state directory, garbage on the job socket, the socket's permissions.
+//! state directory, a damaged ledger and a state directory that cannot be reached at start,
+//! garbage on the job socket, the socket's permissions.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -273,7 +274,7 @@ fn a_read_only_state_dir_at_start_is_reported_and_persistence_begins_when_writab
         agent
             .logs()
             .iter()
-            .any(|l| l.contains("ledger unavailable")),
+            .any(|l| l.contains("cannot load the ledger")),
         "{:#?}",
         agent.logs()
     );
@@ -298,6 +299,155 @@ fn a_read_only_state_dir_at_start_is_reported_and_persistence_begins_when_writab
     assert!(
         in_ledger >= shown * (1.0 - 1e-12),
         "what was counted before the ledger opened is kept: {in_ledger} vs {shown}"
+    );
+}
+
+/// Job 777's total cost in the ledger of `state`, through `gpucost report`.
+fn ledger_job_cost(state: &Path) -> f64 {
+    let out = Command::new(agent_bin())
+        .args(["report", "--format", "json", "--job", "777", "--state-dir"])
+        .arg(state)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    doc["jobs"][0]["cost_total"].as_f64().unwrap()
+}
+
+/// Runs an agent on `dir` until its ledger holds job 777, stops it, and returns the job's cost
+/// in the ledger.
+fn write_history(dir: &Path, scenario: &str) -> f64 {
+    let mut agent = Agent::start_in(dir, &["--simulate", scenario], FAST);
+    agent.wait_for_metrics("the job persisted", Duration::from_secs(10), |m| {
+        ledger_up(m) == Some(1.0) && job_cost(m).is_some_and(|c| c > 0.0)
+    });
+    assert!(agent.terminate().success());
+    ledger_job_cost(&dir.join("state"))
+}
+
+/// Scrapes `agent` until `done`, asserting on the way that job 777's cost never goes down.
+fn cost_never_lower_until(
+    agent: &Agent,
+    what: &str,
+    mut last: f64,
+    done: impl Fn(&Metrics) -> bool,
+) -> Metrics {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = agent.metrics();
+        let cost = job_cost(&m).unwrap_or(0.0);
+        assert!(cost >= last, "the job's cost went back: {last} -> {cost}");
+        last = cost;
+        if done(&m) {
+            return m;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; last scrape:\n{}\nlog:\n{}",
+            m.text,
+            agent.logs().join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(30));
+    }
+}
+
+#[test]
+fn issue_13_a_damaged_ledger_is_moved_aside_untouched_and_a_new_one_begins() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = write_scenario(dir.path(), "one.toml", ONE_JOB);
+    assert!(write_history(dir.path(), &scenario) > 0.0);
+    let state = dir.path().join("state");
+    let path = state.join("ledger.db");
+    // Every page but the first (4 KiB: the header and the schema) overwritten with garbage, as a
+    // failing disk would: SQLite reads the schema, then finds the tables malformed.
+    let mut bytes = std::fs::read(&path).unwrap();
+    assert!(bytes.len() > 8192);
+    for (i, b) in bytes.iter_mut().enumerate().skip(4096) {
+        *b = (i * 7 % 251) as u8;
+    }
+    std::fs::write(&path, &bytes).unwrap();
+
+    let mut agent = Agent::start_in(dir.path(), &["--simulate", &scenario], FAST);
+    let line = agent.wait_for_log("IS DAMAGED AND WAS MOVED ASIDE", Duration::from_secs(5));
+    let aside: Vec<PathBuf> = std::fs::read_dir(&state)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            name.starts_with("ledger.db.corrupt-")
+                && !name.ends_with("-wal")
+                && !name.ends_with("-shm")
+        })
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert!(
+        line.contains(&path.display().to_string())
+            && line.contains(&aside[0].display().to_string())
+            && line.contains("ERROR"),
+        "an error naming both files: {line}"
+    );
+    assert_eq!(
+        std::fs::read(&aside[0]).unwrap(),
+        bytes,
+        "the damaged ledger is kept as it was"
+    );
+    // A new ledger, written to as usual.
+    agent.wait_for_metrics("the new ledger written", Duration::from_secs(10), |m| {
+        ledger_up(m) == Some(1.0) && job_cost(m).is_some_and(|c| c > 0.0)
+    });
+    assert!(agent.terminate().success());
+    assert!(ledger_job_cost(&state) > 0.0);
+    assert_eq!(std::fs::read(&aside[0]).unwrap(), bytes);
+}
+
+#[test]
+fn issue_13_a_state_dir_unreachable_at_start_is_loaded_once_reachable_and_never_overwritten() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = write_scenario(dir.path(), "one.toml", ONE_JOB);
+    // A history, in a state directory the next agent cannot reach yet.
+    let elsewhere = dir.path().join("elsewhere");
+    let history = write_history(&elsewhere, &scenario);
+    // Its state directory's parent is a regular file (ENOTDIR). A directory made read-only or
+    // unreadable with chmod would not do: the tests run as root, which file modes do not stop;
+    // a read-only mount would, but needs CAP_SYS_ADMIN (see the read-only test above).
+    let here = dir.path().join("here");
+    std::fs::write(&here, "a regular file, not a directory").unwrap();
+    let mut agent = Agent::start_in(&here, &["--simulate", &scenario], FAST);
+    let m = agent.wait_for_metrics("the job counted in memory", Duration::from_secs(10), |m| {
+        job_cost(m).is_some_and(|c| c > 0.0)
+    });
+    assert_eq!(ledger_up(&m), Some(0.0));
+    let line = agent.wait_for_log("cannot load the ledger", Duration::from_secs(1));
+    assert!(
+        line.contains("nothing is written to the ledger before its history is loaded"),
+        "{line}"
+    );
+    let (status, body) = agent.get("/healthz");
+    assert_eq!(status, 200);
+    assert!(body.contains("cannot create the state directory"), "{body}");
+
+    // The directory becomes reachable, with the history in it.
+    let before = job_cost(&agent.metrics()).unwrap();
+    std::fs::remove_file(&here).unwrap();
+    std::fs::rename(&elsewhere, &here).unwrap();
+    let m = cost_never_lower_until(&agent, "the ledger loaded and written", before, |m| {
+        ledger_up(m) == Some(1.0)
+    });
+    let shown = job_cost(&m).unwrap();
+    assert!(
+        shown >= history + before * (1.0 - 1e-9),
+        "the ledger's history ({history}) plus what was counted meanwhile ({before}): {shown}"
+    );
+    agent.wait_for_log("loaded at last", Duration::from_secs(1));
+    drop(agent);
+    let in_ledger = ledger_job_cost(&here.join("state"));
+    assert!(
+        in_ledger >= shown * (1.0 - 1e-12),
+        "the ledger has at least what was shown: {in_ledger} vs {shown}"
     );
 }
 
