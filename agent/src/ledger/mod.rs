@@ -33,6 +33,7 @@
 //! the way; [`LedgerStore`] then begins a new ledger, and refuses to write to one whose history
 //! it has not read.
 
+mod lock;
 mod read;
 mod schema;
 mod store;
@@ -40,6 +41,7 @@ mod store;
 mod tests;
 mod write;
 
+pub use lock::{LockError, StateLock, LOCK_FILE};
 pub use store::LedgerStore;
 
 use std::fs;
@@ -408,22 +410,25 @@ fn sql<'a>(path: &'a Path, context: &'static str) -> impl Fn(rusqlite::Error) ->
 }
 
 fn create_state_dir(dir: &Path, path: &Path) -> Result<(), LedgerError> {
-    let err = |source| LedgerError::CreateDir {
+    make_state_dir(dir).map_err(|source| LedgerError::CreateDir {
         dir: dir.to_owned(),
         path: path.to_owned(),
         source,
-    };
+    })
+}
+
+/// Creates the state directory (mode 0750) and its parents where missing.
+fn make_state_dir(dir: &Path) -> io::Result<()> {
     if dir.exists() && !dir.is_dir() {
-        return Err(err(io::Error::new(
+        return Err(io::Error::new(
             io::ErrorKind::AlreadyExists,
             "it exists and is not a directory",
-        )));
+        ));
     }
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o750)
         .create(dir)
-        .map_err(err)
 }
 
 fn user_version(conn: &Connection, path: &Path) -> Result<i64, LedgerError> {

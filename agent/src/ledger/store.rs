@@ -3,7 +3,8 @@
 //! is never written to"). Until it can be read (a state directory that appears later, a disk
 //! that comes back) every load fails and every write is refused, so the agent starts and keeps
 //! serving without it. A damaged file is moved aside, untouched, and a new ledger begins; a file
-//! from a newer gpucost is neither moved nor written.
+//! from a newer gpucost is neither moved nor written. It holds the state directory's lock
+//! ([`StateLock`]) from the first load on, or from start-up when the agent could take it then.
 
 use std::path::PathBuf;
 
@@ -12,7 +13,7 @@ use tracing::error;
 use gpucost_core::clock::unix_now;
 use gpucost_core::jobs::{GpuRecord, JobRecord};
 
-use super::{set_aside, Ledger, DB_FILE};
+use super::{set_aside, Ledger, StateLock, DB_FILE};
 use crate::node::Store;
 
 /// `<state_dir>/ledger.db`.
@@ -21,6 +22,8 @@ pub struct LedgerStore {
     ledger: Option<Ledger>,
     /// Whether this agent has read the ledger's history: until then nothing is written to it.
     loaded: bool,
+    /// The state directory's lock: no ledger is opened without it.
+    lock: Option<StateLock>,
 }
 
 impl LedgerStore {
@@ -29,7 +32,14 @@ impl LedgerStore {
             state_dir: state_dir.into(),
             ledger: None,
             loaded: false,
+            lock: None,
         }
+    }
+
+    /// With the state directory's lock, taken at start-up.
+    pub fn with_lock(mut self, lock: StateLock) -> Self {
+        self.lock = Some(lock);
+        self
     }
 
     /// The ledger, to write to: only once its history has been loaded; opened again after it
@@ -56,6 +66,9 @@ impl Store for LedgerStore {
 
     fn load(&mut self) -> Result<(Vec<JobRecord>, Vec<GpuRecord>), String> {
         self.ledger = None;
+        if self.lock.is_none() {
+            self.lock = Some(StateLock::acquire(&self.state_dir).map_err(|e| e.to_string())?);
+        }
         let (ledger, jobs, gpus) = match Ledger::open_with_history(&self.state_dir) {
             Ok(opened) => opened,
             Err(e) if e.is_damaged() => {

@@ -720,9 +720,27 @@ fn a_state_dir_that_cannot_be_created_is_no_damage_and_is_retried() {
     fs::write(&blocker, b"x").unwrap();
     let mut store = LedgerStore::new(blocker.join("state"));
     let err = store.load().unwrap_err();
-    assert!(err.contains("cannot create the state directory"), "{err}");
+    assert!(
+        err.contains(&blocker.join("state").display().to_string())
+            && err.contains("Not a directory"),
+        "{err}"
+    );
     fs::remove_file(&blocker).unwrap();
     written_ledger(&blocker.join("state"));
     let (jobs, gpus) = store.load().unwrap();
     assert_eq!((ids(&jobs), gpus), (vec!["a"], vec![gpu(0)]));
+}
+
+#[test]
+fn a_store_loads_only_with_the_state_directorys_lock() {
+    use crate::node::Store;
+    let dir = tempfile::tempdir().unwrap();
+    let held = StateLock::acquire(dir.path()).unwrap();
+    let mut store = LedgerStore::new(dir.path());
+    let err = store.load().unwrap_err();
+    assert!(err.contains("another gpucost agent"), "{err}");
+    assert!(!dir.path().join(DB_FILE).exists(), "not even opened");
+    // The agent that took it at start-up hands it to its store.
+    let mut store = LedgerStore::new(dir.path()).with_lock(held);
+    store.load().unwrap();
 }

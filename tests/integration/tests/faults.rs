@@ -1,6 +1,7 @@
 //! Faults: a hung NVML call, `kill -9` during ledger writes over and over, a full and a read-only
-//! state directory, a damaged ledger and a state directory that cannot be reached at start,
-//! garbage on the job socket, the socket's permissions.
+//! state directory, a damaged ledger and a state directory that cannot be reached at start, a
+//! second agent on the same state directory or socket, a stale socket, garbage on the job socket,
+//! the socket's permissions.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -428,7 +429,11 @@ fn issue_13_a_state_dir_unreachable_at_start_is_loaded_once_reachable_and_never_
     );
     let (status, body) = agent.get("/healthz");
     assert_eq!(status, 200);
-    assert!(body.contains("cannot create the state directory"), "{body}");
+    assert!(
+        body.contains(&here.join("state").display().to_string())
+            && body.contains("Not a directory"),
+        "the reason: {body}"
+    );
 
     // The directory becomes reachable, with the history in it.
     let before = job_cost(&agent.metrics()).unwrap();
@@ -449,6 +454,121 @@ fn issue_13_a_state_dir_unreachable_at_start_is_loaded_once_reachable_and_never_
         in_ledger >= shown * (1.0 - 1e-12),
         "the ledger has at least what was shown: {in_ledger} vs {shown}"
     );
+}
+
+/// Starts `gpucost agent` on `state` and `socket` (on the simulated demo) and waits for it to
+/// exit, at most 20 s: its exit code and standard error.
+fn agent_exit(state: &Path, socket: &Path) -> (Option<i32>, String) {
+    let mut child = Command::new(agent_bin())
+        .args(["agent", "--simulate", "demo", "--listen", "127.0.0.1:0"])
+        .arg("--state-dir")
+        .arg(state)
+        .arg("--socket")
+        .arg(socket)
+        .env("GPUCOST_ATTRIBUTION_KUBELET_SOCKET", "off")
+        .env_remove("GPUCOST_CONFIG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "the second agent kept running:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The socket's inode, and whether a registration over it works.
+fn socket_works(agent: &Agent, id: &str) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let (status, body) = gpucost_integration_tests::post_unix(
+        &agent.socket,
+        "/api/v1/jobs",
+        &format!(r#"{{"id": "{id}"}}"#),
+    );
+    assert_eq!(status, 201, "{body}");
+    std::fs::metadata(&agent.socket).unwrap().ino()
+}
+
+#[test]
+fn issue_13_a_second_agent_on_the_same_state_dir_exits_2_and_the_first_keeps_its_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Agent::start_in(dir.path(), &["--simulate", "demo"], FAST);
+    let ino = socket_works(&first, "before");
+    // The same state directory, and the same socket as well (the same config started twice).
+    let (code, err) = agent_exit(&first.state_dir, &first.socket);
+    assert_eq!(code, Some(2), "{err}");
+    let pid = first.pid().unwrap();
+    assert!(
+        err.contains(&first.state_dir.display().to_string())
+            && err.contains(&format!("pid {pid}"))
+            && err.contains("another gpucost agent"),
+        "names the state directory and the other agent's pid: {err}"
+    );
+    // The first goes on, on its own socket (the same file) and ledger.
+    assert_eq!(socket_works(&first, "after"), ino);
+    first.wait_for_metrics(
+        "the first agent writing its ledger",
+        Duration::from_secs(10),
+        |m| {
+            ledger_up(m) == Some(1.0) && m.get("gpucost_job_info", &[("job_id", "after")]).is_some()
+        },
+    );
+}
+
+#[test]
+fn issue_13_a_second_agent_on_the_same_socket_exits_2_and_leaves_it_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Agent::start_in(dir.path(), &["--simulate", "demo"], FAST);
+    let ino = socket_works(&first, "before");
+    let (code, err) = agent_exit(&dir.path().join("other-state"), &first.socket);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains(&first.socket.display().to_string()) && err.contains("answers"),
+        "names the socket: {err}"
+    );
+    assert_eq!(socket_works(&first, "after"), ino);
+}
+
+#[test]
+fn issue_13_a_stale_socket_is_replaced_and_a_socket_not_ours_is_not_removed() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut killed = Agent::start_in(dir.path(), &["--simulate", "demo"], FAST);
+    killed.kill9();
+    // What a kill -9 leaves: the socket file, nobody behind it (and the lock, released).
+    assert!(killed.socket.exists());
+    let mut agent = Agent::start_in(dir.path(), &["--simulate", "demo"], FAST);
+    socket_works(&agent, "after-the-crash");
+
+    // Someone else's socket now sits at the path: the agent's shutdown leaves it there.
+    std::fs::rename(&agent.socket, dir.path().join("moved.sock")).unwrap();
+    let other = std::os::unix::net::UnixListener::bind(&agent.socket).unwrap();
+    let other_ino = std::fs::metadata(&agent.socket).unwrap().ino();
+    assert!(agent.terminate().success());
+    assert_eq!(
+        std::fs::metadata(&agent.socket).map(|m| m.ino()).ok(),
+        Some(other_ino),
+        "another's socket is not removed"
+    );
+    assert!(agent
+        .logs()
+        .iter()
+        .any(|l| l.contains("is no longer this agent's")));
+    drop(other);
 }
 
 #[test]
