@@ -71,12 +71,15 @@ pub enum Message {
 }
 
 /// Durable state as the node thread uses it: the SQLite ledger on a node
-/// (`crate::ledger::LedgerStore`), memory in tests. A store that cannot be opened or written is
-/// retried at the next call; errors are for the log and `/metrics`.
+/// (`crate::ledger::LedgerStore`), memory in tests. A store that cannot be opened, read or
+/// written is retried at the next call; errors are for the log and `/metrics`.
+///
+/// Its history comes first: the node calls `set_meta` and `persist` only after a `load`
+/// succeeded, and a store may refuse them before (the ledger's history is never written over).
 pub trait Store: Send {
     /// Where it lives, for log lines.
     fn location(&self) -> String;
-    /// The jobs and GPUs as last persisted.
+    /// The jobs and GPUs as last persisted: the history every later write continues.
     fn load(&mut self) -> Result<(Vec<JobRecord>, Vec<GpuRecord>), String>;
     fn set_meta(&mut self, key: &str, value: &str) -> Result<(), String>;
     /// Writes the changed jobs and every GPU, all or nothing.

@@ -406,6 +406,38 @@ fn issue_13_a_damaged_ledger_is_moved_aside_untouched_and_a_new_one_begins() {
 }
 
 #[test]
+fn issue_13_a_ledger_from_a_newer_gpucost_is_neither_moved_nor_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = write_scenario(dir.path(), "one.toml", ONE_JOB);
+    write_history(dir.path(), &scenario);
+    let state = dir.path().join("state");
+    let path = state.join("ledger.db");
+    // The "user version" of the database header, 4 bytes big-endian at offset 60
+    // (https://www.sqlite.org/fileformat.html), is the ledger's schema version: one from far ahead.
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[60..64].copy_from_slice(&99u32.to_be_bytes());
+    std::fs::write(&path, &bytes).unwrap();
+
+    let mut agent = Agent::start_in(dir.path(), &["--simulate", &scenario], FAST);
+    let m = agent.wait_for_metrics("the job counted in memory", Duration::from_secs(10), |m| {
+        job_cost(m).is_some_and(|c| c > 0.0)
+    });
+    assert_eq!(ledger_up(&m), Some(0.0));
+    let (_, body) = agent.get("/healthz");
+    assert!(body.contains("newer gpucost"), "{body}");
+    // Several persist intervals (100 ms) go by; then the agent stops, which persists once more.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(agent.terminate().success());
+    assert!(agent.logs().iter().any(|l| l.contains("schema version 99")));
+    assert_eq!(std::fs::read(&path).unwrap(), bytes, "left as it was");
+    let names: Vec<String> = std::fs::read_dir(&state)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!names.iter().any(|n| n.contains("corrupt")), "{names:?}");
+}
+
+#[test]
 fn issue_13_a_state_dir_unreachable_at_start_is_loaded_once_reachable_and_never_overwritten() {
     let dir = tempfile::tempdir().unwrap();
     let scenario = write_scenario(dir.path(), "one.toml", ONE_JOB);
