@@ -115,7 +115,13 @@ pub fn bind(path: &Path, mode: u32) -> Result<(UnixListener, SocketFile), BindEr
         }
         Err(e) => return Err(e.into()),
     }
-    let listener = UnixListener::bind(path)?;
+    let listener = UnixListener::bind(path).map_err(|e| match e.kind() {
+        // Bound by another process since it was found stale or missing.
+        io::ErrorKind::AddrInUse => BindError::InUse {
+            path: path.to_owned(),
+        },
+        _ => e.into(),
+    })?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
     let m = std::fs::symlink_metadata(path)?;
     Ok((
