@@ -15,7 +15,7 @@ use crate::api::socket;
 use crate::export::http;
 use crate::identity::kubelet::{list_gpus, PodGpu};
 use crate::identity::procfs::ProcFs;
-use crate::ledger::LedgerStore;
+use crate::ledger::{LedgerStore, LockError, StateLock};
 use crate::node::{Message, Node, NodeConfig, NodeParts, Store};
 use crate::notify;
 use crate::record::Recorder;
@@ -34,8 +34,15 @@ use gpucost_core::tracker::JobLimits;
 /// Requests waiting for the node thread at most.
 const INBOX_CAPACITY: usize = 1024;
 
+/// Another agent is in the way at start-up: it holds the state directory's lock, or answers on
+/// the job socket. Nothing of it was touched; the binary exits with status 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct InUse(String);
+
 /// Runs the agent until a shutdown signal. Errors are start-up errors (a bad scenario, a port in
-/// use); once running, nothing about the GPUs, the ledger or the socket stops it.
+/// use, another agent on the state directory or the socket: [`InUse`]); once running, nothing
+/// about the GPUs, the ledger or the socket stops it.
 pub fn run(config: Config, record: Option<std::path::PathBuf>) -> anyhow::Result<()> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let scenario = match &config.simulate {
@@ -60,6 +67,16 @@ pub fn run(config: Config, record: Option<std::path::PathBuf>) -> anyhow::Result
     for w in config.pricing.warnings(&[]) {
         warn!("pricing: {w}");
     }
+    // One agent per state directory, so two never write one ledger. A directory that cannot be
+    // reached yet is no reason not to start: the store takes the lock before it loads the ledger.
+    let lock = match StateLock::acquire(&config.state_dir) {
+        Ok(l) => Some(l),
+        Err(e @ LockError::Held { .. }) => return Err(InUse(e.to_string()).into()),
+        Err(e) => {
+            warn!("{e}; the ledger is not opened before this lock is taken, which is tried again with each attempt to load it");
+            None
+        }
+    };
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -70,6 +87,22 @@ pub fn run(config: Config, record: Option<std::path::PathBuf>) -> anyhow::Result
         .block_on(TcpListener::bind(config.listen))
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let local = listener.local_addr()?;
+    // The job socket, before anything else starts: without it jobs are still found by
+    // attribution, but one that another agent answers on is that agent's.
+    let (job_listener, job_socket) = {
+        let _guard = runtime.enter();
+        match socket::bind(&config.socket, config.socket_mode) {
+            Ok((l, f)) => (Some(l), Some(f)),
+            Err(e @ socket::BindError::InUse { .. }) => return Err(InUse(e.to_string()).into()),
+            Err(e) => {
+                warn!(
+                    "cannot open the job socket {}: {e}; `gpucost run` and `gpucost job` will run untracked (set socket / --socket)",
+                    config.socket.display()
+                );
+                (None, None)
+            }
+        }
+    };
 
     let (tx, rx) = watch::channel(Arc::new(first_snapshot(scenario.as_ref())));
     let (pods_tx, pods_rx) = watch::channel(Vec::<PodGpu>::new());
@@ -105,7 +138,10 @@ pub fn run(config: Config, record: Option<std::path::PathBuf>) -> anyhow::Result
                 &node_config,
                 node_scenario.as_ref(),
                 Wiring {
-                    store: Box::new(LedgerStore::new(&node_config.state_dir)),
+                    store: Box::new(match lock {
+                        Some(l) => LedgerStore::new(&node_config.state_dir).with_lock(l),
+                        None => LedgerStore::new(&node_config.state_dir),
+                    }),
                     clock: node_clock,
                     hostname: hostname(),
                     pods: pods_rx,
@@ -146,22 +182,20 @@ pub fn run(config: Config, record: Option<std::path::PathBuf>) -> anyhow::Result
 
     let result = runtime.block_on(
         async {
-            // The job socket: without it jobs are still found by attribution.
-            let _guard = runtime.enter();
-            match socket::bind(&config.socket, config.socket_mode) {
-                Ok(l) => {
-                    info!("job registration on unix socket {}", config.socket.display());
-                    tokio::spawn(socket::serve(l, inbox.clone(), shutdown.clone()).in_current_span());
-                }
-                Err(e) => warn!(
-                    "cannot open the job socket {}: {e}; `gpucost run` and `gpucost job` will run untracked (set socket / --socket)",
+            if let Some(l) = job_listener {
+                info!(
+                    "job registration on unix socket {}",
                     config.socket.display()
-                ),
+                );
+                tokio::spawn(socket::serve(l, inbox.clone(), shutdown.clone()).in_current_span());
             }
             if let Some(sock) = config.attribution.kubelet_socket.clone() {
                 let resources = config.attribution.kubelet_resources.clone();
                 let every = config.attribution.kubelet_interval;
-                tokio::spawn(poll_kubelet(sock, resources, every, pods_tx, shutdown.clone()).in_current_span());
+                tokio::spawn(
+                    poll_kubelet(sock, resources, every, pods_tx, shutdown.clone())
+                        .in_current_span(),
+                );
             }
             // systemd (Type=notify): up once both listeners are bound; then the watchdog.
             let _ = notify::ready(&format!("listening on {local}"));
@@ -169,12 +203,22 @@ pub fn run(config: Config, record: Option<std::path::PathBuf>) -> anyhow::Result
             // agent without its final persist: persist instead, and go on.
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
                 Ok(hangups) => {
-                    tokio::spawn(persist_on_hangup(hangups, inbox.clone(), shutdown.clone()).in_current_span());
+                    tokio::spawn(
+                        persist_on_hangup(hangups, inbox.clone(), shutdown.clone())
+                            .in_current_span(),
+                    );
                 }
                 Err(e) => warn!("cannot handle SIGHUP ({e}); it will stop the agent"),
             }
             if let Some(every) = notify::watchdog_interval() {
-                tokio::spawn(keep_watchdog(health, local, stale_after, every, clock.clone(), shutdown.clone()));
+                tokio::spawn(keep_watchdog(
+                    health,
+                    local,
+                    stale_after,
+                    every,
+                    clock.clone(),
+                    shutdown.clone(),
+                ));
             }
             tokio::select! {
                 r = server => r.context("HTTP server failed"),
@@ -194,9 +238,15 @@ pub fn run(config: Config, record: Option<std::path::PathBuf>) -> anyhow::Result
         warn!("the node thread panicked");
     }
     runtime.shutdown_timeout(Duration::from_secs(2));
-    if let Err(e) = std::fs::remove_file(&config.socket) {
-        if e.kind() != std::io::ErrorKind::NotFound {
-            warn!("cannot remove the socket {}: {e}", config.socket.display());
+    // Only our own socket: another agent may have bound one at the same path since.
+    if let Some(f) = &job_socket {
+        match f.remove_if_ours() {
+            Ok(true) => {}
+            Ok(false) => info!(
+                "the job socket {} is no longer this agent's (removed or replaced): left as it is",
+                f.path().display()
+            ),
+            Err(e) => warn!("cannot remove the socket {}: {e}", f.path().display()),
         }
     }
     info!("stopped");

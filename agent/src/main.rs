@@ -306,8 +306,11 @@ fn agent(args: AgentArgs) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("gpucost: {e:#}");
-            // A bad scenario is bad input, like a bad config.
-            if e.downcast_ref::<gpucost_sim::ScenarioError>().is_some() {
+            // A bad scenario is bad input, like a bad config; another agent in the way is a
+            // setup to fix, not a failure to retry.
+            if e.downcast_ref::<gpucost_sim::ScenarioError>().is_some()
+                || e.downcast_ref::<gpucost::agent::InUse>().is_some()
+            {
                 ExitCode::from(2)
             } else {
                 ExitCode::FAILURE

@@ -138,7 +138,7 @@ impl Recorder {
                     power_limit_w: 0.0,
                     counter: true,
                     trace: Trace::default(),
-                    xids: snap.totals.xids.clone(),
+                    xids: snap.totals.events.xids.clone(),
                 });
             if g.trace.t_s.last().is_some_and(|last| *last >= t) {
                 continue;
@@ -180,7 +180,7 @@ impl Recorder {
                 }
                 (None, None) => {}
             }
-            for (xid, n) in &snap.totals.xids {
+            for (xid, n) in &snap.totals.events.xids {
                 let before = g.xids.get(xid).copied().unwrap_or(0);
                 for _ in before..*n {
                     self.events.push(EventSpec {
@@ -192,7 +192,7 @@ impl Recorder {
                     });
                 }
             }
-            g.xids = snap.totals.xids.clone();
+            g.xids = snap.totals.events.xids.clone();
             let held = owners
                 .get(&tick.uuid)
                 .map(Vec::as_slice)
@@ -452,7 +452,10 @@ mod tests {
                 })
                 .collect(),
             totals: gpucost_core::account::GpuTotals {
-                xids: xids.iter().copied().collect(),
+                events: gpucost_core::account::GpuEvents {
+                    xids: xids.iter().copied().collect(),
+                    ..Default::default()
+                },
                 ..Default::default()
             },
             energy_method: None,

@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::account::GpuEvents;
+
 /// Names a configured job label (`jobs.export_labels`) may not take: the labels the exported
 /// job series already carry, and `job`, which Prometheus owns.
 pub const RESERVED_LABELS: &[&str] = &[
@@ -273,6 +275,9 @@ pub struct GpuRecord {
     pub usage: Usage,
     /// Seconds the GPU was held by no job.
     pub unallocated_seconds: f64,
+    /// Seconds throttled by reason, and Xids.
+    #[serde(default)]
+    pub events: GpuEvents,
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::account::cost::{cost_interval, Interval, Owner};
 use crate::account::pricing::Pricing;
+use crate::account::GpuEvents;
 use crate::attribute::{Attribution, JobOwners, Registration};
 use crate::clock::Now;
 use crate::jobs::{GpuRecord, JobRecord, Outcome, Progress, Registered, Scheduler, Usage};
@@ -246,6 +247,21 @@ fn check_user_registration(req: &RegisterRequest, caller_uid: u32) -> Result<(),
 }
 
 impl Tracker {
+    /// An empty table.
+    pub fn new(grace_s: f64, vanish_s: f64, host: &str) -> Self {
+        Tracker {
+            jobs: BTreeMap::new(),
+            gpus: BTreeMap::new(),
+            finished: BTreeMap::new(),
+            grace_s,
+            vanish_s,
+            next_serial: 0,
+            host: host.to_string(),
+            limits: JobLimits::default(),
+            gpu_peaks: BTreeMap::new(),
+        }
+    }
+
     /// A table restored from the ledger's jobs and GPUs. Jobs still running when the agent
     /// stopped continue under their ids; finished ones stay for what is left of their grace
     /// period, as far as the wall clock tells (the monotonic clock does not survive a restart).
@@ -257,34 +273,90 @@ impl Tracker {
         vanish_s: f64,
         host: &str,
     ) -> Self {
-        let mut t = Tracker {
-            jobs: BTreeMap::new(),
-            gpus: gpus.into_iter().map(|g| (g.uuid.clone(), g)).collect(),
-            finished: BTreeMap::new(),
-            grace_s,
-            vanish_s,
-            next_serial: 0,
-            host: host.to_string(),
-            limits: JobLimits::default(),
-            gpu_peaks: BTreeMap::new(),
-        };
+        let mut t = Tracker::new(grace_s, vanish_s, host);
+        t.merge_history(jobs, gpus, now);
+        t
+    }
+
+    /// Folds in the ledger's history (`jobs`, `gpus`) on top of what the table counted itself.
+    /// On an empty table this is [`Tracker::restore`]; on a table that counted from nothing while
+    /// the ledger could not be read, it adds the two, so that nothing exported goes down:
+    ///
+    /// - a job in both is one job that ran on: its usage (in total and per GPU) is the sum, its
+    ///   start the earlier one, the rest (outcome, labels, registration, progress) what the
+    ///   table knows, which is newer, filled in from the ledger where the table has nothing; it
+    ///   is marked to be persisted;
+    /// - a job only in the ledger comes back as `restore` brings it: running, or finished and
+    ///   within its grace period, or only counted;
+    /// - a GPU's totals (usage, unallocated seconds, throttled seconds, Xids) are summed;
+    /// - finished jobs counted add up.
+    pub fn merge_history(&mut self, jobs: Vec<JobRecord>, gpus: Vec<GpuRecord>, now: Now) {
         for rec in jobs {
             if rec.outcome != Outcome::Running {
-                *t.finished.entry(rec.outcome).or_default() += 1;
+                *self.finished.entry(rec.outcome).or_default() += 1;
             }
-            let in_grace = rec.ended_at.is_none_or(|e| now.wall - e < grace_s);
-            if in_grace {
-                let ago = rec.ended_at.map(|e| (now.wall - e).clamp(0.0, grace_s));
-                let mut tracked = Tracked::new(rec, now, false);
-                tracked.ended = ago.map(|a| {
-                    now.mono
-                        .checked_sub(Duration::from_secs_f64(a))
-                        .unwrap_or(now.mono)
-                });
-                t.jobs.insert(tracked.rec.id.clone(), tracked);
+            let Some(t) = self.jobs.get_mut(&rec.id) else {
+                self.restore_job(rec, now);
+                continue;
+            };
+            let m = t.rec_mut();
+            m.usage.add(&rec.usage);
+            for (uuid, u) in &rec.per_gpu {
+                m.per_gpu.entry(uuid.clone()).or_default().add(u);
+            }
+            // f64::min keeps the other value when one is NaN (a start the ledger lost).
+            m.started_at = m.started_at.min(rec.started_at);
+            for (k, v) in rec.labels {
+                m.labels.entry(k).or_insert(v);
+            }
+            if m.uid.is_none() {
+                m.uid = rec.uid;
+                m.user = rec.user;
+            }
+            m.registration = m.registration.take().or(rec.registration);
+            m.progress = m.progress.take().or(rec.progress);
+        }
+        for g in gpus {
+            match self.gpus.get_mut(&g.uuid) {
+                Some(m) => {
+                    m.usage.add(&g.usage);
+                    m.unallocated_seconds += g.unallocated_seconds;
+                    m.events.add(&g.events);
+                }
+                None => {
+                    self.gpus.insert(g.uuid.clone(), g);
+                }
             }
         }
-        t
+    }
+
+    /// A job from the ledger that the table does not have: kept if running or within its grace
+    /// period (as far as the wall clock tells), not marked to be persisted.
+    fn restore_job(&mut self, rec: JobRecord, now: Now) {
+        let grace_s = self.grace_s;
+        let in_grace = rec.ended_at.is_none_or(|e| now.wall - e < grace_s);
+        if in_grace {
+            let ago = rec.ended_at.map(|e| (now.wall - e).clamp(0.0, grace_s));
+            let mut tracked = Tracked::new(rec, now, false);
+            tracked.ended = ago.map(|a| {
+                now.mono
+                    .checked_sub(Duration::from_secs_f64(a))
+                    .unwrap_or(now.mono)
+            });
+            self.jobs.insert(tracked.rec.id.clone(), tracked);
+        }
+    }
+
+    /// Sets the GPU's throttled seconds and Xids (counted by the sampler, plus what the ledger
+    /// had); false when the table has no such GPU yet (it appears with its first interval).
+    pub fn set_gpu_events(&mut self, uuid: &str, events: GpuEvents) -> bool {
+        match self.gpus.get_mut(uuid) {
+            Some(g) => {
+                g.events = events;
+                true
+            }
+            None => false,
+        }
     }
 
     pub fn get(&self, id: &str) -> Option<&JobRecord> {
@@ -673,6 +745,7 @@ impl Tracker {
                 model: model.to_string(),
                 usage: Usage::default(),
                 unallocated_seconds: 0.0,
+                events: GpuEvents::default(),
             });
         g.index = index;
         g.usage.add(&c.gpu);

@@ -4,8 +4,9 @@
 //! Bodies are limited to [`MAX_BODY`] bytes; malformed requests get a 4xx with a JSON error and
 //! change nothing.
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::io;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::time::{Duration, Instant};
 
@@ -52,19 +53,90 @@ struct AppState {
     inbox: SyncSender<Message>,
 }
 
-/// Binds the socket: creates its folder, replaces a stale socket file, sets `mode`.
-pub fn bind(path: &Path, mode: u32) -> std::io::Result<UnixListener> {
+/// Why the job socket could not be bound.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error(
+        "another process answers on the job socket {} (another gpucost agent?): it is left alone; \
+         stop that agent, or give this one its own --socket",
+        .path.display()
+    )]
+    InUse { path: PathBuf },
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// The socket file an agent bound, told apart from any other at the same path by its device and
+/// inode, so that the agent removes it on the way out only while it is still its own.
+#[derive(Debug)]
+pub struct SocketFile {
+    path: PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+impl SocketFile {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Removes the socket file if it is still the one this agent bound; one that replaced it
+    /// (another agent's) is left alone. Whether it was removed.
+    pub fn remove_if_ours(&self) -> io::Result<bool> {
+        match std::fs::symlink_metadata(&self.path) {
+            Ok(m) if m.dev() == self.dev && m.ino() == self.ino => {
+                std::fs::remove_file(&self.path).map(|()| true)
+            }
+            Ok(_) => Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Binds the socket: creates its folder, replaces a stale socket file (one that nothing answers
+/// on, left by an agent that was killed), sets `mode`. A socket that answers is never replaced
+/// ([`BindError::InUse`]), nor one whose state cannot be told.
+pub fn bind(path: &Path, mode: u32) -> Result<(UnixListener, SocketFile), BindError> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
+    // Does anything answer there? unix(7): connect fails with ECONNREFUSED when "the remote
+    // address specified by connect(2) was not a listening socket", which is also what a file that
+    // is not a socket gives; ENOENT when there is nothing.
+    match std::os::unix::net::UnixStream::connect(path) {
+        Ok(_) => {
+            return Err(BindError::InUse {
+                path: path.to_owned(),
+            })
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
+            match std::fs::remove_file(path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(e) => return Err(e.into()),
     }
-    let listener = UnixListener::bind(path)?;
+    let listener = UnixListener::bind(path).map_err(|e| match e.kind() {
+        // Bound by another process since it was found stale or missing.
+        io::ErrorKind::AddrInUse => BindError::InUse {
+            path: path.to_owned(),
+        },
+        _ => e.into(),
+    })?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
-    Ok(listener)
+    let m = std::fs::symlink_metadata(path)?;
+    Ok((
+        listener,
+        SocketFile {
+            path: path.to_owned(),
+            dev: m.dev(),
+            ino: m.ino(),
+        },
+    ))
 }
 
 pub fn router(inbox: SyncSender<Message>) -> Router {

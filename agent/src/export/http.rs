@@ -131,6 +131,8 @@ async fn get_healthz(State(app): State<AppState>) -> Response {
         "last_sample_age_seconds": age.map(|a| a.as_secs_f64()),
         "nvml_up": snap.backend_up,
         "nvml_error": snap.backend_error,
+        "ledger_up": snap.ledger_error.is_none(),
+        "ledger_error": snap.ledger_error,
         "source": snap.source,
         "simulated": snap.simulated,
         "gpus": snap.gpus.len(),

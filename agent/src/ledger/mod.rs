@@ -23,7 +23,17 @@
 //!
 //! Versioned with `PRAGMA user_version`; see [`schema`] for the tables and how to add a
 //! migration. A file written by a newer gpucost is refused, never downgraded.
+//!
+//! # History first
+//!
+//! Nothing is written to a file before its history has been read ([`Ledger::open_with_history`]):
+//! SQLite's `quick_check` runs on it first, and the migrations and metadata go in one transaction
+//! with the reading of every job and GPU, committed only when all of it could be read. A damaged
+//! file ([`LedgerError::is_damaged`]) is thus left as it was, for [`set_aside`] to move out of
+//! the way; [`LedgerStore`] then begins a new ledger, and refuses to write to one whose history
+//! it has not read.
 
+mod lock;
 mod read;
 mod schema;
 mod store;
@@ -31,6 +41,7 @@ mod store;
 mod tests;
 mod write;
 
+pub use lock::{LockError, StateLock, LOCK_FILE};
 pub use store::LedgerStore;
 
 use std::fs;
@@ -40,9 +51,13 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior};
+use rusqlite::config::DbConfig;
+use rusqlite::{
+    params, Connection, ErrorCode, OpenFlags, OptionalExtension, Transaction, TransactionBehavior,
+};
 
 use gpucost_core::clock::unix_now;
+use gpucost_core::jobs::{GpuRecord, JobRecord};
 
 pub use schema::SCHEMA_VERSION;
 
@@ -106,6 +121,29 @@ pub enum LedgerError {
     },
     #[error("ledger {path}: {detail}")]
     Corrupt { path: PathBuf, detail: String },
+    #[error("the ledger {path} is damaged: {detail}")]
+    Damaged { path: PathBuf, detail: String },
+}
+
+impl LedgerError {
+    /// Whether the file itself is damaged, so that reading it again will not help: SQLite says
+    /// SQLITE_CORRUPT ("the database file has been corrupted") or SQLITE_NOTADB ("the file being
+    /// opened does not appear to be an SQLite database file"; both in
+    /// <https://www.sqlite.org/rescode.html>), its `quick_check` finds it malformed, or its tables
+    /// are not those of its schema version ([`LedgerError::Damaged`]). Not damaged: a file that is
+    /// busy, missing, not readable or writable for lack of permission or disk space, one written
+    /// by a newer gpucost, or one with a row this gpucost cannot decode (the file is sound; the
+    /// error names the row).
+    pub fn is_damaged(&self) -> bool {
+        match self {
+            LedgerError::Damaged { .. } => true,
+            LedgerError::Sqlite { source, .. } => matches!(
+                source.sqlite_error_code(),
+                Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase)
+            ),
+            _ => false,
+        }
+    }
 }
 
 /// Which jobs [`Ledger::query_jobs`] returns. The default returns all of them.
@@ -143,14 +181,46 @@ ON CONFLICT (key) DO UPDATE SET value = excluded.value";
 
 impl Ledger {
     /// Opens (creating it, and the state directory with mode 0750, if missing) the ledger for
-    /// writing, and migrates its schema to [`SCHEMA_VERSION`].
+    /// writing, and migrates its schema to [`SCHEMA_VERSION`]; nothing is written to a file that
+    /// SQLite finds damaged (see [`Ledger::open_with_history`]).
     pub fn open(state_dir: &Path) -> Result<Ledger, LedgerError> {
+        Ledger::open_and_read(state_dir, |_| Ok(())).map(|(ledger, ())| ledger)
+    }
+
+    /// Opens the ledger for writing like [`Ledger::open`], reading its whole history (every job
+    /// and GPU) before anything is written to the file: the schema migration and the metadata
+    /// are committed in one transaction with that reading, or, when any of it fails, not at all.
+    /// An error leaves the file as it was.
+    pub fn open_with_history(
+        state_dir: &Path,
+    ) -> Result<(Ledger, Vec<JobRecord>, Vec<GpuRecord>), LedgerError> {
+        let (ledger, (jobs, gpus)) = Ledger::open_and_read(state_dir, |l| {
+            Ok((
+                l.load_jobs().map_err(tables_not_of_version)?,
+                l.load_gpus().map_err(tables_not_of_version)?,
+            ))
+        })?;
+        Ok((ledger, jobs, gpus))
+    }
+
+    /// Opens for writing; checks, migrates and runs `read` in one transaction, then sets the
+    /// metadata and switches to WAL mode.
+    fn open_and_read<T>(
+        state_dir: &Path,
+        read: impl FnOnce(&Ledger) -> Result<T, LedgerError>,
+    ) -> Result<(Ledger, T), LedgerError> {
         let path = state_dir.join(DB_FILE);
         create_state_dir(state_dir, &path)?;
-        let mut conn = Connection::open(&path).map_err(sql(&path, "cannot open the database"))?;
+        let conn = Connection::open(&path).map_err(sql(&path, "cannot open the database"))?;
         conn.busy_timeout(BUSY_TIMEOUT)
             .map_err(sql(&path, "cannot set the busy timeout"))?;
-        // Refuse a newer file before changing anything in it (journal_mode=WAL writes the header).
+        // Until the history is read, SQLite itself must not write either: the last connection to
+        // a WAL database checkpoints the WAL into the file when it closes, unless told not to
+        // (SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, https://www.sqlite.org/c3ref/c_dbconfig_defensive.html).
+        conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
+            .map_err(sql(&path, "cannot configure the connection"))?;
+        // Refuse a newer file before changing anything in it. A file that is not a database at
+        // all fails here, with SQLITE_NOTADB.
         let found = user_version(&conn, &path)?;
         if found > SCHEMA_VERSION {
             return Err(LedgerError::TooNew {
@@ -159,9 +229,51 @@ impl Ledger {
                 supported: SCHEMA_VERSION,
             });
         }
-        let mode: String = conn
+        if found > 0 {
+            quick_check(&conn, &path)?;
+        } else if has_tables(&conn, &path)? {
+            // Someone else's database: not ours to add tables to.
+            return Err(LedgerError::NotALedger { path });
+        }
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(sql(&path, "cannot set synchronous=NORMAL"))?;
+        conn.pragma_update(None, "foreign_keys", true)
+            .map_err(sql(&path, "cannot enable foreign keys"))?;
+
+        let ledger = Ledger {
+            conn,
+            path,
+            read_only: false,
+        };
+        let path = &ledger.path;
+        let value = {
+            // IMMEDIATE takes the write lock first, so two processes never run the same step.
+            let tx = Transaction::new_unchecked(&ledger.conn, TransactionBehavior::Immediate)
+                .map_err(sql(path, "cannot begin opening the ledger"))?;
+            migrate(&tx, path)?;
+            let value = read(&ledger)?;
+            let now = unix_now().to_string();
+            tx.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('created_unix', ?1)",
+                [&now],
+            )
+            .and_then(|_| {
+                tx.execute(
+                    UPSERT_META,
+                    params!["agent_version", env!("CARGO_PKG_VERSION")],
+                )
+            })
+            .map_err(sql(path, "cannot write metadata"))?;
+            tx.commit()
+                .map_err(sql(path, "cannot commit opening the ledger"))?;
+            value
+        };
+        // Read and sound: from now on the usual WAL mode, checkpoints on close included. (A
+        // ledger is in WAL mode from its first open on, so this changes the file only then.)
+        let mode: String = ledger
+            .conn
             .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
-            .map_err(sql(&path, "cannot switch to WAL mode"))?;
+            .map_err(sql(path, "cannot switch to WAL mode"))?;
         if !mode.eq_ignore_ascii_case("wal") {
             tracing::warn!(
                 ledger = %path.display(),
@@ -169,27 +281,11 @@ impl Ledger {
                 "the ledger's file system does not support WAL mode; readers may block the agent"
             );
         }
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(sql(&path, "cannot set synchronous=NORMAL"))?;
-        conn.pragma_update(None, "foreign_keys", true)
-            .map_err(sql(&path, "cannot enable foreign keys"))?;
-        migrate(&mut conn, &path)?;
-
-        let mut ledger = Ledger {
-            conn,
-            path,
-            read_only: false,
-        };
-        let now = unix_now().to_string();
         ledger
             .conn
-            .execute(
-                "INSERT OR IGNORE INTO meta (key, value) VALUES ('created_unix', ?1)",
-                [&now],
-            )
-            .map_err(sql(&ledger.path, "cannot write metadata"))?;
-        ledger.set_meta("agent_version", env!("CARGO_PKG_VERSION"))?;
-        Ok(ledger)
+            .set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, false)
+            .map_err(sql(path, "cannot configure the connection"))?;
+        Ok((ledger, value))
     }
 
     /// Opens an existing ledger for reading only (`gpucost report`). Works while the agent has
@@ -314,22 +410,25 @@ fn sql<'a>(path: &'a Path, context: &'static str) -> impl Fn(rusqlite::Error) ->
 }
 
 fn create_state_dir(dir: &Path, path: &Path) -> Result<(), LedgerError> {
-    let err = |source| LedgerError::CreateDir {
+    make_state_dir(dir).map_err(|source| LedgerError::CreateDir {
         dir: dir.to_owned(),
         path: path.to_owned(),
         source,
-    };
+    })
+}
+
+/// Creates the state directory (mode 0750) and its parents where missing.
+fn make_state_dir(dir: &Path) -> io::Result<()> {
     if dir.exists() && !dir.is_dir() {
-        return Err(err(io::Error::new(
+        return Err(io::Error::new(
             io::ErrorKind::AlreadyExists,
             "it exists and is not a directory",
-        )));
+        ));
     }
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o750)
         .create(dir)
-        .map_err(err)
 }
 
 fn user_version(conn: &Connection, path: &Path) -> Result<i64, LedgerError> {
@@ -337,35 +436,101 @@ fn user_version(conn: &Connection, path: &Path) -> Result<i64, LedgerError> {
         .map_err(sql(path, "cannot read the schema version"))
 }
 
-/// Brings the schema up to [`SCHEMA_VERSION`], one migration per transaction.
-fn migrate(conn: &mut Connection, path: &Path) -> Result<(), LedgerError> {
-    loop {
-        // IMMEDIATE takes the write lock first, so two processes never run the same step.
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(sql(path, "cannot begin the schema migration"))?;
-        let found = user_version(&tx, path)?;
-        if found > SCHEMA_VERSION {
-            return Err(LedgerError::TooNew {
-                path: path.to_owned(),
-                found,
-                supported: SCHEMA_VERSION,
-            });
-        }
-        if found == SCHEMA_VERSION {
-            return Ok(());
-        }
-        let step = usize::try_from(found).map_err(|_| LedgerError::Corrupt {
+/// Brings the schema up to [`SCHEMA_VERSION`] inside the caller's transaction (so that every
+/// step, or none, is applied together with the new `user_version`).
+fn migrate(tx: &Transaction<'_>, path: &Path) -> Result<(), LedgerError> {
+    // Read again under the write lock: another process may have migrated since.
+    let found = user_version(tx, path)?;
+    if found > SCHEMA_VERSION {
+        return Err(LedgerError::TooNew {
             path: path.to_owned(),
-            detail: format!("negative schema version {found}"),
-        })?;
-        tx.execute_batch(schema::MIGRATIONS[step])
-            .map_err(sql(path, "cannot migrate the schema"))?;
-        tx.pragma_update(None, "user_version", found + 1)
-            .map_err(sql(path, "cannot record the schema version"))?;
-        tx.commit()
-            .map_err(sql(path, "cannot commit the schema migration"))?;
+            found,
+            supported: SCHEMA_VERSION,
+        });
     }
+    let first = usize::try_from(found).map_err(|_| LedgerError::Damaged {
+        path: path.to_owned(),
+        detail: format!("negative schema version {found}"),
+    })?;
+    if first == schema::MIGRATIONS.len() {
+        return Ok(());
+    }
+    for step in &schema::MIGRATIONS[first..] {
+        tx.execute_batch(step)
+            .map_err(sql(path, "cannot migrate the schema"))?;
+    }
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+        .map_err(sql(path, "cannot record the schema version"))
+}
+
+/// SQLite's own check of the file's structure (<https://www.sqlite.org/pragma.html#pragma_quick_check>):
+/// one row, `ok`, or a row for each problem found. It only reads.
+fn quick_check(conn: &Connection, path: &Path) -> Result<(), LedgerError> {
+    let rows: Vec<String> = conn
+        .prepare("PRAGMA quick_check")
+        .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+        .map_err(sql(path, "cannot check the database"))?;
+    if rows.len() == 1 && rows[0] == "ok" {
+        return Ok(());
+    }
+    let shown: Vec<&str> = rows.iter().take(3).map(String::as_str).collect();
+    Err(LedgerError::Damaged {
+        path: path.to_owned(),
+        detail: format!(
+            "SQLite's quick_check finds {} problem(s): {}",
+            rows.len(),
+            shown.join("; ")
+        ),
+    })
+}
+
+/// Whether the database has any table, index or view (a file of version 0 without: an empty one).
+fn has_tables(conn: &Connection, path: &Path) -> Result<bool, LedgerError> {
+    conn.query_row("SELECT count(*) > 0 FROM sqlite_master", [], |r| r.get(0))
+        .map_err(sql(path, "cannot read the schema"))
+}
+
+/// A read of a file whose schema version this gpucost knows that fails with SQLITE_ERROR (`no
+/// such table`, `no such column`) means its tables are not those of that version: its schema
+/// cannot be read, the file is damaged.
+fn tables_not_of_version(e: LedgerError) -> LedgerError {
+    match e {
+        LedgerError::Sqlite { path, source, .. }
+            if matches!(&source, rusqlite::Error::SqliteFailure(f, _)
+                if f.extended_code == rusqlite::ffi::SQLITE_ERROR) =>
+        {
+            LedgerError::Damaged {
+                path,
+                detail: format!(
+                    "its tables are not those of schema version {SCHEMA_VERSION}: {source}"
+                ),
+            }
+        }
+        e => e,
+    }
+}
+
+/// Moves a damaged ledger out of the way, untouched, to `ledger.db.corrupt-<unix>` in the same
+/// directory, with its `-wal` and `-shm` files (if any) beside it under the names SQLite gives
+/// them, so that the moved file opens with its last commits (`sqlite3 ledger.db.corrupt-<unix>
+/// .recover`). The sidecars go first: a new ledger must never find an old WAL next to it. Returns
+/// where the database went.
+pub fn set_aside(state_dir: &Path, unix: u64) -> io::Result<PathBuf> {
+    let path = state_dir.join(DB_FILE);
+    let mut aside = state_dir.join(format!("{DB_FILE}.corrupt-{unix}"));
+    let mut n = 1;
+    while aside.exists() || sidecar(&aside, "-wal").exists() {
+        n += 1;
+        aside = state_dir.join(format!("{DB_FILE}.corrupt-{unix}.{n}"));
+    }
+    for suffix in ["-wal", "-shm"] {
+        match fs::rename(sidecar(&path, suffix), sidecar(&aside, suffix)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    fs::rename(&path, &aside)?;
+    Ok(aside)
 }
 
 /// `<path><suffix>`, e.g. the `-wal` file next to the database.

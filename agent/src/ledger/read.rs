@@ -1,11 +1,12 @@
 //! Reading: every job or those a report asks for, with their per-GPU usage, and the GPUs'
 //! totals; rows decoded back into records.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use rusqlite::{params, Row};
 
+use gpucost_core::account::GpuEvents;
 use gpucost_core::jobs::{GpuRecord, JobRecord, Outcome, Scheduler, Usage};
 
 use super::{sql, JobFilter, Ledger, LedgerError};
@@ -99,22 +100,35 @@ impl Ledger {
         let mut stmt = self
             .conn
             .prepare_cached(&format!(
-                "SELECT uuid, idx, model, {usage}, unallocated_seconds FROM gpus
-                 ORDER BY idx, uuid",
+                "SELECT uuid, idx, model, {usage}, unallocated_seconds, throttled_s, xids
+                 FROM gpus ORDER BY idx, uuid",
                 usage = usage_columns(""),
             ))
             .map_err(sql(path, "cannot read GPUs"))?;
-        stmt.query_map([], |row| {
-            Ok(GpuRecord {
-                uuid: row.get(0)?,
-                index: row.get(1)?,
-                model: row.get(2)?,
-                usage: read_usage(row, 3)?,
-                unallocated_seconds: nan_if_null(row, 3 + Usage::LEN)?,
+        let raw = stmt
+            .query_map([], |row| {
+                let tail = 3 + Usage::LEN;
+                Ok((
+                    GpuRecord {
+                        uuid: row.get(0)?,
+                        index: row.get(1)?,
+                        model: row.get(2)?,
+                        usage: read_usage(row, 3)?,
+                        unallocated_seconds: nan_if_null(row, tail)?,
+                        events: GpuEvents::default(),
+                    },
+                    row.get::<_, Option<String>>(tail + 1)?,
+                    row.get::<_, Option<String>>(tail + 2)?,
+                ))
             })
-        })
-        .and_then(|rows| rows.collect())
-        .map_err(sql(path, "cannot read GPUs"))
+            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+            .map_err(sql(path, "cannot read GPUs"))?;
+        raw.into_iter()
+            .map(|(mut g, throttled, xids)| {
+                g.events = read_events(path, &g.uuid, throttled, xids)?;
+                Ok(g)
+            })
+            .collect()
     }
 }
 
@@ -190,7 +204,35 @@ impl RawJob {
     }
 }
 
-/// Maps a rusqlite error to a [`LedgerError`] naming the file and what was being done.
+/// A GPU's throttled seconds and Xids from their JSON columns (NULL: none yet, a ledger from
+/// before schema version 2).
+fn read_events(
+    path: &Path,
+    uuid: &str,
+    throttled: Option<String>,
+    xids: Option<String>,
+) -> Result<GpuEvents, LedgerError> {
+    let corrupt = |what: &str, e: serde_json::Error| LedgerError::Corrupt {
+        path: path.to_owned(),
+        detail: format!("GPU {uuid}: bad {what} JSON: {e}"),
+    };
+    let mut events = GpuEvents::default();
+    if let Some(text) = throttled {
+        let by_reason: BTreeMap<String, Option<f64>> =
+            serde_json::from_str(&text).map_err(|e| corrupt("throttled seconds", e))?;
+        for (reason, seconds) in by_reason {
+            // A reason this build does not know (a newer gpucost's) is left out.
+            if let Some(s) = seconds {
+                events.set_throttled(&reason, s);
+            }
+        }
+    }
+    if let Some(text) = xids {
+        events.xids = serde_json::from_str(&text).map_err(|e| corrupt("Xids", e))?;
+    }
+    Ok(events)
+}
+
 /// The usage columns, comma-separated, each name prefixed with `prefix` (a table alias).
 fn usage_columns(prefix: &str) -> String {
     Usage::FIELDS

@@ -2,7 +2,8 @@
 //!
 //! `MIGRATIONS[i]` takes a database from version `i` to version `i + 1`; version 0 is an empty
 //! file. To change the schema, append one entry (never edit a shipped one): `open` applies every
-//! missing step, each in its own transaction together with the new `user_version`.
+//! missing step in one transaction together with the new `user_version` and the reading of the
+//! history, so that a file whose history cannot be read is not migrated either.
 //!
 //! Every REAL column of a [`Usage`](gpucost_core::jobs::Usage) (and `started_at`,
 //! `unallocated_seconds`) may hold NULL: SQLite stores a NaN as NULL, and reading NULL back gives
@@ -88,8 +89,17 @@ CREATE TABLE meta (
 );
 ";
 
+/// Version 2: each GPU's seconds with each clock-event reason active and its Xids by code, which
+/// a restart used to reset (issue 13). JSON objects, keyed by the reason's name (the `reason`
+/// label; a new reason needs no migration) and by the Xid code. NULL in a ledger written before:
+/// none yet.
+const V2: &str = "
+ALTER TABLE gpus ADD COLUMN throttled_s TEXT;     -- JSON {reason: seconds}
+ALTER TABLE gpus ADD COLUMN xids TEXT;            -- JSON {xid code: count}
+";
+
 /// `MIGRATIONS[i]` upgrades version `i` to `i + 1`. Append only.
-pub(crate) const MIGRATIONS: &[&str] = &[V1];
+pub(crate) const MIGRATIONS: &[&str] = &[V1, V2];
 
 /// The schema version this build writes and understands.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -2,8 +2,9 @@ use std::collections::BTreeMap;
 
 use rusqlite::Connection;
 
-use super::write::JOB_COLUMNS;
+use super::write::{GPU_TAIL, JOB_COLUMNS};
 use super::*;
+use gpucost_core::account::GpuEvents;
 use gpucost_core::jobs::{GpuRecord, JobRecord, Outcome, Registered, Scheduler, Usage};
 
 /// A usage with a different value in each field (k, 2k, 3k, ... in field order), so that a column
@@ -84,12 +85,17 @@ fn bare_job(id: &str, started_at: f64) -> JobRecord {
 }
 
 fn gpu(i: u32) -> GpuRecord {
+    let mut events = GpuEvents::default();
+    events.set_throttled("gpu_idle", 120.5);
+    events.set_throttled("hw_thermal_slowdown", f64::from(i) + 0.25);
+    events.xids = BTreeMap::from([(79, 1), (13, u64::from(i) + 2)]);
     GpuRecord {
         uuid: format!("GPU-{i:04}"),
         index: i,
         model: "NVIDIA H100 80GB HBM3".to_string(),
         usage: usage(f64::from(i) + 1.0),
         unallocated_seconds: 12.5,
+        events,
     }
 }
 
@@ -144,11 +150,7 @@ fn the_schemas_usage_columns_are_the_usage_field_table() {
     for (table, head, tail) in [
         ("jobs", JOB_COLUMNS.as_slice(), &[][..]),
         ("job_gpus", &["job_id", "gpu_uuid"][..], &[][..]),
-        (
-            "gpus",
-            &["uuid", "idx", "model"][..],
-            &["unallocated_seconds"][..],
-        ),
+        ("gpus", &["uuid", "idx", "model"][..], &GPU_TAIL[..]),
     ] {
         let want: Vec<&str> = head.iter().chain(&fields).chain(tail).copied().collect();
         assert_eq!(columns(&ledger, table), want, "{table}");
@@ -367,6 +369,72 @@ fn read_only_open_refuses_an_older_schema() {
 }
 
 #[test]
+fn a_version_1_ledger_migrates_and_its_gpus_start_with_no_throttling_and_no_xids() {
+    // Issue 13: throttled seconds and Xids are kept from version 2 on; a ledger written before
+    // loads with none and counts on from there.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.db");
+    {
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(schema::MIGRATIONS[0]).unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        let usage_cols: Vec<&str> = Usage::FIELDS.iter().map(|f| f.name).collect();
+        conn.execute(
+            &format!(
+                "INSERT INTO gpus (uuid, idx, model, {}, unallocated_seconds)
+                 VALUES ('GPU-old', 0, 'NVIDIA H100 80GB HBM3', {}, 7.0)",
+                usage_cols.join(", "),
+                vec!["1.5"; usage_cols.len()].join(", ")
+            ),
+            [],
+        )
+        .unwrap();
+    }
+    let mut ledger = Ledger::open(dir.path()).unwrap();
+    let gpus = ledger.load_gpus().unwrap();
+    assert_eq!(gpus.len(), 1);
+    assert_eq!(gpus[0].usage.energy_j, 1.5);
+    assert_eq!(gpus[0].unallocated_seconds, 7.0);
+    assert_eq!(gpus[0].events, GpuEvents::default());
+    // And from then on they are kept.
+    let mut g = gpus[0].clone();
+    g.events.xids.insert(79, 1);
+    ledger.persist(&[], &[g.clone()]).unwrap();
+    assert_eq!(ledger.load_gpus().unwrap(), vec![g]);
+}
+
+#[test]
+fn a_gpus_events_in_the_ledger_are_json_by_reason_name_and_xid_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ledger = Ledger::open(dir.path()).unwrap();
+    ledger.persist(&[], &[gpu(1)]).unwrap();
+    let (throttled, xids): (String, String) = ledger
+        .conn
+        .query_row("SELECT throttled_s, xids FROM gpus", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert_eq!(
+        throttled,
+        r#"{"gpu_idle":120.5,"hw_thermal_slowdown":1.25}"#
+    );
+    assert_eq!(xids, r#"{"13":3,"79":1}"#);
+    // A reason this build does not know (a newer gpucost's) is left out, not an error.
+    ledger
+        .conn
+        .execute(
+            r#"UPDATE gpus SET throttled_s = '{"gpu_idle":1.0,"from_the_future":2.0}'"#,
+            [],
+        )
+        .unwrap();
+    let g = &ledger.load_gpus().unwrap()[0];
+    assert_eq!(
+        g.events.throttled_by_reason(),
+        BTreeMap::from([("gpu_idle", 1.0)])
+    );
+}
+
+#[test]
 fn migrations_run_on_a_fresh_file_and_are_idempotent() {
     assert_eq!(SCHEMA_VERSION, schema::MIGRATIONS.len() as i64);
     let dir = tempfile::tempdir().unwrap();
@@ -481,4 +549,199 @@ fn uri_path_escapes_what_a_uri_would_misread() {
         uri_path(Path::new("/var/lib/gpu cost/a?b#c%d.db")),
         "/var/lib/gpu%20cost/a%3Fb%23c%25d.db"
     );
+}
+
+/// Overwrites every page of the file after the first (4 KiB, SQLite's default page size) with
+/// garbage, as a bad disk or a stray write would: the header and the schema stay readable, the
+/// tables do not.
+fn damage_pages(path: &Path) {
+    let mut bytes = fs::read(path).unwrap();
+    assert!(bytes.len() > 8192, "a ledger of a few pages");
+    for (i, b) in bytes.iter_mut().enumerate().skip(4096) {
+        *b = (i * 7 % 251) as u8;
+    }
+    fs::write(path, bytes).unwrap();
+}
+
+/// A ledger with a job and a GPU, closed cleanly (its WAL checkpointed and gone).
+fn written_ledger(dir: &Path) -> PathBuf {
+    let mut ledger = Ledger::open(dir).unwrap();
+    ledger.persist(&[&job("a", 1.0, None)], &[gpu(0)]).unwrap();
+    drop(ledger);
+    let path = dir.join(DB_FILE);
+    assert!(!sidecar(&path, "-wal").exists());
+    path
+}
+
+/// The databases set aside in `dir` (`ledger.db.corrupt-*`, not their `-wal` and `-shm`).
+fn set_aside_files(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_string_lossy();
+            name.starts_with("ledger.db.corrupt-")
+                && !name.ends_with("-wal")
+                && !name.ends_with("-shm")
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn issue_13_a_damaged_ledger_is_moved_aside_untouched_and_a_new_one_begins() {
+    use crate::node::Store;
+    // (case, how the file is damaged)
+    type Damage = fn(&Path);
+    let cases: [(&str, Damage); 3] = [
+        (
+            "pages overwritten (SQLITE_CORRUPT, quick_check)",
+            damage_pages,
+        ),
+        ("header overwritten (SQLITE_NOTADB)", |p: &Path| {
+            let mut bytes = fs::read(p).unwrap();
+            bytes[..100].fill(b'x');
+            fs::write(p, bytes).unwrap();
+        }),
+        (
+            "a table gone (the schema does not match its version)",
+            |p: &Path| {
+                Connection::open(p)
+                    .unwrap()
+                    .execute_batch("DROP TABLE gpus")
+                    .unwrap();
+            },
+        ),
+    ];
+    for (case, damage) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let path = written_ledger(dir.path());
+        damage(&path);
+        let damaged = fs::read(&path).unwrap();
+        let err = Ledger::open_with_history(dir.path()).unwrap_err();
+        assert!(err.is_damaged(), "{case}: {err}");
+        assert_eq!(
+            fs::read(&path).unwrap(),
+            damaged,
+            "{case}: open wrote to it"
+        );
+
+        let mut store = LedgerStore::new(dir.path());
+        let (jobs, gpus) = store.load().unwrap();
+        assert!(jobs.is_empty() && gpus.is_empty(), "{case}: a new ledger");
+        let aside = set_aside_files(dir.path());
+        assert_eq!(aside.len(), 1, "{case}: {aside:?}");
+        assert_eq!(fs::read(&aside[0]).unwrap(), damaged, "{case}: untouched");
+        store.persist(&[&job("b", 2.0, None)], &[]).unwrap();
+        assert_eq!(
+            ids(&Ledger::open(dir.path()).unwrap().load_jobs().unwrap()),
+            ["b"]
+        );
+    }
+}
+
+#[test]
+fn set_aside_moves_the_wal_and_shm_along_and_never_overwrites_an_earlier_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(DB_FILE);
+    for (name, text) in [("", "db"), ("-wal", "wal"), ("-shm", "shm")] {
+        fs::write(sidecar(&path, name), text).unwrap();
+    }
+    let first = set_aside(dir.path(), 1_780_000_000).unwrap();
+    assert_eq!(first, dir.path().join("ledger.db.corrupt-1780000000"));
+    assert_eq!(fs::read_to_string(&first).unwrap(), "db");
+    assert_eq!(fs::read_to_string(sidecar(&first, "-wal")).unwrap(), "wal");
+    assert_eq!(fs::read_to_string(sidecar(&first, "-shm")).unwrap(), "shm");
+    assert!(!path.exists() && !sidecar(&path, "-wal").exists());
+    // A second one in the same second, without sidecars.
+    fs::write(&path, "db2").unwrap();
+    let second = set_aside(dir.path(), 1_780_000_000).unwrap();
+    assert_eq!(second, dir.path().join("ledger.db.corrupt-1780000000.2"));
+    assert_eq!(fs::read_to_string(&first).unwrap(), "db");
+    assert_eq!(fs::read_to_string(&second).unwrap(), "db2");
+}
+
+#[test]
+fn a_ledger_from_a_newer_gpucost_is_neither_moved_nor_written() {
+    use crate::node::Store;
+    let dir = tempfile::tempdir().unwrap();
+    let path = written_ledger(dir.path());
+    Connection::open(&path)
+        .unwrap()
+        .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+        .unwrap();
+    let before = fs::read(&path).unwrap();
+    let mut store = LedgerStore::new(dir.path());
+    let err = store.load().unwrap_err();
+    assert!(err.contains("newer gpucost"), "{err}");
+    let err = store.persist(&[&job("b", 2.0, None)], &[]).unwrap_err();
+    assert!(err.contains("has not been loaded"), "{err}");
+    assert!(store.set_meta("currency", "EUR").is_err());
+    assert_eq!(fs::read(&path).unwrap(), before);
+    assert!(set_aside_files(dir.path()).is_empty());
+}
+
+#[test]
+fn a_row_that_does_not_decode_is_an_error_but_no_damage_and_changes_nothing() {
+    use crate::node::Store;
+    let dir = tempfile::tempdir().unwrap();
+    let path = written_ledger(dir.path());
+    Connection::open(&path)
+        .unwrap()
+        .execute_batch("UPDATE jobs SET labels = 'not json'")
+        .unwrap();
+    let before = fs::read(&path).unwrap();
+    let mut store = LedgerStore::new(dir.path());
+    let err = store.load().unwrap_err();
+    assert!(err.contains("job a: bad labels JSON"), "{err}");
+    assert_eq!(fs::read(&path).unwrap(), before);
+    assert!(set_aside_files(dir.path()).is_empty());
+    assert!(store.persist(&[], &[gpu(0)]).is_err());
+}
+
+#[test]
+fn a_store_writes_nothing_before_its_history_is_loaded() {
+    use crate::node::Store;
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = LedgerStore::new(dir.path().join("state"));
+    let err = store.persist(&[&job("a", 1.0, None)], &[]).unwrap_err();
+    assert!(err.contains("has not been loaded"), "{err}");
+    assert!(!dir.path().join("state").exists(), "not even created");
+    store.load().unwrap();
+    store.persist(&[&job("a", 1.0, None)], &[]).unwrap();
+}
+
+#[test]
+fn a_state_dir_that_cannot_be_created_is_no_damage_and_is_retried() {
+    use crate::node::Store;
+    let dir = tempfile::tempdir().unwrap();
+    // The state directory's parent is a regular file: ENOTDIR, for root too.
+    let blocker = dir.path().join("blocker");
+    fs::write(&blocker, b"x").unwrap();
+    let mut store = LedgerStore::new(blocker.join("state"));
+    let err = store.load().unwrap_err();
+    assert!(
+        err.contains(&blocker.join("state").display().to_string())
+            && err.contains("Not a directory"),
+        "{err}"
+    );
+    fs::remove_file(&blocker).unwrap();
+    written_ledger(&blocker.join("state"));
+    let (jobs, gpus) = store.load().unwrap();
+    assert_eq!((ids(&jobs), gpus), (vec!["a"], vec![gpu(0)]));
+}
+
+#[test]
+fn a_store_loads_only_with_the_state_directorys_lock() {
+    use crate::node::Store;
+    let dir = tempfile::tempdir().unwrap();
+    let held = StateLock::acquire(dir.path()).unwrap();
+    let mut store = LedgerStore::new(dir.path());
+    let err = store.load().unwrap_err();
+    assert!(err.contains("another gpucost agent"), "{err}");
+    assert!(!dir.path().join(DB_FILE).exists(), "not even opened");
+    // The agent that took it at start-up hands it to its store.
+    let mut store = LedgerStore::new(dir.path()).with_lock(held);
+    store.load().unwrap();
 }

@@ -61,16 +61,12 @@ fn upsert_job_gpu() -> &'static str {
     SQL.get_or_init(|| upsert("job_gpus", "job_id, gpu_uuid", &["job_id", "gpu_uuid"], &[]))
 }
 
+/// The columns of `gpus` after the usage.
+pub(super) const GPU_TAIL: [&str; 3] = ["unallocated_seconds", "throttled_s", "xids"];
+
 fn upsert_gpu() -> &'static str {
     static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    SQL.get_or_init(|| {
-        upsert(
-            "gpus",
-            "uuid",
-            &["uuid", "idx", "model"],
-            &["unallocated_seconds"],
-        )
-    })
+    SQL.get_or_init(|| upsert("gpus", "uuid", &["uuid", "idx", "model"], &GPU_TAIL))
 }
 
 /// Removes per-GPU rows of a job that its record no longer has (`?2`: JSON array of UUIDs), so
@@ -169,7 +165,18 @@ impl Ledger {
             for g in gpus {
                 let head: [&dyn rusqlite::ToSql; 3] = [&g.uuid, &g.index, &g.model];
                 let usage = g.usage.to_array();
-                let tail: [&dyn rusqlite::ToSql; 1] = [&g.unallocated_seconds];
+                let encode = |what: &str, v: serde_json::Result<String>| {
+                    v.map_err(|e| LedgerError::Corrupt {
+                        path: path.to_owned(),
+                        detail: format!("cannot encode the {what} of GPU {}: {e}", g.uuid),
+                    })
+                };
+                let throttled = encode(
+                    "throttled seconds",
+                    serde_json::to_string(&g.events.throttled_by_reason()),
+                )?;
+                let xids = encode("Xids", serde_json::to_string(&g.events.xids))?;
+                let tail: [&dyn rusqlite::ToSql; 3] = [&g.unallocated_seconds, &throttled, &xids];
                 gpu_stmt
                     .execute(rusqlite::params_from_iter(
                         head.iter()

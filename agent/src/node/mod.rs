@@ -5,7 +5,8 @@
 //! publishes a [`Snapshot`]. Between ticks it answers [`Message`]s from the socket API and the
 //! benchmark thread. Exported totals are the store's (what was last persisted), so a crash and
 //! restart never shows a counter going backwards; without a working store the live totals are
-//! shown instead.
+//! shown instead. A store whose history cannot be loaded is never written to: the node counts in
+//! memory, loads again at each persist, and adds what it counted to the history once it loads.
 //!
 //! Everything it depends on comes in: the sampler (with its backend factory), the store, the
 //! process source, the pods, the hostname and the [`Clock`]. [`Node::run`] is the thread's
@@ -33,6 +34,7 @@ use crate::snapshot::{Published, Snapshot};
 use gpucost_core::account::cost::Interval;
 use gpucost_core::account::efficiency::{flop_rate, fp32_bound, PipePeaks};
 use gpucost_core::account::pricing::Pricing;
+use gpucost_core::account::GpuEvents;
 use gpucost_core::attribute::process::ProcSource;
 use gpucost_core::attribute::PodGpu;
 use gpucost_core::attribute::{attribute, check_claim, GpuInput};
@@ -76,12 +78,15 @@ pub enum Message {
 }
 
 /// Durable state as the node thread uses it: the SQLite ledger on a node
-/// (`crate::ledger::LedgerStore`), memory in tests. A store that cannot be opened or written is
-/// retried at the next call; errors are for the log and `/metrics`.
+/// (`crate::ledger::LedgerStore`), memory in tests. A store that cannot be opened, read or
+/// written is retried at the next call; errors are for the log and `/metrics`.
+///
+/// Its history comes first: the node calls `set_meta` and `persist` only after a `load`
+/// succeeded, and a store may refuse them before (the ledger's history is never written over).
 pub trait Store: Send {
     /// Where it lives, for log lines.
     fn location(&self) -> String;
-    /// The jobs and GPUs as last persisted.
+    /// The jobs and GPUs as last persisted: the history every later write continues.
     fn load(&mut self) -> Result<(Vec<JobRecord>, Vec<GpuRecord>), String>;
     fn set_meta(&mut self, key: &str, value: &str) -> Result<(), String>;
     /// Writes the changed jobs and every GPU, all or nothing.
@@ -111,8 +116,15 @@ pub struct Node {
     pods: watch::Receiver<Vec<PodGpu>>,
     tracker: Tracker,
     store: Box<dyn Store>,
+    /// Whether the store's history has been read (and added to the totals). Until then nothing
+    /// is written to it: it is read again at each persist instead.
+    loaded: bool,
     /// Whether the store holds what is exported: loaded, or written since.
     durable: bool,
+    /// Each GPU's throttled seconds and Xids as the store had them: the sampler counts from
+    /// zero when the agent starts, so what is persisted is this plus the sampler's count.
+    /// Empty until the history is loaded.
+    events_loaded: BTreeMap<String, GpuEvents>,
     ledger_error: Option<String>,
     clock: Arc<dyn Clock>,
     next_persist: Instant,
@@ -156,33 +168,12 @@ impl Node {
             pricing,
             procs,
             pods,
-            mut store,
+            store,
             clock,
             tx,
         } = parts;
         let now = clock.now();
-        let (durable, ledger_error, jobs, gpus) = match store.load() {
-            Ok((j, g)) => {
-                let running = j.iter().filter(|j| j.ended_at.is_none()).count();
-                info!(
-                    "ledger {}: {} jobs ({running} still running continue), {} GPUs",
-                    store.location(),
-                    j.len(),
-                    g.len()
-                );
-                // `gpucost report` labels money with the currency the agent counted in.
-                if let Err(e) = store.set_meta("currency", &pricing.currency) {
-                    warn!("cannot record the currency in the ledger: {e}");
-                }
-                (true, None, j, g)
-            }
-            Err(e) => {
-                warn!("ledger unavailable: {e}; totals are kept in memory only and persistence is retried");
-                (false, Some(e), Vec::new(), Vec::new())
-            }
-        };
-        let mut tracker =
-            Tracker::restore(jobs, gpus, now, cfg.grace_s, cfg.vanish_s, &cfg.hostname);
+        let mut tracker = Tracker::new(cfg.grace_s, cfg.vanish_s, &cfg.hostname);
         tracker.set_limits(cfg.limits);
         let export_labels = Arc::new(cfg.export_labels.clone());
         let mut node = Node {
@@ -198,9 +189,11 @@ impl Node {
             pods,
             tracker,
             store,
-            durable,
+            loaded: false,
+            durable: false,
+            events_loaded: BTreeMap::new(),
             clock,
-            ledger_error,
+            ledger_error: None,
             owners: BTreeMap::new(),
             peaks: BTreeMap::new(),
             sim_endings: None,
@@ -209,6 +202,9 @@ impl Node {
             recorder: None,
             recorder_error: None,
         };
+        // Loaded now, the store holds exactly what is exported; loaded later, only once the
+        // merged totals are written.
+        node.durable = node.load_history();
         node.republish();
         node
     }
@@ -567,8 +563,67 @@ impl Node {
             .observe(&att, |pid| procs.info(pid).is_some(), user_name, now);
     }
 
+    /// Reads the store's history, once, and adds it to the totals: at start, and, while it
+    /// cannot be read, again before each persist; until then nothing is written to the store
+    /// (its history would be overwritten). The totals counted in memory meanwhile come on top
+    /// of the history ([`Tracker::merge_history`]), so nothing exported goes down. Whether the
+    /// history is loaded.
+    fn load_history(&mut self) -> bool {
+        if self.loaded {
+            return true;
+        }
+        let (jobs, gpus) = match self.store.load() {
+            Ok(history) => history,
+            Err(e) => {
+                if self.ledger_error.as_deref() != Some(e.as_str()) {
+                    warn!(
+                        "cannot load the ledger {}: {e}. Counting in memory from zero; nothing is \
+                         written to the ledger before its history is loaded, which is tried again \
+                         every {} (gpucost_ledger_up 0)",
+                        self.store.location(),
+                        humantime::format_duration(self.cfg.persist_interval)
+                    );
+                }
+                self.ledger_error = Some(e);
+                return false;
+            }
+        };
+        let running = jobs.iter().filter(|j| j.ended_at.is_none()).count();
+        let (n_jobs, n_gpus) = (jobs.len(), gpus.len());
+        if self.ledger_error.take().is_some() {
+            info!(
+                "ledger {} loaded at last: {n_jobs} jobs ({running} running), {n_gpus} GPUs; what was counted in memory meanwhile is added to them",
+                self.store.location()
+            );
+        } else {
+            info!(
+                "ledger {}: {n_jobs} jobs ({running} still running continue), {n_gpus} GPUs",
+                self.store.location()
+            );
+        }
+        // The tracker's GPU events are the sampler's count so far (`persist` brings them up to
+        // date first); the ledger's come on top, there and in what the sampler's count adds to.
+        for g in &gpus {
+            self.events_loaded
+                .entry(g.uuid.clone())
+                .or_default()
+                .add(&g.events);
+        }
+        self.tracker.merge_history(jobs, gpus, self.clock.now());
+        self.loaded = true;
+        // `gpucost report` labels money with the currency the agent counted in.
+        if let Err(e) = self.store.set_meta("currency", &self.pricing.currency) {
+            warn!("cannot record the currency in the ledger: {e}");
+        }
+        true
+    }
+
     /// Writes what changed; on success the persisted state becomes what is exported.
     fn persist(&mut self) {
+        self.count_gpu_events();
+        if !self.load_history() {
+            return;
+        }
         let dirty: Vec<&JobRecord> = self.tracker.dirty();
         let gpus: Vec<GpuRecord> = self.tracker.gpus().cloned().collect();
         match self.store.persist(&dirty, &gpus) {
@@ -586,6 +641,20 @@ impl Node {
                 }
                 self.ledger_error = Some(msg);
             }
+        }
+    }
+
+    /// Brings each GPU's throttled seconds and Xids in the totals up to date: what the store
+    /// had plus what the sampler counted since the agent started.
+    fn count_gpu_events(&mut self) {
+        for g in self.sampler.gpus() {
+            let mut events = self
+                .events_loaded
+                .get(&g.info.uuid)
+                .cloned()
+                .unwrap_or_default();
+            events.add(&g.totals.events);
+            self.tracker.set_gpu_events(&g.info.uuid, events);
         }
     }
 

@@ -27,6 +27,10 @@ struct Stored {
     meta: BTreeMap<String, String>,
     /// Every call fails while set (a full disk, a vanished directory).
     failing: bool,
+    /// Loading fails while set, writing would not (a damaged file, a state directory that
+    /// cannot be read yet): the node must not write before it has loaded.
+    unreadable: bool,
+    loads: u32,
     writes: u32,
 }
 
@@ -44,9 +48,13 @@ impl Store for MemStore {
         "memory".into()
     }
     fn load(&mut self) -> Result<(Vec<JobRecord>, Vec<GpuRecord>), String> {
-        let s = self.get();
+        let mut s = self.get();
+        s.loads += 1;
         if s.failing {
             return Err("cannot open (scripted)".into());
+        }
+        if s.unreadable {
+            return Err("cannot read its history (scripted)".into());
         }
         Ok((
             s.jobs.values().cloned().collect(),
@@ -517,8 +525,225 @@ fn xid_events_are_counted_on_their_gpu() {
     rig.gpus.script().xids = vec![(1, 79), (1, 79), (0, 13)];
     rig.steps(1);
     let s = rig.snap();
-    assert_eq!(s.gpus[1].totals.xids[&79], 2);
-    assert_eq!(s.gpus[0].totals.xids[&13], 1);
+    assert_eq!(s.gpus[1].totals.events.xids[&79], 2);
+    assert_eq!(s.gpus[0].totals.events.xids[&13], 1);
+}
+
+#[test]
+fn issue_13_throttled_seconds_and_xids_are_persisted_and_continue_after_a_restart() {
+    let mut rig = Rig::new();
+    // GPU 1 is power-capped (sw_power_cap, bit 0x4) from the start.
+    rig.gpus.script().gpus[1].clock_event_reasons = 0x4;
+    rig.steps(1);
+    rig.gpus.script().xids = vec![(1, 79), (1, 79), (0, 13)];
+    rig.steps(10);
+    let capped =
+        |s: &Snapshot| s.published.gpus["GPU-1"].events.throttled_by_reason()["sw_power_cap"];
+    let xids = |s: &Snapshot, uuid: &str| s.published.gpus[uuid].events.xids.clone();
+    let s = rig.snap();
+    // Exported as persisted (at 5 s and 10 s), like the other totals.
+    assert_eq!(capped(&s), 10.0);
+    assert_eq!(xids(&s, "GPU-1"), BTreeMap::from([(79, 2)]));
+    assert_eq!(xids(&s, "GPU-0"), BTreeMap::from([(13, 1)]));
+    rig.node.shutdown();
+    let stored = rig.store.get().gpus["GPU-1"].events.clone();
+    assert_eq!(stored.xids, BTreeMap::from([(79, 2)]));
+
+    // A new agent on the same store: the counters go on from there, never lower.
+    let mut again = Rig::with(Setup {
+        store: rig.store.clone(),
+        clock: rig.clock.clone(),
+        ..Setup::default()
+    });
+    again.gpus.script().gpus[1].clock_event_reasons = 0x4;
+    again.step();
+    let s = again.snap();
+    assert_eq!(capped(&s), stored.throttled_by_reason()["sw_power_cap"]);
+    assert_eq!(xids(&s, "GPU-1"), stored.xids);
+    again.gpus.script().xids = vec![(1, 79)];
+    let mut last = capped(&again.snap());
+    for _ in 0..10 {
+        again.step();
+        let now = capped(&again.snap());
+        assert!(now >= last, "{last} -> {now}");
+        last = now;
+    }
+    assert!(last > 10.0, "{last}");
+    assert_eq!(xids(&again.snap(), "GPU-1"), BTreeMap::from([(79, 3)]));
+    assert_eq!(again.store.get().gpus["GPU-1"].events.xids[&79], 3);
+}
+
+/// Asserts that no counter exported `before` is lower `after`: every job's and GPU's totals, and
+/// the finished jobs.
+fn never_lower(before: &Published, after: &Published) {
+    for b in before.jobs.iter() {
+        let Some(a) = after.jobs.iter().find(|a| a.id == b.id) else {
+            continue;
+        };
+        for f in &gpucost_core::jobs::Usage::FIELDS {
+            assert!(
+                (f.get)(&a.usage) >= (f.get)(&b.usage),
+                "job {} {} went back: {} -> {}",
+                b.id,
+                f.name,
+                (f.get)(&b.usage),
+                (f.get)(&a.usage)
+            );
+        }
+    }
+    for (uuid, b) in before.gpus.iter() {
+        let a = &after.gpus[uuid];
+        for f in &gpucost_core::jobs::Usage::FIELDS {
+            assert!((f.get)(&a.usage) >= (f.get)(&b.usage), "{uuid} {}", f.name);
+        }
+        assert!(a.unallocated_seconds >= b.unallocated_seconds, "{uuid}");
+        for (x, n) in &b.events.xids {
+            assert!(a.events.xids[x] >= *n, "{uuid} Xid {x}");
+        }
+    }
+    for (o, n) in &before.finished {
+        assert!(after.finished[o] >= *n, "finished {o:?}");
+    }
+}
+
+/// What an earlier agent left in the store (issue 13's figures): job train-1, still running,
+/// with 40 GPU-s and 24,451 J on GPU-0; a job that finished long ago; GPU-0's totals.
+fn history(s: &mut Stored) {
+    let usage = gpucost_core::jobs::Usage {
+        gpu_seconds: 40.0,
+        energy_j: 24_451.0,
+        ..Default::default()
+    };
+    let job = |id: &str, started_at: f64, outcome: Outcome| JobRecord {
+        id: id.into(),
+        name: id.into(),
+        user: "alice".into(),
+        uid: Some(1001),
+        scheduler: gpucost_core::jobs::Scheduler::Env,
+        labels: BTreeMap::new(),
+        started_at,
+        ended_at: (outcome != Outcome::Running).then_some(started_at + 60.0),
+        outcome,
+        exit_code: None,
+        signal: None,
+        usage,
+        per_gpu: BTreeMap::from([("GPU-0".to_string(), usage)]),
+        registration: None,
+        progress: None,
+    };
+    s.jobs.insert(
+        "train-1".into(),
+        job("train-1", T0 - 3600.0, Outcome::Running),
+    );
+    s.jobs.insert(
+        "done-1".into(),
+        job("done-1", T0 - 86_400.0, Outcome::Succeeded),
+    );
+    let mut events = gpucost_core::account::GpuEvents::default();
+    events.xids.insert(79, 1);
+    s.gpus.insert(
+        "GPU-0".into(),
+        GpuRecord {
+            uuid: "GPU-0".into(),
+            index: 0,
+            model: "NVIDIA H100 80GB HBM3".into(),
+            usage: gpucost_core::jobs::Usage {
+                gpu_seconds: 50_000.0,
+                energy_j: 5_000_000.0,
+                ..Default::default()
+            },
+            unallocated_seconds: 49_000.0,
+            events,
+        },
+    );
+}
+
+#[test]
+fn issue_13_a_ledger_that_cannot_be_loaded_is_never_written_and_is_merged_once_it_loads() {
+    let store = MemStore::default();
+    history(&mut store.get());
+    store.get().unreadable = true;
+    let mut rig = Rig::with(Setup {
+        store,
+        ..Setup::default()
+    });
+    rig.put_process(100, 0, "train-1");
+    let mut before = rig.snap().published.clone();
+    let mut step = |rig: &mut Rig| {
+        rig.step();
+        let now = rig.snap().published.clone();
+        never_lower(&before, &now);
+        before = now;
+    };
+    for _ in 0..16 {
+        step(&mut rig);
+    }
+    // Counted in memory and shown, the reason exported; the store tried again at each persist
+    // (5, 10 and 15 s) and never written.
+    {
+        let s = rig.store.get();
+        assert_eq!(
+            s.writes, 0,
+            "a ledger whose history was not read is never written"
+        );
+        assert_eq!(s.loads, 4, "at start, then every persist interval");
+        assert_eq!(s.jobs["train-1"].usage.gpu_seconds, 40.0);
+        assert!(!s.meta.contains_key("currency"));
+    }
+    let snap = rig.snap();
+    assert_eq!(
+        snap.ledger_error.as_deref(),
+        Some("cannot read its history (scripted)")
+    );
+    let live = rig.exported("train-1").unwrap();
+    assert_eq!(live.usage.gpu_seconds, 15.0, "15 intervals of 1 s");
+
+    // It can be read: at the next persist (20 s) the history comes back under what was counted.
+    rig.store.get().unreadable = false;
+    for _ in 0..5 {
+        step(&mut rig);
+    }
+    let s = rig.store.get();
+    assert_eq!(s.loads, 5);
+    assert_eq!(s.writes, 1);
+    let j = &s.jobs["train-1"];
+    assert_eq!(j.usage.gpu_seconds, 40.0 + 20.0);
+    assert_eq!(j.usage.energy_j, 24_451.0 + 20.0 * 500.0);
+    assert_eq!(j.per_gpu["GPU-0"].gpu_seconds, 60.0);
+    assert_eq!(j.started_at, T0 - 3600.0, "the earliest start");
+    let g = &s.gpus["GPU-0"];
+    assert_eq!(g.usage.gpu_seconds, 50_000.0 + 20.0);
+    assert_eq!(g.events.xids[&79], 1);
+    assert_eq!(s.meta["currency"], "USD");
+    drop(s);
+    let snap = rig.snap();
+    assert!(snap.ledger_error.is_none());
+    assert_eq!(rig.exported("train-1").unwrap().usage.gpu_seconds, 60.0);
+    assert_eq!(snap.published.finished[&Outcome::Succeeded], 1);
+}
+
+#[test]
+fn issue_13_a_ledger_never_loaded_is_not_written_at_shutdown_either() {
+    let store = MemStore::default();
+    history(&mut store.get());
+    store.get().unreadable = true;
+    let mut rig = Rig::with(Setup {
+        store,
+        ..Setup::default()
+    });
+    rig.steps(2);
+    // A registration and an ending are persisted at once, usually: here each tries to load.
+    rig.register("reg-1", 1001).unwrap();
+    rig.end("reg-1", 0).unwrap();
+    rig.node.shutdown();
+    let s = rig.store.get();
+    assert_eq!(s.writes, 0);
+    assert_eq!(
+        s.loads, 4,
+        "at start, at the registration, the ending and the shutdown"
+    );
+    assert!(!s.jobs.contains_key("reg-1"));
+    assert_eq!(s.jobs["train-1"].usage.gpu_seconds, 40.0);
 }
 
 /// A deadline no test reaches.

@@ -21,6 +21,8 @@ pub struct ScriptGpu {
     pub power_w: f64,
     pub utilization_pct: u32,
     pub processes: Vec<ProcessUse>,
+    /// NVML's clock-event (throttle) reason bits.
+    pub clock_event_reasons: u64,
 }
 
 /// What the scripted GPUs answer.
@@ -52,6 +54,7 @@ impl Script {
                     power_w: 100.0,
                     utilization_pct: 0,
                     processes: Vec::new(),
+                    clock_event_reasons: 0,
                 })
                 .collect(),
             ..Script::default()
@@ -143,6 +146,7 @@ impl Backend for Scripted {
             power_mw: Some((g.power_w * 1000.0) as u32),
             utilization_pct: Some(g.utilization_pct),
             processes: with_processes.then(|| g.processes.clone()),
+            clock_event_reasons: Some(g.clock_event_reasons),
             ..Reading::default()
         })
     }

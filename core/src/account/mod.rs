@@ -9,6 +9,8 @@ pub mod pricing;
 
 use std::collections::BTreeMap;
 
+use serde::{Deserialize, Serialize};
+
 use crate::reading::{Reading, CLOCK_EVENT_REASONS};
 use energy::{EnergyMeter, EnergyStep};
 
@@ -19,10 +21,53 @@ const FALLBACK_MAX_POWER_W: f64 = 2000.0;
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct GpuTotals {
     pub energy: EnergyMeter,
+    pub events: GpuEvents,
+}
+
+/// What a GPU went through, counted: seconds with each clock-event (throttle) reason active, and
+/// Xid errors by code. Counters: the ledger keeps them with the GPU's other totals
+/// ([`GpuRecord::events`](crate::jobs::GpuRecord::events)), so they continue across restarts.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GpuEvents {
     /// Seconds spent with each clock-event reason active, in [`CLOCK_EVENT_REASONS`] order.
     pub throttled_s: [f64; CLOCK_EVENT_REASONS.len()],
     /// Xid code -> how many times it was seen.
     pub xids: BTreeMap<u32, u64>,
+}
+
+impl GpuEvents {
+    /// Adds `o`, reason by reason and Xid by Xid.
+    pub fn add(&mut self, o: &GpuEvents) {
+        for (s, t) in self.throttled_s.iter_mut().zip(o.throttled_s) {
+            *s += t;
+        }
+        for (xid, n) in &o.xids {
+            *self.xids.entry(*xid).or_default() += n;
+        }
+    }
+
+    /// The throttled seconds by reason name (the `reason` label), for the reasons with time
+    /// counted (a NaN is left out: it would not survive JSON).
+    pub fn throttled_by_reason(&self) -> BTreeMap<&'static str, f64> {
+        CLOCK_EVENT_REASONS
+            .iter()
+            .zip(self.throttled_s)
+            .filter(|(_, s)| *s > 0.0)
+            .map(|((_, reason), s)| (*reason, s))
+            .collect()
+    }
+
+    /// Sets the seconds of the reason named `reason`; false (and nothing set) for a name this
+    /// build does not know.
+    pub fn set_throttled(&mut self, reason: &str, seconds: f64) -> bool {
+        match CLOCK_EVENT_REASONS.iter().position(|(_, r)| *r == reason) {
+            Some(i) => {
+                self.throttled_s[i] = seconds;
+                true
+            }
+            None => false,
+        }
+    }
 }
 
 impl GpuTotals {
@@ -38,7 +83,7 @@ impl GpuTotals {
             if dt_s.is_finite() && dt_s > 0.0 {
                 for (i, (bit, _)) in CLOCK_EVENT_REASONS.iter().enumerate() {
                     if bits & bit != 0 {
-                        self.throttled_s[i] += dt_s;
+                        self.events.throttled_s[i] += dt_s;
                     }
                 }
             }
@@ -47,7 +92,7 @@ impl GpuTotals {
     }
 
     pub fn add_xid(&mut self, xid: u32) {
-        *self.xids.entry(xid).or_default() += 1;
+        *self.events.xids.entry(xid).or_default() += 1;
     }
 }
 
@@ -73,10 +118,28 @@ mod tests {
             },
             0.5,
         );
-        assert_eq!(t.throttled_s[0], 2.0); // gpu_idle
-        assert_eq!(t.throttled_s[2], 2.5); // sw_power_cap
-        assert_eq!(t.throttled_s.iter().sum::<f64>(), 4.5);
-        assert_eq!(t.xids, BTreeMap::from([(13, 1), (79, 2)]));
+        assert_eq!(t.events.throttled_s[0], 2.0); // gpu_idle
+        assert_eq!(t.events.throttled_s[2], 2.5); // sw_power_cap
+        assert_eq!(t.events.throttled_s.iter().sum::<f64>(), 4.5);
+        assert_eq!(t.events.xids, BTreeMap::from([(13, 1), (79, 2)]));
+    }
+
+    #[test]
+    fn events_add_up_and_go_by_reason_name() {
+        let mut a = GpuEvents::default();
+        assert!(a.set_throttled("sw_power_cap", 2.0));
+        assert!(!a.set_throttled("no_such_reason", 1.0));
+        a.xids.insert(79, 1);
+        let mut b = GpuEvents::default();
+        b.set_throttled("sw_power_cap", 0.5);
+        b.set_throttled("gpu_idle", 3.0);
+        b.xids.extend([(79, 2), (13, 1)]);
+        a.add(&b);
+        assert_eq!(
+            a.throttled_by_reason(),
+            BTreeMap::from([("gpu_idle", 3.0), ("sw_power_cap", 2.5)])
+        );
+        assert_eq!(a.xids, BTreeMap::from([(13, 1), (79, 3)]));
     }
 
     #[test]

@@ -739,3 +739,232 @@ fn progress_whose_model_flops_are_not_finite_is_unprocessable() {
     assert!(matches!(e, RequestError::Unprocessable(_)), "{e:?}");
     assert!(e.to_string().contains("model FLOPs"), "{e}");
 }
+
+/// A job with `gpu_s` GPU-seconds and `joules` on GPU-0, started at `start` and, unless running,
+/// ended 100 s later.
+fn rec(id: &str, start: f64, gpu_s: f64, joules: f64, outcome: Outcome) -> JobRecord {
+    let usage = Usage {
+        gpu_seconds: gpu_s,
+        energy_j: joules,
+        ..Usage::default()
+    };
+    JobRecord {
+        id: id.into(),
+        name: id.into(),
+        user: "alice".into(),
+        uid: Some(1001),
+        scheduler: Scheduler::Slurm,
+        labels: BTreeMap::new(),
+        started_at: start,
+        ended_at: (outcome != Outcome::Running).then_some(start + 100.0),
+        outcome,
+        exit_code: None,
+        signal: None,
+        usage,
+        per_gpu: BTreeMap::from([("GPU-0".to_string(), usage)]),
+        registration: None,
+        progress: None,
+    }
+}
+
+/// A table that counted `jobs` itself (new to it, so to be persisted).
+fn counted_in_memory(jobs: &[JobRecord], now: Now) -> Tracker {
+    let mut t = Tracker::new(600.0, 15.0, "node1");
+    for j in jobs {
+        if j.outcome != Outcome::Running {
+            *t.finished.entry(j.outcome).or_default() += 1;
+        }
+        t.jobs
+            .insert(j.id.clone(), Tracked::new(j.clone(), now, true));
+    }
+    t
+}
+
+#[test]
+fn merge_history_adds_the_ledger_to_what_was_counted_in_memory() {
+    use Outcome::{Running, Succeeded};
+    let now = Now::at(10_000.0);
+    // (case, counted in memory, in the ledger, the job after: (GPU-s, J, start, outcome), or
+    // None when it is only counted, and whether it is to be persisted)
+    type Case = (
+        &'static str,
+        Option<JobRecord>,
+        Option<JobRecord>,
+        Option<(f64, f64, f64, Outcome)>,
+        bool,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            "in both (issue 13: 40 GPU-s / 24,451 J in the ledger, 15 / 9,151 counted since): summed, earliest start",
+            Some(rec("a", 9_000.0, 15.0, 9_151.0, Running)),
+            Some(rec("a", 5_000.0, 40.0, 24_451.0, Running)),
+            Some((55.0, 33_602.0, 5_000.0, Running)),
+            true,
+        ),
+        (
+            "in both, ended since: the table's outcome (newer)",
+            Some(rec("a", 9_000.0, 15.0, 9_151.0, Succeeded)),
+            Some(rec("a", 5_000.0, 40.0, 24_451.0, Running)),
+            Some((55.0, 33_602.0, 5_000.0, Succeeded)),
+            true,
+        ),
+        (
+            "in both, the ledger lost the start (NaN): the table's",
+            Some(rec("a", 9_000.0, 15.0, 9_151.0, Running)),
+            Some(rec("a", f64::NAN, 40.0, 24_451.0, Running)),
+            Some((55.0, 33_602.0, 9_000.0, Running)),
+            true,
+        ),
+        (
+            "only in the ledger, running: restored",
+            None,
+            Some(rec("b", 5_000.0, 40.0, 24_451.0, Running)),
+            Some((40.0, 24_451.0, 5_000.0, Running)),
+            false,
+        ),
+        (
+            "only in the ledger, ended within its grace period: restored",
+            None,
+            Some(rec("b", 9_700.0, 40.0, 24_451.0, Succeeded)),
+            Some((40.0, 24_451.0, 9_700.0, Succeeded)),
+            false,
+        ),
+        (
+            "only in the ledger, ended long ago: only counted",
+            None,
+            Some(rec("b", 1_000.0, 40.0, 24_451.0, Succeeded)),
+            None,
+            false,
+        ),
+        (
+            "only in memory: as it was",
+            Some(rec("c", 9_000.0, 15.0, 9_151.0, Running)),
+            None,
+            Some((15.0, 9_151.0, 9_000.0, Running)),
+            true,
+        ),
+    ];
+    for (case, memory, ledger, want, dirty) in cases {
+        let mut t = counted_in_memory(memory.as_slice(), now);
+        let before: Vec<JobRecord> = t.jobs().cloned().collect();
+        let id = memory.as_ref().or(ledger.as_ref()).unwrap().id.clone();
+        t.merge_history(ledger.clone().into_iter().collect(), Vec::new(), now);
+        let got = t.get(&id).map(|j| {
+            (
+                j.usage.gpu_seconds,
+                j.usage.energy_j,
+                j.started_at,
+                j.outcome,
+            )
+        });
+        assert_eq!(got, want, "{case}");
+        assert_eq!(
+            t.dirty().iter().any(|j| j.id == id),
+            dirty && want.is_some(),
+            "{case}: to be persisted"
+        );
+        if let Some(j) = t.get(&id) {
+            assert_eq!(
+                j.per_gpu["GPU-0"].gpu_seconds, j.usage.gpu_seconds,
+                "{case}: per GPU too"
+            );
+        }
+        // Nothing that was exported goes down.
+        for b in &before {
+            let a = t.get(&b.id).unwrap();
+            for f in &Usage::FIELDS {
+                assert!((f.get)(&a.usage) >= (f.get)(&b.usage), "{case}: {}", f.name);
+            }
+        }
+        // A job only in the ledger comes back exactly as restore brings it.
+        if memory.is_none() {
+            let r = Tracker::restore(
+                ledger.into_iter().collect(),
+                Vec::new(),
+                now,
+                600.0,
+                15.0,
+                "node1",
+            );
+            assert_eq!(t.get(&id), r.get(&id), "{case}");
+        }
+    }
+}
+
+#[test]
+fn merge_history_keeps_the_newer_facts_and_fills_in_the_older_ones() {
+    let now = Now::at(10_000.0);
+    let mut memory = rec("a", 9_000.0, 15.0, 9_151.0, Outcome::Running);
+    memory.labels = BTreeMap::from([("team".into(), "vision".into())]);
+    let mut ledger = rec("a", 5_000.0, 40.0, 24_451.0, Outcome::Running);
+    ledger.labels = BTreeMap::from([("team".into(), "nlp".into()), ("sweep".into(), "s1".into())]);
+    ledger.registration = Some(Registered {
+        pid: Some(4242),
+        gpus: vec!["0".into()],
+        by_root: true,
+    });
+    ledger.per_gpu.insert("GPU-1".into(), Usage::default());
+    let mut t = counted_in_memory(&[memory], now);
+    t.merge_history(vec![ledger.clone()], Vec::new(), now);
+    let j = t.get("a").unwrap();
+    assert_eq!(j.labels["team"], "vision", "the table's label wins");
+    assert_eq!(j.labels["sweep"], "s1", "the ledger's fills in");
+    assert_eq!(j.registration, ledger.registration);
+    assert_eq!(
+        j.per_gpu.keys().collect::<Vec<_>>(),
+        ["GPU-0", "GPU-1"],
+        "per-GPU rows of both"
+    );
+}
+
+#[test]
+fn merge_history_adds_up_finished_counts_and_gpu_totals() {
+    use Outcome::{Failed, Running, Succeeded, Unknown};
+    let now = Now::at(10_000.0);
+    let mut t = counted_in_memory(
+        &[
+            rec("m1", 9_000.0, 1.0, 1.0, Failed),
+            rec("m2", 9_000.0, 1.0, 1.0, Running),
+        ],
+        now,
+    );
+    let gpu = |uuid: &str, k: f64, xid: u64| {
+        let mut events = GpuEvents::default();
+        events.set_throttled("sw_power_cap", k);
+        events.xids.insert(79, xid);
+        GpuRecord {
+            uuid: uuid.into(),
+            index: 0,
+            model: "NVIDIA H100 80GB HBM3".into(),
+            usage: Usage {
+                energy_j: 1000.0 * k,
+                ..Usage::default()
+            },
+            unallocated_seconds: 10.0 * k,
+            events,
+        }
+    };
+    t.gpus.insert("GPU-0".into(), gpu("GPU-0", 1.0, 1));
+    t.merge_history(
+        vec![
+            rec("l1", 1_000.0, 1.0, 1.0, Succeeded),
+            rec("l2", 9_800.0, 1.0, 1.0, Succeeded),
+            rec("l3", 1_000.0, 1.0, 1.0, Failed),
+            rec("l4", 1_000.0, 1.0, 1.0, Unknown),
+            rec("m2", 1_000.0, 1.0, 1.0, Running),
+        ],
+        vec![gpu("GPU-0", 4.0, 2), gpu("GPU-1", 2.0, 5)],
+        now,
+    );
+    assert_eq!(
+        t.finished_counts(),
+        &BTreeMap::from([(Succeeded, 2), (Failed, 2), (Unknown, 1)])
+    );
+    let g0 = t.gpus().find(|g| g.uuid == "GPU-0").unwrap();
+    assert_eq!(g0.usage.energy_j, 5000.0);
+    assert_eq!(g0.unallocated_seconds, 50.0);
+    assert_eq!(g0.events.throttled_by_reason()["sw_power_cap"], 5.0);
+    assert_eq!(g0.events.xids[&79], 3);
+    let g1 = t.gpus().find(|g| g.uuid == "GPU-1").unwrap();
+    assert_eq!(g1, &gpu("GPU-1", 2.0, 5), "a GPU only in the ledger");
+}

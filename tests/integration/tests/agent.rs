@@ -586,6 +586,65 @@ kind = "gpu_lost"
 }
 
 #[test]
+fn issue_13_throttled_seconds_and_xids_continue_after_kill_9() {
+    // They lived only in memory and restarted from zero with the agent; now they are kept in the
+    // ledger with the GPU's other totals. At 10x, the fake library reports Xid 79 on GPU 0 0.5 s
+    // (wall) after it loads, so each agent process sees one; GPU 1 idles (gpu_idle) throughout.
+    let dir = tempfile::tempdir().unwrap();
+    let text = STEADY.replace("ripple = 0.0", "ripple = 0.0\nspeed = 10")
+        + "[[event]]\nat_s = 5\ngpu = 0\nkind = \"xid\"\nxid = 79\n";
+    let scenario = write_scenario(dir.path(), "xid.toml", &text);
+    let lib = fake_nvml_lib().display().to_string();
+    let env = fast_env(&[("GPUCOST_FAKE_NVML_SCENARIO", scenario)]);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let xids = |m: &Metrics| {
+        m.get(
+            "gpucost_gpu_xid_errors_total",
+            &[("gpu", "0"), ("xid", "79")],
+        )
+        .unwrap_or(0.0)
+    };
+    let idle_s = |m: &Metrics| {
+        m.get(
+            "gpucost_gpu_throttled_seconds_total",
+            &[("gpu", "1"), ("reason", "gpu_idle")],
+        )
+        .unwrap_or(0.0)
+    };
+
+    let mut first = Agent::start_in(dir.path(), &["--nvml-lib", &lib], &env);
+    let m = first.wait_for_metrics("Xid 79 and idle time", Duration::from_secs(10), |m| {
+        xids(m) == 1.0 && idle_s(m) >= 0.5
+    });
+    // /metrics shows what is in the ledger: a kill -9 loses none of it.
+    let (mut last_xids, mut last_idle) = (xids(&m), idle_s(&m));
+    first.kill9();
+
+    let mut again = Agent::start_in(dir.path(), &["--nvml-lib", &lib], &env);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = again.metrics();
+        let (x, idle) = (xids(&m), idle_s(&m));
+        assert!(
+            x >= last_xids && idle >= last_idle,
+            "a counter went back: Xids {last_xids} -> {x}, idle seconds {last_idle} -> {idle}"
+        );
+        (last_xids, last_idle) = (x, idle);
+        // The second process's own Xid 79 comes on top of the first's.
+        if x == 2.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the second Xid never came; last scrape:\n{}",
+            m.text
+        );
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    assert!(again.terminate().success());
+}
+
+#[test]
 fn bench_without_a_gpu_says_so_in_one_line_and_fails() {
     for args in [
         &["bench"][..],

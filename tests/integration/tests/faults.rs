@@ -1,5 +1,7 @@
 //! Faults: a hung NVML call, `kill -9` during ledger writes over and over, a full and a read-only
-//! state directory, garbage on the job socket, the socket's permissions.
+//! state directory, a damaged ledger and a state directory that cannot be reached at start, a
+//! second agent on the same state directory or socket, a stale socket, garbage on the job socket,
+//! the socket's permissions.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -273,7 +275,7 @@ fn a_read_only_state_dir_at_start_is_reported_and_persistence_begins_when_writab
         agent
             .logs()
             .iter()
-            .any(|l| l.contains("ledger unavailable")),
+            .any(|l| l.contains("cannot load the ledger")),
         "{:#?}",
         agent.logs()
     );
@@ -299,6 +301,306 @@ fn a_read_only_state_dir_at_start_is_reported_and_persistence_begins_when_writab
         in_ledger >= shown * (1.0 - 1e-12),
         "what was counted before the ledger opened is kept: {in_ledger} vs {shown}"
     );
+}
+
+/// Job 777's total cost in the ledger of `state`, through `gpucost report`.
+fn ledger_job_cost(state: &Path) -> f64 {
+    let out = Command::new(agent_bin())
+        .args(["report", "--format", "json", "--job", "777", "--state-dir"])
+        .arg(state)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    doc["jobs"][0]["cost_total"].as_f64().unwrap()
+}
+
+/// Runs an agent on `dir` until its ledger holds job 777, stops it, and returns the job's cost
+/// in the ledger.
+fn write_history(dir: &Path, scenario: &str) -> f64 {
+    let mut agent = Agent::start_in(dir, &["--simulate", scenario], FAST);
+    agent.wait_for_metrics("the job persisted", Duration::from_secs(10), |m| {
+        ledger_up(m) == Some(1.0) && job_cost(m).is_some_and(|c| c > 0.0)
+    });
+    assert!(agent.terminate().success());
+    ledger_job_cost(&dir.join("state"))
+}
+
+/// Scrapes `agent` until `done`, asserting on the way that job 777's cost never goes down.
+fn cost_never_lower_until(
+    agent: &Agent,
+    what: &str,
+    mut last: f64,
+    done: impl Fn(&Metrics) -> bool,
+) -> Metrics {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = agent.metrics();
+        let cost = job_cost(&m).unwrap_or(0.0);
+        assert!(cost >= last, "the job's cost went back: {last} -> {cost}");
+        last = cost;
+        if done(&m) {
+            return m;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; last scrape:\n{}\nlog:\n{}",
+            m.text,
+            agent.logs().join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(30));
+    }
+}
+
+#[test]
+fn issue_13_a_damaged_ledger_is_moved_aside_untouched_and_a_new_one_begins() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = write_scenario(dir.path(), "one.toml", ONE_JOB);
+    assert!(write_history(dir.path(), &scenario) > 0.0);
+    let state = dir.path().join("state");
+    let path = state.join("ledger.db");
+    // Every page but the first (4 KiB: the header and the schema) overwritten with garbage, as a
+    // failing disk would: SQLite reads the schema, then finds the tables malformed.
+    let mut bytes = std::fs::read(&path).unwrap();
+    assert!(bytes.len() > 8192);
+    for (i, b) in bytes.iter_mut().enumerate().skip(4096) {
+        *b = (i * 7 % 251) as u8;
+    }
+    std::fs::write(&path, &bytes).unwrap();
+
+    let mut agent = Agent::start_in(dir.path(), &["--simulate", &scenario], FAST);
+    let line = agent.wait_for_log("IS DAMAGED AND WAS MOVED ASIDE", Duration::from_secs(5));
+    let aside: Vec<PathBuf> = std::fs::read_dir(&state)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            name.starts_with("ledger.db.corrupt-")
+                && !name.ends_with("-wal")
+                && !name.ends_with("-shm")
+        })
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert!(
+        line.contains(&path.display().to_string())
+            && line.contains(&aside[0].display().to_string())
+            && line.contains("ERROR"),
+        "an error naming both files: {line}"
+    );
+    assert_eq!(
+        std::fs::read(&aside[0]).unwrap(),
+        bytes,
+        "the damaged ledger is kept as it was"
+    );
+    // A new ledger, written to as usual.
+    agent.wait_for_metrics("the new ledger written", Duration::from_secs(10), |m| {
+        ledger_up(m) == Some(1.0) && job_cost(m).is_some_and(|c| c > 0.0)
+    });
+    assert!(agent.terminate().success());
+    assert!(ledger_job_cost(&state) > 0.0);
+    assert_eq!(std::fs::read(&aside[0]).unwrap(), bytes);
+}
+
+#[test]
+fn issue_13_a_ledger_from_a_newer_gpucost_is_neither_moved_nor_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = write_scenario(dir.path(), "one.toml", ONE_JOB);
+    write_history(dir.path(), &scenario);
+    let state = dir.path().join("state");
+    let path = state.join("ledger.db");
+    // The "user version" of the database header, 4 bytes big-endian at offset 60
+    // (https://www.sqlite.org/fileformat.html), is the ledger's schema version: one from far ahead.
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[60..64].copy_from_slice(&99u32.to_be_bytes());
+    std::fs::write(&path, &bytes).unwrap();
+
+    let mut agent = Agent::start_in(dir.path(), &["--simulate", &scenario], FAST);
+    let m = agent.wait_for_metrics("the job counted in memory", Duration::from_secs(10), |m| {
+        job_cost(m).is_some_and(|c| c > 0.0)
+    });
+    assert_eq!(ledger_up(&m), Some(0.0));
+    let (_, body) = agent.get("/healthz");
+    assert!(body.contains("newer gpucost"), "{body}");
+    // Several persist intervals (100 ms) go by; then the agent stops, which persists once more.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(agent.terminate().success());
+    assert!(agent.logs().iter().any(|l| l.contains("schema version 99")));
+    assert_eq!(std::fs::read(&path).unwrap(), bytes, "left as it was");
+    let names: Vec<String> = std::fs::read_dir(&state)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!names.iter().any(|n| n.contains("corrupt")), "{names:?}");
+}
+
+#[test]
+fn issue_13_a_state_dir_unreachable_at_start_is_loaded_once_reachable_and_never_overwritten() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = write_scenario(dir.path(), "one.toml", ONE_JOB);
+    // A history, in a state directory the next agent cannot reach yet.
+    let elsewhere = dir.path().join("elsewhere");
+    let history = write_history(&elsewhere, &scenario);
+    // Its state directory's parent is a regular file (ENOTDIR). A directory made read-only or
+    // unreadable with chmod would not do: the tests run as root, which file modes do not stop;
+    // a read-only mount would, but needs CAP_SYS_ADMIN (see the read-only test above).
+    let here = dir.path().join("here");
+    std::fs::write(&here, "a regular file, not a directory").unwrap();
+    let mut agent = Agent::start_in(&here, &["--simulate", &scenario], FAST);
+    let m = agent.wait_for_metrics("the job counted in memory", Duration::from_secs(10), |m| {
+        job_cost(m).is_some_and(|c| c > 0.0)
+    });
+    assert_eq!(ledger_up(&m), Some(0.0));
+    let line = agent.wait_for_log("cannot load the ledger", Duration::from_secs(1));
+    assert!(
+        line.contains("nothing is written to the ledger before its history is loaded"),
+        "{line}"
+    );
+    let (status, body) = agent.get("/healthz");
+    assert_eq!(status, 200);
+    assert!(
+        body.contains(&here.join("state").display().to_string())
+            && body.contains("Not a directory"),
+        "the reason: {body}"
+    );
+
+    // The directory becomes reachable, with the history in it.
+    let before = job_cost(&agent.metrics()).unwrap();
+    std::fs::remove_file(&here).unwrap();
+    std::fs::rename(&elsewhere, &here).unwrap();
+    let m = cost_never_lower_until(&agent, "the ledger loaded and written", before, |m| {
+        ledger_up(m) == Some(1.0)
+    });
+    let shown = job_cost(&m).unwrap();
+    assert!(
+        shown >= history + before * (1.0 - 1e-9),
+        "the ledger's history ({history}) plus what was counted meanwhile ({before}): {shown}"
+    );
+    agent.wait_for_log("loaded at last", Duration::from_secs(1));
+    drop(agent);
+    let in_ledger = ledger_job_cost(&here.join("state"));
+    assert!(
+        in_ledger >= shown * (1.0 - 1e-12),
+        "the ledger has at least what was shown: {in_ledger} vs {shown}"
+    );
+}
+
+/// Starts `gpucost agent` on `state` and `socket` (on the simulated demo) and waits for it to
+/// exit, at most 20 s: its exit code and standard error.
+fn agent_exit(state: &Path, socket: &Path) -> (Option<i32>, String) {
+    let mut child = Command::new(agent_bin())
+        .args(["agent", "--simulate", "demo", "--listen", "127.0.0.1:0"])
+        .arg("--state-dir")
+        .arg(state)
+        .arg("--socket")
+        .arg(socket)
+        .env("GPUCOST_ATTRIBUTION_KUBELET_SOCKET", "off")
+        .env_remove("GPUCOST_CONFIG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "the second agent kept running:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The socket's inode, and whether a registration over it works.
+fn socket_works(agent: &Agent, id: &str) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let (status, body) = gpucost_integration_tests::post_unix(
+        &agent.socket,
+        "/api/v1/jobs",
+        &format!(r#"{{"id": "{id}"}}"#),
+    );
+    assert_eq!(status, 201, "{body}");
+    std::fs::metadata(&agent.socket).unwrap().ino()
+}
+
+#[test]
+fn issue_13_a_second_agent_on_the_same_state_dir_exits_2_and_the_first_keeps_its_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Agent::start_in(dir.path(), &["--simulate", "demo"], FAST);
+    let ino = socket_works(&first, "before");
+    // The same state directory, and the same socket as well (the same config started twice).
+    let (code, err) = agent_exit(&first.state_dir, &first.socket);
+    assert_eq!(code, Some(2), "{err}");
+    let pid = first.pid().unwrap();
+    assert!(
+        err.contains(&first.state_dir.display().to_string())
+            && err.contains(&format!("pid {pid}"))
+            && err.contains("another gpucost agent"),
+        "names the state directory and the other agent's pid: {err}"
+    );
+    // The first goes on, on its own socket (the same file) and ledger.
+    assert_eq!(socket_works(&first, "after"), ino);
+    first.wait_for_metrics(
+        "the first agent writing its ledger",
+        Duration::from_secs(10),
+        |m| {
+            ledger_up(m) == Some(1.0) && m.get("gpucost_job_info", &[("job_id", "after")]).is_some()
+        },
+    );
+}
+
+#[test]
+fn issue_13_a_second_agent_on_the_same_socket_exits_2_and_leaves_it_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Agent::start_in(dir.path(), &["--simulate", "demo"], FAST);
+    let ino = socket_works(&first, "before");
+    let (code, err) = agent_exit(&dir.path().join("other-state"), &first.socket);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains(&first.socket.display().to_string()) && err.contains("answers"),
+        "names the socket: {err}"
+    );
+    assert_eq!(socket_works(&first, "after"), ino);
+}
+
+#[test]
+fn issue_13_a_stale_socket_is_replaced_and_a_socket_not_ours_is_not_removed() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut killed = Agent::start_in(dir.path(), &["--simulate", "demo"], FAST);
+    killed.kill9();
+    // What a kill -9 leaves: the socket file, nobody behind it (and the lock, released).
+    assert!(killed.socket.exists());
+    let mut agent = Agent::start_in(dir.path(), &["--simulate", "demo"], FAST);
+    socket_works(&agent, "after-the-crash");
+
+    // Someone else's socket now sits at the path: the agent's shutdown leaves it there.
+    std::fs::rename(&agent.socket, dir.path().join("moved.sock")).unwrap();
+    let other = std::os::unix::net::UnixListener::bind(&agent.socket).unwrap();
+    let other_ino = std::fs::metadata(&agent.socket).unwrap().ino();
+    assert!(agent.terminate().success());
+    assert_eq!(
+        std::fs::metadata(&agent.socket).map(|m| m.ino()).ok(),
+        Some(other_ino),
+        "another's socket is not removed"
+    );
+    assert!(agent
+        .logs()
+        .iter()
+        .any(|l| l.contains("is no longer this agent's")));
+    drop(other);
 }
 
 #[test]

@@ -118,22 +118,24 @@ pub(super) fn node_families(snap: &Snapshot) -> Vec<MetricFamily> {
         }
         f.counter(
             "gpucost_gpu_energy_resets_total",
-            "Times the GPU's energy counter went backwards or jumped (driver reload, wrap).",
+            "Times the GPU's energy counter went backwards or jumped (driver reload, wrap), since the agent started.",
             &gpu,
             g.totals.energy.counter_resets() as f64,
         );
+        // Like the other totals, as last persisted: they continue across restarts.
+        let events = rec.map(|r| &r.events);
         for (i, (_, reason)) in CLOCK_EVENT_REASONS.iter().enumerate() {
             f.counter(
                 "gpucost_gpu_throttled_seconds_total",
-                "Seconds with each clock-event (throttle) reason active.",
+                "Seconds with each clock-event (throttle) reason active, as persisted in the ledger; never decreases, also across restarts.",
                 &[("gpu", &idx), ("reason", reason)],
-                g.totals.throttled_s[i],
+                events.map_or(0.0, |e| e.throttled_s[i]),
             );
         }
-        for (xid, n) in &g.totals.xids {
+        for (xid, n) in events.map(|e| &e.xids).into_iter().flatten() {
             f.counter(
                 "gpucost_gpu_xid_errors_total",
-                "Xid errors the driver reported for the GPU, by code.",
+                "Xid errors the driver reported for the GPU, by code, as persisted in the ledger; never decreases, also across restarts.",
                 &[("gpu", &idx), ("xid", &xid.to_string())],
                 *n as f64,
             );
