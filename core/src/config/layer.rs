@@ -34,6 +34,19 @@ pub struct Layer {
     pub pricing: Option<toml::Value>,
     #[serde(default)]
     pub bench: BenchLayer,
+    #[serde(default)]
+    pub http: HttpLayer,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HttpLayer {
+    pub max_connections: Option<usize>,
+    #[serde(default, with = "humantime_serde")]
+    pub header_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub idle_timeout: Option<Duration>,
+    pub hide_identities: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -108,6 +121,8 @@ pub(super) const ENV_KEYS: &[&str] = &[
     "attribution.job_map_dir",
     "attribution.kubelet_socket",
     "bench.interval",
+    "http.header_timeout",
+    "http.idle_timeout",
 ];
 
 pub fn env_var_for(key: &str) -> String {
