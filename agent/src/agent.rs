@@ -137,7 +137,14 @@ pub fn run(config: Config, record: Option<std::path::PathBuf>) -> anyhow::Result
         config.state_dir.display()
     );
     let health = rx.clone();
-    let server = http::serve(listener, rx, stale_after, clock.clone(), shutdown.clone());
+    let server = http::serve(
+        listener,
+        rx,
+        stale_after,
+        clock.clone(),
+        config.http.clone(),
+        shutdown.clone(),
+    );
 
     let result = runtime.block_on(
         async {

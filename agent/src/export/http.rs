@@ -1,13 +1,20 @@
 //! The read-only HTTP server: `/metrics`, `/healthz` and the JSON API.
 //!
 //! Handlers read the latest [`Snapshot`] from a watch channel; none of them touches the hardware
-//! or blocks on the sampler. [`serve`] takes a bound listener, so tests can bind port 0.
+//! or blocks on the sampler. [`serve`] takes a bound listener, so tests can bind port 0; the
+//! connections themselves (cap, timeouts) are `server.rs`'s.
 
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use gpucost_core::clock::Clock;
+use gpucost_core::config::HttpConfig;
 
+use axum::body::Body;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
@@ -15,12 +22,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use bytes::Bytes;
+use hyper::body::{Frame, SizeHint};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::metrics;
+use super::metrics::{self, HttpStats};
+use super::server;
 use crate::snapshot::Snapshot;
 
 /// The last `/metrics` text and the snapshot it was rendered from.
@@ -38,6 +47,8 @@ struct AppState {
     rendered: RenderCache,
     /// Keeps each job's encoded series between renderings.
     renderer: Arc<std::sync::Mutex<metrics::Renderer>>,
+    /// The connections' counts, for `/metrics`.
+    server: Arc<server::Stats>,
 }
 
 impl AppState {
@@ -46,10 +57,35 @@ impl AppState {
     }
 }
 
+/// A response body sent as a few shared buffers one after another: a cached rendering of
+/// megabytes goes out to each client without a copy.
+struct Chunks(VecDeque<Bytes>);
+
+impl hyper::body::Body for Chunks {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Poll::Ready(self.0.pop_front().map(|b| Ok(Frame::data(b))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.0.iter().map(|b| b.len() as u64).sum())
+    }
+}
+
 pub fn router(
     snapshots: watch::Receiver<Arc<Snapshot>>,
     stale_after: Duration,
     clock: Arc<dyn Clock>,
+    server: Arc<server::Stats>,
 ) -> Router {
     Router::new()
         .route("/metrics", get(get_metrics))
@@ -71,6 +107,7 @@ pub fn router(
             clock,
             rendered: Arc::default(),
             renderer: Arc::default(),
+            server,
         })
 }
 
@@ -80,11 +117,12 @@ pub async fn serve(
     snapshots: watch::Receiver<Arc<Snapshot>>,
     stale_after: Duration,
     clock: Arc<dyn Clock>,
+    http: HttpConfig,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(snapshots, stale_after, clock))
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+    let stats = Arc::new(server::Stats::default());
+    let app = router(snapshots, stale_after, clock, stats.clone());
+    server::serve(listener, app, http, stats, shutdown).await
 }
 
 async fn get_metrics(State(app): State<AppState>) -> Response {
@@ -109,11 +147,22 @@ async fn get_metrics(State(app): State<AppState>) -> Response {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .render(&snap);
-            *app.rendered.lock().unwrap_or_else(|e| e.into_inner()) = Some((snap, t.clone()));
+            *app.rendered.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some((snap.clone(), t.clone()));
             t
         }
     };
-    ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response()
+    let stats = HttpStats {
+        connections: app.server.open(),
+        closed: app.server.closed(),
+        accept_errors: app.server.accept_errors(),
+    };
+    let own = Bytes::from(metrics::render_http(&stats, snap.simulated.is_some()));
+    (
+        [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
+        Body::new(Chunks(VecDeque::from([text, own]))),
+    )
+        .into_response()
 }
 
 async fn get_healthz(State(app): State<AppState>) -> Response {

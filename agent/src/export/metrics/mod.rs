@@ -1,10 +1,12 @@
 //! `/metrics`: renders a [`Snapshot`] in the Prometheus text format through the `prometheus`
 //! crate's encoder. This module is the only place that knows metric names: the node's series in
-//! [`node`], each job's in [`jobs`], the rendering and its per-job cache here.
+//! [`node`], each job's in [`jobs`], the HTTP server's in [`http`], the rendering and its per-job
+//! cache here.
 //!
 //! Rendering reads the snapshot only; it never calls NVML. On a simulated node every series
 //! carries `simulated="true"`, so demo data cannot pass for real data in any query.
 
+mod http;
 mod jobs;
 mod node;
 
@@ -19,6 +21,7 @@ use bytes::{Bytes, BytesMut};
 use crate::snapshot::Snapshot;
 use gpucost_core::jobs::{JobRecord, Outcome};
 use gpucost_core::tracker::JobRate;
+pub use http::{render_http, HttpStats};
 use jobs::{render_job, JOB_FAMILIES};
 use node::node_families;
 

@@ -1,0 +1,295 @@
+//! The TCP port against clients that misbehave, through the real binary over real TCP (issue 13):
+//! a flood of idle connections under systemd's default limit of open files, a slowloris client,
+//! an idle keep-alive connection.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use gpucost_integration_tests::{post_unix, Agent, Metrics};
+
+/// Starts the demo with `config` (the text of a config file) and extra arguments.
+fn start_with_config(dir: &Path, config: &str) -> Agent {
+    let path = dir.join("config.toml");
+    std::fs::write(&path, config).unwrap();
+    let path = path.display().to_string();
+    Agent::start(&["--simulate", "demo", "--config", &path], &[])
+}
+
+/// GET over a fresh connection, giving up after `timeout`: (status, body), or what went wrong.
+fn try_get(addr: &str, path: &str, timeout: Duration) -> Result<(u16, Vec<u8>), String> {
+    let addr: SocketAddr = addr.parse().unwrap();
+    let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(timeout)).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").map_err(|e| format!("send: {e}"))?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)
+        .map_err(|e| format!("read after {} bytes: {e}", raw.len()))?;
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| format!("no HTTP response in {} bytes", raw.len()))?;
+    let head = String::from_utf8_lossy(&raw[..end]);
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("no status in {head:?}"))?;
+    Ok((status, raw[end + 4..].to_vec()))
+}
+
+/// Lowers the soft limit of open files of process `pid`, keeping its hard limit.
+fn set_soft_nofile(pid: u32, soft: u64) {
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: prlimit(2) with a null new limit only reads the process's limit into `old`.
+    let got = unsafe {
+        libc::prlimit(
+            pid as libc::pid_t,
+            libc::RLIMIT_NOFILE,
+            std::ptr::null(),
+            &mut old,
+        )
+    };
+    assert_eq!(got, 0, "prlimit: {}", std::io::Error::last_os_error());
+    let new = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: old.rlim_max,
+    };
+    // SAFETY: prlimit(2) on a child we started, with a valid limit and no old-limit output.
+    let set = unsafe {
+        libc::prlimit(
+            pid as libc::pid_t,
+            libc::RLIMIT_NOFILE,
+            &new,
+            std::ptr::null_mut(),
+        )
+    };
+    assert_eq!(set, 0, "prlimit: {}", std::io::Error::last_os_error());
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// Whether the other end has closed `s` (a read returns end of file or an error at once).
+fn closed_by_peer(mut s: &TcpStream) -> bool {
+    s.set_nonblocking(true).unwrap();
+    let mut b = [0u8; 64];
+    let closed = match s.read(&mut b) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => e.kind() != ErrorKind::WouldBlock,
+    };
+    s.set_nonblocking(false).unwrap();
+    closed
+}
+
+fn closed_total(m: &Metrics, reason: &str) -> f64 {
+    m.get(
+        "gpucost_http_connections_closed_total",
+        &[("reason", reason)],
+    )
+    .unwrap_or_else(|| panic!("no gpucost_http_connections_closed_total{{reason={reason:?}}}"))
+}
+
+/// Issue 13, item 5: 1,100 idle connections from one network client made /metrics time out and
+/// the job socket fail, under the soft limit of 1,024 open files that systemd gives a service
+/// unless its unit sets LimitNOFILE= (systemd.exec(5), "Process Properties"; the default comes
+/// from DefaultLimitNOFILE= in systemd-system.conf(5)). The agent here runs under that limit with
+/// the default `http.max_connections`: new connections push out the quietest idle ones, so the
+/// agent never holds more than the cap, and /metrics and the socket answer at once.
+#[test]
+fn issue_13_idle_connections_leave_metrics_and_the_socket_working() {
+    let agent = Agent::start(&["--simulate", "demo"], &[]);
+    let pid = agent.pid().unwrap();
+    set_soft_nofile(pid, 1024);
+    let addr: SocketAddr = agent.addr.parse().unwrap();
+    let t = Instant::now();
+    let mut idle = Vec::new();
+    let mut refused = 0;
+    for _ in 0..1100 {
+        // Long enough for a SYN dropped while the kernel's accept queue was full to be sent
+        // again (after 1 s).
+        match TcpStream::connect_timeout(&addr, Duration::from_secs(3)) {
+            Ok(s) => idle.push(s),
+            Err(_) => refused += 1,
+        }
+    }
+    let opened_in = t.elapsed();
+    // Give the agent a moment to accept what the kernel queued.
+    std::thread::sleep(Duration::from_millis(300));
+
+    let t = Instant::now();
+    let metrics = try_get(&agent.addr, "/metrics", Duration::from_secs(5));
+    let metrics_took = t.elapsed();
+    let t = Instant::now();
+    let socket = std::thread::spawn({
+        let socket = agent.socket.clone();
+        move || post_unix(&socket, "/api/v1/jobs", r#"{"name": "during-the-flood"}"#)
+    });
+    let registered = socket.join();
+    let register_took = t.elapsed();
+    let fds = open_fds(pid);
+    let still_open = idle.iter().filter(|s| !closed_by_peer(s)).count();
+    eprintln!(
+        "{} idle connections opened in {opened_in:?} ({refused} not); /metrics: {:?} in \
+         {metrics_took:?}; socket registration: {} in {register_took:?}; the agent holds {fds} \
+         open files; {still_open} of the idle connections still open",
+        idle.len(),
+        metrics.as_ref().map(|(s, b)| (s, b.len())),
+        match &registered {
+            Ok((status, _)) => status.to_string(),
+            Err(_) => "failed".to_string(),
+        },
+    );
+    let (status, _) = metrics.expect("/metrics answers during the flood");
+    assert_eq!(status, 200);
+    assert!(
+        metrics_took < Duration::from_secs(2),
+        "/metrics took {metrics_took:?}"
+    );
+    let (status, body) = registered.expect("the socket answers during the flood");
+    assert_eq!(status, 201, "{body}");
+
+    let m = agent.metrics();
+    eprintln!(
+        "{}",
+        m.text
+            .lines()
+            .filter(|l| l.starts_with("gpucost_http_"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let cap = 256.0;
+    let open = m.get("gpucost_http_connections", &[]).unwrap();
+    assert!(open <= cap, "{open} connections open");
+    assert!(
+        closed_total(&m, "evicted") >= idle.len() as f64 - cap,
+        "{}",
+        m.text
+    );
+    assert!(still_open <= cap as usize, "{still_open} still open");
+    assert!(fds < 1024, "{fds} open files");
+    // The cap kept the agent within its limit of open files: no accept failed for want of one.
+    assert_eq!(
+        m.get("gpucost_http_accept_errors_total", &[("error", "EMFILE")]),
+        Some(0.0)
+    );
+}
+
+/// Issue 13, item 5: a client that sends its headers one byte a second is cut off once
+/// `http.header_timeout` has passed since it connected (hyper's `header_read_timeout`).
+#[test]
+fn issue_13_a_slowloris_client_is_cut_off_at_the_header_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = start_with_config(
+        dir.path(),
+        "[http]\nheader_timeout = \"2s\"\nidle_timeout = \"2s\"\n",
+    );
+    let mut s = TcpStream::connect(&agent.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let head = b"GET /metrics HTTP/1.1\r\nHost: gpucost\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    let t = Instant::now();
+    let mut sent = 0;
+    let cut_after = loop {
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "still open after {sent} bytes in {:?}",
+            t.elapsed()
+        );
+        if s.write_all(&head[sent % head.len()..][..1]).is_err() {
+            break t.elapsed();
+        }
+        sent += 1;
+        // The read timeout paces the bytes: one a second.
+        let mut b = [0u8; 256];
+        match s.read(&mut b) {
+            Ok(0) => break t.elapsed(),
+            Ok(n) => panic!("an answer to half a request: {:?}", &b[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => break t.elapsed(),
+        }
+    };
+    eprintln!("slowloris: cut off after {sent} bytes, {cut_after:?}");
+    assert!(
+        cut_after >= Duration::from_millis(1900) && cut_after < Duration::from_millis(3500),
+        "cut off after {cut_after:?}"
+    );
+    let m = agent.metrics();
+    assert_eq!(closed_total(&m, "header_timeout"), 1.0, "{}", m.text);
+    assert_eq!(closed_total(&m, "idle_timeout"), 0.0);
+}
+
+/// Issue 13, item 5: a keep-alive connection that sends no next request is closed after
+/// `http.idle_timeout`, and so is a connection that never sends anything; a connection in use
+/// stays open.
+#[test]
+fn issue_13_an_idle_keep_alive_connection_is_closed_at_the_idle_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = start_with_config(
+        dir.path(),
+        "[http]\nheader_timeout = \"6s\"\nidle_timeout = \"1s\"\n",
+    );
+    let silent = TcpStream::connect(&agent.addr).unwrap();
+    let silent_since = Instant::now();
+    let mut s = TcpStream::connect(&agent.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // Three requests, half a second apart, on one connection: it stays open while in use.
+    let mut answered = Instant::now();
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(500));
+        write!(s, "GET /healthz HTTP/1.1\r\nHost: gpucost\r\n\r\n").unwrap();
+        let body = read_response(&mut s);
+        answered = Instant::now();
+        assert!(body.contains("\"status\""), "{body}");
+    }
+    let mut b = [0u8; 16];
+    let got = s.read(&mut b);
+    let idle_for = answered.elapsed();
+    let silent_for = silent_since.elapsed();
+    eprintln!("keep-alive connection closed {idle_for:?} after its last answer");
+    assert!(matches!(got, Ok(0)), "{got:?}");
+    assert!(
+        idle_for >= Duration::from_millis(900) && idle_for < Duration::from_millis(3000),
+        "closed {idle_for:?} after the last answer"
+    );
+    assert!(closed_by_peer(&silent), "open after {silent_for:?}");
+    let m = agent.metrics();
+    assert_eq!(closed_total(&m, "idle_timeout"), 2.0, "{}", m.text);
+    assert_eq!(closed_total(&m, "header_timeout"), 0.0);
+}
+
+/// Reads one HTTP/1.1 response with a Content-Length from a keep-alive connection.
+fn read_response(s: &mut TcpStream) -> String {
+    let mut raw = Vec::new();
+    let mut b = [0u8; 4096];
+    loop {
+        let n = s.read(&mut b).unwrap();
+        assert!(
+            n > 0,
+            "closed mid-response: {:?}",
+            String::from_utf8_lossy(&raw)
+        );
+        raw.extend_from_slice(&b[..n]);
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .expect("content-length");
+            if body.len() >= len {
+                return body.to_string();
+            }
+        }
+    }
+}
