@@ -3,16 +3,24 @@
 //! Handlers read the latest [`Snapshot`] from a watch channel; none of them touches the hardware
 //! or blocks on the sampler. [`serve`] takes a bound listener, so tests can bind port 0; the
 //! connections themselves (cap, timeouts) are `server.rs`'s.
+//!
+//! The two answers that grow with the number of jobs, `/metrics` and `/api/v1/jobs`, are each
+//! rendered once per snapshot, on a blocking thread, by the first request that wants them, while
+//! other requests for that snapshot wait for the same rendering; at most [`RENDERS`] renderings
+//! run at once, and a request that cannot start one within [`RENDER_WAIT`] is answered 503
+//! "busy". A rendering is shared by every response that sends it, never copied per request.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use gpucost_core::clock::Clock;
 use gpucost_core::config::HttpConfig;
+use gpucost_core::jobs::JobRecord;
 
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
@@ -21,19 +29,26 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use bytes::Bytes;
+use bytes::{BufMut, Bytes};
 use hyper::body::{Frame, SizeHint};
+use serde::{Serialize, Serializer};
 use serde_json::json;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, OnceCell, Semaphore};
 use tokio_util::sync::CancellationToken;
+use tracing::error;
 
+use super::buffers::Outputs;
 use super::metrics::{self, HttpStats};
 use super::server;
 use crate::snapshot::Snapshot;
 
-/// The last `/metrics` text and the snapshot it was rendered from.
-type RenderCache = Arc<std::sync::Mutex<Option<(Arc<Snapshot>, Bytes)>>>;
+/// Renderings that may run at once. Each holds up to a few times its output in memory (tens of
+/// MB on a node with many jobs, issue 13), so a burst of requests must not start one each.
+const RENDERS: usize = 2;
+
+/// How long a request waits to start a rendering before it is answered 503 "busy".
+const RENDER_WAIT: Duration = Duration::from_secs(5);
 
 #[derive(Clone)]
 struct AppState {
@@ -42,11 +57,7 @@ struct AppState {
     stale_after: Duration,
     /// For the age of the last sample.
     clock: Arc<dyn Clock>,
-    /// The last rendered `/metrics` and the snapshot it was rendered from: scrapes between two
-    /// samples (several Prometheus servers, dashboards hitting the agent) share one rendering.
-    rendered: RenderCache,
-    /// Keeps each job's encoded series between renderings.
-    renderer: Arc<std::sync::Mutex<metrics::Renderer>>,
+    renders: Arc<Renders>,
     /// The connections' counts, for `/metrics`.
     server: Arc<server::Stats>,
 }
@@ -54,6 +65,101 @@ struct AppState {
 impl AppState {
     fn latest(&self) -> Arc<Snapshot> {
         self.snapshots.borrow().clone()
+    }
+}
+
+/// The large renderings of the latest snapshot, and what limits them.
+struct Renders {
+    permits: Arc<Semaphore>,
+    /// How long a request waits for a permit: [`RENDER_WAIT`].
+    wait: Duration,
+    /// `/metrics` without the HTTP server's own series, which are rendered per request.
+    metrics: Latest,
+    /// Keeps each job's encoded series between renderings.
+    renderer: Arc<std::sync::Mutex<metrics::Renderer>>,
+    /// `/api/v1/jobs`.
+    jobs: Latest,
+    /// The job list's last outputs, written again once released.
+    jobs_out: Arc<std::sync::Mutex<Outputs>>,
+    /// Requests answered 503 "busy", by [`BUSY_PATHS`].
+    busy: [AtomicU64; 2],
+}
+
+/// The paths whose renderings are bounded, in the order of [`Renders::busy`].
+const BUSY_PATHS: [&str; 2] = ["/metrics", "/api/v1/jobs"];
+const METRICS: usize = 0;
+const JOBS: usize = 1;
+
+/// The rendering of one kind for the latest snapshot that any request asked for.
+struct Latest {
+    /// Whether two snapshots render the same.
+    same: fn(&Snapshot, &Snapshot) -> bool,
+    latest: std::sync::Mutex<Option<Arc<Rendering>>>,
+}
+
+struct Rendering {
+    snap: Arc<Snapshot>,
+    text: OnceCell<Bytes>,
+}
+
+/// No rendering could start within [`RENDER_WAIT`] (or, a bug, one panicked).
+struct Busy;
+
+impl Latest {
+    fn new(same: fn(&Snapshot, &Snapshot) -> bool) -> Latest {
+        Latest {
+            same,
+            latest: std::sync::Mutex::default(),
+        }
+    }
+
+    /// The latest snapshot's rendering: the one already made (for it, or for an earlier
+    /// snapshot that renders the same), or the one another request is making, or one made now
+    /// by `render` on a blocking thread once a permit is free; with the snapshot rendered.
+    async fn get(
+        &self,
+        app: &AppState,
+        render: impl FnOnce(&Snapshot) -> Bytes + Send + 'static,
+    ) -> Result<(Arc<Snapshot>, Bytes), Busy> {
+        let rendering = {
+            let mut latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
+            // Read under the lock, so that the cached snapshot only ever moves forward.
+            let snap = app.latest();
+            match latest.as_ref() {
+                Some(r) if (self.same)(&r.snap, &snap) => r.clone(),
+                _ => {
+                    let r = Arc::new(Rendering {
+                        snap,
+                        text: OnceCell::new(),
+                    });
+                    *latest = Some(r.clone());
+                    r
+                }
+            }
+        };
+        let text = rendering
+            .text
+            .get_or_try_init(|| async {
+                let permits = app.renders.permits.clone();
+                let permit = tokio::time::timeout(app.renders.wait, permits.acquire_owned())
+                    .await
+                    .map_err(|_| Busy)?
+                    .expect("the semaphore is never closed");
+                let snap = rendering.snap.clone();
+                // The permit goes with the rendering: a request that gives up waiting for it
+                // does not free a permit while the rendering still runs.
+                tokio::task::spawn_blocking(move || {
+                    let _permit = permit;
+                    render(&snap)
+                })
+                .await
+                .map_err(|e| {
+                    error!("a rendering failed: {e}");
+                    Busy
+                })
+            })
+            .await?;
+        Ok((rendering.snap.clone(), text.clone()))
     }
 }
 
@@ -101,14 +207,38 @@ pub fn router(
                 "this port is read-only; changes go through the agent's unix socket",
             )
         })
-        .with_state(AppState {
+        .with_state(AppState::new(snapshots, stale_after, clock, server))
+}
+
+impl AppState {
+    fn new(
+        snapshots: watch::Receiver<Arc<Snapshot>>,
+        stale_after: Duration,
+        clock: Arc<dyn Clock>,
+        server: Arc<server::Stats>,
+    ) -> AppState {
+        AppState {
             snapshots,
             stale_after,
             clock,
-            rendered: Arc::default(),
-            renderer: Arc::default(),
+            renders: Arc::new(Renders {
+                permits: Arc::new(Semaphore::new(RENDERS)),
+                wait: RENDER_WAIT,
+                metrics: Latest::new(|a, b| std::ptr::eq(a, b)),
+                renderer: Arc::default(),
+                // The node publishes a new job list only when it has persisted (every
+                // ledger.persist_interval), not with every sample.
+                jobs: Latest::new(|a, b| {
+                    Arc::ptr_eq(&a.published.jobs, &b.published.jobs)
+                        && a.currency == b.currency
+                        && a.simulated == b.simulated
+                }),
+                jobs_out: Arc::default(),
+                busy: Default::default(),
+            }),
             server,
-        })
+        }
+    }
 }
 
 /// Serves until `shutdown` is cancelled, then finishes in-flight requests and returns.
@@ -125,37 +255,40 @@ pub async fn serve(
     server::serve(listener, app, http, stats, shutdown).await
 }
 
+/// 503: no rendering could start in time.
+fn busy(app: &AppState, path: usize) -> Response {
+    app.renders.busy[path].fetch_add(1, Ordering::Relaxed);
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the agent is busy rendering for other requests; try again in a few seconds",
+    )
+}
+
 async fn get_metrics(State(app): State<AppState>) -> Response {
-    let snap = app.latest();
     // Before the first sample there is nothing true to say (totals are still being loaded from
     // the ledger): a scrape fails rather than show counters at zero.
-    if snap.taken_at.is_none() {
+    if app.latest().taken_at.is_none() {
         return error(StatusCode::SERVICE_UNAVAILABLE, "starting: no sample yet");
     }
-    let cached = {
-        let guard = app.rendered.lock().unwrap_or_else(|e| e.into_inner());
-        guard
-            .as_ref()
-            .filter(|(s, _)| Arc::ptr_eq(s, &snap))
-            .map(|(_, text)| text.clone())
+    let renderer = app.renders.renderer.clone();
+    let render = move |snap: &Snapshot| {
+        renderer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .render(snap)
     };
-    let text = match cached {
-        Some(t) => t,
-        None => {
-            let t = app
-                .renderer
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .render(&snap);
-            *app.rendered.lock().unwrap_or_else(|e| e.into_inner()) =
-                Some((snap.clone(), t.clone()));
-            t
-        }
+    let Ok((snap, text)) = app.renders.metrics.get(&app, render).await else {
+        return busy(&app, METRICS);
     };
     let stats = HttpStats {
         connections: app.server.open(),
         closed: app.server.closed(),
         accept_errors: app.server.accept_errors(),
+        busy: BUSY_PATHS
+            .iter()
+            .zip(&app.renders.busy)
+            .map(|(p, n)| (*p, n.load(Ordering::Relaxed)))
+            .collect(),
     };
     let own = Bytes::from(metrics::render_http(&stats, snap.simulated.is_some()));
     (
@@ -219,7 +352,7 @@ async fn get_gpu(
 }
 
 /// A job as `/api/v1/jobs` shows it: its record with the cost totals and rates derived from it.
-pub fn job_json(j: &gpucost_core::jobs::JobRecord, currency: &str) -> serde_json::Value {
+pub fn job_json(j: &JobRecord, currency: &str) -> serde_json::Value {
     let mut v = serde_json::to_value(j).unwrap_or_default();
     v["cost_total"] = json!(j.usage.total_cost());
     v["wasted_cost"] = json!(j.wasted_cost());
@@ -231,16 +364,46 @@ pub fn job_json(j: &gpucost_core::jobs::JobRecord, currency: &str) -> serde_json
     v
 }
 
+/// `/api/v1/jobs` of a snapshot, written one job at a time into a recycled buffer: the list
+/// never exists as a JSON tree, only as its text. Keys in the order `json!` sorts them, as before.
+fn render_jobs(snap: &Snapshot, outputs: &mut Outputs) -> Bytes {
+    #[derive(Serialize)]
+    struct List<'a> {
+        currency: &'a str,
+        jobs: Jobs<'a>,
+        simulated: &'a Option<String>,
+    }
+    struct Jobs<'a> {
+        jobs: &'a [Arc<JobRecord>],
+        currency: &'a str,
+    }
+    impl Serialize for Jobs<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.collect_seq(self.jobs.iter().map(|j| job_json(j, self.currency)))
+        }
+    }
+    let list = List {
+        currency: &snap.currency,
+        jobs: Jobs {
+            jobs: &snap.published.jobs,
+            currency: &snap.currency,
+        },
+        simulated: &snap.simulated,
+    };
+    let mut out = outputs.buffer().writer();
+    serde_json::to_writer(&mut out, &list).expect("plain data serializes");
+    outputs.keep(out.into_inner())
+}
+
 async fn get_jobs(State(app): State<AppState>) -> Response {
-    let snap = app.latest();
-    let jobs: Vec<_> = snap
-        .published
-        .jobs
-        .iter()
-        .map(|j| job_json(j, &snap.currency))
-        .collect();
-    Json(json!({ "simulated": snap.simulated, "currency": snap.currency, "jobs": jobs }))
-        .into_response()
+    let outputs = app.renders.jobs_out.clone();
+    let render = move |snap: &Snapshot| {
+        render_jobs(snap, &mut outputs.lock().unwrap_or_else(|e| e.into_inner()))
+    };
+    match app.renders.jobs.get(&app, render).await {
+        Ok((_, text)) => ([(header::CONTENT_TYPE, "application/json")], text).into_response(),
+        Err(Busy) => busy(&app, JOBS),
+    }
 }
 
 async fn get_job(State(app): State<AppState>, id: Result<Path<String>, PathRejection>) -> Response {
@@ -263,4 +426,152 @@ async fn not_found() -> Response {
 
 fn error(status: StatusCode, message: &str) -> Response {
     (status, Json(json!({ "error": message }))).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+    use crate::snapshot::Published;
+    use gpucost_core::clock::SystemClock;
+    use gpucost_core::jobs::{Outcome, Registered, Scheduler, Usage};
+    use gpucost_core::reading::Source;
+
+    fn job(i: usize) -> JobRecord {
+        JobRecord {
+            id: format!("job-{i}"),
+            name: format!("n{i}"),
+            user: "alice".into(),
+            uid: Some(1001),
+            scheduler: Scheduler::Gpucost,
+            labels: BTreeMap::from([("team".to_string(), format!("t{i}"))]),
+            started_at: 1.0,
+            ended_at: None,
+            outcome: Outcome::Running,
+            exit_code: None,
+            signal: None,
+            usage: Usage {
+                gpu_seconds: i as f64,
+                ..Usage::default()
+            },
+            per_gpu: BTreeMap::new(),
+            registration: Some(Registered {
+                pid: Some(4000 + i as u32),
+                gpus: vec!["0".into()],
+            }),
+            progress: None,
+        }
+    }
+
+    fn snapshot(n: usize) -> Snapshot {
+        let mut s = Snapshot::empty(Source::Simulated, Some("test".into()));
+        s.currency = "EUR".into();
+        s.published = Published {
+            jobs: Arc::new((0..n).map(|i| Arc::new(job(i))).collect()),
+            ..Published::default()
+        };
+        s
+    }
+
+    fn app(snap: Snapshot) -> (AppState, watch::Sender<Arc<Snapshot>>) {
+        let (tx, rx) = watch::channel(Arc::new(snap));
+        let app = AppState::new(
+            rx,
+            Duration::from_secs(1),
+            Arc::new(SystemClock),
+            Arc::default(),
+        );
+        (app, tx)
+    }
+
+    /// The job list written one job at a time is the text the whole-list JSON tree gave.
+    #[test]
+    fn the_job_list_is_the_text_it_was() {
+        let snap = snapshot(3);
+        let jobs: Vec<_> = snap
+            .published
+            .jobs
+            .iter()
+            .map(|j| job_json(j, &snap.currency))
+            .collect();
+        let before = serde_json::to_vec(
+            &json!({ "simulated": snap.simulated, "currency": snap.currency, "jobs": jobs }),
+        )
+        .unwrap();
+        let mut outputs = Outputs::default();
+        assert_eq!(render_jobs(&snap, &mut outputs), before);
+        assert_eq!(
+            render_jobs(&snapshot(0), &mut outputs).as_ref(),
+            br#"{"currency":"EUR","jobs":[],"simulated":"test"}"#
+        );
+    }
+
+    /// Concurrent requests share one rendering of the job list; a later snapshot with the same
+    /// published list shares it too, a new list is rendered again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_rendering_per_job_list() {
+        let first = snapshot(2);
+        let (app, tx) = app(first.clone());
+        let made = Arc::new(AtomicUsize::new(0));
+        let get = |app: AppState, made: Arc<AtomicUsize>| async move {
+            let render = move |s: &Snapshot| {
+                made.fetch_add(1, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(50));
+                render_jobs(s, &mut Outputs::default())
+            };
+            app.renders.jobs.get(&app, render).await.ok().unwrap().1
+        };
+        let texts: Vec<Bytes> =
+            join_all((0..8).map(|_| tokio::spawn(get(app.clone(), made.clone())))).await;
+        assert_eq!(made.load(Ordering::Relaxed), 1);
+        assert!(
+            texts.iter().all(|t| t.as_ptr() == texts[0].as_ptr()),
+            "one buffer, shared"
+        );
+        // The next sample, the same published jobs.
+        let mut next = first.clone();
+        next.samples_total += 1;
+        tx.send(Arc::new(next)).unwrap();
+        assert_eq!(
+            get(app.clone(), made.clone()).await.as_ptr(),
+            texts[0].as_ptr()
+        );
+        assert_eq!(made.load(Ordering::Relaxed), 1);
+        tx.send(Arc::new(snapshot(3))).unwrap();
+        let newer = get(app.clone(), made.clone()).await;
+        assert_eq!(made.load(Ordering::Relaxed), 2);
+        assert_ne!(newer, texts[0]);
+    }
+
+    /// With every permit taken, a request waits [`Renders::wait`] and is answered "busy"; once
+    /// a permit is free, the rendering is made.
+    #[tokio::test]
+    async fn busy_when_no_rendering_can_start() {
+        let (mut app, _tx) = app(snapshot(1));
+        Arc::get_mut(&mut app.renders).unwrap().wait = Duration::from_millis(50);
+        let held = app
+            .renders
+            .permits
+            .clone()
+            .acquire_many_owned(RENDERS as u32)
+            .await
+            .unwrap();
+        let render = |s: &Snapshot| render_jobs(s, &mut Outputs::default());
+        assert!(app.renders.jobs.get(&app, render).await.is_err());
+        let answer = busy(&app, JOBS);
+        assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(app.renders.busy[JOBS].load(Ordering::Relaxed), 1);
+        drop(held);
+        assert!(app.renders.jobs.get(&app, render).await.is_ok());
+    }
+
+    async fn join_all<T>(handles: impl Iterator<Item = tokio::task::JoinHandle<T>>) -> Vec<T> {
+        let mut out = Vec::new();
+        for h in handles {
+            out.push(h.await.unwrap());
+        }
+        out
+    }
 }

@@ -1,10 +1,12 @@
 //! The TCP port against clients that misbehave, through the real binary over real TCP (issue 13):
 //! a flood of idle connections under systemd's default limit of open files, a slowloris client,
-//! an idle keep-alive connection.
+//! an idle keep-alive connection, many concurrent GETs of a large job list.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use gpucost_integration_tests::{post_unix, Agent, Metrics};
@@ -69,6 +71,15 @@ fn set_soft_nofile(pid: u32, soft: u64) {
         )
     };
     assert_eq!(set, 0, "prlimit: {}", std::io::Error::last_os_error());
+}
+
+/// A line of /proc/PID/status in KiB (`VmRSS`, `VmHWM`).
+fn status_kib(pid: u32, field: &str) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
 }
 
 fn open_fds(pid: u32) -> usize {
@@ -292,4 +303,105 @@ fn read_response(s: &mut TcpStream) -> String {
             }
         }
     }
+}
+
+/// Registers `n` jobs with 32 labels of 200 bytes each over the socket.
+fn register_jobs(agent: &Agent, n: usize) {
+    let labels: Vec<String> = (0..32)
+        .map(|k| format!("\"label_{k:02}\": \"{}\"", "x".repeat(200)))
+        .collect();
+    let labels = labels.join(", ");
+    for i in 0..n {
+        let body = format!(r#"{{"id": "big-{i:05}", "name": "big-{i}", "labels": {{{labels}}}}}"#);
+        let (status, said) = post_unix(&agent.socket, "/api/v1/jobs", &body);
+        assert_eq!(status, 201, "{said}");
+    }
+}
+
+/// Issue 13, item 4: the job list was rendered for each request (26.5 MB and 2 s each on a
+/// large node; RSS 1.48 GB with 16 concurrent GETs). 16 clients GET a job list of about 8 MB
+/// four times each: the agent's RSS stays within a few copies of the list, and every answer is
+/// the list (200) or "busy" (503).
+#[test]
+fn issue_13_concurrent_job_lists_keep_memory_bounded() {
+    let agent = Agent::start(&["--simulate", "demo"], &[]);
+    let pid = agent.pid().unwrap();
+    register_jobs(&agent, 1000);
+    // Wait until a snapshot holds them all, without rendering the list before measuring.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while agent.get("/api/v1/jobs/big-00999").0 != 200 {
+        assert!(Instant::now() < deadline, "the jobs did not all appear");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let before = status_kib(pid, "VmRSS");
+    let stop = Arc::new(AtomicBool::new(false));
+    let peak = Arc::new(Mutex::new(before));
+    let sampler = {
+        let (stop, peak) = (stop.clone(), peak.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let rss = status_kib(pid, "VmRSS");
+                let mut p = peak.lock().unwrap();
+                *p = (*p).max(rss);
+                drop(p);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    let t = Instant::now();
+    let clients: Vec<_> = (0..16)
+        .map(|_| {
+            let addr = agent.addr.clone();
+            std::thread::spawn(move || {
+                (0..4)
+                    .map(|_| {
+                        let (status, body) =
+                            try_get(&addr, "/api/v1/jobs", Duration::from_secs(60)).unwrap();
+                        if status == 200 {
+                            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                            assert!(v["jobs"].as_array().unwrap().len() >= 1000);
+                        } else {
+                            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                            assert!(v["error"].as_str().unwrap().contains("busy"), "{v}");
+                        }
+                        status
+                    })
+                    .collect::<Vec<u16>>()
+            })
+        })
+        .collect();
+    let statuses: Vec<u16> = clients
+        .into_iter()
+        .flat_map(|c| c.join().unwrap())
+        .collect();
+    let took = t.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    sampler.join().unwrap();
+    let peak = *peak.lock().unwrap();
+    let ok = statuses.iter().filter(|s| **s == 200).count();
+    let size = try_get(&agent.addr, "/api/v1/jobs", Duration::from_secs(20))
+        .unwrap()
+        .1
+        .len();
+    eprintln!(
+        "job list {:.1} MB; 64 GETs from 16 clients in {took:?}: {ok} x 200, {} x 503; \
+         RSS {:.0} MB before, {:.0} MB at the peak (+{:.0} MB)",
+        size as f64 / 1e6,
+        statuses.len() - ok,
+        before as f64 / 1024.0,
+        peak as f64 / 1024.0,
+        (peak - before) as f64 / 1024.0
+    );
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 503),
+        "{statuses:?}"
+    );
+    assert!(ok > 0, "{statuses:?}");
+    let growth = (peak - before) * 1024;
+    assert!(
+        growth < 4 * size as u64,
+        "RSS grew by {:.0} MB for a list of {:.1} MB",
+        growth as f64 / 1e6,
+        size as f64 / 1e6
+    );
 }

@@ -1,5 +1,6 @@
-//! The TCP port's own series: open connections, the connections the agent closed and why, and
-//! failed accepts. Rendered for each scrape (a few lines), after the snapshot's cached text.
+//! The TCP port's own series: open connections, the connections the agent closed and why, failed
+//! accepts, and requests answered "busy". Rendered for each scrape (a few lines), after the
+//! snapshot's cached text.
 
 use super::Families;
 
@@ -11,6 +12,8 @@ pub struct HttpStats {
     pub closed: Vec<(&'static str, u64)>,
     /// By kind of accept(2) error.
     pub accept_errors: Vec<(&'static str, u64)>,
+    /// 503 "busy" answers, by path.
+    pub busy: Vec<(&'static str, u64)>,
 }
 
 /// The text of the HTTP server's series.
@@ -40,6 +43,14 @@ pub fn render_http(stats: &HttpStats, simulated: bool) -> String {
             "gpucost_http_accept_errors_total",
             "Failed accepts on the HTTP port, by errno (EMFILE: out of open files).",
             &[("error", error)],
+            *n as f64,
+        );
+    }
+    for (path, n) in &stats.busy {
+        f.counter(
+            "gpucost_http_busy_responses_total",
+            "Requests answered 503 because too many large renderings were under way.",
+            &[("path", path)],
             *n as f64,
         );
     }
