@@ -57,6 +57,8 @@ struct AppState {
     stale_after: Duration,
     /// For the age of the last sample.
     clock: Arc<dyn Clock>,
+    /// Leave users, uids, pids and labels out of the JSON API (`http.hide_identities`).
+    hide_identities: bool,
     renders: Arc<Renders>,
     /// The connections' counts, for `/metrics`.
     server: Arc<server::Stats>,
@@ -191,6 +193,7 @@ pub fn router(
     snapshots: watch::Receiver<Arc<Snapshot>>,
     stale_after: Duration,
     clock: Arc<dyn Clock>,
+    http: &HttpConfig,
     server: Arc<server::Stats>,
 ) -> Router {
     Router::new()
@@ -207,7 +210,7 @@ pub fn router(
                 "this port is read-only; changes go through the agent's unix socket",
             )
         })
-        .with_state(AppState::new(snapshots, stale_after, clock, server))
+        .with_state(AppState::new(snapshots, stale_after, clock, http, server))
 }
 
 impl AppState {
@@ -215,12 +218,14 @@ impl AppState {
         snapshots: watch::Receiver<Arc<Snapshot>>,
         stale_after: Duration,
         clock: Arc<dyn Clock>,
+        http: &HttpConfig,
         server: Arc<server::Stats>,
     ) -> AppState {
         AppState {
             snapshots,
             stale_after,
             clock,
+            hide_identities: http.hide_identities,
             renders: Arc::new(Renders {
                 permits: Arc::new(Semaphore::new(RENDERS)),
                 wait: RENDER_WAIT,
@@ -251,7 +256,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let stats = Arc::new(server::Stats::default());
-    let app = router(snapshots, stale_after, clock, stats.clone());
+    let app = router(snapshots, stale_after, clock, &http, stats.clone());
     server::serve(listener, app, http, stats, shutdown).await
 }
 
@@ -322,11 +327,7 @@ async fn get_healthz(State(app): State<AppState>) -> Response {
 
 async fn get_gpus(State(app): State<AppState>) -> Response {
     let snap = app.latest();
-    let gpus: Vec<_> = snap
-        .gpus
-        .iter()
-        .map(|g| g.view(snap.source, &snap.published))
-        .collect();
+    let gpus: Vec<_> = snap.gpus.iter().map(|g| gpu_json(&app, &snap, g)).collect();
     Json(json!({ "simulated": snap.simulated, "gpus": gpus })).into_response()
 }
 
@@ -343,12 +344,31 @@ async fn get_gpu(
         .ok()
         .and_then(|i| snap.gpus.iter().find(|g| g.info.index == i))
     {
+        Some(g) if app.hide_identities => Json(gpu_json(&app, &snap, g)).into_response(),
         Some(g) => Json(g.view(snap.source, &snap.published)).into_response(),
         None => error(
             StatusCode::NOT_FOUND,
             &format!("no GPU with index {index:?}"),
         ),
     }
+}
+
+/// A GPU as the API's list shows it (as a JSON value, as it always was there); with
+/// `hide_identities`, its processes without their pids.
+fn gpu_json(
+    app: &AppState,
+    snap: &Snapshot,
+    g: &crate::snapshot::GpuSnapshot,
+) -> serde_json::Value {
+    let mut v = serde_json::to_value(g.view(snap.source, &snap.published)).unwrap_or_default();
+    if app.hide_identities {
+        for p in v["processes"].as_array_mut().into_iter().flatten() {
+            if let Some(p) = p.as_object_mut() {
+                p.remove("pid");
+            }
+        }
+    }
+    v
 }
 
 /// A job as `/api/v1/jobs` shows it: its record with the cost totals and rates derived from it.
@@ -364,9 +384,27 @@ pub fn job_json(j: &JobRecord, currency: &str) -> serde_json::Value {
     v
 }
 
+/// [`job_json`], without who runs the job when `hide`: no user, uid, labels, or the pid it was
+/// registered with (its GPUs stay).
+fn job_view(j: &JobRecord, currency: &str, hide: bool) -> serde_json::Value {
+    let mut v = job_json(j, currency);
+    if let (true, Some(fields)) = (hide, v.as_object_mut()) {
+        for key in ["user", "uid", "labels"] {
+            fields.remove(key);
+        }
+        if let Some(reg) = fields
+            .get_mut("registration")
+            .and_then(|r| r.as_object_mut())
+        {
+            reg.remove("pid");
+        }
+    }
+    v
+}
+
 /// `/api/v1/jobs` of a snapshot, written one job at a time into a recycled buffer: the list
 /// never exists as a JSON tree, only as its text. Keys in the order `json!` sorts them, as before.
-fn render_jobs(snap: &Snapshot, outputs: &mut Outputs) -> Bytes {
+fn render_jobs(snap: &Snapshot, hide: bool, outputs: &mut Outputs) -> Bytes {
     #[derive(Serialize)]
     struct List<'a> {
         currency: &'a str,
@@ -376,10 +414,15 @@ fn render_jobs(snap: &Snapshot, outputs: &mut Outputs) -> Bytes {
     struct Jobs<'a> {
         jobs: &'a [Arc<JobRecord>],
         currency: &'a str,
+        hide: bool,
     }
     impl Serialize for Jobs<'_> {
         fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-            s.collect_seq(self.jobs.iter().map(|j| job_json(j, self.currency)))
+            s.collect_seq(
+                self.jobs
+                    .iter()
+                    .map(|j| job_view(j, self.currency, self.hide)),
+            )
         }
     }
     let list = List {
@@ -387,6 +430,7 @@ fn render_jobs(snap: &Snapshot, outputs: &mut Outputs) -> Bytes {
         jobs: Jobs {
             jobs: &snap.published.jobs,
             currency: &snap.currency,
+            hide,
         },
         simulated: &snap.simulated,
     };
@@ -396,9 +440,13 @@ fn render_jobs(snap: &Snapshot, outputs: &mut Outputs) -> Bytes {
 }
 
 async fn get_jobs(State(app): State<AppState>) -> Response {
-    let outputs = app.renders.jobs_out.clone();
+    let (hide, outputs) = (app.hide_identities, app.renders.jobs_out.clone());
     let render = move |snap: &Snapshot| {
-        render_jobs(snap, &mut outputs.lock().unwrap_or_else(|e| e.into_inner()))
+        render_jobs(
+            snap,
+            hide,
+            &mut outputs.lock().unwrap_or_else(|e| e.into_inner()),
+        )
     };
     match app.renders.jobs.get(&app, render).await {
         Ok((_, text)) => ([(header::CONTENT_TYPE, "application/json")], text).into_response(),
@@ -412,7 +460,7 @@ async fn get_job(State(app): State<AppState>, id: Result<Path<String>, PathRejec
     };
     let snap = app.latest();
     match snap.published.jobs.iter().find(|j| j.id == id) {
-        Some(j) => Json(job_json(j, &snap.currency)).into_response(),
+        Some(j) => Json(job_view(j, &snap.currency, app.hide_identities)).into_response(),
         None => error(
             StatusCode::NOT_FOUND,
             &format!("no job {id:?} on this node's metrics (finished jobs past their grace period are in the ledger: gpucost report --job)"),
@@ -477,10 +525,17 @@ mod tests {
 
     fn app(snap: Snapshot) -> (AppState, watch::Sender<Arc<Snapshot>>) {
         let (tx, rx) = watch::channel(Arc::new(snap));
+        let http = HttpConfig {
+            max_connections: 1,
+            header_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(1),
+            hide_identities: false,
+        };
         let app = AppState::new(
             rx,
             Duration::from_secs(1),
             Arc::new(SystemClock),
+            &http,
             Arc::default(),
         );
         (app, tx)
@@ -501,11 +556,32 @@ mod tests {
         )
         .unwrap();
         let mut outputs = Outputs::default();
-        assert_eq!(render_jobs(&snap, &mut outputs), before);
+        assert_eq!(render_jobs(&snap, false, &mut outputs), before);
         assert_eq!(
-            render_jobs(&snapshot(0), &mut outputs).as_ref(),
+            render_jobs(&snapshot(0), false, &mut outputs).as_ref(),
             br#"{"currency":"EUR","jobs":[],"simulated":"test"}"#
         );
+    }
+
+    #[test]
+    fn hidden_identities_leave_user_uid_labels_and_pid_out() {
+        let j = job(7);
+        let shown = job_view(&j, "EUR", false);
+        assert_eq!(shown["user"], "alice");
+        assert_eq!(shown["registration"]["pid"], 4007);
+        let hidden = job_view(&j, "EUR", true);
+        for key in ["user", "uid", "labels"] {
+            assert!(hidden.get(key).is_none(), "{key}: {hidden}");
+        }
+        assert!(hidden["registration"].get("pid").is_none(), "{hidden}");
+        assert_eq!(hidden["registration"]["gpus"], json!(["0"]));
+        // Everything else is as shown.
+        let mut rest = shown.clone();
+        for key in ["user", "uid", "labels"] {
+            rest.as_object_mut().unwrap().remove(key);
+        }
+        rest["registration"].as_object_mut().unwrap().remove("pid");
+        assert_eq!(rest, hidden);
     }
 
     /// Concurrent requests share one rendering of the job list; a later snapshot with the same
@@ -519,7 +595,7 @@ mod tests {
             let render = move |s: &Snapshot| {
                 made.fetch_add(1, Ordering::Relaxed);
                 std::thread::sleep(Duration::from_millis(50));
-                render_jobs(s, &mut Outputs::default())
+                render_jobs(s, false, &mut Outputs::default())
             };
             app.renders.jobs.get(&app, render).await.ok().unwrap().1
         };
@@ -558,7 +634,7 @@ mod tests {
             .acquire_many_owned(RENDERS as u32)
             .await
             .unwrap();
-        let render = |s: &Snapshot| render_jobs(s, &mut Outputs::default());
+        let render = |s: &Snapshot| render_jobs(s, false, &mut Outputs::default());
         assert!(app.renders.jobs.get(&app, render).await.is_err());
         let answer = busy(&app, JOBS);
         assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE);

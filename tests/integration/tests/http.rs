@@ -1,6 +1,7 @@
 //! The TCP port against clients that misbehave, through the real binary over real TCP (issue 13):
 //! a flood of idle connections under systemd's default limit of open files, a slowloris client,
-//! an idle keep-alive connection, many concurrent GETs of a large job list.
+//! an idle keep-alive connection, many concurrent GETs of a large job list, and what the port
+//! shows of each job with and without `http.hide_identities`.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -404,4 +405,101 @@ fn issue_13_concurrent_job_lists_keep_memory_bounded() {
         growth as f64 / 1e6,
         size as f64 / 1e6
     );
+}
+
+/// Issue 13, item 10: the TCP port showed every job's user, uid, pid and labels to any network
+/// client. With `http.hide_identities = true` the JSON API leaves them out (and the pids of the
+/// processes on each GPU); off, the default, it shows them as before. `/metrics` is the same
+/// either way: `gpucost_job_info` carries user, name and the exported labels for dashboards.
+#[test]
+fn issue_13_hide_identities_leaves_who_runs_what_out_of_the_json_api() {
+    let pid = std::process::id();
+    for hide in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = start_with_config(
+            dir.path(),
+            &format!("[jobs]\nexport_labels = [\"team\"]\n[http]\nhide_identities = {hide}\n"),
+        );
+        let body = format!(
+            r#"{{"id": "secret-1", "name": "finetune", "labels": {{"team": "vision", "project": "x"}}, "pid": {pid}, "gpus": ["0"]}}"#
+        );
+        let (status, said) = post_unix(&agent.socket, "/api/v1/jobs", &body);
+        assert_eq!(status, 201, "{said}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let list = loop {
+            let (status, body) = agent.get("/api/v1/jobs");
+            assert_eq!(status, 200, "{body}");
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            if v["jobs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|j| j["id"] == "secret-1")
+            {
+                break v;
+            }
+            assert!(Instant::now() < deadline, "the job did not appear: {body}");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let (status, one) = agent.get("/api/v1/jobs/secret-1");
+        assert_eq!(status, 200, "{one}");
+        let one: serde_json::Value = serde_json::from_str(&one).unwrap();
+        let in_list = list["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|j| j["id"] == "secret-1")
+            .unwrap()
+            .clone();
+        for (what, j) in [("/api/v1/jobs/secret-1", &one), ("/api/v1/jobs", &in_list)] {
+            assert_eq!(j["name"], "finetune", "{what}: {j}");
+            assert_eq!(
+                j["registration"]["gpus"],
+                serde_json::json!(["0"]),
+                "{what}: {j}"
+            );
+            assert!(j["cost_total"].is_number(), "{what}: {j}");
+            if hide {
+                for key in ["user", "uid", "labels"] {
+                    assert!(j.get(key).is_none(), "{what} shows {key}: {j}");
+                }
+                assert!(j["registration"].get("pid").is_none(), "{what}: {j}");
+            } else {
+                assert_eq!(j["user"], "root", "{what}: {j}");
+                assert_eq!(j["uid"], 0, "{what}: {j}");
+                assert_eq!(j["labels"]["team"], "vision", "{what}: {j}");
+                assert_eq!(j["registration"]["pid"], pid, "{what}: {j}");
+            }
+        }
+        // Every job of the list, the scenario's own included.
+        let users = list["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|j| j.get("user").is_some())
+            .count();
+        assert_eq!(users == 0, hide, "{list}");
+
+        let (status, gpus) = agent.get("/api/v1/gpus");
+        assert_eq!(status, 200);
+        let gpus: serde_json::Value = serde_json::from_str(&gpus).unwrap();
+        let processes: Vec<&serde_json::Value> = gpus["gpus"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|g| g["processes"].as_array().unwrap())
+            .collect();
+        assert!(!processes.is_empty(), "the demo runs processes: {gpus}");
+        assert!(
+            processes.iter().all(|p| p.get("pid").is_some() != hide),
+            "{processes:?}"
+        );
+
+        let m = agent.metrics();
+        let info = m.find("gpucost_job_info", &[("job_id", "secret-1")]);
+        assert_eq!(info.len(), 1, "{}", m.text);
+        assert_eq!(info[0].labels["user"], "root");
+        assert_eq!(info[0].labels["name"], "finetune");
+        assert_eq!(info[0].labels["team"], "vision");
+    }
 }
