@@ -6,13 +6,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use gpucost_sim::Scenario;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn, Instrument};
 
 use crate::api::socket;
-use crate::export::http;
+use crate::export::{http, server};
 use crate::identity::kubelet::{list_gpus, PodGpu};
 use crate::identity::procfs::ProcFs;
 use crate::ledger::LedgerStore;
@@ -63,7 +62,7 @@ pub fn run(config: Config, record: Option<std::path::PathBuf>) -> anyhow::Result
         .build()
         .context("cannot start the async runtime")?;
     let listener = runtime
-        .block_on(TcpListener::bind(config.listen))
+        .block_on(async { server::bind(config.listen) })
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let local = listener.local_addr()?;
 
