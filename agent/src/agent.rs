@@ -6,13 +6,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use gpucost_sim::Scenario;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn, Instrument};
 
 use crate::api::socket;
-use crate::export::http;
+use crate::export::{http, server};
 use crate::identity::kubelet::{list_gpus, PodGpu};
 use crate::identity::procfs::ProcFs;
 use crate::ledger::{LedgerStore, LockError, StateLock};
@@ -84,7 +83,7 @@ pub fn run(config: Config, record: Option<std::path::PathBuf>) -> anyhow::Result
         .build()
         .context("cannot start the async runtime")?;
     let listener = runtime
-        .block_on(TcpListener::bind(config.listen))
+        .block_on(async { server::bind(config.listen) })
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let local = listener.local_addr()?;
     // The job socket, before anything else starts: without it jobs are still found by
@@ -177,8 +176,16 @@ pub fn run(config: Config, record: Option<std::path::PathBuf>) -> anyhow::Result
         humantime::format_duration(config.sampling.interval),
         config.state_dir.display()
     );
+    warn_if_few_files(config.http.max_connections);
     let health = rx.clone();
-    let server = http::serve(listener, rx, stale_after, clock.clone(), shutdown.clone());
+    let server = http::serve(
+        listener,
+        rx,
+        stale_after,
+        clock.clone(),
+        config.http.clone(),
+        shutdown.clone(),
+    );
 
     let result = runtime.block_on(
         async {
@@ -379,6 +386,32 @@ async fn keep_watchdog(
             () = tokio::time::sleep(every) => {}
             () = shutdown.cancelled() => return,
         }
+    }
+}
+
+/// Open files the agent needs besides the HTTP port's connections: the job socket's
+/// connections, the ledger, the NVIDIA device files, the kubelet socket, the runtime's own.
+const FILES_BESIDES_HTTP: u64 = 128;
+
+/// Says at start-up when the soft limit of open files leaves too little beside
+/// `http.max_connections`: once it is used up, the job socket and the ledger fail too.
+fn warn_if_few_files(max_connections: usize) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit(2) writes the limit into `limit`, a valid rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    let needed = max_connections as u64 + FILES_BESIDES_HTTP;
+    if limit.rlim_cur < needed {
+        warn!(
+            "the limit of open files is {} (ulimit -n; LimitNOFILE= in the systemd unit): with \
+             http.max_connections = {max_connections}, the agent may need {needed}; raise the \
+             limit or lower http.max_connections",
+            limit.rlim_cur
+        );
     }
 }
 

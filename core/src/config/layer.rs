@@ -34,6 +34,19 @@ pub struct Layer {
     pub pricing: Option<toml::Value>,
     #[serde(default)]
     pub bench: BenchLayer,
+    #[serde(default)]
+    pub http: HttpLayer,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HttpLayer {
+    pub max_connections: Option<usize>,
+    #[serde(default, with = "humantime_serde")]
+    pub header_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub idle_timeout: Option<Duration>,
+    pub hide_identities: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -102,6 +115,8 @@ pub(super) enum EnvText {
     /// A list of text, comma-separated (`team,project`), each item trimmed and empty ones left
     /// out; empty text is an empty list.
     List,
+    /// `true` or `false` (also `1`/`0`, `yes`/`no`, `on`/`off`, any case).
+    Bool,
 }
 
 /// Keys settable from the environment: `GPUCOST_` + the key in upper case, dots as underscores
@@ -130,6 +145,10 @@ pub(super) const ENV_KEYS: &[(&str, EnvText)] = &[
     ("attribution.kubelet_interval", EnvText::Text),
     ("bench.interval", EnvText::Text),
     ("bench.min_ratio", EnvText::Number),
+    ("http.max_connections", EnvText::Number),
+    ("http.header_timeout", EnvText::Text),
+    ("http.idle_timeout", EnvText::Text),
+    ("http.hide_identities", EnvText::Bool),
 ];
 
 /// The `GPUCOST_*` variables gpucost or its tools read that are no setting; none of them is
@@ -288,6 +307,11 @@ fn env_value(text: &str, kind: EnvText) -> Result<toml::Value, String> {
                 (Err(_), Err(_)) => return Err(format!("{text:?} is not a number")),
             }
         }
+        EnvText::Bool => match text.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => toml::Value::Boolean(true),
+            "false" | "0" | "no" | "off" => toml::Value::Boolean(false),
+            _ => return Err(format!("{text:?} is not true or false")),
+        },
         EnvText::List => toml::Value::Array(
             text.split(',')
                 .map(str::trim)

@@ -22,8 +22,8 @@ use std::time::Duration;
 use crate::account::pricing::{self, Pricing};
 
 pub use layer::{
-    env_layer, env_var_for, file_layer, unknown_env_vars, AttributionLayer, BenchLayer, JobsLayer,
-    Layer, LedgerLayer, NvmlLayer, SamplingLayer, OTHER_ENV_PREFIXES, OTHER_ENV_VARS,
+    env_layer, env_var_for, file_layer, unknown_env_vars, AttributionLayer, BenchLayer, HttpLayer,
+    JobsLayer, Layer, LedgerLayer, NvmlLayer, SamplingLayer, OTHER_ENV_PREFIXES, OTHER_ENV_VARS,
 };
 pub use resolve::resolve;
 
@@ -80,6 +80,19 @@ pub mod defaults {
     pub const BENCH_INTERVAL: Duration = Duration::from_secs(86_400);
     /// `bench.min_ratio`: the share of its datasheet peak below which a GPU is flagged.
     pub const BENCH_MIN_RATIO: f64 = 0.85;
+    /// `http.max_connections`: TCP connections open at once. A node has a few Prometheus
+    /// servers and the odd curl as clients; 256 leaves most of systemd's default soft limit of
+    /// 1,024 open files to the job socket, the ledger and the GPUs.
+    pub const HTTP_MAX_CONNECTIONS: usize = 256;
+    /// `http.header_timeout`: how long a request's line and headers may take to arrive, from
+    /// the moment the connection waits for them (its opening, or the end of the previous
+    /// response).
+    pub const HTTP_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+    /// `http.idle_timeout`: how long a connection may stay silent while no request of its own
+    /// is being answered.
+    pub const HTTP_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+    /// `http.hide_identities`: off, so the JSON API shows what it always has.
+    pub const HTTP_HIDE_IDENTITIES: bool = false;
 
     /// The default `sampling.process_interval` for a given `sampling.interval`: processes are
     /// never read more often than the GPUs.
@@ -112,6 +125,21 @@ pub struct Config {
     pub attribution: AttributionConfig,
     pub pricing: Pricing,
     pub bench: BenchConfig,
+    pub http: HttpConfig,
+}
+
+/// The TCP port's limits (`[http]`) and what its JSON API shows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpConfig {
+    /// TCP connections open at once; beyond it a new connection replaces the quietest one.
+    pub max_connections: usize,
+    /// A request's line and headers must arrive within this of the connection waiting for them.
+    pub header_timeout: Duration,
+    /// A connection silent this long, with no request of its own being answered, is closed.
+    /// Not longer than `header_timeout`.
+    pub idle_timeout: Duration,
+    /// Leave user, uid, pids and labels out of the JSON API.
+    pub hide_identities: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::{
-    defaults, example_pricing, AttributionConfig, BenchConfig, Config, ConfigError, JobsConfig,
-    Layer, NvmlConfig, Origin, Sampling,
+    defaults, example_pricing, AttributionConfig, BenchConfig, Config, ConfigError, HttpConfig,
+    JobsConfig, Layer, NvmlConfig, Origin, Sampling,
 };
 use crate::account::pricing::{self, Pricing};
 
@@ -27,6 +27,7 @@ pub fn resolve(layers: &[(Origin, Layer)]) -> Result<Config, ConfigError> {
     let attribution = attribution(&layers)?;
     let pricing = pricing(&layers, simulate.is_some())?;
     let bench = bench(&layers)?;
+    let http = http(&layers)?;
     Ok(Config {
         listen,
         sampling,
@@ -40,6 +41,7 @@ pub fn resolve(layers: &[(Origin, Layer)]) -> Result<Config, ConfigError> {
         attribution,
         pricing,
         bench,
+        http,
     })
 }
 
@@ -119,6 +121,9 @@ fn err(origin: Origin, key: &str, problem: String) -> ConfigError {
 const MS: Duration = Duration::from_millis(1);
 const HOUR: Duration = Duration::from_secs(3600);
 const DAY: Duration = Duration::from_secs(86_400);
+/// The most `http.max_connections` may be: far beyond any scraper's needs (each connection holds
+/// an open file).
+const MAX_CONNECTIONS: usize = 65_536;
 
 fn listen(layers: &Layers) -> Result<SocketAddr, ConfigError> {
     let Some((text, origin)) = layers.pick(|l| l.listen.clone()) else {
@@ -358,5 +363,50 @@ fn bench(layers: &Layers) -> Result<BenchConfig, ConfigError> {
     Ok(BenchConfig {
         interval,
         min_ratio,
+    })
+}
+
+/// The TCP port's limits. hyper counts the header timeout from the moment a connection waits
+/// for a request, so a silent connection meets it too: an idle timeout longer than the header
+/// timeout could never apply to one, and is refused rather than silently ignored.
+fn http(layers: &Layers) -> Result<HttpConfig, ConfigError> {
+    let (max_connections, origin) =
+        layers.pick_or(|l| l.http.max_connections, defaults::HTTP_MAX_CONNECTIONS);
+    if !(1..=MAX_CONNECTIONS).contains(&max_connections) {
+        return Err(err(
+            origin,
+            "http.max_connections",
+            format!("{max_connections} is out of range: allowed 1 to {MAX_CONNECTIONS}"),
+        ));
+    }
+    let (header_timeout, _) = layers.duration(
+        "http.header_timeout",
+        |l| l.http.header_timeout,
+        defaults::HTTP_HEADER_TIMEOUT,
+        100 * MS..=HOUR,
+    )?;
+    let (idle_timeout, origin) = layers.duration(
+        "http.idle_timeout",
+        |l| l.http.idle_timeout,
+        defaults::HTTP_IDLE_TIMEOUT,
+        100 * MS..=HOUR,
+    )?;
+    if idle_timeout > header_timeout {
+        return Err(err(
+            origin,
+            "http.idle_timeout",
+            format!(
+                "{} is longer than http.header_timeout ({}): a connection waiting for a request \
+                 is closed at the header timeout, so it would never be idle that long",
+                humantime::format_duration(idle_timeout),
+                humantime::format_duration(header_timeout)
+            ),
+        ));
+    }
+    Ok(HttpConfig {
+        max_connections,
+        header_timeout,
+        idle_timeout,
+        hide_identities: layers.or(|l| l.http.hide_identities, defaults::HTTP_HIDE_IDENTITIES),
     })
 }

@@ -126,6 +126,10 @@ fn defaults() {
     assert_eq!(c.jobs.vanish_after, Duration::from_secs(15));
     assert_eq!(c.jobs.max_running_per_user, 64);
     assert_eq!(c.jobs.max_running, 10_000);
+    assert_eq!(c.http.max_connections, 256);
+    assert_eq!(c.http.header_timeout, Duration::from_secs(10));
+    assert_eq!(c.http.idle_timeout, Duration::from_secs(5));
+    assert!(!c.http.hide_identities);
 }
 
 #[test]
@@ -650,6 +654,63 @@ fn env_lists_are_comma_separated() {
     assert_eq!(c.bench.min_ratio, 0.7);
     let c = read("GPUCOST_BENCH_MIN_RATIO", "1");
     assert_eq!(c.bench.min_ratio, 1.0);
+}
+
+#[test]
+fn bad_http_names_source_and_key() {
+    check(File, "http.max_connections", "0", "out of range");
+    check(File, "http.max_connections", "100000", "out of range");
+    check(
+        File,
+        "http.max_connections",
+        "-1",
+        "invalid value: integer `-1`",
+    );
+    check(
+        File,
+        "http.max_connections",
+        "\"256\"",
+        "invalid type: string",
+    );
+    check(File, "http.header_timeout", "10", "invalid type: integer");
+    check(File, "http.header_timeout", "\"10ms\"", "out of range");
+    check(Env, "http.header_timeout", "2h", "out of range");
+    check(Env, "http.idle_timeout", "soon", "expected a duration");
+    check(File, "http.idle_timeout", "\"0s\"", "out of range");
+    // Longer than the header timeout's default (10s).
+    check(
+        Env,
+        "http.idle_timeout",
+        "11s",
+        "longer than http.header_timeout",
+    );
+    check(
+        File,
+        "http.hide_identities",
+        "\"yes\"",
+        "invalid type: string",
+    );
+}
+
+#[test]
+fn http_from_file_and_env() {
+    let file = file(
+        "[http]\nmax_connections = 8\nheader_timeout = \"2s\"\nidle_timeout = \"2s\"\nhide_identities = true\n",
+    )
+    .unwrap();
+    let env = env_layer(|v| (v == "GPUCOST_HTTP_IDLE_TIMEOUT").then(|| "1500ms".into())).unwrap();
+    let mut layers = vec![(Origin::File("f.toml".into()), file)];
+    layers.extend(env);
+    let c = resolve(&layers).unwrap();
+    assert_eq!(
+        c.http,
+        HttpConfig {
+            max_connections: 8,
+            header_timeout: Duration::from_secs(2),
+            idle_timeout: Duration::from_millis(1500),
+            hide_identities: true,
+        }
+    );
 }
 
 #[test]

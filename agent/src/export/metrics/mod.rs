@@ -1,24 +1,27 @@
 //! `/metrics`: renders a [`Snapshot`] in the Prometheus text format through the `prometheus`
 //! crate's encoder. This module is the only place that knows metric names: the node's series in
-//! [`node`], each job's in [`jobs`], the rendering and its per-job cache here.
+//! [`node`], each job's in [`jobs`], the HTTP server's in [`http`], the rendering and its per-job
+//! cache here.
 //!
 //! Rendering reads the snapshot only; it never calls NVML. On a simulated node every series
 //! carries `simulated="true"`, so demo data cannot pass for real data in any query.
 
+mod http;
 mod jobs;
 mod node;
 
 use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
 use prometheus::{Encoder, TextEncoder};
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
+use super::buffers::Outputs;
 use crate::snapshot::Snapshot;
 use gpucost_core::jobs::{JobRecord, Outcome};
 use gpucost_core::tracker::JobRate;
+pub use http::{render_http, HttpStats};
 use jobs::{render_job, JOB_FAMILIES};
 use node::node_families;
 
@@ -118,7 +121,7 @@ pub struct Renderer {
     headers: [String; JOB_FAMILIES.len()],
     /// The last two outputs: the older one's buffer is written again once no scrape holds it,
     /// so a render of megabytes does not fault in fresh pages each time.
-    outputs: VecDeque<Bytes>,
+    outputs: Outputs,
     /// Jobs encoded (not taken from the cache) in the last render.
     encoded: usize,
 }
@@ -160,7 +163,7 @@ impl Renderer {
             cached.push(entry);
         }
         let size: usize = cached.iter().map(|c| c.text.len()).sum();
-        let mut out = self.buffer();
+        let mut out = self.outputs.buffer();
         out.extend_from_slice(encode(&node_families(snap)).as_bytes());
         out.reserve(size + 4096);
         for (k, header) in self.headers.iter().enumerate() {
@@ -173,21 +176,7 @@ impl Renderer {
             }
         }
         self.jobs = cached;
-        let out = out.freeze();
-        self.outputs.push_back(out.clone());
-        out
-    }
-
-    /// An empty buffer: the oldest output's, if no one holds it any more.
-    fn buffer(&mut self) -> BytesMut {
-        while self.outputs.len() > 1 {
-            let oldest = self.outputs.pop_front().expect("two outputs kept");
-            if let Ok(mut b) = oldest.try_into_mut() {
-                b.clear();
-                return b;
-            }
-        }
-        BytesMut::new()
+        self.outputs.keep(out)
     }
 
     fn encode_job(
