@@ -74,14 +74,16 @@ fn demo_signals_on_metrics_and_report() {
         ) > 9e14
     );
 
-    // A job that reports progress (registered as `gpucost run` does), tokens as it goes.
+    // A job of uid 1000 that reports progress (registered for it by root, as a prolog would),
+    // tokens as it goes.
     let id = node
         .register(
             RegisterRequest {
                 name: Some("tok".into()),
+                uid: Some(1000),
                 ..RegisterRequest::default()
             },
-            1000,
+            0,
         )
         .unwrap()
         .id;
