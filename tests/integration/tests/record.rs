@@ -7,6 +7,8 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use gpucost::identity::procfs::write_fixture;
+use gpucost_core::attribute::process::ProcInfo;
 use gpucost_integration_tests::virtual_node::{config, VirtualNode};
 use gpucost_integration_tests::{agent_bin, fake_nvml_lib, write_scenario, Agent};
 
@@ -89,25 +91,22 @@ fn a_recorded_run_replays_to_the_same_accounting() {
     // job 4711's cgroup in a fake /proc, owned by this test's user, who ends the job as a Slurm
     // epilog would.
     let proc_root = dir.path().join("proc");
+    // SAFETY: getuid has no preconditions.
     let uid = unsafe { libc::getuid() };
-    let p = proc_root.join("4242");
-    std::fs::create_dir_all(&p).unwrap();
-    std::fs::write(
-        p.join("stat"),
-        "4242 (python3) S 1 4242 0 0 -1 4194560 0 0 0 0 10 5 0 0 20 0 1 0 777 1000 100 0",
-    )
-    .unwrap();
-    std::fs::write(
-        p.join("status"),
-        format!("Name:\tpython3\nUid:\t{uid}\t{uid}\t{uid}\t{uid}\n"),
-    )
-    .unwrap();
-    std::fs::write(
-        p.join("cgroup"),
+    let p = ProcInfo {
+        pid: 4242,
+        ppid: 1,
+        uid,
+        comm: "python3".into(),
+        start_ticks: 777,
+        ..ProcInfo::default()
+    };
+    write_fixture(
+        &proc_root,
+        &p,
         "0::/system.slice/slurmstepd.scope/job_4711/step_0\n",
-    )
-    .unwrap();
-    std::fs::write(p.join("environ"), "\0").unwrap();
+        &[],
+    );
     let mut env = ENV.to_vec();
     env.push(("GPUCOST_FAKE_NVML_SCENARIO", scenario.as_str()));
     env.push(("GPUCOST_ATTRIBUTION_PROC_ROOT", proc_root.to_str().unwrap()));

@@ -9,6 +9,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use gpucost::identity::procfs::write_fixture;
+use gpucost_core::attribute::process::ProcInfo;
 use gpucost_integration_tests::{agent_bin, fake_nvml_lib, write_scenario, Agent};
 
 /// POSTs `body` to `path` on the agent's socket as `uid`; (status, JSON body).
@@ -233,24 +235,22 @@ power_w = 400
 memory_mib = 10000
 "#;
 
-/// A process in a fake `/proc` tree, with its environment.
-fn fake_process(root: &Path, pid: u32, uid: u32, environ: &str) {
-    let p = root.join(pid.to_string());
-    std::fs::create_dir_all(&p).unwrap();
-    std::fs::write(
-        p.join("stat"),
-        format!(
-            "{pid} (python3) S 1 {pid} 0 0 -1 4194560 0 0 0 0 10 5 0 0 20 0 1 0 777 1000 100 0"
-        ),
-    )
-    .unwrap();
-    std::fs::write(
-        p.join("status"),
-        format!("Name:\tpython3\nUid:\t{uid}\t{uid}\t{uid}\t{uid}\n"),
-    )
-    .unwrap();
-    std::fs::write(p.join("cgroup"), "0::/user.slice\n").unwrap();
-    std::fs::write(p.join("environ"), environ).unwrap();
+/// A process of `uid` in a fake `/proc` tree, with `GPUCOST_JOB_ID=job` in its environment.
+fn fake_process(root: &Path, pid: u32, uid: u32, job: &str) {
+    let p = ProcInfo {
+        pid,
+        ppid: 1,
+        uid,
+        comm: "python3".into(),
+        start_ticks: 777,
+        ..ProcInfo::default()
+    };
+    write_fixture(
+        root,
+        &p,
+        "0::/user.slice\n",
+        &[&format!("GPUCOST_JOB_ID={job}")],
+    );
 }
 
 #[test]
@@ -258,8 +258,8 @@ fn an_environment_job_id_does_not_bill_another_users_job() {
     let dir = open_dir();
     let scenario = write_scenario(dir.path(), "two.toml", TWO_PROCESSES);
     let proc_root = dir.path().join("proc");
-    fake_process(&proc_root, 4242, 1002, "GPUCOST_JOB_ID=alice-run\0");
-    fake_process(&proc_root, 4343, 1001, "GPUCOST_JOB_ID=alice-run\0");
+    fake_process(&proc_root, 4242, 1002, "alice-run");
+    fake_process(&proc_root, 4343, 1001, "alice-run");
     let agent = Agent::start_in(
         dir.path(),
         &["--nvml-lib", fake_nvml_lib().to_str().unwrap()],
