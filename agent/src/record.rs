@@ -367,6 +367,7 @@ impl Recorder {
             speed: 1.0,
             driver_version: self.driver.clone().unwrap_or_else(|| "unknown".into()),
             ripple: 0.0,
+            driver_upgrade_at_s: None,
             gpus,
             jobs,
             events,
