@@ -460,6 +460,7 @@ mod tests {
                 ..Default::default()
             },
             energy_method: None,
+            health: Default::default(),
         }
     }
 
