@@ -21,8 +21,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::sync::Arc;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -197,11 +197,43 @@ pub struct Released {
     pub was_open: bool,
 }
 
+/// What the opening thread brings back: the backend with its GPUs, or why not.
+type Opened = Result<(Box<dyn Backend>, Vec<GpuStatic>), OpenError>;
+
+enum OpenError {
+    /// The library could not be loaded or initialised.
+    Load(SampleError),
+    /// It loaded but cannot list the GPUs.
+    List(SampleError),
+    /// The thread could not be started, or ended without an answer.
+    Thread(String),
+}
+
+/// A library being opened on a thread of its own: `nvmlInit` and the device list can block on
+/// a wedged GPU like any read, and must not hold the node thread either.
+struct Opening {
+    /// When it started (the node's clock).
+    since: Instant,
+    /// Whether a cycle has waited its deadline for it already (later ones only look).
+    waited: bool,
+    result: Receiver<Opened>,
+}
+
+/// What the factory says of itself, kept so that a factory busy opening is never waited for.
+struct About {
+    source: Source,
+    library: &'static str,
+    simulated: Option<String>,
+    hint: String,
+}
+
 pub struct Sampler {
-    factory: Box<dyn BackendFactory>,
+    factory: Arc<Mutex<Box<dyn BackendFactory>>>,
+    about: About,
     cadence: Cadence,
     clock: Arc<dyn Clock>,
     open: Option<Open>,
+    opening: Option<Opening>,
     next_open: Instant,
     open_error: Option<String>,
     /// Why the library is released, while an operator has it released.
@@ -249,11 +281,19 @@ pub struct CycleResult {
 impl Sampler {
     pub fn new(factory: Box<dyn BackendFactory>, cadence: Cadence, clock: Arc<dyn Clock>) -> Self {
         let now = clock.mono();
+        let about = About {
+            source: factory.source(),
+            library: factory.library(),
+            simulated: factory.simulated().map(str::to_string),
+            hint: factory.unavailable_hint(),
+        };
         Sampler {
-            factory,
+            factory: Arc::new(Mutex::new(factory)),
+            about,
             cadence,
             clock,
             open: None,
+            opening: None,
             next_open: now,
             open_error: None,
             released: None,
@@ -271,35 +311,128 @@ impl Sampler {
     }
 
     pub fn source(&self) -> Source {
-        self.factory.source()
+        self.about.source
     }
 
-    fn open(&mut self, now: Instant) {
-        let mut backend = match self.factory.open() {
-            Ok(b) => b,
-            Err(e) => {
+    /// Starts opening the library on a thread of its own.
+    fn start_open(&mut self, now: Instant) {
+        let (tx, result) = mpsc::channel();
+        let factory = self.factory.clone();
+        let span = tracing::Span::current();
+        let spawned = std::thread::Builder::new()
+            .name("gpucost-open".into())
+            .spawn(move || {
+                let _e = span.enter();
+                let mut factory = factory.lock().unwrap_or_else(PoisonError::into_inner);
+                let opened = match factory.open() {
+                    Err(e) => Err(OpenError::Load(e)),
+                    Ok(mut backend) => match backend.gpus() {
+                        Ok(gpus) => Ok((backend, gpus)),
+                        Err(e) => Err(OpenError::List(e)),
+                    },
+                };
+                // A sampler gone meanwhile drops what was opened (and closes it) here.
+                let _ = tx.send(opened);
+            });
+        match spawned {
+            Ok(_) => {
+                self.opening = Some(Opening {
+                    since: now,
+                    waited: false,
+                    result,
+                });
+            }
+            Err(e) => self.opened(
+                Err(OpenError::Thread(format!(
+                    "cannot start a thread to open it: {e}"
+                ))),
+                now,
+            ),
+        }
+    }
+
+    /// Takes the opening thread's answer, waiting for it until the read deadline in the first
+    /// cycle after it started, only looking in later ones.
+    fn poll_open(&mut self, now: Instant) {
+        let Some(op) = self.opening.as_mut() else {
+            return;
+        };
+        let answer = if op.waited {
+            op.result
+                .try_recv()
+                .map_err(|e| e == TryRecvError::Disconnected)
+        } else {
+            op.waited = true;
+            op.result
+                .recv_timeout(self.cadence.read_timeout)
+                .map_err(|e| e == RecvTimeoutError::Disconnected)
+        };
+        let since = op.since;
+        match answer {
+            Ok(opened) => {
+                self.opening = None;
+                if self.released.is_some() {
+                    // Released while it was opening: closed again at once.
+                    drop(opened);
+                    return;
+                }
+                self.opened(opened, now);
+            }
+            Err(true) => {
+                self.opening = None;
+                let e = OpenError::Thread("its opening thread ended without an answer".into());
+                self.opened(Err(e), now);
+            }
+            Err(false) => {
+                let secs = now.saturating_duration_since(since).as_secs_f64();
+                let msg = format!(
+                    "opening it has not returned for {secs:.1} s (a GPU stuck in the driver?)"
+                );
+                if self
+                    .open_error
+                    .as_deref()
+                    .is_none_or(|e| !e.starts_with("opening it"))
+                {
+                    warn!(
+                        "{}: {msg}; the agent goes on without it and takes it once it is open",
+                        self.about.library
+                    );
+                }
+                self.open_error = Some(msg);
+            }
+        }
+    }
+
+    /// Takes an opened backend into use (a reader per GPU), or says why there is none.
+    fn opened(&mut self, opened: Opened, now: Instant) {
+        let library = self.about.library;
+        let (backend, gpus) = match opened {
+            Ok(o) => o,
+            Err(OpenError::Load(e)) => {
                 let msg = e.to_string();
                 if self.open_error.as_deref() != Some(msg.as_str()) {
                     warn!(
-                        "{} unavailable ({msg}); {}. No GPU metrics until it loads \
+                        "{library} unavailable ({msg}); {}. No GPU metrics until it loads \
                          (gpucost_nvml_up 0); retrying every {}",
-                        self.factory.library(),
-                        self.factory.unavailable_hint(),
+                        self.about.hint,
                         humantime::format_duration(self.cadence.retry_interval)
                     );
                 } else {
-                    debug!("{} still unavailable: {msg}", self.factory.library());
+                    debug!("{library} still unavailable: {msg}");
                 }
                 self.open_error = Some(msg);
                 self.next_open = now + self.cadence.retry_interval;
                 return;
             }
-        };
-        let gpus = match backend.gpus() {
-            Ok(g) => g,
-            Err(e) => {
+            Err(OpenError::List(e)) => {
                 warn!("GPU library loaded but cannot list GPUs: {e}; retrying");
                 self.open_error = Some(e.to_string());
+                self.next_open = now + self.cadence.retry_interval;
+                return;
+            }
+            Err(OpenError::Thread(msg)) => {
+                warn!("{library}: {msg}; retrying");
+                self.open_error = Some(msg);
                 self.next_open = now + self.cadence.retry_interval;
                 return;
             }
@@ -454,9 +587,14 @@ impl Sampler {
     pub fn cycle(&mut self) -> CycleResult {
         let now = self.clock.mono();
         let mut result = CycleResult::default();
-        if self.released.is_none() && self.open.is_none() && now >= self.next_open {
-            self.open(now);
+        if self.released.is_none()
+            && self.open.is_none()
+            && self.opening.is_none()
+            && now >= self.next_open
+        {
+            self.start_open(now);
         }
+        self.poll_open(now);
         if self.open.is_none() {
             // Released, or not loaded (again): every GPU we know of is down, its time unmeasured.
             let reason = match (&self.released, &self.open_error) {
@@ -624,7 +762,7 @@ impl Sampler {
         if self.failed_cycles < REOPEN_AFTER_FAILED_CYCLES || now < self.next_reopen {
             return;
         }
-        let library = self.factory.library();
+        let library = self.about.library;
         warn!(
             "every GPU failed {} cycles in a row ({}): closing {library} and opening it again, \
              as a driver upgraded, reloaded or reset under the agent requires \
@@ -639,8 +777,8 @@ impl Sampler {
         self.reopens += 1;
         self.next_reopen = now + self.cadence.retry_interval;
         self.failed_cycles = 0;
+        // Opened again at the next cycle.
         self.next_open = now;
-        self.open(now);
     }
 
     /// Lets go of the GPU library (an operator's request, `why` for the log and `/healthz`):
@@ -719,12 +857,12 @@ impl Sampler {
 
     /// What the backend is, for log lines ("NVML").
     pub fn library(&self) -> &'static str {
-        self.factory.library()
+        self.about.library
     }
 
     /// The scenario name when the node is simulated.
     pub fn simulated(&self) -> Option<&str> {
-        self.factory.simulated()
+        self.about.simulated.as_deref()
     }
 }
 
@@ -948,15 +1086,19 @@ mod tests {
         s.cycle();
         {
             let sc = gpus.script();
-            assert_eq!(
-                (sc.opens, sc.open_handles),
-                (2, 1),
-                "the old handle closed first"
-            );
+            assert_eq!((sc.opens, sc.open_handles), (1, 0), "closed");
         }
         assert_eq!(s.reopens(), 1);
         gpus.advance(Duration::from_secs(1));
         let c = s.cycle();
+        {
+            let sc = gpus.script();
+            assert_eq!(
+                (sc.opens, sc.open_handles),
+                (2, 1),
+                "opened again at the next cycle"
+            );
+        }
         assert_eq!(c.ticks.len(), 2);
         assert!(s.backend_up() && s.backend_error().is_none());
         let after = energies(&s);
@@ -1058,5 +1200,31 @@ mod tests {
             assert!(start.elapsed() < Duration::from_secs(5), "never closed");
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// Issue 14, item 4: opening the library (nvmlInit, the device list) can block on a wedged
+    /// GPU like a read: the cycle goes on without it, waits for it once, and takes it once open.
+    #[test]
+    fn issue_14_an_open_that_never_returns_does_not_hold_the_cycle() {
+        let (mut s, gpus) = sampler(Script::h100s(2));
+        gpus.hang_open(true);
+        s.cycle();
+        assert!(!s.backend_up());
+        let e = s.backend_error().unwrap();
+        assert!(e.contains("opening it has not returned"), "{e}");
+        for _ in 0..3 {
+            gpus.advance(Duration::from_secs(1));
+            let started = std::time::Instant::now();
+            assert!(s.cycle().ticks.is_empty());
+            assert!(started.elapsed() < READ_TIMEOUT, "waited again");
+        }
+        assert!(s.backend_error().unwrap().contains("for 3.0 s"));
+        gpus.hang_open(false);
+        let waiting = std::time::Instant::now();
+        while s.cycle().ticks.len() < 2 {
+            assert!(waiting.elapsed() < Duration::from_secs(5), "never opened");
+        }
+        assert!(s.backend_up());
+        assert_eq!(gpus.script().opens, 1);
     }
 }

@@ -1,8 +1,9 @@
 //! A backend whose GPUs say what a test tells them to, for unit tests of the sampler and the
 //! node thread in virtual time. The test holds a [`Script`] (shared) and changes it between
 //! ticks: power and utilization, processes, a GPU that falls off the bus, a library that is not
-//! there yet, a slow read (it moves the test's clock on), a read that never returns until the
-//! test lets it ([`Scripted::hang`]), every field failing, a driver upgraded under the open
+//! there yet or whose opening never returns until the test lets it ([`Scripted::hang_open`]), a
+//! slow read (it moves the test's clock on), a read that never returns until the test lets it
+//! ([`Scripted::hang`]), every field failing, a driver upgraded under the open
 //! library ([`Scripted::upgrade_driver`]), Xid events.
 
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -40,6 +41,9 @@ pub struct ScriptGpu {
 pub struct Script {
     /// `open` fails this many more times (no library yet).
     pub failing_opens: u32,
+    /// `open` blocks while this is set (`nvmlInit` stuck on a wedged GPU): see
+    /// [`Scripted::hang_open`].
+    pub open_hung: bool,
     pub opens: u32,
     /// Backends opened and not yet dropped (NVML handles held).
     pub open_handles: u32,
@@ -119,6 +123,12 @@ impl Scripted {
         self.shared.1.notify_all();
     }
 
+    /// `open` blocks from now on (`true`), or the one blocked returns (`false`).
+    pub fn hang_open(&self, hung: bool) {
+        self.script().open_hung = hung;
+        self.shared.1.notify_all();
+    }
+
     /// The driver is upgraded under the backends open now: each of their reads answers every
     /// field with a version mismatch, until the library is opened again.
     pub fn upgrade_driver(&self) {
@@ -151,7 +161,12 @@ impl BackendFactory for Scripted {
         "scripted".into()
     }
     fn open(&mut self) -> Result<Box<dyn Backend>, SampleError> {
-        let mut s = self.script();
+        let (lock, hung) = &*self.shared;
+        let mut s = hung
+            .wait_while(lock.lock().unwrap_or_else(|e| e.into_inner()), |s| {
+                s.open_hung
+            })
+            .unwrap_or_else(|e| e.into_inner());
         s.opens += 1;
         if s.failing_opens > 0 {
             s.failing_opens -= 1;
