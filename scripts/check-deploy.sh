@@ -2,7 +2,7 @@
 # Checks the deployment files with the real tools, as CI does:
 #   1. the generated Kubernetes files are in sync with deploy/prometheus/ and dashboards/
 #   2. `systemd-analyze verify` says nothing about deploy/systemd/gpucost.service
-#   3. `kubectl kustomize` renders deploy/kubernetes, and an overlay with both components
+#   3. `kubectl kustomize` renders deploy/kubernetes, and an overlay with every component
 #   4. `kubernetes-validate --strict` passes every built-in object rendered (Kubernetes 1.29 and
 #      1.37); the Prometheus Operator objects are checked against the operator's models; the
 #      rendered PrometheusRules and dashboard ConfigMaps hold exactly their sources
@@ -75,7 +75,7 @@ if ! said=$(systemd-analyze verify --root="$sysroot" "$sysroot/etc/systemd/syste
 fi
 
 # --- 3. Kustomize ----------------------------------------------------------------------------
-say "kubectl kustomize deploy/kubernetes (and with the monitoring and dashboards components)"
+say "kubectl kustomize deploy/kubernetes (and with the monitoring, dashboards and gpu-operator components)"
 kubectl kustomize deploy/kubernetes >"$out/base.yaml"
 # Overlays as a user writes them, outside the base (kustomize refuses an overlay inside it).
 mkdir -p "$out/all" "$out/dashboards-only"
@@ -83,7 +83,7 @@ cat >"$out/all/kustomization.yaml" <<'EOF'
 apiVersion: kustomize.config.k8s.io/v1beta1
 kind: Kustomization
 resources: [../../../deploy/kubernetes]
-components: [../../../deploy/kubernetes/monitoring, ../../../deploy/kubernetes/dashboards]
+components: [../../../deploy/kubernetes/monitoring, ../../../deploy/kubernetes/dashboards, ../../../deploy/kubernetes/gpu-operator]
 EOF
 cat >"$out/dashboards-only/kustomization.yaml" <<'EOF'
 apiVersion: kustomize.config.k8s.io/v1beta1

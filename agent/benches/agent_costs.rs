@@ -68,6 +68,7 @@ fn snapshot(jobs: usize) -> Snapshot {
             processes: Vec::new(),
             totals: Default::default(),
             energy_method: None,
+            health: Default::default(),
         })
         .collect();
     s.published = Published {

@@ -207,15 +207,48 @@ pub fn run(config: Config, record: Option<std::path::PathBuf>) -> anyhow::Result
             // systemd (Type=notify): up once both listeners are bound; then the watchdog.
             let _ = notify::ready(&format!("listening on {local}"));
             // SIGHUP (a closed terminal, `systemctl kill -s HUP`, a reload habit) would end the
-            // agent without its final persist: persist instead, and go on.
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-                Ok(hangups) => {
-                    tokio::spawn(
-                        persist_on_hangup(hangups, inbox.clone(), shutdown.clone())
+            // agent without its final persist: persist instead, and go on. SIGUSR1 makes the
+            // agent let go of NVML (a driver upgrade, `nvidia-smi --gpu-reset` or a MIG change
+            // needs every client gone) and SIGUSR2 takes it back: only root (or the agent's own
+            // user) may signal the agent.
+            use tokio::signal::unix::SignalKind;
+            let signals: [SignalRoute; 3] = [
+                (
+                    SignalKind::hangup(),
+                    "SIGHUP",
+                    || Message::Persist,
+                    "the totals are persisted at the next interval",
+                ),
+                (
+                    SignalKind::user_defined1(),
+                    "SIGUSR1",
+                    || Message::ReleaseNvml,
+                    "NVML is not released: send SIGUSR1 again",
+                ),
+                (
+                    SignalKind::user_defined2(),
+                    "SIGUSR2",
+                    || Message::ResumeNvml,
+                    "NVML is not taken back: send SIGUSR2 again",
+                ),
+            ];
+            for (kind, name, message, busy) in signals {
+                match tokio::signal::unix::signal(kind) {
+                    Ok(received) => {
+                        tokio::spawn(
+                            forward_signal(
+                                received,
+                                name,
+                                message,
+                                busy,
+                                inbox.clone(),
+                                shutdown.clone(),
+                            )
                             .in_current_span(),
-                    );
+                        );
+                    }
+                    Err(e) => warn!("cannot handle {name} ({e}); it will stop the agent"),
                 }
-                Err(e) => warn!("cannot handle SIGHUP ({e}); it will stop the agent"),
             }
             if let Some(every) = notify::watchdog_interval() {
                 tokio::spawn(keep_watchdog(
@@ -298,6 +331,7 @@ pub fn build_node(config: &Config, scenario: Option<&Scenario>, w: Wiring) -> No
         interval: config.sampling.interval,
         process_interval: config.sampling.process_interval,
         retry_interval: config.nvml.retry_interval,
+        read_timeout: crate::sample::sampler::read_timeout(config.sampling.interval),
     };
     let cfg = NodeConfig {
         interval: config.sampling.interval,
@@ -331,20 +365,33 @@ pub fn build_node(config: &Config, scenario: Option<&Scenario>, w: Wiring) -> No
     }
 }
 
-/// Asks the node thread to persist at each SIGHUP.
-async fn persist_on_hangup(
-    mut hangups: tokio::signal::unix::Signal,
+/// A signal the agent answers: its kind, its name, the message it sends the node thread, and
+/// what happens when the node's inbox is full.
+type SignalRoute = (
+    tokio::signal::unix::SignalKind,
+    &'static str,
+    fn() -> Message,
+    &'static str,
+);
+
+/// Sends the node thread `message()` at each signal `name`; says what happens when its inbox
+/// is full (`busy`).
+async fn forward_signal(
+    mut received: tokio::signal::unix::Signal,
+    name: &'static str,
+    message: fn() -> Message,
+    busy: &'static str,
     inbox: std::sync::mpsc::SyncSender<Message>,
     shutdown: CancellationToken,
 ) {
     loop {
         tokio::select! {
-            got = hangups.recv() => {
+            got = received.recv() => {
                 if got.is_none() {
                     return;
                 }
-                if inbox.try_send(Message::Persist).is_err() {
-                    warn!("SIGHUP: the node is busy; the totals are persisted at the next interval");
+                if inbox.try_send(message()).is_err() {
+                    warn!("{name}: the node is busy; {busy}");
                 }
             }
             () = shutdown.cancelled() => return,

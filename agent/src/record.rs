@@ -367,6 +367,7 @@ impl Recorder {
             speed: 1.0,
             driver_version: self.driver.clone().unwrap_or_else(|| "unknown".into()),
             ripple: 0.0,
+            driver_upgrade_at_s: None,
             gpus,
             jobs,
             events,
@@ -459,6 +460,7 @@ mod tests {
                 ..Default::default()
             },
             energy_method: None,
+            health: Default::default(),
         }
     }
 

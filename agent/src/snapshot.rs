@@ -23,6 +23,11 @@ pub struct Snapshot {
     pub backend_up: bool,
     /// Why it is not, when it is not.
     pub backend_error: Option<String>,
+    /// Whether an operator asked the agent to let go of the GPU library (SIGUSR1): nothing is
+    /// measured until it is taken back (SIGUSR2).
+    pub backend_paused: bool,
+    /// Times the library was closed and opened again because every GPU failed.
+    pub backend_reopens: u64,
     pub driver: Option<String>,
     pub gpus: Vec<GpuSnapshot>,
     /// Wall time the last sampling cycle took.
@@ -67,10 +72,19 @@ impl Snapshot {
         self.taken_at.map(|t| now.saturating_duration_since(t))
     }
 
-    /// Whether the sampler published within `stale_after` of `now`: what `/healthz` and the
-    /// systemd watchdog go by.
+    /// Whether the node thread finished a sampling cycle within `stale_after` of `now`: its own
+    /// heartbeat, what `/healthz` and the systemd watchdog go by. A stuck or lost GPU does not
+    /// hold it back (each GPU's read has a deadline), so it says whether the agent works, not
+    /// whether every GPU answers: [`Snapshot::stale_gpus`] says that.
     pub fn fresh(&self, now: Instant, stale_after: Duration) -> bool {
         self.age(now).is_some_and(|a| a <= stale_after)
+    }
+
+    /// The GPUs that did not answer the last cycle (lost, failing, stuck in a call, or not read
+    /// because the library is closed or released): reported by `/healthz`, never a reason for
+    /// it to fail, since restarting the agent does not bring a GPU back.
+    pub fn stale_gpus(&self) -> impl Iterator<Item = &GpuSnapshot> {
+        self.gpus.iter().filter(|g| !g.up)
     }
 
     pub fn empty(source: Source, simulated: Option<String>) -> Self {
@@ -80,6 +94,8 @@ impl Snapshot {
             source,
             backend_up: false,
             backend_error: None,
+            backend_paused: false,
+            backend_reopens: 0,
             driver: None,
             gpus: Vec::new(),
             sample_duration_s: 0.0,
@@ -111,6 +127,19 @@ pub struct GpuSnapshot {
     pub totals: GpuTotals,
     /// How the last interval's energy was measured.
     pub energy_method: Option<EnergyMethod>,
+    pub health: GpuHealth,
+}
+
+/// How well a GPU is being read, for `/healthz` and the agent's own metrics.
+#[derive(Debug, Clone, Default)]
+pub struct GpuHealth {
+    /// Why the GPU is down, while it is.
+    pub down_reason: Option<String>,
+    /// When its last good reading came in (monotonic).
+    pub last_reading_at: Option<Instant>,
+    /// Seconds it was not measured since the agent started (down: lost, failing, stuck, or the
+    /// library closed or released). No time, energy or cost is counted for them.
+    pub unmeasured_s: f64,
 }
 
 /// The JSON shape of a GPU in `/api/v1/gpus`.

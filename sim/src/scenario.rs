@@ -54,6 +54,11 @@ pub struct Scenario {
     /// Amplitude of the deterministic ripple added to busy GPUs' power and utilization (0..0.2).
     #[serde(default = "default_ripple")]
     pub ripple: f64,
+    /// Scenario time at which the driver is upgraded under a running client (fake NVML only):
+    /// from then on a library initialised before answers `NVML_ERROR_LIB_RM_VERSION_MISMATCH`
+    /// to every call until every init was shut down and the library is initialised again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver_upgrade_at_s: Option<f64>,
     #[serde(default, rename = "gpu")]
     pub gpus: Vec<GpuSpec>,
     #[serde(default, rename = "job")]
@@ -289,6 +294,15 @@ impl Scenario {
             return Err(bad(
                 "ripple".into(),
                 format!("must be in [0, 0.2], got {}", self.ripple),
+            ));
+        }
+        if let Some(at) = self
+            .driver_upgrade_at_s
+            .filter(|at| !(*at >= 0.0 && *at < self.duration_s))
+        {
+            return Err(bad(
+                "driver_upgrade_at_s".into(),
+                format!("must be in [0, duration_s), got {at}"),
             ));
         }
         if self.gpus.is_empty() {

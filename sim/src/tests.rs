@@ -188,6 +188,13 @@ fn bad_scenarios_name_the_problem() {
             "pid 10 is zero or used by another job",
         ),
         (
+            TWO_GPUS.replace(
+                "duration_s = 100",
+                "duration_s = 100\ndriver_upgrade_at_s = 100",
+            ),
+            "driver_upgrade_at_s: must be in [0, duration_s), got 100",
+        ),
+        (
             TWO_GPUS.replace("memory_total_mib = 81559", "memory_total = 1"),
             "unknown field `memory_total`",
         ),

@@ -53,7 +53,8 @@ const RENDER_WAIT: Duration = Duration::from_secs(5);
 #[derive(Clone)]
 struct AppState {
     snapshots: watch::Receiver<Arc<Snapshot>>,
-    /// A sample older than this means the sampler is stuck: `/healthz` answers 503.
+    /// A last finished cycle older than this means the node thread is stuck: `/healthz` answers
+    /// 503.
     stale_after: Duration,
     /// For the age of the last sample.
     clock: Arc<dyn Clock>,
@@ -303,26 +304,47 @@ async fn get_metrics(State(app): State<AppState>) -> Response {
         .into_response()
 }
 
+/// Liveness is the node thread's own heartbeat: the time of its last finished sampling cycle.
+/// A GPU that is stuck, lost or failing does not hold it back (each GPU's read has a deadline),
+/// and restarting the agent would not bring such a GPU back, so those are listed in
+/// `stale_gpus` and never make this fail; nor does a GPU library that is missing, failing or
+/// released on request (`nvml_up`, `nvml_paused`).
 async fn get_healthz(State(app): State<AppState>) -> Response {
     let snap = app.latest();
     let now = app.clock.mono();
     let age = snap.age(now);
-    let sampling = snap.fresh(now, app.stale_after);
-    let status = if sampling {
+    let alive = snap.fresh(now, app.stale_after);
+    let status = if alive {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
+    let stale_gpus: Vec<_> = snap
+        .stale_gpus()
+        .map(|g| {
+            json!({
+                "gpu": g.info.index,
+                "uuid": g.info.uuid,
+                "reason": g.health.down_reason,
+                "last_reading_age_seconds": g
+                    .health
+                    .last_reading_at
+                    .map(|t| now.saturating_duration_since(t).as_secs_f64()),
+            })
+        })
+        .collect();
     let body = json!({
-        "status": if sampling { "ok" } else { "sampler stalled or not started" },
+        "status": if alive { "ok" } else { "the node thread has stalled or not started" },
         "last_sample_age_seconds": age.map(|a| a.as_secs_f64()),
         "nvml_up": snap.backend_up,
         "nvml_error": snap.backend_error,
+        "nvml_paused": snap.backend_paused,
         "ledger_up": snap.ledger_error.is_none(),
         "ledger_error": snap.ledger_error,
         "source": snap.source,
         "simulated": snap.simulated,
         "gpus": snap.gpus.len(),
+        "stale_gpus": stale_gpus,
     });
     (status, Json(body)).into_response()
 }

@@ -73,6 +73,11 @@ pub enum Message {
     Benchmark { uuid: String, result: GpuBenchmark },
     /// Persist now (SIGHUP).
     Persist,
+    /// Let go of the GPU library until [`Message::ResumeNvml`] (SIGUSR1): a driver upgrade, a
+    /// GPU reset or a MIG change waits for every NVML client to close its handles.
+    ReleaseNvml,
+    /// Take the GPU library back (SIGUSR2).
+    ResumeNvml,
     /// Stop the node thread (its senders being dropped does the same).
     Shutdown,
 }
@@ -342,7 +347,11 @@ impl Node {
             Message::Register { deadline, .. }
             | Message::End { deadline, .. }
             | Message::Progress { deadline, .. } => now.mono > *deadline,
-            Message::Benchmark { .. } | Message::Persist | Message::Shutdown => false,
+            Message::Benchmark { .. }
+            | Message::Persist
+            | Message::ReleaseNvml
+            | Message::ResumeNvml
+            | Message::Shutdown => false,
         };
         if late {
             // Its caller has given up (and was told the agent did not answer in time): doing it
@@ -400,8 +409,52 @@ impl Node {
                 info!("SIGHUP: persisting the totals now; the configuration is read only at start (restart the agent to apply a change)");
                 true
             }
+            Message::ReleaseNvml => {
+                self.release_nvml();
+                true
+            }
+            Message::ResumeNvml => {
+                if self.sampler.resume() {
+                    info!("SIGUSR2: taking {} back; sampling resumes at the next tick, each GPU from a new baseline", self.sampler.library());
+                } else {
+                    info!(
+                        "SIGUSR2: {} was not released; nothing to do",
+                        self.sampler.library()
+                    );
+                }
+                true
+            }
             Message::Shutdown => false,
         }
+    }
+
+    /// Lets go of the GPU library (SIGUSR1) and says what that means for the bill.
+    fn release_nvml(&mut self) {
+        let library = self.sampler.library();
+        if self.sampler.released().is_some() {
+            info!("SIGUSR1: {library} is already released; SIGUSR2 takes it back");
+            return;
+        }
+        let r = self.sampler.release("SIGUSR1");
+        let held = if r.stuck.is_empty() {
+            "the agent holds no NVML handle now, so a driver upgrade, `nvidia-smi --gpu-reset` or a \
+             MIG change may go ahead"
+                .to_string()
+        } else {
+            format!(
+                "but reads of GPU(s) {:?} are stuck in the driver: {library} stays loaded until they \
+                 return",
+                r.stuck
+            )
+        };
+        warn!(
+            "SIGUSR1: {library} released on request ({}); {held}. Nothing is measured until \
+             SIGUSR2 (`kill -USR2 {}`): no GPU time, energy or cost is counted meanwhile, every GPU \
+             shows gpucost_gpu_up 0 and the time in gpucost_gpu_unmeasured_seconds_total, and \
+             gpucost_nvml_up is 0 with gpucost_nvml_paused 1",
+            if r.was_open { "it was open" } else { "it was not loaded" },
+            std::process::id()
+        );
     }
 
     /// What the job table cannot check alone: that a user's job root is the user's process and
@@ -690,7 +743,9 @@ impl Node {
             simulated: s.simulated().map(str::to_string),
             source: s.source(),
             backend_up: s.backend_up(),
-            backend_error: s.open_error().map(str::to_string),
+            backend_error: s.backend_error(),
+            backend_paused: s.released().is_some(),
+            backend_reopens: s.reopens(),
             driver: s.driver().map(str::to_string),
             gpus: s.gpus().cloned().collect(),
             sample_duration_s: duration.map_or(prev.sample_duration_s, |d| d.as_secs_f64()),

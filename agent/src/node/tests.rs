@@ -17,6 +17,8 @@ use crate::sample::sampler::Cadence;
 use crate::sample::scripted::{Script, Scripted};
 
 const SECOND: Duration = Duration::from_secs(1);
+/// How long a cycle waits for a read (real time: only a read a test makes hang waits it out).
+const READ_TIMEOUT: Duration = Duration::from_millis(300);
 const T0: f64 = 1_780_000_000.0;
 
 /// What the store holds, shared with the test.
@@ -137,6 +139,7 @@ impl Rig {
             interval: SECOND,
             process_interval: SECOND,
             retry_interval: 5 * SECOND,
+            read_timeout: READ_TIMEOUT,
         };
         let node = Node::new(NodeParts {
             cfg: NodeConfig {
@@ -319,7 +322,8 @@ fn a_lost_gpu_keeps_its_totals_is_retried_every_tick_and_the_others_go_on() {
         .find(|e| e.0 == 1 && e.2 == "gpu_lost")
         .map(|e| e.3);
     assert_eq!(lost, Some(4), "each tick retries it: {:?}", s.sample_errors);
-    // Back on the bus: it counts again, from where it was (the counter kept running meanwhile).
+    // Back on the bus: it counts again, its total from where it was, its counter from a new
+    // baseline (the time it was away is not measured).
     rig.gpus.script().gpus[1].lost = false;
     rig.steps(2);
     let s = rig.snap();
@@ -328,10 +332,11 @@ fn a_lost_gpu_keeps_its_totals_is_retried_every_tick_and_the_others_go_on() {
 }
 
 #[test]
-fn a_hung_read_skips_the_missed_ticks_and_counts_them() {
+fn a_slow_cycle_skips_the_missed_ticks_and_counts_them() {
     let mut rig = Rig::new();
     rig.steps(2);
-    // Two GPUs, each read hanging 1.75 s: the tick takes 3.5 s of a 1 s interval.
+    // Two GPUs whose reads each take 1.75 s of the scripted clock, within the real deadline:
+    // the tick takes 3.5 s of a 1 s interval.
     rig.gpus.script().read_takes = Duration::from_millis(1750);
     let before = rig.snap().samples_total;
     rig.step();
@@ -791,4 +796,83 @@ fn a_request_past_its_deadline_is_dropped_unanswered() {
     assert_eq!(rig.store.get().writes, 0, "nothing to persist");
     rig.step();
     assert_eq!(rig.snap().late_requests, 1);
+}
+
+/// Issue 14, item 4: one GPU whose reads never return (a wedged GPU, its caller in D state)
+/// stalls neither the other GPU's samples and bill nor the node's heartbeat (the snapshot's
+/// time, which /healthz and the watchdog judge); the GPU is down and reported as stale.
+#[test]
+fn issue_14_a_hung_gpu_stalls_neither_the_other_gpus_nor_the_node_heartbeat() {
+    let mut rig = Rig::new();
+    rig.put_process(100, 1, "train-1");
+    rig.steps(3);
+    let before = rig.job("train-1").unwrap().usage.gpu_seconds;
+    let energy0 = rig.snap().gpus[0].totals.energy.total_j();
+    rig.gpus.hang(0, true);
+    for _ in 0..6 {
+        let t = rig.clock.mono();
+        rig.step();
+        let s = rig.snap();
+        assert!(
+            s.fresh(rig.clock.mono(), 3 * SECOND),
+            "a fresh heartbeat every tick"
+        );
+        assert_eq!(s.taken_at, Some(t));
+    }
+    let s = rig.snap();
+    assert_eq!(
+        s.skipped_samples, 0,
+        "the node thread was never held past a tick"
+    );
+    assert_eq!(rig.job("train-1").unwrap().usage.gpu_seconds, before + 6.0);
+    assert!(s.gpus[1].up);
+    assert!(!s.gpus[0].up);
+    assert_eq!(s.gpus[0].totals.energy.total_j(), energy0);
+    let stale: Vec<u32> = s.stale_gpus().map(|g| g.info.index).collect();
+    assert_eq!(stale, [0]);
+    assert!(s.backend_up, "the library works: one GPU is stuck");
+    rig.gpus.hang(0, false);
+}
+
+/// Issue 14, item 13: SIGUSR1 makes the agent let go of NVML (every handle closed) and nothing
+/// is billed while it is released; the node keeps its heartbeat and its jobs (no job vanishes
+/// for want of process lists); SIGUSR2 takes NVML back and billing continues.
+#[test]
+fn issue_14_sigusr1_releases_nvml_nothing_is_billed_until_sigusr2() {
+    let mut rig = Rig::new();
+    rig.put_process(100, 0, "train-1");
+    rig.steps(3);
+    let before = rig.job("train-1").unwrap().usage;
+    rig.node.handle(Message::ReleaseNvml);
+    assert_eq!(rig.gpus.script().open_handles, 0, "no NVML handle held");
+    let s = rig.snap();
+    assert!(s.backend_paused && !s.backend_up);
+    assert!(s.backend_error.as_deref().unwrap().contains("SIGUSR1"));
+    // Longer than jobs.vanish_after (10 s here).
+    rig.steps(20);
+    let s = rig.snap();
+    assert!(s.fresh(rig.clock.mono(), 3 * SECOND));
+    assert!(s
+        .gpus
+        .iter()
+        .all(|g| !g.up && g.health.unmeasured_s == 20.0));
+    let during = rig.job("train-1").unwrap();
+    assert_eq!(during.outcome, Outcome::Running);
+    assert_eq!(during.usage, before, "nothing billed while released");
+    assert_eq!(rig.gpus.script().opens, 1);
+
+    rig.node.handle(Message::ReleaseNvml);
+    assert_eq!(
+        rig.gpus.script().opens,
+        1,
+        "a second SIGUSR1 changes nothing"
+    );
+    rig.node.handle(Message::ResumeNvml);
+    rig.steps(3);
+    let s = rig.snap();
+    assert!(s.backend_up && !s.backend_paused);
+    assert_eq!(rig.gpus.script().open_handles, 1);
+    let after = rig.job("train-1").unwrap();
+    assert_eq!(after.outcome, Outcome::Running);
+    assert_eq!(after.usage.gpu_seconds, before.gpu_seconds + 3.0);
 }

@@ -156,7 +156,7 @@ pub fn watch_nvml(
     lib: Option<std::path::PathBuf>,
 ) -> impl FnOnce(&AtomicBool) -> Conditions + Send + 'static {
     move |stop| {
-        let Ok(mut nvml) = NvmlBackend::open(lib.as_deref()) else {
+        let Ok(nvml) = NvmlBackend::open(lib.as_deref()) else {
             return Conditions::default();
         };
         let mut samples = Samples::default();
@@ -308,6 +308,7 @@ mod tests {
                 processes: Vec::new(),
                 totals: Default::default(),
                 energy_method: None,
+                health: Default::default(),
             });
             tx.send(Arc::new(s)).unwrap();
             // Long enough for the watcher to look more than once at the same sample.

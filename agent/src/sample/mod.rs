@@ -4,8 +4,8 @@
 //! ([`nvml::NvmlBackend`]) or the simulated node ([`sim::SimBackend`]). It answers what is
 //! read once and what is read each tick, as the plain types of `gpucost_core::reading`.
 //!
-//! The [`sampler`] drives a backend for the node's owner thread; nothing else in the agent calls
-//! a backend.
+//! The [`sampler`] drives a backend for the node's owner thread, each GPU's reads on a reader
+//! thread of its own; nothing else in the agent calls a backend.
 
 pub mod benchmark;
 pub mod nvml;
@@ -16,18 +16,23 @@ pub mod sim;
 
 use gpucost_core::reading::{GpuStatic, Reading, SampleError, Source};
 
-/// The seam to the hardware. Calls may block (NVML does), so only the sampler thread calls it.
-pub trait Backend: Send {
+/// The seam to the hardware. Only the sampler calls it: `gpus` once after opening, then `read`
+/// from each GPU's reader thread and `take_xids` from the node thread. Calls may block (NVML
+/// does), and a call on a wedged GPU may never return (its caller sleeps uninterruptibly in the
+/// driver), so reads of different GPUs run at the same time and must not wait for each other:
+/// whatever a read keeps between calls is per GPU.
+pub trait Backend: Send + Sync {
     fn source(&self) -> Source;
     /// The driver version, when known.
     fn driver_version(&self) -> Option<String>;
-    /// Static facts about every GPU, read once after opening.
+    /// Static facts about every GPU, read once after opening, before any `read`.
     fn gpus(&mut self) -> Result<Vec<GpuStatic>, SampleError>;
-    /// Reads one GPU; `with_processes` asks for the (slower) process list too.
-    fn read(&mut self, index: u32, with_processes: bool) -> Result<Reading, SampleError>;
+    /// Reads one GPU; `with_processes` asks for the (slower) process list too. Called for
+    /// different GPUs at once (never twice at once for one GPU).
+    fn read(&self, index: u32, with_processes: bool) -> Result<Reading, SampleError>;
     /// Xid errors the driver reported since the last call, as (GPU index, Xid), in order. Apart
     /// from `read`, because a GPU that just fell off the bus (Xid 79) cannot be read.
-    fn take_xids(&mut self) -> Vec<(u32, u32)>;
+    fn take_xids(&self) -> Vec<(u32, u32)>;
 }
 
 /// Opens a [`Backend`], and again after it failed: the sampler holds one and retries it, so the

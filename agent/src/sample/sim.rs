@@ -4,7 +4,7 @@
 //! Scenario time runs from the moment the backend opens, at the scenario's speed, on the
 //! monotonic clock it is given (virtual time in tests).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use gpucost_core::clock::Clock;
@@ -18,7 +18,7 @@ pub struct SimBackend {
     clock: Arc<dyn Clock>,
     started: Instant,
     /// Scenario time up to which Xids have been reported.
-    xids_until_s: f64,
+    xids_until_s: Mutex<f64>,
 }
 
 impl SimBackend {
@@ -28,7 +28,7 @@ impl SimBackend {
             node,
             started: clock.mono(),
             clock,
-            xids_until_s: 0.0,
+            xids_until_s: Mutex::new(0.0),
         }
     }
 
@@ -102,9 +102,15 @@ impl Backend for SimBackend {
             .collect())
     }
 
-    fn take_xids(&mut self) -> Vec<(u32, u32)> {
+    fn take_xids(&self) -> Vec<(u32, u32)> {
         let t = self.now_s();
-        let since = std::mem::replace(&mut self.xids_until_s, t);
+        let since = std::mem::replace(
+            &mut *self
+                .xids_until_s
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+            t,
+        );
         let mut out: Vec<(f64, u32, u32)> = (0..self.node.gpu_count())
             .flat_map(|g| {
                 self.node
@@ -117,7 +123,7 @@ impl Backend for SimBackend {
         out.into_iter().map(|(_, g, xid)| (g, xid)).collect()
     }
 
-    fn read(&mut self, index: u32, with_processes: bool) -> Result<Reading, SampleError> {
+    fn read(&self, index: u32, with_processes: bool) -> Result<Reading, SampleError> {
         let Some(spec) = self.node.scenario().gpus.get(index as usize) else {
             return Err(SampleError::Failed(format!("no simulated GPU {index}")));
         };

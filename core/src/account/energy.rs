@@ -112,10 +112,13 @@ impl EnergyMeter {
         step
     }
 
-    /// Forgets the last readings (the GPU was lost): the next reading starts a new baseline but
-    /// the total stays.
+    /// Forgets the last readings (the GPU was lost, unreadable, or not read): the next reading
+    /// starts a new baseline, counter and power alike, and the total stays. The time the GPU was
+    /// away is not measured: a counter delta across it would be judged against one interval
+    /// and taken for a reset.
     pub fn interrupt(&mut self) {
         self.last_power_w = None;
+        self.last_counter_mj = None;
     }
 }
 
@@ -224,6 +227,25 @@ mod tests {
                 (200.0, Counter, false),
             ],
         );
+    }
+
+    /// Issue 14: a GPU away for long (stuck, lost, NVML released) comes back with a counter that
+    /// moved on; its first reading starts a new baseline (power x one interval) instead of a
+    /// delta judged against one interval, which would count as a reset.
+    #[test]
+    fn after_an_interruption_the_counter_starts_a_new_baseline() {
+        let mut m = EnergyMeter::default();
+        m.update(Some(1_000_000), Some(500.0), 0.0, MAX_W);
+        m.update(Some(1_500_000), Some(500.0), 1.0, MAX_W);
+        m.interrupt();
+        // 60 s later: 30 kJ more on the counter, one interval since the last cycle.
+        let s = m.update(Some(31_500_000), Some(400.0), 1.0, MAX_W);
+        assert_eq!((s.method, s.counter_reset), (Power, false));
+        assert!((m.total_j() - 900.0).abs() < 1e-9, "{}", m.total_j());
+        assert_eq!(m.counter_resets(), 0);
+        let s = m.update(Some(31_900_000), Some(400.0), 1.0, MAX_W);
+        assert_eq!(s.method, Counter);
+        assert!((m.total_j() - 1300.0).abs() < 1e-9);
     }
 
     #[test]

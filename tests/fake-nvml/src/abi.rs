@@ -18,6 +18,9 @@ pub const NVML_ERROR_NOT_FOUND: nvmlReturn_t = 6;
 pub const NVML_ERROR_INSUFFICIENT_SIZE: nvmlReturn_t = 7;
 pub const NVML_ERROR_TIMEOUT: nvmlReturn_t = 10;
 pub const NVML_ERROR_GPU_IS_LOST: nvmlReturn_t = 15;
+/// nvml.h: "RM detects a driver/library version mismatch" (the kernel module and the library
+/// in the caller's memory are not the same release: the driver was upgraded under it).
+pub const NVML_ERROR_LIB_RM_VERSION_MISMATCH: nvmlReturn_t = 18;
 pub const NVML_ERROR_ARGUMENT_VERSION_MISMATCH: nvmlReturn_t = 25;
 pub const NVML_ERROR_UNKNOWN: nvmlReturn_t = 999;
 
@@ -355,6 +358,10 @@ mod tests {
             (
                 NVML_ERROR_GPU_IS_LOST,
                 sys::nvmlReturn_enum_NVML_ERROR_GPU_IS_LOST,
+            ),
+            (
+                NVML_ERROR_LIB_RM_VERSION_MISMATCH,
+                sys::nvmlReturn_enum_NVML_ERROR_LIB_RM_VERSION_MISMATCH,
             ),
             (
                 NVML_ERROR_ARGUMENT_VERSION_MISMATCH,

@@ -9,8 +9,10 @@
 //!
 //! Every exported function has the C signature of nvml.h, never unwinds across the FFI boundary
 //! (a panic becomes `NVML_ERROR_UNKNOWN`), answers `NVML_ERROR_UNINITIALIZED` outside an
-//! init/shutdown pair, `NVML_ERROR_INVALID_ARGUMENT` for a NULL out-pointer or a handle that is
-//! not ours, and `NVML_ERROR_GPU_IS_LOST` for every call on a GPU the scenario has lost.
+//! init/shutdown pair, `NVML_ERROR_LIB_RM_VERSION_MISMATCH` after the scenario's driver upgrade
+//! until the library is initialised anew, `NVML_ERROR_INVALID_ARGUMENT` for a NULL out-pointer or
+//! a handle that is not ours, and `NVML_ERROR_GPU_IS_LOST` for every call on a GPU the scenario
+//! has lost.
 //!
 //! Safety contract of all exported functions: the one nvml.h documents, i.e. every non-NULL
 //! out-pointer is valid for writing the documented type (an array of `*infoCount` entries, a
@@ -84,8 +86,9 @@ fn device_call(
     }
     guarded(|| {
         let library = state::lock();
-        let Some(model) = library.active() else {
-            return NVML_ERROR_UNINITIALIZED;
+        let model = match library.check() {
+            Ok(m) => m,
+            Err(code) => return code,
         };
         let Some(index) = state::index_of(device).filter(|i| *i < model.node.gpu_count()) else {
             return NVML_ERROR_INVALID_ARGUMENT;
@@ -120,11 +123,12 @@ fn guarded_wait(device: nvmlDevice_t) -> Option<std::time::Duration> {
     .flatten()
 }
 
-/// The checks of a system function: initialised, then `answer` with the node.
+/// The checks of a system function: initialised (and not outdated by a driver upgrade), then
+/// `answer` with the node.
 fn system_call(answer: impl FnOnce(&SimulatedNode) -> nvmlReturn_t) -> nvmlReturn_t {
-    guarded(|| match state::lock().active() {
-        Some(model) => answer(&model.node),
-        None => NVML_ERROR_UNINITIALIZED,
+    guarded(|| match state::lock().check() {
+        Ok(model) => answer(&model.node),
+        Err(code) => code,
     })
 }
 
@@ -175,14 +179,17 @@ fn c_array<const N: usize>(text: &str) -> [c_char; N] {
 fn init() -> nvmlReturn_t {
     guarded(|| match state::lock().init() {
         Ok(()) => NVML_SUCCESS,
-        Err(problem) => {
+        Err(state::InitError::Scenario(problem)) => {
             let _ = writeln!(std::io::stderr(), "fake-nvml: nvmlInit failed: {problem}");
             NVML_ERROR_UNKNOWN
         }
+        Err(state::InitError::VersionMismatch) => NVML_ERROR_LIB_RM_VERSION_MISMATCH,
     })
 }
 
-/// Loads the scenario (first time only) and counts one init.
+/// Loads the scenario (first time only) and counts one init. After the scenario's
+/// `driver_upgrade_at_s`, an init while another is still open answers
+/// `NVML_ERROR_LIB_RM_VERSION_MISMATCH` (the process still holds the old library).
 #[no_mangle]
 pub unsafe extern "C" fn nvmlInit_v2() -> nvmlReturn_t {
     init()

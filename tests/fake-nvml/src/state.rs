@@ -6,7 +6,10 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use gpucost_sim::{Scenario, SimulatedNode};
 
-use crate::abi::{c_uint, nvmlDevice_st, nvmlDevice_t};
+use crate::abi::{
+    c_uint, nvmlDevice_st, nvmlDevice_t, nvmlReturn_t, NVML_ERROR_LIB_RM_VERSION_MISMATCH,
+    NVML_ERROR_UNINITIALIZED,
+};
 
 /// Names the scenario: a TOML file, or `demo` for the built-in one.
 pub const SCENARIO_ENV: &str = "GPUCOST_FAKE_NVML_SCENARIO";
@@ -133,11 +136,16 @@ pub struct Library {
     model: Option<Model>,
     /// Successful inits minus shutdowns; the library answers device calls while this is > 0.
     inits: u32,
+    /// Scenario time of the init that found no other one open: from then on the process holds
+    /// the library as it was installed at that moment (its `driver_upgrade_at_s` says whether
+    /// that was before or after the driver upgrade).
+    loaded_at_s: f64,
 }
 
 static LIBRARY: Mutex<Library> = Mutex::new(Library {
     model: None,
     inits: 0,
+    loaded_at_s: 0.0,
 });
 
 /// Locks the global state. A panic while locked (caught at the FFI boundary) leaves the state
@@ -146,11 +154,28 @@ pub fn lock() -> MutexGuard<'static, Library> {
     LIBRARY.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Why an init failed.
+pub enum InitError {
+    /// No usable scenario: one line naming the problem.
+    Scenario(String),
+    /// The driver was upgraded under an init that is still open: the library this process holds
+    /// is the old release (`NVML_ERROR_LIB_RM_VERSION_MISMATCH`).
+    VersionMismatch,
+}
+
 impl Library {
-    /// One `nvmlInit*`: loads the scenario the first time, then counts the init.
-    pub fn init(&mut self) -> Result<(), String> {
+    /// One `nvmlInit*`: loads the scenario the first time, then counts the init. An init with
+    /// none open stands for loading the library anew (after an upgrade, the new release); one
+    /// while others are open after the scenario's driver upgrade answers the version mismatch,
+    /// as the old library still in the process does.
+    pub fn init(&mut self) -> Result<(), InitError> {
         if self.model.is_none() {
-            self.model = Some(Model::from_env()?);
+            self.model = Some(Model::from_env().map_err(InitError::Scenario)?);
+        }
+        if self.inits == 0 {
+            self.loaded_at_s = self.model.as_ref().map_or(0.0, Model::now);
+        } else if self.version_mismatch() {
+            return Err(InitError::VersionMismatch);
         }
         self.inits += 1;
         Ok(())
@@ -165,8 +190,29 @@ impl Library {
         true
     }
 
-    /// The model, while the library is initialised.
+    /// The model, while the library is initialised and matches the driver.
     pub fn active(&self) -> Option<&Model> {
-        self.model.as_ref().filter(|_| self.inits > 0)
+        self.check().ok()
+    }
+
+    /// The model, or the code a call answers instead: `NVML_ERROR_UNINITIALIZED` outside an
+    /// init/shutdown pair, `NVML_ERROR_LIB_RM_VERSION_MISMATCH` after the scenario's driver
+    /// upgrade until the library is initialised anew.
+    pub fn check(&self) -> Result<&Model, nvmlReturn_t> {
+        match self.model.as_ref().filter(|_| self.inits > 0) {
+            None => Err(NVML_ERROR_UNINITIALIZED),
+            Some(_) if self.version_mismatch() => Err(NVML_ERROR_LIB_RM_VERSION_MISMATCH),
+            Some(m) => Ok(m),
+        }
+    }
+
+    /// Whether the scenario's driver upgrade happened after the library was loaded.
+    fn version_mismatch(&self) -> bool {
+        self.model.as_ref().is_some_and(|m| {
+            m.node
+                .scenario()
+                .driver_upgrade_at_s
+                .is_some_and(|at| self.loaded_at_s < at && m.now() >= at)
+        })
     }
 }

@@ -219,6 +219,7 @@ fn every_kustomization_lists_exactly_the_files_beside_it() {
         "deploy/kubernetes",
         "deploy/kubernetes/monitoring",
         "deploy/kubernetes/dashboards",
+        "deploy/kubernetes/gpu-operator",
     ] {
         let dir = repo().join(dir);
         let mut present: Vec<String> = std::fs::read_dir(&dir)

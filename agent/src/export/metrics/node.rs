@@ -22,9 +22,24 @@ pub(super) fn node_families(snap: &Snapshot) -> Vec<MetricFamily> {
     );
     f.gauge(
         "gpucost_nvml_up",
-        "1 when the GPU library (NVML, or the simulated node) is loaded and answering.",
+        "1 when the GPU library (NVML, or the simulated node) is loaded and answering; 0 while it \
+         is missing, released on request, or failing on every GPU.",
         &[],
         bool_value(snap.backend_up),
+    );
+    f.gauge(
+        "gpucost_nvml_paused",
+        "1 while an operator has the agent let go of the GPU library (SIGUSR1, until SIGUSR2): \
+         nothing is measured meanwhile.",
+        &[],
+        bool_value(snap.backend_paused),
+    );
+    f.counter(
+        "gpucost_agent_nvml_reopens_total",
+        "Times the GPU library was closed and opened again because every GPU failed, since the \
+         agent started.",
+        &[],
+        snap.backend_reopens as f64,
     );
     f.gauge(
         "gpucost_agent_sample_duration_seconds",
@@ -53,7 +68,8 @@ pub(super) fn node_families(snap: &Snapshot) -> Vec<MetricFamily> {
     for (gpu, field, kind, n) in &snap.sample_errors {
         f.counter(
             "gpucost_agent_sample_errors_total",
-            "Failed reads; field is \"all\" when the whole GPU could not be read.",
+            "Failed reads; field is \"all\" when the whole GPU could not be read, kind \
+             \"timeout\" for a read that missed its deadline.",
             &[("gpu", &gpu.to_string()), ("field", field), ("kind", kind)],
             *n as f64,
         );
@@ -116,6 +132,14 @@ pub(super) fn node_families(snap: &Snapshot) -> Vec<MetricFamily> {
                 1.0,
             );
         }
+        f.counter(
+            "gpucost_gpu_unmeasured_seconds_total",
+            "Seconds the GPU was not measured (lost, failing, stuck in a call, or the library \
+             closed or released), since the agent started; no time, energy or cost is counted \
+             for them.",
+            &gpu,
+            g.health.unmeasured_s,
+        );
         f.counter(
             "gpucost_gpu_energy_resets_total",
             "Times the GPU's energy counter went backwards or jumped (driver reload, wrap), since the agent started.",

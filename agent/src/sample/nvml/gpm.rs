@@ -32,8 +32,8 @@ const GPM_METRICS: [GpmMetricId; 10] = [
 /// `Nvml` that this backend owns, so it cannot be stored beside it).
 struct HeldSample(nvmlGpmSample_t);
 
-// SAFETY: a GPM sample is a heap object NVML allocated for us; only the sampler thread that owns
-// the backend ever touches it, one call at a time.
+// SAFETY: a GPM sample is a heap object NVML allocated for us; only its GPU's reads touch it,
+// one call at a time under that GPU's lock (`GpuMemo`), or the backend's drop.
 unsafe impl Send for HeldSample {}
 
 /// Per GPU: whether GPM works, and the last sample with its time.

@@ -3,13 +3,20 @@
 //! Opening loads `libnvidia-ml.so.1` (or the configured path) with dlopen, so a node without the
 //! driver gets an error here, never a crash. Each field is read on its own: a GPU that does not
 //! support one field still reports the others.
+//!
+//! Reads of different GPUs run at once, each on its GPU's reader thread (see the sampler): what
+//! a read keeps between calls (the GPM sample, the newest process-utilization timestamp) is
+//! behind a lock of that GPU's own, so a call stuck on one GPU holds no other. Dropping the
+//! backend closes every NVML handle it opened, the Xid listener's too, so a closed backend lets
+//! a driver upgrade, a GPU reset or a MIG change go ahead and a new one loads the library anew.
 
 use std::ffi::OsString;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use nvml_wrapper::enum_wrappers::device::{Clock, TemperatureSensor};
 use nvml_wrapper::error::NvmlError;
@@ -26,25 +33,69 @@ use gpucost_core::reading::{Field, FieldError, GpuStatic, Reading, SampleError, 
 /// The library NVML's own loader looks for.
 pub const DEFAULT_LIB: &str = "libnvidia-ml.so.1";
 
+/// How long closing the backend waits for the Xid listener to let go of its NVML handle (its
+/// event wait times out every 500 ms).
+const LISTENER_STOP_WAIT: Duration = Duration::from_secs(2);
+
 pub struct NvmlBackend {
     nvml: Nvml,
     driver: Option<String>,
     /// Xid events from the listener thread, by GPU UUID, and the UUID of each index.
-    xids: Option<Receiver<(String, u32)>>,
+    xids: Option<Mutex<Receiver<(String, u32)>>>,
     /// GPU UUID -> index, to place the listener's events.
     indices: BTreeMap<String, u32>,
     stop_listener: Arc<AtomicBool>,
-    /// Per GPU, the newest per-process utilization sample seen (NVML timestamps, microseconds),
-    /// so each read asks only for samples since then.
+    /// Disconnected when the listener thread has ended (and closed its NVML handle).
+    listener_done: Option<Mutex<Receiver<()>>>,
+    /// What each GPU's reads keep between calls, each behind its GPU's own lock. The map's lock
+    /// is held only to find or add an entry, never during an NVML call.
+    memo: Mutex<BTreeMap<u32, Arc<Mutex<GpuMemo>>>>,
+}
+
+/// What a read keeps of its GPU for the next one.
+#[derive(Default)]
+struct GpuMemo {
+    /// The newest per-process utilization sample seen (NVML timestamps, microseconds, by GPU:
+    /// only this GPU's entry), so each read asks only for samples since then.
     last_util_sample: BTreeMap<u32, u64>,
-    gpm: BTreeMap<u32, GpmState>,
+    gpm: GpmState,
+}
+
+impl NvmlBackend {
+    /// GPU `index`'s memo, added on its first read.
+    fn memo(&self, index: u32) -> Arc<Mutex<GpuMemo>> {
+        self.memo
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(index)
+            .or_default()
+            .clone()
+    }
 }
 
 impl Drop for NvmlBackend {
     fn drop(&mut self) {
         self.stop_listener.store(true, Ordering::Relaxed);
-        for (_, state) in std::mem::take(&mut self.gpm) {
-            state.free(&self.nvml);
+        let memo = std::mem::take(self.memo.get_mut().unwrap_or_else(PoisonError::into_inner));
+        for (_, m) in memo {
+            // Nothing else holds it once the backend is dropped (readers hold the backend).
+            if let Ok(m) = Arc::try_unwrap(m) {
+                m.into_inner()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .gpm
+                    .free(&self.nvml);
+            }
+        }
+        // The listener's handle is closed too before the caller opens NVML again: a library
+        // still initialised in the process is the old one after a driver upgrade.
+        if let Some(done) = self.listener_done.take() {
+            let done = done.into_inner().unwrap_or_else(PoisonError::into_inner);
+            if let Err(mpsc::RecvTimeoutError::Timeout) = done.recv_timeout(LISTENER_STOP_WAIT) {
+                tracing::warn!(
+                    "the Xid listener has not stopped after {} s; its NVML handle closes when it does",
+                    LISTENER_STOP_WAIT.as_secs()
+                );
+            }
         }
     }
 }
@@ -96,23 +147,25 @@ impl NvmlBackend {
         let stop = stop_listener.clone();
         let listener_path = path.clone();
         let span = tracing::Span::current();
-        let xids = std::thread::Builder::new()
+        let (done_tx, done) = mpsc::channel::<()>();
+        let listener = std::thread::Builder::new()
             .name("gpucost-xid".into())
             .spawn(move || {
                 let _e = span.enter();
+                // Dropped when the thread ends: the sign that the listener's handle is closed.
+                let _done = done_tx;
                 xid::listen_for_xids(&listener_path, &tx, &stop)
             })
             .map_err(|e| tracing::warn!("cannot start the Xid listener thread: {e}"))
-            .ok()
-            .map(|_| rx);
+            .ok();
         Ok(NvmlBackend {
             nvml,
             driver,
-            xids,
+            xids: listener.as_ref().map(|_| Mutex::new(rx)),
             indices: BTreeMap::new(),
             stop_listener,
-            last_util_sample: Default::default(),
-            gpm: Default::default(),
+            listener_done: listener.map(|_| Mutex::new(done)),
+            memo: Mutex::default(),
         })
     }
 }
@@ -122,6 +175,10 @@ fn describe_open_error(e: &NvmlError) -> String {
         NvmlError::LibloadingError(inner) => format!("cannot load the library: {inner}"),
         NvmlError::DriverNotLoaded => "the NVIDIA kernel driver is not loaded".to_string(),
         NvmlError::NoPermission => "no permission to talk to the NVIDIA driver".to_string(),
+        NvmlError::LibRmVersionMismatch => "the NVML library and the loaded NVIDIA kernel module \
+            are different releases (a driver upgrade not finished: the new module loads on a \
+            driver reload or reboot)"
+            .to_string(),
         other => format!("NVML initialisation failed: {other}"),
     }
 }
@@ -178,16 +235,18 @@ impl Backend for NvmlBackend {
         Ok(gpus)
     }
 
-    fn take_xids(&mut self) -> Vec<(u32, u32)> {
+    fn take_xids(&self) -> Vec<(u32, u32)> {
         let Some(rx) = &self.xids else {
             return Vec::new();
         };
-        rx.try_iter()
+        rx.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .try_iter()
             .filter_map(|(uuid, xid)| self.indices.get(&uuid).map(|i| (*i, xid)))
             .collect()
     }
 
-    fn read(&mut self, index: u32, with_processes: bool) -> Result<Reading, SampleError> {
+    fn read(&self, index: u32, with_processes: bool) -> Result<Reading, SampleError> {
         let d = match self.nvml.device_by_index(index) {
             Ok(d) => d,
             Err(NvmlError::GpuLost) => return Err(SampleError::GpuLost("no handle".into())),
@@ -211,11 +270,13 @@ impl Backend for NvmlBackend {
             pipes: None,
             field_errors: Vec::new(),
         };
+        let memo = self.memo(index);
+        let mut memo = memo.lock().unwrap_or_else(PoisonError::into_inner);
+        let memo = &mut *memo;
         // GPM: a new sample each read; the metrics cover the time since the previous one.
-        let gpm = self.gpm.entry(index).or_default();
-        r.pipes = gpm::read_pipes(&self.nvml, &d, gpm, e)?;
+        r.pipes = gpm::read_pipes(&self.nvml, &d, &mut memo.gpm, e)?;
         if with_processes {
-            r.processes = processes::read_processes(&d, index, &mut self.last_util_sample, e)?;
+            r.processes = processes::read_processes(&d, index, &mut memo.last_util_sample, e)?;
         }
         r.field_errors = errs;
         Ok(r)
