@@ -6,7 +6,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use gpucost_integration_tests::{
-    agent_bin, fake_nvml_lib, promtool_check_metrics, write_scenario, Agent, Metrics,
+    agent_bin, fake_nvml_lib, fake_nvml_lib_without, promtool_check_metrics, write_scenario, Agent,
+    Metrics,
 };
 
 const FAST: &[(&str, &str)] = &[
@@ -642,6 +643,172 @@ fn issue_13_throttled_seconds_and_xids_continue_after_kill_9() {
         std::thread::sleep(Duration::from_millis(30));
     }
     assert!(again.terminate().success());
+}
+
+/// Issue 14, items 1 to 3: the process lists real drivers give.
+///
+/// GPU 0: an R535.54 driver, whose `_v3` calls write 32-byte entries, with 20 processes (one job
+///        of 20 pids), so nvml-wrapper read phantom pids 0 and 4294967295 past the first.
+/// GPU 1: a busy job and an idle one holding 40 GB; a utilization sample arrives between a size
+///        query and the read after it.
+/// GPU 2: a graphics process, a compute+graphics one and an MPS client; nothing computes alone.
+const ISSUE_14_PROCESSES: &str = r#"
+name = "issue-14-processes"
+duration_s = 3600
+ripple = 0.0
+[[gpu]]
+model = "NVIDIA H100 80GB HBM3"
+memory_total_mib = 81559
+power_limit_w = 700
+idle_power_w = 70
+[gpu.nvml]
+process_info_v3_bytes = 32
+process_detail_list = false
+[[gpu]]
+model = "NVIDIA H100 80GB HBM3"
+memory_total_mib = 81559
+power_limit_w = 700
+idle_power_w = 70
+[gpu.nvml]
+process_utilization_race = true
+[[gpu]]
+model = "NVIDIA H100 80GB HBM3"
+memory_total_mib = 81559
+power_limit_w = 700
+idle_power_w = 70
+[[job]]
+name = "many"
+pid = 3140000
+worker_pids = [3140001, 3140002, 3140003, 3140004, 3140005, 3140006, 3140007, 3140008, 3140009, 3140010, 3140011, 3140012, 3140013, 3140014, 3140015, 3140016, 3140017, 3140018, 3140019]
+gpus = [0]
+[[job.phase]]
+seconds = 3600
+utilization = 0.9
+power_w = 600
+memory_mib = 30000
+[[job]]
+name = "busy"
+pid = 3140101
+gpus = [1]
+[[job.phase]]
+seconds = 3600
+utilization = 0.8
+power_w = 500
+memory_mib = 1000
+[[job]]
+name = "idle"
+pid = 3140102
+gpus = [1]
+[[job.phase]]
+seconds = 3600
+utilization = 0.0
+power_w = 80
+memory_mib = 40000
+[[job]]
+name = "render"
+pid = 3140201
+gpus = [2]
+context = "graphics"
+[[job.phase]]
+seconds = 3600
+utilization = 0.3
+power_w = 200
+memory_mib = 2000
+[[job]]
+name = "viz"
+pid = 3140202
+gpus = [2]
+context = "compute_graphics"
+[[job.phase]]
+seconds = 3600
+utilization = 0.2
+power_w = 150
+memory_mib = 3000
+[[job]]
+name = "mps-client"
+pid = 3140203
+gpus = [2]
+context = "mps"
+[[job.phase]]
+seconds = 3600
+utilization = 0.1
+power_w = 100
+memory_mib = 4000
+"#;
+
+#[test]
+fn issue_14_process_lists_as_real_drivers_give_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = write_scenario(dir.path(), "processes.toml", ISSUE_14_PROCESSES);
+    // The library as a current driver ships it, and as R535.54 did: without the detail list.
+    let old = fake_nvml_lib_without(dir.path(), "nvmlDeviceGetRunningProcessDetailList");
+    for lib in [fake_nvml_lib().to_path_buf(), old] {
+        let lib = lib.display().to_string();
+        // Process lists every 500 ms: each read then finds new utilization samples (the driver
+        // takes them every 1/6 s).
+        let env = [
+            ("GPUCOST_SAMPLING_INTERVAL", "100ms".to_string()),
+            ("GPUCOST_SAMPLING_PROCESS_INTERVAL", "500ms".to_string()),
+            ("GPUCOST_FAKE_NVML_SCENARIO", scenario.clone()),
+        ];
+        let mut agent = start(&["--nvml-lib", &lib], &env);
+        let processes = |m: &Metrics, gpu| m.gpu("gpucost_gpu_compute_processes", gpu);
+        let job = |pid: u32| format!("unattributed:{pid}");
+        // Jobs are published once the ledger has them: wait for one that every version finds.
+        let m = agent.wait_for_metrics("process lists and jobs", Duration::from_secs(10), |m| {
+            processes(m, 0).is_some()
+                && processes(m, 1).is_some()
+                && processes(m, 2).is_some()
+                && m.get("gpucost_job_info", &[("job_id", &job(3140101))])
+                    .is_some()
+        });
+        promtool_check_metrics(&m.text);
+        // Item 1: twenty real processes, no phantom pid.
+        assert_eq!(processes(&m, 0), Some(20.0), "{lib}");
+        for pid in 3140000..3140020 {
+            assert!(
+                m.get("gpucost_job_info", &[("job_id", &job(pid))])
+                    .is_some(),
+                "{lib}: pid {pid} missing\n{}",
+                m.text
+            );
+        }
+        for phantom in [0, u32::MAX] {
+            assert!(
+                m.find("gpucost_job_info", &[("job_id", &job(phantom))])
+                    .is_empty(),
+                "{lib}: phantom job {phantom}"
+            );
+        }
+        // Item 3: graphics contexts and MPS clients are users of the GPU too.
+        assert_eq!(processes(&m, 2), Some(3.0), "{lib}");
+        for pid in [3140201, 3140202, 3140203] {
+            assert!(
+                m.get("gpucost_job_info", &[("job_id", &job(pid))])
+                    .is_some(),
+                "{lib}: pid {pid} missing"
+            );
+        }
+        // Item 2: the idle job holding 40 GB gets none of the GPU while the other computes,
+        // and the per-process utilization never failed (a quiet window is no error, and the
+        // sample that arrives between the calls fits).
+        assert_eq!(processes(&m, 1), Some(2.0), "{lib}");
+        let seconds = |m: &Metrics, pid| {
+            m.get("gpucost_job_gpu_seconds_total", &[("job_id", &job(pid))])
+                .unwrap_or(0.0)
+        };
+        let m = agent.wait_for_metrics("GPU seconds", Duration::from_secs(10), |m| {
+            seconds(m, 3140101) >= 1.0
+        });
+        assert_eq!(seconds(&m, 3140102), 0.0, "{lib}:\n{}", m.text);
+        let errors: Vec<_> = m
+            .find("gpucost_agent_sample_errors_total", &[])
+            .into_iter()
+            .filter(|s| s.labels["field"].starts_with("process"))
+            .collect();
+        assert!(errors.is_empty(), "{lib}: {errors:?}");
+        assert!(agent.terminate().success());
+    }
 }
 
 #[test]

@@ -249,7 +249,7 @@ pub(super) fn node_families(snap: &Snapshot) -> Vec<MetricFamily> {
         if g.up {
             f.gauge(
                 "gpucost_gpu_compute_processes",
-                "Compute processes running on the GPU at the last process sample.",
+                "Processes using the GPU (compute and graphics contexts, MPS clients) at the last process sample.",
                 &gpu,
                 g.processes.len() as f64,
             );

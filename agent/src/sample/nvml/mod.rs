@@ -34,9 +34,9 @@ pub struct NvmlBackend {
     /// GPU UUID -> index, to place the listener's events.
     indices: BTreeMap<String, u32>,
     stop_listener: Arc<AtomicBool>,
-    /// Per GPU, the newest per-process utilization sample seen (NVML timestamps, microseconds),
-    /// so each read asks only for samples since then.
-    last_util_sample: BTreeMap<u32, u64>,
+    /// Per GPU, what the process readings keep between reads (the newest utilization sample
+    /// seen, which calls the driver answers, how much room they needed).
+    processes: processes::ProcessState,
     gpm: BTreeMap<u32, GpmState>,
 }
 
@@ -111,7 +111,7 @@ impl NvmlBackend {
             xids,
             indices: BTreeMap::new(),
             stop_listener,
-            last_util_sample: Default::default(),
+            processes: Default::default(),
             gpm: Default::default(),
         })
     }
@@ -215,7 +215,8 @@ impl Backend for NvmlBackend {
         let gpm = self.gpm.entry(index).or_default();
         r.pipes = gpm::read_pipes(&self.nvml, &d, gpm, e)?;
         if with_processes {
-            r.processes = processes::read_processes(&d, index, &mut self.last_util_sample, e)?;
+            r.processes =
+                processes::read_processes(self.nvml.lib(), &d, index, &mut self.processes, e)?;
         }
         r.field_errors = errs;
         Ok(r)
