@@ -19,7 +19,9 @@
 //!   utilization, and `NVML_ERROR_NOT_FOUND` when no sample is newer than the last one seen
 //!   (nvml.h): a quiet window, not an error. nvml-wrapper sizes its buffer to the count it was
 //!   just told, so a sample taken between the two calls fails the read; the buffer here is
-//!   padded. A listed process without a sample used 0 % of the SMs.
+//!   padded. A listed process without a sample used 0 % of the SMs. Reads closer together than
+//!   the driver's sample period would find nothing newer although processes are busy, so each
+//!   read covers at least the last [`LOOKBACK_US`] of samples.
 
 use std::collections::BTreeMap;
 use std::mem::size_of;
@@ -55,6 +57,10 @@ const NOT_AVAILABLE: u64 = u64::MAX;
 const DETAIL_LIST_V1: u32 = size_of::<nvmlProcessDetailList_v1_t>() as u32 | 1 << 24;
 /// Entries a first call makes room for; later calls on a GPU start from what it needed.
 const FIRST_ROOM: u32 = 32;
+/// The shortest stretch of utilization samples a read covers, in microseconds: several of the
+/// driver's sample periods (at most 1/6 s for utilization, nvml.h), so that reads close together
+/// still see the processes that are busy.
+const LOOKBACK_US: u64 = 2_000_000;
 /// Calls made for one list before giving up on a list that keeps growing.
 const ATTEMPTS: usize = 4;
 
@@ -172,7 +178,11 @@ pub(super) fn read_processes(
     if listed.is_empty() {
         return Ok(Some(Vec::new()));
     }
-    let since = gpu.last_util_sample.unwrap_or(0);
+    // NVML stamps samples with the CPU time in microseconds since the epoch.
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64);
+    let since = samples_since(gpu.last_util_sample, now_us);
     let samples = match read_utilization(lib, device, since, &mut gpu.util_room) {
         Ok(s) => Some(s),
         Err(GPU_IS_LOST) => {
@@ -193,11 +203,18 @@ pub(super) fn read_processes(
         }
     };
     if let Some(newest) = samples.iter().flatten().map(|s| s.timeStamp).max() {
-        gpu.last_util_sample = Some(newest.max(since));
+        gpu.last_util_sample = Some(newest.max(gpu.last_util_sample.unwrap_or(0)));
     }
     let samples: Option<Vec<(u32, u32)>> =
         samples.map(|s| s.iter().map(|s| (s.pid, s.smUtil)).collect());
     Ok(Some(with_sm_shares(&listed, samples.as_deref())))
+}
+
+/// The `lastSeenTimeStamp` of a read: everything the driver holds at first (0), then the
+/// samples since the newest one seen, but at least those of the last [`LOOKBACK_US`]. A driver
+/// whose stamps are not of the epoch (older than the lookback) is read since its newest.
+fn samples_since(newest_seen: Option<u64>, now_us: u64) -> u64 {
+    newest_seen.map_or(0, |newest| newest.min(now_us.saturating_sub(LOOKBACK_US)))
 }
 
 /// One list of the GPU: through the process detail list where the library exports it and it
@@ -556,6 +573,18 @@ mod tests {
         assert_eq!(pids, [1000, 0, u32::MAX]);
         assert_eq!(decode(&bytes, 3, 24).len(), 1, "only the real first entry");
         assert_eq!(decode(&bytes, 3, 32).len(), 3);
+    }
+
+    #[test]
+    fn utilization_reads_cover_at_least_the_lookback() {
+        let now = 1_700_000_000_000_000;
+        assert_eq!(samples_since(None, now), 0, "the whole buffer at first");
+        // A read long after the last: everything since the newest sample seen.
+        assert_eq!(samples_since(Some(now - 5_000_000), now), now - 5_000_000);
+        // A read soon after: the last two seconds, not just what is newer than the last read.
+        assert_eq!(samples_since(Some(now - 100_000), now), now - LOOKBACK_US);
+        // Stamps of another clock (microseconds since boot): since the newest.
+        assert_eq!(samples_since(Some(5_000_000), now), 5_000_000);
     }
 
     #[test]
