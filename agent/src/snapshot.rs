@@ -23,6 +23,11 @@ pub struct Snapshot {
     pub backend_up: bool,
     /// Why it is not, when it is not.
     pub backend_error: Option<String>,
+    /// Whether the listener for Xids and other driver events is waiting for them.
+    pub xid_listener_up: bool,
+    /// (gpu, driver event) -> count since the agent started (ECC errors, a GPU unavailable or
+    /// lost, as the event listener heard them).
+    pub driver_events: Vec<(u32, &'static str, u64)>,
     pub driver: Option<String>,
     pub gpus: Vec<GpuSnapshot>,
     /// Wall time the last sampling cycle took.
@@ -80,6 +85,8 @@ impl Snapshot {
             source,
             backend_up: false,
             backend_error: None,
+            xid_listener_up: false,
+            driver_events: Vec::new(),
             driver: None,
             gpus: Vec::new(),
             sample_duration_s: 0.0,

@@ -691,6 +691,8 @@ impl Node {
             source: s.source(),
             backend_up: s.backend_up(),
             backend_error: s.open_error().map(str::to_string),
+            xid_listener_up: s.xid_listener_up(),
+            driver_events: s.driver_events(),
             driver: s.driver().map(str::to_string),
             gpus: s.gpus().cloned().collect(),
             sample_duration_s: duration.map_or(prev.sample_duration_s, |d| d.as_secs_f64()),

@@ -811,6 +811,137 @@ fn issue_14_process_lists_as_real_drivers_give_them() {
     }
 }
 
+/// Issue 14, item 8: the Xid listener survives what real drivers do, at 10 scenario seconds
+/// per wall second.
+///
+/// GPU 0: registering it for events fails with UNKNOWN (its set "in undefined state").
+/// GPU 1: supports ECC and "GPU unavailable" events too; Xid 999 (an Xid the driver does not
+///        know) and a double-bit ECC error at 1 s (wall); waits fail at once with UNKNOWN from
+///        2 s to 3 s; Xid 31 at 4 s, after the listener started over.
+/// GPU 2: falls off the bus with Xid 79 at 1.5 s (waits then answer GPU_IS_LOST at once), is
+///        back at 5 s; Xid 94 at 8 s, after it was registered again.
+const ISSUE_14_EVENTS: &str = r#"
+name = "issue-14-events"
+duration_s = 3600
+speed = 10
+ripple = 0.0
+[[gpu]]
+model = "NVIDIA H100 80GB HBM3"
+memory_total_mib = 81559
+power_limit_w = 700
+idle_power_w = 70
+[gpu.nvml]
+register_events_error = "unknown"
+[[gpu]]
+model = "NVIDIA H100 80GB HBM3"
+memory_total_mib = 81559
+power_limit_w = 700
+idle_power_w = 70
+[gpu.nvml]
+events = ["xid", "ecc_single_bit", "ecc_double_bit", "gpu_unavailable"]
+[[gpu]]
+model = "NVIDIA H100 80GB HBM3"
+memory_total_mib = 81559
+power_limit_w = 700
+idle_power_w = 70
+[[event]]
+at_s = 10
+gpu = 1
+kind = "xid"
+xid = 999
+[[event]]
+at_s = 10
+gpu = 1
+kind = "ecc_double_bit"
+[[event]]
+at_s = 20
+gpu = 1
+kind = "event_wait_error"
+seconds = 10
+[[event]]
+at_s = 40
+gpu = 1
+kind = "xid"
+xid = 31
+[[event]]
+at_s = 15
+gpu = 2
+kind = "xid"
+xid = 79
+[[event]]
+at_s = 15
+gpu = 2
+kind = "gpu_lost"
+[[event]]
+at_s = 50
+gpu = 2
+kind = "gpu_recovered"
+[[event]]
+at_s = 80
+gpu = 2
+kind = "xid"
+xid = 94
+"#;
+
+#[test]
+fn issue_14_the_xid_listener_survives_registration_and_wait_failures() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = write_scenario(dir.path(), "events.toml", ISSUE_14_EVENTS);
+    let lib = fake_nvml_lib().display().to_string();
+    let mut agent = start(
+        &["--nvml-lib", &lib],
+        &fast_env(&[("GPUCOST_FAKE_NVML_SCENARIO", scenario)]),
+    );
+    let up = |m: &Metrics| m.get("gpucost_xid_listener_up", &[]);
+    let xids = |m: &Metrics, gpu: &str, xid: &str| {
+        m.get(
+            "gpucost_gpu_xid_errors_total",
+            &[("gpu", gpu), ("xid", xid)],
+        )
+        .unwrap_or(0.0)
+    };
+    let event = |m: &Metrics, gpu: &str, event: &str| {
+        m.get(
+            "gpucost_gpu_driver_events_total",
+            &[("gpu", gpu), ("event", event)],
+        )
+        .unwrap_or(0.0)
+    };
+    // One GPU that cannot be registered leaves the others watched.
+    let m = agent.wait_for_metrics("the listener up", Duration::from_secs(5), |m| {
+        up(m) == Some(1.0)
+    });
+    promtool_check_metrics(&m.text);
+    // Xid 999 is counted as such, and the ECC error as a driver event.
+    agent.wait_for_metrics("Xid 999 and the ECC error", Duration::from_secs(5), |m| {
+        xids(m, "1", "999") == 1.0 && event(m, "1", "ecc_double_bit") == 1.0
+    });
+    // The lost GPU's Xid 79 comes, then its loss; the wait answering GPU_IS_LOST again and
+    // again makes no spin and stops nothing.
+    agent.wait_for_metrics("Xid 79 and the loss", Duration::from_secs(5), |m| {
+        xids(m, "2", "79") == 1.0 && event(m, "2", "gpu_lost") == 1.0
+    });
+    // The failing waits take the listener down, and it starts over.
+    agent.wait_for_metrics("the listener down", Duration::from_secs(5), |m| {
+        up(m) == Some(0.0)
+    });
+    let m = agent.wait_for_metrics("Xid 31 after the restart", Duration::from_secs(10), |m| {
+        up(m) == Some(1.0) && xids(m, "1", "31") == 1.0
+    });
+    assert_eq!(event(&m, "2", "gpu_lost"), 1.0, "one loss, counted once");
+    // The GPU that came back is watched again.
+    let m = agent.wait_for_metrics(
+        "Xid 94 after the GPU came back",
+        Duration::from_secs(10),
+        |m| xids(m, "2", "94") == 1.0,
+    );
+    promtool_check_metrics(&m.text);
+    assert_eq!(xids(&m, "1", "999"), 1.0);
+    assert_eq!(event(&m, "1", "ecc_double_bit"), 1.0);
+    agent.wait_for_log("starting over", Duration::from_secs(1));
+    assert!(agent.terminate().success());
+}
+
 #[test]
 fn bench_without_a_gpu_says_so_in_one_line_and_fails() {
     for args in [

@@ -7,7 +7,7 @@
 use std::ffi::OsString;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, Receiver};
 use std::sync::Arc;
 
@@ -21,7 +21,9 @@ mod xid;
 
 use super::Backend;
 use gpm::GpmState;
-use gpucost_core::reading::{Field, FieldError, GpuStatic, Reading, SampleError, Source};
+use gpucost_core::reading::{
+    DriverEvent, Field, FieldError, GpuStatic, Reading, SampleError, Source,
+};
 
 /// The library NVML's own loader looks for.
 pub const DEFAULT_LIB: &str = "libnvidia-ml.so.1";
@@ -29,11 +31,12 @@ pub const DEFAULT_LIB: &str = "libnvidia-ml.so.1";
 pub struct NvmlBackend {
     nvml: Nvml,
     driver: Option<String>,
-    /// Xid events from the listener thread, by GPU UUID, and the UUID of each index.
-    xids: Option<Receiver<(String, u32)>>,
-    /// GPU UUID -> index, to place the listener's events.
-    indices: BTreeMap<String, u32>,
-    stop_listener: Arc<AtomicBool>,
+    /// Xids and other driver events from the listener thread, by GPU index.
+    heard: Option<Receiver<xid::Heard>>,
+    /// Driver events taken from `heard` while looking for Xids, until `take_driver_events`.
+    driver_events: Vec<(u32, DriverEvent)>,
+    /// The listener's stop flag and health.
+    listener: Arc<xid::Shared>,
     /// Per GPU, what the process readings keep between reads (the newest utilization sample
     /// seen, which calls the driver answers, how much room they needed).
     processes: processes::ProcessState,
@@ -42,7 +45,7 @@ pub struct NvmlBackend {
 
 impl Drop for NvmlBackend {
     fn drop(&mut self) {
-        self.stop_listener.store(true, Ordering::Relaxed);
+        self.listener.stop.store(true, Ordering::Relaxed);
         for (_, state) in std::mem::take(&mut self.gpm) {
             state.free(&self.nvml);
         }
@@ -91,16 +94,16 @@ impl NvmlBackend {
             .init()
             .map_err(|e| SampleError::Unavailable(describe_open_error(&e)))?;
         let driver = nvml.sys_driver_version().ok();
-        let stop_listener = Arc::new(AtomicBool::new(false));
+        let listener = Arc::new(xid::Shared::default());
         let (tx, rx) = mpsc::channel();
-        let stop = stop_listener.clone();
+        let shared = listener.clone();
         let listener_path = path.clone();
         let span = tracing::Span::current();
-        let xids = std::thread::Builder::new()
+        let heard = std::thread::Builder::new()
             .name("gpucost-xid".into())
             .spawn(move || {
                 let _e = span.enter();
-                xid::listen_for_xids(&listener_path, &tx, &stop)
+                xid::listen(&listener_path, &tx, &shared)
             })
             .map_err(|e| tracing::warn!("cannot start the Xid listener thread: {e}"))
             .ok()
@@ -108,9 +111,9 @@ impl NvmlBackend {
         Ok(NvmlBackend {
             nvml,
             driver,
-            xids,
-            indices: BTreeMap::new(),
-            stop_listener,
+            heard,
+            driver_events: Vec::new(),
+            listener,
             processes: Default::default(),
             gpm: Default::default(),
         })
@@ -172,19 +175,32 @@ impl Backend for NvmlBackend {
                 ),
                 Err(_) => (format!("unknown-{index}"), "unknown".to_string()),
             };
-            self.indices.insert(uuid.clone(), index);
             gpus.push(GpuStatic { index, uuid, model });
         }
         Ok(gpus)
     }
 
     fn take_xids(&mut self) -> Vec<(u32, u32)> {
-        let Some(rx) = &self.xids else {
+        let Some(rx) = &self.heard else {
             return Vec::new();
         };
-        rx.try_iter()
-            .filter_map(|(uuid, xid)| self.indices.get(&uuid).map(|i| (*i, xid)))
-            .collect()
+        let mut xids = Vec::new();
+        for heard in rx.try_iter() {
+            match heard {
+                xid::Heard::Xid { gpu, xid } => xids.push((gpu, xid)),
+                xid::Heard::Event { gpu, event } => self.driver_events.push((gpu, event)),
+            }
+        }
+        xids
+    }
+
+    /// The driver events `take_xids` found beside the Xids (the sampler calls it first).
+    fn take_driver_events(&mut self) -> Vec<(u32, DriverEvent)> {
+        std::mem::take(&mut self.driver_events)
+    }
+
+    fn xid_listener_up(&self) -> bool {
+        self.listener.up.load(Ordering::Relaxed)
     }
 
     fn read(&mut self, index: u32, with_processes: bool) -> Result<Reading, SampleError> {
