@@ -272,6 +272,7 @@ impl Recorder {
                     .collect(),
                 start_s,
                 exit_code,
+                context: Default::default(),
                 phases: vec![PhaseSpec {
                     seconds: stop_s - start_s,
                     utilization: 0.0,
@@ -349,6 +350,7 @@ impl Recorder {
                     bench_efficiency: efficiency.unwrap_or(0.92),
                     benchmarked: efficiency.is_some(),
                     trace: Some(tr.clone()),
+                    nvml: Default::default(),
                 }
             })
             .collect();

@@ -28,6 +28,11 @@ pub struct Snapshot {
     pub backend_paused: bool,
     /// Times the library was closed and opened again because every GPU failed.
     pub backend_reopens: u64,
+    /// Whether the listener for Xids and other driver events is waiting for them.
+    pub xid_listener_up: bool,
+    /// (gpu, driver event) -> count since the agent started (ECC errors, a GPU unavailable or
+    /// lost, as the event listener heard them).
+    pub driver_events: Vec<(u32, &'static str, u64)>,
     pub driver: Option<String>,
     pub gpus: Vec<GpuSnapshot>,
     /// Wall time the last sampling cycle took.
@@ -96,6 +101,8 @@ impl Snapshot {
             backend_error: None,
             backend_paused: false,
             backend_reopens: 0,
+            xid_listener_up: false,
+            driver_events: Vec::new(),
             driver: None,
             gpus: Vec::new(),
             sample_duration_s: 0.0,

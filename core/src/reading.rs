@@ -126,6 +126,42 @@ pub enum SampleError {
     Failed(String),
 }
 
+/// A driver event other than an Xid, as the NVML event listener reports it for a GPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum DriverEvent {
+    /// A corrected (single-bit) ECC error (`nvmlEventTypeSingleBitEccError`).
+    EccSingleBit,
+    /// An uncorrected (double-bit) ECC error (`nvmlEventTypeDoubleBitEccError`).
+    EccDoubleBit,
+    /// The driver reported the GPU unavailable (`nvmlEventTypeGpuUnavailableError`).
+    GpuUnavailable,
+    /// A wait for events answered `NVML_ERROR_GPU_IS_LOST`, and this GPU no longer answers: it
+    /// fell off the bus (once per loss).
+    GpuLost,
+}
+
+impl DriverEvent {
+    /// The exported `event` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DriverEvent::EccSingleBit => "ecc_single_bit",
+            DriverEvent::EccDoubleBit => "ecc_double_bit",
+            DriverEvent::GpuUnavailable => "gpu_unavailable",
+            DriverEvent::GpuLost => "gpu_lost",
+        }
+    }
+
+    /// What happened, for the log.
+    pub fn describe(self) -> &'static str {
+        match self {
+            DriverEvent::EccSingleBit => "a corrected (single-bit) ECC error",
+            DriverEvent::EccDoubleBit => "an uncorrected (double-bit) ECC error",
+            DriverEvent::GpuUnavailable => "the GPU is unavailable",
+            DriverEvent::GpuLost => "the GPU is lost (fell off the bus)",
+        }
+    }
+}
+
 /// clock-event reason bits, in nvml.h order, with their exported names.
 pub const CLOCK_EVENT_REASONS: [(u64, &str); 9] = [
     (0x1, "gpu_idle"),

@@ -17,7 +17,8 @@ mod trace;
 pub use model::{reason, GpuState, SimProcess, SimulatedNode};
 pub use pipes::{coefficients, Pipes};
 pub use scenario::{
-    EventKind, EventSpec, GpuSpec, JobSpec, PhaseSpec, Scenario, ScenarioError, DEMO,
+    Context, DriverEventKind, EventKind, EventSpec, GpuSpec, JobSpec, NvmlQuirks, PhaseSpec,
+    RegisterEventsError, Scenario, ScenarioError, DEMO,
 };
 pub use trace::{Trace, TracePipes};
 

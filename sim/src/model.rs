@@ -5,7 +5,7 @@
 //! expected values exactly. Energy is the exact integral of the power curve, ripple included.
 
 use crate::pipes::Pipes;
-use crate::scenario::{EventKind, JobSpec, PhaseSpec, Scenario};
+use crate::scenario::{Context, EventKind, JobSpec, PhaseSpec, Scenario};
 
 /// NVML clock-event (throttle) reason bits, as in nvml.h.
 pub mod reason {
@@ -21,7 +21,7 @@ const DRIVER_RESERVED_MIB: u64 = 512;
 /// Temperature rise from idle to full power, in degrees Celsius.
 const TEMP_RISE_C: f64 = 42.0;
 
-/// A process on a GPU, as NVML's running-compute-processes call reports it.
+/// A process on a GPU, as NVML's running-process calls report it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SimProcess {
     pub pid: u32,
@@ -29,6 +29,8 @@ pub struct SimProcess {
     /// Percent of the sample period this process had a kernel on the SMs (NVML's per-process
     /// `smUtil`): the job's phase utilization for its main process, 0 for its workers.
     pub sm_util_pct: u32,
+    /// Its job's contexts: which of NVML's lists (compute, graphics, MPS) show it.
+    pub context: Context,
 }
 
 /// Everything a sampler can read from one GPU at one moment.
@@ -343,6 +345,21 @@ impl SimulatedNode {
 
     /// Xid errors on `gpu` in scenario time `(t0, t1]`, in order, as `(time, xid)`.
     pub fn xids_between(&self, gpu: u32, t0: f64, t1: f64) -> Vec<(f64, u32)> {
+        self.events_between(gpu, t0, t1, |k| k == EventKind::Xid)
+            .into_iter()
+            .map(|(at, _, xid)| (at, xid))
+            .collect()
+    }
+
+    /// Events of the kinds `wanted` accepts on `gpu` in scenario time `(t0, t1]`, in order of
+    /// time (then of the scenario's order), as `(time, kind, Xid code or 0)`.
+    pub fn events_between(
+        &self,
+        gpu: u32,
+        t0: f64,
+        t1: f64,
+        wanted: impl Fn(EventKind) -> bool,
+    ) -> Vec<(f64, EventKind, u32)> {
         let d = self.scenario.duration_s;
         let mut out = Vec::new();
         let (p0, _) = self.split(t0.max(0.0));
@@ -353,11 +370,11 @@ impl SimulatedNode {
                 .scenario
                 .events
                 .iter()
-                .filter(|e| e.gpu == gpu && e.kind == EventKind::Xid)
+                .filter(|e| e.gpu == gpu && wanted(e.kind))
             {
                 let at = p * d + e.at_s;
                 if at > t0 && at <= t1 {
-                    out.push((at, e.xid.unwrap_or(0)));
+                    out.push((at, e.kind, e.xid.unwrap_or(0)));
                 }
             }
             if !self.scenario.repeat {
@@ -367,6 +384,17 @@ impl SimulatedNode {
         }
         out.sort_by(|a, b| a.0.total_cmp(&b.0));
         out
+    }
+
+    /// Whether an `event_wait_error` covers scenario time `t` on `gpu`.
+    pub fn event_wait_fails(&self, gpu: u32, t: f64) -> bool {
+        let (_, tm) = self.split(t.max(0.0));
+        self.scenario.events.iter().any(|e| {
+            e.gpu == gpu
+                && e.kind == EventKind::EventWaitError
+                && tm >= e.at_s
+                && tm < e.at_s + e.seconds.unwrap_or(0.0)
+        })
     }
 
     /// What the GPU reads at scenario time `t`. Callers check [`SimulatedNode::is_present`] first.
@@ -417,11 +445,13 @@ impl SimulatedNode {
                     pid: j.pid,
                     used_memory_bytes: p.memory_mib * 1024 * 1024,
                     sm_util_pct: (p.utilization * 100.0).round() as u32,
+                    context: j.context,
                 };
                 let workers = j.worker_pids.iter().map(|pid| SimProcess {
                     pid: *pid,
                     used_memory_bytes: 0,
                     sm_util_pct: 0,
+                    context: j.context,
                 });
                 std::iter::once(main).chain(workers)
             })

@@ -106,6 +106,88 @@ pub struct GpuSpec {
     /// [`crate::Trace`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace: Option<Trace>,
+    /// How this GPU's NVML driver answers where real drivers differ (`[gpu.nvml]`); only the
+    /// fake NVML library reads it.
+    #[serde(default, skip_serializing_if = "NvmlQuirks::is_default")]
+    pub nvml: NvmlQuirks,
+}
+
+/// Driver behaviours of one GPU that the fake NVML library reproduces, each as a real driver
+/// answers (`sim/README.md` names the source of each). The default is a current driver (R550)
+/// answering as nvml.h documents.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NvmlQuirks {
+    /// Bytes per entry the `nvmlDevice{Compute,Graphics,MPSCompute}RunningProcesses_v3` calls
+    /// write: 24 (`nvmlProcessInfo_v2_t`, what nvml.h declares), 32 (`nvmlProcessInfo_v3_t`, as
+    /// R535.54 drivers wrote without a version bump) or 16 (`nvmlProcessInfo_v1_t`, as reported
+    /// for one driver).
+    #[serde(default = "default_process_info_bytes")]
+    pub process_info_v3_bytes: u32,
+    /// Whether `nvmlDeviceGetRunningProcessDetailList` answers for this GPU (`false`:
+    /// NOT_SUPPORTED). Absent: as nvml.h says, Hopper and newer (the models that have GPM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process_detail_list: Option<bool>,
+    /// A per-process utilization sample is taken between a size query (a NULL buffer) and the
+    /// read that follows it, so a buffer of exactly the size answered is too small.
+    #[serde(default)]
+    pub process_utilization_race: bool,
+    /// The event types `nvmlDeviceGetSupportedEventTypes` reports.
+    #[serde(default = "default_events")]
+    pub events: Vec<DriverEventKind>,
+    /// How `nvmlDeviceRegisterEvents` fails for this GPU, if it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub register_events_error: Option<RegisterEventsError>,
+}
+
+impl Default for NvmlQuirks {
+    fn default() -> Self {
+        NvmlQuirks {
+            process_info_v3_bytes: default_process_info_bytes(),
+            process_detail_list: None,
+            process_utilization_race: false,
+            events: default_events(),
+            register_events_error: None,
+        }
+    }
+}
+
+impl NvmlQuirks {
+    pub fn is_default(&self) -> bool {
+        *self == NvmlQuirks::default()
+    }
+}
+
+/// An NVML event type a GPU may support (`nvmlEventType*` in nvml.h).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DriverEventKind {
+    /// `nvmlEventTypeXidCriticalError`.
+    Xid,
+    /// `nvmlEventTypeSingleBitEccError`.
+    EccSingleBit,
+    /// `nvmlEventTypeDoubleBitEccError`.
+    EccDoubleBit,
+    /// `nvmlEventTypeGpuUnavailableError`.
+    GpuUnavailable,
+}
+
+/// How a registration for events fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RegisterEventsError {
+    /// NVML_ERROR_NOT_SUPPORTED: nothing is registered; the set can still be used.
+    NotSupported,
+    /// NVML_ERROR_UNKNOWN: the set is in an undefined state and must be freed.
+    Unknown,
+}
+
+fn default_process_info_bytes() -> u32 {
+    24
+}
+
+fn default_events() -> Vec<DriverEventKind> {
+    vec![DriverEventKind::Xid]
 }
 
 fn default_bench_efficiency() -> f64 {
@@ -119,8 +201,20 @@ impl GpuSpec {
     /// Whether the GPU supports GPM: the scenario's `gpm`, or else true for Hopper and newer
     /// (a model name containing H100, H200, GH200, B100 or B200).
     pub fn gpm_supported(&self) -> bool {
-        self.gpm
-            .unwrap_or_else(|| GPM_MODELS.iter().any(|m| self.model.contains(m)))
+        self.gpm.unwrap_or_else(|| self.hopper_or_newer())
+    }
+
+    /// Whether `nvmlDeviceGetRunningProcessDetailList` answers: the scenario's
+    /// `nvml.process_detail_list`, or else true for Hopper and newer (nvml.h: "For Hopper or
+    /// newer fully supported devices").
+    pub fn process_detail_list(&self) -> bool {
+        self.nvml
+            .process_detail_list
+            .unwrap_or_else(|| self.hopper_or_newer())
+    }
+
+    fn hopper_or_newer(&self) -> bool {
+        GPM_MODELS.iter().any(|m| self.model.contains(m))
     }
 }
 
@@ -148,8 +242,47 @@ pub struct JobSpec {
     /// Exit code when the last phase ends (non-zero: the run failed).
     #[serde(default)]
     pub exit_code: i32,
+    /// The contexts the job's processes hold, which decide the NVML lists they appear in.
+    #[serde(default, skip_serializing_if = "Context::is_compute")]
+    pub context: Context,
     #[serde(rename = "phase")]
     pub phases: Vec<PhaseSpec>,
+}
+
+/// The GPU contexts a process holds, and so the NVML process lists that show it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Context {
+    /// A CUDA context: `nvmlDeviceGetComputeRunningProcesses`.
+    #[default]
+    Compute,
+    /// A graphics context (OpenGL, Vulkan): `nvmlDeviceGetGraphicsRunningProcesses`.
+    Graphics,
+    /// Both (nvidia-smi's "C+G"): listed by both calls, each with the process's whole memory.
+    ComputeGraphics,
+    /// An MPS client: `nvmlDeviceGetMPSComputeRunningProcesses`.
+    Mps,
+}
+
+impl Context {
+    pub fn is_compute(&self) -> bool {
+        *self == Context::Compute
+    }
+
+    /// Whether the compute list shows the process.
+    pub fn compute(self) -> bool {
+        matches!(self, Context::Compute | Context::ComputeGraphics)
+    }
+
+    /// Whether the graphics list shows the process.
+    pub fn graphics(self) -> bool {
+        matches!(self, Context::Graphics | Context::ComputeGraphics)
+    }
+
+    /// Whether the MPS list shows the process.
+    pub fn mps(self) -> bool {
+        self == Context::Mps
+    }
 }
 
 /// A stretch of a job's life with a constant load on each of its GPUs.
@@ -192,7 +325,7 @@ pub struct EventSpec {
     pub kind: EventKind,
     /// Xid code, for `kind = "xid"`.
     pub xid: Option<u32>,
-    /// How long, for `kind = "hang"`.
+    /// How long, for `kind = "hang"` and `kind = "event_wait_error"`.
     #[serde(default)]
     pub seconds: Option<f64>,
 }
@@ -210,6 +343,28 @@ pub enum EventKind {
     /// Every NVML call for the GPU blocks until `seconds` after `at_s` (a driver stuck in a
     /// long operation); the fake library sleeps, the simulated backend does not.
     Hang,
+    /// For `seconds` after `at_s`, a wait on an NVML event set in which this GPU is registered
+    /// fails at once with NVML_ERROR_UNKNOWN (fake library only).
+    EventWaitError,
+    /// A corrected (single-bit) ECC error: an `nvmlEventTypeSingleBitEccError` event.
+    EccSingleBit,
+    /// An uncorrected (double-bit) ECC error: an `nvmlEventTypeDoubleBitEccError` event.
+    EccDoubleBit,
+    /// The GPU became unavailable: an `nvmlEventTypeGpuUnavailableError` event.
+    GpuUnavailable,
+}
+
+impl EventKind {
+    /// The NVML event type an event of this kind raises, if it raises one.
+    pub fn driver_event(self) -> Option<DriverEventKind> {
+        match self {
+            EventKind::Xid => Some(DriverEventKind::Xid),
+            EventKind::EccSingleBit => Some(DriverEventKind::EccSingleBit),
+            EventKind::EccDoubleBit => Some(DriverEventKind::EccDoubleBit),
+            EventKind::GpuUnavailable => Some(DriverEventKind::GpuUnavailable),
+            _ => None,
+        }
+    }
 }
 
 fn one() -> f64 {
@@ -345,6 +500,12 @@ impl Scenario {
                 t.check(self.duration_s, g.memory_total_mib)
                     .map_err(|(column, problem)| bad(what(&format!("trace.{column}")), problem))?;
             }
+            if ![16, 24, 32].contains(&g.nvml.process_info_v3_bytes) {
+                return Err(bad(
+                    what("nvml.process_info_v3_bytes"),
+                    format!("must be 16, 24 or 32, got {}", g.nvml.process_info_v3_bytes),
+                ));
+            }
             if let Some(u) = &g.uuid {
                 if !uuids.insert(u.clone()) {
                     return Err(bad(what("uuid"), format!("{u} is used twice")));
@@ -454,16 +615,20 @@ impl Scenario {
                 }
                 _ => {}
             }
-            match (e.kind, e.seconds) {
-                (EventKind::Hang, Some(secs)) if secs > 0.0 && secs.is_finite() => {}
-                (EventKind::Hang, _) => {
+            let lasts = matches!(e.kind, EventKind::Hang | EventKind::EventWaitError);
+            match (lasts, e.seconds) {
+                (true, Some(secs)) if secs > 0.0 && secs.is_finite() => {}
+                (true, _) => {
                     return Err(bad(
                         what("seconds"),
-                        "a hang event needs a positive number of seconds".into(),
+                        "this event needs a positive number of seconds".into(),
                     ))
                 }
-                (_, Some(_)) => {
-                    return Err(bad(what("seconds"), "only hang events last seconds".into()))
+                (false, Some(_)) => {
+                    return Err(bad(
+                        what("seconds"),
+                        "only hang and event_wait_error events last seconds".into(),
+                    ))
                 }
                 _ => {}
             }

@@ -198,6 +198,24 @@ fn bad_scenarios_name_the_problem() {
             TWO_GPUS.replace("memory_total_mib = 81559", "memory_total = 1"),
             "unknown field `memory_total`",
         ),
+        (
+            TWO_GPUS.replace(
+                "idle_power_w = 70",
+                "idle_power_w = 70\n[gpu.nvml]\nprocess_info_v3_bytes = 20",
+            ),
+            "gpu 0 (NVIDIA H100 80GB HBM3): nvml.process_info_v3_bytes: must be 16, 24 or 32",
+        ),
+        (
+            TWO_GPUS.replace("kind = \"energy_reset\"", "kind = \"event_wait_error\""),
+            "event 0 (EventWaitError): seconds: this event needs a positive number of seconds",
+        ),
+        (
+            TWO_GPUS.replace(
+                "kind = \"energy_reset\"",
+                "kind = \"energy_reset\"\nseconds = 2",
+            ),
+            "only hang and event_wait_error events last seconds",
+        ),
     ];
     for (text, want) in cases {
         let err = Scenario::parse(&text, "case.toml").unwrap_err().to_string();
@@ -717,4 +735,63 @@ fn bad_traces_name_the_column() {
         let err = Scenario::parse(&text, "case.toml").unwrap_err().to_string();
         assert!(err.contains(want), "expected {want:?} in {err:?}");
     }
+}
+
+#[test]
+fn nvml_quirks_contexts_and_driver_events_parse_with_their_defaults() {
+    let node = node();
+    let quirks = &node.scenario().gpus[0].nvml;
+    assert!(quirks.is_default());
+    assert_eq!(quirks.process_info_v3_bytes, 24);
+    assert_eq!(quirks.events, [DriverEventKind::Xid]);
+    // The process detail list answers on Hopper and newer unless the scenario says otherwise.
+    assert!(node.scenario().gpus[0].process_detail_list());
+    assert!(!node.scenario().gpus[1].process_detail_list());
+    assert!(node
+        .state(0, 25.0)
+        .processes
+        .iter()
+        .all(|p| p.context == Context::Compute));
+
+    let text = TWO_GPUS
+        .replace(
+            "energy_counter = false",
+            "energy_counter = false\n[gpu.nvml]\nprocess_info_v3_bytes = 32\nprocess_detail_list = true\n\
+             events = [\"xid\", \"ecc_double_bit\"]\nregister_events_error = \"unknown\"",
+        )
+        .replace("pid = 11", "pid = 11\ncontext = \"mps\"")
+        + "[[event]]\nat_s = 50\ngpu = 0\nkind = \"event_wait_error\"\nseconds = 5\n\
+           [[event]]\nat_s = 60\ngpu = 1\nkind = \"ecc_double_bit\"\n";
+    let node = SimulatedNode::new(Scenario::parse(&text, "quirks.toml").unwrap());
+    let quirks = &node.scenario().gpus[1].nvml;
+    assert_eq!(quirks.process_info_v3_bytes, 32);
+    assert!(node.scenario().gpus[1].process_detail_list());
+    assert_eq!(
+        quirks.events,
+        [DriverEventKind::Xid, DriverEventKind::EccDoubleBit]
+    );
+    assert_eq!(
+        quirks.register_events_error,
+        Some(RegisterEventsError::Unknown)
+    );
+    let contexts: Vec<(u32, Context)> = node
+        .state(0, 25.0)
+        .processes
+        .iter()
+        .map(|p| (p.pid, p.context))
+        .collect();
+    assert_eq!(contexts, [(10, Context::Compute), (11, Context::Mps)]);
+    assert!(!node.event_wait_fails(0, 49.9));
+    assert!(node.event_wait_fails(0, 52.0));
+    assert!(!node.event_wait_fails(0, 55.0));
+    assert!(node.event_wait_fails(0, 152.0), "every repetition");
+    let events = node.events_between(1, 0.0, 100.0, |k| k.driver_event().is_some());
+    assert_eq!(
+        events,
+        [
+            (60.0, EventKind::EccDoubleBit, 0),
+            (80.0, EventKind::Xid, 79)
+        ]
+    );
+    assert_eq!(node.xids_between(1, 0.0, 100.0), [(80.0, 79)]);
 }

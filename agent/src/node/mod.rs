@@ -746,6 +746,8 @@ impl Node {
             backend_error: s.backend_error(),
             backend_paused: s.released().is_some(),
             backend_reopens: s.reopens(),
+            xid_listener_up: s.xid_listener_up(),
+            driver_events: s.driver_events(),
             driver: s.driver().map(str::to_string),
             gpus: s.gpus().cloned().collect(),
             sample_duration_s: duration.map_or(prev.sample_duration_s, |d| d.as_secs_f64()),

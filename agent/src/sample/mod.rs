@@ -14,7 +14,7 @@ pub mod sampler;
 pub mod scripted;
 pub mod sim;
 
-use gpucost_core::reading::{GpuStatic, Reading, SampleError, Source};
+use gpucost_core::reading::{DriverEvent, GpuStatic, Reading, SampleError, Source};
 
 /// The seam to the hardware. Only the sampler calls it: `gpus` once after opening, then `read`
 /// from each GPU's reader thread and `take_xids` from the node thread. Calls may block (NVML
@@ -33,6 +33,16 @@ pub trait Backend: Send + Sync {
     /// Xid errors the driver reported since the last call, as (GPU index, Xid), in order. Apart
     /// from `read`, because a GPU that just fell off the bus (Xid 79) cannot be read.
     fn take_xids(&self) -> Vec<(u32, u32)>;
+    /// Driver events other than Xids (ECC errors, a GPU unavailable or lost) since the last
+    /// call, as (GPU index, event), in order.
+    fn take_driver_events(&self) -> Vec<(u32, DriverEvent)> {
+        Vec::new()
+    }
+    /// Whether the listener for Xids and other driver events is waiting for them (NVML: its
+    /// thread waits on an event set with at least one GPU). A backend without one says true.
+    fn xid_listener_up(&self) -> bool {
+        true
+    }
 }
 
 /// Opens a [`Backend`], and again after it failed: the sampler holds one and retries it, so the

@@ -252,6 +252,8 @@ pub struct Sampler {
     next_processes: Instant,
     samples_total: u64,
     errors: BTreeMap<(u32, &'static str, &'static str), u64>,
+    /// (gpu, driver event) -> count since the agent started.
+    driver_events: BTreeMap<(u32, &'static str), u64>,
 }
 
 /// What one GPU did over the interval that a cycle closed.
@@ -307,6 +309,7 @@ impl Sampler {
             next_processes: now,
             samples_total: 0,
             errors: BTreeMap::new(),
+            driver_events: BTreeMap::new(),
         }
     }
 
@@ -736,6 +739,15 @@ impl Sampler {
                     slot.snap.totals.add_xid(xid);
                 }
             }
+            for (gpu, event) in open.backend.take_driver_events() {
+                warn!(
+                    gpu,
+                    event = event.as_str(),
+                    "GPU {gpu}: the driver reports {}",
+                    event.describe()
+                );
+                *self.driver_events.entry((gpu, event.as_str())).or_default() += 1;
+            }
         }
         for (gpu, field, kind) in failures {
             self.count_error(gpu, field, kind);
@@ -817,6 +829,21 @@ impl Sampler {
     /// failing on every GPU.
     pub fn backend_up(&self) -> bool {
         self.open.is_some() && self.failed_cycles == 0
+    }
+
+    /// Whether the backend's listener for Xids and other driver events is waiting for them.
+    pub fn xid_listener_up(&self) -> bool {
+        self.open
+            .as_ref()
+            .is_some_and(|o| o.backend.xid_listener_up())
+    }
+
+    /// (gpu, driver event) -> count since the agent started.
+    pub fn driver_events(&self) -> Vec<(u32, &'static str, u64)> {
+        self.driver_events
+            .iter()
+            .map(|(&(g, e), &n)| (g, e, n))
+            .collect()
     }
 
     /// Why the library is not up, when it is not.

@@ -90,6 +90,41 @@ pub struct nvmlProcessInfo_t {
     pub computeInstanceId: c_uint,
 }
 
+/// `nvmlProcessDetail_v1_t`: one entry of `nvmlDeviceGetRunningProcessDetailList`, and the
+/// layout R535.54 drivers wrote from the `_v3` running-process calls (`nvmlProcessInfo_v3_t`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct nvmlProcessDetail_v1_t {
+    pub pid: c_uint,
+    pub usedGpuMemory: c_ulonglong,
+    pub gpuInstanceId: c_uint,
+    pub computeInstanceId: c_uint,
+    pub usedGpuCcProtectedMemory: c_ulonglong,
+}
+
+/// `nvmlProcessDetailList_v1_t`, the request and answer of
+/// `nvmlDeviceGetRunningProcessDetailList`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct nvmlProcessDetailList_v1_t {
+    pub version: c_uint,
+    pub mode: c_uint,
+    pub numProcArrayEntries: c_uint,
+    pub procArray: *mut nvmlProcessDetail_v1_t,
+}
+
+/// `nvmlProcessDetailList_v1`, i.e. `NVML_STRUCT_VERSION(ProcessDetailList, 1)`.
+pub const nvmlProcessDetailList_v1: c_uint =
+    (std::mem::size_of::<nvmlProcessDetailList_v1_t>() as c_uint) | (1 << 24);
+
+/// `nvmlProcessMode_t`: which processes `nvmlDeviceGetRunningProcessDetailList` lists.
+pub const NVML_PROCESS_MODE_COMPUTE: c_uint = 0;
+pub const NVML_PROCESS_MODE_GRAPHICS: c_uint = 1;
+pub const NVML_PROCESS_MODE_MPS: c_uint = 2;
+
+/// `NVML_VALUE_NOT_AVAILABLE` as an `unsigned long long`.
+pub const VALUE_NOT_AVAILABLE_ULL: c_ulonglong = u64::MAX;
+
 /// `nvmlProcessUtilizationSample_t` as `nvmlDeviceGetProcessUtilization` fills it.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
@@ -195,8 +230,14 @@ pub struct nvmlEventSet_st {
 /// `nvmlEventSet_t`, an event-set handle.
 pub type nvmlEventSet_t = *mut nvmlEventSet_st;
 
-/// `nvmlEventTypeXidCriticalError`, the only event type simulated GPUs raise.
+/// `nvmlEventTypeSingleBitEccError`.
+pub const nvmlEventTypeSingleBitEccError: c_ulonglong = 0x1;
+/// `nvmlEventTypeDoubleBitEccError`.
+pub const nvmlEventTypeDoubleBitEccError: c_ulonglong = 0x2;
+/// `nvmlEventTypeXidCriticalError`.
 pub const nvmlEventTypeXidCriticalError: c_ulonglong = 0x8;
+/// `nvmlEventTypeGpuUnavailableError`.
+pub const nvmlEventTypeGpuUnavailableError: c_ulonglong = 0x4000;
 
 /// `nvmlEventData_t`, one delivered event.
 #[repr(C)]
@@ -278,6 +319,22 @@ mod tests {
             nvmlProcessInfo_t,
             sys::nvmlProcessInfo_t,
             [pid, usedGpuMemory, gpuInstanceId, computeInstanceId]
+        );
+        same_layout!(
+            nvmlProcessDetail_v1_t,
+            sys::nvmlProcessDetail_v1_t,
+            [
+                pid,
+                usedGpuMemory,
+                gpuInstanceId,
+                computeInstanceId,
+                usedGpuCcProtectedMemory
+            ]
+        );
+        same_layout!(
+            nvmlProcessDetailList_v1_t,
+            sys::nvmlProcessDetailList_v1_t,
+            [version, mode, numProcArrayEntries, procArray]
         );
         same_layout!(
             nvmlProcessUtilizationSample_t,
@@ -393,10 +450,28 @@ mod tests {
             sys::NVML_GPM_METRICS_GET_VERSION
         );
         assert_eq!(NVML_GPM_SUPPORT_VERSION, sys::NVML_GPM_SUPPORT_VERSION);
-        assert_eq!(
-            nvmlEventTypeXidCriticalError,
-            sys::nvmlEventTypeXidCriticalError as u64
-        );
+        for (ours, theirs) in [
+            (
+                nvmlEventTypeXidCriticalError,
+                sys::nvmlEventTypeXidCriticalError,
+            ),
+            (
+                nvmlEventTypeSingleBitEccError,
+                sys::nvmlEventTypeSingleBitEccError,
+            ),
+            (
+                nvmlEventTypeDoubleBitEccError,
+                sys::nvmlEventTypeDoubleBitEccError,
+            ),
+            (
+                nvmlEventTypeGpuUnavailableError,
+                sys::nvmlEventTypeGpuUnavailableError,
+            ),
+        ] {
+            assert_eq!(ours, u64::from(theirs));
+        }
+        // NVML_STRUCT_VERSION(ProcessDetailList, 1): 24 bytes, version 1.
+        assert_eq!(nvmlProcessDetailList_v1, 0x0100_0018);
         let metrics = [
             (
                 NVML_GPM_METRIC_GRAPHICS_UTIL,

@@ -32,7 +32,7 @@ use std::ffi::CStr;
 use std::io::Write;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use gpucost_sim::{GpuSpec, GpuState, SimProcess, SimulatedNode};
+use gpucost_sim::{Context, GpuSpec, GpuState, SimProcess, SimulatedNode};
 
 use abi::*;
 pub use state::{MAX_GPUS, SCENARIO_ENV, START_ENV};
@@ -61,6 +61,8 @@ struct Gpu<'a> {
     index: u32,
     /// Scenario time of the call.
     t: f64,
+    /// Unix time of the call, in seconds (what NVML's CPU timestamps count).
+    unix: f64,
 }
 
 impl Gpu<'_> {
@@ -104,6 +106,7 @@ fn device_call(
             node: &model.node,
             index,
             t,
+            unix: state::unix_now(),
         })
     })
 }
@@ -611,12 +614,61 @@ pub unsafe extern "C" fn nvmlDeviceGetCurrentClocksEventReasons(
 // ---------------------------------------------------------------------------------------------
 // Processes
 
+/// Which of NVML's process lists a call reads.
+#[derive(Debug, Clone, Copy)]
+enum List {
+    Compute,
+    Graphics,
+    Mps,
+}
+
+impl List {
+    fn shows(self, context: Context) -> bool {
+        match self {
+            List::Compute => context.compute(),
+            List::Graphics => context.graphics(),
+            List::Mps => context.mps(),
+        }
+    }
+}
+
+/// The scenario's processes on the GPU that `list` shows: each job's main pid with its memory
+/// and its worker pids with none, in the lists their job's `context` puts them.
+fn listed(gpu: &Gpu<'_>, list: List) -> Vec<SimProcess> {
+    let mut processes = gpu.state().processes;
+    processes.retain(|p| list.shows(p.context));
+    processes
+}
+
+/// One process as the first `bytes` bytes of an `nvmlProcessDetail_v1_t` (alias
+/// `nvmlProcessInfo_v3_t`): 16 bytes are `nvmlProcessInfo_v1_t`, 24 `nvmlProcessInfo_v2_t`, 32
+/// the whole struct. Padding is zero. Outside MIG the instance ids are `NVML_VALUE_NOT_AVAILABLE`
+/// and no memory is confidential-compute protected.
+fn process_entry(p: &SimProcess, bytes: usize) -> Vec<u8> {
+    let mut entry = [0u8; 32];
+    entry[0..4].copy_from_slice(&p.pid.to_ne_bytes());
+    entry[8..16].copy_from_slice(&p.used_memory_bytes.to_ne_bytes());
+    entry[16..20].copy_from_slice(&NO_INSTANCE.to_ne_bytes());
+    entry[20..24].copy_from_slice(&NO_INSTANCE.to_ne_bytes());
+    entry[..bytes].to_vec()
+}
+
 /// The count protocol of nvml.h's running-process calls: `*info_count` is the room in `infos`
 /// (`infos` may be NULL when it is 0). With too little room: `NVML_ERROR_INSUFFICIENT_SIZE` and
 /// `*info_count` set to the number needed. Otherwise the entries are written and `*info_count`
 /// set to their number; no process at all is a success with 0.
+///
+/// Each entry is `entry_bytes` long: 24, the `nvmlProcessInfo_t` (v2) that nvml.h declares, or
+/// the scenario's `nvml.process_info_v3_bytes`. R535.54 drivers (CUDA 12.2) wrote 32-byte
+/// `nvmlProcessInfo_v3_t` entries from the `_v3` calls without a version bump (nvitop PR 79 and
+/// issue 88, go-nvml issue 75, pynvml PR 48); one driver was reported writing 16-byte v1 entries
+/// (nvitop PR 226). Such a driver writes all of its entries, past the end of a buffer sized for
+/// 24-byte ones; this library stops at the caller's `*info_count` x 24 bytes, writing only the
+/// whole entries that fit, so that a test process is never corrupted. It still answers the full
+/// count, as the driver does.
 fn put_processes(
     processes: &[SimProcess],
+    entry_bytes: usize,
     info_count: *mut c_uint,
     infos: *mut nvmlProcessInfo_t,
 ) -> nvmlReturn_t {
@@ -631,83 +683,213 @@ fn put_processes(
     if needed > 0 && infos.is_null() {
         return NVML_ERROR_INVALID_ARGUMENT;
     }
+    let buffer_bytes = room as usize * std::mem::size_of::<nvmlProcessInfo_t>();
     for (i, p) in processes.iter().enumerate() {
-        let info = nvmlProcessInfo_t {
-            pid: p.pid,
-            usedGpuMemory: p.used_memory_bytes,
-            gpuInstanceId: NO_INSTANCE,
-            computeInstanceId: NO_INSTANCE,
+        if (i + 1) * entry_bytes > buffer_bytes {
+            break;
+        }
+        let entry = process_entry(p, entry_bytes);
+        // SAFETY: `infos` is non-NULL and valid for `room` entries of 24 bytes (the NVML
+        // contract); bytes `i * entry_bytes .. (i + 1) * entry_bytes` lie within them.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                entry.as_ptr(),
+                infos.cast::<u8>().add(i * entry_bytes),
+                entry_bytes,
+            )
         };
-        // SAFETY: `infos` is non-NULL and has room for `room >= needed > i` entries.
-        unsafe { infos.add(i).write(info) };
     }
     NVML_SUCCESS
 }
 
-/// The scenario's processes on the GPU: each job's main pid with its memory, and its worker
-/// pids with none.
+/// A `_v3` running-process call: the processes `list` shows, in entries of the GPU's
+/// `nvml.process_info_v3_bytes`.
+fn running_processes(
+    device: nvmlDevice_t,
+    list: List,
+    info_count: *mut c_uint,
+    infos: *mut nvmlProcessInfo_t,
+) -> nvmlReturn_t {
+    device_call(device, !info_count.is_null(), |gpu| {
+        let entry_bytes = gpu.spec().nvml.process_info_v3_bytes as usize;
+        put_processes(&listed(gpu, list), entry_bytes, info_count, infos)
+    })
+}
+
+/// Processes with a compute context: each job's main pid with its memory, and its worker pids
+/// with none (jobs whose `context` includes compute).
 #[no_mangle]
 pub unsafe extern "C" fn nvmlDeviceGetComputeRunningProcesses_v3(
     device: nvmlDevice_t,
     info_count: *mut c_uint,
     infos: *mut nvmlProcessInfo_t,
 ) -> nvmlReturn_t {
-    device_call(device, !info_count.is_null(), |gpu| {
-        put_processes(&gpu.state().processes, info_count, infos)
-    })
+    running_processes(device, List::Compute, info_count, infos)
 }
 
-/// Per-process utilization: one sample per process on the GPU, stamped now. `lastSeenTimeStamp`
-/// is accepted but every call answers with the current samples (real NVML keeps a history).
-/// A NULL `utilization` asks for the count, answered with INSUFFICIENT_SIZE as nvml.h says.
-#[no_mangle]
-pub unsafe extern "C" fn nvmlDeviceGetProcessUtilization(
-    device: nvmlDevice_t,
-    utilization: *mut nvmlProcessUtilizationSample_t,
-    process_samples_count: *mut c_uint,
-    _last_seen_time_stamp: c_ulonglong,
-) -> nvmlReturn_t {
-    device_call(device, !process_samples_count.is_null(), |gpu| {
-        let procs = gpu.state().processes;
-        let needed = procs.len() as c_uint;
-        // SAFETY: `process_samples_count` checked non-NULL by `device_call`.
-        let room = unsafe { process_samples_count.read() };
-        // SAFETY: as above.
-        unsafe { process_samples_count.write(needed) };
-        if utilization.is_null() || room < needed {
-            return if needed == 0 {
-                NVML_SUCCESS
-            } else {
-                NVML_ERROR_INSUFFICIENT_SIZE
-            };
-        }
-        let now_us = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_micros() as c_ulonglong);
-        for (i, p) in procs.iter().enumerate() {
-            let sample = nvmlProcessUtilizationSample_t {
-                pid: p.pid,
-                timeStamp: now_us,
-                smUtil: p.sm_util_pct,
-                memUtil: p.sm_util_pct * 6 / 10,
-                encUtil: 0,
-                decUtil: 0,
-            };
-            // SAFETY: `utilization` is non-NULL with room for `room >= needed > i` samples.
-            unsafe { utilization.add(i).write(sample) };
-        }
-        NVML_SUCCESS
-    })
-}
-
-/// Simulated nodes run no graphics processes.
+/// Processes with a graphics context (jobs with `context = "graphics"` or
+/// `"compute_graphics"`).
 #[no_mangle]
 pub unsafe extern "C" fn nvmlDeviceGetGraphicsRunningProcesses_v3(
     device: nvmlDevice_t,
     info_count: *mut c_uint,
     infos: *mut nvmlProcessInfo_t,
 ) -> nvmlReturn_t {
-    device_call(device, !info_count.is_null(), |_| {
-        put_processes(&[], info_count, infos)
+    running_processes(device, List::Graphics, info_count, infos)
+}
+
+/// MPS clients (jobs with `context = "mps"`). The MPS server itself is not simulated.
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetMPSComputeRunningProcesses_v3(
+    device: nvmlDevice_t,
+    info_count: *mut c_uint,
+    infos: *mut nvmlProcessInfo_t,
+) -> nvmlReturn_t {
+    running_processes(device, List::Mps, info_count, infos)
+}
+
+/// The processes of one mode in `nvmlProcessDetail_v1_t` entries (32 bytes, as declared), with
+/// the count protocol of the other process calls on `plist->numProcArrayEntries`. The caller
+/// sets `plist->version` to `nvmlProcessDetailList_v1` and `plist->mode` to a
+/// `nvmlProcessMode_t` (NVML_ERROR_INVALID_ARGUMENT otherwise). NVML_ERROR_NOT_SUPPORTED on a
+/// GPU whose scenario says so; by default on GPUs older than Hopper (nvml.h: "For Hopper or
+/// newer fully supported devices").
+///
+/// Drivers before this call existed (R535.54 among them) do not export the symbol at all; a
+/// test makes such a library by renaming this export in a copy of the file.
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetRunningProcessDetailList(
+    device: nvmlDevice_t,
+    plist: *mut nvmlProcessDetailList_v1_t,
+) -> nvmlReturn_t {
+    device_call(device, !plist.is_null(), |gpu| {
+        if !gpu.spec().process_detail_list() {
+            return NVML_ERROR_NOT_SUPPORTED;
+        }
+        // SAFETY: checked non-NULL by `device_call`; the caller owns an initialised struct.
+        let request = unsafe { plist.read() };
+        if request.version != nvmlProcessDetailList_v1 {
+            return NVML_ERROR_INVALID_ARGUMENT;
+        }
+        let list = match request.mode {
+            NVML_PROCESS_MODE_COMPUTE => List::Compute,
+            NVML_PROCESS_MODE_GRAPHICS => List::Graphics,
+            NVML_PROCESS_MODE_MPS => List::Mps,
+            _ => return NVML_ERROR_INVALID_ARGUMENT,
+        };
+        let processes = listed(gpu, list);
+        let needed = processes.len() as c_uint;
+        let room = request.numProcArrayEntries;
+        // SAFETY: checked non-NULL; the caller's struct, written in place.
+        unsafe { (*plist).numProcArrayEntries = needed };
+        if room < needed {
+            return NVML_ERROR_INSUFFICIENT_SIZE;
+        }
+        if needed > 0 && request.procArray.is_null() {
+            return NVML_ERROR_INVALID_ARGUMENT;
+        }
+        for (i, p) in processes.iter().enumerate() {
+            let entry = nvmlProcessDetail_v1_t {
+                pid: p.pid,
+                usedGpuMemory: p.used_memory_bytes,
+                gpuInstanceId: NO_INSTANCE,
+                computeInstanceId: NO_INSTANCE,
+                usedGpuCcProtectedMemory: 0,
+            };
+            // SAFETY: `procArray` is non-NULL with room for `room >= needed > i` entries.
+            unsafe { request.procArray.add(i).write(entry) };
+        }
+        NVML_SUCCESS
+    })
+}
+
+/// How often the simulated driver takes a per-process utilization sample, in microseconds of
+/// CPU time: every 1/6 s, the shortest sample period nvml.h gives for utilization.
+pub const PROCESS_SAMPLE_PERIOD_US: u64 = 166_667;
+/// How many sample periods the driver's buffer holds (what `lastSeenTimeStamp = 0` returns).
+pub const PROCESS_SAMPLE_DEPTH: u64 = 20;
+
+/// The per-process utilization samples the driver holds that are newer than `since_us` and no
+/// newer than `until_us` (unix microseconds): one per process with non-zero SM utilization per
+/// sample period (nvml.h: "One utilization sample structure is returned per process running,
+/// that had some non-zero utilization during the last sample period"), oldest first. Samples
+/// are taken on a fixed grid of CPU time; a sample from before the scenario began reads the GPU
+/// as it was at time 0, so a buffer is full from the first call on, as on a running node.
+fn process_samples(
+    gpu: &Gpu<'_>,
+    since_us: u64,
+    until_us: u64,
+) -> Vec<nvmlProcessUtilizationSample_t> {
+    let speed = gpu.node.scenario().speed;
+    let last = until_us / PROCESS_SAMPLE_PERIOD_US;
+    let first = (since_us / PROCESS_SAMPLE_PERIOD_US + 1)
+        .max(last.saturating_sub(PROCESS_SAMPLE_DEPTH - 1));
+    let mut out = Vec::new();
+    for k in first..=last {
+        let stamp = k * PROCESS_SAMPLE_PERIOD_US;
+        // The scenario time of the sample, from the call's own scenario and CPU times.
+        let t = gpu.t - (gpu.unix - stamp as f64 / 1e6) * speed;
+        if !gpu.node.is_present(gpu.index, t) {
+            continue;
+        }
+        for p in gpu.node.state(gpu.index, t).processes {
+            if p.sm_util_pct == 0 {
+                continue;
+            }
+            out.push(nvmlProcessUtilizationSample_t {
+                pid: p.pid,
+                timeStamp: stamp,
+                smUtil: p.sm_util_pct,
+                memUtil: p.sm_util_pct * 6 / 10,
+                encUtil: 0,
+                decUtil: 0,
+            });
+        }
+    }
+    out
+}
+
+/// Per-process utilization since `lastSeenTimeStamp` (0: everything the buffer holds), with
+/// the count protocol of nvml.h: a NULL `utilization` asks for the count (answered with
+/// NVML_ERROR_INSUFFICIENT_SIZE), too little room is NVML_ERROR_INSUFFICIENT_SIZE with the count
+/// needed, and nothing newer than `lastSeenTimeStamp` is NVML_ERROR_NOT_FOUND (nvml.h: "If no
+/// valid sample entries are found since the lastSeenTimeStamp, NVML_ERROR_NOT_FOUND is
+/// returned"). Only busy processes have samples.
+///
+/// With the scenario's `nvml.process_utilization_race`, the newest sample is taken between a
+/// count query and the read after it: the count leaves it out, so a buffer of exactly that size
+/// is too small for the read (the race the count protocol allows; nvml.h: the count "may differ
+/// from a previously read value").
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetProcessUtilization(
+    device: nvmlDevice_t,
+    utilization: *mut nvmlProcessUtilizationSample_t,
+    process_samples_count: *mut c_uint,
+    last_seen_time_stamp: c_ulonglong,
+) -> nvmlReturn_t {
+    device_call(device, !process_samples_count.is_null(), |gpu| {
+        let now_us = (gpu.unix * 1e6) as u64;
+        let mut samples = process_samples(gpu, last_seen_time_stamp, now_us);
+        if utilization.is_null() && gpu.spec().nvml.process_utilization_race {
+            // The newest sample is not taken yet when the count is asked for.
+            let newest = samples.iter().map(|s| s.timeStamp).max().unwrap_or(0);
+            samples.retain(|s| s.timeStamp < newest);
+        }
+        if samples.is_empty() {
+            return NVML_ERROR_NOT_FOUND;
+        }
+        let needed = samples.len() as c_uint;
+        // SAFETY: `process_samples_count` checked non-NULL by `device_call`.
+        let room = unsafe { process_samples_count.read() };
+        // SAFETY: as above.
+        unsafe { process_samples_count.write(needed) };
+        if utilization.is_null() || room < needed {
+            return NVML_ERROR_INSUFFICIENT_SIZE;
+        }
+        for (i, sample) in samples.into_iter().enumerate() {
+            // SAFETY: `utilization` is non-NULL with room for `room >= needed > i` samples.
+            unsafe { utilization.add(i).write(sample) };
+        }
+        NVML_SUCCESS
     })
 }

@@ -292,12 +292,28 @@ fn readings_follow_the_model() {
     assert_eq!(procs[1].pid, 4102);
     assert_eq!(procs[1].used_gpu_memory, UsedGpuMemory::Used(0));
     assert!(busy.running_graphics_processes().unwrap().is_empty());
-    let mut util = busy.process_utilization_stats(None).unwrap();
-    util.sort_by_key(|u| u.pid);
-    let sm: Vec<(u32, u32)> = util.iter().map(|u| (u.pid, u.sm_util)).collect();
+    // Per-process utilization: the driver's buffer of samples, only for busy processes (the
+    // idle worker 4102 has none), oldest first, each stamped with its CPU time in microseconds.
+    let util = busy.process_utilization_stats(None).unwrap();
     let phase = f.node.state(0, f.now()).processes;
-    assert_eq!(sm, vec![(4101, phase[0].sm_util_pct), (4102, 0)]);
     assert!(phase[0].sm_util_pct > 0);
+    assert!(util.len() >= 2, "{util:?}");
+    assert!(util
+        .iter()
+        .all(|u| u.pid == 4101 && u.sm_util == phase[0].sm_util_pct));
+    assert!(util.windows(2).all(|w| w[0].timestamp < w[1].timestamp));
+    let newest = util.last().unwrap().timestamp;
+    assert!(newest as f64 <= unix_now() * 1e6 && newest as f64 > (unix_now() - 1.0) * 1e6);
+    // Asking again since the newest sample seen: nothing newer yet is NOT_FOUND, not an empty
+    // success; the samples taken since come later.
+    match busy.process_utilization_stats(newest) {
+        Err(NvmlError::NotFound) => {}
+        Ok(newer) => assert!(newer.iter().all(|u| u.timestamp > newest), "{newer:?}"),
+        Err(e) => panic!("{e}"),
+    }
+    std::thread::sleep(Duration::from_millis(400));
+    let newer = busy.process_utilization_stats(newest).unwrap();
+    assert!(!newer.is_empty() && newer.iter().all(|u| u.timestamp > newest));
 
     // The idle GPU, in numbers.
     assert_eq!(idle.power_usage().unwrap(), 50_000);
@@ -309,7 +325,11 @@ fn readings_follow_the_model() {
     assert_eq!(reasons, ThrottleReasons::GPU_IDLE);
     assert_eq!(reasons.bits(), reason::GPU_IDLE);
     assert!(idle.running_compute_processes().unwrap().is_empty());
-    assert!(idle.process_utilization_stats(None).unwrap().is_empty());
+    // No sample at all: NVML_ERROR_NOT_FOUND, which nvml-wrapper passes on as an error.
+    assert!(matches!(
+        idle.process_utilization_stats(None),
+        Err(NvmlError::NotFound)
+    ));
     assert_eq!(idle.running_compute_processes_count().unwrap(), 0);
 }
 

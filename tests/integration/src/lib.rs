@@ -57,6 +57,30 @@ pub fn fake_nvml_lib() -> &'static Path {
     &binaries().1
 }
 
+/// A copy of the fake NVML library in `dir` that does not export `symbol`, as a driver from
+/// before that function existed (R535.54 has no `nvmlDeviceGetRunningProcessDetailList`). The
+/// name is overwritten (its last letter becomes `_`) wherever it occurs in the file, the dynamic
+/// symbol table included, so the dynamic loader no longer finds it.
+pub fn fake_nvml_lib_without(dir: &Path, symbol: &str) -> PathBuf {
+    let mut bytes = std::fs::read(fake_nvml_lib()).expect("read the fake library");
+    let name = symbol.as_bytes();
+    let mut renamed = 0;
+    let mut i = 0;
+    while i + name.len() <= bytes.len() {
+        if &bytes[i..i + name.len()] == name {
+            bytes[i + name.len() - 1] = b'_';
+            renamed += 1;
+            i += name.len();
+        } else {
+            i += 1;
+        }
+    }
+    assert!(renamed > 0, "{symbol} is not in the fake library");
+    let path = dir.join(format!("libnvidia_ml-without-{symbol}.so"));
+    std::fs::write(&path, bytes).expect("write the copy");
+    path
+}
+
 /// A running `gpucost agent`, killed when dropped.
 pub struct Agent {
     child: Option<Child>,

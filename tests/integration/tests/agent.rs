@@ -6,7 +6,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use gpucost_integration_tests::{
-    agent_bin, fake_nvml_lib, promtool_check_metrics, write_scenario, Agent, Metrics,
+    agent_bin, fake_nvml_lib, fake_nvml_lib_without, promtool_check_metrics, write_scenario, Agent,
+    Metrics,
 };
 
 const FAST: &[(&str, &str)] = &[
@@ -642,6 +643,303 @@ fn issue_13_throttled_seconds_and_xids_continue_after_kill_9() {
         std::thread::sleep(Duration::from_millis(30));
     }
     assert!(again.terminate().success());
+}
+
+/// Issue 14, items 1 to 3: the process lists real drivers give.
+///
+/// GPU 0: an R535.54 driver, whose `_v3` calls write 32-byte entries, with 20 processes (one job
+///        of 20 pids), so nvml-wrapper read phantom pids 0 and 4294967295 past the first.
+/// GPU 1: a busy job and an idle one holding 40 GB; a utilization sample arrives between a size
+///        query and the read after it.
+/// GPU 2: a graphics process, a compute+graphics one and an MPS client; nothing computes alone.
+const ISSUE_14_PROCESSES: &str = r#"
+name = "issue-14-processes"
+duration_s = 3600
+ripple = 0.0
+[[gpu]]
+model = "NVIDIA H100 80GB HBM3"
+memory_total_mib = 81559
+power_limit_w = 700
+idle_power_w = 70
+[gpu.nvml]
+process_info_v3_bytes = 32
+process_detail_list = false
+[[gpu]]
+model = "NVIDIA H100 80GB HBM3"
+memory_total_mib = 81559
+power_limit_w = 700
+idle_power_w = 70
+[gpu.nvml]
+process_utilization_race = true
+[[gpu]]
+model = "NVIDIA H100 80GB HBM3"
+memory_total_mib = 81559
+power_limit_w = 700
+idle_power_w = 70
+[[job]]
+name = "many"
+pid = 3140000
+worker_pids = [3140001, 3140002, 3140003, 3140004, 3140005, 3140006, 3140007, 3140008, 3140009, 3140010, 3140011, 3140012, 3140013, 3140014, 3140015, 3140016, 3140017, 3140018, 3140019]
+gpus = [0]
+[[job.phase]]
+seconds = 3600
+utilization = 0.9
+power_w = 600
+memory_mib = 30000
+[[job]]
+name = "busy"
+pid = 3140101
+gpus = [1]
+[[job.phase]]
+seconds = 3600
+utilization = 0.8
+power_w = 500
+memory_mib = 1000
+[[job]]
+name = "idle"
+pid = 3140102
+gpus = [1]
+[[job.phase]]
+seconds = 3600
+utilization = 0.0
+power_w = 80
+memory_mib = 40000
+[[job]]
+name = "render"
+pid = 3140201
+gpus = [2]
+context = "graphics"
+[[job.phase]]
+seconds = 3600
+utilization = 0.3
+power_w = 200
+memory_mib = 2000
+[[job]]
+name = "viz"
+pid = 3140202
+gpus = [2]
+context = "compute_graphics"
+[[job.phase]]
+seconds = 3600
+utilization = 0.2
+power_w = 150
+memory_mib = 3000
+[[job]]
+name = "mps-client"
+pid = 3140203
+gpus = [2]
+context = "mps"
+[[job.phase]]
+seconds = 3600
+utilization = 0.1
+power_w = 100
+memory_mib = 4000
+"#;
+
+#[test]
+fn issue_14_process_lists_as_real_drivers_give_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = write_scenario(dir.path(), "processes.toml", ISSUE_14_PROCESSES);
+    // The library as a current driver ships it, and as R535.54 did: without the detail list.
+    let old = fake_nvml_lib_without(dir.path(), "nvmlDeviceGetRunningProcessDetailList");
+    for lib in [fake_nvml_lib().to_path_buf(), old] {
+        let lib = lib.display().to_string();
+        // Process lists every 500 ms: each read then finds new utilization samples (the driver
+        // takes them every 1/6 s).
+        let env = [
+            ("GPUCOST_SAMPLING_INTERVAL", "100ms".to_string()),
+            ("GPUCOST_SAMPLING_PROCESS_INTERVAL", "500ms".to_string()),
+            ("GPUCOST_FAKE_NVML_SCENARIO", scenario.clone()),
+        ];
+        let mut agent = start(&["--nvml-lib", &lib], &env);
+        let processes = |m: &Metrics, gpu| m.gpu("gpucost_gpu_compute_processes", gpu);
+        let job = |pid: u32| format!("unattributed:{pid}");
+        // Jobs are published once the ledger has them: wait for one that every version finds.
+        let m = agent.wait_for_metrics("process lists and jobs", Duration::from_secs(10), |m| {
+            processes(m, 0).is_some()
+                && processes(m, 1).is_some()
+                && processes(m, 2).is_some()
+                && m.get("gpucost_job_info", &[("job_id", &job(3140101))])
+                    .is_some()
+        });
+        promtool_check_metrics(&m.text);
+        // Item 1: twenty real processes, no phantom pid.
+        assert_eq!(processes(&m, 0), Some(20.0), "{lib}");
+        for pid in 3140000..3140020 {
+            assert!(
+                m.get("gpucost_job_info", &[("job_id", &job(pid))])
+                    .is_some(),
+                "{lib}: pid {pid} missing\n{}",
+                m.text
+            );
+        }
+        for phantom in [0, u32::MAX] {
+            assert!(
+                m.find("gpucost_job_info", &[("job_id", &job(phantom))])
+                    .is_empty(),
+                "{lib}: phantom job {phantom}"
+            );
+        }
+        // Item 3: graphics contexts and MPS clients are users of the GPU too.
+        assert_eq!(processes(&m, 2), Some(3.0), "{lib}");
+        for pid in [3140201, 3140202, 3140203] {
+            assert!(
+                m.get("gpucost_job_info", &[("job_id", &job(pid))])
+                    .is_some(),
+                "{lib}: pid {pid} missing"
+            );
+        }
+        // Item 2: the idle job holding 40 GB gets none of the GPU while the other computes,
+        // and the per-process utilization never failed (a quiet window is no error, and the
+        // sample that arrives between the calls fits).
+        assert_eq!(processes(&m, 1), Some(2.0), "{lib}");
+        let seconds = |m: &Metrics, pid| {
+            m.get("gpucost_job_gpu_seconds_total", &[("job_id", &job(pid))])
+                .unwrap_or(0.0)
+        };
+        let m = agent.wait_for_metrics("GPU seconds", Duration::from_secs(10), |m| {
+            seconds(m, 3140101) >= 1.0
+        });
+        assert_eq!(seconds(&m, 3140102), 0.0, "{lib}:\n{}", m.text);
+        let errors: Vec<_> = m
+            .find("gpucost_agent_sample_errors_total", &[])
+            .into_iter()
+            .filter(|s| s.labels["field"].starts_with("process"))
+            .collect();
+        assert!(errors.is_empty(), "{lib}: {errors:?}");
+        assert!(agent.terminate().success());
+    }
+}
+
+/// Issue 14, item 8: the Xid listener survives what real drivers do, at 10 scenario seconds
+/// per wall second.
+///
+/// GPU 0: registering it for events fails with UNKNOWN (its set "in undefined state").
+/// GPU 1: supports ECC and "GPU unavailable" events too; Xid 999 (an Xid the driver does not
+///        know) and a double-bit ECC error at 1 s (wall); waits fail at once with UNKNOWN from
+///        2 s to 3 s; Xid 31 at 4 s, after the listener started over.
+/// GPU 2: falls off the bus with Xid 79 at 1.5 s (waits then answer GPU_IS_LOST at once), is
+///        back at 5 s; Xid 94 at 8 s, after it was registered again.
+const ISSUE_14_EVENTS: &str = r#"
+name = "issue-14-events"
+duration_s = 3600
+speed = 10
+ripple = 0.0
+[[gpu]]
+model = "NVIDIA H100 80GB HBM3"
+memory_total_mib = 81559
+power_limit_w = 700
+idle_power_w = 70
+[gpu.nvml]
+register_events_error = "unknown"
+[[gpu]]
+model = "NVIDIA H100 80GB HBM3"
+memory_total_mib = 81559
+power_limit_w = 700
+idle_power_w = 70
+[gpu.nvml]
+events = ["xid", "ecc_single_bit", "ecc_double_bit", "gpu_unavailable"]
+[[gpu]]
+model = "NVIDIA H100 80GB HBM3"
+memory_total_mib = 81559
+power_limit_w = 700
+idle_power_w = 70
+[[event]]
+at_s = 10
+gpu = 1
+kind = "xid"
+xid = 999
+[[event]]
+at_s = 10
+gpu = 1
+kind = "ecc_double_bit"
+[[event]]
+at_s = 20
+gpu = 1
+kind = "event_wait_error"
+seconds = 10
+[[event]]
+at_s = 40
+gpu = 1
+kind = "xid"
+xid = 31
+[[event]]
+at_s = 15
+gpu = 2
+kind = "xid"
+xid = 79
+[[event]]
+at_s = 15
+gpu = 2
+kind = "gpu_lost"
+[[event]]
+at_s = 50
+gpu = 2
+kind = "gpu_recovered"
+[[event]]
+at_s = 80
+gpu = 2
+kind = "xid"
+xid = 94
+"#;
+
+#[test]
+fn issue_14_the_xid_listener_survives_registration_and_wait_failures() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = write_scenario(dir.path(), "events.toml", ISSUE_14_EVENTS);
+    let lib = fake_nvml_lib().display().to_string();
+    let mut agent = start(
+        &["--nvml-lib", &lib],
+        &fast_env(&[("GPUCOST_FAKE_NVML_SCENARIO", scenario)]),
+    );
+    let up = |m: &Metrics| m.get("gpucost_xid_listener_up", &[]);
+    let xids = |m: &Metrics, gpu: &str, xid: &str| {
+        m.get(
+            "gpucost_gpu_xid_errors_total",
+            &[("gpu", gpu), ("xid", xid)],
+        )
+        .unwrap_or(0.0)
+    };
+    let event = |m: &Metrics, gpu: &str, event: &str| {
+        m.get(
+            "gpucost_gpu_driver_events_total",
+            &[("gpu", gpu), ("event", event)],
+        )
+        .unwrap_or(0.0)
+    };
+    // One GPU that cannot be registered leaves the others watched.
+    let m = agent.wait_for_metrics("the listener up", Duration::from_secs(5), |m| {
+        up(m) == Some(1.0)
+    });
+    promtool_check_metrics(&m.text);
+    // Xid 999 is counted as such, and the ECC error as a driver event.
+    agent.wait_for_metrics("Xid 999 and the ECC error", Duration::from_secs(5), |m| {
+        xids(m, "1", "999") == 1.0 && event(m, "1", "ecc_double_bit") == 1.0
+    });
+    // The lost GPU's Xid 79 comes, then its loss; the wait answering GPU_IS_LOST again and
+    // again makes no spin and stops nothing.
+    agent.wait_for_metrics("Xid 79 and the loss", Duration::from_secs(5), |m| {
+        xids(m, "2", "79") == 1.0 && event(m, "2", "gpu_lost") == 1.0
+    });
+    // The failing waits take the listener down, and it starts over.
+    agent.wait_for_metrics("the listener down", Duration::from_secs(5), |m| {
+        up(m) == Some(0.0)
+    });
+    let m = agent.wait_for_metrics("Xid 31 after the restart", Duration::from_secs(10), |m| {
+        up(m) == Some(1.0) && xids(m, "1", "31") == 1.0
+    });
+    assert_eq!(event(&m, "2", "gpu_lost"), 1.0, "one loss, counted once");
+    // The GPU that came back is watched again.
+    let m = agent.wait_for_metrics(
+        "Xid 94 after the GPU came back",
+        Duration::from_secs(10),
+        |m| xids(m, "2", "94") == 1.0,
+    );
+    promtool_check_metrics(&m.text);
+    assert_eq!(xids(&m, "1", "999"), 1.0);
+    assert_eq!(event(&m, "1", "ecc_double_bit"), 1.0);
+    agent.wait_for_log("starting over", Duration::from_secs(1));
+    assert!(agent.terminate().success());
 }
 
 #[test]

@@ -42,6 +42,14 @@ pub(super) fn node_families(snap: &Snapshot) -> Vec<MetricFamily> {
         snap.backend_reopens as f64,
     );
     f.gauge(
+        "gpucost_xid_listener_up",
+        "1 while the listener for Xid errors and other driver events waits for them on the GPUs; \
+         0 while it restarts after a failure, while no GPU could be registered, or while the GPU \
+         library is down (Xids would be missed).",
+        &[],
+        bool_value(snap.xid_listener_up),
+    );
+    f.gauge(
         "gpucost_agent_sample_duration_seconds",
         "Wall time of the last sampling cycle.",
         &[],
@@ -71,6 +79,15 @@ pub(super) fn node_families(snap: &Snapshot) -> Vec<MetricFamily> {
             "Failed reads; field is \"all\" when the whole GPU could not be read, kind \
              \"timeout\" for a read that missed its deadline.",
             &[("gpu", &gpu.to_string()), ("field", field), ("kind", kind)],
+            *n as f64,
+        );
+    }
+    for (gpu, event, n) in &snap.driver_events {
+        f.counter(
+            "gpucost_gpu_driver_events_total",
+            "Driver events other than Xids the event listener heard (ecc_single_bit, \
+             ecc_double_bit, gpu_unavailable, gpu_lost), since the agent started.",
+            &[("gpu", &gpu.to_string()), ("event", event)],
             *n as f64,
         );
     }
@@ -273,7 +290,7 @@ pub(super) fn node_families(snap: &Snapshot) -> Vec<MetricFamily> {
         if g.up {
             f.gauge(
                 "gpucost_gpu_compute_processes",
-                "Compute processes running on the GPU at the last process sample.",
+                "Processes using the GPU (compute and graphics contexts, MPS clients) at the last process sample.",
                 &gpu,
                 g.processes.len() as f64,
             );

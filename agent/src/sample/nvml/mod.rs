@@ -13,7 +13,7 @@
 use std::ffi::OsString;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -28,7 +28,9 @@ mod xid;
 
 use super::Backend;
 use gpm::GpmState;
-use gpucost_core::reading::{Field, FieldError, GpuStatic, Reading, SampleError, Source};
+use gpucost_core::reading::{
+    DriverEvent, Field, FieldError, GpuStatic, Reading, SampleError, Source,
+};
 
 /// The library NVML's own loader looks for.
 pub const DEFAULT_LIB: &str = "libnvidia-ml.so.1";
@@ -40,11 +42,12 @@ const LISTENER_STOP_WAIT: Duration = Duration::from_secs(2);
 pub struct NvmlBackend {
     nvml: Nvml,
     driver: Option<String>,
-    /// Xid events from the listener thread, by GPU UUID, and the UUID of each index.
-    xids: Option<Mutex<Receiver<(String, u32)>>>,
-    /// GPU UUID -> index, to place the listener's events.
-    indices: BTreeMap<String, u32>,
-    stop_listener: Arc<AtomicBool>,
+    /// Xids and other driver events from the listener thread, by GPU index.
+    heard: Option<Mutex<Receiver<xid::Heard>>>,
+    /// Driver events taken from `heard` while looking for Xids, until `take_driver_events`.
+    driver_events: Mutex<Vec<(u32, DriverEvent)>>,
+    /// The listener's stop flag and health.
+    listener: Arc<xid::Shared>,
     /// Disconnected when the listener thread has ended (and closed its NVML handle).
     listener_done: Option<Mutex<Receiver<()>>>,
     /// What each GPU's reads keep between calls, each behind its GPU's own lock. The map's lock
@@ -55,9 +58,9 @@ pub struct NvmlBackend {
 /// What a read keeps of its GPU for the next one.
 #[derive(Default)]
 struct GpuMemo {
-    /// The newest per-process utilization sample seen (NVML timestamps, microseconds, by GPU:
-    /// only this GPU's entry), so each read asks only for samples since then.
-    last_util_sample: BTreeMap<u32, u64>,
+    /// What the process readings keep between reads (the newest utilization sample seen, which
+    /// calls the driver answers, how much room they needed): only this GPU's entry.
+    processes: processes::ProcessState,
     gpm: GpmState,
 }
 
@@ -75,7 +78,7 @@ impl NvmlBackend {
 
 impl Drop for NvmlBackend {
     fn drop(&mut self) {
-        self.stop_listener.store(true, Ordering::Relaxed);
+        self.listener.stop.store(true, Ordering::Relaxed);
         let memo = std::mem::take(self.memo.get_mut().unwrap_or_else(PoisonError::into_inner));
         for (_, m) in memo {
             // Nothing else holds it once the backend is dropped (readers hold the backend).
@@ -142,29 +145,29 @@ impl NvmlBackend {
             .init()
             .map_err(|e| SampleError::Unavailable(describe_open_error(&e)))?;
         let driver = nvml.sys_driver_version().ok();
-        let stop_listener = Arc::new(AtomicBool::new(false));
+        let listener = Arc::new(xid::Shared::default());
         let (tx, rx) = mpsc::channel();
-        let stop = stop_listener.clone();
+        let shared = listener.clone();
         let listener_path = path.clone();
         let span = tracing::Span::current();
         let (done_tx, done) = mpsc::channel::<()>();
-        let listener = std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("gpucost-xid".into())
             .spawn(move || {
                 let _e = span.enter();
                 // Dropped when the thread ends: the sign that the listener's handle is closed.
                 let _done = done_tx;
-                xid::listen_for_xids(&listener_path, &tx, &stop)
+                xid::listen(&listener_path, &tx, &shared)
             })
             .map_err(|e| tracing::warn!("cannot start the Xid listener thread: {e}"))
             .ok();
         Ok(NvmlBackend {
             nvml,
             driver,
-            xids: listener.as_ref().map(|_| Mutex::new(rx)),
-            indices: BTreeMap::new(),
-            stop_listener,
-            listener_done: listener.map(|_| Mutex::new(done)),
+            heard: thread.as_ref().map(|_| Mutex::new(rx)),
+            driver_events: Mutex::default(),
+            listener,
+            listener_done: thread.map(|_| Mutex::new(done)),
             memo: Mutex::default(),
         })
     }
@@ -229,21 +232,41 @@ impl Backend for NvmlBackend {
                 ),
                 Err(_) => (format!("unknown-{index}"), "unknown".to_string()),
             };
-            self.indices.insert(uuid.clone(), index);
             gpus.push(GpuStatic { index, uuid, model });
         }
         Ok(gpus)
     }
 
     fn take_xids(&self) -> Vec<(u32, u32)> {
-        let Some(rx) = &self.xids else {
+        let Some(rx) = &self.heard else {
             return Vec::new();
         };
-        rx.lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .try_iter()
-            .filter_map(|(uuid, xid)| self.indices.get(&uuid).map(|i| (*i, xid)))
-            .collect()
+        let mut xids = Vec::new();
+        let mut events = self
+            .driver_events
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for heard in rx.lock().unwrap_or_else(PoisonError::into_inner).try_iter() {
+            match heard {
+                xid::Heard::Xid { gpu, xid } => xids.push((gpu, xid)),
+                xid::Heard::Event { gpu, event } => events.push((gpu, event)),
+            }
+        }
+        xids
+    }
+
+    /// The driver events `take_xids` found beside the Xids (the sampler calls it first).
+    fn take_driver_events(&self) -> Vec<(u32, DriverEvent)> {
+        std::mem::take(
+            &mut *self
+                .driver_events
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        )
+    }
+
+    fn xid_listener_up(&self) -> bool {
+        self.listener.up.load(Ordering::Relaxed)
     }
 
     fn read(&self, index: u32, with_processes: bool) -> Result<Reading, SampleError> {
@@ -276,7 +299,8 @@ impl Backend for NvmlBackend {
         // GPM: a new sample each read; the metrics cover the time since the previous one.
         r.pipes = gpm::read_pipes(&self.nvml, &d, &mut memo.gpm, e)?;
         if with_processes {
-            r.processes = processes::read_processes(&d, index, &mut memo.last_util_sample, e)?;
+            r.processes =
+                processes::read_processes(self.nvml.lib(), &d, index, &mut memo.processes, e)?;
         }
         r.field_errors = errs;
         Ok(r)

@@ -52,3 +52,27 @@ pub fn unix_now() -> f64 {
         .expect("clock after 1970")
         .as_secs_f64()
 }
+
+/// A copy of the fake library in `dir` that does not export `symbol`, as a driver from before
+/// that function existed (R535.54 has no `nvmlDeviceGetRunningProcessDetailList`). The name is
+/// overwritten (its last letter becomes `_`) wherever it occurs in the file, the dynamic symbol
+/// table included, so the dynamic loader no longer finds it.
+pub fn fake_lib_without(dir: &std::path::Path, symbol: &str) -> PathBuf {
+    let mut bytes = std::fs::read(fake_lib()).expect("read the fake library");
+    let name = symbol.as_bytes();
+    let mut renamed = 0;
+    let mut i = 0;
+    while i + name.len() <= bytes.len() {
+        if &bytes[i..i + name.len()] == name {
+            bytes[i + name.len() - 1] = b'_';
+            renamed += 1;
+            i += name.len();
+        } else {
+            i += 1;
+        }
+    }
+    assert!(renamed > 0, "{symbol} is not in the fake library");
+    let path = dir.join(format!("libnvidia_ml-without-{symbol}.so"));
+    std::fs::write(&path, bytes).expect("write the copy");
+    path
+}
