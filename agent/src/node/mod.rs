@@ -479,6 +479,8 @@ impl Node {
             let iv = Interval {
                 t0: unix - t.dt,
                 dt: t.dt,
+                // After an outage this holds the energy used while the GPU could not be read
+                // (`EnergyMeter::update` says why it is billed here, to these owners).
                 energy_j: t.energy_j,
                 utilization: t.utilization,
                 model: &t.model,

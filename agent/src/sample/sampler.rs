@@ -225,7 +225,7 @@ impl Sampler {
                                 }
                             }
                         }
-                        let step = slot.snap.totals.apply(&r, dt);
+                        let step = slot.snap.totals.apply(&r, dt, now);
                         if step.counter_reset {
                             warn!(gpu = index, "GPU {index}: energy counter went backwards or jumped (driver reload or wrap); this interval uses power x time, the total keeps counting up");
                         }

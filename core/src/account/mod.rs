@@ -8,6 +8,7 @@ pub mod energy;
 pub mod pricing;
 
 use std::collections::BTreeMap;
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
@@ -71,14 +72,16 @@ impl GpuEvents {
 }
 
 impl GpuTotals {
-    /// Folds in a reading that closes an interval of `dt_s` seconds. The reading's state is taken
-    /// to hold over the whole interval (NVML's utilization and power are already averages).
-    pub fn apply(&mut self, r: &Reading, dt_s: f64) -> EnergyStep {
+    /// Folds in a reading taken at `at` (the caller's monotonic clock) that closes an interval
+    /// of `dt_s` seconds. The reading's state is taken to hold over the whole interval (NVML's
+    /// utilization and power are already averages). Counter deltas are judged against the time
+    /// since the counter was last read, which is longer than `dt_s` after an outage.
+    pub fn apply(&mut self, r: &Reading, dt_s: f64, at: Instant) -> EnergyStep {
         let max_w = r
             .power_limit_mw
             .map_or(FALLBACK_MAX_POWER_W, |mw| (mw as f64 / 1000.0).max(1.0));
         let power_w = r.power_mw.map(|mw| mw as f64 / 1000.0);
-        let step = self.energy.update(r.energy_mj, power_w, dt_s, max_w);
+        let step = self.energy.update(r.energy_mj, power_w, dt_s, at, max_w);
         if let Some(bits) = r.clock_event_reasons {
             if dt_s.is_finite() && dt_s > 0.0 {
                 for (i, (bit, _)) in CLOCK_EVENT_REASONS.iter().enumerate() {
@@ -99,6 +102,7 @@ impl GpuTotals {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::Now;
 
     #[test]
     fn throttle_seconds_and_xids_accumulate() {
@@ -107,7 +111,7 @@ mod tests {
             clock_event_reasons: Some(0x1 | 0x4),
             ..Reading::default()
         };
-        t.apply(&r, 2.0);
+        t.apply(&r, 2.0, Now::at(2.0).mono);
         for xid in [79, 79, 13] {
             t.add_xid(xid);
         }
@@ -117,6 +121,7 @@ mod tests {
                 ..Reading::default()
             },
             0.5,
+            Now::at(2.5).mono,
         );
         assert_eq!(t.events.throttled_s[0], 2.0); // gpu_idle
         assert_eq!(t.events.throttled_s[2], 2.5); // sw_power_cap
@@ -151,10 +156,10 @@ mod tests {
             power_limit_mw: Some(300_000),
             ..Reading::default()
         };
-        t.apply(&r(0), 0.0);
+        t.apply(&r(0), 0.0, Now::at(0.0).mono);
         // 700 J in one second on a 300 W GPU is beyond twice its limit: a reset.
-        assert!(t.apply(&r(700_000), 1.0).counter_reset);
-        assert!(!t.apply(&r(900_000), 1.0).counter_reset);
+        assert!(t.apply(&r(700_000), 1.0, Now::at(1.0).mono).counter_reset);
+        assert!(!t.apply(&r(900_000), 1.0, Now::at(2.0).mono).counter_reset);
         assert!((t.energy.total_j() - 300.0).abs() < 1e-9);
     }
 }
