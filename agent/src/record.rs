@@ -168,12 +168,13 @@ impl Recorder {
                 .push(r.clock_event_reasons.unwrap_or(0));
             match (&tick.pipes, tr.pipes.as_mut()) {
                 (Some(p), Some(cols)) => cols.push(&sim_pipes(p)),
-                // GPM went or came mid-recording: zeros fill the gap, the columns stay aligned.
-                (None, Some(cols)) => cols.push(&Pipes::default()),
+                // GPM went or came mid-recording: unknown values (nan) fill the gap, and the
+                // columns stay aligned.
+                (None, Some(cols)) => cols.push(&Pipes::UNKNOWN),
                 (Some(p), None) => {
                     let mut cols = TracePipes::default();
                     for _ in 1..tr.t_s.len() {
-                        cols.push(&Pipes::default());
+                        cols.push(&Pipes::UNKNOWN);
                     }
                     cols.push(&sim_pipes(p));
                     tr.pipes = Some(cols);
@@ -346,6 +347,9 @@ impl Recorder {
                     energy_counter: g.counter,
                     initial_energy_j: 0.0,
                     gpm: Some(tr.pipes.is_some()),
+                    // Unknown values are in the trace itself (nan), sample by sample.
+                    gpm_unknown_pipes: Vec::new(),
+                    gpm_no_permission: false,
                     bench_efficiency: efficiency.unwrap_or(0.92),
                     benchmarked: efficiency.is_some(),
                     trace: Some(tr.clone()),
@@ -512,9 +516,11 @@ mod tests {
         let path = dir.path().join("rec.toml");
         let mut r = Recorder::new(&path, "NVML", 1.0, 1000.0).unwrap();
         let t0 = r.started;
+        // The tensor metric failed: unknown, written as nan, replayed as unknown.
         let pipes = Pipes {
-            fp32_active: 0.6,
-            ..Pipes::default()
+            fp32_active: Some(0.6),
+            tensor_active: None,
+            ..Pipes::IDLE
         };
         for k in 0..4u32 {
             let now = t0 + Duration::from_secs(u64::from(k) + 1);
@@ -561,8 +567,15 @@ mod tests {
             "joules since the first sample"
         );
         let p = t0.pipes.as_ref().unwrap();
-        assert_eq!(p.fp32_active, [0.0, 0.0, 0.6, 0.6], "zeros before GPM came");
-        assert_eq!(p.sm_active.len(), 4);
+        let unknown = |c: &[f64], k: usize| c[k].is_nan();
+        assert!(
+            unknown(&p.fp32_active, 0) && unknown(&p.fp32_active, 1),
+            "unknown before GPM came: {:?}",
+            p.fp32_active
+        );
+        assert_eq!(p.fp32_active[2..], [0.6, 0.6]);
+        assert!((0..4).all(|k| unknown(&p.tensor_active, k)));
+        assert_eq!(p.sm_active[2..], [0.0, 0.0]);
         assert!(s.gpus[1].trace.as_ref().unwrap().pipes.is_none());
         let by_id = |id: &str| s.jobs.iter().find(|j| j.id.as_deref() == Some(id)).unwrap();
         let (a, b, c) = (by_id("a"), by_id("b"), by_id("c"));

@@ -15,7 +15,7 @@ mod scenario;
 mod trace;
 
 pub use model::{reason, GpuState, SimProcess, SimulatedNode};
-pub use pipes::{coefficients, Pipes};
+pub use pipes::{coefficients, PipeSeconds, Pipes};
 pub use scenario::{
     EventKind, EventSpec, GpuSpec, JobSpec, PhaseSpec, Scenario, ScenarioError, DEMO,
 };

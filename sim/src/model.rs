@@ -4,7 +4,7 @@
 //! scenario (the agent's simulated backend and the fake NVML library) agree, and tests can compute
 //! expected values exactly. Energy is the exact integral of the power curve, ripple included.
 
-use crate::pipes::Pipes;
+use crate::pipes::{PipeSeconds, Pipes};
 use crate::scenario::{EventKind, JobSpec, PhaseSpec, Scenario};
 
 /// NVML clock-event (throttle) reason bits, as in nvml.h.
@@ -49,13 +49,24 @@ pub struct GpuState {
 }
 
 /// The load a GPU carries during one stretch of constant activity.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 struct Load {
     /// Watts above idle.
     excess_w: f64,
     utilization: f64,
     memory_mib: u64,
     pipes: Pipes,
+}
+
+impl Default for Load {
+    fn default() -> Self {
+        Load {
+            excess_w: 0.0,
+            utilization: 0.0,
+            memory_mib: 0,
+            pipes: Pipes::IDLE,
+        }
+    }
 }
 
 /// A scenario made ready for queries.
@@ -68,7 +79,7 @@ pub struct SimulatedNode {
     /// Per GPU: energy in joules from 0 to each breakpoint (ignoring resets).
     cumulative_j: Vec<Vec<f64>>,
     /// Per GPU: pipe-seconds (scenario time) from 0 to each breakpoint.
-    cumulative_pipes: Vec<Vec<Pipes>>,
+    cumulative_pipes: Vec<Vec<PipeSeconds>>,
 }
 
 impl SimulatedNode {
@@ -114,14 +125,14 @@ impl SimulatedNode {
             let mut cum = Vec::with_capacity(bps.len());
             let mut cum_pipes = Vec::with_capacity(bps.len());
             let mut total = 0.0;
-            let mut total_pipes = Pipes::default();
+            let mut total_pipes = PipeSeconds::ZERO;
             cum.push(0.0);
             cum_pipes.push(total_pipes);
             for w in bps.windows(2) {
                 total += node.segment_energy_j(g, w[0], w[1]);
                 cum.push(total);
                 let pipes = node.load(g, w[0]).pipes;
-                total_pipes = total_pipes.plus(pipes.scaled(w[1] - w[0]));
+                total_pipes = total_pipes.plus(PipeSeconds::of(pipes, w[1] - w[0]));
                 cum_pipes.push(total_pipes);
             }
             node.breakpoints[g] = bps;
@@ -179,7 +190,7 @@ impl SimulatedNode {
                 excess_w: s.energy_rate_w - spec.idle_power_w,
                 utilization: s.utilization,
                 memory_mib: s.memory_used_mib.saturating_sub(DRIVER_RESERVED_MIB),
-                pipes: s.pipes,
+                pipes: spec.without_unknown_pipes(s.pipes),
             };
         }
         let mut load = Load::default();
@@ -191,7 +202,7 @@ impl SimulatedNode {
         }
         load.excess_w = load.excess_w.min(spec.power_limit_w - spec.idle_power_w);
         load.utilization = load.utilization.min(1.0);
-        load.pipes = load.pipes.capped();
+        load.pipes = spec.without_unknown_pipes(load.pipes.capped());
         load
     }
 
@@ -249,9 +260,10 @@ impl SimulatedNode {
     }
 
     /// Pipe-seconds from scenario time 0 to `t`: for each pipe, the integral of its activity
-    /// over scenario time (exact; activity is constant within a phase). The difference between
-    /// two times, divided by their distance, is the average a GPM metric reports.
-    pub fn pipe_seconds(&self, gpu: u32, t: f64) -> Pipes {
+    /// over scenario time (exact; activity is constant within a phase), and the seconds it was
+    /// unknown. The difference between two times, averaged over their distance
+    /// ([`PipeSeconds::mean_over`]), is what a GPM metric reports.
+    pub fn pipe_seconds(&self, gpu: u32, t: f64) -> PipeSeconds {
         let g = gpu as usize;
         let (periods, tm) = self.split(t.max(0.0));
         let bps = &self.breakpoints[g];
@@ -262,7 +274,7 @@ impl SimulatedNode {
             per_timeline
         } else {
             let k = bps.partition_point(|b| *b <= tm) - 1;
-            cum[k].plus(self.load(g, bps[k]).pipes.scaled(tm - bps[k]))
+            cum[k].plus(PipeSeconds::of(self.load(g, bps[k]).pipes, tm - bps[k]))
         };
         per_timeline.scaled(periods).plus(within)
     }
@@ -276,8 +288,7 @@ impl SimulatedNode {
         }
         self.pipe_seconds(gpu, t1)
             .minus(self.pipe_seconds(gpu, t0))
-            .scaled(1.0 / (t1 - t0))
-            .capped()
+            .mean_over(t1 - t0)
     }
 
     /// Whether the GPU supports GPM (pipe activity): see [`crate::GpuSpec::gpm_supported`].

@@ -9,6 +9,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::pipes::Pipes;
 use crate::trace::Trace;
 
 /// The built-in demo scenario, used by `--simulate demo`.
@@ -89,6 +90,17 @@ pub struct GpuSpec {
     /// [`GpuSpec::gpm_supported`].
     #[serde(default)]
     pub gpm: Option<bool>,
+    /// Pipes whose GPM metric fails on this GPU (names as in `[gpu.trace.pipes]`): their
+    /// activity is unknown, in the model and through the fake library (nvml.h gives each GPM
+    /// metric its own return code, `nvmlGpmMetric_t.nvmlReturn`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gpm_unknown_pipes: Vec<String>,
+    /// The fake library answers `NVML_ERROR_NO_PERMISSION` to GPM samples on this GPU, as NVML
+    /// does to a non-root caller's counter queries where profiling is restricted to
+    /// administrators (`NVreg_RestrictProfilingToAdminUsers=1`; gpuopenanalytics/pynvml#19).
+    /// The simulated backend, which has no permissions, ignores it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub gpm_no_permission: bool,
     /// What `gpucost bench` would measure on this GPU, as a share of its datasheet peaks
     /// (0..1; the simulated node reports it as its benchmark). Default 0.92.
     #[serde(default = "default_bench_efficiency")]
@@ -117,6 +129,33 @@ impl GpuSpec {
         self.gpm
             .unwrap_or_else(|| GPM_MODELS.iter().any(|m| self.model.contains(m)))
     }
+
+    /// `pipes` with the pipes of `gpm_unknown_pipes` unknown.
+    pub fn without_unknown_pipes(&self, mut pipes: Pipes) -> Pipes {
+        for name in &self.gpm_unknown_pipes {
+            if let Some(pipe) = pipe_mut(&mut pipes, name) {
+                *pipe = None;
+            }
+        }
+        pipes
+    }
+}
+
+/// The pipe of `pipes` named as in `[gpu.trace.pipes]` (`tensor_active`, ...).
+pub(crate) fn pipe_mut<'a>(pipes: &'a mut Pipes, name: &str) -> Option<&'a mut Option<f64>> {
+    Some(match name {
+        "sm_active" => &mut pipes.sm_active,
+        "sm_occupancy" => &mut pipes.sm_occupancy,
+        "tensor_active" => &mut pipes.tensor_active,
+        "hmma_active" => &mut pipes.hmma_active,
+        "imma_active" => &mut pipes.imma_active,
+        "dfma_tensor_active" => &mut pipes.dfma_tensor_active,
+        "fp16_active" => &mut pipes.fp16_active,
+        "fp32_active" => &mut pipes.fp32_active,
+        "fp64_active" => &mut pipes.fp64_active,
+        "dram_active" => &mut pipes.dram_active,
+        _ => return None,
+    })
 }
 
 /// A job: one process (plus optional extra worker pids) that loads some GPUs in phases.
@@ -325,6 +364,21 @@ impl Scenario {
                 return Err(bad(
                     what("bench_efficiency"),
                     format!("must be in (0, 1], got {}", g.bench_efficiency),
+                ));
+            }
+            let mut probe = Pipes::IDLE;
+            if let Some(name) = g
+                .gpm_unknown_pipes
+                .iter()
+                .find(|n| pipe_mut(&mut probe, n).is_none())
+            {
+                return Err(bad(
+                    what("gpm_unknown_pipes"),
+                    format!(
+                        "no pipe is called {name:?} (sm_active, sm_occupancy, tensor_active, \
+                         hmma_active, imma_active, dfma_tensor_active, fp16_active, fp32_active, \
+                         fp64_active, dram_active)"
+                    ),
                 ));
             }
             if let Some(t) = &g.trace {

@@ -14,6 +14,7 @@ pub const NVML_SUCCESS: nvmlReturn_t = 0;
 pub const NVML_ERROR_UNINITIALIZED: nvmlReturn_t = 1;
 pub const NVML_ERROR_INVALID_ARGUMENT: nvmlReturn_t = 2;
 pub const NVML_ERROR_NOT_SUPPORTED: nvmlReturn_t = 3;
+pub const NVML_ERROR_NO_PERMISSION: nvmlReturn_t = 4;
 pub const NVML_ERROR_NOT_FOUND: nvmlReturn_t = 6;
 pub const NVML_ERROR_INSUFFICIENT_SIZE: nvmlReturn_t = 7;
 pub const NVML_ERROR_TIMEOUT: nvmlReturn_t = 10;
@@ -343,6 +344,10 @@ mod tests {
             (
                 NVML_ERROR_NOT_SUPPORTED,
                 sys::nvmlReturn_enum_NVML_ERROR_NOT_SUPPORTED,
+            ),
+            (
+                NVML_ERROR_NO_PERMISSION,
+                sys::nvmlReturn_enum_NVML_ERROR_NO_PERMISSION,
             ),
             (
                 NVML_ERROR_NOT_FOUND,

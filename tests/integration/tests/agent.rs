@@ -666,3 +666,135 @@ fn bench_without_a_gpu_says_so_in_one_line_and_fails() {
         assert!(out.stdout.is_empty());
     }
 }
+
+/// Three FP32 jobs on H100s through the fake NVML library: GPU 0's tensor metrics fail, GPU 1
+/// reads every pipe, GPU 2 answers NO_PERMISSION to GPM (profiling restricted to admins).
+const PIPES: &str = r#"
+name = "pipes"
+duration_s = 3600
+ripple = 0.0
+[[gpu]]
+model = "NVIDIA H100 80GB HBM3"
+memory_total_mib = 81559
+power_limit_w = 700
+idle_power_w = 70
+gpm_unknown_pipes = ["tensor_active", "hmma_active"]
+[[gpu]]
+model = "NVIDIA H100 80GB HBM3"
+memory_total_mib = 81559
+power_limit_w = 700
+idle_power_w = 70
+[[gpu]]
+model = "NVIDIA H100 80GB HBM3"
+memory_total_mib = 81559
+power_limit_w = 700
+idle_power_w = 70
+gpm_no_permission = true
+[[job]]
+name = "unknown-tensor"
+pid = 3100001
+gpus = [0]
+[[job.phase]]
+seconds = 3600
+utilization = 0.9
+power_w = 400
+memory_mib = 1000
+precision = "fp32"
+[[job]]
+name = "known"
+pid = 3100002
+gpus = [1]
+[[job.phase]]
+seconds = 3600
+utilization = 0.9
+power_w = 400
+memory_mib = 1000
+precision = "fp32"
+[[job]]
+name = "denied"
+pid = 3100003
+gpus = [2]
+[[job.phase]]
+seconds = 3600
+utilization = 0.9
+power_w = 400
+memory_mib = 1000
+precision = "fp32"
+"#;
+
+/// Issue 14, item 7: an unknown GPM value is not a zero. A failed tensor metric next to a busy
+/// FP32 pipe made the GPU "FP32-bound" and most of its cost `fp32` waste; now that pipe is not
+/// exported, and no MFU and no FP32 verdict come from it. NO_PERMISSION answers are said once,
+/// with the fix, and GPM is left alone after a few.
+#[test]
+fn issue_14_unknown_gpm_pipes_give_no_waste_verdict_and_no_permission_backs_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = write_scenario(dir.path(), "pipes.toml", PIPES);
+    let lib = fake_nvml_lib().display().to_string();
+    let mut agent = start(
+        &["--nvml-lib", &lib],
+        &fast_env(&[
+            ("GPUCOST_FAKE_NVML_SCENARIO", scenario),
+            ("GPUCOST_LEDGER_PERSIST_INTERVAL", "100ms".into()),
+        ]),
+    );
+    let fp32_waste = |m: &Metrics, pid: &str| {
+        m.get(
+            "gpucost_job_wasted_cost_total",
+            &[
+                ("job_id", &format!("unattributed:{pid}")),
+                ("reason", "fp32"),
+            ],
+        )
+    };
+    let m = agent.wait_for_metrics(
+        "FP32 waste counted on the GPU that reads every pipe, and 20 samples",
+        Duration::from_secs(20),
+        |m| fp32_waste(m, "3100002").unwrap_or(0.0) > 0.0 && samples_at_least(20.0)(m),
+    );
+    promtool_check_metrics(&m.text);
+    let pipe = |gpu: &str, pipe: &str| {
+        m.get(
+            "gpucost_gpu_pipe_active_ratio",
+            &[("gpu", gpu), ("pipe", pipe)],
+        )
+    };
+    // GPU 0: the failed metrics are absent, the others read.
+    assert_eq!(pipe("0", "tensor"), None);
+    assert_eq!(pipe("0", "hmma"), None);
+    let fp32 = pipe("0", "fp32").expect("FP32 is read");
+    assert!((fp32 - 0.9 * 0.65).abs() < 1e-3, "FP32 pipe {fp32}");
+    assert_eq!(pipe("1", "tensor"), Some(0.0));
+    // No verdict and no MFU from the unknown tensor pipe; the control GPU has both.
+    assert_eq!(fp32_waste(&m, "3100001").unwrap_or(0.0), 0.0);
+    let mfu = |pid: &str| {
+        m.get(
+            "gpucost_job_mfu_ratio",
+            &[
+                ("job_id", &format!("unattributed:{pid}")),
+                ("source", "counters"),
+            ],
+        )
+    };
+    assert_eq!(mfu("3100001"), None);
+    assert!(mfu("3100002").unwrap() > 0.0);
+    // GPU 2: no pipes, three NO_PERMISSION answers counted, then GPM is left alone.
+    assert!(m
+        .find("gpucost_gpu_pipe_active_ratio", &[("gpu", "2")])
+        .is_empty());
+    assert_eq!(
+        m.get(
+            "gpucost_agent_sample_errors_total",
+            &[("gpu", "2"), ("field", "pipe_activity"), ("kind", "failed")]
+        ),
+        Some(3.0)
+    );
+    assert_eq!(fp32_waste(&m, "3100003").unwrap_or(0.0), 0.0);
+    let fix = agent
+        .logs()
+        .iter()
+        .filter(|l| l.contains("NVreg_RestrictProfilingToAdminUsers=0"))
+        .count();
+    assert_eq!(fix, 1, "said once, with the fix: {:#?}", agent.logs());
+    assert!(agent.terminate().success());
+}

@@ -183,10 +183,12 @@ pub(super) fn node_families(snap: &Snapshot) -> Vec<MetricFamily> {
             }
         }
         if let Some(pipes) = g.reading.as_ref().and_then(|r| r.pipes) {
+            // A pipe whose GPM metric failed is unknown: no series, rather than a zero.
             for (pipe, v) in pipes.labelled() {
+                let Some(v) = v else { continue };
                 f.gauge(
                     "gpucost_gpu_pipe_active_ratio",
-                    "Share of the last interval each pipe was busy (NVML GPM; Hopper and newer).",
+                    "Share of the last interval each pipe was busy (NVML GPM; Hopper and newer); absent for a pipe whose metric failed.",
                     &[("gpu", &idx), ("pipe", pipe)],
                     v,
                 );

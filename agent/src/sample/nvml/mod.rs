@@ -213,7 +213,7 @@ impl Backend for NvmlBackend {
         };
         // GPM: a new sample each read; the metrics cover the time since the previous one.
         let gpm = self.gpm.entry(index).or_default();
-        r.pipes = gpm::read_pipes(&self.nvml, &d, gpm, e)?;
+        r.pipes = gpm::read_pipes(&self.nvml, &d, index, gpm, e)?;
         if with_processes {
             r.processes = processes::read_processes(&d, index, &mut self.last_util_sample, e)?;
         }
