@@ -157,7 +157,7 @@ impl Recorder {
             tr.t_s.push(t);
             tr.energy_j.push(round(energy, 1e3));
             tr.power_w
-                .push(r.power_mw.map_or(0.0, |mw| f64::from(mw) / 1000.0));
+                .push(r.power_mw().map_or(0.0, |mw| f64::from(mw) / 1000.0));
             tr.utilization
                 .push(round(tick.utilization.unwrap_or(0.0).clamp(0.0, 1.0), 1e4));
             tr.memory_used_mib.push(r.memory_used_bytes.map_or(0, mib));
@@ -345,6 +345,7 @@ impl Recorder {
                         .copied()
                         .fold(f64::INFINITY, f64::min),
                     energy_counter: g.counter,
+                    power_average: None,
                     initial_energy_j: 0.0,
                     gpm: Some(tr.pipes.is_some()),
                     // Unknown values are in the trace itself (nan), sample by sample.
@@ -437,7 +438,7 @@ mod tests {
             up: true,
             reading: Some(Reading {
                 energy_mj: Some(1),
-                power_mw: Some(300_000),
+                power_average_mw: Some(300_000),
                 power_limit_mw: Some(700_000),
                 utilization_pct: Some(50),
                 memory_used_bytes: Some(2048 << 20),

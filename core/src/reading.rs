@@ -92,7 +92,12 @@ pub enum FieldError {
 pub struct Reading {
     /// NVML's total-energy counter since the driver loaded, in millijoules.
     pub energy_mj: Option<u64>,
-    pub power_mw: Option<u32>,
+    /// Board power averaged over the last second (`NVML_FI_DEV_POWER_AVERAGE`; Ampere except
+    /// GA100, and newer), or what the legacy `nvmlDeviceGetPowerUsage` reports on those GPUs.
+    pub power_average_mw: Option<u32>,
+    /// Board power now (`NVML_FI_DEV_POWER_INSTANT`, all architectures), or what the legacy
+    /// `nvmlDeviceGetPowerUsage` reports on GA100 and older.
+    pub power_instant_mw: Option<u32>,
     pub power_limit_mw: Option<u32>,
     /// Percent of the last sample period in which a kernel ran.
     pub utilization_pct: Option<u32>,
@@ -107,6 +112,15 @@ pub struct Reading {
     /// Pipe activity over the interval since the previous GPM sample (Hopper and newer).
     pub pipes: Option<Pipes>,
     pub field_errors: Vec<(Field, FieldError)>,
+}
+
+impl Reading {
+    /// The power to show and to integrate: the one-second average where the GPU has one (it
+    /// smooths what a single instant would pick out of a load that changes within the second),
+    /// else the instantaneous value.
+    pub fn power_mw(&self) -> Option<u32> {
+        self.power_average_mw.or(self.power_instant_mw)
+    }
 }
 
 /// How busy each part of the GPU was over an interval (NVML GPM metrics), one definition for

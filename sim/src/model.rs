@@ -259,6 +259,19 @@ impl SimulatedNode {
             + (periods * per_timeline + within) / self.scenario.speed
     }
 
+    /// Board power averaged over the wall-clock second before scenario time `t` (what NVML
+    /// reports as `NVML_FI_DEV_POWER_AVERAGE`), from the exact energy integral; at time 0 the
+    /// power then.
+    pub fn power_average_w(&self, gpu: u32, t: f64) -> f64 {
+        let t = t.max(0.0);
+        let from = (t - self.scenario.speed).max(0.0);
+        let wall_s = (t - from) / self.scenario.speed;
+        if wall_s <= 0.0 {
+            return self.state(gpu, t).power_w;
+        }
+        (self.energy_j(gpu, t) - self.energy_j(gpu, from)) / wall_s
+    }
+
     /// Pipe-seconds from scenario time 0 to `t`: for each pipe, the integral of its activity
     /// over scenario time (exact; activity is constant within a phase), and the seconds it was
     /// unknown. The difference between two times, averaged over their distance

@@ -83,6 +83,11 @@ pub struct GpuSpec {
     /// Whether NVML's total-energy counter works on this GPU (false: NOT_SUPPORTED).
     #[serde(default = "yes")]
     pub energy_counter: bool,
+    /// Whether the GPU reports power averaged over a second (`NVML_FI_DEV_POWER_AVERAGE`, and
+    /// the legacy `nvmlDeviceGetPowerUsage` then answers that average) or only the instant
+    /// value. Absent: by product in the fake library (Ampere except GA100, and newer: nvml.h).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power_average: Option<bool>,
     /// Value of the energy counter at the start of the timeline, in joules.
     #[serde(default)]
     pub initial_energy_j: f64,

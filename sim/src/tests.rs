@@ -91,6 +91,22 @@ fn energy_is_the_integral_of_power() {
     }
 }
 
+/// The one-second power average is the energy of the last wall second: between the ripple's
+/// extremes while the instant value follows the wave, and equal to it with no ripple.
+#[test]
+fn power_average_is_the_energy_of_the_last_second() {
+    let n = node();
+    for t in [12.0, 13.7, 20.25, 39.9] {
+        let avg = n.power_average_w(0, t);
+        let numeric = numeric_energy(&n, 0, t - 1.0, t);
+        assert!((avg - numeric).abs() < 1e-3, "{t}: {avg} vs {numeric}");
+    }
+    // At scenario time 0 there is no second before: the power then.
+    assert_eq!(n.power_average_w(0, 0.0), n.state(0, 0.0).power_w);
+    let flat = one_phase("utilization = 0.5").unwrap();
+    assert!((flat.power_average_w(0, 50.0) - 500.0).abs() < 1e-9);
+}
+
 #[test]
 fn shared_gpu_loads_add_up_and_cap_at_the_limit() {
     let n = node();

@@ -135,7 +135,8 @@ impl Samples {
         if r.utilization_pct.is_some_and(|u| u > 50) {
             self.clock_hz
                 .extend(r.sm_clock_mhz.map(|m| f64::from(m) * 1e6));
-            self.power_w.extend(r.power_mw.map(|m| f64::from(m) / 1e3));
+            self.power_w
+                .extend(r.power_mw().map(|m| f64::from(m) / 1e3));
             self.temperature_c.extend(r.temperature_c.map(f64::from));
         }
     }

@@ -146,7 +146,7 @@ impl Backend for Scripted {
         }
         Ok(Reading {
             energy_mj: Some(g.energy_mj),
-            power_mw: Some((g.power_w * 1000.0) as u32),
+            power_average_mw: Some((g.power_w * 1000.0) as u32),
             power_limit_mw: g.power_limit_w.map(|w| (w * 1000.0) as u32),
             utilization_pct: Some(g.utilization_pct),
             processes: with_processes.then(|| g.processes.clone()),

@@ -141,7 +141,8 @@ impl Backend for SimBackend {
         }
         Ok(Reading {
             energy_mj: s.energy_mj,
-            power_mw: Some((s.power_w * 1000.0).round() as u32),
+            power_average_mw: Some((self.node.power_average_w(index, t) * 1000.0).round() as u32),
+            power_instant_mw: Some((s.power_w * 1000.0).round() as u32),
             power_limit_mw: Some((spec.power_limit_w * 1000.0).round() as u32),
             utilization_pct: Some((s.utilization * 100.0).round() as u32),
             memory_used_bytes: Some(s.memory_used_bytes),

@@ -80,7 +80,8 @@ impl GpuTotals {
         let max_w = r
             .power_limit_mw
             .map_or(FALLBACK_MAX_POWER_W, |mw| (mw as f64 / 1000.0).max(1.0));
-        let power_w = r.power_mw.map(|mw| mw as f64 / 1000.0);
+        // Where power is integrated (no counter, or a reset), the one-second average.
+        let power_w = r.power_mw().map(|mw| mw as f64 / 1000.0);
         let step = self.energy.update(r.energy_mj, power_w, dt_s, at, max_w);
         if let Some(bits) = r.clock_event_reasons {
             if dt_s.is_finite() && dt_s > 0.0 {
@@ -152,7 +153,7 @@ mod tests {
         let mut t = GpuTotals::default();
         let r = |mj| Reading {
             energy_mj: Some(mj),
-            power_mw: Some(100_000),
+            power_average_mw: Some(100_000),
             power_limit_mw: Some(300_000),
             ..Reading::default()
         };
@@ -161,5 +162,33 @@ mod tests {
         assert!(t.apply(&r(700_000), 1.0, Now::at(1.0).mono).counter_reset);
         assert!(!t.apply(&r(900_000), 1.0, Now::at(2.0).mono).counter_reset);
         assert!((t.energy.total_j() - 300.0).abs() < 1e-9);
+    }
+
+    /// Issue 14, item 11: power x time integrates the one-second average where the GPU has
+    /// one; an instant can catch a spike or a dip of a load that changes within the second.
+    #[test]
+    fn issue_14_power_integration_uses_the_average() {
+        // (average W, instant W) -> joules over 2 s without an energy counter
+        let cases = [
+            (Some(300), Some(650), 600.0),
+            (None, Some(650), 1300.0),
+            (Some(300), None, 600.0),
+            (None, None, 0.0),
+        ];
+        for (average, instant, joules) in cases {
+            let mut t = GpuTotals::default();
+            let r = Reading {
+                power_average_mw: average.map(|w: u32| w * 1000),
+                power_instant_mw: instant.map(|w: u32| w * 1000),
+                ..Reading::default()
+            };
+            t.apply(&r, 0.0, Now::at(0.0).mono);
+            t.apply(&r, 2.0, Now::at(2.0).mono);
+            assert!(
+                (t.energy.total_j() - joules).abs() < 1e-9,
+                "{average:?} {instant:?}: {} J",
+                t.energy.total_j()
+            );
+        }
     }
 }

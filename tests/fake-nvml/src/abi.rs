@@ -101,6 +101,39 @@ pub struct nvmlProcessUtilizationSample_t {
     pub decUtil: c_uint,
 }
 
+/// `nvmlValueType_t`: which member of an [`nvmlValue_t`] holds the value.
+pub type nvmlValueType_t = c_uint;
+pub const NVML_VALUE_TYPE_UNSIGNED_INT: nvmlValueType_t = 1;
+pub const NVML_VALUE_TYPE_UNSIGNED_LONG_LONG: nvmlValueType_t = 3;
+
+/// `nvmlValue_t`: a sample's or a field's value, by its [`nvmlValueType_t`].
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub union nvmlValue_t {
+    pub dVal: f64,
+    pub siVal: c_int,
+    pub uiVal: c_uint,
+    pub ulVal: libc::c_ulong,
+    pub ullVal: c_ulonglong,
+    pub sllVal: libc::c_longlong,
+    pub usVal: libc::c_ushort,
+}
+
+/// `nvmlFieldValue_t`: one field of an `nvmlDeviceGetFieldValues` call; the caller sets
+/// `fieldId` (and `scopeId`), the library the rest.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct nvmlFieldValue_t {
+    pub fieldId: c_uint,
+    pub scopeId: c_uint,
+    /// CPU timestamp of the value, microseconds since 1970.
+    pub timestamp: libc::c_longlong,
+    pub latencyUsec: libc::c_longlong,
+    pub valueType: nvmlValueType_t,
+    pub nvmlReturn: nvmlReturn_t,
+    pub value: nvmlValue_t,
+}
+
 /// `nvmlPciInfo_t` as `nvmlDeviceGetPciInfo_v3` fills it.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
@@ -265,6 +298,20 @@ mod tests {
 
     #[test]
     fn structs_match_the_bindings() {
+        same_layout!(nvmlValue_t, sys::nvmlValue_t, [dVal, uiVal, ullVal]);
+        same_layout!(
+            nvmlFieldValue_t,
+            sys::nvmlFieldValue_t,
+            [
+                fieldId,
+                scopeId,
+                timestamp,
+                latencyUsec,
+                valueType,
+                nvmlReturn,
+                value
+            ]
+        );
         same_layout!(nvmlUtilization_t, sys::nvmlUtilization_t, [gpu, memory]);
         same_layout!(nvmlMemory_t, sys::nvmlMemory_t, [total, free, used]);
         same_layout!(
@@ -331,6 +378,14 @@ mod tests {
     #[test]
     fn constants_match_the_bindings() {
         assert_eq!(nvmlMemory_v2, 0x0200_0028);
+        assert_eq!(
+            NVML_VALUE_TYPE_UNSIGNED_INT,
+            sys::nvmlValueType_enum_NVML_VALUE_TYPE_UNSIGNED_INT
+        );
+        assert_eq!(
+            NVML_VALUE_TYPE_UNSIGNED_LONG_LONG,
+            sys::nvmlValueType_enum_NVML_VALUE_TYPE_UNSIGNED_LONG_LONG
+        );
         let codes = [
             (NVML_SUCCESS, sys::nvmlReturn_enum_NVML_SUCCESS),
             (

@@ -22,6 +22,7 @@
 
 pub mod abi;
 mod events;
+mod fields;
 mod gpm;
 mod product;
 mod state;
@@ -390,14 +391,16 @@ pub unsafe extern "C" fn nvmlDeviceGetNumGpuCores(
 // ---------------------------------------------------------------------------------------------
 // Power and energy
 
-/// Board power in milliwatts.
+/// Board power in milliwatts: "On Ampere (except GA100) or newer GPUs, the API returns power
+/// averaged over 1 sec interval. On GA100 and older architectures, instantaneous power is
+/// returned" (nvml.h:6538-6540). Which one follows the GPU's `power_average`.
 #[no_mangle]
 pub unsafe extern "C" fn nvmlDeviceGetPowerUsage(
     device: nvmlDevice_t,
     power: *mut c_uint,
 ) -> nvmlReturn_t {
     device_call(device, !power.is_null(), |gpu| {
-        let mw = (gpu.state().power_w * 1000.0).round() as c_uint;
+        let mw = fields::power_average_mw(gpu).unwrap_or_else(|| fields::power_instant_mw(gpu));
         // SAFETY: checked non-NULL by `device_call`.
         unsafe { put(power, mw) }
     })

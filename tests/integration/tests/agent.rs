@@ -138,7 +138,11 @@ fn fake_nvml_normal_sampling() {
     assert_eq!(info[0].labels["source"], "nvml");
     assert_eq!(info[0].labels["driver"], "550.54.15");
     assert_eq!(info[0].labels["model"], "NVIDIA H100 80GB HBM3");
+    // The H100's one-second average and its instant value; the A100 (GA100) has only the
+    // instant value, which is then its power (issue 14, item 11).
     assert_eq!(m.gpu("gpucost_gpu_power_watts", 0), Some(300.0));
+    assert_eq!(m.gpu("gpucost_gpu_power_instant_watts", 0), Some(300.0));
+    assert_eq!(m.gpu("gpucost_gpu_power_instant_watts", 1), Some(50.0));
     assert_eq!(m.gpu("gpucost_gpu_power_limit_watts", 0), Some(700.0));
     assert_eq!(m.gpu("gpucost_gpu_utilization_ratio", 0), Some(0.8));
     assert_eq!(m.gpu("gpucost_gpu_sm_clock_hertz", 0), Some(1980e6));

@@ -143,8 +143,15 @@ pub(super) fn node_families(snap: &Snapshot) -> Vec<MetricFamily> {
         let gauges = [
             (
                 "gpucost_gpu_power_watts",
-                "Board power draw.",
+                "Board power averaged over the last second (NVML_FI_DEV_POWER_AVERAGE); on GPUs \
+                 without that average (GA100 and older: A100, V100) the instantaneous power.",
                 v.power_watts,
+            ),
+            (
+                "gpucost_gpu_power_instant_watts",
+                "Board power at the moment of the sample (NVML_FI_DEV_POWER_INSTANT), where the \
+                 GPU reports it.",
+                v.power_instant_watts,
             ),
             (
                 "gpucost_gpu_power_limit_watts",

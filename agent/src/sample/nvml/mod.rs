@@ -15,6 +15,7 @@ use nvml_wrapper::enum_wrappers::device::{Clock, TemperatureSensor};
 use nvml_wrapper::error::NvmlError;
 use nvml_wrapper::Nvml;
 
+mod fields;
 mod gpm;
 mod processes;
 mod xid;
@@ -38,6 +39,8 @@ pub struct NvmlBackend {
     /// so each read asks only for samples since then.
     last_util_sample: BTreeMap<u32, u64>,
     gpm: BTreeMap<u32, GpmState>,
+    /// Per GPU, what the field reads remember between reads (`fields.rs`).
+    fields: BTreeMap<u32, fields::FieldState>,
 }
 
 impl Drop for NvmlBackend {
@@ -113,6 +116,7 @@ impl NvmlBackend {
             stop_listener,
             last_util_sample: Default::default(),
             gpm: Default::default(),
+            fields: Default::default(),
         })
     }
 }
@@ -196,9 +200,13 @@ impl Backend for NvmlBackend {
         let mut errs = Vec::new();
         let e = &mut errs;
         let memory = field(d.memory_info(), Field::Memory, e)?;
+        let st = self.fields.entry(index).or_default();
+        let values = fields::read_fields(&d)?;
+        let (power_average_mw, power_instant_mw) = fields::read_power(&d, st, &values, e)?;
         let mut r = Reading {
             energy_mj: field(d.total_energy_consumption(), Field::Energy, e)?,
-            power_mw: field(d.power_usage(), Field::Power, e)?,
+            power_average_mw,
+            power_instant_mw,
             power_limit_mw: field(d.enforced_power_limit(), Field::PowerLimit, e)?,
             utilization_pct: field(d.utilization_rates(), Field::Utilization, e)?.map(|u| u.gpu),
             memory_used_bytes: memory.as_ref().map(|m| m.used),

@@ -1,0 +1,105 @@
+//! The fields of a reading that take more than one plain call: power, read explicitly as the
+//! one-second average and the instant value through `nvmlDeviceGetFieldValues`, with the legacy
+//! call as the fallback.
+//!
+//! nvml.h (NVIDIA/go-nvml `gen/nvml/nvml.h`): `NVML_FI_DEV_POWER_AVERAGE` is "GPU power averaged
+//! over 1 sec interval, supported on Ampere (except GA100) or newer architectures" (line 2716),
+//! `NVML_FI_DEV_POWER_INSTANT` "Current GPU power, supported on all architectures" (2717); the
+//! legacy `nvmlDeviceGetPowerUsage` "returns power averaged over 1 sec interval" on Ampere
+//! (except GA100) or newer and "instantaneous power" on GA100 and older (6538-6540), so what it
+//! answers is placed by the GPU's compute capability (GA100 is 8.0).
+
+use nvml_wrapper::enums::device::SampleValue;
+use nvml_wrapper::error::NvmlError;
+use nvml_wrapper::structs::device::FieldId;
+use nvml_wrapper::Device;
+use nvml_wrapper_sys::bindings::field_id::{NVML_FI_DEV_POWER_AVERAGE, NVML_FI_DEV_POWER_INSTANT};
+
+use gpucost_core::reading::{Field, FieldError, SampleError};
+
+/// What is remembered per GPU between reads.
+#[derive(Debug, Default)]
+pub(super) struct FieldState {
+    /// Whether the legacy power call answers the one-second average (compute capability above
+    /// 8.0); looked up the first time it is needed.
+    legacy_power_is_average: Option<bool>,
+}
+
+/// The fields read in the one `nvmlDeviceGetFieldValues` call of each read.
+pub(super) const FIELDS: [u32; 2] = [NVML_FI_DEV_POWER_AVERAGE, NVML_FI_DEV_POWER_INSTANT];
+
+/// What the field-values call answered: each field's value in [`FIELDS`] order, `None` where it
+/// did not answer (its own return code, or the whole call failed: a driver without the call).
+pub(super) type FieldValues = Vec<Option<u64>>;
+
+/// One `nvmlDeviceGetFieldValues` call for [`FIELDS`]. A lost GPU aborts the reading.
+pub(super) fn read_fields(d: &Device<'_>) -> Result<FieldValues, SampleError> {
+    let ids: Vec<FieldId> = FIELDS.iter().map(|f| FieldId(*f)).collect();
+    let values = match d.field_values_for(&ids) {
+        Ok(v) => v,
+        Err(NvmlError::GpuLost) => return Err(lost("field values")),
+        Err(_) => return Ok(vec![None; FIELDS.len()]),
+    };
+    let mut out = vec![None; FIELDS.len()];
+    for (slot, v) in out.iter_mut().zip(values) {
+        let value = v.and_then(|s| s.value);
+        if matches!(value, Err(NvmlError::GpuLost)) {
+            return Err(lost("field values"));
+        }
+        *slot = match value {
+            Ok(SampleValue::U32(x)) => Some(u64::from(x)),
+            Ok(SampleValue::U64(x)) => Some(x),
+            Ok(SampleValue::I64(x)) => u64::try_from(x).ok(),
+            Ok(SampleValue::F64(x)) if x.is_finite() && x >= 0.0 => Some(x as u64),
+            _ => None,
+        };
+    }
+    Ok(out)
+}
+
+/// A field's value, by its id.
+pub(super) fn field(values: &FieldValues, id: u32) -> Option<u64> {
+    let i = FIELDS.iter().position(|f| *f == id)?;
+    values.get(i).copied().flatten()
+}
+
+fn lost(what: &str) -> SampleError {
+    SampleError::GpuLost(format!("while reading {what}"))
+}
+
+/// Power as (one-second average, instant), in milliwatts: from the fields, and from the legacy
+/// call where neither answers.
+pub(super) fn read_power(
+    d: &Device<'_>,
+    st: &mut FieldState,
+    values: &FieldValues,
+    e: &mut Vec<(Field, FieldError)>,
+) -> Result<(Option<u32>, Option<u32>), SampleError> {
+    let mw = |id| field(values, id).map(|v| v.min(u64::from(u32::MAX)) as u32);
+    let (average, instant) = (mw(NVML_FI_DEV_POWER_AVERAGE), mw(NVML_FI_DEV_POWER_INSTANT));
+    if average.is_some() || instant.is_some() {
+        return Ok((average, instant));
+    }
+    let legacy = match d.power_usage() {
+        Ok(mw) => mw,
+        Err(NvmlError::GpuLost) => return Err(lost("power")),
+        Err(NvmlError::NotSupported) => {
+            e.push((Field::Power, FieldError::NotSupported));
+            return Ok((None, None));
+        }
+        Err(err) => {
+            e.push((Field::Power, FieldError::Failed(err.to_string())));
+            return Ok((None, None));
+        }
+    };
+    let is_average = *st.legacy_power_is_average.get_or_insert_with(|| {
+        // Unknown: taken as the older side (instant), as for GA100.
+        d.cuda_compute_capability()
+            .is_ok_and(|c| (c.major, c.minor) > (8, 0))
+    });
+    Ok(if is_average {
+        (Some(legacy), None)
+    } else {
+        (None, Some(legacy))
+    })
+}

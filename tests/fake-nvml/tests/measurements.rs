@@ -1,0 +1,191 @@
+//! What issue 14 taught the fake library to answer like the real one, through the real
+//! `nvml-wrapper`: power as the one-second average and the instant value (field values, and
+//! the legacy call by product).
+//!
+//! One process, one library state: the scenario below is loaded once (see [`fixture`]) with
+//! `GPUCOST_FAKE_NVML_START_UNIX` set, so the tests know the scenario clock. It runs at 10
+//! scenario seconds per wall second, without ripple.
+
+mod common;
+
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use gpucost_sim::{Scenario, SimulatedNode};
+use nvml_wrapper::enums::device::SampleValue;
+use nvml_wrapper::error::NvmlError;
+use nvml_wrapper::structs::device::FieldId;
+use nvml_wrapper::{Device, Nvml};
+use nvml_wrapper_sys::bindings::field_id::{NVML_FI_DEV_POWER_AVERAGE, NVML_FI_DEV_POWER_INSTANT};
+
+use common::{fake_lib, unix_now, SCENARIO_ENV, START_ENV};
+
+/// GPU 0: an H100 (a one-second power average, by product) whose job draws 300 W for 20 s,
+///        then its 700 W limit.
+/// GPU 1: an A100 (GA100: instant power only) with a job of the same shape, 200 W then 400 W.
+const SCENARIO: &str = r#"
+name = "measurements"
+duration_s = 3600
+speed = 10
+ripple = 0.0
+
+[[gpu]]
+model = "NVIDIA H100 80GB HBM3"
+memory_total_mib = 81559
+power_limit_w = 700
+idle_power_w = 70
+
+[[gpu]]
+model = "NVIDIA A100-SXM4-80GB"
+memory_total_mib = 81920
+power_limit_w = 400
+idle_power_w = 50
+
+[[job]]
+name = "step"
+pid = 100
+gpus = [0]
+[[job.phase]]
+seconds = 20
+utilization = 0.5
+power_w = 300
+memory_mib = 1000
+[[job.phase]]
+seconds = 3580
+utilization = 1.0
+power_w = 700
+memory_mib = 1000
+
+[[job]]
+name = "step-a100"
+pid = 101
+gpus = [1]
+[[job.phase]]
+seconds = 20
+utilization = 0.5
+power_w = 200
+memory_mib = 1000
+[[job.phase]]
+seconds = 3580
+utilization = 1.0
+power_w = 400
+memory_mib = 1000
+"#;
+
+const SPEED: f64 = 10.0;
+
+struct Fixture {
+    nvml: Nvml,
+    node: SimulatedNode,
+    /// Unix time of scenario time 0.
+    start_unix: f64,
+    _dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    /// Scenario time now, on the library's clock.
+    fn now(&self) -> f64 {
+        (unix_now() - self.start_unix) * SPEED
+    }
+
+    /// Sleeps until scenario time `t`.
+    fn wait_until(&self, t: f64) {
+        let give_up = Instant::now() + Duration::from_secs(30);
+        while self.now() < t {
+            assert!(Instant::now() < give_up, "the clock never reached {t}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn device(&self, index: u32) -> Device<'_> {
+        self.nvml.device_by_index(index).expect("device_by_index")
+    }
+}
+
+fn fixture() -> &'static Fixture {
+    static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("measurements.toml");
+        std::fs::write(&path, SCENARIO).expect("write scenario");
+        let start_unix = unix_now();
+        // Only this function sets the environment, once, before the library reads it.
+        std::env::set_var(SCENARIO_ENV, &path);
+        std::env::set_var(START_ENV, format!("{start_unix:.6}"));
+        let nvml = Nvml::builder()
+            .lib_path(fake_lib().as_os_str())
+            .init()
+            .expect("init the fake NVML");
+        let node =
+            SimulatedNode::new(Scenario::load(path.to_str().unwrap()).expect("load scenario"));
+        Fixture {
+            nvml,
+            node,
+            start_unix,
+            _dir: dir,
+        }
+    })
+}
+
+/// The values of some fields, in milliwatts or nanoseconds.
+fn fields(d: &Device<'_>, ids: &[u32]) -> Vec<Result<u64, NvmlError>> {
+    let ids: Vec<FieldId> = ids.iter().map(|i| FieldId(*i)).collect();
+    d.field_values_for(&ids)
+        .expect("the call answers")
+        .into_iter()
+        .map(|v| {
+            v.and_then(|s| s.value).map(|v| match v {
+                SampleValue::U32(x) => u64::from(x),
+                SampleValue::U64(x) => x,
+                other => panic!("unexpected value type {other:?}"),
+            })
+        })
+        .collect()
+}
+
+/// Issue 14, item 11: the one-second average and the instant value, apart. Five scenario
+/// seconds after a step from 300 W to 700 W at speed 10, the last wall second holds five
+/// scenario seconds of each: the average is 500 W, the instant 700 W. An A100 (GA100) has no
+/// average, and its legacy call answers the instant value (nvml.h:6538-6540).
+#[test]
+fn issue_14_power_average_and_instant() {
+    let f = fixture();
+    f.wait_until(25.0);
+    let h100 = f.device(0);
+    let (t0, v, t1) = (
+        f.now(),
+        fields(
+            &h100,
+            &[NVML_FI_DEV_POWER_AVERAGE, NVML_FI_DEV_POWER_INSTANT],
+        ),
+        f.now(),
+    );
+    let average = *v[0].as_ref().unwrap() as f64 / 1000.0;
+    let want = |t: f64| f.node.power_average_w(0, t);
+    assert!(
+        average >= want(t0).min(want(t1)) - 1.0 && average <= want(t0).max(want(t1)) + 1.0,
+        "average {average} W, model {} .. {} W",
+        want(t0),
+        want(t1)
+    );
+    if f.now() < 29.0 {
+        assert!((400.0..=650.0).contains(&average), "average {average} W");
+    }
+    assert_eq!(*v[1].as_ref().unwrap(), 700_000);
+    // The legacy call answers the average on this product.
+    let legacy = h100.power_usage().unwrap() as f64 / 1000.0;
+    assert!(legacy < 700.0 || f.now() >= 30.0, "legacy {legacy} W");
+
+    let a100 = f.device(1);
+    let v = fields(
+        &a100,
+        &[NVML_FI_DEV_POWER_AVERAGE, NVML_FI_DEV_POWER_INSTANT],
+    );
+    assert!(matches!(v[0], Err(NvmlError::NotSupported)), "{v:?}");
+    assert_eq!(*v[1].as_ref().unwrap(), 400_000);
+    assert_eq!(a100.power_usage().unwrap(), 400_000);
+    // A field this library does not answer says so on its own; the others are read.
+    let v = fields(&a100, &[9999, NVML_FI_DEV_POWER_INSTANT]);
+    assert!(matches!(v[0], Err(NvmlError::NotSupported)));
+    assert!(v[1].is_ok());
+}
