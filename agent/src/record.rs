@@ -346,6 +346,8 @@ impl Recorder {
                         .fold(f64::INFINITY, f64::min),
                     energy_counter: g.counter,
                     power_average: None,
+                    violation_fields: true,
+                    violation_status: true,
                     initial_energy_j: 0.0,
                     gpm: Some(tr.pipes.is_some()),
                     // Unknown values are in the trace itself (nan), sample by sample.

@@ -13,6 +13,7 @@ mod model;
 mod pipes;
 mod scenario;
 mod trace;
+mod violations;
 
 pub use model::{reason, GpuState, SimProcess, SimulatedNode};
 pub use pipes::{coefficients, PipeSeconds, Pipes};
@@ -20,6 +21,7 @@ pub use scenario::{
     EventKind, EventSpec, GpuSpec, JobSpec, PhaseSpec, Scenario, ScenarioError, DEMO,
 };
 pub use trace::{Trace, TracePipes};
+pub use violations::ViolationSeconds;
 
 #[cfg(test)]
 mod tests;

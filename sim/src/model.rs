@@ -6,6 +6,7 @@
 
 use crate::pipes::{PipeSeconds, Pipes};
 use crate::scenario::{EventKind, JobSpec, PhaseSpec, Scenario};
+use crate::violations::{time_sine_at_least, ViolationSeconds};
 
 /// NVML clock-event (throttle) reason bits, as in nvml.h.
 pub mod reason {
@@ -80,6 +81,8 @@ pub struct SimulatedNode {
     cumulative_j: Vec<Vec<f64>>,
     /// Per GPU: pipe-seconds (scenario time) from 0 to each breakpoint.
     cumulative_pipes: Vec<Vec<PipeSeconds>>,
+    /// Per GPU: seconds (scenario time) each violation counter counted from 0 to each breakpoint.
+    cumulative_violations: Vec<Vec<ViolationSeconds>>,
 }
 
 impl SimulatedNode {
@@ -101,6 +104,7 @@ impl SimulatedNode {
             breakpoints: vec![Vec::new(); n],
             cumulative_j: vec![Vec::new(); n],
             cumulative_pipes: vec![Vec::new(); n],
+            cumulative_violations: vec![Vec::new(); n],
         };
         for g in 0..n {
             let mut bps = vec![0.0, node.scenario.duration_s];
@@ -126,6 +130,7 @@ impl SimulatedNode {
             let mut cum_pipes = Vec::with_capacity(bps.len());
             let mut total = 0.0;
             let mut total_pipes = PipeSeconds::ZERO;
+            let mut cum_violations = vec![ViolationSeconds::default()];
             cum.push(0.0);
             cum_pipes.push(total_pipes);
             for w in bps.windows(2) {
@@ -134,10 +139,13 @@ impl SimulatedNode {
                 let pipes = node.load(g, w[0]).pipes;
                 total_pipes = total_pipes.plus(PipeSeconds::of(pipes, w[1] - w[0]));
                 cum_pipes.push(total_pipes);
+                let last = *cum_violations.last().expect("starts with one");
+                cum_violations.push(last.plus(node.segment_violations(g, w[0], w[1])));
             }
             node.breakpoints[g] = bps;
             node.cumulative_j[g] = cum;
             node.cumulative_pipes[g] = cum_pipes;
+            node.cumulative_violations[g] = cum_violations;
         }
         node
     }
@@ -236,6 +244,65 @@ impl SimulatedNode {
             load.excess_w * amp * ((RIPPLE_OMEGA * a + phi).cos() - (RIPPLE_OMEGA * b + phi).cos())
                 / RIPPLE_OMEGA;
         (idle + load.excess_w) * (b - a) + ripple
+    }
+
+    /// Scenario seconds within `[a, b)` (one stretch of constant load within a timeline) that
+    /// each violation counter counts.
+    fn segment_violations(&self, gpu: usize, a: f64, b: f64) -> ViolationSeconds {
+        if b <= a {
+            return ViolationSeconds::default();
+        }
+        if let Some(rec) = self.traced(gpu, a) {
+            return ViolationSeconds::of_bits(rec.clock_event_reasons, b - a);
+        }
+        let spec = &self.scenario.gpus[gpu];
+        let load = self.load(gpu, a);
+        let span = b - a;
+        // At the power cap: idle + X (1 + A sin(w t + phi)) >= 0.98 limit, as in `state`.
+        let cap = 0.98 * spec.power_limit_w;
+        let steady = spec.idle_power_w + load.excess_w;
+        let swing = load.excess_w * self.scenario.ripple;
+        let power = if swing > 0.0 {
+            let c = (cap - steady) / swing;
+            time_sine_at_least(a, b, RIPPLE_OMEGA, Self::ripple_phase(gpu), c)
+        } else if steady >= cap {
+            span
+        } else {
+            0.0
+        };
+        let heat = load.excess_w / (spec.power_limit_w - spec.idle_power_w);
+        let hot = spec.idle_temperature_c + TEMP_RISE_C * heat >= 85.0;
+        ViolationSeconds {
+            power,
+            thermal: if hot { span } else { 0.0 },
+            low_utilization: if load.utilization == 0.0 { span } else { 0.0 },
+            ..ViolationSeconds::default()
+        }
+    }
+
+    /// Wall-clock seconds each of the GPU's violation counters has counted from scenario time 0
+    /// to `t` (NVML counts in nanoseconds of real time; with `speed` > 1 a scenario second is
+    /// shorter). Past a timeline that does not repeat the GPU is idle: low utilization counts.
+    pub fn violation_s(&self, gpu: u32, t: f64) -> ViolationSeconds {
+        let g = gpu as usize;
+        let (periods, tm) = self.split(t.max(0.0));
+        let bps = &self.breakpoints[g];
+        let cum = &self.cumulative_violations[g];
+        let per_timeline = *cum.last().expect("at least two breakpoints");
+        let within = if tm >= self.scenario.duration_s {
+            let idle = tm - self.scenario.duration_s;
+            per_timeline.plus(ViolationSeconds {
+                low_utilization: idle,
+                ..ViolationSeconds::default()
+            })
+        } else {
+            let k = bps.partition_point(|b| *b <= tm) - 1;
+            cum[k].plus(self.segment_violations(g, bps[k], tm))
+        };
+        per_timeline
+            .scaled(periods)
+            .plus(within)
+            .scaled(1.0 / self.scenario.speed)
     }
 
     /// True energy in joules from scenario time 0 to `t`, ignoring counter resets. With

@@ -88,6 +88,15 @@ pub struct GpuSpec {
     /// value. Absent: by product in the fake library (Ampere except GA100, and newer: nvml.h).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub power_average: Option<bool>,
+    /// Whether `nvmlDeviceGetFieldValues` answers the violation-time counters
+    /// (`NVML_FI_DEV_PERF_POLICY_*`, `NVML_FI_DEV_CLOCKS_EVENT_REASON_*`); false: a driver
+    /// without them, `NOT_SUPPORTED`.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub violation_fields: bool,
+    /// Whether the deprecated `nvmlDeviceGetViolationStatus` answers; false: `NOT_SUPPORTED`
+    /// (nvml.h: "This API will be removed in CUDA 14.0").
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub violation_status: bool,
     /// Value of the energy counter at the start of the timeline, in joules.
     #[serde(default)]
     pub initial_energy_j: f64,
@@ -256,6 +265,9 @@ fn one() -> f64 {
 }
 fn yes() -> bool {
     true
+}
+fn is_true(b: &bool) -> bool {
+    *b
 }
 fn default_driver() -> String {
     "550.90.07".to_string()

@@ -489,6 +489,51 @@ fn shared_gpus_add_pipes_and_cap_at_one() {
     assert_eq!(n.state(0, 12.0).pipes, n.state(0, 17.3).pipes);
 }
 
+/// Each violation counter counts the time its reason's bit is set in the model's readings
+/// (the idle bit as low utilization), exactly, ripple included.
+#[test]
+fn violation_counters_count_the_time_their_bit_is_set() {
+    let n = shared();
+    let counted = |gpu: u32, t0: f64, t1: f64, bit: u64| {
+        let steps = 200_000;
+        let h = (t1 - t0) / steps as f64;
+        (0..steps)
+            .filter(|i| n.state(gpu, t0 + (*i as f64 + 0.5) * h).throttle_reasons & bit != 0)
+            .count() as f64
+            * h
+    };
+    for (gpu, t0, t1) in [
+        (0, 0.0, 100.0),
+        (0, 28.0, 41.0),
+        (1, 5.0, 250.0),
+        (0, 95.0, 215.0),
+    ] {
+        let (a, b) = (n.violation_s(gpu, t0), n.violation_s(gpu, t1));
+        for (what, got, bit) in [
+            ("power", b.power - a.power, 0x4),
+            ("thermal", b.thermal - a.thermal, 0x20),
+            (
+                "low utilization",
+                b.low_utilization - a.low_utilization,
+                0x1,
+            ),
+        ] {
+            let want = counted(gpu, t0, t1, bit);
+            assert!(
+                (got - want).abs() < 1e-3,
+                "gpu {gpu} [{t0}, {t1}) {what}: {got} s, counted {want} s"
+            );
+        }
+    }
+    // The shared phase on GPU 0 is capped part of the time only, by the ripple.
+    let (a, b) = (n.violation_s(0, 30.0), n.violation_s(0, 40.0));
+    assert!(
+        b.power - a.power > 1.0 && b.power - a.power < 9.0,
+        "{a:?} {b:?}"
+    );
+    assert_eq!(b.sync_boost + b.board_limit + b.reliability, 0.0);
+}
+
 #[test]
 fn pipe_averages_are_the_integral_of_the_activity() {
     let n = shared();

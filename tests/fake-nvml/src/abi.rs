@@ -134,6 +134,27 @@ pub struct nvmlFieldValue_t {
     pub value: nvmlValue_t,
 }
 
+/// `nvmlPerfPolicyType_t`: the violation-time counters of `nvmlDeviceGetViolationStatus`.
+pub type nvmlPerfPolicyType_t = c_uint;
+pub const NVML_PERF_POLICY_POWER: nvmlPerfPolicyType_t = 0;
+pub const NVML_PERF_POLICY_THERMAL: nvmlPerfPolicyType_t = 1;
+pub const NVML_PERF_POLICY_SYNC_BOOST: nvmlPerfPolicyType_t = 2;
+pub const NVML_PERF_POLICY_BOARD_LIMIT: nvmlPerfPolicyType_t = 3;
+pub const NVML_PERF_POLICY_LOW_UTILIZATION: nvmlPerfPolicyType_t = 4;
+pub const NVML_PERF_POLICY_RELIABILITY: nvmlPerfPolicyType_t = 5;
+pub const NVML_PERF_POLICY_TOTAL_APP_CLOCKS: nvmlPerfPolicyType_t = 10;
+pub const NVML_PERF_POLICY_TOTAL_BASE_CLOCKS: nvmlPerfPolicyType_t = 11;
+
+/// `nvmlViolationTime_t`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct nvmlViolationTime_t {
+    /// CPU timestamp in microseconds.
+    pub referenceTime: c_ulonglong,
+    /// Nanoseconds.
+    pub violationTime: c_ulonglong,
+}
+
 /// `nvmlPciInfo_t` as `nvmlDeviceGetPciInfo_v3` fills it.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
@@ -298,6 +319,11 @@ mod tests {
 
     #[test]
     fn structs_match_the_bindings() {
+        same_layout!(
+            nvmlViolationTime_t,
+            sys::nvmlViolationTime_t,
+            [referenceTime, violationTime]
+        );
         same_layout!(nvmlValue_t, sys::nvmlValue_t, [dVal, uiVal, ullVal]);
         same_layout!(
             nvmlFieldValue_t,
@@ -378,6 +404,42 @@ mod tests {
     #[test]
     fn constants_match_the_bindings() {
         assert_eq!(nvmlMemory_v2, 0x0200_0028);
+        for (ours, theirs) in [
+            (
+                NVML_PERF_POLICY_POWER,
+                sys::nvmlPerfPolicyType_enum_NVML_PERF_POLICY_POWER,
+            ),
+            (
+                NVML_PERF_POLICY_THERMAL,
+                sys::nvmlPerfPolicyType_enum_NVML_PERF_POLICY_THERMAL,
+            ),
+            (
+                NVML_PERF_POLICY_SYNC_BOOST,
+                sys::nvmlPerfPolicyType_enum_NVML_PERF_POLICY_SYNC_BOOST,
+            ),
+            (
+                NVML_PERF_POLICY_BOARD_LIMIT,
+                sys::nvmlPerfPolicyType_enum_NVML_PERF_POLICY_BOARD_LIMIT,
+            ),
+            (
+                NVML_PERF_POLICY_LOW_UTILIZATION,
+                sys::nvmlPerfPolicyType_enum_NVML_PERF_POLICY_LOW_UTILIZATION,
+            ),
+            (
+                NVML_PERF_POLICY_RELIABILITY,
+                sys::nvmlPerfPolicyType_enum_NVML_PERF_POLICY_RELIABILITY,
+            ),
+            (
+                NVML_PERF_POLICY_TOTAL_APP_CLOCKS,
+                sys::nvmlPerfPolicyType_enum_NVML_PERF_POLICY_TOTAL_APP_CLOCKS,
+            ),
+            (
+                NVML_PERF_POLICY_TOTAL_BASE_CLOCKS,
+                sys::nvmlPerfPolicyType_enum_NVML_PERF_POLICY_TOTAL_BASE_CLOCKS,
+            ),
+        ] {
+            assert_eq!(ours, theirs);
+        }
         assert_eq!(
             NVML_VALUE_TYPE_UNSIGNED_INT,
             sys::nvmlValueType_enum_NVML_VALUE_TYPE_UNSIGNED_INT

@@ -1,6 +1,7 @@
 //! What issue 14 taught the fake library to answer like the real one, through the real
 //! `nvml-wrapper`: power as the one-second average and the instant value (field values, and
-//! the legacy call by product).
+//! the legacy call by product); the violation-time counters (field values, and the deprecated
+//! `nvmlDeviceGetViolationStatus`).
 //!
 //! One process, one library state: the scenario below is loaded once (see [`fixture`]) with
 //! `GPUCOST_FAKE_NVML_START_UNIX` set, so the tests know the scenario clock. It runs at 10
@@ -12,17 +13,26 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use gpucost_sim::{Scenario, SimulatedNode};
+use nvml_wrapper::enum_wrappers::device::PerformancePolicy;
 use nvml_wrapper::enums::device::SampleValue;
 use nvml_wrapper::error::NvmlError;
 use nvml_wrapper::structs::device::FieldId;
 use nvml_wrapper::{Device, Nvml};
-use nvml_wrapper_sys::bindings::field_id::{NVML_FI_DEV_POWER_AVERAGE, NVML_FI_DEV_POWER_INSTANT};
+use nvml_wrapper_sys::bindings::field_id::{
+    NVML_FI_DEV_CLOCKS_EVENT_REASON_HW_THERM_SLOWDOWN,
+    NVML_FI_DEV_CLOCKS_EVENT_REASON_SW_THERM_SLOWDOWN, NVML_FI_DEV_PERF_POLICY_LOW_UTILIZATION,
+    NVML_FI_DEV_PERF_POLICY_POWER, NVML_FI_DEV_PERF_POLICY_RELIABILITY, NVML_FI_DEV_POWER_AVERAGE,
+    NVML_FI_DEV_POWER_INSTANT,
+};
 
 use common::{fake_lib, unix_now, SCENARIO_ENV, START_ENV};
 
 /// GPU 0: an H100 (a one-second power average, by product) whose job draws 300 W for 20 s,
 ///        then its 700 W limit.
 /// GPU 1: an A100 (GA100: instant power only) with a job of the same shape, 200 W then 400 W.
+/// GPU 2: an idle H100 whose driver has no violation counters in field values, only the
+///        deprecated call.
+/// GPU 3: an idle H100 with no violation counters at all.
 const SCENARIO: &str = r#"
 name = "measurements"
 duration_s = 3600
@@ -40,6 +50,21 @@ model = "NVIDIA A100-SXM4-80GB"
 memory_total_mib = 81920
 power_limit_w = 400
 idle_power_w = 50
+
+[[gpu]]
+model = "NVIDIA H100 80GB HBM3"
+memory_total_mib = 81559
+power_limit_w = 700
+idle_power_w = 70
+violation_fields = false
+
+[[gpu]]
+model = "NVIDIA H100 80GB HBM3"
+memory_total_mib = 81559
+power_limit_w = 700
+idle_power_w = 70
+violation_fields = false
+violation_status = false
 
 [[job]]
 name = "step"
@@ -188,4 +213,81 @@ fn issue_14_power_average_and_instant() {
     let v = fields(&a100, &[9999, NVML_FI_DEV_POWER_INSTANT]);
     assert!(matches!(v[0], Err(NvmlError::NotSupported)));
     assert!(v[1].is_ok());
+}
+
+/// Issue 14, item 9: the violation-time counters, in nanoseconds of wall time. GPU 0 has been at
+/// its power cap since scenario time 20 (2 wall seconds in), and never idle; the idle GPUs have
+/// been held at low clocks for low utilization all along. Where the field values do not answer,
+/// the deprecated call does, and where neither does, both say so.
+#[test]
+fn issue_14_violation_counters() {
+    let f = fixture();
+    f.wait_until(25.0);
+    let wall = |t: f64| t / SPEED * 1e9;
+    let h100 = f.device(0);
+    let ids = [
+        NVML_FI_DEV_PERF_POLICY_POWER,
+        NVML_FI_DEV_PERF_POLICY_LOW_UTILIZATION,
+        NVML_FI_DEV_PERF_POLICY_RELIABILITY,
+        NVML_FI_DEV_CLOCKS_EVENT_REASON_SW_THERM_SLOWDOWN,
+        NVML_FI_DEV_CLOCKS_EVENT_REASON_HW_THERM_SLOWDOWN,
+    ];
+    let (t0, v, t1) = (f.now(), fields(&h100, &ids), f.now());
+    let power = *v[0].as_ref().unwrap() as f64;
+    assert!(
+        power >= wall(t0 - 20.0) - 1e6 && power <= wall(t1 - 20.0) + 1e6,
+        "power cap {power} ns at scenario {t0}..{t1}"
+    );
+    for (i, v) in v.iter().enumerate().skip(1) {
+        assert_eq!(*v.as_ref().unwrap(), 0, "field {}", ids[i]);
+    }
+    // The deprecated call counts the same.
+    let (t0, status, t1) = (
+        f.now(),
+        h100.violation_status(PerformancePolicy::Power).unwrap(),
+        f.now(),
+    );
+    let ns = status.violation_time as f64;
+    assert!(ns >= wall(t0 - 20.0) - 1e6 && ns <= wall(t1 - 20.0) + 1e6);
+    let now_us = unix_now() * 1e6;
+    assert!((status.reference_time as f64 - now_us).abs() < 1e6);
+
+    let status_only = f.device(2);
+    let v = fields(&status_only, &ids);
+    assert!(
+        v.iter().all(|v| matches!(v, Err(NvmlError::NotSupported))),
+        "{v:?}"
+    );
+    let (t0, status, t1) = (
+        f.now(),
+        status_only
+            .violation_status(PerformancePolicy::LowUtilization)
+            .unwrap(),
+        f.now(),
+    );
+    let ns = status.violation_time as f64;
+    assert!(
+        ns >= wall(t0) - 1e6 && ns <= wall(t1) + 1e6,
+        "low utilization {ns} ns"
+    );
+    assert_eq!(
+        status_only
+            .violation_status(PerformancePolicy::Thermal)
+            .unwrap()
+            .violation_time,
+        0
+    );
+    assert!(matches!(
+        status_only.violation_status(PerformancePolicy::TotalBaseClocks),
+        Err(NvmlError::NotSupported)
+    ));
+
+    let none = f.device(3);
+    assert!(fields(&none, &ids)
+        .iter()
+        .all(|v| matches!(v, Err(NvmlError::NotSupported))));
+    assert!(matches!(
+        none.violation_status(PerformancePolicy::LowUtilization),
+        Err(NvmlError::NotSupported)
+    ));
 }

@@ -160,11 +160,12 @@ fn fake_nvml_normal_sampling() {
         ),
         Some(1.0)
     );
-    // An idle GPU spends its time with the gpu_idle clock-event reason.
+    // An idle GPU is not throttled (its gpu_idle bit is no reason); NVML's low-utilization
+    // violation counter says its clocks were held low for lack of work (issue 14, item 9).
     let idle_s = |m: &Metrics| {
         m.get(
             "gpucost_gpu_throttled_seconds_total",
-            &[("gpu", "1"), ("reason", "gpu_idle")],
+            &[("gpu", "1"), ("reason", "low_utilization")],
         )
         .unwrap()
     };
@@ -172,10 +173,16 @@ fn fake_nvml_normal_sampling() {
     assert_eq!(
         m.get(
             "gpucost_gpu_throttled_seconds_total",
-            &[("gpu", "0"), ("reason", "gpu_idle")]
+            &[("gpu", "0"), ("reason", "low_utilization")]
         ),
         Some(0.0)
     );
+    assert!(m
+        .find(
+            "gpucost_gpu_throttled_seconds_total",
+            &[("reason", "gpu_idle")]
+        )
+        .is_empty());
 
     // Energy through the counter grows at the GPU's power: 300 W.
     let e0 = m.gpu("gpucost_gpu_energy_joules_total", 0).unwrap();
@@ -593,7 +600,8 @@ kind = "gpu_lost"
 fn issue_13_throttled_seconds_and_xids_continue_after_kill_9() {
     // They lived only in memory and restarted from zero with the agent; now they are kept in the
     // ledger with the GPU's other totals. At 10x, the fake library reports Xid 79 on GPU 0 0.5 s
-    // (wall) after it loads, so each agent process sees one; GPU 1 idles (gpu_idle) throughout.
+    // (wall) after it loads, so each agent process sees one; GPU 1 idles throughout, its clocks
+    // held low for low utilization.
     let dir = tempfile::tempdir().unwrap();
     let text = STEADY.replace("ripple = 0.0", "ripple = 0.0\nspeed = 10")
         + "[[event]]\nat_s = 5\ngpu = 0\nkind = \"xid\"\nxid = 79\n";
@@ -611,7 +619,7 @@ fn issue_13_throttled_seconds_and_xids_continue_after_kill_9() {
     let idle_s = |m: &Metrics| {
         m.get(
             "gpucost_gpu_throttled_seconds_total",
-            &[("gpu", "1"), ("reason", "gpu_idle")],
+            &[("gpu", "1"), ("reason", "low_utilization")],
         )
         .unwrap_or(0.0)
     };
@@ -800,5 +808,122 @@ fn issue_14_unknown_gpm_pipes_give_no_waste_verdict_and_no_permission_backs_off(
         .filter(|l| l.contains("NVreg_RestrictProfilingToAdminUsers=0"))
         .count();
     assert_eq!(fix, 1, "said once, with the fix: {:#?}", agent.logs());
+    assert!(agent.terminate().success());
+}
+
+/// At 10x, repeating every wall second: GPU 0's job sits at its power cap 20% of each second,
+/// GPU 1 idles on a driver whose violation counters come only from the deprecated call, GPU 2
+/// sits at its cap all the time with no violation counter at all (the bits count).
+const THROTTLE: &str = r#"
+name = "throttle"
+duration_s = 10
+repeat = true
+speed = 10
+ripple = 0.0
+[[gpu]]
+model = "NVIDIA H100 80GB HBM3"
+memory_total_mib = 81559
+power_limit_w = 700
+idle_power_w = 70
+[[gpu]]
+model = "NVIDIA H100 80GB HBM3"
+memory_total_mib = 81559
+power_limit_w = 700
+idle_power_w = 70
+violation_fields = false
+[[gpu]]
+model = "NVIDIA H100 80GB HBM3"
+memory_total_mib = 81559
+power_limit_w = 700
+idle_power_w = 70
+violation_fields = false
+violation_status = false
+[[job]]
+name = "bursts"
+pid = 3200001
+gpus = [0]
+[[job.phase]]
+seconds = 2
+utilization = 1.0
+power_w = 700
+memory_mib = 1000
+[[job.phase]]
+seconds = 8
+utilization = 1.0
+power_w = 300
+memory_mib = 1000
+[[job]]
+name = "capped"
+pid = 3200002
+gpus = [2]
+[[job.phase]]
+seconds = 10
+utilization = 1.0
+power_w = 700
+memory_mib = 1000
+"#;
+
+/// Issue 14, item 9: throttle seconds come from NVML's violation counters where the GPU has
+/// them. Sampled once a second, a power cap held 200 ms of every second was a coin toss for
+/// the clock-event bits (0 or the whole second); the counters give 20%. An idle GPU's clocks
+/// are held low for low utilization, never "gpu_idle" throttling; the deprecated call stands in
+/// for missing fields, and the bits for missing counters.
+#[test]
+fn issue_14_throttle_seconds_come_from_the_violation_counters() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = write_scenario(dir.path(), "throttle.toml", THROTTLE);
+    let lib = fake_nvml_lib().display().to_string();
+    let mut agent = start(
+        &["--nvml-lib", &lib],
+        &[
+            ("GPUCOST_SAMPLING_INTERVAL", "1s".to_string()),
+            ("GPUCOST_SAMPLING_PROCESS_INTERVAL", "1s".to_string()),
+            ("GPUCOST_LEDGER_PERSIST_INTERVAL", "100ms".to_string()),
+            ("GPUCOST_FAKE_NVML_SCENARIO", scenario),
+        ],
+    );
+    let held = |m: &Metrics, pid: &str| {
+        m.get(
+            "gpucost_job_gpu_seconds_total",
+            &[("job_id", &format!("unattributed:{pid}"))],
+        )
+        .unwrap_or(0.0)
+    };
+    let m = agent.wait_for_metrics(
+        "five seconds of the bursty job",
+        Duration::from_secs(20),
+        |m| held(m, "3200001") >= 5.0,
+    );
+    promtool_check_metrics(&m.text);
+    let throttled = |gpu: &str, reason: &str| {
+        m.get(
+            "gpucost_gpu_throttled_seconds_total",
+            &[("gpu", gpu), ("reason", reason)],
+        )
+        .unwrap()
+    };
+    let share = throttled("0", "sw_power_cap") / held(&m, "3200001");
+    assert!(
+        (0.12..=0.28).contains(&share),
+        "power cap {share} of the time"
+    );
+    assert_eq!(throttled("0", "low_utilization"), 0.0);
+    // GPU 1, idle: through the deprecated call, all of its time.
+    let idle = m.gpu("gpucost_gpu_unallocated_seconds_total", 1).unwrap();
+    let low = throttled("1", "low_utilization");
+    assert!(
+        idle > 3.0 && (low / idle - 1.0).abs() < 0.1,
+        "{low} of {idle} s"
+    );
+    assert_eq!(throttled("1", "sw_power_cap"), 0.0);
+    // GPU 2: no counter, the bit at each sample.
+    let capped = throttled("2", "sw_power_cap") / held(&m, "3200002");
+    assert!((capped - 1.0).abs() < 0.05, "capped {capped} of the time");
+    assert!(m
+        .find(
+            "gpucost_gpu_throttled_seconds_total",
+            &[("reason", "gpu_idle")]
+        )
+        .is_empty());
     assert!(agent.terminate().success());
 }

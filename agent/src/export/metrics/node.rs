@@ -2,7 +2,7 @@
 //! the node-level job counters.
 
 use gpucost_core::jobs::Outcome;
-use gpucost_core::reading::CLOCK_EVENT_REASONS;
+use gpucost_core::reading::ThrottleReason;
 use prometheus::proto::MetricFamily;
 
 use super::{bool_value, Families};
@@ -124,12 +124,12 @@ pub(super) fn node_families(snap: &Snapshot) -> Vec<MetricFamily> {
         );
         // Like the other totals, as last persisted: they continue across restarts.
         let events = rec.map(|r| &r.events);
-        for (i, (_, reason)) in CLOCK_EVENT_REASONS.iter().enumerate() {
+        for reason in ThrottleReason::ALL {
             f.counter(
                 "gpucost_gpu_throttled_seconds_total",
-                "Seconds with each clock-event (throttle) reason active, as persisted in the ledger; never decreases, also across restarts.",
-                &[("gpu", &idx), ("reason", reason)],
-                events.map_or(0.0, |e| e.throttled_s[i]),
+                "Seconds the GPU's clocks were held down, by reason: NVML's violation-time counters where the GPU has one for the reason, else the clock-event reason bit at each sample. An idle GPU is not counted; low_utilization is clocks lowered for lack of work, not a limit on it. As persisted in the ledger; never decreases, also across restarts.",
+                &[("gpu", &idx), ("reason", reason.as_str())],
+                events.map_or(0.0, |e| e.throttled_s[reason.index()]),
             );
         }
         for (xid, n) in events.map(|e| &e.xids).into_iter().flatten() {

@@ -1,6 +1,7 @@
 //! The fields of a reading that take more than one plain call: power, read explicitly as the
 //! one-second average and the instant value through `nvmlDeviceGetFieldValues`, with the legacy
-//! call as the fallback.
+//! call as the fallback; and the violation-time counters, through the same call, with the
+//! deprecated `nvmlDeviceGetViolationStatus` as the fallback.
 //!
 //! nvml.h (NVIDIA/go-nvml `gen/nvml/nvml.h`): `NVML_FI_DEV_POWER_AVERAGE` is "GPU power averaged
 //! over 1 sec interval, supported on Ampere (except GA100) or newer architectures" (line 2716),
@@ -8,14 +9,36 @@
 //! legacy `nvmlDeviceGetPowerUsage` "returns power averaged over 1 sec interval" on Ampere
 //! (except GA100) or newer and "instantaneous power" on GA100 and older (6538-6540), so what it
 //! answers is placed by the GPU's compute capability (GA100 is 8.0).
+//!
+//! The violation-time counters (nanoseconds each perf policy held the clocks down since the
+//! driver loaded; what dcgm-exporter exports as `DCGM_FI_DEV_*_VIOLATION`): nvml.h marks
+//! `nvmlDeviceGetViolationStatus` deprecated in CUDA 13 and names its replacements, field values
+//! (lines 7661-7675): `NVML_FI_DEV_PERF_POLICY_POWER` (= `NVML_FI_DEV_CLOCKS_EVENT_REASON_SW_POWER_CAP`),
+//! `_SYNC_BOOST`, `_BOARD_LIMIT`, `_LOW_UTILIZATION`, `_RELIABILITY` (2475-2480) and
+//! `NVML_FI_DEV_CLOCKS_EVENT_REASON_SW_THERM_SLOWDOWN` for the thermal policy, with the HW
+//! thermal and power-brake counters beside it (2845-2849). Those are read here; a policy whose
+//! field does not answer is asked of `nvmlDeviceGetViolationStatus`, where the driver still has
+//! it; a reason with neither counts by its clock-event bit (`account::throttle`). The three
+//! clock-event-reason fields are given in the numbering nvml-wrapper takes (before CUDA 13
+//! update 1, 251-253); it renumbers them for drivers from 580.82 on.
 
+use std::collections::{BTreeMap, BTreeSet};
+
+use nvml_wrapper::enum_wrappers::device::PerformancePolicy;
 use nvml_wrapper::enums::device::SampleValue;
 use nvml_wrapper::error::NvmlError;
 use nvml_wrapper::structs::device::FieldId;
 use nvml_wrapper::Device;
-use nvml_wrapper_sys::bindings::field_id::{NVML_FI_DEV_POWER_AVERAGE, NVML_FI_DEV_POWER_INSTANT};
+use nvml_wrapper_sys::bindings::field_id::{
+    NVML_FI_DEV_CLOCKS_EVENT_REASON_HW_POWER_BRAKE_SLOWDOWN,
+    NVML_FI_DEV_CLOCKS_EVENT_REASON_HW_THERM_SLOWDOWN,
+    NVML_FI_DEV_CLOCKS_EVENT_REASON_SW_THERM_SLOWDOWN, NVML_FI_DEV_PERF_POLICY_BOARD_LIMIT,
+    NVML_FI_DEV_PERF_POLICY_LOW_UTILIZATION, NVML_FI_DEV_PERF_POLICY_POWER,
+    NVML_FI_DEV_PERF_POLICY_RELIABILITY, NVML_FI_DEV_PERF_POLICY_SYNC_BOOST,
+    NVML_FI_DEV_POWER_AVERAGE, NVML_FI_DEV_POWER_INSTANT,
+};
 
-use gpucost_core::reading::{Field, FieldError, SampleError};
+use gpucost_core::reading::{Field, FieldError, SampleError, ThrottleReason};
 
 /// What is remembered per GPU between reads.
 #[derive(Debug, Default)]
@@ -23,10 +46,68 @@ pub(super) struct FieldState {
     /// Whether the legacy power call answers the one-second average (compute capability above
     /// 8.0); looked up the first time it is needed.
     legacy_power_is_average: Option<bool>,
+    /// Reasons `nvmlDeviceGetViolationStatus` does not answer on this GPU (not supported, or
+    /// the driver has no such call): not asked again.
+    no_violation_status: BTreeSet<ThrottleReason>,
 }
 
 /// The fields read in the one `nvmlDeviceGetFieldValues` call of each read.
-pub(super) const FIELDS: [u32; 2] = [NVML_FI_DEV_POWER_AVERAGE, NVML_FI_DEV_POWER_INSTANT];
+pub(super) const FIELDS: [u32; 10] = [
+    NVML_FI_DEV_POWER_AVERAGE,
+    NVML_FI_DEV_POWER_INSTANT,
+    NVML_FI_DEV_PERF_POLICY_POWER,
+    NVML_FI_DEV_PERF_POLICY_SYNC_BOOST,
+    NVML_FI_DEV_PERF_POLICY_BOARD_LIMIT,
+    NVML_FI_DEV_PERF_POLICY_LOW_UTILIZATION,
+    NVML_FI_DEV_PERF_POLICY_RELIABILITY,
+    NVML_FI_DEV_CLOCKS_EVENT_REASON_SW_THERM_SLOWDOWN,
+    NVML_FI_DEV_CLOCKS_EVENT_REASON_HW_THERM_SLOWDOWN,
+    NVML_FI_DEV_CLOCKS_EVENT_REASON_HW_POWER_BRAKE_SLOWDOWN,
+];
+
+/// Each violation counter: its field, its reason, and its policy in the deprecated call.
+const VIOLATIONS: [(u32, ThrottleReason, Option<PerformancePolicy>); 8] = [
+    (
+        NVML_FI_DEV_PERF_POLICY_POWER,
+        ThrottleReason::SwPowerCap,
+        Some(PerformancePolicy::Power),
+    ),
+    (
+        NVML_FI_DEV_PERF_POLICY_SYNC_BOOST,
+        ThrottleReason::SyncBoost,
+        Some(PerformancePolicy::SyncBoost),
+    ),
+    (
+        NVML_FI_DEV_PERF_POLICY_BOARD_LIMIT,
+        ThrottleReason::BoardLimit,
+        Some(PerformancePolicy::BoardLimit),
+    ),
+    (
+        NVML_FI_DEV_PERF_POLICY_LOW_UTILIZATION,
+        ThrottleReason::LowUtilization,
+        Some(PerformancePolicy::LowUtilization),
+    ),
+    (
+        NVML_FI_DEV_PERF_POLICY_RELIABILITY,
+        ThrottleReason::Reliability,
+        Some(PerformancePolicy::Reliability),
+    ),
+    (
+        NVML_FI_DEV_CLOCKS_EVENT_REASON_SW_THERM_SLOWDOWN,
+        ThrottleReason::SwThermalSlowdown,
+        Some(PerformancePolicy::Thermal),
+    ),
+    (
+        NVML_FI_DEV_CLOCKS_EVENT_REASON_HW_THERM_SLOWDOWN,
+        ThrottleReason::HwThermalSlowdown,
+        None,
+    ),
+    (
+        NVML_FI_DEV_CLOCKS_EVENT_REASON_HW_POWER_BRAKE_SLOWDOWN,
+        ThrottleReason::HwPowerBrakeSlowdown,
+        None,
+    ),
+];
 
 /// What the field-values call answered: each field's value in [`FIELDS`] order, `None` where it
 /// did not answer (its own return code, or the whole call failed: a driver without the call).
@@ -102,4 +183,41 @@ pub(super) fn read_power(
     } else {
         (None, Some(legacy))
     })
+}
+
+/// The violation-time counters, in nanoseconds by reason: from the fields, and for a policy
+/// whose field did not answer, from `nvmlDeviceGetViolationStatus` while it answers.
+pub(super) fn read_violations(
+    d: &Device<'_>,
+    st: &mut FieldState,
+    values: &FieldValues,
+) -> Result<BTreeMap<ThrottleReason, u64>, SampleError> {
+    let mut out = BTreeMap::new();
+    for (id, reason, policy) in VIOLATIONS {
+        if let Some(ns) = field(values, id) {
+            out.insert(reason, ns);
+            continue;
+        }
+        let Some(policy) = policy.filter(|_| !st.no_violation_status.contains(&reason)) else {
+            continue;
+        };
+        match d.violation_status(policy) {
+            Ok(v) => {
+                out.insert(reason, v.violation_time);
+            }
+            Err(NvmlError::GpuLost) => return Err(lost("violation status")),
+            // Not supported, or gone from the driver (removed in CUDA 14, nvml.h): the bit
+            // counts instead, without asking again. A passing failure is asked again.
+            Err(
+                NvmlError::NotSupported
+                | NvmlError::FailedToLoadSymbol(_)
+                | NvmlError::FunctionNotFound
+                | NvmlError::InvalidArg,
+            ) => {
+                st.no_violation_status.insert(reason);
+            }
+            Err(_) => {}
+        }
+    }
+    Ok(out)
 }

@@ -203,6 +203,7 @@ impl Backend for NvmlBackend {
         let st = self.fields.entry(index).or_default();
         let values = fields::read_fields(&d)?;
         let (power_average_mw, power_instant_mw) = fields::read_power(&d, st, &values, e)?;
+        let violation_ns = fields::read_violations(&d, st, &values)?;
         let mut r = Reading {
             energy_mj: field(d.total_energy_consumption(), Field::Energy, e)?,
             power_average_mw,
@@ -215,6 +216,7 @@ impl Backend for NvmlBackend {
             temperature_c: field(d.temperature(TemperatureSensor::Gpu), Field::Temperature, e)?,
             clock_event_reasons: field(d.current_throttle_reasons(), Field::ClockEvents, e)?
                 .map(|r| r.bits()),
+            violation_ns,
             processes: None,
             pipes: None,
             field_errors: Vec::new(),
