@@ -74,14 +74,17 @@ fn demo_signals_on_metrics_and_report() {
         ) > 9e14
     );
 
-    // A job that reports progress (registered as `gpucost run` does), tokens as it goes.
+    // A job that reports progress, tokens as it goes: registered for uid 1000 by root (as a
+    // prolog does; a user's own registration must name its root process, which this virtual
+    // node does not have), reporting as its owner.
     let id = node
         .register(
             RegisterRequest {
                 name: Some("tok".into()),
+                uid: Some(1000),
                 ..RegisterRequest::default()
             },
-            1000,
+            0,
         )
         .unwrap()
         .id;
