@@ -156,7 +156,7 @@ impl GpuSnapshot {
             power_watts: r.and_then(|r| r.power_mw()).map(|mw| mw as f64 / 1e3),
             power_instant_watts: r.and_then(|r| r.power_instant_mw).map(|mw| mw as f64 / 1e3),
             power_limit_watts: r.and_then(|r| r.power_limit_mw).map(|mw| mw as f64 / 1e3),
-            utilization_ratio: r.and_then(|r| r.utilization_pct).map(|p| p as f64 / 100.0),
+            utilization_ratio: r.and_then(|r| r.utilization_pct).map(|p| p / 100.0),
             memory_used_bytes: r.and_then(|r| r.memory_used_bytes),
             memory_total_bytes: r.and_then(|r| r.memory_total_bytes),
             sm_clock_hertz: r.and_then(|r| r.sm_clock_mhz).map(|m| m as f64 * 1e6),

@@ -100,8 +100,11 @@ pub struct Reading {
     /// `nvmlDeviceGetPowerUsage` reports on GA100 and older.
     pub power_instant_mw: Option<u32>,
     pub power_limit_mw: Option<u32>,
-    /// Percent of the last sample period in which a kernel ran.
-    pub utilization_pct: Option<u32>,
+    /// Percent of the time since the previous reading in which a kernel ran: the driver's
+    /// utilization samples over the interval (`account::utilization`), or where it has none
+    /// (unsupported, as on MIG; or none since the last reading, as while the GPU is idle) its
+    /// last sample period, 1/6 s to 1 s by product.
+    pub utilization_pct: Option<f64>,
     pub memory_used_bytes: Option<u64>,
     pub memory_total_bytes: Option<u64>,
     pub sm_clock_mhz: Option<u32>,

@@ -460,6 +460,30 @@ impl SimulatedNode {
         out
     }
 
+    /// Whether a job's process is on the GPU at scenario time `t` (what
+    /// [`SimulatedNode::state`] lists), without the rest of the state.
+    pub fn has_processes(&self, gpu: u32, t: f64) -> bool {
+        let (_, tm) = self.split(t.max(0.0));
+        self.active(gpu as usize, tm).next().is_some()
+    }
+
+    /// NVML GPU utilization (0..1) at scenario time `t`: what [`SimulatedNode::state`] reads,
+    /// without the rest of the state (the fake library's sample buffer asks for many).
+    pub fn utilization(&self, gpu: u32, t: f64) -> f64 {
+        let g = gpu as usize;
+        let (_, tm) = self.split(t.max(0.0));
+        if let Some(rec) = self.traced(g, tm) {
+            return rec.utilization;
+        }
+        let load = self.load(g, tm);
+        if load.utilization > 0.0 {
+            let wave = (RIPPLE_OMEGA * tm + Self::ripple_phase(g)).sin();
+            (load.utilization * (1.0 + self.scenario.ripple * wave)).clamp(0.0, 1.0)
+        } else {
+            0.0
+        }
+    }
+
     /// What the GPU reads at scenario time `t`. Callers check [`SimulatedNode::is_present`] first.
     pub fn state(&self, gpu: u32, t: f64) -> GpuState {
         let g = gpu as usize;

@@ -88,6 +88,14 @@ pub struct GpuSpec {
     /// value. Absent: by product in the fake library (Ampere except GA100, and newer: nvml.h).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub power_average: Option<bool>,
+    /// The driver's utilization sample period, in wall-clock seconds: "between 1 second and 1/6
+    /// second, depending on the product" (nvml.h, `nvmlUtilization_t`). Default 1/6 s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub utilization_period_s: Option<f64>,
+    /// Whether the driver keeps utilization samples (`nvmlDeviceGetSamples` with
+    /// `NVML_GPU_UTILIZATION_SAMPLES`); false: `NOT_SUPPORTED`, as on MIG-enabled GPUs (nvml.h).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub utilization_samples: bool,
     /// Whether `nvmlDeviceGetFieldValues` answers the violation-time counters
     /// (`NVML_FI_DEV_PERF_POLICY_*`, `NVML_FI_DEV_CLOCKS_EVENT_REASON_*`); false: a driver
     /// without them, `NOT_SUPPORTED`.
@@ -136,7 +144,15 @@ fn default_bench_efficiency() -> f64 {
 /// Model-name parts of the GPUs that have GPM: Hopper and newer.
 const GPM_MODELS: [&str; 5] = ["H100", "H200", "GH200", "B100", "B200"];
 
+/// The shortest and longest utilization sample periods nvml.h gives (`nvmlUtilization_t`).
+pub const UTILIZATION_PERIODS_S: (f64, f64) = (1.0 / 6.0, 1.0);
+
 impl GpuSpec {
+    /// The driver's utilization sample period in wall-clock seconds (default 1/6 s).
+    pub fn utilization_period_s(&self) -> f64 {
+        self.utilization_period_s.unwrap_or(UTILIZATION_PERIODS_S.0)
+    }
+
     /// Whether the GPU supports GPM: the scenario's `gpm`, or else true for Hopper and newer
     /// (a model name containing H100, H200, GH200, B100 or B200).
     pub fn gpm_supported(&self) -> bool {
@@ -382,6 +398,15 @@ impl Scenario {
                     what("bench_efficiency"),
                     format!("must be in (0, 1], got {}", g.bench_efficiency),
                 ));
+            }
+            if let Some(p) = g.utilization_period_s {
+                let (lo, hi) = UTILIZATION_PERIODS_S;
+                if !(p >= lo - 1e-9 && p <= hi) {
+                    return Err(bad(
+                        what("utilization_period_s"),
+                        format!("must be in [1/6, 1] (nvml.h's range), got {p}"),
+                    ));
+                }
             }
             let mut probe = Pipes::IDLE;
             if let Some(name) = g

@@ -489,6 +489,29 @@ fn shared_gpus_add_pipes_and_cap_at_one() {
     assert_eq!(n.state(0, 12.0).pipes, n.state(0, 17.3).pipes);
 }
 
+/// The utilization alone is the state's.
+#[test]
+fn utilization_is_the_states() {
+    for n in [
+        shared(),
+        SimulatedNode::new(Scenario::parse(TRACED, "traced.toml").unwrap()),
+    ] {
+        for t in [0.0, 0.7, 2.0, 12.5, 31.0, 55.5, 140.0] {
+            assert_eq!(n.utilization(0, t), n.state(0, t).utilization, "{t}");
+        }
+    }
+    let bad = TWO_GPUS.replacen(
+        "idle_power_w = 70",
+        "idle_power_w = 70\nutilization_period_s = 0.1",
+        1,
+    );
+    let err = Scenario::parse(&bad, "bad.toml").unwrap_err().to_string();
+    assert!(
+        err.contains("utilization_period_s: must be in [1/6, 1]"),
+        "{err}"
+    );
+}
+
 /// Each violation counter counts the time its reason's bit is set in the model's readings
 /// (the idle bit as low utilization), exactly, ripple included.
 #[test]

@@ -239,7 +239,7 @@ impl Sampler {
                             model: slot.snap.info.model.clone(),
                             dt,
                             energy_j: step.delta_j,
-                            utilization: r.utilization_pct.map(|p| f64::from(p) / 100.0),
+                            utilization: r.utilization_pct.map(|p| p / 100.0),
                             pipes: r.pipes,
                         });
                         slot.snap.reading = Some(r);

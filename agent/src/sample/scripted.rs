@@ -148,7 +148,7 @@ impl Backend for Scripted {
             energy_mj: Some(g.energy_mj),
             power_average_mw: Some((g.power_w * 1000.0) as u32),
             power_limit_mw: g.power_limit_w.map(|w| (w * 1000.0) as u32),
-            utilization_pct: Some(g.utilization_pct),
+            utilization_pct: Some(f64::from(g.utilization_pct)),
             processes: with_processes.then(|| g.processes.clone()),
             clock_event_reasons: Some(g.clock_event_reasons),
             ..Reading::default()

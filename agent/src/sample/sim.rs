@@ -145,7 +145,7 @@ impl Backend for SimBackend {
             power_average_mw: Some((self.node.power_average_w(index, t) * 1000.0).round() as u32),
             power_instant_mw: Some((s.power_w * 1000.0).round() as u32),
             power_limit_mw: Some((spec.power_limit_w * 1000.0).round() as u32),
-            utilization_pct: Some((s.utilization * 100.0).round() as u32),
+            utilization_pct: Some((s.utilization * 100.0).round()),
             memory_used_bytes: Some(s.memory_used_bytes),
             memory_total_bytes: Some(spec.memory_total_mib * 1024 * 1024),
             sm_clock_mhz: Some(s.sm_clock_mhz),

@@ -7,6 +7,7 @@ pub mod efficiency;
 pub mod energy;
 pub mod pricing;
 pub mod throttle;
+pub mod utilization;
 
 use std::collections::BTreeMap;
 use std::time::Instant;

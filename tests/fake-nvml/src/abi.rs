@@ -119,6 +119,19 @@ pub union nvmlValue_t {
     pub usVal: libc::c_ushort,
 }
 
+/// `nvmlSample_t`: one sample of `nvmlDeviceGetSamples`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct nvmlSample_t {
+    /// CPU timestamp in microseconds (on the driver's clock, not the unix epoch).
+    pub timeStamp: c_ulonglong,
+    pub sampleValue: nvmlValue_t,
+}
+
+/// `nvmlSamplingType_t`: which buffer `nvmlDeviceGetSamples` reads.
+pub type nvmlSamplingType_t = c_uint;
+pub const NVML_GPU_UTILIZATION_SAMPLES: nvmlSamplingType_t = 1;
+
 /// `nvmlFieldValue_t`: one field of an `nvmlDeviceGetFieldValues` call; the caller sets
 /// `fieldId` (and `scopeId`), the library the rest.
 #[repr(C)]
@@ -325,6 +338,7 @@ mod tests {
             [referenceTime, violationTime]
         );
         same_layout!(nvmlValue_t, sys::nvmlValue_t, [dVal, uiVal, ullVal]);
+        same_layout!(nvmlSample_t, sys::nvmlSample_t, [timeStamp, sampleValue]);
         same_layout!(
             nvmlFieldValue_t,
             sys::nvmlFieldValue_t,
@@ -443,6 +457,10 @@ mod tests {
         assert_eq!(
             NVML_VALUE_TYPE_UNSIGNED_INT,
             sys::nvmlValueType_enum_NVML_VALUE_TYPE_UNSIGNED_INT
+        );
+        assert_eq!(
+            NVML_GPU_UTILIZATION_SAMPLES,
+            sys::nvmlSamplingType_enum_NVML_GPU_UTILIZATION_SAMPLES
         );
         assert_eq!(
             NVML_VALUE_TYPE_UNSIGNED_LONG_LONG,

@@ -25,6 +25,7 @@ mod events;
 mod fields;
 mod gpm;
 mod product;
+mod samples;
 mod state;
 
 use std::ffi::CStr;
@@ -45,7 +46,7 @@ pub const MEMORY_CLOCK_MHZ: c_uint = 2619;
 /// Video clock in MHz, current and max.
 pub const VIDEO_CLOCK_MHZ: c_uint = 1755;
 /// Memory-controller utilization reported per point of GPU utilization.
-const MEMORY_UTIL_PER_GPU_UTIL: f64 = 0.6;
+pub(crate) const MEMORY_UTIL_PER_GPU_UTIL: f64 = 0.6;
 
 const MIB: u64 = 1024 * 1024;
 
@@ -453,20 +454,17 @@ pub unsafe extern "C" fn nvmlDeviceGetPowerManagementLimit(
 // ---------------------------------------------------------------------------------------------
 // Utilization, memory, clocks, temperature, throttling
 
-/// GPU utilization in percent; memory utilization a fixed share of it.
+/// GPU utilization in percent over the driver's last sample period only ("Percent of time
+/// over the past sample period", nvml.h:246; see `samples.rs`); memory utilization a fixed
+/// share of it.
 #[no_mangle]
 pub unsafe extern "C" fn nvmlDeviceGetUtilizationRates(
     device: nvmlDevice_t,
     utilization: *mut nvmlUtilization_t,
 ) -> nvmlReturn_t {
     device_call(device, !utilization.is_null(), |gpu| {
-        let percent = (gpu.state().utilization * 100.0).round();
-        let rates = nvmlUtilization_t {
-            gpu: percent as c_uint,
-            memory: (percent * MEMORY_UTIL_PER_GPU_UTIL).round() as c_uint,
-        };
         // SAFETY: checked non-NULL by `device_call`.
-        unsafe { put(utilization, rates) }
+        unsafe { put(utilization, samples::utilization_rates(gpu)) }
     })
 }
 

@@ -1,7 +1,7 @@
 //! What issue 14 taught the fake library to answer like the real one, through the real
 //! `nvml-wrapper`: power as the one-second average and the instant value (field values, and
 //! the legacy call by product); the violation-time counters (field values, and the deprecated
-//! `nvmlDeviceGetViolationStatus`).
+//! `nvmlDeviceGetViolationStatus`); the utilization sample buffer.
 //!
 //! One process, one library state: the scenario below is loaded once (see [`fixture`]) with
 //! `GPUCOST_FAKE_NVML_START_UNIX` set, so the tests know the scenario clock. It runs at 10
@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use gpucost_sim::{Scenario, SimulatedNode};
-use nvml_wrapper::enum_wrappers::device::PerformancePolicy;
+use nvml_wrapper::enum_wrappers::device::{PerformancePolicy, Sampling};
 use nvml_wrapper::enums::device::SampleValue;
 use nvml_wrapper::error::NvmlError;
 use nvml_wrapper::structs::device::FieldId;
@@ -33,6 +33,9 @@ use common::{fake_lib, unix_now, SCENARIO_ENV, START_ENV};
 /// GPU 2: an idle H100 whose driver has no violation counters in field values, only the
 ///        deprecated call.
 /// GPU 3: an idle H100 with no violation counters at all.
+/// GPU 4: an H100 sampling utilization every 0.2 s (wall) whose job is busy for one period and
+///        idle for the next, over and over (phases appended by [`scenario`]); it keeps no
+///        utilization samples on GPU 2.
 const SCENARIO: &str = r#"
 name = "measurements"
 duration_s = 3600
@@ -57,6 +60,7 @@ memory_total_mib = 81559
 power_limit_w = 700
 idle_power_w = 70
 violation_fields = false
+utilization_samples = false
 
 [[gpu]]
 model = "NVIDIA H100 80GB HBM3"
@@ -65,6 +69,13 @@ power_limit_w = 700
 idle_power_w = 70
 violation_fields = false
 violation_status = false
+
+[[gpu]]
+model = "NVIDIA H100 80GB HBM3"
+memory_total_mib = 81559
+power_limit_w = 700
+idle_power_w = 70
+utilization_period_s = 0.2
 
 [[job]]
 name = "step"
@@ -99,6 +110,21 @@ memory_mib = 1000
 
 const SPEED: f64 = 10.0;
 
+/// The scenario, with GPU 4's bursty job: 2 scenario seconds (one 0.2 s period of wall time)
+/// busy, 2 idle.
+fn scenario() -> String {
+    let mut text = SCENARIO.to_string();
+    text.push_str("\n[[job]]\nname = \"bursty\"\npid = 104\ngpus = [4]\n");
+    for _ in 0..900 {
+        for utilization in [1.0, 0.0] {
+            text.push_str(&format!(
+                "[[job.phase]]\nseconds = 2\nutilization = {utilization}\npower_w = 400\nmemory_mib = 1000\n"
+            ));
+        }
+    }
+    text
+}
+
 struct Fixture {
     nvml: Nvml,
     node: SimulatedNode,
@@ -132,7 +158,7 @@ fn fixture() -> &'static Fixture {
     FIXTURE.get_or_init(|| {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("measurements.toml");
-        std::fs::write(&path, SCENARIO).expect("write scenario");
+        std::fs::write(&path, scenario()).expect("write scenario");
         let start_unix = unix_now();
         // Only this function sets the environment, once, before the library reads it.
         std::env::set_var(SCENARIO_ENV, &path);
@@ -290,4 +316,73 @@ fn issue_14_violation_counters() {
         none.violation_status(PerformancePolicy::LowUtilization),
         Err(NvmlError::NotSupported)
     ));
+}
+
+/// Issue 14, item 10: the driver's utilization buffer. One sample per 0.2 s period, each the
+/// share of its period a kernel ran (0% for a period the job's process held the GPU without
+/// running a kernel); none while nothing is on the GPU; microseconds on a clock that is not the
+/// unix epoch; only samples newer than the last seen; `NOT_FOUND` when there is none; and
+/// `nvmlDeviceGetUtilizationRates` says only what the newest period was.
+#[test]
+fn issue_14_utilization_samples() {
+    let f = fixture();
+    f.wait_until(30.0);
+    let bursty = f.device(4);
+    let samples = bursty.samples(Sampling::GpuUtilization, None).unwrap();
+    assert!(samples.len() >= 12, "{} samples", samples.len());
+    let values: Vec<SampleValue> = samples.iter().map(|s| s.value.clone()).collect();
+    for w in values.windows(2) {
+        assert!(
+            matches!(
+                (&w[0], &w[1]),
+                (SampleValue::U32(100), SampleValue::U32(0))
+                    | (SampleValue::U32(0), SampleValue::U32(100))
+            ),
+            "busy and idle periods alternate: {values:?}"
+        );
+    }
+    let gaps: Vec<u64> = samples
+        .windows(2)
+        .map(|w| w[1].timestamp - w[0].timestamp)
+        .collect();
+    assert!(
+        gaps.iter().all(|g| *g == 200_000),
+        "one per 0.2 s period: {gaps:?}"
+    );
+    let newest = samples.last().unwrap().timestamp;
+    let unix_us = unix_now() * 1e6;
+    assert!(
+        (newest as f64 - unix_us).abs() > 1e12,
+        "a clock of its own, not the unix epoch: {newest}"
+    );
+    // Only newer samples; none yet right after the newest.
+    let again = bursty.samples(Sampling::GpuUtilization, newest);
+    match again {
+        Err(NvmlError::NotFound) => {}
+        Ok(newer) => assert!(newer.iter().all(|s| s.timestamp > newest)),
+        Err(e) => panic!("{e}"),
+    }
+    let older = bursty
+        .samples(Sampling::GpuUtilization, samples[2].timestamp)
+        .unwrap();
+    assert_eq!(older[0].timestamp, samples[3].timestamp);
+    // The last period alone: all or nothing.
+    let rates = bursty.utilization_rates().unwrap().gpu;
+    assert!(rates == 0 || rates == 100, "{rates}");
+
+    // An idle GPU has no samples; GPU 2 keeps none at all.
+    assert!(matches!(
+        f.device(3).samples(Sampling::GpuUtilization, None),
+        Err(NvmlError::NotFound)
+    ));
+    assert_eq!(f.device(3).utilization_rates().unwrap().gpu, 0);
+    assert!(matches!(
+        f.device(2).samples(Sampling::GpuUtilization, None),
+        Err(NvmlError::NotSupported)
+    ));
+    // The busy H100: every period sampled.
+    let busy = f.device(0).samples(Sampling::GpuUtilization, None).unwrap();
+    assert!(busy
+        .windows(2)
+        .all(|w| (166_666..=166_667).contains(&(w[1].timestamp - w[0].timestamp))));
 }

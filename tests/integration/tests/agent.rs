@@ -759,10 +759,23 @@ fn issue_14_unknown_gpm_pipes_give_no_waste_verdict_and_no_permission_backs_off(
             ],
         )
     };
+    // (A GPM read less than 100 ms after the last one has no pipes: wait for one that has.)
+    let read = |m: &Metrics, gpu: &str| {
+        m.get(
+            "gpucost_gpu_pipe_active_ratio",
+            &[("gpu", gpu), ("pipe", "fp32")],
+        )
+        .is_some()
+    };
     let m = agent.wait_for_metrics(
         "FP32 waste counted on the GPU that reads every pipe, and 20 samples",
         Duration::from_secs(20),
-        |m| fp32_waste(m, "3100002").unwrap_or(0.0) > 0.0 && samples_at_least(20.0)(m),
+        |m| {
+            fp32_waste(m, "3100002").unwrap_or(0.0) > 0.0
+                && samples_at_least(20.0)(m)
+                && read(m, "0")
+                && read(m, "1")
+        },
     );
     promtool_check_metrics(&m.text);
     let pipe = |gpu: &str, pipe: &str| {
@@ -925,5 +938,76 @@ fn issue_14_throttle_seconds_come_from_the_violation_counters() {
             &[("reason", "gpu_idle")]
         )
         .is_empty());
+    assert!(agent.terminate().success());
+}
+
+/// At 10x: GPU 0's job is busy for one 0.2 s utilization period of the driver and idle for the
+/// next, over and over; the agent reads once a second (five periods).
+fn bursty_scenario() -> String {
+    let mut text = String::from(
+        r#"
+name = "bursty"
+duration_s = 3600
+speed = 10
+ripple = 0.0
+[[gpu]]
+model = "NVIDIA H100 80GB HBM3"
+memory_total_mib = 81559
+power_limit_w = 700
+idle_power_w = 70
+utilization_period_s = 0.2
+[[job]]
+name = "bursty"
+pid = 3300001
+gpus = [0]
+"#,
+    );
+    for _ in 0..900 {
+        for utilization in [1.0, 0.0] {
+            text.push_str(&format!(
+                "[[job.phase]]\nseconds = 2\nutilization = {utilization}\npower_w = 400\nmemory_mib = 1000\n"
+            ));
+        }
+    }
+    text
+}
+
+/// Issue 14, item 10: utilization is the driver's samples averaged over each interval. The
+/// last period alone (nvmlDeviceGetUtilizationRates) is all or nothing for this job, so reads
+/// a whole number of periods apart made it idle half of its time, or never; averaged, it is
+/// about half busy in every interval, and never idle.
+#[test]
+fn issue_14_bursty_utilization_is_averaged_over_each_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = write_scenario(dir.path(), "bursty.toml", &bursty_scenario());
+    let lib = fake_nvml_lib().display().to_string();
+    let mut agent = start(
+        &["--nvml-lib", &lib],
+        &[
+            ("GPUCOST_SAMPLING_INTERVAL", "1s".to_string()),
+            ("GPUCOST_SAMPLING_PROCESS_INTERVAL", "1s".to_string()),
+            ("GPUCOST_LEDGER_PERSIST_INTERVAL", "100ms".to_string()),
+            ("GPUCOST_FAKE_NVML_SCENARIO", scenario),
+        ],
+    );
+    let id = [("job_id", "unattributed:3300001")];
+    let seen = std::cell::RefCell::new(Vec::new());
+    let m = agent.wait_for_metrics("five seconds of the job", Duration::from_secs(20), |m| {
+        let u = m.gpu("gpucost_gpu_utilization_ratio", 0);
+        if u.is_some() && seen.borrow().last() != u.as_ref() {
+            seen.borrow_mut().extend(u);
+        }
+        m.get("gpucost_job_gpu_seconds_total", &id).unwrap_or(0.0) >= 5.0
+    });
+    let seen = seen.into_inner();
+    let held = m.get("gpucost_job_gpu_seconds_total", &id).unwrap();
+    let idle = m.get("gpucost_job_idle_gpu_seconds_total", &id).unwrap();
+    assert_eq!(idle, 0.0, "idle {idle} of {held} s");
+    // After the first reading, every interval is about half busy.
+    let later: Vec<f64> = seen.iter().copied().skip(2).collect();
+    assert!(
+        later.iter().all(|u| (0.3..=0.7).contains(u)),
+        "utilization per interval: {seen:?}"
+    );
     assert!(agent.terminate().success());
 }

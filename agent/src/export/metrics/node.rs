@@ -160,7 +160,7 @@ pub(super) fn node_families(snap: &Snapshot) -> Vec<MetricFamily> {
             ),
             (
                 "gpucost_gpu_utilization_ratio",
-                "Share of the last sample period in which a kernel was running (0..1).",
+                "Share of the time since the previous sample in which a kernel ran (0..1): the driver's utilization samples over the interval, or where it has none its last sample period (1/6 s to 1 s by product).",
                 v.utilization_ratio,
             ),
             (

@@ -1,7 +1,9 @@
 //! The fields of a reading that take more than one plain call: power, read explicitly as the
 //! one-second average and the instant value through `nvmlDeviceGetFieldValues`, with the legacy
-//! call as the fallback; and the violation-time counters, through the same call, with the
-//! deprecated `nvmlDeviceGetViolationStatus` as the fallback.
+//! call as the fallback; the violation-time counters, through the same call, with the
+//! deprecated `nvmlDeviceGetViolationStatus` as the fallback; and utilization, averaged over
+//! the driver's samples since the last read, with `nvmlDeviceGetUtilizationRates` (its last
+//! sample period) as the fallback.
 //!
 //! nvml.h (NVIDIA/go-nvml `gen/nvml/nvml.h`): `NVML_FI_DEV_POWER_AVERAGE` is "GPU power averaged
 //! over 1 sec interval, supported on Ampere (except GA100) or newer architectures" (line 2716),
@@ -23,8 +25,10 @@
 //! update 1, 251-253); it renumbers them for drivers from 580.82 on.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant;
 
-use nvml_wrapper::enum_wrappers::device::PerformancePolicy;
+use gpucost_core::account::utilization::{interval_pct, sample_period_s};
+use nvml_wrapper::enum_wrappers::device::{PerformancePolicy, Sampling};
 use nvml_wrapper::enums::device::SampleValue;
 use nvml_wrapper::error::NvmlError;
 use nvml_wrapper::structs::device::FieldId;
@@ -49,6 +53,21 @@ pub(super) struct FieldState {
     /// Reasons `nvmlDeviceGetViolationStatus` does not answer on this GPU (not supported, or
     /// the driver has no such call): not asked again.
     no_violation_status: BTreeSet<ThrottleReason>,
+    utilization: UtilizationState,
+}
+
+/// What the utilization average keeps between reads.
+#[derive(Debug, Default)]
+struct UtilizationState {
+    /// False once the driver said it keeps no utilization samples for this GPU (MIG, nvml.h).
+    unsupported: bool,
+    /// The newest sample's timestamp: NVML's `lastSeenTimeStamp` for the next read.
+    last_seen_us: Option<u64>,
+    /// Where the last average stopped, on the samples' clock.
+    from_us: Option<u64>,
+    /// The driver's sample period as the samples show it.
+    period_s: Option<f64>,
+    last_read: Option<Instant>,
 }
 
 /// The fields read in the one `nvmlDeviceGetFieldValues` call of each read.
@@ -220,4 +239,78 @@ pub(super) fn read_violations(
         }
     }
     Ok(out)
+}
+
+/// Percent of the time since the last read in which a kernel ran: the driver's utilization
+/// samples since then, averaged (`account::utilization`); where there are none (not supported;
+/// or none since the last read, the buffer running dry while the GPU is idle:
+/// polarsignals/gpu-metrics-agent#37), the driver's last sample period.
+pub(super) fn read_utilization(
+    d: &Device<'_>,
+    st: &mut FieldState,
+    e: &mut Vec<(Field, FieldError)>,
+) -> Result<Option<f64>, SampleError> {
+    let u = &mut st.utilization;
+    let now = Instant::now();
+    let elapsed_s = u
+        .last_read
+        .map_or(0.0, |t| now.duration_since(t).as_secs_f64());
+    u.last_read = Some(now);
+    if !u.unsupported {
+        match d.samples(Sampling::GpuUtilization, u.last_seen_us.unwrap_or(0)) {
+            Ok(found) => {
+                let mut samples: Vec<(u64, f64)> = found
+                    .iter()
+                    .filter(|s| u.last_seen_us.is_none_or(|seen| s.timestamp > seen))
+                    .filter_map(|s| {
+                        let pct = match s.value {
+                            SampleValue::U32(v) => f64::from(v),
+                            SampleValue::U64(v) => v as f64,
+                            SampleValue::I64(v) => v as f64,
+                            SampleValue::F64(v) => v,
+                        };
+                        pct.is_finite().then_some((s.timestamp, pct))
+                    })
+                    .collect();
+                samples.sort_by_key(|(t, _)| *t);
+                if let Some(&(newest, _)) = samples.last() {
+                    u.period_s = sample_period_s(&samples, u.period_s);
+                    // The first samples come with the whole buffer: only those of the interval
+                    // (judged back from the newest) are its own.
+                    if u.last_seen_us.is_none() {
+                        let since = newest.saturating_sub((elapsed_s * 1e6) as u64);
+                        let keep = samples.partition_point(|(t, _)| *t <= since);
+                        samples.drain(..keep.min(samples.len() - 1));
+                    }
+                    u.last_seen_us = Some(newest);
+                    if let Some((pct, to)) =
+                        interval_pct(&samples, u.from_us, elapsed_s, u.period_s)
+                    {
+                        u.from_us = Some(to);
+                        return Ok(Some(pct));
+                    }
+                }
+            }
+            Err(NvmlError::GpuLost) => return Err(lost("utilization samples")),
+            // No sample since the last read (nvml.h: NOT_FOUND "if sample entries are not found").
+            Err(NvmlError::NotFound) => {}
+            Err(NvmlError::NotSupported | NvmlError::FailedToLoadSymbol(_)) => {
+                u.unsupported = true;
+            }
+            Err(_) => {}
+        }
+    }
+    let rates = match d.utilization_rates() {
+        Ok(r) => Some(f64::from(r.gpu)),
+        Err(NvmlError::GpuLost) => return Err(lost("utilization")),
+        Err(NvmlError::NotSupported) => {
+            e.push((Field::Utilization, FieldError::NotSupported));
+            None
+        }
+        Err(err) => {
+            e.push((Field::Utilization, FieldError::Failed(err.to_string())));
+            None
+        }
+    };
+    Ok(rates)
 }

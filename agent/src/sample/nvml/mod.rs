@@ -209,7 +209,7 @@ impl Backend for NvmlBackend {
             power_average_mw,
             power_instant_mw,
             power_limit_mw: field(d.enforced_power_limit(), Field::PowerLimit, e)?,
-            utilization_pct: field(d.utilization_rates(), Field::Utilization, e)?.map(|u| u.gpu),
+            utilization_pct: fields::read_utilization(&d, st, e)?,
             memory_used_bytes: memory.as_ref().map(|m| m.used),
             memory_total_bytes: memory.as_ref().map(|m| m.total),
             sm_clock_mhz: field(d.clock_info(Clock::SM), Field::SmClock, e)?,
