@@ -376,6 +376,7 @@ impl Recorder {
             speed: 1.0,
             driver_version: self.driver.clone().unwrap_or_else(|| "unknown".into()),
             ripple: 0.0,
+            deprecated_calls_only: false,
             gpus,
             jobs,
             events,

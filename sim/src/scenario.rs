@@ -55,6 +55,11 @@ pub struct Scenario {
     /// Amplitude of the deterministic ripple added to busy GPUs' power and utilization (0..0.2).
     #[serde(default = "default_ripple")]
     pub ripple: f64,
+    /// The fake library answers `NVML_ERROR_FUNCTION_NOT_FOUND` to the replacements nvml.h
+    /// names for calls it deprecates in CUDA 13 (`nvmlDeviceGetCurrentClocksEventReasons`,
+    /// `nvmlDeviceGetTemperatureV`), as a driver from before them.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deprecated_calls_only: bool,
     #[serde(default, rename = "gpu")]
     pub gpus: Vec<GpuSpec>,
     #[serde(default, rename = "job")]

@@ -18,6 +18,7 @@ pub const NVML_ERROR_NO_PERMISSION: nvmlReturn_t = 4;
 pub const NVML_ERROR_NOT_FOUND: nvmlReturn_t = 6;
 pub const NVML_ERROR_INSUFFICIENT_SIZE: nvmlReturn_t = 7;
 pub const NVML_ERROR_TIMEOUT: nvmlReturn_t = 10;
+pub const NVML_ERROR_FUNCTION_NOT_FOUND: nvmlReturn_t = 13;
 pub const NVML_ERROR_GPU_IS_LOST: nvmlReturn_t = 15;
 pub const NVML_ERROR_ARGUMENT_VERSION_MISMATCH: nvmlReturn_t = 25;
 pub const NVML_ERROR_UNKNOWN: nvmlReturn_t = 999;
@@ -42,6 +43,19 @@ pub const NVML_CLOCK_VIDEO: nvmlClockType_t = 3;
 /// `nvmlTemperatureSensors_t`; NVML knows only the GPU die sensor.
 pub type nvmlTemperatureSensors_t = c_uint;
 pub const NVML_TEMPERATURE_GPU: nvmlTemperatureSensors_t = 0;
+
+/// `nvmlTemperature_t` (v1), as `nvmlDeviceGetTemperatureV` fills it.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct nvmlTemperature_t {
+    pub version: c_uint,
+    pub sensorType: nvmlTemperatureSensors_t,
+    pub temperature: c_int,
+}
+
+/// `nvmlTemperature_v1`, i.e. `NVML_STRUCT_VERSION(Temperature, 1)`.
+pub const nvmlTemperature_v1: c_uint =
+    (std::mem::size_of::<nvmlTemperature_t>() as c_uint) | (1 << 24);
 
 /// `NVML_VALUE_NOT_AVAILABLE` as the instance ids of a process outside MIG read.
 pub const NO_INSTANCE: c_uint = 0xFFFF_FFFF;
@@ -333,6 +347,11 @@ mod tests {
     #[test]
     fn structs_match_the_bindings() {
         same_layout!(
+            nvmlTemperature_t,
+            sys::nvmlTemperature_t,
+            [version, sensorType, temperature]
+        );
+        same_layout!(
             nvmlViolationTime_t,
             sys::nvmlViolationTime_t,
             [referenceTime, violationTime]
@@ -517,6 +536,11 @@ mod tests {
             sys::nvmlTemperatureSensors_enum_NVML_TEMPERATURE_GPU
         );
         assert_eq!(NVML_ERROR_TIMEOUT, sys::nvmlReturn_enum_NVML_ERROR_TIMEOUT);
+        assert_eq!(
+            NVML_ERROR_FUNCTION_NOT_FOUND,
+            sys::nvmlReturn_enum_NVML_ERROR_FUNCTION_NOT_FOUND
+        );
+        assert_eq!(nvmlTemperature_v1, 0x0100_000C);
         assert_eq!(
             NVML_GPM_METRIC_MAX,
             sys::nvmlGpmMetricId_t_NVML_GPM_METRIC_MAX as usize

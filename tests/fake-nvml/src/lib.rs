@@ -592,14 +592,62 @@ pub unsafe extern "C" fn nvmlDeviceGetCurrentClocksThrottleReasons(
     })
 }
 
-/// The newer name of `nvmlDeviceGetCurrentClocksThrottleReasons` (NVML 12.2+).
+/// The newer name of `nvmlDeviceGetCurrentClocksThrottleReasons` (NVML 12.2+), its replacement
+/// in CUDA 13 (nvml.h:6124). `NVML_ERROR_FUNCTION_NOT_FOUND` ("Local version of NVML doesn't
+/// implement this function", nvml.h) with the scenario's `deprecated_calls_only`.
 #[no_mangle]
 pub unsafe extern "C" fn nvmlDeviceGetCurrentClocksEventReasons(
     device: nvmlDevice_t,
     reasons: *mut c_ulonglong,
 ) -> nvmlReturn_t {
+    if deprecated_calls_only() {
+        return NVML_ERROR_FUNCTION_NOT_FOUND;
+    }
     // SAFETY: same contract.
     unsafe { nvmlDeviceGetCurrentClocksThrottleReasons(device, reasons) }
+}
+
+/// Whether the scenario wants the replacements of deprecated calls missing.
+fn deprecated_calls_only() -> bool {
+    guarded_flag(|model| model.node.scenario().deprecated_calls_only)
+}
+
+/// A flag of the loaded model (false when none is loaded), never unwinding.
+fn guarded_flag(flag: impl FnOnce(&state::Model) -> bool) -> bool {
+    catch_unwind(AssertUnwindSafe(|| {
+        state::lock().active().is_some_and(flag)
+    }))
+    .unwrap_or(false)
+}
+
+/// GPU die temperature in whole degrees Celsius, the replacement of `nvmlDeviceGetTemperature`
+/// in CUDA 13 (nvml.h:5956, 6015): the caller sets `version` to `nvmlTemperature_v1`
+/// (`NVML_ERROR_ARGUMENT_VERSION_MISMATCH` otherwise) and `sensorType`.
+/// `NVML_ERROR_FUNCTION_NOT_FOUND` with the scenario's `deprecated_calls_only`.
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetTemperatureV(
+    device: nvmlDevice_t,
+    temperature: *mut nvmlTemperature_t,
+) -> nvmlReturn_t {
+    if deprecated_calls_only() {
+        return NVML_ERROR_FUNCTION_NOT_FOUND;
+    }
+    device_call(device, !temperature.is_null(), |gpu| {
+        // SAFETY: non-NULL (checked by `device_call`); the caller owns an initialised struct.
+        let asked = unsafe { temperature.read() };
+        if asked.version != nvmlTemperature_v1 {
+            return NVML_ERROR_ARGUMENT_VERSION_MISMATCH;
+        }
+        if asked.sensorType != NVML_TEMPERATURE_GPU {
+            return NVML_ERROR_INVALID_ARGUMENT;
+        }
+        let answer = nvmlTemperature_t {
+            temperature: gpu.state().temperature_c.round() as c_int,
+            ..asked
+        };
+        // SAFETY: as above.
+        unsafe { put(temperature, answer) }
+    })
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 //! What issue 14 taught the fake library to answer like the real one, through the real
 //! `nvml-wrapper`: power as the one-second average and the instant value (field values, and
 //! the legacy call by product); the violation-time counters (field values, and the deprecated
-//! `nvmlDeviceGetViolationStatus`); the utilization sample buffer.
+//! `nvmlDeviceGetViolationStatus`); the utilization sample buffer; the CUDA 13 replacements of
+//! deprecated calls.
 //!
 //! One process, one library state: the scenario below is loaded once (see [`fixture`]) with
 //! `GPUCOST_FAKE_NVML_START_UNIX` set, so the tests know the scenario clock. It runs at 10
@@ -385,4 +386,40 @@ fn issue_14_utilization_samples() {
     assert!(busy
         .windows(2)
         .all(|w| (166_666..=166_667).contains(&(w[1].timestamp - w[0].timestamp))));
+}
+
+/// The replacements nvml.h names for calls it deprecates in CUDA 13 answer as the old calls do:
+/// `nvmlDeviceGetTemperatureV` (a versioned struct) and `nvmlDeviceGetCurrentClocksEventReasons`.
+#[test]
+fn replacements_of_deprecated_calls() {
+    use nvml_wrapper::enum_wrappers::device::TemperatureSensor;
+    use nvml_wrapper_sys::bindings::nvmlTemperature_t;
+    let f = fixture();
+    let d = f.device(0);
+    let lib = f.nvml.lib();
+    let call = lib.nvmlDeviceGetTemperatureV.as_ref().expect("exported");
+    let v1 = std::mem::size_of::<nvmlTemperature_t>() as u32 | (1 << 24);
+    let mut t = nvmlTemperature_t {
+        version: v1,
+        sensorType: 0,
+        temperature: -1,
+    };
+    // SAFETY: a handle of this library and a valid struct to fill.
+    assert_eq!(unsafe { call(d.handle(), &mut t) }, 0);
+    let legacy = d.temperature(TemperatureSensor::Gpu).unwrap();
+    assert!(
+        (i64::from(t.temperature) - i64::from(legacy)).abs() <= 1,
+        "{t:?} vs {legacy}"
+    );
+    t.version = 1;
+    // SAFETY: as above.
+    assert_eq!(unsafe { call(d.handle(), &mut t) }, 25, "version mismatch");
+    let events = lib
+        .nvmlDeviceGetCurrentClocksEventReasons
+        .as_ref()
+        .expect("exported");
+    let mut bits = 0u64;
+    // SAFETY: as above.
+    assert_eq!(unsafe { events(d.handle(), &mut bits) }, 0);
+    assert_eq!(bits & !0x1ff, 0);
 }

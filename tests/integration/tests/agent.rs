@@ -1011,3 +1011,32 @@ fn issue_14_bursty_utilization_is_averaged_over_each_interval() {
     );
     assert!(agent.terminate().success());
 }
+
+/// Where nvml.h deprecates a call in CUDA 13, the agent calls the replacement where the driver
+/// has it and the deprecated call where it does not: the same readings either way, no errors.
+#[test]
+fn replacements_of_deprecated_calls_and_their_fallbacks_read_the_same() {
+    for deprecated_only in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let text = STEADY.replace(
+            "ripple = 0.0",
+            &format!("ripple = 0.0\ndeprecated_calls_only = {deprecated_only}"),
+        );
+        let scenario = write_scenario(dir.path(), "steady.toml", &text);
+        let lib = fake_nvml_lib().display().to_string();
+        let mut agent = start(
+            &["--nvml-lib", &lib],
+            &fast_env(&[("GPUCOST_FAKE_NVML_SCENARIO", scenario)]),
+        );
+        let m = agent.wait_for_metrics("samples", Duration::from_secs(10), samples_at_least(3.0));
+        // 70 W idle to 700 W adds 42 °C to 32 °C: 300 W is 47 °C.
+        assert_eq!(m.gpu("gpucost_gpu_temperature_celsius", 0), Some(47.0));
+        assert_eq!(m.gpu("gpucost_gpu_temperature_celsius", 1), Some(32.0));
+        assert!(
+            m.find("gpucost_agent_sample_errors_total", &[]).is_empty(),
+            "deprecated calls only: {deprecated_only}\n{}",
+            m.text
+        );
+        assert!(agent.terminate().success());
+    }
+}

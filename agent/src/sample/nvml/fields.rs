@@ -3,7 +3,11 @@
 //! call as the fallback; the violation-time counters, through the same call, with the
 //! deprecated `nvmlDeviceGetViolationStatus` as the fallback; and utilization, averaged over
 //! the driver's samples since the last read, with `nvmlDeviceGetUtilizationRates` (its last
-//! sample period) as the fallback.
+//! sample period) as the fallback. Where nvml.h marks a call deprecated in CUDA 13 and names its
+//! replacement (`nvmlDeviceGetCurrentClocksThrottleReasons` -> `nvmlDeviceGetCurrentClocksEventReasons`,
+//! nvml.h:6124; `nvmlDeviceGetTemperature` -> `nvmlDeviceGetTemperatureV`, nvml.h:5956), the
+//! replacement is called where the driver exports it, and the deprecated call otherwise (a
+//! driver from before the replacement, or one that answers `NVML_ERROR_FUNCTION_NOT_FOUND`).
 //!
 //! nvml.h (NVIDIA/go-nvml `gen/nvml/nvml.h`): `NVML_FI_DEV_POWER_AVERAGE` is "GPU power averaged
 //! over 1 sec interval, supported on Ampere (except GA100) or newer architectures" (line 2716),
@@ -28,11 +32,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use gpucost_core::account::utilization::{interval_pct, sample_period_s};
-use nvml_wrapper::enum_wrappers::device::{PerformancePolicy, Sampling};
+use nvml_wrapper::enum_wrappers::device::{PerformancePolicy, Sampling, TemperatureSensor};
 use nvml_wrapper::enums::device::SampleValue;
-use nvml_wrapper::error::NvmlError;
+use nvml_wrapper::error::{nvml_try, NvmlError};
 use nvml_wrapper::structs::device::FieldId;
-use nvml_wrapper::Device;
+use nvml_wrapper::{Device, Nvml};
 use nvml_wrapper_sys::bindings::field_id::{
     NVML_FI_DEV_CLOCKS_EVENT_REASON_HW_POWER_BRAKE_SLOWDOWN,
     NVML_FI_DEV_CLOCKS_EVENT_REASON_HW_THERM_SLOWDOWN,
@@ -40,6 +44,9 @@ use nvml_wrapper_sys::bindings::field_id::{
     NVML_FI_DEV_PERF_POLICY_LOW_UTILIZATION, NVML_FI_DEV_PERF_POLICY_POWER,
     NVML_FI_DEV_PERF_POLICY_RELIABILITY, NVML_FI_DEV_PERF_POLICY_SYNC_BOOST,
     NVML_FI_DEV_POWER_AVERAGE, NVML_FI_DEV_POWER_INSTANT,
+};
+use nvml_wrapper_sys::bindings::{
+    nvmlTemperatureSensors_enum_NVML_TEMPERATURE_GPU, nvmlTemperature_t,
 };
 
 use gpucost_core::reading::{Field, FieldError, SampleError, ThrottleReason};
@@ -54,6 +61,9 @@ pub(super) struct FieldState {
     /// the driver has no such call): not asked again.
     no_violation_status: BTreeSet<ThrottleReason>,
     utilization: UtilizationState,
+    /// The replacements of deprecated calls are missing: the deprecated ones are used.
+    legacy_clock_events: bool,
+    legacy_temperature: bool,
 }
 
 /// What the utilization average keeps between reads.
@@ -313,4 +323,77 @@ pub(super) fn read_utilization(
         }
     };
     Ok(rates)
+}
+
+/// A replacement call's answer: `None` when the driver does not implement it (the deprecated
+/// call is used from then on).
+fn replacement(code: u32, legacy: &mut bool) -> Option<Result<(), NvmlError>> {
+    match nvml_try(code) {
+        Err(NvmlError::FunctionNotFound) => {
+            *legacy = true;
+            None
+        }
+        other => Some(other),
+    }
+}
+
+/// The clock-event (throttle) reason bits: `nvmlDeviceGetCurrentClocksEventReasons` where the
+/// driver has it, else the deprecated `nvmlDeviceGetCurrentClocksThrottleReasons`.
+pub(super) fn read_clock_events(
+    nvml: &Nvml,
+    d: &Device<'_>,
+    st: &mut FieldState,
+    e: &mut Vec<(Field, FieldError)>,
+) -> Result<Option<u64>, SampleError> {
+    if !st.legacy_clock_events {
+        match nvml.lib().nvmlDeviceGetCurrentClocksEventReasons.as_ref() {
+            Ok(call) => {
+                let mut bits: u64 = 0;
+                // SAFETY: the handle belongs to this `Nvml` and lives as long as `d`; `bits` is
+                // a valid out-pointer for the call's `unsigned long long *`.
+                let code = unsafe { call(d.handle(), &mut bits) };
+                if let Some(result) = replacement(code, &mut st.legacy_clock_events) {
+                    return super::field(result.map(|()| bits), Field::ClockEvents, e);
+                }
+            }
+            Err(_) => st.legacy_clock_events = true,
+        }
+    }
+    super::field(
+        d.current_throttle_reasons().map(|r| r.bits()),
+        Field::ClockEvents,
+        e,
+    )
+}
+
+/// The GPU's temperature in °C: `nvmlDeviceGetTemperatureV` where the driver has it, else the
+/// deprecated `nvmlDeviceGetTemperature`.
+pub(super) fn read_temperature(
+    nvml: &Nvml,
+    d: &Device<'_>,
+    st: &mut FieldState,
+    e: &mut Vec<(Field, FieldError)>,
+) -> Result<Option<u32>, SampleError> {
+    if !st.legacy_temperature {
+        match nvml.lib().nvmlDeviceGetTemperatureV.as_ref() {
+            Ok(call) => {
+                let mut t = nvmlTemperature_t {
+                    // nvml.h: nvmlTemperature_v1 = NVML_STRUCT_VERSION(Temperature, 1), the
+                    // struct's size with the version in the top byte.
+                    version: std::mem::size_of::<nvmlTemperature_t>() as u32 | (1 << 24),
+                    sensorType: nvmlTemperatureSensors_enum_NVML_TEMPERATURE_GPU,
+                    temperature: 0,
+                };
+                // SAFETY: the handle belongs to this `Nvml` and lives as long as `d`; `t` is a
+                // valid, versioned `nvmlTemperature_t` for the call to fill.
+                let code = unsafe { call(d.handle(), &mut t) };
+                if let Some(result) = replacement(code, &mut st.legacy_temperature) {
+                    let celsius = result.map(|()| t.temperature.max(0) as u32);
+                    return super::field(celsius, Field::Temperature, e);
+                }
+            }
+            Err(_) => st.legacy_temperature = true,
+        }
+    }
+    super::field(d.temperature(TemperatureSensor::Gpu), Field::Temperature, e)
 }

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver};
 use std::sync::Arc;
 
-use nvml_wrapper::enum_wrappers::device::{Clock, TemperatureSensor};
+use nvml_wrapper::enum_wrappers::device::Clock;
 use nvml_wrapper::error::NvmlError;
 use nvml_wrapper::Nvml;
 
@@ -213,9 +213,8 @@ impl Backend for NvmlBackend {
             memory_used_bytes: memory.as_ref().map(|m| m.used),
             memory_total_bytes: memory.as_ref().map(|m| m.total),
             sm_clock_mhz: field(d.clock_info(Clock::SM), Field::SmClock, e)?,
-            temperature_c: field(d.temperature(TemperatureSensor::Gpu), Field::Temperature, e)?,
-            clock_event_reasons: field(d.current_throttle_reasons(), Field::ClockEvents, e)?
-                .map(|r| r.bits()),
+            temperature_c: fields::read_temperature(&self.nvml, &d, st, e)?,
+            clock_event_reasons: fields::read_clock_events(&self.nvml, &d, st, e)?,
             violation_ns,
             processes: None,
             pipes: None,
