@@ -1040,3 +1040,47 @@ fn replacements_of_deprecated_calls_and_their_fallbacks_read_the_same() {
         assert!(agent.terminate().success());
     }
 }
+
+/// Issue 14, item 6: a GPU that cannot be read for two seconds comes back with an energy
+/// counter that kept counting; its delta covers the outage, and is kept rather than taken for a
+/// reset (the interval that closes the outage is one 100 ms cycle long).
+#[test]
+fn issue_14_energy_used_during_an_outage_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = STEADY.replace("power_w = 300", "power_w = 600")
+        + "[[event]]\nat_s = 2\ngpu = 0\nkind = \"gpu_lost\"\n\
+           [[event]]\nat_s = 4\ngpu = 0\nkind = \"gpu_recovered\"\n";
+    let scenario = write_scenario(dir.path(), "outage.toml", &text);
+    let lib = fake_nvml_lib().display().to_string();
+    let mut agent = start(
+        &["--nvml-lib", &lib],
+        &fast_env(&[
+            ("GPUCOST_FAKE_NVML_SCENARIO", scenario),
+            ("GPUCOST_LEDGER_PERSIST_INTERVAL", "100ms".into()),
+        ]),
+    );
+    let energy = |m: &Metrics| m.gpu("gpucost_gpu_energy_joules_total", 0).unwrap_or(0.0);
+    let before = agent.wait_for_metrics("energy counted", Duration::from_secs(10), |m| {
+        energy(m) > 0.0 && m.gpu("gpucost_gpu_up", 0) == Some(1.0)
+    });
+    let (e0, t0) = (energy(&before), Instant::now());
+    agent.wait_for_metrics("GPU 0 lost", Duration::from_secs(10), |m| {
+        m.gpu("gpucost_gpu_up", 0) == Some(0.0)
+    });
+    let after = agent.wait_for_metrics("GPU 0 back", Duration::from_secs(10), |m| {
+        m.gpu("gpucost_gpu_up", 0) == Some(1.0) && energy(m) > e0
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let end = agent.metrics();
+    let watts = (energy(&end) - e0) / t0.elapsed().as_secs_f64();
+    assert!(
+        (540.0..=660.0).contains(&watts),
+        "{watts} W over the outage for a 600 W GPU"
+    );
+    assert_eq!(
+        after.gpu("gpucost_gpu_energy_resets_total", 0),
+        Some(0.0),
+        "the outage is no reset"
+    );
+    assert!(agent.terminate().success());
+}
