@@ -157,7 +157,13 @@ impl Recorder {
             tr.t_s.push(t);
             tr.energy_j.push(round(energy, 1e3));
             tr.power_w
-                .push(r.power_mw().map_or(0.0, |mw| f64::from(mw) / 1000.0));
+                // The model's power is the instant value; its one-second average follows from
+                // the recorded energy.
+                .push(
+                    r.power_instant_mw
+                        .or(r.power_average_mw)
+                        .map_or(0.0, |mw| f64::from(mw) / 1000.0),
+                );
             tr.utilization
                 .push(round(tick.utilization.unwrap_or(0.0).clamp(0.0, 1.0), 1e4));
             tr.memory_used_mib.push(r.memory_used_bytes.map_or(0, mib));
