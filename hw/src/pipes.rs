@@ -64,19 +64,7 @@ impl Pipes {
 
     /// Pipe by pipe, `f(self, other)`; unknown where either is unknown.
     pub fn zip(self, o: Pipes, f: impl Fn(f64, f64) -> f64) -> Pipes {
-        let g = |a: Option<f64>, b: Option<f64>| Some(f(a?, b?));
-        Pipes {
-            sm_active: g(self.sm_active, o.sm_active),
-            sm_occupancy: g(self.sm_occupancy, o.sm_occupancy),
-            tensor_active: g(self.tensor_active, o.tensor_active),
-            hmma_active: g(self.hmma_active, o.hmma_active),
-            imma_active: g(self.imma_active, o.imma_active),
-            dfma_tensor_active: g(self.dfma_tensor_active, o.dfma_tensor_active),
-            fp16_active: g(self.fp16_active, o.fp16_active),
-            fp32_active: g(self.fp32_active, o.fp32_active),
-            fp64_active: g(self.fp64_active, o.fp64_active),
-            dram_active: g(self.dram_active, o.dram_active),
-        }
+        self.zip_option(o, |a, b| Some(f(a?, b?)))
     }
 
     /// Every pipe times `k`.
@@ -102,36 +90,12 @@ impl Pipes {
     /// The known pipes, with 0 for each unknown one: for sums over time that keep track of
     /// which pipes were unknown apart (the simulated node's integrals).
     pub fn or_zero(self) -> Pipes {
-        let z = |a: Option<f64>| Some(a.unwrap_or(0.0));
-        Pipes {
-            sm_active: z(self.sm_active),
-            sm_occupancy: z(self.sm_occupancy),
-            tensor_active: z(self.tensor_active),
-            hmma_active: z(self.hmma_active),
-            imma_active: z(self.imma_active),
-            dfma_tensor_active: z(self.dfma_tensor_active),
-            fp16_active: z(self.fp16_active),
-            fp32_active: z(self.fp32_active),
-            fp64_active: z(self.fp64_active),
-            dram_active: z(self.dram_active),
-        }
+        self.zip_option(self, |a, _| Some(a.unwrap_or(0.0)))
     }
 
     /// 1 for each unknown pipe, 0 for each known one (known itself, so that it sums).
     pub fn unknown_mask(self) -> Pipes {
-        let u = |a: Option<f64>| Some(if a.is_some() { 0.0 } else { 1.0 });
-        Pipes {
-            sm_active: u(self.sm_active),
-            sm_occupancy: u(self.sm_occupancy),
-            tensor_active: u(self.tensor_active),
-            hmma_active: u(self.hmma_active),
-            imma_active: u(self.imma_active),
-            dfma_tensor_active: u(self.dfma_tensor_active),
-            fp16_active: u(self.fp16_active),
-            fp32_active: u(self.fp32_active),
-            fp64_active: u(self.fp64_active),
-            dram_active: u(self.dram_active),
-        }
+        self.zip_option(self, |a, _| Some(if a.is_some() { 0.0 } else { 1.0 }))
     }
 
     /// These pipes, made unknown wherever `unknown` (a sum of [`Pipes::unknown_mask`]s) is not
