@@ -157,7 +157,13 @@ impl Recorder {
             tr.t_s.push(t);
             tr.energy_j.push(round(energy, 1e3));
             tr.power_w
-                .push(r.power_mw.map_or(0.0, |mw| f64::from(mw) / 1000.0));
+                // The model's power is the instant value; its one-second average follows from
+                // the recorded energy.
+                .push(
+                    r.power_instant_mw
+                        .or(r.power_average_mw)
+                        .map_or(0.0, |mw| f64::from(mw) / 1000.0),
+                );
             tr.utilization
                 .push(round(tick.utilization.unwrap_or(0.0).clamp(0.0, 1.0), 1e4));
             tr.memory_used_mib.push(r.memory_used_bytes.map_or(0, mib));
@@ -168,12 +174,13 @@ impl Recorder {
                 .push(r.clock_event_reasons.unwrap_or(0));
             match (&tick.pipes, tr.pipes.as_mut()) {
                 (Some(p), Some(cols)) => cols.push(&sim_pipes(p)),
-                // GPM went or came mid-recording: zeros fill the gap, the columns stay aligned.
-                (None, Some(cols)) => cols.push(&Pipes::default()),
+                // GPM went or came mid-recording: unknown values (nan) fill the gap, and the
+                // columns stay aligned.
+                (None, Some(cols)) => cols.push(&Pipes::UNKNOWN),
                 (Some(p), None) => {
                     let mut cols = TracePipes::default();
                     for _ in 1..tr.t_s.len() {
-                        cols.push(&Pipes::default());
+                        cols.push(&Pipes::UNKNOWN);
                     }
                     cols.push(&sim_pipes(p));
                     tr.pipes = Some(cols);
@@ -345,8 +352,16 @@ impl Recorder {
                         .copied()
                         .fold(f64::INFINITY, f64::min),
                     energy_counter: g.counter,
+                    power_average: None,
+                    violation_fields: true,
+                    utilization_period_s: None,
+                    utilization_samples: true,
+                    violation_status: true,
                     initial_energy_j: 0.0,
                     gpm: Some(tr.pipes.is_some()),
+                    // Unknown values are in the trace itself (nan), sample by sample.
+                    gpm_unknown_pipes: Vec::new(),
+                    gpm_no_permission: false,
                     bench_efficiency: efficiency.unwrap_or(0.92),
                     benchmarked: efficiency.is_some(),
                     trace: Some(tr.clone()),
@@ -370,6 +385,7 @@ impl Recorder {
             driver_version: self.driver.clone().unwrap_or_else(|| "unknown".into()),
             ripple: 0.0,
             driver_upgrade_at_s: None,
+            deprecated_calls_only: false,
             gpus,
             jobs,
             events,
@@ -436,9 +452,9 @@ mod tests {
             up: true,
             reading: Some(Reading {
                 energy_mj: Some(1),
-                power_mw: Some(300_000),
+                power_average_mw: Some(300_000),
                 power_limit_mw: Some(700_000),
-                utilization_pct: Some(50),
+                utilization_pct: Some(50.0),
                 memory_used_bytes: Some(2048 << 20),
                 memory_total_bytes: Some(81559 << 20),
                 sm_clock_mhz: Some(1980),
@@ -516,9 +532,11 @@ mod tests {
         let path = dir.path().join("rec.toml");
         let mut r = Recorder::new(&path, "NVML", 1.0, 1000.0).unwrap();
         let t0 = r.started;
+        // The tensor metric failed: unknown, written as nan, replayed as unknown.
         let pipes = Pipes {
-            fp32_active: 0.6,
-            ..Pipes::default()
+            fp32_active: Some(0.6),
+            tensor_active: None,
+            ..Pipes::IDLE
         };
         for k in 0..4u32 {
             let now = t0 + Duration::from_secs(u64::from(k) + 1);
@@ -565,8 +583,15 @@ mod tests {
             "joules since the first sample"
         );
         let p = t0.pipes.as_ref().unwrap();
-        assert_eq!(p.fp32_active, [0.0, 0.0, 0.6, 0.6], "zeros before GPM came");
-        assert_eq!(p.sm_active.len(), 4);
+        let unknown = |c: &[f64], k: usize| c[k].is_nan();
+        assert!(
+            unknown(&p.fp32_active, 0) && unknown(&p.fp32_active, 1),
+            "unknown before GPM came: {:?}",
+            p.fp32_active
+        );
+        assert_eq!(p.fp32_active[2..], [0.6, 0.6]);
+        assert!((0..4).all(|k| unknown(&p.tensor_active, k)));
+        assert_eq!(p.sm_active[2..], [0.0, 0.0]);
         assert!(s.gpus[1].trace.as_ref().unwrap().pipes.is_none());
         let by_id = |id: &str| s.jobs.iter().find(|j| j.id.as_deref() == Some(id)).unwrap();
         let (a, b, c) = (by_id("a"), by_id("b"), by_id("c"));

@@ -159,7 +159,11 @@ pub struct GpuView<'a> {
     pub up: bool,
     pub energy_joules_total: f64,
     pub energy_method: Option<EnergyMethod>,
+    /// The one-second average where the GPU has one, else the instant value
+    /// ([`Reading::power_mw`]).
     pub power_watts: Option<f64>,
+    /// The instantaneous value, where the GPU reports it.
+    pub power_instant_watts: Option<f64>,
     pub power_limit_watts: Option<f64>,
     pub utilization_ratio: Option<f64>,
     pub memory_used_bytes: Option<u64>,
@@ -185,9 +189,10 @@ impl GpuSnapshot {
                 .get(&self.info.uuid)
                 .map_or(0.0, |g| g.usage.energy_j),
             energy_method: self.energy_method,
-            power_watts: r.and_then(|r| r.power_mw).map(|mw| mw as f64 / 1e3),
+            power_watts: r.and_then(|r| r.power_mw()).map(|mw| mw as f64 / 1e3),
+            power_instant_watts: r.and_then(|r| r.power_instant_mw).map(|mw| mw as f64 / 1e3),
             power_limit_watts: r.and_then(|r| r.power_limit_mw).map(|mw| mw as f64 / 1e3),
-            utilization_ratio: r.and_then(|r| r.utilization_pct).map(|p| p as f64 / 100.0),
+            utilization_ratio: r.and_then(|r| r.utilization_pct).map(|p| p / 100.0),
             memory_used_bytes: r.and_then(|r| r.memory_used_bytes),
             memory_total_bytes: r.and_then(|r| r.memory_total_bytes),
             sm_clock_hertz: r.and_then(|r| r.sm_clock_mhz).map(|m| m as f64 * 1e6),

@@ -3,6 +3,7 @@
 //! and a field that failed says why in [`Reading::field_errors`]. Units are NVML's own and sit
 //! in the names. The agent's `sample` module fills these from NVML or the simulated node.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 /// Where readings come from; exported as the `source` label of `gpucost_gpu_info`.
@@ -92,21 +93,43 @@ pub enum FieldError {
 pub struct Reading {
     /// NVML's total-energy counter since the driver loaded, in millijoules.
     pub energy_mj: Option<u64>,
-    pub power_mw: Option<u32>,
+    /// Board power averaged over the last second (`NVML_FI_DEV_POWER_AVERAGE`; Ampere except
+    /// GA100, and newer), or what the legacy `nvmlDeviceGetPowerUsage` reports on those GPUs.
+    pub power_average_mw: Option<u32>,
+    /// Board power now (`NVML_FI_DEV_POWER_INSTANT`, all architectures), or what the legacy
+    /// `nvmlDeviceGetPowerUsage` reports on GA100 and older.
+    pub power_instant_mw: Option<u32>,
     pub power_limit_mw: Option<u32>,
-    /// Percent of the last sample period in which a kernel ran.
-    pub utilization_pct: Option<u32>,
+    /// Percent of the time since the previous reading in which a kernel ran: the driver's
+    /// utilization samples over the interval (`account::utilization`), or where it has none
+    /// (unsupported, as on MIG; or none since the last reading, as while the GPU is idle) its
+    /// last sample period, 1/6 s to 1 s by product.
+    pub utilization_pct: Option<f64>,
     pub memory_used_bytes: Option<u64>,
     pub memory_total_bytes: Option<u64>,
     pub sm_clock_mhz: Option<u32>,
     pub temperature_c: Option<u32>,
-    /// NVML clock-event (throttle) reason bits.
+    /// NVML clock-event (throttle) reason bits, as they are at the moment of the reading.
     pub clock_event_reasons: Option<u64>,
+    /// NVML's violation-time counters: nanoseconds the clocks were held down for each reason
+    /// since the driver loaded (the perf-policy and clock-event-reason field values, or the
+    /// deprecated `nvmlDeviceGetViolationStatus`). A reason is absent where the GPU has no
+    /// counter for it; its bit is the fallback then.
+    pub violation_ns: BTreeMap<ThrottleReason, u64>,
     /// Only filled on the slower process cadence.
     pub processes: Option<Vec<ProcessUse>>,
     /// Pipe activity over the interval since the previous GPM sample (Hopper and newer).
     pub pipes: Option<Pipes>,
     pub field_errors: Vec<(Field, FieldError)>,
+}
+
+impl Reading {
+    /// The power to show and to integrate: the one-second average where the GPU has one (it
+    /// smooths what a single instant would pick out of a load that changes within the second),
+    /// else the instantaneous value.
+    pub fn power_mw(&self) -> Option<u32> {
+        self.power_average_mw.or(self.power_instant_mw)
+    }
 }
 
 /// How busy each part of the GPU was over an interval (NVML GPM metrics), one definition for
@@ -162,21 +185,135 @@ impl DriverEvent {
     }
 }
 
-/// clock-event reason bits, in nvml.h order, with their exported names.
-pub const CLOCK_EVENT_REASONS: [(u64, &str); 9] = [
-    (0x1, "gpu_idle"),
-    (0x2, "applications_clocks_setting"),
-    (0x4, "sw_power_cap"),
-    (0x8, "hw_slowdown"),
-    (0x10, "sync_boost"),
-    (0x20, "sw_thermal_slowdown"),
-    (0x40, "hw_thermal_slowdown"),
-    (0x80, "hw_power_brake_slowdown"),
-    (0x100, "display_clock_setting"),
-];
+/// Why a GPU's clocks were held below what it could run at: the clock-event (throttle) reason
+/// bits of nvml.h and NVML's violation-time counters (perf policies), under one name each. The
+/// name is the `reason` label and the key of the ledger's JSON (`GpuRecord::events`), so it
+/// never changes.
+///
+/// The `gpu_idle` bit ("Nothing is running on the GPU and the clocks are dropping to Idle
+/// state", nvml.h) is not a reason: a GPU at rest is not throttled ([`GPU_IDLE_BIT`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ThrottleReason {
+    /// Bit 0x2, deprecated: "No longer used".
+    ApplicationsClocksSetting,
+    /// Bit 0x4; violation counter `NVML_PERF_POLICY_POWER`.
+    SwPowerCap,
+    /// Bit 0x8 (temperature, power brake or fast-trigger protection).
+    HwSlowdown,
+    /// Bit 0x10; violation counter `NVML_PERF_POLICY_SYNC_BOOST`.
+    SyncBoost,
+    /// Bit 0x20; violation counter `NVML_PERF_POLICY_THERMAL`
+    /// (`NVML_FI_DEV_CLOCKS_EVENT_REASON_SW_THERM_SLOWDOWN`).
+    SwThermalSlowdown,
+    /// Bit 0x40; counter `NVML_FI_DEV_CLOCKS_EVENT_REASON_HW_THERM_SLOWDOWN`.
+    HwThermalSlowdown,
+    /// Bit 0x80; counter `NVML_FI_DEV_CLOCKS_EVENT_REASON_HW_POWER_BRAKE_SLOWDOWN`.
+    HwPowerBrakeSlowdown,
+    /// Bit 0x100.
+    DisplayClockSetting,
+    /// Violation counter `NVML_PERF_POLICY_BOARD_LIMIT`; no bit.
+    BoardLimit,
+    /// Violation counter `NVML_PERF_POLICY_LOW_UTILIZATION`: clocks held low because the GPU
+    /// had little to do, not a limit on work; no bit.
+    LowUtilization,
+    /// Violation counter `NVML_PERF_POLICY_RELIABILITY` (the board's reliability limit); no bit.
+    Reliability,
+}
+
+/// The clock-event reason bit of an idle GPU, which is not throttling.
+pub const GPU_IDLE_BIT: u64 = 0x1;
+
+impl ThrottleReason {
+    pub const ALL: [ThrottleReason; 11] = [
+        ThrottleReason::ApplicationsClocksSetting,
+        ThrottleReason::SwPowerCap,
+        ThrottleReason::HwSlowdown,
+        ThrottleReason::SyncBoost,
+        ThrottleReason::SwThermalSlowdown,
+        ThrottleReason::HwThermalSlowdown,
+        ThrottleReason::HwPowerBrakeSlowdown,
+        ThrottleReason::DisplayClockSetting,
+        ThrottleReason::BoardLimit,
+        ThrottleReason::LowUtilization,
+        ThrottleReason::Reliability,
+    ];
+
+    /// The `reason` label and ledger key.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ThrottleReason::ApplicationsClocksSetting => "applications_clocks_setting",
+            ThrottleReason::SwPowerCap => "sw_power_cap",
+            ThrottleReason::HwSlowdown => "hw_slowdown",
+            ThrottleReason::SyncBoost => "sync_boost",
+            ThrottleReason::SwThermalSlowdown => "sw_thermal_slowdown",
+            ThrottleReason::HwThermalSlowdown => "hw_thermal_slowdown",
+            ThrottleReason::HwPowerBrakeSlowdown => "hw_power_brake_slowdown",
+            ThrottleReason::DisplayClockSetting => "display_clock_setting",
+            ThrottleReason::BoardLimit => "board_limit",
+            ThrottleReason::LowUtilization => "low_utilization",
+            ThrottleReason::Reliability => "reliability",
+        }
+    }
+
+    /// The reason of a name; `None` for a name this build does not know.
+    pub fn from_name(name: &str) -> Option<ThrottleReason> {
+        ThrottleReason::ALL.into_iter().find(|r| r.as_str() == name)
+    }
+
+    /// Its clock-event reason bit (nvml.h `nvmlClocksEventReason*`), where it has one.
+    pub fn bit(self) -> Option<u64> {
+        match self {
+            ThrottleReason::ApplicationsClocksSetting => Some(0x2),
+            ThrottleReason::SwPowerCap => Some(0x4),
+            ThrottleReason::HwSlowdown => Some(0x8),
+            ThrottleReason::SyncBoost => Some(0x10),
+            ThrottleReason::SwThermalSlowdown => Some(0x20),
+            ThrottleReason::HwThermalSlowdown => Some(0x40),
+            ThrottleReason::HwPowerBrakeSlowdown => Some(0x80),
+            ThrottleReason::DisplayClockSetting => Some(0x100),
+            ThrottleReason::BoardLimit
+            | ThrottleReason::LowUtilization
+            | ThrottleReason::Reliability => None,
+        }
+    }
+
+    /// Its position in [`ThrottleReason::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
 
 impl fmt::Display for Field {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn throttle_reasons_keep_their_names_and_bits() {
+        for (i, r) in ThrottleReason::ALL.into_iter().enumerate() {
+            assert_eq!(r.index(), i);
+            assert_eq!(ThrottleReason::from_name(r.as_str()), Some(r));
+            assert_ne!(r.bit(), Some(GPU_IDLE_BIT));
+        }
+        // The names the ledger holds (issue 13) are unchanged; gpu_idle is no reason.
+        for name in [
+            "applications_clocks_setting",
+            "sw_power_cap",
+            "hw_slowdown",
+            "sync_boost",
+            "sw_thermal_slowdown",
+            "hw_thermal_slowdown",
+            "hw_power_brake_slowdown",
+            "display_clock_setting",
+        ] {
+            assert!(ThrottleReason::from_name(name).is_some(), "{name}");
+        }
+        assert_eq!(ThrottleReason::from_name("gpu_idle"), None);
     }
 }

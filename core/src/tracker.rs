@@ -136,8 +136,12 @@ pub struct ProgressRequest {
 /// What one GPU interval says about its owners' rates.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct GpuRates {
-    /// FLOP/s from pipe activity, where the GPU has GPM.
+    /// FLOP/s from pipe activity, where the GPU has GPM and every pipe it needs was read.
     pub flop_rate: Option<f64>,
+    /// The GPU has GPM, but a pipe the rate needs was unknown (a failed GPM metric): its owners'
+    /// counter-based FLOP rate is unknown for the tick, rather than the rate of their other
+    /// GPUs over the peak of all of them (an MFU from unknown inputs).
+    pub flop_rate_unknown: bool,
     /// Dense BF16 peak of the GPU, where known.
     pub bf16_peak: Option<f64>,
 }
@@ -157,6 +161,8 @@ struct Tracked {
     /// so an unchanged job is the same allocation from one snapshot to the next.
     rec: Arc<JobRecord>,
     rate: JobRate,
+    /// A GPU it held this tick had an unknown FLOP rate ([`GpuRates::flop_rate_unknown`]).
+    rate_unknown: bool,
     /// When attribution last saw the job hold a GPU (monotonic: a wall-clock step ends no job).
     last_seen: Instant,
     /// The same moment on the wall clock, for the end time of a job that vanished.
@@ -179,6 +185,7 @@ impl Tracked {
         Tracked {
             rec: Arc::new(rec),
             rate: JobRate::default(),
+            rate_unknown: false,
             last_seen: now.mono,
             last_seen_wall: now.wall,
             ended: None,
@@ -771,6 +778,7 @@ impl Tracker {
                 if let Some(fr) = rates.flop_rate {
                     *t.rate.achieved_flops.get_or_insert(0.0) += w * fr;
                 }
+                t.rate_unknown |= rates.flop_rate_unknown;
             }
         }
     }
@@ -779,6 +787,7 @@ impl Tracker {
     pub fn begin_tick(&mut self) {
         for t in self.jobs.values_mut() {
             t.rate = JobRate::default();
+            t.rate_unknown = false;
         }
     }
 
@@ -787,7 +796,13 @@ impl Tracker {
         self.jobs
             .iter()
             .filter(|(_, t)| t.rec.outcome == Outcome::Running && t.rate.peak_flops > 0.0)
-            .map(|(id, t)| (id.clone(), t.rate))
+            .map(|(id, t)| {
+                let mut rate = t.rate;
+                if t.rate_unknown {
+                    rate.achieved_flops = None;
+                }
+                (id.clone(), rate)
+            })
             .collect()
     }
 

@@ -13,14 +13,16 @@ mod model;
 mod pipes;
 mod scenario;
 mod trace;
+mod violations;
 
 pub use model::{reason, GpuState, SimProcess, SimulatedNode};
-pub use pipes::{coefficients, Pipes};
+pub use pipes::{coefficients, PipeSeconds, Pipes};
 pub use scenario::{
     Context, DriverEventKind, EventKind, EventSpec, GpuSpec, JobSpec, NvmlQuirks, PhaseSpec,
     RegisterEventsError, Scenario, ScenarioError, DEMO,
 };
 pub use trace::{Trace, TracePipes};
+pub use violations::ViolationSeconds;
 
 #[cfg(test)]
 mod tests;

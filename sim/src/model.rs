@@ -4,8 +4,9 @@
 //! scenario (the agent's simulated backend and the fake NVML library) agree, and tests can compute
 //! expected values exactly. Energy is the exact integral of the power curve, ripple included.
 
-use crate::pipes::Pipes;
+use crate::pipes::{PipeSeconds, Pipes};
 use crate::scenario::{Context, EventKind, JobSpec, PhaseSpec, Scenario};
+use crate::violations::{time_sine_at_least, ViolationSeconds};
 
 /// NVML clock-event (throttle) reason bits, as in nvml.h.
 pub mod reason {
@@ -51,13 +52,24 @@ pub struct GpuState {
 }
 
 /// The load a GPU carries during one stretch of constant activity.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 struct Load {
     /// Watts above idle.
     excess_w: f64,
     utilization: f64,
     memory_mib: u64,
     pipes: Pipes,
+}
+
+impl Default for Load {
+    fn default() -> Self {
+        Load {
+            excess_w: 0.0,
+            utilization: 0.0,
+            memory_mib: 0,
+            pipes: Pipes::IDLE,
+        }
+    }
 }
 
 /// A scenario made ready for queries.
@@ -70,7 +82,9 @@ pub struct SimulatedNode {
     /// Per GPU: energy in joules from 0 to each breakpoint (ignoring resets).
     cumulative_j: Vec<Vec<f64>>,
     /// Per GPU: pipe-seconds (scenario time) from 0 to each breakpoint.
-    cumulative_pipes: Vec<Vec<Pipes>>,
+    cumulative_pipes: Vec<Vec<PipeSeconds>>,
+    /// Per GPU: seconds (scenario time) each violation counter counted from 0 to each breakpoint.
+    cumulative_violations: Vec<Vec<ViolationSeconds>>,
 }
 
 impl SimulatedNode {
@@ -92,6 +106,7 @@ impl SimulatedNode {
             breakpoints: vec![Vec::new(); n],
             cumulative_j: vec![Vec::new(); n],
             cumulative_pipes: vec![Vec::new(); n],
+            cumulative_violations: vec![Vec::new(); n],
         };
         for g in 0..n {
             let mut bps = vec![0.0, node.scenario.duration_s];
@@ -116,19 +131,23 @@ impl SimulatedNode {
             let mut cum = Vec::with_capacity(bps.len());
             let mut cum_pipes = Vec::with_capacity(bps.len());
             let mut total = 0.0;
-            let mut total_pipes = Pipes::default();
+            let mut total_pipes = PipeSeconds::ZERO;
+            let mut cum_violations = vec![ViolationSeconds::default()];
             cum.push(0.0);
             cum_pipes.push(total_pipes);
             for w in bps.windows(2) {
                 total += node.segment_energy_j(g, w[0], w[1]);
                 cum.push(total);
                 let pipes = node.load(g, w[0]).pipes;
-                total_pipes = total_pipes.plus(pipes.scaled(w[1] - w[0]));
+                total_pipes = total_pipes.plus(PipeSeconds::of(pipes, w[1] - w[0]));
                 cum_pipes.push(total_pipes);
+                let last = *cum_violations.last().expect("starts with one");
+                cum_violations.push(last.plus(node.segment_violations(g, w[0], w[1])));
             }
             node.breakpoints[g] = bps;
             node.cumulative_j[g] = cum;
             node.cumulative_pipes[g] = cum_pipes;
+            node.cumulative_violations[g] = cum_violations;
         }
         node
     }
@@ -181,7 +200,7 @@ impl SimulatedNode {
                 excess_w: s.energy_rate_w - spec.idle_power_w,
                 utilization: s.utilization,
                 memory_mib: s.memory_used_mib.saturating_sub(DRIVER_RESERVED_MIB),
-                pipes: s.pipes,
+                pipes: spec.without_unknown_pipes(s.pipes),
             };
         }
         let mut load = Load::default();
@@ -193,7 +212,7 @@ impl SimulatedNode {
         }
         load.excess_w = load.excess_w.min(spec.power_limit_w - spec.idle_power_w);
         load.utilization = load.utilization.min(1.0);
-        load.pipes = load.pipes.capped();
+        load.pipes = spec.without_unknown_pipes(load.pipes.capped());
         load
     }
 
@@ -229,6 +248,65 @@ impl SimulatedNode {
         (idle + load.excess_w) * (b - a) + ripple
     }
 
+    /// Scenario seconds within `[a, b)` (one stretch of constant load within a timeline) that
+    /// each violation counter counts.
+    fn segment_violations(&self, gpu: usize, a: f64, b: f64) -> ViolationSeconds {
+        if b <= a {
+            return ViolationSeconds::default();
+        }
+        if let Some(rec) = self.traced(gpu, a) {
+            return ViolationSeconds::of_bits(rec.clock_event_reasons, b - a);
+        }
+        let spec = &self.scenario.gpus[gpu];
+        let load = self.load(gpu, a);
+        let span = b - a;
+        // At the power cap: idle + X (1 + A sin(w t + phi)) >= 0.98 limit, as in `state`.
+        let cap = 0.98 * spec.power_limit_w;
+        let steady = spec.idle_power_w + load.excess_w;
+        let swing = load.excess_w * self.scenario.ripple;
+        let power = if swing > 0.0 {
+            let c = (cap - steady) / swing;
+            time_sine_at_least(a, b, RIPPLE_OMEGA, Self::ripple_phase(gpu), c)
+        } else if steady >= cap {
+            span
+        } else {
+            0.0
+        };
+        let heat = load.excess_w / (spec.power_limit_w - spec.idle_power_w);
+        let hot = spec.idle_temperature_c + TEMP_RISE_C * heat >= 85.0;
+        ViolationSeconds {
+            power,
+            thermal: if hot { span } else { 0.0 },
+            low_utilization: if load.utilization == 0.0 { span } else { 0.0 },
+            ..ViolationSeconds::default()
+        }
+    }
+
+    /// Wall-clock seconds each of the GPU's violation counters has counted from scenario time 0
+    /// to `t` (NVML counts in nanoseconds of real time; with `speed` > 1 a scenario second is
+    /// shorter). Past a timeline that does not repeat the GPU is idle: low utilization counts.
+    pub fn violation_s(&self, gpu: u32, t: f64) -> ViolationSeconds {
+        let g = gpu as usize;
+        let (periods, tm) = self.split(t.max(0.0));
+        let bps = &self.breakpoints[g];
+        let cum = &self.cumulative_violations[g];
+        let per_timeline = *cum.last().expect("at least two breakpoints");
+        let within = if tm >= self.scenario.duration_s {
+            let idle = tm - self.scenario.duration_s;
+            per_timeline.plus(ViolationSeconds {
+                low_utilization: idle,
+                ..ViolationSeconds::default()
+            })
+        } else {
+            let k = bps.partition_point(|b| *b <= tm) - 1;
+            cum[k].plus(self.segment_violations(g, bps[k], tm))
+        };
+        per_timeline
+            .scaled(periods)
+            .plus(within)
+            .scaled(1.0 / self.scenario.speed)
+    }
+
     /// True energy in joules from scenario time 0 to `t`, ignoring counter resets. With
     /// `speed` > 1 this is wall-clock energy: the integral of power over wall time.
     pub fn energy_j(&self, gpu: u32, t: f64) -> f64 {
@@ -250,10 +328,24 @@ impl SimulatedNode {
             + (periods * per_timeline + within) / self.scenario.speed
     }
 
+    /// Board power averaged over the wall-clock second before scenario time `t` (what NVML
+    /// reports as `NVML_FI_DEV_POWER_AVERAGE`), from the exact energy integral; at time 0 the
+    /// power then.
+    pub fn power_average_w(&self, gpu: u32, t: f64) -> f64 {
+        let t = t.max(0.0);
+        let from = (t - self.scenario.speed).max(0.0);
+        let wall_s = (t - from) / self.scenario.speed;
+        if wall_s <= 0.0 {
+            return self.state(gpu, t).power_w;
+        }
+        (self.energy_j(gpu, t) - self.energy_j(gpu, from)) / wall_s
+    }
+
     /// Pipe-seconds from scenario time 0 to `t`: for each pipe, the integral of its activity
-    /// over scenario time (exact; activity is constant within a phase). The difference between
-    /// two times, divided by their distance, is the average a GPM metric reports.
-    pub fn pipe_seconds(&self, gpu: u32, t: f64) -> Pipes {
+    /// over scenario time (exact; activity is constant within a phase), and the seconds it was
+    /// unknown. The difference between two times, averaged over their distance
+    /// ([`PipeSeconds::mean_over`]), is what a GPM metric reports.
+    pub fn pipe_seconds(&self, gpu: u32, t: f64) -> PipeSeconds {
         let g = gpu as usize;
         let (periods, tm) = self.split(t.max(0.0));
         let bps = &self.breakpoints[g];
@@ -264,7 +356,7 @@ impl SimulatedNode {
             per_timeline
         } else {
             let k = bps.partition_point(|b| *b <= tm) - 1;
-            cum[k].plus(self.load(g, bps[k]).pipes.scaled(tm - bps[k]))
+            cum[k].plus(PipeSeconds::of(self.load(g, bps[k]).pipes, tm - bps[k]))
         };
         per_timeline.scaled(periods).plus(within)
     }
@@ -278,8 +370,7 @@ impl SimulatedNode {
         }
         self.pipe_seconds(gpu, t1)
             .minus(self.pipe_seconds(gpu, t0))
-            .scaled(1.0 / (t1 - t0))
-            .capped()
+            .mean_over(t1 - t0)
     }
 
     /// Whether the GPU supports GPM (pipe activity): see [`crate::GpuSpec::gpm_supported`].
@@ -395,6 +486,30 @@ impl SimulatedNode {
                 && tm >= e.at_s
                 && tm < e.at_s + e.seconds.unwrap_or(0.0)
         })
+    }
+
+    /// Whether a job's process is on the GPU at scenario time `t` (what
+    /// [`SimulatedNode::state`] lists), without the rest of the state.
+    pub fn has_processes(&self, gpu: u32, t: f64) -> bool {
+        let (_, tm) = self.split(t.max(0.0));
+        self.active(gpu as usize, tm).next().is_some()
+    }
+
+    /// NVML GPU utilization (0..1) at scenario time `t`: what [`SimulatedNode::state`] reads,
+    /// without the rest of the state (the fake library's sample buffer asks for many).
+    pub fn utilization(&self, gpu: u32, t: f64) -> f64 {
+        let g = gpu as usize;
+        let (_, tm) = self.split(t.max(0.0));
+        if let Some(rec) = self.traced(g, tm) {
+            return rec.utilization;
+        }
+        let load = self.load(g, tm);
+        if load.utilization > 0.0 {
+            let wave = (RIPPLE_OMEGA * tm + Self::ripple_phase(g)).sin();
+            (load.utilization * (1.0 + self.scenario.ripple * wave)).clamp(0.0, 1.0)
+        } else {
+            0.0
+        }
     }
 
     /// What the GPU reads at scenario time `t`. Callers check [`SimulatedNode::is_present`] first.

@@ -20,51 +20,51 @@ const SM_OCCUPANCY_PER_UTIL: f64 = 0.6;
 pub fn coefficients(precision: Option<&str>) -> Pipes {
     let tag = precision.map(|p| p.trim().to_ascii_lowercase());
     let sm = Pipes {
-        sm_active: SM_ACTIVE_PER_UTIL,
-        sm_occupancy: SM_OCCUPANCY_PER_UTIL,
-        ..Pipes::default()
+        sm_active: Some(SM_ACTIVE_PER_UTIL),
+        sm_occupancy: Some(SM_OCCUPANCY_PER_UTIL),
+        ..Pipes::IDLE
     };
     match tag.as_deref() {
-        Some("idle") => Pipes::default(),
+        Some("idle") => Pipes::IDLE,
         Some("bf16" | "fp16") => Pipes {
-            tensor_active: 0.55,
-            hmma_active: 0.55,
-            fp16_active: 0.10,
-            fp32_active: 0.10,
-            dram_active: 0.45,
+            tensor_active: Some(0.55),
+            hmma_active: Some(0.55),
+            fp16_active: Some(0.10),
+            fp32_active: Some(0.10),
+            dram_active: Some(0.45),
             ..sm
         },
         Some("tf32") => Pipes {
-            tensor_active: 0.45,
-            hmma_active: 0.45,
-            fp32_active: 0.15,
-            dram_active: 0.50,
+            tensor_active: Some(0.45),
+            hmma_active: Some(0.45),
+            fp32_active: Some(0.15),
+            dram_active: Some(0.50),
             ..sm
         },
         Some("fp8") => Pipes {
-            tensor_active: 0.50,
-            fp16_active: 0.10,
-            fp32_active: 0.08,
-            dram_active: 0.40,
+            tensor_active: Some(0.50),
+            fp16_active: Some(0.10),
+            fp32_active: Some(0.08),
+            dram_active: Some(0.40),
             ..sm
         },
         Some("int8") => Pipes {
-            tensor_active: 0.50,
-            imma_active: 0.50,
-            fp32_active: 0.05,
-            dram_active: 0.40,
+            tensor_active: Some(0.50),
+            imma_active: Some(0.50),
+            fp32_active: Some(0.05),
+            dram_active: Some(0.40),
             ..sm
         },
         Some("fp32") => Pipes {
-            fp32_active: 0.65,
-            dram_active: 0.50,
+            fp32_active: Some(0.65),
+            dram_active: Some(0.50),
             ..sm
         },
         Some("fp64") => Pipes {
-            tensor_active: 0.50,
-            dfma_tensor_active: 0.50,
-            fp64_active: 0.60,
-            dram_active: 0.40,
+            tensor_active: Some(0.50),
+            dfma_tensor_active: Some(0.50),
+            fp64_active: Some(0.60),
+            dram_active: Some(0.40),
             ..sm
         },
         _ => sm,
@@ -80,25 +80,28 @@ impl PhaseSpec {
     /// precision has no tensor work, none for FP8).
     pub fn pipes(&self) -> Pipes {
         let coef = coefficients(self.precision.as_deref());
+        // The table knows every pipe.
+        let k = |pipe: Option<f64>| pipe.unwrap_or(0.0);
         let mut p = coef.scaled(self.utilization);
         if let Some(sm) = self.sm_active {
-            p.sm_active = sm;
-            p.sm_occupancy = sm * SM_OCCUPANCY_PER_UTIL / SM_ACTIVE_PER_UTIL;
+            p.sm_active = Some(sm);
+            p.sm_occupancy = Some(sm * SM_OCCUPANCY_PER_UTIL / SM_ACTIVE_PER_UTIL);
         }
         if let Some(tensor) = self.tensor_active {
-            let (hmma, imma, dfma) = if coef.tensor_active > 0.0 {
+            let any = k(coef.tensor_active);
+            let (hmma, imma, dfma) = if any > 0.0 {
                 (
-                    coef.hmma_active / coef.tensor_active,
-                    coef.imma_active / coef.tensor_active,
-                    coef.dfma_tensor_active / coef.tensor_active,
+                    k(coef.hmma_active) / any,
+                    k(coef.imma_active) / any,
+                    k(coef.dfma_tensor_active) / any,
                 )
             } else {
                 (1.0, 0.0, 0.0)
             };
-            p.tensor_active = tensor;
-            p.hmma_active = tensor * hmma;
-            p.imma_active = tensor * imma;
-            p.dfma_tensor_active = tensor * dfma;
+            p.tensor_active = Some(tensor);
+            p.hmma_active = Some(tensor * hmma);
+            p.imma_active = Some(tensor * imma);
+            p.dfma_tensor_active = Some(tensor * dfma);
         }
         for (explicit, pipe) in [
             (self.fp16_active, &mut p.fp16_active),
@@ -107,9 +110,67 @@ impl PhaseSpec {
             (self.dram_active, &mut p.dram_active),
         ] {
             if let Some(v) = explicit {
-                *pipe = v;
+                *pipe = Some(v);
             }
         }
         p
+    }
+}
+
+/// Pipe activity summed over time: for each pipe, its activity integrated over the seconds it
+/// was known, and the seconds it was unknown (a GPM metric that failed, a gap in a recording).
+/// What a GPM sample snapshots; two of them give the average between them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PipeSeconds {
+    /// Activity x seconds, over the known seconds of each pipe.
+    pub value: Pipes,
+    /// Seconds each pipe was unknown.
+    pub unknown: Pipes,
+}
+
+impl PipeSeconds {
+    pub const ZERO: PipeSeconds = PipeSeconds {
+        value: Pipes::IDLE,
+        unknown: Pipes::IDLE,
+    };
+
+    /// `pipes` held for `seconds`.
+    pub fn of(pipes: Pipes, seconds: f64) -> PipeSeconds {
+        PipeSeconds {
+            value: pipes.or_zero().scaled(seconds),
+            unknown: pipes.unknown_mask().scaled(seconds),
+        }
+    }
+
+    pub fn plus(self, o: PipeSeconds) -> PipeSeconds {
+        PipeSeconds {
+            value: self.value.plus(o.value),
+            unknown: self.unknown.plus(o.unknown),
+        }
+    }
+
+    pub fn minus(self, o: PipeSeconds) -> PipeSeconds {
+        PipeSeconds {
+            value: self.value.minus(o.value),
+            unknown: self.unknown.minus(o.unknown),
+        }
+    }
+
+    pub fn scaled(self, k: f64) -> PipeSeconds {
+        PipeSeconds {
+            value: self.value.scaled(k),
+            unknown: self.unknown.scaled(k),
+        }
+    }
+
+    /// The average activity over `seconds` (this being the sum over them): each pipe capped to
+    /// [0, 1], and unknown where it was unknown for any part of them.
+    pub fn mean_over(self, seconds: f64) -> Pipes {
+        // Sums of floats: a pipe known throughout has 0 unknown seconds up to rounding.
+        let unknown = self.unknown.map(|u| if u > 1e-9 { u } else { 0.0 });
+        self.value
+            .scaled(1.0 / seconds)
+            .capped()
+            .unknown_where(unknown)
     }
 }

@@ -9,6 +9,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::pipes::Pipes;
 use crate::trace::Trace;
 
 /// The built-in demo scenario, used by `--simulate demo`.
@@ -59,6 +60,11 @@ pub struct Scenario {
     /// to every call until every init was shut down and the library is initialised again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub driver_upgrade_at_s: Option<f64>,
+    /// The fake library answers `NVML_ERROR_FUNCTION_NOT_FOUND` to the replacements nvml.h
+    /// names for calls it deprecates in CUDA 13 (`nvmlDeviceGetCurrentClocksEventReasons`,
+    /// `nvmlDeviceGetTemperatureV`), as a driver from before them.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deprecated_calls_only: bool,
     #[serde(default, rename = "gpu")]
     pub gpus: Vec<GpuSpec>,
     #[serde(default, rename = "job")]
@@ -87,6 +93,28 @@ pub struct GpuSpec {
     /// Whether NVML's total-energy counter works on this GPU (false: NOT_SUPPORTED).
     #[serde(default = "yes")]
     pub energy_counter: bool,
+    /// Whether the GPU reports power averaged over a second (`NVML_FI_DEV_POWER_AVERAGE`, and
+    /// the legacy `nvmlDeviceGetPowerUsage` then answers that average) or only the instant
+    /// value. Absent: by product in the fake library (Ampere except GA100, and newer: nvml.h).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power_average: Option<bool>,
+    /// The driver's utilization sample period, in wall-clock seconds: "between 1 second and 1/6
+    /// second, depending on the product" (nvml.h, `nvmlUtilization_t`). Default 1/6 s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub utilization_period_s: Option<f64>,
+    /// Whether the driver keeps utilization samples (`nvmlDeviceGetSamples` with
+    /// `NVML_GPU_UTILIZATION_SAMPLES`); false: `NOT_SUPPORTED`, as on MIG-enabled GPUs (nvml.h).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub utilization_samples: bool,
+    /// Whether `nvmlDeviceGetFieldValues` answers the violation-time counters
+    /// (`NVML_FI_DEV_PERF_POLICY_*`, `NVML_FI_DEV_CLOCKS_EVENT_REASON_*`); false: a driver
+    /// without them, `NOT_SUPPORTED`.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub violation_fields: bool,
+    /// Whether the deprecated `nvmlDeviceGetViolationStatus` answers; false: `NOT_SUPPORTED`
+    /// (nvml.h: "This API will be removed in CUDA 14.0").
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub violation_status: bool,
     /// Value of the energy counter at the start of the timeline, in joules.
     #[serde(default)]
     pub initial_energy_j: f64,
@@ -94,6 +122,17 @@ pub struct GpuSpec {
     /// [`GpuSpec::gpm_supported`].
     #[serde(default)]
     pub gpm: Option<bool>,
+    /// Pipes whose GPM metric fails on this GPU (names as in `[gpu.trace.pipes]`): their
+    /// activity is unknown, in the model and through the fake library (nvml.h gives each GPM
+    /// metric its own return code, `nvmlGpmMetric_t.nvmlReturn`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gpm_unknown_pipes: Vec<String>,
+    /// The fake library answers `NVML_ERROR_NO_PERMISSION` to GPM samples on this GPU, as NVML
+    /// does to a non-root caller's counter queries where profiling is restricted to
+    /// administrators (`NVreg_RestrictProfilingToAdminUsers=1`; gpuopenanalytics/pynvml#19).
+    /// The simulated backend, which has no permissions, ignores it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub gpm_no_permission: bool,
     /// What `gpucost bench` would measure on this GPU, as a share of its datasheet peaks
     /// (0..1; the simulated node reports it as its benchmark). Default 0.92.
     #[serde(default = "default_bench_efficiency")]
@@ -197,7 +236,15 @@ fn default_bench_efficiency() -> f64 {
 /// Model-name parts of the GPUs that have GPM: Hopper and newer.
 const GPM_MODELS: [&str; 5] = ["H100", "H200", "GH200", "B100", "B200"];
 
+/// The shortest and longest utilization sample periods nvml.h gives (`nvmlUtilization_t`).
+pub const UTILIZATION_PERIODS_S: (f64, f64) = (1.0 / 6.0, 1.0);
+
 impl GpuSpec {
+    /// The driver's utilization sample period in wall-clock seconds (default 1/6 s).
+    pub fn utilization_period_s(&self) -> f64 {
+        self.utilization_period_s.unwrap_or(UTILIZATION_PERIODS_S.0)
+    }
+
     /// Whether the GPU supports GPM: the scenario's `gpm`, or else true for Hopper and newer
     /// (a model name containing H100, H200, GH200, B100 or B200).
     pub fn gpm_supported(&self) -> bool {
@@ -216,6 +263,33 @@ impl GpuSpec {
     fn hopper_or_newer(&self) -> bool {
         GPM_MODELS.iter().any(|m| self.model.contains(m))
     }
+
+    /// `pipes` with the pipes of `gpm_unknown_pipes` unknown.
+    pub fn without_unknown_pipes(&self, mut pipes: Pipes) -> Pipes {
+        for name in &self.gpm_unknown_pipes {
+            if let Some(pipe) = pipe_mut(&mut pipes, name) {
+                *pipe = None;
+            }
+        }
+        pipes
+    }
+}
+
+/// The pipe of `pipes` named as in `[gpu.trace.pipes]` (`tensor_active`, ...).
+pub(crate) fn pipe_mut<'a>(pipes: &'a mut Pipes, name: &str) -> Option<&'a mut Option<f64>> {
+    Some(match name {
+        "sm_active" => &mut pipes.sm_active,
+        "sm_occupancy" => &mut pipes.sm_occupancy,
+        "tensor_active" => &mut pipes.tensor_active,
+        "hmma_active" => &mut pipes.hmma_active,
+        "imma_active" => &mut pipes.imma_active,
+        "dfma_tensor_active" => &mut pipes.dfma_tensor_active,
+        "fp16_active" => &mut pipes.fp16_active,
+        "fp32_active" => &mut pipes.fp32_active,
+        "fp64_active" => &mut pipes.fp64_active,
+        "dram_active" => &mut pipes.dram_active,
+        _ => return None,
+    })
 }
 
 /// A job: one process (plus optional extra worker pids) that loads some GPUs in phases.
@@ -373,6 +447,9 @@ fn one() -> f64 {
 fn yes() -> bool {
     true
 }
+fn is_true(b: &bool) -> bool {
+    *b
+}
 fn default_driver() -> String {
     "550.90.07".to_string()
 }
@@ -494,6 +571,30 @@ impl Scenario {
                 return Err(bad(
                     what("bench_efficiency"),
                     format!("must be in (0, 1], got {}", g.bench_efficiency),
+                ));
+            }
+            if let Some(p) = g.utilization_period_s {
+                let (lo, hi) = UTILIZATION_PERIODS_S;
+                if !(p >= lo - 1e-9 && p <= hi) {
+                    return Err(bad(
+                        what("utilization_period_s"),
+                        format!("must be in [1/6, 1] (nvml.h's range), got {p}"),
+                    ));
+                }
+            }
+            let mut probe = Pipes::IDLE;
+            if let Some(name) = g
+                .gpm_unknown_pipes
+                .iter()
+                .find(|n| pipe_mut(&mut probe, n).is_none())
+            {
+                return Err(bad(
+                    what("gpm_unknown_pipes"),
+                    format!(
+                        "no pipe is called {name:?} (sm_active, sm_occupancy, tensor_active, \
+                         hmma_active, imma_active, dfma_tensor_active, fp16_active, fp32_active, \
+                         fp64_active, dram_active)"
+                    ),
                 ));
             }
             if let Some(t) = &g.trace {

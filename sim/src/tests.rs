@@ -91,6 +91,22 @@ fn energy_is_the_integral_of_power() {
     }
 }
 
+/// The one-second power average is the energy of the last wall second: between the ripple's
+/// extremes while the instant value follows the wave, and equal to it with no ripple.
+#[test]
+fn power_average_is_the_energy_of_the_last_second() {
+    let n = node();
+    for t in [12.0, 13.7, 20.25, 39.9] {
+        let avg = n.power_average_w(0, t);
+        let numeric = numeric_energy(&n, 0, t - 1.0, t);
+        assert!((avg - numeric).abs() < 1e-3, "{t}: {avg} vs {numeric}");
+    }
+    // At scenario time 0 there is no second before: the power then.
+    assert_eq!(n.power_average_w(0, 0.0), n.state(0, 0.0).power_w);
+    let flat = one_phase("utilization = 0.5").unwrap();
+    assert!((flat.power_average_w(0, 50.0) - 500.0).abs() < 1e-9);
+}
+
 #[test]
 fn shared_gpu_loads_add_up_and_cap_at_the_limit() {
     let n = node();
@@ -257,6 +273,11 @@ fn close(a: f64, b: f64) -> bool {
     (a - b).abs() < 1e-9
 }
 
+/// A known pipe close to `b`.
+fn known(a: Option<f64>, b: f64) -> bool {
+    a.is_some_and(|a| close(a, b))
+}
+
 fn assert_pipes(got: Pipes, want: Pipes, what: &str) {
     let fields = |p: Pipes| {
         [
@@ -273,7 +294,11 @@ fn assert_pipes(got: Pipes, want: Pipes, what: &str) {
         ]
     };
     for ((name, g), (_, w)) in fields(got).into_iter().zip(fields(want)) {
-        assert!(close(g, w), "{what}: {name} is {g}, want {w}");
+        let same = match (g, w) {
+            (Some(g), Some(w)) => close(g, w),
+            (g, w) => g == w,
+        };
+        assert!(same, "{what}: {name} is {g:?}, want {w:?}");
     }
 }
 
@@ -299,16 +324,16 @@ fn pipes_follow_the_precision_table() {
         let node = one_phase(&format!("utilization = {u}\nprecision = \"{precision}\"")).unwrap();
         let busy = if precision == "idle" { 0.0 } else { u };
         let want = Pipes {
-            sm_active: 0.95 * busy,
-            sm_occupancy: 0.6 * busy,
-            tensor_active: k[0] * u,
-            hmma_active: k[1] * u,
-            imma_active: k[2] * u,
-            dfma_tensor_active: k[3] * u,
-            fp16_active: k[4] * u,
-            fp32_active: k[5] * u,
-            fp64_active: k[6] * u,
-            dram_active: k[7] * u,
+            sm_active: Some(0.95 * busy),
+            sm_occupancy: Some(0.6 * busy),
+            tensor_active: Some(k[0] * u),
+            hmma_active: Some(k[1] * u),
+            imma_active: Some(k[2] * u),
+            dfma_tensor_active: Some(k[3] * u),
+            fp16_active: Some(k[4] * u),
+            fp32_active: Some(k[5] * u),
+            fp64_active: Some(k[6] * u),
+            dram_active: Some(k[7] * u),
         };
         let what = format!("{precision} at {u}");
         assert_pipes(node.state(0, 50.0).pipes, want, &what);
@@ -320,14 +345,14 @@ fn pipes_follow_the_precision_table() {
     assert_pipes(
         node.state(0, 50.0).pipes,
         Pipes {
-            sm_active: 0.475,
-            sm_occupancy: 0.3,
-            ..Pipes::default()
+            sm_active: Some(0.475),
+            sm_occupancy: Some(0.3),
+            ..Pipes::IDLE
         },
         "untagged",
     );
     // Nothing runs before or after the job (a timeline that does not repeat).
-    assert_eq!(node.state(0, 150.0).pipes, Pipes::default());
+    assert_eq!(node.state(0, 150.0).pipes, Pipes::IDLE);
 }
 
 #[test]
@@ -340,16 +365,16 @@ fn explicit_pipes_override_the_table() {
     assert_pipes(
         node.state(0, 10.0).pipes,
         Pipes {
-            sm_active: 0.5,
-            sm_occupancy: 0.5 * 0.6 / 0.95,
-            tensor_active: 0.2,
-            hmma_active: 0.2,
-            imma_active: 0.0,
-            dfma_tensor_active: 0.0,
-            fp16_active: 0.3,
-            fp32_active: 0.4,
-            fp64_active: 0.05,
-            dram_active: 0.9,
+            sm_active: Some(0.5),
+            sm_occupancy: Some(0.5 * 0.6 / 0.95),
+            tensor_active: Some(0.2),
+            hmma_active: Some(0.2),
+            imma_active: Some(0.0),
+            dfma_tensor_active: Some(0.0),
+            fp16_active: Some(0.3),
+            fp32_active: Some(0.4),
+            fp64_active: Some(0.05),
+            dram_active: Some(0.9),
         },
         "bf16 with overrides",
     );
@@ -357,20 +382,20 @@ fn explicit_pipes_override_the_table() {
     let int8 = one_phase("utilization = 0.8\nprecision = \"int8\"\ntensor_active = 0.3").unwrap();
     let p = int8.state(0, 10.0).pipes;
     assert!(
-        close(p.imma_active, 0.3) && close(p.hmma_active, 0.0),
+        known(p.imma_active, 0.3) && known(p.hmma_active, 0.0),
         "{p:?}"
     );
     let fp32 = one_phase("utilization = 0.8\nprecision = \"fp32\"\ntensor_active = 0.1").unwrap();
     let p = fp32.state(0, 10.0).pipes;
     assert!(
-        close(p.hmma_active, 0.1) && close(p.fp32_active, 0.52),
+        known(p.hmma_active, 0.1) && known(p.fp32_active, 0.52),
         "{p:?}"
     );
     // Only the overridden pipe changes.
     let dram = one_phase("utilization = 1.0\nprecision = \"fp32\"\ndram_active = 0.2").unwrap();
     let p = dram.state(0, 10.0).pipes;
     assert!(
-        close(p.dram_active, 0.2) && close(p.fp32_active, 0.65),
+        known(p.dram_active, 0.2) && known(p.fp32_active, 0.65),
         "{p:?}"
     );
 }
@@ -474,19 +499,87 @@ fn shared_gpus_add_pipes_and_cap_at_one() {
     // Alone, then together: sums, each pipe capped at 1.
     assert_pipes(n.state(0, 20.0).pipes, a, "a alone");
     let both = n.state(0, 35.0).pipes;
-    assert!(close(both.tensor_active, 0.55 * 1.3), "{both:?}");
-    assert!(close(both.hmma_active, 0.55 * 1.3), "{both:?}");
-    assert!(close(both.fp32_active, 0.10 * 1.3), "{both:?}");
-    assert_eq!(both.sm_active, 1.0, "0.95 x 1.3 is capped");
-    assert_eq!(both.dram_active, 1.0, "0.27 + 0.8 is capped");
-    assert!(close(both.sm_occupancy, 0.6 * 1.3), "{both:?}");
-    assert!(a.sm_active + b.sm_active > 1.0);
+    assert!(known(both.tensor_active, 0.55 * 1.3), "{both:?}");
+    assert!(known(both.hmma_active, 0.55 * 1.3), "{both:?}");
+    assert!(known(both.fp32_active, 0.10 * 1.3), "{both:?}");
+    assert_eq!(both.sm_active, Some(1.0), "0.95 x 1.3 is capped");
+    assert_eq!(both.dram_active, Some(1.0), "0.27 + 0.8 is capped");
+    assert!(known(both.sm_occupancy, 0.6 * 1.3), "{both:?}");
+    assert!(a.sm_active.unwrap() + b.sm_active.unwrap() > 1.0);
     // The second phase of `a`: FP32, tensors idle.
     let fp32 = n.state(0, 55.0).pipes;
-    assert!(close(fp32.fp32_active, 0.13) && fp32.tensor_active == 0.0);
-    assert_eq!(n.state(0, 5.0).pipes, Pipes::default());
+    assert!(known(fp32.fp32_active, 0.13) && fp32.tensor_active == Some(0.0));
+    assert_eq!(n.state(0, 5.0).pipes, Pipes::IDLE);
     // The ripple moves power and utilization, never the pipes.
     assert_eq!(n.state(0, 12.0).pipes, n.state(0, 17.3).pipes);
+}
+
+/// The utilization alone is the state's.
+#[test]
+fn utilization_is_the_states() {
+    for n in [
+        shared(),
+        SimulatedNode::new(Scenario::parse(TRACED, "traced.toml").unwrap()),
+    ] {
+        for t in [0.0, 0.7, 2.0, 12.5, 31.0, 55.5, 140.0] {
+            assert_eq!(n.utilization(0, t), n.state(0, t).utilization, "{t}");
+        }
+    }
+    let bad = TWO_GPUS.replacen(
+        "idle_power_w = 70",
+        "idle_power_w = 70\nutilization_period_s = 0.1",
+        1,
+    );
+    let err = Scenario::parse(&bad, "bad.toml").unwrap_err().to_string();
+    assert!(
+        err.contains("utilization_period_s: must be in [1/6, 1]"),
+        "{err}"
+    );
+}
+
+/// Each violation counter counts the time its reason's bit is set in the model's readings
+/// (the idle bit as low utilization), exactly, ripple included.
+#[test]
+fn violation_counters_count_the_time_their_bit_is_set() {
+    let n = shared();
+    let counted = |gpu: u32, t0: f64, t1: f64, bit: u64| {
+        let steps = 200_000;
+        let h = (t1 - t0) / steps as f64;
+        (0..steps)
+            .filter(|i| n.state(gpu, t0 + (*i as f64 + 0.5) * h).throttle_reasons & bit != 0)
+            .count() as f64
+            * h
+    };
+    for (gpu, t0, t1) in [
+        (0, 0.0, 100.0),
+        (0, 28.0, 41.0),
+        (1, 5.0, 250.0),
+        (0, 95.0, 215.0),
+    ] {
+        let (a, b) = (n.violation_s(gpu, t0), n.violation_s(gpu, t1));
+        for (what, got, bit) in [
+            ("power", b.power - a.power, 0x4),
+            ("thermal", b.thermal - a.thermal, 0x20),
+            (
+                "low utilization",
+                b.low_utilization - a.low_utilization,
+                0x1,
+            ),
+        ] {
+            let want = counted(gpu, t0, t1, bit);
+            assert!(
+                (got - want).abs() < 1e-3,
+                "gpu {gpu} [{t0}, {t1}) {what}: {got} s, counted {want} s"
+            );
+        }
+    }
+    // The shared phase on GPU 0 is capped part of the time only, by the ripple.
+    let (a, b) = (n.violation_s(0, 30.0), n.violation_s(0, 40.0));
+    assert!(
+        b.power - a.power > 1.0 && b.power - a.power < 9.0,
+        "{a:?} {b:?}"
+    );
+    assert_eq!(b.sync_boost + b.board_limit + b.reliability, 0.0);
 }
 
 #[test]
@@ -498,7 +591,7 @@ fn pipe_averages_are_the_integral_of_the_activity() {
         let h = (t1 - t0) / steps as f64;
         (0..steps)
             .map(|i| n.state(gpu, t0 + (i as f64 + 0.5) * h).pipes)
-            .fold(Pipes::default(), |acc, p| acc.plus(p.scaled(h / (t1 - t0))))
+            .fold(Pipes::IDLE, |acc, p| acc.plus(p.scaled(h / (t1 - t0))))
     };
     for (gpu, t0, t1) in [
         (0, 0.0, 100.0),
@@ -517,7 +610,7 @@ fn pipe_averages_are_the_integral_of_the_activity() {
             (exact.dram_active, approx.dram_active),
         ] {
             assert!(
-                (e - a).abs() < 1e-4,
+                (e.unwrap() - a.unwrap()).abs() < 1e-4,
                 "gpu {gpu} [{t0},{t1}): {exact:?} vs {approx:?}"
             );
         }
@@ -531,9 +624,54 @@ fn pipe_averages_are_the_integral_of_the_activity() {
     // A zero-length window gives the activity at that moment.
     assert_eq!(n.pipes_between(0, 35.0, 35.0), n.state(0, 35.0).pipes);
     // Pipe-seconds over a whole timeline repeat with it.
-    let one = n.pipe_seconds(0, 100.0).tensor_active;
-    assert!(close(n.pipe_seconds(0, 300.0).tensor_active, 3.0 * one));
+    let one = n.pipe_seconds(0, 100.0).value.tensor_active.unwrap();
+    assert!(known(
+        n.pipe_seconds(0, 300.0).value.tensor_active,
+        3.0 * one
+    ));
     assert!(close(one, 0.55 * 0.6 * 40.0 + 0.55 * 0.7 * 10.0));
+}
+
+/// Issue 14, item 7: a pipe whose GPM metric fails is unknown, not idle, in the model (and so
+/// through the fake library and the simulated backend alike); an average over a window that was
+/// unknown for any part of it is unknown.
+#[test]
+fn issue_14_failing_gpm_metrics_make_their_pipes_unknown() {
+    let text = TWO_GPUS.replacen(
+        "idle_power_w = 70",
+        "idle_power_w = 70\ngpm_unknown_pipes = [\"tensor_active\", \"hmma_active\"]",
+        1,
+    );
+    let n = SimulatedNode::new(Scenario::parse(&text, "unknown.toml").unwrap());
+    let p = n.state(0, 5.0).pipes;
+    assert_eq!((p.tensor_active, p.hmma_active), (None, None), "{p:?}");
+    assert!(p.fp32_active.is_some() && p.sm_active.is_some(), "{p:?}");
+    let avg = n.pipes_between(0, 1.0, 9.0);
+    assert_eq!(avg.tensor_active, None);
+    assert!(avg.fp32_active.is_some());
+    // The other GPU is untouched.
+    assert!(n.state(1, 5.0).pipes.all_known());
+    // A recording with an unknown value replays it as unknown, for the windows that cover it.
+    let nan = TRACED.replace(
+        "tensor_active = [0, 0, 0.6, 0]",
+        "tensor_active = [0, nan, 0.6, 0]",
+    );
+    let n = SimulatedNode::new(Scenario::parse(&nan, "nan.toml").unwrap());
+    assert_eq!(n.state(0, 1.0).pipes.tensor_active, None);
+    assert_eq!(n.pipes_between(0, 0.5, 2.5).tensor_active, None);
+    assert!(known(n.pipes_between(0, 1.5, 2.5).tensor_active, 0.6));
+    assert!(known(n.pipes_between(0, 0.5, 2.5).fp32_active, 0.4));
+    // A name that is no pipe is an error that says which names there are.
+    let bad = TWO_GPUS.replacen(
+        "idle_power_w = 70",
+        "idle_power_w = 70\ngpm_unknown_pipes = [\"tensor\"]",
+        1,
+    );
+    let err = Scenario::parse(&bad, "bad.toml").unwrap_err().to_string();
+    assert!(
+        err.contains("gpm_unknown_pipes: no pipe is called \"tensor\" (sm_active,"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -568,22 +706,22 @@ fn demo_shows_each_pipe_signal() {
     // The bf16 pretrain: tensor cores busy.
     let pretrain = n.state(0, 100.0).pipes;
     assert!(
-        pretrain.tensor_active > 0.5 && pretrain.hmma_active > 0.5,
+        pretrain.tensor_active > Some(0.5) && pretrain.hmma_active > Some(0.5),
         "{pretrain:?}"
     );
     assert_eq!(n.state(1, 100.0).pipes, pretrain);
     // resnet50-fp32: the FP32 pipe busy, tensor cores idle (the waste signal).
     let resnet = n.state(3, 100.0).pipes;
-    assert!(resnet.fp32_active > 0.6, "{resnet:?}");
-    assert_eq!(resnet.tensor_active, 0.0);
+    assert!(resnet.fp32_active > Some(0.6), "{resnet:?}");
+    assert_eq!(resnet.tensor_active, Some(0.0));
     // The notebook's idle phase, alone on GPU 2 (the eval sweep ended at 340 s): nothing.
-    assert_eq!(n.state(2, 400.0).pipes, Pipes::default());
+    assert_eq!(n.state(2, 400.0).pipes, Pipes::IDLE);
     // The notebook's bf16 phase with the eval sweep, whose DRAM activity is explicit.
     let gpu2 = n.state(2, 150.0).pipes;
-    assert!(gpu2.tensor_active > 0.0);
-    assert!(close(gpu2.dram_active, 0.45 * 0.35 + 0.55), "{gpu2:?}");
+    assert!(gpu2.tensor_active > Some(0.0));
+    assert!(known(gpu2.dram_active, 0.45 * 0.35 + 0.55), "{gpu2:?}");
     // The fine-tune on GPU 3 is bf16 again.
-    assert!(n.state(3, 400.0).pipes.tensor_active > 0.4);
+    assert!(n.state(3, 400.0).pipes.tensor_active > Some(0.4));
     // Averages over a sampling window agree with the instantaneous values within a phase.
     assert_pipes(n.pipes_between(3, 100.0, 100.25), resnet, "resnet window");
 }
@@ -669,12 +807,12 @@ fn traced_gpus_replay_the_recording() {
     );
     let p = node.pipes_between(0, 0.5, 1.5);
     assert!(
-        close(p.fp32_active, 0.7) && close(p.tensor_active, 0.0),
+        known(p.fp32_active, 0.7) && known(p.tensor_active, 0.0),
         "{p:?}"
     );
     let p = node.pipes_between(0, 0.5, 2.5);
     assert!(
-        close(p.fp32_active, 0.4) && close(p.hmma_active, 0.3),
+        known(p.fp32_active, 0.4) && known(p.hmma_active, 0.3),
         "{p:?}"
     );
     // After the trace and the job: idle, at the GPU's idle power.
@@ -720,7 +858,7 @@ fn bad_traces_name_the_column() {
                 "fp32_active = [0, 0.7, 0.1, 0]",
                 "fp32_active = [0, 70, 0.1, 0]",
             ),
-            "trace.fp32_active: must be in [0, 1], got 70 (sample 1)",
+            "trace.fp32_active: must be in [0, 1] (or nan: unknown), got 70 (sample 1)",
         ),
         (
             TRACED.replace("duration_s = 10", "duration_s = 3"),

@@ -34,7 +34,8 @@ pub struct Trace {
     pub pipes: Option<TracePipes>,
 }
 
-/// Recorded pipe activity (0..1), one column per pipe of [`Pipes`].
+/// Recorded pipe activity (0..1), one column per pipe of [`Pipes`]; `nan` where that pipe was
+/// unknown in that sample (its GPM metric failed, or GPM gave nothing for the interval).
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TracePipes {
@@ -67,32 +68,34 @@ impl TracePipes {
     }
 
     fn at(&self, k: usize) -> Pipes {
+        let v = |column: &Vec<f64>| Some(column[k]).filter(|x| !x.is_nan());
         Pipes {
-            sm_active: self.sm_active[k],
-            sm_occupancy: self.sm_occupancy[k],
-            tensor_active: self.tensor_active[k],
-            hmma_active: self.hmma_active[k],
-            imma_active: self.imma_active[k],
-            dfma_tensor_active: self.dfma_tensor_active[k],
-            fp16_active: self.fp16_active[k],
-            fp32_active: self.fp32_active[k],
-            fp64_active: self.fp64_active[k],
-            dram_active: self.dram_active[k],
+            sm_active: v(&self.sm_active),
+            sm_occupancy: v(&self.sm_occupancy),
+            tensor_active: v(&self.tensor_active),
+            hmma_active: v(&self.hmma_active),
+            imma_active: v(&self.imma_active),
+            dfma_tensor_active: v(&self.dfma_tensor_active),
+            fp16_active: v(&self.fp16_active),
+            fp32_active: v(&self.fp32_active),
+            fp64_active: v(&self.fp64_active),
+            dram_active: v(&self.dram_active),
         }
     }
 
-    /// Appends one sample.
+    /// Appends one sample (an unknown pipe as `nan`).
     pub fn push(&mut self, p: &Pipes) {
-        self.sm_active.push(p.sm_active);
-        self.sm_occupancy.push(p.sm_occupancy);
-        self.tensor_active.push(p.tensor_active);
-        self.hmma_active.push(p.hmma_active);
-        self.imma_active.push(p.imma_active);
-        self.dfma_tensor_active.push(p.dfma_tensor_active);
-        self.fp16_active.push(p.fp16_active);
-        self.fp32_active.push(p.fp32_active);
-        self.fp64_active.push(p.fp64_active);
-        self.dram_active.push(p.dram_active);
+        let v = |x: Option<f64>| x.unwrap_or(f64::NAN);
+        self.sm_active.push(v(p.sm_active));
+        self.sm_occupancy.push(v(p.sm_occupancy));
+        self.tensor_active.push(v(p.tensor_active));
+        self.hmma_active.push(v(p.hmma_active));
+        self.imma_active.push(v(p.imma_active));
+        self.dfma_tensor_active.push(v(p.dfma_tensor_active));
+        self.fp16_active.push(v(p.fp16_active));
+        self.fp32_active.push(v(p.fp32_active));
+        self.fp64_active.push(v(p.fp64_active));
+        self.dram_active.push(v(p.dram_active));
     }
 }
 
@@ -131,7 +134,7 @@ impl Trace {
             sm_clock_mhz: self.sm_clock_mhz[k],
             temperature_c: self.temperature_c[k],
             clock_event_reasons: self.clock_event_reasons[k],
-            pipes: self.pipes.as_ref().map(|p| p.at(k)).unwrap_or_default(),
+            pipes: self.pipes.as_ref().map_or(Pipes::IDLE, |p| p.at(k)),
         })
     }
 
@@ -212,9 +215,15 @@ impl Trace {
             ),
             ("temperature_c", &self.temperature_c, &watts, "must be >= 0"),
         ];
+        let ratio_or_nan = |v: &f64| v.is_nan() || ratio(v);
         if let Some(p) = &self.pipes {
             for (name, c) in p.columns() {
-                checks.push((name, c, &ratio, "must be in [0, 1]"));
+                checks.push((
+                    name,
+                    c,
+                    &ratio_or_nan,
+                    "must be in [0, 1] (or nan: unknown)",
+                ));
             }
         }
         for (name, column, ok, problem) in checks {

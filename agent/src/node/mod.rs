@@ -522,24 +522,28 @@ impl Node {
                 Some(b) => d.measured(&gpucost_core::benchmark::best(b)),
                 None => d,
             });
+            // No FLOPs and no FP32 verdict from pipes that are unknown (a failed GPM metric).
             let (flop, fp32_bound_speedup) = match (t.pipes.as_ref(), peaks.as_ref()) {
                 (Some(p), Some(k)) => (
-                    flop_rate(p, k) * t.dt,
-                    fp32_bound(p).then(|| k.bf16_over_fp32()),
+                    flop_rate(p, k).map(|rate| rate * t.dt),
+                    (fp32_bound(p) == Some(true)).then(|| k.bf16_over_fp32()),
                 ),
-                _ => (0.0, None),
+                _ => (None, None),
             };
             let iv = Interval {
                 t0: unix - t.dt,
                 dt: t.dt,
+                // After an outage this holds the energy used while the GPU could not be read
+                // (`EnergyMeter::update` says why it is billed here, to these owners).
                 energy_j: t.energy_j,
                 utilization: t.utilization,
                 model: &t.model,
-                flop,
+                flop: flop.unwrap_or(0.0),
                 fp32_bound_speedup,
             };
             let rates = GpuRates {
-                flop_rate: t.pipes.is_some().then_some(flop / t.dt),
+                flop_rate: flop.map(|f| f / t.dt),
+                flop_rate_unknown: t.pipes.is_some() && peaks.is_some() && flop.is_none(),
                 // MFU is against the datasheet peak (the usual convention), not the measured one.
                 bf16_peak: datasheet.map(|k| k.bf16),
             };

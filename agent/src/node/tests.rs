@@ -331,6 +331,31 @@ fn a_lost_gpu_keeps_its_totals_is_retried_every_tick_and_the_others_go_on() {
     assert!(s.gpus[1].totals.energy.total_j() > before);
 }
 
+/// Issue 14, item 6: the energy counter keeps counting while a GPU cannot be read; the delta it
+/// shows when the GPU answers again covers the outage, is kept, and goes to whoever holds the GPU
+/// in the interval that closes the outage (here the same job: processes are read every tick).
+#[test]
+fn issue_14_energy_used_during_an_outage_is_billed_to_the_interval_that_closes_it() {
+    let mut rig = Rig::new();
+    rig.gpus.script().gpus[0].power_limit_w = Some(700.0);
+    rig.put_process(100, 0, "train-1");
+    rig.steps(3);
+    let job_before = rig.job("train-1").unwrap().usage.energy_j;
+    let gpu_before = rig.snap().gpus[0].totals.energy.total_j();
+    rig.gpus.script().gpus[0].lost = true;
+    rig.steps(5);
+    rig.gpus.script().gpus[0].lost = false;
+    rig.steps(1);
+    let s = rig.snap();
+    assert!(s.gpus[0].up);
+    // Six seconds at 500 W since the last good reading: 3000 J, not one cycle's 500 J.
+    let gpu = s.gpus[0].totals.energy.total_j() - gpu_before;
+    assert!((gpu - 3000.0).abs() < 1e-6, "GPU energy {gpu} J");
+    assert_eq!(s.gpus[0].totals.energy.counter_resets(), 0);
+    let job = rig.job("train-1").unwrap().usage.energy_j - job_before;
+    assert!((job - 3000.0).abs() < 1e-6, "job energy {job} J");
+}
+
 #[test]
 fn a_slow_cycle_skips_the_missed_ticks_and_counts_them() {
     let mut rig = Rig::new();

@@ -132,10 +132,11 @@ struct Samples {
 
 impl Samples {
     fn add(&mut self, r: &gpucost_core::reading::Reading) {
-        if r.utilization_pct.is_some_and(|u| u > 50) {
+        if r.utilization_pct.is_some_and(|u| u > 50.0) {
             self.clock_hz
                 .extend(r.sm_clock_mhz.map(|m| f64::from(m) * 1e6));
-            self.power_w.extend(r.power_mw.map(|m| f64::from(m) / 1e3));
+            self.power_w
+                .extend(r.power_mw().map(|m| f64::from(m) / 1e3));
             self.temperature_c.extend(r.temperature_c.map(f64::from));
         }
     }
@@ -302,7 +303,7 @@ mod tests {
                 up: true,
                 reading: Some(Reading {
                     sm_clock_mhz: Some(clock as u32),
-                    utilization_pct: Some(util),
+                    utilization_pct: Some(f64::from(util)),
                     ..Reading::default()
                 }),
                 processes: Vec::new(),

@@ -694,7 +694,7 @@ impl Sampler {
                             }
                         }
                     }
-                    let step = slot.snap.totals.apply(&r, dt);
+                    let step = slot.snap.totals.apply(&r, dt, at);
                     if step.counter_reset {
                         warn!(gpu = index, "GPU {index}: energy counter went backwards or jumped (driver reload or wrap); this interval uses power x time, the total keeps counting up");
                     }
@@ -708,7 +708,7 @@ impl Sampler {
                         model: slot.snap.info.model.clone(),
                         dt,
                         energy_j: step.delta_j,
-                        utilization: r.utilization_pct.map(|p| f64::from(p) / 100.0),
+                        utilization: r.utilization_pct.map(|p| p / 100.0),
                         pipes: r.pipes,
                     });
                     slot.snap.reading = Some(r);
@@ -1045,8 +1045,9 @@ mod tests {
         assert!(s.backend_up(), "one stuck GPU is not a broken library");
 
         // The call returns: its answer is taken at the next cycle as a reading of the moment it
-        // returned (here: the clock stands still until it is in), a new baseline (the time away
-        // is not measured), and the GPU is read every cycle again.
+        // returned (here: the clock stands still until it is in), and the GPU is read every
+        // cycle again. The energy it used while away is in its counter, judged against the time
+        // since the last good reading, and kept (issue 14, item 6).
         gpus.hang(0, false);
         let waiting = std::time::Instant::now();
         while !s.cycle().ticks.iter().any(|t| t.index == 0) {
@@ -1054,12 +1055,13 @@ mod tests {
         }
         let g0 = s.gpus().next().unwrap();
         assert!(g0.up && g0.health.down_reason.is_none());
-        assert_eq!(g0.totals.energy.total_j(), before[0]);
+        // 100 W for the 5 s it was away.
+        assert_eq!(g0.totals.energy.total_j(), before[0] + 500.0);
         gpus.advance(Duration::from_secs(1));
         let c = s.cycle();
         assert_eq!((c.ticks[0].index, c.ticks[0].dt), (0, 1.0));
         assert_eq!(gpus.script().gpus[0].reads, 4);
-        assert_eq!(energies(&s)[0], before[0] + 100.0);
+        assert_eq!(energies(&s)[0], before[0] + 600.0);
         assert_eq!(s.gpus().next().unwrap().health.unmeasured_s, 5.0);
     }
 
@@ -1205,8 +1207,12 @@ mod tests {
         assert_eq!(c.ticks.len(), 2);
         assert!(c.ticks.iter().all(|t| t.dt == 1.0), "{:?}", c.ticks);
         assert!(s.backend_up());
+        // Nothing was read while released, but the energy the GPUs used meanwhile is in their
+        // counters (the driver was not reloaded) and is kept when sampling resumes, like a GPU
+        // outage's (issue 14, item 6): 100 W over the 11 s since the last reading. The time
+        // itself stays unmeasured.
         let after = energies(&s);
-        assert_eq!(after, [before[0] + 100.0, before[1] + 100.0]);
+        assert_eq!(after, [before[0] + 1100.0, before[1] + 1100.0]);
         assert!(s.gpus().all(|g| g.up && g.health.unmeasured_s == 10.0));
     }
 

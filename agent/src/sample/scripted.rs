@@ -30,6 +30,8 @@ pub struct ScriptGpu {
     /// The energy counter (millijoules); [`Script::run`] advances it by power x time.
     pub energy_mj: u64,
     pub power_w: f64,
+    /// The enforced power limit; `None` where the GPU does not report one.
+    pub power_limit_w: Option<f64>,
     pub utilization_pct: u32,
     pub processes: Vec<ProcessUse>,
     /// NVML's clock-event (throttle) reason bits.
@@ -74,6 +76,7 @@ impl Script {
                     reads: 0,
                     energy_mj: 1_000_000,
                     power_w: 100.0,
+                    power_limit_w: None,
                     utilization_pct: 0,
                     processes: Vec::new(),
                     clock_event_reasons: 0,
@@ -244,8 +247,9 @@ impl Backend for ScriptedBackend {
         }
         Ok(Reading {
             energy_mj: Some(g.energy_mj),
-            power_mw: Some((g.power_w * 1000.0) as u32),
-            utilization_pct: Some(g.utilization_pct),
+            power_average_mw: Some((g.power_w * 1000.0) as u32),
+            power_limit_mw: g.power_limit_w.map(|w| (w * 1000.0) as u32),
+            utilization_pct: Some(f64::from(g.utilization_pct)),
             processes: with_processes.then(|| g.processes.clone()),
             clock_event_reasons: Some(g.clock_event_reasons),
             ..Reading::default()

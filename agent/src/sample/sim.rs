@@ -4,6 +4,7 @@
 //! Scenario time runs from the moment the backend opens, at the scenario's speed, on the
 //! monotonic clock it is given (virtual time in tests).
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
@@ -11,7 +12,7 @@ use gpucost_core::clock::Clock;
 use gpucost_sim::{Scenario, SimulatedNode};
 
 use super::{Backend, BackendFactory};
-use gpucost_core::reading::{GpuStatic, ProcessUse, Reading, SampleError, Source};
+use gpucost_core::reading::{GpuStatic, ProcessUse, Reading, SampleError, Source, ThrottleReason};
 
 pub struct SimBackend {
     node: SimulatedNode,
@@ -147,14 +148,16 @@ impl Backend for SimBackend {
         }
         Ok(Reading {
             energy_mj: s.energy_mj,
-            power_mw: Some((s.power_w * 1000.0).round() as u32),
+            power_average_mw: Some((self.node.power_average_w(index, t) * 1000.0).round() as u32),
+            power_instant_mw: Some((s.power_w * 1000.0).round() as u32),
             power_limit_mw: Some((spec.power_limit_w * 1000.0).round() as u32),
-            utilization_pct: Some((s.utilization * 100.0).round() as u32),
+            utilization_pct: Some((s.utilization * 100.0).round()),
             memory_used_bytes: Some(s.memory_used_bytes),
             memory_total_bytes: Some(spec.memory_total_mib * 1024 * 1024),
             sm_clock_mhz: Some(s.sm_clock_mhz),
             temperature_c: Some(s.temperature_c.round() as u32),
             clock_event_reasons: Some(s.throttle_reasons),
+            violation_ns: violation_ns(self.node.violation_s(index, t)),
             processes: with_processes.then(|| {
                 s.processes
                     .iter()
@@ -169,6 +172,23 @@ impl Backend for SimBackend {
             field_errors: errors,
         })
     }
+}
+
+/// The simulated node's violation counters, as NVML reports them: nanoseconds by reason.
+fn violation_ns(v: gpucost_sim::ViolationSeconds) -> BTreeMap<ThrottleReason, u64> {
+    [
+        (ThrottleReason::SwPowerCap, v.power),
+        (ThrottleReason::SwThermalSlowdown, v.thermal),
+        (ThrottleReason::SyncBoost, v.sync_boost),
+        (ThrottleReason::BoardLimit, v.board_limit),
+        (ThrottleReason::LowUtilization, v.low_utilization),
+        (ThrottleReason::Reliability, v.reliability),
+        (ThrottleReason::HwThermalSlowdown, v.hw_thermal),
+        (ThrottleReason::HwPowerBrakeSlowdown, v.hw_power_brake),
+    ]
+    .into_iter()
+    .map(|(r, s)| (r, (s.max(0.0) * 1e9) as u64))
+    .collect()
 }
 
 /// Process facts of the simulated node's jobs, so attribution runs its real rules on them: a job

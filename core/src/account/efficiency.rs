@@ -70,27 +70,39 @@ impl PipePeaks {
     }
 }
 
-/// FLOP/s a GPU achieved with this pipe activity. Tensor pipes count at their peak; the FP16
-/// SIMT pipe at twice the FP32 rate (packed half2 FMA).
-pub fn flop_rate(p: &Pipes, peaks: &PipePeaks) -> f64 {
-    // HMMA is reported separately on Hopper; fall back to "any tensor" at the BF16 rate.
-    let tensor = if p.hmma_active + p.imma_active + p.dfma_tensor_active > 0.0 {
-        p.hmma_active * peaks.bf16
-            + p.imma_active * peaks.int8
-            + p.dfma_tensor_active * peaks.fp64_tensor
-    } else {
-        p.tensor_active * peaks.bf16
+/// FLOP/s a GPU achieved with this pipe activity; `None` when a pipe it depends on is unknown
+/// (a failed GPM metric): an unknown pipe is not an idle one, and a rate that leaves it out
+/// would be a made-up MFU. Tensor pipes count at their peak; the FP16 SIMT pipe at twice the
+/// FP32 rate (packed half2 FMA).
+pub fn flop_rate(p: &Pipes, peaks: &PipePeaks) -> Option<f64> {
+    // HMMA is reported separately on Hopper; where the split shows nothing (FP8 shows only in
+    // "any tensor") or is unknown, "any tensor" counts at the BF16 rate.
+    let split = (|| Some(p.hmma_active? + p.imma_active? + p.dfma_tensor_active?))();
+    let tensor = match (split, p.tensor_active) {
+        (Some(s), _) if s > 0.0 => {
+            p.hmma_active? * peaks.bf16
+                + p.imma_active? * peaks.int8
+                + p.dfma_tensor_active? * peaks.fp64_tensor
+        }
+        (_, Some(any)) => any * peaks.bf16,
+        (_, None) => return None,
     };
-    tensor
-        + p.fp16_active * 2.0 * peaks.fp32
-        + p.fp32_active * peaks.fp32
-        + p.fp64_active * peaks.fp64
+    Some(
+        tensor
+            + p.fp16_active? * 2.0 * peaks.fp32
+            + p.fp32_active? * peaks.fp32
+            + p.fp64_active? * peaks.fp64,
+    )
 }
 
 /// FP32 math on CUDA cores with the tensor cores idle: the work a mixed-precision run would do
-/// `bf16_over_fp32` times faster.
-pub fn fp32_bound(p: &Pipes) -> bool {
-    p.fp32_active >= FP32_BUSY && p.tensor_active < TENSOR_IDLE
+/// `bf16_over_fp32` times faster. `None` (no verdict) when a pipe it needs is unknown: the FP32
+/// pipe, and the tensor pipe when the FP32 pipe is busy (a quiet FP32 pipe is a verdict alone).
+pub fn fp32_bound(p: &Pipes) -> Option<bool> {
+    if p.fp32_active? < FP32_BUSY {
+        return Some(false);
+    }
+    Some(p.tensor_active? < TENSOR_IDLE)
 }
 
 #[cfg(test)]
@@ -128,52 +140,124 @@ mod tests {
         let cases = [
             (
                 Pipes {
-                    hmma_active: 0.5,
-                    ..Pipes::default()
+                    hmma_active: Some(0.5),
+                    ..Pipes::IDLE
                 },
                 0.5 * p.bf16,
             ),
             (
                 Pipes {
-                    tensor_active: 0.5,
-                    ..Pipes::default()
+                    tensor_active: Some(0.5),
+                    ..Pipes::IDLE
                 },
                 0.5 * p.bf16,
             ),
             (
                 Pipes {
-                    tensor_active: 0.5,
-                    hmma_active: 0.4,
-                    ..Pipes::default()
+                    tensor_active: Some(0.5),
+                    hmma_active: Some(0.4),
+                    ..Pipes::IDLE
                 },
                 0.4 * p.bf16,
             ),
             (
                 Pipes {
-                    fp32_active: 0.6,
-                    ..Pipes::default()
+                    fp32_active: Some(0.6),
+                    ..Pipes::IDLE
                 },
                 0.6 * p.fp32,
             ),
             (
                 Pipes {
-                    fp16_active: 0.5,
-                    ..Pipes::default()
+                    fp16_active: Some(0.5),
+                    ..Pipes::IDLE
                 },
                 p.fp32,
             ),
             (
                 Pipes {
-                    fp64_active: 1.0,
-                    dfma_tensor_active: 0.5,
-                    ..Pipes::default()
+                    fp64_active: Some(1.0),
+                    dfma_tensor_active: Some(0.5),
+                    ..Pipes::IDLE
                 },
                 p.fp64 + 0.5 * p.fp64_tensor,
             ),
-            (Pipes::default(), 0.0),
+            (Pipes::IDLE, 0.0),
         ];
         for (pipes, want) in cases {
-            assert!((flop_rate(&pipes, &p) - want).abs() < 1e3, "{pipes:?}");
+            let got = flop_rate(&pipes, &p).expect("every pipe known");
+            assert!((got - want).abs() < 1e3, "{pipes:?}");
+        }
+    }
+
+    /// Issue 14, item 7: an unknown GPM value is not a zero. With the tensor metric failed and
+    /// FP32 busy, the GPU looked FP32-bound and most of its cost was booked as `fp32` waste.
+    #[test]
+    fn issue_14_unknown_pipes_give_no_rate_and_no_verdict() {
+        let k = h100();
+        let fp32_busy = Pipes {
+            fp32_active: Some(0.65),
+            ..Pipes::IDLE
+        };
+        // (pipes, FLOP/s, FP32-bound)
+        let cases = [
+            (fp32_busy, Some(0.65 * k.fp32), Some(true)),
+            (
+                Pipes {
+                    tensor_active: None,
+                    ..fp32_busy
+                },
+                None,
+                None,
+            ),
+            (
+                Pipes {
+                    fp32_active: None,
+                    ..fp32_busy
+                },
+                None,
+                None,
+            ),
+            // The split unknown, "any tensor" known: counted at the BF16 rate, as with no split.
+            (
+                Pipes {
+                    hmma_active: None,
+                    tensor_active: Some(0.5),
+                    ..Pipes::IDLE
+                },
+                Some(0.5 * k.bf16),
+                Some(false),
+            ),
+            // The split says BF16 work, "any tensor" unknown: the split is enough for the rate;
+            // with FP32 quiet, "not FP32-bound" needs no tensor reading.
+            (
+                Pipes {
+                    hmma_active: Some(0.4),
+                    tensor_active: None,
+                    ..Pipes::IDLE
+                },
+                Some(0.4 * k.bf16),
+                Some(false),
+            ),
+            // The split says nothing and "any tensor" is unknown: FP8 work could hide there.
+            (
+                Pipes {
+                    tensor_active: None,
+                    ..Pipes::IDLE
+                },
+                None,
+                Some(false),
+            ),
+            (Pipes::UNKNOWN, None, None),
+            (Pipes::IDLE, Some(0.0), Some(false)),
+        ];
+        for (pipes, rate, bound) in cases {
+            let got = flop_rate(&pipes, &k);
+            match (got, rate) {
+                (Some(g), Some(w)) => assert!((g - w).abs() < 1e3, "{pipes:?}: {g} != {w}"),
+                _ => assert_eq!(got, rate, "{pipes:?}"),
+            }
+            assert_eq!(fp32_bound(&pipes), bound, "{pipes:?}");
         }
     }
 
@@ -188,11 +272,11 @@ mod tests {
         ];
         for (fp32, tensor, want) in cases {
             let p = Pipes {
-                fp32_active: fp32,
-                tensor_active: tensor,
-                ..Pipes::default()
+                fp32_active: Some(fp32),
+                tensor_active: Some(tensor),
+                ..Pipes::IDLE
             };
-            assert_eq!(fp32_bound(&p), want, "fp32 {fp32} tensor {tensor}");
+            assert_eq!(fp32_bound(&p), Some(want), "fp32 {fp32} tensor {tensor}");
         }
     }
 }

@@ -585,6 +585,7 @@ fn two_gpu_node() -> Tracker {
     };
     let rates = GpuRates {
         flop_rate: None,
+        flop_rate_unknown: false,
         bf16_peak: Some(1e15),
     };
     t.begin_tick();
@@ -967,4 +968,66 @@ fn merge_history_adds_up_finished_counts_and_gpu_totals() {
     assert_eq!(g0.events.xids[&79], 3);
     let g1 = t.gpus().find(|g| g.uuid == "GPU-1").unwrap();
     assert_eq!(g1, &gpu("GPU-1", 2.0, 5), "a GPU only in the ledger");
+}
+
+/// Issue 14, item 7: a job on two GPUs, one of whose pipes are unknown this tick, has no
+/// counter-based FLOP rate (and so no MFU), rather than one GPU's rate over two GPUs' peak.
+#[test]
+fn issue_14_a_gpu_with_unknown_pipes_leaves_its_owners_rate_unknown() {
+    let mut t = tracker();
+    t.register(req("job"), 1001, "alice", Now::at(1000.0))
+        .unwrap();
+    let pricing = crate::config::example_pricing();
+    let iv = Interval {
+        t0: 1000.0,
+        dt: 1.0,
+        energy_j: 500.0,
+        utilization: Some(0.9),
+        model: "NVIDIA H100 80GB HBM3",
+        flop: 4e14,
+        fp32_bound_speedup: None,
+    };
+    let owners = [("job".to_string(), 1.0)];
+    let tick = |t: &mut Tracker, second: GpuRates| {
+        t.begin_tick();
+        let known = GpuRates {
+            flop_rate: Some(4e14),
+            flop_rate_unknown: false,
+            bf16_peak: Some(1e15),
+        };
+        t.account(
+            &pricing,
+            ("GPU-0", 0, "NVIDIA H100 80GB HBM3"),
+            &owners,
+            &iv,
+            known,
+        );
+        t.account(
+            &pricing,
+            ("GPU-1", 1, "NVIDIA H100 80GB HBM3"),
+            &owners,
+            &iv,
+            second,
+        );
+        t.rates()["job"]
+    };
+    let both = tick(
+        &mut t,
+        GpuRates {
+            flop_rate: Some(2e14),
+            flop_rate_unknown: false,
+            bf16_peak: Some(1e15),
+        },
+    );
+    assert_eq!((both.achieved_flops, both.peak_flops), (Some(6e14), 2e15));
+    let one_unknown = tick(
+        &mut t,
+        GpuRates {
+            flop_rate: None,
+            flop_rate_unknown: true,
+            bf16_peak: Some(1e15),
+        },
+    );
+    assert_eq!(one_unknown.achieved_flops, None);
+    assert_eq!(one_unknown.peak_flops, 2e15);
 }

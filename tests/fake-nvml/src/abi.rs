@@ -14,9 +14,11 @@ pub const NVML_SUCCESS: nvmlReturn_t = 0;
 pub const NVML_ERROR_UNINITIALIZED: nvmlReturn_t = 1;
 pub const NVML_ERROR_INVALID_ARGUMENT: nvmlReturn_t = 2;
 pub const NVML_ERROR_NOT_SUPPORTED: nvmlReturn_t = 3;
+pub const NVML_ERROR_NO_PERMISSION: nvmlReturn_t = 4;
 pub const NVML_ERROR_NOT_FOUND: nvmlReturn_t = 6;
 pub const NVML_ERROR_INSUFFICIENT_SIZE: nvmlReturn_t = 7;
 pub const NVML_ERROR_TIMEOUT: nvmlReturn_t = 10;
+pub const NVML_ERROR_FUNCTION_NOT_FOUND: nvmlReturn_t = 13;
 pub const NVML_ERROR_GPU_IS_LOST: nvmlReturn_t = 15;
 /// nvml.h: "RM detects a driver/library version mismatch" (the kernel module and the library
 /// in the caller's memory are not the same release: the driver was upgraded under it).
@@ -44,6 +46,19 @@ pub const NVML_CLOCK_VIDEO: nvmlClockType_t = 3;
 /// `nvmlTemperatureSensors_t`; NVML knows only the GPU die sensor.
 pub type nvmlTemperatureSensors_t = c_uint;
 pub const NVML_TEMPERATURE_GPU: nvmlTemperatureSensors_t = 0;
+
+/// `nvmlTemperature_t` (v1), as `nvmlDeviceGetTemperatureV` fills it.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct nvmlTemperature_t {
+    pub version: c_uint,
+    pub sensorType: nvmlTemperatureSensors_t,
+    pub temperature: c_int,
+}
+
+/// `nvmlTemperature_v1`, i.e. `NVML_STRUCT_VERSION(Temperature, 1)`.
+pub const nvmlTemperature_v1: c_uint =
+    (std::mem::size_of::<nvmlTemperature_t>() as c_uint) | (1 << 24);
 
 /// `NVML_VALUE_NOT_AVAILABLE` as the instance ids of a process outside MIG read.
 pub const NO_INSTANCE: c_uint = 0xFFFF_FFFF;
@@ -136,6 +151,73 @@ pub struct nvmlProcessUtilizationSample_t {
     pub memUtil: c_uint,
     pub encUtil: c_uint,
     pub decUtil: c_uint,
+}
+
+/// `nvmlValueType_t`: which member of an [`nvmlValue_t`] holds the value.
+pub type nvmlValueType_t = c_uint;
+pub const NVML_VALUE_TYPE_UNSIGNED_INT: nvmlValueType_t = 1;
+pub const NVML_VALUE_TYPE_UNSIGNED_LONG_LONG: nvmlValueType_t = 3;
+
+/// `nvmlValue_t`: a sample's or a field's value, by its [`nvmlValueType_t`].
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub union nvmlValue_t {
+    pub dVal: f64,
+    pub siVal: c_int,
+    pub uiVal: c_uint,
+    pub ulVal: libc::c_ulong,
+    pub ullVal: c_ulonglong,
+    pub sllVal: libc::c_longlong,
+    pub usVal: libc::c_ushort,
+}
+
+/// `nvmlSample_t`: one sample of `nvmlDeviceGetSamples`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct nvmlSample_t {
+    /// CPU timestamp in microseconds (on the driver's clock, not the unix epoch).
+    pub timeStamp: c_ulonglong,
+    pub sampleValue: nvmlValue_t,
+}
+
+/// `nvmlSamplingType_t`: which buffer `nvmlDeviceGetSamples` reads.
+pub type nvmlSamplingType_t = c_uint;
+pub const NVML_GPU_UTILIZATION_SAMPLES: nvmlSamplingType_t = 1;
+
+/// `nvmlFieldValue_t`: one field of an `nvmlDeviceGetFieldValues` call; the caller sets
+/// `fieldId` (and `scopeId`), the library the rest.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct nvmlFieldValue_t {
+    pub fieldId: c_uint,
+    pub scopeId: c_uint,
+    /// CPU timestamp of the value, microseconds since 1970.
+    pub timestamp: libc::c_longlong,
+    pub latencyUsec: libc::c_longlong,
+    pub valueType: nvmlValueType_t,
+    pub nvmlReturn: nvmlReturn_t,
+    pub value: nvmlValue_t,
+}
+
+/// `nvmlPerfPolicyType_t`: the violation-time counters of `nvmlDeviceGetViolationStatus`.
+pub type nvmlPerfPolicyType_t = c_uint;
+pub const NVML_PERF_POLICY_POWER: nvmlPerfPolicyType_t = 0;
+pub const NVML_PERF_POLICY_THERMAL: nvmlPerfPolicyType_t = 1;
+pub const NVML_PERF_POLICY_SYNC_BOOST: nvmlPerfPolicyType_t = 2;
+pub const NVML_PERF_POLICY_BOARD_LIMIT: nvmlPerfPolicyType_t = 3;
+pub const NVML_PERF_POLICY_LOW_UTILIZATION: nvmlPerfPolicyType_t = 4;
+pub const NVML_PERF_POLICY_RELIABILITY: nvmlPerfPolicyType_t = 5;
+pub const NVML_PERF_POLICY_TOTAL_APP_CLOCKS: nvmlPerfPolicyType_t = 10;
+pub const NVML_PERF_POLICY_TOTAL_BASE_CLOCKS: nvmlPerfPolicyType_t = 11;
+
+/// `nvmlViolationTime_t`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct nvmlViolationTime_t {
+    /// CPU timestamp in microseconds.
+    pub referenceTime: c_ulonglong,
+    /// Nanoseconds.
+    pub violationTime: c_ulonglong,
 }
 
 /// `nvmlPciInfo_t` as `nvmlDeviceGetPciInfo_v3` fills it.
@@ -308,6 +390,31 @@ mod tests {
 
     #[test]
     fn structs_match_the_bindings() {
+        same_layout!(
+            nvmlTemperature_t,
+            sys::nvmlTemperature_t,
+            [version, sensorType, temperature]
+        );
+        same_layout!(
+            nvmlViolationTime_t,
+            sys::nvmlViolationTime_t,
+            [referenceTime, violationTime]
+        );
+        same_layout!(nvmlValue_t, sys::nvmlValue_t, [dVal, uiVal, ullVal]);
+        same_layout!(nvmlSample_t, sys::nvmlSample_t, [timeStamp, sampleValue]);
+        same_layout!(
+            nvmlFieldValue_t,
+            sys::nvmlFieldValue_t,
+            [
+                fieldId,
+                scopeId,
+                timestamp,
+                latencyUsec,
+                valueType,
+                nvmlReturn,
+                value
+            ]
+        );
         same_layout!(nvmlUtilization_t, sys::nvmlUtilization_t, [gpu, memory]);
         same_layout!(nvmlMemory_t, sys::nvmlMemory_t, [total, free, used]);
         same_layout!(
@@ -390,6 +497,54 @@ mod tests {
     #[test]
     fn constants_match_the_bindings() {
         assert_eq!(nvmlMemory_v2, 0x0200_0028);
+        for (ours, theirs) in [
+            (
+                NVML_PERF_POLICY_POWER,
+                sys::nvmlPerfPolicyType_enum_NVML_PERF_POLICY_POWER,
+            ),
+            (
+                NVML_PERF_POLICY_THERMAL,
+                sys::nvmlPerfPolicyType_enum_NVML_PERF_POLICY_THERMAL,
+            ),
+            (
+                NVML_PERF_POLICY_SYNC_BOOST,
+                sys::nvmlPerfPolicyType_enum_NVML_PERF_POLICY_SYNC_BOOST,
+            ),
+            (
+                NVML_PERF_POLICY_BOARD_LIMIT,
+                sys::nvmlPerfPolicyType_enum_NVML_PERF_POLICY_BOARD_LIMIT,
+            ),
+            (
+                NVML_PERF_POLICY_LOW_UTILIZATION,
+                sys::nvmlPerfPolicyType_enum_NVML_PERF_POLICY_LOW_UTILIZATION,
+            ),
+            (
+                NVML_PERF_POLICY_RELIABILITY,
+                sys::nvmlPerfPolicyType_enum_NVML_PERF_POLICY_RELIABILITY,
+            ),
+            (
+                NVML_PERF_POLICY_TOTAL_APP_CLOCKS,
+                sys::nvmlPerfPolicyType_enum_NVML_PERF_POLICY_TOTAL_APP_CLOCKS,
+            ),
+            (
+                NVML_PERF_POLICY_TOTAL_BASE_CLOCKS,
+                sys::nvmlPerfPolicyType_enum_NVML_PERF_POLICY_TOTAL_BASE_CLOCKS,
+            ),
+        ] {
+            assert_eq!(ours, theirs);
+        }
+        assert_eq!(
+            NVML_VALUE_TYPE_UNSIGNED_INT,
+            sys::nvmlValueType_enum_NVML_VALUE_TYPE_UNSIGNED_INT
+        );
+        assert_eq!(
+            NVML_GPU_UTILIZATION_SAMPLES,
+            sys::nvmlSamplingType_enum_NVML_GPU_UTILIZATION_SAMPLES
+        );
+        assert_eq!(
+            NVML_VALUE_TYPE_UNSIGNED_LONG_LONG,
+            sys::nvmlValueType_enum_NVML_VALUE_TYPE_UNSIGNED_LONG_LONG
+        );
         let codes = [
             (NVML_SUCCESS, sys::nvmlReturn_enum_NVML_SUCCESS),
             (
@@ -403,6 +558,10 @@ mod tests {
             (
                 NVML_ERROR_NOT_SUPPORTED,
                 sys::nvmlReturn_enum_NVML_ERROR_NOT_SUPPORTED,
+            ),
+            (
+                NVML_ERROR_NO_PERMISSION,
+                sys::nvmlReturn_enum_NVML_ERROR_NO_PERMISSION,
             ),
             (
                 NVML_ERROR_NOT_FOUND,
@@ -441,6 +600,11 @@ mod tests {
             sys::nvmlTemperatureSensors_enum_NVML_TEMPERATURE_GPU
         );
         assert_eq!(NVML_ERROR_TIMEOUT, sys::nvmlReturn_enum_NVML_ERROR_TIMEOUT);
+        assert_eq!(
+            NVML_ERROR_FUNCTION_NOT_FOUND,
+            sys::nvmlReturn_enum_NVML_ERROR_FUNCTION_NOT_FOUND
+        );
+        assert_eq!(nvmlTemperature_v1, 0x0100_000C);
         assert_eq!(
             NVML_GPM_METRIC_MAX,
             sys::nvmlGpmMetricId_t_NVML_GPM_METRIC_MAX as usize

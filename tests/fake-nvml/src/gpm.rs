@@ -3,7 +3,10 @@
 //! A sample records its GPU, its scenario time and the model's pipe-seconds up to that time
 //! (`SimulatedNode::pipe_seconds`), like the hardware counters a real sample snapshots. A metric between
 //! two samples is the difference divided by the time between them: the exact average activity
-//! over that window, in percent.
+//! over that window, in percent. A pipe the model does not know over the window (the scenario's
+//! `gpm_unknown_pipes`, or an unknown value in a recording) answers that metric alone with
+//! `NVML_ERROR_NOT_SUPPORTED`: nvml.h gives each metric its own return code
+//! (`nvmlGpmMetric_t.nvmlReturn`, "If this is nonzero, then value is not valid").
 //!
 //! Sample handles point to heap tokens kept in [`SAMPLES`]; a handle is looked up by address
 //! before use, so a freed or foreign handle gives `NVML_ERROR_INVALID_ARGUMENT`, never a crash.
@@ -13,7 +16,7 @@ use std::ffi::CStr;
 use std::ptr::{addr_of, addr_of_mut};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use gpucost_sim::Pipes;
+use gpucost_sim::{PipeSeconds, Pipes};
 
 use crate::abi::*;
 use crate::{device_call, guarded, put, state};
@@ -25,7 +28,7 @@ struct Record {
     /// Scenario time of the sample.
     t: f64,
     /// Pipe-seconds from scenario time 0 to `t`.
-    integral: Pipes,
+    integral: PipeSeconds,
 }
 
 /// A live sample: its heap token (whose address is the handle) and, once filled, its record.
@@ -41,8 +44,8 @@ fn samples() -> MutexGuard<'static, BTreeMap<usize, Slot>> {
     SAMPLES.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Reads one pipe of the model.
-type PipeOf = fn(&Pipes) -> f64;
+/// Reads one pipe of the model (`None`: unknown).
+type PipeOf = fn(&Pipes) -> Option<f64>;
 
 /// A metric this library answers: which pipe, and the names NVML gives with it.
 struct Metric {
@@ -59,7 +62,7 @@ fn metric(id: nvmlGpmMetricId_t) -> Option<Metric> {
         NVML_GPM_METRIC_GRAPHICS_UTIL => (|p| p.sm_active, c"gr_util", c"Graphics utilization"),
         NVML_GPM_METRIC_SM_UTIL => (|p| p.sm_active, c"sm_util", c"SM utilization"),
         NVML_GPM_METRIC_SM_OCCUPANCY => (|p| p.sm_occupancy, c"sm_occupancy", c"SM occupancy"),
-        NVML_GPM_METRIC_INTEGER_UTIL => (|_| 0.0, c"integer_util", c"Integer utilization"),
+        NVML_GPM_METRIC_INTEGER_UTIL => (|_| Some(0.0), c"integer_util", c"Integer utilization"),
         NVML_GPM_METRIC_ANY_TENSOR_UTIL => (
             |p| p.tensor_active,
             c"any_tensor_util",
@@ -179,7 +182,10 @@ pub unsafe extern "C" fn nvmlGpmSampleFree(gpm_sample: nvmlGpmSample_t) -> nvmlR
 }
 
 /// Fills a sample with the GPU's pipe counters now. `NVML_ERROR_NOT_SUPPORTED` on a GPU
-/// without GPM.
+/// without GPM; `NVML_ERROR_NO_PERMISSION` on one with `gpm_no_permission` (NVML's answer to a
+/// non-root caller's counter queries where profiling is restricted to administrators,
+/// `NVreg_RestrictProfilingToAdminUsers=1`: gpuopenanalytics/pynvml#19,
+/// NVIDIA/gpu-operator#1158).
 #[no_mangle]
 pub unsafe extern "C" fn nvmlGpmSampleGet(
     device: nvmlDevice_t,
@@ -192,6 +198,9 @@ pub unsafe extern "C" fn nvmlGpmSampleGet(
         };
         if !gpu.node.gpm_supported(gpu.index) {
             return NVML_ERROR_NOT_SUPPORTED;
+        }
+        if gpu.spec().gpm_no_permission {
+            return NVML_ERROR_NO_PERMISSION;
         }
         slot.record = Some(Record {
             gpu: gpu.index,
@@ -253,7 +262,11 @@ pub unsafe extern "C" fn nvmlGpmMetricsGet(metrics_get: *mut nvmlGpmMetricsGet_t
         }
         let dt = r2.t - r1.t;
         // Two samples at the same moment: the activity at that moment.
-        let instant = node.pipes_between(r1.gpu, r1.t, r1.t);
+        let window = if dt > 0.0 {
+            r2.integral.minus(r1.integral).mean_over(dt)
+        } else {
+            node.pipes_between(r1.gpu, r1.t, r1.t)
+        };
         // SAFETY: `req` is non-NULL and valid (see above); only the field's address is taken.
         let first = unsafe { addr_of_mut!((*req).metrics) }.cast::<nvmlGpmMetric_t>();
         for i in 0..count {
@@ -263,17 +276,15 @@ pub unsafe extern "C" fn nvmlGpmMetricsGet(metrics_get: *mut nvmlGpmMetricsGet_t
             let id = unsafe { addr_of!((*entry).metricId).read() };
             let (code, value, info) = match metric(id) {
                 Some(m) => {
-                    let ratio = if dt > 0.0 {
-                        ((m.pipe)(&r2.integral) - (m.pipe)(&r1.integral)) / dt
-                    } else {
-                        (m.pipe)(&instant)
-                    };
                     let info = nvmlGpmMetricInfo_t {
                         shortName: m.short_name.as_ptr().cast_mut(),
                         longName: m.long_name.as_ptr().cast_mut(),
                         unit: PERCENT.as_ptr().cast_mut(),
                     };
-                    (NVML_SUCCESS, ratio.clamp(0.0, 1.0) * 100.0, info)
+                    match (m.pipe)(&window) {
+                        Some(ratio) => (NVML_SUCCESS, ratio.clamp(0.0, 1.0) * 100.0, info),
+                        None => (NVML_ERROR_NOT_SUPPORTED, 0.0, info),
+                    }
                 }
                 None => (
                     NVML_ERROR_NOT_SUPPORTED,

@@ -24,8 +24,10 @@
 
 pub mod abi;
 mod events;
+mod fields;
 mod gpm;
 mod product;
+mod samples;
 mod state;
 
 use std::ffi::CStr;
@@ -46,7 +48,7 @@ pub const MEMORY_CLOCK_MHZ: c_uint = 2619;
 /// Video clock in MHz, current and max.
 pub const VIDEO_CLOCK_MHZ: c_uint = 1755;
 /// Memory-controller utilization reported per point of GPU utilization.
-const MEMORY_UTIL_PER_GPU_UTIL: f64 = 0.6;
+pub(crate) const MEMORY_UTIL_PER_GPU_UTIL: f64 = 0.6;
 
 const MIB: u64 = 1024 * 1024;
 
@@ -400,14 +402,16 @@ pub unsafe extern "C" fn nvmlDeviceGetNumGpuCores(
 // ---------------------------------------------------------------------------------------------
 // Power and energy
 
-/// Board power in milliwatts.
+/// Board power in milliwatts: "On Ampere (except GA100) or newer GPUs, the API returns power
+/// averaged over 1 sec interval. On GA100 and older architectures, instantaneous power is
+/// returned" (nvml.h:6538-6540). Which one follows the GPU's `power_average`.
 #[no_mangle]
 pub unsafe extern "C" fn nvmlDeviceGetPowerUsage(
     device: nvmlDevice_t,
     power: *mut c_uint,
 ) -> nvmlReturn_t {
     device_call(device, !power.is_null(), |gpu| {
-        let mw = (gpu.state().power_w * 1000.0).round() as c_uint;
+        let mw = fields::power_average_mw(gpu).unwrap_or_else(|| fields::power_instant_mw(gpu));
         // SAFETY: checked non-NULL by `device_call`.
         unsafe { put(power, mw) }
     })
@@ -460,20 +464,17 @@ pub unsafe extern "C" fn nvmlDeviceGetPowerManagementLimit(
 // ---------------------------------------------------------------------------------------------
 // Utilization, memory, clocks, temperature, throttling
 
-/// GPU utilization in percent; memory utilization a fixed share of it.
+/// GPU utilization in percent over the driver's last sample period only ("Percent of time
+/// over the past sample period", nvml.h:246; see `samples.rs`); memory utilization a fixed
+/// share of it.
 #[no_mangle]
 pub unsafe extern "C" fn nvmlDeviceGetUtilizationRates(
     device: nvmlDevice_t,
     utilization: *mut nvmlUtilization_t,
 ) -> nvmlReturn_t {
     device_call(device, !utilization.is_null(), |gpu| {
-        let percent = (gpu.state().utilization * 100.0).round();
-        let rates = nvmlUtilization_t {
-            gpu: percent as c_uint,
-            memory: (percent * MEMORY_UTIL_PER_GPU_UTIL).round() as c_uint,
-        };
         // SAFETY: checked non-NULL by `device_call`.
-        unsafe { put(utilization, rates) }
+        unsafe { put(utilization, samples::utilization_rates(gpu)) }
     })
 }
 
@@ -601,14 +602,62 @@ pub unsafe extern "C" fn nvmlDeviceGetCurrentClocksThrottleReasons(
     })
 }
 
-/// The newer name of `nvmlDeviceGetCurrentClocksThrottleReasons` (NVML 12.2+).
+/// The newer name of `nvmlDeviceGetCurrentClocksThrottleReasons` (NVML 12.2+), its replacement
+/// in CUDA 13 (nvml.h:6124). `NVML_ERROR_FUNCTION_NOT_FOUND` ("Local version of NVML doesn't
+/// implement this function", nvml.h) with the scenario's `deprecated_calls_only`.
 #[no_mangle]
 pub unsafe extern "C" fn nvmlDeviceGetCurrentClocksEventReasons(
     device: nvmlDevice_t,
     reasons: *mut c_ulonglong,
 ) -> nvmlReturn_t {
+    if deprecated_calls_only() {
+        return NVML_ERROR_FUNCTION_NOT_FOUND;
+    }
     // SAFETY: same contract.
     unsafe { nvmlDeviceGetCurrentClocksThrottleReasons(device, reasons) }
+}
+
+/// Whether the scenario wants the replacements of deprecated calls missing.
+fn deprecated_calls_only() -> bool {
+    guarded_flag(|model| model.node.scenario().deprecated_calls_only)
+}
+
+/// A flag of the loaded model (false when none is loaded), never unwinding.
+fn guarded_flag(flag: impl FnOnce(&state::Model) -> bool) -> bool {
+    catch_unwind(AssertUnwindSafe(|| {
+        state::lock().active().is_some_and(flag)
+    }))
+    .unwrap_or(false)
+}
+
+/// GPU die temperature in whole degrees Celsius, the replacement of `nvmlDeviceGetTemperature`
+/// in CUDA 13 (nvml.h:5956, 6015): the caller sets `version` to `nvmlTemperature_v1`
+/// (`NVML_ERROR_ARGUMENT_VERSION_MISMATCH` otherwise) and `sensorType`.
+/// `NVML_ERROR_FUNCTION_NOT_FOUND` with the scenario's `deprecated_calls_only`.
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetTemperatureV(
+    device: nvmlDevice_t,
+    temperature: *mut nvmlTemperature_t,
+) -> nvmlReturn_t {
+    if deprecated_calls_only() {
+        return NVML_ERROR_FUNCTION_NOT_FOUND;
+    }
+    device_call(device, !temperature.is_null(), |gpu| {
+        // SAFETY: non-NULL (checked by `device_call`); the caller owns an initialised struct.
+        let asked = unsafe { temperature.read() };
+        if asked.version != nvmlTemperature_v1 {
+            return NVML_ERROR_ARGUMENT_VERSION_MISMATCH;
+        }
+        if asked.sensorType != NVML_TEMPERATURE_GPU {
+            return NVML_ERROR_INVALID_ARGUMENT;
+        }
+        let answer = nvmlTemperature_t {
+            temperature: gpu.state().temperature_c.round() as c_int,
+            ..asked
+        };
+        // SAFETY: as above.
+        unsafe { put(temperature, answer) }
+    })
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -38,6 +38,13 @@ pub fn cuda_cores(model: &str) -> Option<u32> {
     lookup(model).and_then(|p| p.cuda_cores)
 }
 
+/// Whether the product reports power averaged over a second: "Ampere (except GA100) or newer"
+/// (nvml.h:2716, and nvml.h:6538-6540 for `nvmlDeviceGetPowerUsage`), i.e. compute capability
+/// above 8.0 (GA100 is 8.0; a product not in the table counts as 8.0, the older side).
+pub fn has_power_average(model: &str) -> bool {
+    compute_capability(model) > (8, 0)
+}
+
 /// `pciDeviceId` as NVML packs it: the device id in the high half, NVIDIA's vendor id below.
 pub fn pci_device_id(model: &str) -> u32 {
     let device = lookup(model).map_or(0x2330, |p| p.pci_device);
@@ -63,5 +70,10 @@ mod tests {
         assert_eq!(cuda_cores("NVIDIA H100 PCIe"), Some(14592));
         assert_eq!(cuda_cores("NVIDIA B200"), None);
         assert_eq!(pci_device_id("NVIDIA H100 80GB HBM3"), 0x2330_10DE);
+        assert!(has_power_average("NVIDIA H100 80GB HBM3"));
+        assert!(has_power_average("NVIDIA A10"));
+        assert!(has_power_average("NVIDIA L4"));
+        assert!(!has_power_average("NVIDIA A100-SXM4-80GB"));
+        assert!(!has_power_average("Tesla V100-SXM2-32GB"));
     }
 }

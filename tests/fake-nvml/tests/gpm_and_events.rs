@@ -181,23 +181,25 @@ const NVML_SUCCESS: u32 = 0;
 const NVML_ERROR_INVALID_ARGUMENT: u32 = 2;
 const NVML_ERROR_ARGUMENT_VERSION_MISMATCH: u32 = 25;
 
-/// Reads one pipe of the model.
+/// Reads one pipe of the model (every pipe is known in this scenario).
 type PipeOf = fn(&Pipes) -> f64;
 
 /// The pipe metrics the library answers, with the model's pipe each one reports.
 const METRICS: [(GpmMetricId, PipeOf); 12] = [
-    (GpmMetricId::GraphicsUtil, |p| p.sm_active),
-    (GpmMetricId::SmUtil, |p| p.sm_active),
-    (GpmMetricId::SmOccupancy, |p| p.sm_occupancy),
+    (GpmMetricId::GraphicsUtil, |p| p.sm_active.unwrap()),
+    (GpmMetricId::SmUtil, |p| p.sm_active.unwrap()),
+    (GpmMetricId::SmOccupancy, |p| p.sm_occupancy.unwrap()),
     (GpmMetricId::IntegerUtil, |_| 0.0),
-    (GpmMetricId::AnyTensorUtil, |p| p.tensor_active),
-    (GpmMetricId::DfmaTensorUtil, |p| p.dfma_tensor_active),
-    (GpmMetricId::HmmaTensorUtil, |p| p.hmma_active),
-    (GpmMetricId::ImmaTensorUtil, |p| p.imma_active),
-    (GpmMetricId::DramBwUtil, |p| p.dram_active),
-    (GpmMetricId::Fp64Util, |p| p.fp64_active),
-    (GpmMetricId::Fp32Util, |p| p.fp32_active),
-    (GpmMetricId::Fp16Util, |p| p.fp16_active),
+    (GpmMetricId::AnyTensorUtil, |p| p.tensor_active.unwrap()),
+    (GpmMetricId::DfmaTensorUtil, |p| {
+        p.dfma_tensor_active.unwrap()
+    }),
+    (GpmMetricId::HmmaTensorUtil, |p| p.hmma_active.unwrap()),
+    (GpmMetricId::ImmaTensorUtil, |p| p.imma_active.unwrap()),
+    (GpmMetricId::DramBwUtil, |p| p.dram_active.unwrap()),
+    (GpmMetricId::Fp64Util, |p| p.fp64_active.unwrap()),
+    (GpmMetricId::Fp32Util, |p| p.fp32_active.unwrap()),
+    (GpmMetricId::Fp16Util, |p| p.fp16_active.unwrap()),
 ];
 
 struct Fixture {

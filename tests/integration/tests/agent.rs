@@ -139,7 +139,11 @@ fn fake_nvml_normal_sampling() {
     assert_eq!(info[0].labels["source"], "nvml");
     assert_eq!(info[0].labels["driver"], "550.54.15");
     assert_eq!(info[0].labels["model"], "NVIDIA H100 80GB HBM3");
+    // The H100's one-second average and its instant value; the A100 (GA100) has only the
+    // instant value, which is then its power (issue 14, item 11).
     assert_eq!(m.gpu("gpucost_gpu_power_watts", 0), Some(300.0));
+    assert_eq!(m.gpu("gpucost_gpu_power_instant_watts", 0), Some(300.0));
+    assert_eq!(m.gpu("gpucost_gpu_power_instant_watts", 1), Some(50.0));
     assert_eq!(m.gpu("gpucost_gpu_power_limit_watts", 0), Some(700.0));
     assert_eq!(m.gpu("gpucost_gpu_utilization_ratio", 0), Some(0.8));
     assert_eq!(m.gpu("gpucost_gpu_sm_clock_hertz", 0), Some(1980e6));
@@ -157,11 +161,12 @@ fn fake_nvml_normal_sampling() {
         ),
         Some(1.0)
     );
-    // An idle GPU spends its time with the gpu_idle clock-event reason.
+    // An idle GPU is not throttled (its gpu_idle bit is no reason); NVML's low-utilization
+    // violation counter says its clocks were held low for lack of work (issue 14, item 9).
     let idle_s = |m: &Metrics| {
         m.get(
             "gpucost_gpu_throttled_seconds_total",
-            &[("gpu", "1"), ("reason", "gpu_idle")],
+            &[("gpu", "1"), ("reason", "low_utilization")],
         )
         .unwrap()
     };
@@ -169,10 +174,16 @@ fn fake_nvml_normal_sampling() {
     assert_eq!(
         m.get(
             "gpucost_gpu_throttled_seconds_total",
-            &[("gpu", "0"), ("reason", "gpu_idle")]
+            &[("gpu", "0"), ("reason", "low_utilization")]
         ),
         Some(0.0)
     );
+    assert!(m
+        .find(
+            "gpucost_gpu_throttled_seconds_total",
+            &[("reason", "gpu_idle")]
+        )
+        .is_empty());
 
     // Energy through the counter grows at the GPU's power: 300 W.
     let e0 = m.gpu("gpucost_gpu_energy_joules_total", 0).unwrap();
@@ -590,7 +601,8 @@ kind = "gpu_lost"
 fn issue_13_throttled_seconds_and_xids_continue_after_kill_9() {
     // They lived only in memory and restarted from zero with the agent; now they are kept in the
     // ledger with the GPU's other totals. At 10x, the fake library reports Xid 79 on GPU 0 0.5 s
-    // (wall) after it loads, so each agent process sees one; GPU 1 idles (gpu_idle) throughout.
+    // (wall) after it loads, so each agent process sees one; GPU 1 idles throughout, its clocks
+    // held low for low utilization.
     let dir = tempfile::tempdir().unwrap();
     let text = STEADY.replace("ripple = 0.0", "ripple = 0.0\nspeed = 10")
         + "[[event]]\nat_s = 5\ngpu = 0\nkind = \"xid\"\nxid = 79\n";
@@ -608,7 +620,7 @@ fn issue_13_throttled_seconds_and_xids_continue_after_kill_9() {
     let idle_s = |m: &Metrics| {
         m.get(
             "gpucost_gpu_throttled_seconds_total",
-            &[("gpu", "1"), ("reason", "gpu_idle")],
+            &[("gpu", "1"), ("reason", "low_utilization")],
         )
         .unwrap_or(0.0)
     };
@@ -963,4 +975,410 @@ fn bench_without_a_gpu_says_so_in_one_line_and_fails() {
         );
         assert!(out.stdout.is_empty());
     }
+}
+
+/// Three FP32 jobs on H100s through the fake NVML library: GPU 0's tensor metrics fail, GPU 1
+/// reads every pipe, GPU 2 answers NO_PERMISSION to GPM (profiling restricted to admins).
+const PIPES: &str = r#"
+name = "pipes"
+duration_s = 3600
+ripple = 0.0
+[[gpu]]
+model = "NVIDIA H100 80GB HBM3"
+memory_total_mib = 81559
+power_limit_w = 700
+idle_power_w = 70
+gpm_unknown_pipes = ["tensor_active", "hmma_active"]
+[[gpu]]
+model = "NVIDIA H100 80GB HBM3"
+memory_total_mib = 81559
+power_limit_w = 700
+idle_power_w = 70
+[[gpu]]
+model = "NVIDIA H100 80GB HBM3"
+memory_total_mib = 81559
+power_limit_w = 700
+idle_power_w = 70
+gpm_no_permission = true
+[[job]]
+name = "unknown-tensor"
+pid = 3100001
+gpus = [0]
+[[job.phase]]
+seconds = 3600
+utilization = 0.9
+power_w = 400
+memory_mib = 1000
+precision = "fp32"
+[[job]]
+name = "known"
+pid = 3100002
+gpus = [1]
+[[job.phase]]
+seconds = 3600
+utilization = 0.9
+power_w = 400
+memory_mib = 1000
+precision = "fp32"
+[[job]]
+name = "denied"
+pid = 3100003
+gpus = [2]
+[[job.phase]]
+seconds = 3600
+utilization = 0.9
+power_w = 400
+memory_mib = 1000
+precision = "fp32"
+"#;
+
+/// Issue 14, item 7: an unknown GPM value is not a zero. A failed tensor metric next to a busy
+/// FP32 pipe made the GPU "FP32-bound" and most of its cost `fp32` waste; now that pipe is not
+/// exported, and no MFU and no FP32 verdict come from it. NO_PERMISSION answers are said once,
+/// with the fix, and GPM is left alone after a few.
+#[test]
+fn issue_14_unknown_gpm_pipes_give_no_waste_verdict_and_no_permission_backs_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = write_scenario(dir.path(), "pipes.toml", PIPES);
+    let lib = fake_nvml_lib().display().to_string();
+    let mut agent = start(
+        &["--nvml-lib", &lib],
+        &fast_env(&[
+            ("GPUCOST_FAKE_NVML_SCENARIO", scenario),
+            ("GPUCOST_LEDGER_PERSIST_INTERVAL", "100ms".into()),
+        ]),
+    );
+    let fp32_waste = |m: &Metrics, pid: &str| {
+        m.get(
+            "gpucost_job_wasted_cost_total",
+            &[
+                ("job_id", &format!("unattributed:{pid}")),
+                ("reason", "fp32"),
+            ],
+        )
+    };
+    // (A GPM read less than 100 ms after the last one has no pipes: wait for one that has.)
+    let read = |m: &Metrics, gpu: &str| {
+        m.get(
+            "gpucost_gpu_pipe_active_ratio",
+            &[("gpu", gpu), ("pipe", "fp32")],
+        )
+        .is_some()
+    };
+    let m = agent.wait_for_metrics(
+        "FP32 waste counted on the GPU that reads every pipe, and 20 samples",
+        Duration::from_secs(20),
+        |m| {
+            fp32_waste(m, "3100002").unwrap_or(0.0) > 0.0
+                && samples_at_least(20.0)(m)
+                && read(m, "0")
+                && read(m, "1")
+        },
+    );
+    promtool_check_metrics(&m.text);
+    let pipe = |gpu: &str, pipe: &str| {
+        m.get(
+            "gpucost_gpu_pipe_active_ratio",
+            &[("gpu", gpu), ("pipe", pipe)],
+        )
+    };
+    // GPU 0: the failed metrics are absent, the others read.
+    assert_eq!(pipe("0", "tensor"), None);
+    assert_eq!(pipe("0", "hmma"), None);
+    let fp32 = pipe("0", "fp32").expect("FP32 is read");
+    assert!((fp32 - 0.9 * 0.65).abs() < 1e-3, "FP32 pipe {fp32}");
+    assert_eq!(pipe("1", "tensor"), Some(0.0));
+    // No verdict and no MFU from the unknown tensor pipe; the control GPU has both.
+    assert_eq!(fp32_waste(&m, "3100001").unwrap_or(0.0), 0.0);
+    let mfu = |pid: &str| {
+        m.get(
+            "gpucost_job_mfu_ratio",
+            &[
+                ("job_id", &format!("unattributed:{pid}")),
+                ("source", "counters"),
+            ],
+        )
+    };
+    assert_eq!(mfu("3100001"), None);
+    assert!(mfu("3100002").unwrap() > 0.0);
+    // GPU 2: no pipes, three NO_PERMISSION answers counted, then GPM is left alone.
+    assert!(m
+        .find("gpucost_gpu_pipe_active_ratio", &[("gpu", "2")])
+        .is_empty());
+    assert_eq!(
+        m.get(
+            "gpucost_agent_sample_errors_total",
+            &[("gpu", "2"), ("field", "pipe_activity"), ("kind", "failed")]
+        ),
+        Some(3.0)
+    );
+    assert_eq!(fp32_waste(&m, "3100003").unwrap_or(0.0), 0.0);
+    let fix = agent
+        .logs()
+        .iter()
+        .filter(|l| l.contains("NVreg_RestrictProfilingToAdminUsers=0"))
+        .count();
+    assert_eq!(fix, 1, "said once, with the fix: {:#?}", agent.logs());
+    assert!(agent.terminate().success());
+}
+
+/// At 10x, repeating every wall second: GPU 0's job sits at its power cap 20% of each second,
+/// GPU 1 idles on a driver whose violation counters come only from the deprecated call, GPU 2
+/// sits at its cap all the time with no violation counter at all (the bits count).
+const THROTTLE: &str = r#"
+name = "throttle"
+duration_s = 10
+repeat = true
+speed = 10
+ripple = 0.0
+[[gpu]]
+model = "NVIDIA H100 80GB HBM3"
+memory_total_mib = 81559
+power_limit_w = 700
+idle_power_w = 70
+[[gpu]]
+model = "NVIDIA H100 80GB HBM3"
+memory_total_mib = 81559
+power_limit_w = 700
+idle_power_w = 70
+violation_fields = false
+[[gpu]]
+model = "NVIDIA H100 80GB HBM3"
+memory_total_mib = 81559
+power_limit_w = 700
+idle_power_w = 70
+violation_fields = false
+violation_status = false
+[[job]]
+name = "bursts"
+pid = 3200001
+gpus = [0]
+[[job.phase]]
+seconds = 2
+utilization = 1.0
+power_w = 700
+memory_mib = 1000
+[[job.phase]]
+seconds = 8
+utilization = 1.0
+power_w = 300
+memory_mib = 1000
+[[job]]
+name = "capped"
+pid = 3200002
+gpus = [2]
+[[job.phase]]
+seconds = 10
+utilization = 1.0
+power_w = 700
+memory_mib = 1000
+"#;
+
+/// Issue 14, item 9: throttle seconds come from NVML's violation counters where the GPU has
+/// them. Sampled once a second, a power cap held 200 ms of every second was a coin toss for
+/// the clock-event bits (0 or the whole second); the counters give 20%. An idle GPU's clocks
+/// are held low for low utilization, never "gpu_idle" throttling; the deprecated call stands in
+/// for missing fields, and the bits for missing counters.
+#[test]
+fn issue_14_throttle_seconds_come_from_the_violation_counters() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = write_scenario(dir.path(), "throttle.toml", THROTTLE);
+    let lib = fake_nvml_lib().display().to_string();
+    let mut agent = start(
+        &["--nvml-lib", &lib],
+        &[
+            ("GPUCOST_SAMPLING_INTERVAL", "1s".to_string()),
+            ("GPUCOST_SAMPLING_PROCESS_INTERVAL", "1s".to_string()),
+            ("GPUCOST_LEDGER_PERSIST_INTERVAL", "100ms".to_string()),
+            ("GPUCOST_FAKE_NVML_SCENARIO", scenario),
+        ],
+    );
+    let held = |m: &Metrics, pid: &str| {
+        m.get(
+            "gpucost_job_gpu_seconds_total",
+            &[("job_id", &format!("unattributed:{pid}"))],
+        )
+        .unwrap_or(0.0)
+    };
+    let m = agent.wait_for_metrics(
+        "five seconds of the bursty job",
+        Duration::from_secs(20),
+        |m| held(m, "3200001") >= 5.0,
+    );
+    promtool_check_metrics(&m.text);
+    let throttled = |gpu: &str, reason: &str| {
+        m.get(
+            "gpucost_gpu_throttled_seconds_total",
+            &[("gpu", gpu), ("reason", reason)],
+        )
+        .unwrap()
+    };
+    let share = throttled("0", "sw_power_cap") / held(&m, "3200001");
+    assert!(
+        (0.12..=0.28).contains(&share),
+        "power cap {share} of the time"
+    );
+    assert_eq!(throttled("0", "low_utilization"), 0.0);
+    // GPU 1, idle: through the deprecated call, all of its time.
+    let idle = m.gpu("gpucost_gpu_unallocated_seconds_total", 1).unwrap();
+    let low = throttled("1", "low_utilization");
+    assert!(
+        idle > 3.0 && (low / idle - 1.0).abs() < 0.1,
+        "{low} of {idle} s"
+    );
+    assert_eq!(throttled("1", "sw_power_cap"), 0.0);
+    // GPU 2: no counter, the bit at each sample.
+    let capped = throttled("2", "sw_power_cap") / held(&m, "3200002");
+    assert!((capped - 1.0).abs() < 0.05, "capped {capped} of the time");
+    assert!(m
+        .find(
+            "gpucost_gpu_throttled_seconds_total",
+            &[("reason", "gpu_idle")]
+        )
+        .is_empty());
+    assert!(agent.terminate().success());
+}
+
+/// At 10x: GPU 0's job is busy for one 0.2 s utilization period of the driver and idle for the
+/// next, over and over; the agent reads once a second (five periods).
+fn bursty_scenario() -> String {
+    let mut text = String::from(
+        r#"
+name = "bursty"
+duration_s = 3600
+speed = 10
+ripple = 0.0
+[[gpu]]
+model = "NVIDIA H100 80GB HBM3"
+memory_total_mib = 81559
+power_limit_w = 700
+idle_power_w = 70
+utilization_period_s = 0.2
+[[job]]
+name = "bursty"
+pid = 3300001
+gpus = [0]
+"#,
+    );
+    for _ in 0..900 {
+        for utilization in [1.0, 0.0] {
+            text.push_str(&format!(
+                "[[job.phase]]\nseconds = 2\nutilization = {utilization}\npower_w = 400\nmemory_mib = 1000\n"
+            ));
+        }
+    }
+    text
+}
+
+/// Issue 14, item 10: utilization is the driver's samples averaged over each interval. The
+/// last period alone (nvmlDeviceGetUtilizationRates) is all or nothing for this job, so reads
+/// a whole number of periods apart made it idle half of its time, or never; averaged, it is
+/// about half busy in every interval, and never idle.
+#[test]
+fn issue_14_bursty_utilization_is_averaged_over_each_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = write_scenario(dir.path(), "bursty.toml", &bursty_scenario());
+    let lib = fake_nvml_lib().display().to_string();
+    let mut agent = start(
+        &["--nvml-lib", &lib],
+        &[
+            ("GPUCOST_SAMPLING_INTERVAL", "1s".to_string()),
+            ("GPUCOST_SAMPLING_PROCESS_INTERVAL", "1s".to_string()),
+            ("GPUCOST_LEDGER_PERSIST_INTERVAL", "100ms".to_string()),
+            ("GPUCOST_FAKE_NVML_SCENARIO", scenario),
+        ],
+    );
+    let id = [("job_id", "unattributed:3300001")];
+    let seen = std::cell::RefCell::new(Vec::new());
+    let m = agent.wait_for_metrics("five seconds of the job", Duration::from_secs(20), |m| {
+        let u = m.gpu("gpucost_gpu_utilization_ratio", 0);
+        if u.is_some() && seen.borrow().last() != u.as_ref() {
+            seen.borrow_mut().extend(u);
+        }
+        m.get("gpucost_job_gpu_seconds_total", &id).unwrap_or(0.0) >= 5.0
+    });
+    let seen = seen.into_inner();
+    let held = m.get("gpucost_job_gpu_seconds_total", &id).unwrap();
+    let idle = m.get("gpucost_job_idle_gpu_seconds_total", &id).unwrap();
+    assert_eq!(idle, 0.0, "idle {idle} of {held} s");
+    // After the first reading, every interval is about half busy.
+    let later: Vec<f64> = seen.iter().copied().skip(2).collect();
+    assert!(
+        later.iter().all(|u| (0.3..=0.7).contains(u)),
+        "utilization per interval: {seen:?}"
+    );
+    assert!(agent.terminate().success());
+}
+
+/// Where nvml.h deprecates a call in CUDA 13, the agent calls the replacement where the driver
+/// has it and the deprecated call where it does not: the same readings either way, no errors.
+#[test]
+fn replacements_of_deprecated_calls_and_their_fallbacks_read_the_same() {
+    for deprecated_only in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let text = STEADY.replace(
+            "ripple = 0.0",
+            &format!("ripple = 0.0\ndeprecated_calls_only = {deprecated_only}"),
+        );
+        let scenario = write_scenario(dir.path(), "steady.toml", &text);
+        let lib = fake_nvml_lib().display().to_string();
+        let mut agent = start(
+            &["--nvml-lib", &lib],
+            &fast_env(&[("GPUCOST_FAKE_NVML_SCENARIO", scenario)]),
+        );
+        let m = agent.wait_for_metrics("samples", Duration::from_secs(10), samples_at_least(3.0));
+        // 70 W idle to 700 W adds 42 °C to 32 °C: 300 W is 47 °C.
+        assert_eq!(m.gpu("gpucost_gpu_temperature_celsius", 0), Some(47.0));
+        assert_eq!(m.gpu("gpucost_gpu_temperature_celsius", 1), Some(32.0));
+        assert!(
+            m.find("gpucost_agent_sample_errors_total", &[]).is_empty(),
+            "deprecated calls only: {deprecated_only}\n{}",
+            m.text
+        );
+        assert!(agent.terminate().success());
+    }
+}
+
+/// Issue 14, item 6: a GPU that cannot be read for two seconds comes back with an energy
+/// counter that kept counting; its delta covers the outage, and is kept rather than taken for a
+/// reset (the interval that closes the outage is one 100 ms cycle long).
+#[test]
+fn issue_14_energy_used_during_an_outage_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = STEADY.replace("power_w = 300", "power_w = 600")
+        + "[[event]]\nat_s = 2\ngpu = 0\nkind = \"gpu_lost\"\n\
+           [[event]]\nat_s = 4\ngpu = 0\nkind = \"gpu_recovered\"\n";
+    let scenario = write_scenario(dir.path(), "outage.toml", &text);
+    let lib = fake_nvml_lib().display().to_string();
+    let mut agent = start(
+        &["--nvml-lib", &lib],
+        &fast_env(&[
+            ("GPUCOST_FAKE_NVML_SCENARIO", scenario),
+            ("GPUCOST_LEDGER_PERSIST_INTERVAL", "100ms".into()),
+        ]),
+    );
+    let energy = |m: &Metrics| m.gpu("gpucost_gpu_energy_joules_total", 0).unwrap_or(0.0);
+    let before = agent.wait_for_metrics("energy counted", Duration::from_secs(10), |m| {
+        energy(m) > 0.0 && m.gpu("gpucost_gpu_up", 0) == Some(1.0)
+    });
+    let (e0, t0) = (energy(&before), Instant::now());
+    agent.wait_for_metrics("GPU 0 lost", Duration::from_secs(10), |m| {
+        m.gpu("gpucost_gpu_up", 0) == Some(0.0)
+    });
+    let after = agent.wait_for_metrics("GPU 0 back", Duration::from_secs(10), |m| {
+        m.gpu("gpucost_gpu_up", 0) == Some(1.0) && energy(m) > e0
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let end = agent.metrics();
+    let watts = (energy(&end) - e0) / t0.elapsed().as_secs_f64();
+    assert!(
+        (540.0..=660.0).contains(&watts),
+        "{watts} W over the outage for a 600 W GPU"
+    );
+    assert_eq!(
+        after.gpu("gpucost_gpu_energy_resets_total", 0),
+        Some(0.0),
+        "the outage is no reset"
+    );
+    assert!(agent.terminate().success());
 }

@@ -192,7 +192,7 @@ fn a_recorded_run_replays_to_the_same_accounting() {
     assert_eq!(xids_replay, xids_live);
 
     // The fake NVML library replays a recording too: in the fp32 phase (1-2.5 s) the GPU draws
-    // the recorded ~420 W.
+    // the recorded ~420 W (the instant value; the one-second average lags at the phase's start).
     let replay_nvml = Agent::start(
         &["--nvml-lib", fake_nvml_lib().to_str().unwrap()],
         &[ENV[0], ENV[1], ("GPUCOST_FAKE_NVML_SCENARIO", recording)],
@@ -205,7 +205,7 @@ fn a_recorded_run_replays_to_the_same_accounting() {
         .unwrap_or(0.0)
             > 0.5
     });
-    let watts = m.gpu("gpucost_gpu_power_watts", 0).unwrap();
+    let watts = m.gpu("gpucost_gpu_power_instant_watts", 0).unwrap();
     assert!((400.0..440.0).contains(&watts), "{watts} W");
 }
 

@@ -2,7 +2,7 @@
 //! the node-level job counters.
 
 use gpucost_core::jobs::Outcome;
-use gpucost_core::reading::CLOCK_EVENT_REASONS;
+use gpucost_core::reading::ThrottleReason;
 use prometheus::proto::MetricFamily;
 
 use super::{bool_value, Families};
@@ -165,12 +165,12 @@ pub(super) fn node_families(snap: &Snapshot) -> Vec<MetricFamily> {
         );
         // Like the other totals, as last persisted: they continue across restarts.
         let events = rec.map(|r| &r.events);
-        for (i, (_, reason)) in CLOCK_EVENT_REASONS.iter().enumerate() {
+        for reason in ThrottleReason::ALL {
             f.counter(
                 "gpucost_gpu_throttled_seconds_total",
-                "Seconds with each clock-event (throttle) reason active, as persisted in the ledger; never decreases, also across restarts.",
-                &[("gpu", &idx), ("reason", reason)],
-                events.map_or(0.0, |e| e.throttled_s[i]),
+                "Seconds the GPU's clocks were held down, by reason: NVML's violation-time counters where the GPU has one for the reason, else the clock-event reason bit at each sample. An idle GPU is not counted; low_utilization is clocks lowered for lack of work, not a limit on it. As persisted in the ledger; never decreases, also across restarts.",
+                &[("gpu", &idx), ("reason", reason.as_str())],
+                events.map_or(0.0, |e| e.throttled_s[reason.index()]),
             );
         }
         for (xid, n) in events.map(|e| &e.xids).into_iter().flatten() {
@@ -184,8 +184,15 @@ pub(super) fn node_families(snap: &Snapshot) -> Vec<MetricFamily> {
         let gauges = [
             (
                 "gpucost_gpu_power_watts",
-                "Board power draw.",
+                "Board power averaged over the last second (NVML_FI_DEV_POWER_AVERAGE); on GPUs \
+                 without that average (GA100 and older: A100, V100) the instantaneous power.",
                 v.power_watts,
+            ),
+            (
+                "gpucost_gpu_power_instant_watts",
+                "Board power at the moment of the sample (NVML_FI_DEV_POWER_INSTANT), where the \
+                 GPU reports it.",
+                v.power_instant_watts,
             ),
             (
                 "gpucost_gpu_power_limit_watts",
@@ -194,7 +201,7 @@ pub(super) fn node_families(snap: &Snapshot) -> Vec<MetricFamily> {
             ),
             (
                 "gpucost_gpu_utilization_ratio",
-                "Share of the last sample period in which a kernel was running (0..1).",
+                "Share of the time since the previous sample in which a kernel ran (0..1): the driver's utilization samples over the interval, or where it has none its last sample period (1/6 s to 1 s by product).",
                 v.utilization_ratio,
             ),
             (
@@ -224,10 +231,12 @@ pub(super) fn node_families(snap: &Snapshot) -> Vec<MetricFamily> {
             }
         }
         if let Some(pipes) = g.reading.as_ref().and_then(|r| r.pipes) {
+            // A pipe whose GPM metric failed is unknown: no series, rather than a zero.
             for (pipe, v) in pipes.labelled() {
+                let Some(v) = v else { continue };
                 f.gauge(
                     "gpucost_gpu_pipe_active_ratio",
-                    "Share of the last interval each pipe was busy (NVML GPM; Hopper and newer).",
+                    "Share of the last interval each pipe was busy (NVML GPM; Hopper and newer); absent for a pipe whose metric failed.",
                     &[("gpu", &idx), ("pipe", pipe)],
                     v,
                 );

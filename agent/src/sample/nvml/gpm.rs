@@ -1,6 +1,15 @@
 //! Pipe activity from GPM (GPU Performance Monitoring, Hopper and newer): one GPM sample per
 //! read, the metrics over the time since the sample kept from the previous read.
+//!
+//! Each metric has its own return code (nvml.h, `nvmlGpmMetric_t.nvmlReturn`): one that fails
+//! leaves its pipe unknown (`None`), and the others are still read. Where profiling is
+//! restricted to administrators (the driver's `NVreg_RestrictProfilingToAdminUsers`, shown as
+//! `RmProfilingAdminOnly: 1` in `/proc/driver/nvidia/params`), NVML answers
+//! `NVML_ERROR_NO_PERMISSION` to a non-root caller's counter queries
+//! (gpuopenanalytics/pynvml#19, NVIDIA/gpu-operator#1158); after a few such answers in a row
+//! GPM is left alone for a while ([`Backoff`]), and the log says once why and how to fix it.
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use nvml_wrapper::enums::gpm::GpmMetricId;
@@ -13,6 +22,27 @@ use gpucost_core::reading::{Field, FieldError, Pipes, SampleError};
 
 /// GPM samples must be at least this far apart (NVML's rule) to give a metric.
 const GPM_MIN_GAP: Duration = Duration::from_millis(100);
+
+/// NO_PERMISSION answers in a row before GPM is left alone.
+const DENIED_IN_A_ROW: u32 = 3;
+/// How long GPM is left alone the first time; doubled each time it is still denied, up to
+/// [`BACKOFF_MAX`] (a fix to the driver's setting needs a driver reload, so no hurry).
+const BACKOFF_FIRST: Duration = Duration::from_secs(60);
+const BACKOFF_MAX: Duration = Duration::from_secs(3600);
+
+/// The metrics' GPM names, in [`GPM_METRICS`] order, for log lines.
+const GPM_METRIC_NAMES: [&str; 10] = [
+    "SM_UTIL",
+    "SM_OCCUPANCY",
+    "ANY_TENSOR_UTIL",
+    "HMMA_TENSOR_UTIL",
+    "IMMA_TENSOR_UTIL",
+    "DFMA_TENSOR_UTIL",
+    "FP16_UTIL",
+    "FP32_UTIL",
+    "FP64_UTIL",
+    "DRAM_BW_UTIL",
+];
 
 /// The GPM metrics read each interval, in the order [`pipes_from`] expects.
 const GPM_METRICS: [GpmMetricId; 10] = [
@@ -41,6 +71,54 @@ unsafe impl Send for HeldSample {}
 pub(super) struct GpmState {
     supported: Option<bool>,
     last: Option<(HeldSample, Instant)>,
+    denied: Backoff,
+    /// Metrics whose failure the log has told (by index in [`GPM_METRICS`]).
+    said_failed: BTreeSet<usize>,
+}
+
+/// Backing off after repeated `NVML_ERROR_NO_PERMISSION`: pure, the caller passes the time.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub(super) struct Backoff {
+    in_a_row: u32,
+    /// GPM is left alone until then.
+    until: Option<Instant>,
+    /// The next pause (0 before the first).
+    next: Duration,
+    /// Whether the log has said why.
+    pub(super) said: bool,
+}
+
+impl Backoff {
+    /// Whether GPM may be tried at `now`.
+    pub(super) fn may_try(&self, now: Instant) -> bool {
+        self.until.is_none_or(|u| now >= u)
+    }
+
+    /// A call answered NO_PERMISSION at `now`; the pause that begins, if one does.
+    pub(super) fn denied(&mut self, now: Instant) -> Option<Duration> {
+        self.in_a_row += 1;
+        if self.in_a_row < DENIED_IN_A_ROW {
+            return None;
+        }
+        let pause = if self.next.is_zero() {
+            BACKOFF_FIRST
+        } else {
+            self.next
+        };
+        self.until = Some(now + pause);
+        self.next = (pause * 2).min(BACKOFF_MAX);
+        // One more denial after the pause is enough to pause again.
+        self.in_a_row = DENIED_IN_A_ROW - 1;
+        Some(pause)
+    }
+
+    /// A call worked: permission is there (again).
+    pub(super) fn allowed(&mut self) {
+        *self = Backoff {
+            said: self.said,
+            ..Backoff::default()
+        };
+    }
 }
 
 impl GpmState {
@@ -54,14 +132,16 @@ impl GpmState {
     }
 }
 
-/// GPM metric values (percent) in [`GPM_METRICS`] order -> ratios.
+/// GPM metric values (percent) in [`GPM_METRICS`] order -> ratios; a metric that failed (its
+/// own return code, nvml.h's `nvmlGpmMetric_t.nvmlReturn`) is an unknown pipe, never a zero.
 fn pipes_from(values: &[Option<f64>]) -> Pipes {
     let v = |i: usize| {
         values
             .get(i)
             .copied()
             .flatten()
-            .map_or(0.0, |p| (p / 100.0).clamp(0.0, 1.0))
+            .filter(|p| p.is_finite())
+            .map(|p| (p / 100.0).clamp(0.0, 1.0))
     };
     Pipes {
         sm_active: v(0),
@@ -81,6 +161,7 @@ fn pipes_from(values: &[Option<f64>]) -> Pipes {
 pub(super) fn read_pipes(
     nvml: &Nvml,
     d: &Device<'_>,
+    index: u32,
     gpm: &mut GpmState,
     e: &mut Vec<(Field, FieldError)>,
 ) -> Result<Option<Pipes>, SampleError> {
@@ -92,40 +173,141 @@ pub(super) fn read_pipes(
         }
         gpm.supported = Some(ok);
     }
-    if gpm.supported == Some(true) {
-        match d.gpm_sample() {
-            Ok(new) => {
-                let now = Instant::now();
-                match gpm.last.take() {
-                    Some((old, at)) if now.duration_since(at) >= GPM_MIN_GAP => {
-                        // SAFETY: `old` came from `into_handle` on this `Nvml`; rebuilding the
-                        // wrapper hands ownership back, and it is freed when dropped below.
-                        let old = unsafe { GpmSample::from_handle(nvml, old.0) };
-                        match gpm_metrics_get(nvml, &old, &new, &GPM_METRICS) {
-                            Ok(results) => {
-                                let values: Vec<Option<f64>> = results
-                                    .iter()
-                                    .map(|r| r.as_ref().ok().map(|m| m.value))
-                                    .collect();
-                                pipes = Some(pipes_from(&values));
+    let now = Instant::now();
+    if gpm.supported != Some(true) || !gpm.denied.may_try(now) {
+        return Ok(None);
+    }
+    let mut denied = false;
+    match d.gpm_sample() {
+        Ok(new) => match gpm.last.take() {
+            Some((old, at)) if now.duration_since(at) >= GPM_MIN_GAP => {
+                // SAFETY: `old` came from `into_handle` on this `Nvml`; rebuilding the wrapper
+                // hands ownership back, and it is freed when dropped below.
+                let old = unsafe { GpmSample::from_handle(nvml, old.0) };
+                match gpm_metrics_get(nvml, &old, &new, &GPM_METRICS) {
+                    Ok(results) => {
+                        denied = !results.is_empty()
+                            && results
+                                .iter()
+                                .all(|r| matches!(r, Err(NvmlError::NoPermission)));
+                        if !denied {
+                            for (i, r) in results.iter().enumerate() {
+                                if let Err(err) = r {
+                                    say_failed_metric(gpm, index, i, err);
+                                }
                             }
-                            Err(NvmlError::GpuLost) => {
-                                return Err(SampleError::GpuLost("while reading GPM".into()))
-                            }
-                            Err(err) => e.push((Field::Pipes, FieldError::Failed(err.to_string()))),
+                            let values: Vec<Option<f64>> = results
+                                .iter()
+                                .map(|r| r.as_ref().ok().map(|m| m.value))
+                                .collect();
+                            pipes = Some(pipes_from(&values));
                         }
-                        gpm.last = Some((HeldSample(new.into_handle()), now));
                     }
-                    // Too soon after the last sample: keep that one, drop the new one.
-                    Some(kept) => gpm.last = Some(kept),
-                    None => gpm.last = Some((HeldSample(new.into_handle()), now)),
+                    Err(NvmlError::GpuLost) => {
+                        return Err(SampleError::GpuLost("while reading GPM".into()))
+                    }
+                    Err(NvmlError::NoPermission) => denied = true,
+                    Err(err) => e.push((Field::Pipes, FieldError::Failed(err.to_string()))),
                 }
+                gpm.last = Some((HeldSample(new.into_handle()), now));
             }
-            Err(NvmlError::GpuLost) => {
-                return Err(SampleError::GpuLost("while sampling GPM".into()))
+            // Too soon after the last sample: keep that one, drop the new one.
+            Some(kept) => gpm.last = Some(kept),
+            None => gpm.last = Some((HeldSample(new.into_handle()), now)),
+        },
+        Err(NvmlError::GpuLost) => return Err(SampleError::GpuLost("while sampling GPM".into())),
+        Err(NvmlError::NoPermission) => denied = true,
+        Err(err) => e.push((Field::Pipes, FieldError::Failed(err.to_string()))),
+    }
+    if denied {
+        e.push((
+            Field::Pipes,
+            FieldError::Failed(NvmlError::NoPermission.to_string()),
+        ));
+        if let Some(pause) = gpm.denied.denied(now) {
+            if !std::mem::replace(&mut gpm.denied.said, true) {
+                tracing::warn!(
+                    gpu = index,
+                    "GPU {index}: GPM profiling metrics answer NVML_ERROR_NO_PERMISSION: \
+                     profiling is restricted to administrators on this node (the nvidia \
+                     module's NVreg_RestrictProfilingToAdminUsers=1, shown as \
+                     RmProfilingAdminOnly: 1 in /proc/driver/nvidia/params). Pipe activity, \
+                     MFU and the FP32 waste verdict stay unknown. Fix: run the agent as root, \
+                     or set `options nvidia NVreg_RestrictProfilingToAdminUsers=0` in a file \
+                     under /etc/modprobe.d/ and reload the driver (reboot; rebuild the \
+                     initramfs where it holds the module). Trying again in {}, then less \
+                     often (said once)",
+                    humantime::format_duration(pause)
+                );
             }
-            Err(err) => e.push((Field::Pipes, FieldError::Failed(err.to_string()))),
         }
+    } else if pipes.is_some() {
+        gpm.denied.allowed();
     }
     Ok(pipes)
+}
+
+/// Says once per GPU and metric that a GPM metric failed and its pipe is unknown.
+fn say_failed_metric(gpm: &mut GpmState, index: u32, i: usize, err: &NvmlError) {
+    if gpm.said_failed.insert(i) {
+        let name = GPM_METRIC_NAMES.get(i).copied().unwrap_or("?");
+        tracing::info!(
+            gpu = index,
+            "GPU {index}: GPM metric {name} fails ({err}); its pipe is unknown, and no MFU and no \
+             FP32 waste verdict come from it while it is (said once)"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 14, item 7: repeated NO_PERMISSION answers leave GPM alone for a while, longer each
+    /// time it is still denied; a success starts over.
+    #[test]
+    fn issue_14_no_permission_backs_off() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut b = Backoff::default();
+        assert!(b.may_try(at(0)));
+        assert_eq!(b.denied(at(0)), None);
+        assert_eq!(b.denied(at(1)), None);
+        assert_eq!(b.denied(at(2)), Some(BACKOFF_FIRST));
+        assert!(!b.may_try(at(3)));
+        assert!(!b.may_try(at(61)));
+        assert!(b.may_try(at(62)));
+        // Still denied after the pause: a longer one at once.
+        assert_eq!(b.denied(at(62)), Some(2 * BACKOFF_FIRST));
+        assert!(!b.may_try(at(62 + 119)));
+        assert!(b.may_try(at(62 + 120)));
+        let mut long = b.clone();
+        for k in 0..10 {
+            long.denied(at(1000 * (k + 1)));
+        }
+        assert_eq!(long.next, BACKOFF_MAX);
+        b.said = true;
+        b.allowed();
+        assert_eq!(
+            b,
+            Backoff {
+                said: true,
+                ..Backoff::default()
+            }
+        );
+        assert_eq!(b.denied(at(500)), None);
+    }
+
+    #[test]
+    fn failed_metrics_are_unknown_pipes_never_zeros() {
+        let mut values = vec![Some(50.0); GPM_METRICS.len()];
+        values[2] = None;
+        values[3] = None;
+        values[7] = Some(65.0);
+        let p = pipes_from(&values);
+        assert_eq!((p.tensor_active, p.hmma_active), (None, None));
+        assert_eq!((p.fp32_active, p.sm_active), (Some(0.65), Some(0.5)));
+        assert_eq!(pipes_from(&[]), Pipes::UNKNOWN);
+        assert_eq!(GPM_METRIC_NAMES.len(), GPM_METRICS.len());
+    }
 }

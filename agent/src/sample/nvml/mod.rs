@@ -18,10 +18,11 @@ use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use nvml_wrapper::enum_wrappers::device::{Clock, TemperatureSensor};
+use nvml_wrapper::enum_wrappers::device::Clock;
 use nvml_wrapper::error::NvmlError;
 use nvml_wrapper::Nvml;
 
+mod fields;
 mod gpm;
 mod processes;
 mod xid;
@@ -62,6 +63,8 @@ struct GpuMemo {
     /// calls the driver answers, how much room they needed): only this GPU's entry.
     processes: processes::ProcessState,
     gpm: GpmState,
+    /// What the field reads remember between reads (`fields.rs`).
+    fields: fields::FieldState,
 }
 
 impl NvmlBackend {
@@ -278,26 +281,31 @@ impl Backend for NvmlBackend {
         let mut errs = Vec::new();
         let e = &mut errs;
         let memory = field(d.memory_info(), Field::Memory, e)?;
+        let memo = self.memo(index);
+        let mut memo = memo.lock().unwrap_or_else(PoisonError::into_inner);
+        let memo = &mut *memo;
+        let st = &mut memo.fields;
+        let values = fields::read_fields(&d)?;
+        let (power_average_mw, power_instant_mw) = fields::read_power(&d, st, &values, e)?;
+        let violation_ns = fields::read_violations(&d, st, &values)?;
         let mut r = Reading {
             energy_mj: field(d.total_energy_consumption(), Field::Energy, e)?,
-            power_mw: field(d.power_usage(), Field::Power, e)?,
+            power_average_mw,
+            power_instant_mw,
             power_limit_mw: field(d.enforced_power_limit(), Field::PowerLimit, e)?,
-            utilization_pct: field(d.utilization_rates(), Field::Utilization, e)?.map(|u| u.gpu),
+            utilization_pct: fields::read_utilization(&d, st, e)?,
             memory_used_bytes: memory.as_ref().map(|m| m.used),
             memory_total_bytes: memory.as_ref().map(|m| m.total),
             sm_clock_mhz: field(d.clock_info(Clock::SM), Field::SmClock, e)?,
-            temperature_c: field(d.temperature(TemperatureSensor::Gpu), Field::Temperature, e)?,
-            clock_event_reasons: field(d.current_throttle_reasons(), Field::ClockEvents, e)?
-                .map(|r| r.bits()),
+            temperature_c: fields::read_temperature(&self.nvml, &d, st, e)?,
+            clock_event_reasons: fields::read_clock_events(&self.nvml, &d, st, e)?,
+            violation_ns,
             processes: None,
             pipes: None,
             field_errors: Vec::new(),
         };
-        let memo = self.memo(index);
-        let mut memo = memo.lock().unwrap_or_else(PoisonError::into_inner);
-        let memo = &mut *memo;
         // GPM: a new sample each read; the metrics cover the time since the previous one.
-        r.pipes = gpm::read_pipes(&self.nvml, &d, &mut memo.gpm, e)?;
+        r.pipes = gpm::read_pipes(&self.nvml, &d, index, &mut memo.gpm, e)?;
         if with_processes {
             r.processes =
                 processes::read_processes(self.nvml.lib(), &d, index, &mut memo.processes, e)?;
