@@ -20,6 +20,8 @@ pub struct Layer {
     pub socket: Option<PathBuf>,
     /// Octal text, e.g. "0660".
     pub socket_mode: Option<String>,
+    /// Path of the pod socket, or "off".
+    pub pod_socket: Option<PathBuf>,
     #[serde(default)]
     pub sampling: SamplingLayer,
     #[serde(default)]
@@ -128,6 +130,7 @@ pub(super) const ENV_KEYS: &[(&str, EnvText)] = &[
     ("state_dir", EnvText::Text),
     ("socket", EnvText::Text),
     ("socket_mode", EnvText::Text),
+    ("pod_socket", EnvText::Text),
     ("sampling.interval", EnvText::Text),
     ("sampling.process_interval", EnvText::Text),
     ("nvml.lib", EnvText::Text),
