@@ -164,6 +164,8 @@ pub const OTHER_ENV_VARS: &[&str] = &[
     // A process's job and labels, read from its environment (`gpucost run` sets the id).
     "GPUCOST_JOB_ID",
     "GPUCOST_LABELS",
+    // The Python package's address of the agent's read-only TCP API (python/gpucost).
+    "GPUCOST_URL",
     // `gpucost bench`'s libraries (kernels/src/gpu.rs).
     "GPUCOST_NVRTC",
     "GPUCOST_NVRTC_LIB",
