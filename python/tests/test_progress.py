@@ -250,3 +250,32 @@ def test_the_socket_is_plain_http_over_af_unix(tmp_path, monkeypatch):
     assert got["head"].startswith("POST /api/v1/jobs/default%2Ftrainer-0/progress HTTP/1.1\r\n")
     assert "Content-Type: application/json" in got["head"]
     assert got["body"] == {"samples": 3}
+
+
+def test_a_script_under_gpucost_run_reports_to_its_job(use_agent, monkeypatch, tmp_path):
+    """The researcher's way: `gpucost run --socket S -- python train.py`, whose script reports
+    to the job gpucost run registered, on the socket it was given (no GPUCOST_SOCKET set)."""
+    import subprocess
+    import sys
+
+    from agent import agent_binary
+
+    monkeypatch.delenv("GPUCOST_SOCKET")
+    script = tmp_path / "train.py"
+    script.write_text(
+        "import os, sys, gpucost\n"
+        "ok = gpucost.report_progress(tokens=4096, steps=8, flops_per_token=6e6, checkpoint=True)\n"
+        "print(os.environ['GPUCOST_JOB_ID'])\n"
+        "sys.exit(0 if ok else 5)\n"
+    )
+    out = subprocess.run(
+        [str(agent_binary()), "run", "--socket", str(use_agent.socket), "--name", "under-run",
+         "--", sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    job = out.stdout.strip()
+    use_agent.wait_for_job(job, outcome="succeeded", name="under-run")
+    use_agent.wait_for_progress(job, tokens=4096, steps=8, flops_per_token=6e6)
