@@ -64,6 +64,8 @@ class _Reporter:
         self.checkpoint_field: Optional[bool] = None
         self.retry_at = 0.0
         self.learned_id: Optional[str] = None
+        # The job's record as the agent answered the last report (what it had counted then).
+        self.last_job: Optional[Dict[str, Any]] = None
         self.failing = False
 
     def reset(self) -> None:
@@ -124,6 +126,7 @@ class _Reporter:
                 self.checkpoint_field = True
             if isinstance(answer.get("id"), str):
                 self.learned_id = answer["id"]
+                self.last_job = answer
             if self.failing:
                 log.debug("gpucost: progress reports reach the agent again")
             self.failing = False

@@ -90,3 +90,29 @@ def test_the_pod_socket_registers_and_ends_nothing(agent, monkeypatch):
     with gpucost.track(name="from-a-pod") as t:
         assert t.job_id is None
     assert agent.job("ml/train-0")["outcome"] == "running"
+
+
+def test_a_pod_gets_its_cost_from_the_socket_without_the_tcp_api(agent):
+    """A pod reaches its node's agent over the socket only: the callbacks' cost figures come
+    from the agent's answer to the last report (the MFU needs the TCP API)."""
+
+    def report_and_read():
+        from gpucost.integrations._common import COST, MFU, Session
+
+        os.environ["GPUCOST_URL"] = "http://127.0.0.1:9"  # nothing there
+        session = Session(interval=0, log_cost=True)
+        if not session.report(tokens=300, steps=3):
+            return False
+        figures = session.cost_metrics()
+        return figures.get(COST, 0) > 0 and MFU not in figures and "gpucost/cost_per_1m_tokens" in figures
+
+    assert _as_nobody(agent, None, report_and_read) == 0
+
+
+def test_the_cost_of_a_reports_answer_adds_up_as_the_agents(use_agent):
+    """The parts of `cost_total` (`Usage::total_cost`) are the ones the package adds up."""
+    from gpucost.integrations._common import COST, figures_of
+
+    record = use_agent.job("cost-run")
+    usage_only = {k: v for k, v in record.items() if k != "cost_total"}
+    assert figures_of(usage_only)[COST] == pytest.approx(record["cost_total"], rel=1e-12)

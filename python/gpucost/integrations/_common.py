@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 from typing import Dict, Optional
 
-from .. import _agent
-from .._log import warn_once
+from .. import _agent, _progress
+from .._log import log, warn_once
 from .._progress import job_id, report_progress
-from .._track import current_job
+from .._track import TIMEOUT_S
 
 #: Names of the figures the callbacks log.
 COST = "gpucost/cost"
@@ -19,6 +19,32 @@ MFU = "gpucost/mfu"
 def _prometheus_label(value: str) -> str:
     """A label value as the Prometheus text format writes it."""
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+#: Seconds without TCP reads after one failed.
+TCP_RETRY_AFTER_S = 300.0
+
+#: The parts of a job's cost, as the agent adds them up (``Usage::total_cost``, core/src/jobs.rs;
+#: a test checks the sum against the agent's ``cost_total``).
+COST_PARTS = ("cost_gpu_time", "cost_energy", "cost_overhead")
+
+
+def figures_of(record: Dict[str, Any]) -> Dict[str, float]:
+    """``gpucost/cost`` and ``gpucost/cost_per_1m_tokens`` of a job's record: the TCP API's,
+    or one the socket answered a report with (which has the usage, not the totals)."""
+    out: Dict[str, float] = {}
+    cost = record.get("cost_total")
+    if not isinstance(cost, (int, float)):
+        usage = record.get("usage") or {}
+        parts = [usage.get(k) for k in COST_PARTS]
+        if not all(isinstance(p, (int, float)) for p in parts):
+            return out
+        cost = sum(parts)
+    out[COST] = float(cost)
+    tokens = (record.get("progress") or {}).get("tokens")
+    if isinstance(tokens, int) and tokens > 0:
+        out[COST_PER_1M_TOKENS] = float(cost) / tokens * 1e6
+    return out
 
 
 def job_mfu(job: str, timeout: float = 2.0) -> Optional[float]:
@@ -49,6 +75,7 @@ class Session:
         self.log_cost = log_cost
         self._reported_at: Optional[float] = None
         self._read_at: Optional[float] = None
+        self._tcp_retry_at = 0.0
 
     def due(self) -> bool:
         return self._reported_at is None or time.monotonic() - self._reported_at >= self.interval
@@ -83,23 +110,33 @@ class Session:
             return {}
         self._read_at = now
         try:
-            job = job_id()
-            record = current_job(job) if job else None
-            if not record:
-                return {}
-            out: Dict[str, float] = {}
-            for key, field in ((COST, "cost_total"), (COST_PER_1M_TOKENS, "cost_per_million_tokens")):
-                v = record.get(field)
-                if isinstance(v, (int, float)):
-                    out[key] = float(v)
-            try:
-                mfu = job_mfu(str(record.get("id") or job))
-            except _agent.AgentError as e:
-                warn_once("mfu", "gpucost: cannot read the job's MFU from the agent: %s", e)
-                mfu = None
-            if mfu is not None:
-                out[MFU] = mfu
-            return out
+            return self._read()
         except Exception as e:  # noqa: BLE001 - nothing may reach the training loop
             warn_once("bug-cost", "gpucost: cannot read the job's cost: %r", e)
             return {}
+
+    def _read(self) -> Dict[str, float]:
+        job = job_id()
+        record = None
+        if job and time.monotonic() >= self._tcp_retry_at:
+            try:
+                record = _agent.job(job, TIMEOUT_S)
+            except _agent.AgentError as e:
+                # A pod often cannot reach its node's agent over TCP: the socket's answers
+                # still carry the cost, but not the MFU. Not tried again for a while, so that
+                # an address that swallows packets does not cost a timeout at every read.
+                self._tcp_retry_at = time.monotonic() + TCP_RETRY_AFTER_S
+                log.debug("gpucost: cannot read the job from the agent's TCP API: %s", e)
+        if record is None:
+            # The agent's answer to the last report is this process's job as it was then.
+            last = _progress._reporter.last_job
+            return figures_of(last) if last else {}
+        out = figures_of(record)
+        try:
+            mfu = job_mfu(str(record.get("id") or job))
+        except _agent.AgentError as e:
+            warn_once("mfu", "gpucost: cannot read the job's MFU from the agent: %s", e)
+            mfu = None
+        if mfu is not None:
+            out[MFU] = mfu
+        return out
