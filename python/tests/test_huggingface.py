@@ -141,3 +141,12 @@ def test_flops_given_by_the_user_win(use_agent, monkeypatch, tmp_path):
         p = use_agent.wait_for_progress("hf-given", steps=5)
         assert p["flops_per_step"] == 1e12 and p["flops_per_token"] is None
         assert p["model_flop"] == pytest.approx(5e12)
+
+
+def test_a_hook_never_raises_into_the_trainer(caplog, tmp_path):
+    callback = GpucostCallback()
+    # Objects no Trainer would pass: one warning, no exception.
+    assert callback.on_log(None, object(), None, logs={}) is None
+    assert callback.on_train_begin(None, None, None) is None
+    assert callback.on_save(None, None, None) is None
+    assert [r.levelname for r in caplog.records].count("WARNING") == 3

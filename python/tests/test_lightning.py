@@ -169,3 +169,11 @@ def test_fits_in_one_process_add_up(integration, use_agent, monkeypatch):
         p = use_agent.wait_for_progress("pl-two-fits", steps=5)
         assert (p["samples"], p["tokens"]) == (20, 2000)
         assert p["flops_per_token"] == 6e6
+
+
+def test_a_hook_never_raises_into_the_trainer(integration, caplog):
+    cb = integration.GpucostCallback()
+    assert cb.on_train_start(object(), None) is None
+    assert cb.on_train_batch_end(object(), None, None, None, 0) is None
+    assert cb.on_train_end(None, None) is None
+    assert [r.levelname for r in caplog.records].count("WARNING") == 3

@@ -2,13 +2,32 @@
 
 from __future__ import annotations
 
+import functools
 import time
-from typing import Dict, Optional
+from typing import Any, Callable, Dict, Optional, TypeVar
 
 from .. import _agent, _progress
 from .._log import log, warn_once
 from .._progress import job_id, report_progress
 from .._track import TIMEOUT_S
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def quiet(hook: F) -> F:
+    """A callback hook that never raises into the trainer: whatever goes wrong in it is one
+    warning (logger ``gpucost``), and the hook returns ``None``."""
+
+    @functools.wraps(hook)
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return hook(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001 - nothing may reach the training loop
+            warn_once(f"bug-{hook.__name__}", "gpucost: %s failed: %r", hook.__qualname__, e)
+            return None
+
+    return guarded  # type: ignore[return-value]
+
 
 #: Names of the figures the callbacks log.
 COST = "gpucost/cost"

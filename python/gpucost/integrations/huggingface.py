@@ -22,7 +22,7 @@ from __future__ import annotations
 import sys
 from typing import Any, Dict, Optional
 
-from ._common import Session
+from ._common import Session, quiet
 
 try:
     from transformers import TrainerCallback
@@ -81,9 +81,11 @@ class GpucostCallback(TrainerCallback):
 
     # --- Trainer events -------------------------------------------------------------------------
 
+    @quiet
     def on_init_end(self, args, state, control, **kwargs):
         self._go_first()
 
+    @quiet
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         self._go_first()
         self._base = {
@@ -93,10 +95,12 @@ class GpucostCallback(TrainerCallback):
         self._carried = dict(self._last)
         self._model_flops_per_token = self._model_estimate(model)
 
+    @quiet
     def on_step_end(self, args, state, control, **kwargs):
         if state.is_world_process_zero and self.session.due():
             self._report(args, state)
 
+    @quiet
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero:
             return
@@ -111,12 +115,14 @@ class GpucostCallback(TrainerCallback):
             if history and history[-1].get("step") == state.global_step:
                 history[-1].update(figures)
 
+    @quiet
     def on_save(self, args, state, control, **kwargs):
         # Called once the checkpoint is written.
         if state.is_world_process_zero:
             self._learn_trainer_flops(state)
             self._report(args, state, checkpoint=True)
 
+    @quiet
     def on_train_end(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
             self._learn_trainer_flops(state)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, Mapping, Optional
 
-from ._common import Session
+from ._common import Session, quiet
 
 try:
     from lightning.pytorch.callbacks import Callback
@@ -107,12 +107,14 @@ class GpucostCallback(Callback):
 
     # --- Lightning hooks ------------------------------------------------------------------------
 
+    @quiet
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         # A resumed run starts at its checkpoint's step; the job's steps are those since the job
         # started (also over several fits in one process).
         self._step_base = int(trainer.global_step)
         self._steps_carried = self._counts["steps"]
 
+    @quiet
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         if trainer.global_rank != 0:
             return
@@ -123,11 +125,13 @@ class GpucostCallback(Callback):
         if self._checkpoint_pending or self.session.due():
             self._report(trainer, pl_module)
 
+    @quiet
     def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: Dict[str, Any]) -> None:
         # Called while the checkpoint is being put together, before it is written: it is
         # reported with the next report, once training has gone on (or ended).
         self._checkpoint_pending = True
 
+    @quiet
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
         if trainer.global_rank != 0:
             return
