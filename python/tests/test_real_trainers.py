@@ -1,7 +1,7 @@
 """The callbacks in the real ``transformers.Trainer`` and ``lightning.Trainer``, on the CPU,
 against the real agent: a two-layer GPT-2 built from a config (nothing downloaded) and a linear
 model. Skipped where torch, transformers or lightning is missing, which is the case in CI (torch
-is a 5.6 GB install there); run them with ``pip install torch transformers lightning pytest``
+is a 5.6 GB install there); run them with ``pip install torch transformers accelerate lightning``
 into the environment of the package's tests.
 """
 
