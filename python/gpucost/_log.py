@@ -5,6 +5,7 @@ loop. Each kind of trouble is a warning once per process, then debug lines."""
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from typing import Any, Set
 
@@ -20,6 +21,15 @@ def warn_once(kind: str, msg: str, *args: Any) -> None:
         first = kind not in _said
         _said.add(kind)
     log.log(logging.WARNING if first else logging.DEBUG, msg, *args)
+
+
+def _after_fork() -> None:
+    global _lock
+    _lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
 
 
 def forget() -> None:

@@ -17,6 +17,10 @@ TIMEOUT_S = 1.0
 #: nothing is lost), so that a missing or stuck agent costs the loop no more than one timeout
 #: per minute.
 RETRY_AFTER_S = 60.0
+#: A job the agent does not know yet (404), or a process it has not yet seen on its GPU (403 on
+#: the pod socket: processes are sampled every few seconds) is the normal start of a run: the
+#: first such refusal is tried again after this long, and only a second one is warned about.
+FIRST_RETRY_S = 10.0
 
 _COUNTS = ("tokens", "samples", "steps")
 _FLOPS = ("flops_per_token", "flops_per_step")
@@ -63,6 +67,8 @@ class _Reporter:
         # checkpoints were reported), so it is no longer sent.
         self.checkpoint_field: Optional[bool] = None
         self.retry_at = 0.0
+        # Refusals in a row that may be a run's start (403, 404).
+        self.early_refusals = 0
         self.learned_id: Optional[str] = None
         # The job's record as the agent answered the last report (what it had counted then).
         self.last_job: Optional[Dict[str, Any]] = None
@@ -113,6 +119,11 @@ class _Reporter:
                 )
                 return False
             except _agent.Refused as e:
+                if e.status in (403, 404) and self.early_refusals == 0:
+                    self.early_refusals += 1
+                    self._failed(FIRST_RETRY_S)
+                    log.debug("gpucost: progress refused (%s); tried again in %d s", e, FIRST_RETRY_S)
+                    return False
                 self._failed()
                 warn_once(
                     f"refused-{e.status}",
@@ -130,14 +141,21 @@ class _Reporter:
             if self.failing:
                 log.debug("gpucost: progress reports reach the agent again")
             self.failing = False
+            self.early_refusals = 0
             return True
 
-    def _failed(self) -> None:
+    def _failed(self, retry_s: Optional[float] = None) -> None:
         self.failing = True
-        self.retry_at = time.monotonic() + RETRY_AFTER_S
+        self.retry_at = time.monotonic() + (RETRY_AFTER_S if retry_s is None else retry_s)
+
+    def after_fork(self) -> None:
+        # A lock another thread held at the fork would stay held in the child forever.
+        self.lock = threading.Lock()
 
 
 _reporter = _Reporter()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reporter.after_fork)
 
 
 def report_progress(

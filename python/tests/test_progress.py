@@ -79,10 +79,26 @@ def test_without_a_job_id_the_agent_finds_the_job_of_the_calling_process(use_age
 
 def test_a_refusal_is_one_warning_and_never_an_exception(use_agent, monkeypatch, caplog):
     monkeypatch.setenv("GPUCOST_JOB_ID", "no-such-job")
+    monkeypatch.setattr(_progress, "FIRST_RETRY_S", 0.0)
+    monkeypatch.setattr(_progress, "RETRY_AFTER_S", 0.0)
+    # A job not known yet may be a run's start: the first refusal is quiet and retried soon.
     assert gpucost.report_progress(tokens=1) is False
-    assert gpucost.report_progress(tokens=2) is False
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    for n in range(2, 5):
+        assert gpucost.report_progress(tokens=n) is False
     warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1 and "404" in warnings[0].getMessage(), warnings
+
+
+def test_the_first_refusal_is_retried_sooner(use_agent, monkeypatch):
+    monkeypatch.setenv("GPUCOST_JOB_ID", "no-such-job")
+    assert gpucost.report_progress(tokens=1) is False
+    wait = _progress._reporter.retry_at - time.monotonic()
+    assert 0 < wait <= _progress.FIRST_RETRY_S
+    _progress._reporter.retry_at = 0.0
+    assert gpucost.report_progress(tokens=1) is False
+    wait = _progress._reporter.retry_at - time.monotonic()
+    assert _progress.FIRST_RETRY_S < wait <= _progress.RETRY_AFTER_S
 
 
 def test_no_agent_warns_once_and_costs_nothing_after(monkeypatch, tmp_path, caplog):
