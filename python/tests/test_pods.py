@@ -19,7 +19,12 @@ import pytest
 
 import gpucost
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="switches uids: run as root (CI does)")
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="switches uids: run as root (CI does)"),
+    # The agent's log is read by a thread of this process; the forked child only reports and
+    # exits (Python 3.12 and later warn about any fork of a threaded process).
+    pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning"),
+]
 
 NOBODY = 65534
 
