@@ -40,6 +40,23 @@ step "lints"
 cargo clippy --workspace --all-targets --locked --quiet -- -D warnings
 step "tests"
 cargo test --workspace --locked
+step "python package"
+# python/ against the agent just built, in a virtual environment under target/ with the pinned
+# test requirements (installed again only when they change); the package itself is rebuilt and
+# installed each run, so the tests use what pip would install.
+venv=target/python/venv
+reqs=python/tests/requirements.txt
+if ! cmp -s "$reqs" "$venv/requirements.txt"; then
+  echo "test.sh: installing the Python test requirements ($reqs)"
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --no-compile --disable-pip-version-check -r "$reqs"
+  cp "$reqs" "$venv/requirements.txt"
+fi
+"$venv/bin/pip" install --quiet --no-compile --disable-pip-version-check --no-deps \
+  --no-build-isolation --force-reinstall ./python
+cargo build --quiet --locked -p gpucost
+(cd python && "../$venv/bin/pytest" -q)
 step "fuzzing (20 s a target)"
 echo "test.sh: the config, the cgroup-path parser and the API bodies"
 if ! command -v cargo-fuzz >/dev/null 2>&1; then

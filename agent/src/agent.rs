@@ -102,6 +102,29 @@ pub fn run(config: Config, record: Option<std::path::PathBuf>) -> anyhow::Result
             }
         }
     };
+    // The pod socket, when configured: another agent on it is in the way as on the job socket.
+    let (pod_listener, pod_socket) = match &config.pod_socket {
+        None => (None, None),
+        Some(path) => {
+            let _guard = runtime.enter();
+            match socket::bind_pods(path) {
+                Ok((l, f)) => (Some(l), Some(f)),
+                Err(e @ socket::BindError::InUse { .. }) => {
+                    if let Some(f) = &job_socket {
+                        let _ = f.remove_if_ours();
+                    }
+                    return Err(InUse(e.to_string()).into());
+                }
+                Err(e) => {
+                    warn!(
+                        "cannot open the pod socket {}: {e}; pods cannot report progress",
+                        path.display()
+                    );
+                    (None, None)
+                }
+            }
+        }
+    };
 
     let (tx, rx) = watch::channel(Arc::new(first_snapshot(scenario.as_ref())));
     let (pods_tx, pods_rx) = watch::channel(Vec::<PodGpu>::new());
@@ -196,6 +219,15 @@ pub fn run(config: Config, record: Option<std::path::PathBuf>) -> anyhow::Result
                 );
                 tokio::spawn(socket::serve(l, inbox.clone(), shutdown.clone()).in_current_span());
             }
+            if let (Some(l), Some(f)) = (pod_listener, &pod_socket) {
+                info!(
+                    "progress reports of pods on unix socket {} (mode 0666; each for the caller's own job)",
+                    f.path().display()
+                );
+                tokio::spawn(
+                    socket::serve_pods(l, inbox.clone(), shutdown.clone()).in_current_span(),
+                );
+            }
             if let Some(sock) = config.attribution.kubelet_socket.clone() {
                 let resources = config.attribution.kubelet_resources.clone();
                 let every = config.attribution.kubelet_interval;
@@ -278,12 +310,13 @@ pub fn run(config: Config, record: Option<std::path::PathBuf>) -> anyhow::Result
         warn!("the node thread panicked");
     }
     runtime.shutdown_timeout(Duration::from_secs(2));
-    // Only our own socket: another agent may have bound one at the same path since.
-    if let Some(f) = &job_socket {
+    // Only our own sockets: another agent may have bound one at the same path since.
+    for (what, f) in [("job", &job_socket), ("pod", &pod_socket)] {
+        let Some(f) = f else { continue };
         match f.remove_if_ours() {
             Ok(true) => {}
             Ok(false) => info!(
-                "the job socket {} is no longer this agent's (removed or replaced): left as it is",
+                "the {what} socket {} is no longer this agent's (removed or replaced): left as it is",
                 f.path().display()
             ),
             Err(e) => warn!("cannot remove the socket {}: {e}", f.path().display()),

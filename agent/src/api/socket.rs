@@ -1,8 +1,15 @@
-//! The unix-socket server for job registration and endings.
+//! The unix-socket servers: the node's job socket (registrations, endings, progress) and the
+//! pod socket (progress only, for the caller's own job).
 //!
-//! Every request carries its caller's uid from SO_PEERCRED, not from anything the caller says.
-//! Bodies are limited to [`MAX_BODY`] bytes; malformed requests get a 4xx with a JSON error and
-//! change nothing.
+//! Every request carries its caller's uid and pid from SO_PEERCRED, not from anything the caller
+//! says. Bodies are limited to [`MAX_BODY`] bytes; malformed requests get a 4xx with a JSON error
+//! and change nothing.
+//!
+//! The pod socket ([`pods_router`]) is for callers whose uid means nothing on the node: training
+//! pods, whose uids are whatever their images chose (and root in many). It takes one thing, a
+//! progress report, and applies it to the job the agent itself finds the calling process in
+//! (`Node`'s `job_of_process`), whatever job the path names; it registers, ends and relabels
+//! nothing.
 
 use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -29,16 +36,25 @@ use gpucost_core::tracker::{EndRequest, ProgressRequest, RegisterRequest, Reques
 /// Largest accepted request body.
 pub const MAX_BODY: usize = 64 * 1024;
 
-/// Who is on the other end of a connection.
+/// Who is on the other end of a connection, as the kernel saw it connect.
 #[derive(Debug, Clone, Copy)]
 pub struct Peer {
     pub uid: Option<u32>,
+    /// In the agent's PID namespace (the kernel translates it), so a pod's process appears
+    /// under its node pid when the agent runs in the node's namespace (`hostPID`).
+    pub pid: Option<u32>,
 }
 
 impl axum::extract::connect_info::Connected<IncomingStream<'_, UnixListener>> for Peer {
     fn connect_info(stream: IncomingStream<'_, UnixListener>) -> Self {
+        let cred = stream.io().peer_cred().ok();
         Peer {
-            uid: stream.io().peer_cred().ok().map(|c| c.uid()),
+            uid: cred.map(|c| c.uid()),
+            // 0: the caller is in a PID namespace the agent cannot see into.
+            pid: cred
+                .and_then(|c| c.pid())
+                .and_then(|p| u32::try_from(p).ok())
+                .filter(|p| *p != 0),
         }
     }
 }
@@ -57,8 +73,8 @@ struct AppState {
 #[derive(Debug, thiserror::Error)]
 pub enum BindError {
     #[error(
-        "another process answers on the job socket {} (another gpucost agent?): it is left alone; \
-         stop that agent, or give this one its own --socket",
+        "another process answers on the socket {} (another gpucost agent?): it is left alone; \
+         stop that agent, or give this one its own socket (--socket, pod_socket)",
         .path.display()
     )]
     InUse { path: PathBuf },
@@ -144,6 +160,7 @@ pub fn router(inbox: SyncSender<Message>) -> Router {
         .route("/api/v1/jobs", post(register))
         .route("/api/v1/jobs/{id}/end", post(end))
         .route("/api/v1/jobs/{id}/progress", post(progress))
+        .route("/api/v1/progress", post(own_progress))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint".into()) })
         .method_not_allowed_fallback(|| async {
             error(
@@ -155,18 +172,77 @@ pub fn router(inbox: SyncSender<Message>) -> Router {
         .with_state(AppState { inbox })
 }
 
+/// The pod socket's routes: a progress report, which goes to the caller's own job whatever the
+/// path names (`/api/v1/jobs/{id}/progress` is taken too, for clients that always name one).
+pub fn pods_router(inbox: SyncSender<Message>) -> Router {
+    Router::new()
+        .route("/api/v1/progress", post(pod_progress))
+        .route("/api/v1/jobs/{id}/progress", post(pod_progress))
+        .fallback(|| async {
+            error(
+                StatusCode::NOT_FOUND,
+                "this socket takes only progress reports (POST /api/v1/progress), for the job the \
+                 calling process belongs to; jobs are registered and ended on the node's socket"
+                    .into(),
+            )
+        })
+        .method_not_allowed_fallback(|| async {
+            error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed here".into(),
+            )
+        })
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(AppState { inbox })
+}
+
+/// Serves the node's job socket.
 pub async fn serve(
     listener: UnixListener,
     inbox: SyncSender<Message>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    serve_router(listener, router(inbox), shutdown).await
+}
+
+/// Serves the pod socket.
+pub async fn serve_pods(
+    listener: UnixListener,
+    inbox: SyncSender<Message>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    serve_router(listener, pods_router(inbox), shutdown).await
+}
+
+async fn serve_router(
+    listener: UnixListener,
+    router: Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     axum::serve(
         listener,
-        router(inbox).into_make_service_with_connect_info::<Peer>(),
+        router.into_make_service_with_connect_info::<Peer>(),
     )
     .with_graceful_shutdown(async move { shutdown.cancelled().await })
     .await
 }
+
+/// Creates the pod socket's folder, readable and searchable by everyone (pods mount it; a
+/// umask such as systemd's `UMask=0077` would shut them out), and binds the socket there with
+/// mode 0666: any uid may connect, since on this socket a caller changes only its own job's
+/// progress, found from its pid.
+pub fn bind_pods(path: &Path) -> Result<(UnixListener, SocketFile), BindError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.exists() {
+            std::fs::create_dir_all(dir)?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+        }
+    }
+    bind(path, POD_SOCKET_MODE)
+}
+
+/// The pod socket's file mode.
+pub const POD_SOCKET_MODE: u32 = 0o666;
 
 /// The caller's uid and the parsed body, or the 4xx that says what is wrong with the request.
 fn checked<T>(peer: Peer, body: Result<Json<T>, JsonRejection>) -> Result<(u32, T), Refusal> {
@@ -251,6 +327,62 @@ async fn progress(
         reply,
     };
     ask(&app, cmd, rx, StatusCode::OK).await
+}
+
+/// `POST /api/v1/progress` on the job socket: progress for the job the calling process belongs
+/// to, which must also be the caller's (by uid) as on `/api/v1/jobs/{id}/progress`.
+async fn own_progress(
+    State(app): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    body: Result<Json<ProgressRequest>, JsonRejection>,
+) -> Response {
+    let (uid, req) = match checked(peer, body) {
+        Ok(c) => c,
+        Err((status, msg)) => return error(status, msg),
+    };
+    caller_progress(&app, peer, Some(uid), req).await
+}
+
+/// Progress on the pod socket: for the job the calling process belongs to; its uid is not
+/// asked about (a pod's uid says nothing on the node), nor the job the path names.
+async fn pod_progress(
+    State(app): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    body: Result<Json<ProgressRequest>, JsonRejection>,
+) -> Response {
+    let req = match body {
+        Ok(Json(r)) => r,
+        Err(e) => {
+            let (status, msg) = rejection(e);
+            return error(status, msg);
+        }
+    };
+    caller_progress(&app, peer, None, req).await
+}
+
+async fn caller_progress(
+    app: &AppState,
+    peer: Peer,
+    uid: Option<u32>,
+    req: ProgressRequest,
+) -> Response {
+    let Some(pid) = peer.pid else {
+        return error(
+            StatusCode::FORBIDDEN,
+            "cannot tell which process is calling (no peer pid: is the caller in a PID namespace \
+             the agent does not see?)"
+                .into(),
+        );
+    };
+    let (reply, rx) = oneshot::channel();
+    let cmd = Message::CallerProgress {
+        pid,
+        uid,
+        req,
+        deadline: Instant::now() + ANSWER_WITHIN,
+        reply,
+    };
+    ask(app, cmd, rx, StatusCode::OK).await
 }
 
 async fn ask(

@@ -110,6 +110,9 @@ pub fn run(args: RunArgs) -> i32 {
     if let Some(id) = &job_id {
         cmd.env("GPUCOST_JOB_ID", id);
     }
+    // The command's own reports (the Python package's report_progress) go to the same agent,
+    // also when it was named with --socket.
+    cmd.env("GPUCOST_SOCKET", &args.socket);
     // The child gets default signal handling back (our handlers are not inherited across exec
     // anyway, but ignored signals would be).
     // SAFETY: only async-signal-safe calls between fork and exec.

@@ -35,7 +35,7 @@ use gpucost_core::account::cost::Interval;
 use gpucost_core::account::efficiency::{flop_rate, fp32_bound, PipePeaks};
 use gpucost_core::account::pricing::Pricing;
 use gpucost_core::account::GpuEvents;
-use gpucost_core::attribute::process::ProcSource;
+use gpucost_core::attribute::process::{ancestry, ProcSource};
 use gpucost_core::attribute::PodGpu;
 use gpucost_core::attribute::{attribute, check_claim, GpuInput};
 use gpucost_core::benchmark::GpuBenchmark;
@@ -43,6 +43,9 @@ use gpucost_core::jobs::{GpuRecord, JobRecord};
 use gpucost_core::tracker::{
     EndRequest, GpuRates, JobLimits, ProgressRequest, RegisterRequest, RequestError, Tracker,
 };
+
+/// How far up from a caller to look for a process of a job (attribution's own limit).
+const MAX_CALLER_ANCESTRY: usize = 64;
 
 /// Messages to the node thread, the owner of the job table. A request carries the moment its
 /// caller stops waiting (monotonic): past it, the node drops it unanswered rather than apply it
@@ -66,6 +69,16 @@ pub enum Message {
         id: String,
         req: ProgressRequest,
         uid: u32,
+        deadline: Instant,
+        reply: oneshot::Sender<Result<JobRecord, RequestError>>,
+    },
+    /// Progress for the job that process `pid` belongs to (`Node::job_of_process`): from the
+    /// pod socket (`uid` `None`: belonging is the caller's only right), or `POST
+    /// /api/v1/progress` on the job socket (`uid` `Some`: the job must also be that user's).
+    CallerProgress {
+        pid: u32,
+        uid: Option<u32>,
+        req: ProgressRequest,
         deadline: Instant,
         reply: oneshot::Sender<Result<JobRecord, RequestError>>,
     },
@@ -346,7 +359,8 @@ impl Node {
         let late = match &msg {
             Message::Register { deadline, .. }
             | Message::End { deadline, .. }
-            | Message::Progress { deadline, .. } => now.mono > *deadline,
+            | Message::Progress { deadline, .. }
+            | Message::CallerProgress { deadline, .. } => now.mono > *deadline,
             Message::Benchmark { .. }
             | Message::Persist
             | Message::ReleaseNvml
@@ -397,6 +411,21 @@ impl Node {
                 ..
             } => {
                 let r = self.tracker.progress(&id, req, uid, now);
+                let changed = r.is_ok();
+                let _ = reply.send(r);
+                changed
+            }
+            Message::CallerProgress {
+                pid,
+                uid,
+                req,
+                reply,
+                ..
+            } => {
+                let r = self.job_of_process(pid).and_then(|id| {
+                    // Root's right (0) where belonging is the only one asked for.
+                    self.tracker.progress(&id, req, uid.unwrap_or(0), now)
+                });
                 let changed = r.is_ok();
                 let _ = reply.send(r);
                 changed
@@ -484,6 +513,81 @@ impl Node {
             )));
         }
         Ok(())
+    }
+
+    /// The job process `pid` belongs to, by the rules that bill it, applied from the process up:
+    ///
+    /// 1. the process, or its nearest ancestor, is on one of this node's GPUs (at the last
+    ///    process sample): the job attribution gives that process there (registration > pod >
+    ///    Slurm > `GPUCOST_JOB_ID` of the same user > the process itself, `unattributed:PID`),
+    ///    so its progress goes where its cost goes;
+    /// 2. else a running registered job whose root is the process or an ancestor (a user's
+    ///    registration only for that user's processes);
+    /// 3. else the Slurm job of the process's cgroup.
+    ///
+    /// A process of none of these (a pod's helper that is not below a GPU process, say) is
+    /// refused: nothing it could name would be trusted. The pid comes from the kernel
+    /// (SO_PEERCRED) at connection time; a caller that exits and whose pid is reused before its
+    /// request is read would be taken for the new process, a window of microseconds in which
+    /// the reuse cannot be chosen.
+    fn job_of_process(&self, pid: u32) -> Result<String, RequestError> {
+        let procs = self.procs.as_ref();
+        let chain = ancestry(procs, pid, MAX_CALLER_ANCESTRY);
+        let Some(me) = chain.first() else {
+            return Err(RequestError::Forbidden(format!(
+                "process {pid} cannot be read: the agent must see the node's processes \
+                 (hostPID in Kubernetes)"
+            )));
+        };
+        let regs = self.tracker.registrations();
+        let gpus: Vec<_> = self.sampler.gpus().filter(|g| g.up).collect();
+        for p in &chain {
+            for g in &gpus {
+                let Some(on_gpu) = g.processes.iter().find(|u| u.pid == p.pid) else {
+                    continue;
+                };
+                let one = [*on_gpu];
+                let input = GpuInput {
+                    index: g.info.index,
+                    uuid: &g.info.uuid,
+                    processes: &one,
+                };
+                let job_map = self
+                    .cfg
+                    .job_map_dir
+                    .as_deref()
+                    .map(read_job_map)
+                    .unwrap_or_default();
+                let pods = self.pods.borrow().clone();
+                let att = attribute(
+                    &[input],
+                    procs,
+                    &regs,
+                    &self.tracker.owners(),
+                    &pods,
+                    &job_map,
+                );
+                if let Some((id, _)) = att.owners.first().and_then(|o| o.first()) {
+                    return Ok(id.clone());
+                }
+            }
+        }
+        for p in &chain {
+            if let Some(r) = regs
+                .iter()
+                .find(|r| r.root_pid == Some(p.pid) && r.uid.is_none_or(|u| u == me.uid))
+            {
+                return Ok(r.job_id.clone());
+            }
+        }
+        if let Some(id) = &me.slurm_job {
+            return Ok(id.clone());
+        }
+        Err(RequestError::Forbidden(format!(
+            "process {pid} belongs to no job on this node: neither it nor an ancestor is on a GPU \
+             (as of the last process sample) or the root of a registered job, and it is in no \
+             Slurm job; report from the training process, after it has used its GPU"
+        )))
     }
 
     /// One sampling cycle: sample, attribute, account, persist when due, publish.

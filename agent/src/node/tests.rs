@@ -901,3 +901,89 @@ fn issue_14_sigusr1_releases_nvml_nothing_is_billed_until_sigusr2() {
     assert_eq!(after.outcome, Outcome::Running);
     assert_eq!(after.usage.gpu_seconds, before.gpu_seconds + 3.0);
 }
+
+/// Issue 19: progress from a caller whose uid means nothing (a pod) goes to the job its process
+/// belongs to, found from its pid by the rules that bill it, whatever job it names.
+#[test]
+fn issue_19_a_callers_job_is_found_from_its_process() {
+    let mut rig = Rig::new();
+    let proc = |pid, ppid, uid, slurm: Option<&str>| ProcInfo {
+        pid,
+        ppid,
+        uid,
+        comm: "python".into(),
+        slurm_job: slurm.map(str::to_string),
+        ..ProcInfo::default()
+    };
+    // Alice's training process on GPU 0 (its environment names her job), and its child, which
+    // runs as a uid the node does not know (a container's).
+    rig.put_process(500, 0, "alice-run");
+    let put = |p: ProcInfo| {
+        rig.procs.0.lock().unwrap().insert(p.pid, p);
+    };
+    put(proc(501, 500, 4242, None));
+    // A job registered by root for process 600, which uses no GPU; 601 is below it.
+    put(proc(600, 1, 1002, None));
+    put(proc(601, 600, 1002, None));
+    // A Slurm job's process that uses no GPU, and a process of no job at all.
+    put(proc(700, 1, 1003, Some("55")));
+    put(proc(800, 1, 1004, None));
+    rig.steps(2);
+    let (reply, rx) = oneshot::channel();
+    rig.node.handle(Message::Register {
+        deadline: far_future(),
+        req: RegisterRequest {
+            id: Some("reg-run".into()),
+            pid: Some(600),
+            uid: Some(1002),
+            ..RegisterRequest::default()
+        },
+        uid: 0,
+        reply,
+    });
+    rx.blocking_recv().unwrap().unwrap();
+
+    for (pid, want) in [
+        (500, Ok("alice-run")),
+        (501, Ok("alice-run")),
+        (600, Ok("reg-run")),
+        (601, Ok("reg-run")),
+        (700, Ok("55")),
+        (800, Err("belongs to no job")),
+        (999, Err("cannot be read")),
+    ] {
+        let got = rig.node.job_of_process(pid).map_err(|e| e.to_string());
+        match (want, got) {
+            (Ok(w), Ok(g)) => assert_eq!(g, w, "pid {pid}"),
+            (Err(w), Err(g)) => assert!(g.contains(w), "pid {pid}: {g}"),
+            (w, g) => panic!("pid {pid}: wanted {w:?}, got {g:?}"),
+        }
+    }
+
+    let progress = |rig: &mut Rig, pid, uid, tokens| {
+        let (reply, rx) = oneshot::channel();
+        rig.node.handle(Message::CallerProgress {
+            pid,
+            uid,
+            req: ProgressRequest {
+                tokens: Some(tokens),
+                ..ProgressRequest::default()
+            },
+            deadline: far_future(),
+            reply,
+        });
+        rx.blocking_recv().unwrap().map_err(|e| e.to_string())
+    };
+    // The pod socket: belonging is enough.
+    let j = progress(&mut rig, 501, None, 100).unwrap();
+    assert_eq!(j.id, "alice-run");
+    assert_eq!(rig.job("alice-run").unwrap().progress.unwrap().tokens, 100);
+    // The job socket's `POST /api/v1/progress`: the job must also be the caller's.
+    let refused = progress(&mut rig, 501, Some(4242), 200).unwrap_err();
+    assert!(refused.contains("another user"), "{refused}");
+    assert_eq!(
+        progress(&mut rig, 500, Some(1001), 300).unwrap().id,
+        "alice-run"
+    );
+    assert!(progress(&mut rig, 800, None, 1).is_err());
+}

@@ -20,6 +20,8 @@ pub struct Layer {
     pub socket: Option<PathBuf>,
     /// Octal text, e.g. "0660".
     pub socket_mode: Option<String>,
+    /// Path of the pod socket, or "off".
+    pub pod_socket: Option<PathBuf>,
     #[serde(default)]
     pub sampling: SamplingLayer,
     #[serde(default)]
@@ -128,6 +130,7 @@ pub(super) const ENV_KEYS: &[(&str, EnvText)] = &[
     ("state_dir", EnvText::Text),
     ("socket", EnvText::Text),
     ("socket_mode", EnvText::Text),
+    ("pod_socket", EnvText::Text),
     ("sampling.interval", EnvText::Text),
     ("sampling.process_interval", EnvText::Text),
     ("nvml.lib", EnvText::Text),
@@ -161,6 +164,8 @@ pub const OTHER_ENV_VARS: &[&str] = &[
     // A process's job and labels, read from its environment (`gpucost run` sets the id).
     "GPUCOST_JOB_ID",
     "GPUCOST_LABELS",
+    // The Python package's address of the agent's read-only TCP API (python/gpucost).
+    "GPUCOST_URL",
     // `gpucost bench`'s libraries (kernels/src/gpu.rs).
     "GPUCOST_NVRTC",
     "GPUCOST_NVRTC_LIB",

@@ -48,6 +48,9 @@ pub mod defaults {
     pub const SOCKET: &str = "/run/gpucost/agent.sock";
     /// `socket_mode`: root and the socket's group may connect.
     pub const SOCKET_MODE: u32 = 0o660;
+    /// Where `pod_socket` is usually put (it is off unless set): a folder of its own, which
+    /// pods mount.
+    pub const POD_SOCKET_EXAMPLE: &str = "/run/gpucost/pods/agent.sock";
     /// `sampling.interval`: how often every GPU is read.
     pub const SAMPLING_INTERVAL: Duration = Duration::from_secs(1);
     /// `sampling.process_interval`, unless `sampling.interval` is longer: see
@@ -120,6 +123,9 @@ pub struct Config {
     /// The unix socket for job registration (mutations).
     pub socket: PathBuf,
     pub socket_mode: u32,
+    /// The socket for pods (progress of the caller's own job only), in a folder without the
+    /// job socket; `None`: off.
+    pub pod_socket: Option<PathBuf>,
     pub persist_interval: Duration,
     pub jobs: JobsConfig,
     pub attribution: AttributionConfig,

@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 use std::ops::RangeInclusive;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::{
@@ -24,6 +24,7 @@ pub fn resolve(layers: &[(Origin, Layer)]) -> Result<Config, ConfigError> {
     let persist_interval = ledger(&layers)?;
     let jobs = jobs(&layers, &sampling)?;
     let (socket, socket_mode) = socket(&layers)?;
+    let pod_socket = pod_socket(&layers, &socket)?;
     let attribution = attribution(&layers)?;
     let pricing = pricing(&layers, simulate.is_some())?;
     let bench = bench(&layers)?;
@@ -36,6 +37,7 @@ pub fn resolve(layers: &[(Origin, Layer)]) -> Result<Config, ConfigError> {
         state_dir: layers.or(|l| l.state_dir.clone(), defaults::STATE_DIR.into()),
         socket,
         socket_mode,
+        pod_socket,
         persist_interval,
         jobs,
         attribution,
@@ -300,6 +302,34 @@ fn socket(layers: &Layers) -> Result<(PathBuf, u32), ConfigError> {
             )
         })?;
     Ok((path, mode))
+}
+
+/// The pod socket, off by default. Pods mount its folder, so the job socket must not be there:
+/// a pod that reached the job socket could register and end jobs under whatever uid it runs as.
+fn pod_socket(layers: &Layers, socket: &Path) -> Result<Option<PathBuf>, ConfigError> {
+    let Some((path, origin)) = layers.pick(|l| l.pod_socket.clone()) else {
+        return Ok(None);
+    };
+    if path.as_os_str() == "off" {
+        return Ok(None);
+    }
+    let bad = |problem: String| Err(err(origin.clone(), "pod_socket", problem));
+    if path.file_name().is_none() {
+        return bad(format!(
+            "{path:?} is no socket file path (\"{}\", say, or \"off\")",
+            defaults::POD_SOCKET_EXAMPLE
+        ));
+    }
+    if path.parent() == socket.parent() {
+        return bad(format!(
+            "{} is in the folder of the job socket {}: pods mount the pod socket's folder, so it \
+             needs one of its own (\"{}\", say)",
+            path.display(),
+            socket.display(),
+            defaults::POD_SOCKET_EXAMPLE
+        ));
+    }
+    Ok(Some(path))
 }
 
 fn attribution(layers: &Layers) -> Result<AttributionConfig, ConfigError> {

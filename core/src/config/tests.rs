@@ -414,6 +414,29 @@ fn bad_listen_and_socket_name_source_and_key() {
     check(File, "socket_mode", "\"0999\"", "not an octal file mode");
     check(Env, "socket_mode", "01000", "not an octal file mode");
     check(Env, "socket_mode", "rw-rw----", "not an octal file mode");
+    check(File, "pod_socket", "\"\"", "no socket file path");
+    check(
+        Env,
+        "pod_socket",
+        "/run/gpucost/pod.sock",
+        "in the folder of the job socket",
+    );
+}
+
+/// Issue 19: the pod socket is off unless set, and lives in a folder of its own.
+#[test]
+fn the_pod_socket_is_off_by_default_and_apart_from_the_job_socket() {
+    assert_eq!(resolve(&[]).unwrap().pod_socket, None);
+    let on = |text: &str| {
+        let layer = layer::single("pod_socket", toml::Value::String(text.into())).unwrap();
+        resolve(&[(Origin::File("c.toml".into()), layer)]).map(|c| c.pod_socket)
+    };
+    assert_eq!(
+        on(defaults::POD_SOCKET_EXAMPLE).unwrap(),
+        Some(defaults::POD_SOCKET_EXAMPLE.into())
+    );
+    assert_eq!(on("off").unwrap(), None);
+    assert!(on("/run/gpucost/pods.sock").is_err());
 }
 
 #[test]

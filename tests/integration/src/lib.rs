@@ -85,9 +85,10 @@ pub fn fake_nvml_lib_without(dir: &Path, symbol: &str) -> PathBuf {
 pub struct Agent {
     child: Option<Child>,
     pub addr: String,
-    /// The agent's state directory (the ledger) and socket.
+    /// The agent's state directory (the ledger) and sockets.
     pub state_dir: PathBuf,
     pub socket: PathBuf,
+    pub pod_socket: PathBuf,
     logs: Arc<Mutex<Vec<String>>>,
     _own_dir: Option<tempfile::TempDir>,
 }
@@ -107,6 +108,8 @@ impl Agent {
     pub fn start_in(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Agent {
         let state_dir = dir.join("state");
         let socket = dir.join("agent.sock");
+        // In the temporary directory too, never where a config names it (deploy/kubernetes's).
+        let pod_socket = dir.join("pods").join("agent.sock");
         let mut cmd = Command::new(agent_bin());
         cmd.arg("agent")
             .args(["--listen", "127.0.0.1:0"])
@@ -116,6 +119,7 @@ impl Agent {
             .arg(&socket)
             .env("GPUCOST_ATTRIBUTION_KUBELET_SOCKET", "off")
             .env("GPUCOST_LEDGER_PERSIST_INTERVAL", "100ms")
+            .env("GPUCOST_POD_SOCKET", &pod_socket)
             .args(args)
             .env_remove("GPUCOST_CONFIG")
             .env("GPUCOST_LOG", "info")
@@ -140,6 +144,7 @@ impl Agent {
             addr: String::new(),
             state_dir,
             socket,
+            pod_socket,
             logs,
             _own_dir: None,
         };

@@ -291,6 +291,10 @@ fn the_kubernetes_config_starts_the_agent() {
         assert!(Instant::now() < deadline, "/healthz: {status} {body}");
         std::thread::sleep(Duration::from_millis(50));
     }
+    // Its pod socket (moved into the test's directory by the harness) takes progress reports.
+    let (status, body) =
+        gpucost_integration_tests::post_unix(&agent.pod_socket, "/api/v1/progress", "{}");
+    assert_eq!(status, 403, "a process of no job: {body}");
     let m = agent.wait_for_metrics("the pricing of the config", Duration::from_secs(10), |m| {
         !m.find("gpucost_pricing_info", &[]).is_empty()
     });
