@@ -17,6 +17,7 @@ fuzz_target!(|data: &[u8]| {
     t.register(
         RegisterRequest {
             id: Some("j".into()),
+            pid: Some(4242),
             ..RegisterRequest::default()
         },
         1001,
