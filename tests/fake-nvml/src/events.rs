@@ -132,6 +132,7 @@ impl EventSet {
 /// A new, empty event set (heap-allocated; free it with `nvmlEventSetFree`).
 #[no_mangle]
 pub unsafe extern "C" fn nvmlEventSetCreate(set: *mut nvmlEventSet_t) -> nvmlReturn_t {
+    crate::calls::count("nvmlEventSetCreate");
     guarded(|| {
         let library = state::lock();
         if library.active().is_none() {
@@ -159,6 +160,7 @@ pub unsafe extern "C" fn nvmlEventSetCreate(set: *mut nvmlEventSet_t) -> nvmlRet
 /// handle that is not a live set gives `NVML_ERROR_INVALID_ARGUMENT`.
 #[no_mangle]
 pub unsafe extern "C" fn nvmlEventSetFree(set: nvmlEventSet_t) -> nvmlReturn_t {
+    crate::calls::count("nvmlEventSetFree");
     guarded(|| match sets().remove(&(set as usize)) {
         Some(_) => NVML_SUCCESS,
         None => NVML_ERROR_INVALID_ARGUMENT,
@@ -171,6 +173,7 @@ pub unsafe extern "C" fn nvmlDeviceGetSupportedEventTypes(
     device: nvmlDevice_t,
     event_types: *mut c_ulonglong,
 ) -> nvmlReturn_t {
+    crate::calls::count("nvmlDeviceGetSupportedEventTypes");
     // SAFETY: checked non-NULL by `device_call`.
     device_call(device, !event_types.is_null(), |gpu| unsafe {
         put(event_types, supported(gpu.spec()))
@@ -188,6 +191,7 @@ pub unsafe extern "C" fn nvmlDeviceRegisterEvents(
     event_types: c_ulonglong,
     set: nvmlEventSet_t,
 ) -> nvmlReturn_t {
+    crate::calls::count("nvmlDeviceRegisterEvents");
     device_call(device, !set.is_null(), |gpu| {
         let mut sets = sets();
         let Some(entry) = sets.get_mut(&(set as usize)) else {
@@ -234,6 +238,7 @@ pub unsafe extern "C" fn nvmlEventSetWait_v2(
     data: *mut nvmlEventData_t,
     timeoutms: c_uint,
 ) -> nvmlReturn_t {
+    crate::calls::count("nvmlEventSetWait_v2");
     guarded(|| {
         let deadline = Instant::now() + Duration::from_millis(timeoutms.into());
         loop {
@@ -285,6 +290,7 @@ pub unsafe extern "C" fn nvmlEventSetWait(
     data: *mut nvmlEventData_t,
     timeoutms: c_uint,
 ) -> nvmlReturn_t {
+    crate::calls::count("nvmlEventSetWait");
     // SAFETY: same contract.
     unsafe { nvmlEventSetWait_v2(set, data, timeoutms) }
 }

@@ -140,6 +140,7 @@ pub unsafe extern "C" fn nvmlDeviceGetViolationStatus(
     perf_policy_type: nvmlPerfPolicyType_t,
     viol_time: *mut nvmlViolationTime_t,
 ) -> nvmlReturn_t {
+    crate::calls::count("nvmlDeviceGetViolationStatus");
     let known = perf_policy_type <= NVML_PERF_POLICY_RELIABILITY
         || perf_policy_type == NVML_PERF_POLICY_TOTAL_APP_CLOCKS
         || perf_policy_type == NVML_PERF_POLICY_TOTAL_BASE_CLOCKS;
@@ -173,6 +174,7 @@ pub unsafe extern "C" fn nvmlDeviceGetFieldValues(
     values_count: c_int,
     values: *mut nvmlFieldValue_t,
 ) -> nvmlReturn_t {
+    crate::calls::count("nvmlDeviceGetFieldValues");
     device_call(device, !values.is_null() && values_count >= 0, |gpu| {
         let now_us = (state::unix_now() * 1e6) as libc::c_longlong;
         for i in 0..values_count as usize {

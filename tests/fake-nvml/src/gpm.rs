@@ -106,6 +106,7 @@ pub unsafe extern "C" fn nvmlGpmQueryDeviceSupport(
     device: nvmlDevice_t,
     gpm_support: *mut nvmlGpmSupport_t,
 ) -> nvmlReturn_t {
+    crate::calls::count("nvmlGpmQueryDeviceSupport");
     device_call(device, !gpm_support.is_null(), |gpu| {
         // SAFETY: non-NULL (checked by `device_call`), valid for an `nvmlGpmSupport_t`.
         let version = unsafe { addr_of!((*gpm_support).version).read() };
@@ -124,6 +125,7 @@ pub unsafe extern "C" fn nvmlGpmQueryIfStreamingEnabled(
     device: nvmlDevice_t,
     state: *mut c_uint,
 ) -> nvmlReturn_t {
+    crate::calls::count("nvmlGpmQueryIfStreamingEnabled");
     device_call(device, !state.is_null(), |_| NVML_ERROR_NOT_SUPPORTED)
 }
 
@@ -133,6 +135,7 @@ pub unsafe extern "C" fn nvmlGpmSetStreamingEnabled(
     device: nvmlDevice_t,
     _state: c_uint,
 ) -> nvmlReturn_t {
+    crate::calls::count("nvmlGpmSetStreamingEnabled");
     device_call(device, true, |_| NVML_ERROR_NOT_SUPPORTED)
 }
 
@@ -143,12 +146,14 @@ pub unsafe extern "C" fn nvmlGpmMigSampleGet(
     _gpu_instance_id: c_uint,
     gpm_sample: nvmlGpmSample_t,
 ) -> nvmlReturn_t {
+    crate::calls::count("nvmlGpmMigSampleGet");
     device_call(device, !gpm_sample.is_null(), |_| NVML_ERROR_NOT_SUPPORTED)
 }
 
 /// A new, empty sample (heap-allocated; free it with `nvmlGpmSampleFree`).
 #[no_mangle]
 pub unsafe extern "C" fn nvmlGpmSampleAlloc(gpm_sample: *mut nvmlGpmSample_t) -> nvmlReturn_t {
+    crate::calls::count("nvmlGpmSampleAlloc");
     guarded(|| {
         let library = state::lock();
         if library.active().is_none() {
@@ -175,6 +180,7 @@ pub unsafe extern "C" fn nvmlGpmSampleAlloc(gpm_sample: *mut nvmlGpmSample_t) ->
 /// that is not a live sample gives `NVML_ERROR_INVALID_ARGUMENT`.
 #[no_mangle]
 pub unsafe extern "C" fn nvmlGpmSampleFree(gpm_sample: nvmlGpmSample_t) -> nvmlReturn_t {
+    crate::calls::count("nvmlGpmSampleFree");
     guarded(|| match samples().remove(&(gpm_sample as usize)) {
         Some(_) => NVML_SUCCESS,
         None => NVML_ERROR_INVALID_ARGUMENT,
@@ -191,6 +197,7 @@ pub unsafe extern "C" fn nvmlGpmSampleGet(
     device: nvmlDevice_t,
     gpm_sample: nvmlGpmSample_t,
 ) -> nvmlReturn_t {
+    crate::calls::count("nvmlGpmSampleGet");
     device_call(device, !gpm_sample.is_null(), |gpu| {
         let mut samples = samples();
         let Some(slot) = samples.get_mut(&(gpm_sample as usize)) else {
@@ -216,6 +223,7 @@ pub unsafe extern "C" fn nvmlGpmSampleGet(
 /// simulated.
 #[no_mangle]
 pub unsafe extern "C" fn nvmlGpmMetricsGet(metrics_get: *mut nvmlGpmMetricsGet_t) -> nvmlReturn_t {
+    crate::calls::count("nvmlGpmMetricsGet");
     guarded(|| {
         let library = state::lock();
         let Some(model) = library.active() else {

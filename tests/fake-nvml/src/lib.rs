@@ -23,6 +23,7 @@
 #![allow(clippy::missing_safety_doc)]
 
 pub mod abi;
+mod calls;
 mod events;
 mod fields;
 mod gpm;
@@ -197,18 +198,22 @@ fn init() -> nvmlReturn_t {
 /// `NVML_ERROR_LIB_RM_VERSION_MISMATCH` (the process still holds the old library).
 #[no_mangle]
 pub unsafe extern "C" fn nvmlInit_v2() -> nvmlReturn_t {
+    crate::calls::count("nvmlInit_v2");
     init()
 }
 
 /// As `nvmlInit_v2`; the flags (no GPUs / no attach) change nothing here.
 #[no_mangle]
 pub unsafe extern "C" fn nvmlInitWithFlags(_flags: c_uint) -> nvmlReturn_t {
+    crate::calls::count("nvmlInitWithFlags");
     init()
 }
 
 /// Undoes one init; the library stops answering when every init is undone.
 #[no_mangle]
 pub unsafe extern "C" fn nvmlShutdown() -> nvmlReturn_t {
+    crate::calls::count("nvmlShutdown");
+    calls::write();
     guarded(|| {
         if state::lock().shutdown() {
             NVML_SUCCESS
@@ -221,6 +226,7 @@ pub unsafe extern "C" fn nvmlShutdown() -> nvmlReturn_t {
 /// A static, NUL-terminated description of a return code.
 #[no_mangle]
 pub unsafe extern "C" fn nvmlErrorString(result: nvmlReturn_t) -> *const c_char {
+    crate::calls::count("nvmlErrorString");
     abi::error_string(result).as_ptr()
 }
 
@@ -232,6 +238,7 @@ pub unsafe extern "C" fn nvmlSystemGetDriverVersion(
     version: *mut c_char,
     length: c_uint,
 ) -> nvmlReturn_t {
+    crate::calls::count("nvmlSystemGetDriverVersion");
     // SAFETY: `put_str` checks for NULL; the caller gives `length` writable bytes.
     system_call(|node| unsafe { put_str(&node.scenario().driver_version, version, length) })
 }
@@ -242,12 +249,14 @@ pub unsafe extern "C" fn nvmlSystemGetNVMLVersion(
     version: *mut c_char,
     length: c_uint,
 ) -> nvmlReturn_t {
+    crate::calls::count("nvmlSystemGetNVMLVersion");
     // SAFETY: `put_str` checks for NULL; the caller gives `length` writable bytes.
     guarded(|| unsafe { put_str(NVML_VERSION, version, length) })
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn nvmlSystemGetCudaDriverVersion(version: *mut c_int) -> nvmlReturn_t {
+    crate::calls::count("nvmlSystemGetCudaDriverVersion");
     system_call(|_| {
         if version.is_null() {
             return NVML_ERROR_INVALID_ARGUMENT;
@@ -259,6 +268,7 @@ pub unsafe extern "C" fn nvmlSystemGetCudaDriverVersion(version: *mut c_int) -> 
 
 #[no_mangle]
 pub unsafe extern "C" fn nvmlSystemGetCudaDriverVersion_v2(version: *mut c_int) -> nvmlReturn_t {
+    crate::calls::count("nvmlSystemGetCudaDriverVersion_v2");
     // SAFETY: same contract.
     unsafe { nvmlSystemGetCudaDriverVersion(version) }
 }
@@ -268,6 +278,7 @@ pub unsafe extern "C" fn nvmlSystemGetCudaDriverVersion_v2(version: *mut c_int) 
 
 #[no_mangle]
 pub unsafe extern "C" fn nvmlDeviceGetCount_v2(device_count: *mut c_uint) -> nvmlReturn_t {
+    crate::calls::count("nvmlDeviceGetCount_v2");
     system_call(|node| {
         if device_count.is_null() {
             return NVML_ERROR_INVALID_ARGUMENT;
@@ -284,6 +295,7 @@ pub unsafe extern "C" fn nvmlDeviceGetHandleByIndex_v2(
     index: c_uint,
     device: *mut nvmlDevice_t,
 ) -> nvmlReturn_t {
+    crate::calls::count("nvmlDeviceGetHandleByIndex_v2");
     system_call(|node| {
         if device.is_null() || index >= node.gpu_count() {
             return NVML_ERROR_INVALID_ARGUMENT;
@@ -298,6 +310,7 @@ pub unsafe extern "C" fn nvmlDeviceGetHandleByUUID(
     uuid: *const c_char,
     device: *mut nvmlDevice_t,
 ) -> nvmlReturn_t {
+    crate::calls::count("nvmlDeviceGetHandleByUUID");
     system_call(|node| {
         if uuid.is_null() || device.is_null() {
             return NVML_ERROR_INVALID_ARGUMENT;
@@ -317,6 +330,7 @@ pub unsafe extern "C" fn nvmlDeviceGetIndex(
     device: nvmlDevice_t,
     index: *mut c_uint,
 ) -> nvmlReturn_t {
+    crate::calls::count("nvmlDeviceGetIndex");
     // SAFETY (all `put`s in device calls): `device_call` checked the pointer is non-NULL.
     device_call(device, !index.is_null(), |gpu| unsafe {
         put(index, gpu.index)
@@ -329,6 +343,7 @@ pub unsafe extern "C" fn nvmlDeviceGetUUID(
     uuid: *mut c_char,
     length: c_uint,
 ) -> nvmlReturn_t {
+    crate::calls::count("nvmlDeviceGetUUID");
     // SAFETY: non-NULL as checked; the caller gives `length` writable bytes.
     device_call(device, !uuid.is_null(), |gpu| unsafe {
         put_str(gpu.node.uuid(gpu.index), uuid, length)
@@ -341,6 +356,7 @@ pub unsafe extern "C" fn nvmlDeviceGetName(
     name: *mut c_char,
     length: c_uint,
 ) -> nvmlReturn_t {
+    crate::calls::count("nvmlDeviceGetName");
     // SAFETY: non-NULL as checked; the caller gives `length` writable bytes.
     device_call(device, !name.is_null(), |gpu| unsafe {
         put_str(&gpu.spec().model, name, length)
@@ -352,6 +368,7 @@ pub unsafe extern "C" fn nvmlDeviceGetPciInfo_v3(
     device: nvmlDevice_t,
     pci: *mut nvmlPciInfo_t,
 ) -> nvmlReturn_t {
+    crate::calls::count("nvmlDeviceGetPciInfo_v3");
     device_call(device, !pci.is_null(), |gpu| {
         let bus = gpu.index + 0x18;
         let info = nvmlPciInfo_t {
@@ -374,6 +391,7 @@ pub unsafe extern "C" fn nvmlDeviceGetCudaComputeCapability(
     major: *mut c_int,
     minor: *mut c_int,
 ) -> nvmlReturn_t {
+    crate::calls::count("nvmlDeviceGetCudaComputeCapability");
     device_call(device, !major.is_null() && !minor.is_null(), |gpu| {
         let (ma, mi) = product::compute_capability(&gpu.spec().model);
         // SAFETY: both checked non-NULL by `device_call`.
@@ -390,6 +408,7 @@ pub unsafe extern "C" fn nvmlDeviceGetNumGpuCores(
     device: nvmlDevice_t,
     num_cores: *mut c_uint,
 ) -> nvmlReturn_t {
+    crate::calls::count("nvmlDeviceGetNumGpuCores");
     device_call(device, !num_cores.is_null(), |gpu| {
         match product::cuda_cores(&gpu.spec().model) {
             // SAFETY: checked non-NULL by `device_call`.
@@ -410,6 +429,7 @@ pub unsafe extern "C" fn nvmlDeviceGetPowerUsage(
     device: nvmlDevice_t,
     power: *mut c_uint,
 ) -> nvmlReturn_t {
+    crate::calls::count("nvmlDeviceGetPowerUsage");
     device_call(device, !power.is_null(), |gpu| {
         let mw = fields::power_average_mw(gpu).unwrap_or_else(|| fields::power_instant_mw(gpu));
         // SAFETY: checked non-NULL by `device_call`.
@@ -424,6 +444,7 @@ pub unsafe extern "C" fn nvmlDeviceGetTotalEnergyConsumption(
     device: nvmlDevice_t,
     energy: *mut c_ulonglong,
 ) -> nvmlReturn_t {
+    crate::calls::count("nvmlDeviceGetTotalEnergyConsumption");
     device_call(device, !energy.is_null(), |gpu| {
         match gpu.state().energy_mj {
             // SAFETY: checked non-NULL by `device_call`.
@@ -443,6 +464,7 @@ pub unsafe extern "C" fn nvmlDeviceGetEnforcedPowerLimit(
     device: nvmlDevice_t,
     limit: *mut c_uint,
 ) -> nvmlReturn_t {
+    crate::calls::count("nvmlDeviceGetEnforcedPowerLimit");
     // SAFETY: checked non-NULL by `device_call`.
     device_call(device, !limit.is_null(), |gpu| unsafe {
         put(limit, power_limit_mw(gpu))
@@ -455,6 +477,7 @@ pub unsafe extern "C" fn nvmlDeviceGetPowerManagementLimit(
     device: nvmlDevice_t,
     limit: *mut c_uint,
 ) -> nvmlReturn_t {
+    crate::calls::count("nvmlDeviceGetPowerManagementLimit");
     // SAFETY: checked non-NULL by `device_call`.
     device_call(device, !limit.is_null(), |gpu| unsafe {
         put(limit, power_limit_mw(gpu))
@@ -472,6 +495,7 @@ pub unsafe extern "C" fn nvmlDeviceGetUtilizationRates(
     device: nvmlDevice_t,
     utilization: *mut nvmlUtilization_t,
 ) -> nvmlReturn_t {
+    crate::calls::count("nvmlDeviceGetUtilizationRates");
     device_call(device, !utilization.is_null(), |gpu| {
         // SAFETY: checked non-NULL by `device_call`.
         unsafe { put(utilization, samples::utilization_rates(gpu)) }
@@ -489,6 +513,7 @@ pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo(
     device: nvmlDevice_t,
     memory: *mut nvmlMemory_t,
 ) -> nvmlReturn_t {
+    crate::calls::count("nvmlDeviceGetMemoryInfo");
     device_call(device, !memory.is_null(), |gpu| {
         let (total, used) = memory_bytes(gpu);
         let info = nvmlMemory_t {
@@ -509,6 +534,7 @@ pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo_v2(
     device: nvmlDevice_t,
     memory: *mut nvmlMemory_v2_t,
 ) -> nvmlReturn_t {
+    crate::calls::count("nvmlDeviceGetMemoryInfo_v2");
     device_call(device, !memory.is_null(), |gpu| {
         // SAFETY: checked non-NULL by `device_call`; the caller owns an initialised struct.
         let version = unsafe { (*memory).version };
@@ -535,6 +561,7 @@ pub unsafe extern "C" fn nvmlDeviceGetClockInfo(
     clock_type: nvmlClockType_t,
     clock: *mut c_uint,
 ) -> nvmlReturn_t {
+    crate::calls::count("nvmlDeviceGetClockInfo");
     device_call(
         device,
         !clock.is_null() && clock_type <= NVML_CLOCK_VIDEO,
@@ -557,6 +584,7 @@ pub unsafe extern "C" fn nvmlDeviceGetMaxClockInfo(
     clock_type: nvmlClockType_t,
     clock: *mut c_uint,
 ) -> nvmlReturn_t {
+    crate::calls::count("nvmlDeviceGetMaxClockInfo");
     device_call(
         device,
         !clock.is_null() && clock_type <= NVML_CLOCK_VIDEO,
@@ -579,6 +607,7 @@ pub unsafe extern "C" fn nvmlDeviceGetTemperature(
     sensor_type: nvmlTemperatureSensors_t,
     temp: *mut c_uint,
 ) -> nvmlReturn_t {
+    crate::calls::count("nvmlDeviceGetTemperature");
     device_call(
         device,
         !temp.is_null() && sensor_type == NVML_TEMPERATURE_GPU,
@@ -596,6 +625,12 @@ pub unsafe extern "C" fn nvmlDeviceGetCurrentClocksThrottleReasons(
     device: nvmlDevice_t,
     reasons: *mut c_ulonglong,
 ) -> nvmlReturn_t {
+    crate::calls::count("nvmlDeviceGetCurrentClocksThrottleReasons");
+    clock_event_reasons(device, reasons)
+}
+
+/// The reason bits, for both names of the call (counted once, under the name called).
+fn clock_event_reasons(device: nvmlDevice_t, reasons: *mut c_ulonglong) -> nvmlReturn_t {
     device_call(device, !reasons.is_null(), |gpu| {
         // SAFETY: checked non-NULL by `device_call`.
         unsafe { put(reasons, gpu.state().throttle_reasons) }
@@ -610,11 +645,11 @@ pub unsafe extern "C" fn nvmlDeviceGetCurrentClocksEventReasons(
     device: nvmlDevice_t,
     reasons: *mut c_ulonglong,
 ) -> nvmlReturn_t {
+    crate::calls::count("nvmlDeviceGetCurrentClocksEventReasons");
     if deprecated_calls_only() {
         return NVML_ERROR_FUNCTION_NOT_FOUND;
     }
-    // SAFETY: same contract.
-    unsafe { nvmlDeviceGetCurrentClocksThrottleReasons(device, reasons) }
+    clock_event_reasons(device, reasons)
 }
 
 /// Whether the scenario wants the replacements of deprecated calls missing.
@@ -639,6 +674,7 @@ pub unsafe extern "C" fn nvmlDeviceGetTemperatureV(
     device: nvmlDevice_t,
     temperature: *mut nvmlTemperature_t,
 ) -> nvmlReturn_t {
+    crate::calls::count("nvmlDeviceGetTemperatureV");
     if deprecated_calls_only() {
         return NVML_ERROR_FUNCTION_NOT_FOUND;
     }
@@ -773,6 +809,7 @@ pub unsafe extern "C" fn nvmlDeviceGetComputeRunningProcesses_v3(
     info_count: *mut c_uint,
     infos: *mut nvmlProcessInfo_t,
 ) -> nvmlReturn_t {
+    crate::calls::count("nvmlDeviceGetComputeRunningProcesses_v3");
     running_processes(device, List::Compute, info_count, infos)
 }
 
@@ -784,6 +821,7 @@ pub unsafe extern "C" fn nvmlDeviceGetGraphicsRunningProcesses_v3(
     info_count: *mut c_uint,
     infos: *mut nvmlProcessInfo_t,
 ) -> nvmlReturn_t {
+    crate::calls::count("nvmlDeviceGetGraphicsRunningProcesses_v3");
     running_processes(device, List::Graphics, info_count, infos)
 }
 
@@ -794,6 +832,7 @@ pub unsafe extern "C" fn nvmlDeviceGetMPSComputeRunningProcesses_v3(
     info_count: *mut c_uint,
     infos: *mut nvmlProcessInfo_t,
 ) -> nvmlReturn_t {
+    crate::calls::count("nvmlDeviceGetMPSComputeRunningProcesses_v3");
     running_processes(device, List::Mps, info_count, infos)
 }
 
@@ -811,6 +850,7 @@ pub unsafe extern "C" fn nvmlDeviceGetRunningProcessDetailList(
     device: nvmlDevice_t,
     plist: *mut nvmlProcessDetailList_v1_t,
 ) -> nvmlReturn_t {
+    crate::calls::count("nvmlDeviceGetRunningProcessDetailList");
     device_call(device, !plist.is_null(), |gpu| {
         if !gpu.spec().process_detail_list() {
             return NVML_ERROR_NOT_SUPPORTED;
@@ -916,6 +956,7 @@ pub unsafe extern "C" fn nvmlDeviceGetProcessUtilization(
     process_samples_count: *mut c_uint,
     last_seen_time_stamp: c_ulonglong,
 ) -> nvmlReturn_t {
+    crate::calls::count("nvmlDeviceGetProcessUtilization");
     device_call(device, !process_samples_count.is_null(), |gpu| {
         let now_us = (gpu.unix * 1e6) as u64;
         let mut samples = process_samples(gpu, last_seen_time_stamp, now_us);

@@ -115,6 +115,7 @@ pub unsafe extern "C" fn nvmlDeviceGetSamples(
     sample_count: *mut c_uint,
     samples: *mut nvmlSample_t,
 ) -> nvmlReturn_t {
+    crate::calls::count("nvmlDeviceGetSamples");
     device_call(
         device,
         !sample_count.is_null() && !sample_val_type.is_null(),

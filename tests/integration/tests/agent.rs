@@ -1382,3 +1382,77 @@ fn issue_14_energy_used_during_an_outage_is_kept() {
     );
     assert!(agent.terminate().success());
 }
+
+/// Issue 14, item 12: what a sampling cycle asks of the driver, counted by the fake library
+/// (`GPUCOST_FAKE_NVML_CALLS`). Per GPU and cycle: a handle, memory, one batch of field values
+/// (power, violation counters), energy, the utilization samples (count and fetch), SM clock,
+/// temperature, clock-event reasons, a GPM sample into a reused buffer and its metrics; the
+/// power limit once a minute, GPM buffers allocated once. Process lists come on their own
+/// cadence and the Xid listener on its own thread; neither is counted here.
+#[test]
+fn a_sampling_cycle_makes_at_most_eleven_nvml_calls_per_gpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = write_scenario(dir.path(), "steady.toml", STEADY);
+    let calls = dir.path().join("calls.txt");
+    let lib = fake_nvml_lib().display().to_string();
+    let mut agent = start(
+        &["--nvml-lib", &lib],
+        &fast_env(&[
+            ("GPUCOST_FAKE_NVML_SCENARIO", scenario),
+            ("GPUCOST_FAKE_NVML_CALLS", calls.display().to_string()),
+        ]),
+    );
+    let m = agent.wait_for_metrics(
+        "some samples",
+        Duration::from_secs(10),
+        samples_at_least(20.0),
+    );
+    let gpus = m.find("gpucost_gpu_info", &[]).len() as f64;
+    assert!(agent.terminate().success());
+    // The cycles the counts cover: the last scrape's and the few until the agent stopped.
+    let cycles = m.get("gpucost_agent_samples_total", &[]).unwrap();
+    let text = std::fs::read_to_string(&calls).unwrap();
+    let count = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .map_or(0.0, |n| n.parse::<f64>().unwrap())
+    };
+    let per_cycle = [
+        "nvmlDeviceGetHandleByIndex_v2",
+        "nvmlDeviceGetMemoryInfo_v2",
+        "nvmlDeviceGetFieldValues",
+        "nvmlDeviceGetTotalEnergyConsumption",
+        "nvmlDeviceGetEnforcedPowerLimit",
+        "nvmlDeviceGetPowerUsage",
+        "nvmlDeviceGetViolationStatus",
+        "nvmlDeviceGetSamples",
+        "nvmlDeviceGetUtilizationRates",
+        "nvmlDeviceGetClockInfo",
+        "nvmlDeviceGetTemperatureV",
+        "nvmlDeviceGetTemperature",
+        "nvmlDeviceGetCurrentClocksEventReasons",
+        "nvmlDeviceGetCurrentClocksThrottleReasons",
+        "nvmlGpmSampleAlloc",
+        "nvmlGpmSampleGet",
+        "nvmlGpmMetricsGet",
+        "nvmlGpmSampleFree",
+    ];
+    let total: f64 = per_cycle.iter().map(|n| count(n)).sum();
+    let rate = total / (gpus * cycles);
+    eprintln!(
+        "{total} calls over {cycles} cycles and {gpus} GPUs: {rate:.2} per GPU per cycle\n{text}"
+    );
+    // A cycle or two may run between the scrape and the stop: a little slack for those.
+    assert!(
+        rate <= 11.0 * (cycles + 3.0) / cycles,
+        "{rate:.2} calls per GPU per cycle"
+    );
+    assert!(
+        count("nvmlGpmSampleAlloc") <= 2.0 * gpus,
+        "GPM buffers are reused"
+    );
+    assert!(
+        count("nvmlDeviceGetEnforcedPowerLimit") <= gpus,
+        "the limit is read once a minute"
+    );
+}

@@ -1,5 +1,7 @@
 //! Pipe activity from GPM (GPU Performance Monitoring, Hopper and newer): one GPM sample per
-//! read, the metrics over the time since the sample kept from the previous read.
+//! read, the metrics over the time since the sample kept from the previous read. Two sample
+//! buffers per GPU are allocated once and used in turn (the kept one and the one being filled),
+//! instead of an allocation and a free on every read.
 //!
 //! Each metric has its own return code (nvml.h, `nvmlGpmMetric_t.nvmlReturn`): one that fails
 //! leaves its pipe unknown (`None`), and the others are still read. Where profiling is
@@ -71,6 +73,8 @@ unsafe impl Send for HeldSample {}
 pub(super) struct GpmState {
     supported: Option<bool>,
     last: Option<(HeldSample, Instant)>,
+    /// The other buffer, filled at the next read.
+    spare: Option<HeldSample>,
     denied: Backoff,
     /// Metrics whose failure the log has told (by index in [`GPM_METRICS`]).
     said_failed: BTreeSet<usize>,
@@ -122,14 +126,50 @@ impl Backoff {
 }
 
 impl GpmState {
-    /// Frees the sample kept for the next read (when the backend closes).
+    /// Frees the sample buffers (when the backend closes).
     pub(super) fn free(self, nvml: &Nvml) {
-        if let Some((h, _)) = self.last {
-            // SAFETY: the handle came from `GpmSample::into_handle` on this `Nvml` and is freed
-            // exactly once, here (dropping the wrapper frees it).
+        let held = self.last.map(|(h, _)| h).into_iter().chain(self.spare);
+        for h in held {
+            // SAFETY: each handle came from `nvmlGpmSampleAlloc` (directly or through
+            // `GpmSample::into_handle`) on this `Nvml` and is freed exactly once, here (dropping
+            // the wrapper frees it).
             drop(unsafe { GpmSample::from_handle(nvml, h.0) });
         }
     }
+
+    /// The buffer to fill: the spare one, else a new one.
+    fn buffer(&mut self, nvml: &Nvml) -> Result<HeldSample, NvmlError> {
+        if let Some(h) = self.spare.take() {
+            return Ok(h);
+        }
+        let alloc = nvml
+            .lib()
+            .nvmlGpmSampleAlloc
+            .as_ref()
+            .map_err(|_| NvmlError::FunctionNotFound)?;
+        let mut handle: nvmlGpmSample_t = std::ptr::null_mut();
+        // SAFETY: `handle` is a valid out-pointer for the call's `nvmlGpmSample_t *`; on success
+        // the library owns a buffer that `free` releases.
+        nvml_result(unsafe { alloc(&mut handle) })?;
+        Ok(HeldSample(handle))
+    }
+}
+
+/// Fills `buffer` with GPU `d`'s counters now.
+fn fill(nvml: &Nvml, d: &Device<'_>, buffer: &HeldSample) -> Result<(), NvmlError> {
+    let get = nvml
+        .lib()
+        .nvmlGpmSampleGet
+        .as_ref()
+        .map_err(|_| NvmlError::FunctionNotFound)?;
+    // SAFETY: the device handle belongs to this `Nvml` and lives as long as `d`; the buffer was
+    // allocated by this library's `nvmlGpmSampleAlloc` and not freed.
+    nvml_result(unsafe { get(d.handle(), buffer.0) })
+}
+
+/// An NVML return code as a result.
+fn nvml_result(code: nvml_wrapper_sys::bindings::nvmlReturn_t) -> Result<(), NvmlError> {
+    nvml_wrapper::error::nvml_try(code)
 }
 
 /// GPM metric values (percent) in [`GPM_METRICS`] order -> ratios; a metric that failed (its
@@ -178,13 +218,31 @@ pub(super) fn read_pipes(
         return Ok(None);
     }
     let mut denied = false;
-    match d.gpm_sample() {
+    // A buffer that could not be filled stays the spare one.
+    let filled = gpm.buffer(nvml).and_then(|buf| match fill(nvml, d, &buf) {
+        Ok(()) => Ok(buf),
+        Err(err) => {
+            gpm.spare = Some(buf);
+            Err(err)
+        }
+    });
+    match filled {
         Ok(new) => match gpm.last.take() {
             Some((old, at)) if now.duration_since(at) >= GPM_MIN_GAP => {
-                // SAFETY: `old` came from `into_handle` on this `Nvml`; rebuilding the wrapper
-                // hands ownership back, and it is freed when dropped below.
-                let old = unsafe { GpmSample::from_handle(nvml, old.0) };
-                match gpm_metrics_get(nvml, &old, &new, &GPM_METRICS) {
+                // SAFETY: both handles came from this `Nvml`'s `nvmlGpmSampleAlloc` and are not
+                // freed; the wrappers are turned back into handles below (`into_handle`), so
+                // neither is freed here.
+                let (old_s, new_s) = unsafe {
+                    (
+                        GpmSample::from_handle(nvml, old.0),
+                        GpmSample::from_handle(nvml, new.0),
+                    )
+                };
+                let got = gpm_metrics_get(nvml, &old_s, &new_s, &GPM_METRICS);
+                // The old buffer is filled next time; the new one is kept.
+                gpm.spare = Some(HeldSample(old_s.into_handle()));
+                gpm.last = Some((HeldSample(new_s.into_handle()), now));
+                match got {
                     Ok(results) => {
                         denied = !results.is_empty()
                             && results
@@ -209,11 +267,13 @@ pub(super) fn read_pipes(
                     Err(NvmlError::NoPermission) => denied = true,
                     Err(err) => e.push((Field::Pipes, FieldError::Failed(err.to_string()))),
                 }
-                gpm.last = Some((HeldSample(new.into_handle()), now));
             }
-            // Too soon after the last sample: keep that one, drop the new one.
-            Some(kept) => gpm.last = Some(kept),
-            None => gpm.last = Some((HeldSample(new.into_handle()), now)),
+            // Too soon after the last sample: keep that one; the new buffer waits.
+            Some(kept) => {
+                gpm.last = Some(kept);
+                gpm.spare = Some(new);
+            }
+            None => gpm.last = Some((new, now)),
         },
         Err(NvmlError::GpuLost) => return Err(SampleError::GpuLost("while sampling GPM".into())),
         Err(NvmlError::NoPermission) => denied = true,

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nvml_wrapper::enum_wrappers::device::Clock;
 use nvml_wrapper::error::NvmlError;
@@ -65,7 +65,13 @@ struct GpuMemo {
     gpm: GpmState,
     /// What the field reads remember between reads (`fields.rs`).
     fields: fields::FieldState,
+    /// The enforced power limit and when it was read: a setting, not a reading, so it is read
+    /// again only every [`STATIC_FACTS_EVERY`] (an operator's `nvidia-smi -pl` shows within it).
+    power_limit: Option<(Instant, Option<u32>)>,
 }
+
+/// How often facts that change only when someone changes a setting are read again.
+const STATIC_FACTS_EVERY: Duration = Duration::from_secs(60);
 
 impl NvmlBackend {
     /// GPU `index`'s memo, added on its first read.
@@ -284,6 +290,21 @@ impl Backend for NvmlBackend {
         let memo = self.memo(index);
         let mut memo = memo.lock().unwrap_or_else(PoisonError::into_inner);
         let memo = &mut *memo;
+        let power_limit_mw = match memo.power_limit {
+            Some((at, limit)) if at.elapsed() < STATIC_FACTS_EVERY => limit,
+            _ => {
+                let before = e.len();
+                let limit = field(d.enforced_power_limit(), Field::PowerLimit, e)?;
+                // A failed read is tried again next cycle; a value or NOT_SUPPORTED is kept.
+                let failed = e[before..]
+                    .iter()
+                    .any(|(_, err)| matches!(err, FieldError::Failed(_)));
+                if !failed {
+                    memo.power_limit = Some((Instant::now(), limit));
+                }
+                limit
+            }
+        };
         let st = &mut memo.fields;
         let values = fields::read_fields(&d)?;
         let (power_average_mw, power_instant_mw) = fields::read_power(&d, st, &values, e)?;
@@ -292,7 +313,7 @@ impl Backend for NvmlBackend {
             energy_mj: field(d.total_energy_consumption(), Field::Energy, e)?,
             power_average_mw,
             power_instant_mw,
-            power_limit_mw: field(d.enforced_power_limit(), Field::PowerLimit, e)?,
+            power_limit_mw,
             utilization_pct: fields::read_utilization(&d, st, e)?,
             memory_used_bytes: memory.as_ref().map(|m| m.used),
             memory_total_bytes: memory.as_ref().map(|m| m.total),
