@@ -62,6 +62,7 @@ fn snapshot(jobs: usize) -> Snapshot {
                 index: i,
                 uuid: format!("GPU-{i:04}"),
                 model: "NVIDIA H100 80GB HBM3".into(),
+                mig: None,
             },
             up: true,
             reading: None,

@@ -448,6 +448,7 @@ mod tests {
                 index,
                 uuid: format!("GPU-{index}"),
                 model: "NVIDIA H100 80GB HBM3".into(),
+                mig: None,
             },
             up: true,
             reading: Some(Reading {

@@ -30,6 +30,25 @@ pub struct GpuStatic {
     pub index: u32,
     pub uuid: String,
     pub model: String,
+    /// Set when this billing unit is a MIG GPU instance (its `uuid` is then the `MIG-…` id);
+    /// `None` for a whole GPU.
+    pub mig: Option<MigSlice>,
+}
+
+/// A MIG GPU instance: a slice of a physical GPU that is billed as a unit of its own.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct MigSlice {
+    /// The physical GPU's NVML index and UUID.
+    pub parent_index: u32,
+    pub parent_uuid: String,
+    /// NVML's GPU instance id (`gpuInstanceId` in the parent's process list).
+    pub gpu_instance_id: u32,
+    /// The profile's name, such as `3g.40gb`.
+    pub profile: String,
+    /// Compute slices this instance holds (the 3 of `3g.40gb`) and the parent has in all (7 on
+    /// A100, H100 and H200).
+    pub slices: u32,
+    pub parent_slices: u32,
 }
 
 /// A process using a GPU, as NVML lists running compute processes.

@@ -299,6 +299,7 @@ mod tests {
                     index: 1,
                     uuid: "GPU-1".into(),
                     model: "NVIDIA H100 80GB HBM3".into(),
+                    mig: None,
                 },
                 up: true,
                 reading: Some(Reading {

@@ -69,6 +69,7 @@ impl Script {
                         index: i,
                         uuid: format!("GPU-{i}"),
                         model: "NVIDIA H100 80GB HBM3".into(),
+                        mig: None,
                     },
                     lost: false,
                     hung: false,

@@ -99,6 +99,7 @@ impl Backend for SimBackend {
                 index: i,
                 uuid: self.node.uuid(i).to_string(),
                 model: self.node.scenario().gpus[i as usize].model.clone(),
+                mig: None,
             })
             .collect())
     }

@@ -241,7 +241,12 @@ impl Backend for NvmlBackend {
                 ),
                 Err(_) => (format!("unknown-{index}"), "unknown".to_string()),
             };
-            gpus.push(GpuStatic { index, uuid, model });
+            gpus.push(GpuStatic {
+                index,
+                uuid,
+                model,
+                mig: None,
+            });
         }
         Ok(gpus)
     }
