@@ -110,11 +110,14 @@ pub enum Arch {
     Hopper,
     /// Blackwell GB100 (B200), compute capability 10.0.
     Blackwell,
+    /// Blackwell GB20x (RTX 50 series, RTX PRO Blackwell), compute capability 12.0: a
+    /// different SM from GB100 (no FP64 tensor cores, FP64 at 1/64 of FP32).
+    BlackwellGb20x,
 }
 
 impl Arch {
     /// The architecture for a CUDA compute capability `(major, minor)`; `None` where this crate
-    /// has no per-SM rates (including sm_103 Blackwell Ultra and sm_12x, whose rates differ).
+    /// has no per-SM rates (including sm_103 Blackwell Ultra, whose rates differ, and sm_121).
     pub fn from_compute_capability(cc: (u32, u32)) -> Option<Arch> {
         match cc {
             (8, 0) => Some(Arch::AmpereGa100),
@@ -122,6 +125,7 @@ impl Arch {
             (8, 9) => Some(Arch::Ada),
             (9, 0) => Some(Arch::Hopper),
             (10, 0) => Some(Arch::Blackwell),
+            (12, 0) => Some(Arch::BlackwellGb20x),
             _ => None,
         }
     }
@@ -134,6 +138,7 @@ impl Arch {
             Arch::Ada => (8, 9),
             Arch::Hopper => (9, 0),
             Arch::Blackwell => (10, 0),
+            Arch::BlackwellGb20x => (12, 0),
         }
     }
 
@@ -157,6 +162,10 @@ impl Arch {
             Arch::Hopper => [128, 256, 256, 2048, 4096, 4096, 8192, 8192],
             // Tensor cores twice Hopper per SM; FP64 tensor no faster than FP64 FMA.
             Arch::Blackwell => [128, 128, 256, 4096, 8192, 8192, 16384, 16384],
+            // 128 FP32 lanes, FP64 at 1/64; tensor cores as Ada per clock for FP16/BF16 with
+            // FP16 accumulate (RTX 5090: 170 SMs x 1024 x 2407 MHz = 419 TFLOP/s dense, the
+            // GeForce RTX Blackwell whitepaper's FP16 figure). No FP64 tensor path.
+            Arch::BlackwellGb20x => [4, 0, 256, 512, 1024, 1024, 2048, 2048],
         };
         let r = rates[precision as usize];
         (r != 0).then_some(f64::from(r))
@@ -217,6 +226,10 @@ pub struct GpuSpec {
     pub mem_bandwidth_bytes_per_s: f64,
     /// Dense datasheet peaks.
     pub peaks: Peaks,
+    /// Paths this product runs below its architecture's per-SM rate (the export-control
+    /// Hopper parts: H800's FP64, every path of the H20). For these the datasheet figure,
+    /// scaled by the clock, is the clock-normalized peak; SMs x rate x clock would overstate it.
+    pub capped: &'static [Precision],
 }
 
 impl GpuSpec {
@@ -237,6 +250,11 @@ impl GpuSpec {
 
     /// What this GPU (all its SMs) can do on `precision` at SM clock `sm_clock_hz`, FLOP/s.
     pub fn clock_normalized_peak(&self, precision: Precision, sm_clock_hz: f64) -> Option<f64> {
+        if self.capped.contains(&precision) {
+            return self
+                .peak(precision)
+                .map(|p| p * sm_clock_hz / self.datasheet_clock_hz(precision));
+        }
         clock_normalized_peak(self, precision, self.sm_count, sm_clock_hz)
     }
 }
@@ -255,18 +273,35 @@ pub fn clock_normalized_peak(
     Some(f64::from(sm_count) * rate * sm_clock_hz)
 }
 
-/// Peak estimate, FLOP/s (OP/s for INT8), for a GPU the table does not know, from its compute
-/// capability, SM count and maximum SM clock (MHz, as NVML reports it). It assumes the tensor
-/// paths run at the maximum clock, so on Hopper and Blackwell it sits 5-10% above the figure
-/// NVIDIA would publish. `None` for an unknown architecture or a path it lacks.
+/// Peak estimate, FLOP/s (OP/s for INT8), for a GPU the table does not know, from its NVML
+/// product name, compute capability, SM count and maximum SM clock (MHz, as NVML reports it).
+/// It assumes the tensor paths run at the maximum clock, so on Hopper and Blackwell it sits
+/// 5-10% above the figure NVIDIA would publish. GeForce parts (see [`is_geforce`]) run the
+/// tensor paths with FP32 accumulate (TF32, FP16, BF16, FP8: what the kernels and a training
+/// job use) at half the rate of the professional part with the same SM: the RTX 4090 does 165
+/// TFLOP/s of FP16 with FP32 accumulate, not the 330 of FP16 accumulate (Ada whitepaper,
+/// appendix table; RTX 3090: 71 of 142 in the Ampere GA102 whitepaper); INT8 is not halved.
+/// `None` for an unknown architecture or a path it lacks.
 pub fn estimate_peak(
+    nvml_name: &str,
     compute_capability: (u32, u32),
     sm_count: u32,
     max_sm_clock_mhz: u32,
     precision: Precision,
 ) -> Option<f64> {
     let arch = Arch::from_compute_capability(compute_capability)?;
-    clock_normalized_peak(arch, precision, sm_count, f64::from(max_sm_clock_mhz) * 1e6)
+    let peak = clock_normalized_peak(arch, precision, sm_count, f64::from(max_sm_clock_mhz) * 1e6)?;
+    let halved = is_geforce(nvml_name)
+        && matches!(
+            precision,
+            Precision::Tf32 | Precision::Fp16 | Precision::Bf16 | Precision::Fp8
+        );
+    Some(if halved { peak / 2.0 } else { peak })
+}
+
+/// A consumer (GeForce or TITAN) part, by its NVML product name, e.g. "NVIDIA GeForce RTX 4090".
+pub fn is_geforce(nvml_name: &str) -> bool {
+    tokens(nvml_name).any(|t| t == "geforce" || t == "titan")
 }
 
 /// The table entry for an NVML product name (`nvmlDeviceGetName`), or `None`.
@@ -360,6 +395,7 @@ pub static GPUS: &[GpuSpec] = &[
         tensor_clock_mhz: 1410,
         mem_bandwidth_bytes_per_s: 1555e9,
         peaks: A100,
+        capped: &[],
     },
     // NVIDIA A100 Tensor Core GPU datasheet (80GB SXM column).
     GpuSpec {
@@ -371,6 +407,7 @@ pub static GPUS: &[GpuSpec] = &[
         tensor_clock_mhz: 1410,
         mem_bandwidth_bytes_per_s: 2039e9,
         peaks: A100,
+        capped: &[],
     },
     // NVIDIA A100 Tensor Core GPU datasheet (40GB PCIe).
     GpuSpec {
@@ -382,6 +419,7 @@ pub static GPUS: &[GpuSpec] = &[
         tensor_clock_mhz: 1410,
         mem_bandwidth_bytes_per_s: 1555e9,
         peaks: A100,
+        capped: &[],
     },
     // NVIDIA A100 Tensor Core GPU datasheet (80GB PCIe column).
     GpuSpec {
@@ -393,6 +431,7 @@ pub static GPUS: &[GpuSpec] = &[
         tensor_clock_mhz: 1410,
         mem_bandwidth_bytes_per_s: 1935e9,
         peaks: A100,
+        capped: &[],
     },
     // NVIDIA H100 Tensor Core GPU datasheet (SXM column); NVIDIA H100 Tensor Core GPU
     // Architecture whitepaper (132 SMs, 1980 MHz boost, 1830 MHz for tensor figures).
@@ -405,6 +444,7 @@ pub static GPUS: &[GpuSpec] = &[
         tensor_clock_mhz: 1830,
         mem_bandwidth_bytes_per_s: 3.35e12,
         peaks: H100_SXM,
+        capped: &[],
     },
     // NVIDIA H100 Tensor Core GPU datasheet (PCIe column, 80GB HBM2e); H100 whitepaper
     // (114 SMs, 1755 MHz boost, 1620 MHz for tensor figures).
@@ -426,6 +466,7 @@ pub static GPUS: &[GpuSpec] = &[
             fp8: sparse(3026.0),
             int8: sparse(3026.0),
         },
+        capped: &[],
     },
     // NVIDIA H100 Tensor Core GPU datasheet (NVL column, per GPU, 94GB). 132 SMs at a
     // 1785 MHz boost; the tensor clock is derived from the datasheet figures.
@@ -438,6 +479,7 @@ pub static GPUS: &[GpuSpec] = &[
         tensor_clock_mhz: 1545,
         mem_bandwidth_bytes_per_s: 3.9e12,
         peaks: H100_NVL,
+        capped: &[],
     },
     // NVIDIA H200 Tensor Core GPU datasheet (SXM column, 141GB HBM3e); GH100 as in H100 SXM5.
     GpuSpec {
@@ -449,6 +491,7 @@ pub static GPUS: &[GpuSpec] = &[
         tensor_clock_mhz: 1830,
         mem_bandwidth_bytes_per_s: 4.8e12,
         peaks: H100_SXM,
+        capped: &[],
     },
     // NVIDIA H200 Tensor Core GPU datasheet (NVL column). Listed so that "NVIDIA H200 NVL" is
     // not taken for the SXM part.
@@ -461,6 +504,7 @@ pub static GPUS: &[GpuSpec] = &[
         tensor_clock_mhz: 1545,
         mem_bandwidth_bytes_per_s: 4.8e12,
         peaks: H100_NVL,
+        capped: &[],
     },
     // NVIDIA GH200 Grace Hopper Superchip datasheet (96GB HBM3 GPU memory version).
     GpuSpec {
@@ -472,6 +516,7 @@ pub static GPUS: &[GpuSpec] = &[
         tensor_clock_mhz: 1830,
         mem_bandwidth_bytes_per_s: 4.0e12,
         peaks: H100_SXM,
+        capped: &[],
     },
     // NVIDIA GH200 Grace Hopper Superchip datasheet (144GB HBM3e version).
     GpuSpec {
@@ -483,6 +528,7 @@ pub static GPUS: &[GpuSpec] = &[
         tensor_clock_mhz: 1830,
         mem_bandwidth_bytes_per_s: 4.9e12,
         peaks: H100_SXM,
+        capped: &[],
     },
     // NVIDIA L40S GPU datasheet (142 SMs, 2520 MHz boost). FP64 is not on the datasheet:
     // derived at Ada's 1/64 FP32 rate. Dense BF16/FP16 is half the printed sparse 733 (the
@@ -505,6 +551,7 @@ pub static GPUS: &[GpuSpec] = &[
             fp8: sparse(1466.0),
             int8: sparse(1466.0),
         },
+        capped: &[],
     },
     // NVIDIA L4 Tensor Core GPU datasheet (58 SMs, 2040 MHz boost). FP64 derived (1/64 FP32).
     GpuSpec {
@@ -525,6 +572,7 @@ pub static GPUS: &[GpuSpec] = &[
             fp8: sparse(485.0),
             int8: sparse(485.0),
         },
+        capped: &[],
     },
     // NVIDIA A10 Tensor Core GPU datasheet (72 SMs, 1695 MHz boost). FP64 is not on the
     // datasheet: derived at GA10x's 1/64 FP32 rate.
@@ -546,6 +594,7 @@ pub static GPUS: &[GpuSpec] = &[
             fp8: None,
             int8: sparse(500.0),
         },
+        capped: &[],
     },
     // NVIDIA Blackwell datasheet (HGX B200 column, per GPU, 180GB HBM3e, 1000 W); 148 SMs.
     // Clocks are derived from the datasheet figures (FP32/FP64 ~1965 MHz, tensor ~1856 MHz).
@@ -567,6 +616,71 @@ pub static GPUS: &[GpuSpec] = &[
             fp8: sparse(9000.0),
             int8: sparse(9000.0),
         },
+        capped: &[],
+    },
+    // NVIDIA H800 Tensor Core GPU datasheet (SXM column): the H100 SXM5 with FP64 and FP64
+    // tensor capped at 1 TFLOP/s; every other figure as the H100's.
+    GpuSpec {
+        name: "H800 SXM5 80GB",
+        nvml_names: &["NVIDIA H800"],
+        arch: Arch::Hopper,
+        sm_count: 132,
+        boost_clock_mhz: 1980,
+        tensor_clock_mhz: 1830,
+        mem_bandwidth_bytes_per_s: 3.35e12,
+        peaks: Peaks {
+            fp64: dense(1.0),
+            fp64_tensor: dense(1.0),
+            ..H100_SXM
+        },
+        capped: &[Precision::Fp64, Precision::Fp64Tensor],
+    },
+    // NVIDIA H800 Tensor Core GPU datasheet (PCIe column): the H100 PCIe with FP64 and FP64
+    // tensor capped at 0.8 TFLOP/s.
+    GpuSpec {
+        name: "H800 PCIe 80GB",
+        nvml_names: &["NVIDIA H800 PCIe"],
+        arch: Arch::Hopper,
+        sm_count: 114,
+        boost_clock_mhz: 1755,
+        tensor_clock_mhz: 1620,
+        mem_bandwidth_bytes_per_s: 2.0e12,
+        peaks: Peaks {
+            fp64: dense(0.8),
+            fp64_tensor: dense(0.8),
+            fp32: dense(51.0),
+            tf32: sparse(756.0),
+            fp16: sparse(1513.0),
+            bf16: sparse(1513.0),
+            fp8: sparse(3026.0),
+            int8: sparse(3026.0),
+        },
+        capped: &[Precision::Fp64, Precision::Fp64Tensor],
+    },
+    // NVIDIA H20 (96GB HBM3, 4.0 TB/s, 400 W): NVIDIA publishes no datasheet; these are the
+    // dense figures of its product brief as the press reported them (FP8/INT8 296, BF16/FP16
+    // 148, TF32 74, FP32 44, FP64 1 TFLOP/s). 78 SMs as its CUDA device query reports; every
+    // path but FP32 runs far below Hopper's per-SM rate, so every path is taken as published
+    // (capped), and the clock its figures assume as GH100's boost clock (not published).
+    GpuSpec {
+        name: "H20 96GB",
+        nvml_names: &["NVIDIA H20"],
+        arch: Arch::Hopper,
+        sm_count: 78,
+        boost_clock_mhz: 1980,
+        tensor_clock_mhz: 1980,
+        mem_bandwidth_bytes_per_s: 4.0e12,
+        peaks: Peaks {
+            fp64: dense(1.0),
+            fp64_tensor: dense(1.0),
+            fp32: dense(44.0),
+            tf32: dense(74.0),
+            fp16: dense(148.0),
+            bf16: dense(148.0),
+            fp8: dense(296.0),
+            int8: dense(296.0),
+        },
+        capped: &Precision::ALL,
     },
 ];
 
@@ -627,8 +741,6 @@ mod tests {
             "NVIDIA L40",
             "NVIDIA A10G",
             "NVIDIA A100",
-            "NVIDIA H800",
-            "NVIDIA H20",
             "NVIDIA H100",
             "NVIDIA GB200",
             "Tesla V100-SXM2-16GB",
@@ -719,7 +831,15 @@ mod tests {
                 );
                 if let (Some(sheet), Some(rate)) = (s.peak(p), rate) {
                     let derived = f64::from(s.sm_count) * rate * s.datasheet_clock_hz(p);
-                    assert_close(derived, sheet, 0.025, &format!("{} {p}", s.name));
+                    if s.capped.contains(&p) {
+                        // A capped path runs below the architecture's rate. The H20's FP32
+                        // figure (44 TFLOP/s) is the exception that cannot be reconciled: 78
+                        // SMs would need a 2.2 GHz clock for it, so it is taken as published.
+                        let known = (s.name, p) == ("H20 96GB", Precision::Fp32);
+                        assert!(derived > sheet * 1.1 || known, "{} {p}: not capped", s.name);
+                    } else {
+                        assert_close(derived, sheet, 0.025, &format!("{} {p}", s.name));
+                    }
                 }
             }
         }
@@ -769,19 +889,174 @@ mod tests {
     #[test]
     fn estimate_for_unknown_gpus() {
         // A100 from its compute capability alone reproduces the datasheet.
-        let bf16 = estimate_peak((8, 0), 108, 1410, Precision::Bf16).unwrap();
-        assert_close(bf16, 312e12, 0.005, "A100 bf16 estimate");
+        let bf16 = estimate_peak("NVIDIA A100-SXM4-80GB", (8, 0), 108, 1410, Precision::Bf16);
+        assert_close(bf16.unwrap(), 312e12, 0.005, "A100 bf16 estimate");
         // Hopper at its max clock: above the datasheet's 1830 MHz tensor figure.
-        let fp8 = estimate_peak((9, 0), 132, 1980, Precision::Fp8).unwrap();
-        assert_eq!(fp8, 132.0 * 8192.0 * 1980e6);
-        assert!(fp8 > spec("H100 SXM5 80GB").peak(Precision::Fp8).unwrap());
-        // An RTX 4090-like Ada part: 128 SMs at 2520 MHz.
-        let fp32 = estimate_peak((8, 9), 128, 2520, Precision::Fp32).unwrap();
-        assert_close(fp32, 82.58e12, 0.001, "Ada fp32");
+        let fp8 = estimate_peak("NVIDIA H100 80GB HBM3", (9, 0), 132, 1980, Precision::Fp8);
+        assert_eq!(fp8, Some(132.0 * 8192.0 * 1980e6));
+        assert!(fp8.unwrap() > spec("H100 SXM5 80GB").peak(Precision::Fp8).unwrap());
         // Unknown architectures and missing paths.
-        assert_eq!(estimate_peak((7, 5), 40, 1590, Precision::Fp16), None);
-        assert_eq!(estimate_peak((10, 3), 160, 2000, Precision::Bf16), None);
-        assert_eq!(estimate_peak((8, 6), 72, 1695, Precision::Fp8), None);
+        assert_eq!(
+            estimate_peak("Tesla T4", (7, 5), 40, 1590, Precision::Fp16),
+            None
+        );
+        assert_eq!(
+            estimate_peak("NVIDIA B300", (10, 3), 160, 2000, Precision::Bf16),
+            None
+        );
+        assert_eq!(
+            estimate_peak("NVIDIA A40", (8, 6), 84, 1740, Precision::Fp8),
+            None
+        );
+    }
+
+    /// GeForce parts run FP32-accumulate tensor paths at half the professional rate: the
+    /// figures of NVIDIA's whitepapers (dense, FP32 accumulate), at their boost clocks.
+    #[test]
+    fn geforce_tensor_rates_are_half() {
+        let t = 1e12;
+        let cases = [
+            // Ada whitepaper, appendix: RTX 4090, 128 SMs, 2520 MHz.
+            (
+                "NVIDIA GeForce RTX 4090",
+                (8, 9),
+                128,
+                2520,
+                Precision::Fp16,
+                165.2 * t,
+            ),
+            (
+                "NVIDIA GeForce RTX 4090",
+                (8, 9),
+                128,
+                2520,
+                Precision::Bf16,
+                165.2 * t,
+            ),
+            (
+                "NVIDIA GeForce RTX 4090",
+                (8, 9),
+                128,
+                2520,
+                Precision::Tf32,
+                82.6 * t,
+            ),
+            (
+                "NVIDIA GeForce RTX 4090",
+                (8, 9),
+                128,
+                2520,
+                Precision::Fp8,
+                330.3 * t,
+            ),
+            (
+                "NVIDIA GeForce RTX 4090",
+                (8, 9),
+                128,
+                2520,
+                Precision::Int8,
+                660.6 * t,
+            ),
+            (
+                "NVIDIA GeForce RTX 4090",
+                (8, 9),
+                128,
+                2520,
+                Precision::Fp32,
+                82.6 * t,
+            ),
+            // Ampere GA102 whitepaper: RTX 3090, 82 SMs, 1695 MHz.
+            (
+                "NVIDIA GeForce RTX 3090",
+                (8, 6),
+                82,
+                1695,
+                Precision::Fp16,
+                71.0 * t,
+            ),
+            (
+                "NVIDIA GeForce RTX 3090",
+                (8, 6),
+                82,
+                1695,
+                Precision::Tf32,
+                35.6 * t,
+            ),
+            (
+                "NVIDIA GeForce RTX 3090",
+                (8, 6),
+                82,
+                1695,
+                Precision::Int8,
+                284.0 * t,
+            ),
+            // RTX Blackwell whitepaper: RTX 5090, 170 SMs, 2407 MHz (sm_120).
+            (
+                "NVIDIA GeForce RTX 5090",
+                (12, 0),
+                170,
+                2407,
+                Precision::Fp16,
+                209.5 * t,
+            ),
+            (
+                "NVIDIA GeForce RTX 5090",
+                (12, 0),
+                170,
+                2407,
+                Precision::Fp32,
+                104.8 * t,
+            ),
+            // The professional Ada part with the same SM runs them at the full rate.
+            (
+                "NVIDIA RTX 6000 Ada Generation",
+                (8, 9),
+                142,
+                2505,
+                Precision::Fp16,
+                364.2 * t,
+            ),
+        ];
+        for (name, cc, sms, mhz, p, want) in cases {
+            let got = estimate_peak(name, cc, sms, mhz, p).unwrap();
+            assert_close(got, want, 0.01, &format!("{name} {p}"));
+        }
+        assert!(is_geforce("NVIDIA GeForce RTX 4090"));
+        assert!(is_geforce("NVIDIA TITAN RTX"));
+        assert!(!is_geforce("NVIDIA L40S"));
+        // sm_120 has no FP64 tensor path: the FP64 tensor kernel is skipped there.
+        let gb20x = Arch::from_compute_capability((12, 0)).unwrap();
+        assert_eq!(gb20x.flop_per_clock_per_sm(Precision::Fp64Tensor), None);
+    }
+
+    /// The export-control Hopper parts: their capped paths never take Hopper's per-SM rate.
+    #[test]
+    fn capped_parts() {
+        assert_eq!(lookup("NVIDIA H800").unwrap().name, "H800 SXM5 80GB");
+        assert_eq!(
+            lookup("NVIDIA H800 80GB HBM3").unwrap().name,
+            "H800 SXM5 80GB"
+        );
+        assert_eq!(lookup("NVIDIA H800 PCIe").unwrap().name, "H800 PCIe 80GB");
+        assert_eq!(lookup("NVIDIA H20").unwrap().name, "H20 96GB");
+        let h800 = spec("H800 SXM5 80GB");
+        assert_eq!(h800.peak(Precision::Fp64), Some(1e12));
+        assert_eq!(
+            h800.peak(Precision::Bf16),
+            spec("H100 SXM5 80GB").peak(Precision::Bf16)
+        );
+        // At the datasheet's clock the capped figure, not 132 SMs x 128 x clock (33.8 TF).
+        let fp64 = h800.clock_normalized_peak(Precision::Fp64, 1980e6).unwrap();
+        assert_close(fp64, 1e12, 1e-9, "H800 fp64");
+        // Throttled to half the clock: half of it.
+        let fp64 = h800.clock_normalized_peak(Precision::Fp64, 990e6).unwrap();
+        assert_close(fp64, 0.5e12, 1e-9, "H800 fp64 at 990 MHz");
+        // Uncapped paths keep SMs x rate x clock.
+        let bf16 = h800.clock_normalized_peak(Precision::Bf16, 1830e6).unwrap();
+        assert_eq!(bf16, 132.0 * 4096.0 * 1830e6);
+        let h20 = spec("H20 96GB");
+        let bf16 = h20.clock_normalized_peak(Precision::Bf16, 1980e6).unwrap();
+        assert_close(bf16, 148e12, 1e-9, "H20 bf16");
     }
 
     #[test]
@@ -792,13 +1067,14 @@ mod tests {
             Arch::Ada,
             Arch::Hopper,
             Arch::Blackwell,
+            Arch::BlackwellGb20x,
         ] {
             assert_eq!(
                 Arch::from_compute_capability(arch.compute_capability()),
                 Some(arch)
             );
         }
-        assert_eq!(Arch::from_compute_capability((12, 0)), None);
+        assert_eq!(Arch::from_compute_capability((12, 1)), None);
     }
 
     #[test]

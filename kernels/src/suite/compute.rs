@@ -32,11 +32,17 @@ impl Bench<'_> {
                 Precision::Tf32 => vec![MmaKernel::Tf32],
                 Precision::Int8 => vec![MmaKernel::S8],
                 Precision::Fp64Tensor => {
+                    // Only where the architecture is known to have them: elsewhere (sm_12x
+                    // before it had an entry, or a future one) DMMA may run, emulated, at the
+                    // FP64 rate and be reported as tensor work.
                     if self
                         .arch()
-                        .is_some_and(|a| a.flop_per_clock_per_sm(p).is_none())
+                        .is_none_or(|a| a.flop_per_clock_per_sm(p).is_none())
                     {
-                        self.skip("fp64_tensor kernel", "this GPU has no FP64 tensor cores");
+                        self.skip(
+                            "fp64_tensor kernel",
+                            "this GPU has no FP64 tensor cores (or its architecture is unknown)",
+                        );
                         continue;
                     }
                     vec![MmaKernel::F64]

@@ -13,7 +13,10 @@ impl Bench<'_> {
             .map_or(1500, |khz| (khz / 1000) as u32);
         peaks::lookup(&self.gpu.name)
             .and_then(|s| s.peak(p))
-            .or_else(|| peaks::estimate_peak(self.gpu.cc, self.gpu.sm_count, clock_mhz, p))
+            .or_else(|| {
+                let g = &self.gpu;
+                peaks::estimate_peak(&g.name, g.cc, g.sm_count, clock_mhz, p)
+            })
             .unwrap_or(50e12)
     }
 
@@ -59,8 +62,8 @@ impl Bench<'_> {
                 );
                 continue;
             }
-            if p == Precision::Fp8 && cc < (8, 9) {
-                self.skip(what, "needs sm_89");
+            if let Some(why) = library_unavailable(p, cc) {
+                self.skip(what, why);
                 continue;
             }
             if !self.plan.fits() {
@@ -112,5 +115,38 @@ impl Bench<'_> {
             flops::rate(flops::gemm_flops(nn, nn, nn), per_call),
             per_call,
         ))
+    }
+}
+
+/// Why a library row of `p` means nothing on a GPU of compute capability `cc`: below sm_80
+/// (V100, T4) cuBLAS runs a TF32 request as plain FP32 and has no BF16 tensor path, so such a
+/// row would report FP32 work under another name.
+fn library_unavailable(p: Precision, cc: (u32, u32)) -> Option<&'static str> {
+    match p {
+        Precision::Fp8 if cc < (8, 9) => Some("needs sm_89"),
+        Precision::Tf32 | Precision::Bf16 if cc < (8, 0) => {
+            Some("needs sm_80 (below it the library runs plain FP32)")
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn library_rows_below_their_architecture_are_skipped() {
+        // V100 and T4: no TF32 or BF16 tensor path.
+        for cc in [(7, 0), (7, 5)] {
+            assert!(library_unavailable(Precision::Tf32, cc).is_some());
+            assert!(library_unavailable(Precision::Bf16, cc).is_some());
+            assert!(library_unavailable(Precision::Fp8, cc).is_some());
+            assert_eq!(library_unavailable(Precision::Fp16, cc), None);
+            assert_eq!(library_unavailable(Precision::Fp32, cc), None);
+        }
+        assert_eq!(library_unavailable(Precision::Tf32, (8, 0)), None);
+        assert!(library_unavailable(Precision::Fp8, (8, 6)).is_some());
+        assert_eq!(library_unavailable(Precision::Fp8, (9, 0)), None);
     }
 }
