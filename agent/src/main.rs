@@ -255,11 +255,21 @@ fn report(a: ReportArgs) -> ExitCode {
         format,
         breakeven: a.breakeven,
         pricing: cfg.pricing,
+        pricing_named: explicit,
     };
     match cli::report::report(args) {
         Ok(text) => {
-            print!("{text}");
-            ExitCode::SUCCESS
+            use std::io::Write;
+            // `gpucost report | head` closes the pipe early: the reader has what it wanted,
+            // so that ends the report quietly, as it does for other command-line tools.
+            let mut out = std::io::stdout().lock();
+            match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    eprintln!("gpucost: cannot write the report: {e}");
+                    ExitCode::from(1)
+                }
+                _ => ExitCode::SUCCESS,
+            }
         }
         Err(e) => {
             eprintln!("gpucost: {e:#}");

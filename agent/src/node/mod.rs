@@ -776,6 +776,13 @@ impl Node {
         if let Err(e) = self.store.set_meta("currency", &self.pricing.currency) {
             warn!("cannot record the currency in the ledger: {e}");
         }
+        // And its prices: a report run without the agent's config prices with the same ones.
+        let source = self.pricing.source.as_ref().map(toml::to_string);
+        if let Some(Ok(text)) = source {
+            if let Err(e) = self.store.set_meta("pricing", &text) {
+                warn!("cannot record the prices in the ledger: {e}");
+            }
+        }
         true
     }
 

@@ -435,6 +435,26 @@ fn report_reads_the_agents_ledger() {
     ]);
     assert_eq!(code, Some(0), "{err}");
     assert!(be.contains("Break-even, 4 GPU(s)"), "{be}");
+    // A newcomer's report needs no config: the agent recorded the prices it counted with in
+    // the ledger (issue 20: this failed with "no entry matches GPU model").
+    let (code, recorded, err) = report(&["--breakeven"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(recorded, be);
+
+    // `gpucost report | head`: the reader is gone before the report is written. It ends
+    // quietly (it panicked with "failed printing to stdout: Broken pipe").
+    let mut child = Command::new(agent_bin())
+        .args(["report", "--state-dir", &state])
+        .env_remove("GPUCOST_CONFIG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
 
     let (code, _, err) = report(&["--job", "no-such-job"]);
     assert_eq!(code, Some(2));

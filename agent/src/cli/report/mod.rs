@@ -21,7 +21,7 @@ use anyhow::{bail, Context};
 
 use crate::ledger::{JobFilter, Ledger};
 use breakeven::{breakeven_from, breakeven_json, breakeven_text};
-use gpucost_core::account::pricing::Pricing;
+use gpucost_core::account::pricing::{self, Pricing};
 
 pub struct ReportArgs {
     pub state_dir: PathBuf,
@@ -31,6 +31,9 @@ pub struct ReportArgs {
     pub format: Format,
     pub breakeven: bool,
     pub pricing: Pricing,
+    /// The prices come from a config the user named (`--config`, `GPUCOST_CONFIG`): they win
+    /// over the prices the agent recorded in the ledger.
+    pub pricing_named: bool,
 }
 
 /// `7d`, `36h` (that long ago) or a date/time (`2026-11-01`, `2026-11-01T08:00:00Z`).
@@ -70,10 +73,15 @@ pub fn report(a: ReportArgs) -> anyhow::Result<String> {
             bail!("no job {id:?} in the ledger {}", ledger.path().display());
         }
     }
+    let pricing = if a.pricing_named {
+        a.pricing.clone()
+    } else {
+        recorded_pricing(&ledger)?.unwrap_or_else(|| a.pricing.clone())
+    };
     // The currency the agent counted in, else the one configured here.
     let currency = ledger
         .meta("currency")?
-        .unwrap_or_else(|| a.pricing.currency.clone());
+        .unwrap_or_else(|| pricing.currency.clone());
     let opts = ReportOptions {
         format: a.format,
         group_by: a.group_by.clone(),
@@ -86,17 +94,38 @@ pub fn report(a: ReportArgs) -> anyhow::Result<String> {
             .into_iter()
             .map(|g| (g.model, g.index))
             .collect();
-        let be = breakeven_from(&a.pricing, &jobs, &models, since, now)?;
+        let be = breakeven_from(&pricing, &jobs, &models, since, now)?;
         match a.format {
             Format::Json => {
                 let mut doc: serde_json::Value = serde_json::from_str(&out)?;
                 doc["breakeven"] = breakeven_json(&be);
                 out = serde_json::to_string_pretty(&doc)? + "\n";
             }
-            _ => out.push_str(&breakeven_text(&be, &a.pricing.currency)),
+            _ => out.push_str(&breakeven_text(&be, &pricing.currency)),
         }
     }
     Ok(out)
+}
+
+/// The `[pricing]` the agent recorded in its ledger (the prices it counted with), if any.
+fn recorded_pricing(ledger: &Ledger) -> anyhow::Result<Option<Pricing>> {
+    let Some(text) = ledger.meta("pricing")? else {
+        return Ok(None);
+    };
+    let parsed = toml::from_str::<toml::Value>(&text)
+        .map_err(|e| e.to_string())
+        .and_then(|v| pricing::from_toml_value(&v).map_err(|e| e.to_string()));
+    match parsed {
+        Ok(p) => Ok(Some(p)),
+        // Written by another version, say: the configured prices still work.
+        Err(e) => {
+            eprintln!(
+                "gpucost: the prices recorded in {} cannot be read ({e}); using the configured ones",
+                ledger.path().display()
+            );
+            Ok(None)
+        }
+    }
 }
 
 #[cfg(test)]

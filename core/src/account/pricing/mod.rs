@@ -201,6 +201,9 @@ pub struct Pricing {
     pub default_gpu_per_hour: Option<f64>,
     pub energy: EnergyPricing,
     pub gpus: Vec<GpuPrice>,
+    /// The `[pricing]` table these prices were read from (`None` for the defaults): the agent
+    /// records it in the ledger, so that `gpucost report` prices with what the agent used.
+    pub source: Option<toml::Value>,
 }
 
 impl Default for Pricing {
@@ -219,6 +222,7 @@ impl Default for Pricing {
                 windows: Vec::new(),
             },
             gpus: Vec::new(),
+            source: None,
         }
     }
 }

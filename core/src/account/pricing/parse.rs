@@ -209,6 +209,7 @@ pub fn from_toml_value(v: &toml::Value) -> Result<Pricing, PricingError> {
         default_gpu_per_hour: default_gpu,
         energy,
         gpus,
+        source: Some(v.clone()),
     })
 }
 
@@ -501,6 +502,9 @@ mod tests {
     #[test]
     fn empty_table_is_the_documented_default() {
         let p = parse("").unwrap();
+        // The same prices; only the parsed one knows its (empty) table.
+        assert_eq!(p.source, Some(toml::Value::Table(Default::default())));
+        let p = Pricing { source: None, ..p };
         assert_eq!(p, Pricing::default());
         assert_eq!(p.currency, "USD");
         assert_eq!(p.market, Market::OnDemand);
@@ -513,9 +517,13 @@ mod tests {
         assert_eq!(p.default_gpu_per_hour, None);
         assert_eq!(p.hourly_price("NVIDIA H100 80GB HBM3"), 0.0);
         assert_eq!(p.tariff_at(MON_2024_01_01), 0.15);
+        let empty = toml::Value::Table(toml::Table::new());
         assert_eq!(
-            Pricing::from_toml_value(&toml::Value::Table(toml::Table::new())),
-            Ok(p)
+            Pricing::from_toml_value(&empty),
+            Ok(Pricing {
+                source: Some(empty.clone()),
+                ..p
+            })
         );
     }
 
