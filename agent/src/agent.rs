@@ -66,6 +66,15 @@ pub fn run(config: Config, record: Option<std::path::PathBuf>) -> anyhow::Result
     for w in config.pricing.warnings(&[]) {
         warn!("pricing: {w}");
     }
+    if let Some(u) = crate::cli::current_user_paths() {
+        if u.state_dir == config.state_dir || u.socket == config.socket {
+            info!(
+                "not running as root: the ledger is in {} and the job socket is {} (a user's own places; state_dir and socket, or --state-dir and --socket, change them)",
+                config.state_dir.display(),
+                config.socket.display()
+            );
+        }
+    }
     // One agent per state directory, so two never write one ledger. A directory that cannot be
     // reached yet is no reason not to start: the store takes the lock before it loads the ledger.
     let lock = match StateLock::acquire(&config.state_dir) {

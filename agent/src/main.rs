@@ -233,6 +233,13 @@ fn report(a: ReportArgs) -> ExitCode {
         }
     };
     let mut layers = vec![(Origin::File(path), file)];
+    if let Some(dir) = cli::report_state_dir() {
+        let l = Layer {
+            state_dir: Some(dir),
+            ..Layer::default()
+        };
+        layers.insert(0, (Origin::UserDefault, l));
+    }
     if let Some(dir) = a.state_dir {
         let l = Layer {
             state_dir: Some(dir),
@@ -335,6 +342,15 @@ fn load_config(args: AgentArgs) -> Result<config::Config, config::ConfigError> {
         Origin::File(path.clone()),
         config::file_layer(&path, explicit)?,
     )];
+    // Not root: the user's own places, under everything that names one.
+    if let Some(u) = cli::current_user_paths() {
+        let l = Layer {
+            state_dir: Some(u.state_dir),
+            socket: Some(u.socket),
+            ..Layer::default()
+        };
+        layers.insert(0, (Origin::UserDefault, l));
+    }
     layers.extend(config::env_layer(|v| std::env::var(v).ok())?);
     let flag = |name, layer| (Origin::Flag(name), layer);
     if let Some(listen) = args.listen {

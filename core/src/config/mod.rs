@@ -201,6 +201,8 @@ pub struct NvmlConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Origin {
     Default,
+    /// The per-user places of an agent not run as root (state and socket).
+    UserDefault,
     File(PathBuf),
     Env(String),
     Flag(&'static str),
@@ -210,6 +212,7 @@ impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Origin::Default => write!(f, "the built-in default"),
+            Origin::UserDefault => write!(f, "the default for a user who is not root"),
             Origin::File(p) => write!(f, "config file {}", p.display()),
             Origin::Env(v) => write!(f, "environment variable {v}"),
             Origin::Flag(name) => write!(f, "flag --{name}"),

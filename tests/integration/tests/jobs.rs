@@ -620,3 +620,87 @@ memory_mib = 3000
         "GPU {gpu} vs jobs {jobs}: no cost lost or counted twice"
     );
 }
+
+/// The quick start as a user who is not root: with nothing naming a state directory or a
+/// socket, the agent keeps its ledger in `$XDG_STATE_HOME/gpucost` (here `$HOME/.local/state`)
+/// and its socket at `$XDG_RUNTIME_DIR/gpucost.sock`, says so once, and `gpucost run` and
+/// `gpucost report` of that user find them (issue 20: it warned that it could not open
+/// `/var/lib/gpucost` and `/run/gpucost/agent.sock`, and nothing said what to do).
+#[test]
+fn a_user_who_is_not_root_gets_their_own_state_and_socket() {
+    let uid = 1002;
+    let home = tempfile::tempdir().unwrap();
+    let runtime = home.path().join("run");
+    std::fs::create_dir(&runtime).unwrap();
+    for d in [home.path(), &runtime] {
+        std::os::unix::fs::chown(d, Some(uid), Some(uid)).unwrap();
+    }
+    let port = gpucost_integration_tests::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let user_env = |c: &mut Command| {
+        c.env_clear()
+            .env("HOME", home.path())
+            .env("XDG_RUNTIME_DIR", &runtime)
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .uid(uid)
+            .gid(uid);
+    };
+    let mut agent = Command::new(agent_bin());
+    agent.args(["agent", "--simulate", "demo", "--listen", &addr]);
+    user_env(&mut agent);
+    agent.env("GPUCOST_SAMPLING_INTERVAL", "100ms");
+    let log = home.path().join("agent.log");
+    let mut agent = agent
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let state = home.path().join(".local/state/gpucost");
+    let socket = runtime.join("gpucost.sock");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !(socket.exists() && state.join("ledger.db").exists()) {
+        assert!(
+            Instant::now() < deadline,
+            "no ledger in {} or socket {}:\n{}",
+            state.display(),
+            socket.display(),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("not running as root") && text.contains(&socket.display().to_string()),
+        "{text}"
+    );
+    assert!(!text.contains("/var/lib/gpucost"), "{text}");
+
+    // `gpucost run` of that user reaches it (where no node agent's socket exists).
+    if !Path::new("/run/gpucost/agent.sock").exists() {
+        let mut run = Command::new(agent_bin());
+        run.args(["run", "--name", "mine", "--", "true"]);
+        user_env(&mut run);
+        let out = run.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{err}");
+        assert!(!err.contains("warning"), "{err}");
+    }
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
+    agent.wait().unwrap();
+
+    // `gpucost report` of that user reads that ledger (where no node agent's ledger exists).
+    if !Path::new("/var/lib/gpucost/ledger.db").exists() {
+        let mut report = Command::new(agent_bin());
+        report.arg("report");
+        user_env(&mut report);
+        let out = report.output().unwrap();
+        let table = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(table.contains("41871") && table.contains("mine"), "{table}");
+    }
+}
