@@ -82,6 +82,14 @@ pub fn config_path(flag: Option<PathBuf>) -> (PathBuf, bool) {
     }
 }
 
+/// Parses `k=v` labels given on the command line.
+pub fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err(format!("label {s:?} is not KEY=VALUE")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,13 +126,5 @@ mod tests {
             Path::new("/home/ada/.local/state/gpucost/agent.sock")
         );
         assert_eq!(user_paths(1000, env(&[])), None);
-    }
-}
-
-/// Parses `k=v` labels given on the command line.
-pub fn parse_label(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
-        _ => Err(format!("label {s:?} is not KEY=VALUE")),
     }
 }
