@@ -434,7 +434,11 @@ fn report_reads_the_agents_ledger() {
         ),
     ]);
     assert_eq!(code, Some(0), "{err}");
-    assert!(be.contains("Break-even, 4 GPU(s)"), "{be}");
+    assert!(
+        be.contains("Break-even, extrapolated to a month from")
+            && be.contains("NVIDIA H100 80GB HBM3: 4 GPU(s)"),
+        "{be}"
+    );
     // A newcomer's report needs no config: the agent recorded the prices it counted with in
     // the ledger (issue 20: this failed with "no entry matches GPU model").
     let (code, recorded, err) = report(&["--breakeven"]);

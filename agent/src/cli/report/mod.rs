@@ -89,12 +89,8 @@ pub fn report(a: ReportArgs) -> anyhow::Result<String> {
     };
     let mut out = render(&jobs, &opts)?;
     if a.breakeven {
-        let models: Vec<(String, u32)> = ledger
-            .load_gpus()?
-            .into_iter()
-            .map(|g| (g.model, g.index))
-            .collect();
-        let be = breakeven_from(&pricing, &jobs, &models, since, now)?;
+        let gpus = ledger.load_gpus()?;
+        let be = breakeven_from(&pricing, &jobs, &gpus, since, now)?;
         match a.format {
             Format::Json => {
                 let mut doc: serde_json::Value = serde_json::from_str(&out)?;
