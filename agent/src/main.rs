@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use gpucost::cli;
 use gpucost_core::config::{self, Layer, Origin};
+use gpucost_core::report::whatif::WhatIfOptions;
 
 #[derive(Parser)]
 #[command(
@@ -70,6 +71,13 @@ struct ReportArgs {
     /// Compare renting these GPUs with buying them, from the observed use and [pricing]
     #[arg(long)]
     breakeven: bool,
+    /// Add what each job (or group) would have cost on spot or reserved capacity, at the
+    /// cheapest tariff, in BF16 instead of FP32, and without its idle GPU time
+    #[arg(long)]
+    what_if: bool,
+    /// With --what-if: the share of a spot run done again after interruptions (0 to 1)
+    #[arg(long, value_name = "RATIO", default_value_t = 0.1, value_parser = ratio)]
+    spot_rerun: f64,
     /// Config file for [pricing] and state_dir [default: /etc/gpucost/config.toml, if present]
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -261,6 +269,9 @@ fn report(a: ReportArgs) -> ExitCode {
         group_by: a.group_by,
         format,
         breakeven: a.breakeven,
+        what_if: a.what_if.then_some(WhatIfOptions {
+            spot_rerun: a.spot_rerun,
+        }),
         pricing: cfg.pricing,
         pricing_named: explicit,
     };
@@ -282,6 +293,14 @@ fn report(a: ReportArgs) -> ExitCode {
             eprintln!("gpucost: {e:#}");
             ExitCode::from(2)
         }
+    }
+}
+
+/// A share from 0 to 1, for clap.
+fn ratio(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?} is not a share from 0 to 1 (10% is 0.1)")),
     }
 }
 

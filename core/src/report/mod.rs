@@ -12,6 +12,7 @@
 pub mod columns;
 mod figures;
 mod group;
+pub mod whatif;
 
 pub use columns::Value;
 pub use figures::{Figures, Totals};

@@ -445,6 +445,26 @@ fn report_reads_the_agents_ledger() {
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(recorded, be);
 
+    // What if: every lever of every job, priced with the agent's prices (the example's H100
+    // has spot and reserved rates; the demo's GPUs have pipe activity).
+    let (code, json, err) = report(&["--what-if", "--format", "json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let doc: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let total = &doc["what_if"]["total"];
+    let actual = total["actual"].as_f64().unwrap();
+    assert!(actual > 0.0, "{json}");
+    for lever in ["spot", "reserved", "off_peak", "no_idle"] {
+        let v = total[lever].as_f64().unwrap_or_else(|| panic!("{lever}: {json}"));
+        assert!(v > 0.0 && v <= actual * 1.1 + 1e-9, "{lever} {v} vs {actual}");
+    }
+    assert!(total["reserved"].as_f64().unwrap() < actual, "reserved is cheaper: {json}");
+    let (code, table, err) = report(&["--what-if", "--group-by", "label:team"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(table.contains("What if") && table.contains("RESERVED"), "{table}");
+    let (code, _, err) = report(&["--what-if", "--spot-rerun", "2"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("share from 0 to 1"), "{err}");
+
     // `gpucost report | head`: the reader is gone before the report is written. It ends
     // quietly (it panicked with "failed printing to stdout: Broken pipe").
     let mut child = Command::new(agent_bin())

@@ -67,7 +67,7 @@ fn field(v: Value<'_>) -> String {
 /// a leading tab or carriage return can hide such a start; OWASP's "CSV Injection"
 /// (https://owasp.org/www-community/attacks/CSV_Injection) says to put a single quote in front of
 /// such cells, which spreadsheets show as text. The quote stays in the value a CSV parser reads.
-fn text(t: &str) -> String {
+pub(super) fn text(t: &str) -> String {
     if t.starts_with(['=', '+', '-', '@', '\t', '\r']) {
         format!("'{t}")
     } else {

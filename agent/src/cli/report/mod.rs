@@ -11,6 +11,7 @@ mod fixtures;
 mod json;
 mod render;
 mod table;
+mod whatif;
 
 pub use render::{format_utc, render, Format, RenderError, ReportOptions};
 
@@ -22,6 +23,7 @@ use anyhow::{bail, Context};
 use crate::ledger::{JobFilter, Ledger};
 use breakeven::{breakeven_from, breakeven_json, breakeven_text};
 use gpucost_core::account::pricing::{self, Pricing};
+use gpucost_core::report::whatif::WhatIfOptions;
 
 pub struct ReportArgs {
     pub state_dir: PathBuf,
@@ -30,6 +32,9 @@ pub struct ReportArgs {
     pub group_by: Option<String>,
     pub format: Format,
     pub breakeven: bool,
+    /// Add each job's cost with each savings lever (`--what-if`), spot with this share done
+    /// again.
+    pub what_if: Option<WhatIfOptions>,
     pub pricing: Pricing,
     /// The prices come from a config the user named (`--config`, `GPUCOST_CONFIG`): they win
     /// over the prices the agent recorded in the ledger.
@@ -88,8 +93,21 @@ pub fn report(a: ReportArgs) -> anyhow::Result<String> {
         currency,
     };
     let mut out = render(&jobs, &opts)?;
+    let gpus = ledger.load_gpus()?;
+    if let Some(w) = a.what_if {
+        let t = whatif::what_if_table(&jobs, &gpus, &pricing, a.group_by.as_deref(), w)?;
+        match a.format {
+            Format::Json => {
+                let mut doc: serde_json::Value = serde_json::from_str(&out)?;
+                doc["what_if"] = whatif::json_value(&t);
+                out = serde_json::to_string_pretty(&doc)? + "\n";
+            }
+            // One table per CSV file: the what-if rows instead of the cost rows.
+            Format::Csv => out = whatif::render(&t, Format::Csv, &opts.currency)?,
+            Format::Table => out.push_str(&whatif::render(&t, Format::Table, &opts.currency)?),
+        }
+    }
     if a.breakeven {
-        let gpus = ledger.load_gpus()?;
         let be = breakeven_from(&pricing, &jobs, &gpus, since, now)?;
         match a.format {
             Format::Json => {

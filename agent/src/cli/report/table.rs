@@ -170,7 +170,7 @@ fn usage_cells(f: &Figures) -> [String; 7] {
 /// A table of `columns` (header, alignment, the most characters a cell shows), then `rows`,
 /// then `total` under a rule of dashes as wide as the table. Each line ends in `\n`, without
 /// trailing spaces.
-fn table(
+pub(super) fn table(
     columns: &[(&str, CellAlignment, Option<u16>)],
     rows: impl IntoIterator<Item = Vec<String>>,
     total: Option<Vec<String>>,
@@ -232,7 +232,7 @@ fn fixed(v: f64, decimals: usize) -> String {
     }
 }
 
-fn money(v: f64) -> String {
+pub(super) fn money(v: f64) -> String {
     fixed(v, 2)
 }
 

@@ -106,6 +106,22 @@ impl EnergyPricing {
             .map_or(self.price_per_kwh, |w| w.price_per_kwh)
     }
 
+    /// The cheapest price of the local week and the longest stretch (seconds, wrapping from
+    /// Sunday into Monday) it holds without a break: what a job moved entirely off-peak pays,
+    /// and whether it fits in one such stretch. Minute resolution, like the windows.
+    pub fn cheapest(&self) -> (f64, f64) {
+        const WEEK: usize = 7 * 1440;
+        let price = |i: usize| self.tariff_local(i / 1440, (i % 1440) as f64 * 60.0 + 30.0);
+        let min = (0..WEEK).map(price).fold(f64::INFINITY, f64::min);
+        let (mut best, mut run) = (0usize, 0usize);
+        // Twice round the week, so a stretch across its end counts whole.
+        for i in 0..2 * WEEK {
+            run = if price(i % WEEK) == min { run + 1 } else { 0 };
+            best = best.max(run.min(WEEK));
+        }
+        (min, best as f64 * 60.0)
+    }
+
     /// The time-weighted mean tariff over a local week (exact: windows have minute
     /// boundaries). The break-even estimate takes it as the price of energy over months.
     ///
@@ -266,6 +282,26 @@ price_per_kwh = 0.10
             ));
         }
         parse(&text).unwrap()
+    }
+
+    /// The cheapest price and its longest stretch: a nightly window 22:00-06:00 is 8 hours; on
+    /// weekends too it joins Friday night to Monday morning; no window is the base all week.
+    #[test]
+    fn cheapest_stretch_of_the_week() {
+        let nightly = zoned("", 0.30, &[("", "22:00", "06:00", 0.10)]);
+        assert_eq!(nightly.energy.cheapest(), (0.10, 8.0 * 3600.0));
+        let weekend = zoned(
+            "",
+            0.30,
+            &[
+                ("", "22:00", "06:00", 0.10),
+                ("days = [\"sat\", \"sun\"]", "00:00", "24:00", 0.10),
+            ],
+        );
+        // Friday 22:00 to Monday 06:00.
+        assert_eq!(weekend.energy.cheapest(), (0.10, 56.0 * 3600.0));
+        let flat = zoned("", 0.2, &[]);
+        assert_eq!(flat.energy.cheapest(), (0.2, 7.0 * 86_400.0));
     }
 
     /// (instant in UTC, the same in unix seconds, the price expected then)

@@ -1,0 +1,242 @@
+//! `gpucost report --what-if`: each job's (or group's) actual cost next to what it would have
+//! cost with each lever ([`gpucost_core::report::whatif`]), as a table, JSON or CSV. A lever
+//! whose inputs are unknown shows `unknown` (JSON: `null`), never a number.
+
+use std::collections::BTreeMap;
+
+use comfy_table::CellAlignment;
+use serde_json::json;
+
+use gpucost_core::account::pricing::Pricing;
+use gpucost_core::jobs::{GpuRecord, JobRecord};
+use gpucost_core::report::whatif::{what_if, Lever, WhatIf, WhatIfOptions};
+use gpucost_core::report::{parse_group_by, NO_LABEL_GROUP};
+
+use super::Format;
+
+/// The rows: one per job, or per value of the `--group-by` label (most expensive first), and
+/// the total.
+pub(super) struct WhatIfTable {
+    /// `id` or `group`.
+    pub key: &'static str,
+    pub rows: Vec<(String, WhatIf)>,
+    pub total: WhatIf,
+    pub opts: WhatIfOptions,
+}
+
+pub(super) fn what_if_table(
+    jobs: &[JobRecord],
+    gpus: &[GpuRecord],
+    pricing: &Pricing,
+    group_by: Option<&str>,
+    opts: WhatIfOptions,
+) -> anyhow::Result<WhatIfTable> {
+    let model_of: BTreeMap<String, String> = gpus
+        .iter()
+        .map(|g| (g.uuid.clone(), g.model.clone()))
+        .collect();
+    let each: Vec<(&JobRecord, WhatIf)> = jobs
+        .iter()
+        .map(|j| (j, what_if(j, &model_of, pricing, &opts)))
+        .collect();
+    let total = WhatIf::sum(each.iter().map(|(_, w)| w));
+    let (key, rows) = match group_by {
+        None => (
+            "id",
+            each.into_iter().map(|(j, w)| (j.id.clone(), w)).collect(),
+        ),
+        Some(spec) => {
+            let label = parse_group_by(spec)?;
+            let mut by: BTreeMap<&str, Vec<&WhatIf>> = BTreeMap::new();
+            for (j, w) in &each {
+                let g = j.labels.get(label).map_or(NO_LABEL_GROUP, String::as_str);
+                by.entry(g).or_default().push(w);
+            }
+            let mut rows: Vec<(String, WhatIf)> = by
+                .into_iter()
+                .map(|(g, ws)| (g.to_string(), WhatIf::sum(ws)))
+                .collect();
+            rows.sort_by(|a, b| b.1.actual.total_cmp(&a.1.actual).then(a.0.cmp(&b.0)));
+            ("group", rows)
+        }
+    };
+    Ok(WhatIfTable {
+        key,
+        rows,
+        total,
+        opts,
+    })
+}
+
+pub(super) fn render(t: &WhatIfTable, format: Format, currency: &str) -> anyhow::Result<String> {
+    Ok(match format {
+        Format::Table => text(t, currency),
+        Format::Json => serde_json::to_string_pretty(&json_value(t))? + "\n",
+        Format::Csv => csv(t)?,
+    })
+}
+
+fn cell(v: Option<f64>) -> String {
+    v.map_or_else(|| "unknown".to_string(), super::table::money)
+}
+
+fn text(t: &WhatIfTable, currency: &str) -> String {
+    use CellAlignment::{Left as L, Right as R};
+    let actual = format!("ACTUAL {currency}");
+    let mut columns = vec![(if t.key == "id" { "JOB" } else { "GROUP" }, L, Some(40))];
+    columns.push((actual.as_str(), R, None));
+    let heads = ["SPOT", "RESERVED", "OFF-PEAK", "BF16", "NO-IDLE"];
+    for h in heads {
+        columns.push((h, R, None));
+    }
+    let cells = |name: &str, w: &WhatIf| {
+        let mut c = vec![name.to_string(), super::table::money(w.actual)];
+        for lever in Lever::ALL {
+            let mut s = cell(w.with(lever));
+            if lever == Lever::OffPeak && !w.off_peak_fits {
+                // It would not fit in one stretch of the cheapest tariff.
+                s.push('*');
+            }
+            c.push(s);
+        }
+        c
+    };
+    let rows = t.rows.iter().map(|(n, w)| cells(n, w));
+    let mut out = format!(
+        "\nWhat if (the cost with each lever; unknown where it was not measured or priced; spot \
+         with {:.0}% done again; * = longer than the cheapest tariff's stretch):\n",
+        t.opts.spot_rerun * 100.0
+    );
+    out.push_str(&super::table::table(
+        &columns,
+        rows,
+        Some(cells("TOTAL", &t.total)),
+    ));
+    out
+}
+
+fn json_row(w: &WhatIf) -> serde_json::Value {
+    let mut v = json!({ "actual": w.actual, "off_peak_fits": w.off_peak_fits });
+    for lever in Lever::ALL {
+        v[lever.as_str()] = json!(w.with(lever));
+    }
+    v
+}
+
+pub(super) fn json_value(t: &WhatIfTable) -> serde_json::Value {
+    let rows: Vec<serde_json::Value> = t
+        .rows
+        .iter()
+        .map(|(name, w)| {
+            let mut v = json_row(w);
+            v[t.key] = json!(name);
+            v
+        })
+        .collect();
+    json!({
+        "spot_rerun": t.opts.spot_rerun,
+        "rows": rows,
+        "total": json_row(&t.total),
+    })
+}
+
+fn csv(t: &WhatIfTable) -> anyhow::Result<String> {
+    let mut w = ::csv::Writer::from_writer(Vec::new());
+    let mut header = vec![t.key, "actual"];
+    header.extend(Lever::ALL.map(Lever::as_str));
+    header.push("off_peak_fits");
+    w.write_record(&header)?;
+    let record = |name: String, x: &WhatIf| {
+        let mut r = vec![name, x.actual.to_string()];
+        r.extend(Lever::ALL.map(|l| {
+            x.with(l)
+                .map_or_else(|| "unknown".to_string(), |v| v.to_string())
+        }));
+        r.push(x.off_peak_fits.to_string());
+        r
+    };
+    for (name, x) in &t.rows {
+        w.write_record(record(super::csv::text(name), x))?;
+    }
+    w.write_record(record("TOTAL".into(), &t.total))?;
+    Ok(String::from_utf8(
+        w.into_inner().map_err(|e| e.into_error())?,
+    )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixtures::job;
+    use super::*;
+    use gpucost_core::jobs::{Outcome, Usage};
+
+    fn gpu(uuid: &str) -> GpuRecord {
+        GpuRecord {
+            uuid: uuid.into(),
+            index: 0,
+            model: "NVIDIA H100 80GB HBM3".into(),
+            usage: Usage::default(),
+            unallocated_seconds: 0.0,
+            events: Default::default(),
+        }
+    }
+
+    fn pricing(extra: &str) -> Pricing {
+        let text = format!("[[gpu]]\nmatch = \"H100\"\non_demand_per_hour = 5.0\n{extra}");
+        let v: toml::Value = toml::from_str(&text).unwrap();
+        gpucost_core::account::pricing::from_toml_value(&v).unwrap()
+    }
+
+    /// The fixture's jobs hold 2 GPU-hours on GPU-a and GPU-b; at 2.5/h spot that is 5, plus
+    /// energy 0.5 and overhead 1.5, plus 10% done again.
+    #[test]
+    fn per_job_and_grouped_in_every_format() {
+        let jobs = [
+            job("a", Outcome::Succeeded, &[("team", "nlp")]),
+            job("b", Outcome::Failed, &[("team", "nlp")]),
+            job("c", Outcome::Succeeded, &[]),
+        ];
+        let gpus = [gpu("GPU-a"), gpu("GPU-b")];
+        let p = pricing("spot_per_hour = 2.5\n");
+        let t = what_if_table(&jobs, &gpus, &p, None, WhatIfOptions::default()).unwrap();
+        assert_eq!(t.rows.len(), 3);
+        let spot = t.rows[0].1.with(Lever::Spot).unwrap();
+        assert!((spot - 7.0 * 1.1).abs() < 1e-9, "{spot}");
+        assert_eq!(t.rows[0].1.with(Lever::Reserved), None);
+        assert_eq!(t.total.with(Lever::Reserved), None);
+        assert!((t.total.with(Lever::Spot).unwrap() - 3.0 * 7.7).abs() < 1e-9);
+
+        let table = render(&t, Format::Table, "USD").unwrap();
+        assert!(
+            table.contains("ACTUAL USD") && table.contains("unknown"),
+            "{table}"
+        );
+        assert!(table.contains("7.70"), "{table}");
+        let doc: serde_json::Value =
+            serde_json::from_str(&render(&t, Format::Json, "USD").unwrap()).unwrap();
+        assert_eq!(doc["rows"][0]["id"], "a");
+        assert!(doc["rows"][0]["reserved"].is_null());
+        assert_eq!(doc["spot_rerun"], 0.1);
+        let csv = render(&t, Format::Csv, "USD").unwrap();
+        let mut lines = csv.lines();
+        assert_eq!(
+            lines.next(),
+            Some("id,actual,spot,reserved,off_peak,bf16,no_idle,off_peak_fits")
+        );
+        assert!(csv.contains(",unknown,"), "{csv}");
+        assert!(csv.lines().last().unwrap().starts_with("TOTAL,"), "{csv}");
+
+        let g = what_if_table(
+            &jobs,
+            &gpus,
+            &p,
+            Some("label:team"),
+            WhatIfOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(g.key, "group");
+        assert_eq!(g.rows[0].0, "nlp");
+        assert!((g.rows[0].1.actual - 2.0 * jobs[0].usage.total_cost()).abs() < 1e-9);
+        assert_eq!(g.rows[1].0, NO_LABEL_GROUP);
+    }
+}

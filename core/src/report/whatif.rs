@@ -1,0 +1,242 @@
+//! What would each job have cost with each of the levers every cost guide names (`gpucost
+//! report --what-if`), from what was measured and the configured prices only. A lever whose
+//! inputs are unknown is `None` ("unknown"), never a saving of 0.
+//!
+//! - `spot`, `reserved`: its GPU time at that market's rate for each of its GPUs' models (the
+//!   `[[pricing.gpu]]` entry's `spot_per_hour` / `reserved_per_hour`), energy and overhead as
+//!   they were; spot with the interruption overhead (a share of the run done again).
+//! - `off_peak`: its energy at the cheapest tariff of the week; whether its duration fits in one
+//!   stretch of that tariff is said apart.
+//! - `bf16`: its FP32-bound time at the GPU's measured (else datasheet) BF16/FP32 speedup, which
+//!   the accounting already priced as the FP32 saving; unknown for a job whose GPUs reported no
+//!   pipe activity (no FP32-bound test was possible).
+//! - `no_idle`: without the GPU time it held while the GPU was idle.
+
+use std::collections::BTreeMap;
+
+use crate::account::pricing::Pricing;
+use crate::jobs::JobRecord;
+
+/// The levers, in the order they are shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Lever {
+    Spot,
+    Reserved,
+    OffPeak,
+    Bf16,
+    NoIdle,
+}
+
+impl Lever {
+    pub const ALL: [Lever; 5] = [
+        Lever::Spot,
+        Lever::Reserved,
+        Lever::OffPeak,
+        Lever::Bf16,
+        Lever::NoIdle,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lever::Spot => "spot",
+            Lever::Reserved => "reserved",
+            Lever::OffPeak => "off_peak",
+            Lever::Bf16 => "bf16",
+            Lever::NoIdle => "no_idle",
+        }
+    }
+}
+
+/// The assumptions the levers need beyond the prices.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WhatIfOptions {
+    /// The share of a spot run done again after interruptions (0.1: a tenth).
+    pub spot_rerun: f64,
+}
+
+impl Default for WhatIfOptions {
+    fn default() -> Self {
+        WhatIfOptions { spot_rerun: 0.10 }
+    }
+}
+
+/// What a job, or a group of jobs, cost and would have cost with each lever.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WhatIf {
+    pub actual: f64,
+    /// The cost with each lever, in [`Lever::ALL`]'s order; `None` where its inputs are unknown.
+    pub levers: [Option<f64>; 5],
+    /// Whether the run fits in one stretch of the cheapest tariff (a group: all of its runs).
+    pub off_peak_fits: bool,
+}
+
+impl WhatIf {
+    /// The cost with `lever`, `None` when unknown.
+    pub fn with(&self, lever: Lever) -> Option<f64> {
+        self.levers[lever as usize]
+    }
+
+    /// What `lever` would have saved (`actual - with`), `None` when unknown.
+    pub fn saving(&self, lever: Lever) -> Option<f64> {
+        self.with(lever).map(|c| self.actual - c)
+    }
+
+    /// The sum over several jobs or groups; a lever unknown for any of them is unknown.
+    pub fn sum<'a>(items: impl IntoIterator<Item = &'a WhatIf>) -> WhatIf {
+        let mut total = WhatIf {
+            actual: 0.0,
+            levers: [Some(0.0); 5],
+            off_peak_fits: true,
+        };
+        for w in items {
+            total.actual += w.actual;
+            for (t, v) in total.levers.iter_mut().zip(w.levers) {
+                *t = t.zip(v).map(|(a, b)| a + b);
+            }
+            total.off_peak_fits &= w.off_peak_fits;
+        }
+        total
+    }
+}
+
+/// The what-if of one job. `model_of` maps the GPU UUIDs of `job.per_gpu` to their models (the
+/// ledger's GPUs); a GPU it does not know makes the rate-based levers unknown.
+pub fn what_if(
+    job: &JobRecord,
+    model_of: &BTreeMap<String, String>,
+    pricing: &Pricing,
+    opts: &WhatIfOptions,
+) -> WhatIf {
+    let u = &job.usage;
+    let actual = u.total_cost();
+    let not_gpu_time = u.cost_energy + u.cost_overhead;
+    // GPU time at another market's rate, over every GPU the job held.
+    let at_rate = |rate: fn(&crate::account::pricing::GpuPrice) -> Option<f64>| -> Option<f64> {
+        job.per_gpu.iter().try_fold(0.0, |acc, (uuid, gu)| {
+            let model = model_of.get(uuid)?;
+            let entry = &pricing.gpus[pricing.matched_rule(model)?];
+            Some(acc + gu.gpu_seconds / 3600.0 * rate(entry)?)
+        })
+    };
+    let spot = at_rate(|g| g.spot_per_hour)
+        .map(|gpu_time| (gpu_time + not_gpu_time) * (1.0 + opts.spot_rerun.max(0.0)));
+    let reserved = at_rate(|g| g.reserved_per_hour).map(|gpu_time| gpu_time + not_gpu_time);
+    let (cheapest, stretch_s) = pricing.energy.cheapest();
+    let facility_kwh = u.energy_j / 3.6e6 * pricing.pue;
+    let off_peak = actual - u.cost_energy + facility_kwh * cheapest;
+    let duration = job.ended_at.unwrap_or(job.started_at) - job.started_at;
+    // Pipe activity (FLOPs counted) or FP32-bound time found: the FP32 test could run.
+    let pipes_seen = u.flop > 0.0 || u.fp32_seconds > 0.0 || u.gpu_seconds == 0.0;
+    let bf16 = pipes_seen.then_some(actual - u.fp32_saving);
+    let no_idle = actual - u.idle_cost;
+    WhatIf {
+        actual,
+        levers: [spot, reserved, Some(off_peak), bf16, Some(no_idle)],
+        off_peak_fits: duration <= stretch_s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jobs::{Outcome, Scheduler, Usage};
+
+    fn pricing(extra: &str) -> Pricing {
+        parse_text(&format!(
+            "[pricing]\npue = 1.0\n[pricing.energy]\nprice_per_kwh = 0.30\n\
+             [[pricing.energy.window]]\nstart = \"22:00\"\nend = \"06:00\"\nprice_per_kwh = 0.10\n\
+             [[pricing.gpu]]\nmatch = \"H100\"\non_demand_per_hour = 4.0\n{extra}"
+        ))
+        .unwrap()
+    }
+
+    fn parse_text(text: &str) -> Result<Pricing, String> {
+        let doc: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
+        crate::account::pricing::from_toml_value(&doc["pricing"]).map_err(|e| e.to_string())
+    }
+
+    /// Two hours on one H100 at 4/h (8), 10 kWh at 0.30 (3), overhead 1; half an hour idle
+    /// (3 of its cost), an hour FP32-bound (saving 2), FLOPs counted.
+    fn job() -> (JobRecord, BTreeMap<String, String>) {
+        let usage = Usage {
+            gpu_seconds: 7200.0,
+            energy_j: 10.0 * 3.6e6,
+            cost_gpu_time: 8.0,
+            cost_energy: 3.0,
+            cost_overhead: 1.0,
+            idle_gpu_seconds: 1800.0,
+            idle_cost: 3.0,
+            fp32_seconds: 3600.0,
+            fp32_saving: 2.0,
+            flop: 1e18,
+            ..Usage::default()
+        };
+        let j = JobRecord {
+            id: "j".into(),
+            name: "j".into(),
+            user: "alice".into(),
+            uid: Some(1000),
+            scheduler: Scheduler::Gpucost,
+            labels: BTreeMap::new(),
+            started_at: 0.0,
+            ended_at: Some(7200.0),
+            outcome: Outcome::Succeeded,
+            exit_code: Some(0),
+            signal: None,
+            usage,
+            per_gpu: BTreeMap::from([("GPU-a".to_string(), usage)]),
+            registration: None,
+            progress: None,
+        };
+        let models = BTreeMap::from([("GPU-a".to_string(), "NVIDIA H100 80GB HBM3".to_string())]);
+        (j, models)
+    }
+
+    #[test]
+    fn each_lever_from_what_was_measured() {
+        let (j, models) = job();
+        let p = pricing("spot_per_hour = 2.0\nreserved_per_hour = 3.0\n");
+        let w = what_if(&j, &models, &p, &WhatIfOptions::default());
+        assert_eq!(w.actual, 12.0);
+        // Spot: (2 h x 2 + 3 + 1) x 1.1.
+        assert!((w.with(Lever::Spot).unwrap() - 8.8).abs() < 1e-9);
+        // Reserved: 2 h x 3 + 3 + 1.
+        assert_eq!(w.with(Lever::Reserved), Some(10.0));
+        // Off-peak: 10 kWh at 0.10 instead of 3.
+        assert!((w.with(Lever::OffPeak).unwrap() - 10.0).abs() < 1e-9);
+        assert!(w.off_peak_fits, "2 h fits in the 8 h night");
+        assert_eq!(w.with(Lever::Bf16), Some(10.0));
+        assert_eq!(w.with(Lever::NoIdle), Some(9.0));
+        assert_eq!(w.saving(Lever::NoIdle), Some(3.0));
+    }
+
+    /// Without a spot or reserved rate, or without pipe data, the lever is unknown, never the
+    /// actual cost; an unknown GPU makes the rates unknown.
+    #[test]
+    fn unknown_inputs_are_unknown() {
+        let (mut j, models) = job();
+        let p = pricing("");
+        let w = what_if(&j, &models, &p, &WhatIfOptions::default());
+        assert_eq!((w.with(Lever::Spot), w.with(Lever::Reserved)), (None, None));
+        j.usage.flop = 0.0;
+        j.usage.fp32_seconds = 0.0;
+        j.usage.fp32_saving = 0.0;
+        let w = what_if(&j, &models, &p, &WhatIfOptions::default());
+        assert_eq!(w.with(Lever::Bf16), None);
+        let p = pricing("spot_per_hour = 2.0\n");
+        let w = what_if(&j, &BTreeMap::new(), &p, &WhatIfOptions::default());
+        assert_eq!(w.with(Lever::Spot), None);
+        // A run longer than the night does not fit in it.
+        j.ended_at = Some(9.0 * 3600.0);
+        assert!(!what_if(&j, &models, &p, &WhatIfOptions::default()).off_peak_fits);
+        // Sums: unknown when any part is.
+        let a = WhatIf {
+            actual: 1.0,
+            levers: [Some(1.0), None, Some(0.5), Some(1.0), Some(1.0)],
+            off_peak_fits: true,
+        };
+        let s = WhatIf::sum([&a, &a]);
+        assert_eq!(s.actual, 2.0);
+        assert_eq!(s.levers, [Some(2.0), None, Some(1.0), Some(2.0), Some(2.0)]);
+    }
+}
