@@ -56,9 +56,14 @@ struct ReportArgs {
     /// The agent's state directory [default: state_dir of the config, else /var/lib/gpucost]
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
-    /// Only jobs running since: a duration (7d, 36h) or a UTC date (2026-11-01)
+    /// Only jobs running since: a duration (7d, 36h) or a UTC date (2026-11-01); with
+    /// --prometheus, the window the report covers [default there: 30d]
     #[arg(long, value_name = "WHEN")]
     since: Option<String>,
+    /// The whole fleet's report from Prometheus (http://host:9090), summed over every node
+    /// that exported each job, instead of this node's ledger
+    #[arg(long, value_name = "URL", conflicts_with = "state_dir")]
+    prometheus: Option<String>,
     /// Only this job
     #[arg(long, value_name = "ID")]
     job: Option<String>,
@@ -264,6 +269,7 @@ fn report(a: ReportArgs) -> ExitCode {
     };
     let args = cli::report::ReportArgs {
         state_dir: cfg.state_dir,
+        prometheus: a.prometheus,
         since: a.since,
         job: a.job,
         group_by: a.group_by,

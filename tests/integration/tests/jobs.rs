@@ -454,13 +454,24 @@ fn report_reads_the_agents_ledger() {
     let actual = total["actual"].as_f64().unwrap();
     assert!(actual > 0.0, "{json}");
     for lever in ["spot", "reserved", "off_peak", "no_idle"] {
-        let v = total[lever].as_f64().unwrap_or_else(|| panic!("{lever}: {json}"));
-        assert!(v > 0.0 && v <= actual * 1.1 + 1e-9, "{lever} {v} vs {actual}");
+        let v = total[lever]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{lever}: {json}"));
+        assert!(
+            v > 0.0 && v <= actual * 1.1 + 1e-9,
+            "{lever} {v} vs {actual}"
+        );
     }
-    assert!(total["reserved"].as_f64().unwrap() < actual, "reserved is cheaper: {json}");
+    assert!(
+        total["reserved"].as_f64().unwrap() < actual,
+        "reserved is cheaper: {json}"
+    );
     let (code, table, err) = report(&["--what-if", "--group-by", "label:team"]);
     assert_eq!(code, Some(0), "{err}");
-    assert!(table.contains("What if") && table.contains("RESERVED"), "{table}");
+    assert!(
+        table.contains("What if") && table.contains("RESERVED"),
+        "{table}"
+    );
     let (code, _, err) = report(&["--what-if", "--spot-rerun", "2"]);
     assert_eq!(code, Some(2));
     assert!(err.contains("share from 0 to 1"), "{err}");

@@ -8,7 +8,7 @@ use serde_json::json;
 
 use gpucost_core::account::cost::{breakeven, Breakeven};
 use gpucost_core::account::pricing::Pricing;
-use gpucost_core::jobs::{GpuRecord, JobRecord};
+use gpucost_core::jobs::JobRecord;
 
 use super::format_utc;
 
@@ -52,18 +52,20 @@ pub(super) struct FleetBreakeven {
     pub total: Option<Total>,
 }
 
-/// The break-even of each GPU model the ledger knows: its GPU count, the GPU-hours jobs held on
-/// GPUs of that model and their mean power, over the window from `since` (else the first job's
-/// start) to `now`, priced with that model's own entry.
+/// The break-even of each GPU model: its GPU count (`gpu_models` has one entry per GPU), the
+/// GPU-hours jobs held on GPUs of that model (`model_of` maps the keys of a job's `per_gpu`, GPU
+/// UUIDs or nodes, to models; a key it lacks counts for no model) and their mean power, over the
+/// window from `since` (else the first job's start) to `now`, priced with that model's own entry.
 pub(super) fn breakeven_from(
     pricing: &Pricing,
     jobs: &[JobRecord],
-    gpus: &[GpuRecord],
+    gpu_models: &[String],
+    model_of: &BTreeMap<String, String>,
     since: Option<f64>,
     now: f64,
 ) -> anyhow::Result<FleetBreakeven> {
-    if gpus.is_empty() {
-        bail!("--breakeven: the ledger has no GPUs yet");
+    if gpu_models.is_empty() {
+        bail!("--breakeven: no GPUs known yet");
     }
     let start = since
         .or_else(|| jobs.iter().map(|j| j.started_at).reduce(f64::min))
@@ -74,19 +76,15 @@ pub(super) fn breakeven_from(
         days: (now - start).max(MIN_WINDOW_S) / 86_400.0,
         chosen: since.is_some(),
     };
-    let model_of: BTreeMap<&str, &str> = gpus
-        .iter()
-        .map(|g| (g.uuid.as_str(), g.model.as_str()))
-        .collect();
     // Per model: GPUs, GPU-seconds held by jobs and their energy.
     let mut per_model: BTreeMap<&str, (u32, f64, f64)> = BTreeMap::new();
-    for g in gpus {
-        per_model.entry(g.model.as_str()).or_default().0 += 1;
+    for m in gpu_models {
+        per_model.entry(m.as_str()).or_default().0 += 1;
     }
     for j in jobs {
-        for (uuid, u) in &j.per_gpu {
-            if let Some(m) = model_of.get(uuid.as_str()) {
-                let e = per_model.entry(m).or_default();
+        for (key, u) in &j.per_gpu {
+            if let Some(m) = model_of.get(key) {
+                let e = per_model.entry(m.as_str()).or_default();
                 e.1 += u.gpu_seconds;
                 e.2 += u.energy_j;
             }
@@ -260,7 +258,19 @@ pub(super) fn breakeven_text(f: &FleetBreakeven, currency: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use gpucost_core::jobs::{Outcome, Usage};
+    use gpucost_core::jobs::{GpuRecord, Outcome, Usage};
+
+    /// What the ledger path passes: one model per GPU, and each GPU's model by UUID.
+    fn run(
+        pricing: &Pricing,
+        jobs: &[JobRecord],
+        gpus: &[GpuRecord],
+        since: Option<f64>,
+        now: f64,
+    ) -> anyhow::Result<FleetBreakeven> {
+        let (models, model_of) = super::super::gpu_models(gpus);
+        breakeven_from(pricing, jobs, &models, &model_of, since, now)
+    }
 
     fn record(started_at: f64) -> JobRecord {
         let mut j = super::super::fixtures::job("j", Outcome::Succeeded, &[]);
@@ -316,7 +326,7 @@ mod tests {
         job.per_gpu.insert("a".into(), held(10.0));
         job.per_gpu.insert("c".into(), held(30.0));
         let day = 86_400.0;
-        let f = breakeven_from(&pricing(), &[job], &gpus, Some(0.0), 2.0 * day).unwrap();
+        let f = run(&pricing(), &[job], &gpus, Some(0.0), 2.0 * day).unwrap();
         assert_eq!(f.window.days, 2.0);
         assert!(f.window.chosen);
         let by: BTreeMap<&str, &Breakeven> = f
@@ -359,7 +369,7 @@ mod tests {
     fn an_unpriced_model_is_named_and_short_windows_have_a_floor() {
         let gpus = [gpu("a", "NVIDIA H100 80GB HBM3"), gpu("x", "NVIDIA L4")];
         let job = record(1000.0);
-        let f = breakeven_from(&pricing(), &[job], &gpus, None, 1060.0).unwrap();
+        let f = run(&pricing(), &[job], &gpus, None, 1060.0).unwrap();
         assert_eq!(f.window.days, 1.0 / 24.0);
         assert!(!f.window.chosen);
         let l4 = f.models.iter().find(|m| m.model == "NVIDIA L4").unwrap();
@@ -371,6 +381,6 @@ mod tests {
         let text = breakeven_text(&f, "USD");
         assert!(text.contains("NVIDIA L4: no break-even"), "{text}");
         assert!(text.contains("--since chooses another"), "{text}");
-        assert!(breakeven_from(&pricing(), &[], &[], None, 0.0).is_err());
+        assert!(run(&pricing(), &[], &[], None, 0.0).is_err());
     }
 }

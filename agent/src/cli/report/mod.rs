@@ -9,12 +9,14 @@ mod csv;
 #[cfg(test)]
 mod fixtures;
 mod json;
+mod prometheus;
 mod render;
 mod table;
 mod whatif;
 
 pub use render::{format_utc, render, Format, RenderError, ReportOptions};
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -27,6 +29,9 @@ use gpucost_core::report::whatif::WhatIfOptions;
 
 pub struct ReportArgs {
     pub state_dir: PathBuf,
+    /// Report on the whole fleet from this Prometheus (`http://host:9090`) instead of the
+    /// node's ledger.
+    pub prometheus: Option<String>,
     pub since: Option<String>,
     pub job: Option<String>,
     pub group_by: Option<String>,
@@ -58,16 +63,35 @@ pub fn parse_since(s: &str, now: f64) -> anyhow::Result<f64> {
         .as_secs_f64())
 }
 
-pub fn report(a: ReportArgs) -> anyhow::Result<String> {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs_f64();
-    let since = a
-        .since
-        .as_deref()
-        .map(|s| parse_since(s, now))
-        .transpose()?;
+/// The window a fleet report covers when `--since` does not say.
+const FLEET_DEFAULT_WINDOW_S: u64 = 30 * 86_400;
+
+/// Where a report's jobs, GPUs and currency come from.
+struct Source {
+    jobs: Vec<gpucost_core::jobs::JobRecord>,
+    /// One model per GPU.
+    gpu_models: Vec<String>,
+    /// Keys of the jobs' `per_gpu` (GPU UUIDs, or nodes) -> GPU model.
+    model_of: BTreeMap<String, String>,
+    currency: String,
+    pricing: Pricing,
+    /// The window's start for the break-even (`--since`, or the fleet's default window).
+    since: Option<f64>,
+}
+
+/// The GPUs of a ledger as one model per GPU, and each GPU's model by UUID.
+pub(super) fn gpu_models(
+    gpus: &[gpucost_core::jobs::GpuRecord],
+) -> (Vec<String>, BTreeMap<String, String>) {
+    (
+        gpus.iter().map(|g| g.model.clone()).collect(),
+        gpus.iter()
+            .map(|g| (g.uuid.clone(), g.model.clone()))
+            .collect(),
+    )
+}
+
+fn from_ledger(a: &ReportArgs, since: Option<f64>) -> anyhow::Result<Source> {
     let ledger = Ledger::open_read_only(&a.state_dir)?;
     let jobs = ledger.query_jobs(&JobFilter {
         since,
@@ -87,15 +111,71 @@ pub fn report(a: ReportArgs) -> anyhow::Result<String> {
     let currency = ledger
         .meta("currency")?
         .unwrap_or_else(|| pricing.currency.clone());
+    let (gpu_models, model_of) = gpu_models(&ledger.load_gpus()?);
+    Ok(Source {
+        jobs,
+        gpu_models,
+        model_of,
+        currency,
+        pricing,
+        since,
+    })
+}
+
+fn from_prometheus(
+    a: &ReportArgs,
+    url: &str,
+    since: Option<f64>,
+    now: f64,
+) -> anyhow::Result<Source> {
+    let start = since.unwrap_or(now - FLEET_DEFAULT_WINDOW_S as f64);
+    let window_s = (now - start).max(1.0).ceil() as u64;
+    let p = prometheus::Prometheus::new(url)?;
+    let mut fleet = prometheus::read_fleet(&p, now, window_s)?;
+    if let Some(id) = &a.job {
+        fleet.jobs.retain(|j| &j.id == id);
+        if fleet.jobs.is_empty() {
+            bail!("no job {id:?} in {url} over the window");
+        }
+    }
+    Ok(Source {
+        jobs: fleet.jobs,
+        gpu_models: fleet.gpu_models,
+        model_of: fleet.model_of,
+        currency: fleet.currency.unwrap_or_else(|| a.pricing.currency.clone()),
+        pricing: a.pricing.clone(),
+        since: Some(start),
+    })
+}
+
+pub fn report(a: ReportArgs) -> anyhow::Result<String> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64();
+    let since = a
+        .since
+        .as_deref()
+        .map(|s| parse_since(s, now))
+        .transpose()?;
+    let src = match &a.prometheus {
+        Some(url) => from_prometheus(&a, url, since, now)?,
+        None => from_ledger(&a, since)?,
+    };
     let opts = ReportOptions {
         format: a.format,
         group_by: a.group_by.clone(),
-        currency,
+        currency: src.currency.clone(),
     };
-    let mut out = render(&jobs, &opts)?;
-    let gpus = ledger.load_gpus()?;
+    let mut out = render(&src.jobs, &opts)?;
     if let Some(w) = a.what_if {
-        let t = whatif::what_if_table(&jobs, &gpus, &pricing, a.group_by.as_deref(), w)?;
+        let t = whatif::what_if_table(
+            &src.jobs,
+            &src.model_of,
+            &src.pricing,
+            a.group_by.as_deref(),
+            w,
+        )?;
         match a.format {
             Format::Json => {
                 let mut doc: serde_json::Value = serde_json::from_str(&out)?;
@@ -108,14 +188,21 @@ pub fn report(a: ReportArgs) -> anyhow::Result<String> {
         }
     }
     if a.breakeven {
-        let be = breakeven_from(&pricing, &jobs, &gpus, since, now)?;
+        let be = breakeven_from(
+            &src.pricing,
+            &src.jobs,
+            &src.gpu_models,
+            &src.model_of,
+            src.since,
+            now,
+        )?;
         match a.format {
             Format::Json => {
                 let mut doc: serde_json::Value = serde_json::from_str(&out)?;
                 doc["breakeven"] = breakeven_json(&be);
                 out = serde_json::to_string_pretty(&doc)? + "\n";
             }
-            _ => out.push_str(&breakeven_text(&be, &pricing.currency)),
+            _ => out.push_str(&breakeven_text(&be, &src.pricing.currency)),
         }
     }
     Ok(out)

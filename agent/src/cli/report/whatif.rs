@@ -8,7 +8,7 @@ use comfy_table::CellAlignment;
 use serde_json::json;
 
 use gpucost_core::account::pricing::Pricing;
-use gpucost_core::jobs::{GpuRecord, JobRecord};
+use gpucost_core::jobs::JobRecord;
 use gpucost_core::report::whatif::{what_if, Lever, WhatIf, WhatIfOptions};
 use gpucost_core::report::{parse_group_by, NO_LABEL_GROUP};
 
@@ -24,20 +24,17 @@ pub(super) struct WhatIfTable {
     pub opts: WhatIfOptions,
 }
 
+/// `model_of` maps the keys of each job's `per_gpu` (GPU UUIDs, or nodes) to GPU models.
 pub(super) fn what_if_table(
     jobs: &[JobRecord],
-    gpus: &[GpuRecord],
+    model_of: &BTreeMap<String, String>,
     pricing: &Pricing,
     group_by: Option<&str>,
     opts: WhatIfOptions,
 ) -> anyhow::Result<WhatIfTable> {
-    let model_of: BTreeMap<String, String> = gpus
-        .iter()
-        .map(|g| (g.uuid.clone(), g.model.clone()))
-        .collect();
     let each: Vec<(&JobRecord, WhatIf)> = jobs
         .iter()
-        .map(|j| (j, what_if(j, &model_of, pricing, &opts)))
+        .map(|j| (j, what_if(j, model_of, pricing, &opts)))
         .collect();
     let total = WhatIf::sum(each.iter().map(|(_, w)| w));
     let (key, rows) = match group_by {
@@ -168,7 +165,7 @@ fn csv(t: &WhatIfTable) -> anyhow::Result<String> {
 mod tests {
     use super::super::fixtures::job;
     use super::*;
-    use gpucost_core::jobs::{Outcome, Usage};
+    use gpucost_core::jobs::{GpuRecord, Outcome, Usage};
 
     fn gpu(uuid: &str) -> GpuRecord {
         GpuRecord {
@@ -196,7 +193,7 @@ mod tests {
             job("b", Outcome::Failed, &[("team", "nlp")]),
             job("c", Outcome::Succeeded, &[]),
         ];
-        let gpus = [gpu("GPU-a"), gpu("GPU-b")];
+        let (_, gpus) = super::super::gpu_models(&[gpu("GPU-a"), gpu("GPU-b")]);
         let p = pricing("spot_per_hour = 2.5\n");
         let t = what_if_table(&jobs, &gpus, &p, None, WhatIfOptions::default()).unwrap();
         assert_eq!(t.rows.len(), 3);
