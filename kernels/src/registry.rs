@@ -462,10 +462,19 @@ pub static MODULES: [Module; 5] = [
         toolchain: Toolchain::Cuda12_4,
         min_cc: (8, 9),
         // Hopper has no FP8 mma.sync: ptxas turns it into conversions and FP16 HMMA.
-        avoid: &[(
-            (9, 0),
-            "FP8 mma.sync is emulated on Hopper; the wgmma kernel measures FP8 there",
-        )],
+        avoid: &[
+            (
+                (9, 0),
+                "FP8 mma.sync is emulated on Hopper; the wgmma kernel measures FP8 there",
+            ),
+            // The driver would JIT the sm_89 PTX for sm_100; no pinned toolchain here assembles
+            // sm_100, so its lowering (whether every claimed MMA survives, as the SASS test
+            // checks for the shipped targets) is unchecked.
+            (
+                (10, 0),
+                "its sm_100 lowering is not checked yet (the SASS test covers sm_89 only)",
+            ),
+        ],
         shipped: &[(Target::Sm89, include_str!("../ptx/mma_fp8.sm_89.ptx"))],
         entries: &[Entry {
             name: "mma_fp8",

@@ -322,6 +322,13 @@ pub fn split_sass(dis: &str) -> BTreeMap<String, Vec<String>> {
             continue;
         }
         let Some(name) = &current else { continue };
+        // Labels (`.L_x_3:`) stay in the list, so that loops can be found ([`hot_loop`]).
+        if t.starts_with(".L") && t.ends_with(':') {
+            out.get_mut(name)
+                .expect("inserted above")
+                .push(t.to_string());
+            continue;
+        }
         // Instruction lines look like `/*0040*/  @!P0 HFMA2.MMA R2, ... ;`
         let Some(rest) = t.strip_prefix("/*").and_then(|s| s.split_once("*/")) else {
             continue;
@@ -336,6 +343,29 @@ pub fn split_sass(dis: &str) -> BTreeMap<String, Vec<String>> {
         out.get_mut(name)
             .expect("inserted above")
             .push(ins.trim_end_matches(';').trim().to_string());
+    }
+    out
+}
+
+/// The loops of a function in [`split_sass`]'s lines: for each branch back to an earlier
+/// label, the instructions between the label and the branch.
+pub fn loops(lines: &[String]) -> Vec<&[String]> {
+    let mut out = Vec::new();
+    for (end, ins) in lines.iter().enumerate() {
+        if mnemonic(ins) != "BRA" {
+            continue;
+        }
+        // `BRA `(.L_x_10) ;` once the predicate is gone.
+        let Some(target) = ins
+            .split_once('(')
+            .and_then(|(_, r)| r.split_once(')'))
+            .map(|(t, _)| format!("{t}:"))
+        else {
+            continue;
+        };
+        if let Some(start) = lines[..end].iter().position(|l| *l == target) {
+            out.push(&lines[start + 1..end]);
+        }
     }
     out
 }

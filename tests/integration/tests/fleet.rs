@@ -42,7 +42,11 @@ fn ledger(state: &Path) -> Vec<(String, [f64; 3])> {
         .env_remove("GPUCOST_CONFIG")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     doc["jobs"]
         .as_array()
@@ -127,7 +131,10 @@ fn the_fleet_report_from_prometheus_equals_the_ledgers_summed() {
         if n(&running) == Some(0.0) && n(&ended) == Some(3.0) {
             break;
         }
-        assert!(Instant::now() < deadline, "the jobs never ended in Prometheus");
+        assert!(
+            Instant::now() < deadline,
+            "the jobs never ended in Prometheus"
+        );
         std::thread::sleep(Duration::from_millis(300));
     }
     std::thread::sleep(Duration::from_millis(2500));
@@ -163,18 +170,34 @@ fn the_fleet_report_from_prometheus_equals_the_ledgers_summed() {
     let multi = jobs.iter().find(|j| j["id"] == "multi-7").unwrap();
     assert_eq!(multi["name"], "slurm-multi-7");
     assert_eq!(multi["scheduler"], "slurm");
-    assert!(multi["gpu_seconds"].as_f64().unwrap() > 3.0 * 3.0, "{multi}");
+    assert!(
+        multi["gpu_seconds"].as_f64().unwrap() > 3.0 * 3.0,
+        "{multi}"
+    );
     assert_eq!(doc["currency"], "USD");
 
     // The same window's what-if and break-even, priced with a config (the agents' prices live
     // in their ledgers): five H100s in all.
-    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/config.example.toml");
+    let config = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/config.example.toml"
+    );
     let (code, text, err) = fleet_report(
         &prom,
-        &["--since", "1h", "--what-if", "--breakeven", "--config", config],
+        &[
+            "--since",
+            "1h",
+            "--what-if",
+            "--breakeven",
+            "--config",
+            config,
+        ],
     );
     assert_eq!(code, Some(0), "{err}");
-    assert!(text.contains("What if") && text.contains("multi-7"), "{text}");
+    assert!(
+        text.contains("What if") && text.contains("multi-7"),
+        "{text}"
+    );
     assert!(text.contains("NVIDIA H100 80GB HBM3: 5 GPU(s)"), "{text}");
     let (code, _, err) = fleet_report(&prom, &["--job", "no-such-job"]);
     assert_eq!(code, Some(2));
