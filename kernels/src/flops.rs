@@ -75,6 +75,30 @@ pub fn wgmma_accumulations(iters: u32) -> u64 {
     u64::from(iters) * u64::from(shape::WG_STEPS)
 }
 
+/// Why a measured `rate` cannot be right: above what `sm_count` SMs of `arch` can do on
+/// `precision` at `max_clock_hz`, the highest clock the GPU runs (a FLOP count that claims work
+/// the kernel did not do, or a timer that lost time). 1% of slack for rounding. `None` when it
+/// is plausible, or when the architecture's rate is not known.
+pub fn above_ceiling(
+    arch: Option<gpucost_hw::peaks::Arch>,
+    precision: gpucost_hw::peaks::Precision,
+    sm_count: u32,
+    max_clock_hz: f64,
+    rate: f64,
+) -> Option<String> {
+    let ceiling =
+        gpucost_hw::peaks::clock_normalized_peak(arch?, precision, sm_count, max_clock_hz)?;
+    (rate > ceiling * 1.01).then(|| {
+        format!(
+            "measured {:.1} TFLOP/s, above the {:.1} TFLOP/s that {sm_count} SMs can do at {:.0} MHz, \
+             the GPU's highest clock: the figure is wrong, not reported",
+            rate / 1e12,
+            ceiling / 1e12,
+            max_clock_hz / 1e6
+        )
+    })
+}
+
 /// FLOP of a GEMM m x n x k: 2mnk.
 pub fn gemm_flops(m: u64, n: u64, k: u64) -> f64 {
     2.0 * m as f64 * n as f64 * k as f64
@@ -144,6 +168,34 @@ pub fn gemm_size(rate: f64, target_s: f64) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    use gpucost_hw::peaks::{Arch, Precision};
+
+    #[test]
+    fn figures_above_the_architectures_ceiling_are_refused() {
+        // H100 SXM: 132 SMs x 4096 FLOP/clk x 1980 MHz = 1070.5 TFLOP/s of BF16 at most.
+        let h = Some(Arch::Hopper);
+        assert_eq!(above_ceiling(h, Precision::Bf16, 132, 1980e6, 800e12), None);
+        assert_eq!(
+            above_ceiling(h, Precision::Bf16, 132, 1980e6, 1075e12),
+            None,
+            "1% slack"
+        );
+        let e = above_ceiling(h, Precision::Bf16, 132, 1980e6, 8.0 * 800e12).unwrap();
+        assert!(e.contains("6400.0 TFLOP/s") && e.contains("1070.5"), "{e}");
+        // A MIG slice has fewer SMs: its ceiling is theirs.
+        assert!(above_ceiling(h, Precision::Bf16, 16, 1980e6, 200e12).is_some());
+        // Unknown architecture or path: no verdict.
+        assert_eq!(
+            above_ceiling(None, Precision::Bf16, 132, 1980e6, 1e18),
+            None
+        );
+        let ada = Some(Arch::Ada);
+        assert_eq!(
+            above_ceiling(ada, Precision::Fp64Tensor, 142, 2520e6, 1e18),
+            None
+        );
+    }
+
     use super::*;
 
     #[test]

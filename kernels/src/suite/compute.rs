@@ -85,7 +85,10 @@ impl Bench<'_> {
         } else {
             FmaKernel::F32
         };
-        match self.fma(kernel) {
+        match self
+            .fma(kernel)
+            .and_then(|(rate, median)| self.plausible(p, rate).map(|()| (rate, median)))
+        {
             Ok((flops_per_s, median_s)) => self.results.push(KernelResult {
                 precision: p,
                 method: Method::Kernel,
@@ -251,13 +254,34 @@ impl Bench<'_> {
         } else {
             flops::mma_launch_flops(grid, iters as u32, mma_shape)
         };
+        let rate = flops::rate(work, median);
+        self.plausible(p, rate)?;
         Ok(KernelResult {
             precision: p,
             method: Method::Kernel,
-            flops_per_s: flops::rate(work, median),
+            flops_per_s: rate,
             median_s: median,
             repeats: self.plan.repeats,
         })
+    }
+
+    /// Refuses a rate above what the GPU's SMs can do on `p` at its highest clock.
+    fn plausible(&self, p: Precision, rate: f64) -> Result<(), String> {
+        let max_clock_khz = self
+            .gpu
+            .ctx
+            .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_CLOCK_RATE)
+            .map_err(|e| format!("cannot read the GPU's clock to check the figure: {e}"))?;
+        match flops::above_ceiling(
+            self.arch(),
+            p,
+            self.gpu.sm_count,
+            f64::from(max_clock_khz) * 1e3,
+            rate,
+        ) {
+            Some(why) => Err(format!("verification failed: {why}")),
+            None => Ok(()),
+        }
     }
 
     /// The packed FP16x2 / BF16x2 FMA rates, as notes (they have no `Precision`).
