@@ -29,6 +29,11 @@ impl MmaShape {
         n: 256,
         k: 32,
     };
+    pub const M64N256K8: MmaShape = MmaShape {
+        m: 64,
+        n: 256,
+        k: 8,
+    };
 
     /// FLOP of one instruction: 2mnk.
     pub fn flops(self) -> f64 {

@@ -137,6 +137,8 @@ pub enum MmaKernel {
     WgBf16,
     WgF16,
     WgFp8,
+    WgTf32,
+    WgS8,
 }
 
 impl MmaKernel {
@@ -146,7 +148,11 @@ impl MmaKernel {
                 ModuleId::Mma
             }
             MmaKernel::Fp8 => ModuleId::MmaFp8,
-            MmaKernel::WgBf16 | MmaKernel::WgF16 | MmaKernel::WgFp8 => ModuleId::Wgmma,
+            MmaKernel::WgBf16
+            | MmaKernel::WgF16
+            | MmaKernel::WgFp8
+            | MmaKernel::WgTf32
+            | MmaKernel::WgS8 => ModuleId::Wgmma,
         }
     }
 
@@ -161,6 +167,8 @@ impl MmaKernel {
             MmaKernel::WgBf16 => "wgmma_bf16",
             MmaKernel::WgF16 => "wgmma_f16",
             MmaKernel::WgFp8 => "wgmma_fp8",
+            MmaKernel::WgTf32 => "wgmma_tf32",
+            MmaKernel::WgS8 => "wgmma_s8",
         }
     }
 
@@ -186,7 +194,8 @@ impl MmaKernel {
             MmaKernel::S8 | MmaKernel::Fp8 => (16, n, 32),
             MmaKernel::F64 => (8, n, 4),
             MmaKernel::WgBf16 | MmaKernel::WgF16 => (shape::WG_TILE_M as usize, wn, 16),
-            MmaKernel::WgFp8 => (shape::WG_TILE_M as usize, wn, 32),
+            MmaKernel::WgFp8 | MmaKernel::WgS8 => (shape::WG_TILE_M as usize, wn, 32),
+            MmaKernel::WgTf32 => (shape::WG_TILE_M as usize, wn, 8),
         }
     }
 
@@ -209,9 +218,9 @@ fn check_mma(
     let (m, n, kk) = which.tile();
     let elem = match which {
         MmaKernel::F16 | MmaKernel::Bf16 | MmaKernel::WgBf16 | MmaKernel::WgF16 => 2,
-        MmaKernel::Tf32 => 4,
+        MmaKernel::Tf32 | MmaKernel::WgTf32 => 4,
         MmaKernel::F64 => 8,
-        MmaKernel::S8 | MmaKernel::Fp8 | MmaKernel::WgFp8 => 1,
+        MmaKernel::S8 | MmaKernel::Fp8 | MmaKernel::WgFp8 | MmaKernel::WgS8 => 1,
     };
     need("A", a * unit, m * kk * elem)?;
     need("Bt", bt * unit, n * kk * elem)?;
@@ -227,7 +236,7 @@ pub fn mma_f32acc(
     b: &mut MmaBuffers<u32, f32>,
     iters: i32,
 ) -> LaunchResult {
-    if matches!(which, MmaKernel::S8 | MmaKernel::F64) {
+    if matches!(which, MmaKernel::S8 | MmaKernel::WgS8 | MmaKernel::F64) {
         return Err(format!("{} does not accumulate in f32", which.entry()));
     }
     check_mma(
@@ -253,9 +262,17 @@ pub fn mma_f32acc(
     Ok(())
 }
 
-/// `mma_s8(const unsigned* a_words, const unsigned* bt_words, int* tile, int* sink, int iters)`.
-pub fn mma_s8(k: &Kernel, b: &mut MmaBuffers<u32, i32>, iters: i32) -> LaunchResult {
-    let which = MmaKernel::S8;
+/// `mma_s8`, `wgmma_s8`(const unsigned* a_words, const unsigned* bt_words, int* tile, int*
+/// sink, int iters).
+pub fn mma_s8(
+    k: &Kernel,
+    which: MmaKernel,
+    b: &mut MmaBuffers<u32, i32>,
+    iters: i32,
+) -> LaunchResult {
+    if !matches!(which, MmaKernel::S8 | MmaKernel::WgS8) {
+        return Err(format!("{} does not accumulate in s32", which.entry()));
+    }
     check_mma(
         which,
         k.grid,
@@ -274,7 +291,8 @@ pub fn mma_s8(k: &Kernel, b: &mut MmaBuffers<u32, i32>, iters: i32) -> LaunchRes
     // SAFETY: mma_s8(const unsigned*, const unsigned*, int* tile, int* sink, int iters): A and
     // Bt are u32 buffers holding the s8 inputs, tile one i32 tile and sink one i32 per thread
     // (checked above), iters an i32.
-    unsafe { l.launch(config(k.grid, which.threads())) }.map_err(|e| format!("mma_s8: {e}"))?;
+    unsafe { l.launch(config(k.grid, which.threads())) }
+        .map_err(|e| format!("{}: {e}", which.entry()))?;
     Ok(())
 }
 

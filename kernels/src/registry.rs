@@ -510,6 +510,18 @@ pub static MODULES: [Module; 5] = [
                 sass: &[sass(&["QGMMA.64x256x32.F32.E4M3.E4M3"], WG_BODY)],
                 sass_forbidden: &["HMMA"],
             },
+            Entry {
+                name: "wgmma_tf32",
+                ptx: &["wgmma.mma_async.sync.aligned.m64n256k8.f32.tf32.tf32"],
+                sass: &[sass(&["HGMMA.64x256x8.F32.TF32"], WG_BODY)],
+                sass_forbidden: &["HMMA"],
+            },
+            Entry {
+                name: "wgmma_s8",
+                ptx: &["wgmma.mma_async.sync.aligned.m64n256k32.s32.s8.s8"],
+                sass: &[sass(&["IGMMA.64x256x32.S8.S8"], WG_BODY)],
+                sass_forbidden: &["IMMA"],
+            },
         ],
     },
     Module {
@@ -695,7 +707,9 @@ mod tests {
         assert_eq!(fp8.availability((8, 6)), Err("needs sm_89".into()));
         assert_eq!(fp8.availability((8, 9)), Ok(()));
         assert!(fp8.availability((9, 0)).unwrap_err().contains("wgmma"));
-        assert_eq!(fp8.availability((10, 0)), Ok(()));
+        // Until its sm_100 lowering is checked as the shipped targets' are.
+        assert!(fp8.availability((10, 0)).unwrap_err().contains("sm_100"));
+        assert_eq!(fp8.availability((12, 0)), Ok(()));
         assert_eq!(fp8.shipped_for((10, 0)).unwrap().0, Target::Sm89);
     }
 

@@ -29,7 +29,9 @@ impl Bench<'_> {
                 Precision::Fp16 => vec![MmaKernel::F16],
                 Precision::Fp8 if hopper => vec![MmaKernel::WgFp8],
                 Precision::Fp8 => vec![MmaKernel::Fp8],
+                Precision::Tf32 if hopper => vec![MmaKernel::WgTf32, MmaKernel::Tf32],
                 Precision::Tf32 => vec![MmaKernel::Tf32],
+                Precision::Int8 if hopper => vec![MmaKernel::WgS8, MmaKernel::S8],
                 Precision::Int8 => vec![MmaKernel::S8],
                 Precision::Fp64Tensor => {
                     // Only where the architecture is known to have them: elsewhere (sm_12x
@@ -167,8 +169,8 @@ impl Bench<'_> {
         let format = match which {
             MmaKernel::F16 | MmaKernel::WgF16 => Format::F16,
             MmaKernel::Bf16 | MmaKernel::WgBf16 => Format::Bf16,
-            MmaKernel::Tf32 => Format::F32,
-            MmaKernel::S8 => Format::S8,
+            MmaKernel::Tf32 | MmaKernel::WgTf32 => Format::F32,
+            MmaKernel::S8 | MmaKernel::WgS8 => Format::S8,
             MmaKernel::F64 => Format::F64,
             MmaKernel::Fp8 | MmaKernel::WgFp8 => Format::E4m3,
         };
@@ -176,10 +178,10 @@ impl Bench<'_> {
         let a = rng.grid_values(format, m * kk);
         let bt = rng.grid_values(format, n * kk);
         let (accumulations, mma_shape) = if which.is_wgmma() {
-            let s = if which == MmaKernel::WgFp8 {
-                MmaShape::M64N256K32
-            } else {
-                MmaShape::M64N256K16
+            let s = match which {
+                MmaKernel::WgFp8 | MmaKernel::WgS8 => MmaShape::M64N256K32,
+                MmaKernel::WgTf32 => MmaShape::M64N256K8,
+                _ => MmaShape::M64N256K16,
             };
             (flops::wgmma_accumulations(1), s)
         } else {
@@ -208,17 +210,17 @@ impl Bench<'_> {
                 sink = download(gpu, &b.sink, |v| v)?;
                 launch = Box::new(move |it| launch::mma_f64(&k, &mut b, it));
             }
-            MmaKernel::S8 => {
+            MmaKernel::S8 | MmaKernel::WgS8 => {
                 let mut b = MmaBuffers {
                     a: upload(gpu, &words(format, &a))?,
                     bt: upload(gpu, &words(format, &bt))?,
                     tile: alloc::<i32>(gpu, m * n)?,
                     sink: alloc::<i32>(gpu, threads)?,
                 };
-                launch::mma_s8(&k, &mut b, 1)?;
+                launch::mma_s8(&k, which, &mut b, 1)?;
                 tile = download(gpu, &b.tile, f64::from)?;
                 sink = download(gpu, &b.sink, f64::from)?;
-                launch = Box::new(move |it| launch::mma_s8(&k, &mut b, it));
+                launch = Box::new(move |it| launch::mma_s8(&k, which, &mut b, it));
             }
             _ => {
                 let mut b = MmaBuffers {
