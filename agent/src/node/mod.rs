@@ -35,6 +35,7 @@ use gpucost_core::account::cost::Interval;
 use gpucost_core::account::efficiency::{flop_rate, fp32_bound, PipePeaks};
 use gpucost_core::account::pricing::Pricing;
 use gpucost_core::account::GpuEvents;
+use gpucost_core::attribute::device::resolve_pods;
 use gpucost_core::attribute::process::{ancestry, ProcSource};
 use gpucost_core::attribute::PodGpu;
 use gpucost_core::attribute::{attribute, check_claim, GpuInput};
@@ -558,7 +559,7 @@ impl Node {
                     .as_deref()
                     .map(read_job_map)
                     .unwrap_or_default();
-                let pods = self.pods.borrow().clone();
+                let pods = self.resolved_pods();
                 let att = attribute(
                     &[input],
                     procs,
@@ -674,6 +675,14 @@ impl Node {
         self.publish(Some(cycle.duration));
     }
 
+    /// The kubelet's latest pods, each device id resolved to the GPU or MIG instance it names
+    /// (time-slicing replicas, MIG and GKE ids: `gpucost_core::attribute::device`).
+    fn resolved_pods(&self) -> Vec<PodGpu> {
+        let units: Vec<gpucost_core::reading::GpuStatic> =
+            self.sampler.gpus().map(|g| g.info.clone()).collect();
+        resolve_pods(&self.pods.borrow(), &units)
+    }
+
     fn attribute(&mut self, now: Now) {
         let gpus: Vec<_> = self.sampler.gpus().filter(|g| g.up).collect();
         // The agent's own benchmark runs on idle GPUs; it is nobody's job.
@@ -703,7 +712,7 @@ impl Node {
             .as_deref()
             .map(read_job_map)
             .unwrap_or_default();
-        let pods = self.pods.borrow().clone();
+        let pods = self.resolved_pods();
         let regs = self.tracker.registrations();
         let owners = self.tracker.owners();
         let att = attribute(

@@ -77,6 +77,10 @@ pub mod defaults {
     /// `attribution.kubelet_resources`: the resource name NVIDIA's device plugin registers GPUs
     /// under.
     pub const KUBELET_RESOURCES: &[&str] = &["nvidia.com/gpu"];
+    /// `attribution.kubelet_checkpoint`: the kubelet's device-manager checkpoint, where the
+    /// UIDs of the pods that hold devices are.
+    pub const KUBELET_CHECKPOINT: &str =
+        "/var/lib/kubelet/device-plugins/kubelet_internal_checkpoint";
     /// `attribution.kubelet_interval`: how often the kubelet is asked.
     pub const KUBELET_INTERVAL: Duration = Duration::from_secs(10);
     /// `bench.interval`: how often each idle GPU is benchmarked.
@@ -180,6 +184,9 @@ pub struct AttributionConfig {
     /// The kubelet pod-resources socket; unset: Kubernetes attribution is off.
     pub kubelet_socket: Option<PathBuf>,
     pub kubelet_resources: Vec<String>,
+    /// The kubelet's device-manager checkpoint (pod UIDs, for pods sharing a GPU); unset: not
+    /// read.
+    pub kubelet_checkpoint: Option<PathBuf>,
     pub kubelet_interval: Duration,
 }
 

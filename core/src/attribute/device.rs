@@ -1,0 +1,194 @@
+//! Which billing unit (a whole GPU or a MIG GPU instance) a Kubernetes device id names.
+//!
+//! Device plugins hand pods ids of several forms (the forms dcgm-exporter's `kubernetes.go`
+//! maps too):
+//!
+//! - `GPU-<uuid>`: a whole GPU (NVIDIA's device plugin).
+//! - `GPU-<uuid>::N`: replica N of a GPU shared by time-slicing or MPS; the plugin's
+//!   `sharing.timeSlicing.replicas` makes N+1 devices of one GPU, handed to different pods
+//!   (NVIDIA k8s-device-plugin README, "Shared Access to GPUs").
+//! - `MIG-<uuid>` and `MIG-<uuid>::N`: a MIG device (R470 and later drivers), alone or shared.
+//! - `MIG-GPU-<parent uuid>/<gi>/<ci>`: a MIG device as drivers before R470 named it.
+//! - `nvidiaN`, `nvidiaN/vgpuK`, `nvidiaN/giM`, `nvidiaN/giM/vgpuK`: Google's GKE device
+//!   plugin, by the GPU's device node `/dev/nvidiaN`, its GPU instance M, and K for a shared
+//!   replica. N is the device node's minor number, read here as NVML's index: the agent does
+//!   not read minor numbers yet, and both follow the PCI bus order on common nodes.
+//!
+//! Pure string work over the GPUs the sampler knows ([`GpuStatic`]).
+
+use crate::reading::GpuStatic;
+
+use super::PodGpu;
+
+/// The id without a sharing replica's suffix: `GPU-x::3` -> `GPU-x`, `nvidia0/vgpu2` ->
+/// `nvidia0`. Anything else is returned as it is.
+pub fn without_replica(device_id: &str) -> &str {
+    if let Some((base, n)) = device_id.rsplit_once("::") {
+        if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) {
+            return base;
+        }
+    }
+    if let Some((base, n)) = device_id.rsplit_once("/vgpu") {
+        if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) {
+            return base;
+        }
+    }
+    device_id
+}
+
+/// The billing unit `device_id` names among `units`, or `None` when it names none of them (a
+/// GPU this agent does not see, a whole GPU that is now split into MIG instances, a form not
+/// known here).
+pub fn unit_of<'a>(device_id: &str, units: &'a [GpuStatic]) -> Option<&'a GpuStatic> {
+    let id = without_replica(device_id);
+    if let Some(old_mig) = id.strip_prefix("MIG-GPU-") {
+        // MIG-GPU-<parent uuid>/<gi>/<ci>
+        let mut parts = old_mig.split('/');
+        let parent = format!("GPU-{}", parts.next()?);
+        let gi: u32 = parts.next()?.parse().ok()?;
+        return units.iter().find(|u| {
+            u.mig
+                .as_ref()
+                .is_some_and(|m| m.parent_uuid == parent && m.gpu_instance_id == gi)
+        });
+    }
+    if let Some(gke) = id.strip_prefix("nvidia") {
+        let (minor, gi) = match gke.split_once("/gi") {
+            Some((minor, gi)) => (minor, Some(gi.parse::<u32>().ok()?)),
+            None => (gke, None),
+        };
+        let minor: u32 = minor.parse().ok()?;
+        return units.iter().find(|u| match (&u.mig, gi) {
+            (None, None) => u.index == minor,
+            (Some(m), Some(gi)) => m.parent_index == minor && m.gpu_instance_id == gi,
+            _ => false,
+        });
+    }
+    units.iter().find(|u| u.uuid == id)
+}
+
+/// The pods' devices with each id that names a unit in `units` replaced by that unit's UUID,
+/// so that attribution matches them to the GPU it reads; other ids are kept as they are.
+pub fn resolve_pods(pods: &[PodGpu], units: &[GpuStatic]) -> Vec<PodGpu> {
+    pods.iter()
+        .map(|p| match unit_of(&p.device_id, units) {
+            Some(u) => PodGpu {
+                device_id: u.uuid.clone(),
+                ..p.clone()
+            },
+            None => p.clone(),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reading::MigSlice;
+
+    const GPU0: &str = "GPU-8ab4c2d0-1e3f-4a5b-9c8d-7e6f5a4b3c2d";
+    const GPU1: &str = "GPU-1b2c3d4e-5f60-4718-8a9b-0c1d2e3f4a5b";
+    const MIG_A: &str = "MIG-3f1e2d4c-5b6a-5789-8a7b-6c5d4e3f2a1b";
+    const MIG_B: &str = "MIG-9e8d7c6b-5a49-5382-9a1b-2c3d4e5f6a7b";
+
+    fn whole(index: u32, uuid: &str) -> GpuStatic {
+        GpuStatic {
+            index,
+            uuid: uuid.into(),
+            model: "NVIDIA H100 80GB HBM3".into(),
+            mig: None,
+        }
+    }
+
+    fn slice(uuid: &str, parent_index: u32, parent: &str, gi: u32, profile: &str) -> GpuStatic {
+        let slices = profile[..1].parse().unwrap();
+        GpuStatic {
+            index: parent_index,
+            uuid: uuid.into(),
+            model: "NVIDIA H100 80GB HBM3".into(),
+            mig: Some(MigSlice {
+                parent_index,
+                parent_uuid: parent.into(),
+                gpu_instance_id: gi,
+                profile: profile.into(),
+                slices,
+                parent_slices: 7,
+            }),
+        }
+    }
+
+    /// GPU 0 whole; GPU 1 in MIG mode with a 3g.40gb (GPU instance 1) and a 2g.20gb (GPU
+    /// instance 5).
+    fn units() -> Vec<GpuStatic> {
+        vec![
+            whole(0, GPU0),
+            slice(MIG_A, 1, GPU1, 1, "3g.40gb"),
+            slice(MIG_B, 1, GPU1, 5, "2g.20gb"),
+        ]
+    }
+
+    #[test]
+    fn every_form_names_its_unit() {
+        let units = units();
+        let cases = [
+            (GPU0.to_string(), Some(GPU0)),
+            (format!("{GPU0}::0"), Some(GPU0)),
+            (format!("{GPU0}::13"), Some(GPU0)),
+            (MIG_A.to_string(), Some(MIG_A)),
+            (format!("{MIG_B}::2"), Some(MIG_B)),
+            // Before R470: MIG-GPU-<parent>/<gi>/<ci>.
+            (format!("MIG-{GPU1}/5/0"), Some(MIG_B)),
+            // GKE.
+            ("nvidia0".to_string(), Some(GPU0)),
+            ("nvidia0/vgpu3".to_string(), Some(GPU0)),
+            ("nvidia1/gi1".to_string(), Some(MIG_A)),
+            ("nvidia1/gi5/vgpu0".to_string(), Some(MIG_B)),
+            // A whole GPU that is split into instances is no unit any more; GKE's whole-GPU id
+            // of a MIG GPU neither.
+            (GPU1.to_string(), None),
+            ("nvidia1".to_string(), None),
+            // No such GPU, instance or form.
+            ("nvidia7".to_string(), None),
+            ("nvidia1/gi2".to_string(), None),
+            (format!("MIG-{GPU1}/2/0"), None),
+            (format!("{GPU0}::"), None),
+            (format!("{GPU0}::x"), None),
+            ("nvidiaX".to_string(), None),
+            ("".to_string(), None),
+        ];
+        for (id, want) in cases {
+            let got = unit_of(&id, &units).map(|u| u.uuid.as_str());
+            assert_eq!(got, want, "{id}");
+        }
+    }
+
+    #[test]
+    fn replica_suffixes() {
+        assert_eq!(without_replica("GPU-a::3"), "GPU-a");
+        assert_eq!(without_replica("MIG-b::0"), "MIG-b");
+        assert_eq!(without_replica("nvidia2/gi1/vgpu4"), "nvidia2/gi1");
+        assert_eq!(without_replica("GPU-a"), "GPU-a");
+        assert_eq!(without_replica("GPU-a::"), "GPU-a::");
+    }
+
+    #[test]
+    fn resolved_pods_name_their_units_and_keep_the_rest() {
+        let pod = |name: &str, id: &str| PodGpu {
+            namespace: "ml".into(),
+            pod: name.into(),
+            container: "main".into(),
+            device_id: id.into(),
+            pod_uid: None,
+        };
+        let pods = [
+            pod("a", &format!("{GPU0}::1")),
+            pod("b", "nvidia1/gi5/vgpu1"),
+            pod("c", "GPU-elsewhere"),
+        ];
+        let got: Vec<String> = resolve_pods(&pods, &units())
+            .into_iter()
+            .map(|p| p.device_id)
+            .collect();
+        assert_eq!(got, [GPU0, MIG_B, "GPU-elsewhere"]);
+    }
+}
