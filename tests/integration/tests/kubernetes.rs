@@ -77,12 +77,10 @@ fn gpu_seconds(agent: &Agent, id: &str) -> Option<f64> {
     j["usage"]["gpu_seconds"].as_f64()
 }
 
-/// Issue 15: two pods time-slicing one GPU (NVIDIA's device plugin hands them replicas
-/// `<uuid>::0` and `<uuid>::1`; a third pod holds `<uuid>::2` and runs nothing) are each billed
-/// for their own processes' share: pod a 45 / 60, pod b (its process an MPS client) 15 / 60,
-/// pod c nothing. Before, the first pod listed took the whole GPU and the others never matched.
-#[test]
-fn issue_15_pods_time_slicing_a_gpu_are_split_by_their_own_processes() {
+/// The two pods' GPU seconds once pod b has used a second of it, with the three pods (a, b, c)
+/// holding `devices` (`{uuid}` stands for the GPU's UUID), and the kubelet's checkpoint
+/// written or not; and the agent's log.
+fn run_shared(devices: [&str; 3], checkpoint: bool) -> (f64, f64, Option<f64>, Vec<String>) {
     let dir = tempfile::tempdir().unwrap();
     let scenario = write_scenario(dir.path(), "shared.toml", SHARED);
     let uuid = gpucost_sim::SimulatedNode::new(gpucost_sim::Scenario::load(&scenario).unwrap())
@@ -107,18 +105,17 @@ fn issue_15_pods_time_slicing_a_gpu_are_split_by_their_own_processes() {
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     let socket = dir.path().join("kubelet.sock");
-    let checkpoint = dir.path().join("kubelet_internal_checkpoint");
+    let checkpoint_file = dir.path().join("kubelet_internal_checkpoint");
+    let device = |i: usize| devices[i].replace("{uuid}", &uuid);
     let pods = vec![
-        pod("b", UID_B, &format!("{uuid}::1")),
-        pod("a", UID_A, &format!("{uuid}::0")),
-        pod(
-            "c",
-            "5d4c3b2a-1f0e-4d9c-8b7a-6f5e4d3c2b1a",
-            &format!("{uuid}::2"),
-        ),
+        pod("b", UID_B, &device(1)),
+        pod("a", UID_A, &device(0)),
+        pod("c", "5d4c3b2a-1f0e-4d9c-8b7a-6f5e4d3c2b1a", &device(2)),
     ];
     let fake = rt.block_on(FakeKubelet::start(&socket, pods));
-    fake.write_checkpoint_to(&checkpoint);
+    if checkpoint {
+        fake.write_checkpoint_to(&checkpoint_file);
+    }
 
     let agent = Agent::start(
         &["--nvml-lib", fake_nvml_lib().to_str().unwrap()],
@@ -133,13 +130,13 @@ fn issue_15_pods_time_slicing_a_gpu_are_split_by_their_own_processes() {
             ),
             (
                 "GPUCOST_ATTRIBUTION_KUBELET_CHECKPOINT",
-                checkpoint.to_str().unwrap(),
+                checkpoint_file.to_str().unwrap(),
             ),
             ("GPUCOST_ATTRIBUTION_KUBELET_INTERVAL", "200ms"),
         ],
     );
 
-    // Wait until both pods have run a while (GPU time accrues at 0.75 and 0.25 per second).
+    // Wait until both pods have run a while.
     let deadline = Instant::now() + Duration::from_secs(30);
     let (a, b) = loop {
         let a = gpu_seconds(&agent, "ml/a");
@@ -157,14 +154,55 @@ fn issue_15_pods_time_slicing_a_gpu_are_split_by_their_own_processes() {
         );
         std::thread::sleep(Duration::from_millis(100));
     };
-    // 3 to 1, within what the first process sample (when only one pod may have been seen) and
-    // the two reads' skew allow.
+    let c = gpu_seconds(&agent, "ml/c");
+    let logs = agent.logs();
+    drop(fake);
+    (a, b, c, logs)
+}
+
+/// Issue 15: two pods time-slicing one GPU (NVIDIA's device plugin hands them replicas
+/// `<uuid>::0` and `<uuid>::1`; a third pod holds `<uuid>::2` and runs nothing) are each billed
+/// for their own processes' share: pod a 45 / 60, pod b (its process an MPS client) 15 / 60,
+/// pod c nothing. Before, the first pod listed took the whole GPU and the others never matched.
+#[test]
+fn issue_15_pods_time_slicing_a_gpu_are_split_by_their_own_processes() {
+    let (a, b, c, _) = run_shared(["{uuid}::0", "{uuid}::1", "{uuid}::2"], true);
+    // 3 to 1, within what the two reads' skew allows.
     let ratio = a / b;
     assert!(
         (2.6..=3.4).contains(&ratio),
         "a {a} s, b {b} s: ratio {ratio}"
     );
     // The idle replica's pod pays nothing while the others compute.
-    assert_eq!(gpu_seconds(&agent, "ml/c").unwrap_or(0.0), 0.0);
-    drop(fake);
+    assert_eq!(c.unwrap_or(0.0), 0.0);
+}
+
+/// GKE's device plugin names a shared GPU `nvidiaN/vgpuK` (dcgm-exporter's `kubernetes.go`
+/// maps the same form): the replicas of GPU 0 are its, split as NVIDIA's replicas are.
+#[test]
+fn issue_15_gke_shared_gpu_ids_name_their_gpu() {
+    let (a, b, _, _) = run_shared(["nvidia0/vgpu0", "nvidia0/vgpu1", "nvidia0/vgpu2"], true);
+    let ratio = a / b;
+    assert!(
+        (2.6..=3.4).contains(&ratio),
+        "a {a} s, b {b} s: ratio {ratio}"
+    );
+}
+
+/// Without the kubelet's checkpoint the pods' UIDs are unknown: the agent says so once, and the
+/// processes on the shared GPU are split evenly between the three pods that hold it.
+#[test]
+fn issue_15_without_the_checkpoint_a_shared_gpu_is_split_evenly() {
+    let (a, b, c, logs) = run_shared(["{uuid}::0", "{uuid}::1", "{uuid}::2"], false);
+    let ratio = a / b;
+    assert!(
+        (0.8..=1.25).contains(&ratio),
+        "a {a} s, b {b} s: ratio {ratio}"
+    );
+    assert!(c.unwrap_or(0.0) > 0.5 * b, "c {c:?}, b {b}");
+    let said: Vec<_> = logs
+        .iter()
+        .filter(|l| l.contains("kubelet checkpoint") && l.contains("No such file"))
+        .collect();
+    assert_eq!(said.len(), 1, "{logs:#?}");
 }
