@@ -18,7 +18,7 @@ use crate::ledger::{LedgerStore, LockError, StateLock};
 use crate::node::{Message, Node, NodeConfig, NodeParts, Store};
 use crate::notify;
 use crate::record::Recorder;
-use crate::sample::benchmark::{bench_gpu, watch_snapshots};
+use crate::sample::benchmark::{bench_nvml_gpu, watch_snapshots};
 use crate::sample::nvml::NvmlFactory;
 use crate::sample::sampler::{Cadence, Sampler};
 use crate::sample::sim::{SimEndings, SimFactory, SimProcs};
@@ -532,7 +532,7 @@ fn benchmark_loop(
                 continue;
             }
             let watch = watch_snapshots(uuid.clone(), snapshots.clone());
-            match bench_gpu(index as usize, true, watch) {
+            match bench_nvml_gpu(index, &uuid, true, watch) {
                 Ok(b) => {
                     info!(
                         gpu = index,
@@ -557,6 +557,9 @@ fn benchmark_loop(
                     if inbox.send(Message::Benchmark { uuid, result }).is_err() {
                         return;
                     }
+                }
+                Err(e @ gpucost_kernels::suite::BenchError::NoMatch(_)) => {
+                    info!(gpu = index, "GPU {index} not benchmarked: {e}");
                 }
                 Err(e) => warn!(gpu = index, "GPU {index} benchmark failed: {e}"),
             }
