@@ -35,7 +35,7 @@ use gpucost_core::account::cost::Interval;
 use gpucost_core::account::efficiency::{flop_rate, fp32_bound, PipePeaks};
 use gpucost_core::account::pricing::Pricing;
 use gpucost_core::account::GpuEvents;
-use gpucost_core::attribute::device::resolve_pods;
+use gpucost_core::attribute::device::{resolve_gpu_names, resolve_pods};
 use gpucost_core::attribute::process::{ancestry, ProcSource};
 use gpucost_core::attribute::PodGpu;
 use gpucost_core::attribute::{attribute, check_claim, GpuInput};
@@ -159,6 +159,8 @@ pub struct Node {
     skipped: u64,
     /// Requests dropped because they waited past their deadline.
     late_requests: u64,
+    /// Whether the agent has warned that registrations' GPU indices are taken as NVML's.
+    warned_gpu_indices: bool,
     /// The latest benchmark of each GPU, by UUID.
     benchmarks: Arc<BTreeMap<String, GpuBenchmark>>,
     tx: watch::Sender<Arc<Snapshot>>,
@@ -199,6 +201,7 @@ impl Node {
             export_labels,
             skipped: 0,
             late_requests: 0,
+            warned_gpu_indices: false,
             benchmarks: Arc::default(),
             next_persist: now.mono + cfg.persist_interval,
             cfg,
@@ -377,10 +380,14 @@ impl Node {
         }
         match msg {
             Message::Register {
-                req, uid, reply, ..
+                mut req,
+                uid,
+                reply,
+                ..
             } => {
                 let r = self
                     .check_registration(&req, uid)
+                    .and_then(|()| self.resolve_gpus(&mut req))
                     .and_then(|()| self.tracker.register(req, uid, &user_name(uid), now));
                 if let Ok(j) = &r {
                     info!(job_id = %j.id, user = %j.user, "job registered: {}", j.name);
@@ -500,19 +507,46 @@ impl Node {
             check_claim(self.procs.as_ref(), pid, uid, &gpu_pids)
                 .map_err(RequestError::Forbidden)?;
         }
-        let known: Vec<_> = self.sampler.gpus().map(|g| &g.info).collect();
-        if let Some(g) = req.gpus.iter().find(|g| {
-            !known.is_empty()
-                && !known
-                    .iter()
-                    .any(|k| k.uuid == **g || k.index.to_string() == **g)
-        }) {
-            let indices: Vec<String> = known.iter().map(|k| k.index.to_string()).collect();
-            return Err(RequestError::Invalid(format!(
-                "gpus: no GPU {g:?} on this node (indices {}, or their UUIDs)",
-                indices.join(", ")
-            )));
+        Ok(())
+    }
+
+    /// Resolves a registration's GPUs to UUIDs, once (`resolve_gpu_names`): the job holds the
+    /// GPUs it was given even if NVML numbers them otherwise later. Indices are taken as NVML's;
+    /// the first time, the agent warns that a scheduler's may not be. With no GPU known yet (NVML
+    /// not open) the names are kept and matched as they are, by index or UUID.
+    fn resolve_gpus(&mut self, req: &mut RegisterRequest) -> Result<(), RequestError> {
+        let units: Vec<gpucost_core::reading::GpuStatic> =
+            self.sampler.gpus().map(|g| g.info.clone()).collect();
+        if units.is_empty() || req.gpus.is_empty() {
+            return Ok(());
         }
+        let resolved = resolve_gpu_names(&req.gpus, &units).map_err(RequestError::Invalid)?;
+        if !resolved.from_indices.is_empty() {
+            let job = req.id.as_deref().unwrap_or("a new job");
+            let taken: Vec<String> = resolved
+                .from_indices
+                .iter()
+                .map(|(i, uuids)| format!("{i} = {}", uuids.join(" + ")))
+                .collect();
+            if self.warned_gpu_indices {
+                info!(
+                    "job {job}: GPU indices taken as NVML's: {}",
+                    taken.join(", ")
+                );
+            } else {
+                self.warned_gpu_indices = true;
+                warn!(
+                    "job {job}: GPU indices taken as NVML's (the gpu label): {}. A scheduler's \
+                     indices may differ: Slurm's follow the order of gres.conf, and \
+                     CUDA_VISIBLE_DEVICES counts from 0 the GPUs a job sees (inside a job whose \
+                     devices are constrained) and follows CUDA_DEVICE_ORDER; register GPU UUIDs \
+                     to be sure (gpucost job start --gpus GPU-...). Said once; later ones at \
+                     info level",
+                    taken.join(", ")
+                );
+            }
+        }
+        req.gpus = resolved.uuids;
         Ok(())
     }
 

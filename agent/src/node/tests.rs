@@ -987,3 +987,81 @@ fn issue_19_a_callers_job_is_found_from_its_process() {
     );
     assert!(progress(&mut rig, 800, None, 1).is_err());
 }
+
+/// Issue 15, item 3: a registration's GPU index is resolved to the GPU's UUID once. When NVML
+/// numbers the GPUs otherwise later (here after a reopen: a GPU replaced, a driver reloaded),
+/// the job keeps the GPU it was given, and the GPU now at its old index stays unallocated.
+#[test]
+fn issue_15_a_registered_gpu_index_is_resolved_to_its_uuid_once() {
+    let mut rig = Rig::new();
+    rig.steps(1);
+    let (reply, rx) = oneshot::channel();
+    rig.node.handle(Message::Register {
+        deadline: far_future(),
+        req: RegisterRequest {
+            id: Some("held".into()),
+            gpus: vec!["1".into()],
+            uid: Some(1001),
+            ..RegisterRequest::default()
+        },
+        uid: 0,
+        reply,
+    });
+    let j = rx.blocking_recv().unwrap().unwrap();
+    assert_eq!(j.registration.unwrap().gpus, ["GPU-1"]);
+    rig.steps(2);
+    let unallocated = |rig: &Rig, uuid: &str| {
+        rig.node
+            .tracker
+            .gpus()
+            .find(|g| g.uuid == uuid)
+            .map_or(0.0, |g| g.unallocated_seconds)
+    };
+    let held = rig.job("held").unwrap().usage.gpu_seconds;
+    let free0 = unallocated(&rig, "GPU-0");
+    assert_eq!(unallocated(&rig, "GPU-1"), 0.0);
+
+    rig.node.handle(Message::ReleaseNvml);
+    {
+        let mut s = rig.gpus.script();
+        s.gpus.swap(0, 1);
+        s.gpus[0].info.index = 0;
+        s.gpus[1].info.index = 1;
+    }
+    rig.node.handle(Message::ResumeNvml);
+    rig.steps(3);
+    assert_eq!(
+        rig.snap().gpus[0].info.uuid,
+        "GPU-1",
+        "NVML's order changed"
+    );
+    // Held idle: one GPU's time, GPU-1's; GPU-0, now index 1, went on unallocated.
+    assert_eq!(rig.job("held").unwrap().usage.gpu_seconds, held + 3.0);
+    assert_eq!(unallocated(&rig, "GPU-1"), 0.0);
+    assert_eq!(unallocated(&rig, "GPU-0"), free0 + 3.0);
+}
+
+/// A registration naming a GPU the node does not have is refused with the GPUs it has.
+#[test]
+fn issue_15_a_registration_of_an_unknown_gpu_names_the_ones_there_are() {
+    let mut rig = Rig::new();
+    rig.steps(1);
+    let (reply, rx) = oneshot::channel();
+    rig.node.handle(Message::Register {
+        deadline: far_future(),
+        req: RegisterRequest {
+            id: Some("x".into()),
+            gpus: vec!["GPU-0".into(), "5".into()],
+            uid: Some(1001),
+            ..RegisterRequest::default()
+        },
+        uid: 0,
+        reply,
+    });
+    let err = rx.blocking_recv().unwrap().unwrap_err().to_string();
+    assert!(
+        err.contains("no GPU \"5\"") && err.contains("0 (GPU-0), 1 (GPU-1)"),
+        "{err}"
+    );
+    assert!(rig.job("x").is_none());
+}

@@ -1,4 +1,5 @@
-//! Which billing unit (a whole GPU or a MIG GPU instance) a Kubernetes device id names.
+//! Which billing unit (a whole GPU or a MIG GPU instance) a Kubernetes device id names, and
+//! which GPUs a registration's or a job map's names (UUIDs or NVML indices) are.
 //!
 //! Device plugins hand pods ids of several forms (the forms dcgm-exporter's `kubernetes.go`
 //! maps too):
@@ -81,6 +82,87 @@ pub fn resolve_pods(pods: &[PodGpu], units: &[GpuStatic]) -> Vec<PodGpu> {
         .collect()
 }
 
+/// A registration's GPU names resolved to UUIDs ([`resolve_gpu_names`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ResolvedGpus {
+    /// The UUIDs of the billing units named, in order, each once.
+    pub uuids: Vec<String>,
+    /// The names that were indices, with the UUIDs they were taken to mean.
+    pub from_indices: Vec<(String, Vec<String>)>,
+}
+
+/// Resolves GPU names, once, to the UUIDs of the billing units they name among `units`:
+///
+/// - a UUID (`GPU-…`, `MIG-…`, any case) or a unique prefix of one (`GPU-8ab4`, as
+///   `CUDA_VISIBLE_DEVICES` takes them), or any form [`unit_of`] knows;
+/// - a UUID of a GPU in MIG mode, or its index: all of its MIG instances;
+/// - an index: NVML's index, the agent's `gpu` label. Indices from elsewhere need not be NVML's
+///   (`from_indices` says which were taken as such, for the caller to warn): Slurm's follow the
+///   order of `gres.conf`, and `CUDA_VISIBLE_DEVICES` counts from 0 the GPUs a job sees.
+///
+/// A name that matches no unit is an error naming it and what the node has.
+pub fn resolve_gpu_names(names: &[String], units: &[GpuStatic]) -> Result<ResolvedGpus, String> {
+    let mut out = ResolvedGpus::default();
+    for name in names {
+        let n = name.trim();
+        let found: Vec<&GpuStatic> = if let Ok(index) = n.parse::<u32>() {
+            units
+                .iter()
+                .filter(|u| match &u.mig {
+                    None => u.index == index,
+                    Some(m) => m.parent_index == index,
+                })
+                .collect()
+        } else if let Some(u) = unit_of(n, units) {
+            vec![u]
+        } else {
+            let lower = n.to_ascii_lowercase();
+            let of_parent: Vec<&GpuStatic> = units
+                .iter()
+                .filter(|u| {
+                    u.mig
+                        .as_ref()
+                        .is_some_and(|m| m.parent_uuid.eq_ignore_ascii_case(n))
+                })
+                .collect();
+            let by_prefix: Vec<&GpuStatic> = units
+                .iter()
+                .filter(|u| u.uuid.to_ascii_lowercase().starts_with(&lower))
+                .collect();
+            if !of_parent.is_empty() {
+                of_parent
+            } else if by_prefix.len() == 1
+                && (lower.starts_with("gpu-") || lower.starts_with("mig-"))
+                && lower.len() > "gpu-".len()
+            {
+                by_prefix
+            } else {
+                Vec::new()
+            }
+        };
+        if found.is_empty() {
+            let have: Vec<String> = units
+                .iter()
+                .map(|u| format!("{} ({})", u.index, u.uuid))
+                .collect();
+            return Err(format!(
+                "gpus: no GPU {name:?} on this node (NVML's indices or UUIDs: {})",
+                have.join(", ")
+            ));
+        }
+        let uuids: Vec<String> = found.iter().map(|u| u.uuid.clone()).collect();
+        if n.parse::<u32>().is_ok() {
+            out.from_indices.push((n.to_string(), uuids.clone()));
+        }
+        for u in uuids {
+            if !out.uuids.contains(&u) {
+                out.uuids.push(u);
+            }
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,6 +241,37 @@ mod tests {
         for (id, want) in cases {
             let got = unit_of(&id, &units).map(|u| u.uuid.as_str());
             assert_eq!(got, want, "{id}");
+        }
+    }
+
+    /// Issue 15, item 3: a registration's GPUs are resolved to UUIDs once, whatever form names
+    /// them; indices are NVML's and said to be.
+    #[test]
+    fn registration_names_resolve_to_uuids() {
+        let units = units();
+        let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let got = resolve_gpu_names(&names(&["0", &GPU0.to_uppercase()]), &units).unwrap();
+        assert_eq!(got.uuids, [GPU0], "one GPU named twice is held once");
+        assert_eq!(
+            got.from_indices,
+            [("0".to_string(), vec![GPU0.to_string()])]
+        );
+        // A GPU in MIG mode, by index or by UUID: its instances.
+        for name in ["1", GPU1] {
+            let got = resolve_gpu_names(&names(&[name]), &units).unwrap();
+            assert_eq!(got.uuids, [MIG_A, MIG_B], "{name}");
+        }
+        // MIG devices, a unique UUID prefix (CUDA_VISIBLE_DEVICES=GPU-8ab4).
+        let got = resolve_gpu_names(&names(&[MIG_B, "GPU-8ab4"]), &units).unwrap();
+        assert_eq!(got.uuids, [MIG_B, GPU0]);
+        assert!(got.from_indices.is_empty());
+        // Nothing on this node, or a prefix too short to tell.
+        for bad in ["7", "GPU-ffff", "GPU-", "MIG-", "x"] {
+            let err = resolve_gpu_names(&names(&[bad]), &units).unwrap_err();
+            assert!(
+                err.contains(&format!("no GPU {bad:?}")) && err.contains(GPU0),
+                "{err}"
+            );
         }
     }
 
