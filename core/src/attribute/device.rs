@@ -96,7 +96,7 @@ pub struct ResolvedGpus {
 /// - a UUID (`GPU-…`, `MIG-…`, any case) or a unique prefix of one (`GPU-8ab4`, as
 ///   `CUDA_VISIBLE_DEVICES` takes them), or any form [`unit_of`] knows;
 /// - a UUID of a GPU in MIG mode, or its index: all of its MIG instances;
-/// - an index: NVML's index, the agent's `gpu` label. Indices from elsewhere need not be NVML's
+/// - an index: the agent's `gpu` label (NVML's index; a MIG instance's own label names it alone). Indices from elsewhere need not be NVML's
 ///   (`from_indices` says which were taken as such, for the caller to warn): Slurm's follow the
 ///   order of `gres.conf`, and `CUDA_VISIBLE_DEVICES` counts from 0 the GPUs a job sees.
 ///
@@ -108,9 +108,8 @@ pub fn resolve_gpu_names(names: &[String], units: &[GpuStatic]) -> Result<Resolv
         let found: Vec<&GpuStatic> = if let Ok(index) = n.parse::<u32>() {
             units
                 .iter()
-                .filter(|u| match &u.mig {
-                    None => u.index == index,
-                    Some(m) => m.parent_index == index,
+                .filter(|u| {
+                    u.index == index || u.mig.as_ref().is_some_and(|m| m.parent_index == index)
                 })
                 .collect()
         } else if let Some(u) = unit_of(n, units) {
@@ -261,6 +260,11 @@ mod tests {
             let got = resolve_gpu_names(&names(&[name]), &units).unwrap();
             assert_eq!(got.uuids, [MIG_A, MIG_B], "{name}");
         }
+        // A MIG instance by its own `gpu` label.
+        let mut labelled = units.clone();
+        labelled[2].index = 2005;
+        let got = resolve_gpu_names(&names(&["2005"]), &labelled).unwrap();
+        assert_eq!(got.uuids, [MIG_B]);
         // MIG devices, a unique UUID prefix (CUDA_VISIBLE_DEVICES=GPU-8ab4).
         let got = resolve_gpu_names(&names(&[MIG_B, "GPU-8ab4"]), &units).unwrap();
         assert_eq!(got.uuids, [MIG_B, GPU0]);
