@@ -5,9 +5,10 @@
 //! generated from the proto in `gpucost-podresources`, which the fake kubelet serves too.
 //!
 //! NVIDIA's device plugin registers GPUs as resource `nvidia.com/gpu` with the GPU UUID (`GPU-…`)
-//! as device id, or the MIG device id (`MIG-…`) for MIG slices; with the plugin's "mixed" MIG
-//! strategy the resource names are `nvidia.com/mig-<profile>`, which the caller adds to
-//! `resource_names`.
+//! as device id, or the MIG device id (`MIG-…`) for MIG slices; time-slicing or MPS replicas as
+//! `<id>::N`, under `nvidia.com/gpu.shared` with its `renameByDefault`; with its "mixed" MIG
+//! strategy the resource names are `nvidia.com/mig-<profile>`. The default `resource_names`
+//! has all three (`nvidia.com/mig-*`, a prefix).
 //!
 //! Several pods may hold one GPU: NVIDIA's plugin shares a GPU by time-slicing or MPS as
 //! replicas `<uuid>::N`, GKE's as `nvidiaN/vgpuK`; every holder is kept
@@ -127,12 +128,21 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     parts.join(": ")
 }
 
+/// Whether `name` is one of `resource_names`, where a name ending in `*` is a prefix
+/// (`nvidia.com/mig-*`: every MIG profile of the "mixed" strategy).
+fn is_gpu_resource(name: &str, resource_names: &[String]) -> bool {
+    resource_names.iter().any(|r| match r.strip_suffix('*') {
+        Some(prefix) => name.starts_with(prefix),
+        None => r == name,
+    })
+}
+
 fn gpus_from(response: ListPodResourcesResponse, resource_names: &[String]) -> Vec<PodGpu> {
     let mut out = Vec::new();
     for pod in response.pod_resources {
         for container in pod.containers {
             for devices in container.devices {
-                if !resource_names.contains(&devices.resource_name) {
+                if !is_gpu_resource(&devices.resource_name, resource_names) {
                     continue;
                 }
                 for device_id in devices.device_ids {
@@ -323,6 +333,24 @@ mod tests {
                 held("ml", "train-0", "trainer", "GPU-bbbb"),
             ]
         );
+
+        // MIG devices of the "mixed" strategy and renamed shared replicas, by the defaults.
+        fake.set_pods(vec![pod(
+            "ml",
+            "mixed",
+            &[(
+                "trainer",
+                &[
+                    ("nvidia.com/mig-3g.40gb", &["MIG-eeee"]),
+                    ("nvidia.com/gpu.shared", &["GPU-ffff::2"]),
+                    ("nvidia.com/migration", &["not-a-gpu"]),
+                ],
+            )],
+        )]);
+        let got = list_gpus(&socket, &gpu_names(), TIMEOUT).await.unwrap();
+        let ids: Vec<&str> = got.iter().map(|p| p.device_id.as_str()).collect();
+        assert_eq!(ids, ["GPU-ffff::2", "MIG-eeee"]);
+        fake.set_pods(two_pods());
 
         // Other resource names are there when asked for.
         let foo = list_gpus(&socket, &["example.com/foo".to_string()], TIMEOUT)

@@ -74,9 +74,15 @@ pub mod defaults {
     pub const PROC_ROOT: &str = "/proc";
     /// `attribution.kubelet_socket`: the kubelet's pod-resources socket.
     pub const KUBELET_SOCKET: &str = "/var/lib/kubelet/pod-resources/kubelet.sock";
-    /// `attribution.kubelet_resources`: the resource name NVIDIA's device plugin registers GPUs
-    /// under.
-    pub const KUBELET_RESOURCES: &[&str] = &["nvidia.com/gpu"];
+    /// `attribution.kubelet_resources`: the resource names NVIDIA's device plugin registers GPUs
+    /// under: whole GPUs and their time-slicing or MPS replicas (`nvidia.com/gpu`, or
+    /// `nvidia.com/gpu.shared` with the plugin's `renameByDefault`), and MIG devices with its
+    /// "mixed" strategy (`nvidia.com/mig-<profile>`). A name ending in `*` is a prefix.
+    pub const KUBELET_RESOURCES: &[&str] = &[
+        "nvidia.com/gpu",
+        "nvidia.com/gpu.shared",
+        "nvidia.com/mig-*",
+    ];
     /// `attribution.kubelet_checkpoint`: the kubelet's device-manager checkpoint, where the
     /// UIDs of the pods that hold devices are.
     pub const KUBELET_CHECKPOINT: &str =
