@@ -57,13 +57,18 @@ pub fn slurm_job_id_in_file(text: &str) -> Option<String> {
 /// with its own `--cgroup-root` adds a prefix (`kubelet.slice/kubelet-kubepods.slice/...`).
 /// UIDs are 36 characters with four dashes, or 32 hex digits for static pods (a hash of the
 /// manifest), and are returned with dashes.
+///
+/// An agent in a pod has a cgroup namespace of its own (the default with cgroup v2), and reads
+/// other processes' paths relative to its own cgroup, climbing with `..` (cgroup_namespaces(7):
+/// "the pathname will show ../ entries for each ancestor level"): `/../../burstable/pod<uid>/…`
+/// need not name `kubepods`, so a path that climbs counts as inside it.
 pub fn pod_uid(cgroup_line: &str) -> Option<String> {
     let mut under_kubepods = false;
     for seg in cgroup_path(cgroup_line)
         .split('/')
         .filter(|s| !s.is_empty())
     {
-        if seg.contains("kubepods") {
+        if seg.contains("kubepods") || seg == ".." {
             under_kubepods = true;
         }
         if !under_kubepods {
@@ -185,6 +190,15 @@ mod tests {
             (
                 "0::/kubepods/burstable/pod8d2e5b7c1a9f4e3d6b0c2a1f9e8d7c6b/abc",
                 Some("8d2e5b7c1a9f4e3d6b0c2a1f9e8d7c6b"),
+            ),
+            // Read from inside an agent's own cgroup namespace: relative, climbing with `..`.
+            (
+                "0::/../../../kubepods-burstable.slice/kubepods-burstable-pod0f9a2c4e_5b1d_4c3a_9e8f_7a6b5c4d3e2f.slice/cri-containerd-4c1f9e.scope",
+                Some(uid),
+            ),
+            (
+                "0::/../../burstable/pod0f9a2c4e-5b1d-4c3a-9e8f-7a6b5c4d3e2f/4c1f9e0d",
+                Some(uid),
             ),
             // The QoS level alone, a process outside Kubernetes, a `pod` folder elsewhere.
             ("0::/kubepods.slice/kubepods-burstable.slice", None),
