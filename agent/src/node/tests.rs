@@ -241,12 +241,17 @@ impl Rig {
 
     /// A prolog (root) registers job `id` for `uid`, with GPU 0.
     fn register(&mut self, id: &str, uid: u32) -> Result<JobRecord, String> {
+        self.register_gpus(id, uid, &["0"])
+    }
+
+    /// A prolog (root) registers job `id` for `uid`, with `gpus` (indices or UUIDs).
+    fn register_gpus(&mut self, id: &str, uid: u32, gpus: &[&str]) -> Result<JobRecord, String> {
         let (reply, rx) = oneshot::channel();
         self.node.handle(Message::Register {
             deadline: far_future(),
             req: RegisterRequest {
                 id: Some(id.into()),
-                gpus: vec!["0".into()],
+                gpus: gpus.iter().map(|g| g.to_string()).collect(),
                 uid: Some(uid),
                 ..RegisterRequest::default()
             },
@@ -995,19 +1000,7 @@ fn issue_19_a_callers_job_is_found_from_its_process() {
 fn issue_15_a_registered_gpu_index_is_resolved_to_its_uuid_once() {
     let mut rig = Rig::new();
     rig.steps(1);
-    let (reply, rx) = oneshot::channel();
-    rig.node.handle(Message::Register {
-        deadline: far_future(),
-        req: RegisterRequest {
-            id: Some("held".into()),
-            gpus: vec!["1".into()],
-            uid: Some(1001),
-            ..RegisterRequest::default()
-        },
-        uid: 0,
-        reply,
-    });
-    let j = rx.blocking_recv().unwrap().unwrap();
+    let j = rig.register_gpus("held", 1001, &["1"]).unwrap();
     assert_eq!(j.registration.unwrap().gpus, ["GPU-1"]);
     rig.steps(2);
     let unallocated = |rig: &Rig, uuid: &str| {
@@ -1046,19 +1039,7 @@ fn issue_15_a_registered_gpu_index_is_resolved_to_its_uuid_once() {
 fn issue_15_a_registration_of_an_unknown_gpu_names_the_ones_there_are() {
     let mut rig = Rig::new();
     rig.steps(1);
-    let (reply, rx) = oneshot::channel();
-    rig.node.handle(Message::Register {
-        deadline: far_future(),
-        req: RegisterRequest {
-            id: Some("x".into()),
-            gpus: vec!["GPU-0".into(), "5".into()],
-            uid: Some(1001),
-            ..RegisterRequest::default()
-        },
-        uid: 0,
-        reply,
-    });
-    let err = rx.blocking_recv().unwrap().unwrap_err().to_string();
+    let err = rig.register_gpus("x", 1001, &["GPU-0", "5"]).unwrap_err();
     assert!(
         err.contains("no GPU \"5\"") && err.contains("0 (GPU-0), 1 (GPU-1)"),
         "{err}"
