@@ -1046,3 +1046,39 @@ fn issue_15_a_registration_of_an_unknown_gpu_names_the_ones_there_are() {
     );
     assert!(rig.job("x").is_none());
 }
+
+/// Issue 15, item 3: a job-map file named by index (a Slurm prolog's `SLURM_JOB_GPUS`) is
+/// resolved to its GPU's UUID when it appears: when NVML numbers the GPUs otherwise later, the
+/// job keeps holding the GPU it was given, idle, and the GPU now at that index is not its.
+#[test]
+fn issue_15_a_job_map_index_is_resolved_to_its_uuid_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rig = Rig::new();
+    rig.node.cfg.job_map_dir = Some(dir.path().to_path_buf());
+    rig.steps(1);
+    std::fs::write(dir.path().join("1"), "41871\n").unwrap();
+    rig.steps(2);
+    let held = rig.job("41871").expect("the mapped job").usage.gpu_seconds;
+    assert!(held > 0.0);
+
+    rig.node.handle(Message::ReleaseNvml);
+    {
+        let mut s = rig.gpus.script();
+        s.gpus.swap(0, 1);
+        s.gpus[0].info.index = 0;
+        s.gpus[1].info.index = 1;
+    }
+    rig.node.handle(Message::ResumeNvml);
+    rig.steps(3);
+    assert_eq!(rig.snap().gpus[0].info.uuid, "GPU-1", "NVML's order changed");
+    let unallocated = |uuid: &str| {
+        rig.node
+            .tracker
+            .gpus()
+            .find(|g| g.uuid == uuid)
+            .map_or(0.0, |g| g.unallocated_seconds)
+    };
+    assert_eq!(rig.job("41871").unwrap().usage.gpu_seconds, held + 3.0);
+    assert_eq!(unallocated("GPU-1"), 0.0, "still the job's");
+    assert!(unallocated("GPU-0") >= 3.0, "GPU-0, now index 1, is nobody's");
+}

@@ -17,9 +17,11 @@
 //!
 //! Pure string work over the GPUs the sampler knows ([`GpuStatic`]).
 
+use std::collections::BTreeMap;
+
 use crate::reading::GpuStatic;
 
-use super::PodGpu;
+use super::{JobMap, PodGpu};
 
 /// The id without a sharing replica's suffix: `GPU-x::3` -> `GPU-x`, `nvidia0/vgpu2` ->
 /// `nvidia0`. Anything else is returned as it is.
@@ -162,6 +164,49 @@ pub fn resolve_gpu_names(names: &[String], units: &[GpuStatic]) -> Result<Resolv
     Ok(out)
 }
 
+/// What a job-map entry (`file name` -> jobs) was resolved to, kept while the entry stays.
+pub type JobMapUnits = BTreeMap<(String, Vec<String>), Vec<String>>;
+
+/// The prolog's GPU -> jobs map with each GPU name resolved to its UUIDs
+/// ([`resolve_gpu_names`]), each entry once: `seen` keeps what an entry (its file name and
+/// jobs) was resolved to when it first appeared, so a GPU named by index stays the GPU it was
+/// when the prolog wrote it, however NVML numbers the GPUs later (a GPU that fell off the bus
+/// renumbers the rest). Entries that are gone are forgotten. A name that names no GPU now is
+/// kept as it is (matched later by index or UUID, as before) and tried again next time.
+/// Returns the map and the index names resolved for the first time (for the caller to say so).
+pub fn resolve_job_map(
+    map: &JobMap,
+    units: &[GpuStatic],
+    seen: &mut JobMapUnits,
+) -> (JobMap, Vec<(String, Vec<String>)>) {
+    seen.retain(|(name, jobs), _| map.get(name) == Some(jobs));
+    let mut out = JobMap::new();
+    let mut new_indices = Vec::new();
+    for (name, jobs) in map {
+        let key = (name.clone(), jobs.clone());
+        let uuids = match seen.get(&key) {
+            Some(u) => u.clone(),
+            None => match resolve_gpu_names(std::slice::from_ref(name), units) {
+                Ok(r) => {
+                    new_indices.extend(r.from_indices);
+                    seen.insert(key, r.uuids.clone());
+                    r.uuids
+                }
+                Err(_) => vec![name.clone()],
+            },
+        };
+        for u in uuids {
+            let held = out.entry(u).or_default();
+            for j in jobs {
+                if !held.contains(j) {
+                    held.push(j.clone());
+                }
+            }
+        }
+    }
+    (out, new_indices)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -277,6 +322,35 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    /// A job-map file named by index is resolved when it appears and keeps its GPU when NVML
+    /// numbers the GPUs otherwise; a file written anew is resolved anew.
+    #[test]
+    fn job_map_entries_are_resolved_once() {
+        let map = |entries: &[(&str, &str)]| -> JobMap {
+            entries
+                .iter()
+                .map(|(k, v)| (k.to_string(), vec![v.to_string()]))
+                .collect()
+        };
+        let two = vec![whole(0, GPU0), whole(1, GPU1)];
+        let mut seen = JobMapUnits::new();
+        let (got, new) = resolve_job_map(&map(&[("1", "41871"), (GPU0, "7")]), &two, &mut seen);
+        assert_eq!(got, map(&[(GPU1, "41871"), (GPU0, "7")]));
+        assert_eq!(new, [("1".to_string(), vec![GPU1.to_string()])]);
+        // GPU 0 fell off the bus: NVML's index 0 is now GPU1. Job 41871 keeps GPU1.
+        let renumbered = vec![whole(0, GPU1)];
+        let (got, new) = resolve_job_map(&map(&[("1", "41871")]), &renumbered, &mut seen);
+        assert_eq!(got, map(&[(GPU1, "41871")]));
+        assert!(new.is_empty());
+        // A new job's file "0": resolved now, to the GPU at index 0 now.
+        let (got, _) = resolve_job_map(&map(&[("0", "41900")]), &renumbered, &mut seen);
+        assert_eq!(got, map(&[(GPU1, "41900")]));
+        assert_eq!(seen.len(), 1, "gone entries are forgotten");
+        // A name that names no GPU yet stays as written.
+        let (got, _) = resolve_job_map(&map(&[("5", "9")]), &renumbered, &mut seen);
+        assert_eq!(got, map(&[("5", "9")]));
     }
 
     #[test]
