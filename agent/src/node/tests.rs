@@ -100,6 +100,8 @@ struct Rig {
     procs: Procs,
     node: Node,
     snapshots: watch::Receiver<Arc<Snapshot>>,
+    /// What the kubelet says (the agent's poller sends the same).
+    pods: watch::Sender<Vec<PodGpu>>,
     /// When the next tick is planned (as `Node::run` keeps it).
     next: Instant,
 }
@@ -134,7 +136,7 @@ impl Rig {
         let gpus = Scripted::new(s.script, clock.clone());
         let procs = Procs::default();
         let (tx, snapshots) = watch::channel(Arc::new(Snapshot::empty(Source::Nvml, None)));
-        let (_pods_tx, pods) = watch::channel(Vec::new());
+        let (pods_tx, pods) = watch::channel(Vec::new());
         let cadence = Cadence {
             interval: SECOND,
             process_interval: SECOND,
@@ -169,6 +171,7 @@ impl Rig {
             procs,
             node,
             snapshots,
+            pods: pods_tx,
             next,
         }
     }
@@ -1070,7 +1073,11 @@ fn issue_15_a_job_map_index_is_resolved_to_its_uuid_once() {
     }
     rig.node.handle(Message::ResumeNvml);
     rig.steps(3);
-    assert_eq!(rig.snap().gpus[0].info.uuid, "GPU-1", "NVML's order changed");
+    assert_eq!(
+        rig.snap().gpus[0].info.uuid,
+        "GPU-1",
+        "NVML's order changed"
+    );
     let unallocated = |uuid: &str| {
         rig.node
             .tracker
@@ -1080,5 +1087,62 @@ fn issue_15_a_job_map_index_is_resolved_to_its_uuid_once() {
     };
     assert_eq!(rig.job("41871").unwrap().usage.gpu_seconds, held + 3.0);
     assert_eq!(unallocated("GPU-1"), 0.0, "still the job's");
-    assert!(unallocated("GPU-0") >= 3.0, "GPU-0, now index 1, is nobody's");
+    assert!(
+        unallocated("GPU-0") >= 3.0,
+        "GPU-0, now index 1, is nobody's"
+    );
+}
+
+/// Issue 15: two pods time-slicing GPU 0 (replicas `GPU-0::0`, `GPU-0::1`), each process bound
+/// to its pod by the pod UID in its cgroup: each pod pays its own processes' share, and
+/// progress from a pod's process (the pod socket) goes to that pod, not to the first listed.
+#[test]
+fn issue_15_pods_sharing_a_gpu_are_billed_and_credited_apart() {
+    let mut rig = Rig::new();
+    let pod = |name: &str, replica: u32, uid: &str| PodGpu {
+        namespace: "ml".into(),
+        pod: name.into(),
+        container: "main".into(),
+        device_id: format!("GPU-0::{replica}"),
+        pod_uid: Some(uid.into()),
+    };
+    rig.pods
+        .send(vec![pod("a", 0, "uid-a"), pod("b", 1, "uid-b")])
+        .unwrap();
+    for (pid, uid, sm) in [(700, "uid-a", 30), (800, "uid-b", 10)] {
+        rig.procs.0.lock().unwrap().insert(
+            pid,
+            ProcInfo {
+                pid,
+                ppid: 1,
+                comm: "python".into(),
+                pod_uid: Some(uid.into()),
+                ..ProcInfo::default()
+            },
+        );
+        let mut s = rig.gpus.script();
+        s.gpus[0].processes.push(ProcessUse {
+            pid,
+            used_memory_bytes: Some(1 << 30),
+            sm_util_pct: Some(sm),
+        });
+        s.gpus[0].utilization_pct = 40;
+    }
+    rig.steps(4);
+    let a = rig.job("ml/a").unwrap().usage.gpu_seconds;
+    let b = rig.job("ml/b").unwrap().usage.gpu_seconds;
+    assert!(b > 0.0 && (a / b - 3.0).abs() < 1e-9, "a {a}, b {b}");
+
+    let (reply, rx) = oneshot::channel();
+    rig.node.handle(Message::CallerProgress {
+        pid: 800,
+        uid: None,
+        req: ProgressRequest {
+            tokens: Some(1000),
+            ..ProgressRequest::default()
+        },
+        deadline: far_future(),
+        reply,
+    });
+    assert_eq!(rx.blocking_recv().unwrap().unwrap().id, "ml/b");
 }
