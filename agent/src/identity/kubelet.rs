@@ -232,9 +232,24 @@ pub fn read_checkpoint(path: &Path) -> Result<Vec<Allocation>, String> {
 
 /// Gives each pod's device the UID of the pod the checkpoint allocated it to, matching the
 /// container and device id (an allocation recorded for several UIDs, a checkpoint not yet up to
-/// date, gives none).
+/// date, gives none). A device listed for two pods with one container name is given to neither:
+/// `List` can still report the devices of a pod that has finished after they were allocated
+/// again (kubernetes/kubernetes#119423), and the checkpoint cannot tell which of the two is the
+/// live one.
 pub fn add_pod_uids(pods: &mut [PodGpu], allocations: &[Allocation]) {
-    for p in pods.iter_mut() {
+    let listed_twice = |p: &PodGpu, all: &[PodGpu]| {
+        all.iter().any(|o| {
+            o.device_id == p.device_id
+                && o.container == p.container
+                && (o.namespace != p.namespace || o.pod != p.pod)
+        })
+    };
+    let twice: Vec<bool> = pods.iter().map(|p| listed_twice(p, pods)).collect();
+    for (p, twice) in pods.iter_mut().zip(twice) {
+        if twice {
+            p.pod_uid = None;
+            continue;
+        }
         let mut uids = allocations
             .iter()
             .filter(|a| a.container == p.container && a.device_ids.contains(&p.device_id))
@@ -429,6 +444,15 @@ mod tests {
         add_pod_uids(&mut pods, &allocations);
         let uids: Vec<_> = pods.iter().map(|p| p.pod_uid.as_deref()).collect();
         assert_eq!(uids, [Some("u1"), None, None]);
+
+        // A finished pod still listed with a replica given since to another pod
+        // (kubernetes/kubernetes#119423): neither is given the UID the checkpoint has for it.
+        let mut pods = vec![
+            held("ml", "done", "main", "GPU-1::0"),
+            held("ml", "new", "main", "GPU-1::0"),
+        ];
+        add_pod_uids(&mut pods, &allocations);
+        assert!(pods.iter().all(|p| p.pod_uid.is_none()), "{pods:?}");
 
         // A kubelet with no allocations writes null for the entries.
         std::fs::write(
