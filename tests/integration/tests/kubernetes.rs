@@ -155,6 +155,7 @@ fn run_shared(devices: [&str; 3], checkpoint: bool) -> (f64, f64, Option<f64>, V
         std::thread::sleep(Duration::from_millis(100));
     };
     let c = gpu_seconds(&agent, "ml/c");
+    eprintln!("{devices:?}, checkpoint {checkpoint}: GPU seconds a {a:.2}, b {b:.2}, c {c:?}");
     let logs = agent.logs();
     drop(fake);
     (a, b, c, logs)
