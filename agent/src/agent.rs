@@ -12,13 +12,13 @@ use tracing::{info, warn, Instrument};
 
 use crate::api::socket;
 use crate::export::{http, server};
-use crate::identity::kubelet::{list_gpus, PodGpu};
+use crate::identity::kubelet::{add_pod_uids, list_gpus, read_checkpoint, PodGpu};
 use crate::identity::procfs::ProcFs;
 use crate::ledger::{LedgerStore, LockError, StateLock};
 use crate::node::{Message, Node, NodeConfig, NodeParts, Store};
 use crate::notify;
 use crate::record::Recorder;
-use crate::sample::benchmark::{bench_gpu, watch_snapshots};
+use crate::sample::benchmark::{bench_nvml_gpu, watch_snapshots};
 use crate::sample::nvml::NvmlFactory;
 use crate::sample::sampler::{Cadence, Sampler};
 use crate::sample::sim::{SimEndings, SimFactory, SimProcs};
@@ -238,12 +238,13 @@ pub fn run(config: Config, record: Option<std::path::PathBuf>) -> anyhow::Result
                 );
             }
             if let Some(sock) = config.attribution.kubelet_socket.clone() {
-                let resources = config.attribution.kubelet_resources.clone();
-                let every = config.attribution.kubelet_interval;
-                tokio::spawn(
-                    poll_kubelet(sock, resources, every, pods_tx, shutdown.clone())
-                        .in_current_span(),
-                );
+                let kubelet = Kubelet {
+                    socket: sock,
+                    resources: config.attribution.kubelet_resources.clone(),
+                    checkpoint: config.attribution.kubelet_checkpoint.clone(),
+                    every: config.attribution.kubelet_interval,
+                };
+                tokio::spawn(poll_kubelet(kubelet, pods_tx, shutdown.clone()).in_current_span());
             }
             // systemd (Type=notify): up once both listeners are bound; then the watchdog.
             let _ = notify::ready(&format!("listening on {local}"));
@@ -540,7 +541,7 @@ fn benchmark_loop(
                 continue;
             }
             let watch = watch_snapshots(uuid.clone(), snapshots.clone());
-            match bench_gpu(index as usize, true, watch) {
+            match bench_nvml_gpu(index, &uuid, true, watch) {
                 Ok(b) => {
                     info!(
                         gpu = index,
@@ -566,6 +567,9 @@ fn benchmark_loop(
                         return;
                     }
                 }
+                Err(e @ gpucost_kernels::suite::BenchError::NoMatch(_)) => {
+                    info!(gpu = index, "GPU {index} not benchmarked: {e}");
+                }
                 Err(e) => warn!(gpu = index, "GPU {index} benchmark failed: {e}"),
             }
         }
@@ -590,18 +594,43 @@ fn simulated_benchmarks(
         .collect()
 }
 
-/// Asks the kubelet which pod holds which GPU, every `every`; says once when it cannot.
-async fn poll_kubelet(
+/// Where and how often to ask the kubelet.
+struct Kubelet {
     socket: std::path::PathBuf,
     resources: Vec<String>,
+    /// The device-manager checkpoint, for the pods' UIDs.
+    checkpoint: Option<std::path::PathBuf>,
     every: Duration,
-    tx: watch::Sender<Vec<PodGpu>>,
-    shutdown: CancellationToken,
-) {
+}
+
+/// Asks the kubelet which pod holds which GPU, every `every`, and reads the pods' UIDs from its
+/// checkpoint; says once when it cannot.
+async fn poll_kubelet(k: Kubelet, tx: watch::Sender<Vec<PodGpu>>, shutdown: CancellationToken) {
+    let Kubelet {
+        socket,
+        resources,
+        checkpoint,
+        every,
+    } = k;
     let mut said: Option<String> = None;
+    let mut said_checkpoint: Option<String> = None;
     loop {
         match list_gpus(&socket, &resources, Duration::from_secs(5)).await {
-            Ok(pods) => {
+            Ok(mut pods) => {
+                if let Some(path) = checkpoint.as_deref().filter(|_| !pods.is_empty()) {
+                    match read_checkpoint(path) {
+                        Ok(allocations) => {
+                            said_checkpoint = None;
+                            add_pod_uids(&mut pods, &allocations);
+                        }
+                        Err(msg) => {
+                            if said_checkpoint.as_deref() != Some(msg.as_str()) {
+                                warn!("{msg}; pods sharing a GPU are billed evenly for its processes until it can be read (attribution.kubelet_checkpoint)");
+                            }
+                            said_checkpoint = Some(msg);
+                        }
+                    }
+                }
                 if said.take().is_some() || tx.borrow().is_empty() && !pods.is_empty() {
                     info!(
                         "kubelet pod-resources at {}: {} GPU assignment(s)",

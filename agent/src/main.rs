@@ -37,9 +37,9 @@ enum CliCommand {
 
 #[derive(Args)]
 struct BenchArgs {
-    /// Only this GPU (CUDA device index)
-    #[arg(long)]
-    gpu: Option<usize>,
+    /// Only this GPU: its index as the agent's `gpu` label shows it (NVML's), or its UUID
+    #[arg(long, value_name = "N|UUID")]
+    gpu: Option<String>,
     /// JSON instead of a table
     #[arg(long)]
     json: bool,

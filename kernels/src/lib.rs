@@ -2,6 +2,7 @@
 //!
 //! - [`registry`]: the CUDA modules (`kernels/cuda/*.cu`), their targets and entry points, and
 //!   the PTX shipped for GPU nodes that have a driver but no CUDA toolkit.
+//! - [`devices`]: which CUDA device is the GPU NVML names (by UUID, never by index).
 //! - [`flops`]: how much work each kernel does, and rates from times. Pure.
 //! - [`suite`]: what `gpucost bench` and the agent run: each kernel verified, then timed.
 //!
@@ -13,6 +14,7 @@
 
 mod blas;
 mod check;
+pub mod devices;
 pub mod flops;
 mod gpu;
 mod launch;

@@ -44,17 +44,28 @@ def current_cost(job_id: Optional[str] = None) -> Optional[float]:
     return float(cost) if isinstance(cost, (int, float)) else None
 
 
+def _gpu_list(text: Optional[str]) -> List[str]:
+    """A comma-separated GPU list, without the container toolkit's words for none or all."""
+    gpus = [g.strip() for g in (text or "").split(",")]
+    return [g for g in gpus if g and g not in ("all", "none", "void", "NoDevFiles")]
+
+
 def _visible_gpus() -> Optional[List[str]]:
-    """What ``gpucost run`` declares as root: ``CUDA_VISIBLE_DEVICES`` or
-    ``NVIDIA_VISIBLE_DEVICES`` (indices or UUIDs)."""
-    for var in ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES"):
-        v = os.environ.get(var)
-        if v is None:
-            continue
-        gpus = [g.strip() for g in v.split(",")]
-        gpus = [g for g in gpus if g and g not in ("all", "none", "void")]
-        if gpus:
-            return gpus
+    """What ``gpucost run`` declares as root, by the same rules: UUIDs in
+    ``CUDA_VISIBLE_DEVICES`` or ``NVIDIA_VISIBLE_DEVICES`` (exact whatever the numbering); else
+    Slurm's ``SLURM_STEP_GPUS`` or ``SLURM_JOB_GPUS``; else the indices of
+    ``CUDA_VISIBLE_DEVICES`` or ``NVIDIA_VISIBLE_DEVICES``, except inside a Slurm job, where
+    ``CUDA_VISIBLE_DEVICES`` counts from 0 the GPUs the job sees, not the node's: then none."""
+    visible = _gpu_list(os.environ.get("CUDA_VISIBLE_DEVICES")) or _gpu_list(
+        os.environ.get("NVIDIA_VISIBLE_DEVICES")
+    )
+    if visible and all(g.startswith(("GPU-", "MIG-")) for g in visible):
+        return visible
+    slurm = _gpu_list(os.environ.get("SLURM_STEP_GPUS")) or _gpu_list(os.environ.get("SLURM_JOB_GPUS"))
+    if slurm:
+        return slurm
+    if visible and not os.environ.get("SLURM_JOB_ID", "").strip():
+        return visible
     return None
 
 

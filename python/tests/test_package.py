@@ -33,3 +33,26 @@ def test_the_version_is_the_agents():
     workspace = re.search(r'^\[workspace\.package\][^\[]*?^version = "([^"]+)"', cargo, re.M | re.S)
     assert workspace, "no [workspace.package] version in Cargo.toml"
     assert gpucost.__version__ == workspace.group(1)
+
+
+def test_declared_gpus_follow_gpucost_runs_rules(monkeypatch):
+    """Issue 15: UUIDs first, then Slurm's indices; CUDA_VISIBLE_DEVICES's indices inside a
+    Slurm job count the job's own GPUs from 0 and are not declared (as ``gpucost run``)."""
+    from gpucost._track import _visible_gpus
+
+    uuid = "GPU-8ab4c2d0-1e3f-4a5b-9c8d-7e6f5a4b3c2d"
+    cases = [
+        ({"CUDA_VISIBLE_DEVICES": uuid, "SLURM_JOB_GPUS": "3"}, [uuid]),
+        ({"SLURM_JOB_ID": "41871", "SLURM_STEP_GPUS": "3", "CUDA_VISIBLE_DEVICES": "0"}, ["3"]),
+        ({"SLURM_JOB_ID": "41871", "CUDA_VISIBLE_DEVICES": "0,1"}, None),
+        ({"NVIDIA_VISIBLE_DEVICES": "1, 2"}, ["1", "2"]),
+        ({"NVIDIA_VISIBLE_DEVICES": "all"}, None),
+        ({}, None),
+    ]
+    names = ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "SLURM_JOB_ID", "SLURM_JOB_GPUS", "SLURM_STEP_GPUS")
+    for env, want in cases:
+        for n in names:
+            monkeypatch.delenv(n, raising=False)
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+        assert _visible_gpus() == want, env

@@ -5,13 +5,26 @@
 use gpucost_kernels::suite;
 use serde_json::json;
 
-use crate::sample::benchmark::{bench_gpu, watch_nvml, GpuBench};
+use crate::sample::benchmark::{bench_gpu, bench_nvml_gpu, watch_nvml, Conditions, GpuBench};
+use crate::sample::nvml::NvmlBackend;
+use crate::sample::Backend;
 
 pub struct BenchArgs {
-    pub gpu: Option<usize>,
+    /// NVML's index or a UUID.
+    pub gpu: Option<String>,
     pub json: bool,
     pub quick: bool,
     pub nvml_lib: Option<std::path::PathBuf>,
+}
+
+/// One GPU's benchmark, to run.
+type Run = Box<dyn FnOnce() -> Result<GpuBench, suite::BenchError>>;
+
+/// What to benchmark: GPUs as NVML names them (index, UUID), each found among the CUDA devices
+/// by its UUID; or, where NVML cannot be read, CUDA's own devices by ordinal.
+enum Targets {
+    Nvml(Vec<(u32, String)>),
+    Cuda(Vec<usize>),
 }
 
 /// `gpucost bench`; returns the exit code.
@@ -27,27 +40,64 @@ pub fn run(a: BenchArgs) -> i32 {
             return 1;
         }
     };
-    let devices: Vec<usize> = match a.gpu {
-        Some(g) if g >= count => {
+    let targets = match nvml_gpus(a.nvml_lib.as_deref()) {
+        Ok(gpus) => match pick(&gpus, a.gpu.as_deref()) {
+            Ok(t) => Targets::Nvml(t),
+            Err(msg) => {
+                eprintln!("gpucost bench: {msg}");
+                return 2;
+            }
+        },
+        Err(e) => {
             eprintln!(
-                "gpucost bench: --gpu {g}: this node has {count} GPU(s) (0 to {})",
-                count - 1
+                "gpucost bench: NVML cannot be read ({e}): GPUs are numbered as CUDA \
+                 enumerates them, which may not be the agent's `gpu` label, and clocks and \
+                 power are not watched"
             );
-            return 2;
+            let ordinals: Vec<usize> = (0..count).collect();
+            match a.gpu.as_deref().map(str::parse::<usize>) {
+                None => Targets::Cuda(ordinals),
+                Some(Ok(g)) if g < count => Targets::Cuda(vec![g]),
+                Some(_) => {
+                    eprintln!(
+                        "gpucost bench: --gpu {}: CUDA sees {count} GPU(s) (0 to {})",
+                        a.gpu.unwrap_or_default(),
+                        count - 1
+                    );
+                    return 2;
+                }
+            }
         }
-        Some(g) => vec![g],
-        None => (0..count).collect(),
+    };
+    let seconds = if a.quick { 3 } else { 10 };
+    let runs: Vec<(String, Run)> = match targets {
+        Targets::Nvml(gpus) => gpus
+            .into_iter()
+            .map(|(index, uuid)| {
+                let lib = a.nvml_lib.clone();
+                let quick = a.quick;
+                let label = format!("GPU {index} ({uuid})");
+                let run: Run =
+                    Box::new(move || bench_nvml_gpu(index, &uuid, quick, watch_nvml(index, lib)));
+                (label, run)
+            })
+            .collect(),
+        Targets::Cuda(ordinals) => ordinals
+            .into_iter()
+            .map(|d| {
+                let quick = a.quick;
+                let run: Run = Box::new(move || bench_gpu(d, quick, |_| Conditions::default()));
+                (format!("CUDA device {d}"), run)
+            })
+            .collect(),
     };
     let mut docs = Vec::new();
     let mut failed = false;
-    for d in devices {
+    for (label, run) in runs {
         if !a.json {
-            eprintln!(
-                "gpucost bench: GPU {d}: running ({} s at most)...",
-                if a.quick { 3 } else { 10 }
-            );
+            eprintln!("gpucost bench: {label}: running ({seconds} s at most)...");
         }
-        match bench_gpu(d, a.quick, watch_nvml(d as u32, a.nvml_lib.clone())) {
+        match run() {
             Ok(b) => {
                 if a.json {
                     docs.push(to_json(&b));
@@ -55,8 +105,12 @@ pub fn run(a: BenchArgs) -> i32 {
                     print!("{}", to_table(&b));
                 }
             }
+            Err(e @ suite::BenchError::NoMatch(_)) => {
+                eprintln!("gpucost bench: {label}: skipped: {e}");
+                failed = true;
+            }
             Err(e) => {
-                eprintln!("gpucost bench: GPU {d}: {e}");
+                eprintln!("gpucost bench: {label}: {e}");
                 failed = true;
             }
         }
@@ -70,9 +124,41 @@ pub fn run(a: BenchArgs) -> i32 {
     i32::from(failed)
 }
 
+/// NVML's GPUs: (index, UUID).
+fn nvml_gpus(lib: Option<&std::path::Path>) -> Result<Vec<(u32, String)>, String> {
+    let mut nvml = NvmlBackend::open(lib).map_err(|e| e.to_string())?;
+    let gpus = nvml.gpus().map_err(|e| e.to_string())?;
+    Ok(gpus.into_iter().map(|g| (g.index, g.uuid)).collect())
+}
+
+/// The GPUs `--gpu` names (all without it): by NVML index or by UUID. An error names the choice
+/// there was.
+fn pick(gpus: &[(u32, String)], wanted: Option<&str>) -> Result<Vec<(u32, String)>, String> {
+    let Some(w) = wanted else {
+        return Ok(gpus.to_vec());
+    };
+    let found = match w.parse::<u32>() {
+        Ok(i) => gpus.iter().find(|(index, _)| *index == i),
+        Err(_) => gpus.iter().find(|(_, uuid)| uuid.eq_ignore_ascii_case(w)),
+    };
+    found.map(|g| vec![g.clone()]).ok_or_else(|| {
+        let have: Vec<String> = gpus.iter().map(|(i, u)| format!("{i} ({u})")).collect();
+        format!(
+            "--gpu {w}: no such GPU; NVML lists {}",
+            if have.is_empty() {
+                "none".to_string()
+            } else {
+                have.join(", ")
+            }
+        )
+    })
+}
+
 pub fn to_json(b: &GpuBench) -> serde_json::Value {
     let r = &b.report;
     json!({
+        "gpu": b.nvml.as_ref().map(|(i, _)| i),
+        "uuid": b.nvml.as_ref().map(|(_, u)| u),
         "device": r.device,
         "name": r.name,
         "compute_capability": format!("{}.{}", r.compute_capability.0, r.compute_capability.1),
@@ -101,10 +187,12 @@ fn pct(v: Option<f64>) -> String {
 pub fn to_table(b: &GpuBench) -> String {
     let r = &b.report;
     let c = &b.conditions;
+    let who = match &b.nvml {
+        Some((index, uuid)) => format!("GPU {index} {} ({uuid}, CUDA device {}", r.name, r.device),
+        None => format!("CUDA device {} {} (", r.device, r.name),
+    };
     let mut out = format!(
-        "GPU {} {} (sm_{}{}, {} SMs): SM clock {}, power {}, temperature {}\n",
-        r.device,
-        r.name,
+        "{who}, sm_{}{}, {} SMs): SM clock {}, power {}, temperature {}\n",
         r.compute_capability.0,
         r.compute_capability.1,
         r.sm_count,
@@ -147,4 +235,25 @@ pub fn to_table(b: &GpuBench) -> String {
         out.push_str(&format!("  skipped {what}: {why}\n"));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pick;
+
+    #[test]
+    fn gpu_is_chosen_by_nvml_index_or_uuid() {
+        let gpus = vec![(0, "GPU-aaaa".to_string()), (1, "GPU-bbbb".to_string())];
+        assert_eq!(pick(&gpus, None).unwrap(), gpus);
+        assert_eq!(pick(&gpus, Some("1")).unwrap(), [gpus[1].clone()]);
+        assert_eq!(pick(&gpus, Some("gpu-AAAA")).unwrap(), [gpus[0].clone()]);
+        let err = pick(&gpus, Some("2")).unwrap_err();
+        assert_eq!(
+            err,
+            "--gpu 2: no such GPU; NVML lists 0 (GPU-aaaa), 1 (GPU-bbbb)"
+        );
+        assert!(pick(&[], Some("GPU-x"))
+            .unwrap_err()
+            .ends_with("lists none"));
+    }
 }

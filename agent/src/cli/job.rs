@@ -44,20 +44,23 @@ fn job_id(flag: Option<String>) -> Option<String> {
         .or_else(|| env("GPUCOST_JOB_ID"))
 }
 
-/// GPUs from the flag, else Slurm's view of the allocation (SLURM_JOB_GPUS in the prolog,
-/// SLURM_STEP_GPUS in steps), else CUDA_VISIBLE_DEVICES.
+/// GPUs from the flag (UUIDs or NVML's indices), else the job's allocation (SLURM_JOB_GPUS in
+/// the prolog), else the environment ([`super::run::job_gpus`]: UUIDs in CUDA_VISIBLE_DEVICES,
+/// SLURM_STEP_GPUS in steps, CUDA_VISIBLE_DEVICES's indices outside Slurm).
 fn gpus(flag: Option<String>) -> Vec<String> {
-    flag.or_else(|| env("SLURM_JOB_GPUS"))
-        .or_else(|| env("SLURM_STEP_GPUS"))
-        .or_else(|| env("CUDA_VISIBLE_DEVICES"))
-        .map(|v| {
-            v.split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(str::to_string)
-                .collect()
-        })
-        .unwrap_or_default()
+    if let Some(f) = flag.or_else(|| env("SLURM_JOB_GPUS")) {
+        return f
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect();
+    }
+    let found = super::run::job_gpus(env);
+    if let Some(note) = &found.note {
+        eprintln!("gpucost: note: {note}");
+    }
+    found.gpus
 }
 
 /// Registers the job; always returns 0.

@@ -92,8 +92,12 @@ pub fn run(args: RunArgs) -> i32 {
     // for the GPUs its processes use.
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
-        if let Some(gpus) = visible_gpus() {
-            body["gpus"] = json!(gpus);
+        let found = job_gpus(|v| std::env::var(v).ok());
+        if let Some(note) = &found.note {
+            eprintln!("gpucost: note: {note}");
+        }
+        if !found.gpus.is_empty() {
+            body["gpus"] = json!(found.gpus);
         }
     }
     let job_id = match post(&args.socket, "/api/v1/jobs", &body, timeout) {
@@ -168,23 +172,69 @@ fn warn_untracked(e: &ClientError) {
     eprintln!("gpucost: warning: {e}; running the command untracked");
 }
 
-/// The GPUs this job may use, when the environment says (CUDA_VISIBLE_DEVICES or
-/// NVIDIA_VISIBLE_DEVICES: indices or UUIDs).
-pub fn visible_gpus() -> Option<Vec<String>> {
-    for var in ["CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES"] {
-        if let Ok(v) = std::env::var(var) {
-            let list: Vec<String> = v
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty() && *s != "all" && *s != "none" && *s != "void")
-                .map(str::to_string)
-                .collect();
-            if !list.is_empty() {
-                return Some(list);
-            }
-        }
+/// The GPUs a job was given, as its environment says, for its registration.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct JobGpus {
+    /// UUIDs or indices; empty when the environment does not say (or says nothing usable).
+    pub gpus: Vec<String>,
+    /// Why some GPU list was not used, for the user.
+    pub note: Option<String>,
+}
+
+/// A comma-separated GPU list, without the container toolkit's words for none or every GPU.
+fn gpu_list(text: &str) -> Vec<String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty() && !matches!(*s, "all" | "none" | "void" | "NoDevFiles"))
+        .map(str::to_string)
+        .collect()
+}
+
+fn all_uuids(list: &[String]) -> bool {
+    !list.is_empty()
+        && list
+            .iter()
+            .all(|g| g.starts_with("GPU-") || g.starts_with("MIG-"))
+}
+
+/// The GPUs of this job, from `var` (the environment), best first: UUIDs in
+/// `CUDA_VISIBLE_DEVICES` or `NVIDIA_VISIBLE_DEVICES` (exact whatever the numbering); else
+/// Slurm's allocation (`SLURM_STEP_GPUS`, `SLURM_JOB_GPUS`: the node's indices in the order of
+/// gres.conf, which the agent takes as NVML's); else the indices of `CUDA_VISIBLE_DEVICES` or
+/// `NVIDIA_VISIBLE_DEVICES`, except inside a Slurm job: there `CUDA_VISIBLE_DEVICES` counts from
+/// 0 the GPUs the job's cgroup lets it see (Slurm's ConstrainDevices), not the node's, and is not
+/// sent (the job's processes are still billed for the GPUs they use).
+pub fn job_gpus(var: impl Fn(&str) -> Option<String>) -> JobGpus {
+    let get = |name: &str| var(name).map(|v| gpu_list(&v)).filter(|l| !l.is_empty());
+    let visible = get("CUDA_VISIBLE_DEVICES").or_else(|| get("NVIDIA_VISIBLE_DEVICES"));
+    if let Some(list) = visible.as_ref().filter(|l| all_uuids(l)) {
+        return JobGpus {
+            gpus: list.clone(),
+            note: None,
+        };
     }
-    None
+    if let Some(list) = get("SLURM_STEP_GPUS").or_else(|| get("SLURM_JOB_GPUS")) {
+        return JobGpus {
+            gpus: list,
+            note: None,
+        };
+    }
+    match (visible, var("SLURM_JOB_ID").is_some()) {
+        (Some(list), true) => JobGpus {
+            gpus: Vec::new(),
+            note: Some(format!(
+                "CUDA_VISIBLE_DEVICES={} counts from 0 the GPUs this Slurm job sees, not the \
+                 node's: not sent as the job's GPUs (its processes are billed for the GPUs they \
+                 use; set CUDA_VISIBLE_DEVICES to GPU UUIDs to declare them)",
+                list.join(",")
+            )),
+        },
+        (Some(list), false) => JobGpus {
+            gpus: list,
+            note: None,
+        },
+        (None, _) => JobGpus::default(),
+    }
 }
 
 /// Escapes a job id for use in a URL path segment.
@@ -202,6 +252,52 @@ pub fn url_escape(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::job_gpus;
+
+    fn from(vars: &[(&str, &str)]) -> super::JobGpus {
+        job_gpus(|name| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        })
+    }
+
+    /// Issue 15, item 3: which GPU list a job's environment gives, best first.
+    #[test]
+    fn job_gpus_prefer_uuids_then_slurms_indices() {
+        let u = "GPU-8ab4c2d0-1e3f-4a5b-9c8d-7e6f5a4b3c2d";
+        // UUIDs are exact whatever else is set.
+        let got = from(&[("CUDA_VISIBLE_DEVICES", u), ("SLURM_JOB_GPUS", "3")]);
+        assert_eq!((got.gpus, got.note), (vec![u.to_string()], None));
+        // In a Slurm job with constrained devices CUDA_VISIBLE_DEVICES is 0 for the node's GPU
+        // 3: Slurm's own index is sent.
+        let got = from(&[
+            ("SLURM_JOB_ID", "41871"),
+            ("SLURM_STEP_GPUS", "3"),
+            ("CUDA_VISIBLE_DEVICES", "0"),
+        ]);
+        assert_eq!(got.gpus, ["3"]);
+        // A Slurm job without Slurm's list: its CUDA_VISIBLE_DEVICES indices are not sent.
+        let got = from(&[("SLURM_JOB_ID", "41871"), ("CUDA_VISIBLE_DEVICES", "0,1")]);
+        assert!(got.gpus.is_empty());
+        let note = got.note.unwrap();
+        assert!(
+            note.contains("CUDA_VISIBLE_DEVICES=0,1") && note.contains("UUIDs"),
+            "{note}"
+        );
+        // Outside Slurm, indices are sent (the agent takes them as NVML's and says so).
+        let got = from(&[("NVIDIA_VISIBLE_DEVICES", "1, 2")]);
+        assert_eq!((got.gpus, got.note), (vec!["1".into(), "2".into()], None));
+        for none in [
+            vec![],
+            vec![("NVIDIA_VISIBLE_DEVICES", "all")],
+            vec![("CUDA_VISIBLE_DEVICES", "")],
+            vec![("CUDA_VISIBLE_DEVICES", "void")],
+        ] {
+            assert_eq!(from(&none), super::JobGpus::default(), "{none:?}");
+        }
+    }
+
     #[test]
     fn escapes_ids() {
         assert_eq!(super::url_escape("ml/train-0"), "ml%2Ftrain-0");

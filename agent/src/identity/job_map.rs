@@ -1,6 +1,7 @@
 //! The GPU -> job mapping directory that a Slurm prolog writes (and an epilog clears).
 //!
-//! One file per GPU, named by its NVML index (`0`, `1`, ...) or its UUID (`GPU-...`), holding
+//! One file per GPU, named by its UUID (`GPU-...`, `MIG-...`: exact) or its NVML index (`0`,
+//! `1`, ...: Slurm's `SLURM_JOB_GPUS` follow gres.conf's order, which need not be NVML's), holding
 //! the id(s) of the job(s) allocated that GPU, one per line. This is the layout dcgm-exporter
 //! reads for its HPC job mapping, so one prolog can feed both. Example prolog line:
 //! `for g in ${SLURM_JOB_GPUS//,/ }; do echo "$SLURM_JOB_ID" > /run/gpucost/job-map/$g; done`.

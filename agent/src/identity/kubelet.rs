@@ -5,9 +5,21 @@
 //! generated from the proto in `gpucost-podresources`, which the fake kubelet serves too.
 //!
 //! NVIDIA's device plugin registers GPUs as resource `nvidia.com/gpu` with the GPU UUID (`GPU-…`)
-//! as device id, or the MIG device id (`MIG-…`) for MIG slices; with the plugin's "mixed" MIG
-//! strategy the resource names are `nvidia.com/mig-<profile>`, which the caller adds to
-//! `resource_names`.
+//! as device id, or the MIG device id (`MIG-…`) for MIG slices; time-slicing or MPS replicas as
+//! `<id>::N`, under `nvidia.com/gpu.shared` with its `renameByDefault`; with its "mixed" MIG
+//! strategy the resource names are `nvidia.com/mig-<profile>`. The default `resource_names`
+//! has all three (`nvidia.com/mig-*`, a prefix).
+//!
+//! Several pods may hold one GPU: NVIDIA's plugin shares a GPU by time-slicing or MPS as
+//! replicas `<uuid>::N`, GKE's as `nvidiaN/vgpuK`; every holder is kept
+//! (`gpucost_core::attribute::device` resolves the ids). What binds a process to one of them is
+//! the pod UID in the process's cgroup, and the pod-resources API names pods by namespace and
+//! name only. The UIDs come from the kubelet's device-manager checkpoint ([`read_checkpoint`],
+//! default `gpucost_core::config::defaults::KUBELET_CHECKPOINT`), which records each allocation
+//! with the pod's UID, container and device ids: [`add_pod_uids`] joins the two on (container,
+//! resource, device id), which identifies one allocation (a device or replica is allocated to
+//! one container at a time). Without the checkpoint the pods have no UID and attribution splits
+//! a shared GPU's processes evenly between its pods.
 //!
 //! Each [`list_gpus`] call opens a fresh connection (the socket is local and polled every few
 //! seconds, so there is no channel to keep healthy across kubelet restarts). GPUs handed out
@@ -116,12 +128,21 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     parts.join(": ")
 }
 
+/// Whether `name` is one of `resource_names`, where a name ending in `*` is a prefix
+/// (`nvidia.com/mig-*`: every MIG profile of the "mixed" strategy).
+fn is_gpu_resource(name: &str, resource_names: &[String]) -> bool {
+    resource_names.iter().any(|r| match r.strip_suffix('*') {
+        Some(prefix) => name.starts_with(prefix),
+        None => r == name,
+    })
+}
+
 fn gpus_from(response: ListPodResourcesResponse, resource_names: &[String]) -> Vec<PodGpu> {
     let mut out = Vec::new();
     for pod in response.pod_resources {
         for container in pod.containers {
             for devices in container.devices {
-                if !resource_names.contains(&devices.resource_name) {
+                if !is_gpu_resource(&devices.resource_name, resource_names) {
                     continue;
                 }
                 for device_id in devices.device_ids {
@@ -130,6 +151,7 @@ fn gpus_from(response: ListPodResourcesResponse, resource_names: &[String]) -> V
                         pod: pod.name.clone(),
                         container: container.name.clone(),
                         device_id,
+                        pod_uid: None,
                     });
                 }
             }
@@ -138,6 +160,105 @@ fn gpus_from(response: ListPodResourcesResponse, resource_names: &[String]) -> V
     out.sort();
     out.dedup();
     out
+}
+
+/// One device allocation the kubelet's device manager recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Allocation {
+    pub pod_uid: String,
+    pub container: String,
+    pub resource: String,
+    pub device_ids: Vec<String>,
+}
+
+/// Reads the kubelet's device-manager checkpoint (`kubelet_internal_checkpoint`, JSON written by
+/// the kubelet's `devicemanager/checkpoint`): its `Data.PodDeviceEntries`, whose `DeviceIDs` are
+/// a list (Kubernetes before 1.20) or lists by NUMA node. The checksum is not checked: it is
+/// computed over the kubelet's Go representation, and a torn file fails to parse anyway (the
+/// kubelet replaces it through a rename). An error names the file and what is wrong.
+pub fn read_checkpoint(path: &Path) -> Result<Vec<Allocation>, String> {
+    #[derive(serde::Deserialize)]
+    struct File {
+        #[serde(rename = "Data")]
+        data: Data,
+    }
+    #[derive(serde::Deserialize)]
+    struct Data {
+        #[serde(rename = "PodDeviceEntries", default)]
+        entries: Option<Vec<Entry>>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Entry {
+        #[serde(rename = "PodUID")]
+        pod_uid: String,
+        #[serde(rename = "ContainerName")]
+        container: String,
+        #[serde(rename = "ResourceName")]
+        resource: String,
+        #[serde(rename = "DeviceIDs")]
+        device_ids: Option<DeviceIds>,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum DeviceIds {
+        List(Vec<String>),
+        PerNuma(std::collections::BTreeMap<String, Option<Vec<String>>>),
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read the kubelet checkpoint {}: {e}", path.display()))?;
+    let file: File = serde_json::from_str(&text).map_err(|e| {
+        format!(
+            "the kubelet checkpoint {} is not a device-manager checkpoint: {e}",
+            path.display()
+        )
+    })?;
+    Ok(file
+        .data
+        .entries
+        .unwrap_or_default()
+        .into_iter()
+        .map(|e| Allocation {
+            pod_uid: e.pod_uid,
+            container: e.container,
+            resource: e.resource,
+            device_ids: match e.device_ids {
+                None => Vec::new(),
+                Some(DeviceIds::List(ids)) => ids,
+                Some(DeviceIds::PerNuma(numa)) => numa.into_values().flatten().flatten().collect(),
+            },
+        })
+        .collect())
+}
+
+/// Gives each pod's device the UID of the pod the checkpoint allocated it to, matching the
+/// container and device id (an allocation recorded for several UIDs, a checkpoint not yet up to
+/// date, gives none). A device listed for two pods with one container name is given to neither:
+/// `List` can still report the devices of a pod that has finished after they were allocated
+/// again (kubernetes/kubernetes#119423), and the checkpoint cannot tell which of the two is the
+/// live one.
+pub fn add_pod_uids(pods: &mut [PodGpu], allocations: &[Allocation]) {
+    let listed_twice = |p: &PodGpu, all: &[PodGpu]| {
+        all.iter().any(|o| {
+            o.device_id == p.device_id
+                && o.container == p.container
+                && (o.namespace != p.namespace || o.pod != p.pod)
+        })
+    };
+    let twice: Vec<bool> = pods.iter().map(|p| listed_twice(p, pods)).collect();
+    for (p, twice) in pods.iter_mut().zip(twice) {
+        if twice {
+            p.pod_uid = None;
+            continue;
+        }
+        let mut uids = allocations
+            .iter()
+            .filter(|a| a.container == p.container && a.device_ids.contains(&p.device_id))
+            .map(|a| a.pod_uid.as_str());
+        let first = uids.next();
+        p.pod_uid = first
+            .filter(|u| uids.all(|other| other == *u))
+            .map(str::to_string);
+    }
 }
 
 #[cfg(test)]
@@ -162,6 +283,7 @@ mod tests {
         FakePod {
             namespace: ns.into(),
             name: name.into(),
+            uid: Some(format!("uid-{name}")),
             containers: containers
                 .iter()
                 .map(|(c, res)| {
@@ -183,6 +305,7 @@ mod tests {
             pod: pod.into(),
             container: container.into(),
             device_id: device.into(),
+            pod_uid: None,
         }
     }
 
@@ -226,6 +349,24 @@ mod tests {
             ]
         );
 
+        // MIG devices of the "mixed" strategy and renamed shared replicas, by the defaults.
+        fake.set_pods(vec![pod(
+            "ml",
+            "mixed",
+            &[(
+                "trainer",
+                &[
+                    ("nvidia.com/mig-3g.40gb", &["MIG-eeee"]),
+                    ("nvidia.com/gpu.shared", &["GPU-ffff::2"]),
+                    ("nvidia.com/migration", &["not-a-gpu"]),
+                ],
+            )],
+        )]);
+        let got = list_gpus(&socket, &gpu_names(), TIMEOUT).await.unwrap();
+        let ids: Vec<&str> = got.iter().map(|p| p.device_id.as_str()).collect();
+        assert_eq!(ids, ["GPU-ffff::2", "MIG-eeee"]);
+        fake.set_pods(two_pods());
+
         // Other resource names are there when asked for.
         let foo = list_gpus(&socket, &["example.com/foo".to_string()], TIMEOUT)
             .await
@@ -245,6 +386,94 @@ mod tests {
             .await
             .unwrap()
             .is_empty());
+    }
+
+    /// Issue 15: two pods time-slicing one GPU (replicas `::N`), a third on a shared MIG device;
+    /// each keeps its devices, and the checkpoint the fake kubelet writes gives their UIDs.
+    #[tokio::test]
+    async fn shared_devices_are_kept_and_joined_to_their_pod_uids() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("kubelet.sock");
+        let checkpoint = dir.path().join("kubelet_internal_checkpoint");
+        let mut pods = vec![
+            pod("ml", "a", &[("main", &[("nvidia.com/gpu", &["GPU-1::0"])])]),
+            pod("ml", "b", &[("main", &[("nvidia.com/gpu", &["GPU-1::1"])])]),
+            pod("ml", "c", &[("main", &[("nvidia.com/gpu", &["MIG-2::3"])])]),
+        ];
+        pods[2].uid = None;
+        let fake = FakeKubelet::start(&socket, pods).await;
+        fake.write_checkpoint_to(&checkpoint);
+
+        let mut got = list_gpus(&socket, &gpu_names(), TIMEOUT).await.unwrap();
+        let allocations = read_checkpoint(&checkpoint).unwrap();
+        add_pod_uids(&mut got, &allocations);
+        let uid = |p: &PodGpu| (p.pod.clone(), p.device_id.clone(), p.pod_uid.clone());
+        assert_eq!(
+            got.iter().map(uid).collect::<Vec<_>>(),
+            [
+                ("a".into(), "GPU-1::0".into(), Some("uid-a".into())),
+                ("b".into(), "GPU-1::1".into(), Some("uid-b".into())),
+                // Not in the checkpoint.
+                ("c".into(), "MIG-2::3".into(), None),
+            ]
+        );
+    }
+
+    /// The checkpoint as Kubernetes before 1.20 wrote it (`DeviceIDs` a plain list), entries in
+    /// conflict, and files that are not a checkpoint.
+    #[test]
+    fn checkpoint_forms_and_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kubelet_internal_checkpoint");
+        std::fs::write(
+            &path,
+            r#"{"Data":{"PodDeviceEntries":[
+                {"PodUID":"u1","ContainerName":"main","ResourceName":"nvidia.com/gpu","DeviceIDs":["GPU-1::0"],"AllocResp":""},
+                {"PodUID":"u2","ContainerName":"main","ResourceName":"nvidia.com/gpu","DeviceIDs":["GPU-1::1"],"AllocResp":""},
+                {"PodUID":"u3","ContainerName":"main","ResourceName":"nvidia.com/gpu","DeviceIDs":["GPU-1::1"],"AllocResp":""}],
+                "RegisteredDevices":{"nvidia.com/gpu":["GPU-1::0","GPU-1::1"]}},"Checksum":1}"#,
+        )
+        .unwrap();
+        let allocations = read_checkpoint(&path).unwrap();
+        assert_eq!(allocations[0].device_ids, ["GPU-1::0"]);
+        let mut pods = vec![
+            held("ml", "a", "main", "GPU-1::0"),
+            held("ml", "b", "main", "GPU-1::1"),
+            held("ml", "x", "other", "GPU-1::0"),
+        ];
+        add_pod_uids(&mut pods, &allocations);
+        let uids: Vec<_> = pods.iter().map(|p| p.pod_uid.as_deref()).collect();
+        assert_eq!(uids, [Some("u1"), None, None]);
+
+        // A finished pod still listed with a replica given since to another pod
+        // (kubernetes/kubernetes#119423): neither is given the UID the checkpoint has for it.
+        let mut pods = vec![
+            held("ml", "done", "main", "GPU-1::0"),
+            held("ml", "new", "main", "GPU-1::0"),
+        ];
+        add_pod_uids(&mut pods, &allocations);
+        assert!(pods.iter().all(|p| p.pod_uid.is_none()), "{pods:?}");
+
+        // A kubelet with no allocations writes null for the entries.
+        std::fs::write(
+            &path,
+            r#"{"Data":{"PodDeviceEntries":null,"RegisteredDevices":null},"Checksum":1}"#,
+        )
+        .unwrap();
+        assert!(read_checkpoint(&path).unwrap().is_empty());
+
+        std::fs::write(&path, r#"{"Data":{"PodDeviceEnt"#).unwrap();
+        let err = read_checkpoint(&path).unwrap_err();
+        assert!(
+            err.contains("not a device-manager checkpoint") && err.contains(path.to_str().unwrap()),
+            "{err}"
+        );
+        let missing = dir.path().join("missing");
+        let err = read_checkpoint(&missing).unwrap_err();
+        assert!(
+            err.contains("No such file") && err.contains("missing"),
+            "{err}"
+        );
     }
 
     #[tokio::test]

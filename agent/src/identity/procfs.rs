@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use gpucost_core::attribute::cgroup::slurm_job_id_in_file;
+use gpucost_core::attribute::cgroup::{pod_uid_in_file, slurm_job_id_in_file};
 use gpucost_core::attribute::process::{parse_environ, parse_stat, ProcInfo, ProcSource};
 
 /// A `/proc` tree.
@@ -33,9 +33,11 @@ impl ProcSource for ProcFs {
             .find_map(|l| l.strip_prefix("Uid:"))
             .and_then(|rest| rest.split_whitespace().next())
             .and_then(|u| u.parse().ok())?;
-        let slurm_job = self
+        let cgroup = self
             .read(pid, "cgroup")
-            .and_then(|c| slurm_job_id_in_file(&String::from_utf8_lossy(&c)));
+            .map(|c| String::from_utf8_lossy(&c).into_owned());
+        let slurm_job = cgroup.as_deref().and_then(slurm_job_id_in_file);
+        let pod_uid = cgroup.as_deref().and_then(pod_uid_in_file);
         // environ is readable only by the owner and root; without it we simply know less.
         let (env_job_id, env_labels) = self
             .read(pid, "environ")
@@ -49,6 +51,7 @@ impl ProcSource for ProcFs {
             comm,
             start_ticks,
             slurm_job,
+            pod_uid,
             env_job_id,
             env_labels,
         })
@@ -114,7 +117,18 @@ mod tests {
         assert_eq!(info.comm, "python");
         assert_eq!(info.slurm_job.as_deref(), Some("55"));
         assert_eq!(info.env_labels["team"], "vision");
+        assert_eq!(info.pod_uid, None);
         assert_eq!(fs.info(999), None);
+        write_fixture(
+            root,
+            &p(300, 1, 0, "python"),
+            "0::/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod7c1d2e3f_4a5b_4c6d_8e9f_0a1b2c3d4e5f.slice/cri-containerd-9e8d.scope\n",
+            &[],
+        );
+        assert_eq!(
+            fs.info(300).unwrap().pod_uid.as_deref(),
+            Some("7c1d2e3f-4a5b-4c6d-8e9f-0a1b2c3d4e5f")
+        );
         let chain: Vec<u32> = ancestry(&fs, 200, 64).iter().map(|p| p.pid).collect();
         assert_eq!(chain, vec![200, 100, 1]);
         assert_eq!(ancestry(&fs, 200, 2).len(), 2);

@@ -35,7 +35,11 @@ use gpucost_core::account::cost::Interval;
 use gpucost_core::account::efficiency::{flop_rate, fp32_bound, PipePeaks};
 use gpucost_core::account::pricing::Pricing;
 use gpucost_core::account::GpuEvents;
+use gpucost_core::attribute::device::{
+    resolve_gpu_names, resolve_job_map, resolve_pods, JobMapUnits,
+};
 use gpucost_core::attribute::process::{ancestry, ProcSource};
+use gpucost_core::attribute::JobMap;
 use gpucost_core::attribute::PodGpu;
 use gpucost_core::attribute::{attribute, check_claim, GpuInput};
 use gpucost_core::benchmark::GpuBenchmark;
@@ -158,6 +162,10 @@ pub struct Node {
     skipped: u64,
     /// Requests dropped because they waited past their deadline.
     late_requests: u64,
+    /// Whether the agent has warned that registrations' GPU indices are taken as NVML's.
+    warned_gpu_indices: bool,
+    /// What each job-map entry was resolved to when it appeared.
+    job_map_seen: JobMapUnits,
     /// The latest benchmark of each GPU, by UUID.
     benchmarks: Arc<BTreeMap<String, GpuBenchmark>>,
     tx: watch::Sender<Arc<Snapshot>>,
@@ -198,6 +206,8 @@ impl Node {
             export_labels,
             skipped: 0,
             late_requests: 0,
+            warned_gpu_indices: false,
+            job_map_seen: JobMapUnits::new(),
             benchmarks: Arc::default(),
             next_persist: now.mono + cfg.persist_interval,
             cfg,
@@ -376,10 +386,14 @@ impl Node {
         }
         match msg {
             Message::Register {
-                req, uid, reply, ..
+                mut req,
+                uid,
+                reply,
+                ..
             } => {
                 let r = self
                     .check_registration(&req, uid)
+                    .and_then(|()| self.resolve_gpus(&mut req))
                     .and_then(|()| self.tracker.register(req, uid, &user_name(uid), now));
                 if let Ok(j) = &r {
                     info!(job_id = %j.id, user = %j.user, "job registered: {}", j.name);
@@ -499,19 +513,24 @@ impl Node {
             check_claim(self.procs.as_ref(), pid, uid, &gpu_pids)
                 .map_err(RequestError::Forbidden)?;
         }
-        let known: Vec<_> = self.sampler.gpus().map(|g| &g.info).collect();
-        if let Some(g) = req.gpus.iter().find(|g| {
-            !known.is_empty()
-                && !known
-                    .iter()
-                    .any(|k| k.uuid == **g || k.index.to_string() == **g)
-        }) {
-            let indices: Vec<String> = known.iter().map(|k| k.index.to_string()).collect();
-            return Err(RequestError::Invalid(format!(
-                "gpus: no GPU {g:?} on this node (indices {}, or their UUIDs)",
-                indices.join(", ")
-            )));
+        Ok(())
+    }
+
+    /// Resolves a registration's GPUs to UUIDs, once (`resolve_gpu_names`): the job holds the
+    /// GPUs it was given even if NVML numbers them otherwise later. Indices are taken as NVML's;
+    /// the first time, the agent warns that a scheduler's may not be. With no GPU known yet (NVML
+    /// not open) the names are kept and matched as they are, by index or UUID.
+    fn resolve_gpus(&mut self, req: &mut RegisterRequest) -> Result<(), RequestError> {
+        let units = self.units();
+        if units.is_empty() || req.gpus.is_empty() {
+            return Ok(());
         }
+        let resolved = resolve_gpu_names(&req.gpus, &units).map_err(RequestError::Invalid)?;
+        if !resolved.from_indices.is_empty() {
+            let job = format!("job {}", req.id.as_deref().unwrap_or("(new)"));
+            self.note_gpu_indices(&job, &resolved.from_indices);
+        }
+        req.gpus = resolved.uuids;
         Ok(())
     }
 
@@ -552,13 +571,8 @@ impl Node {
                     uuid: &g.info.uuid,
                     processes: &one,
                 };
-                let job_map = self
-                    .cfg
-                    .job_map_dir
-                    .as_deref()
-                    .map(read_job_map)
-                    .unwrap_or_default();
-                let pods = self.pods.borrow().clone();
+                let job_map = self.job_map_now();
+                let pods = self.resolved_pods();
                 let att = attribute(
                     &[input],
                     procs,
@@ -674,7 +688,65 @@ impl Node {
         self.publish(Some(cycle.duration));
     }
 
+    /// The prolog's job map, each entry's GPU resolved to its UUID when the entry first appears
+    /// (`resolve_job_map`), so a GPU named by index stays the GPU it was then.
+    fn job_map(&mut self) -> JobMap {
+        let Some(dir) = self.cfg.job_map_dir.as_deref() else {
+            return JobMap::new();
+        };
+        let raw = read_job_map(dir);
+        let units = self.units();
+        let (map, new) = resolve_job_map(&raw, &units, &mut self.job_map_seen);
+        if !new.is_empty() {
+            self.note_gpu_indices("the job map", &new);
+        }
+        map
+    }
+
+    /// [`Self::job_map`] as it would be now, remembering nothing (for a caller's request).
+    fn job_map_now(&self) -> JobMap {
+        let Some(dir) = self.cfg.job_map_dir.as_deref() else {
+            return JobMap::new();
+        };
+        let mut seen = self.job_map_seen.clone();
+        resolve_job_map(&read_job_map(dir), &self.units(), &mut seen).0
+    }
+
+    /// Every billing unit the sampler knows.
+    fn units(&self) -> Vec<gpucost_core::reading::GpuStatic> {
+        self.sampler.gpus().map(|g| g.info.clone()).collect()
+    }
+
+    /// Says that GPU indices (`taken`: index -> UUIDs) from `whose` were taken as NVML's: a
+    /// warning the first time, then at info level.
+    fn note_gpu_indices(&mut self, whose: &str, taken: &[(String, Vec<String>)]) {
+        let taken: Vec<String> = taken
+            .iter()
+            .map(|(i, uuids)| format!("{i} = {}", uuids.join(" + ")))
+            .collect();
+        if self.warned_gpu_indices {
+            info!("{whose}: GPU indices taken as NVML's: {}", taken.join(", "));
+            return;
+        }
+        self.warned_gpu_indices = true;
+        warn!(
+            "{whose}: GPU indices taken as NVML's (the gpu label): {}. A scheduler's indices may \
+             differ: Slurm's follow the order of gres.conf, and CUDA_VISIBLE_DEVICES counts from \
+             0 the GPUs a job sees (inside a job whose devices are constrained) and follows \
+             CUDA_DEVICE_ORDER; name GPUs by UUID to be sure (gpucost job start --gpus GPU-..., \
+             job-map files named GPU-...). Said once; later ones at info level",
+            taken.join(", ")
+        );
+    }
+
+    /// The kubelet's latest pods, each device id resolved to the GPU or MIG instance it names
+    /// (time-slicing replicas, MIG and GKE ids: `gpucost_core::attribute::device`).
+    fn resolved_pods(&self) -> Vec<PodGpu> {
+        resolve_pods(&self.pods.borrow(), &self.units())
+    }
+
     fn attribute(&mut self, now: Now) {
+        let job_map = self.job_map();
         let gpus: Vec<_> = self.sampler.gpus().filter(|g| g.up).collect();
         // The agent's own benchmark runs on idle GPUs; it is nobody's job.
         let own = std::process::id();
@@ -697,13 +769,7 @@ impl Node {
                 processes: p,
             })
             .collect();
-        let job_map = self
-            .cfg
-            .job_map_dir
-            .as_deref()
-            .map(read_job_map)
-            .unwrap_or_default();
-        let pods = self.pods.borrow().clone();
+        let pods = self.resolved_pods();
         let regs = self.tracker.registrations();
         let owners = self.tracker.owners();
         let att = attribute(

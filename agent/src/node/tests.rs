@@ -100,6 +100,8 @@ struct Rig {
     procs: Procs,
     node: Node,
     snapshots: watch::Receiver<Arc<Snapshot>>,
+    /// What the kubelet says (the agent's poller sends the same).
+    pods: watch::Sender<Vec<PodGpu>>,
     /// When the next tick is planned (as `Node::run` keeps it).
     next: Instant,
 }
@@ -134,7 +136,7 @@ impl Rig {
         let gpus = Scripted::new(s.script, clock.clone());
         let procs = Procs::default();
         let (tx, snapshots) = watch::channel(Arc::new(Snapshot::empty(Source::Nvml, None)));
-        let (_pods_tx, pods) = watch::channel(Vec::new());
+        let (pods_tx, pods) = watch::channel(Vec::new());
         let cadence = Cadence {
             interval: SECOND,
             process_interval: SECOND,
@@ -169,6 +171,7 @@ impl Rig {
             procs,
             node,
             snapshots,
+            pods: pods_tx,
             next,
         }
     }
@@ -241,12 +244,17 @@ impl Rig {
 
     /// A prolog (root) registers job `id` for `uid`, with GPU 0.
     fn register(&mut self, id: &str, uid: u32) -> Result<JobRecord, String> {
+        self.register_gpus(id, uid, &["0"])
+    }
+
+    /// A prolog (root) registers job `id` for `uid`, with `gpus` (indices or UUIDs).
+    fn register_gpus(&mut self, id: &str, uid: u32, gpus: &[&str]) -> Result<JobRecord, String> {
         let (reply, rx) = oneshot::channel();
         self.node.handle(Message::Register {
             deadline: far_future(),
             req: RegisterRequest {
                 id: Some(id.into()),
-                gpus: vec!["0".into()],
+                gpus: gpus.iter().map(|g| g.to_string()).collect(),
                 uid: Some(uid),
                 ..RegisterRequest::default()
             },
@@ -986,4 +994,155 @@ fn issue_19_a_callers_job_is_found_from_its_process() {
         "alice-run"
     );
     assert!(progress(&mut rig, 800, None, 1).is_err());
+}
+
+/// Issue 15, item 3: a registration's GPU index is resolved to the GPU's UUID once. When NVML
+/// numbers the GPUs otherwise later (here after a reopen: a GPU replaced, a driver reloaded),
+/// the job keeps the GPU it was given, and the GPU now at its old index stays unallocated.
+#[test]
+fn issue_15_a_registered_gpu_index_is_resolved_to_its_uuid_once() {
+    let mut rig = Rig::new();
+    rig.steps(1);
+    let j = rig.register_gpus("held", 1001, &["1"]).unwrap();
+    assert_eq!(j.registration.unwrap().gpus, ["GPU-1"]);
+    rig.steps(2);
+    let unallocated = |rig: &Rig, uuid: &str| {
+        rig.node
+            .tracker
+            .gpus()
+            .find(|g| g.uuid == uuid)
+            .map_or(0.0, |g| g.unallocated_seconds)
+    };
+    let held = rig.job("held").unwrap().usage.gpu_seconds;
+    let free0 = unallocated(&rig, "GPU-0");
+    assert_eq!(unallocated(&rig, "GPU-1"), 0.0);
+
+    rig.node.handle(Message::ReleaseNvml);
+    {
+        let mut s = rig.gpus.script();
+        s.gpus.swap(0, 1);
+        s.gpus[0].info.index = 0;
+        s.gpus[1].info.index = 1;
+    }
+    rig.node.handle(Message::ResumeNvml);
+    rig.steps(3);
+    assert_eq!(
+        rig.snap().gpus[0].info.uuid,
+        "GPU-1",
+        "NVML's order changed"
+    );
+    // Held idle: one GPU's time, GPU-1's; GPU-0, now index 1, went on unallocated.
+    assert_eq!(rig.job("held").unwrap().usage.gpu_seconds, held + 3.0);
+    assert_eq!(unallocated(&rig, "GPU-1"), 0.0);
+    assert_eq!(unallocated(&rig, "GPU-0"), free0 + 3.0);
+}
+
+/// A registration naming a GPU the node does not have is refused with the GPUs it has.
+#[test]
+fn issue_15_a_registration_of_an_unknown_gpu_names_the_ones_there_are() {
+    let mut rig = Rig::new();
+    rig.steps(1);
+    let err = rig.register_gpus("x", 1001, &["GPU-0", "5"]).unwrap_err();
+    assert!(
+        err.contains("no GPU \"5\"") && err.contains("0 (GPU-0), 1 (GPU-1)"),
+        "{err}"
+    );
+    assert!(rig.job("x").is_none());
+}
+
+/// Issue 15, item 3: a job-map file named by index (a Slurm prolog's `SLURM_JOB_GPUS`) is
+/// resolved to its GPU's UUID when it appears: when NVML numbers the GPUs otherwise later, the
+/// job keeps holding the GPU it was given, idle, and the GPU now at that index is not its.
+#[test]
+fn issue_15_a_job_map_index_is_resolved_to_its_uuid_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rig = Rig::new();
+    rig.node.cfg.job_map_dir = Some(dir.path().to_path_buf());
+    rig.steps(1);
+    std::fs::write(dir.path().join("1"), "41871\n").unwrap();
+    rig.steps(2);
+    let held = rig.job("41871").expect("the mapped job").usage.gpu_seconds;
+    assert!(held > 0.0);
+
+    rig.node.handle(Message::ReleaseNvml);
+    {
+        let mut s = rig.gpus.script();
+        s.gpus.swap(0, 1);
+        s.gpus[0].info.index = 0;
+        s.gpus[1].info.index = 1;
+    }
+    rig.node.handle(Message::ResumeNvml);
+    rig.steps(3);
+    assert_eq!(
+        rig.snap().gpus[0].info.uuid,
+        "GPU-1",
+        "NVML's order changed"
+    );
+    let unallocated = |uuid: &str| {
+        rig.node
+            .tracker
+            .gpus()
+            .find(|g| g.uuid == uuid)
+            .map_or(0.0, |g| g.unallocated_seconds)
+    };
+    assert_eq!(rig.job("41871").unwrap().usage.gpu_seconds, held + 3.0);
+    assert_eq!(unallocated("GPU-1"), 0.0, "still the job's");
+    assert!(
+        unallocated("GPU-0") >= 3.0,
+        "GPU-0, now index 1, is nobody's"
+    );
+}
+
+/// Issue 15: two pods time-slicing GPU 0 (replicas `GPU-0::0`, `GPU-0::1`), each process bound
+/// to its pod by the pod UID in its cgroup: each pod pays its own processes' share, and
+/// progress from a pod's process (the pod socket) goes to that pod, not to the first listed.
+#[test]
+fn issue_15_pods_sharing_a_gpu_are_billed_and_credited_apart() {
+    let mut rig = Rig::new();
+    let pod = |name: &str, replica: u32, uid: &str| PodGpu {
+        namespace: "ml".into(),
+        pod: name.into(),
+        container: "main".into(),
+        device_id: format!("GPU-0::{replica}"),
+        pod_uid: Some(uid.into()),
+    };
+    rig.pods
+        .send(vec![pod("a", 0, "uid-a"), pod("b", 1, "uid-b")])
+        .unwrap();
+    for (pid, uid, sm) in [(700, "uid-a", 30), (800, "uid-b", 10)] {
+        rig.procs.0.lock().unwrap().insert(
+            pid,
+            ProcInfo {
+                pid,
+                ppid: 1,
+                comm: "python".into(),
+                pod_uid: Some(uid.into()),
+                ..ProcInfo::default()
+            },
+        );
+        let mut s = rig.gpus.script();
+        s.gpus[0].processes.push(ProcessUse {
+            pid,
+            used_memory_bytes: Some(1 << 30),
+            sm_util_pct: Some(sm),
+        });
+        s.gpus[0].utilization_pct = 40;
+    }
+    rig.steps(4);
+    let a = rig.job("ml/a").unwrap().usage.gpu_seconds;
+    let b = rig.job("ml/b").unwrap().usage.gpu_seconds;
+    assert!(b > 0.0 && (a / b - 3.0).abs() < 1e-9, "a {a}, b {b}");
+
+    let (reply, rx) = oneshot::channel();
+    rig.node.handle(Message::CallerProgress {
+        pid: 800,
+        uid: None,
+        req: ProgressRequest {
+            tokens: Some(1000),
+            ..ProgressRequest::default()
+        },
+        deadline: far_future(),
+        reply,
+    });
+    assert_eq!(rx.blocking_recv().unwrap().unwrap().id, "ml/b");
 }

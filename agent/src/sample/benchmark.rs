@@ -44,6 +44,9 @@ pub struct Row {
 /// The benchmark of one GPU with its context.
 #[derive(Debug, Clone)]
 pub struct GpuBench {
+    /// The GPU as NVML names it (its index, the `gpu` label, and UUID), when the benchmark was
+    /// asked for by UUID; `report.device` is the CUDA ordinal it was found at.
+    pub nvml: Option<(u32, String)>,
     pub report: BenchReport,
     pub conditions: Conditions,
     pub rows: Vec<Row>,
@@ -97,6 +100,7 @@ pub fn analyse(report: BenchReport, conditions: Conditions) -> GpuBench {
         })
         .collect();
     GpuBench {
+        nvml: None,
         report,
         conditions,
         rows,
@@ -105,8 +109,24 @@ pub fn analyse(report: BenchReport, conditions: Conditions) -> GpuBench {
     }
 }
 
-/// Runs the benchmark on `device` while `watch` (on its own thread, until told to stop) sees
-/// what the GPU's clock, power and temperature were.
+/// Runs the benchmark on the CUDA device that is NVML's GPU `index` with UUID `uuid` (found by
+/// its UUID, never by the index: `gpucost_kernels::devices`), while `watch` sees what the GPU's
+/// clock, power and temperature were. A GPU that CUDA does not see is
+/// `BenchError::NoMatch`, and nothing runs.
+pub fn bench_nvml_gpu(
+    index: u32,
+    uuid: &str,
+    quick: bool,
+    watch: impl FnOnce(&AtomicBool) -> Conditions + Send + 'static,
+) -> Result<GpuBench, suite::BenchError> {
+    let ordinal = suite::ordinal_of(&gpucost_kernels::devices::Wanted { uuid, pci: None })?;
+    let mut b = bench_gpu(ordinal, quick, watch)?;
+    b.nvml = Some((index, uuid.to_string()));
+    Ok(b)
+}
+
+/// Runs the benchmark on CUDA device `device` while `watch` (on its own thread, until told to
+/// stop) sees what the GPU's clock, power and temperature were.
 pub fn bench_gpu(
     device: usize,
     quick: bool,

@@ -220,6 +220,7 @@ impl SimProcs {
                 comm: comm.clone(),
                 start_ticks: 0,
                 slurm_job: j.id.clone(),
+                pod_uid: None,
                 env_job_id: None,
                 env_labels: Default::default(),
             };

@@ -9,6 +9,7 @@
 //! (`/proc`, the prolog's GPU -> job directory, the kubelet's gRPC API) and hands the facts in.
 
 pub mod cgroup;
+pub mod device;
 pub mod process;
 
 use std::collections::BTreeMap;
@@ -22,14 +23,19 @@ use process::{ancestry, ProcInfo, ProcSource};
 /// data-loader processes is three levels; shells and launchers add a few).
 const MAX_ANCESTRY: usize = 64;
 
-/// One device held by one container.
+/// One device held by one container. Several pods may hold one GPU (time-slicing and MPS
+/// replicas, `device` lists the id forms); each is kept.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct PodGpu {
     pub namespace: String,
     pub pod: String,
     pub container: String,
-    /// GPU UUID (`GPU-…`) or MIG device id (`MIG-…`), as the device plugin reported it.
+    /// The device id as the device plugin reported it (`GPU-…`, `GPU-…::N`, `MIG-…`,
+    /// `nvidiaN/giM`, ...), or the UUID of the unit it names once [`device::resolve_pods`] ran.
     pub device_id: String,
+    /// The pod's UID, when the agent could learn it (the pod-resources API does not give it):
+    /// what binds a process to its pod, through the pod UID in the process's cgroup.
+    pub pod_uid: Option<String>,
 }
 
 /// GPU (index as text, or UUID) -> job ids.
@@ -155,36 +161,37 @@ pub fn attribute(
 ) -> Attribution {
     let mut out = Attribution::default();
     for g in gpus {
-        let pod = pods.iter().find(|p| p.device_id == g.uuid);
+        let holders = holders(pods, g.uuid);
         let mapped = jobs_for(job_map, g.index, g.uuid);
         // job id -> (SM utilization, memory) of its processes on this GPU; `None` where NVML
         // could not tell for one of them.
         let mut claims: BTreeMap<String, Share> = BTreeMap::new();
         for proc_use in g.processes {
             let chain = ancestry(procs, proc_use.pid, MAX_ANCESTRY);
-            let job = identify(proc_use.pid, &chain, registered, pod, mapped, |id| {
+            let job = identify(proc_use.pid, &chain, registered, &holders, mapped, |id| {
                 owners
                     .get(id)
                     .copied()
                     .or_else(|| out.found.get(id).and_then(|f| f.uid))
             });
-            let id = match job {
-                Identity::Registered(id) => id,
-                Identity::Found(f) => {
-                    let id = f.id.clone();
-                    out.found.entry(id.clone()).or_insert(f);
-                    id
-                }
+            let ids = match job {
+                Identity::Registered(id) => vec![id],
+                Identity::Found(f) => vec![found(&mut out, f)],
+                Identity::Pods(pods) => pods.into_iter().map(|f| found(&mut out, f)).collect(),
             };
-            let share = claims.entry(id).or_insert(Share::ZERO);
-            share.sm = share
-                .sm
-                .zip(proc_use.sm_util_pct)
-                .map(|(a, b)| a + f64::from(b));
-            share.mem = share
-                .mem
-                .zip(proc_use.used_memory_bytes)
-                .map(|(a, b)| a + b);
+            // A process that several pods could own is split evenly between them.
+            let n = ids.len() as u64;
+            for id in ids {
+                let share = claims.entry(id).or_insert(Share::ZERO);
+                share.sm = share
+                    .sm
+                    .zip(proc_use.sm_util_pct)
+                    .map(|(a, b)| a + f64::from(b) / n as f64);
+                share.mem = share
+                    .mem
+                    .zip(proc_use.used_memory_bytes)
+                    .map(|(a, b)| a + b / n);
+            }
         }
         if claims.is_empty() {
             // Nobody computes on it; it may still be allocated (and so idle at someone's cost).
@@ -195,10 +202,13 @@ pub fn attribute(
                 claims.insert(r.job_id.clone(), Share::UNKNOWN);
             }
             if claims.is_empty() {
-                if let Some(p) = pod {
-                    let f = kube_job(p);
-                    claims.insert(f.id.clone(), Share::UNKNOWN);
-                    out.found.entry(f.id.clone()).or_insert(f);
+                if !holders.is_empty() {
+                    // Every pod that holds the GPU (time-slicing replicas) holds it idle.
+                    for p in &holders {
+                        let f = kube_job(p);
+                        claims.insert(f.id.clone(), Share::UNKNOWN);
+                        out.found.entry(f.id.clone()).or_insert(f);
+                    }
                 } else {
                     for id in mapped {
                         claims.insert(id.clone(), Share::UNKNOWN);
@@ -222,6 +232,56 @@ pub fn attribute(
     out
 }
 
+/// Records a found job's facts (the first seen wins) and returns its id.
+fn found(out: &mut Attribution, f: Found) -> String {
+    let id = f.id.clone();
+    out.found.entry(id.clone()).or_insert(f);
+    id
+}
+
+/// The pods that hold the GPU `uuid` (any of its replicas), one entry per pod (a pod's
+/// containers are one job), with the pod's UID where any of its entries knows it.
+fn holders<'a>(pods: &'a [PodGpu], uuid: &str) -> Vec<&'a PodGpu> {
+    let mut out: Vec<&PodGpu> = Vec::new();
+    for p in pods
+        .iter()
+        .filter(|p| device::without_replica(&p.device_id) == uuid)
+    {
+        match out
+            .iter_mut()
+            .find(|h| h.namespace == p.namespace && h.pod == p.pod)
+        {
+            Some(h) if h.pod_uid.is_none() && p.pod_uid.is_some() => *h = p,
+            Some(_) => {}
+            None => out.push(p),
+        }
+    }
+    out
+}
+
+/// The pods among `holders` that own a process in pod `uid` (from its cgroup; `None` when the
+/// process is in no pod's cgroup or its cgroup could not be read):
+///
+/// - the pod with that UID, when one holds the GPU;
+/// - none, when the process is in a pod and every holder's UID is known and differs: it is
+///   another pod's process (one that sees every GPU, say) and no holder pays for it;
+/// - otherwise the holders it may belong to (those whose UID is unknown, or all when the
+///   process's pod is unknown): one when the GPU is not shared, as before sharing was modelled,
+///   or several, between which its use is split evenly.
+fn pod_owners<'a>(uid: Option<&str>, holders: &[&'a PodGpu]) -> Vec<&'a PodGpu> {
+    if let Some(uid) = uid {
+        if let Some(p) = holders.iter().find(|p| p.pod_uid.as_deref() == Some(uid)) {
+            return vec![p];
+        }
+        return holders
+            .iter()
+            .filter(|p| p.pod_uid.is_none())
+            .copied()
+            .collect();
+    }
+    holders.to_vec()
+}
+
 /// What a job's processes use of one GPU, for its share of the cost.
 #[derive(Debug, Clone, Copy)]
 struct Share {
@@ -243,13 +303,15 @@ impl Share {
 enum Identity {
     Registered(String),
     Found(Found),
+    /// Pods that hold the GPU, one or several (see [`pod_owners`]).
+    Pods(Vec<Found>),
 }
 
 fn identify(
     pid: u32,
     chain: &[ProcInfo],
     registered: &[Registration],
-    pod: Option<&PodGpu>,
+    holders: &[&PodGpu],
     mapped: &[String],
     owner_of: impl Fn(&str) -> Option<u32>,
 ) -> Identity {
@@ -266,9 +328,11 @@ fn identify(
         }
     }
     let user = me.and_then(|p| p.user.clone());
-    // 2. Kubernetes: the pod that holds this GPU.
-    if let Some(p) = pod {
-        return Identity::Found(kube_job(p));
+    // 2. Kubernetes: the pod that holds this GPU and whose cgroup holds the process (MPS
+    //    clients too: they are their pods' processes, listed by NVML like any other).
+    let pods = pod_owners(me.and_then(|p| p.pod_uid.as_deref()), holders);
+    if !pods.is_empty() {
+        return Identity::Pods(pods.into_iter().map(kube_job).collect());
     }
     // 3. Slurm: the process's cgroup, else the prolog's mapping when it names one job.
     if let Some(id) = me.and_then(|p| p.slurm_job.as_deref()) {

@@ -1,6 +1,6 @@
-//! What attribution needs to know about a process: its parent, owner, command, Slurm cgroup and
-//! the `GPUCOST_JOB_ID` / `GPUCOST_LABELS` in its environment; and the parsers of the `/proc`
-//! files those facts come from. The files are read by the agent (`identity::procfs`, with an
+//! What attribution needs to know about a process: its parent, owner, command, Slurm job and
+//! pod (from its cgroup) and the `GPUCOST_JOB_ID` / `GPUCOST_LABELS` in its environment; and the
+//! parsers of the `/proc` files those facts come from. The files are read by the agent (`identity::procfs`, with an
 //! injectable root); nothing here does I/O.
 
 use std::collections::BTreeMap;
@@ -19,6 +19,8 @@ pub struct ProcInfo {
     /// pid reuse.
     pub start_ticks: u64,
     pub slurm_job: Option<String>,
+    /// The UID of the Kubernetes pod whose cgroup holds the process (`cgroup::pod_uid`).
+    pub pod_uid: Option<String>,
     pub env_job_id: Option<String>,
     pub env_labels: BTreeMap<String, String>,
 }

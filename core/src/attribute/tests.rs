@@ -129,12 +129,14 @@ fn kubernetes_pod_owns_its_gpu_and_processes_on_it() {
             pod: "train-0".into(),
             container: "main".into(),
             device_id: "GPU-0".into(),
+            pod_uid: None,
         },
         PodGpu {
             namespace: "ml".into(),
             pod: "idle-1".into(),
             container: "main".into(),
             device_id: "GPU-1".into(),
+            pod_uid: None,
         },
     ];
     let gpus = [
@@ -367,5 +369,173 @@ fn a_user_may_claim_only_their_own_process_and_no_one_elses_below_it() {
                 "pid {pid} uid {uid}: {got:?}"
             ),
         }
+    }
+}
+
+/// Issue 15: pods sharing GPUs. A process's pod comes from its cgroup (pod UID); the pods come
+/// from the kubelet with their devices (`GPU-…::N` time-slicing replicas, MIG devices).
+mod sharing {
+    use super::*;
+
+    const UID_A: &str = "0f9a2c4e-5b1d-4c3a-9e8f-7a6b5c4d3e2f";
+    const UID_B: &str = "7c1d2e3f-4a5b-4c6d-8e9f-0a1b2c3d4e5f";
+    const UID_MONITOR: &str = "11111111-2222-4333-8444-555555555555";
+
+    fn pod(name: &str, device: &str, uid: Option<&str>) -> PodGpu {
+        PodGpu {
+            namespace: "ml".into(),
+            pod: name.into(),
+            container: "main".into(),
+            device_id: device.into(),
+            pod_uid: uid.map(str::to_string),
+        }
+    }
+
+    /// Processes in the pods' cgroups: (pid, pod UID).
+    fn in_pods(rows: &[(u32, Option<&str>)]) -> Table {
+        Table(
+            rows.iter()
+                .map(|(pid, uid)| {
+                    (
+                        *pid,
+                        ProcInfo {
+                            pid: *pid,
+                            ppid: 1,
+                            comm: "python".into(),
+                            pod_uid: uid.map(str::to_string),
+                            ..ProcInfo::default()
+                        },
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    /// (pid, SM %, memory)
+    fn busy(list: &[(u32, u32, u64)]) -> Vec<ProcessUse> {
+        list.iter()
+            .map(|(pid, sm, mem)| ProcessUse {
+                pid: *pid,
+                used_memory_bytes: Some(*mem),
+                sm_util_pct: Some(*sm),
+            })
+            .collect()
+    }
+
+    fn one_gpu<'a>(uuid: &'a str, p: &'a [ProcessUse]) -> [GpuInput<'a>; 1] {
+        [GpuInput {
+            index: 0,
+            uuid,
+            processes: p,
+        }]
+    }
+
+    fn run(t: &Table, gpus: &[GpuInput<'_>], pods: &[PodGpu]) -> Attribution {
+        attribute(gpus, t, &[], &JobOwners::new(), pods, &JobMap::new())
+    }
+
+    #[test]
+    fn two_pods_time_slicing_a_gpu_pay_their_own_processes_shares() {
+        let t = in_pods(&[(500, Some(UID_A)), (501, Some(UID_A)), (600, Some(UID_B))]);
+        // Pod a: two processes at 40% and 20% SM; pod b: one at 20%.
+        let p = busy(&[(500, 40, 1 << 30), (501, 20, 1 << 30), (600, 20, 8 << 30)]);
+        let pods = [
+            pod("a", "GPU-0::0", Some(UID_A)),
+            pod("b", "GPU-0::1", Some(UID_B)),
+        ];
+        let a = run(&t, &one_gpu("GPU-0", &p), &pods);
+        assert_eq!(owners(&a, 0), vec![("ml/a", 0.75), ("ml/b", 0.25)]);
+        assert_eq!(a.found["ml/b"].scheduler, Scheduler::Kubernetes);
+    }
+
+    /// Before, the first pod listed took the whole GPU.
+    #[test]
+    fn the_first_pod_no_longer_takes_all() {
+        let t = in_pods(&[(600, Some(UID_B))]);
+        let p = busy(&[(600, 50, 1 << 30)]);
+        let pods = [
+            pod("a", "GPU-0::0", Some(UID_A)),
+            pod("b", "GPU-0::1", Some(UID_B)),
+        ];
+        let a = run(&t, &one_gpu("GPU-0", &p), &pods);
+        assert_eq!(owners(&a, 0), vec![("ml/b", 1.0)]);
+    }
+
+    /// MPS clients are listed by NVML as processes of their own pods (the MPS list), and bind
+    /// to their pods like any process; so do the replicas of a shared MIG device.
+    #[test]
+    fn mps_clients_and_shared_mig_devices_bind_to_their_pods() {
+        let t = in_pods(&[(700, Some(UID_A)), (800, Some(UID_B))]);
+        let p = busy(&[(700, 30, 2 << 30), (800, 60, 2 << 30)]);
+        let mig = "MIG-3f1e2d4c-5b6a-5789-8a7b-6c5d4e3f2a1b";
+        let pods = [
+            pod("a", &format!("{mig}::0"), Some(UID_A)),
+            pod("b", &format!("{mig}::1"), Some(UID_B)),
+        ];
+        let a = run(&t, &one_gpu(mig, &p), &pods);
+        let o = owners(&a, 0);
+        assert_eq!(o[0].0, "ml/a");
+        assert!((o[0].1 - 1.0 / 3.0).abs() < 1e-12, "{o:?}");
+        assert!((o[1].1 - 2.0 / 3.0).abs() < 1e-12, "{o:?}");
+    }
+
+    /// A process in another pod's cgroup (one that sees every GPU without holding any) is not
+    /// billed to the pods that hold the GPU.
+    #[test]
+    fn a_process_of_a_pod_that_holds_no_replica_is_not_the_holders() {
+        let t = in_pods(&[(500, Some(UID_A)), (900, Some(UID_MONITOR))]);
+        let p = busy(&[(500, 10, 1 << 30), (900, 90, 1 << 30)]);
+        let pods = [pod("a", "GPU-0", Some(UID_A))];
+        let a = run(&t, &one_gpu("GPU-0", &p), &pods);
+        assert_eq!(
+            owners(&a, 0),
+            vec![("ml/a", 0.1), ("unattributed:900", 0.9)]
+        );
+    }
+
+    /// Without the pods' UIDs (the kubelet's checkpoint unreadable), a process on a shared GPU
+    /// is split evenly between the pods that hold it; an unshared GPU is its pod's, as before.
+    #[test]
+    fn without_pod_uids_a_shared_gpus_processes_are_split_evenly() {
+        let t = in_pods(&[(500, Some(UID_A)), (600, None)]);
+        let p = busy(&[(500, 60, 1 << 30), (600, 20, 1 << 30)]);
+        let pods = [pod("a", "GPU-0::0", None), pod("b", "GPU-0::1", None)];
+        let a = run(&t, &one_gpu("GPU-0", &p), &pods);
+        assert_eq!(owners(&a, 0), vec![("ml/a", 0.5), ("ml/b", 0.5)]);
+
+        let pods = [pod("a", "GPU-0", None)];
+        let a = run(&t, &one_gpu("GPU-0", &p), &pods);
+        assert_eq!(owners(&a, 0), vec![("ml/a", 1.0)]);
+    }
+
+    /// Only one pod's UID known: a process of the other pod goes to the pod whose UID is not
+    /// known, never to the one whose UID differs.
+    #[test]
+    fn a_known_uid_excludes_its_pod() {
+        let t = in_pods(&[(600, Some(UID_B))]);
+        let p = busy(&[(600, 20, 1 << 30)]);
+        let pods = [
+            pod("a", "GPU-0::0", Some(UID_A)),
+            pod("b", "GPU-0::1", None),
+        ];
+        let a = run(&t, &one_gpu("GPU-0", &p), &pods);
+        assert_eq!(owners(&a, 0), vec![("ml/b", 1.0)]);
+    }
+
+    #[test]
+    fn an_idle_shared_gpu_is_held_by_every_pod_and_containers_are_one_pod() {
+        let t = in_pods(&[]);
+        let none = busy(&[]);
+        let pods = [
+            pod("a", "GPU-0::0", Some(UID_A)),
+            PodGpu {
+                container: "sidecar".into(),
+                ..pod("a", "GPU-0::2", None)
+            },
+            pod("b", "GPU-0::1", Some(UID_B)),
+            pod("c", "GPU-1::0", None),
+        ];
+        let a = run(&t, &one_gpu("GPU-0", &none), &pods);
+        assert_eq!(owners(&a, 0), vec![("ml/a", 0.5), ("ml/b", 0.5)]);
     }
 }

@@ -86,6 +86,8 @@ pub struct AttributionLayer {
     /// Path of the kubelet socket, or "off".
     pub kubelet_socket: Option<PathBuf>,
     pub kubelet_resources: Option<Vec<String>>,
+    /// Path of the kubelet's device-manager checkpoint, or "off".
+    pub kubelet_checkpoint: Option<PathBuf>,
     #[serde(default, with = "humantime_serde")]
     pub kubelet_interval: Option<Duration>,
 }
@@ -145,6 +147,7 @@ pub(super) const ENV_KEYS: &[(&str, EnvText)] = &[
     ("attribution.job_map_dir", EnvText::Text),
     ("attribution.kubelet_socket", EnvText::Text),
     ("attribution.kubelet_resources", EnvText::List),
+    ("attribution.kubelet_checkpoint", EnvText::Text),
     ("attribution.kubelet_interval", EnvText::Text),
     ("bench.interval", EnvText::Text),
     ("bench.min_ratio", EnvText::Number),

@@ -74,9 +74,19 @@ pub mod defaults {
     pub const PROC_ROOT: &str = "/proc";
     /// `attribution.kubelet_socket`: the kubelet's pod-resources socket.
     pub const KUBELET_SOCKET: &str = "/var/lib/kubelet/pod-resources/kubelet.sock";
-    /// `attribution.kubelet_resources`: the resource name NVIDIA's device plugin registers GPUs
-    /// under.
-    pub const KUBELET_RESOURCES: &[&str] = &["nvidia.com/gpu"];
+    /// `attribution.kubelet_resources`: the resource names NVIDIA's device plugin registers GPUs
+    /// under: whole GPUs and their time-slicing or MPS replicas (`nvidia.com/gpu`, or
+    /// `nvidia.com/gpu.shared` with the plugin's `renameByDefault`), and MIG devices with its
+    /// "mixed" strategy (`nvidia.com/mig-<profile>`). A name ending in `*` is a prefix.
+    pub const KUBELET_RESOURCES: &[&str] = &[
+        "nvidia.com/gpu",
+        "nvidia.com/gpu.shared",
+        "nvidia.com/mig-*",
+    ];
+    /// `attribution.kubelet_checkpoint`: the kubelet's device-manager checkpoint, where the
+    /// UIDs of the pods that hold devices are.
+    pub const KUBELET_CHECKPOINT: &str =
+        "/var/lib/kubelet/device-plugins/kubelet_internal_checkpoint";
     /// `attribution.kubelet_interval`: how often the kubelet is asked.
     pub const KUBELET_INTERVAL: Duration = Duration::from_secs(10);
     /// `bench.interval`: how often each idle GPU is benchmarked.
@@ -180,6 +190,9 @@ pub struct AttributionConfig {
     /// The kubelet pod-resources socket; unset: Kubernetes attribution is off.
     pub kubelet_socket: Option<PathBuf>,
     pub kubelet_resources: Vec<String>,
+    /// The kubelet's device-manager checkpoint (pod UIDs, for pods sharing a GPU); unset: not
+    /// read.
+    pub kubelet_checkpoint: Option<PathBuf>,
     pub kubelet_interval: Duration,
 }
 

@@ -338,6 +338,11 @@ fn attribution(layers: &Layers) -> Result<AttributionConfig, ConfigError> {
         Some((p, _)) => Some(p),
         None => Some(PathBuf::from(defaults::KUBELET_SOCKET)),
     };
+    let kubelet_checkpoint = match layers.pick(|l| l.attribution.kubelet_checkpoint.clone()) {
+        Some((p, _)) if p.as_os_str() == "off" => None,
+        Some((p, _)) => Some(p),
+        None => Some(PathBuf::from(defaults::KUBELET_CHECKPOINT)),
+    };
     let (kubelet_interval, _) = layers.duration(
         "attribution.kubelet_interval",
         |l| l.attribution.kubelet_interval,
@@ -360,6 +365,7 @@ fn attribution(layers: &Layers) -> Result<AttributionConfig, ConfigError> {
                 .map(|r| r.to_string())
                 .collect(),
         ),
+        kubelet_checkpoint,
         kubelet_interval,
     })
 }

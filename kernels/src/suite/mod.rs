@@ -128,6 +128,9 @@ pub enum BenchError {
     NoDriver(String),
     #[error("no GPU {device}: this node has {count}")]
     NoDevice { device: usize, count: usize },
+    /// The GPU asked for (by UUID) is no CUDA device this process sees.
+    #[error("{0}")]
+    NoMatch(crate::devices::NoMatch),
     #[error("CUDA error: {0}")]
     Cuda(String),
     #[error("verification failed: {0}")]
@@ -152,6 +155,13 @@ pub fn device_count() -> Result<usize, BenchError> {
             "libcuda is present but cuInit failed: {e}"
         ))),
     }
+}
+
+/// The CUDA ordinal of the GPU NVML names `wanted` (see [`crate::devices`]).
+pub fn ordinal_of(wanted: &crate::devices::Wanted<'_>) -> Result<usize, BenchError> {
+    let count = device_count()?;
+    crate::devices::find_ordinal(wanted, &crate::devices::cuda_devices(count))
+        .map_err(BenchError::NoMatch)
 }
 
 /// Benchmarks one GPU.

@@ -5,6 +5,14 @@
 //!
 //! The server and its messages are generated from the proto in `gpucost-podresources`, the same
 //! one the agent's client is generated from; that crate checks the proto against the wire format.
+//!
+//! The pod-resources API names pods by namespace and name only; their UIDs (which processes'
+//! cgroups carry) are in the kubelet's device-manager checkpoint,
+//! `/var/lib/kubelet/device-plugins/kubelet_internal_checkpoint`, which the fake writes too
+//! ([`FakeKubelet::write_checkpoint_to`]) in the kubelet's format (`checkpoint.go` of the
+//! kubelet's devicemanager: `{"Data": {"PodDeviceEntries": [{"PodUID", "ContainerName",
+//! "ResourceName", "DeviceIDs": {NUMA node: [id]}, "AllocResp"}], "RegisteredDevices": {resource:
+//! [id]}}, "Checksum": n}`, the per-NUMA `DeviceIDs` of Kubernetes 1.20 and later).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -31,18 +39,24 @@ pub type Devices = Vec<(String, Vec<String>)>;
 pub struct FakePod {
     pub namespace: String,
     pub name: String,
+    /// The pod's UID: in the checkpoint only (the pod-resources API does not carry it); a pod
+    /// without one is missing from the checkpoint.
+    pub uid: Option<String>,
     /// `(container name, its devices)`.
     pub containers: Vec<(String, Devices)>,
 }
 
 /// Parses the pods file of the binary (shape in README.md):
-/// `[{"namespace", "name", "containers": [{"name", "devices": {resource: [device id]}}]}]`.
+/// `[{"namespace", "name", "uid", "containers": [{"name", "devices": {resource: [device id]}}]}]`
+/// (`uid` optional).
 pub fn pods_from_json(text: &str) -> Result<Vec<FakePod>, serde_json::Error> {
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Pod {
         namespace: String,
         name: String,
+        #[serde(default)]
+        uid: Option<String>,
         #[serde(default)]
         containers: Vec<Container>,
     }
@@ -59,6 +73,7 @@ pub fn pods_from_json(text: &str) -> Result<Vec<FakePod>, serde_json::Error> {
         .map(|p| FakePod {
             namespace: p.namespace,
             name: p.name,
+            uid: p.uid,
             containers: p
                 .containers
                 .into_iter()
@@ -97,6 +112,38 @@ impl FakePod {
     }
 }
 
+/// The kubelet's device-manager checkpoint for `pods`, as JSON text.
+pub fn checkpoint_json(pods: &[FakePod]) -> String {
+    let mut entries = Vec::new();
+    let mut registered: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for p in pods {
+        for (container, devices) in &p.containers {
+            for (resource, ids) in devices {
+                registered
+                    .entry(resource)
+                    .or_default()
+                    .extend(ids.iter().map(String::as_str));
+                let Some(uid) = &p.uid else { continue };
+                entries.push(serde_json::json!({
+                    "PodUID": uid,
+                    "ContainerName": container,
+                    "ResourceName": resource,
+                    "DeviceIDs": {"0": ids},
+                    // The device plugin's Allocate response, protobuf bytes (base64 in JSON).
+                    "AllocResp": "",
+                }));
+            }
+        }
+    }
+    serde_json::json!({
+        "Data": {"PodDeviceEntries": entries, "RegisteredDevices": registered},
+        // The kubelet checks an FNV-32a sum of its Go dump of Data; readers other than the
+        // kubelet do not.
+        "Checksum": 0,
+    })
+    .to_string()
+}
+
 fn response_for(pods: &[FakePod]) -> ListPodResourcesResponse {
     ListPodResourcesResponse {
         pod_resources: pods.iter().map(FakePod::to_pb).collect(),
@@ -110,6 +157,8 @@ type Shared = Arc<Mutex<Result<ListPodResourcesResponse, tonic::Status>>>;
 pub struct FakeKubelet {
     socket: PathBuf,
     answer: Shared,
+    /// Where the checkpoint is written, and the pods it was last written for.
+    checkpoint: Mutex<(Option<PathBuf>, Vec<FakePod>)>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -140,14 +189,28 @@ impl FakeKubelet {
         FakeKubelet {
             socket: socket.to_path_buf(),
             answer,
+            checkpoint: Mutex::new((None, pods)),
             stop: Some(stop),
             task: Some(task),
         }
     }
 
-    /// Changes what the next `List` calls answer.
+    /// Changes what the next `List` calls answer (and the checkpoint, when one is written).
     pub fn set_pods(&self, pods: Vec<FakePod>) {
         *self.answer.lock().unwrap() = Ok(response_for(&pods));
+        let mut checkpoint = self.checkpoint.lock().unwrap();
+        checkpoint.1 = pods;
+        if let Some(path) = &checkpoint.0 {
+            write_checkpoint(path, &checkpoint.1);
+        }
+    }
+
+    /// Writes the device-manager checkpoint of the pods to `path` now and after each
+    /// [`Self::set_pods`], as the kubelet keeps it (replaced whole, through a rename).
+    pub fn write_checkpoint_to(&self, path: &Path) {
+        let mut checkpoint = self.checkpoint.lock().unwrap();
+        write_checkpoint(path, &checkpoint.1);
+        checkpoint.0 = Some(path.to_path_buf());
     }
 
     /// Makes the next `List` calls fail with `status`, until the next [`Self::set_pods`].
@@ -182,6 +245,13 @@ impl Drop for FakeKubelet {
     fn drop(&mut self) {
         self.stop_now();
     }
+}
+
+fn write_checkpoint(path: &Path, pods: &[FakePod]) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, checkpoint_json(pods))
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .unwrap_or_else(|e| panic!("fake-kubelet: cannot write {}: {e}", path.display()));
 }
 
 /// `List` answers what [`FakeKubelet::set_pods`] or [`FakeKubelet::fail_with`] last set.
@@ -232,6 +302,7 @@ mod tests {
         FakePod {
             namespace: ns.into(),
             name: name.into(),
+            uid: None,
             containers: vec![(
                 "trainer".into(),
                 vec![(
@@ -341,6 +412,47 @@ mod tests {
         assert_eq!(err.code(), tonic::Code::Unimplemented);
     }
 
+    /// Time-slicing replicas of one GPU in two pods; the checkpoint gives each pod's UID with
+    /// its devices, in the kubelet's layout.
+    #[tokio::test]
+    async fn serves_shared_devices_and_writes_the_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("kubelet.sock");
+        let checkpoint = dir.path().join("kubelet_internal_checkpoint");
+        let mut a = pod("ml", "a", &["GPU-1::0"]);
+        a.uid = Some("uid-a".into());
+        let mut b = pod("ml", "b", &["GPU-1::1", "GPU-1::2"]);
+        b.uid = Some("uid-b".into());
+        let fake = FakeKubelet::start(&socket, vec![a.clone(), b]).await;
+        fake.write_checkpoint_to(&checkpoint);
+
+        let got = call(&socket, LIST_PATH).await.unwrap();
+        assert_eq!(
+            got.pod_resources[1].containers[0].devices[0].device_ids,
+            ["GPU-1::1", "GPU-1::2"]
+        );
+        let text = std::fs::read_to_string(&checkpoint).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let entries = v["Data"]["PodDeviceEntries"].as_array().unwrap();
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[1]["PodUID"], "uid-b");
+        assert_eq!(entries[1]["ContainerName"], "trainer");
+        assert_eq!(entries[1]["ResourceName"], "nvidia.com/gpu");
+        assert_eq!(
+            entries[1]["DeviceIDs"]["0"],
+            serde_json::json!(["GPU-1::1", "GPU-1::2"])
+        );
+        assert_eq!(
+            v["Data"]["RegisteredDevices"]["nvidia.com/gpu"],
+            serde_json::json!(["GPU-1::0", "GPU-1::1", "GPU-1::2"])
+        );
+
+        // The checkpoint follows the pods.
+        fake.set_pods(vec![a]);
+        let text = std::fs::read_to_string(&checkpoint).unwrap();
+        assert!(!text.contains("uid-b"), "{text}");
+    }
+
     #[tokio::test]
     async fn shutdown_removes_the_socket_and_stops() {
         let dir = tempfile::tempdir().unwrap();
@@ -359,7 +471,7 @@ mod tests {
             r#"[{"namespace": "ml", "name": "train-0", "containers": [
                    {"name": "trainer", "devices": {"nvidia.com/gpu": ["GPU-a", "GPU-b"]}},
                    {"name": "sidecar"}]},
-                {"namespace": "ml", "name": "idle"}]"#,
+                {"namespace": "ml", "name": "idle", "uid": "u-1"}]"#,
         )
         .unwrap();
         assert_eq!(
@@ -369,6 +481,7 @@ mod tests {
                 FakePod {
                     namespace: "ml".into(),
                     name: "idle".into(),
+                    uid: Some("u-1".into()),
                     containers: vec![]
                 },
             ]
