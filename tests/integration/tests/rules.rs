@@ -364,3 +364,243 @@ groups:
     assert_eq!(cases.get("GpucostA"), Some(&(true, true)));
     assert_eq!(cases.get("GpucostB"), Some(&(false, true)));
 }
+
+// --- Dashboards over long ranges -------------------------------------------------------------
+
+/// A panel query of a dashboard in `dashboards/`, found by the panel's title and the target's
+/// refId, with the dashboard variables filled in as Grafana would for `vars` (every variable
+/// used must be given).
+fn panel_query(file: &str, title: &str, ref_id: &str, vars: &[(&str, &str)]) -> String {
+    let path = rules_dir().join("../../dashboards").join(file);
+    let d: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let panel = d["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["title"] == title)
+        .unwrap_or_else(|| panic!("{file}: no panel titled {title:?}"));
+    let target = panel["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["refId"] == ref_id)
+        .unwrap_or_else(|| panic!("{file} / {title}: no target {ref_id}"));
+    let mut expr = target["expr"].as_str().unwrap().to_string();
+    // Longest names first, so that `$__range` does not eat into `$__range_s`.
+    let mut vars = vars.to_vec();
+    vars.sort_by_key(|(k, _)| std::cmp::Reverse(k.len()));
+    for (k, v) in vars {
+        expr = expr
+            .replace(&format!("${{{k}}}"), v)
+            .replace(&format!("${k}"), v);
+    }
+    assert!(
+        !expr.contains('$'),
+        "{file} / {title} / {ref_id}: a variable left unfilled: {expr}"
+    );
+    expr
+}
+
+/// Series as two agents export them over three hours (one sample a minute): job A of team nlp
+/// runs on node1 from 0 to 60 min, fails there after costing 60 USD (all of it wasted as
+/// `failed`, 30 min of its 60 GPU-minutes idle), and leaves /metrics at 65 min (jobs.grace_period
+/// 5 min); job B of team vision runs on node2 from 60 min on and has cost 18 USD at 180 min. The
+/// case of issue 17: a range that ends long after a job left /metrics.
+const LONG_RANGE_SERIES: &str = r#"
+      - series: 'gpucost_pricing_info{job="gpucost", instance="node1:10119", currency="USD", market="on_demand"}'
+        values: '1x180'
+      - series: 'gpucost_pricing_info{job="gpucost", instance="node2:10119", currency="USD", market="on_demand"}'
+        values: '1x180'
+      - series: 'gpucost_gpu_info{job="gpucost", instance="node1:10119", gpu="0", uuid="GPU-a", model="NVIDIA H100 80GB HBM3", driver="550.54", source="nvml", parent_uuid="", gpu_instance_id="", mig_profile=""}'
+        values: '1x180'
+      - series: 'gpucost_gpu_info{job="gpucost", instance="node2:10119", gpu="0", uuid="GPU-b", model="NVIDIA H100 80GB HBM3", driver="550.54", source="nvml", parent_uuid="", gpu_instance_id="", mig_profile=""}'
+        values: '1x180'
+      - series: 'gpucost_job_info{job="gpucost", instance="node1:10119", job_id="A", name="pretrain", user="alice", scheduler="slurm", team="nlp"}'
+        values: '1x65 stale'
+      - series: 'gpucost_job_cost_total{job="gpucost", instance="node1:10119", job_id="A", component="gpu_time"}'
+        values: '0+1x60 60x5 stale'
+      - series: 'gpucost_job_wasted_cost_total{job="gpucost", instance="node1:10119", job_id="A", reason="failed"}'
+        values: '0x59 60x6 stale'
+      - series: 'gpucost_job_wasted_cost_total{job="gpucost", instance="node1:10119", job_id="A", reason="idle"}'
+        values: '0x65 stale'
+      - series: 'gpucost_job_gpu_seconds_total{job="gpucost", instance="node1:10119", job_id="A"}'
+        values: '0+60x60 3600x5 stale'
+      - series: 'gpucost_job_idle_gpu_seconds_total{job="gpucost", instance="node1:10119", job_id="A"}'
+        values: '0+30x60 1800x5 stale'
+      - series: 'gpucost_job_energy_joules_total{job="gpucost", instance="node1:10119", job_id="A"}'
+        values: '0+36000x60 2160000x5 stale'
+      - series: 'gpucost_job_carbon_grams_total{job="gpucost", instance="node1:10119", job_id="A"}'
+        values: '0+4x60 240x5 stale'
+      - series: 'gpucost_job_running{job="gpucost", instance="node1:10119", job_id="A"}'
+        values: '1x59 0x6 stale'
+      - series: 'gpucost_job_failed{job="gpucost", instance="node1:10119", job_id="A"}'
+        values: '0x59 1x6 stale'
+      - series: 'gpucost_job_outcome{job="gpucost", instance="node1:10119", job_id="A", outcome="running", reason=""}'
+        values: '1x59 stale'
+      - series: 'gpucost_job_outcome{job="gpucost", instance="node1:10119", job_id="A", outcome="failed", reason="exit_code"}'
+        values: '_x60 1x5 stale'
+      - series: 'gpucost_job_start_time_seconds{job="gpucost", instance="node1:10119", job_id="A"}'
+        values: '0x65 stale'
+      - series: 'gpucost_job_end_time_seconds{job="gpucost", instance="node1:10119", job_id="A"}'
+        values: '_x60 3600x5 stale'
+      - series: 'gpucost_job_info{job="gpucost", instance="node2:10119", job_id="B", name="sweep-3", user="bob", scheduler="slurm", team="vision"}'
+        values: '_x60 1x120'
+      - series: 'gpucost_job_cost_total{job="gpucost", instance="node2:10119", job_id="B", component="gpu_time"}'
+        values: '_x60 0+0.15x120'
+      - series: 'gpucost_job_wasted_cost_total{job="gpucost", instance="node2:10119", job_id="B", reason="failed"}'
+        values: '_x60 0x120'
+      - series: 'gpucost_job_wasted_cost_total{job="gpucost", instance="node2:10119", job_id="B", reason="idle"}'
+        values: '_x60 0x120'
+      - series: 'gpucost_job_gpu_seconds_total{job="gpucost", instance="node2:10119", job_id="B"}'
+        values: '_x60 0+60x120'
+      - series: 'gpucost_job_idle_gpu_seconds_total{job="gpucost", instance="node2:10119", job_id="B"}'
+        values: '_x60 0x120'
+      - series: 'gpucost_job_energy_joules_total{job="gpucost", instance="node2:10119", job_id="B"}'
+        values: '_x60 0+36000x120'
+      - series: 'gpucost_job_carbon_grams_total{job="gpucost", instance="node2:10119", job_id="B"}'
+        values: '_x60 0+4x120'
+      - series: 'gpucost_job_running{job="gpucost", instance="node2:10119", job_id="B"}'
+        values: '_x60 1x120'
+      - series: 'gpucost_job_failed{job="gpucost", instance="node2:10119", job_id="B"}'
+        values: '_x60 0x120'
+      - series: 'gpucost_job_start_time_seconds{job="gpucost", instance="node2:10119", job_id="B"}'
+        values: '_x60 3600x120'
+"#;
+
+/// One check: the panel's query, rounded to `step` (`increase` extrapolates a series that ends
+/// inside the range by half a scrape interval), evaluated at `at` with the variables `vars`,
+/// gives exactly `want` (label set, value).
+struct PanelCheck<'a> {
+    file: &'a str,
+    title: &'a str,
+    ref_id: &'a str,
+    vars: &'a [(&'a str, &'a str)],
+    at: &'a str,
+    step: f64,
+    want: &'a [(&'a str, f64)],
+}
+
+/// Runs `promtool test rules` on `series` with one `promql_expr_test` per check.
+fn promtool_panel_checks(series: &str, checks: &[PanelCheck]) {
+    let mut tests = String::new();
+    for c in checks {
+        let expr = panel_query(c.file, c.title, c.ref_id, c.vars);
+        tests.push_str(&format!(
+            "      # {} / {} / {}\n      - expr: {}\n        eval_time: {}\n        exp_samples:\n",
+            c.file,
+            c.title,
+            c.ref_id,
+            serde_json::to_string(&format!("round({expr}, {})", c.step)).unwrap(),
+            c.at
+        ));
+        for (labels, value) in c.want {
+            tests.push_str(&format!(
+                "          - labels: '{labels}'\n            value: {value}\n"
+            ));
+        }
+    }
+    let file = format!(
+        "evaluation_interval: 1m\ntests:\n  - interval: 1m\n    input_series:{series}    promql_expr_test:\n{tests}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("panels.yml");
+    std::fs::write(&path, &file).unwrap();
+    let out = Command::new("promtool")
+        .args(["test", "rules"])
+        .arg(&path)
+        .output()
+        .expect("promtool not found: run scripts/test.sh, which installs it (Debian package prometheus)");
+    assert!(
+        out.status.success(),
+        "promtool test rules on the panels' queries failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+const FLEET_VARS: &[(&str, &str)] = &[
+    ("__range", "3h"),
+    ("__rate_interval", "4m"),
+    ("__interval", "1m"),
+    ("node", ".*"),
+    ("user", ".*"),
+    ("currency", "USD"),
+    ("label", "team"),
+    ("cluster", ".*"),
+    ("namespace", ".*"),
+    ("sweep", ".*"),
+    ("team", ".*"),
+];
+
+/// Issue 17, item 1: every "in range" panel of the fleet dashboard counts every job that had
+/// cost in the range, also one that left /metrics two hours before the range ends.
+#[test]
+fn fleet_range_panels_count_jobs_that_ended_long_before_the_range_ends() {
+    let fleet = |title, ref_id, step, want| PanelCheck {
+        file: "gpucost-fleet.json",
+        title,
+        ref_id,
+        vars: FLEET_VARS,
+        at: "180m",
+        step,
+        want,
+    };
+    let a = r#"{job_id="A", name="pretrain", user="alice", team="nlp"}"#;
+    let b = r#"{job_id="B", name="sweep-3", user="bob", team="vision"}"#;
+    promtool_panel_checks(
+        LONG_RANGE_SERIES,
+        &[
+            fleet(
+                "Top jobs by cost in range ($currency)",
+                "A",
+                1.0,
+                &[(a, 60.0), (b, 18.0)],
+            ),
+            fleet(
+                "Top jobs by cost in range ($currency)",
+                "B",
+                1.0,
+                &[(a, 60.0), (b, 0.0)],
+            ),
+            fleet(
+                "Top jobs by cost in range ($currency)",
+                "C",
+                0.1,
+                &[(a, 1.0), (b, 2.0)],
+            ),
+            fleet(
+                "Cost by $label in range ($currency)",
+                "A",
+                1.0,
+                &[(r#"{team="nlp"}"#, 60.0), (r#"{team="vision"}"#, 18.0)],
+            ),
+            fleet(
+                "Waste in range by reason ($currency)",
+                "A",
+                1.0,
+                &[(r#"{reason="failed"}"#, 60.0), (r#"{reason="idle"}"#, 0.0)],
+            ),
+            fleet("Waste share", "A", 0.01, &[("{}", 0.77)]),
+            fleet(
+                "Idle GPU-hours held by jobs in range",
+                "A",
+                0.1,
+                &[("{}", 0.5)],
+            ),
+            fleet(
+                "Energy by $label in range",
+                "A",
+                0.1,
+                &[(r#"{team="nlp"}"#, 0.6), (r#"{team="vision"}"#, 1.2)],
+            ),
+            fleet(
+                "CO2e by $label in range",
+                "A",
+                0.01,
+                &[(r#"{team="nlp"}"#, 0.24), (r#"{team="vision"}"#, 0.48)],
+            ),
+            fleet("Job CO2e in range", "A", 0.01, &[("{}", 0.72)]),
+        ],
+    );
+}
