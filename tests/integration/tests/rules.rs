@@ -406,7 +406,8 @@ fn panel_query(file: &str, title: &str, ref_id: &str, vars: &[(&str, &str)]) -> 
 /// runs on node1 from 0 to 60 min, fails there after costing 60 USD (all of it wasted as
 /// `failed`, 30 min of its 60 GPU-minutes idle), and leaves /metrics at 65 min (jobs.grace_period
 /// 5 min); job B of team vision runs on node2 from 60 min on and has cost 18 USD at 180 min. The
-/// case of issue 17: a range that ends long after a job left /metrics.
+/// case of issue 17: a range that ends long after a job left /metrics. (Start and end times are
+/// real Unix times, 1764780000 for 0 min, while promtool's clock starts at 0.)
 const LONG_RANGE_SERIES: &str = r#"
       - series: 'gpucost_pricing_info{job="gpucost", instance="node1:10119", currency="USD", market="on_demand"}'
         values: '1x180'
@@ -441,9 +442,9 @@ const LONG_RANGE_SERIES: &str = r#"
       - series: 'gpucost_job_outcome{job="gpucost", instance="node1:10119", job_id="A", outcome="failed", reason="exit_code"}'
         values: '_x60 1x5 stale'
       - series: 'gpucost_job_start_time_seconds{job="gpucost", instance="node1:10119", job_id="A"}'
-        values: '0x65 stale'
+        values: '1764780000x65 stale'
       - series: 'gpucost_job_end_time_seconds{job="gpucost", instance="node1:10119", job_id="A"}'
-        values: '_x60 3600x5 stale'
+        values: '_x60 1764783600x5 stale'
       - series: 'gpucost_job_info{job="gpucost", instance="node2:10119", job_id="B", name="sweep-3", user="bob", scheduler="slurm", team="vision"}'
         values: '_x60 1x120'
       - series: 'gpucost_job_cost_total{job="gpucost", instance="node2:10119", job_id="B", component="gpu_time"}'
@@ -465,7 +466,7 @@ const LONG_RANGE_SERIES: &str = r#"
       - series: 'gpucost_job_failed{job="gpucost", instance="node2:10119", job_id="B"}'
         values: '_x60 0x120'
       - series: 'gpucost_job_start_time_seconds{job="gpucost", instance="node2:10119", job_id="B"}'
-        values: '_x60 3600x120'
+        values: '_x60 1764783600x120'
 "#;
 
 /// One check: the panel's query, rounded to `step` (`increase` extrapolates a series that ends
@@ -601,6 +602,80 @@ fn fleet_range_panels_count_jobs_that_ended_long_before_the_range_ends() {
                 &[(r#"{team="nlp"}"#, 0.24), (r#"{team="vision"}"#, 0.48)],
             ),
             fleet("Job CO2e in range", "A", 0.01, &[("{}", 0.72)]),
+            // The job's own time range (a minute either side, in ms) for the link to the job
+            // dashboard; a running job's ends at the range's end.
+            fleet(
+                "Top jobs by cost in range ($currency)",
+                "D",
+                1.0,
+                &[(a, 1764779940000.0), (b, 1764783540000.0)],
+            ),
+            fleet(
+                "Top jobs by cost in range ($currency)",
+                "E",
+                1.0,
+                &[(a, 1764783660000.0), (b, 10800000.0)],
+            ),
+        ],
+    );
+}
+
+const JOB_VARS: &[(&str, &str)] = &[
+    ("__range", "3h"),
+    ("__rate_interval", "4m"),
+    ("__interval", "1m"),
+    ("node", ".*"),
+    ("user", ".*"),
+    ("currency", "USD"),
+    ("job_id", "A"),
+    ("cluster", ".*"),
+];
+
+/// Issue 17, item 2: "what did this run cost?" after the run ended and left /metrics: every
+/// figure of the job dashboard, two hours after the job ended.
+#[test]
+fn job_dashboard_figures_stay_correct_after_the_job_left_metrics() {
+    let job = |title, step, want| PanelCheck {
+        file: "gpucost-job.json",
+        title,
+        ref_id: "A",
+        vars: JOB_VARS,
+        at: "180m",
+        step,
+        want,
+    };
+    promtool_panel_checks(
+        LONG_RANGE_SERIES,
+        &[
+            // 2: failed (the value mapping).
+            job("State", 1.0, &[(r#"{job_id="A"}"#, 2.0)]),
+            job("Cost so far ($currency)", 0.01, &[("{}", 60.0)]),
+            job("Wasted so far ($currency)", 0.01, &[("{}", 60.0)]),
+            job("GPU-hours", 0.01, &[("{}", 1.0)]),
+            job(
+                "Cost by component ($currency)",
+                0.01,
+                &[(r#"{component="gpu_time"}"#, 60.0)],
+            ),
+            job(
+                "Waste by reason ($currency)",
+                0.01,
+                &[(r#"{reason="failed"}"#, 60.0), (r#"{reason="idle"}"#, 0.0)],
+            ),
+            job("Energy so far", 0.01, &[("{}", 0.6)]),
+            job("CO2e so far", 0.01, &[("{}", 0.24)]),
+            job("Idle GPU-hours", 0.01, &[("{}", 0.5)]),
+            job("Started", 1.0, &[("{}", 1764780000000.0)]),
+            job("Ended", 1.0, &[("{}", 1764783600000.0)]),
+            job("Duration", 1.0, &[("{}", 3600.0)]),
+            job(
+                "Job",
+                1.0,
+                &[(
+                    r#"{job="gpucost", instance="node1:10119", job_id="A", name="pretrain", user="alice", scheduler="slurm", team="nlp"}"#,
+                    1.0,
+                )],
+            ),
         ],
     );
 }
