@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const SEVERITIES: &[&str] = &["critical", "warning", "info"];
+/// Where every alert's `runbook_url` points: its section of deploy/prometheus/README.md.
+const RUNBOOKS: &str = "https://github.com/gpucost/gpucost/blob/main/deploy/prometheus/README.md";
 
 fn rules_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -64,6 +66,8 @@ struct Rule {
     labels: BTreeMap<String, String>,
     /// Annotation names, with whether they have a non-empty value.
     annotations: BTreeMap<String, bool>,
+    /// The values of the annotations written on one line (not block scalars).
+    inline_annotations: BTreeMap<String, String>,
 }
 
 fn indent(line: &str) -> usize {
@@ -143,6 +147,9 @@ fn parse_rules(text: &str) -> Vec<Rule> {
                     } else {
                         rule.annotations
                             .insert(k.to_string(), !block && !v.is_empty());
+                        if !block {
+                            rule.inline_annotations.insert(k.to_string(), v);
+                        }
                     }
                     last = Some(k.to_string());
                 } else if let (Some(k), true) = (&last, map == "annotations") {
@@ -197,6 +204,7 @@ fn every_alert_is_labelled_annotated_and_tested() {
     let dir = rules_dir();
     let alerts_text = std::fs::read_to_string(dir.join("gpucost-alerts.yml")).unwrap();
     let rules = parse_rules(&alerts_text);
+    let readme = std::fs::read_to_string(dir.join("README.md")).unwrap();
     let alerts: Vec<&Rule> = rules.iter().filter(|r| r.kind == "alert").collect();
     assert!(
         alerts.len() >= 10,
@@ -225,6 +233,24 @@ fn every_alert_is_labelled_annotated_and_tested() {
             if a.annotations.get(key) != Some(&true) {
                 problems.push(format!("{}: no {key} annotation (or an empty one)", a.name));
             }
+        }
+        // The runbook: the alert's own section of deploy/prometheus/README.md.
+        let anchor = format!("{RUNBOOKS}#{}", a.name.to_lowercase());
+        match a.inline_annotations.get("runbook_url") {
+            Some(url) if *url == anchor => {}
+            other => problems.push(format!(
+                "{}: runbook_url is {other:?}, want {anchor:?}",
+                a.name
+            )),
+        }
+        if !readme
+            .lines()
+            .any(|l| l.trim() == format!("### {}", a.name))
+        {
+            problems.push(format!(
+                "{}: no `### {}` section in deploy/prometheus/README.md for its runbook_url",
+                a.name, a.name
+            ));
         }
     }
 
@@ -338,6 +364,11 @@ groups:
     assert_eq!(a.labels.get("team").map(String::as_str), Some("infra"));
     assert_eq!(a.annotations.get("summary"), Some(&true));
     assert_eq!(a.annotations.get("description"), Some(&true));
+    assert_eq!(
+        a.inline_annotations.get("summary").map(String::as_str),
+        Some("A on {{ $labels.instance }}")
+    );
+    assert!(!a.inline_annotations.contains_key("description"));
     let b = &rules[2];
     assert!(b.labels.is_empty());
     assert_eq!(b.annotations.get("summary"), Some(&false));
