@@ -405,19 +405,32 @@ fn panel_query(file: &str, title: &str, ref_id: &str, vars: &[(&str, &str)]) -> 
     let path = rules_dir().join("../../dashboards").join(file);
     let d: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    let panel = d["panels"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["title"] == title)
-        .unwrap_or_else(|| panic!("{file}: no panel titled {title:?}"));
-    let target = panel["targets"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["refId"] == ref_id)
-        .unwrap_or_else(|| panic!("{file} / {title}: no target {ref_id}"));
-    let mut expr = target["expr"].as_str().unwrap().to_string();
+    // "annotation:NAME" is the query of the dashboard's annotation NAME.
+    let mut expr = if let Some(name) = title.strip_prefix("annotation:") {
+        d["annotations"]["list"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["name"] == name)
+            .unwrap_or_else(|| panic!("{file}: no annotation {name:?}"))["expr"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    } else {
+        let panel = d["panels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["title"] == title)
+            .unwrap_or_else(|| panic!("{file}: no panel titled {title:?}"));
+        let target = panel["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["refId"] == ref_id)
+            .unwrap_or_else(|| panic!("{file} / {title}: no target {ref_id}"));
+        target["expr"].as_str().unwrap().to_string()
+    };
     // Longest names first, so that `$__range` does not eat into `$__range_s`.
     let mut vars = vars.to_vec();
     vars.sort_by_key(|(k, _)| std::cmp::Reverse(k.len()));
@@ -426,8 +439,9 @@ fn panel_query(file: &str, title: &str, ref_id: &str, vars: &[(&str, &str)]) -> 
             .replace(&format!("${{{k}}}"), v)
             .replace(&format!("${k}"), v);
     }
+    // `"$1"`: a label_replace's replacement, not a variable.
     assert!(
-        !expr.contains('$'),
+        !expr.replace("\"$1\"", "").contains('$'),
         "{file} / {title} / {ref_id}: a variable left unfilled: {expr}"
     );
     expr
@@ -437,7 +451,8 @@ fn panel_query(file: &str, title: &str, ref_id: &str, vars: &[(&str, &str)]) -> 
 /// runs on node1 from 0 to 60 min, fails there after costing 60 USD (all of it wasted as
 /// `failed`, 30 min of its 60 GPU-minutes idle), and leaves /metrics at 65 min (jobs.grace_period
 /// 5 min); job B of team vision runs on node2 from 60 min on and has cost 18 USD at 180 min. The
-/// case of issue 17: a range that ends long after a job left /metrics. (Start and end times are
+/// case of issue 17: a range that ends long after a job left /metrics. Node1's GPU 1 is a MIG
+/// instance of its GPU 0; job C fails at 90 min on an agent that exports no gpucost_job_outcome. (Start and end times are
 /// real Unix times, 1764780000 for 0 min, while promtool's clock starts at 0.)
 const LONG_RANGE_SERIES: &str = r#"
       - series: 'gpucost_pricing_info{job="gpucost", instance="node1:10119", currency="USD", market="on_demand"}'
@@ -448,6 +463,10 @@ const LONG_RANGE_SERIES: &str = r#"
         values: '1x180'
       - series: 'gpucost_gpu_info{job="gpucost", instance="node2:10119", gpu="0", uuid="GPU-b", model="NVIDIA H100 80GB HBM3", driver="550.54", source="nvml", parent_uuid="", gpu_instance_id="", mig_profile=""}'
         values: '1x180'
+      - series: 'gpucost_gpu_info{job="gpucost", instance="node1:10119", gpu="1", uuid="MIG-c", model="NVIDIA H100 80GB HBM3", driver="550.54", source="nvml", parent_uuid="GPU-a", gpu_instance_id="3", mig_profile="1g.10gb"}'
+        values: '1x180'
+      - series: 'gpucost_job_failed{job="gpucost", instance="node2:10119", job_id="C"}'
+        values: '_x80 0x9 1x5 stale'
       - series: 'gpucost_job_info{job="gpucost", instance="node1:10119", job_id="A", name="pretrain", user="alice", scheduler="slurm", team="nlp"}'
         values: '1x65 stale'
       - series: 'gpucost_job_cost_total{job="gpucost", instance="node1:10119", job_id="A", component="gpu_time"}'
@@ -633,6 +652,45 @@ fn fleet_range_panels_count_jobs_that_ended_long_before_the_range_ends() {
                 &[(r#"{team="nlp"}"#, 0.24), (r#"{team="vision"}"#, 0.48)],
             ),
             fleet("Job CO2e in range", "A", 0.01, &[("{}", 0.72)]),
+            // Filtered by team: only nlp's job.
+            PanelCheck {
+                vars: &[
+                    ("__range", "3h"),
+                    ("node", ".*"),
+                    ("user", ".*"),
+                    ("currency", "USD"),
+                    ("label", "team"),
+                    ("cluster", ".*"),
+                    ("namespace", ".*"),
+                    ("sweep", ".*"),
+                    ("team", "nlp"),
+                ],
+                ..fleet(
+                    "Cost by $label in range ($currency)",
+                    "A",
+                    1.0,
+                    &[(r#"{team="nlp"}"#, 60.0)],
+                )
+            },
+            // Failed and preempted runs, from gpucost_job_outcome, else gpucost_job_failed.
+            PanelCheck {
+                at: "62m",
+                ..fleet(
+                    "annotation:Failed and preempted runs",
+                    "",
+                    1.0,
+                    &[(r#"{job_id="A", outcome="failed", reason="exit_code"}"#, 1.0)],
+                )
+            },
+            PanelCheck {
+                at: "92m",
+                ..fleet(
+                    "annotation:Failed and preempted runs",
+                    "",
+                    1.0,
+                    &[(r#"{job_id="C", outcome="failed"}"#, 1.0)],
+                )
+            },
             // The job's own time range (a minute either side, in ms) for the link to the job
             // dashboard; a running job's ends at the range's end.
             fleet(
@@ -648,6 +706,34 @@ fn fleet_range_panels_count_jobs_that_ended_long_before_the_range_ends() {
                 &[(a, 1764783660000.0), (b, 10800000.0)],
             ),
         ],
+    );
+}
+
+/// Issue 15 on the dashboards: a MIG instance is listed with its physical GPU's UUID, which for a
+/// whole GPU is its own (the table sorts by it, so instances sit under their GPU).
+#[test]
+fn gpu_table_puts_mig_instances_under_their_physical_gpu() {
+    let vars: &[(&str, &str)] = &[("cluster", ".*"), ("node", "node1.*"), ("gpu", ".*")];
+    promtool_panel_checks(
+        LONG_RANGE_SERIES,
+        &[PanelCheck {
+            file: "gpucost-gpu-health.json",
+            title: "GPUs",
+            ref_id: "A",
+            vars,
+            at: "180m",
+            step: 1.0,
+            want: &[
+                (
+                    r#"{job="gpucost", instance="node1:10119", gpu="0", uuid="GPU-a", model="NVIDIA H100 80GB HBM3", driver="550.54", source="nvml", parent_uuid="GPU-a"}"#,
+                    1.0,
+                ),
+                (
+                    r#"{job="gpucost", instance="node1:10119", gpu="1", uuid="MIG-c", model="NVIDIA H100 80GB HBM3", driver="550.54", source="nvml", parent_uuid="GPU-a", gpu_instance_id="3", mig_profile="1g.10gb"}"#,
+                    1.0,
+                ),
+            ],
+        }],
     );
 }
 
