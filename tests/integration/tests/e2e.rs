@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use gpucost_integration_tests::{agent_bin, post_unix, write_scenario, Agent, Prometheus};
+use gpucost_integration_tests::{
+    agent_bin, http_get, post_unix, write_scenario, Agent, Prometheus,
+};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -425,6 +427,42 @@ fn two_nodes_one_job_rules_and_dashboards_with_a_real_prometheus() {
     // The token job paid for its idle GPU: what a million tokens cost, in the agent's API.
     let (_, body) = b.get(&format!("/api/v1/jobs/{tok}"));
     let job: serde_json::Value = serde_json::from_str(&body).unwrap();
+
+    // Its over-budget alert as Alertmanager gets it: routable by team, with its runbook and a
+    // link to the Job dashboard from a minute before the job started.
+    let (_, raw) = http_get(&prom.addr, "/api/v1/alerts");
+    let raw: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    let over = raw["data"]["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| {
+            a["labels"]["alertname"] == "GpucostJobOverBudget"
+                && a["labels"]["job_id"] == tok.as_str()
+        })
+        .unwrap_or_else(|| panic!("no GpucostJobOverBudget for {tok}: {raw}"));
+    assert_eq!(over["labels"]["team"], "nlp", "{over}");
+    assert!(
+        over["annotations"]["runbook_url"]
+            .as_str()
+            .unwrap()
+            .ends_with("deploy/prometheus/README.md#gpucostjoboverbudget"),
+        "{over}"
+    );
+    let link = over["annotations"]["dashboard"].as_str().unwrap();
+    let from: f64 = link
+        .strip_prefix(&format!(
+            "/d/gpucost-job/gpucost-job?var-job_id={tok}&from="
+        ))
+        .and_then(|r| r.strip_suffix("&to=now"))
+        .unwrap_or_else(|| panic!("dashboard link {link}"))
+        .parse()
+        .unwrap();
+    let started_ms = job["started_at"].as_f64().unwrap() * 1000.0;
+    assert!(
+        (from - (started_ms - 60_000.0)).abs() <= 1.0,
+        "{link} vs start {started_ms}"
+    );
     let per_m = job["cost_per_million_tokens"].as_f64().unwrap();
     assert!(per_m > 0.0, "{job}");
     assert!(
