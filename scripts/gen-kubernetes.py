@@ -341,6 +341,8 @@ def gen_helm(root):
                 },
             },
             "priorityClassName": {"type": "string"},
+            # Helm passes a parent chart's `global` values to every chart: allowed, unused.
+            "global": {"type": "object"},
             "namespace": {"$ref": "#/definitions/create"},
             "config": {"type": "string", "minLength": 1,
                        "description": "The agent's config.toml"},
