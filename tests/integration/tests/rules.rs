@@ -452,7 +452,8 @@ fn panel_query(file: &str, title: &str, ref_id: &str, vars: &[(&str, &str)]) -> 
 /// `failed`, 30 min of its 60 GPU-minutes idle), and leaves /metrics at 65 min (jobs.grace_period
 /// 5 min); job B of team vision runs on node2 from 60 min on and has cost 18 USD at 180 min. The
 /// case of issue 17: a range that ends long after a job left /metrics. Node1's GPU 1 is a MIG
-/// instance of its GPU 0; job C fails at 90 min on an agent that exports no gpucost_job_outcome. (Start and end times are
+/// instance of its GPU 0; job C fails at 90 min on an agent that exports no gpucost_job_outcome;
+/// job P is preempted at 110 min. (Start and end times are
 /// real Unix times, 1764780000 for 0 min, while promtool's clock starts at 0.)
 const LONG_RANGE_SERIES: &str = r#"
       - series: 'gpucost_pricing_info{job="gpucost", instance="node1:10119", currency="USD", market="on_demand"}'
@@ -467,6 +468,14 @@ const LONG_RANGE_SERIES: &str = r#"
         values: '1x180'
       - series: 'gpucost_job_failed{job="gpucost", instance="node2:10119", job_id="C"}'
         values: '_x80 0x9 1x5 stale'
+      - series: 'gpucost_job_running{job="gpucost", instance="node2:10119", job_id="C"}'
+        values: '_x80 1x9 0x5 stale'
+      - series: 'gpucost_job_running{job="gpucost", instance="node2:10119", job_id="P"}'
+        values: '_x100 1x9 0x5 stale'
+      - series: 'gpucost_job_failed{job="gpucost", instance="node2:10119", job_id="P"}'
+        values: '_x100 0x15 stale'
+      - series: 'gpucost_job_outcome{job="gpucost", instance="node2:10119", job_id="P", outcome="preempted", reason="time_limit"}'
+        values: '_x110 1x5 stale'
       - series: 'gpucost_job_info{job="gpucost", instance="node1:10119", job_id="A", name="pretrain", user="alice", scheduler="slurm", team="nlp"}'
         values: '1x65 stale'
       - series: 'gpucost_job_cost_total{job="gpucost", instance="node1:10119", job_id="A", component="gpu_time"}'
@@ -782,6 +791,15 @@ fn job_dashboard_figures_stay_correct_after_the_job_left_metrics() {
             job("Energy so far", 0.01, &[("{}", 0.6)]),
             job("CO2e so far", 0.01, &[("{}", 0.24)]),
             job("Idle GPU-hours", 0.01, &[("{}", 0.5)]),
+            // 4: preempted; C failed on an agent without gpucost_job_outcome: 2.
+            PanelCheck {
+                vars: &[("__range", "3h"), ("cluster", ".*"), ("job_id", "P|C")],
+                ..job(
+                    "State",
+                    1.0,
+                    &[(r#"{job_id="P"}"#, 4.0), (r#"{job_id="C"}"#, 2.0)],
+                )
+            },
             job("Started", 1.0, &[("{}", 1764780000000.0)]),
             job("Ended", 1.0, &[("{}", 1764783600000.0)]),
             job("Duration", 1.0, &[("{}", 3600.0)]),
