@@ -6,7 +6,12 @@
 #   4. `kubernetes-validate --strict` passes every built-in object rendered (Kubernetes 1.29 and
 #      1.37); the Prometheus Operator objects are checked against the operator's models; the
 #      rendered PrometheusRules and dashboard ConfigMaps hold exactly their sources
-#   5. hadolint passes the Dockerfile
+#   5. the Helm chart (deploy/helm/gpucost, generated): values.schema.json is a valid JSON schema
+#      that accepts values.yaml and refuses a wrong value; rendered by scripts/render-helm.py (the
+#      templates' subset of Helm's language; no helm binary here), its defaults are the objects
+#      of the Kustomize base, and with every part switched on those of the base with the
+#      monitoring and dashboards components; kubernetes-validate passes what it renders (step 4)
+#   6. hadolint passes the Dockerfile
 # Installs what it needs when missing (Debian's systemd; PyPI tools in target/deploy-tools), so it
 # works on a fresh machine; safe to run again and again. Outputs land in target/deploy-check/.
 set -euo pipefail
@@ -91,8 +96,78 @@ kind: Kustomization
 namespace: monitoring
 components: [../../../deploy/kubernetes/dashboards]
 EOF
+mkdir -p "$out/helm-all"
+cat >"$out/helm-all/kustomization.yaml" <<'EOF'
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+namespace: gpucost
+resources: [../../../deploy/kubernetes]
+components: [../../../deploy/kubernetes/monitoring, ../../../deploy/kubernetes/dashboards]
+EOF
 kubectl kustomize "$out/all" >"$out/all.yaml"
 kubectl kustomize "$out/dashboards-only" >"$out/dashboards-only.yaml"
+kubectl kustomize "$out/helm-all" >"$out/helm-all.yaml"
+
+# --- 5. Helm chart ---------------------------------------------------------------------------
+say "Helm chart: values.schema.json; rendered defaults = the Kustomize base; every part on = base + components"
+"$tools/bin/python" scripts/render-helm.py deploy/helm/gpucost >"$out/helm-default.yaml"
+"$tools/bin/python" scripts/render-helm.py deploy/helm/gpucost \
+  --set namespace.create=true --set serviceMonitor.enabled=true \
+  --set prometheusRule.enabled=true --set dashboards.enabled=true >"$out/helm-on.yaml"
+"$tools/bin/python" - "$out" <<'EOF'
+import json, pathlib, sys
+import jsonschema, yaml
+
+out = pathlib.Path(sys.argv[1])
+chart = pathlib.Path("deploy/helm/gpucost")
+problems = []
+
+schema = json.loads((chart / "values.schema.json").read_text())
+jsonschema.Draft7Validator.check_schema(schema)
+validator = jsonschema.Draft7Validator(schema)
+values = yaml.safe_load((chart / "values.yaml").read_text())
+problems += [f"values.yaml: {e.message} at {list(e.path)}" for e in validator.iter_errors(values)]
+# The schema refuses what helm would otherwise take silently.
+for bad, why in [({"image": {**values["image"], "tag": 1}}, "a number as the tag"),
+                 ({"serviceMonitor": {"enabled": "yes"}}, "a string for a switch"),
+                 ({"nodeSelecter": {}}, "a misspelt key")]:
+    if validator.is_valid({**values, **bad}):
+        problems.append(f"values.schema.json accepts {why}")
+
+def objects(path, drop_namespace=False):
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    # Kustomize names the generated ConfigMap after a hash of its content; Helm does not.
+    hashed = {d["metadata"]["name"] for d in docs
+              if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("gpucost-config-")}
+    text = yaml.safe_dump_all(docs)
+    for h in hashed:
+        text = text.replace(h, "gpucost-config")
+    docs = [d for d in yaml.safe_load_all(text) if d]
+    if drop_namespace:
+        docs = [d for d in docs if d["kind"] != "Namespace"]
+    return {(d["kind"], d["metadata"]["name"]): d for d in docs}
+
+for helm, kust, drop in [("helm-default", "base", True), ("helm-on", "helm-all", False)]:
+    h, k = objects(out / f"{helm}.yaml"), objects(out / f"{kust}.yaml", drop)
+    for key in sorted(set(h) | set(k)):
+        if key not in h:
+            problems.append(f"{helm}: no {key}, which kustomize renders")
+        elif key not in k:
+            problems.append(f"{helm}: {key}, which kustomize does not render")
+        elif h[key] != k[key]:
+            a, b = json.dumps(h[key], sort_keys=True), json.dumps(k[key], sort_keys=True)
+            at = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+            problems.append(f"{helm}: {key} differs from kustomize's at ...{a[max(0, at - 80):at + 80]}"
+                            f"\n  kustomize: ...{b[max(0, at - 80):at + 80]}")
+    if not h:
+        problems.append(f"{helm}: no objects")
+    builtin = [d for d in h.values() if d["apiVersion"] != "monitoring.coreos.com/v1"]
+    (out / f"{helm}.builtin.yaml").write_text(yaml.safe_dump_all(builtin, sort_keys=False))
+    print(f"check-deploy: {helm}: {len(h)} objects, as kustomize's {kust}")
+if problems:
+    print("\n".join(problems), file=sys.stderr)
+    sys.exit(1)
+EOF
 
 # --- 4. Validation ---------------------------------------------------------------------------
 say "rendered objects: Prometheus Operator models, sources embedded exactly"
@@ -160,7 +235,8 @@ if problems:
 EOF
 for version in 1.29.0 1.37.0; do
   say "kubernetes-validate --strict (Kubernetes $version) on every built-in object"
-  for f in "$out"/base.builtin.yaml "$out"/all.builtin.yaml "$out"/dashboards-only.builtin.yaml; do
+  for f in "$out"/base.builtin.yaml "$out"/all.builtin.yaml "$out"/dashboards-only.builtin.yaml \
+    "$out"/helm-default.builtin.yaml "$out"/helm-on.builtin.yaml; do
     [ -s "$f" ] || continue  # nothing built-in in it (no dashboards yet)
     if ! said=$("$tools/bin/kubernetes-validate" --strict --quiet -k "$version" "$f" 2>&1) || [ -n "$said" ]; then
       fail "kubernetes-validate $f: ${said:-exit status non-zero}"
@@ -168,7 +244,7 @@ for version in 1.29.0 1.37.0; do
   done
 done
 
-# --- 5. Dockerfile ---------------------------------------------------------------------------
+# --- 6. Dockerfile ---------------------------------------------------------------------------
 say "hadolint Dockerfile (not built here: no Docker engine on this machine)"
 "$tools/bin/hadolint" Dockerfile || fail "hadolint Dockerfile"
 

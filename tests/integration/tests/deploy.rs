@@ -263,6 +263,12 @@ fn the_image_tag_is_the_workspace_version() {
         kustomization.contains(&format!("newTag: \"{version}\"")),
         "deploy/kubernetes/kustomization.yaml: images newTag is not \"{version}\""
     );
+    let readme = read(&repo().join("README.md"));
+    assert!(
+        readme.contains(&format!("gpucost:{version} ."))
+            && readme.contains(&format!("newTag: \"{version}\"")),
+        "README.md: the image built, pushed and named in the overlay is not {version}"
+    );
     let dockerfile = read(&repo().join("Dockerfile"));
     assert!(
         dockerfile.contains(&format!("gpucost:{version} ")),

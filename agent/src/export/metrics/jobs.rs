@@ -7,7 +7,7 @@ use super::{bool_value, Families};
 use crate::snapshot::Snapshot;
 
 /// The per-job families, in the order they are written.
-pub(super) const JOB_FAMILIES: [&str; 16] = [
+pub(super) const JOB_FAMILIES: [&str; 18] = [
     "gpucost_job_info",
     "gpucost_job_gpu_seconds_total",
     "gpucost_job_energy_joules_total",
@@ -23,6 +23,8 @@ pub(super) const JOB_FAMILIES: [&str; 16] = [
     "gpucost_job_mfu_ratio",
     "gpucost_job_running",
     "gpucost_job_failed",
+    "gpucost_job_start_time_seconds",
+    "gpucost_job_end_time_seconds",
     // Anything render_job writes that is not listed above (a test keeps this empty).
     "",
 ];
@@ -172,4 +174,20 @@ pub(super) fn render_job(f: &mut Families, snap: &Snapshot, j: &JobRecord) {
         &id,
         bool_value(j.outcome == Outcome::Failed),
     );
+    // When the job ran, so that a dashboard can open at the job's own time range and a query
+    // can find a job that ended long before the range it looks at ends (issue 17).
+    f.gauge(
+        "gpucost_job_start_time_seconds",
+        "When the job started, in seconds since the Unix epoch.",
+        &id,
+        j.started_at,
+    );
+    if let Some(ended) = j.ended_at {
+        f.gauge(
+            "gpucost_job_end_time_seconds",
+            "When the job ended, in seconds since the Unix epoch; absent while it runs.",
+            &id,
+            ended,
+        );
+    }
 }

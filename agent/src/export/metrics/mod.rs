@@ -346,6 +346,8 @@ mod tests {
             ..Default::default()
         });
         full.outcome = Outcome::Running;
+        // Not what a running job has, but every family is written once here.
+        full.ended_at = Some(2.0);
         let mut r = Renderer::default();
         r.render(&snapshot(shared([full]), &labels));
         let last = JOB_FAMILIES.len() - 1;
@@ -365,6 +367,12 @@ mod tests {
             text.contains("gpucost_job_mfu_ratio{job_id=\"job-1\",source=\"counters\"} 0.1"),
             "{text}"
         );
+        // A running job has its start time and no end time.
+        assert!(
+            text.contains("gpucost_job_start_time_seconds{job_id=\"job-1\"} 1\n"),
+            "{text}"
+        );
+        assert!(!text.contains("gpucost_job_end_time_seconds{"), "{text}");
     }
 
     /// A render writes into the buffer of the output before last once no one holds it.
