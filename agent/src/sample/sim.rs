@@ -5,6 +5,7 @@
 //! monotonic clock it is given (virtual time in tests).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
@@ -12,7 +13,10 @@ use gpucost_core::clock::Clock;
 use gpucost_sim::{Scenario, SimulatedNode};
 
 use super::{Backend, BackendFactory};
-use gpucost_core::reading::{GpuStatic, ProcessUse, Reading, SampleError, Source, ThrottleReason};
+use gpucost_core::reading::{
+    mig_unit_index, Field, FieldError, GpuStatic, MigSlice, ProcessUse, Reading, SampleError,
+    Source, ThrottleReason,
+};
 
 pub struct SimBackend {
     node: SimulatedNode,
@@ -20,6 +24,10 @@ pub struct SimBackend {
     started: Instant,
     /// Scenario time up to which Xids have been reported.
     xids_until_s: Mutex<f64>,
+    /// Unit index -> the scenario GPU and, for a MIG instance, what it is (as `gpus` listed).
+    units: BTreeMap<u32, (u32, Option<MigSlice>)>,
+    /// A GPU switched MIG mode since `gpus` (its `mig_enable`/`mig_disable` events).
+    layout_changed: AtomicBool,
 }
 
 impl SimBackend {
@@ -30,6 +38,8 @@ impl SimBackend {
             started: clock.mono(),
             clock,
             xids_until_s: Mutex::new(0.0),
+            units: BTreeMap::new(),
+            layout_changed: AtomicBool::new(false),
         }
     }
 
@@ -93,15 +103,50 @@ impl Backend for SimBackend {
         Some(self.node.scenario().driver_version.clone())
     }
 
+    /// Each GPU, or where it is in MIG mode now, its MIG instances, as the NVML backend lists
+    /// them (`nvml/mig.rs`).
     fn gpus(&mut self) -> Result<Vec<GpuStatic>, SampleError> {
-        Ok((0..self.node.gpu_count())
-            .map(|i| GpuStatic {
-                index: i,
-                uuid: self.node.uuid(i).to_string(),
-                model: self.node.scenario().gpus[i as usize].model.clone(),
-                mig: None,
-            })
-            .collect())
+        let t = self.now_s();
+        self.units.clear();
+        self.layout_changed.store(false, Ordering::Relaxed);
+        let mut out = Vec::new();
+        for i in 0..self.node.gpu_count() {
+            let spec = &self.node.scenario().gpus[i as usize];
+            let uuid = self.node.uuid(i).to_string();
+            if !self.node.mig_on(i, t) || spec.mig_instances.is_empty() {
+                self.units.insert(i, (i, None));
+                out.push(GpuStatic {
+                    index: i,
+                    uuid,
+                    model: spec.model.clone(),
+                    mig: None,
+                });
+                continue;
+            }
+            for (gi, m) in spec.mig_instance_ids().into_iter().zip(&spec.mig_instances) {
+                let slice = MigSlice {
+                    parent_index: i,
+                    parent_uuid: uuid.clone(),
+                    gpu_instance_id: gi,
+                    profile: m.profile.clone(),
+                    slices: MigSlice::slices_of_profile(&m.profile).unwrap_or(1),
+                    parent_slices: spec.mig_slices,
+                };
+                let index = mig_unit_index(i, gi);
+                self.units.insert(index, (i, Some(slice.clone())));
+                out.push(GpuStatic {
+                    index,
+                    uuid: self.node.mig_uuid(i, gi).unwrap_or_default(),
+                    model: spec.model.clone(),
+                    mig: Some(slice),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    fn layout_changed(&self) -> bool {
+        self.layout_changed.load(Ordering::Relaxed)
     }
 
     fn take_xids(&self) -> Vec<(u32, u32)> {
@@ -125,13 +170,21 @@ impl Backend for SimBackend {
         out.into_iter().map(|(_, g, xid)| (g, xid)).collect()
     }
 
-    fn read(&self, index: u32, with_processes: bool) -> Result<Reading, SampleError> {
+    fn read(&self, unit: u32, with_processes: bool) -> Result<Reading, SampleError> {
+        let (index, mig) = self.units.get(&unit).cloned().unwrap_or((unit, None));
         let Some(spec) = self.node.scenario().gpus.get(index as usize) else {
             return Err(SampleError::Failed(format!("no simulated GPU {index}")));
         };
         let t = self.now_s();
         if !self.node.is_present(index, t) {
             return Err(SampleError::GpuLost("simulated".into()));
+        }
+        // A GPU switched MIG mode since it was listed is listed again.
+        if with_processes && self.node.mig_on(index, t) != mig.is_some() {
+            self.layout_changed.store(true, Ordering::Relaxed);
+        }
+        if let Some(m) = mig {
+            return self.read_mig(index, &m, t, with_processes);
         }
         let s = self.node.state(index, t);
         let mut errors = Vec::new();
@@ -170,6 +223,57 @@ impl Backend for SimBackend {
                     .collect()
             }),
             pipes: self.node.gpm_supported(index).then_some(s.pipes),
+            field_errors: errors,
+        })
+    }
+}
+
+impl SimBackend {
+    /// A MIG instance as the NVML backend reads one: its own memory, activity and processes,
+    /// its share of the board's energy and power, no utilization.
+    fn read_mig(
+        &self,
+        index: u32,
+        m: &MigSlice,
+        t: f64,
+        with_processes: bool,
+    ) -> Result<Reading, SampleError> {
+        let spec = &self.node.scenario().gpus[index as usize];
+        let gi = m.gpu_instance_id;
+        let Some(own) = self.node.mig_instance_state(index, gi, t) else {
+            self.layout_changed.store(true, Ordering::Relaxed);
+            return Err(SampleError::Failed(format!("MIG instance {gi} is gone")));
+        };
+        let s = self.node.state(index, t);
+        let mw = |w: f64| m.share_of((w * 1000.0).round() as u64) as u32;
+        let mut errors = vec![(Field::Utilization, FieldError::NotSupported)];
+        if s.energy_mj.is_none() {
+            errors.push((Field::Energy, FieldError::NotSupported));
+        }
+        Ok(Reading {
+            energy_mj: s.energy_mj.map(|mj| m.share_of(mj)),
+            power_average_mw: Some(mw(self.node.power_average_w(index, t))),
+            power_instant_mw: Some(mw(s.power_w)),
+            power_limit_mw: Some(mw(spec.power_limit_w)),
+            utilization_pct: None,
+            memory_used_bytes: Some(own.memory_used_bytes),
+            memory_total_bytes: Some(own.memory_total_bytes),
+            sm_clock_mhz: Some(s.sm_clock_mhz),
+            temperature_c: Some(s.temperature_c.round() as u32),
+            clock_event_reasons: Some(s.throttle_reasons),
+            violation_ns: violation_ns(self.node.violation_s(index, t)),
+            processes: with_processes.then(|| {
+                s.processes
+                    .iter()
+                    .filter(|p| p.gpu_instance == Some(gi))
+                    .map(|p| ProcessUse {
+                        pid: p.pid,
+                        used_memory_bytes: Some(p.used_memory_bytes),
+                        sm_util_pct: None,
+                    })
+                    .collect()
+            }),
+            pipes: self.node.gpm_supported(index).then_some(own.pipes),
             field_errors: errors,
         })
     }

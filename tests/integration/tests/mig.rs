@@ -146,6 +146,19 @@ fn issue_15_mig_slices_billed_through_fake_nvml() {
     assert!(agent.terminate().success());
 }
 
+#[test]
+fn issue_15_mig_slices_billed_on_the_simulated_node() {
+    let scenario = mig_scenario();
+    let mut agent = Agent::start(&["--simulate", &scenario], &env(&[]));
+    let m = agent.wait_for_metrics(
+        "mig-a and mig-b billed",
+        Duration::from_secs(30),
+        billed_long_enough,
+    );
+    check_slice_billing(&m);
+    assert!(agent.terminate().success());
+}
+
 /// GPU 0 runs job `whole` as a whole GPU until 1000 s, when it is switched into MIG mode with a
 /// 3g.40gb (instance 1, job mig-a) and a 4g.40gb (instance 2, job mig-b); the board draws
 /// 450 W throughout. The agent starts at 996 s.
