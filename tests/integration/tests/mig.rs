@@ -118,6 +118,29 @@ fn check_slice_billing(m: &Metrics) {
     assert!(gpu(m, "gpucost_gpu_utilization_ratio", "1001").is_none());
 }
 
+/// `/api/v1/gpus` says what each instance is.
+fn check_api(agent: &Agent) {
+    let (status, body) = agent.get("/api/v1/gpus");
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let gpus = v["gpus"].as_array().unwrap();
+    let mig: Vec<_> = gpus
+        .iter()
+        .map(|g| {
+            (
+                g["index"].as_u64().unwrap(),
+                g["mig"]["profile"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        mig,
+        [(1001, "3g.40gb"), (1002, "2g.20gb"), (1003, "2g.20gb")]
+    );
+    assert_eq!(gpus[0]["mig"]["parent_uuid"], PARENT);
+    assert_eq!(gpus[0]["mig"]["slices"], 3);
+}
+
 fn billed_long_enough(m: &Metrics) -> bool {
     job(m, "gpucost_job_gpu_seconds_total", "mig-b") > 2.0
         && m.get("gpucost_gpu_unallocated_seconds_total", &[("gpu", "1003")])
@@ -143,6 +166,7 @@ fn issue_15_mig_slices_billed_through_fake_nvml() {
         billed_long_enough,
     );
     check_slice_billing(&m);
+    check_api(&agent);
     assert!(agent.terminate().success());
 }
 
