@@ -31,13 +31,17 @@ pub struct SimBackend {
 }
 
 impl SimBackend {
-    pub fn new(scenario: Scenario, clock: Arc<dyn Clock>) -> Self {
+    /// The node of `scenario`, whose time 0 is `started` on `clock`.
+    pub fn new(scenario: Scenario, clock: Arc<dyn Clock>, started: Instant) -> Self {
         let node = SimulatedNode::new(scenario);
+        // Xids from before this open were reported by the backend open then (or missed while
+        // none was, as a real driver's events are while nobody listens).
+        let now_s = scenario_time(clock.as_ref(), started, node.scenario());
         SimBackend {
             node,
-            started: clock.mono(),
+            started,
             clock,
-            xids_until_s: Mutex::new(0.0),
+            xids_until_s: Mutex::new(now_s),
             units: BTreeMap::new(),
             layout_changed: AtomicBool::new(false),
         }
@@ -61,15 +65,22 @@ fn scenario_time(clock: &dyn Clock, started: Instant, s: &Scenario) -> f64 {
         * s.speed
 }
 
-/// Opens the simulated node (which never fails).
+/// Opens the simulated node (which never fails). Scenario time runs from the first open on:
+/// a node opened again (after a release, or to list GPUs anew after a MIG switch) goes on where
+/// its timeline is, as real GPUs do.
 pub struct SimFactory {
     scenario: Scenario,
     clock: Arc<dyn Clock>,
+    started: Option<Instant>,
 }
 
 impl SimFactory {
     pub fn new(scenario: Scenario, clock: Arc<dyn Clock>) -> Self {
-        SimFactory { scenario, clock }
+        SimFactory {
+            scenario,
+            clock,
+            started: None,
+        }
     }
 }
 
@@ -87,9 +98,11 @@ impl BackendFactory for SimFactory {
         format!("scenario {:?}", self.scenario.name)
     }
     fn open(&mut self) -> Result<Box<dyn Backend>, SampleError> {
+        let started = *self.started.get_or_insert_with(|| self.clock.mono());
         Ok(Box::new(SimBackend::new(
             self.scenario.clone(),
             self.clock.clone(),
+            started,
         )))
     }
 }

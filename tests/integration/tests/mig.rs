@@ -317,6 +317,32 @@ fn issue_15_a_gpu_switched_into_mig_mode_while_the_agent_runs() {
     assert!(agent.terminate().success());
 }
 
+/// The same switch on the simulated node, 200 times faster: the units are listed anew there
+/// too, and the jobs' energy over the board's measured time is its 450 W.
+#[test]
+fn issue_15_a_simulated_gpu_switched_into_mig_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = SWITCH
+        .replace("ripple = 0.0", "ripple = 0.0\nspeed = 200")
+        .replace("name = \"whole\"", "name = \"whole\"\nid = \"whole\"")
+        .replace("name = \"mig-a\"", "name = \"mig-a\"\nid = \"mig-a\"")
+        .replace("name = \"mig-b\"", "name = \"mig-b\"\nid = \"mig-b\"");
+    let scenario = write_scenario(dir.path(), "switch.toml", &text);
+    let mut agent = Agent::start(&["--simulate", &scenario], &env(&[]));
+    let m = agent.wait_for_metrics(
+        "the instances billed after the switch",
+        Duration::from_secs(30),
+        |m| job(m, "gpucost_job_gpu_seconds_total", "mig-b") > 1.0,
+    );
+    promtool_check_metrics(&m.text);
+    assert!(gpu(&m, "gpucost_gpu_up", "0").is_none(), "{}", m.text);
+    assert_eq!(gpu(&m, "gpucost_gpu_up", "1001"), Some(1.0));
+    assert!(job(&m, "gpucost_job_gpu_seconds_total", "whole") > 1.0);
+    let (a, b) = (cost(&m, "mig-a"), cost(&m, "mig-b"));
+    assert!((a / b - 0.75).abs() < 0.05, "{a} / {b}");
+    assert!(agent.terminate().success());
+}
+
 fn unix_now_s() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
