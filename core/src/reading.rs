@@ -114,6 +114,16 @@ pub fn mig_unit_index(parent_index: u32, gpu_instance_id: u32) -> u32 {
         .saturating_add(gpu_instance_id)
 }
 
+/// The NVML index of the physical GPU a unit index stands for: the index itself for a whole
+/// GPU, the parent's for a MIG instance (see [`MIG_INDEX_BASE`]).
+pub fn physical_index(unit_index: u32) -> u32 {
+    if unit_index >= MIG_INDEX_BASE {
+        unit_index / MIG_INDEX_BASE - 1
+    } else {
+        unit_index
+    }
+}
+
 impl GpuStatic {
     /// The share of a physical GPU this unit is billed for: 1 for a whole GPU,
     /// [`MigSlice::share`] for a MIG instance.
@@ -442,6 +452,8 @@ mod tests {
         // Unique beside NVML indices and stable: GPU 0's instance 1 is 1001.
         assert_eq!(mig_unit_index(0, 1), 1001);
         assert_ne!(mig_unit_index(0, 13), mig_unit_index(1, 13));
+        assert_eq!(physical_index(mig_unit_index(3, 13)), 3);
+        assert_eq!(physical_index(7), 7);
     }
 
     #[test]

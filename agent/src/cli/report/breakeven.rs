@@ -19,11 +19,17 @@ pub(super) fn breakeven_from(
     since: Option<f64>,
     now: f64,
 ) -> anyhow::Result<Breakeven> {
-    let mut by_model: BTreeMap<&str, u32> = BTreeMap::new();
-    for (m, _) in gpus {
-        *by_model.entry(m).or_default() += 1;
+    // Physical GPUs: the MIG instances of one GPU (and the GPU itself, before or after MIG
+    // mode) are one GPU to buy.
+    let mut by_model: BTreeMap<&str, std::collections::BTreeSet<u32>> = BTreeMap::new();
+    for (m, index) in gpus {
+        by_model
+            .entry(m)
+            .or_default()
+            .insert(gpucost_core::reading::physical_index(*index));
     }
-    let Some((model, count)) = by_model.into_iter().max_by_key(|(_, n)| *n) else {
+    let counted = by_model.into_iter().map(|(m, set)| (m, set.len() as u32));
+    let Some((model, count)) = counted.max_by_key(|(_, n)| *n) else {
         bail!("--breakeven: the ledger has no GPUs yet");
     };
     let start = since
@@ -79,4 +85,23 @@ pub(super) fn breakeven_text(b: &Breakeven, currency: &str) -> String {
         p = b.power_w,
         t = b.tariff_per_kwh,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 15: a GPU's MIG instances, and the GPU itself before its MIG mode, are one GPU to
+    /// buy.
+    #[test]
+    fn issue_15_mig_instances_count_as_their_physical_gpu() {
+        let pricing = gpucost_core::config::example_pricing();
+        let h100 = "NVIDIA H100 80GB HBM3".to_string();
+        let gpus: Vec<(String, u32)> = [0, 1001, 1002, 1003, 1, 2001]
+            .into_iter()
+            .map(|i| (h100.clone(), i))
+            .collect();
+        let b = breakeven_from(&pricing, &[], &gpus, Some(0.0), 86_400.0).unwrap();
+        assert_eq!(b.gpu_count, 2);
+    }
 }
