@@ -522,6 +522,18 @@ impl SimulatedNode {
             })
     }
 
+    /// Whether the GPU's `k`-th MIG instance exists at scenario time `t`: the GPU is in MIG mode
+    /// and the instance was created and not yet destroyed (`created_at_s`, `destroyed_at_s`).
+    pub fn mig_instance_exists(&self, gpu: u32, k: usize, t: f64) -> bool {
+        let Some(m) = self.scenario.gpus[gpu as usize].mig_instances.get(k) else {
+            return false;
+        };
+        let (_, tm) = self.split(t.max(0.0));
+        self.mig_on(gpu, t)
+            && m.created_at_s.is_none_or(|c| tm >= c)
+            && m.destroyed_at_s.is_none_or(|d| tm < d)
+    }
+
     /// The `MIG-...` UUID of the GPU's MIG instance with GPU instance id `gi`: the scenario's,
     /// or one derived from the GPU's index and `gi`.
     pub fn mig_uuid(&self, gpu: u32, gi: u32) -> Option<String> {

@@ -177,6 +177,13 @@ pub struct MigInstanceSpec {
     /// Its `MIG-...` UUID; default derived from the GPU's index and the instance id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uuid: Option<String>,
+    /// When it is created (`nvidia-smi mig -cgi`), in `[0, duration_s)`; default: it exists
+    /// whenever the GPU is in MIG mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at_s: Option<f64>,
+    /// When it is destroyed (`nvidia-smi mig -dgi`), after `created_at_s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destroyed_at_s: Option<f64>,
 }
 
 impl MigInstanceSpec {
@@ -686,7 +693,9 @@ impl Scenario {
                 ));
             }
             let mut ids = BTreeSet::new();
-            let mut slices = 0;
+            // (created, destroyed, slices) of each instance: at no moment may they hold more
+            // slices than the GPU has.
+            let mut spans = Vec::new();
             for (k, m) in g.mig_instances.iter().enumerate() {
                 let what = |field: &str| what(&format!("mig_instance {k}: {field}"));
                 let Some((n, _)) = MigInstanceSpec::parse_profile(&m.profile) else {
@@ -695,7 +704,18 @@ impl Scenario {
                         format!("{:?} is not a MIG profile name like \"3g.40gb\"", m.profile),
                     ));
                 };
-                slices += n;
+                let from = m.created_at_s.unwrap_or(0.0);
+                let until = m.destroyed_at_s.unwrap_or(self.duration_s);
+                spans.push((from, until, n));
+                if !(from >= 0.0 && from < until && until <= self.duration_s) {
+                    return Err(bad(
+                        what("created_at_s"),
+                        format!(
+                            "created at {from} s and destroyed at {until} s: must be 0 <= \
+                             created < destroyed <= duration_s"
+                        ),
+                    ));
+                }
                 let id = m.gpu_instance_id.unwrap_or(k as u32 + 1);
                 if !ids.insert(id) {
                     return Err(bad(what("gpu_instance_id"), format!("{id} is used twice")));
@@ -709,6 +729,17 @@ impl Scenario {
                     }
                 }
             }
+            let slices = spans
+                .iter()
+                .map(|(at, _, _)| {
+                    spans
+                        .iter()
+                        .filter(|(from, until, _)| from <= at && at < until)
+                        .map(|(_, _, n)| n)
+                        .sum::<u32>()
+                })
+                .max()
+                .unwrap_or(0);
             if slices > g.mig_slices {
                 return Err(bad(
                     what("mig_instance"),

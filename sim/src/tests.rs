@@ -1023,3 +1023,37 @@ kind = "mig_disable"
         assert!(err.contains(problem), "{err}");
     }
 }
+
+/// Issue 15: GPU instances created and destroyed while the GPU stays in MIG mode.
+#[test]
+fn issue_15_mig_instances_come_and_go() {
+    let text = r#"
+name = "r"
+duration_s = 100
+[[gpu]]
+model = "NVIDIA H100 80GB HBM3"
+memory_total_mib = 81559
+power_limit_w = 700
+idle_power_w = 70
+mig = true
+[[gpu.mig_instance]]
+profile = "4g.40gb"
+destroyed_at_s = 50
+[[gpu.mig_instance]]
+profile = "4g.40gb"
+created_at_s = 50
+"#;
+    let node = SimulatedNode::new(Scenario::parse(text, "r").unwrap());
+    assert!(node.mig_instance_exists(0, 0, 49.0) && !node.mig_instance_exists(0, 0, 50.0));
+    assert!(!node.mig_instance_exists(0, 1, 49.0) && node.mig_instance_exists(0, 1, 50.0));
+    // Both at once would hold 8 of 7 slices.
+    let overlap = text.replace("created_at_s = 50", "created_at_s = 40");
+    let err = Scenario::parse(&overlap, "r").unwrap_err().to_string();
+    assert!(err.contains("the instances hold 8 slices"), "{err}");
+    let backwards = text.replace(
+        "created_at_s = 50",
+        "created_at_s = 50\ndestroyed_at_s = 20",
+    );
+    let err = Scenario::parse(&backwards, "r").unwrap_err().to_string();
+    assert!(err.contains("created_at_s"), "{err}");
+}

@@ -26,6 +26,8 @@ pub struct SimBackend {
     xids_until_s: Mutex<f64>,
     /// Unit index -> the scenario GPU and, for a MIG instance, what it is (as `gpus` listed).
     units: BTreeMap<u32, (u32, Option<MigSlice>)>,
+    /// Per scenario GPU, the GPU instance ids `gpus` listed (`None`: listed whole).
+    listed: BTreeMap<u32, Option<Vec<u32>>>,
     /// A GPU switched MIG mode since `gpus` (its `mig_enable`/`mig_disable` events).
     layout_changed: AtomicBool,
 }
@@ -43,6 +45,7 @@ impl SimBackend {
             clock,
             xids_until_s: Mutex::new(now_s),
             units: BTreeMap::new(),
+            listed: BTreeMap::new(),
             layout_changed: AtomicBool::new(false),
         }
     }
@@ -126,7 +129,9 @@ impl Backend for SimBackend {
         for i in 0..self.node.gpu_count() {
             let spec = &self.node.scenario().gpus[i as usize];
             let uuid = self.node.uuid(i).to_string();
-            if !self.node.mig_on(i, t) || spec.mig_instances.is_empty() {
+            let instances = self.instances(i, t);
+            self.listed.insert(i, instances.clone());
+            let Some(instances) = instances else {
                 self.units.insert(i, (i, None));
                 out.push(GpuStatic {
                     index: i,
@@ -135,8 +140,13 @@ impl Backend for SimBackend {
                     mig: None,
                 });
                 continue;
-            }
-            for (gi, m) in spec.mig_instance_ids().into_iter().zip(&spec.mig_instances) {
+            };
+            for (gi, m) in spec
+                .mig_instance_ids()
+                .into_iter()
+                .zip(&spec.mig_instances)
+                .filter(|(gi, _)| instances.contains(gi))
+            {
                 let slice = MigSlice {
                     parent_index: i,
                     parent_uuid: uuid.clone(),
@@ -192,8 +202,9 @@ impl Backend for SimBackend {
         if !self.node.is_present(index, t) {
             return Err(SampleError::GpuLost("simulated".into()));
         }
-        // A GPU switched MIG mode since it was listed is listed again.
-        if with_processes && self.node.mig_on(index, t) != mig.is_some() {
+        // A GPU switched MIG mode, or whose instances changed, since it was listed is listed
+        // again.
+        if with_processes && self.listed.get(&index) != Some(&self.instances(index, t)) {
             self.layout_changed.store(true, Ordering::Relaxed);
         }
         if let Some(m) = mig {
@@ -242,6 +253,20 @@ impl Backend for SimBackend {
 }
 
 impl SimBackend {
+    /// The GPU instance ids of GPU `index` that exist at `t` while it is in MIG mode with at
+    /// least one; `None`: a whole GPU (as the NVML backend lists one).
+    fn instances(&self, index: u32, t: f64) -> Option<Vec<u32>> {
+        let spec = &self.node.scenario().gpus[index as usize];
+        let ids: Vec<u32> = spec
+            .mig_instance_ids()
+            .into_iter()
+            .enumerate()
+            .filter(|(k, _)| self.node.mig_instance_exists(index, *k, t))
+            .map(|(_, gi)| gi)
+            .collect();
+        (!ids.is_empty()).then_some(ids)
+    }
+
     /// A MIG instance as the NVML backend reads one: its own memory, activity and processes,
     /// its share of the board's energy and power, no utilization.
     fn read_mig(

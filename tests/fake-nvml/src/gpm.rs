@@ -161,7 +161,11 @@ pub unsafe extern "C" fn nvmlGpmMigSampleGet(
         if !gpu.node.gpm_supported(gpu.index) || !gpu.mig_on() {
             return NVML_ERROR_NOT_SUPPORTED;
         }
-        if gpu.spec().mig_instance(gpu_instance_id).is_none() {
+        let exists = gpu
+            .spec()
+            .mig_instance(gpu_instance_id)
+            .is_some_and(|(k, _)| gpu.node.mig_instance_exists(gpu.index, k, gpu.t));
+        if !exists {
             return NVML_ERROR_INVALID_ARGUMENT;
         }
         if gpu.spec().gpm_no_permission {

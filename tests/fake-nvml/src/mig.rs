@@ -13,6 +13,9 @@
 //!   `NOT_FOUND` "if no valid MIG device was found at index" (nvml.h:13416-13440). A MIG handle is
 //!   invalid once its instance is gone (nvml.h:13418-13423): here every call on it answers
 //!   `INVALID_ARGUMENT` while the GPU is out of MIG mode.
+//! - GPU instances are created and destroyed while the GPU stays in MIG mode (the scenario's
+//!   `created_at_s`, `destroyed_at_s`): an index whose instance is gone answers `NOT_FOUND`,
+//!   and its old handle `INVALID_ARGUMENT`; the other instances keep their indices.
 //! - On a MIG device handle: its `MIG-...` UUID, its name (the parent's with ` MIG <profile>`,
 //!   the form `nvidia-smi -L` prints, e.g. hashicorp/nomad-device-nvidia PR 53), its own memory
 //!   (nvml.h:6678-6680: "Per-instance information can be queried by using specific MIG device
@@ -73,7 +76,10 @@ pub(crate) fn mig_call(
             unix: state::unix_now(),
         };
         let spec = gpu.spec();
-        let (Some(m), true) = (spec.mig_instances.get(k), gpu.mig_on()) else {
+        let (Some(m), true) = (
+            spec.mig_instances.get(k),
+            gpu.node.mig_instance_exists(index, k, t),
+        ) else {
             return NVML_ERROR_INVALID_ARGUMENT;
         };
         if !args_ok {
@@ -172,7 +178,10 @@ pub unsafe extern "C" fn nvmlDeviceGetMigDeviceHandleByIndex(
         if index >= max {
             return NVML_ERROR_INVALID_ARGUMENT;
         }
-        if index as usize >= gpu.spec().mig_instances.len() {
+        if !gpu
+            .node
+            .mig_instance_exists(gpu.index, index as usize, gpu.t)
+        {
             return NVML_ERROR_NOT_FOUND;
         }
         // SAFETY: checked non-NULL by `device_call`.

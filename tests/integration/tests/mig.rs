@@ -343,6 +343,96 @@ fn issue_15_a_simulated_gpu_switched_into_mig_mode() {
     assert!(agent.terminate().success());
 }
 
+/// GPU 0 stays in MIG mode while its 4g.40gb (instance 2) is destroyed at 1000 s and two
+/// 2g.20gb (instances 3 and 4) are created in its slices; the 3g.40gb (instance 1, job mig-a)
+/// runs throughout. The agent starts at 996 s.
+const REPARTITION: &str = r#"
+name = "mig-repartition"
+duration_s = 2000
+ripple = 0.0
+[[gpu]]
+model = "NVIDIA H100 80GB HBM3"
+memory_total_mib = 81559
+power_limit_w = 700
+idle_power_w = 70
+mig = true
+[[gpu.mig_instance]]
+profile = "3g.40gb"
+[[gpu.mig_instance]]
+profile = "4g.40gb"
+destroyed_at_s = 1000
+[[gpu.mig_instance]]
+profile = "2g.20gb"
+created_at_s = 1000
+[[gpu.mig_instance]]
+profile = "2g.20gb"
+created_at_s = 1000
+[[job]]
+name = "mig-a"
+pid = 63001
+gpus = [0]
+gpu_instance = 1
+[[job.phase]]
+seconds = 2000
+utilization = 0.9
+power_w = 300
+memory_mib = 20000
+precision = "bf16"
+[[job]]
+name = "mig-c"
+pid = 63003
+gpus = [0]
+gpu_instance = 3
+start_s = 1000
+[[job.phase]]
+seconds = 1000
+utilization = 0.9
+power_w = 200
+memory_mib = 10000
+precision = "bf16"
+"#;
+
+#[test]
+fn issue_15_mig_instances_created_and_destroyed_while_the_agent_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = write_scenario(dir.path(), "repartition.toml", REPARTITION);
+    let map = job_map(dir.path(), &[("1001", "mig-a"), ("1003", "mig-c")]);
+    let lib = fake_nvml_lib().display().to_string();
+    let start = format!("{}", unix_now_s() - 996.0);
+    let mut agent = Agent::start(
+        &["--nvml-lib", &lib],
+        &env(&[
+            ("GPUCOST_FAKE_NVML_SCENARIO", &scenario),
+            ("GPUCOST_FAKE_NVML_START_UNIX", &start),
+            ("GPUCOST_ATTRIBUTION_JOB_MAP_DIR", &map),
+        ]),
+    );
+    let units = |m: &Metrics| -> Vec<String> {
+        m.find("gpucost_gpu_info", &[])
+            .iter()
+            .map(|s| s.labels["gpu"].clone())
+            .collect()
+    };
+    let before = agent.wait_for_metrics("the GPU listed", Duration::from_secs(20), |m| {
+        !units(m).is_empty()
+    });
+    assert_eq!(units(&before), ["1001", "1002"]);
+    let m = agent.wait_for_metrics("mig-c billed", Duration::from_secs(30), |m| {
+        job(m, "gpucost_job_gpu_seconds_total", "mig-c") > 2.0
+    });
+    assert_eq!(units(&m), ["1001", "1003", "1004"]);
+    // mig-a's instance was never listed anew: it kept being billed throughout.
+    let a = job(&m, "gpucost_job_gpu_seconds_total", "mig-a");
+    let c = job(&m, "gpucost_job_gpu_seconds_total", "mig-c");
+    assert!(a > c + 2.0, "mig-a {a} s, mig-c {c} s");
+    assert!(gpu(&m, "gpucost_gpu_unallocated_seconds_total", "1004").unwrap() > 1.0);
+    assert!(agent
+        .logs()
+        .iter()
+        .any(|l| l.contains("a GPU instance was created") || l.contains("is gone")));
+    assert!(agent.terminate().success());
+}
+
 fn unix_now_s() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

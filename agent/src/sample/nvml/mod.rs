@@ -422,6 +422,32 @@ impl NvmlBackend {
         })
     }
 
+    /// Whether the parent of `slice` has a MIG device at an index no unit was listed at (an
+    /// instance created since). Asked by the parent's first unit only, on the process cadence.
+    fn mig_instance_created(
+        &self,
+        parent: &nvml_wrapper::Device<'_>,
+        position: u32,
+        slice: &MigSlice,
+    ) -> bool {
+        let known: Vec<u32> = self
+            .units
+            .values()
+            .filter_map(|u| match u {
+                Unit::Mig { position, slice: s } if s.parent_index == slice.parent_index => {
+                    Some(*position)
+                }
+                _ => None,
+            })
+            .collect();
+        if known.iter().min() != Some(&position) {
+            return false;
+        }
+        (0..slice.parent_slices)
+            .filter(|p| !known.contains(p))
+            .any(|p| parent.mig_device_by_index(p).is_ok())
+    }
+
     /// Reads MIG instance `slice`, billing unit `index`, the MIG device at `position` under
     /// its parent (`mig.rs` says what comes from where).
     fn read_mig(
@@ -463,6 +489,14 @@ impl NvmlBackend {
                     ))
                 }
                 Err(e) => return Err(gone(e.to_string())),
+            }
+            if self.mig_instance_created(&parent, position, slice) {
+                tracing::info!(
+                    gpu = index,
+                    "GPU {}: a GPU instance was created; the GPU's units are listed again",
+                    slice.parent_index
+                );
+                self.layout_changed.store(true, Ordering::Relaxed);
             }
         }
         let mut errs = Vec::new();
