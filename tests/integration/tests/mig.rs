@@ -116,6 +116,15 @@ fn check_slice_billing(m: &Metrics) {
         Some(30000.0 * 1048576.0)
     );
     assert!(gpu(m, "gpucost_gpu_utilization_ratio", "1001").is_none());
+    // Its peak is its slices' share of the H100's.
+    let peak = |g: &str| {
+        m.get(
+            "gpucost_gpu_peak_flops",
+            &[("gpu", g), ("precision", "bf16")],
+        )
+        .unwrap()
+    };
+    assert!((peak("1001") / peak("1002") - 1.5).abs() < 1e-9);
 }
 
 /// `/api/v1/gpus` says what each instance is.

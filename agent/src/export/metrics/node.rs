@@ -271,9 +271,9 @@ pub(super) fn node_families(snap: &Snapshot) -> Vec<MetricFamily> {
                 if let Some(peak) = spec.peak(precision) {
                     f.gauge(
                         "gpucost_gpu_peak_flops",
-                        "Datasheet dense peak of the GPU model per precision (FLOP/s; OP/s for int8).",
+                        "Datasheet dense peak of the GPU model per precision (FLOP/s; OP/s for int8); of a MIG instance, its slices' share of it.",
                         &[("gpu", &idx), ("precision", precision.as_str())],
-                        peak,
+                        peak * g.info.share(),
                     );
                 }
             }
