@@ -320,7 +320,8 @@ fn issue_15_a_gpu_switched_into_mig_mode_while_the_agent_runs() {
     assert!(job(&m, "gpucost_job_energy_joules_total", "whole") > 0.0);
     let logs = agent.logs();
     assert!(
-        logs.iter().any(|l| l.contains("is now in MIG mode")),
+        logs.iter()
+            .any(|l| l.contains("is now in MIG mode with GPU instances")),
         "{logs:#?}"
     );
     assert!(agent.terminate().success());
@@ -439,6 +440,55 @@ fn issue_15_mig_instances_created_and_destroyed_while_the_agent_runs() {
         .logs()
         .iter()
         .any(|l| l.contains("a GPU instance was created") || l.contains("is gone")));
+    assert!(agent.terminate().success());
+}
+
+/// GPU 0 is in MIG mode with no GPU instance until one is created at 1000 s: it is billed whole
+/// meanwhile, without being listed anew at every check of its mode, and as its instance after.
+#[test]
+fn issue_15_a_gpu_in_mig_mode_without_instances_until_one_is_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = r#"
+name = "mig-empty"
+duration_s = 2000
+ripple = 0.0
+[[gpu]]
+model = "NVIDIA H100 80GB HBM3"
+memory_total_mib = 81559
+power_limit_w = 700
+idle_power_w = 70
+mig = true
+[[gpu.mig_instance]]
+profile = "7g.80gb"
+created_at_s = 1000
+"#;
+    let scenario = write_scenario(dir.path(), "empty.toml", text);
+    let lib = fake_nvml_lib().display().to_string();
+    let start = format!("{}", unix_now_s() - 997.0);
+    let mut agent = Agent::start(
+        &["--nvml-lib", &lib],
+        &env(&[
+            ("GPUCOST_FAKE_NVML_SCENARIO", &scenario),
+            ("GPUCOST_FAKE_NVML_START_UNIX", &start),
+        ]),
+    );
+    let reopens = |agent: &Agent| {
+        agent
+            .logs()
+            .iter()
+            .filter(|l| l.contains("opening it again to list"))
+            .count()
+    };
+    let before = agent.wait_for_metrics("the whole GPU", Duration::from_secs(20), |m| {
+        gpu(m, "gpucost_gpu_unallocated_seconds_total", "0").is_some_and(|s| s > 1.0)
+    });
+    assert!(gpu(&before, "gpucost_gpu_up", "1001").is_none());
+    assert_eq!(reopens(&agent), 0, "{:#?}", agent.logs());
+    let after = agent.wait_for_metrics("its instance", Duration::from_secs(20), |m| {
+        gpu(m, "gpucost_gpu_up", "1001").is_some()
+    });
+    assert!(gpu(&after, "gpucost_gpu_up", "0").is_none());
+    assert_eq!(reopens(&agent), 1, "{:#?}", agent.logs());
     assert!(agent.terminate().success());
 }
 

@@ -60,6 +60,9 @@ pub struct NvmlBackend {
     units: BTreeMap<u32, Unit>,
     /// Set when a GPU switched MIG mode or its instances changed since `gpus`.
     layout_changed: AtomicBool,
+    /// GPUs (NVML indices) in MIG mode with no GPU instance when listed: listed whole, and
+    /// listed anew once an instance appears (not at every check of their mode).
+    mig_without_instances: std::collections::BTreeSet<u32>,
 }
 
 /// What a read keeps of its GPU for the next one.
@@ -189,6 +192,7 @@ impl NvmlBackend {
             memo: Mutex::default(),
             units: BTreeMap::new(),
             layout_changed: AtomicBool::new(false),
+            mig_without_instances: Default::default(),
         })
     }
 }
@@ -243,6 +247,7 @@ impl Backend for NvmlBackend {
             .map_err(|e| SampleError::Failed(format!("cannot count GPUs: {e}")))?;
         let mut gpus = Vec::with_capacity(count as usize);
         self.units.clear();
+        self.mig_without_instances.clear();
         self.layout_changed.store(false, Ordering::Relaxed);
         for index in 0..count {
             // A GPU that is already lost at start still gets a slot, so it is reported.
@@ -257,7 +262,11 @@ impl Backend for NvmlBackend {
             // A GPU in MIG mode is billed as its GPU instances (`mig.rs`).
             let instances = match &device {
                 Ok(d) if mig::mig_on(d) == Some(true) => {
-                    mig::instances(&self.nvml, index, &uuid, &model, d)
+                    let found = mig::instances(&self.nvml, index, &uuid, &model, d);
+                    if found.is_empty() {
+                        self.mig_without_instances.insert(index);
+                    }
+                    found
                 }
                 _ => Vec::new(),
             };
@@ -378,18 +387,36 @@ impl NvmlBackend {
                 &mut memo.processes,
                 e,
             )?;
-            // A GPU switched into MIG mode is listed again as its instances.
+            // A GPU switched into MIG mode is listed again as its instances (one in MIG mode
+            // without any, once it has one).
             if memo.has_mig != Some(false) {
+                let listed_in_mig = self.mig_without_instances.contains(&nvml_index);
                 match mig::mig_on(&d) {
                     None => memo.has_mig = Some(false),
                     Some(on) => {
                         memo.has_mig = Some(true);
-                        if on {
+                        let has_instance = || {
+                            let max = d.mig_device_count().unwrap_or(0);
+                            (0..max).any(|k| d.mig_device_by_index(k).is_ok())
+                        };
+                        let changed = if listed_in_mig {
+                            !on || has_instance()
+                        } else {
+                            on
+                        };
+                        if changed && on {
                             tracing::info!(
                                 gpu = index,
-                                "GPU {index} is now in MIG mode: its GPU instances are listed \
-                                 and billed from now on"
+                                "GPU {index} is now in MIG mode with GPU instances: they are \
+                                 listed and billed from now on"
                             );
+                        } else if changed {
+                            tracing::info!(
+                                gpu = index,
+                                "GPU {index} is out of MIG mode: billed as a whole GPU again"
+                            );
+                        }
+                        if changed {
                             self.layout_changed.store(true, Ordering::Relaxed);
                         }
                     }
