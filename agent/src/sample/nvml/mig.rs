@@ -54,10 +54,17 @@ pub(super) fn gpu_instance_id(nvml: &Nvml, mig: &Device<'_>) -> Result<u32, Nvml
     Ok(id)
 }
 
-/// The profile in a MIG device's name (`NVIDIA H100 80GB HBM3 MIG 3g.40gb` -> `3g.40gb`).
+/// The GPU instance profile in a MIG device's name (`NVIDIA H100 80GB HBM3 MIG 3g.40gb` ->
+/// `3g.40gb`); a compute instance's device (`MIG 1c.3g.40gb`, one of several compute instances
+/// of a GPU instance) gives its GPU instance's profile.
 pub(super) fn profile_of(name: &str) -> Option<&str> {
     let (_, profile) = name.rsplit_once(" MIG ")?;
-    MigSlice::slices_of_profile(profile.trim()).map(|_| profile.trim())
+    let profile = profile.trim();
+    let profile = match profile.split_once("c.") {
+        Some((n, rest)) if n.parse::<u32>().is_ok() => rest,
+        _ => profile,
+    };
+    MigSlice::slices_of_profile(profile).map(|_| profile)
 }
 
 /// Whether the GPU is in MIG mode now: `Some(true/false)`, or `None` where it has no MIG (or
@@ -102,6 +109,19 @@ pub(super) fn instances(
             );
             continue;
         };
+        // A GPU instance split into several compute instances has a MIG device for each: the
+        // GPU instance is the unit (its processes are those with its gpuInstanceId), under its
+        // first device's UUID.
+        if out.iter().any(|(g, _): &(GpuStatic, Unit)| {
+            g.mig.as_ref().is_some_and(|m| m.gpu_instance_id == gi)
+        }) {
+            tracing::info!(
+                gpu = index,
+                "GPU {index}: GPU instance {gi} has several compute instances; it is billed as one \
+                 unit, under its first MIG device's UUID"
+            );
+            continue;
+        }
         let slices = MigSlice::slices_of_profile(profile).unwrap_or(1);
         let slice = MigSlice {
             parent_index: index,
@@ -153,6 +173,11 @@ mod tests {
             Some("1g.5gb+me")
         );
         assert_eq!(profile_of("NVIDIA H100 80GB HBM3"), None);
+        // A compute instance of a GPU instance: the GPU instance's profile.
+        assert_eq!(
+            profile_of("NVIDIA A100-SXM4-40GB MIG 1c.3g.20gb"),
+            Some("3g.20gb")
+        );
         assert_eq!(profile_of("NVIDIA H100 MIG broken"), None);
     }
 }
