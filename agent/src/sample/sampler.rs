@@ -766,8 +766,19 @@ impl Sampler {
         if let Some(open) = &self.open {
             for (gpu, xid) in open.backend.take_xids() {
                 warn!(gpu, xid, "GPU {gpu}: Xid {xid} reported by the driver");
-                if let Some(slot) = self.gpus.iter_mut().find(|s| s.snap.info.index == gpu) {
-                    slot.snap.totals.add_xid(xid);
+                // A GPU in MIG mode is its instances: its first one counts the GPU's Xids.
+                let slot = match self.gpus.iter().position(|s| s.snap.info.index == gpu) {
+                    Some(i) => Some(i),
+                    None => self.gpus.iter().position(|s| {
+                        s.snap
+                            .info
+                            .mig
+                            .as_ref()
+                            .is_some_and(|m| m.parent_index == gpu)
+                    }),
+                };
+                if let Some(i) = slot {
+                    self.gpus[i].snap.totals.add_xid(xid);
                 }
             }
             for (gpu, event) in open.backend.take_driver_events() {
@@ -1046,6 +1057,43 @@ mod tests {
 
     fn energies(s: &Sampler) -> Vec<f64> {
         s.gpus().map(|g| g.totals.energy.total_j()).collect()
+    }
+
+    /// Issue 15: an Xid of a GPU in MIG mode (reported for the physical GPU) is counted once, by
+    /// its first instance.
+    #[test]
+    fn issue_15_an_xid_of_a_gpu_in_mig_mode_is_kept() {
+        use gpucost_core::reading::MigSlice;
+        let mut script = Script::h100s(1);
+        script.boards = vec![script.gpus[0].clone()];
+        let mut units = Vec::new();
+        for gi in [1, 2] {
+            let mut g = script.gpus[0].clone();
+            g.info = GpuStatic {
+                index: 1000 + gi,
+                uuid: format!("MIG-{gi}"),
+                model: g.info.model.clone(),
+                mig: Some(MigSlice {
+                    parent_index: 0,
+                    parent_uuid: "GPU-0".into(),
+                    gpu_instance_id: gi,
+                    profile: "3g.40gb".into(),
+                    slices: 3,
+                    parent_slices: 7,
+                }),
+            };
+            units.push(g);
+        }
+        script.gpus = units;
+        let (mut s, gpus) = sampler(script);
+        s.cycle();
+        gpus.script().xids.push((0, 79));
+        s.cycle();
+        let xids: Vec<u64> = s
+            .gpus()
+            .map(|g| g.totals.events.xids.values().sum())
+            .collect();
+        assert_eq!(xids, [1, 0]);
     }
 
     /// Issue 15: a GPU switched into MIG mode and back while the agent runs. Each switch makes
