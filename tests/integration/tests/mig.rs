@@ -492,6 +492,74 @@ created_at_s = 1000
     assert!(agent.terminate().success());
 }
 
+/// The kubelet path: pods handed the instances' `MIG-...` ids by the device plugin (served by
+/// the fake kubelet's binary) are the instances' jobs, billed by their slices; the unused
+/// instance is unallocated.
+#[test]
+fn issue_15_mig_slices_billed_to_the_pods_holding_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let built = std::process::Command::new(cargo)
+        .args(["build", "--quiet", "-p", "fake-kubelet"])
+        .status()
+        .unwrap();
+    assert!(built.success());
+    let kubelet_bin = gpucost_integration_tests::target_dir().join("fake-kubelet");
+    let socket = dir.path().join("kubelet.sock");
+    let pods = dir.path().join("pods.json");
+    std::fs::write(
+        &pods,
+        r#"[
+  {"namespace": "ml", "name": "mig-a", "containers": [
+    {"name": "train", "devices": {"nvidia.com/gpu": ["MIG-5133d5e1-5fa5-4c35-9d0e-0000000a0001"]}}]},
+  {"namespace": "ml", "name": "mig-b", "containers": [
+    {"name": "train", "devices": {"nvidia.com/mig-2g.20gb": ["MIG-5133d5e1-5fa5-4c35-9d0e-0000000a0002"]}}]}
+]"#,
+    )
+    .unwrap();
+    let mut kubelet = std::process::Command::new(&kubelet_bin)
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--pods")
+        .arg(&pods)
+        .spawn()
+        .unwrap();
+    for _ in 0..100 {
+        if socket.exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let lib = fake_nvml_lib().display().to_string();
+    let scenario = mig_scenario();
+    let socket_text = socket.display().to_string();
+    let mut agent = Agent::start(
+        &["--nvml-lib", &lib],
+        &env(&[
+            ("GPUCOST_FAKE_NVML_SCENARIO", &scenario),
+            ("GPUCOST_ATTRIBUTION_KUBELET_SOCKET", &socket_text),
+            (
+                "GPUCOST_ATTRIBUTION_KUBELET_RESOURCES",
+                "nvidia.com/gpu,nvidia.com/mig-2g.20gb",
+            ),
+            ("GPUCOST_ATTRIBUTION_KUBELET_INTERVAL", "100ms"),
+        ]),
+    );
+    let m = agent.wait_for_metrics("the pods billed", Duration::from_secs(30), |m| {
+        job(m, "gpucost_job_gpu_seconds_total", "ml/mig-b") > 2.0
+    });
+    let (a, b) = (cost(&m, "ml/mig-a"), cost(&m, "ml/mig-b"));
+    assert!((a / b - 1.5).abs() < 0.05, "ml/mig-a {a} / ml/mig-b {b}");
+    assert_eq!(
+        gpu(&m, "gpucost_gpu_unallocated_seconds_total", "1001"),
+        Some(0.0)
+    );
+    assert!(gpu(&m, "gpucost_gpu_unallocated_seconds_total", "1003").unwrap() > 1.0);
+    assert!(agent.terminate().success());
+    let _ = kubelet.kill();
+    let _ = kubelet.wait();
+}
+
 fn unix_now_s() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
