@@ -524,6 +524,9 @@ fn benchmark_loop(
             .gpus
             .iter()
             .filter(|g| g.up)
+            // Not a MIG instance: a run would share the GPU with its other instances' jobs,
+            // and measure a slice, not the GPU (issue 15).
+            .filter(|g| g.info.mig.is_none())
             .map(|g| (g.info.index, g.info.uuid.clone()))
             .collect();
         for (index, uuid) in gpus {

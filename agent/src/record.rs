@@ -271,6 +271,7 @@ impl Recorder {
                 uid: rec.and_then(|r| r.uid).unwrap_or(0),
                 pid,
                 worker_pids: Vec::new(),
+                gpu_instance: None,
                 command: String::new(),
                 gpus: j
                     .gpus
@@ -362,6 +363,10 @@ impl Recorder {
                     // Unknown values are in the trace itself (nan), sample by sample.
                     gpm_unknown_pipes: Vec::new(),
                     gpm_no_permission: false,
+                    // A recorded MIG instance replays as a whole GPU (its own readings).
+                    mig: false,
+                    mig_slices: 7,
+                    mig_instances: Vec::new(),
                     bench_efficiency: efficiency.unwrap_or(0.92),
                     benchmarked: efficiency.is_some(),
                     trace: Some(tr.clone()),
@@ -492,6 +497,7 @@ mod tests {
             energy_j: 300.0,
             utilization: Some(0.5),
             pipes,
+            slice_share: 1.0,
         }
     }
 

@@ -155,6 +155,9 @@ pub struct GpuView<'a> {
     pub index: u32,
     pub uuid: &'a str,
     pub model: &'a str,
+    /// What a MIG GPU instance is a slice of; absent for a whole GPU.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mig: Option<&'a gpucost_core::reading::MigSlice>,
     pub source: Source,
     pub up: bool,
     pub energy_joules_total: f64,
@@ -182,6 +185,7 @@ impl GpuSnapshot {
             index: self.info.index,
             uuid: &self.info.uuid,
             model: &self.info.model,
+            mig: self.info.mig.as_ref(),
             source,
             up: self.up,
             energy_joules_total: published

@@ -157,6 +157,7 @@ fn report_totals_equal_the_hand_computation() {
                 model,
                 flop: 0.0,
                 fp32_bound_speedup: None,
+                slice_share: 1.0,
             };
             let gpu = (uuids[g], g as u32, model);
             t.account(&pricing, gpu, &att.owners[g], &iv, GpuRates::default());

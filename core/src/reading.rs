@@ -51,6 +51,87 @@ pub struct MigSlice {
     pub parent_slices: u32,
 }
 
+/// The first `gpu` label (and [`GpuStatic::index`]) of MIG instances: GPU instance `g` of the
+/// GPU at NVML index `p` is unit `MIG_INDEX_BASE * (p + 1) + g` (GPU 0's instance 1 is `1001`,
+/// GPU 3's instance 13 is `4013`). Unique beside NVML's indices (a node has fewer than 1000
+/// GPUs and a GPU fewer than 1000 GPU instances), the same whenever the instance exists, and a
+/// number like the indices, so job map files and registrations name it as they name a GPU.
+pub const MIG_INDEX_BASE: u32 = 1000;
+
+impl MigSlice {
+    /// The unit index ([`GpuStatic::index`], the `gpu` label) of this GPU instance.
+    pub fn unit_index(&self) -> u32 {
+        mig_unit_index(self.parent_index, self.gpu_instance_id)
+    }
+
+    /// The share of the physical GPU this instance is billed for: its slices over the parent's
+    /// (3/7 for a `3g.40gb` on an H100). Its hourly price, energy and power are this share of
+    /// the parent's.
+    pub fn share(&self) -> f64 {
+        if self.parent_slices == 0 {
+            return 1.0;
+        }
+        (f64::from(self.slices) / f64::from(self.parent_slices)).clamp(0.0, 1.0)
+    }
+
+    /// The instance's share of a parent's counter or power value (energy in mJ, power in mW):
+    /// `value x slices / parent_slices`, rounded down, so a counter's share never goes
+    /// backwards while the counter goes forwards.
+    pub fn share_of(&self, value: u64) -> u64 {
+        let (s, n) = (
+            u128::from(self.slices),
+            u128::from(self.parent_slices.max(1)),
+        );
+        (u128::from(value) * s.min(n) / n) as u64
+    }
+
+    /// The parent's value that [`MigSlice::share_of`] turned into `share`, at most: the
+    /// largest `v` with `share_of(v) == share`. As a baseline for the parent's counter it
+    /// never counts energy twice (it errs by less than `parent_slices / slices` mJ low).
+    pub fn parent_value_at_most(&self, share: u64) -> u64 {
+        let (s, n) = (
+            u128::from(self.slices.max(1)),
+            u128::from(self.parent_slices.max(1)),
+        );
+        let v = ((u128::from(share) + 1) * n).saturating_sub(1) / s;
+        v.min(u128::from(u64::MAX)) as u64
+    }
+
+    /// Compute slices of a profile name `<N>g.<memory>gb` (`3g.40gb` -> 3), as NVML names MIG
+    /// profiles (`nvidia-smi mig -lgip`).
+    pub fn slices_of_profile(profile: &str) -> Option<u32> {
+        let (g, rest) = profile.split_once("g.")?;
+        rest.contains("gb").then_some(())?;
+        g.parse::<u32>().ok().filter(|n| *n > 0)
+    }
+}
+
+/// The unit index of GPU instance `gpu_instance_id` of the GPU at NVML index `parent_index`
+/// (see [`MIG_INDEX_BASE`]).
+pub fn mig_unit_index(parent_index: u32, gpu_instance_id: u32) -> u32 {
+    MIG_INDEX_BASE
+        .saturating_mul(parent_index.saturating_add(1))
+        .saturating_add(gpu_instance_id)
+}
+
+/// The NVML index of the physical GPU a unit index stands for: the index itself for a whole
+/// GPU, the parent's for a MIG instance (see [`MIG_INDEX_BASE`]).
+pub fn physical_index(unit_index: u32) -> u32 {
+    if unit_index >= MIG_INDEX_BASE {
+        unit_index / MIG_INDEX_BASE - 1
+    } else {
+        unit_index
+    }
+}
+
+impl GpuStatic {
+    /// The share of a physical GPU this unit is billed for: 1 for a whole GPU,
+    /// [`MigSlice::share`] for a MIG instance.
+    pub fn share(&self) -> f64 {
+        self.mig.as_ref().map_or(1.0, MigSlice::share)
+    }
+}
+
 /// A process using a GPU, as NVML lists running compute processes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct ProcessUse {
@@ -312,6 +393,68 @@ impl fmt::Display for Field {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn slice(slices: u32) -> MigSlice {
+        MigSlice {
+            parent_index: 2,
+            parent_uuid: "GPU-p".into(),
+            gpu_instance_id: 5,
+            profile: format!("{slices}g.10gb"),
+            slices,
+            parent_slices: 7,
+        }
+    }
+
+    #[test]
+    fn issue_15_a_mig_instance_is_its_slices_of_the_parent() {
+        let a = slice(3);
+        assert_eq!(a.share(), 3.0 / 7.0);
+        assert_eq!(a.unit_index(), 3005);
+        // The shares of a fully partitioned GPU add up to the parent, never more.
+        let parts = [slice(3), slice(2), slice(2)];
+        let parent_mj: u64 = 123_456_789;
+        let sum: u64 = parts.iter().map(|p| p.share_of(parent_mj)).sum();
+        assert!(sum <= parent_mj && parent_mj - sum < 7, "{sum}");
+        // A counter's share never goes backwards while the counter goes forwards.
+        let mut last = 0;
+        for mj in (0..10_000u64).step_by(3) {
+            let now = a.share_of(mj);
+            assert!(now >= last);
+            last = now;
+        }
+        assert_eq!(a.share_of(u64::MAX), (u128::from(u64::MAX) * 3 / 7) as u64);
+        // Back from a share to the parent's counter: the largest value with that share.
+        for mj in [0u64, 1, 2, 3, 6, 7, 1000, 123_456_789] {
+            let back = a.parent_value_at_most(a.share_of(mj));
+            assert!(
+                back >= mj && a.share_of(back) == a.share_of(mj),
+                "{mj} -> {back}"
+            );
+            assert_ne!(a.share_of(back + 1), a.share_of(mj), "{mj} -> {back}");
+        }
+        let whole = GpuStatic {
+            index: 0,
+            uuid: "GPU-x".into(),
+            model: "m".into(),
+            mig: None,
+        };
+        assert_eq!(whole.share(), 1.0);
+        for (p, n) in [
+            ("3g.40gb", Some(3)),
+            ("1g.10gb+me", Some(1)),
+            ("7g.80gb", Some(7)),
+        ] {
+            assert_eq!(MigSlice::slices_of_profile(p), n, "{p}");
+        }
+        for p in ["", "3g", "g.40gb", "0g.5gb", "MIG 3g"] {
+            assert_eq!(MigSlice::slices_of_profile(p), None, "{p}");
+        }
+        // Unique beside NVML indices and stable: GPU 0's instance 1 is 1001.
+        assert_eq!(mig_unit_index(0, 1), 1001);
+        assert_ne!(mig_unit_index(0, 13), mig_unit_index(1, 13));
+        assert_eq!(physical_index(mig_unit_index(3, 13)), 3);
+        assert_eq!(physical_index(7), 7);
+    }
 
     #[test]
     fn throttle_reasons_keep_their_names_and_bits() {

@@ -15,11 +15,11 @@ mod scenario;
 mod trace;
 mod violations;
 
-pub use model::{reason, GpuState, SimProcess, SimulatedNode};
+pub use model::{reason, GpuState, MigInstanceState, SimProcess, SimulatedNode};
 pub use pipes::{coefficients, PipeSeconds, Pipes};
 pub use scenario::{
-    Context, DriverEventKind, EventKind, EventSpec, GpuSpec, JobSpec, NvmlQuirks, PhaseSpec,
-    RegisterEventsError, Scenario, ScenarioError, DEMO,
+    Context, DriverEventKind, EventKind, EventSpec, GpuSpec, JobSpec, MigInstanceSpec, NvmlQuirks,
+    PhaseSpec, RegisterEventsError, Scenario, ScenarioError, DEMO,
 };
 pub use trace::{Trace, TracePipes};
 pub use violations::ViolationSeconds;

@@ -32,6 +32,20 @@ pub struct SimProcess {
     pub sm_util_pct: u32,
     /// Its job's contexts: which of NVML's lists (compute, graphics, MPS) show it.
     pub context: Context,
+    /// The MIG GPU instance it runs in (`gpuInstanceId` in NVML's process lists), while its GPU
+    /// is in MIG mode.
+    pub gpu_instance: Option<u32>,
+}
+
+/// What a MIG GPU instance reads at one moment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MigInstanceState {
+    /// Memory its jobs hold (the instance's own memory, what NVML reports through the MIG
+    /// device handle).
+    pub memory_used_bytes: u64,
+    pub memory_total_bytes: u64,
+    /// Activity of its jobs, relative to the instance (what `nvmlGpmMigSampleGet` averages).
+    pub pipes: Pipes,
 }
 
 /// Everything a sampler can read from one GPU at one moment.
@@ -488,6 +502,101 @@ impl SimulatedNode {
         })
     }
 
+    /// Whether the GPU is in MIG mode at scenario time `t`: the scenario's `mig`, switched by
+    /// its `mig_enable` and `mig_disable` events (each repetition of the timeline starts as at
+    /// time 0).
+    pub fn mig_on(&self, gpu: u32, t: f64) -> bool {
+        let (_, tm) = self.split(t.max(0.0));
+        let mut events: Vec<_> = self
+            .scenario
+            .events
+            .iter()
+            .filter(|e| e.gpu == gpu && e.at_s <= tm)
+            .filter(|e| matches!(e.kind, EventKind::MigEnable | EventKind::MigDisable))
+            .collect();
+        events.sort_by(|a, b| a.at_s.total_cmp(&b.at_s));
+        events
+            .last()
+            .map_or(self.scenario.gpus[gpu as usize].mig, |e| {
+                e.kind == EventKind::MigEnable
+            })
+    }
+
+    /// Whether the GPU's `k`-th MIG instance exists at scenario time `t`: the GPU is in MIG mode
+    /// and the instance was created and not yet destroyed (`created_at_s`, `destroyed_at_s`).
+    pub fn mig_instance_exists(&self, gpu: u32, k: usize, t: f64) -> bool {
+        let Some(m) = self.scenario.gpus[gpu as usize].mig_instances.get(k) else {
+            return false;
+        };
+        let (_, tm) = self.split(t.max(0.0));
+        self.mig_on(gpu, t)
+            && m.created_at_s.is_none_or(|c| tm >= c)
+            && m.destroyed_at_s.is_none_or(|d| tm < d)
+    }
+
+    /// The `MIG-...` UUID of the GPU's MIG instance with GPU instance id `gi`: the scenario's,
+    /// or one derived from the GPU's index and `gi`.
+    pub fn mig_uuid(&self, gpu: u32, gi: u32) -> Option<String> {
+        let (_, m) = self.scenario.gpus[gpu as usize].mig_instance(gi)?;
+        Some(m.uuid.clone().unwrap_or_else(|| {
+            format!(
+                "MIG-5133d5e1-0000-4000-8000-{:012x}",
+                0x52_0000 + gpu as u64 * 0x100 + gi as u64
+            )
+        }))
+    }
+
+    /// The load of the jobs running in MIG instance `gi` of a GPU at time `tm` within one
+    /// timeline: memory in MiB and pipe activity relative to the instance.
+    fn instance_load(&self, gpu: usize, gi: u32, tm: f64) -> (u64, Pipes) {
+        let spec = &self.scenario.gpus[gpu];
+        let mut memory_mib = 0;
+        let mut pipes = Pipes::IDLE;
+        for (_, p) in self
+            .active(gpu, tm)
+            .filter(|(j, _)| j.gpu_instance == Some(gi))
+        {
+            memory_mib += p.memory_mib;
+            pipes = pipes.plus(p.pipes());
+        }
+        (memory_mib, spec.without_unknown_pipes(pipes.capped()))
+    }
+
+    /// What MIG instance `gi` of a GPU reads at scenario time `t` (`None`: no such instance).
+    pub fn mig_instance_state(&self, gpu: u32, gi: u32, t: f64) -> Option<MigInstanceState> {
+        let (_, m) = self.scenario.gpus[gpu as usize].mig_instance(gi)?;
+        let (_, gib) = crate::scenario::MigInstanceSpec::parse_profile(&m.profile)?;
+        let total = u64::from(gib) * 1024 * 1024 * 1024;
+        let (_, tm) = self.split(t.max(0.0));
+        let (memory_mib, pipes) = self.instance_load(gpu as usize, gi, tm);
+        Some(MigInstanceState {
+            memory_used_bytes: (memory_mib * 1024 * 1024).min(total),
+            memory_total_bytes: total,
+            pipes,
+        })
+    }
+
+    /// Pipe-seconds of MIG instance `gi` from scenario time 0 to `t` (as
+    /// [`SimulatedNode::pipe_seconds`] for the whole GPU).
+    pub fn mig_pipe_seconds(&self, gpu: u32, gi: u32, t: f64) -> PipeSeconds {
+        let g = gpu as usize;
+        let (periods, tm) = self.split(t.max(0.0));
+        let bps = &self.breakpoints[g];
+        let upto = |end: f64| {
+            let mut total = PipeSeconds::ZERO;
+            for w in bps.windows(2) {
+                if w[0] >= end {
+                    break;
+                }
+                let (_, pipes) = self.instance_load(g, gi, w[0]);
+                total = total.plus(PipeSeconds::of(pipes, w[1].min(end) - w[0]));
+            }
+            total
+        };
+        let per_timeline = upto(self.scenario.duration_s);
+        per_timeline.scaled(periods).plus(upto(tm))
+    }
+
     /// Whether a job's process is on the GPU at scenario time `t` (what
     /// [`SimulatedNode::state`] lists), without the rest of the state.
     pub fn has_processes(&self, gpu: u32, t: f64) -> bool {
@@ -553,6 +662,7 @@ impl SimulatedNode {
                 .unwrap_or(0.0);
             ((self.energy_j(gpu, t) - since) * 1000.0).max(0.0) as u64
         });
+        let mig = self.mig_on(gpu, t);
         let processes = self
             .active(g, tm)
             .flat_map(|(j, p)| {
@@ -561,12 +671,14 @@ impl SimulatedNode {
                     used_memory_bytes: p.memory_mib * 1024 * 1024,
                     sm_util_pct: (p.utilization * 100.0).round() as u32,
                     context: j.context,
+                    gpu_instance: j.gpu_instance.filter(|_| mig),
                 };
-                let workers = j.worker_pids.iter().map(|pid| SimProcess {
+                let workers = j.worker_pids.iter().map(move |pid| SimProcess {
                     pid: *pid,
                     used_memory_bytes: 0,
                     sm_util_pct: 0,
                     context: j.context,
+                    gpu_instance: j.gpu_instance.filter(|_| mig),
                 });
                 std::iter::once(main).chain(workers)
             })

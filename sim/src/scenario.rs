@@ -149,6 +149,55 @@ pub struct GpuSpec {
     /// fake NVML library reads it.
     #[serde(default, skip_serializing_if = "NvmlQuirks::is_default")]
     pub nvml: NvmlQuirks,
+    /// Whether the GPU is in MIG mode at scenario time 0 (`mig_enable`/`mig_disable` events
+    /// switch it while the timeline runs).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mig: bool,
+    /// Compute slices the GPU has in MIG mode (7 on A100, H100 and H200; 4 on A30).
+    #[serde(default = "default_mig_slices")]
+    pub mig_slices: u32,
+    /// The GPU instances that exist while the GPU is in MIG mode (`[[gpu.mig_instance]]`).
+    #[serde(
+        default,
+        rename = "mig_instance",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub mig_instances: Vec<MigInstanceSpec>,
+}
+
+/// A MIG GPU instance (with one compute instance spanning it) of a GPU in MIG mode.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MigInstanceSpec {
+    /// The profile's name, `<slices>g.<memory>gb` (`3g.40gb`; a suffix such as `+me` is kept).
+    pub profile: String,
+    /// NVML's GPU instance id; default 1 + the instance's position in the list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_instance_id: Option<u32>,
+    /// Its `MIG-...` UUID; default derived from the GPU's index and the instance id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uuid: Option<String>,
+    /// When it is created (`nvidia-smi mig -cgi`), in `[0, duration_s)`; default: it exists
+    /// whenever the GPU is in MIG mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at_s: Option<f64>,
+    /// When it is destroyed (`nvidia-smi mig -dgi`), after `created_at_s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destroyed_at_s: Option<f64>,
+}
+
+impl MigInstanceSpec {
+    /// Compute slices and memory in GiB of a profile name `<N>g.<M>gb[+...]`, the names
+    /// `nvidia-smi mig -lgip` lists.
+    pub fn parse_profile(profile: &str) -> Option<(u32, u32)> {
+        let (g, rest) = profile.split_once("g.")?;
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        if !rest[digits.len()..].starts_with("gb") {
+            return None;
+        }
+        let slices = g.parse::<u32>().ok().filter(|s| *s > 0)?;
+        Some((slices, digits.parse().ok()?))
+    }
 }
 
 /// Driver behaviours of one GPU that the fake NVML library reproduces, each as a real driver
@@ -221,6 +270,10 @@ pub enum RegisterEventsError {
     Unknown,
 }
 
+fn default_mig_slices() -> u32 {
+    7
+}
+
 fn default_process_info_bytes() -> u32 {
     24
 }
@@ -262,6 +315,23 @@ impl GpuSpec {
 
     fn hopper_or_newer(&self) -> bool {
         GPM_MODELS.iter().any(|m| self.model.contains(m))
+    }
+
+    /// The MIG instance with GPU instance id `gi`, with its position in the list.
+    pub fn mig_instance(&self, gi: u32) -> Option<(usize, &MigInstanceSpec)> {
+        self.mig_instances
+            .iter()
+            .enumerate()
+            .find(|(k, m)| m.gpu_instance_id.unwrap_or(*k as u32 + 1) == gi)
+    }
+
+    /// The GPU instance ids of its MIG instances, in list order.
+    pub fn mig_instance_ids(&self) -> Vec<u32> {
+        self.mig_instances
+            .iter()
+            .enumerate()
+            .map(|(k, m)| m.gpu_instance_id.unwrap_or(k as u32 + 1))
+            .collect()
     }
 
     /// `pipes` with the pipes of `gpm_unknown_pipes` unknown.
@@ -319,6 +389,10 @@ pub struct JobSpec {
     /// The contexts the job's processes hold, which decide the NVML lists they appear in.
     #[serde(default, skip_serializing_if = "Context::is_compute")]
     pub context: Context,
+    /// The MIG GPU instance (its `gpu_instance_id`) the job runs in on each of its GPUs, which
+    /// must be in MIG mode while it runs; `None` for a whole GPU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_instance: Option<u32>,
     #[serde(rename = "phase")]
     pub phases: Vec<PhaseSpec>,
 }
@@ -426,6 +500,11 @@ pub enum EventKind {
     EccDoubleBit,
     /// The GPU became unavailable: an `nvmlEventTypeGpuUnavailableError` event.
     GpuUnavailable,
+    /// The GPU is switched into MIG mode (`nvidia-smi -i N -mig 1`, then its instances
+    /// created): from now on its `[[gpu.mig_instance]]`s exist.
+    MigEnable,
+    /// The GPU is switched out of MIG mode: a whole GPU again.
+    MigDisable,
 }
 
 impl EventKind {
@@ -607,6 +686,69 @@ impl Scenario {
                     format!("must be 16, 24 or 32, got {}", g.nvml.process_info_v3_bytes),
                 ));
             }
+            if !(1..=8).contains(&g.mig_slices) {
+                return Err(bad(
+                    what("mig_slices"),
+                    format!("must be in [1, 8], got {}", g.mig_slices),
+                ));
+            }
+            let mut ids = BTreeSet::new();
+            // (created, destroyed, slices) of each instance: at no moment may they hold more
+            // slices than the GPU has.
+            let mut spans = Vec::new();
+            for (k, m) in g.mig_instances.iter().enumerate() {
+                let what = |field: &str| what(&format!("mig_instance {k}: {field}"));
+                let Some((n, _)) = MigInstanceSpec::parse_profile(&m.profile) else {
+                    return Err(bad(
+                        what("profile"),
+                        format!("{:?} is not a MIG profile name like \"3g.40gb\"", m.profile),
+                    ));
+                };
+                let from = m.created_at_s.unwrap_or(0.0);
+                let until = m.destroyed_at_s.unwrap_or(self.duration_s);
+                spans.push((from, until, n));
+                if !(from >= 0.0 && from < until && until <= self.duration_s) {
+                    return Err(bad(
+                        what("created_at_s"),
+                        format!(
+                            "created at {from} s and destroyed at {until} s: must be 0 <= \
+                             created < destroyed <= duration_s"
+                        ),
+                    ));
+                }
+                let id = m.gpu_instance_id.unwrap_or(k as u32 + 1);
+                if !ids.insert(id) {
+                    return Err(bad(what("gpu_instance_id"), format!("{id} is used twice")));
+                }
+                if let Some(u) = &m.uuid {
+                    if !u.starts_with("MIG-") || !uuids.insert(u.clone()) {
+                        return Err(bad(
+                            what("uuid"),
+                            format!("{u} does not start with MIG- or is used twice"),
+                        ));
+                    }
+                }
+            }
+            let slices = spans
+                .iter()
+                .map(|(at, _, _)| {
+                    spans
+                        .iter()
+                        .filter(|(from, until, _)| from <= at && at < until)
+                        .map(|(_, _, n)| n)
+                        .sum::<u32>()
+                })
+                .max()
+                .unwrap_or(0);
+            if slices > g.mig_slices {
+                return Err(bad(
+                    what("mig_instance"),
+                    format!(
+                        "the instances hold {slices} slices, more than the GPU's {} (mig_slices)",
+                        g.mig_slices
+                    ),
+                ));
+            }
             if let Some(u) = &g.uuid {
                 if !uuids.insert(u.clone()) {
                     return Err(bad(what("uuid"), format!("{u} is used twice")));
@@ -644,6 +786,17 @@ impl Scenario {
                         self.duration_s
                     ),
                 ));
+            }
+            if let Some(gi) = j.gpu_instance {
+                if let Some(g) = j.gpus.iter().find(|g| {
+                    let spec = &self.gpus[**g as usize];
+                    spec.mig_instance(gi).is_none()
+                }) {
+                    return Err(bad(
+                        what("gpu_instance"),
+                        format!("GPU {g} has no MIG instance with gpu_instance_id {gi}"),
+                    ));
+                }
             }
             for pid in std::iter::once(&j.pid).chain(&j.worker_pids) {
                 if *pid == 0 || !pids.insert(*pid) {

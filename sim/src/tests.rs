@@ -933,3 +933,127 @@ fn nvml_quirks_contexts_and_driver_events_parse_with_their_defaults() {
     );
     assert_eq!(node.xids_between(1, 0.0, 100.0), [(80.0, 79)]);
 }
+
+/// Issue 15: the shipped MIG scenario, MIG instances in the model, and switching MIG mode.
+#[test]
+fn issue_15_mig_instances_and_mode_switches() {
+    let text = include_str!("../scenarios/mig.toml");
+    let s = Scenario::parse(text, "mig.toml").unwrap();
+    let node = SimulatedNode::new(s);
+    assert!(node.mig_on(0, 10.0));
+    assert_eq!(node.scenario().gpus[0].mig_instance_ids(), [1, 2, 3]);
+    let busy = node.mig_instance_state(0, 1, 10.0).unwrap();
+    assert_eq!(busy.memory_used_bytes, 30000 << 20);
+    assert_eq!(busy.memory_total_bytes, 40 << 30);
+    assert!(busy.pipes.sm_active.unwrap() > 0.8);
+    let unused = node.mig_instance_state(0, 3, 10.0).unwrap();
+    assert_eq!(
+        (unused.memory_used_bytes, unused.pipes.sm_active),
+        (0, Some(0.0))
+    );
+    assert!(node.mig_instance_state(0, 4, 10.0).is_none());
+    // Processes carry their instance; the board's power is the jobs' together, constant.
+    let st = node.state(0, 10.0);
+    let mut gi: Vec<_> = st
+        .processes
+        .iter()
+        .map(|p| (p.pid, p.gpu_instance))
+        .collect();
+    gi.sort();
+    assert_eq!(gi, [(61001, Some(1)), (61002, Some(2))]);
+    assert!((st.power_w - 450.0).abs() < 1e-9, "{}", st.power_w);
+    // An instance's GPM integral is its jobs' activity over time.
+    let a = node
+        .mig_pipe_seconds(0, 1, 100.0)
+        .minus(node.mig_pipe_seconds(0, 1, 0.0));
+    assert!((a.mean_over(100.0).sm_active.unwrap() - busy.pipes.sm_active.unwrap()).abs() < 1e-9);
+
+    let switching = r#"
+name = "s"
+duration_s = 100
+[[gpu]]
+model = "NVIDIA H100 80GB HBM3"
+memory_total_mib = 81559
+power_limit_w = 700
+idle_power_w = 70
+[[gpu.mig_instance]]
+profile = "4g.40gb"
+[[job]]
+name = "j"
+pid = 5
+gpus = [0]
+gpu_instance = 1
+start_s = 40
+[[job.phase]]
+seconds = 10
+utilization = 1.0
+power_w = 300
+memory_mib = 100
+[[event]]
+at_s = 30
+gpu = 0
+kind = "mig_enable"
+[[event]]
+at_s = 60
+gpu = 0
+kind = "mig_disable"
+"#;
+    let node = SimulatedNode::new(Scenario::parse(switching, "s").unwrap());
+    assert!(!node.mig_on(0, 29.0) && node.mig_on(0, 30.0) && !node.mig_on(0, 60.0));
+    assert_eq!(node.state(0, 45.0).processes[0].gpu_instance, Some(1));
+
+    for (bad, problem) in [
+        (
+            switching.replace("4g.40gb", "4 slices"),
+            "is not a MIG profile name",
+        ),
+        (
+            switching.replace(
+                "profile = \"4g.40gb\"",
+                "profile = \"4g.40gb\"\n[[gpu.mig_instance]]\nprofile = \"4g.40gb\"",
+            ),
+            "the instances hold 8 slices",
+        ),
+        (
+            switching.replace("gpu_instance = 1", "gpu_instance = 9"),
+            "GPU 0 has no MIG instance with gpu_instance_id 9",
+        ),
+    ] {
+        let err = Scenario::parse(&bad, "s").unwrap_err().to_string();
+        assert!(err.contains(problem), "{err}");
+    }
+}
+
+/// Issue 15: GPU instances created and destroyed while the GPU stays in MIG mode.
+#[test]
+fn issue_15_mig_instances_come_and_go() {
+    let text = r#"
+name = "r"
+duration_s = 100
+[[gpu]]
+model = "NVIDIA H100 80GB HBM3"
+memory_total_mib = 81559
+power_limit_w = 700
+idle_power_w = 70
+mig = true
+[[gpu.mig_instance]]
+profile = "4g.40gb"
+destroyed_at_s = 50
+[[gpu.mig_instance]]
+profile = "4g.40gb"
+created_at_s = 50
+"#;
+    let node = SimulatedNode::new(Scenario::parse(text, "r").unwrap());
+    assert!(node.mig_instance_exists(0, 0, 49.0) && !node.mig_instance_exists(0, 0, 50.0));
+    assert!(!node.mig_instance_exists(0, 1, 49.0) && node.mig_instance_exists(0, 1, 50.0));
+    // Both at once would hold 8 of 7 slices.
+    let overlap = text.replace("created_at_s = 50", "created_at_s = 40");
+    let err = Scenario::parse(&overlap, "r").unwrap_err().to_string();
+    assert!(err.contains("the instances hold 8 slices"), "{err}");
+    let backwards = text.replace(
+        "created_at_s = 50",
+        "created_at_s = 50\ndestroyed_at_s = 20",
+    );
+    let err = Scenario::parse(&backwards, "r").unwrap_err().to_string();
+    assert!(err.contains("created_at_s"), "{err}");
+}

@@ -656,14 +656,17 @@ impl Node {
                 energy_j: t.energy_j,
                 utilization: t.utilization,
                 model: &t.model,
-                flop: flop.unwrap_or(0.0),
+                // A MIG instance's pipe activity is of its own slices: its FLOPs are that
+                // share of what the same activity on the whole GPU would do.
+                flop: flop.unwrap_or(0.0) * t.slice_share,
                 fp32_bound_speedup,
+                slice_share: t.slice_share,
             };
             let rates = GpuRates {
-                flop_rate: flop.map(|f| f / t.dt),
+                flop_rate: flop.map(|f| f * t.slice_share / t.dt),
                 flop_rate_unknown: t.pipes.is_some() && peaks.is_some() && flop.is_none(),
                 // MFU is against the datasheet peak (the usual convention), not the measured one.
-                bf16_peak: datasheet.map(|k| k.bf16),
+                bf16_peak: datasheet.map(|k| k.bf16 * t.slice_share),
             };
             let gpu = (t.uuid.as_str(), t.index, t.model.as_str());
             self.tracker

@@ -43,6 +43,12 @@ pub trait Backend: Send + Sync {
     fn xid_listener_up(&self) -> bool {
         true
     }
+    /// Whether the units `gpus` listed are no longer what the hardware has: a GPU switched
+    /// MIG mode, or its MIG instances changed. The sampler then opens the backend again and
+    /// lists them anew.
+    fn layout_changed(&self) -> bool {
+        false
+    }
 }
 
 /// Opens a [`Backend`], and again after it failed: the sampler holds one and retries it, so the

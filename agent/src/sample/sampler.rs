@@ -31,7 +31,7 @@ use tracing::{debug, info, warn};
 
 use super::{Backend, BackendFactory};
 use crate::snapshot::{GpuHealth, GpuSnapshot};
-use gpucost_core::account::GpuTotals;
+use gpucost_core::account::{mig_activity, GpuTotals};
 use gpucost_core::reading::{Field, FieldError, GpuStatic, Reading, SampleError, Source};
 
 /// Cycles in a row in which every GPU answered with a failure (and at least one was not lost)
@@ -66,6 +66,9 @@ struct GpuSlot {
     /// Fields already reported as unsupported, so the log says it once.
     said_unsupported: BTreeSet<Field>,
     said_failed: BTreeSet<Field>,
+    /// Whether `snap.processes` is a list read since the GPU was last down (an empty list then
+    /// means nobody is on it).
+    processes_known: bool,
 }
 
 impl GpuSlot {
@@ -84,6 +87,7 @@ impl GpuSlot {
             last_cycle: None,
             said_unsupported: BTreeSet::new(),
             said_failed: BTreeSet::new(),
+            processes_known: false,
         }
     }
 
@@ -93,6 +97,7 @@ impl GpuSlot {
         self.snap.up = false;
         self.snap.reading = None;
         self.snap.processes.clear();
+        self.processes_known = false;
         self.snap.totals.energy.interrupt();
         if let Some(prev) = self.last_cycle {
             self.snap.health.unmeasured_s += now.saturating_duration_since(prev).as_secs_f64();
@@ -268,6 +273,9 @@ pub struct Tick {
     pub utilization: Option<f64>,
     /// Pipe activity over the interval, where the GPU has GPM.
     pub pipes: Option<gpucost_core::reading::Pipes>,
+    /// The share of a physical GPU the unit is (`GpuStatic::share`): 1, or a MIG instance's
+    /// slices over its parent's.
+    pub slice_share: f64,
 }
 
 /// The result of a cycle.
@@ -470,17 +478,29 @@ impl Sampler {
                 .join(", ")
         );
         // Keep what we knew of each GPU (by UUID), so a re-open never resets a counter.
+        let physical = physical_baselines(&self.gpus);
+        let previous: BTreeSet<String> =
+            self.gpus.iter().map(|s| s.snap.info.uuid.clone()).collect();
         for slot in self.gpus.drain(..) {
             self.retired.insert(slot.snap.info.uuid.clone(), slot);
         }
         self.gpus = gpus
             .into_iter()
-            .map(|info| match self.retired.remove(&info.uuid) {
-                Some(mut slot) => {
-                    slot.snap.info = info;
-                    slot
+            .map(|info| {
+                let mut slot = match self.retired.remove(&info.uuid) {
+                    Some(mut slot) => {
+                        slot.snap.info = info;
+                        slot
+                    }
+                    None => GpuSlot::new(info),
+                };
+                // A unit that was not measured until now on a GPU that was (a GPU switched
+                // into or out of MIG mode, an instance created) continues from the GPU's last
+                // measurement.
+                if !previous.contains(&slot.snap.info.uuid) {
+                    continue_from(&mut slot, &physical);
                 }
-                None => GpuSlot::new(info),
+                slot
             })
             .collect();
         self.open_error = None;
@@ -701,15 +721,26 @@ impl Sampler {
                     slot.snap.energy_method = Some(step.method);
                     if let Some(ps) = r.processes.take() {
                         slot.snap.processes = ps;
+                        slot.processes_known = true;
                     }
+                    // NVML reports no utilization on MIG: an instance is busy or idle by what
+                    // MIG does report (`account::mig_activity`).
+                    let utilization = match (&slot.snap.info.mig, r.utilization_pct) {
+                        (Some(_), None) => mig_activity(
+                            r.pipes.as_ref(),
+                            slot.processes_known.then_some(slot.snap.processes.len()),
+                        ),
+                        (_, pct) => pct.map(|p| p / 100.0),
+                    };
                     result.ticks.push(Tick {
                         index,
                         uuid: slot.snap.info.uuid.clone(),
                         model: slot.snap.info.model.clone(),
                         dt,
                         energy_j: step.delta_j,
-                        utilization: r.utilization_pct.map(|p| p / 100.0),
+                        utilization,
                         pipes: r.pipes,
+                        slice_share: slot.snap.info.share(),
                     });
                     slot.snap.reading = Some(r);
                     slot.last_read = Some(at.max(slot.last_read.unwrap_or(at)));
@@ -735,8 +766,19 @@ impl Sampler {
         if let Some(open) = &self.open {
             for (gpu, xid) in open.backend.take_xids() {
                 warn!(gpu, xid, "GPU {gpu}: Xid {xid} reported by the driver");
-                if let Some(slot) = self.gpus.iter_mut().find(|s| s.snap.info.index == gpu) {
-                    slot.snap.totals.add_xid(xid);
+                // A GPU in MIG mode is its instances: its first one counts the GPU's Xids.
+                let slot = match self.gpus.iter().position(|s| s.snap.info.index == gpu) {
+                    Some(i) => Some(i),
+                    None => self.gpus.iter().position(|s| {
+                        s.snap
+                            .info
+                            .mig
+                            .as_ref()
+                            .is_some_and(|m| m.parent_index == gpu)
+                    }),
+                };
+                if let Some(i) = slot {
+                    self.gpus[i].snap.totals.add_xid(xid);
                 }
             }
             for (gpu, event) in open.backend.take_driver_events() {
@@ -751,6 +793,26 @@ impl Sampler {
         }
         for (gpu, field, kind) in failures {
             self.count_error(gpu, field, kind);
+        }
+        if self
+            .open
+            .as_ref()
+            .is_some_and(|o| o.backend.layout_changed())
+        {
+            info!(
+                "{}: a GPU switched MIG mode or its MIG instances changed: opening it again to \
+                 list the GPUs and their instances anew",
+                self.about.library
+            );
+            let stuck = self.close();
+            if !stuck.is_empty() {
+                warn!(
+                    "{} stays loaded until the stuck reads of GPU(s) {stuck:?} return",
+                    self.about.library
+                );
+            }
+            self.failed_cycles = 0;
+            self.next_open = now;
         }
         self.samples_total += 1;
         self.after_failures(now, all_failed && any_not_lost, first_failure);
@@ -893,6 +955,39 @@ impl Sampler {
     }
 }
 
+/// The last energy measurement of each physical GPU (by its UUID) among `slots`: its counter
+/// (a MIG instance's share turned back into the parent's counter, never above it), when that was
+/// read, and the slot's `last_read`; the newest where several units of one GPU have one.
+fn physical_baselines(slots: &[GpuSlot]) -> BTreeMap<String, (u64, Instant, Option<Instant>)> {
+    let mut out: BTreeMap<String, (u64, Instant, Option<Instant>)> = BTreeMap::new();
+    for slot in slots {
+        let Some((counter, at)) = slot.snap.totals.energy.baseline() else {
+            continue;
+        };
+        let (gpu, raw) = match &slot.snap.info.mig {
+            Some(m) => (m.parent_uuid.clone(), m.parent_value_at_most(counter)),
+            None => (slot.snap.info.uuid.clone(), counter),
+        };
+        if out.get(&gpu).is_none_or(|(_, t, _)| *t < at) {
+            out.insert(gpu, (raw, at, slot.last_read));
+        }
+    }
+    out
+}
+
+/// Starts `slot`'s energy and time from its physical GPU's last measurement, where there is one:
+/// the GPU's counter (a MIG instance: its share of it) as the baseline of its first delta.
+fn continue_from(slot: &mut GpuSlot, physical: &BTreeMap<String, (u64, Instant, Option<Instant>)>) {
+    let info = &slot.snap.info;
+    let gpu = info.mig.as_ref().map_or(&info.uuid, |m| &m.parent_uuid);
+    let Some((raw, at, last_read)) = physical.get(gpu) else {
+        return;
+    };
+    let counter = info.mig.as_ref().map_or(*raw, |m| m.share_of(*raw));
+    slot.snap.totals.energy.rebase(counter, *at);
+    slot.last_read = *last_read;
+}
+
 impl Drop for Sampler {
     fn drop(&mut self) {
         self.close();
@@ -962,6 +1057,132 @@ mod tests {
 
     fn energies(s: &Sampler) -> Vec<f64> {
         s.gpus().map(|g| g.totals.energy.total_j()).collect()
+    }
+
+    /// Issue 15: an Xid of a GPU in MIG mode (reported for the physical GPU) is counted once, by
+    /// its first instance.
+    #[test]
+    fn issue_15_an_xid_of_a_gpu_in_mig_mode_is_kept() {
+        use gpucost_core::reading::MigSlice;
+        let mut script = Script::h100s(1);
+        script.boards = vec![script.gpus[0].clone()];
+        let mut units = Vec::new();
+        for gi in [1, 2] {
+            let mut g = script.gpus[0].clone();
+            g.info = GpuStatic {
+                index: 1000 + gi,
+                uuid: format!("MIG-{gi}"),
+                model: g.info.model.clone(),
+                mig: Some(MigSlice {
+                    parent_index: 0,
+                    parent_uuid: "GPU-0".into(),
+                    gpu_instance_id: gi,
+                    profile: "3g.40gb".into(),
+                    slices: 3,
+                    parent_slices: 7,
+                }),
+            };
+            units.push(g);
+        }
+        script.gpus = units;
+        let (mut s, gpus) = sampler(script);
+        s.cycle();
+        gpus.script().xids.push((0, 79));
+        s.cycle();
+        let xids: Vec<u64> = s
+            .gpus()
+            .map(|g| g.totals.events.xids.values().sum())
+            .collect();
+        assert_eq!(xids, [1, 0]);
+    }
+
+    /// Issue 15: a GPU switched into MIG mode and back while the agent runs. Each switch makes
+    /// the library open again; the units that appear continue from the GPU's last reading, so
+    /// the energy of every interval is counted once: the units' energy together is the board's
+    /// counter, and their time, each weighted by its share of the GPU, is the time that passed.
+    #[test]
+    fn issue_15_energy_is_neither_lost_nor_counted_twice_across_mig_switches() {
+        use gpucost_core::reading::MigSlice;
+        let mut script = Script::h100s(1);
+        script.gpus[0].power_w = 700.0;
+        script.gpus[0].processes = vec![];
+        let (mut s, gpus) = sampler(script);
+        let template = gpus.script().gpus[0].clone();
+        let instance = |gi: u32, slices: u32| {
+            let mut g = template.clone();
+            g.info = GpuStatic {
+                index: 1000 + gi,
+                uuid: format!("MIG-{gi}"),
+                model: g.info.model.clone(),
+                mig: Some(MigSlice {
+                    parent_index: 0,
+                    parent_uuid: "GPU-0".into(),
+                    gpu_instance_id: gi,
+                    profile: format!("{slices}g.40gb"),
+                    slices,
+                    parent_slices: 7,
+                }),
+            };
+            g
+        };
+        let (mut energy, mut share_seconds) = (0.0, 0.0);
+        let mut cycle = |s: &mut Sampler| {
+            let c = s.cycle();
+            for t in &c.ticks {
+                energy += t.energy_j;
+                share_seconds += t.dt * t.slice_share;
+            }
+            c.ticks.iter().map(|t| t.index).collect::<Vec<_>>()
+        };
+        let board = |gpus: &Scripted| {
+            let s = gpus.script();
+            s.gpus
+                .iter()
+                .chain(&s.boards)
+                .find(|g| g.info.uuid == "GPU-0")
+                .unwrap()
+                .energy_mj
+        };
+        let start = board(&gpus);
+        assert_eq!(cycle(&mut s), [0]);
+        gpus.advance(Duration::from_secs(1));
+        assert_eq!(cycle(&mut s), [0]);
+        // The GPU goes into MIG mode (3g + 4g): the agent notices at its next read of it...
+        gpus.advance(Duration::from_secs(1));
+        gpus.script().layout_changed = true;
+        assert_eq!(cycle(&mut s), [0]);
+        {
+            let mut sc = gpus.script();
+            let whole = sc.gpus.remove(0);
+            sc.boards.push(whole);
+            sc.layout_changed = false;
+        }
+        let (a, b) = (instance(1, 3), instance(2, 4));
+        gpus.script().gpus = vec![a, b];
+        // ... and lists its instances at the next cycle, which continue from its last reading.
+        for _ in 0..3 {
+            gpus.advance(Duration::from_secs(1));
+            assert_eq!(cycle(&mut s), [1001, 1002]);
+        }
+        // Out of MIG mode again.
+        gpus.advance(Duration::from_secs(1));
+        gpus.script().layout_changed = true;
+        assert_eq!(cycle(&mut s), [1001, 1002]);
+        {
+            let mut sc = gpus.script();
+            let whole = sc.boards.remove(0);
+            sc.gpus = vec![whole];
+            sc.layout_changed = false;
+        }
+        for _ in 0..2 {
+            gpus.advance(Duration::from_secs(1));
+            assert_eq!(cycle(&mut s), [0]);
+        }
+        // 8 s at 700 W, every interval counted once (within the mJ the shares round away).
+        let counted = (board(&gpus) - start) as f64 / 1000.0;
+        assert_eq!(counted, 5600.0);
+        assert!((energy - counted).abs() < 0.05, "{energy} J of {counted} J");
+        assert!((share_seconds - 8.0).abs() < 1e-9, "{share_seconds} s");
     }
 
     #[test]

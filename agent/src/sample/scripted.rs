@@ -57,6 +57,11 @@ pub struct Script {
     pub read_takes: Duration,
     /// Xids to report at the next `take_xids`, as (GPU index, Xid).
     pub xids: Vec<(u32, u32)>,
+    /// Physical GPUs in MIG mode, not listed themselves: their MIG instances in `gpus` (with
+    /// `info.mig` naming them as the parent) read their share of the board's counter and power.
+    pub boards: Vec<ScriptGpu>,
+    /// What the backend's `layout_changed` answers (a GPU switched MIG mode).
+    pub layout_changed: bool,
 }
 
 impl Script {
@@ -89,7 +94,10 @@ impl Script {
 
     /// Time passes: each GPU's energy counter grows by its power over `d`.
     pub fn run(&mut self, d: Duration) {
-        for g in &mut self.gpus {
+        for g in self.gpus.iter_mut().chain(&mut self.boards) {
+            if g.info.mig.is_some() {
+                continue;
+            }
             g.energy_mj += (g.power_w * d.as_secs_f64() * 1000.0).round() as u64;
         }
     }
@@ -246,6 +254,15 @@ impl Backend for ScriptedBackend {
                 ..Reading::default()
             });
         }
+        if let Some(m) = &g.info.mig {
+            let board = s.boards.iter().find(|b| b.info.uuid == m.parent_uuid);
+            return Ok(Reading {
+                energy_mj: board.map(|b| m.share_of(b.energy_mj)),
+                power_average_mw: board.map(|b| m.share_of((b.power_w * 1000.0) as u64) as u32),
+                processes: with_processes.then(|| g.processes.clone()),
+                ..Reading::default()
+            });
+        }
         Ok(Reading {
             energy_mj: Some(g.energy_mj),
             power_average_mw: Some((g.power_w * 1000.0) as u32),
@@ -258,5 +275,8 @@ impl Backend for ScriptedBackend {
     }
     fn take_xids(&self) -> Vec<(u32, u32)> {
         std::mem::take(&mut self.script.script().xids)
+    }
+    fn layout_changed(&self) -> bool {
+        self.script.script().layout_changed
     }
 }

@@ -5,6 +5,7 @@
 //! monotonic clock it is given (virtual time in tests).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
@@ -12,7 +13,10 @@ use gpucost_core::clock::Clock;
 use gpucost_sim::{Scenario, SimulatedNode};
 
 use super::{Backend, BackendFactory};
-use gpucost_core::reading::{GpuStatic, ProcessUse, Reading, SampleError, Source, ThrottleReason};
+use gpucost_core::reading::{
+    mig_unit_index, Field, FieldError, GpuStatic, MigSlice, ProcessUse, Reading, SampleError,
+    Source, ThrottleReason,
+};
 
 pub struct SimBackend {
     node: SimulatedNode,
@@ -20,16 +24,29 @@ pub struct SimBackend {
     started: Instant,
     /// Scenario time up to which Xids have been reported.
     xids_until_s: Mutex<f64>,
+    /// Unit index -> the scenario GPU and, for a MIG instance, what it is (as `gpus` listed).
+    units: BTreeMap<u32, (u32, Option<MigSlice>)>,
+    /// Per scenario GPU, the GPU instance ids `gpus` listed (`None`: listed whole).
+    listed: BTreeMap<u32, Option<Vec<u32>>>,
+    /// A GPU switched MIG mode since `gpus` (its `mig_enable`/`mig_disable` events).
+    layout_changed: AtomicBool,
 }
 
 impl SimBackend {
-    pub fn new(scenario: Scenario, clock: Arc<dyn Clock>) -> Self {
+    /// The node of `scenario`, whose time 0 is `started` on `clock`.
+    pub fn new(scenario: Scenario, clock: Arc<dyn Clock>, started: Instant) -> Self {
         let node = SimulatedNode::new(scenario);
+        // Xids from before this open were reported by the backend open then (or missed while
+        // none was, as a real driver's events are while nobody listens).
+        let now_s = scenario_time(clock.as_ref(), started, node.scenario());
         SimBackend {
             node,
-            started: clock.mono(),
+            started,
             clock,
-            xids_until_s: Mutex::new(0.0),
+            xids_until_s: Mutex::new(now_s),
+            units: BTreeMap::new(),
+            listed: BTreeMap::new(),
+            layout_changed: AtomicBool::new(false),
         }
     }
 
@@ -51,15 +68,22 @@ fn scenario_time(clock: &dyn Clock, started: Instant, s: &Scenario) -> f64 {
         * s.speed
 }
 
-/// Opens the simulated node (which never fails).
+/// Opens the simulated node (which never fails). Scenario time runs from the first open on:
+/// a node opened again (after a release, or to list GPUs anew after a MIG switch) goes on where
+/// its timeline is, as real GPUs do.
 pub struct SimFactory {
     scenario: Scenario,
     clock: Arc<dyn Clock>,
+    started: Option<Instant>,
 }
 
 impl SimFactory {
     pub fn new(scenario: Scenario, clock: Arc<dyn Clock>) -> Self {
-        SimFactory { scenario, clock }
+        SimFactory {
+            scenario,
+            clock,
+            started: None,
+        }
     }
 }
 
@@ -77,9 +101,11 @@ impl BackendFactory for SimFactory {
         format!("scenario {:?}", self.scenario.name)
     }
     fn open(&mut self) -> Result<Box<dyn Backend>, SampleError> {
+        let started = *self.started.get_or_insert_with(|| self.clock.mono());
         Ok(Box::new(SimBackend::new(
             self.scenario.clone(),
             self.clock.clone(),
+            started,
         )))
     }
 }
@@ -93,15 +119,57 @@ impl Backend for SimBackend {
         Some(self.node.scenario().driver_version.clone())
     }
 
+    /// Each GPU, or where it is in MIG mode now, its MIG instances, as the NVML backend lists
+    /// them (`nvml/mig.rs`).
     fn gpus(&mut self) -> Result<Vec<GpuStatic>, SampleError> {
-        Ok((0..self.node.gpu_count())
-            .map(|i| GpuStatic {
-                index: i,
-                uuid: self.node.uuid(i).to_string(),
-                model: self.node.scenario().gpus[i as usize].model.clone(),
-                mig: None,
-            })
-            .collect())
+        let t = self.now_s();
+        self.units.clear();
+        self.layout_changed.store(false, Ordering::Relaxed);
+        let mut out = Vec::new();
+        for i in 0..self.node.gpu_count() {
+            let spec = &self.node.scenario().gpus[i as usize];
+            let uuid = self.node.uuid(i).to_string();
+            let instances = self.instances(i, t);
+            self.listed.insert(i, instances.clone());
+            let Some(instances) = instances else {
+                self.units.insert(i, (i, None));
+                out.push(GpuStatic {
+                    index: i,
+                    uuid,
+                    model: spec.model.clone(),
+                    mig: None,
+                });
+                continue;
+            };
+            for (gi, m) in spec
+                .mig_instance_ids()
+                .into_iter()
+                .zip(&spec.mig_instances)
+                .filter(|(gi, _)| instances.contains(gi))
+            {
+                let slice = MigSlice {
+                    parent_index: i,
+                    parent_uuid: uuid.clone(),
+                    gpu_instance_id: gi,
+                    profile: m.profile.clone(),
+                    slices: MigSlice::slices_of_profile(&m.profile).unwrap_or(1),
+                    parent_slices: spec.mig_slices,
+                };
+                let index = mig_unit_index(i, gi);
+                self.units.insert(index, (i, Some(slice.clone())));
+                out.push(GpuStatic {
+                    index,
+                    uuid: self.node.mig_uuid(i, gi).unwrap_or_default(),
+                    model: spec.model.clone(),
+                    mig: Some(slice),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    fn layout_changed(&self) -> bool {
+        self.layout_changed.load(Ordering::Relaxed)
     }
 
     fn take_xids(&self) -> Vec<(u32, u32)> {
@@ -125,13 +193,22 @@ impl Backend for SimBackend {
         out.into_iter().map(|(_, g, xid)| (g, xid)).collect()
     }
 
-    fn read(&self, index: u32, with_processes: bool) -> Result<Reading, SampleError> {
+    fn read(&self, unit: u32, with_processes: bool) -> Result<Reading, SampleError> {
+        let (index, mig) = self.units.get(&unit).cloned().unwrap_or((unit, None));
         let Some(spec) = self.node.scenario().gpus.get(index as usize) else {
             return Err(SampleError::Failed(format!("no simulated GPU {index}")));
         };
         let t = self.now_s();
         if !self.node.is_present(index, t) {
             return Err(SampleError::GpuLost("simulated".into()));
+        }
+        // A GPU switched MIG mode, or whose instances changed, since it was listed is listed
+        // again.
+        if with_processes && self.listed.get(&index) != Some(&self.instances(index, t)) {
+            self.layout_changed.store(true, Ordering::Relaxed);
+        }
+        if let Some(m) = mig {
+            return self.read_mig(index, &m, t, with_processes);
         }
         let s = self.node.state(index, t);
         let mut errors = Vec::new();
@@ -170,6 +247,71 @@ impl Backend for SimBackend {
                     .collect()
             }),
             pipes: self.node.gpm_supported(index).then_some(s.pipes),
+            field_errors: errors,
+        })
+    }
+}
+
+impl SimBackend {
+    /// The GPU instance ids of GPU `index` that exist at `t` while it is in MIG mode with at
+    /// least one; `None`: a whole GPU (as the NVML backend lists one).
+    fn instances(&self, index: u32, t: f64) -> Option<Vec<u32>> {
+        let spec = &self.node.scenario().gpus[index as usize];
+        let ids: Vec<u32> = spec
+            .mig_instance_ids()
+            .into_iter()
+            .enumerate()
+            .filter(|(k, _)| self.node.mig_instance_exists(index, *k, t))
+            .map(|(_, gi)| gi)
+            .collect();
+        (!ids.is_empty()).then_some(ids)
+    }
+
+    /// A MIG instance as the NVML backend reads one: its own memory, activity and processes,
+    /// its share of the board's energy and power, no utilization.
+    fn read_mig(
+        &self,
+        index: u32,
+        m: &MigSlice,
+        t: f64,
+        with_processes: bool,
+    ) -> Result<Reading, SampleError> {
+        let spec = &self.node.scenario().gpus[index as usize];
+        let gi = m.gpu_instance_id;
+        let Some(own) = self.node.mig_instance_state(index, gi, t) else {
+            self.layout_changed.store(true, Ordering::Relaxed);
+            return Err(SampleError::Failed(format!("MIG instance {gi} is gone")));
+        };
+        let s = self.node.state(index, t);
+        let mw = |w: f64| m.share_of((w * 1000.0).round() as u64) as u32;
+        let mut errors = vec![(Field::Utilization, FieldError::NotSupported)];
+        if s.energy_mj.is_none() {
+            errors.push((Field::Energy, FieldError::NotSupported));
+        }
+        Ok(Reading {
+            energy_mj: s.energy_mj.map(|mj| m.share_of(mj)),
+            power_average_mw: Some(mw(self.node.power_average_w(index, t))),
+            power_instant_mw: Some(mw(s.power_w)),
+            power_limit_mw: Some(mw(spec.power_limit_w)),
+            utilization_pct: None,
+            memory_used_bytes: Some(own.memory_used_bytes),
+            memory_total_bytes: Some(own.memory_total_bytes),
+            sm_clock_mhz: Some(s.sm_clock_mhz),
+            temperature_c: Some(s.temperature_c.round() as u32),
+            clock_event_reasons: Some(s.throttle_reasons),
+            violation_ns: violation_ns(self.node.violation_s(index, t)),
+            processes: with_processes.then(|| {
+                s.processes
+                    .iter()
+                    .filter(|p| p.gpu_instance == Some(gi))
+                    .map(|p| ProcessUse {
+                        pid: p.pid,
+                        used_memory_bytes: Some(p.used_memory_bytes),
+                        sm_util_pct: None,
+                    })
+                    .collect()
+            }),
+            pipes: self.node.gpm_supported(index).then_some(own.pipes),
             field_errors: errors,
         })
     }

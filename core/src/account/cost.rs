@@ -13,6 +13,11 @@
 //! idle seconds   += w x dt            when utilization < idle_threshold (unknown: not idle)
 //! idle cost      += the owner's whole cost of the interval, when idle
 //! ```
+//!
+//! A MIG GPU instance is a GPU of its own whose `hourly_price` and per-GPU-hour overhead are
+//! its share `s = slices / parent_slices` of the parent's ([`Interval::slice_share`]); its
+//! `dE` is already its share of the parent's energy (the sampler reads it so), and `utilization`
+//! is what MIG reports of it (`mig_activity`), so idle follows the instance too.
 
 use crate::jobs::Usage;
 
@@ -42,6 +47,9 @@ pub struct Interval<'a> {
     /// `Some(bf16/fp32 speedup)` when the GPU was FP32-bound (FP32 pipe busy, tensor cores idle)
     /// and its tensor cores would have been that many times faster.
     pub fp32_bound_speedup: Option<f64>,
+    /// The share of a physical GPU the unit is: 1 for a whole GPU, `slices / parent_slices`
+    /// for a MIG instance (`GpuStatic::share`). Scales the hourly price and the overhead.
+    pub slice_share: f64,
 }
 
 /// A job holding the GPU during the interval, with its share.
@@ -108,14 +116,19 @@ fn whole_interval(p: &Pricing, iv: &Interval) -> Usage {
     };
     let facility_kwh = de / JOULES_PER_KWH * p.pue;
     let hours = dt / SECONDS_PER_HOUR;
+    let share = if iv.slice_share.is_finite() {
+        iv.slice_share.clamp(0.0, 1.0)
+    } else {
+        1.0
+    };
     let idle = matches!(iv.utilization, Some(u) if u < p.idle_threshold);
     let mut u = Usage {
         gpu_seconds: dt,
         energy_j: de,
         carbon_g: facility_kwh * p.carbon_intensity_g_per_kwh,
-        cost_gpu_time: p.hourly_price(iv.model) * hours,
+        cost_gpu_time: p.hourly_price(iv.model) * share * hours,
         cost_energy: facility_kwh * p.tariff_at(iv.t0),
-        cost_overhead: p.overhead_per_gpu_hour * hours,
+        cost_overhead: p.overhead_per_gpu_hour * share * hours,
         flop: iv.flop.max(0.0),
         ..Usage::default()
     };
@@ -439,6 +452,7 @@ on_demand_per_hour = 4.00
             model: H100,
             flop: 0.0,
             fp32_bound_speedup: None,
+            slice_share: 1.0,
         }
     }
 
@@ -597,6 +611,34 @@ on_demand_per_hour = 4.00
                 unallocated: 0.0,
             },
             Case {
+                // Issue 15: a 3g.40gb instance of the worked H100, with its 3/7 of the board's
+                // 2.52e6 J: GPU time 4.00 x 3/7, overhead 0.10 x 3/7, energy and carbon of its
+                // 1.08e6 J; an hour of instance time.
+                name: "a MIG instance pays its slices of the GPU's price",
+                iv: Interval {
+                    energy_j: 2.52e6 * 3.0 / 7.0,
+                    slice_share: 3.0 / 7.0,
+                    ..iv()
+                },
+                owners: vec![own("a", 1.0)],
+                per_owner: vec![("a", mig_3_of_7(false))],
+                gpu: mig_3_of_7(false),
+                unallocated: 0.0,
+            },
+            Case {
+                name: "an idle MIG instance nobody holds: its slices, idle and unallocated",
+                iv: Interval {
+                    energy_j: 2.52e6 * 3.0 / 7.0,
+                    slice_share: 3.0 / 7.0,
+                    utilization: Some(0.0),
+                    ..iv()
+                },
+                owners: vec![],
+                per_owner: vec![],
+                gpu: mig_3_of_7(true),
+                unallocated: 3600.0,
+            },
+            Case {
                 name: "negative energy counts as 0",
                 iv: Interval {
                     energy_j: -5.0,
@@ -626,6 +668,21 @@ on_demand_per_hour = 4.00
                 assert_usage(&sum, &got.gpu, &format!("{}: sum", c.name));
             }
         }
+    }
+
+    /// The worked hour on a 3-of-7-slices MIG instance: every money and energy figure 3/7 of
+    /// the whole GPU's, its time an hour.
+    fn mig_3_of_7(idle: bool) -> Usage {
+        let s = 3.0 / 7.0;
+        usage(
+            3600.0,
+            2.52e6 * s,
+            4.00 * s,
+            0.175 * s,
+            332.5 * s,
+            0.10 * s,
+            idle,
+        )
     }
 
     /// 30 s at 700 W (the a-30-second-sample case): 0.0072917 kWh at the wall.

@@ -141,6 +141,20 @@ impl EnergyMeter {
         step
     }
 
+    /// The last counter value and when it was read, the baseline of the next delta.
+    pub fn baseline(&self) -> Option<(u64, Instant)> {
+        self.last_counter
+    }
+
+    /// Takes `counter_mj`, read at `at`, as the baseline of the next delta: a unit that is new
+    /// on a GPU that was measured until now (a MIG instance created, a GPU back out of MIG mode)
+    /// continues from that GPU's last reading, so the energy between the two is neither lost
+    /// nor counted twice.
+    pub fn rebase(&mut self, counter_mj: u64, at: Instant) {
+        self.last_counter = Some((counter_mj, at));
+        self.last_power_w = None;
+    }
+
     /// The GPU could not be read: its last power reading no longer describes the time since.
     /// The counter's baseline stays (with the moment it was read), because the counter keeps
     /// counting while the GPU cannot be read, and the total stays.

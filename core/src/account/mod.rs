@@ -18,6 +18,25 @@ use crate::reading::{Reading, ThrottleReason};
 use energy::{EnergyMeter, EnergyStep};
 use throttle::ThrottleMeter;
 
+/// What a MIG instance did over an interval, 0..1, for the idle test in place of the GPU
+/// utilization NVML does not report on MIG (nvml.h: "On MIG-enabled GPUs, querying device
+/// utilization rates is not currently supported"): its GPM SM activity where GPM gives one
+/// (`nvmlGpmMigSampleGet`), else 0 when its process list is known and empty (nothing holds the
+/// instance), else unknown (`None`: never idle). Memory is not a sign of work: a process that
+/// holds memory and runs nothing is what idle means.
+pub fn mig_activity(
+    pipes: Option<&crate::reading::Pipes>,
+    processes: Option<usize>,
+) -> Option<f64> {
+    if let Some(sm) = pipes.and_then(|p| p.sm_active) {
+        return Some(sm.clamp(0.0, 1.0));
+    }
+    match processes {
+        Some(0) => Some(0.0),
+        _ => None,
+    }
+}
+
 /// Power assumed as the ceiling for plausibility checks when a GPU does not report its limit.
 const FALLBACK_MAX_POWER_W: f64 = 2000.0;
 
@@ -108,6 +127,47 @@ impl GpuTotals {
 mod tests {
     use super::*;
     use crate::clock::Now;
+    use crate::reading::Pipes;
+
+    #[test]
+    fn issue_15_a_mig_instance_is_idle_by_what_mig_reports() {
+        let busy = Pipes {
+            sm_active: Some(0.95),
+            ..Pipes::IDLE
+        };
+        type Case<'a> = (&'a str, Option<&'a Pipes>, Option<usize>, Option<f64>);
+        let cases: [Case; 6] = [
+            (
+                "GPM says busy, whatever the processes",
+                Some(&busy),
+                Some(0),
+                Some(0.95),
+            ),
+            (
+                "GPM says nothing ran",
+                Some(&Pipes::IDLE),
+                Some(2),
+                Some(0.0),
+            ),
+            ("no GPM, nobody on it", None, Some(0), Some(0.0)),
+            (
+                "no GPM, a process on it: unknown, not idle",
+                None,
+                Some(1),
+                None,
+            ),
+            (
+                "a failed SM metric, nobody on it",
+                Some(&Pipes::UNKNOWN),
+                Some(0),
+                Some(0.0),
+            ),
+            ("nothing known", None, None, None),
+        ];
+        for (name, pipes, procs, want) in cases {
+            assert_eq!(mig_activity(pipes, procs), want, "{name}");
+        }
+    }
 
     #[test]
     fn throttle_seconds_and_xids_accumulate() {

@@ -240,6 +240,7 @@ fn accounting_goes_to_running_owners_and_the_gpu() {
         model: "NVIDIA H100 80GB HBM3",
         flop: 0.0,
         fp32_bound_speedup: None,
+        slice_share: 1.0,
     };
     let owners = vec![("a".to_string(), 0.75), ("b".to_string(), 0.25)];
     t.account(
@@ -582,6 +583,7 @@ fn two_gpu_node() -> Tracker {
         model: "NVIDIA H100 80GB HBM3",
         flop: 0.0,
         fp32_bound_speedup: None,
+        slice_share: 1.0,
     };
     let rates = GpuRates {
         flop_rate: None,
@@ -986,6 +988,7 @@ fn issue_14_a_gpu_with_unknown_pipes_leaves_its_owners_rate_unknown() {
         model: "NVIDIA H100 80GB HBM3",
         flop: 4e14,
         fp32_bound_speedup: None,
+        slice_share: 1.0,
     };
     let owners = [("job".to_string(), 1.0)];
     let tick = |t: &mut Tracker, second: GpuRates| {

@@ -25,6 +25,8 @@ use crate::{device_call, guarded, put, state};
 #[derive(Debug, Clone, Copy)]
 struct Record {
     gpu: u32,
+    /// The MIG GPU instance of an `nvmlGpmMigSampleGet` sample.
+    instance: Option<u32>,
     /// Scenario time of the sample.
     t: f64,
     /// Pipe-seconds from scenario time 0 to `t`.
@@ -139,15 +141,44 @@ pub unsafe extern "C" fn nvmlGpmSetStreamingEnabled(
     device_call(device, true, |_| NVML_ERROR_NOT_SUPPORTED)
 }
 
-/// Simulated GPUs have no MIG instances.
+/// A sample of one MIG GPU instance of a GPU in MIG mode: its jobs' pipe-seconds, relative to
+/// the instance ("Read a sample of GPM metrics ... for a MIG GPU Instance", nvml.h:13925-13943).
+/// `NOT_SUPPORTED` on a GPU without GPM or out of MIG mode, `INVALID_ARGUMENT` for a GPU
+/// instance id the GPU does not have ("if the device or GPU instance ID is invalid", as
+/// nvml-wrapper documents the call).
 #[no_mangle]
 pub unsafe extern "C" fn nvmlGpmMigSampleGet(
     device: nvmlDevice_t,
-    _gpu_instance_id: c_uint,
+    gpu_instance_id: c_uint,
     gpm_sample: nvmlGpmSample_t,
 ) -> nvmlReturn_t {
     crate::calls::count("nvmlGpmMigSampleGet");
-    device_call(device, !gpm_sample.is_null(), |_| NVML_ERROR_NOT_SUPPORTED)
+    device_call(device, !gpm_sample.is_null(), |gpu| {
+        let mut samples = samples();
+        let Some(slot) = samples.get_mut(&(gpm_sample as usize)) else {
+            return NVML_ERROR_INVALID_ARGUMENT;
+        };
+        if !gpu.node.gpm_supported(gpu.index) || !gpu.mig_on() {
+            return NVML_ERROR_NOT_SUPPORTED;
+        }
+        let exists = gpu
+            .spec()
+            .mig_instance(gpu_instance_id)
+            .is_some_and(|(k, _)| gpu.node.mig_instance_exists(gpu.index, k, gpu.t));
+        if !exists {
+            return NVML_ERROR_INVALID_ARGUMENT;
+        }
+        if gpu.spec().gpm_no_permission {
+            return NVML_ERROR_NO_PERMISSION;
+        }
+        slot.record = Some(Record {
+            gpu: gpu.index,
+            instance: Some(gpu_instance_id),
+            t: gpu.t,
+            integral: gpu.node.mig_pipe_seconds(gpu.index, gpu_instance_id, gpu.t),
+        });
+        NVML_SUCCESS
+    })
 }
 
 /// A new, empty sample (heap-allocated; free it with `nvmlGpmSampleFree`).
@@ -211,6 +242,7 @@ pub unsafe extern "C" fn nvmlGpmSampleGet(
         }
         slot.record = Some(Record {
             gpu: gpu.index,
+            instance: None,
             t: gpu.t,
             integral: gpu.node.pipe_seconds(gpu.index, gpu.t),
         });
@@ -258,7 +290,7 @@ pub unsafe extern "C" fn nvmlGpmMetricsGet(metrics_get: *mut nvmlGpmMetricsGet_t
                 _ => return NVML_ERROR_INVALID_ARGUMENT,
             }
         };
-        if r1.gpu != r2.gpu || r2.t < r1.t {
+        if r1.gpu != r2.gpu || r1.instance != r2.instance || r2.t < r1.t {
             return NVML_ERROR_INVALID_ARGUMENT;
         }
         let node = &model.node;
@@ -272,6 +304,9 @@ pub unsafe extern "C" fn nvmlGpmMetricsGet(metrics_get: *mut nvmlGpmMetricsGet_t
         // Two samples at the same moment: the activity at that moment.
         let window = if dt > 0.0 {
             r2.integral.minus(r1.integral).mean_over(dt)
+        } else if let Some(gi) = r1.instance {
+            node.mig_instance_state(r1.gpu, gi, r1.t)
+                .map_or(Pipes::IDLE, |s| s.pipes)
         } else {
             node.pipes_between(r1.gpu, r1.t, r1.t)
         };

@@ -27,6 +27,7 @@ mod calls;
 mod events;
 mod fields;
 mod gpm;
+mod mig;
 mod product;
 mod samples;
 mod state;
@@ -75,6 +76,11 @@ impl Gpu<'_> {
 
     fn state(&self) -> GpuState {
         self.node.state(self.index, self.t)
+    }
+
+    /// Whether the GPU is in MIG mode at the moment of the call.
+    fn mig_on(&self) -> bool {
+        self.node.mig_on(self.index, self.t)
     }
 }
 
@@ -344,6 +350,9 @@ pub unsafe extern "C" fn nvmlDeviceGetUUID(
     length: c_uint,
 ) -> nvmlReturn_t {
     crate::calls::count("nvmlDeviceGetUUID");
+    if state::mig_of(device).is_some() {
+        return mig::mig_uuid(device, uuid, length);
+    }
     // SAFETY: non-NULL as checked; the caller gives `length` writable bytes.
     device_call(device, !uuid.is_null(), |gpu| unsafe {
         put_str(gpu.node.uuid(gpu.index), uuid, length)
@@ -357,6 +366,9 @@ pub unsafe extern "C" fn nvmlDeviceGetName(
     length: c_uint,
 ) -> nvmlReturn_t {
     crate::calls::count("nvmlDeviceGetName");
+    if state::mig_of(device).is_some() {
+        return mig::mig_name(device, name, length);
+    }
     // SAFETY: non-NULL as checked; the caller gives `length` writable bytes.
     device_call(device, !name.is_null(), |gpu| unsafe {
         put_str(&gpu.spec().model, name, length)
@@ -497,6 +509,11 @@ pub unsafe extern "C" fn nvmlDeviceGetUtilizationRates(
 ) -> nvmlReturn_t {
     crate::calls::count("nvmlDeviceGetUtilizationRates");
     device_call(device, !utilization.is_null(), |gpu| {
+        // nvml.h:7075: "On MIG-enabled GPUs, querying device utilization rates is not currently
+        // supported."
+        if gpu.mig_on() {
+            return NVML_ERROR_NOT_SUPPORTED;
+        }
         // SAFETY: checked non-NULL by `device_call`.
         unsafe { put(utilization, samples::utilization_rates(gpu)) }
     })
@@ -514,6 +531,18 @@ pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo(
     memory: *mut nvmlMemory_t,
 ) -> nvmlReturn_t {
     crate::calls::count("nvmlDeviceGetMemoryInfo");
+    if state::mig_of(device).is_some() {
+        return mig::mig_call(device, !memory.is_null(), |m| {
+            let (total, used) = m.memory_bytes();
+            let info = nvmlMemory_t {
+                total,
+                free: total - used,
+                used,
+            };
+            // SAFETY: checked non-NULL by `mig_call`.
+            unsafe { put(memory, info) }
+        });
+    }
     device_call(device, !memory.is_null(), |gpu| {
         let (total, used) = memory_bytes(gpu);
         let info = nvmlMemory_t {
@@ -535,6 +564,29 @@ pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo_v2(
     memory: *mut nvmlMemory_v2_t,
 ) -> nvmlReturn_t {
     crate::calls::count("nvmlDeviceGetMemoryInfo_v2");
+    let mig_memory = state::mig_of(device).is_some();
+    let answer = |total: u64, used: u64| {
+        // SAFETY: checked non-NULL by the caller; the caller owns an initialised struct.
+        let version = unsafe { (*memory).version };
+        if version != nvmlMemory_v2 {
+            return NVML_ERROR_ARGUMENT_VERSION_MISMATCH;
+        }
+        let info = nvmlMemory_v2_t {
+            version,
+            total,
+            reserved: 0,
+            free: total - used,
+            used,
+        };
+        // SAFETY: checked non-NULL by the caller.
+        unsafe { put(memory, info) }
+    };
+    if mig_memory {
+        return mig::mig_call(device, !memory.is_null(), |m| {
+            let (total, used) = m.memory_bytes();
+            answer(total, used)
+        });
+    }
     device_call(device, !memory.is_null(), |gpu| {
         // SAFETY: checked non-NULL by `device_call`; the caller owns an initialised struct.
         let version = unsafe { (*memory).version };
@@ -727,15 +779,24 @@ fn listed(gpu: &Gpu<'_>, list: List) -> Vec<SimProcess> {
 
 /// One process as the first `bytes` bytes of an `nvmlProcessDetail_v1_t` (alias
 /// `nvmlProcessInfo_v3_t`): 16 bytes are `nvmlProcessInfo_v1_t`, 24 `nvmlProcessInfo_v2_t`, 32
-/// the whole struct. Padding is zero. Outside MIG the instance ids are `NVML_VALUE_NOT_AVAILABLE`
-/// and no memory is confidential-compute protected.
+/// the whole struct. Padding is zero. Outside MIG the instance ids are `NVML_VALUE_NOT_AVAILABLE`;
+/// in MIG mode they are the process's GPU instance and compute instance (0). No memory is
+/// confidential-compute protected.
 fn process_entry(p: &SimProcess, bytes: usize) -> Vec<u8> {
+    let (gi, ci) = instance_ids(p);
     let mut entry = [0u8; 32];
     entry[0..4].copy_from_slice(&p.pid.to_ne_bytes());
     entry[8..16].copy_from_slice(&p.used_memory_bytes.to_ne_bytes());
-    entry[16..20].copy_from_slice(&NO_INSTANCE.to_ne_bytes());
-    entry[20..24].copy_from_slice(&NO_INSTANCE.to_ne_bytes());
+    entry[16..20].copy_from_slice(&gi.to_ne_bytes());
+    entry[20..24].copy_from_slice(&ci.to_ne_bytes());
     entry[..bytes].to_vec()
+}
+
+/// A process's `gpuInstanceId` and `computeInstanceId`: its MIG instance and compute instance 0
+/// in MIG mode, else `NVML_VALUE_NOT_AVAILABLE` for both.
+fn instance_ids(p: &SimProcess) -> (c_uint, c_uint) {
+    p.gpu_instance
+        .map_or((NO_INSTANCE, NO_INSTANCE), |gi| (gi, 0))
 }
 
 /// The count protocol of nvml.h's running-process calls: `*info_count` is the room in `infos`
@@ -878,11 +939,12 @@ pub unsafe extern "C" fn nvmlDeviceGetRunningProcessDetailList(
             return NVML_ERROR_INVALID_ARGUMENT;
         }
         for (i, p) in processes.iter().enumerate() {
+            let (gi, ci) = instance_ids(p);
             let entry = nvmlProcessDetail_v1_t {
                 pid: p.pid,
                 usedGpuMemory: p.used_memory_bytes,
-                gpuInstanceId: NO_INSTANCE,
-                computeInstanceId: NO_INSTANCE,
+                gpuInstanceId: gi,
+                computeInstanceId: ci,
                 usedGpuCcProtectedMemory: 0,
             };
             // SAFETY: `procArray` is non-NULL with room for `room >= needed > i` entries.
@@ -958,6 +1020,11 @@ pub unsafe extern "C" fn nvmlDeviceGetProcessUtilization(
 ) -> nvmlReturn_t {
     crate::calls::count("nvmlDeviceGetProcessUtilization");
     device_call(device, !process_samples_count.is_null(), |gpu| {
+        // nvml.h:8512: "On MIG-enabled GPUs, querying process utilization is not currently
+        // supported."
+        if gpu.mig_on() {
+            return NVML_ERROR_NOT_SUPPORTED;
+        }
         let now_us = (gpu.unix * 1e6) as u64;
         let mut samples = process_samples(gpu, last_seen_time_stamp, now_us);
         if utilization.is_null() && gpu.spec().nvml.process_utilization_race {

@@ -120,7 +120,11 @@ pub unsafe extern "C" fn nvmlDeviceGetSamples(
         device,
         !sample_count.is_null() && !sample_val_type.is_null(),
         |gpu| {
-            if sample_type != NVML_GPU_UTILIZATION_SAMPLES || !gpu.spec().utilization_samples {
+            // nvml.h:7609-7610: on MIG-enabled GPUs this "is not currently supported".
+            if sample_type != NVML_GPU_UTILIZATION_SAMPLES
+                || !gpu.spec().utilization_samples
+                || gpu.mig_on()
+            {
                 return NVML_ERROR_NOT_SUPPORTED;
             }
             // SAFETY: both checked non-NULL by `device_call`.

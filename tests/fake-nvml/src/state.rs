@@ -33,6 +33,35 @@ static DEVICES: [nvmlDevice_st; MAX_GPUS] = {
     slots
 };
 
+/// Most MIG devices (GPU instances) a GPU may have here: 7 on A100, H100 and H200.
+pub const MAX_MIG: usize = 8;
+
+/// MIG device handles: slot `gpu * MAX_MIG + k` stands for the `k`-th MIG device of GPU `gpu`
+/// (`nvmlDeviceGetMigDeviceHandleByIndex`), stable like the GPUs' handles.
+static MIG_DEVICES: [nvmlDevice_st; MAX_GPUS * MAX_MIG] = {
+    let mut slots = [const { nvmlDevice_st { index: 0 } }; MAX_GPUS * MAX_MIG];
+    let mut i = 0;
+    while i < MAX_GPUS * MAX_MIG {
+        slots[i].index = i as c_uint;
+        i += 1;
+    }
+    slots
+};
+
+/// The handle of the `k`-th MIG device of GPU `gpu`.
+pub fn mig_handle(gpu: u32, k: usize) -> nvmlDevice_t {
+    std::ptr::from_ref(&MIG_DEVICES[gpu as usize * MAX_MIG + k]).cast_mut()
+}
+
+/// The (GPU, position) a MIG device handle stands for, or `None` for a pointer that is not one
+/// of ours. Only compares addresses.
+pub fn mig_of(device: nvmlDevice_t) -> Option<(u32, usize)> {
+    MIG_DEVICES
+        .iter()
+        .find(|slot| std::ptr::eq(*slot, device))
+        .map(|slot| (slot.index / MAX_MIG as u32, slot.index as usize % MAX_MIG))
+}
+
 /// The handle of GPU `index` (`index < MAX_GPUS`).
 pub fn handle(index: u32) -> nvmlDevice_t {
     std::ptr::from_ref(&DEVICES[index as usize]).cast_mut()
@@ -79,6 +108,15 @@ impl Model {
             }
         };
         let scenario = Scenario::load(&name).map_err(|e| one_line(&e.to_string()))?;
+        if let Some(i) = scenario
+            .gpus
+            .iter()
+            .position(|g| g.mig_instances.len() > MAX_MIG)
+        {
+            return Err(format!(
+                "scenario {name}: GPU {i} has more than {MAX_MIG} MIG instances"
+            ));
+        }
         if scenario.gpus.len() > MAX_GPUS {
             return Err(format!(
                 "scenario {name} has {} GPUs; this library handles at most {MAX_GPUS}",

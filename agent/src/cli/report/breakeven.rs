@@ -363,6 +363,21 @@ mod tests {
         );
     }
 
+    /// A GPU's MIG instances (unit indices 1001.., see `MIG_INDEX_BASE`), and the GPU itself
+    /// before or after MIG mode, are one GPU to buy.
+    #[test]
+    fn issue_15_mig_instances_count_as_their_physical_gpu() {
+        let gpus: Vec<GpuRecord> = [0, 1001, 1002, 1003, 1, 2001]
+            .into_iter()
+            .map(|i| GpuRecord {
+                index: i,
+                ..gpu(&format!("GPU-{i}"), "NVIDIA H100 80GB HBM3")
+            })
+            .collect();
+        let f = run(&pricing(), &[], &gpus, Some(0.0), 86_400.0).unwrap();
+        assert_eq!(f.models[0].result.as_ref().unwrap().gpu_count, 2);
+    }
+
     /// A model without a price entry says so; the others still break even. A window of minutes
     /// is taken as an hour.
     #[test]

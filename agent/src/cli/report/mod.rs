@@ -79,12 +79,18 @@ struct Source {
     since: Option<f64>,
 }
 
-/// The GPUs of a ledger as one model per GPU, and each GPU's model by UUID.
+/// The GPUs of a ledger as one model per physical GPU (a GPU's MIG instances, and the GPU
+/// itself before or after MIG mode, are the one GPU there is to buy), and each unit's model by
+/// UUID.
 pub(super) fn gpu_models(
     gpus: &[gpucost_core::jobs::GpuRecord],
 ) -> (Vec<String>, BTreeMap<String, String>) {
+    let physical: BTreeMap<u32, &str> = gpus
+        .iter()
+        .map(|g| (gpucost_core::reading::physical_index(g.index), g.model.as_str()))
+        .collect();
     (
-        gpus.iter().map(|g| g.model.clone()).collect(),
+        physical.into_values().map(str::to_string).collect(),
         gpus.iter()
             .map(|g| (g.uuid.clone(), g.model.clone()))
             .collect(),

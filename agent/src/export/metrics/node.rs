@@ -96,16 +96,40 @@ pub(super) fn node_families(snap: &Snapshot) -> Vec<MetricFamily> {
         let idx = g.info.index.to_string();
         let gpu = [("gpu", idx.as_str())];
         let v = g.view(snap.source, &snap.published);
+        let mut info = vec![
+            ("gpu", idx.as_str()),
+            ("uuid", g.info.uuid.as_str()),
+            ("model", g.info.model.as_str()),
+            ("driver", driver),
+            ("source", snap.source.as_str()),
+        ];
+        // A MIG instance says what it is a slice of (issue 15); a whole GPU has none of these.
+        let mig_labels = g.info.mig.as_ref().map(|m| {
+            [
+                m.parent_index.to_string(),
+                m.gpu_instance_id.to_string(),
+                m.slices.to_string(),
+                m.parent_slices.to_string(),
+            ]
+        });
+        if let (Some(m), Some([parent_gpu, gi, slices, parent_slices])) =
+            (g.info.mig.as_ref(), mig_labels.as_ref())
+        {
+            info.extend([
+                ("parent_gpu", parent_gpu.as_str()),
+                ("parent_uuid", m.parent_uuid.as_str()),
+                ("gpu_instance_id", gi.as_str()),
+                ("mig_profile", m.profile.as_str()),
+                ("mig_slices", slices.as_str()),
+                ("parent_slices", parent_slices.as_str()),
+            ]);
+        }
         f.gauge(
             "gpucost_gpu_info",
-            "One series per GPU with its identity; 1.",
-            &[
-                ("gpu", &idx),
-                ("uuid", &g.info.uuid),
-                ("model", &g.info.model),
-                ("driver", driver),
-                ("source", snap.source.as_str()),
-            ],
+            "One series per GPU (a MIG instance is one: parent_gpu, parent_uuid, \
+             gpu_instance_id, mig_profile, mig_slices and parent_slices say of what) with its \
+             identity; 1.",
+            &info,
             1.0,
         );
         f.gauge(
@@ -247,9 +271,9 @@ pub(super) fn node_families(snap: &Snapshot) -> Vec<MetricFamily> {
                 if let Some(peak) = spec.peak(precision) {
                     f.gauge(
                         "gpucost_gpu_peak_flops",
-                        "Datasheet dense peak of the GPU model per precision (FLOP/s; OP/s for int8).",
+                        "Datasheet dense peak of the GPU model per precision (FLOP/s; OP/s for int8); of a MIG instance, its slices' share of it.",
                         &[("gpu", &idx), ("precision", precision.as_str())],
-                        peak,
+                        peak * g.info.share(),
                     );
                 }
             }

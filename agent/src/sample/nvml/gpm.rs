@@ -155,8 +155,24 @@ impl GpmState {
     }
 }
 
-/// Fills `buffer` with GPU `d`'s counters now.
-fn fill(nvml: &Nvml, d: &Device<'_>, buffer: &HeldSample) -> Result<(), NvmlError> {
+/// Fills `buffer` with GPU `d`'s counters now, or with those of its MIG GPU instance
+/// `instance` (`nvmlGpmMigSampleGet`: "Read a sample of GPM metrics ... for a MIG GPU
+/// Instance", nvml.h).
+fn fill(
+    nvml: &Nvml,
+    d: &Device<'_>,
+    instance: Option<u32>,
+    buffer: &HeldSample,
+) -> Result<(), NvmlError> {
+    if let Some(gi) = instance {
+        let get = nvml
+            .lib()
+            .nvmlGpmMigSampleGet
+            .as_ref()
+            .map_err(|_| NvmlError::FunctionNotFound)?;
+        // SAFETY: as below; `gi` is a plain id the library checks.
+        return nvml_result(unsafe { get(d.handle(), gi, buffer.0) });
+    }
     let get = nvml
         .lib()
         .nvmlGpmSampleGet
@@ -198,10 +214,13 @@ fn pipes_from(values: &[Option<f64>]) -> Pipes {
 }
 
 /// This read's pipe activity, where GPM works on this GPU and two samples are far enough apart.
+/// For a MIG instance, `d` is its parent and `instance` its GPU instance id: the activity is
+/// the instance's own.
 pub(super) fn read_pipes(
     nvml: &Nvml,
     d: &Device<'_>,
     index: u32,
+    instance: Option<u32>,
     gpm: &mut GpmState,
     e: &mut Vec<(Field, FieldError)>,
 ) -> Result<Option<Pipes>, SampleError> {
@@ -219,13 +238,15 @@ pub(super) fn read_pipes(
     }
     let mut denied = false;
     // A buffer that could not be filled stays the spare one.
-    let filled = gpm.buffer(nvml).and_then(|buf| match fill(nvml, d, &buf) {
-        Ok(()) => Ok(buf),
-        Err(err) => {
-            gpm.spare = Some(buf);
-            Err(err)
-        }
-    });
+    let filled = gpm
+        .buffer(nvml)
+        .and_then(|buf| match fill(nvml, d, instance, &buf) {
+            Ok(()) => Ok(buf),
+            Err(err) => {
+                gpm.spare = Some(buf);
+                Err(err)
+            }
+        });
     match filled {
         Ok(new) => match gpm.last.take() {
             Some((old, at)) if now.duration_since(at) >= GPM_MIN_GAP => {

@@ -13,7 +13,7 @@
 use std::ffi::OsString;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -24,14 +24,16 @@ use nvml_wrapper::Nvml;
 
 mod fields;
 mod gpm;
+mod mig;
 mod processes;
 mod xid;
 
 use super::Backend;
 use gpm::GpmState;
 use gpucost_core::reading::{
-    DriverEvent, Field, FieldError, GpuStatic, Reading, SampleError, Source,
+    DriverEvent, Field, FieldError, GpuStatic, MigSlice, Reading, SampleError, Source,
 };
+use mig::Unit;
 
 /// The library NVML's own loader looks for.
 pub const DEFAULT_LIB: &str = "libnvidia-ml.so.1";
@@ -54,6 +56,13 @@ pub struct NvmlBackend {
     /// What each GPU's reads keep between calls, each behind its GPU's own lock. The map's lock
     /// is held only to find or add an entry, never during an NVML call.
     memo: Mutex<BTreeMap<u32, Arc<Mutex<GpuMemo>>>>,
+    /// What each unit index of `gpus` is: a whole GPU or a MIG instance (`mig.rs`).
+    units: BTreeMap<u32, Unit>,
+    /// Set when a GPU switched MIG mode or its instances changed since `gpus`.
+    layout_changed: AtomicBool,
+    /// GPUs (NVML indices) in MIG mode with no GPU instance when listed: listed whole, and
+    /// listed anew once an instance appears (not at every check of their mode).
+    mig_without_instances: std::collections::BTreeSet<u32>,
 }
 
 /// What a read keeps of its GPU for the next one.
@@ -68,6 +77,9 @@ struct GpuMemo {
     /// The enforced power limit and when it was read: a setting, not a reading, so it is read
     /// again only every [`STATIC_FACTS_EVERY`] (an operator's `nvidia-smi -pl` shows within it).
     power_limit: Option<(Instant, Option<u32>)>,
+    /// Whether the GPU has MIG at all (`nvmlDeviceGetMigMode` answers): a GPU without it is
+    /// not asked for its mode again.
+    has_mig: Option<bool>,
 }
 
 /// How often facts that change only when someone changes a setting are read again.
@@ -178,6 +190,9 @@ impl NvmlBackend {
             listener,
             listener_done: thread.map(|_| Mutex::new(done)),
             memo: Mutex::default(),
+            units: BTreeMap::new(),
+            layout_changed: AtomicBool::new(false),
+            mig_without_instances: Default::default(),
         })
     }
 }
@@ -231,6 +246,9 @@ impl Backend for NvmlBackend {
             .device_count()
             .map_err(|e| SampleError::Failed(format!("cannot count GPUs: {e}")))?;
         let mut gpus = Vec::with_capacity(count as usize);
+        self.units.clear();
+        self.mig_without_instances.clear();
+        self.layout_changed.store(false, Ordering::Relaxed);
         for index in 0..count {
             // A GPU that is already lost at start still gets a slot, so it is reported.
             let device = self.nvml.device_by_index(index);
@@ -241,12 +259,31 @@ impl Backend for NvmlBackend {
                 ),
                 Err(_) => (format!("unknown-{index}"), "unknown".to_string()),
             };
-            gpus.push(GpuStatic {
-                index,
-                uuid,
-                model,
-                mig: None,
-            });
+            // A GPU in MIG mode is billed as its GPU instances (`mig.rs`).
+            let instances = match &device {
+                Ok(d) if mig::mig_on(d) == Some(true) => {
+                    let found = mig::instances(&self.nvml, index, &uuid, &model, d);
+                    if found.is_empty() {
+                        self.mig_without_instances.insert(index);
+                    }
+                    found
+                }
+                _ => Vec::new(),
+            };
+            if instances.is_empty() {
+                self.units.insert(index, Unit::Whole { nvml_index: index });
+                gpus.push(GpuStatic {
+                    index,
+                    uuid,
+                    model,
+                    mig: None,
+                });
+                continue;
+            }
+            for (info, unit) in instances {
+                self.units.insert(info.index, unit);
+                gpus.push(info);
+            }
         }
         Ok(gpus)
     }
@@ -283,8 +320,30 @@ impl Backend for NvmlBackend {
         self.listener.up.load(Ordering::Relaxed)
     }
 
+    fn layout_changed(&self) -> bool {
+        self.layout_changed.load(Ordering::Relaxed)
+    }
+
     fn read(&self, index: u32, with_processes: bool) -> Result<Reading, SampleError> {
-        let d = match self.nvml.device_by_index(index) {
+        match self.units.get(&index) {
+            Some(Unit::Mig { position, slice }) => {
+                self.read_mig(index, *position, slice, with_processes)
+            }
+            Some(Unit::Whole { nvml_index }) => self.read_whole(index, *nvml_index, with_processes),
+            None => self.read_whole(index, index, with_processes),
+        }
+    }
+}
+
+impl NvmlBackend {
+    /// Reads the whole GPU at NVML index `nvml_index`, billing unit `index`.
+    fn read_whole(
+        &self,
+        index: u32,
+        nvml_index: u32,
+        with_processes: bool,
+    ) -> Result<Reading, SampleError> {
+        let d = match self.nvml.device_by_index(nvml_index) {
             Ok(d) => d,
             Err(NvmlError::GpuLost) => return Err(SampleError::GpuLost("no handle".into())),
             Err(e) => return Err(SampleError::Failed(format!("no handle: {e}"))),
@@ -295,21 +354,8 @@ impl Backend for NvmlBackend {
         let memo = self.memo(index);
         let mut memo = memo.lock().unwrap_or_else(PoisonError::into_inner);
         let memo = &mut *memo;
-        let power_limit_mw = match memo.power_limit {
-            Some((at, limit)) if at.elapsed() < STATIC_FACTS_EVERY => limit,
-            _ => {
-                let before = e.len();
-                let limit = field(d.enforced_power_limit(), Field::PowerLimit, e)?;
-                // A failed read is tried again next cycle; a value or NOT_SUPPORTED is kept.
-                let failed = e[before..]
-                    .iter()
-                    .any(|(_, err)| matches!(err, FieldError::Failed(_)));
-                if !failed {
-                    memo.power_limit = Some((Instant::now(), limit));
-                }
-                limit
-            }
-        };
+        // A failed read is tried again next cycle; a value or NOT_SUPPORTED is kept.
+        let power_limit_mw = Self::power_limit(memo, &d, e)?;
         let st = &mut memo.fields;
         let values = fields::read_fields(&d)?;
         let (power_average_mw, power_instant_mw) = fields::read_power(&d, st, &values, e)?;
@@ -331,10 +377,196 @@ impl Backend for NvmlBackend {
             field_errors: Vec::new(),
         };
         // GPM: a new sample each read; the metrics cover the time since the previous one.
-        r.pipes = gpm::read_pipes(&self.nvml, &d, index, &mut memo.gpm, e)?;
+        r.pipes = gpm::read_pipes(&self.nvml, &d, index, None, &mut memo.gpm, e)?;
         if with_processes {
-            r.processes =
-                processes::read_processes(self.nvml.lib(), &d, index, &mut memo.processes, e)?;
+            r.processes = processes::read_processes(
+                self.nvml.lib(),
+                &d,
+                index,
+                None,
+                &mut memo.processes,
+                e,
+            )?;
+            // A GPU switched into MIG mode is listed again as its instances (one in MIG mode
+            // without any, once it has one).
+            if memo.has_mig != Some(false) {
+                let listed_in_mig = self.mig_without_instances.contains(&nvml_index);
+                match mig::mig_on(&d) {
+                    None => memo.has_mig = Some(false),
+                    Some(on) => {
+                        memo.has_mig = Some(true);
+                        let has_instance = || {
+                            let max = d.mig_device_count().unwrap_or(0);
+                            (0..max).any(|k| d.mig_device_by_index(k).is_ok())
+                        };
+                        let changed = if listed_in_mig {
+                            !on || has_instance()
+                        } else {
+                            on
+                        };
+                        if changed && on {
+                            tracing::info!(
+                                gpu = index,
+                                "GPU {index} is now in MIG mode with GPU instances: they are \
+                                 listed and billed from now on"
+                            );
+                        } else if changed {
+                            tracing::info!(
+                                gpu = index,
+                                "GPU {index} is out of MIG mode: billed as a whole GPU again"
+                            );
+                        }
+                        if changed {
+                            self.layout_changed.store(true, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+        }
+        r.field_errors = errs;
+        Ok(r)
+    }
+
+    /// The power limit, read again only every [`STATIC_FACTS_EVERY`].
+    fn power_limit(
+        memo: &mut GpuMemo,
+        d: &nvml_wrapper::Device<'_>,
+        e: &mut Vec<(Field, FieldError)>,
+    ) -> Result<Option<u32>, SampleError> {
+        Ok(match memo.power_limit {
+            Some((at, limit)) if at.elapsed() < STATIC_FACTS_EVERY => limit,
+            _ => {
+                let before = e.len();
+                let limit = field(d.enforced_power_limit(), Field::PowerLimit, e)?;
+                let failed = e[before..]
+                    .iter()
+                    .any(|(_, err)| matches!(err, FieldError::Failed(_)));
+                if !failed {
+                    memo.power_limit = Some((Instant::now(), limit));
+                }
+                limit
+            }
+        })
+    }
+
+    /// Whether the parent of `slice` has a MIG device at an index no unit was listed at (an
+    /// instance created since). Asked by the parent's first unit only, on the process cadence.
+    fn mig_instance_created(
+        &self,
+        parent: &nvml_wrapper::Device<'_>,
+        position: u32,
+        slice: &MigSlice,
+    ) -> bool {
+        let known: Vec<u32> = self
+            .units
+            .values()
+            .filter_map(|u| match u {
+                Unit::Mig { position, slice: s } if s.parent_index == slice.parent_index => {
+                    Some(*position)
+                }
+                _ => None,
+            })
+            .collect();
+        if known.iter().min() != Some(&position) {
+            return false;
+        }
+        (0..slice.parent_slices)
+            .filter(|p| !known.contains(p))
+            .any(|p| parent.mig_device_by_index(p).is_ok())
+    }
+
+    /// Reads MIG instance `slice`, billing unit `index`, the MIG device at `position` under
+    /// its parent (`mig.rs` says what comes from where).
+    fn read_mig(
+        &self,
+        index: u32,
+        position: u32,
+        slice: &MigSlice,
+        with_processes: bool,
+    ) -> Result<Reading, SampleError> {
+        let gi = slice.gpu_instance_id;
+        let parent = match self.nvml.device_by_index(slice.parent_index) {
+            Ok(d) => d,
+            Err(NvmlError::GpuLost) => return Err(SampleError::GpuLost("no handle".into())),
+            Err(e) => return Err(SampleError::Failed(format!("no handle: {e}"))),
+        };
+        let gone = |why: String| {
+            self.layout_changed.store(true, Ordering::Relaxed);
+            tracing::info!(
+                gpu = index,
+                "GPU {} instance {gi} ({}) is gone ({why}); the GPU's units are listed again",
+                slice.parent_index,
+                slice.profile
+            );
+            SampleError::Failed(format!("MIG instance {gi} is gone: {why}"))
+        };
+        let m = match parent.mig_device_by_index(position) {
+            Ok(m) => m,
+            Err(NvmlError::GpuLost) => return Err(SampleError::GpuLost("no MIG handle".into())),
+            Err(e) => return Err(gone(e.to_string())),
+        };
+        if with_processes {
+            // Another instance at this index (re-partitioned), or none: list again.
+            match mig::gpu_instance_id(&self.nvml, &m) {
+                Ok(id) if id == gi => {}
+                Ok(id) => return Err(gone(format!("GPU instance {id} is in its place"))),
+                Err(NvmlError::GpuLost) => {
+                    return Err(SampleError::GpuLost(
+                        "while reading its GPU instance".into(),
+                    ))
+                }
+                Err(e) => return Err(gone(e.to_string())),
+            }
+            if self.mig_instance_created(&parent, position, slice) {
+                tracing::info!(
+                    gpu = index,
+                    "GPU {}: a GPU instance was created; the GPU's units are listed again",
+                    slice.parent_index
+                );
+                self.layout_changed.store(true, Ordering::Relaxed);
+            }
+        }
+        let mut errs = Vec::new();
+        let e = &mut errs;
+        let memory = field(m.memory_info(), Field::Memory, e)?;
+        let memo = self.memo(index);
+        let mut memo = memo.lock().unwrap_or_else(PoisonError::into_inner);
+        let memo = &mut *memo;
+        let share_mw = |mw: u32| slice.share_of(u64::from(mw)) as u32;
+        let power_limit_mw = Self::power_limit(memo, &parent, e)?.map(share_mw);
+        let st = &mut memo.fields;
+        let values = fields::read_fields(&parent)?;
+        let (power_average_mw, power_instant_mw) = fields::read_power(&parent, st, &values, e)?;
+        let violation_ns = fields::read_violations(&parent, st, &values)?;
+        let energy_mj = field(parent.total_energy_consumption(), Field::Energy, e)?;
+        // Not a failure: NVML does not report it on MIG (nvml.h:7075); said once.
+        e.push((Field::Utilization, FieldError::NotSupported));
+        let mut r = Reading {
+            energy_mj: energy_mj.map(|mj| slice.share_of(mj)),
+            power_average_mw: power_average_mw.map(share_mw),
+            power_instant_mw: power_instant_mw.map(share_mw),
+            power_limit_mw,
+            utilization_pct: None,
+            memory_used_bytes: memory.as_ref().map(|m| m.used),
+            memory_total_bytes: memory.as_ref().map(|m| m.total),
+            sm_clock_mhz: field(parent.clock_info(Clock::SM), Field::SmClock, e)?,
+            temperature_c: fields::read_temperature(&self.nvml, &parent, st, e)?,
+            clock_event_reasons: fields::read_clock_events(&self.nvml, &parent, st, e)?,
+            violation_ns,
+            processes: None,
+            pipes: None,
+            field_errors: Vec::new(),
+        };
+        r.pipes = gpm::read_pipes(&self.nvml, &parent, index, Some(gi), &mut memo.gpm, e)?;
+        if with_processes {
+            r.processes = processes::read_processes(
+                self.nvml.lib(),
+                &parent,
+                index,
+                Some(gi),
+                &mut memo.processes,
+                e,
+            )?;
         }
         r.field_errors = errs;
         Ok(r)

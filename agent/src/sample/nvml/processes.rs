@@ -101,6 +101,9 @@ struct Listed {
     pid: u32,
     /// `None` where NVML cannot tell (`NVML_VALUE_NOT_AVAILABLE`).
     used_memory_bytes: Option<u64>,
+    /// The MIG GPU instance the process runs in (`gpuInstanceId`); `None` outside MIG
+    /// (`NVML_VALUE_NOT_AVAILABLE`) and in 16-byte entries, which have no such field.
+    gpu_instance: Option<u32>,
 }
 
 /// Why a list could not be read.
@@ -138,10 +141,17 @@ pub(super) struct ProcessState {
 
 /// The processes on GPU `index` (compute, graphics and MPS clients, once each), with their SM
 /// utilization since the newest sample seen before.
+///
+/// For a MIG instance (`instance`: its GPU instance id) `d` is its parent GPU: in MIG mode the
+/// parent's lists hold every instance's processes, each with its `gpuInstanceId` (nvml.h: "In
+/// MIG mode, if device handle is provided, the API returns aggregate information"), and the
+/// instance's are those with its id. Process utilization "is not currently supported" on MIG
+/// (nvml.h), so it is not asked for: the processes have no SM share.
 pub(super) fn read_processes(
     lib: &NvmlLib,
     d: &Device<'_>,
     index: u32,
+    instance: Option<u32>,
     state: &mut ProcessState,
     e: &mut Vec<(Field, FieldError)>,
 ) -> Result<Option<Vec<ProcessUse>>, SampleError> {
@@ -174,7 +184,11 @@ pub(super) fn read_processes(
     if lists.is_empty() {
         return Ok(None);
     }
-    let listed = merge(lists);
+    let mut listed = merge(lists);
+    if let Some(gi) = instance {
+        listed.retain(|p| p.gpu_instance == Some(gi));
+        return Ok(Some(with_sm_shares(&listed, None)));
+    }
     if listed.is_empty() {
         return Ok(Some(Vec::new()));
     }
@@ -317,7 +331,7 @@ fn read_detail_list(
                 entries.truncate(request.numProcArrayEntries.min(entries_room) as usize);
                 return Ok(entries
                     .iter()
-                    .filter_map(|p| listed(p.pid, p.usedGpuMemory))
+                    .filter_map(|p| listed(p.pid, p.usedGpuMemory, Some(p.gpuInstanceId)))
                     .collect());
             }
             INSUFFICIENT_SIZE => entries_room = room_for(request.numProcArrayEntries),
@@ -391,7 +405,7 @@ fn entry_size(bytes: &[u8], count: usize) -> Option<usize> {
 }
 
 /// `count` entries of `entry` bytes: the pid at offset 0 and the memory at offset 8 in every
-/// known layout.
+/// known layout, the GPU instance id at offset 16 in the 24- and 32-byte ones.
 fn decode(bytes: &[u8], count: usize, entry: usize) -> Vec<Listed> {
     bytes
         .chunks_exact(entry)
@@ -399,14 +413,17 @@ fn decode(bytes: &[u8], count: usize, entry: usize) -> Vec<Listed> {
         .filter_map(|e| {
             let pid = u32::from_ne_bytes(e[0..4].try_into().expect("4 bytes"));
             let memory = u64::from_ne_bytes(e[8..16].try_into().expect("8 bytes"));
-            listed(pid, memory)
+            let gi = e
+                .get(16..20)
+                .map(|b| u32::from_ne_bytes(b.try_into().expect("4 bytes")));
+            listed(pid, memory, gi)
         })
         .collect()
 }
 
 /// A process from an entry; none for pid 0 or 4294967295, which no process has (they are what
 /// entries read at the wrong offset show).
-fn listed(pid: u32, memory: u64) -> Option<Listed> {
+fn listed(pid: u32, memory: u64, gpu_instance: Option<u32>) -> Option<Listed> {
     if pid == 0 || pid == u32::MAX {
         tracing::debug!("ignoring a process entry with pid {pid}");
         return None;
@@ -414,6 +431,7 @@ fn listed(pid: u32, memory: u64) -> Option<Listed> {
     Some(Listed {
         pid,
         used_memory_bytes: (memory != NOT_AVAILABLE).then_some(memory),
+        gpu_instance: gpu_instance.filter(|gi| *gi != u32::MAX),
     })
 }
 
@@ -421,20 +439,17 @@ fn listed(pid: u32, memory: u64) -> Option<Listed> {
 /// "C+G") is reported by each with its whole memory on the GPU, so the largest report is its
 /// memory: summing would count it twice.
 fn merge(lists: Vec<Vec<Listed>>) -> Vec<Listed> {
-    let mut by_pid: BTreeMap<u32, Option<u64>> = BTreeMap::new();
+    let mut by_pid: BTreeMap<u32, Listed> = BTreeMap::new();
     for p in lists.into_iter().flatten() {
         by_pid
             .entry(p.pid)
-            .and_modify(|m| *m = (*m).max(p.used_memory_bytes))
-            .or_insert(p.used_memory_bytes);
+            .and_modify(|m| {
+                m.used_memory_bytes = m.used_memory_bytes.max(p.used_memory_bytes);
+                m.gpu_instance = m.gpu_instance.or(p.gpu_instance);
+            })
+            .or_insert(p);
     }
-    by_pid
-        .into_iter()
-        .map(|(pid, used_memory_bytes)| Listed {
-            pid,
-            used_memory_bytes,
-        })
-        .collect()
+    by_pid.into_values().collect()
 }
 
 /// The listed processes with their SM utilization from `samples` (pid, percent), averaged where
@@ -544,6 +559,7 @@ mod tests {
                     .map(|(pid, m)| Listed {
                         pid: *pid,
                         used_memory_bytes: Some(*m),
+                        gpu_instance: None,
                     })
                     .collect();
                 assert_eq!(got, want, "{entry} bytes x {n}");
@@ -601,6 +617,7 @@ mod tests {
         let l = |pid, m: Option<u64>| Listed {
             pid,
             used_memory_bytes: m,
+            gpu_instance: None,
         };
         let compute = vec![l(10, Some(100)), l(12, Some(300))];
         let graphics = vec![l(11, Some(200)), l(12, Some(300))];
@@ -621,6 +638,7 @@ mod tests {
         let l = |pid, m| Listed {
             pid,
             used_memory_bytes: Some(m),
+            gpu_instance: None,
         };
         let listed = [l(1, 1 << 30), l(2, 40 << 30)];
         // Several samples of the busy process, none of the idle one.
@@ -651,6 +669,7 @@ mod tests {
         let l = |pid, m| Listed {
             pid,
             used_memory_bytes: Some(m),
+            gpu_instance: None,
         };
         // pid 1 computes with 1 GiB; pid 2 holds 40 GiB and has no sample.
         let procs = with_sm_shares(&[l(1, 1 << 30), l(2, 40 << 30)], Some(&[(1, 80)]));
