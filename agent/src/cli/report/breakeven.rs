@@ -313,9 +313,18 @@ mod tests {
     #[test]
     fn each_model_breaks_even_on_its_own_use_and_price() {
         let gpus = [
-            gpu("a", "NVIDIA H100 80GB HBM3"),
-            gpu("b", "NVIDIA H100 80GB HBM3"),
-            gpu("c", "NVIDIA H200"),
+            GpuRecord {
+                index: 0,
+                ..gpu("a", "NVIDIA H100 80GB HBM3")
+            },
+            GpuRecord {
+                index: 1,
+                ..gpu("b", "NVIDIA H100 80GB HBM3")
+            },
+            GpuRecord {
+                index: 2,
+                ..gpu("c", "NVIDIA H200")
+            },
         ];
         let mut job = record(0.0);
         let held = |h: f64| Usage {
@@ -382,7 +391,13 @@ mod tests {
     /// is taken as an hour.
     #[test]
     fn an_unpriced_model_is_named_and_short_windows_have_a_floor() {
-        let gpus = [gpu("a", "NVIDIA H100 80GB HBM3"), gpu("x", "NVIDIA L4")];
+        let gpus = [
+            gpu("a", "NVIDIA H100 80GB HBM3"),
+            GpuRecord {
+                index: 1,
+                ..gpu("x", "NVIDIA L4")
+            },
+        ];
         let job = record(1000.0);
         let f = run(&pricing(), &[job], &gpus, None, 1060.0).unwrap();
         assert_eq!(f.window.days, 1.0 / 24.0);
