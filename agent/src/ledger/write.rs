@@ -51,9 +51,12 @@ pub(super) const JOB_COLUMNS: [&str; 13] = [
     "progress",
 ];
 
+/// The columns of `jobs` after the usage (added by migrations).
+pub(super) const JOB_TAIL: [&str; 1] = ["reason"];
+
 fn upsert_job() -> &'static str {
     static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    SQL.get_or_init(|| upsert("jobs", "id", &JOB_COLUMNS, &[]))
+    SQL.get_or_init(|| upsert("jobs", "id", &JOB_COLUMNS, &JOB_TAIL))
 }
 
 fn upsert_job_gpu() -> &'static str {
@@ -134,11 +137,14 @@ impl Ledger {
                     &progress,
                 ];
                 let usage = job.usage.to_array();
+                let reason = job.reason.map(|r| r.as_str());
+                let tail: [&dyn rusqlite::ToSql; 1] = [&reason];
                 job_stmt
                     .execute(rusqlite::params_from_iter(
                         head.iter()
                             .copied()
-                            .chain(usage.iter().map(|v| v as &dyn rusqlite::ToSql)),
+                            .chain(usage.iter().map(|v| v as &dyn rusqlite::ToSql))
+                            .chain(tail.iter().copied()),
                     ))
                     .map_err(sql(path, "cannot write a job"))?;
                 for (uuid, u) in &job.per_gpu {

@@ -656,6 +656,7 @@ fn history(s: &mut Stored) {
         outcome,
         exit_code: None,
         signal: None,
+        reason: None,
         usage,
         per_gpu: BTreeMap::from([("GPU-0".to_string(), usage)]),
         registration: None,

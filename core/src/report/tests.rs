@@ -37,6 +37,7 @@ fn job(id: &str, outcome: Outcome, labels: &[(&str, &str)]) -> JobRecord {
             _ => None,
         },
         signal: None,
+        reason: None,
         usage,
         per_gpu: [("GPU-a".to_string(), half), ("GPU-b".to_string(), half)]
             .into_iter()
