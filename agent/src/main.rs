@@ -119,12 +119,16 @@ enum JobCommand {
         /// Job id [default: SLURM_JOB_ID, else GPUCOST_JOB_ID]
         #[arg(long)]
         id: Option<String>,
-        /// The job's exit code, when known (non-zero: failed)
+        /// The job's exit code, when known (non-zero: failed) [default in a Slurm epilog:
+        /// SLURM_JOB_EXIT_CODE2, else `scontrol show job`]
         #[arg(long)]
         exit_code: Option<i32>,
-        /// succeeded, failed or unknown, when no exit code is known
+        /// succeeded, failed, cancelled, preempted or unknown
         #[arg(long)]
         outcome: Option<String>,
+        /// Why it failed: exit_code, signal, time_limit, oom or node_fail
+        #[arg(long)]
+        reason: Option<String>,
         #[arg(long, value_name = "PATH")]
         socket: Option<PathBuf>,
     },
@@ -206,11 +210,13 @@ fn main() -> ExitCode {
             id,
             exit_code: code,
             outcome,
+            reason,
             socket,
         }) => exit_code(cli::job::end(cli::job::EndArgs {
             id,
             exit_code: code,
             outcome,
+            reason,
             socket: cli::socket_path(socket),
         })),
     }

@@ -1,7 +1,9 @@
 //! `gpucost job start|end`: scheduler hooks (Slurm prolog and epilog).
 //!
 //! They read the `SLURM_*` environment, tell the agent, and always exit 0: a failing prolog
-//! drains the node, so any problem is a warning on stderr, never a failure.
+//! drains the node, so any problem is a warning on stderr, never a failure. `job end` in an
+//! epilog finds how the job ended itself (`identity::slurm`: the environment, then a bounded
+//! `scontrol show job`).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -9,8 +11,11 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use gpucost_core::jobs::{EndReason, Outcome};
+
 use super::run::url_escape;
 use crate::api::client::post;
+use crate::identity::slurm;
 
 pub struct StartArgs {
     pub id: Option<String>,
@@ -26,10 +31,14 @@ pub struct EndArgs {
     pub id: Option<String>,
     pub exit_code: Option<i32>,
     pub outcome: Option<String>,
+    pub reason: Option<String>,
     pub socket: PathBuf,
 }
 
 const TIMEOUT: Duration = Duration::from_secs(3);
+/// How long `job end` waits for `scontrol show job` (a controller that does not answer must not
+/// hold the epilog).
+const SCONTROL_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn env(var: &str) -> Option<String> {
     std::env::var(var)
@@ -92,18 +101,77 @@ pub fn start(a: StartArgs) -> i32 {
     0
 }
 
+/// How a Slurm job ended, in its epilog: the environment when it settles it, else `scontrol`
+/// (bounded), else what the environment's status allows (`unknown` for a `0:0`, which a
+/// cancelled or timed-out job also reads). Problems are warnings.
+fn slurm_ending(id: &str) -> slurm::Ending {
+    let exit2 = env("SLURM_JOB_EXIT_CODE2");
+    if let Some(e) = slurm::from_environment(exit2.as_deref()) {
+        return e;
+    }
+    let shown = match slurm::find_scontrol() {
+        Some(p) => slurm::show_job(&p, id, SCONTROL_TIMEOUT).and_then(|text| {
+            slurm::parse_show_job(&text)
+                .ok_or_else(|| format!("no JobState in what scontrol said: {}", text.trim()))
+        }),
+        None => {
+            Err("scontrol not found on PATH or in /usr/bin, /usr/local/bin, /opt/slurm/bin".into())
+        }
+    };
+    match shown {
+        Ok(job) => slurm::ending_of(&job),
+        Err(why) => {
+            let pair = exit2.as_deref().and_then(slurm::parse_exit_pair);
+            let (outcome, reason, signal) = match pair {
+                Some((_, s)) if s != 0 => (Outcome::Failed, Some(EndReason::Signal), Some(s)),
+                _ => (Outcome::Unknown, None, None),
+            };
+            eprintln!(
+                "gpucost: warning: job end {id}: cannot ask Slurm how it ended ({why}); \
+                 SLURM_JOB_EXIT_CODE2={}: recorded as {}",
+                exit2.as_deref().unwrap_or("(unset)"),
+                outcome.as_str()
+            );
+            slurm::Ending {
+                outcome,
+                reason,
+                exit_code: pair.map(|(c, _)| c),
+                signal,
+            }
+        }
+    }
+}
+
 /// Ends the job; always returns 0.
 pub fn end(a: EndArgs) -> i32 {
     let Some(id) = job_id(a.id) else {
         eprintln!("gpucost: warning: job end: no job id (pass --id, or run from a Slurm epilog with SLURM_JOB_ID set)");
         return 0;
     };
+    let explicit = a.exit_code.is_some() || a.outcome.is_some() || a.reason.is_some();
     let mut body = json!({});
-    if let Some(code) = a.exit_code {
-        body["exit_code"] = json!(code);
-    }
-    if let Some(o) = a.outcome {
-        body["outcome"] = json!(o);
+    if explicit {
+        if let Some(code) = a.exit_code {
+            body["exit_code"] = json!(code);
+        }
+        if let Some(o) = a.outcome {
+            body["outcome"] = json!(o);
+        }
+        if let Some(r) = a.reason {
+            body["reason"] = json!(r);
+        }
+    } else if env("SLURM_JOB_ID").is_some() {
+        let e = slurm_ending(&id);
+        body["outcome"] = json!(e.outcome.as_str());
+        if let Some(r) = e.reason {
+            body["reason"] = json!(r.as_str());
+        }
+        if let Some(c) = e.exit_code {
+            body["exit_code"] = json!(c);
+        }
+        if let Some(s) = e.signal {
+            body["signal"] = json!(s);
+        }
     }
     let url = format!("/api/v1/jobs/{}/end", url_escape(&id));
     match post(&a.socket, &url, &body, TIMEOUT) {

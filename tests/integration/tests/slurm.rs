@@ -1,0 +1,263 @@
+//! Slurm's hooks end to end (issue 16): `gpucost job start|end` as a prolog and an epilog run
+//! them, against the real agent over its socket, with a stand-in `scontrol` on `PATH` that
+//! prints what Slurm's prints.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use gpucost_integration_tests::{agent_bin, Agent};
+
+const FAST: &[(&str, &str)] = &[
+    ("GPUCOST_SAMPLING_INTERVAL", "100ms"),
+    ("GPUCOST_SAMPLING_PROCESS_INTERVAL", "100ms"),
+];
+
+/// `scontrol show job` as Slurm 22.05 prints it (the layout of the example in scontrol's man
+/// page), with the fields that say how the job ended. Field meanings: job_state_codes.html
+/// (`JobState`), job_reason_codes.html (`Reason`), job_exit_code.html (`ExitCode`
+/// `<exit>:<signal>`).
+fn scontrol_output(id: &str, state: &str, reason: &str, exit: &str) -> String {
+    format!(
+        "JobId={id} JobName=train.sh
+   UserId=alice(1001) GroupId=alice(1001) MCS_label=N/A
+   Priority=4294901758 Nice=0 Account=(null) QOS=normal
+   JobState={state} Reason={reason} Dependency=(null)
+   Requeue=1 Restarts=0 BatchFlag=1 Reboot=0 ExitCode={exit}
+   RunTime=00:01:02 TimeLimit=00:01:00 TimeMin=N/A
+   SubmitTime=2026-12-03T10:00:00 EligibleTime=2026-12-03T10:00:00
+   AccrueTime=2026-12-03T10:00:00
+   StartTime=2026-12-03T10:00:01 EndTime=2026-12-03T10:01:03 Deadline=N/A
+   Partition=gpu AllocNode:Sid=login1:4242
+   ReqNodeList=(null) ExcNodeList=(null)
+   NodeList=node1
+   BatchHost=node1
+   NumNodes=1 NumCPUs=8 NumTasks=1 CPUs/Task=8 ReqB:S:C:T=0:0:*:*
+   TRES=cpu=8,mem=64G,node=1,billing=8,gres/gpu=1
+   Command=/home/alice/train.sh
+   WorkDir=/home/alice
+   StdErr=/home/alice/slurm-{id}.out
+   StdOut=/home/alice/slurm-{id}.out
+   TresPerNode=gres:gpu:1
+"
+    )
+}
+
+/// A folder with a stand-in `scontrol`: `show job ID` prints `ID.txt` from the folder, sleeps
+/// when `ID.hang` is there, and otherwise says what Slurm says of an unknown job (exit 1). Each
+/// call is appended to `calls`.
+struct FakeSlurm {
+    dir: tempfile::TempDir,
+}
+
+impl FakeSlurm {
+    fn new() -> FakeSlurm {
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("scontrol");
+        let d = dir.path().display();
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\n\
+                 echo \"$*\" >> {d}/calls\n\
+                 [ -e {d}/$3.hang ] && exec sleep 60\n\
+                 if [ -e {d}/$3.txt ]; then cat {d}/$3.txt; exit 0; fi\n\
+                 echo 'slurm_load_jobs error: Invalid job id specified' >&2\n\
+                 exit 1\n"
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        FakeSlurm { dir }
+    }
+
+    fn job(&self, id: &str, state: &str, reason: &str, exit: &str) {
+        std::fs::write(
+            self.dir.path().join(format!("{id}.txt")),
+            scontrol_output(id, state, reason, exit),
+        )
+        .unwrap();
+    }
+
+    fn hang(&self, id: &str) {
+        std::fs::write(self.dir.path().join(format!("{id}.hang")), "").unwrap();
+    }
+
+    fn calls(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("calls")).unwrap_or_default()
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
+    }
+}
+
+/// `gpucost ARGS` with a Slurm hook's environment (`SLURM_JOB_ID` and what `env` adds) and the
+/// fake `scontrol` first on `PATH`.
+fn hook(args: &[&str], socket: &Path, slurm: &FakeSlurm, env: &[(&str, &str)]) -> Output {
+    let path = format!(
+        "{}:{}",
+        slurm.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut c = Command::new(agent_bin());
+    c.args(args)
+        .env("GPUCOST_SOCKET", socket)
+        .env("PATH", path)
+        .env_remove("GPUCOST_JOB_ID")
+        .env_remove("SLURM_JOB_EXIT_CODE2")
+        .stdin(Stdio::null());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().unwrap()
+}
+
+fn prolog(agent: &Agent, slurm: &FakeSlurm, id: &str, gpus: &str) {
+    let out = hook(
+        &["job", "start"],
+        &agent.socket,
+        slurm,
+        &[
+            ("SLURM_JOB_ID", id),
+            ("SLURM_JOB_USER", "alice"),
+            ("SLURM_JOB_UID", "1001"),
+            ("SLURM_JOB_GPUS", gpus),
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("registered"), "{err}");
+}
+
+fn epilog(agent: &Agent, slurm: &FakeSlurm, id: &str, exit2: &str) -> String {
+    let out = hook(
+        &["job", "end"],
+        &agent.socket,
+        slurm,
+        &[("SLURM_JOB_ID", id), ("SLURM_JOB_EXIT_CODE2", exit2)],
+    );
+    assert_eq!(out.status.code(), Some(0), "an epilog never fails");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn job_json(agent: &Agent, id: &str) -> serde_json::Value {
+    let (status, body) = agent.get(&format!("/api/v1/jobs/{id}"));
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+#[test]
+fn issue_16_the_epilog_finds_each_outcome_from_the_environment_then_scontrol() {
+    let slurm = FakeSlurm::new();
+    let agent = Agent::start(&["--simulate", "demo"], FAST);
+    // (job, SLURM_JOB_EXIT_CODE2, what scontrol shows (state, reason, exit), outcome, reason)
+    let cases = [
+        // scancel: the environment reads 0:0 (issue 16), scontrol knows.
+        (
+            "201",
+            "0:0",
+            Some(("CANCELLED", "None", "0:15")),
+            "cancelled",
+            "",
+        ),
+        // Killed at its time limit, asked while the epilog runs (COMPLETING).
+        (
+            "202",
+            "0:0",
+            Some(("COMPLETING", "TimeLimit", "0:15")),
+            "failed",
+            "time_limit",
+        ),
+        (
+            "203",
+            "0:9",
+            Some(("OUT_OF_MEMORY", "OutOfMemory", "0:125")),
+            "failed",
+            "oom",
+        ),
+        (
+            "204",
+            "0:0",
+            Some(("PREEMPTED", "None", "0:15")),
+            "preempted",
+            "",
+        ),
+        (
+            "205",
+            "0:0",
+            Some(("NODE_FAIL", "NodeDown", "0:0")),
+            "failed",
+            "node_fail",
+        ),
+        (
+            "206",
+            "0:0",
+            Some(("COMPLETED", "None", "0:0")),
+            "succeeded",
+            "",
+        ),
+        // A plain non-zero exit settles it without asking the controller.
+        ("207", "3:0", None, "failed", "exit_code"),
+        // scontrol does not know the job: a 0:0 is not taken for a success.
+        ("208", "0:0", None, "unknown", ""),
+    ];
+    for (id, exit2, shown, outcome, reason) in cases {
+        if let Some((state, why, exit)) = shown {
+            slurm.job(id, state, why, exit);
+        }
+        prolog(&agent, &slurm, id, "0");
+        let err = epilog(&agent, &slurm, id, exit2);
+        assert!(err.contains(&format!("ended ({outcome})")), "{id}: {err}");
+        let j = job_json(&agent, id);
+        assert_eq!(j["outcome"], outcome, "{id}: {j}");
+        assert_eq!(j["reason"].as_str().unwrap_or(""), reason, "{id}: {j}");
+        if id == "208" {
+            assert!(
+                err.contains("warning") && err.contains("Invalid job id"),
+                "{err}"
+            );
+        }
+    }
+    assert!(!slurm.calls().contains("207"), "{}", slurm.calls());
+    assert!(slurm.calls().contains("show job 201"), "{}", slurm.calls());
+    let j = job_json(&agent, "207");
+    assert_eq!(j["exit_code"], 3);
+    let m = agent.metrics();
+    assert_eq!(
+        m.get(
+            "gpucost_job_outcome",
+            &[
+                ("job_id", "202"),
+                ("outcome", "failed"),
+                ("reason", "time_limit")
+            ]
+        ),
+        Some(1.0)
+    );
+    // A user's scancel is no failure for the alert.
+    assert_eq!(m.get("gpucost_job_failed", &[("job_id", "201")]), Some(0.0));
+    assert_eq!(m.get("gpucost_job_failed", &[("job_id", "202")]), Some(1.0));
+    for (outcome, n) in [("cancelled", 1.0), ("preempted", 1.0), ("failed", 4.0)] {
+        assert_eq!(
+            m.get("gpucost_jobs_finished_total", &[("outcome", outcome)]),
+            Some(n),
+            "{outcome}"
+        );
+    }
+}
+
+#[test]
+fn issue_16_a_controller_that_does_not_answer_holds_the_epilog_for_a_bounded_time() {
+    let slurm = FakeSlurm::new();
+    slurm.hang("301");
+    let agent = Agent::start(&["--simulate", "demo"], FAST);
+    prolog(&agent, &slurm, "301", "0");
+    let started = Instant::now();
+    let err = epilog(&agent, &slurm, "301", "0:0");
+    let took = started.elapsed();
+    // `job end` gives scontrol 5 s.
+    assert!(took < Duration::from_secs(15), "{took:?}");
+    assert!(err.contains("timed out"), "{err}");
+    assert_eq!(job_json(&agent, "301")["outcome"], "unknown");
+}
