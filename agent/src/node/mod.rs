@@ -383,6 +383,7 @@ impl Node {
                     .and_then(|()| self.tracker.register(req, uid, &user_name(uid), now));
                 if let Ok(j) = &r {
                     info!(job_id = %j.id, user = %j.user, "job registered: {}", j.name);
+                    self.reattribute(now);
                 }
                 let changed = r.is_ok();
                 let _ = reply.send(r);
@@ -398,6 +399,7 @@ impl Node {
                 let r = self.tracker.end(&id, req, uid, now);
                 if let Ok(j) = &r {
                     info!(job_id = %j.id, outcome = j.outcome.as_str(), "job ended");
+                    self.reattribute(now);
                 }
                 let changed = r.is_ok();
                 let _ = reply.send(r);
@@ -672,6 +674,16 @@ impl Node {
             self.tracker.expire(now);
         }
         self.publish(Some(cycle.duration));
+    }
+
+    /// Who holds each GPU, again at once after a registration or an ending, from the process
+    /// lists of the last sample: a job is billed from the interval it was registered in, not
+    /// from the next process sample (`process_interval` apart; issue 16 saw five 7 s jobs
+    /// billed 3 to 6 GPU-s each), and an ended job's GPUs go to whoever holds them now.
+    fn reattribute(&mut self, now: Now) {
+        if self.sampler.gpus().next().is_some() {
+            self.attribute(now);
+        }
     }
 
     fn attribute(&mut self, now: Now) {

@@ -110,6 +110,8 @@ struct Setup {
     clock: Arc<ManualClock>,
     grace_s: f64,
     vanish_s: f64,
+    /// How often process lists are read (`sampling.process_interval`).
+    process_interval: Duration,
 }
 
 impl Default for Setup {
@@ -120,6 +122,7 @@ impl Default for Setup {
             clock: Arc::new(ManualClock::new(T0)),
             grace_s: 60.0,
             vanish_s: 10.0,
+            process_interval: SECOND,
         }
     }
 }
@@ -137,7 +140,7 @@ impl Rig {
         let (_pods_tx, pods) = watch::channel(Vec::new());
         let cadence = Cadence {
             interval: SECOND,
-            process_interval: SECOND,
+            process_interval: s.process_interval,
             retry_interval: 5 * SECOND,
             read_timeout: READ_TIMEOUT,
         };
@@ -546,6 +549,41 @@ fn registrations_and_endings_are_persisted_at_once() {
     assert_eq!(ended.outcome, Outcome::Failed);
     assert_eq!(rig.store.get().jobs["reg-1"].outcome, Outcome::Failed);
     assert_eq!(rig.store.get().meta["currency"], "USD");
+}
+
+#[test]
+fn issue_16_ownership_is_recomputed_at_once_on_every_registration_and_end() {
+    // Issue 16, item 5: with process lists read every 5 s (the default), five back-to-back
+    // 7 s jobs on one GPU were billed 3, 6, 3, 3, 6 GPU-s, the rest "unallocated", because a
+    // registration counted only from the next process sample. Each is billed its 7 s now.
+    let mut rig = Rig::with(Setup {
+        process_interval: 5 * SECOND,
+        ..Setup::default()
+    });
+    rig.steps(2);
+    for i in 0..5 {
+        let id = format!("sweep-{i}");
+        rig.register(&id, 1001).unwrap();
+        rig.steps(7);
+        rig.end(&id, 0).unwrap();
+    }
+    rig.steps(3);
+    for i in 0..5 {
+        let j = rig.job(&format!("sweep-{i}")).unwrap();
+        assert!(
+            (j.usage.gpu_seconds - 7.0).abs() < 1e-6,
+            "sweep-{i}: {} GPU-s",
+            j.usage.gpu_seconds
+        );
+    }
+    // The GPU's only unallocated time: 1 s before the first job (the first read is the
+    // baseline), none between jobs, 3 s after the last.
+    let g = rig.node.tracker.gpus().find(|g| g.uuid == "GPU-0").unwrap();
+    assert!(
+        (g.unallocated_seconds - 4.0).abs() < 1e-6,
+        "{}",
+        g.unallocated_seconds
+    );
 }
 
 #[test]
