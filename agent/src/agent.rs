@@ -370,6 +370,7 @@ pub fn build_node(config: &Config, scenario: Option<&Scenario>, w: Wiring) -> No
         interval: config.sampling.interval,
         persist_interval: config.persist_interval,
         job_map_dir: config.attribution.job_map_dir.clone(),
+        cgroup_root: Some(config.attribution.cgroup_root.clone()),
         hostname: w.hostname,
         limits: JobLimits {
             max_running_per_user: config.jobs.max_running_per_user as usize,

@@ -184,6 +184,74 @@ pub fn show_job(scontrol: &Path, id: &str, timeout: Duration) -> Result<String, 
     Ok(out)
 }
 
+/// Whether a Slurm job's cgroup is there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobCgroup {
+    /// No Slurm cgroup tree under the root at all (no Slurm, or not its cgroup plugins): says
+    /// nothing about the job.
+    NoSlurmTree,
+    Present,
+    Absent,
+}
+
+/// Whether job `id` has a cgroup under `root` (`/sys/fs/cgroup`), where Slurm's cgroup plugins
+/// put one for each job (cgroup.html, cgroup_v2.html): cgroup v2
+/// `system.slice/[NODE_]slurmstepd.scope/job_ID`, cgroup v1
+/// `CONTROLLER/slurm[_NODE]/uid_UID/job_ID`. A few directory reads.
+pub fn job_cgroup(root: &Path, id: &str) -> JobCgroup {
+    let names = [format!("job_{id}"), format!("job{id}")];
+    let has_job = |dir: &Path| names.iter().any(|n| dir.join(n).is_dir());
+    let subdirs = |dir: &Path| -> Vec<PathBuf> {
+        std::fs::read_dir(dir)
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let name_of = |p: &Path| {
+        p.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    let is_slurm_root = |p: &Path| {
+        let n = name_of(p);
+        n == "slurm" || n.starts_with("slurm_")
+    };
+    let mut tree = false;
+    // cgroup v2: the scope slurmstepd makes under system.slice.
+    for scope in subdirs(&root.join("system.slice")) {
+        if name_of(&scope).contains("slurmstepd") {
+            tree = true;
+            if has_job(&scope) {
+                return JobCgroup::Present;
+            }
+        }
+    }
+    // cgroup v1: each controller's slurm[_NODE]/uid_UID/ (or a root that is one controller).
+    let controllers = std::iter::once(root.to_path_buf()).chain(subdirs(root));
+    for c in controllers {
+        for slurm in subdirs(&c).into_iter().filter(|p| is_slurm_root(p)) {
+            tree = true;
+            if has_job(&slurm) {
+                return JobCgroup::Present;
+            }
+            for uid in subdirs(&slurm) {
+                if name_of(&uid).starts_with("uid_") && has_job(&uid) {
+                    return JobCgroup::Present;
+                }
+            }
+        }
+    }
+    if tree {
+        JobCgroup::Absent
+    } else {
+        JobCgroup::NoSlurmTree
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,6 +329,50 @@ mod tests {
         assert_eq!(
             parse_show_job("slurm_load_jobs error: Invalid job id specified"),
             None
+        );
+    }
+
+    #[test]
+    fn issue_16_a_jobs_cgroup_in_v1_and_v2_trees() {
+        let v2 = tempfile::tempdir().unwrap();
+        let scope = v2.path().join("system.slice/slurmstepd.scope");
+        std::fs::create_dir_all(scope.join("job_41871/step_0/user/task_0")).unwrap();
+        std::fs::create_dir_all(v2.path().join("user.slice/user-1001.slice")).unwrap();
+        assert_eq!(job_cgroup(v2.path(), "41871"), JobCgroup::Present);
+        assert_eq!(job_cgroup(v2.path(), "41872"), JobCgroup::Absent);
+        // A node-named scope (multiple slurmd), as cgroup.rs parses too.
+        let named = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(
+            named
+                .path()
+                .join("system.slice/node1_slurmstepd.scope/job_7"),
+        )
+        .unwrap();
+        assert_eq!(job_cgroup(named.path(), "7"), JobCgroup::Present);
+
+        let v1 = tempfile::tempdir().unwrap();
+        for c in ["freezer", "devices", "memory"] {
+            std::fs::create_dir_all(
+                v1.path()
+                    .join(c)
+                    .join("slurm_node1/uid_1001/job_300/step_0"),
+            )
+            .unwrap();
+        }
+        std::fs::create_dir_all(v1.path().join("cpu,cpuacct/user.slice")).unwrap();
+        assert_eq!(job_cgroup(v1.path(), "300"), JobCgroup::Present);
+        assert_eq!(job_cgroup(v1.path(), "301"), JobCgroup::Absent);
+        let plain = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(plain.path().join("devices/slurm/uid_0/job_5/step_batch")).unwrap();
+        assert_eq!(job_cgroup(plain.path(), "5"), JobCgroup::Present);
+
+        // No Slurm tree at all: nothing is said about any job.
+        let none = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(none.path().join("system.slice/sshd.service")).unwrap();
+        assert_eq!(job_cgroup(none.path(), "5"), JobCgroup::NoSlurmTree);
+        assert_eq!(
+            job_cgroup(Path::new("/nonexistent-cgroup-root"), "5"),
+            JobCgroup::NoSlurmTree
         );
     }
 

@@ -15,7 +15,7 @@
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::Arc;
@@ -26,6 +26,7 @@ use tokio::sync::{oneshot, watch};
 use tracing::{debug, info, warn};
 
 use crate::identity::job_map::read_job_map;
+use crate::identity::slurm::{job_cgroup, JobCgroup};
 use crate::identity::user_name;
 use crate::record::Recorder;
 use crate::sample::sampler::Sampler;
@@ -39,7 +40,7 @@ use gpucost_core::attribute::process::{ancestry, ProcSource};
 use gpucost_core::attribute::PodGpu;
 use gpucost_core::attribute::{attribute, check_claim, GpuInput};
 use gpucost_core::benchmark::GpuBenchmark;
-use gpucost_core::jobs::{GpuRecord, JobRecord};
+use gpucost_core::jobs::{GpuRecord, JobRecord, Outcome, Scheduler};
 use gpucost_core::tracker::{
     EndRequest, GpuRates, JobLimits, ProgressRequest, RegisterRequest, RequestError, Tracker,
 };
@@ -116,6 +117,9 @@ pub struct NodeConfig {
     pub persist_interval: Duration,
     /// Where the prolog's GPU -> job files are, if anywhere.
     pub job_map_dir: Option<PathBuf>,
+    /// The cgroup file system, where a Slurm job whose epilog never came is seen gone; `None`:
+    /// not looked at.
+    pub cgroup_root: Option<PathBuf>,
     /// The node's name, in the ids of jobs registered without one.
     pub hostname: String,
     /// Caps on users' running registrations.
@@ -164,6 +168,12 @@ pub struct Node {
     /// `--record`: every sample, written as a replayable scenario.
     recorder: Option<Recorder>,
     recorder_error: Option<String>,
+    /// Running Slurm registrations whose cgroup this agent has seen (a cgroup seen and then
+    /// gone means the job is over, whether or not its epilog said so).
+    cgroups_seen: BTreeSet<String>,
+    /// When this agent started (wall clock): a registration older than that whose cgroup is not
+    /// there ended while the agent was away.
+    started_wall: f64,
 }
 
 /// What a node is made of; everything it talks to is passed in.
@@ -219,6 +229,8 @@ impl Node {
             tx,
             recorder: None,
             recorder_error: None,
+            cgroups_seen: BTreeSet::new(),
+            started_wall: now.wall,
         };
         // Loaded now, the store holds exactly what is exported; loaded later, only once the
         // merged totals are written.
@@ -378,11 +390,15 @@ impl Node {
             Message::Register {
                 req, uid, reply, ..
             } => {
+                let gpus = req.gpus.clone();
                 let r = self
                     .check_registration(&req, uid)
                     .and_then(|()| self.tracker.register(req, uid, &user_name(uid), now));
                 if let Ok(j) = &r {
                     info!(job_id = %j.id, user = %j.user, "job registered: {}", j.name);
+                    if uid == 0 {
+                        self.end_displaced(&j.id, &gpus, now);
+                    }
                     self.reattribute(now);
                 }
                 let changed = r.is_ok();
@@ -397,9 +413,14 @@ impl Node {
                 ..
             } => {
                 let r = self.tracker.end(&id, req, uid, now);
-                if let Ok(j) = &r {
-                    info!(job_id = %j.id, outcome = j.outcome.as_str(), "job ended");
-                    self.reattribute(now);
+                match &r {
+                    Ok(j) => {
+                        info!(job_id = %j.id, outcome = j.outcome.as_str(), "job ended");
+                        self.reattribute(now);
+                    }
+                    // A hook's ending that changed nothing (a job this agent never heard of,
+                    // one already ended as a ghost) is worth a line: a job may be misbilled.
+                    Err(e) => warn!(job_id = %id, uid, "an ending of job {id} was refused: {e}"),
                 }
                 let changed = r.is_ok();
                 let _ = reply.send(r);
@@ -601,6 +622,9 @@ impl Node {
         self.tracker.begin_tick();
         if cycle.processes_read {
             self.attribute(now);
+            if self.end_jobs_without_cgroup(now) {
+                self.attribute(now);
+            }
         }
         if let Some(endings) = self.sim_endings.as_mut() {
             for (id, code) in endings.take() {
@@ -674,6 +698,99 @@ impl Node {
             self.tracker.expire(now);
         }
         self.publish(Some(cycle.duration));
+    }
+
+    /// The GPUs named (indices or UUIDs) as UUIDs, where the node knows them.
+    fn gpu_uuids(&self, names: &[String]) -> BTreeSet<String> {
+        names
+            .iter()
+            .map(|n| {
+                self.sampler
+                    .gpus()
+                    .find(|g| g.info.uuid == *n || g.info.index.to_string() == *n)
+                    .map_or_else(|| n.clone(), |g| g.info.uuid.clone())
+            })
+            .collect()
+    }
+
+    /// Root registered job `id` with `gpus`: a running registration of another job that holds
+    /// any of them with no process to follow (a scheduler's allocation, such as a Slurm
+    /// prolog's) is a job whose end never reached the agent (its epilog ran while the agent was
+    /// restarting or hung, issue 16): the scheduler has given its GPUs to the new job. It ends
+    /// as `unknown` now, instead of sharing the new job's GPUs for ever.
+    fn end_displaced(&mut self, id: &str, gpus: &[String], now: Now) {
+        if gpus.is_empty() {
+            return;
+        }
+        let new = self.gpu_uuids(gpus);
+        let displaced: Vec<(String, Vec<String>)> = self
+            .tracker
+            .jobs()
+            .filter(|j| j.id != id && j.outcome == Outcome::Running)
+            .filter_map(|j| {
+                let r = j.registration.as_ref()?;
+                (r.by_root && r.pid.is_none() && !r.gpus.is_empty())
+                    .then(|| (j.id.clone(), r.gpus.clone()))
+            })
+            .filter(|(_, g)| !self.gpu_uuids(g).is_disjoint(&new))
+            .collect();
+        for (old, _) in displaced {
+            self.end_lost(
+                &old,
+                &format!("job {id} was registered on its GPU(s) {gpus:?}"),
+                now,
+            );
+        }
+    }
+
+    /// Ends a job whose end the agent was never told, as `unknown`, and says why.
+    fn end_lost(&mut self, id: &str, why: &str, now: Now) {
+        let req = EndRequest {
+            outcome: Some(Outcome::Unknown),
+            ..EndRequest::default()
+        };
+        if self.tracker.end(id, req, 0, now).is_ok() {
+            warn!(
+                job_id = %id,
+                "job {id} ended as unknown: {why}, and no end was reported for it (a lost epilog)"
+            );
+        }
+    }
+
+    /// Running Slurm registrations without a process (every prolog's) whose cgroup is gone:
+    /// the job is over even though no epilog said so. Gone means seen by this agent and then
+    /// missing, or missing for a job registered before this agent started (it ended while the
+    /// agent was away). A node without a Slurm cgroup tree says nothing. Whether any ended.
+    fn end_jobs_without_cgroup(&mut self, now: Now) -> bool {
+        let Some(root) = self.cfg.cgroup_root.clone() else {
+            return false;
+        };
+        let jobs: Vec<(String, f64)> = self
+            .tracker
+            .jobs()
+            .filter(|j| j.outcome == Outcome::Running && j.scheduler == Scheduler::Slurm)
+            .filter(|j| j.registration.as_ref().is_some_and(|r| r.pid.is_none()))
+            .map(|j| (j.id.clone(), j.started_at))
+            .collect();
+        self.cgroups_seen
+            .retain(|id| jobs.iter().any(|(j, _)| j == id));
+        let mut ended = false;
+        for (id, started_at) in jobs {
+            match job_cgroup(&root, &id) {
+                JobCgroup::NoSlurmTree => return ended,
+                JobCgroup::Present => {
+                    self.cgroups_seen.insert(id);
+                }
+                JobCgroup::Absent => {
+                    if self.cgroups_seen.remove(&id) || started_at < self.started_wall {
+                        let why = format!("its cgroup under {} is gone", root.display());
+                        self.end_lost(&id, &why, now);
+                        ended = true;
+                    }
+                }
+            }
+        }
+        ended
     }
 
     /// Who holds each GPU, again at once after a registration or an ending, from the process

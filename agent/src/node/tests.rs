@@ -112,6 +112,7 @@ struct Setup {
     vanish_s: f64,
     /// How often process lists are read (`sampling.process_interval`).
     process_interval: Duration,
+    cgroup_root: Option<std::path::PathBuf>,
 }
 
 impl Default for Setup {
@@ -123,6 +124,7 @@ impl Default for Setup {
             grace_s: 60.0,
             vanish_s: 10.0,
             process_interval: SECOND,
+            cgroup_root: None,
         }
     }
 }
@@ -149,6 +151,7 @@ impl Rig {
                 interval: SECOND,
                 persist_interval: 5 * SECOND,
                 job_map_dir: None,
+                cgroup_root: s.cgroup_root,
                 hostname: "node1".into(),
                 limits: JobLimits::default(),
                 grace_s: s.grace_s,

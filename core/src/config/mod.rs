@@ -72,6 +72,8 @@ pub mod defaults {
     pub const MAX_RUNNING: u32 = 10_000;
     /// `attribution.proc_root`.
     pub const PROC_ROOT: &str = "/proc";
+    /// `attribution.cgroup_root`.
+    pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
     /// `attribution.kubelet_socket`: the kubelet's pod-resources socket.
     pub const KUBELET_SOCKET: &str = "/var/lib/kubelet/pod-resources/kubelet.sock";
     /// `attribution.kubelet_resources`: the resource name NVIDIA's device plugin registers GPUs
@@ -175,6 +177,8 @@ pub struct JobsConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct AttributionConfig {
     pub proc_root: PathBuf,
+    /// The cgroup file system, where a Slurm job whose epilog was lost is seen gone.
+    pub cgroup_root: PathBuf,
     /// The GPU -> job mapping directory a Slurm prolog writes; unset: not used.
     pub job_map_dir: Option<PathBuf>,
     /// The kubelet pod-resources socket; unset: Kubernetes attribution is off.

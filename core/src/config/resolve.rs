@@ -349,6 +349,10 @@ fn attribution(layers: &Layers) -> Result<AttributionConfig, ConfigError> {
             |l| l.attribution.proc_root.clone(),
             defaults::PROC_ROOT.into(),
         ),
+        cgroup_root: layers.or(
+            |l| l.attribution.cgroup_root.clone(),
+            defaults::CGROUP_ROOT.into(),
+        ),
         job_map_dir: layers
             .pick(|l| l.attribution.job_map_dir.clone())
             .map(|(p, _)| p),

@@ -261,3 +261,121 @@ fn issue_16_a_controller_that_does_not_answer_holds_the_epilog_for_a_bounded_tim
     assert!(err.contains("timed out"), "{err}");
     assert_eq!(job_json(&agent, "301")["outcome"], "unknown");
 }
+
+/// The agent's `gpucost_agent_samples_total` now.
+fn samples(agent: &Agent) -> f64 {
+    agent
+        .metrics()
+        .get("gpucost_agent_samples_total", &[])
+        .unwrap_or(0.0)
+}
+
+/// Waits until the agent has finished `n` more sampling cycles (each reads the processes and
+/// looks at the cgroups with `FAST`).
+fn wait_cycles(agent: &Agent, n: u32) {
+    let from = samples(agent);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while samples(agent) < from + f64::from(n) {
+        assert!(Instant::now() < deadline, "the agent stopped sampling");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn wait_outcome(agent: &Agent, id: &str, outcome: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let j = job_json(agent, id);
+        if j["outcome"] == outcome {
+            return j;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "job {id} did not end {outcome}: {j}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn issue_16_a_slurm_job_whose_cgroup_is_gone_ends_though_its_epilog_never_came() {
+    let slurm = FakeSlurm::new();
+    let dir = tempfile::tempdir().unwrap();
+    let cgroups = dir.path().join("cgroup");
+    // cgroup v2 (Slurm's cgroup/v2 plugin): system.slice/slurmstepd.scope/job_ID/step_0/...
+    let v2 = cgroups.join("system.slice/slurmstepd.scope/job_401/step_0/user/task_0");
+    // cgroup v1 (cgroup/v1): CONTROLLER/slurm_NODE/uid_UID/job_ID/step_...
+    let v1 = cgroups.join("freezer/slurm_node1/uid_1001/job_402/step_batch");
+    std::fs::create_dir_all(&v2).unwrap();
+    std::fs::create_dir_all(&v1).unwrap();
+    let root = cgroups.to_str().unwrap();
+    let env = [FAST[0], FAST[1], ("GPUCOST_ATTRIBUTION_CGROUP_ROOT", root)];
+    let mut agent = Agent::start_in(dir.path(), &["--simulate", "demo"], &env);
+    prolog(&agent, &slurm, "401", "0");
+    prolog(&agent, &slurm, "402", "1");
+    // 403 has no cgroup yet (no step started, a site without PrologFlags=Contain): it is not
+    // taken for gone.
+    prolog(&agent, &slurm, "403", "2");
+    wait_cycles(&agent, 3);
+    std::fs::remove_dir_all(cgroups.join("system.slice/slurmstepd.scope/job_401")).unwrap();
+    std::fs::remove_dir_all(cgroups.join("freezer/slurm_node1/uid_1001/job_402")).unwrap();
+    for id in ["401", "402"] {
+        let j = wait_outcome(&agent, id, "unknown");
+        assert!(j["ended_at"].as_f64().is_some(), "{j}");
+    }
+    agent.wait_for_log("its cgroup under", Duration::from_secs(5));
+    wait_cycles(&agent, 3);
+    assert_eq!(job_json(&agent, "403")["outcome"], "running");
+    // The epilog that comes late changes nothing, and the agent says so.
+    epilog(&agent, &slurm, "401", "0:0");
+    assert_eq!(job_json(&agent, "401")["outcome"], "unknown");
+    agent.wait_for_log("an ending of job 401 was refused", Duration::from_secs(5));
+
+    // The agent restarts; meanwhile 403 ran and ended, and its epilog found no agent. Registered
+    // before the agent started and without a cgroup now, it is over.
+    agent.terminate();
+    let agent = Agent::start_in(dir.path(), &["--simulate", "demo"], &env);
+    wait_outcome(&agent, "403", "unknown");
+}
+
+#[test]
+fn issue_16_a_new_job_on_a_ghosts_gpus_ends_the_ghost() {
+    let slurm = FakeSlurm::new();
+    let mut agent = Agent::start(&["--simulate", "demo"], FAST);
+    // GPU 3 of the demo node runs nothing of its own.
+    prolog(&agent, &slurm, "501", "3");
+    // 501's epilog never reached the agent; Slurm gives GPU 3 to 502 (by UUID this time).
+    let (_, body) = agent.get("/api/v1/gpus");
+    let gpus: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let uuid = gpus["gpus"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["index"] == 3)
+        .and_then(|g| g["uuid"].as_str())
+        .unwrap()
+        .to_string();
+    prolog(&agent, &slurm, "502", &uuid);
+    let j = job_json(&agent, "501");
+    assert_eq!(j["outcome"], "unknown", "{j}");
+    assert_eq!(job_json(&agent, "502")["outcome"], "running");
+    // A job on another GPU is left alone.
+    prolog(&agent, &slurm, "503", "2");
+    prolog(&agent, &slurm, "504", "1");
+    assert_eq!(job_json(&agent, "503")["outcome"], "running");
+    agent.wait_for_log(
+        "ended as unknown: job 502 was registered",
+        Duration::from_secs(5),
+    );
+    // The ghost is billed nothing more; 502 holds GPU 3.
+    let gpu_s = |id: &str| {
+        agent
+            .metrics()
+            .get("gpucost_job_gpu_seconds_total", &[("job_id", id)])
+            .unwrap_or(0.0)
+    };
+    wait_cycles(&agent, 3);
+    let (ghost, new) = (gpu_s("501"), gpu_s("502"));
+    wait_cycles(&agent, 5);
+    assert_eq!(gpu_s("501"), ghost, "an ended job is billed nothing more");
+    assert!(gpu_s("502") > new);
+}
