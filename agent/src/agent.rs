@@ -371,6 +371,7 @@ pub fn build_node(config: &Config, scenario: Option<&Scenario>, w: Wiring) -> No
         persist_interval: config.persist_interval,
         job_map_dir: config.attribution.job_map_dir.clone(),
         cgroup_root: Some(config.attribution.cgroup_root.clone()),
+        spool_dir: Some(config.state_dir.join(crate::api::spool::DIR)),
         hostname: w.hostname,
         limits: JobLimits {
             max_running_per_user: config.jobs.max_running_per_user as usize,

@@ -113,6 +113,10 @@ enum JobCommand {
         labels: Vec<(String, String)>,
         #[arg(long, value_name = "PATH")]
         socket: Option<PathBuf>,
+        /// The agent's state directory, whose spool/ keeps what the agent did not get
+        /// [default: GPUCOST_STATE_DIR, else /var/lib/gpucost]
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
     },
     /// End a job (a Slurm epilog)
     End {
@@ -131,6 +135,10 @@ enum JobCommand {
         reason: Option<String>,
         #[arg(long, value_name = "PATH")]
         socket: Option<PathBuf>,
+        /// The agent's state directory, whose spool/ keeps what the agent did not get
+        /// [default: GPUCOST_STATE_DIR, else /var/lib/gpucost]
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
     },
 }
 
@@ -190,6 +198,7 @@ fn main() -> ExitCode {
             gpus,
             labels,
             socket,
+            state_dir,
         }) => exit_code(cli::job::start(cli::job::StartArgs {
             id,
             name,
@@ -198,6 +207,7 @@ fn main() -> ExitCode {
             gpus,
             labels: labels.into_iter().collect(),
             socket: cli::socket_path(socket),
+            state_dir: cli::hook_state_dir(state_dir),
         })),
         CliCommand::Report(a) => report(a),
         CliCommand::Bench(a) => exit_code(cli::bench::run(cli::bench::BenchArgs {
@@ -212,12 +222,14 @@ fn main() -> ExitCode {
             outcome,
             reason,
             socket,
+            state_dir,
         }) => exit_code(cli::job::end(cli::job::EndArgs {
             id,
             exit_code: code,
             outcome,
             reason,
             socket: cli::socket_path(socket),
+            state_dir: cli::hook_state_dir(state_dir),
         })),
     }
 }

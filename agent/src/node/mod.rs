@@ -25,6 +25,7 @@ use gpucost_core::clock::{Clock, Now};
 use tokio::sync::{oneshot, watch};
 use tracing::{debug, info, warn};
 
+use crate::api::spool;
 use crate::identity::job_map::read_job_map;
 use crate::identity::slurm::{job_cgroup, JobCgroup};
 use crate::identity::user_name;
@@ -120,6 +121,9 @@ pub struct NodeConfig {
     /// The cgroup file system, where a Slurm job whose epilog never came is seen gone; `None`:
     /// not looked at.
     pub cgroup_root: Option<PathBuf>,
+    /// Where hooks leave what they could not tell the agent (`<state_dir>/spool`); `None`: no
+    /// spool.
+    pub spool_dir: Option<PathBuf>,
     /// The node's name, in the ids of jobs registered without one.
     pub hostname: String,
     /// Caps on users' running registrations.
@@ -174,6 +178,10 @@ pub struct Node {
     /// When this agent started (wall clock): a registration older than that whose cgroup is not
     /// there ended while the agent was away.
     started_wall: f64,
+    /// When the spool is read next (at the first tick, then every persist interval).
+    next_spool: Instant,
+    /// The last problem with the spool folder, said once.
+    spool_error: Option<String>,
 }
 
 /// What a node is made of; everything it talks to is passed in.
@@ -231,6 +239,8 @@ impl Node {
             recorder_error: None,
             cgroups_seen: BTreeSet::new(),
             started_wall: now.wall,
+            next_spool: now.mono,
+            spool_error: None,
         };
         // Loaded now, the store holds exactly what is exported; loaded later, only once the
         // merged totals are written.
@@ -620,6 +630,12 @@ impl Node {
         let unix = now.wall;
         let cycle = self.sampler.cycle();
         self.tracker.begin_tick();
+        // Before the cgroups are looked at: a spooled end says how a job ended, which a gone
+        // cgroup cannot.
+        if now.mono >= self.next_spool {
+            self.next_spool = now.mono + self.cfg.persist_interval;
+            self.replay_spool(now);
+        }
         if cycle.processes_read {
             self.attribute(now);
             if self.end_jobs_without_cgroup(now) {
@@ -791,6 +807,81 @@ impl Node {
             }
         }
         ended
+    }
+
+    /// Applies what hooks spooled while the agent was unreachable, in the order they ran, each
+    /// at the moment it ran (a job starts and ends when its hooks did, not when the agent
+    /// heard), with root's rights (`api::spool` trusts only root's files); each file is removed
+    /// once applied or refused.
+    fn replay_spool(&mut self, now: Now) {
+        let Some(dir) = self.cfg.spool_dir.clone() else {
+            return;
+        };
+        let entries = match spool::read(&dir) {
+            Ok(e) => {
+                self.spool_error = None;
+                e
+            }
+            Err(why) => {
+                if self.spool_error.as_deref() != Some(why.as_str()) {
+                    warn!("{why}");
+                }
+                self.spool_error = Some(why);
+                return;
+            }
+        };
+        let mut changed = false;
+        for (path, entry) in entries {
+            match entry {
+                Err(why) => warn!(
+                    "spooled request {} cannot be applied ({why}); removed",
+                    path.display()
+                ),
+                Ok(s) => {
+                    let at = Now {
+                        wall: s.at(),
+                        mono: now.mono,
+                    };
+                    let (what, id, r) = match s {
+                        spool::Spooled::Register { req, .. } => {
+                            let id = req.id.clone().unwrap_or_default();
+                            let gpus = req.gpus.clone();
+                            let r = self
+                                .check_registration(&req, 0)
+                                .and_then(|()| self.tracker.register(req, 0, &user_name(0), at));
+                            if r.is_ok() {
+                                self.end_displaced(&id, &gpus, now);
+                            }
+                            ("start", id, r)
+                        }
+                        spool::Spooled::End { id, req, .. } => {
+                            let r = self.tracker.end(&id, req, 0, at);
+                            ("end", id, r)
+                        }
+                    };
+                    match r {
+                        Ok(j) => {
+                            changed = true;
+                            info!(
+                                job_id = %id,
+                                outcome = j.outcome.as_str(),
+                                "job {what} from the spool applied, as of {} (unix), when the hook ran and the agent could not be reached",
+                                at.wall
+                            );
+                        }
+                        Err(e) => {
+                            warn!(job_id = %id, "the spooled job {what} of job {id} was refused: {e}")
+                        }
+                    }
+                }
+            }
+            if let Err(e) = std::fs::remove_file(&path) {
+                warn!("cannot remove the spooled request {}: {e}", path.display());
+            }
+        }
+        if changed {
+            self.reattribute(now);
+        }
     }
 
     /// Who holds each GPU, again at once after a registration or an ending, from the process

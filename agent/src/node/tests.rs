@@ -152,6 +152,7 @@ impl Rig {
                 persist_interval: 5 * SECOND,
                 job_map_dir: None,
                 cgroup_root: s.cgroup_root,
+                spool_dir: None,
                 hostname: "node1".into(),
                 limits: JobLimits::default(),
                 grace_s: s.grace_s,
