@@ -353,6 +353,13 @@ pub struct Registered {
 }
 
 impl JobRecord {
+    /// The id an earlier run keeps when a scheduler gives its id to a new job (Slurm's ids
+    /// start again after its controller's state is reset; a requeued job runs again under its
+    /// id): `ID@START`, its start in unix seconds. The new run takes the id.
+    pub fn earlier_run_id(id: &str, started_at: f64) -> String {
+        format!("{id}@{}", started_at as i64)
+    }
+
     /// The cost that bought nothing: its idle time, plus what FP32-bound time would have saved
     /// with mixed precision, plus, for a failed or preempted run, the rest of what it cost
     /// since its last checkpoint (since its start when it reported none). The parts are

@@ -527,11 +527,30 @@ impl Tracker {
                     "job {id} belongs to another user"
                 )));
             }
-            if existing.rec.outcome != Outcome::Running {
+            // Root (a scheduler's hook) registering the id of a job that ended before now: a new
+            // job with a reused id (Slurm's ids start again after a controller reset; a requeued
+            // job runs again). The earlier run keeps its record under `ID@START`; the new one
+            // takes the id. A registration from before the end (a spooled prolog replayed late)
+            // is the same run, and refused.
+            let new_run = is_root && existing.rec.ended_at.is_some_and(|e| now.wall >= e);
+            if existing.rec.outcome != Outcome::Running && !new_run {
                 return Err(RequestError::Conflict(format!(
                     "job {id} has already ended"
                 )));
             }
+        }
+        if self
+            .jobs
+            .get(&id)
+            .is_some_and(|t| t.rec.outcome != Outcome::Running)
+        {
+            if let Some(mut old) = self.jobs.remove(&id) {
+                let renamed = JobRecord::earlier_run_id(&id, old.rec.started_at);
+                old.rec_mut().id = renamed.clone();
+                self.jobs.insert(renamed, old);
+            }
+        }
+        if let Some(existing) = self.jobs.get_mut(&id) {
             // A known job (found by attribution, or a repeated prolog): it becomes registered.
             existing.seen(now);
             // Root's word is final: a job id that a user registered first (squatting the id a

@@ -802,3 +802,31 @@ fn a_store_loads_only_with_the_state_directorys_lock() {
     let mut store = LedgerStore::new(dir.path()).with_lock(held);
     store.load().unwrap();
 }
+
+#[test]
+fn issue_16_a_reused_job_id_is_a_new_job_and_the_earlier_run_keeps_its_record() {
+    // Slurm's job ids start again after its controller's state is reset: a prolog registers
+    // 4812 again, long after the first 4812 left the agent's memory. The ledger must not write
+    // the new run over the old one.
+    let dir = tempfile::tempdir().unwrap();
+    let mut ledger = Ledger::open(dir.path()).unwrap();
+    let mut old = job("4812", 1000.0, Some(2000.0));
+    old.per_gpu.insert("GPU-aaaa".into(), usage(3.0));
+    ledger.persist(&[&old], &[]).unwrap();
+    // Written again unchanged (its start the same): still one job.
+    ledger.persist(&[&old], &[]).unwrap();
+    assert_eq!(ledger.load_jobs().unwrap().len(), 1);
+    let mut new = job("4812", 90_000.0, None);
+    new.per_gpu.clear();
+    new.per_gpu.insert("GPU-bbbb".into(), usage(1.0));
+    ledger.persist(&[&new], &[]).unwrap();
+    let jobs = ledger.load_jobs().unwrap();
+    assert_eq!(jobs.len(), 2);
+    let mut kept = old.clone();
+    kept.id = "4812@1000".into();
+    assert_eq!(jobs[0], kept, "the earlier run, per-GPU rows and all");
+    assert_eq!(jobs[1], new);
+    // Persisted again (the new run goes on): nothing more is copied.
+    ledger.persist(&[&new], &[]).unwrap();
+    assert_eq!(ledger.load_jobs().unwrap().len(), 2);
+}

@@ -1224,3 +1224,49 @@ fn issue_16_waste_of_each_outcome_counts_the_cost_since_the_last_checkpoint_once
         "of three hours, the first is kept"
     );
 }
+
+#[test]
+fn issue_16_a_scheduler_reusing_an_ended_jobs_id_starts_a_new_job() {
+    let mut t = tracker();
+    let prolog = || RegisterRequest {
+        id: Some("4812".into()),
+        gpus: vec!["0".into()],
+        uid: Some(1001),
+        scheduler: Some(Scheduler::Slurm),
+        ..RegisterRequest::default()
+    };
+    t.register(prolog(), 0, "root", Now::at(1000.0)).unwrap();
+    t.end(
+        "4812",
+        ending(Some(Outcome::Cancelled), None),
+        0,
+        Now::at(1100.0),
+    )
+    .unwrap();
+    // A prolog from before that end (spooled, replayed late) is the same run: refused.
+    let e = t
+        .register(prolog(), 0, "root", Now::at(1050.0))
+        .unwrap_err();
+    assert!(matches!(e, RequestError::Conflict(_)), "{e:?}");
+    // A user may not take the id either.
+    let mine = RegisterRequest {
+        id: Some("4812".into()),
+        pid: Some(4242),
+        ..RegisterRequest::default()
+    };
+    assert!(t.register(mine, 1001, "alice", Now::at(1200.0)).is_err());
+    // The controller was reset and gives 4812 to a new job: accepted.
+    let j = t.register(prolog(), 0, "root", Now::at(1300.0)).unwrap();
+    assert_eq!((j.outcome, j.started_at), (Outcome::Running, 1300.0));
+    let old = t.get("4812@1000").unwrap();
+    assert_eq!(
+        (old.outcome, old.ended_at),
+        (Outcome::Cancelled, Some(1100.0))
+    );
+    let dirty: Vec<&str> = t.dirty().iter().map(|j| j.id.as_str()).collect();
+    assert!(
+        dirty.contains(&"4812") && dirty.contains(&"4812@1000"),
+        "{dirty:?}"
+    );
+    assert_eq!(t.finished_counts()[&Outcome::Cancelled], 1);
+}

@@ -234,7 +234,9 @@ fn run_without_an_agent_warns_and_still_runs() {
         assert!(String::from_utf8_lossy(&out.stderr).contains("warning"));
     }
     // What had a job id was kept for the agent (issue 16): one start, one end.
-    let spooled = std::fs::read_dir(dir.path().join("hook-state/spool")).unwrap().count();
+    let spooled = std::fs::read_dir(dir.path().join("hook-state/spool"))
+        .unwrap()
+        .count();
     assert_eq!(spooled, 2);
 }
 

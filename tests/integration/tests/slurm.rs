@@ -211,8 +211,8 @@ fn issue_16_the_epilog_finds_each_outcome_from_the_environment_then_scontrol() {
         prolog(&agent, &slurm, id, "0");
         let err = epilog(&agent, &slurm, id, exit2);
         assert!(err.contains(&format!("ended ({outcome})")), "{id}: {err}");
-        let j = job_json(&agent, id);
-        assert_eq!(j["outcome"], outcome, "{id}: {j}");
+        // (The hook has its answer before the TCP API's next snapshot.)
+        let j = wait_outcome(&agent, id, outcome);
         assert_eq!(j["reason"].as_str().unwrap_or(""), reason, "{id}: {j}");
         if id == "208" {
             assert!(
@@ -261,7 +261,7 @@ fn issue_16_a_controller_that_does_not_answer_holds_the_epilog_for_a_bounded_tim
     // `job end` gives scontrol 5 s; scontrol itself would sleep 60 s.
     assert!(took < Duration::from_secs(40), "{took:?}");
     assert!(err.contains("timed out"), "{err}");
-    assert_eq!(job_json(&agent, "301")["outcome"], "unknown");
+    wait_outcome(&agent, "301", "unknown");
 }
 
 /// The agent's `gpucost_agent_samples_total` now.
@@ -357,13 +357,12 @@ fn issue_16_a_new_job_on_a_ghosts_gpus_ends_the_ghost() {
         .unwrap()
         .to_string();
     prolog(&agent, &slurm, "502", &uuid);
-    let j = job_json(&agent, "501");
-    assert_eq!(j["outcome"], "unknown", "{j}");
-    assert_eq!(job_json(&agent, "502")["outcome"], "running");
+    wait_outcome(&agent, "501", "unknown");
+    wait_outcome(&agent, "502", "running");
     // A job on another GPU is left alone.
     prolog(&agent, &slurm, "503", "2");
     prolog(&agent, &slurm, "504", "1");
-    assert_eq!(job_json(&agent, "503")["outcome"], "running");
+    wait_outcome(&agent, "503", "running");
     agent.wait_for_log(
         "ended as unknown: job 502 was registered",
         Duration::from_secs(5),
@@ -499,5 +498,44 @@ fn issue_16_an_agent_that_does_not_answer_is_a_timeout_and_the_hook_is_spooled()
     assert!(
         err.contains("timed out") && err.contains("untracked"),
         "{err}"
+    );
+}
+
+#[test]
+fn issue_16_a_job_id_reused_after_a_controller_reset_is_a_new_job_and_the_old_keeps_its_record() {
+    let slurm = FakeSlurm::new();
+    slurm.job("801", "COMPLETED", "None", "0:0");
+    let dir = tempfile::tempdir().unwrap();
+    let mut agent = Agent::start_in(dir.path(), &["--simulate", "demo"], FAST);
+    prolog(&agent, &slurm, "801", "3");
+    wait_cycles(&agent, 2);
+    epilog(&agent, &slurm, "801", "0:0");
+    let first = wait_outcome(&agent, "801", "succeeded");
+    let started = first["started_at"].as_f64().unwrap();
+    // The agent restarts (the first 801 is now only in the ledger), then slurmctld, its state
+    // reset, hands out 801 again.
+    agent.terminate();
+    let agent = Agent::start_in(dir.path(), &["--simulate", "demo"], FAST);
+    prolog(&agent, &slurm, "801", "3");
+    wait_outcome(&agent, "801", "running");
+    wait_cycles(&agent, 3);
+    let out = Command::new(agent_bin())
+        .args(["report", "--format", "json", "--state-dir"])
+        .arg(&agent.state_dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ids: Vec<&str> = doc["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|j| j["job_id"].as_str().or(j["id"].as_str()))
+        .filter(|id| id.starts_with("801"))
+        .collect();
+    let kept = format!("801@{}", started as i64);
+    assert!(
+        ids.contains(&"801") && ids.contains(&kept.as_str()),
+        "{ids:?}"
     );
 }
