@@ -539,3 +539,86 @@ fn issue_16_a_job_id_reused_after_a_controller_reset_is_a_new_job_and_the_old_ke
         "{ids:?}"
     );
 }
+
+/// The repository's root.
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+#[test]
+fn issue_16_the_shipped_prolog_and_epilog_wrappers_register_and_end_a_job_and_never_fail() {
+    let slurm = FakeSlurm::new();
+    slurm.job("901", "CANCELLED", "None", "0:15");
+    let agent = Agent::start(&["--simulate", "demo"], FAST);
+    // As slurmd runs them: no arguments, a bare environment with the job's variables.
+    let run = |script: &str, socket: &Path, env: &[(&str, &str)]| {
+        let mut c = Command::new("/bin/sh");
+        c.arg(repo().join("deploy/slurm").join(script))
+            .env_clear()
+            .env("GPUCOST", agent_bin())
+            .env("GPUCOST_SOCKET", socket)
+            .env("GPUCOST_STATE_DIR", slurm.path().join("hook-state"))
+            .env("SLURM_JOB_ID", "901")
+            .stdin(Stdio::null());
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    };
+    let out = run(
+        "gpucost-prolog.sh",
+        &agent.socket,
+        &[
+            ("SLURM_JOB_USER", "alice"),
+            ("SLURM_JOB_UID", "1001"),
+            ("SLURM_JOB_GPUS", "3"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let j = wait_outcome(&agent, "901", "running");
+    assert_eq!(
+        (j["user"].as_str(), j["scheduler"].as_str()),
+        (Some("alice"), Some("slurm"))
+    );
+    // The epilog sets its own PATH; the stand-in scontrol is reached through /usr/local/bin in
+    // a real install, here through the PATH it keeps in front.
+    let out = {
+        let mut c = Command::new("/bin/sh");
+        c.arg("-c")
+            .arg(format!(
+                "sed 's|^PATH=\"|PATH=\"{}:|' {} | sh",
+                slurm.path().display(),
+                repo().join("deploy/slurm/gpucost-epilog.sh").display()
+            ))
+            .env_clear()
+            .env("GPUCOST", agent_bin())
+            .env("GPUCOST_SOCKET", &agent.socket)
+            .env("SLURM_JOB_ID", "901")
+            .env("SLURM_JOB_EXIT_CODE2", "0:0")
+            .stdin(Stdio::null());
+        c.output().unwrap()
+    };
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    wait_outcome(&agent, "901", "cancelled");
+    // Without an agent, and without gpucost at all, the hooks still exit 0.
+    let none = slurm.path().join("none.sock");
+    for script in ["gpucost-prolog.sh", "gpucost-epilog.sh"] {
+        assert_eq!(run(script, &none, &[]).status.code(), Some(0), "{script}");
+        let out = Command::new("/bin/sh")
+            .arg(repo().join("deploy/slurm").join(script))
+            .env_clear()
+            .env("GPUCOST", "/nonexistent/gpucost")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{script}");
+    }
+}
+
+#[test]
+fn issue_16_the_unit_starts_before_slurmd() {
+    let unit = std::fs::read_to_string(repo().join("deploy/systemd/gpucost.service")).unwrap();
+    assert!(
+        unit.lines().any(|l| l.trim() == "Before=slurmd.service"),
+        "jobs started at boot must find the agent listening"
+    );
+}
