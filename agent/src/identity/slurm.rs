@@ -184,6 +184,46 @@ pub fn show_job(scontrol: &Path, id: &str, timeout: Duration) -> Result<String, 
     Ok(out)
 }
 
+/// Job states that end a job for good; a job shown in one of them has run all its epilogs
+/// (while they run it shows COMPLETING).
+const TERMINAL: [&str; 9] = [
+    "COMPLETED",
+    "CANCELLED",
+    "FAILED",
+    "TIMEOUT",
+    "NODE_FAIL",
+    "PREEMPTED",
+    "BOOT_FAIL",
+    "DEADLINE",
+    "OUT_OF_MEMORY",
+];
+
+/// What the controller says of a job this node still has running: `Some` when it is over
+/// (shown in a final state, or no longer known: slurmctld forgets a finished job after
+/// `MinJobAge`, 300 s by default), with its ending and why; `None` while it runs, or when the
+/// controller could not be asked (it says nothing then).
+pub fn controller_says(scontrol: &Path, id: &str, timeout: Duration) -> Option<(Ending, String)> {
+    match show_job(scontrol, id, timeout) {
+        Ok(text) => {
+            let job = parse_show_job(&text)?;
+            TERMINAL.contains(&job.state.as_str()).then(|| {
+                let why = format!("slurmctld shows it {}", job.state);
+                (ending_of(&job), why)
+            })
+        }
+        Err(e) if e.contains("Invalid job id") => Some((
+            Ending {
+                outcome: Outcome::Unknown,
+                reason: None,
+                exit_code: None,
+                signal: None,
+            },
+            "slurmctld no longer knows it".to_string(),
+        )),
+        Err(_) => None,
+    }
+}
+
 /// Whether a Slurm job's cgroup is there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JobCgroup {

@@ -86,6 +86,13 @@ pub enum Message {
     },
     /// A benchmark of a GPU finished (from the benchmark thread).
     Benchmark { uuid: String, result: GpuBenchmark },
+    /// The Slurm controller says job `id`, which this node has running with no end reported,
+    /// is over (from the controller thread): `req` is how it ended, `why` what it said.
+    ControllerEnded {
+        id: String,
+        req: EndRequest,
+        why: String,
+    },
     /// Persist now (SIGHUP).
     Persist,
     /// Let go of the GPU library until [`Message::ResumeNvml`] (SIGUSR1): a driver upgrade, a
@@ -384,6 +391,7 @@ impl Node {
             | Message::Progress { deadline, .. }
             | Message::CallerProgress { deadline, .. } => now.mono > *deadline,
             Message::Benchmark { .. }
+            | Message::ControllerEnded { .. }
             | Message::Persist
             | Message::ReleaseNvml
             | Message::ResumeNvml
@@ -466,6 +474,13 @@ impl Node {
             Message::Benchmark { uuid, result } => {
                 Arc::make_mut(&mut self.benchmarks).insert(uuid, result);
                 true
+            }
+            Message::ControllerEnded { id, req, why } => {
+                let ended = self.end_lost_as(&id, req, &why, now);
+                if ended {
+                    self.reattribute(now);
+                }
+                ended
             }
             Message::Persist => {
                 info!("SIGHUP: persisting the totals now; the configuration is read only at start (restart the agent to apply a change)");
@@ -765,11 +780,23 @@ impl Node {
             outcome: Some(Outcome::Unknown),
             ..EndRequest::default()
         };
-        if self.tracker.end(id, req, 0, now).is_ok() {
-            warn!(
-                job_id = %id,
-                "job {id} ended as unknown: {why}, and no end was reported for it (a lost epilog)"
-            );
+        self.end_lost_as(id, req, why, now);
+    }
+
+    /// Ends a running job whose end the agent was never told as `req` says, and says why;
+    /// whether it ended.
+    fn end_lost_as(&mut self, id: &str, req: EndRequest, why: &str, now: Now) -> bool {
+        match self.tracker.end(id, req, 0, now) {
+            Ok(j) => {
+                warn!(
+                    job_id = %id,
+                    outcome = j.outcome.as_str(),
+                    "job {id} ended as {}: {why}, and no end was reported for it (a lost epilog)",
+                    j.outcome.as_str()
+                );
+                true
+            }
+            Err(_) => false,
         }
     }
 

@@ -338,6 +338,12 @@ fn attribution(layers: &Layers) -> Result<AttributionConfig, ConfigError> {
         Some((p, _)) => Some(p),
         None => Some(PathBuf::from(defaults::KUBELET_SOCKET)),
     };
+    let (scontrol_interval, _) = layers.duration(
+        "attribution.scontrol_interval",
+        |l| l.attribution.scontrol_interval,
+        defaults::SCONTROL_INTERVAL,
+        Duration::ZERO..=DAY,
+    )?;
     let (kubelet_interval, _) = layers.duration(
         "attribution.kubelet_interval",
         |l| l.attribution.kubelet_interval,
@@ -353,6 +359,7 @@ fn attribution(layers: &Layers) -> Result<AttributionConfig, ConfigError> {
             |l| l.attribution.cgroup_root.clone(),
             defaults::CGROUP_ROOT.into(),
         ),
+        scontrol_interval,
         job_map_dir: layers
             .pick(|l| l.attribution.job_map_dir.clone())
             .map(|(p, _)| p),

@@ -283,16 +283,21 @@ fn wait_cycles(agent: &Agent, n: u32) {
     }
 }
 
+/// The job once its outcome is `outcome` (a hook has its answer before the TCP API's next
+/// snapshot, which may not have the job yet).
 fn wait_outcome(agent: &Agent, id: &str, outcome: &str) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let j = job_json(agent, id);
-        if j["outcome"] == outcome {
-            return j;
+        let (status, body) = agent.get(&format!("/api/v1/jobs/{id}"));
+        if status == 200 {
+            let j: serde_json::Value = serde_json::from_str(&body).unwrap();
+            if j["outcome"] == outcome {
+                return j;
+            }
         }
         assert!(
             Instant::now() < deadline,
-            "job {id} did not end {outcome}: {j}"
+            "job {id} did not end {outcome}: {status} {body}"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -621,4 +626,44 @@ fn issue_16_the_unit_starts_before_slurmd() {
         unit.lines().any(|l| l.trim() == "Before=slurmd.service"),
         "jobs started at boot must find the agent listening"
     );
+}
+
+#[test]
+fn issue_16_a_job_the_controller_shows_finished_or_no_longer_knows_ends_as_it_says() {
+    let slurm = FakeSlurm::new();
+    for id in ["1001", "1003"] {
+        slurm.job(id, "RUNNING", "None", "0:0");
+    }
+    // The agent finds scontrol on its PATH, and asks every 200 ms here (5 min by default).
+    let path = format!(
+        "{}:{}",
+        slurm.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let env = [
+        FAST[0],
+        FAST[1],
+        ("PATH", path.as_str()),
+        ("GPUCOST_ATTRIBUTION_SCONTROL_INTERVAL", "200ms"),
+    ];
+    let mut agent = Agent::start(&["--simulate", "demo"], &env);
+    agent.wait_for_log("asking", Duration::from_secs(5));
+    prolog(&agent, &slurm, "1001", "1");
+    prolog(&agent, &slurm, "1003", "3");
+    // 1001 finished (its epilog never reached the agent); slurmctld still shows it.
+    slurm.job("1001", "TIMEOUT", "TimeLimit", "0:15");
+    let j = wait_outcome(&agent, "1001", "failed");
+    assert_eq!(j["reason"], "time_limit");
+    // 1002 is long gone: slurmctld has forgotten it (MinJobAge).
+    prolog(&agent, &slurm, "1002", "2");
+    wait_outcome(&agent, "1002", "unknown");
+    agent.wait_for_log("slurmctld no longer knows it", Duration::from_secs(5));
+    // 1003 runs on.
+    let asked = slurm.calls().matches("show job 1003").count();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while slurm.calls().matches("show job 1003").count() < asked + 2 {
+        assert!(Instant::now() < deadline, "the agent stopped asking");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(job_json(&agent, "1003")["outcome"], "running");
 }
