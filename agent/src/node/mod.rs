@@ -915,13 +915,27 @@ impl Node {
     /// lists of the last sample: a job is billed from the interval it was registered in, not
     /// from the next process sample (`process_interval` apart; issue 16 saw five 7 s jobs
     /// billed 3 to 6 GPU-s each), and an ended job's GPUs go to whoever holds them now.
-    fn reattribute(&mut self, now: Now) {
+    ///
+    /// Only the owners change: which jobs are found and which vanished is for a fresh process
+    /// sample to say (from the last one, a job found through its processes that has just been
+    /// ended would be seen again, and run again).
+    fn reattribute(&mut self, _now: Now) {
         if self.sampler.gpus().next().is_some() {
-            self.attribute(now);
+            self.attribute_owners();
         }
     }
 
+    /// Who holds each GPU, from the last process sample; the jobs found and seen go to the
+    /// job table.
     fn attribute(&mut self, now: Now) {
+        let att = self.attribute_owners();
+        let procs = self.procs.as_ref();
+        self.tracker
+            .observe(&att, |pid| procs.info(pid).is_some(), user_name, now);
+    }
+
+    /// Sets who holds each GPU, from the last process sample, and returns the attribution.
+    fn attribute_owners(&mut self) -> gpucost_core::attribute::Attribution {
         let gpus: Vec<_> = self.sampler.gpus().filter(|g| g.up).collect();
         // The agent's own benchmark runs on idle GPUs; it is nobody's job.
         let own = std::process::id();
@@ -966,9 +980,7 @@ impl Node {
             .zip(&att.owners)
             .map(|(g, o)| (g.info.uuid.clone(), o.clone()))
             .collect();
-        let procs = self.procs.as_ref();
-        self.tracker
-            .observe(&att, |pid| procs.info(pid).is_some(), user_name, now);
+        att
     }
 
     /// Reads the store's history, once, and adds it to the totals: at start, and, while it

@@ -591,6 +591,25 @@ fn issue_16_ownership_is_recomputed_at_once_on_every_registration_and_end() {
 }
 
 #[test]
+fn issue_16_a_found_job_ended_just_after_its_process_exited_stays_ended() {
+    // The process of a job found through its environment exits; its epilog ends the job
+    // before the next process sample. Attributing again at once from the last sample (which
+    // still lists the process) must not bring the job back to life.
+    let mut rig = Rig::new();
+    rig.put_process(4242, 0, "found-1");
+    rig.steps(2);
+    assert_eq!(rig.job("found-1").unwrap().outcome, Outcome::Running);
+    // It exits (the GPU no longer lists it; /proc, read later, may still have it).
+    rig.gpus.script().gpus[0].processes.clear();
+    let ended = rig.end("found-1", 1).unwrap();
+    assert_eq!(ended.outcome, Outcome::Failed);
+    assert_eq!(rig.job("found-1").unwrap().outcome, Outcome::Failed);
+    rig.steps(3);
+    assert_eq!(rig.job("found-1").unwrap().outcome, Outcome::Failed);
+    assert!(rig.job("unattributed:4242").is_none());
+}
+
+#[test]
 fn xid_events_are_counted_on_their_gpu() {
     let mut rig = Rig::new();
     rig.steps(1);
