@@ -46,6 +46,7 @@ fn job(i: usize) -> JobRecord {
         },
         exit_code: None,
         signal: None,
+        reason: None,
         usage: usage(1.0),
         per_gpu,
         registration: None,

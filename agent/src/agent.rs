@@ -200,6 +200,23 @@ pub fn run(config: Config, record: Option<std::path::PathBuf>) -> anyhow::Result
             .context("cannot start the benchmark thread")?;
     }
 
+    // Slurm jobs whose end never came: asked of the controller every
+    // attribution.scontrol_interval, where there is a Slurm controller to ask.
+    let scontrol = crate::identity::slurm::find_scontrol()
+        .filter(|_| !config.attribution.scontrol_interval.is_zero());
+    if let Some(scontrol) = scontrol {
+        let every = config.attribution.scontrol_interval;
+        let (inbox, snapshots) = (inbox.clone(), rx.clone());
+        let span = span.clone();
+        std::thread::Builder::new()
+            .name("gpucost-slurm".into())
+            .spawn(move || {
+                let _e = span.enter();
+                controller_loop(&scontrol, every, &inbox, &snapshots)
+            })
+            .context("cannot start the Slurm controller thread")?;
+    }
+
     let shutdown = CancellationToken::new();
     // A sampler that misses three ticks (plus slack for slow NVML calls) is stuck.
     let stale_after = config.sampling.interval * 3 + Duration::from_secs(5);
@@ -380,6 +397,8 @@ pub fn build_node(config: &Config, scenario: Option<&Scenario>, w: Wiring) -> No
         interval: config.sampling.interval,
         persist_interval: config.persist_interval,
         job_map_dir: config.attribution.job_map_dir.clone(),
+        cgroup_root: Some(config.attribution.cgroup_root.clone()),
+        spool_dir: Some(config.state_dir.join(crate::api::spool::DIR)),
         hostname: w.hostname,
         limits: JobLimits {
             max_running_per_user: config.jobs.max_running_per_user as usize,
@@ -577,6 +596,56 @@ fn benchmark_loop(
             }
         }
         std::thread::sleep(every);
+    }
+}
+
+/// Asks the Slurm controller, every `every`, about each Slurm job this node has running with no
+/// process to follow (every prolog's registration): one that it shows in a final state, or no
+/// longer knows, lost its epilog, and the node ends it as the controller says (issue 16). Runs
+/// `scontrol` here, off the node thread (each call bounded), since a controller can be slow.
+fn controller_loop(
+    scontrol: &std::path::Path,
+    every: Duration,
+    inbox: &std::sync::mpsc::SyncSender<Message>,
+    snapshots: &watch::Receiver<Arc<Snapshot>>,
+) {
+    use gpucost_core::jobs::{Outcome, Scheduler};
+    use gpucost_core::tracker::EndRequest;
+    info!(
+        "asking {} about Slurm jobs with no end reported, every {}",
+        scontrol.display(),
+        humantime::format_duration(every)
+    );
+    loop {
+        std::thread::sleep(every);
+        let ids: Vec<String> = snapshots
+            .borrow()
+            .published
+            .jobs
+            .iter()
+            .filter(|j| j.outcome == Outcome::Running && j.scheduler == Scheduler::Slurm)
+            .filter(|j| j.registration.as_ref().is_some_and(|r| r.pid.is_none()))
+            .map(|j| j.id.clone())
+            .collect();
+        for id in ids {
+            let Some((e, why)) =
+                crate::identity::slurm::controller_says(scontrol, &id, Duration::from_secs(5))
+            else {
+                continue;
+            };
+            let req = EndRequest {
+                exit_code: e.exit_code,
+                signal: e.signal,
+                outcome: Some(e.outcome),
+                reason: e.reason,
+            };
+            if inbox
+                .send(Message::ControllerEnded { id, req, why })
+                .is_err()
+            {
+                return;
+            }
+        }
     }
 }
 

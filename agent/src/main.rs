@@ -126,20 +126,32 @@ enum JobCommand {
         labels: Vec<(String, String)>,
         #[arg(long, value_name = "PATH")]
         socket: Option<PathBuf>,
+        /// The agent's state directory, whose spool/ keeps what the agent did not get
+        /// [default: GPUCOST_STATE_DIR, else /var/lib/gpucost]
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
     },
     /// End a job (a Slurm epilog)
     End {
         /// Job id [default: SLURM_JOB_ID, else GPUCOST_JOB_ID]
         #[arg(long)]
         id: Option<String>,
-        /// The job's exit code, when known (non-zero: failed)
+        /// The job's exit code, when known (non-zero: failed) [default in a Slurm epilog:
+        /// SLURM_JOB_EXIT_CODE2, else `scontrol show job`]
         #[arg(long)]
         exit_code: Option<i32>,
-        /// succeeded, failed or unknown, when no exit code is known
+        /// succeeded, failed, cancelled, preempted or unknown
         #[arg(long)]
         outcome: Option<String>,
+        /// Why it failed: exit_code, signal, time_limit, oom or node_fail
+        #[arg(long)]
+        reason: Option<String>,
         #[arg(long, value_name = "PATH")]
         socket: Option<PathBuf>,
+        /// The agent's state directory, whose spool/ keeps what the agent did not get
+        /// [default: GPUCOST_STATE_DIR, else /var/lib/gpucost]
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
     },
 }
 
@@ -199,6 +211,7 @@ fn main() -> ExitCode {
             gpus,
             labels,
             socket,
+            state_dir,
         }) => exit_code(cli::job::start(cli::job::StartArgs {
             id,
             name,
@@ -207,6 +220,7 @@ fn main() -> ExitCode {
             gpus,
             labels: labels.into_iter().collect(),
             socket: cli::socket_path(socket),
+            state_dir: cli::hook_state_dir(state_dir),
         })),
         CliCommand::Report(a) => report(a),
         CliCommand::Bench(a) => exit_code(cli::bench::run(cli::bench::BenchArgs {
@@ -219,12 +233,16 @@ fn main() -> ExitCode {
             id,
             exit_code: code,
             outcome,
+            reason,
             socket,
+            state_dir,
         }) => exit_code(cli::job::end(cli::job::EndArgs {
             id,
             exit_code: code,
             outcome,
+            reason,
             socket: cli::socket_path(socket),
+            state_dir: cli::hook_state_dir(state_dir),
         })),
     }
 }

@@ -520,6 +520,7 @@ mod tests {
             outcome,
             exit_code: exit,
             signal,
+            reason: None,
             usage: Usage::default(),
             per_gpu: Default::default(),
             registration: pid.map(|p| Registered {

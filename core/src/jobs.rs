@@ -67,31 +67,42 @@ impl Scheduler {
 pub enum Outcome {
     Running,
     Succeeded,
-    /// Non-zero exit or death by a signal: its whole cost is wasted (sunk) cost.
+    /// Non-zero exit, death by a signal, its time limit, out of memory, a node that failed
+    /// ([`EndReason`] says which, when known): the cost since its last checkpoint is sunk.
     Failed,
+    /// Ended by its user or an administrator (`scancel`): a deliberate end, not a failure.
+    Cancelled,
+    /// Ended by the scheduler for a job of higher priority (Slurm's PREEMPTED, a spot
+    /// reclaim): the cost since its last checkpoint is sunk, as for a failure.
+    Preempted,
     /// It vanished without anyone saying how it ended.
     Unknown,
 }
 
 impl Outcome {
+    /// Every outcome, in order.
+    pub const ALL: [Outcome; 6] = [
+        Outcome::Running,
+        Outcome::Succeeded,
+        Outcome::Failed,
+        Outcome::Cancelled,
+        Outcome::Preempted,
+        Outcome::Unknown,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Running => "running",
             Outcome::Succeeded => "succeeded",
             Outcome::Failed => "failed",
+            Outcome::Cancelled => "cancelled",
+            Outcome::Preempted => "preempted",
             Outcome::Unknown => "unknown",
         }
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        [
-            Outcome::Running,
-            Outcome::Succeeded,
-            Outcome::Failed,
-            Outcome::Unknown,
-        ]
-        .into_iter()
-        .find(|k| k.as_str() == s)
+        Outcome::ALL.into_iter().find(|k| k.as_str() == s)
     }
 
     /// The outcome of a process that exited with `code` or was killed by `signal`.
@@ -101,6 +112,61 @@ impl Outcome {
             (Some(0), None) => Outcome::Succeeded,
             (Some(_), None) => Outcome::Failed,
             (None, None) => Outcome::Unknown,
+        }
+    }
+
+    /// Whether the cost since the job's last checkpoint is sunk (wasted): a failed or
+    /// preempted run must be run again from there. A cancelled run was ended on purpose.
+    pub fn loses_work(self) -> bool {
+        matches!(self, Outcome::Failed | Outcome::Preempted)
+    }
+}
+
+/// Why a job failed, where known (the `reason` label of `gpucost_job_outcome`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    /// It exited with a non-zero code (`exit_code`).
+    ExitCode,
+    /// A signal killed it (`signal`).
+    Signal,
+    /// It ran into its time limit (Slurm's TIMEOUT and DEADLINE).
+    TimeLimit,
+    /// Killed out of memory (Slurm's OUT_OF_MEMORY, Kubernetes' OOMKilled).
+    Oom,
+    /// The node it ran on failed (Slurm's NODE_FAIL, BOOT_FAIL).
+    NodeFail,
+}
+
+impl EndReason {
+    pub const ALL: [EndReason; 5] = [
+        EndReason::ExitCode,
+        EndReason::Signal,
+        EndReason::TimeLimit,
+        EndReason::Oom,
+        EndReason::NodeFail,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::ExitCode => "exit_code",
+            EndReason::Signal => "signal",
+            EndReason::TimeLimit => "time_limit",
+            EndReason::Oom => "oom",
+            EndReason::NodeFail => "node_fail",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        EndReason::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// The reason an exit status gives for a failure: the signal, else a non-zero code.
+    pub fn from_exit(code: Option<i32>, signal: Option<i32>) -> Option<Self> {
+        match (code, signal) {
+            (_, Some(_)) => Some(EndReason::Signal),
+            (Some(c), None) if c != 0 => Some(EndReason::ExitCode),
+            _ => None,
         }
     }
 }
@@ -210,6 +276,9 @@ pub struct JobRecord {
     pub outcome: Outcome,
     pub exit_code: Option<i32>,
     pub signal: Option<i32>,
+    /// Why it failed, where known (only for `failed`).
+    #[serde(default)]
+    pub reason: Option<EndReason>,
     /// Sum over the job's GPUs.
     pub usage: Usage,
     /// By GPU UUID.
@@ -237,6 +306,36 @@ pub struct Progress {
     pub flop_rate: Option<f64>,
     /// Unix seconds of the last report.
     pub updated_at: f64,
+    /// The job's last reported checkpoint, if it reported one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<Checkpoint>,
+}
+
+/// What a job had cost when it reported its last checkpoint: a failed or preempted run loses
+/// only what came after. The idle and FP32 parts are kept so that the waste reasons, which
+/// count those since the start, never count the same money twice.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// Unix seconds.
+    pub at: f64,
+    /// The job's total cost (all components) then.
+    pub cost: f64,
+    /// Its idle cost then.
+    pub idle_cost: f64,
+    /// Its FP32 saving then.
+    pub fp32_saving: f64,
+}
+
+impl Checkpoint {
+    /// The checkpoint of a job whose usage is `u` now, at `at`.
+    pub fn of(u: &Usage, at: f64) -> Self {
+        Checkpoint {
+            at,
+            cost: u.total_cost(),
+            idle_cost: u.idle_cost,
+            fp32_saving: u.fp32_saving,
+        }
+    }
 }
 
 /// What a registration said about a job's processes and GPUs.
@@ -254,15 +353,56 @@ pub struct Registered {
 }
 
 impl JobRecord {
-    /// The cost that bought nothing: all of it for a failed run; else its idle time plus what
-    /// FP32-bound time would have saved with mixed precision.
+    /// The id an earlier run keeps when a scheduler gives its id to a new job (Slurm's ids
+    /// start again after its controller's state is reset; a requeued job runs again under its
+    /// id): `ID@START`, its start in unix seconds. The new run takes the id.
+    pub fn earlier_run_id(id: &str, started_at: f64) -> String {
+        format!("{id}@{}", started_at as i64)
+    }
+
+    /// The cost that bought nothing: its idle time, plus what FP32-bound time would have saved
+    /// with mixed precision, plus, for a failed or preempted run, the rest of what it cost
+    /// since its last checkpoint (since its start when it reported none). The parts are
+    /// [`JobRecord::waste`]'s and add up to this.
     pub fn wasted_cost(&self) -> f64 {
-        if self.outcome == Outcome::Failed {
-            self.usage.total_cost()
+        let w = self.waste();
+        w.idle + w.fp32 + w.lost
+    }
+
+    /// The waste by reason, no part of the cost in two of them.
+    pub fn waste(&self) -> Waste {
+        let u = &self.usage;
+        let lost = if self.outcome.loses_work() {
+            let c = self
+                .progress
+                .as_ref()
+                .and_then(|p| p.checkpoint)
+                .unwrap_or_default();
+            // What came after the checkpoint, less its idle and FP32 parts (counted above).
+            let after = u.total_cost() - c.cost;
+            let counted = (u.idle_cost - c.idle_cost) + (u.fp32_saving - c.fp32_saving);
+            (after - counted).max(0.0)
         } else {
-            self.usage.idle_cost + self.usage.fp32_saving
+            0.0
+        };
+        Waste {
+            idle: u.idle_cost,
+            fp32: u.fp32_saving,
+            lost,
         }
     }
+}
+
+/// A job's wasted cost by reason (`gpucost_job_wasted_cost_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Waste {
+    /// Held while idle.
+    pub idle: f64,
+    /// What mixed precision would have saved of FP32-bound time.
+    pub fp32: f64,
+    /// The rest of the cost a failed or preempted run lost since its last checkpoint (under
+    /// its outcome's name, `failed` or `preempted`).
+    pub lost: f64,
 }
 
 /// A GPU's node-level totals, kept in the ledger so that counters continue across restarts.

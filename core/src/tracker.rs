@@ -16,7 +16,9 @@ use crate::account::pricing::Pricing;
 use crate::account::GpuEvents;
 use crate::attribute::{Attribution, JobOwners, Registration};
 use crate::clock::Now;
-use crate::jobs::{GpuRecord, JobRecord, Outcome, Progress, Registered, Scheduler, Usage};
+use crate::jobs::{
+    Checkpoint, EndReason, GpuRecord, JobRecord, Outcome, Progress, Registered, Scheduler, Usage,
+};
 
 /// Longest accepted job id, name, label key or value, in bytes.
 pub const MAX_TEXT: usize = 256;
@@ -71,6 +73,9 @@ pub struct EndRequest {
     /// Explicit outcome when no exit status is known (`failed` from an epilog that knows).
     #[serde(default)]
     pub outcome: Option<Outcome>,
+    /// Why a failed job failed (`time_limit`, `oom`, ...); from the exit status when absent.
+    #[serde(default)]
+    pub reason: Option<EndReason>,
 }
 
 /// Why a request was refused; maps to an HTTP status.
@@ -131,6 +136,10 @@ pub struct ProgressRequest {
     pub flops_per_token: Option<f64>,
     #[serde(default)]
     pub flops_per_step: Option<f64>,
+    /// The job has just saved a checkpoint: were it to fail or be preempted from now on, only
+    /// the cost after this report would be lost.
+    #[serde(default)]
+    pub checkpoint: bool,
 }
 
 /// What one GPU interval says about its owners' rates.
@@ -518,11 +527,30 @@ impl Tracker {
                     "job {id} belongs to another user"
                 )));
             }
-            if existing.rec.outcome != Outcome::Running {
+            // Root (a scheduler's hook) registering the id of a job that ended before now: a new
+            // job with a reused id (Slurm's ids start again after a controller reset; a requeued
+            // job runs again). The earlier run keeps its record under `ID@START`; the new one
+            // takes the id. A registration from before the end (a spooled prolog replayed late)
+            // is the same run, and refused.
+            let new_run = is_root && existing.rec.ended_at.is_some_and(|e| now.wall >= e);
+            if existing.rec.outcome != Outcome::Running && !new_run {
                 return Err(RequestError::Conflict(format!(
                     "job {id} has already ended"
                 )));
             }
+        }
+        if self
+            .jobs
+            .get(&id)
+            .is_some_and(|t| t.rec.outcome != Outcome::Running)
+        {
+            if let Some(mut old) = self.jobs.remove(&id) {
+                let renamed = JobRecord::earlier_run_id(&id, old.rec.started_at);
+                old.rec_mut().id = renamed.clone();
+                self.jobs.insert(renamed, old);
+            }
+        }
+        if let Some(existing) = self.jobs.get_mut(&id) {
             // A known job (found by attribution, or a repeated prolog): it becomes registered.
             existing.seen(now);
             // Root's word is final: a job id that a user registered first (squatting the id a
@@ -579,6 +607,7 @@ impl Tracker {
             outcome: Outcome::Running,
             exit_code: None,
             signal: None,
+            reason: None,
             usage: Usage::default(),
             per_gpu: BTreeMap::new(),
             registration: Some(reg),
@@ -620,17 +649,31 @@ impl Tracker {
         let outcome = match req.outcome {
             Some(Outcome::Running) => {
                 return Err(RequestError::Invalid(
-                    "outcome must be succeeded, failed or unknown".into(),
+                    "outcome must be succeeded, failed, cancelled, preempted or unknown".into(),
                 ))
             }
             Some(o) => o,
+            None if req.reason.is_some() => Outcome::Failed,
             None => Outcome::from_exit(req.exit_code, req.signal),
+        };
+        let reason = match (outcome, req.reason) {
+            (Outcome::Failed, Some(r)) => Some(r),
+            (Outcome::Failed, None) => EndReason::from_exit(req.exit_code, req.signal),
+            (o, Some(r)) => {
+                return Err(RequestError::Invalid(format!(
+                    "reason {:?}: only a failed job has a reason (the outcome is {})",
+                    r.as_str(),
+                    o.as_str()
+                )))
+            }
+            (_, None) => None,
         };
         t.ended = Some(now.mono);
         let rec = t.rec_mut();
         rec.outcome = outcome;
         rec.exit_code = req.exit_code;
         rec.signal = req.signal;
+        rec.reason = reason;
         rec.ended_at = Some(now.wall);
         let rec = rec.clone();
         *self.finished.entry(outcome).or_default() += 1;
@@ -666,6 +709,7 @@ impl Tracker {
                     rec.ended_at = None;
                     rec.exit_code = None;
                     rec.signal = None;
+                    rec.reason = None;
                 }
                 continue;
             }
@@ -684,6 +728,7 @@ impl Tracker {
                 outcome: Outcome::Running,
                 exit_code: None,
                 signal: None,
+                reason: None,
                 usage: Usage::default(),
                 per_gpu: BTreeMap::new(),
                 registration: None,
@@ -901,6 +946,11 @@ impl Tracker {
         };
         t.progress_at = Some(now.mono);
         let rec = t.rec_mut();
+        let checkpoint = if req.checkpoint {
+            Some(Checkpoint::of(&rec.usage, now.wall))
+        } else {
+            old.checkpoint
+        };
         rec.progress = Some(Progress {
             tokens,
             samples,
@@ -910,6 +960,7 @@ impl Tracker {
             model_flop,
             flop_rate,
             updated_at: now.wall,
+            checkpoint,
         });
         Ok(rec.clone())
     }

@@ -1,9 +1,9 @@
 """``report_progress`` against the real agent, and against a missing, stuck or particular one.
 
-The real agent (``tests/agent.py``) does not take a ``checkpoint`` field yet, which is the case
-the package must tolerate. How the package behaves with an agent that does take it, or one that
-never answers, is checked against a small HTTP server on a unix socket written here (it records
-what it is sent); it stands in for the agent only in those two cases.
+The real agent (``tests/agent.py``) takes the ``checkpoint`` field (issue 16). How the package
+behaves with an older agent that refuses it, or one that never answers, is checked against a
+small HTTP server on a unix socket written here (it records what it is sent); it stands in for
+the agent only in those cases.
 """
 
 from __future__ import annotations
@@ -47,18 +47,21 @@ def test_progress_reaches_a_job_whose_id_has_a_slash(use_agent, monkeypatch, cap
         t.__exit__(None, None, None)
 
 
-def test_an_agent_without_checkpoints_gets_the_report_without_one(use_agent, monkeypatch, caplog):
+def test_the_agent_keeps_a_reported_checkpoint(use_agent, monkeypatch, caplog):
     caplog.set_level(logging.INFO, logger="gpucost")
     t = _start_job(use_agent, monkeypatch, "ckpt-run")
     try:
-        assert gpucost.report_progress(steps=5, checkpoint=True)
-        use_agent.wait_for_progress("ckpt-run", steps=5)
-        # Learned once: the next report with a checkpoint goes without the field at once.
-        assert _progress._reporter.checkpoint_field is False
+        assert gpucost.report_progress(steps=5)
+        p = use_agent.wait_for_progress("ckpt-run", steps=5)
+        assert "checkpoint" not in p
         assert gpucost.report_progress(steps=6, checkpoint=True)
-        use_agent.wait_for_progress("ckpt-run", steps=6)
-        said = [r.getMessage() for r in caplog.records if "checkpoint" in r.getMessage()]
-        assert len(said) == 1, said
+        p = use_agent.wait_for_progress("ckpt-run", steps=6)
+        # The cost so far is what a failure from now on would not lose.
+        assert p["checkpoint"]["at"] > 0 and p["checkpoint"]["cost"] >= 0, p
+        assert _progress._reporter.checkpoint_field is not False
+        # A report without one keeps the last.
+        assert gpucost.report_progress(steps=7)
+        assert use_agent.wait_for_progress("ckpt-run", steps=7)["checkpoint"] == p["checkpoint"]
         assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     finally:
         t.__exit__(None, None, None)

@@ -27,6 +27,33 @@ pub enum ClientError {
         path: String,
         source: std::io::Error,
     },
+    /// Connected, but no answer in time (an agent that is hung, or too busy).
+    #[error("the agent at {path} did not answer within {} s: timed out", after.as_secs_f64())]
+    TimedOut { path: String, after: Duration },
+}
+
+impl ClientError {
+    /// Whether the agent did not get or did not take the request (so it may be sent again
+    /// later): unreachable, or timed out (the agent drops a request whose caller stopped
+    /// waiting, rather than apply it late).
+    pub fn not_delivered(&self) -> bool {
+        // 503: the agent was busy, shutting down, or did not answer in time; it dropped it.
+        matches!(
+            self,
+            ClientError::Unreachable { .. }
+                | ClientError::TimedOut { .. }
+                | ClientError::Refused { status: 503, .. }
+        )
+    }
+}
+
+/// Whether an I/O error is a socket timeout (`SO_RCVTIMEO`/`SO_SNDTIMEO` expiring reads as
+/// `EAGAIN`, std's `WouldBlock`).
+fn is_timeout(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    )
 }
 
 /// POSTs `body` (JSON) to `url` over the socket and returns the JSON answer.
@@ -37,9 +64,18 @@ pub fn post(
     timeout: Duration,
 ) -> Result<serde_json::Value, ClientError> {
     let path = socket.display().to_string();
-    let unreachable = |source| ClientError::Unreachable {
-        path: path.clone(),
-        source,
+    let unreachable = |source: std::io::Error| {
+        if is_timeout(&source) {
+            ClientError::TimedOut {
+                path: path.clone(),
+                after: timeout,
+            }
+        } else {
+            ClientError::Unreachable {
+                path: path.clone(),
+                source,
+            }
+        }
     };
     let mut s = UnixStream::connect(socket).map_err(unreachable)?;
     s.set_read_timeout(Some(timeout)).map_err(unreachable)?;
@@ -51,9 +87,18 @@ pub fn post(
     );
     s.write_all(request.as_bytes()).map_err(unreachable)?;
     let mut raw = Vec::new();
-    let bad = |source| ClientError::BadAnswer {
-        path: path.clone(),
-        source,
+    let bad = |source: std::io::Error| {
+        if is_timeout(&source) {
+            ClientError::TimedOut {
+                path: path.clone(),
+                after: timeout,
+            }
+        } else {
+            ClientError::BadAnswer {
+                path: path.clone(),
+                source,
+            }
+        }
     };
     s.read_to_end(&mut raw).map_err(bad)?;
     let text = String::from_utf8_lossy(&raw);

@@ -4,5 +4,6 @@
 
 pub mod client;
 pub mod socket;
+pub mod spool;
 
 // The messages these send to the node thread are `crate::node::Message`.

@@ -73,6 +73,13 @@ pub fn report_state_dir() -> Option<PathBuf> {
     }
 }
 
+/// The state directory a hook spools into: `--state-dir`, else `GPUCOST_STATE_DIR`, else the
+/// default (the hooks do not read the config file: a broken one must not break a prolog).
+pub fn hook_state_dir(flag: Option<PathBuf>) -> PathBuf {
+    flag.or_else(|| std::env::var_os(env_var_for("state_dir")).map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(defaults::STATE_DIR))
+}
+
 /// The config file to read: `--config`, else `GPUCOST_CONFIG`, else the default path; and
 /// whether it was asked for (a missing file asked for is an error, the default may be absent).
 pub fn config_path(flag: Option<PathBuf>) -> (PathBuf, bool) {

@@ -524,6 +524,7 @@ mod tests {
             outcome: Outcome::Running,
             exit_code: None,
             signal: None,
+            reason: None,
             usage: Usage {
                 gpu_seconds: i as f64,
                 ..Usage::default()

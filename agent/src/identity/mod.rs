@@ -1,10 +1,11 @@
 //! Where job identities come from: process facts from `/proc` ([`procfs`]), the GPU -> job
-//! directory a Slurm prolog writes ([`job_map`]) and the kubelet's pod-resources API
-//! ([`kubelet`]). Each reads and hands plain facts to `gpucost_core::attribute`, which decides.
+//! directory a Slurm prolog writes ([`job_map`]), the kubelet's pod-resources API
+//! ([`kubelet`]), and how a Slurm job ended ([`slurm`]: the epilog's environment, `scontrol`). Each reads and hands plain facts to `gpucost_core::attribute`, which decides.
 
 pub mod job_map;
 pub mod kubelet;
 pub mod procfs;
+pub mod slurm;
 
 /// The user name of a uid, from the system's user database; the uid as text when unknown.
 pub fn user_name(uid: u32) -> String {

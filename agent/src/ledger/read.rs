@@ -7,7 +7,7 @@ use std::path::Path;
 use rusqlite::{params, Row};
 
 use gpucost_core::account::GpuEvents;
-use gpucost_core::jobs::{GpuRecord, JobRecord, Outcome, Scheduler, Usage};
+use gpucost_core::jobs::{EndReason, GpuRecord, JobRecord, Outcome, Scheduler, Usage};
 
 use super::{sql, JobFilter, Ledger, LedgerError};
 
@@ -33,7 +33,7 @@ impl Ledger {
             .prepare_cached(&format!(
                 "SELECT j.id, j.name, j.user, j.uid, j.scheduler, j.labels, j.started_at,
                         j.ended_at, j.outcome, j.exit_code, j.signal, j.registration, j.progress,
-                        {usage}
+                        j.reason, {usage}
                  FROM jobs AS j WHERE {JOB_FILTER} ORDER BY j.started_at, j.id",
                 usage = usage_columns("j."),
             ))
@@ -54,7 +54,8 @@ impl Ledger {
                     signal: row.get(10)?,
                     registration: row.get(11)?,
                     progress: row.get(12)?,
-                    usage: read_usage(row, 13)?,
+                    reason: row.get(13)?,
+                    usage: read_usage(row, 14)?,
                 })
             })
             .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
@@ -147,6 +148,8 @@ struct RawJob {
     signal: Option<i32>,
     registration: Option<String>,
     progress: Option<String>,
+    /// NULL: none, or a ledger from before schema version 3.
+    reason: Option<String>,
     usage: Usage,
 }
 
@@ -168,6 +171,8 @@ impl RawJob {
                 self.id, self.outcome
             ))
         })?;
+        // A reason this build does not know (a newer gpucost's) is left out, not an error.
+        let reason = self.reason.as_deref().and_then(EndReason::parse);
         let labels = serde_json::from_str(&self.labels)
             .map_err(|e| corrupt(format!("job {}: bad labels JSON: {e}", self.id)))?;
         let registration = match &self.registration {
@@ -196,6 +201,7 @@ impl RawJob {
             outcome,
             exit_code: self.exit_code,
             signal: self.signal,
+            reason,
             usage: self.usage,
             per_gpu: Default::default(),
             registration,

@@ -98,8 +98,15 @@ ALTER TABLE gpus ADD COLUMN throttled_s TEXT;     -- JSON {reason: seconds}
 ALTER TABLE gpus ADD COLUMN xids TEXT;            -- JSON {xid code: count}
 ";
 
+/// Version 3: why a failed job failed (`time_limit`, `oom`, `signal`, ... : `EndReason`),
+/// issue 16. NULL in a ledger written before: not known. (A checkpoint lives in the progress
+/// JSON, which needs no migration.)
+const V3: &str = "
+ALTER TABLE jobs ADD COLUMN reason TEXT;          -- EndReason of a failed job, else NULL
+";
+
 /// `MIGRATIONS[i]` upgrades version `i` to `i + 1`. Append only.
-pub(crate) const MIGRATIONS: &[&str] = &[V1, V2];
+pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3];
 
 /// The schema version this build writes and understands.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -2,10 +2,10 @@ use std::collections::BTreeMap;
 
 use rusqlite::Connection;
 
-use super::write::{GPU_TAIL, JOB_COLUMNS};
+use super::write::{GPU_TAIL, JOB_COLUMNS, JOB_TAIL};
 use super::*;
 use gpucost_core::account::GpuEvents;
-use gpucost_core::jobs::{GpuRecord, JobRecord, Outcome, Registered, Scheduler, Usage};
+use gpucost_core::jobs::{EndReason, GpuRecord, JobRecord, Outcome, Registered, Scheduler, Usage};
 
 /// A usage with a different value in each field (k, 2k, 3k, ... in field order), so that a column
 /// read into the wrong field shows.
@@ -43,6 +43,7 @@ fn job(id: &str, started_at: f64, ended_at: Option<f64>) -> JobRecord {
         },
         exit_code: ended_at.map(|_| 0),
         signal: None,
+        reason: None,
         usage: usage(3.0),
         per_gpu,
         registration: Some(Registered {
@@ -59,6 +60,12 @@ fn job(id: &str, started_at: f64, ended_at: Option<f64>) -> JobRecord {
             model_flop: 4.2e16,
             flop_rate: Some(1.5e14),
             updated_at: started_at + 60.0,
+            checkpoint: Some(gpucost_core::jobs::Checkpoint {
+                at: started_at + 30.0,
+                cost: 1.25,
+                idle_cost: 0.25,
+                fp32_saving: 0.0,
+            }),
         }),
     }
 }
@@ -77,6 +84,7 @@ fn bare_job(id: &str, started_at: f64) -> JobRecord {
         outcome: Outcome::Unknown,
         exit_code: None,
         signal: None,
+        reason: None,
         usage: Usage::default(),
         per_gpu: BTreeMap::new(),
         registration: None,
@@ -148,7 +156,7 @@ fn the_schemas_usage_columns_are_the_usage_field_table() {
     let fields: Vec<&str> = Usage::FIELDS.iter().map(|f| f.name).collect();
     // (table, columns before the usage, columns after it)
     for (table, head, tail) in [
-        ("jobs", JOB_COLUMNS.as_slice(), &[][..]),
+        ("jobs", JOB_COLUMNS.as_slice(), &JOB_TAIL[..]),
         ("job_gpus", &["job_id", "gpu_uuid"][..], &[][..]),
         ("gpus", &["uuid", "idx", "model"][..], &GPU_TAIL[..]),
     ] {
@@ -401,6 +409,54 @@ fn a_version_1_ledger_migrates_and_its_gpus_start_with_no_throttling_and_no_xids
     g.events.xids.insert(79, 1);
     ledger.persist(&[], &[g.clone()]).unwrap();
     assert_eq!(ledger.load_gpus().unwrap(), vec![g]);
+}
+
+#[test]
+fn issue_16_a_version_2_ledger_migrates_its_jobs_load_without_a_reason_and_keep_new_ones() {
+    // Version 3 adds why a failed job failed. A ledger written by a build before it loads (its
+    // jobs with no reason), and the new outcomes and reasons round-trip from then on.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.db");
+    {
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(schema::MIGRATIONS[0]).unwrap();
+        conn.execute_batch(schema::MIGRATIONS[1]).unwrap();
+        conn.pragma_update(None, "user_version", 2).unwrap();
+        let usage_cols: Vec<&str> = Usage::FIELDS.iter().map(|f| f.name).collect();
+        conn.execute(
+            &format!(
+                "INSERT INTO jobs (id, name, user, uid, scheduler, started_at, ended_at, outcome,
+                                   exit_code, signal, {})
+                 VALUES ('4812', 'train', 'alice', 1001, 'slurm', 1000.0, 2000.0, 'failed',
+                         NULL, 9, {})",
+                usage_cols.join(", "),
+                vec!["2.0"; usage_cols.len()].join(", ")
+            ),
+            [],
+        )
+        .unwrap();
+    }
+    let mut ledger = Ledger::open(dir.path()).unwrap();
+    let jobs = ledger.load_jobs().unwrap();
+    assert_eq!(jobs.len(), 1);
+    let old = &jobs[0];
+    assert_eq!(
+        (old.outcome, old.signal, old.reason),
+        (Outcome::Failed, Some(9), None)
+    );
+    assert_eq!(old.usage.cost_energy, 2.0);
+    let mut timeout = job("4813", 3000.0, Some(4000.0));
+    timeout.outcome = Outcome::Failed;
+    timeout.reason = Some(EndReason::TimeLimit);
+    let mut preempted = job("4814", 3000.0, Some(4000.0));
+    preempted.outcome = Outcome::Preempted;
+    let mut cancelled = job("4815", 3000.0, Some(4000.0));
+    cancelled.outcome = Outcome::Cancelled;
+    ledger
+        .persist(&[&timeout, &preempted, &cancelled], &[])
+        .unwrap();
+    let back = ledger.load_jobs().unwrap();
+    assert_eq!(back[1..], [timeout, preempted, cancelled]);
 }
 
 #[test]
@@ -745,4 +801,32 @@ fn a_store_loads_only_with_the_state_directorys_lock() {
     // The agent that took it at start-up hands it to its store.
     let mut store = LedgerStore::new(dir.path()).with_lock(held);
     store.load().unwrap();
+}
+
+#[test]
+fn issue_16_a_reused_job_id_is_a_new_job_and_the_earlier_run_keeps_its_record() {
+    // Slurm's job ids start again after its controller's state is reset: a prolog registers
+    // 4812 again, long after the first 4812 left the agent's memory. The ledger must not write
+    // the new run over the old one.
+    let dir = tempfile::tempdir().unwrap();
+    let mut ledger = Ledger::open(dir.path()).unwrap();
+    let mut old = job("4812", 1000.0, Some(2000.0));
+    old.per_gpu.insert("GPU-aaaa".into(), usage(3.0));
+    ledger.persist(&[&old], &[]).unwrap();
+    // Written again unchanged (its start the same): still one job.
+    ledger.persist(&[&old], &[]).unwrap();
+    assert_eq!(ledger.load_jobs().unwrap().len(), 1);
+    let mut new = job("4812", 90_000.0, None);
+    new.per_gpu.clear();
+    new.per_gpu.insert("GPU-bbbb".into(), usage(1.0));
+    ledger.persist(&[&new], &[]).unwrap();
+    let jobs = ledger.load_jobs().unwrap();
+    assert_eq!(jobs.len(), 2);
+    let mut kept = old.clone();
+    kept.id = "4812@1000".into();
+    assert_eq!(jobs[0], kept, "the earlier run, per-GPU rows and all");
+    assert_eq!(jobs[1], new);
+    // Persisted again (the new run goes on): nothing more is copied.
+    ledger.persist(&[&new], &[]).unwrap();
+    assert_eq!(ledger.load_jobs().unwrap().len(), 2);
 }

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use rusqlite::{params, TransactionBehavior};
+use rusqlite::{params, OptionalExtension, TransactionBehavior};
 
 use gpucost_core::clock::unix_now;
 use gpucost_core::jobs::{GpuRecord, JobRecord, Usage};
@@ -51,9 +51,12 @@ pub(super) const JOB_COLUMNS: [&str; 13] = [
     "progress",
 ];
 
+/// The columns of `jobs` after the usage (added by migrations).
+pub(super) const JOB_TAIL: [&str; 1] = ["reason"];
+
 fn upsert_job() -> &'static str {
     static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    SQL.get_or_init(|| upsert("jobs", "id", &JOB_COLUMNS, &[]))
+    SQL.get_or_init(|| upsert("jobs", "id", &JOB_COLUMNS, &JOB_TAIL))
 }
 
 fn upsert_job_gpu() -> &'static str {
@@ -67,6 +70,38 @@ pub(super) const GPU_TAIL: [&str; 3] = ["unallocated_seconds", "throttled_s", "x
 fn upsert_gpu() -> &'static str {
     static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     SQL.get_or_init(|| upsert("gpus", "uuid", &["uuid", "idx", "model"], &GPU_TAIL))
+}
+
+/// The start of the job the ledger has under an id (NULL: none, or a start it lost).
+const STARTED_AT: &str = "SELECT started_at FROM jobs WHERE id = ?1";
+
+/// Copies job `?1`, with its per-GPU rows, to the id `?2` (an earlier run whose id a new job
+/// takes), unless `?2` is there already; the row `?1` is then the new job's to overwrite.
+fn keep_earlier_run() -> &'static [String; 3] {
+    static SQL: std::sync::OnceLock<[String; 3]> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        let all: Vec<&str> = JOB_COLUMNS
+            .iter()
+            .copied()
+            .chain(Usage::FIELDS.iter().map(|f| f.name))
+            .chain(JOB_TAIL)
+            .collect();
+        let rest: Vec<&str> = all.iter().copied().filter(|c| *c != "id").collect();
+        let gpu_cols: Vec<&str> = Usage::FIELDS.iter().map(|f| f.name).collect();
+        [
+            format!(
+                "INSERT OR IGNORE INTO jobs (id, {rest}) SELECT ?2, {rest} FROM jobs WHERE id = ?1",
+                rest = rest.join(", ")
+            ),
+            format!(
+                "INSERT OR IGNORE INTO job_gpus (job_id, gpu_uuid, {cols})
+                 SELECT ?2, gpu_uuid, {cols} FROM job_gpus WHERE job_id = ?1",
+                cols = gpu_cols.join(", ")
+            ),
+            // (?2 only so that the three take the same parameters.)
+            "DELETE FROM job_gpus WHERE job_id = ?1 AND ?2 IS NOT NULL".to_string(),
+        ]
+    })
 }
 
 /// Removes per-GPU rows of a job that its record no longer has (`?2`: JSON array of UUIDs), so
@@ -99,6 +134,25 @@ impl Ledger {
             let mut prune_stmt = tx.prepare_cached(PRUNE_JOB_GPUS).map_err(&write)?;
             let mut gpu_stmt = tx.prepare_cached(upsert_gpu()).map_err(&write)?;
             for job in jobs {
+                // A job whose id the ledger holds for a run that started at another time: the id
+                // was reused (a controller reset, a requeue). The earlier run keeps its record.
+                let earlier: Option<Option<f64>> = tx
+                    .prepare_cached(STARTED_AT)
+                    .and_then(|mut s| {
+                        s.query_row(params![job.id], |r| r.get::<_, Option<f64>>(0))
+                            .optional()
+                    })
+                    .map_err(sql(path, "cannot read a job's start"))?;
+                if let Some(Some(started)) = earlier {
+                    if !job.started_at.is_nan() && started != job.started_at {
+                        let kept = JobRecord::earlier_run_id(&job.id, started);
+                        for stmt in keep_earlier_run() {
+                            tx.prepare_cached(stmt)
+                                .and_then(|mut s| s.execute(params![job.id, kept]))
+                                .map_err(sql(path, "cannot keep an earlier run's record"))?;
+                        }
+                    }
+                }
                 let labels =
                     serde_json::to_string(&job.labels).map_err(|e| LedgerError::Corrupt {
                         path: path.to_owned(),
@@ -134,11 +188,14 @@ impl Ledger {
                     &progress,
                 ];
                 let usage = job.usage.to_array();
+                let reason = job.reason.map(|r| r.as_str());
+                let tail: [&dyn rusqlite::ToSql; 1] = [&reason];
                 job_stmt
                     .execute(rusqlite::params_from_iter(
                         head.iter()
                             .copied()
-                            .chain(usage.iter().map(|v| v as &dyn rusqlite::ToSql)),
+                            .chain(usage.iter().map(|v| v as &dyn rusqlite::ToSql))
+                            .chain(tail.iter().copied()),
                     ))
                     .map_err(sql(path, "cannot write a job"))?;
                 for (uuid, u) in &job.per_gpu {

@@ -15,7 +15,7 @@
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::Arc;
@@ -25,7 +25,9 @@ use gpucost_core::clock::{Clock, Now};
 use tokio::sync::{oneshot, watch};
 use tracing::{debug, info, warn};
 
+use crate::api::spool;
 use crate::identity::job_map::read_job_map;
+use crate::identity::slurm::{job_cgroup, JobCgroup};
 use crate::identity::user_name;
 use crate::record::Recorder;
 use crate::sample::sampler::Sampler;
@@ -43,7 +45,7 @@ use gpucost_core::attribute::JobMap;
 use gpucost_core::attribute::PodGpu;
 use gpucost_core::attribute::{attribute, check_claim, GpuInput};
 use gpucost_core::benchmark::GpuBenchmark;
-use gpucost_core::jobs::{GpuRecord, JobRecord};
+use gpucost_core::jobs::{GpuRecord, JobRecord, Outcome, Scheduler};
 use gpucost_core::tracker::{
     EndRequest, GpuRates, JobLimits, ProgressRequest, RegisterRequest, RequestError, Tracker,
 };
@@ -88,6 +90,13 @@ pub enum Message {
     },
     /// A benchmark of a GPU finished (from the benchmark thread).
     Benchmark { uuid: String, result: GpuBenchmark },
+    /// The Slurm controller says job `id`, which this node has running with no end reported,
+    /// is over (from the controller thread): `req` is how it ended, `why` what it said.
+    ControllerEnded {
+        id: String,
+        req: EndRequest,
+        why: String,
+    },
     /// Persist now (SIGHUP).
     Persist,
     /// Let go of the GPU library until [`Message::ResumeNvml`] (SIGUSR1): a driver upgrade, a
@@ -120,6 +129,12 @@ pub struct NodeConfig {
     pub persist_interval: Duration,
     /// Where the prolog's GPU -> job files are, if anywhere.
     pub job_map_dir: Option<PathBuf>,
+    /// The cgroup file system, where a Slurm job whose epilog never came is seen gone; `None`:
+    /// not looked at.
+    pub cgroup_root: Option<PathBuf>,
+    /// Where hooks leave what they could not tell the agent (`<state_dir>/spool`); `None`: no
+    /// spool.
+    pub spool_dir: Option<PathBuf>,
     /// The node's name, in the ids of jobs registered without one.
     pub hostname: String,
     /// Caps on users' running registrations.
@@ -172,6 +187,16 @@ pub struct Node {
     /// `--record`: every sample, written as a replayable scenario.
     recorder: Option<Recorder>,
     recorder_error: Option<String>,
+    /// Running Slurm registrations whose cgroup this agent has seen (a cgroup seen and then
+    /// gone means the job is over, whether or not its epilog said so).
+    cgroups_seen: BTreeSet<String>,
+    /// When this agent started (wall clock): a registration older than that whose cgroup is not
+    /// there ended while the agent was away.
+    started_wall: f64,
+    /// When the spool is read next (at the first tick, then every persist interval).
+    next_spool: Instant,
+    /// The last problem with the spool folder, said once.
+    spool_error: Option<String>,
 }
 
 /// What a node is made of; everything it talks to is passed in.
@@ -229,6 +254,10 @@ impl Node {
             tx,
             recorder: None,
             recorder_error: None,
+            cgroups_seen: BTreeSet::new(),
+            started_wall: now.wall,
+            next_spool: now.mono,
+            spool_error: None,
         };
         // Loaded now, the store holds exactly what is exported; loaded later, only once the
         // merged totals are written.
@@ -372,6 +401,7 @@ impl Node {
             | Message::Progress { deadline, .. }
             | Message::CallerProgress { deadline, .. } => now.mono > *deadline,
             Message::Benchmark { .. }
+            | Message::ControllerEnded { .. }
             | Message::Persist
             | Message::ReleaseNvml
             | Message::ResumeNvml
@@ -391,12 +421,21 @@ impl Node {
                 reply,
                 ..
             } => {
+                // The GPUs as the job holds them (UUIDs), for the registrations they displace.
+                let mut gpus = Vec::new();
                 let r = self
                     .check_registration(&req, uid)
                     .and_then(|()| self.resolve_gpus(&mut req))
-                    .and_then(|()| self.tracker.register(req, uid, &user_name(uid), now));
+                    .and_then(|()| {
+                        gpus = req.gpus.clone();
+                        self.tracker.register(req, uid, &user_name(uid), now)
+                    });
                 if let Ok(j) = &r {
                     info!(job_id = %j.id, user = %j.user, "job registered: {}", j.name);
+                    if uid == 0 {
+                        self.end_displaced(&j.id, &gpus, now);
+                    }
+                    self.reattribute(now);
                 }
                 let changed = r.is_ok();
                 let _ = reply.send(r);
@@ -410,8 +449,14 @@ impl Node {
                 ..
             } => {
                 let r = self.tracker.end(&id, req, uid, now);
-                if let Ok(j) = &r {
-                    info!(job_id = %j.id, outcome = j.outcome.as_str(), "job ended");
+                match &r {
+                    Ok(j) => {
+                        info!(job_id = %j.id, outcome = j.outcome.as_str(), "job ended");
+                        self.reattribute(now);
+                    }
+                    // A hook's ending that changed nothing (a job this agent never heard of,
+                    // one already ended as a ghost) is worth a line: a job may be misbilled.
+                    Err(e) => warn!(job_id = %id, uid, "an ending of job {id} was refused: {e}"),
                 }
                 let changed = r.is_ok();
                 let _ = reply.send(r);
@@ -447,6 +492,13 @@ impl Node {
             Message::Benchmark { uuid, result } => {
                 Arc::make_mut(&mut self.benchmarks).insert(uuid, result);
                 true
+            }
+            Message::ControllerEnded { id, req, why } => {
+                let ended = self.end_lost_as(&id, req, &why, now);
+                if ended {
+                    self.reattribute(now);
+                }
+                ended
             }
             Message::Persist => {
                 info!("SIGHUP: persisting the totals now; the configuration is read only at start (restart the agent to apply a change)");
@@ -611,8 +663,17 @@ impl Node {
         let unix = now.wall;
         let cycle = self.sampler.cycle();
         self.tracker.begin_tick();
+        // Before the cgroups are looked at: a spooled end says how a job ended, which a gone
+        // cgroup cannot.
+        if now.mono >= self.next_spool {
+            self.next_spool = now.mono + self.cfg.persist_interval;
+            self.replay_spool(now);
+        }
         if cycle.processes_read {
             self.attribute(now);
+            if self.end_jobs_without_cgroup(now) {
+                self.attribute(now);
+            }
         }
         if let Some(endings) = self.sim_endings.as_mut() {
             for (id, code) in endings.take() {
@@ -748,7 +809,215 @@ impl Node {
         resolve_pods(&self.pods.borrow(), &self.units())
     }
 
+    /// The GPUs named (indices or UUIDs) as UUIDs, where the node knows them.
+    fn gpu_uuids(&self, names: &[String]) -> BTreeSet<String> {
+        names
+            .iter()
+            .map(|n| {
+                self.sampler
+                    .gpus()
+                    .find(|g| g.info.uuid == *n || g.info.index.to_string() == *n)
+                    .map_or_else(|| n.clone(), |g| g.info.uuid.clone())
+            })
+            .collect()
+    }
+
+    /// Root registered job `id` with `gpus`: a running registration of another job that holds
+    /// any of them with no process to follow (a scheduler's allocation, such as a Slurm
+    /// prolog's) is a job whose end never reached the agent (its epilog ran while the agent was
+    /// restarting or hung, issue 16): the scheduler has given its GPUs to the new job. It ends
+    /// as `unknown` now, instead of sharing the new job's GPUs for ever.
+    fn end_displaced(&mut self, id: &str, gpus: &[String], now: Now) {
+        if gpus.is_empty() {
+            return;
+        }
+        let new = self.gpu_uuids(gpus);
+        let displaced: Vec<(String, Vec<String>)> = self
+            .tracker
+            .jobs()
+            .filter(|j| j.id != id && j.outcome == Outcome::Running)
+            .filter_map(|j| {
+                let r = j.registration.as_ref()?;
+                (r.by_root && r.pid.is_none() && !r.gpus.is_empty())
+                    .then(|| (j.id.clone(), r.gpus.clone()))
+            })
+            .filter(|(_, g)| !self.gpu_uuids(g).is_disjoint(&new))
+            .collect();
+        for (old, _) in displaced {
+            self.end_lost(
+                &old,
+                &format!("job {id} was registered on its GPU(s) {gpus:?}"),
+                now,
+            );
+        }
+    }
+
+    /// Ends a job whose end the agent was never told, as `unknown`, and says why.
+    fn end_lost(&mut self, id: &str, why: &str, now: Now) {
+        let req = EndRequest {
+            outcome: Some(Outcome::Unknown),
+            ..EndRequest::default()
+        };
+        self.end_lost_as(id, req, why, now);
+    }
+
+    /// Ends a running job whose end the agent was never told as `req` says, and says why;
+    /// whether it ended.
+    fn end_lost_as(&mut self, id: &str, req: EndRequest, why: &str, now: Now) -> bool {
+        match self.tracker.end(id, req, 0, now) {
+            Ok(j) => {
+                warn!(
+                    job_id = %id,
+                    outcome = j.outcome.as_str(),
+                    "job {id} ended as {}: {why}, and no end was reported for it (a lost epilog)",
+                    j.outcome.as_str()
+                );
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Running Slurm registrations without a process (every prolog's) whose cgroup is gone:
+    /// the job is over even though no epilog said so. Gone means seen by this agent and then
+    /// missing, or missing for a job registered before this agent started (it ended while the
+    /// agent was away). A node without a Slurm cgroup tree says nothing. Whether any ended.
+    fn end_jobs_without_cgroup(&mut self, now: Now) -> bool {
+        let Some(root) = self.cfg.cgroup_root.clone() else {
+            return false;
+        };
+        let jobs: Vec<(String, f64)> = self
+            .tracker
+            .jobs()
+            .filter(|j| j.outcome == Outcome::Running && j.scheduler == Scheduler::Slurm)
+            .filter(|j| j.registration.as_ref().is_some_and(|r| r.pid.is_none()))
+            .map(|j| (j.id.clone(), j.started_at))
+            .collect();
+        self.cgroups_seen
+            .retain(|id| jobs.iter().any(|(j, _)| j == id));
+        let mut ended = false;
+        for (id, started_at) in jobs {
+            match job_cgroup(&root, &id) {
+                JobCgroup::NoSlurmTree => return ended,
+                JobCgroup::Present => {
+                    self.cgroups_seen.insert(id);
+                }
+                JobCgroup::Absent => {
+                    if self.cgroups_seen.remove(&id) || started_at < self.started_wall {
+                        let why = format!("its cgroup under {} is gone", root.display());
+                        self.end_lost(&id, &why, now);
+                        ended = true;
+                    }
+                }
+            }
+        }
+        ended
+    }
+
+    /// Applies what hooks spooled while the agent was unreachable, in the order they ran, each
+    /// at the moment it ran (a job starts and ends when its hooks did, not when the agent
+    /// heard), with root's rights (`api::spool` trusts only root's files); each file is removed
+    /// once applied or refused.
+    fn replay_spool(&mut self, now: Now) {
+        let Some(dir) = self.cfg.spool_dir.clone() else {
+            return;
+        };
+        let entries = match spool::read(&dir) {
+            Ok(e) => {
+                self.spool_error = None;
+                e
+            }
+            Err(why) => {
+                if self.spool_error.as_deref() != Some(why.as_str()) {
+                    warn!("{why}");
+                }
+                self.spool_error = Some(why);
+                return;
+            }
+        };
+        let mut changed = false;
+        for (path, entry) in entries {
+            match entry {
+                Err(why) => warn!(
+                    "spooled request {} cannot be applied ({why}); removed",
+                    path.display()
+                ),
+                Ok(s) => {
+                    let at = Now {
+                        wall: s.at(),
+                        mono: now.mono,
+                    };
+                    let (what, id, r) = match s {
+                        spool::Spooled::Register { mut req, .. } => {
+                            let id = req.id.clone().unwrap_or_default();
+                            let mut gpus = Vec::new();
+                            let r = self
+                                .check_registration(&req, 0)
+                                .and_then(|()| self.resolve_gpus(&mut req))
+                                .and_then(|()| {
+                                    gpus = req.gpus.clone();
+                                    self.tracker.register(req, 0, &user_name(0), at)
+                                });
+                            if r.is_ok() {
+                                self.end_displaced(&id, &gpus, now);
+                            }
+                            ("start", id, r)
+                        }
+                        spool::Spooled::End { id, req, .. } => {
+                            let r = self.tracker.end(&id, req, 0, at);
+                            ("end", id, r)
+                        }
+                    };
+                    match r {
+                        Ok(j) => {
+                            changed = true;
+                            info!(
+                                job_id = %id,
+                                outcome = j.outcome.as_str(),
+                                "job {what} from the spool applied, as of {} (unix), when the hook ran and the agent could not be reached",
+                                at.wall
+                            );
+                        }
+                        Err(e) => {
+                            warn!(job_id = %id, "the spooled job {what} of job {id} was refused: {e}")
+                        }
+                    }
+                }
+            }
+            if let Err(e) = std::fs::remove_file(&path) {
+                warn!("cannot remove the spooled request {}: {e}", path.display());
+            }
+        }
+        if changed {
+            self.reattribute(now);
+        }
+    }
+
+    /// Who holds each GPU, again at once after a registration or an ending, from the process
+    /// lists of the last sample: a job is billed from the interval it was registered in, not
+    /// from the next process sample (`process_interval` apart; issue 16 saw five 7 s jobs
+    /// billed 3 to 6 GPU-s each), and an ended job's GPUs go to whoever holds them now.
+    ///
+    /// Only the owners change: which jobs are found and which vanished is for a fresh process
+    /// sample to say (from the last one, a job found through its processes that has just been
+    /// ended would be seen again, and run again).
+    fn reattribute(&mut self, _now: Now) {
+        if self.sampler.gpus().next().is_some() {
+            self.attribute_owners();
+        }
+    }
+
+    /// Who holds each GPU, from the last process sample; the jobs found and seen go to the
+    /// job table.
     fn attribute(&mut self, now: Now) {
+        let att = self.attribute_owners();
+        let procs = self.procs.as_ref();
+        self.tracker
+            .observe(&att, |pid| procs.info(pid).is_some(), user_name, now);
+    }
+
+    /// Sets who holds each GPU, from the last process sample, and returns the attribution.
+    fn attribute_owners(&mut self) -> gpucost_core::attribute::Attribution {
         let job_map = self.job_map();
         let gpus: Vec<_> = self.sampler.gpus().filter(|g| g.up).collect();
         // The agent's own benchmark runs on idle GPUs; it is nobody's job.
@@ -788,9 +1057,7 @@ impl Node {
             .zip(&att.owners)
             .map(|(g, o)| (g.info.uuid.clone(), o.clone()))
             .collect();
-        let procs = self.procs.as_ref();
-        self.tracker
-            .observe(&att, |pid| procs.info(pid).is_some(), user_name, now);
+        att
     }
 
     /// Reads the store's history, once, and adds it to the totals: at start, and, while it

@@ -112,6 +112,9 @@ struct Setup {
     clock: Arc<ManualClock>,
     grace_s: f64,
     vanish_s: f64,
+    /// How often process lists are read (`sampling.process_interval`).
+    process_interval: Duration,
+    cgroup_root: Option<std::path::PathBuf>,
 }
 
 impl Default for Setup {
@@ -122,6 +125,8 @@ impl Default for Setup {
             clock: Arc::new(ManualClock::new(T0)),
             grace_s: 60.0,
             vanish_s: 10.0,
+            process_interval: SECOND,
+            cgroup_root: None,
         }
     }
 }
@@ -139,7 +144,7 @@ impl Rig {
         let (pods_tx, pods) = watch::channel(Vec::new());
         let cadence = Cadence {
             interval: SECOND,
-            process_interval: SECOND,
+            process_interval: s.process_interval,
             retry_interval: 5 * SECOND,
             read_timeout: READ_TIMEOUT,
         };
@@ -148,6 +153,8 @@ impl Rig {
                 interval: SECOND,
                 persist_interval: 5 * SECOND,
                 job_map_dir: None,
+                cgroup_root: s.cgroup_root,
+                spool_dir: None,
                 hostname: "node1".into(),
                 limits: JobLimits::default(),
                 grace_s: s.grace_s,
@@ -557,6 +564,60 @@ fn registrations_and_endings_are_persisted_at_once() {
 }
 
 #[test]
+fn issue_16_ownership_is_recomputed_at_once_on_every_registration_and_end() {
+    // Issue 16, item 5: with process lists read every 5 s (the default), five back-to-back
+    // 7 s jobs on one GPU were billed 3, 6, 3, 3, 6 GPU-s, the rest "unallocated", because a
+    // registration counted only from the next process sample. Each is billed its 7 s now.
+    let mut rig = Rig::with(Setup {
+        process_interval: 5 * SECOND,
+        ..Setup::default()
+    });
+    rig.steps(2);
+    for i in 0..5 {
+        let id = format!("sweep-{i}");
+        rig.register(&id, 1001).unwrap();
+        rig.steps(7);
+        rig.end(&id, 0).unwrap();
+    }
+    rig.steps(3);
+    for i in 0..5 {
+        let j = rig.job(&format!("sweep-{i}")).unwrap();
+        assert!(
+            (j.usage.gpu_seconds - 7.0).abs() < 1e-6,
+            "sweep-{i}: {} GPU-s",
+            j.usage.gpu_seconds
+        );
+    }
+    // The GPU's only unallocated time: 1 s before the first job (the first read is the
+    // baseline), none between jobs, 3 s after the last.
+    let g = rig.node.tracker.gpus().find(|g| g.uuid == "GPU-0").unwrap();
+    assert!(
+        (g.unallocated_seconds - 4.0).abs() < 1e-6,
+        "{}",
+        g.unallocated_seconds
+    );
+}
+
+#[test]
+fn issue_16_a_found_job_ended_just_after_its_process_exited_stays_ended() {
+    // The process of a job found through its environment exits; its epilog ends the job
+    // before the next process sample. Attributing again at once from the last sample (which
+    // still lists the process) must not bring the job back to life.
+    let mut rig = Rig::new();
+    rig.put_process(4242, 0, "found-1");
+    rig.steps(2);
+    assert_eq!(rig.job("found-1").unwrap().outcome, Outcome::Running);
+    // It exits (the GPU no longer lists it; /proc, read later, may still have it).
+    rig.gpus.script().gpus[0].processes.clear();
+    let ended = rig.end("found-1", 1).unwrap();
+    assert_eq!(ended.outcome, Outcome::Failed);
+    assert_eq!(rig.job("found-1").unwrap().outcome, Outcome::Failed);
+    rig.steps(3);
+    assert_eq!(rig.job("found-1").unwrap().outcome, Outcome::Failed);
+    assert!(rig.job("unattributed:4242").is_none());
+}
+
+#[test]
 fn xid_events_are_counted_on_their_gpu() {
     let mut rig = Rig::new();
     rig.steps(1);
@@ -664,6 +725,7 @@ fn history(s: &mut Stored) {
         outcome,
         exit_code: None,
         signal: None,
+        reason: None,
         usage,
         per_gpu: BTreeMap::from([("GPU-0".to_string(), usage)]),
         registration: None,

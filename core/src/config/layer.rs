@@ -82,6 +82,9 @@ pub struct JobsLayer {
 #[serde(deny_unknown_fields)]
 pub struct AttributionLayer {
     pub proc_root: Option<PathBuf>,
+    pub cgroup_root: Option<PathBuf>,
+    #[serde(default, with = "humantime_serde")]
+    pub scontrol_interval: Option<Duration>,
     pub job_map_dir: Option<PathBuf>,
     /// Path of the kubelet socket, or "off".
     pub kubelet_socket: Option<PathBuf>,
@@ -144,6 +147,8 @@ pub(super) const ENV_KEYS: &[(&str, EnvText)] = &[
     ("jobs.max_running_per_user", EnvText::Number),
     ("jobs.max_running", EnvText::Number),
     ("attribution.proc_root", EnvText::Text),
+    ("attribution.cgroup_root", EnvText::Text),
+    ("attribution.scontrol_interval", EnvText::Text),
     ("attribution.job_map_dir", EnvText::Text),
     ("attribution.kubelet_socket", EnvText::Text),
     ("attribution.kubelet_resources", EnvText::List),

@@ -72,6 +72,11 @@ pub mod defaults {
     pub const MAX_RUNNING: u32 = 10_000;
     /// `attribution.proc_root`.
     pub const PROC_ROOT: &str = "/proc";
+    /// `attribution.cgroup_root`.
+    pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+    /// `attribution.scontrol_interval`: a node asks its controller about each job this often
+    /// (a thousand nodes of eight jobs: 27 calls a second to slurmctld).
+    pub const SCONTROL_INTERVAL: Duration = Duration::from_secs(300);
     /// `attribution.kubelet_socket`: the kubelet's pod-resources socket.
     pub const KUBELET_SOCKET: &str = "/var/lib/kubelet/pod-resources/kubelet.sock";
     /// `attribution.kubelet_resources`: the resource names NVIDIA's device plugin registers GPUs
@@ -185,6 +190,10 @@ pub struct JobsConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct AttributionConfig {
     pub proc_root: PathBuf,
+    /// The cgroup file system, where a Slurm job whose epilog was lost is seen gone.
+    pub cgroup_root: PathBuf,
+    /// How often to ask `scontrol` about Slurm jobs with no end reported; zero: never.
+    pub scontrol_interval: Duration,
     /// The GPU -> job mapping directory a Slurm prolog writes; unset: not used.
     pub job_map_dir: Option<PathBuf>,
     /// The kubelet pod-resources socket; unset: Kubernetes attribution is off.

@@ -343,6 +343,12 @@ fn attribution(layers: &Layers) -> Result<AttributionConfig, ConfigError> {
         Some((p, _)) => Some(p),
         None => Some(PathBuf::from(defaults::KUBELET_CHECKPOINT)),
     };
+    let (scontrol_interval, _) = layers.duration(
+        "attribution.scontrol_interval",
+        |l| l.attribution.scontrol_interval,
+        defaults::SCONTROL_INTERVAL,
+        Duration::ZERO..=DAY,
+    )?;
     let (kubelet_interval, _) = layers.duration(
         "attribution.kubelet_interval",
         |l| l.attribution.kubelet_interval,
@@ -354,6 +360,11 @@ fn attribution(layers: &Layers) -> Result<AttributionConfig, ConfigError> {
             |l| l.attribution.proc_root.clone(),
             defaults::PROC_ROOT.into(),
         ),
+        cgroup_root: layers.or(
+            |l| l.attribution.cgroup_root.clone(),
+            defaults::CGROUP_ROOT.into(),
+        ),
+        scontrol_interval,
         job_map_dir: layers
             .pick(|l| l.attribution.job_map_dir.clone())
             .map(|(p, _)| p),

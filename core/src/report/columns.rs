@@ -60,6 +60,7 @@ pub const JOB: &[Column<JobRecord>] = &[
         j.exit_code.map_or(Missing, |c| Int(c.into()))
     }),
     col("signal", |j| j.signal.map_or(Missing, |s| Int(s.into()))),
+    col("reason", |j| j.reason.map_or(Missing, |r| Text(r.as_str()))),
     col("gpus", |j| count(j.per_gpu.len())),
 ];
 

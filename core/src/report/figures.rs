@@ -60,7 +60,7 @@ impl Figures {
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Totals {
     pub jobs: usize,
-    /// Runs that failed (their whole cost is in `wasted_cost`).
+    /// Runs that failed (their cost since their last checkpoint is in `wasted_cost`).
     pub failed: usize,
     pub figures: Figures,
 }

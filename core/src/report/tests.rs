@@ -37,6 +37,7 @@ fn job(id: &str, outcome: Outcome, labels: &[(&str, &str)]) -> JobRecord {
             _ => None,
         },
         signal: None,
+        reason: None,
         usage,
         per_gpu: [("GPU-a".to_string(), half), ("GPU-b".to_string(), half)]
             .into_iter()
@@ -110,6 +111,7 @@ fn what_a_job_that_has_not_ended_or_reported_lacks() {
         "uid",
         "exit_code",
         "signal",
+        "reason",
         "tokens",
         "cost_per_million_tokens",
         "joules_per_token",
@@ -259,10 +261,19 @@ fn column_names_are_unique_and_the_rows_give_them_in_order() {
         let unique: BTreeSet<&str> = names.iter().copied().collect();
         assert_eq!(unique.len(), names.len(), "{names:?}");
     }
-    assert_eq!(JobRow::column_names().count(), 32);
+    assert_eq!(JobRow::column_names().count(), 33);
     // The figures of the total are job columns too: the TOTAL row of a per-job CSV lines up.
     let job_columns: BTreeSet<&str> = JobRow::column_names().collect();
     for c in columns::FIGURES {
         assert!(job_columns.contains(c.name), "{}", c.name);
     }
+}
+
+#[test]
+fn issue_16_a_failed_jobs_reason_is_a_column() {
+    let mut j = job("t", Outcome::Failed, &[]);
+    j.reason = Some(crate::jobs::EndReason::TimeLimit);
+    let row = JobRow::new(&j);
+    assert_eq!(get(row.values(), "outcome"), Value::Text("failed"));
+    assert_eq!(get(row.values(), "reason"), Value::Text("time_limit"));
 }

@@ -763,6 +763,7 @@ fn rec(id: &str, start: f64, gpu_s: f64, joules: f64, outcome: Outcome) -> JobRe
         outcome,
         exit_code: None,
         signal: None,
+        reason: None,
         usage,
         per_gpu: BTreeMap::from([("GPU-0".to_string(), usage)]),
         registration: None,
@@ -1033,4 +1034,242 @@ fn issue_14_a_gpu_with_unknown_pipes_leaves_its_owners_rate_unknown() {
     );
     assert_eq!(one_unknown.achieved_flops, None);
     assert_eq!(one_unknown.peak_flops, 2e15);
+}
+
+/// An hour of one H100 to job `id`, busy or idle; what it cost.
+fn an_hour(t: &mut Tracker, id: &str, utilization: f64) {
+    let iv = Interval {
+        t0: 1000.0,
+        dt: 3600.0,
+        energy_j: 0.0,
+        utilization: Some(utilization),
+        model: "NVIDIA H100 80GB HBM3",
+        flop: 0.0,
+        fp32_bound_speedup: None,
+    };
+    t.account(
+        &crate::config::example_pricing(),
+        ("GPU-0", 0, "NVIDIA H100 80GB HBM3"),
+        &[(id.to_string(), 1.0)],
+        &iv,
+        GpuRates::default(),
+    );
+    // GPU time and overhead at the example prices (no energy in this interval).
+    let h = t.get(id).unwrap().usage;
+    assert!(h.total_cost() > 0.0);
+}
+
+/// What an hour of [`an_hour`] costs.
+fn hour_cost() -> f64 {
+    let mut t = tracker();
+    t.register(req("h"), 1001, "alice", Now::at(1000.0))
+        .unwrap();
+    an_hour(&mut t, "h", 0.0);
+    t.get("h").unwrap().usage.total_cost()
+}
+
+fn ending(outcome: Option<Outcome>, reason: Option<EndReason>) -> EndRequest {
+    EndRequest {
+        outcome,
+        reason,
+        ..EndRequest::default()
+    }
+}
+
+#[test]
+fn issue_16_outcomes_and_reasons_of_an_ending() {
+    use EndReason::*;
+    use Outcome::*;
+    // (what the ending says, the outcome and reason recorded)
+    let cases: [(EndRequest, Outcome, Option<EndReason>); 8] = [
+        (ending(Some(Cancelled), None), Cancelled, None),
+        (ending(Some(Preempted), None), Preempted, None),
+        (
+            ending(Some(Failed), Some(TimeLimit)),
+            Failed,
+            Some(TimeLimit),
+        ),
+        // A reason alone means failed.
+        (ending(None, Some(Oom)), Failed, Some(Oom)),
+        (
+            EndRequest {
+                exit_code: Some(3),
+                ..EndRequest::default()
+            },
+            Failed,
+            Some(ExitCode),
+        ),
+        (
+            EndRequest {
+                signal: Some(9),
+                ..EndRequest::default()
+            },
+            Failed,
+            Some(Signal),
+        ),
+        // Failed from an exit code with an outcome given: the reason from the status.
+        (
+            EndRequest {
+                outcome: Some(Failed),
+                exit_code: Some(1),
+                ..EndRequest::default()
+            },
+            Failed,
+            Some(ExitCode),
+        ),
+        (ending(Some(Unknown), None), Unknown, None),
+    ];
+    let mut t = tracker();
+    for (i, (req_, outcome, reason)) in cases.into_iter().enumerate() {
+        let id = format!("j{i}");
+        t.register(req(&id), 1001, "alice", Now::at(1000.0))
+            .unwrap();
+        let j = t.end(&id, req_.clone(), 0, Now::at(1010.0)).unwrap();
+        assert_eq!((j.outcome, j.reason), (outcome, reason), "{req_:?}");
+    }
+    assert_eq!(t.finished_counts()[&Cancelled], 1);
+    assert_eq!(t.finished_counts()[&Preempted], 1);
+    assert_eq!(t.finished_counts()[&Failed], 5);
+    // A reason on an outcome that is not a failure is refused, naming both.
+    t.register(req("x"), 1001, "alice", Now::at(1000.0))
+        .unwrap();
+    let e = t
+        .end("x", ending(Some(Cancelled), Some(Oom)), 0, Now::at(1010.0))
+        .unwrap_err();
+    assert!(
+        matches!(&e, RequestError::Invalid(m) if m.contains("oom") && m.contains("cancelled")),
+        "{e:?}"
+    );
+    assert_eq!(
+        t.get("x").unwrap().outcome,
+        Running,
+        "a refusal changes nothing"
+    );
+    // As JSON, the names are the metric's.
+    let r: EndRequest =
+        serde_json::from_str(r#"{"outcome": "failed", "reason": "time_limit"}"#).unwrap();
+    assert_eq!(r.reason, Some(TimeLimit));
+}
+
+#[test]
+fn issue_16_waste_of_each_outcome_counts_the_cost_since_the_last_checkpoint_once() {
+    // Each job: an idle hour, a checkpoint (or none), a busy hour, then its ending. Costs in
+    // hours of one GPU.
+    let h = hour_cost();
+    let mut t = tracker();
+    let cases = [
+        // (outcome, checkpoint after the first hour, wasted: idle + lost)
+        (Outcome::Succeeded, false, 1.0),
+        (Outcome::Cancelled, false, 1.0),
+        (Outcome::Unknown, false, 1.0),
+        // The whole run: its idle hour (as idle) and its busy hour (as failed).
+        (Outcome::Failed, false, 2.0),
+        (Outcome::Preempted, false, 2.0),
+        // Only the busy hour after the checkpoint is lost; the idle hour stays idle.
+        (Outcome::Failed, true, 2.0),
+        (Outcome::Preempted, true, 2.0),
+    ];
+    for (i, (outcome, checkpoint, wasted)) in cases.into_iter().enumerate() {
+        let id = format!("j{i}");
+        t.register(req(&id), 1001, "alice", Now::at(1000.0))
+            .unwrap();
+        an_hour(&mut t, &id, 0.0);
+        let p = ProgressRequest {
+            steps: Some(10),
+            checkpoint,
+            ..ProgressRequest::default()
+        };
+        t.progress(&id, p, 1001, Now::at(4600.0)).unwrap();
+        an_hour(&mut t, &id, 0.9);
+        let j = t
+            .end(&id, ending(Some(outcome), None), 0, Now::at(8200.0))
+            .unwrap();
+        let w = j.waste();
+        assert!(
+            (j.wasted_cost() - wasted * h).abs() < 1e-9,
+            "{outcome:?} {checkpoint}: {w:?}"
+        );
+        assert!((w.idle - h).abs() < 1e-9);
+        assert!((w.idle + w.fp32 + w.lost - j.wasted_cost()).abs() < 1e-12);
+        if checkpoint {
+            let c = j.progress.as_ref().unwrap().checkpoint.unwrap();
+            assert_eq!((c.at, c.cost, c.idle_cost), (4600.0, h, h));
+        }
+    }
+    // A checkpoint after idle time: the idle hour before it is not lost work, and the busy
+    // hour after it is; one more idle hour after it is idle, not counted twice.
+    t.register(req("k"), 1001, "alice", Now::at(1000.0))
+        .unwrap();
+    an_hour(&mut t, "k", 0.9);
+    let p = ProgressRequest {
+        checkpoint: true,
+        ..ProgressRequest::default()
+    };
+    t.progress("k", p, 1001, Now::at(4600.0)).unwrap();
+    an_hour(&mut t, "k", 0.9);
+    an_hour(&mut t, "k", 0.0);
+    // A later report without a checkpoint keeps the last one.
+    t.progress("k", ProgressRequest::default(), 1001, Now::at(11800.0))
+        .unwrap();
+    let j = t
+        .end(
+            "k",
+            ending(Some(Outcome::Failed), None),
+            0,
+            Now::at(11800.0),
+        )
+        .unwrap();
+    let w = j.waste();
+    assert!((w.idle - h).abs() < 1e-9, "{w:?}");
+    assert!((w.lost - h).abs() < 1e-9, "{w:?}");
+    assert!(
+        (j.wasted_cost() - 2.0 * h).abs() < 1e-9,
+        "of three hours, the first is kept"
+    );
+}
+
+#[test]
+fn issue_16_a_scheduler_reusing_an_ended_jobs_id_starts_a_new_job() {
+    let mut t = tracker();
+    let prolog = || RegisterRequest {
+        id: Some("4812".into()),
+        gpus: vec!["0".into()],
+        uid: Some(1001),
+        scheduler: Some(Scheduler::Slurm),
+        ..RegisterRequest::default()
+    };
+    t.register(prolog(), 0, "root", Now::at(1000.0)).unwrap();
+    t.end(
+        "4812",
+        ending(Some(Outcome::Cancelled), None),
+        0,
+        Now::at(1100.0),
+    )
+    .unwrap();
+    // A prolog from before that end (spooled, replayed late) is the same run: refused.
+    let e = t
+        .register(prolog(), 0, "root", Now::at(1050.0))
+        .unwrap_err();
+    assert!(matches!(e, RequestError::Conflict(_)), "{e:?}");
+    // A user may not take the id either.
+    let mine = RegisterRequest {
+        id: Some("4812".into()),
+        pid: Some(4242),
+        ..RegisterRequest::default()
+    };
+    assert!(t.register(mine, 1001, "alice", Now::at(1200.0)).is_err());
+    // The controller was reset and gives 4812 to a new job: accepted.
+    let j = t.register(prolog(), 0, "root", Now::at(1300.0)).unwrap();
+    assert_eq!((j.outcome, j.started_at), (Outcome::Running, 1300.0));
+    let old = t.get("4812@1000").unwrap();
+    assert_eq!(
+        (old.outcome, old.ended_at),
+        (Outcome::Cancelled, Some(1100.0))
+    );
+    let dirty: Vec<&str> = t.dirty().iter().map(|j| j.id.as_str()).collect();
+    assert!(
+        dirty.contains(&"4812") && dirty.contains(&"4812@1000"),
+        "{dirty:?}"
+    );
+    assert_eq!(t.finished_counts()[&Outcome::Cancelled], 1);
 }

@@ -48,6 +48,10 @@ fn gpucost(args: &[&str], socket: &Path) -> Command {
     c.args(args)
         .env("GPUCOST_SOCKET", socket)
         .env_remove("GPUCOST_JOB_ID");
+    // A hook that cannot reach the agent spools into the state directory: a temporary one.
+    if let Some(dir) = socket.parent() {
+        c.env("GPUCOST_STATE_DIR", dir.join("hook-state"));
+    }
     c.stdin(Stdio::null());
     c
 }
@@ -229,6 +233,11 @@ fn run_without_an_agent_warns_and_still_runs() {
         assert_eq!(out.status.code(), Some(0), "{args:?}");
         assert!(String::from_utf8_lossy(&out.stderr).contains("warning"));
     }
+    // What had a job id was kept for the agent (issue 16): one start, one end.
+    let spooled = std::fs::read_dir(dir.path().join("hook-state/spool"))
+        .unwrap()
+        .count();
+    assert_eq!(spooled, 2);
 }
 
 fn as_user(mut c: Command, uid: u32) -> Output {

@@ -48,6 +48,7 @@ pub(super) fn job(id: &str, outcome: Outcome, labels: &[(&str, &str)]) -> JobRec
             _ => None,
         },
         signal: None,
+        reason: None,
         usage,
         per_gpu: [("GPU-a".to_string(), half), ("GPU-b".to_string(), half)]
             .into_iter()

@@ -7,7 +7,7 @@ use super::{bool_value, Families};
 use crate::snapshot::Snapshot;
 
 /// The per-job families, in the order they are written.
-pub(super) const JOB_FAMILIES: [&str; 18] = [
+pub(super) const JOB_FAMILIES: [&str; 19] = [
     "gpucost_job_info",
     "gpucost_job_gpu_seconds_total",
     "gpucost_job_energy_joules_total",
@@ -25,6 +25,7 @@ pub(super) const JOB_FAMILIES: [&str; 18] = [
     "gpucost_job_failed",
     "gpucost_job_start_time_seconds",
     "gpucost_job_end_time_seconds",
+    "gpucost_job_outcome",
     // Anything render_job writes that is not listed above (a test keeps this empty).
     "",
 ];
@@ -84,21 +85,20 @@ pub(super) fn render_job(f: &mut Families, snap: &Snapshot, j: &JobRecord) {
         &id,
         u.idle_gpu_seconds,
     );
-    // The reasons add up: a failed run's whole cost is wasted, split so that no part of it
-    // is counted under two reasons.
-    let failed_rest = if j.outcome == Outcome::Failed {
-        (u.total_cost() - u.idle_cost - u.fp32_saving).max(0.0)
-    } else {
-        0.0
-    };
+    // The reasons add up to `JobRecord::wasted_cost`, no part of the cost under two of them:
+    // a failed or preempted run's cost since its last checkpoint (its whole cost without one)
+    // is split into its idle part, its FP32 part and the rest, under the outcome's name.
+    let w = j.waste();
+    let lost = |o: Outcome| if j.outcome == o { w.lost } else { 0.0 };
     for (reason, v) in [
-        ("idle", u.idle_cost),
-        ("fp32", u.fp32_saving),
-        ("failed", failed_rest),
+        ("idle", w.idle),
+        ("fp32", w.fp32),
+        ("failed", lost(Outcome::Failed)),
+        ("preempted", lost(Outcome::Preempted)),
     ] {
         f.counter(
             "gpucost_job_wasted_cost_total",
-            "Cost that bought nothing: idle = held while idle; fp32 = what mixed precision would have saved of FP32-bound time; failed = the rest of a failed run's cost (together a failed run's whole cost).",
+            "Cost that bought nothing: idle = held while idle; fp32 = what mixed precision would have saved of FP32-bound time; failed, preempted = the rest of what a failed or preempted run cost since its last checkpoint (since its start without one). A cancelled run is not a failure.",
             &[("job_id", &j.id), ("reason", reason)],
             v,
         );
@@ -190,4 +190,14 @@ pub(super) fn render_job(f: &mut Families, snap: &Snapshot, j: &JobRecord) {
             ended,
         );
     }
+    f.gauge(
+        "gpucost_job_outcome",
+        "1 for the job's current outcome (running, succeeded, failed, cancelled, preempted, unknown); reason = why it failed (exit_code, signal, time_limit, oom, node_fail), empty when unknown or not failed.",
+        &[
+            ("job_id", j.id.as_str()),
+            ("outcome", j.outcome.as_str()),
+            ("reason", j.reason.map_or("", |r| r.as_str())),
+        ],
+        1.0,
+    );
 }

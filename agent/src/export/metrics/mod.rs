@@ -279,6 +279,7 @@ mod tests {
             outcome,
             exit_code: None,
             signal: None,
+            reason: None,
             usage: Usage {
                 gpu_seconds: i as f64,
                 cost_gpu_time: 0.5 * i as f64,
@@ -373,6 +374,50 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("gpucost_job_end_time_seconds{"), "{text}");
+    }
+
+    /// Issue 16: one outcome series per job with its failure reason, and the waste of a
+    /// preempted run under its own reason, the reasons adding up to the job's wasted cost.
+    #[test]
+    fn issue_16_each_job_has_one_outcome_series_and_its_waste_by_reason() {
+        use gpucost_core::jobs::EndReason;
+        let labels = Arc::new(Vec::new());
+        let mut timeout = job(1, Outcome::Failed);
+        timeout.reason = Some(EndReason::TimeLimit);
+        timeout.usage.idle_cost = 0.125;
+        let mut preempted = job(2, Outcome::Preempted);
+        preempted.usage.idle_cost = 0.25;
+        let cancelled = job(3, Outcome::Cancelled);
+        let text = render(&snapshot(
+            shared([job(0, Outcome::Running), timeout, preempted, cancelled]),
+            &labels,
+        ));
+        for line in [
+            r#"gpucost_job_outcome{job_id="job-0",outcome="running",reason=""} 1"#,
+            r#"gpucost_job_outcome{job_id="job-1",outcome="failed",reason="time_limit"} 1"#,
+            r#"gpucost_job_outcome{job_id="job-2",outcome="preempted",reason=""} 1"#,
+            r#"gpucost_job_outcome{job_id="job-3",outcome="cancelled",reason=""} 1"#,
+            // job-1 cost 0.5 in all: 0.125 idle, the rest lost to the failure.
+            r#"gpucost_job_wasted_cost_total{job_id="job-1",reason="idle"} 0.125"#,
+            r#"gpucost_job_wasted_cost_total{job_id="job-1",reason="failed"} 0.375"#,
+            r#"gpucost_job_wasted_cost_total{job_id="job-1",reason="preempted"} 0"#,
+            r#"gpucost_job_wasted_cost_total{job_id="job-2",reason="idle"} 0.25"#,
+            r#"gpucost_job_wasted_cost_total{job_id="job-2",reason="preempted"} 0.75"#,
+            r#"gpucost_job_wasted_cost_total{job_id="job-2",reason="failed"} 0"#,
+            // A cancelled run is no failure: only its idle time is waste.
+            r#"gpucost_job_wasted_cost_total{job_id="job-3",reason="failed"} 0"#,
+            r#"gpucost_job_wasted_cost_total{job_id="job-3",reason="preempted"} 0"#,
+            r#"gpucost_job_failed{job_id="job-1"} 1"#,
+            r#"gpucost_job_failed{job_id="job-2"} 0"#,
+            r#"gpucost_job_failed{job_id="job-3"} 0"#,
+        ] {
+            assert!(
+                text.contains(line),
+                "{line} in
+{text}"
+            );
+        }
+        assert_eq!(text.matches("gpucost_job_outcome{").count(), 4);
     }
 
     /// A render writes into the buffer of the output before last once no one holds it.

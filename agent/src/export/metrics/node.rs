@@ -346,7 +346,7 @@ fn render_jobs(f: &mut Families, snap: &Snapshot) {
         &[],
         bool_value(snap.ledger_error.is_none()),
     );
-    for outcome in [Outcome::Succeeded, Outcome::Failed, Outcome::Unknown] {
+    for outcome in Outcome::ALL.into_iter().filter(|o| *o != Outcome::Running) {
         f.counter(
             "gpucost_jobs_finished_total",
             "Jobs that ended on this node, by outcome.",
