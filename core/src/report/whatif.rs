@@ -11,11 +11,14 @@
 //!   the accounting already priced as the FP32 saving; unknown for a job whose GPUs reported no
 //!   pipe activity (no FP32-bound test was possible).
 //! - `no_idle`: without the GPU time it held while the GPU was idle.
+//! - `checkpoint`: a failed or preempted run without the cost it lost since its last checkpoint
+//!   (all of it when it reported none), as if it had checkpointed just before the end; the other
+//!   outcomes lose nothing (their cost), an `unknown` one is unknown.
 
 use std::collections::BTreeMap;
 
 use crate::account::pricing::Pricing;
-use crate::jobs::JobRecord;
+use crate::jobs::{JobRecord, Outcome};
 
 /// The levers, in the order they are shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -25,15 +28,17 @@ pub enum Lever {
     OffPeak,
     Bf16,
     NoIdle,
+    Checkpoint,
 }
 
 impl Lever {
-    pub const ALL: [Lever; 5] = [
+    pub const ALL: [Lever; 6] = [
         Lever::Spot,
         Lever::Reserved,
         Lever::OffPeak,
         Lever::Bf16,
         Lever::NoIdle,
+        Lever::Checkpoint,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -43,6 +48,7 @@ impl Lever {
             Lever::OffPeak => "off_peak",
             Lever::Bf16 => "bf16",
             Lever::NoIdle => "no_idle",
+            Lever::Checkpoint => "checkpoint",
         }
     }
 }
@@ -65,7 +71,7 @@ impl Default for WhatIfOptions {
 pub struct WhatIf {
     pub actual: f64,
     /// The cost with each lever, in [`Lever::ALL`]'s order; `None` where its inputs are unknown.
-    pub levers: [Option<f64>; 5],
+    pub levers: [Option<f64>; 6],
     /// Whether the run fits in one stretch of the cheapest tariff (a group: all of its runs).
     pub off_peak_fits: bool,
 }
@@ -85,7 +91,7 @@ impl WhatIf {
     pub fn sum<'a>(items: impl IntoIterator<Item = &'a WhatIf>) -> WhatIf {
         let mut total = WhatIf {
             actual: 0.0,
-            levers: [Some(0.0); 5],
+            levers: [Some(0.0); 6],
             off_peak_fits: true,
         };
         for w in items {
@@ -129,9 +135,17 @@ pub fn what_if(
     let pipes_seen = u.flop > 0.0 || u.fp32_seconds > 0.0 || u.gpu_seconds == 0.0;
     let bf16 = pipes_seen.then_some(actual - u.fp32_saving);
     let no_idle = actual - u.idle_cost;
+    let checkpoint = (job.outcome != Outcome::Unknown).then(|| actual - job.waste().lost);
     WhatIf {
         actual,
-        levers: [spot, reserved, Some(off_peak), bf16, Some(no_idle)],
+        levers: [
+            spot,
+            reserved,
+            Some(off_peak),
+            bf16,
+            Some(no_idle),
+            checkpoint,
+        ],
         off_peak_fits: duration <= stretch_s,
     }
 }
@@ -139,7 +153,7 @@ pub fn what_if(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jobs::{Outcome, Scheduler, Usage};
+    use crate::jobs::{Checkpoint, Progress, Scheduler, Usage};
 
     fn pricing(extra: &str) -> Pricing {
         parse_text(&format!(
@@ -183,6 +197,7 @@ mod tests {
             outcome: Outcome::Succeeded,
             exit_code: Some(0),
             signal: None,
+            reason: None,
             usage,
             per_gpu: BTreeMap::from([("GPU-a".to_string(), usage)]),
             registration: None,
@@ -208,6 +223,36 @@ mod tests {
         assert_eq!(w.with(Lever::Bf16), Some(10.0));
         assert_eq!(w.with(Lever::NoIdle), Some(9.0));
         assert_eq!(w.saving(Lever::NoIdle), Some(3.0));
+        // It succeeded: checkpoints would have saved nothing.
+        assert_eq!(w.saving(Lever::Checkpoint), Some(0.0));
+    }
+
+    /// A failed run loses what it cost since its last checkpoint (less its idle and FP32 parts,
+    /// counted by their own levers); all of it without one; an unknown end is unknown.
+    #[test]
+    fn the_checkpoint_lever_is_the_work_a_failure_lost() {
+        let (mut j, models) = job();
+        let p = pricing("");
+        j.outcome = Outcome::Failed;
+        let w = what_if(&j, &models, &p, &WhatIfOptions::default());
+        // 12 in all, 3 of it idle and 2 FP32 saving: 7 lost.
+        assert_eq!(w.saving(Lever::Checkpoint), Some(7.0));
+        j.progress = Some(Progress {
+            checkpoint: Some(Checkpoint {
+                at: 3600.0,
+                cost: 6.0,
+                idle_cost: 1.0,
+                fp32_saving: 1.0,
+            }),
+            ..Progress::default()
+        });
+        j.outcome = Outcome::Preempted;
+        let w = what_if(&j, &models, &p, &WhatIfOptions::default());
+        // After the checkpoint: 6 more, of it 2 idle and 1 FP32: 3 lost.
+        assert_eq!(w.saving(Lever::Checkpoint), Some(3.0));
+        j.outcome = Outcome::Unknown;
+        let w = what_if(&j, &models, &p, &WhatIfOptions::default());
+        assert_eq!(w.with(Lever::Checkpoint), None);
     }
 
     /// Without a spot or reserved rate, or without pipe data, the lever is unknown, never the
@@ -232,11 +277,14 @@ mod tests {
         // Sums: unknown when any part is.
         let a = WhatIf {
             actual: 1.0,
-            levers: [Some(1.0), None, Some(0.5), Some(1.0), Some(1.0)],
+            levers: [Some(1.0), None, Some(0.5), Some(1.0), Some(1.0), Some(1.0)],
             off_peak_fits: true,
         };
         let s = WhatIf::sum([&a, &a]);
         assert_eq!(s.actual, 2.0);
-        assert_eq!(s.levers, [Some(2.0), None, Some(1.0), Some(2.0), Some(2.0)]);
+        assert_eq!(
+            s.levers,
+            [Some(2.0), None, Some(1.0), Some(2.0), Some(2.0), Some(2.0)]
+        );
     }
 }

@@ -1046,6 +1046,7 @@ fn an_hour(t: &mut Tracker, id: &str, utilization: f64) {
         model: "NVIDIA H100 80GB HBM3",
         flop: 0.0,
         fp32_bound_speedup: None,
+        slice_share: 1.0,
     };
     t.account(
         &crate::config::example_pricing(),

@@ -34,8 +34,8 @@ fn node(name: &str, gpus: usize, jobs: &[String]) -> String {
     )
 }
 
-/// What a ledger says of each job: (cost, GPU-seconds, joules) by id.
-fn ledger(state: &Path) -> Vec<(String, [f64; 3])> {
+/// What a ledger says of each job: (cost, GPU-seconds, joules, wasted cost) by id.
+fn ledger(state: &Path) -> Vec<(String, [f64; 4])> {
     let out = Command::new(agent_bin())
         .args(["report", "--format", "json", "--state-dir"])
         .arg(state)
@@ -56,7 +56,12 @@ fn ledger(state: &Path) -> Vec<(String, [f64; 3])> {
             let f = |k: &str| j[k].as_f64().unwrap();
             (
                 j["id"].as_str().unwrap().to_string(),
-                [f("cost_total"), f("gpu_seconds"), f("energy_j")],
+                [
+                    f("cost_total"),
+                    f("gpu_seconds"),
+                    f("energy_j"),
+                    f("wasted_cost"),
+                ],
             )
         })
         .collect()
@@ -139,11 +144,11 @@ fn the_fleet_report_from_prometheus_equals_the_ledgers_summed() {
     }
     std::thread::sleep(Duration::from_millis(2500));
 
-    let mut want: std::collections::BTreeMap<String, [f64; 3]> = Default::default();
+    let mut want: std::collections::BTreeMap<String, [f64; 4]> = Default::default();
     for (id, v) in ledger(&a.state_dir).into_iter().chain(ledger(&b.state_dir)) {
         let w = want.entry(id).or_default();
-        for i in 0..3 {
-            w[i] += v[i];
+        for (w, v) in w.iter_mut().zip(v) {
+            *w += v;
         }
     }
     assert_eq!(want.len(), 3, "{want:?}");
@@ -156,7 +161,8 @@ fn the_fleet_report_from_prometheus_equals_the_ledgers_summed() {
     for j in jobs {
         let id = j["id"].as_str().unwrap();
         let w = want[id];
-        for (i, key) in ["cost_total", "gpu_seconds", "energy_j"].iter().enumerate() {
+        let keys = ["cost_total", "gpu_seconds", "energy_j", "wasted_cost"];
+        for (i, key) in keys.iter().enumerate() {
             let got = j[*key].as_f64().unwrap();
             assert!(
                 (got - w[i]).abs() <= 0.01 * w[i],
@@ -170,6 +176,20 @@ fn the_fleet_report_from_prometheus_equals_the_ledgers_summed() {
     let multi = jobs.iter().find(|j| j["id"] == "multi-7").unwrap();
     assert_eq!(multi["name"], "slurm-multi-7");
     assert_eq!(multi["scheduler"], "slurm");
+    // Its start and end are the agents' (gpucost_job_start_time_seconds, ..._end_...), not the
+    // window's.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let started = multi["started_at"].as_f64().unwrap();
+    assert!(now - started < 120.0, "{multi}");
+    assert!(multi["ended_at"].as_f64().unwrap() > started, "{multi}");
+    assert_eq!(multi["outcome"], "succeeded");
+    // The failed run is failed, its whole cost lost (it reported no checkpoint).
+    let failed = jobs.iter().find(|j| j["id"] == "5150").unwrap();
+    assert_eq!(failed["outcome"], "failed");
+    assert!(failed["wasted_cost"].as_f64().unwrap() > 0.0, "{failed}");
     assert!(
         multi["gpu_seconds"].as_f64().unwrap() > 3.0 * 3.0,
         "{multi}"

@@ -87,7 +87,12 @@ pub(super) fn gpu_models(
 ) -> (Vec<String>, BTreeMap<String, String>) {
     let physical: BTreeMap<u32, &str> = gpus
         .iter()
-        .map(|g| (gpucost_core::reading::physical_index(g.index), g.model.as_str()))
+        .map(|g| {
+            (
+                gpucost_core::reading::physical_index(g.index),
+                g.model.as_str(),
+            )
+        })
         .collect();
     (
         physical.into_values().map(str::to_string).collect(),

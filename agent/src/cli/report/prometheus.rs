@@ -199,6 +199,7 @@ fn entry<'a>(
         outcome: Outcome::Unknown,
         exit_code: None,
         signal: None,
+        reason: None,
         usage: Usage::default(),
         per_gpu: BTreeMap::new(),
         registration: None,
@@ -279,6 +280,8 @@ pub(super) fn read_fleet(p: &Prometheus, now: f64, window_s: u64) -> anyhow::Res
         };
         add(&id, &instance, s.value, &field);
     }
+    // The cost a failed or preempted run lost since its last checkpoint, by job.
+    let mut lost: BTreeMap<String, f64> = BTreeMap::new();
     for s in q(&growth(
         "gpucost_job_wasted_cost_total",
         "job_id, instance, reason",
@@ -288,6 +291,10 @@ pub(super) fn read_fleet(p: &Prometheus, now: f64, window_s: u64) -> anyhow::Res
         let field: Field = match s.labels.get("reason").map(String::as_str) {
             Some("idle") => |u| &mut u.idle_cost,
             Some("fp32") => |u| &mut u.fp32_saving,
+            Some("failed" | "preempted") => {
+                *lost.entry(id).or_default() += s.value.max(0.0);
+                continue;
+            }
             _ => continue,
         };
         add(&id, &instance, s.value, &field);
@@ -319,6 +326,27 @@ pub(super) fn read_fleet(p: &Prometheus, now: f64, window_s: u64) -> anyhow::Res
             }
         }
     }
+    // The outcome series says more (cancelled, preempted) where the agents export it; a job's
+    // nodes may disagree (one part failed, the others were ended): the most telling one wins.
+    let rank = |o: Outcome| match o {
+        Outcome::Running => 5,
+        Outcome::Failed => 4,
+        Outcome::Succeeded => 1,
+        Outcome::Unknown => 0,
+        _ => 3,
+    };
+    for s in q(&format!("last_over_time(gpucost_job_outcome[{w}s]) > 0"))? {
+        let (Some(id), Some(o)) = (
+            s.labels.get("job_id"),
+            s.labels.get("outcome").and_then(|o| Outcome::parse(o)),
+        ) else {
+            continue;
+        };
+        let j = entry(&mut jobs, id, window_start);
+        if rank(o) > rank(j.outcome) {
+            j.outcome = o;
+        }
+    }
     for s in q(&format!(
         "min by (job_id) (last_over_time(gpucost_job_start_time_seconds[{w}s]))"
     ))? {
@@ -336,12 +364,33 @@ pub(super) fn read_fleet(p: &Prometheus, now: f64, window_s: u64) -> anyhow::Res
             }
         }
     }
+    // What the lost cost says of the last checkpoint: the job's totals less what it lost then
+    // (so that `JobRecord::waste` gives back what the agents counted as lost).
+    for (id, lost) in lost {
+        if let Some(j) = jobs.get_mut(&id) {
+            let u = &j.usage;
+            let checkpoint = gpucost_core::jobs::Checkpoint {
+                at: j.ended_at.unwrap_or(now),
+                cost: u.total_cost() - lost,
+                idle_cost: u.idle_cost,
+                fp32_saving: u.fp32_saving,
+            };
+            j.progress.get_or_insert_with(Default::default).checkpoint = Some(checkpoint);
+        }
+    }
     // GPUs, and each node's model where it has one.
     let mut gpu_models = Vec::new();
     let mut node_models: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut seen = std::collections::BTreeSet::new();
     for s in q(&format!("last_over_time(gpucost_gpu_info[{w}s])"))? {
-        let uuid = s.labels.get("uuid").cloned().unwrap_or_default();
+        // A MIG instance is part of its physical GPU, which is the one to count.
+        let uuid = s
+            .labels
+            .get("parent_uuid")
+            .filter(|p| !p.is_empty())
+            .or_else(|| s.labels.get("uuid"))
+            .cloned()
+            .unwrap_or_default();
         let instance = s.labels.get("instance").cloned().unwrap_or_default();
         let model = s.labels.get("model").cloned().unwrap_or_default();
         if seen.insert((instance.clone(), uuid)) {

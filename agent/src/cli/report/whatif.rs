@@ -82,7 +82,14 @@ fn text(t: &WhatIfTable, currency: &str) -> String {
     let actual = format!("ACTUAL {currency}");
     let mut columns = vec![(if t.key == "id" { "JOB" } else { "GROUP" }, L, Some(40))];
     columns.push((actual.as_str(), R, None));
-    let heads = ["SPOT", "RESERVED", "OFF-PEAK", "BF16", "NO-IDLE"];
+    let heads = [
+        "SPOT",
+        "RESERVED",
+        "OFF-PEAK",
+        "BF16",
+        "NO-IDLE",
+        "CHECKPOINT",
+    ];
     for h in heads {
         columns.push((h, R, None));
     }
@@ -218,7 +225,7 @@ mod tests {
         let mut lines = csv.lines();
         assert_eq!(
             lines.next(),
-            Some("id,actual,spot,reserved,off_peak,bf16,no_idle,off_peak_fits")
+            Some("id,actual,spot,reserved,off_peak,bf16,no_idle,checkpoint,off_peak_fits")
         );
         assert!(csv.contains(",unknown,"), "{csv}");
         assert!(csv.lines().last().unwrap().starts_with("TOTAL,"), "{csv}");
