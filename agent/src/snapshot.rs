@@ -8,9 +8,11 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use gpucost_core::account::energy::EnergyMethod;
+use gpucost_core::account::pricing::Pricing;
 use gpucost_core::account::GpuTotals;
 use gpucost_core::jobs::{GpuRecord, JobRecord, Outcome};
 use gpucost_core::reading::{GpuStatic, ProcessUse, Reading, Source};
+use gpucost_core::report::whatif::WhatIfOptions;
 
 #[derive(Debug, Clone)]
 pub struct Snapshot {
@@ -58,6 +60,20 @@ pub struct Snapshot {
     pub export_labels: Arc<Vec<String>>,
     /// Per running job: achieved FLOP/s and peak over the last tick (live, not persisted).
     pub job_rates: Arc<BTreeMap<String, gpucost_core::tracker::JobRate>>,
+    /// What each job's savings levers are priced with (`gpucost_job_savings_potential`).
+    pub what_if: Arc<WhatIfPrices>,
+}
+
+/// The node's prices and its GPUs' models: with a job's usage, all that
+/// [`gpucost_core::report::whatif::what_if`] needs, as `gpucost report --what-if` calls it. The
+/// node replaces it only when a GPU appears or changes model, so that the renderer can tell an
+/// unchanged job by its record alone.
+#[derive(Debug, Clone, Default)]
+pub struct WhatIfPrices {
+    pub pricing: Pricing,
+    /// GPU UUID -> model ([`gpucost_core::report::whatif::models_by_uuid`]).
+    pub model_of: BTreeMap<String, String>,
+    pub opts: WhatIfOptions,
 }
 
 /// Totals that must never go backwards, as exported.
@@ -118,6 +134,7 @@ impl Snapshot {
             market: "",
             export_labels: Arc::new(Vec::new()),
             job_rates: Arc::new(BTreeMap::new()),
+            what_if: Arc::default(),
         }
     }
 }

@@ -32,7 +32,7 @@ use crate::identity::user_name;
 use crate::record::Recorder;
 use crate::sample::sampler::Sampler;
 use crate::sample::sim::SimEndings;
-use crate::snapshot::{Published, Snapshot};
+use crate::snapshot::{Published, Snapshot, WhatIfPrices};
 use gpucost_core::account::cost::Interval;
 use gpucost_core::account::efficiency::{flop_rate, fp32_bound, PipePeaks};
 use gpucost_core::account::pricing::Pricing;
@@ -46,6 +46,7 @@ use gpucost_core::attribute::PodGpu;
 use gpucost_core::attribute::{attribute, check_claim, GpuInput};
 use gpucost_core::benchmark::GpuBenchmark;
 use gpucost_core::jobs::{GpuRecord, JobRecord, Outcome, Scheduler};
+use gpucost_core::report::whatif;
 use gpucost_core::tracker::{
     EndRequest, GpuRates, JobLimits, ProgressRequest, RegisterRequest, RequestError, Tracker,
 };
@@ -173,6 +174,8 @@ pub struct Node {
     peaks: BTreeMap<String, Option<PipePeaks>>,
     published: Published,
     export_labels: Arc<Vec<String>>,
+    /// The prices and GPU models each job's savings levers are exported with.
+    what_if: Arc<WhatIfPrices>,
     /// Ticks skipped because a cycle ran late.
     skipped: u64,
     /// Requests dropped because they waited past their deadline.
@@ -227,8 +230,13 @@ impl Node {
         let mut tracker = Tracker::new(cfg.grace_s, cfg.vanish_s, &cfg.hostname);
         tracker.set_limits(cfg.limits);
         let export_labels = Arc::new(cfg.export_labels.clone());
+        let what_if = Arc::new(WhatIfPrices {
+            pricing: pricing.clone(),
+            ..WhatIfPrices::default()
+        });
         let mut node = Node {
             export_labels,
+            what_if,
             skipped: 0,
             late_requests: 0,
             warned_gpu_indices: false,
@@ -1174,6 +1182,12 @@ impl Node {
             ),
             finished: self.tracker.finished_counts().clone(),
         };
+        // A new value only when a GPU came or changed model: the renderer re-encodes every job
+        // when it changes.
+        let model_of = whatif::models_by_uuid(self.published.gpus.values());
+        if model_of != self.what_if.model_of {
+            Arc::make_mut(&mut self.what_if).model_of = model_of;
+        }
     }
 
     fn publish(&mut self, duration: Option<Duration>) {
@@ -1210,6 +1224,7 @@ impl Node {
             market: self.pricing.market.as_str(),
             export_labels: self.export_labels.clone(),
             job_rates: Arc::new(self.tracker.rates()),
+            what_if: self.what_if.clone(),
             skipped_samples: self.skipped,
             late_requests: self.late_requests,
             benchmarks: self.benchmarks.clone(),

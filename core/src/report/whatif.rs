@@ -9,16 +9,19 @@
 //!   stretch of that tariff is said apart.
 //! - `bf16`: its FP32-bound time at the GPU's measured (else datasheet) BF16/FP32 speedup, which
 //!   the accounting already priced as the FP32 saving; unknown for a job whose GPUs reported no
-//!   pipe activity (no FP32-bound test was possible).
+//!   pipe activity (no FP32-bound test was possible, [`pipes_measured`]).
 //! - `no_idle`: without the GPU time it held while the GPU was idle.
 //! - `checkpoint`: a failed or preempted run without the cost it lost since its last checkpoint
 //!   (all of it when it reported none), as if it had checkpointed just before the end; the other
 //!   outcomes lose nothing (their cost), an `unknown` one is unknown.
+//!
+//! One definition for `gpucost report --what-if` (from the ledger, or from Prometheus for the
+//! fleet) and for the agent's `gpucost_job_savings_potential` (each job's [`WhatIf::savings`]).
 
 use std::collections::BTreeMap;
 
 use crate::account::pricing::Pricing;
-use crate::jobs::{JobRecord, Outcome};
+use crate::jobs::{GpuRecord, JobRecord, Outcome, Usage};
 
 /// The levers, in the order they are shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -87,6 +90,14 @@ impl WhatIf {
         self.with(lever).map(|c| self.actual - c)
     }
 
+    /// What each lever whose inputs are known would have saved, in [`Lever::ALL`]'s order
+    /// (negative where the lever would have cost more).
+    pub fn savings(&self) -> impl Iterator<Item = (Lever, f64)> + '_ {
+        Lever::ALL
+            .into_iter()
+            .filter_map(|l| self.saving(l).map(|s| (l, s)))
+    }
+
     /// The sum over several jobs or groups; a lever unknown for any of them is unknown.
     pub fn sum<'a>(items: impl IntoIterator<Item = &'a WhatIf>) -> WhatIf {
         let mut total = WhatIf {
@@ -105,10 +116,41 @@ impl WhatIf {
     }
 }
 
+/// Each GPU's model by UUID (a MIG instance's is its physical GPU's): the `model_of` of
+/// [`what_if`] for a ledger's or a node's GPUs.
+pub fn models_by_uuid<'a>(
+    gpus: impl IntoIterator<Item = &'a GpuRecord>,
+) -> BTreeMap<String, String> {
+    gpus.into_iter()
+        .map(|g| (g.uuid.clone(), g.model.clone()))
+        .collect()
+}
+
+/// Whether a job's GPUs reported pipe activity (FLOPs counted, or FP32-bound time found), so
+/// that the FP32-bound test could run: the input of the `bf16` lever. A job that held no GPU
+/// time had nothing to test.
+pub fn pipes_measured(u: &Usage) -> bool {
+    u.flop > 0.0 || u.fp32_seconds > 0.0 || u.gpu_seconds == 0.0
+}
+
 /// The what-if of one job. `model_of` maps the GPU UUIDs of `job.per_gpu` to their models (the
-/// ledger's GPUs); a GPU it does not know makes the rate-based levers unknown.
+/// ledger's GPUs, [`models_by_uuid`]); a GPU it does not know makes the rate-based levers
+/// unknown.
 pub fn what_if(
     job: &JobRecord,
+    model_of: &BTreeMap<String, String>,
+    pricing: &Pricing,
+    opts: &WhatIfOptions,
+) -> WhatIf {
+    what_if_measured(job, pipes_measured(&job.usage), model_of, pricing, opts)
+}
+
+/// [`what_if`] where whether the job's pipes were measured is known from elsewhere than its
+/// usage: a fleet report's usage comes from Prometheus, which has no FLOP counts, and the agents
+/// say whether they measured a job's pipes by exporting its `bf16` lever.
+pub fn what_if_measured(
+    job: &JobRecord,
+    pipes_measured: bool,
     model_of: &BTreeMap<String, String>,
     pricing: &Pricing,
     opts: &WhatIfOptions,
@@ -131,9 +173,7 @@ pub fn what_if(
     let facility_kwh = u.energy_j / 3.6e6 * pricing.pue;
     let off_peak = actual - u.cost_energy + facility_kwh * cheapest;
     let duration = job.ended_at.unwrap_or(job.started_at) - job.started_at;
-    // Pipe activity (FLOPs counted) or FP32-bound time found: the FP32 test could run.
-    let pipes_seen = u.flop > 0.0 || u.fp32_seconds > 0.0 || u.gpu_seconds == 0.0;
-    let bf16 = pipes_seen.then_some(actual - u.fp32_saving);
+    let bf16 = pipes_measured.then_some(actual - u.fp32_saving);
     let no_idle = actual - u.idle_cost;
     let checkpoint = (job.outcome != Outcome::Unknown).then(|| actual - job.waste().lost);
     WhatIf {
@@ -225,6 +265,12 @@ mod tests {
         assert_eq!(w.saving(Lever::NoIdle), Some(3.0));
         // It succeeded: checkpoints would have saved nothing.
         assert_eq!(w.saving(Lever::Checkpoint), Some(0.0));
+        // What the agent exports: the saving of every known lever, in order.
+        let savings: Vec<(Lever, f64)> = w.savings().collect();
+        assert_eq!(savings.len(), 6);
+        assert_eq!(savings[0].0, Lever::Spot);
+        assert!((savings[0].1 - 3.2).abs() < 1e-9, "{savings:?}");
+        assert_eq!(savings[3], (Lever::Bf16, 2.0));
     }
 
     /// A failed run loses what it cost since its last checkpoint (less its idle and FP32 parts,
@@ -268,6 +314,12 @@ mod tests {
         j.usage.fp32_saving = 0.0;
         let w = what_if(&j, &models, &p, &WhatIfOptions::default());
         assert_eq!(w.with(Lever::Bf16), None);
+        // Only the known levers have a saving, in order.
+        let known: Vec<Lever> = w.savings().map(|(l, _)| l).collect();
+        assert_eq!(known, [Lever::OffPeak, Lever::NoIdle, Lever::Checkpoint]);
+        // Measured elsewhere (the agents of a fleet report): known, and saving nothing.
+        let w = what_if_measured(&j, true, &models, &p, &WhatIfOptions::default());
+        assert_eq!(w.saving(Lever::Bf16), Some(0.0));
         let p = pricing("spot_per_hour = 2.0\n");
         let w = what_if(&j, &BTreeMap::new(), &p, &WhatIfOptions::default());
         assert_eq!(w.with(Lever::Spot), None);

@@ -2,7 +2,8 @@
 //! two simulated agents: one job spans both nodes, each node has one of its own, all end within
 //! seconds. Once Prometheus has scraped their final totals, the fleet report must say what the
 //! two ledgers say together: each job's cost, GPU time and energy summed over its nodes (issue
-//! 20, item 3). Its what-if and break-even use the same figures.
+//! 20, item 3). Its what-if and break-even use the same figures, and its what-if is what the
+//! agents export as each job's savings levers (issue 20, item 2).
 
 use std::path::Path;
 use std::process::Command;
@@ -219,6 +220,77 @@ fn the_fleet_report_from_prometheus_equals_the_ledgers_summed() {
         "{text}"
     );
     assert!(text.contains("NVIDIA H100 80GB HBM3: 5 GPU(s)"), "{text}");
+    // Issue 20: its figures are what the agents export, lever by lever
+    // (gpucost_job_savings_potential, summed over each job's nodes; the example config holds the
+    // prices the simulated agents count with). Every lever is known: spot and reserved rates are
+    // configured, the agents measured these BF16 runs' pipes, every outcome is known.
+    let (code, json, err) = fleet_report(
+        &prom,
+        &[
+            "--since",
+            "1h",
+            "--what-if",
+            "--format",
+            "json",
+            "--config",
+            config,
+        ],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let doc: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let rows = doc["what_if"]["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 3, "{json}");
+    for row in rows {
+        let id = row["id"].as_str().unwrap();
+        let actual = row["actual"].as_f64().unwrap();
+        assert!(actual > 0.0, "{row}");
+        for lever in [
+            "spot",
+            "reserved",
+            "off_peak",
+            "bf16",
+            "no_idle",
+            "checkpoint",
+        ] {
+            let with = row[lever]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{id}: {lever} unknown in {row}"));
+            let exported = prom.query(&format!(
+                r#"sum(last_over_time(gpucost_job_savings_potential{{job_id="{id}", lever="{lever}"}}[5m]))"#
+            ));
+            let exported: f64 = exported
+                .first()
+                .and_then(|s| s["value"][1].as_str())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("{id}: no {lever} series: {exported:?}"));
+            assert!(
+                (actual - with - exported).abs() <= 0.01 * actual,
+                "{id} {lever}: the report saves {}, the agents export {exported}",
+                actual - with
+            );
+        }
+    }
+    // The failed run would have saved what it lost (its waste as `failed`) with a checkpoint,
+    // the others nothing; spot saves on every run.
+    let row = |id: &str| rows.iter().find(|r| r["id"] == id).unwrap();
+    let saving = |id: &str, lever: &str| {
+        row(id)["actual"].as_f64().unwrap() - row(id)[lever].as_f64().unwrap()
+    };
+    let lost: f64 = prom.query(
+        r#"sum(last_over_time(gpucost_job_wasted_cost_total{job_id="5150", reason="failed"}[5m]))"#,
+    )[0]["value"][1]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(lost > 0.0);
+    assert!(
+        (saving("5150", "checkpoint") - lost).abs() <= 0.01 * lost,
+        "lost {lost}: {}",
+        row("5150")
+    );
+    assert_eq!(saving("multi-7", "checkpoint"), 0.0);
+    assert!(saving("multi-7", "spot") > 0.0);
     let (code, _, err) = fleet_report(&prom, &["--job", "no-such-job"]);
     assert_eq!(code, Some(2));
     assert!(err.contains("no-such-job"), "{err}");

@@ -16,7 +16,7 @@ mod whatif;
 
 pub use render::{format_utc, render, Format, RenderError, ReportOptions};
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -77,6 +77,9 @@ struct Source {
     pricing: Pricing,
     /// The window's start for the break-even (`--since`, or the fleet's default window).
     since: Option<f64>,
+    /// The jobs whose pipes some agent measured (it exported their `bf16` lever), where the
+    /// jobs' usage cannot say (the fleet's); `None`: each job's usage says.
+    pipes_measured: Option<BTreeSet<String>>,
 }
 
 /// The GPUs of a ledger as one model per physical GPU (a GPU's MIG instances, and the GPU
@@ -96,9 +99,7 @@ pub(super) fn gpu_models(
         .collect();
     (
         physical.into_values().map(str::to_string).collect(),
-        gpus.iter()
-            .map(|g| (g.uuid.clone(), g.model.clone()))
-            .collect(),
+        gpucost_core::report::whatif::models_by_uuid(gpus),
     )
 }
 
@@ -130,6 +131,7 @@ fn from_ledger(a: &ReportArgs, since: Option<f64>) -> anyhow::Result<Source> {
         currency,
         pricing,
         since,
+        pipes_measured: None,
     })
 }
 
@@ -156,6 +158,7 @@ fn from_prometheus(
         currency: fleet.currency.unwrap_or_else(|| a.pricing.currency.clone()),
         pricing: a.pricing.clone(),
         since: Some(start),
+        pipes_measured: Some(fleet.pipes_measured),
     })
 }
 
@@ -184,6 +187,7 @@ pub fn report(a: ReportArgs) -> anyhow::Result<String> {
             &src.jobs,
             &src.model_of,
             &src.pricing,
+            src.pipes_measured.as_ref(),
             a.group_by.as_deref(),
             w,
         )?;

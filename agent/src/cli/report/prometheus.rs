@@ -8,7 +8,7 @@
 //! involved. Identity (name, user, scheduler, the exported labels) comes from `gpucost_job_info`,
 //! GPUs from `gpucost_gpu_info`, the currency from `gpucost_pricing_info`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
@@ -175,6 +175,9 @@ pub(super) struct Fleet {
     /// A node (`instance`) -> its GPU model, where all its GPUs are of one model.
     pub model_of: BTreeMap<String, String>,
     pub currency: Option<String>,
+    /// The jobs whose pipes every node that held them measured: the `bf16` lever's input, which
+    /// the usage read here (no FLOP counts) cannot tell.
+    pub pipes_measured: BTreeSet<String>,
 }
 
 /// A field of a [`Usage`].
@@ -378,10 +381,27 @@ pub(super) fn read_fleet(p: &Prometheus, now: f64, window_s: u64) -> anyhow::Res
             j.progress.get_or_insert_with(Default::default).checkpoint = Some(checkpoint);
         }
     }
+    // An agent exports a job's bf16 lever (gpucost_job_savings_potential) only where it
+    // measured the job's pipes.
+    let bf16: BTreeSet<(String, String)> = q(&format!(
+        "last_over_time(gpucost_job_savings_potential{{lever=\"bf16\"}}[{w}s])"
+    ))?
+    .iter()
+    .map(id_of)
+    .collect();
+    let pipes_measured = jobs
+        .values()
+        .filter(|j| {
+            j.per_gpu.iter().all(|(instance, u)| {
+                u.gpu_seconds <= 0.0 || bf16.contains(&(j.id.clone(), instance.clone()))
+            })
+        })
+        .map(|j| j.id.clone())
+        .collect();
     // GPUs, and each node's model where it has one.
     let mut gpu_models = Vec::new();
     let mut node_models: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let mut seen = std::collections::BTreeSet::new();
+    let mut seen = BTreeSet::new();
     for s in q(&format!("last_over_time(gpucost_gpu_info[{w}s])"))? {
         // A MIG instance is part of its physical GPU, which is the one to count.
         let uuid = s
@@ -419,6 +439,7 @@ pub(super) fn read_fleet(p: &Prometheus, now: f64, window_s: u64) -> anyhow::Res
         gpu_models,
         model_of,
         currency,
+        pipes_measured,
     })
 }
 

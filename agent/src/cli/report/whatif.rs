@@ -2,14 +2,14 @@
 //! cost with each lever ([`gpucost_core::report::whatif`]), as a table, JSON or CSV. A lever
 //! whose inputs are unknown shows `unknown` (JSON: `null`), never a number.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use comfy_table::CellAlignment;
 use serde_json::json;
 
 use gpucost_core::account::pricing::Pricing;
 use gpucost_core::jobs::JobRecord;
-use gpucost_core::report::whatif::{what_if, Lever, WhatIf, WhatIfOptions};
+use gpucost_core::report::whatif::{self, Lever, WhatIf, WhatIfOptions};
 use gpucost_core::report::{parse_group_by, NO_LABEL_GROUP};
 
 use super::Format;
@@ -24,17 +24,27 @@ pub(super) struct WhatIfTable {
     pub opts: WhatIfOptions,
 }
 
-/// `model_of` maps the keys of each job's `per_gpu` (GPU UUIDs, or nodes) to GPU models.
+/// `model_of` maps the keys of each job's `per_gpu` (GPU UUIDs, or nodes) to GPU models;
+/// `pipes_measured`, where given, the jobs whose pipes were measured besides those whose usage
+/// says so.
 pub(super) fn what_if_table(
     jobs: &[JobRecord],
     model_of: &BTreeMap<String, String>,
     pricing: &Pricing,
+    pipes_measured: Option<&BTreeSet<String>>,
     group_by: Option<&str>,
     opts: WhatIfOptions,
 ) -> anyhow::Result<WhatIfTable> {
     let each: Vec<(&JobRecord, WhatIf)> = jobs
         .iter()
-        .map(|j| (j, what_if(j, model_of, pricing, &opts)))
+        .map(|j| {
+            let pipes = whatif::pipes_measured(&j.usage)
+                || pipes_measured.is_some_and(|m| m.contains(&j.id));
+            (
+                j,
+                whatif::what_if_measured(j, pipes, model_of, pricing, &opts),
+            )
+        })
         .collect();
     let total = WhatIf::sum(each.iter().map(|(_, w)| w));
     let (key, rows) = match group_by {
@@ -202,7 +212,7 @@ mod tests {
         ];
         let (_, gpus) = super::super::gpu_models(&[gpu("GPU-a"), gpu("GPU-b")]);
         let p = pricing("spot_per_hour = 2.5\n");
-        let t = what_if_table(&jobs, &gpus, &p, None, WhatIfOptions::default()).unwrap();
+        let t = what_if_table(&jobs, &gpus, &p, None, None, WhatIfOptions::default()).unwrap();
         assert_eq!(t.rows.len(), 3);
         let spot = t.rows[0].1.with(Lever::Spot).unwrap();
         assert!((spot - 7.0 * 1.1).abs() < 1e-9, "{spot}");
@@ -234,6 +244,7 @@ mod tests {
             &jobs,
             &gpus,
             &p,
+            None,
             Some("label:team"),
             WhatIfOptions::default(),
         )
@@ -242,5 +253,84 @@ mod tests {
         assert_eq!(g.rows[0].0, "nlp");
         assert!((g.rows[0].1.actual - 2.0 * jobs[0].usage.total_cost()).abs() < 1e-9);
         assert_eq!(g.rows[1].0, NO_LABEL_GROUP);
+    }
+
+    /// Issue 20, item 2: the agent's `gpucost_job_savings_potential` is the report's what-if,
+    /// lever by lever, for the same jobs, GPUs and prices; a lever the report calls unknown has
+    /// no series (never a 0).
+    #[test]
+    fn issue_20_the_exported_savings_are_the_reports_what_if() {
+        use std::sync::Arc;
+
+        use crate::snapshot::{Published, Snapshot, WhatIfPrices};
+        use gpucost_core::reading::Source;
+
+        // b failed after 10 FP32-bound minutes (its pipes were measured); u ended unknown.
+        let mut failed = job("b", Outcome::Failed, &[("team", "nlp")]);
+        failed.usage.fp32_seconds = 600.0;
+        failed.usage.fp32_saving = 0.75;
+        let jobs = [
+            job("a", Outcome::Succeeded, &[]),
+            failed,
+            job("u", Outcome::Unknown, &[]),
+        ];
+        let gpus = [gpu("GPU-a"), gpu("GPU-b")];
+        let p = pricing(
+            "spot_per_hour = 2.5
+",
+        );
+        let (_, model_of) = super::super::gpu_models(&gpus);
+        let t = what_if_table(&jobs, &model_of, &p, None, None, WhatIfOptions::default()).unwrap();
+
+        let mut snap = Snapshot::empty(Source::Nvml, None);
+        snap.published = Published {
+            jobs: Arc::new(jobs.iter().cloned().map(Arc::new).collect()),
+            gpus: Arc::new(gpus.iter().map(|g| (g.uuid.clone(), g.clone())).collect()),
+            ..Published::default()
+        };
+        snap.what_if = Arc::new(WhatIfPrices {
+            pricing: p.clone(),
+            model_of: whatif::models_by_uuid(&gpus),
+            opts: WhatIfOptions::default(),
+        });
+        let text = crate::export::metrics::render(&snap);
+        let mut exported: BTreeMap<(String, String), f64> = BTreeMap::new();
+        for line in text
+            .lines()
+            .filter(|l| l.starts_with("gpucost_job_savings_potential{"))
+        {
+            let label = |k: &str| {
+                let start = line.find(&format!("{k}=\"")).unwrap() + k.len() + 2;
+                line[start..].split('"').next().unwrap().to_string()
+            };
+            let value: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+            exported.insert((label("job_id"), label("lever")), value);
+        }
+        let mut want: BTreeMap<(String, String), f64> = BTreeMap::new();
+        for (id, w) in &t.rows {
+            for (lever, saving) in w.savings() {
+                want.insert((id.clone(), lever.as_str().to_string()), saving);
+            }
+        }
+        assert_eq!(
+            exported.keys().collect::<Vec<_>>(),
+            want.keys().collect::<Vec<_>>(),
+            "{text}"
+        );
+        for (k, v) in &want {
+            assert!(
+                (exported[k] - v).abs() < 1e-9,
+                "{k:?}: {} vs {v}",
+                exported[k]
+            );
+        }
+        let has = |id: &str, lever: &str| want.contains_key(&(id.to_string(), lever.to_string()));
+        // No reserved rate: no series; no pipes measured: no bf16; an unknown end: no checkpoint.
+        assert!(!has("a", "reserved") && has("a", "spot"));
+        assert!(!has("a", "bf16") && has("b", "bf16"));
+        assert!(has("a", "checkpoint") && !has("u", "checkpoint"));
+        // What the failed run lost: its cost less its idle and FP32 parts.
+        let lost = want[&("b".to_string(), "checkpoint".to_string())];
+        assert!((lost - (12.0 - 3.0 - 0.75)).abs() < 1e-9, "{lost}");
     }
 }

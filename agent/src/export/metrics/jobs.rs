@@ -2,12 +2,13 @@
 //! series carry `job_id` only; the rest joins through `gpucost_job_info`.
 
 use gpucost_core::jobs::{JobRecord, Outcome};
+use gpucost_core::report::whatif;
 
 use super::{bool_value, Families};
 use crate::snapshot::Snapshot;
 
 /// The per-job families, in the order they are written.
-pub(super) const JOB_FAMILIES: [&str; 19] = [
+pub(super) const JOB_FAMILIES: [&str; 20] = [
     "gpucost_job_info",
     "gpucost_job_gpu_seconds_total",
     "gpucost_job_energy_joules_total",
@@ -15,6 +16,7 @@ pub(super) const JOB_FAMILIES: [&str; 19] = [
     "gpucost_job_cost_total",
     "gpucost_job_idle_gpu_seconds_total",
     "gpucost_job_wasted_cost_total",
+    "gpucost_job_savings_potential",
     "gpucost_job_fp32_gpu_seconds_total",
     "gpucost_job_tokens_total",
     "gpucost_job_samples_total",
@@ -101,6 +103,18 @@ pub(super) fn render_job(f: &mut Families, snap: &Snapshot, j: &JobRecord) {
             "Cost that bought nothing: idle = held while idle; fp32 = what mixed precision would have saved of FP32-bound time; failed, preempted = the rest of what a failed or preempted run cost since its last checkpoint (since its start without one). A cancelled run is not a failure.",
             &[("job_id", &j.id), ("reason", reason)],
             v,
+        );
+    }
+    // What each lever would have saved, as `gpucost report --what-if` figures it (the same
+    // function, the same prices); a lever whose inputs are unknown has no series.
+    let prices = &snap.what_if;
+    let what_if = whatif::what_if(j, &prices.model_of, &prices.pricing, &prices.opts);
+    for (lever, saving) in what_if.savings() {
+        f.gauge(
+            "gpucost_job_savings_potential",
+            "What each lever would have saved of the job's cost so far, in the pricing currency (negative where it would have cost more), as `gpucost report --what-if` figures it: spot, reserved = its GPU time at that rate (spot with a tenth done again); off_peak = its energy at the cheapest tariff; bf16 = its FP32-bound time at the measured BF16 speedup; no_idle = without its idle GPU time; checkpoint = a failed or preempted run's cost lost since its last checkpoint. Absent where a lever's inputs are unknown (no such rate, no pipe activity measured, an unknown outcome).",
+            &[("job_id", &j.id), ("lever", lever.as_str())],
+            saving,
         );
     }
     f.counter(

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::buffers::Outputs;
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Snapshot, WhatIfPrices};
 use gpucost_core::jobs::{JobRecord, Outcome};
 use gpucost_core::tracker::JobRate;
 pub use http::{render_http, HttpStats};
@@ -92,11 +92,14 @@ pub fn render(snap: &Snapshot) -> String {
     String::from_utf8(text.to_vec()).expect("the text encoder writes UTF-8")
 }
 
-/// One job's encoded series, kept while the job's record and rate stay the same.
+/// One job's encoded series, kept while the job's record and rate, the exported labels and the
+/// prices of its savings levers stay the same.
 struct CachedJob {
     rec: Arc<JobRecord>,
     rate: Option<JobRate>,
     labels: Arc<Vec<String>>,
+    /// The prices its savings levers were figured with.
+    what_if: Arc<WhatIfPrices>,
     /// This job's sample lines, family after family in [`JOB_FAMILIES`] order; family `k` is
     /// `text[ends[k - 1]..ends[k]]` (one allocation per job keeps the copy loop cache-friendly).
     text: String,
@@ -147,6 +150,7 @@ impl Renderer {
                 Some(mut c)
                     if c.rate == rate
                         && Arc::ptr_eq(&c.labels, &snap.export_labels)
+                        && Arc::ptr_eq(&c.what_if, &snap.what_if)
                         && (Arc::ptr_eq(&c.rec, j) || c.rec == *j) =>
                 {
                     c.rec = j.clone();
@@ -209,6 +213,7 @@ impl Renderer {
             rec: j.clone(),
             rate,
             labels: snap.export_labels.clone(),
+            what_if: snap.what_if.clone(),
             text,
             ends,
         }
@@ -291,8 +296,22 @@ mod tests {
         }
     }
 
+    /// The node's prices, one value for every snapshot (as the node keeps them).
+    fn prices() -> Arc<WhatIfPrices> {
+        static PRICES: std::sync::OnceLock<Arc<WhatIfPrices>> = std::sync::OnceLock::new();
+        PRICES
+            .get_or_init(|| {
+                Arc::new(WhatIfPrices {
+                    pricing: gpucost_core::config::example_pricing(),
+                    ..WhatIfPrices::default()
+                })
+            })
+            .clone()
+    }
+
     fn snapshot(jobs: Vec<Arc<JobRecord>>, labels: &Arc<Vec<String>>) -> Snapshot {
         let mut s = Snapshot::empty(Source::Nvml, None);
+        s.what_if = prices();
         s.published = Published {
             jobs: Arc::new(jobs),
             ..Published::default()
@@ -339,6 +358,17 @@ mod tests {
             jobs.push(Arc::new(job(10 + step, Outcome::Running)));
         }
         assert_eq!(r.jobs.len(), 5, "gone jobs leave the cache");
+        // New prices (a GPU appeared): every job's savings are figured again.
+        jobs.sort_by(|a, b| a.id.cmp(&b.id));
+        r.render(&snapshot(jobs.clone(), &labels));
+        let mut snap = snapshot(jobs.clone(), &labels);
+        assert_eq!(r.render(&snap), render(&snap).as_bytes());
+        assert_eq!(r.encoded, 0, "the same prices: nothing encoded");
+        snap.what_if = Arc::new(WhatIfPrices::clone(&prices()));
+        assert_eq!(r.render(&snap), render(&snap).as_bytes());
+        assert_eq!(r.encoded, 5, "new prices: every job encoded");
+        assert_eq!(r.render(&snap), render(&snap).as_bytes());
+        assert_eq!(r.encoded, 0);
         // Every family render_job writes has its own slot.
         let mut full = job(1, Outcome::Failed);
         full.progress = Some(gpucost_core::jobs::Progress {
