@@ -450,7 +450,9 @@ fn panel_query(file: &str, title: &str, ref_id: &str, vars: &[(&str, &str)]) -> 
 /// Series as two agents export them over three hours (one sample a minute): job A of team nlp
 /// runs on node1 from 0 to 60 min, fails there after costing 60 USD (all of it wasted as
 /// `failed`, 30 min of its 60 GPU-minutes idle), and leaves /metrics at 65 min (jobs.grace_period
-/// 5 min); job B of team vision runs on node2 from 60 min on and has cost 18 USD at 180 min. The
+/// 5 min); job B of team vision runs on node2 from 60 min on and has cost 18 USD at 180 min.
+/// Their savings levers: A would have saved 30 on spot, 15 without idle time and 40 with a
+/// checkpoint (its pipes were not measured: no bf16); B 12 on spot and 6 in BF16 by 180 min. The
 /// case of issue 17: a range that ends long after a job left /metrics. Node1's GPU 1 is a MIG
 /// instance of its GPU 0; job C fails at 90 min on an agent that exports no gpucost_job_outcome;
 /// job P is preempted at 110 min. (Start and end times are
@@ -526,6 +528,20 @@ const LONG_RANGE_SERIES: &str = r#"
         values: '_x60 0x120'
       - series: 'gpucost_job_start_time_seconds{job="gpucost", instance="node2:10119", job_id="B"}'
         values: '_x60 1764783600x120'
+      - series: 'gpucost_job_savings_potential{job="gpucost", instance="node1:10119", job_id="A", lever="spot"}'
+        values: '0+0.5x60 30x5 stale'
+      - series: 'gpucost_job_savings_potential{job="gpucost", instance="node1:10119", job_id="A", lever="no_idle"}'
+        values: '0+0.25x60 15x5 stale'
+      - series: 'gpucost_job_savings_potential{job="gpucost", instance="node1:10119", job_id="A", lever="checkpoint"}'
+        values: '0x59 40x6 stale'
+      - series: 'gpucost_job_savings_potential{job="gpucost", instance="node2:10119", job_id="B", lever="spot"}'
+        values: '_x60 0+0.1x120'
+      - series: 'gpucost_job_savings_potential{job="gpucost", instance="node2:10119", job_id="B", lever="bf16"}'
+        values: '_x60 0+0.05x120'
+      - series: 'gpucost_job_savings_potential{job="gpucost", instance="node2:10119", job_id="B", lever="no_idle"}'
+        values: '_x60 0x120'
+      - series: 'gpucost_job_savings_potential{job="gpucost", instance="node2:10119", job_id="B", lever="checkpoint"}'
+        values: '_x60 0x120'
 "#;
 
 /// One check: the panel's query, rounded to `step` (`increase` extrapolates a series that ends
@@ -714,6 +730,86 @@ fn fleet_range_panels_count_jobs_that_ended_long_before_the_range_ends() {
                 1.0,
                 &[(a, 1764783660000.0), (b, 10800000.0)],
             ),
+        ],
+    );
+}
+
+/// Issue 20, item 2: the fleet dashboard's Savings row, what each lever would have saved by lever
+/// and by team, counts a job that left /metrics long before the range ends, only what a job's
+/// levers grew by within the range, and leaves a lever no agent could price out (never a 0).
+#[test]
+fn issue_20_savings_row_by_lever_and_team() {
+    let by_lever = "Savings potential by lever, last 30 days ($currency)";
+    let by_team = "Savings potential by $label, last 30 days ($currency)";
+    let fleet = |title, ref_id, want| PanelCheck {
+        file: "gpucost-fleet.json",
+        title,
+        ref_id,
+        vars: FLEET_VARS,
+        at: "180m",
+        step: 0.01,
+        want,
+    };
+    let (nlp, vision) = (r#"{team="nlp"}"#, r#"{team="vision"}"#);
+    // From 30 min on: A's levers less what they were at 30 min (15 on spot, 7.5 idle).
+    let from_30m: &[(&str, &str)] = &[
+        ("__range", "150m"),
+        ("node", ".*"),
+        ("user", ".*"),
+        ("currency", "USD"),
+        ("label", "team"),
+        ("cluster", ".*"),
+        ("namespace", ".*"),
+        ("sweep", ".*"),
+        ("team", ".*"),
+    ];
+    promtool_panel_checks(
+        LONG_RANGE_SERIES,
+        &[
+            fleet(
+                by_lever,
+                "A",
+                &[
+                    (r#"{lever="spot"}"#, 42.0),
+                    (r#"{lever="checkpoint"}"#, 40.0),
+                    (r#"{lever="no_idle"}"#, 15.0),
+                    (r#"{lever="bf16"}"#, 6.0),
+                ],
+            ),
+            PanelCheck {
+                vars: from_30m,
+                ..fleet(
+                    by_lever,
+                    "A",
+                    &[
+                        (r#"{lever="spot"}"#, 27.0),
+                        (r#"{lever="checkpoint"}"#, 40.0),
+                        (r#"{lever="no_idle"}"#, 7.5),
+                        (r#"{lever="bf16"}"#, 6.0),
+                    ],
+                )
+            },
+            // By team: spot (A), bf16 (D: nlp has none), no_idle (E), checkpoint (F).
+            fleet(by_team, "A", &[(nlp, 30.0), (vision, 12.0)]),
+            fleet(by_team, "B", &[]),
+            fleet(by_team, "D", &[(vision, 6.0)]),
+            fleet(by_team, "E", &[(nlp, 15.0), (vision, 0.0)]),
+            fleet(by_team, "F", &[(nlp, 40.0), (vision, 0.0)]),
+            // Another currency: nothing.
+            PanelCheck {
+                vars: &[
+                    ("__range", "3h"),
+                    ("node", ".*"),
+                    ("user", ".*"),
+                    ("currency", "EUR"),
+                    ("label", "team"),
+                    ("cluster", ".*"),
+                    ("namespace", ".*"),
+                    ("sweep", ".*"),
+                    ("team", ".*"),
+                ],
+                ..fleet(by_lever, "A", &[])
+            },
         ],
     );
 }
