@@ -104,7 +104,15 @@ namespace: gpucost
 resources: [../../../deploy/kubernetes]
 components: [../../../deploy/kubernetes/monitoring, ../../../deploy/kubernetes/dashboards]
 EOF
+mkdir -p "$out/no-api"
+cat >"$out/no-api/kustomization.yaml" <<'EOF'
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources: [../../../deploy/kubernetes]
+components: [../../../deploy/kubernetes/no-kube-api]
+EOF
 kubectl kustomize "$out/all" >"$out/all.yaml"
+kubectl kustomize "$out/no-api" >"$out/no-api.yaml"
 kubectl kustomize "$out/dashboards-only" >"$out/dashboards-only.yaml"
 kubectl kustomize "$out/helm-all" >"$out/helm-all.yaml"
 
@@ -114,6 +122,8 @@ say "Helm chart: values.schema.json; rendered defaults = the Kustomize base; eve
 "$tools/bin/python" scripts/render-helm.py deploy/helm/gpucost \
   --set namespace.create=true --set serviceMonitor.enabled=true \
   --set prometheusRule.enabled=true --set dashboards.enabled=true >"$out/helm-on.yaml"
+"$tools/bin/python" scripts/render-helm.py deploy/helm/gpucost \
+  --set kubeApi.enabled=false >"$out/helm-no-api.yaml"
 "$tools/bin/python" - "$out" <<'EOF'
 import json, pathlib, sys
 import jsonschema, yaml
@@ -147,7 +157,8 @@ def objects(path, drop_namespace=False):
         docs = [d for d in docs if d["kind"] != "Namespace"]
     return {(d["kind"], d["metadata"]["name"]): d for d in docs}
 
-for helm, kust, drop in [("helm-default", "base", True), ("helm-on", "helm-all", False)]:
+for helm, kust, drop in [("helm-default", "base", True), ("helm-on", "helm-all", False),
+                         ("helm-no-api", "no-api", True)]:
     h, k = objects(out / f"{helm}.yaml"), objects(out / f"{kust}.yaml", drop)
     for key in sorted(set(h) | set(k)):
         if key not in h:

@@ -313,6 +313,11 @@ def gen_helm(root):
         "# The agent's config file (deploy/config.example.toml explains every key). Changing it does\n"
         "# not restart the pods: `kubectl rollout restart daemonset/gpucost` after the upgrade.\n"
         "config: " + block +
+        "# The agent reads its node's pods through the Kubernetes API (owners, labels, outcomes):\n"
+        "# a ClusterRole that may get, list and watch pods, and the service account's token. Off:\n"
+        "# pods are known from the kubelet only (as the no-kube-api Kustomize component).\n"
+        "kubeApi:\n"
+        "  enabled: true\n"
         "# The ServiceMonitor (Prometheus Operator CRDs needed).\n"
         "serviceMonitor:\n"
         "  enabled: false\n"
@@ -328,8 +333,8 @@ def gen_helm(root):
         "title": "gpucost chart values",
         "type": "object",
         "additionalProperties": False,
-        "required": ["image", "priorityClassName", "namespace", "config", "serviceMonitor",
-                     "prometheusRule", "dashboards"],
+        "required": ["image", "priorityClassName", "namespace", "config", "kubeApi",
+                     "serviceMonitor", "prometheusRule", "dashboards"],
         "properties": {
             "image": {
                 "type": "object", "additionalProperties": False,
@@ -346,6 +351,7 @@ def gen_helm(root):
             "namespace": {"$ref": "#/definitions/create"},
             "config": {"type": "string", "minLength": 1,
                        "description": "The agent's config.toml"},
+            "kubeApi": {"$ref": "#/definitions/enabled"},
             "serviceMonitor": {"$ref": "#/definitions/enabled"},
             "prometheusRule": {"$ref": "#/definitions/enabled"},
             "dashboards": {"$ref": "#/definitions/enabled"},
@@ -372,7 +378,14 @@ def gen_helm(root):
     ds = replace_once(ds, "      priorityClassName: system-node-critical\n",
                       "      priorityClassName: {{ .Values.priorityClassName | quote }}\n",
                       "daemonset.yaml")
+    ds = replace_once(ds, "      automountServiceAccountToken: true\n",
+                      "      automountServiceAccountToken: {{ .Values.kubeApi.enabled }}\n",
+                      "daemonset.yaml")
     out[f"{t}/daemonset.yaml"] = HELM_HEADER + ds
+    rbac = kube_text(root, "rbac.yaml")
+    rbac = replace_once(rbac, "    namespace: gpucost\n",
+                        "    namespace: {{ .Release.Namespace }}\n", "rbac.yaml")
+    out[f"{t}/rbac.yaml"] = HELM_HEADER + optional("kubeApi", rbac)
     out[f"{t}/configmap.yaml"] = (
         HELM_HEADER +
         "# The agent's config (values: config); Kustomize's configMapGenerator makes the same.\n"

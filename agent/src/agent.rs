@@ -8,10 +8,11 @@ use anyhow::Context;
 use gpucost_sim::Scenario;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn, Instrument};
+use tracing::{debug, info, warn, Instrument};
 
 use crate::api::socket;
 use crate::export::{http, server};
+use crate::identity::kube_api::{watch_pods, KubeWatch};
 use crate::identity::kubelet::{add_pod_uids, list_gpus, read_checkpoint, PodGpu};
 use crate::identity::procfs::ProcFs;
 use crate::ledger::{LedgerStore, LockError, StateLock};
@@ -24,9 +25,10 @@ use crate::sample::sampler::{Cadence, Sampler};
 use crate::sample::sim::{SimEndings, SimFactory, SimProcs};
 use crate::sample::BackendFactory;
 use crate::snapshot::Snapshot;
+use gpucost_core::attribute::pods::{PodDirectory, PodLabels};
 use gpucost_core::attribute::process::ProcSource;
 use gpucost_core::clock::{Clock, SystemClock};
-use gpucost_core::config::Config;
+use gpucost_core::config::{AttributionConfig, Config, KubeApi};
 use gpucost_core::reading::Source;
 use gpucost_core::tracker::JobLimits;
 
@@ -137,6 +139,7 @@ pub fn run(config: Config, record: Option<std::path::PathBuf>) -> anyhow::Result
 
     let (tx, rx) = watch::channel(Arc::new(first_snapshot(scenario.as_ref())));
     let (pods_tx, pods_rx) = watch::channel(Vec::<PodGpu>::new());
+    let (kube_tx, kube_rx) = watch::channel(Arc::new(PodDirectory::new()));
     let recorder = match &record {
         Some(path) => {
             let from = match &scenario {
@@ -176,6 +179,7 @@ pub fn run(config: Config, record: Option<std::path::PathBuf>) -> anyhow::Result
                     clock: node_clock,
                     hostname: hostname(),
                     pods: pods_rx,
+                    kube_pods: kube_rx,
                     tx,
                 },
             );
@@ -254,12 +258,26 @@ pub fn run(config: Config, record: Option<std::path::PathBuf>) -> anyhow::Result
                     socket::serve_pods(l, inbox.clone(), shutdown.clone()).in_current_span(),
                 );
             }
+            // The API's pods first: the kubelet's first list waits for them (a little), so that
+            // a pod is its owner's job from the start, never its own for a moment.
+            let mut api_listed = None;
+            if let Some(client) = kube_client(&config.attribution).await {
+                let node = kube_node_name(&config.attribution);
+                let w = KubeWatch {
+                    client,
+                    node,
+                    clock: clock.clone(),
+                };
+                api_listed = Some(kube_tx.subscribe());
+                tokio::spawn(watch_pods(w, kube_tx, shutdown.clone()).in_current_span());
+            }
             if let Some(sock) = config.attribution.kubelet_socket.clone() {
                 let kubelet = Kubelet {
                     socket: sock,
                     resources: config.attribution.kubelet_resources.clone(),
                     checkpoint: config.attribution.kubelet_checkpoint.clone(),
                     every: config.attribution.kubelet_interval,
+                    api_listed,
                 };
                 tokio::spawn(poll_kubelet(kubelet, pods_tx, shutdown.clone()).in_current_span());
             }
@@ -361,6 +379,8 @@ pub struct Wiring {
     pub hostname: String,
     /// Which pod holds which GPU (the kubelet poller's output).
     pub pods: watch::Receiver<Vec<PodGpu>>,
+    /// This node's pods as the Kubernetes API shows them (the pod watcher's output).
+    pub kube_pods: watch::Receiver<Arc<PodDirectory>>,
     pub tx: watch::Sender<Arc<Snapshot>>,
 }
 
@@ -408,6 +428,10 @@ pub fn build_node(config: &Config, scenario: Option<&Scenario>, w: Wiring) -> No
         vanish_s: config.jobs.vanish_after.as_secs_f64(),
         export_labels: config.jobs.export_labels.clone(),
         bench_min_ratio: config.bench.min_ratio,
+        pod_labels: PodLabels {
+            export: config.jobs.export_labels.clone(),
+            mapping: config.attribution.kube_labels.clone(),
+        },
     };
     let node = Node::new(NodeParts {
         cfg,
@@ -415,6 +439,7 @@ pub fn build_node(config: &Config, scenario: Option<&Scenario>, w: Wiring) -> No
         pricing: config.pricing.clone(),
         procs,
         pods: w.pods,
+        kube_pods: w.kube_pods,
         store: w.store,
         clock: w.clock.clone(),
         tx: w.tx,
@@ -673,7 +698,12 @@ struct Kubelet {
     /// The device-manager checkpoint, for the pods' UIDs.
     checkpoint: Option<std::path::PathBuf>,
     every: Duration,
+    /// The Kubernetes pod watcher's output, when it runs: its first list is waited for.
+    api_listed: Option<watch::Receiver<Arc<PodDirectory>>>,
 }
+
+/// How long the kubelet's first list waits for the Kubernetes API's.
+const API_FIRST_LIST_WAIT: Duration = Duration::from_secs(10);
 
 /// Asks the kubelet which pod holds which GPU, every `every`, and reads the pods' UIDs from its
 /// checkpoint; says once when it cannot.
@@ -683,7 +713,17 @@ async fn poll_kubelet(k: Kubelet, tx: watch::Sender<Vec<PodGpu>>, shutdown: Canc
         resources,
         checkpoint,
         every,
+        api_listed,
     } = k;
+    if let Some(mut rx) = api_listed {
+        let waited = tokio::select! {
+            r = tokio::time::timeout(API_FIRST_LIST_WAIT, rx.changed()) => r,
+            () = shutdown.cancelled() => return,
+        };
+        if waited.is_err() {
+            info!("the Kubernetes API has not listed this node's pods within {API_FIRST_LIST_WAIT:?}: pods are their own jobs until it does");
+        }
+    }
     let mut said: Option<String> = None;
     let mut said_checkpoint: Option<String> = None;
     loop {
@@ -746,6 +786,45 @@ async fn shutdown_signal() {
         () = ctrl_c => {},
         () = term => {},
     }
+}
+
+/// Where the kubelet mounts a pod's service account token (automountServiceAccountToken).
+const SERVICE_ACCOUNT_TOKEN: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+
+/// The Kubernetes API client `attribution.kube_api` asks for, or `None` (said why when it was
+/// asked for and cannot be had). `auto`: only inside a cluster, in a pod with its service
+/// account's token (`KUBERNETES_SERVICE_HOST` set, the token mounted); `on`: the service account, else the
+/// kubeconfig (`KUBECONFIG`, `~/.kube/config`).
+async fn kube_client(a: &AttributionConfig) -> Option<kube::Client> {
+    let config = match a.kube_api {
+        KubeApi::Off => return None,
+        KubeApi::Auto
+            if std::env::var_os("KUBERNETES_SERVICE_HOST").is_none()
+                || !std::path::Path::new(SERVICE_ACCOUNT_TOKEN).exists() =>
+        {
+            debug!("Kubernetes API not watched: not in a pod with a service account token (attribution.kube_api = \"auto\")");
+            return None;
+        }
+        KubeApi::Auto => kube::Config::incluster().map_err(|e| e.to_string()),
+        KubeApi::On => kube::Config::infer().await.map_err(|e| e.to_string()),
+    };
+    let client = config.and_then(|c| kube::Client::try_from(c).map_err(|e| e.to_string()));
+    match client {
+        Ok(c) => Some(c),
+        Err(e) => {
+            warn!("Kubernetes API not watched: {e}; pods are known from the kubelet only (no owners, labels or outcomes)");
+            None
+        }
+    }
+}
+
+/// The node whose pods are watched: `attribution.kube_node_name`, else `$NODE_NAME` (the
+/// DaemonSet sets it from `spec.nodeName`), else the host name (a node's name by default).
+fn kube_node_name(a: &AttributionConfig) -> String {
+    a.kube_node_name
+        .clone()
+        .or_else(|| std::env::var("NODE_NAME").ok().filter(|n| !n.is_empty()))
+        .unwrap_or_else(hostname)
 }
 
 /// The node's name, for the ids of jobs registered without one.

@@ -181,6 +181,20 @@ struct AgentArgs {
     record: Option<PathBuf>,
 }
 
+/// The log filter `GPUCOST_LOG` asks for (`info` when unset or not a filter). kube-rs's client
+/// logs every failed request at ERROR; the agent says what failed itself, once, so the
+/// client's lines are off unless the filter names `kube_client`.
+fn log_filter(spec: Option<&str>) -> tracing_subscriber::EnvFilter {
+    let spec = spec.unwrap_or("info");
+    let spec = if spec.contains("kube_client") {
+        spec.to_string()
+    } else {
+        format!("{spec},kube_client=off")
+    };
+    tracing_subscriber::EnvFilter::try_new(spec)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube_client=off"))
+}
+
 fn main() -> ExitCode {
     // CUDA numbers GPUs fastest first unless told otherwise, NVML by PCI bus; the benchmarks read
     // a GPU through both, so CUDA is made to count like NVML (before any thread starts).
@@ -188,8 +202,7 @@ fn main() -> ExitCode {
         std::env::set_var("CUDA_DEVICE_ORDER", "PCI_BUS_ID");
     }
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_env("GPUCOST_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = log_filter(std::env::var("GPUCOST_LOG").ok().as_deref());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -152,6 +152,7 @@ fn gpus_from(response: ListPodResourcesResponse, resource_names: &[String]) -> V
                         container: container.name.clone(),
                         device_id,
                         pod_uid: None,
+                        job: None,
                     });
                 }
             }
@@ -306,6 +307,7 @@ mod tests {
             container: container.into(),
             device_id: device.into(),
             pod_uid: None,
+            job: None,
         }
     }
 

@@ -1,8 +1,10 @@
 //! Where job identities come from: process facts from `/proc` ([`procfs`]), the GPU -> job
 //! directory a Slurm prolog writes ([`job_map`]), the kubelet's pod-resources API
-//! ([`kubelet`]), and how a Slurm job ended ([`slurm`]: the epilog's environment, `scontrol`). Each reads and hands plain facts to `gpucost_core::attribute`, which decides.
+//! ([`kubelet`]), this node's pods through the Kubernetes API ([`kube_api`]: owners, labels,
+//! how they ended), and how a Slurm job ended ([`slurm`]: the epilog's environment, `scontrol`). Each reads and hands plain facts to `gpucost_core::attribute`, which decides.
 
 pub mod job_map;
+pub mod kube_api;
 pub mod kubelet;
 pub mod procfs;
 pub mod slurm;

@@ -40,6 +40,7 @@ use gpucost_core::account::GpuEvents;
 use gpucost_core::attribute::device::{
     resolve_gpu_names, resolve_job_map, resolve_pods, JobMapUnits,
 };
+use gpucost_core::attribute::pods::{finished_jobs, with_jobs, PodDirectory, PodLabels};
 use gpucost_core::attribute::process::{ancestry, ProcSource};
 use gpucost_core::attribute::JobMap;
 use gpucost_core::attribute::PodGpu;
@@ -144,6 +145,8 @@ pub struct NodeConfig {
     pub vanish_s: f64,
     pub export_labels: Vec<String>,
     pub bench_min_ratio: f64,
+    /// The labels a pod's job takes from it (`jobs.export_labels`, `attribution.kube_labels`).
+    pub pod_labels: PodLabels,
 }
 
 pub struct Node {
@@ -152,6 +155,8 @@ pub struct Node {
     pricing: Pricing,
     procs: Box<dyn ProcSource>,
     pods: watch::Receiver<Vec<PodGpu>>,
+    /// This node's pods as the Kubernetes API shows them (empty when it is not watched).
+    kube_pods: watch::Receiver<Arc<PodDirectory>>,
     tracker: Tracker,
     store: Box<dyn Store>,
     /// Whether the store's history has been read (and added to the totals). Until then nothing
@@ -209,6 +214,7 @@ pub struct NodeParts {
     pub pricing: Pricing,
     pub procs: Box<dyn ProcSource>,
     pub pods: watch::Receiver<Vec<PodGpu>>,
+    pub kube_pods: watch::Receiver<Arc<PodDirectory>>,
     pub store: Box<dyn Store>,
     pub clock: Arc<dyn Clock>,
     pub tx: watch::Sender<Arc<Snapshot>>,
@@ -222,6 +228,7 @@ impl Node {
             pricing,
             procs,
             pods,
+            kube_pods,
             store,
             clock,
             tx,
@@ -248,6 +255,7 @@ impl Node {
             pricing,
             procs,
             pods,
+            kube_pods,
             tracker,
             store,
             loaded: false,
@@ -683,6 +691,9 @@ impl Node {
                 self.attribute(now);
             }
         }
+        if self.end_finished_pods(now) {
+            self.reattribute(now);
+        }
         if let Some(endings) = self.sim_endings.as_mut() {
             for (id, code) in endings.take() {
                 let req = EndRequest {
@@ -814,7 +825,63 @@ impl Node {
     /// The kubelet's latest pods, each device id resolved to the GPU or MIG instance it names
     /// (time-slicing replicas, MIG and GKE ids: `gpucost_core::attribute::device`).
     fn resolved_pods(&self) -> Vec<PodGpu> {
-        resolve_pods(&self.pods.borrow(), &self.units())
+        let pods = with_jobs(
+            &self.pods.borrow(),
+            &self.kube_pods.borrow(),
+            &self.cfg.pod_labels,
+        );
+        resolve_pods(&pods, &self.units())
+    }
+
+    /// Running jobs found through Kubernetes whose pods have all ended, as the Kubernetes API
+    /// says (PRODUCT.md's outcomes "from the pod's termination state"), end as their pods did,
+    /// when they did. Whether any ended.
+    fn end_finished_pods(&mut self, now: Now) -> bool {
+        let dir = self.kube_pods.borrow().clone();
+        if dir.is_empty() {
+            return false;
+        }
+        let running: Vec<(String, f64)> = self
+            .tracker
+            .jobs()
+            .filter(|j| {
+                j.outcome == Outcome::Running
+                    && j.scheduler == Scheduler::Kubernetes
+                    && j.registration.is_none()
+            })
+            .map(|j| (j.id.clone(), j.started_at))
+            .collect();
+        let done = finished_jobs(&dir, running.iter().map(|(id, _)| id.as_str()));
+        let mut ended = false;
+        for (id, e) in done {
+            let started = running
+                .iter()
+                .find(|(j, _)| *j == id)
+                .map_or(now.wall, |(_, s)| *s);
+            let req = EndRequest {
+                exit_code: e.exit_code,
+                signal: e.signal,
+                outcome: Some(e.outcome),
+                reason: e.reason,
+            };
+            // As of when its pods ended, never before the agent saw it start nor after now.
+            let at = Now {
+                wall: e.at.clamp(started, now.wall.max(started)),
+                mono: now.mono,
+            };
+            if let Ok(j) = self.tracker.end(&id, req, 0, at) {
+                ended = true;
+                info!(
+                    job_id = %j.id,
+                    outcome = j.outcome.as_str(),
+                    reason = j.reason.map(|r| r.as_str()),
+                    "Kubernetes job {} ended: {}",
+                    j.id,
+                    j.outcome.as_str()
+                );
+            }
+        }
+        ended
     }
 
     /// The GPUs named (indices or UUIDs) as UUIDs, where the node knows them.

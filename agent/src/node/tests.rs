@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use gpucost_core::attribute::pods::PodLabels;
 use gpucost_core::attribute::process::{ProcInfo, ProcSource};
 use gpucost_core::clock::{Clock, ManualClock};
 use gpucost_core::jobs::{GpuRecord, JobRecord, Outcome};
@@ -102,6 +103,8 @@ struct Rig {
     snapshots: watch::Receiver<Arc<Snapshot>>,
     /// What the kubelet says (the agent's poller sends the same).
     pods: watch::Sender<Vec<PodGpu>>,
+    /// What the Kubernetes API says (the agent's pod watcher sends the same).
+    kube_pods: watch::Sender<Arc<PodDirectory>>,
     /// When the next tick is planned (as `Node::run` keeps it).
     next: Instant,
 }
@@ -142,6 +145,7 @@ impl Rig {
         let procs = Procs::default();
         let (tx, snapshots) = watch::channel(Arc::new(Snapshot::empty(Source::Nvml, None)));
         let (pods_tx, pods) = watch::channel(Vec::new());
+        let (kube_tx, kube_pods) = watch::channel(Arc::default());
         let cadence = Cadence {
             interval: SECOND,
             process_interval: s.process_interval,
@@ -161,11 +165,16 @@ impl Rig {
                 vanish_s: s.vanish_s,
                 export_labels: Vec::new(),
                 bench_min_ratio: 0.85,
+                pod_labels: PodLabels {
+                    export: vec!["team".into()],
+                    mapping: vec![("project".into(), "app.kubernetes.io/part-of".into())],
+                },
             },
             sampler: Sampler::new(Box::new(gpus.clone()), cadence, clock.clone()),
             pricing: gpucost_core::config::example_pricing(),
             procs: Box::new(procs.clone()),
             pods,
+            kube_pods,
             store: Box::new(s.store.clone()),
             clock: clock.clone(),
             tx,
@@ -179,6 +188,7 @@ impl Rig {
             node,
             snapshots,
             pods: pods_tx,
+            kube_pods: kube_tx,
             next,
         }
     }
@@ -1167,6 +1177,7 @@ fn issue_15_pods_sharing_a_gpu_are_billed_and_credited_apart() {
         container: "main".into(),
         device_id: format!("GPU-0::{replica}"),
         pod_uid: Some(uid.into()),
+        job: None,
     };
     rig.pods
         .send(vec![pod("a", 0, "uid-a"), pod("b", 1, "uid-b")])
@@ -1207,4 +1218,186 @@ fn issue_15_pods_sharing_a_gpu_are_billed_and_credited_apart() {
         reply,
     });
     assert_eq!(rx.blocking_recv().unwrap().unwrap().id, "ml/b");
+}
+
+/// Issue 16, item 6: what the Kubernetes API says of the pods. Two workers of one PyTorchJob
+/// (a GPU each) are one job, named after it, with the pod's labels; it ends when both pods
+/// have, as the first failure says (an OOM kill), at the last pod's end.
+#[test]
+fn issue_16_a_pytorchjobs_pods_are_one_job_that_ends_as_the_api_says() {
+    use gpucost_core::attribute::pods::{ContainerEnd, PodMeta, PodOwner, PodPhase};
+    use gpucost_core::jobs::EndReason;
+    let mut rig = Rig::new();
+    let device = |name: &str, gpu: &str| PodGpu {
+        namespace: "ml".into(),
+        pod: name.into(),
+        container: "pytorch".into(),
+        device_id: gpu.into(),
+        // The checkpoint is not read here: the UIDs come from the API.
+        pod_uid: None,
+        job: None,
+    };
+    rig.pods
+        .send(vec![
+            device("bert-worker-0", "GPU-0"),
+            device("bert-worker-1", "GPU-1"),
+        ])
+        .unwrap();
+    let meta = |name: &str| PodMeta {
+        namespace: "ml".into(),
+        name: name.into(),
+        uid: format!("uid-{name}"),
+        labels: BTreeMap::from([
+            ("team".to_string(), "nlp".to_string()),
+            (
+                "app.kubernetes.io/part-of".to_string(),
+                "bert-ft".to_string(),
+            ),
+            (
+                "training.kubeflow.org/replica-type".to_string(),
+                "worker".to_string(),
+            ),
+        ]),
+        controller: Some(PodOwner {
+            kind: "PyTorchJob".into(),
+            name: "bert".into(),
+        }),
+        phase: PodPhase::Running,
+        reason: None,
+        disruption: None,
+        deleting: false,
+        started_at: Some(T0 as i64 - 60),
+        containers: Vec::new(),
+        ending: None,
+    };
+    let send = |rig: &Rig, pods: Vec<PodMeta>| {
+        rig.kube_pods
+            .send(Arc::new(
+                pods.into_iter().map(|m| (m.uid.clone(), m)).collect(),
+            ))
+            .unwrap();
+    };
+    send(&rig, vec![meta("bert-worker-0"), meta("bert-worker-1")]);
+    for (pid, pod, gpu) in [(700, "bert-worker-0", 0), (800, "bert-worker-1", 1)] {
+        rig.procs.0.lock().unwrap().insert(
+            pid,
+            ProcInfo {
+                pid,
+                ppid: 1,
+                comm: "python".into(),
+                pod_uid: Some(format!("uid-{pod}")),
+                ..ProcInfo::default()
+            },
+        );
+        let mut s = rig.gpus.script();
+        s.gpus[gpu].processes.push(ProcessUse {
+            pid,
+            used_memory_bytes: Some(1 << 30),
+            sm_util_pct: Some(50),
+        });
+        s.gpus[gpu].utilization_pct = 50;
+    }
+    rig.steps(5);
+    let j = rig
+        .job("ml/pytorchjob/bert")
+        .expect("one job for both pods");
+    assert!(rig.job("ml/bert-worker-0").is_none());
+    assert_eq!(j.name, "bert");
+    assert_eq!(j.per_gpu.len(), 2, "both pods' GPUs");
+    assert_eq!(
+        (
+            j.labels["namespace"].as_str(),
+            j.labels["team"].as_str(),
+            j.labels["project"].as_str()
+        ),
+        ("ml", "nlp", "bert-ft")
+    );
+    assert!(!j.labels.contains_key("training.kubeflow.org/replica-type"));
+
+    // Worker 0 is OOM-killed; worker 1 still runs: the job runs.
+    let oom_at = rig.clock.wall() as i64 - 2;
+    let mut w0 = meta("bert-worker-0");
+    w0.phase = PodPhase::Failed;
+    w0.containers = vec![ContainerEnd {
+        exit_code: 137,
+        signal: None,
+        reason: Some("OOMKilled".into()),
+        finished_at: Some(oom_at),
+    }];
+    w0.ending = w0.ending_now(false, rig.clock.wall());
+    send(&rig, vec![w0.clone(), meta("bert-worker-1")]);
+    rig.steps(2);
+    assert_eq!(
+        rig.job("ml/pytorchjob/bert").unwrap().outcome,
+        Outcome::Running
+    );
+    // The operator stops worker 1 (SIGTERM, exit 143): the job failed, for the OOM kill.
+    let last_at = rig.clock.wall() as i64 - 1;
+    let mut w1 = meta("bert-worker-1");
+    w1.phase = PodPhase::Failed;
+    w1.containers = vec![ContainerEnd {
+        exit_code: 143,
+        signal: None,
+        reason: Some("Error".into()),
+        finished_at: Some(last_at),
+    }];
+    w1.ending = w1.ending_now(false, rig.clock.wall());
+    send(&rig, vec![w0, w1]);
+    rig.step();
+    let j = rig.job("ml/pytorchjob/bert").unwrap();
+    assert_eq!(
+        (j.outcome, j.reason, j.exit_code),
+        (Outcome::Failed, Some(EndReason::Oom), Some(137))
+    );
+    assert_eq!(j.ended_at, Some(last_at as f64));
+}
+
+/// Issue 16, item 6: a bare pod deleted by its user is cancelled, one preempted by the
+/// scheduler preempted; without the API (nothing sent) a pod's job is its own, as before.
+#[test]
+fn issue_16_a_deleted_pod_is_cancelled_and_a_preempted_one_preempted() {
+    use gpucost_core::attribute::pods::{PodMeta, PodPhase};
+    for (disruption, outcome) in [
+        (None, Outcome::Cancelled),
+        (Some("PreemptionByScheduler"), Outcome::Preempted),
+    ] {
+        let mut rig = Rig::new();
+        rig.pods
+            .send(vec![PodGpu {
+                namespace: "ml".into(),
+                pod: "notebook".into(),
+                container: "main".into(),
+                device_id: "GPU-0".into(),
+                pod_uid: None,
+                job: None,
+            }])
+            .unwrap();
+        rig.steps(3);
+        assert_eq!(
+            rig.job("ml/notebook").unwrap().outcome,
+            Outcome::Running,
+            "known from the kubelet alone"
+        );
+        let mut m = PodMeta {
+            namespace: "ml".into(),
+            name: "notebook".into(),
+            uid: "uid-nb".into(),
+            labels: BTreeMap::new(),
+            controller: None,
+            phase: PodPhase::Failed,
+            reason: None,
+            disruption: disruption.map(str::to_string),
+            deleting: true,
+            started_at: Some(T0 as i64),
+            containers: Vec::new(),
+            ending: None,
+        };
+        m.ending = m.ending_now(true, rig.clock.wall());
+        rig.kube_pods
+            .send(Arc::new(BTreeMap::from([(m.uid.clone(), m)])))
+            .unwrap();
+        rig.step();
+        let j = rig.job("ml/notebook").unwrap();
+        assert_eq!((j.outcome, j.reason), (outcome, None), "{disruption:?}");
+    }
 }

@@ -370,6 +370,7 @@ mod tests {
             container: "main".into(),
             device_id: id.into(),
             pod_uid: None,
+            job: None,
         };
         let pods = [
             pod("a", &format!("{GPU0}::1")),

@@ -10,6 +10,7 @@
 
 pub mod cgroup;
 pub mod device;
+pub mod pods;
 pub mod process;
 
 use std::collections::BTreeMap;
@@ -36,6 +37,18 @@ pub struct PodGpu {
     /// The pod's UID, when the agent could learn it (the pod-resources API does not give it):
     /// what binds a process to its pod, through the pod UID in the process's cgroup.
     pub pod_uid: Option<String>,
+    /// The job the pod belongs to, where the Kubernetes API said (`pods`); `None`: the pod is
+    /// its own job, `namespace/pod`.
+    pub job: Option<PodJob>,
+}
+
+/// The job a pod belongs to, from the Kubernetes API ([`pods::PodMeta`]): its owner's id and
+/// name, and the labels the job takes from the pod.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PodJob {
+    pub id: String,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
 }
 
 /// GPU (index as text, or UUID) -> job ids.
@@ -94,6 +107,16 @@ pub struct Attribution {
 }
 
 fn kube_job(p: &PodGpu) -> Found {
+    if let Some(j) = &p.job {
+        return Found {
+            id: j.id.clone(),
+            scheduler: Scheduler::Kubernetes,
+            name: j.name.clone(),
+            uid: None,
+            user: None,
+            labels: j.labels.clone(),
+        };
+    }
     Found {
         id: format!("{}/{}", p.namespace, p.pod),
         scheduler: Scheduler::Kubernetes,

@@ -130,6 +130,7 @@ fn kubernetes_pod_owns_its_gpu_and_processes_on_it() {
             container: "main".into(),
             device_id: "GPU-0".into(),
             pod_uid: None,
+            job: None,
         },
         PodGpu {
             namespace: "ml".into(),
@@ -137,6 +138,7 @@ fn kubernetes_pod_owns_its_gpu_and_processes_on_it() {
             container: "main".into(),
             device_id: "GPU-1".into(),
             pod_uid: None,
+            job: None,
         },
     ];
     let gpus = [
@@ -388,6 +390,7 @@ mod sharing {
             container: "main".into(),
             device_id: device.into(),
             pod_uid: uid.map(str::to_string),
+            job: None,
         }
     }
 

@@ -93,6 +93,11 @@ pub struct AttributionLayer {
     pub kubelet_checkpoint: Option<PathBuf>,
     #[serde(default, with = "humantime_serde")]
     pub kubelet_interval: Option<Duration>,
+    /// `auto`, `on` or `off`.
+    pub kube_api: Option<String>,
+    pub kube_node_name: Option<String>,
+    /// `job_label=pod_label` pairs.
+    pub kube_labels: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -154,6 +159,9 @@ pub(super) const ENV_KEYS: &[(&str, EnvText)] = &[
     ("attribution.kubelet_resources", EnvText::List),
     ("attribution.kubelet_checkpoint", EnvText::Text),
     ("attribution.kubelet_interval", EnvText::Text),
+    ("attribution.kube_api", EnvText::Text),
+    ("attribution.kube_node_name", EnvText::Text),
+    ("attribution.kube_labels", EnvText::List),
     ("bench.interval", EnvText::Text),
     ("bench.min_ratio", EnvText::Number),
     ("http.max_connections", EnvText::Number),

@@ -203,6 +203,35 @@ pub struct AttributionConfig {
     /// read.
     pub kubelet_checkpoint: Option<PathBuf>,
     pub kubelet_interval: Duration,
+    /// Whether to watch this node's pods through the Kubernetes API.
+    pub kube_api: KubeApi,
+    /// The node whose pods are watched; unset: `$NODE_NAME` (the DaemonSet sets it from
+    /// `spec.nodeName`), else the host name.
+    pub kube_node_name: Option<String>,
+    /// (job label, pod label): a job takes its pod's label under another name.
+    pub kube_labels: Vec<(String, String)>,
+}
+
+/// `attribution.kube_api`: whether the agent watches its node's pods through the Kubernetes
+/// API (their owners, labels and how they ended).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KubeApi {
+    /// In a cluster (a pod with a service account: `KUBERNETES_SERVICE_HOST` is set), yes.
+    Auto,
+    /// Yes: the in-cluster service account, else the kubeconfig (`KUBECONFIG`, `~/.kube/config`).
+    On,
+    Off,
+}
+
+impl KubeApi {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "auto" => Some(KubeApi::Auto),
+            "on" => Some(KubeApi::On),
+            "off" => Some(KubeApi::Off),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

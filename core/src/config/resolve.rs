@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use super::{
     defaults, example_pricing, AttributionConfig, BenchConfig, Config, ConfigError, HttpConfig,
-    JobsConfig, Layer, NvmlConfig, Origin, Sampling,
+    JobsConfig, KubeApi, Layer, NvmlConfig, Origin, Sampling,
 };
 use crate::account::pricing::{self, Pricing};
 
@@ -246,22 +246,7 @@ fn jobs(layers: &Layers, sampling: &Sampling) -> Result<JobsConfig, ConfigError>
     }
     let (export_labels, origin) = layers.pick_or(|l| l.jobs.export_labels.clone(), Vec::new());
     for k in &export_labels {
-        let ok = !k.is_empty()
-            && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-            && !k.starts_with(|c: char| c.is_ascii_digit())
-            && !k.starts_with("__")
-            && !crate::jobs::RESERVED_LABELS.contains(&k.as_str());
-        if !ok {
-            return Err(err(
-                origin,
-                "jobs.export_labels",
-                format!(
-                    "{k:?} cannot be a label of gpucost_job_info (letters, digits and _, not \
-                     starting with a digit or __, and none of {:?})",
-                    crate::jobs::RESERVED_LABELS
-                ),
-            ));
-        }
+        check_job_label(k).map_err(|why| err(origin.clone(), "jobs.export_labels", why))?;
     }
     let max_running_per_user = layers.cap(
         "jobs.max_running_per_user",
@@ -355,6 +340,51 @@ fn attribution(layers: &Layers) -> Result<AttributionConfig, ConfigError> {
         defaults::KUBELET_INTERVAL,
         100 * MS..=HOUR,
     )?;
+    let kube_api = match layers.pick(|l| l.attribution.kube_api.clone()) {
+        None => KubeApi::Auto,
+        Some((v, origin)) => KubeApi::parse(&v).ok_or_else(|| {
+            err(
+                origin,
+                "attribution.kube_api",
+                format!("must be auto, on or off, got {v:?}"),
+            )
+        })?,
+    };
+    let kube_node_name = match layers.pick(|l| l.attribution.kube_node_name.clone()) {
+        Some((n, origin)) if n.is_empty() || n.len() > 253 || n.contains(char::is_whitespace) => {
+            return Err(err(
+                origin,
+                "attribution.kube_node_name",
+                format!("{n:?} is not a node name (1 to 253 characters, no spaces)"),
+            ))
+        }
+        n => n.map(|(n, _)| n),
+    };
+    let (pairs, origin) = layers.pick_or(|l| l.attribution.kube_labels.clone(), Vec::new());
+    let mut kube_labels = Vec::new();
+    for pair in &pairs {
+        let bad = |why: String| {
+            err(
+                origin.clone(),
+                "attribution.kube_labels",
+                format!("{pair:?}: {why}"),
+            )
+        };
+        let Some((job, pod)) = pair.split_once('=') else {
+            return Err(bad(
+                "must be JOB_LABEL=POD_LABEL, e.g. team=app.kubernetes.io/team".into(),
+            ));
+        };
+        let (job, pod) = (job.trim(), pod.trim());
+        check_job_label(job).map_err(&bad)?;
+        if !is_pod_label_key(pod) {
+            return Err(bad(format!(
+                "{pod:?} is not a Kubernetes label key ([prefix/]name: a DNS subdomain prefix, a \
+                 name of at most 63 letters, digits, -, _ and .)"
+            )));
+        }
+        kube_labels.push((job.to_string(), pod.to_string()));
+    }
     Ok(AttributionConfig {
         proc_root: layers.or(
             |l| l.attribution.proc_root.clone(),
@@ -378,7 +408,57 @@ fn attribution(layers: &Layers) -> Result<AttributionConfig, ConfigError> {
         ),
         kubelet_checkpoint,
         kubelet_interval,
+        kube_api,
+        kube_node_name,
+        kube_labels,
     })
+}
+
+/// Whether `k` may be a job label (a label of `gpucost_job_info`); `Err` says why not.
+fn check_job_label(k: &str) -> Result<(), String> {
+    let ok = !k.is_empty()
+        && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !k.starts_with(|c: char| c.is_ascii_digit())
+        && !k.starts_with("__")
+        && !crate::jobs::RESERVED_LABELS.contains(&k);
+    if ok {
+        return Ok(());
+    }
+    Err(format!(
+        "{k:?} cannot be a label of gpucost_job_info (letters, digits and _, not starting with a \
+         digit or __, and none of {:?})",
+        crate::jobs::RESERVED_LABELS
+    ))
+}
+
+/// A Kubernetes label key: an optional DNS-subdomain prefix and `/`, then a name of 1 to 63
+/// letters, digits, `-`, `_` and `.` that starts and ends with a letter or digit
+/// (<https://kubernetes.io/docs/concepts/overview/working-with-objects/labels/#syntax-and-character-set>).
+fn is_pod_label_key(k: &str) -> bool {
+    let (prefix, name) = match k.split_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, k),
+    };
+    let alnum_ends = |s: &str| {
+        s.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && s.ends_with(|c: char| c.is_ascii_alphanumeric())
+    };
+    let name_ok = (1..=63).contains(&name.len())
+        && alnum_ends(name)
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    let prefix_ok = prefix.is_none_or(|p| {
+        (1..=253).contains(&p.len())
+            && p.split('.').all(|part| {
+                !part.is_empty()
+                    && alnum_ends(part)
+                    && part
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            })
+    });
+    name_ok && prefix_ok
 }
 
 fn pricing(layers: &Layers, simulated: bool) -> Result<Pricing, ConfigError> {

@@ -865,3 +865,76 @@ fn every_gpucost_variable_in_the_repository_is_known() {
     let unknown = unknown_env_vars(names.iter().cloned());
     assert!(unknown.is_empty(), "{unknown:?}");
 }
+
+/// Issue 16, item 6: the Kubernetes API switch, the node's name and the label mapping.
+#[test]
+fn kube_api_settings_from_file_and_env_and_their_errors() {
+    let c = from_file(
+        "[attribution]\nkube_api = \"off\"\nkube_node_name = \"gpu-7\"\n\
+         kube_labels = [\"team=app.kubernetes.io/team\", \"project = example.com/project\"]\n",
+    )
+    .unwrap();
+    assert_eq!(c.attribution.kube_api, super::KubeApi::Off);
+    assert_eq!(c.attribution.kube_node_name.as_deref(), Some("gpu-7"));
+    assert_eq!(
+        c.attribution.kube_labels,
+        [
+            ("team".to_string(), "app.kubernetes.io/team".to_string()),
+            ("project".to_string(), "example.com/project".to_string()),
+        ]
+    );
+    check(
+        File,
+        "attribution.kube_api",
+        "\"yes\"",
+        "must be auto, on or off",
+    );
+    check(
+        Env,
+        "attribution.kube_api",
+        "true",
+        "must be auto, on or off",
+    );
+    check(
+        File,
+        "attribution.kube_node_name",
+        "\"\"",
+        "is not a node name",
+    );
+    check(
+        Env,
+        "attribution.kube_node_name",
+        "gpu 7",
+        "is not a node name",
+    );
+    check(
+        File,
+        "attribution.kube_labels",
+        "[\"app.kubernetes.io/team\"]",
+        "must be JOB_LABEL=POD_LABEL",
+    );
+    check(
+        File,
+        "attribution.kube_labels",
+        "[\"job_id=app.kubernetes.io/team\"]",
+        "cannot be a label",
+    );
+    check(
+        Env,
+        "attribution.kube_labels",
+        "team=-bad",
+        "is not a Kubernetes label key",
+    );
+    check(
+        Env,
+        "attribution.kube_labels",
+        "team=Example.com/team",
+        "is not a Kubernetes label key",
+    );
+    check(
+        File,
+        "attribution.kube_labels",
+        "[\"team=a/b/c\"]",
+        "is not a Kubernetes label key",
+    );
+}

@@ -13,6 +13,11 @@
 //! kubelet's devicemanager: `{"Data": {"PodDeviceEntries": [{"PodUID", "ContainerName",
 //! "ResourceName", "DeviceIDs": {NUMA node: [id]}, "AllocResp"}], "RegisteredDevices": {resource:
 //! [id]}}, "Checksum": n}`, the per-NUMA `DeviceIDs` of Kubernetes 1.20 and later).
+//!
+//! [`api`] is a fake Kubernetes API server for the pods' side: their owners, labels and how
+//! they ended, listed and watched as the real server serves them.
+
+pub mod api;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

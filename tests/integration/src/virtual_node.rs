@@ -49,6 +49,7 @@ impl VirtualNode {
         let state_dir = tempfile::tempdir().expect("temp dir");
         let (tx, snapshots) = watch::channel(Arc::new(first_snapshot(Some(scenario))));
         let (pods_tx, pods) = watch::channel(Vec::new());
+        let (_, kube_pods) = watch::channel(Arc::default());
         let node = build_node(
             config,
             Some(scenario),
@@ -57,6 +58,7 @@ impl VirtualNode {
                 clock: clock.clone(),
                 hostname: "virtual".into(),
                 pods,
+                kube_pods,
                 tx,
             },
         );

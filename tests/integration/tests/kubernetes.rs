@@ -207,3 +207,267 @@ fn issue_15_without_the_checkpoint_a_shared_gpu_is_split_evenly() {
         .collect();
     assert_eq!(said.len(), 1, "{logs:#?}");
 }
+
+const NODE: &str = "gpu-node-1";
+
+/// A pod as the API server serves it (`kubectl get pod -o json`, trimmed), running on `node`.
+fn api_pod(name: &str, uid: &str, node: &str, owner: Option<(&str, &str)>) -> serde_json::Value {
+    let owners: Vec<serde_json::Value> = owner
+        .map(|(kind, owner)| {
+            serde_json::json!({
+                "apiVersion": "batch/v1",
+                "kind": kind,
+                "name": owner,
+                "uid": "9d8c7b6a-5f4e-4d3c-2b1a-0f9e8d7c6b5a",
+                "controller": true,
+                "blockOwnerDeletion": true
+            })
+        })
+        .into_iter()
+        .collect();
+    serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": "ml",
+            "uid": uid,
+            "creationTimestamp": "2026-12-03T09:00:00Z",
+            "labels": {"app.kubernetes.io/team": "nlp", "sweep": "lr-3e-4"},
+            "ownerReferences": owners
+        },
+        "spec": {
+            "nodeName": node,
+            "restartPolicy": "Never",
+            "containers": [{"name": "main", "image": "pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime",
+                            "resources": {"limits": {"nvidia.com/gpu": "1"}}}]
+        },
+        "status": {
+            "phase": "Running",
+            "startTime": "2026-12-03T09:00:01Z",
+            "containerStatuses": [{
+                "name": "main", "ready": true, "restartCount": 0, "started": true,
+                "image": "pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime",
+                "imageID": "docker.io/pytorch/pytorch@sha256:0f1e2d3c",
+                "containerID": "containerd://4c1f",
+                "state": {"running": {"startedAt": "2026-12-03T09:00:02Z"}}
+            }]
+        }
+    })
+}
+
+/// The pod as it ended: its phase, and its container `terminated` with `exit_code` and
+/// `reason`.
+fn ended(
+    mut pod: serde_json::Value,
+    phase: &str,
+    exit_code: i32,
+    reason: &str,
+) -> serde_json::Value {
+    pod["status"]["phase"] = phase.into();
+    pod["status"]["containerStatuses"][0]["ready"] = false.into();
+    pod["status"]["containerStatuses"][0]["state"] = serde_json::json!({"terminated": {
+        "exitCode": exit_code, "reason": reason,
+        "startedAt": "2026-12-03T09:00:02Z", "finishedAt": "2026-12-03T09:41:07Z",
+        "containerID": "containerd://4c1f"
+    }});
+    pod
+}
+
+fn job_json(agent: &Agent, id: &str) -> Option<serde_json::Value> {
+    let (status, body) = agent.get(&format!("/api/v1/jobs/{}", id.replace('/', "%2F")));
+    (status == 200).then(|| serde_json::from_str(&body).unwrap())
+}
+
+fn wait_for_job(
+    agent: &Agent,
+    id: &str,
+    what: &str,
+    ok: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(j) = job_json(agent, id).filter(|j| ok(j)) {
+            return j;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "job {id}: {what}; it is {:?}; jobs: {}\nlog:\n{}",
+            job_json(agent, id),
+            agent.get("/api/v1/jobs").1,
+            agent.logs().join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Issue 16, item 6: with the Kubernetes API (a fake API server serving real pod JSON, listed
+/// and watched with the node's field selector), a pod of a Job is the Job's job, with its
+/// namespace and the labels chosen; the pods' UIDs come from the API (no kubelet checkpoint
+/// here), so pods time-slicing a GPU are still billed apart; an OOM-killed pod's job fails for
+/// it, a deleted pod's job is cancelled, and a watch the server expired is listed again.
+#[test]
+fn issue_16_pods_from_the_api_have_owners_labels_and_outcomes() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = write_scenario(dir.path(), "shared.toml", SHARED);
+    let uuid = gpucost_sim::SimulatedNode::new(gpucost_sim::Scenario::load(&scenario).unwrap())
+        .uuid(0)
+        .to_string();
+    let proc_root = dir.path().join("proc");
+    process(
+        &proc_root,
+        5001,
+        &format!(
+            "0::/kubepods.slice/kubepods-pod{}.slice/cri-containerd-4c1f.scope\n",
+            UID_A.replace('-', "_")
+        ),
+    );
+    process(
+        &proc_root,
+        6001,
+        &format!(
+            "0::/kubepods.slice/kubepods-pod{}.slice/cri-containerd-9e8d.scope\n",
+            UID_B.replace('-', "_")
+        ),
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let socket = dir.path().join("kubelet.sock");
+    let kubelet_pod = |name: &str, replica: u32| FakePod {
+        namespace: "ml".into(),
+        name: name.into(),
+        uid: None,
+        containers: vec![(
+            "main".into(),
+            vec![("nvidia.com/gpu".into(), vec![format!("{uuid}::{replica}")])],
+        )],
+    };
+    let _kubelet = rt.block_on(FakeKubelet::start(
+        &socket,
+        vec![kubelet_pod("train-x7k2p", 0), kubelet_pod("notebook", 1)],
+    ));
+    let train = api_pod("train-x7k2p", UID_A, NODE, Some(("Job", "train")));
+    let notebook = api_pod("notebook", UID_B, NODE, None);
+    let elsewhere = api_pod(
+        "other",
+        "1a2b3c4d-0000-4000-8000-000000000001",
+        "gpu-node-2",
+        None,
+    );
+    let api = rt.block_on(fake_kubelet::api::FakeApiServer::start(vec![
+        train.clone(),
+        notebook.clone(),
+        elsewhere,
+    ]));
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, api.kubeconfig()).unwrap();
+
+    let agent = Agent::start(
+        &["--nvml-lib", fake_nvml_lib().to_str().unwrap()],
+        &[
+            ("GPUCOST_FAKE_NVML_SCENARIO", scenario.as_str()),
+            ("GPUCOST_SAMPLING_INTERVAL", "200ms"),
+            ("GPUCOST_SAMPLING_PROCESS_INTERVAL", "200ms"),
+            ("GPUCOST_ATTRIBUTION_PROC_ROOT", proc_root.to_str().unwrap()),
+            (
+                "GPUCOST_ATTRIBUTION_KUBELET_SOCKET",
+                socket.to_str().unwrap(),
+            ),
+            ("GPUCOST_ATTRIBUTION_KUBELET_CHECKPOINT", "off"),
+            ("GPUCOST_ATTRIBUTION_KUBELET_INTERVAL", "200ms"),
+            ("GPUCOST_ATTRIBUTION_KUBE_API", "on"),
+            (
+                "GPUCOST_ATTRIBUTION_KUBE_LABELS",
+                "team=app.kubernetes.io/team",
+            ),
+            ("GPUCOST_JOBS_EXPORT_LABELS", "team,sweep,namespace"),
+            ("KUBECONFIG", kubeconfig.to_str().unwrap()),
+            ("NODE_NAME", NODE),
+        ],
+    );
+
+    let j = wait_for_job(&agent, "ml/job/train", "billed as its Job", |j| {
+        j["usage"]["gpu_seconds"].as_f64() > Some(1.0)
+    });
+    assert_eq!(j["name"], "train");
+    assert_eq!(j["scheduler"], "kubernetes");
+    assert_eq!(j["labels"]["namespace"], "ml");
+    assert_eq!(
+        j["labels"]["team"], "nlp",
+        "mapped from app.kubernetes.io/team"
+    );
+    assert_eq!(
+        j["labels"]["sweep"], "lr-3e-4",
+        "an export label taken by its name"
+    );
+    let a = j["usage"]["gpu_seconds"].as_f64().unwrap();
+    let b = wait_for_job(&agent, "ml/notebook", "billed", |j| {
+        j["usage"]["gpu_seconds"].as_f64() > Some(0.2)
+    })["usage"]["gpu_seconds"]
+        .as_f64()
+        .unwrap();
+    // 45% to 15% of SM: the UIDs from the API bind each process to its pod.
+    assert!(
+        (2.0..=4.5).contains(&(a / b)),
+        "train {a} s, notebook {b} s"
+    );
+    assert!(
+        job_json(&agent, "ml/train-x7k2p").is_none(),
+        "the pod is not a job of its own"
+    );
+    assert!(job_json(&agent, "ml/other").is_none());
+
+    // The server forgets its history: the agent lists again and goes on watching.
+    api.expire();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while api
+        .requests()
+        .iter()
+        .filter(|r| !r.contains("watch"))
+        .count()
+        < 2
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no new list after 410: {:?}",
+            api.requests()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // The trainer is OOM-killed: its Job's job failed, for that reason.
+    api.apply(ended(train, "Failed", 137, "OOMKilled"));
+    let j = wait_for_job(&agent, "ml/job/train", "failed", |j| {
+        j["outcome"] == "failed"
+    });
+    assert_eq!(
+        (j["reason"].as_str(), j["exit_code"].as_i64()),
+        (Some("oom"), Some(137))
+    );
+
+    // The notebook is deleted by its user (kubectl delete: SIGTERM, exit 143): cancelled.
+    let mut deleting = notebook;
+    deleting["metadata"]["deletionTimestamp"] = "2026-12-03T09:50:00Z".into();
+    api.apply(deleting.clone());
+    api.delete(ended(deleting, "Failed", 143, "Error"));
+    let j = wait_for_job(&agent, "ml/notebook", "cancelled", |j| {
+        j["outcome"] == "cancelled"
+    });
+    assert!(j["reason"].is_null(), "{j}");
+
+    let metrics = agent.get("/metrics").1;
+    assert!(
+        metrics.lines().any(|l| l.starts_with("gpucost_job_info{")
+            && l.contains("job_id=\"ml/job/train\"")
+            && l.contains("team=\"nlp\"")
+            && l.contains("namespace=\"ml\"")),
+        "{metrics}"
+    );
+    // Only this node's pods were ever asked for.
+    let requests = api.requests();
+    assert!(
+        requests
+            .iter()
+            .all(|r| r.contains("fieldSelector=spec.nodeName%3Dgpu-node-1")),
+        "{requests:?}"
+    );
+}
