@@ -158,12 +158,20 @@ pub fn what_if_measured(
     let u = &job.usage;
     let actual = u.total_cost();
     let not_gpu_time = u.cost_energy + u.cost_overhead;
-    // GPU time at another market's rate, over every GPU the job held.
+    // GPU time at another market's rate, over every GPU the job held: what its GPU time cost
+    // scaled by the two rates, so that what the cost already weighs stays weighed (a MIG
+    // instance pays its slices' share of its GPU's rate); its hours at the rate where the
+    // configured market has no rate to scale from.
     let at_rate = |rate: fn(&crate::account::pricing::GpuPrice) -> Option<f64>| -> Option<f64> {
         job.per_gpu.iter().try_fold(0.0, |acc, (uuid, gu)| {
             let model = model_of.get(uuid)?;
             let entry = &pricing.gpus[pricing.matched_rule(model)?];
-            Some(acc + gu.gpu_seconds / 3600.0 * rate(entry)?)
+            let to = rate(entry)?;
+            let gpu_time = match entry.rate(pricing.market).filter(|r| *r > 0.0) {
+                Some(from) => gu.cost_gpu_time * to / from,
+                None => gu.gpu_seconds / 3600.0 * to,
+            };
+            Some(acc + gpu_time)
         })
     };
     let spot = at_rate(|g| g.spot_per_hour)
@@ -271,6 +279,27 @@ mod tests {
         assert_eq!(savings[0].0, Lever::Spot);
         assert!((savings[0].1 - 3.2).abs() < 1e-9, "{savings:?}");
         assert_eq!(savings[3], (Lever::Bf16, 2.0));
+    }
+
+    /// A MIG instance's GPU time costs its slices' share of its GPU's rate, at every market:
+    /// an hour of a 1g slice of an H100 (1/7 of 4/h on demand) is 1/7 of the spot rate on spot,
+    /// not a whole H100's.
+    #[test]
+    fn a_mig_instance_is_priced_at_its_share_on_every_market() {
+        let (mut j, models) = job();
+        let slice = Usage {
+            gpu_seconds: 3600.0,
+            cost_gpu_time: 4.0 / 7.0,
+            cost_energy: 0.0,
+            cost_overhead: 0.0,
+            ..Usage::default()
+        };
+        j.usage = slice;
+        j.per_gpu = BTreeMap::from([("GPU-a".to_string(), slice)]);
+        let p = pricing("spot_per_hour = 2.0\nreserved_per_hour = 3.0\n");
+        let w = what_if(&j, &models, &p, &WhatIfOptions::default());
+        assert!((w.with(Lever::Spot).unwrap() - 2.0 / 7.0 * 1.1).abs() < 1e-9, "{w:?}");
+        assert!((w.with(Lever::Reserved).unwrap() - 3.0 / 7.0).abs() < 1e-9, "{w:?}");
     }
 
     /// A failed run loses what it cost since its last checkpoint (less its idle and FP32 parts,
