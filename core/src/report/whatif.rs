@@ -298,8 +298,14 @@ mod tests {
         j.per_gpu = BTreeMap::from([("GPU-a".to_string(), slice)]);
         let p = pricing("spot_per_hour = 2.0\nreserved_per_hour = 3.0\n");
         let w = what_if(&j, &models, &p, &WhatIfOptions::default());
-        assert!((w.with(Lever::Spot).unwrap() - 2.0 / 7.0 * 1.1).abs() < 1e-9, "{w:?}");
-        assert!((w.with(Lever::Reserved).unwrap() - 3.0 / 7.0).abs() < 1e-9, "{w:?}");
+        assert!(
+            (w.with(Lever::Spot).unwrap() - 2.0 / 7.0 * 1.1).abs() < 1e-9,
+            "{w:?}"
+        );
+        assert!(
+            (w.with(Lever::Reserved).unwrap() - 3.0 / 7.0).abs() < 1e-9,
+            "{w:?}"
+        );
     }
 
     /// A failed run loses what it cost since its last checkpoint (less its idle and FP32 parts,

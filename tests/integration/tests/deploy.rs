@@ -425,3 +425,82 @@ fn the_agent_tells_systemd_it_is_ready_keeps_the_watchdog_fed_and_says_when_it_s
         g.iter().any(|m| m.lines().any(|l| l == "STOPPING=1"))
     });
 }
+
+/// Issue 17: money is shown in a currency unit, not `short`. Grafana cannot take a unit from a
+/// variable (grafana/grafana#32902, #93462), so the dashboards carry the default currency's
+/// unit, `currencyUSD`, and dashboards/README.md says how to switch it. Every panel whose title
+/// names `$currency` shows its money in it: a table its money columns, other panels their
+/// values.
+#[test]
+fn money_panels_are_in_the_currency_unit() {
+    const MONEY_COLUMNS: [&str; 8] = [
+        "Cost",
+        "Wasted",
+        "spot",
+        "reserved",
+        "off_peak",
+        "bf16",
+        "no_idle",
+        "checkpoint",
+    ];
+    fn panels(v: &serde_json::Value, out: &mut Vec<serde_json::Value>) {
+        for p in v["panels"].as_array().into_iter().flatten() {
+            out.push(p.clone());
+            panels(p, out);
+        }
+    }
+    let mut checked = 0;
+    for name in [
+        "gpucost-fleet.json",
+        "gpucost-job.json",
+        "gpucost-gpu-health.json",
+    ] {
+        let d: serde_json::Value =
+            serde_json::from_str(&read(&repo().join("dashboards").join(name))).unwrap();
+        let mut all = Vec::new();
+        panels(&d, &mut all);
+        for p in all {
+            let title = p["title"].as_str().unwrap_or("");
+            if !title.contains("$currency") {
+                continue;
+            }
+            let fc = &p["fieldConfig"];
+            if p["type"] == "table" {
+                let money: Vec<&serde_json::Value> = fc["overrides"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|o| {
+                        MONEY_COLUMNS.contains(&o["matcher"]["options"].as_str().unwrap_or(""))
+                    })
+                    .collect();
+                assert!(
+                    !money.is_empty(),
+                    "{name}: table {title:?} has no money column"
+                );
+                for o in money {
+                    let unit = o["properties"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .find(|pr| pr["id"] == "unit");
+                    assert_eq!(
+                        unit.map(|u| &u["value"]),
+                        Some(&serde_json::json!("currencyUSD")),
+                        "{name}: {title:?}, column {}",
+                        o["matcher"]["options"]
+                    );
+                    checked += 1;
+                }
+            } else {
+                assert_eq!(fc["defaults"]["unit"], "currencyUSD", "{name}: {title:?}");
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 25, "{checked} money panels and columns");
+    assert!(
+        read(&repo().join("dashboards/README.md")).contains("currencyEUR"),
+        "dashboards/README.md says how to show another currency"
+    );
+}
