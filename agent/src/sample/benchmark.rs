@@ -320,6 +320,8 @@ mod tests {
                     uuid: "GPU-1".into(),
                     model: "NVIDIA H100 80GB HBM3".into(),
                     mig: None,
+                    compute_capability: None,
+                    sm_count: None,
                 },
                 up: true,
                 reading: Some(Reading {
