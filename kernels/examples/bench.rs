@@ -52,18 +52,22 @@ fn main() {
             .map_or(String::new(), |p| {
                 format!("{:5.1}% of datasheet", 100.0 * r.flops_per_s / p)
             });
+        // The clock the kernel's own blocks measured (none for library rows).
+        let mhz = r.sm_clock.map(|c| c.hz / 1e6);
         println!(
-            "{:<12} {:<8} {:9.2} TFLOP/s  {pct}",
-            r.precision.as_str(),
-            r.method.as_str(),
-            r.flops_per_s / 1e12
-        );
-        json_results.push(format!(
-            r#"{{"precision":"{}","method":"{}","tflops":{:.3},"median_s":{:.6e}}}"#,
+            "{:<12} {:<8} {:9.2} TFLOP/s  {pct}{}",
             r.precision.as_str(),
             r.method.as_str(),
             r.flops_per_s / 1e12,
-            r.median_s
+            mhz.map_or(String::new(), |m| format!("  at {m:.0} MHz"))
+        );
+        json_results.push(format!(
+            r#"{{"precision":"{}","method":"{}","tflops":{:.3},"median_s":{:.6e},"sm_clock_mhz":{}}}"#,
+            r.precision.as_str(),
+            r.method.as_str(),
+            r.flops_per_s / 1e12,
+            r.median_s,
+            mhz.map_or("null".to_string(), |m| format!("{m:.1}"))
         ));
     }
     let mut json_memory = Vec::new();

@@ -4,6 +4,7 @@
 
 use cudarc::driver::{CudaFunction, CudaSlice, LaunchConfig, PushKernelArg};
 
+use crate::clocks::STAMPS_PER_BLOCK;
 use crate::gpu::Gpu;
 use crate::registry::{shape, ModuleId};
 
@@ -26,6 +27,11 @@ fn need(what: &str, have: usize, want: usize) -> LaunchResult {
     }
 }
 
+/// Checks that `clocks` holds the stamps of every block of a `grid`-block launch.
+fn check_clocks(clocks: &CudaSlice<u64>, grid: u32) -> LaunchResult {
+    need("clocks", clocks.len(), grid as usize * STAMPS_PER_BLOCK)
+}
+
 /// A kernel function and the grid it is launched with, on one GPU.
 pub struct Kernel<'g> {
     pub gpu: &'g Gpu,
@@ -34,6 +40,7 @@ pub struct Kernel<'g> {
 }
 
 /// The buffers of an MMA kernel: inputs A and Bt, the output tile, one sink value per thread.
+/// (The clock stamps are passed on their own: the host reads them after each timed launch.)
 pub struct MmaBuffers<I, O> {
     pub a: CudaSlice<I>,
     pub bt: CudaSlice<I>,
@@ -81,46 +88,66 @@ impl FmaKernel {
     }
 }
 
-/// `fma_f64(double* out, double a, double b, int iters)`.
-pub fn fma_f64(k: &Kernel, out: &mut CudaSlice<f64>, a: f64, b: f64, iters: i32) -> LaunchResult {
+/// `fma_f64(double* out, double a, double b, int iters, unsigned long long* clocks)`.
+pub fn fma_f64(
+    k: &Kernel,
+    out: &mut CudaSlice<f64>,
+    a: f64,
+    b: f64,
+    iters: i32,
+    clocks: &mut CudaSlice<u64>,
+) -> LaunchResult {
     let threads = shape::FMA_THREADS;
     need("fma_f64 out", out.len(), (k.grid * threads) as usize)?;
+    check_clocks(clocks, k.grid)?;
     let mut l = k.gpu.stream.launch_builder(&k.f);
-    l.arg(out).arg(&a).arg(&b).arg(&iters);
-    // SAFETY: fma_f64(double* out, double a, double b, int iters): out is a device buffer of
-    // f64 with one element per thread (checked above), a and b are f64, iters an i32.
+    l.arg(out).arg(&a).arg(&b).arg(&iters).arg(clocks);
+    // SAFETY: fma_f64(double* out, double a, double b, int iters, unsigned long long* clocks):
+    // out is a device buffer of f64 with one element per thread and clocks of u64 with four per
+    // block (checked above), a and b are f64, iters an i32.
     unsafe { l.launch(config(k.grid, threads)) }.map_err(|e| format!("fma_f64: {e}"))?;
     Ok(())
 }
 
-/// `fma_f32(float* out, float a, float b, int iters)`.
-pub fn fma_f32(k: &Kernel, out: &mut CudaSlice<f32>, a: f32, b: f32, iters: i32) -> LaunchResult {
+/// `fma_f32(float* out, float a, float b, int iters, unsigned long long* clocks)`.
+pub fn fma_f32(
+    k: &Kernel,
+    out: &mut CudaSlice<f32>,
+    a: f32,
+    b: f32,
+    iters: i32,
+    clocks: &mut CudaSlice<u64>,
+) -> LaunchResult {
     let threads = shape::FMA_THREADS;
     need("fma_f32 out", out.len(), (k.grid * threads) as usize)?;
+    check_clocks(clocks, k.grid)?;
     let mut l = k.gpu.stream.launch_builder(&k.f);
-    l.arg(out).arg(&a).arg(&b).arg(&iters);
-    // SAFETY: fma_f32(float* out, float a, float b, int iters): out is a device buffer of f32
-    // with one element per thread (checked above), a and b are f32, iters an i32.
+    l.arg(out).arg(&a).arg(&b).arg(&iters).arg(clocks);
+    // SAFETY: fma_f32(float* out, float a, float b, int iters, unsigned long long* clocks):
+    // out is a device buffer of f32 with one element per thread and clocks of u64 with four per
+    // block (checked above), a and b are f32, iters an i32.
     unsafe { l.launch(config(k.grid, threads)) }.map_err(|e| format!("fma_f32: {e}"))?;
     Ok(())
 }
 
-/// `fma_f16x2` / `fma_bf16x2(float* out, unsigned a2, unsigned b2, int iters)`: `a2`, `b2`
-/// hold a and b in both 16-bit halves.
+/// `fma_f16x2` / `fma_bf16x2(float* out, unsigned a2, unsigned b2, int iters, unsigned long
+/// long* clocks)`: `a2`, `b2` hold a and b in both 16-bit halves.
 pub fn fma_half2(
     k: &Kernel,
     out: &mut CudaSlice<f32>,
     a2: u32,
     b2: u32,
     iters: i32,
+    clocks: &mut CudaSlice<u64>,
 ) -> LaunchResult {
     let threads = shape::FMA_THREADS;
     need("fma_half2 out", out.len(), (k.grid * threads) as usize)?;
+    check_clocks(clocks, k.grid)?;
     let mut l = k.gpu.stream.launch_builder(&k.f);
-    l.arg(out).arg(&a2).arg(&b2).arg(&iters);
-    // SAFETY: fma_f16x2/fma_bf16x2(float* out, unsigned a2, unsigned b2, int iters): out is a
-    // device buffer of f32 with one element per thread (checked above), a2 and b2 are u32,
-    // iters an i32.
+    l.arg(out).arg(&a2).arg(&b2).arg(&iters).arg(clocks);
+    // SAFETY: fma_f16x2/fma_bf16x2(float* out, unsigned a2, unsigned b2, int iters, unsigned
+    // long long* clocks): out is a device buffer of f32 with one element per thread and clocks
+    // of u64 with four per block (checked above), a2 and b2 are u32, iters an i32.
     unsafe { l.launch(config(k.grid, threads)) }.map_err(|e| format!("fma_half2: {e}"))?;
     Ok(())
 }
@@ -229,12 +256,13 @@ fn check_mma(
 }
 
 /// `mma_f16`, `mma_bf16`, `mma_tf32`, `mma_fp8`, `wgmma_*`(const unsigned* a_words, const
-/// unsigned* bt_words, float* tile, float* sink, int iters).
+/// unsigned* bt_words, float* tile, float* sink, int iters, unsigned long long* clocks).
 pub fn mma_f32acc(
     k: &Kernel,
     which: MmaKernel,
     b: &mut MmaBuffers<u32, f32>,
     iters: i32,
+    clocks: &mut CudaSlice<u64>,
 ) -> LaunchResult {
     if matches!(which, MmaKernel::S8 | MmaKernel::WgS8 | MmaKernel::F64) {
         return Err(format!("{} does not accumulate in f32", which.entry()));
@@ -248,27 +276,31 @@ pub fn mma_f32acc(
         b.tile.len(),
         b.sink.len(),
     )?;
+    check_clocks(clocks, k.grid)?;
     let mut l = k.gpu.stream.launch_builder(&k.f);
     l.arg(&b.a)
         .arg(&b.bt)
         .arg(&mut b.tile)
         .arg(&mut b.sink)
-        .arg(&iters);
+        .arg(&iters)
+        .arg(clocks);
     // SAFETY: (const unsigned* a_words, const unsigned* bt_words, float* tile, float* sink,
-    // int iters): A and Bt are u32 buffers holding the tile's inputs, tile holds one f32
-    // output tile and sink one f32 per thread (all checked above), iters is an i32.
+    // int iters, unsigned long long* clocks): A and Bt are u32 buffers holding the tile's
+    // inputs, tile holds one f32 output tile, sink one f32 per thread and clocks four u64 per
+    // block (all checked above), iters is an i32.
     unsafe { l.launch(config(k.grid, which.threads())) }
         .map_err(|e| format!("{}: {e}", which.entry()))?;
     Ok(())
 }
 
 /// `mma_s8`, `wgmma_s8`(const unsigned* a_words, const unsigned* bt_words, int* tile, int*
-/// sink, int iters).
+/// sink, int iters, unsigned long long* clocks).
 pub fn mma_s8(
     k: &Kernel,
     which: MmaKernel,
     b: &mut MmaBuffers<u32, i32>,
     iters: i32,
+    clocks: &mut CudaSlice<u64>,
 ) -> LaunchResult {
     if !matches!(which, MmaKernel::S8 | MmaKernel::WgS8) {
         return Err(format!("{} does not accumulate in s32", which.entry()));
@@ -282,22 +314,30 @@ pub fn mma_s8(
         b.tile.len(),
         b.sink.len(),
     )?;
+    check_clocks(clocks, k.grid)?;
     let mut l = k.gpu.stream.launch_builder(&k.f);
     l.arg(&b.a)
         .arg(&b.bt)
         .arg(&mut b.tile)
         .arg(&mut b.sink)
-        .arg(&iters);
-    // SAFETY: mma_s8(const unsigned*, const unsigned*, int* tile, int* sink, int iters): A and
-    // Bt are u32 buffers holding the s8 inputs, tile one i32 tile and sink one i32 per thread
-    // (checked above), iters an i32.
+        .arg(&iters)
+        .arg(clocks);
+    // SAFETY: mma_s8(const unsigned*, const unsigned*, int* tile, int* sink, int iters,
+    // unsigned long long* clocks): A and Bt are u32 buffers holding the s8 inputs, tile one i32
+    // tile, sink one i32 per thread and clocks four u64 per block (checked above), iters an i32.
     unsafe { l.launch(config(k.grid, which.threads())) }
         .map_err(|e| format!("{}: {e}", which.entry()))?;
     Ok(())
 }
 
-/// `mma_f64(const double* a, const double* bt, double* tile, double* sink, int iters)`.
-pub fn mma_f64(k: &Kernel, b: &mut MmaBuffers<f64, f64>, iters: i32) -> LaunchResult {
+/// `mma_f64(const double* a, const double* bt, double* tile, double* sink, int iters,
+/// unsigned long long* clocks)`.
+pub fn mma_f64(
+    k: &Kernel,
+    b: &mut MmaBuffers<f64, f64>,
+    iters: i32,
+    clocks: &mut CudaSlice<u64>,
+) -> LaunchResult {
     let which = MmaKernel::F64;
     check_mma(
         which,
@@ -308,15 +348,18 @@ pub fn mma_f64(k: &Kernel, b: &mut MmaBuffers<f64, f64>, iters: i32) -> LaunchRe
         b.tile.len(),
         b.sink.len(),
     )?;
+    check_clocks(clocks, k.grid)?;
     let mut l = k.gpu.stream.launch_builder(&k.f);
     l.arg(&b.a)
         .arg(&b.bt)
         .arg(&mut b.tile)
         .arg(&mut b.sink)
-        .arg(&iters);
-    // SAFETY: mma_f64(const double*, const double*, double* tile, double* sink, int iters):
-    // A and Bt are f64 buffers of the tile's inputs, tile one f64 tile and sink one f64 per
-    // thread (checked above), iters an i32.
+        .arg(&iters)
+        .arg(clocks);
+    // SAFETY: mma_f64(const double*, const double*, double* tile, double* sink, int iters,
+    // unsigned long long* clocks): A and Bt are f64 buffers of the tile's inputs, tile one f64
+    // tile, sink one f64 per thread and clocks four u64 per block (checked above), iters an
+    // i32.
     unsafe { l.launch(config(k.grid, which.threads())) }.map_err(|e| format!("mma_f64: {e}"))?;
     Ok(())
 }

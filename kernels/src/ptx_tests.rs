@@ -315,6 +315,26 @@ fn claimed_per_iteration(module: &str) -> Option<usize> {
     }
 }
 
+/// Issue 18, item 2: every compute kernel stamps its blocks' clock (`%clock64` and
+/// `%globaltimer`, at the start and at the end) for every shipped target, so each row of the
+/// benchmark has the clock its own launches ran at. Reads the shipped PTX: needs no tools.
+#[test]
+fn issue_18_every_compute_kernel_stamps_its_clock() {
+    for (m, t) in tools::all_builds() {
+        if claimed_per_iteration(m.name).is_none() {
+            continue;
+        }
+        for e in m.entries {
+            let body = tools::ptx_entry(shipped(m, t), e.name)
+                .unwrap_or_else(|| panic!("{} {t}: no entry {}", m.name, e.name));
+            for reg in ["%clock64", "%globaltimer"] {
+                let n = body.matches(reg).count();
+                assert_eq!(n, 2, "{} {t} {}: reads {reg} {n} times", m.name, e.name);
+            }
+        }
+    }
+}
+
 #[test]
 fn claims_per_iteration_follow_the_flop_counts() {
     assert_eq!(claimed_per_iteration("fma"), Some(256));

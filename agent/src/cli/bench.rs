@@ -5,7 +5,9 @@
 use gpucost_kernels::suite;
 use serde_json::json;
 
-use crate::sample::benchmark::{bench_gpu, bench_nvml_gpu, watch_nvml, Conditions, GpuBench};
+use crate::sample::benchmark::{
+    bench_gpu, bench_nvml_gpu, watch_nvml, ClockSource, Conditions, GpuBench,
+};
 use crate::sample::nvml::NvmlBackend;
 use crate::sample::Backend;
 
@@ -173,6 +175,11 @@ pub fn to_json(b: &GpuBench) -> serde_json::Value {
             "flops_per_s": row.flops_per_s,
             "of_datasheet": row.of_datasheet,
             "of_clock_normalized": row.of_clock_normalized,
+            "sm_clock_hz": row.sm_clock_hz,
+            "sm_clock_source": row.clock_source.map(|c| c.as_str()),
+            "clock_note": row.clock_note,
+            "power_w": row.power_w,
+            "throttle_reasons": row.throttle,
         })).collect::<Vec<_>>(),
         "speedup_over_fp32": b.speedups.iter().map(|(p, s)| (p.as_str().to_string(), json!(s))).collect::<serde_json::Map<_, _>>(),
         "memory": b.memory.iter().map(|(op, bps, share)| json!({"op": op, "bytes_per_s": bps, "of_datasheet": share})).collect::<Vec<_>>(),
@@ -202,17 +209,28 @@ pub fn to_table(b: &GpuBench) -> String {
         c.temperature_c.map_or("?".into(), |t| format!("{t:.0} C")),
     );
     out.push_str(&format!(
-        "  {:<12} {:<8} {:>12} {:>11} {:>13}\n",
-        "PRECISION", "METHOD", "TFLOP/s", "DATASHEET", "CLOCK-NORM"
+        "  {:<12} {:<8} {:>12} {:>11} {:>13} {:>13} {:>7}  {}\n",
+        "PRECISION", "METHOD", "TFLOP/s", "DATASHEET", "CLOCK-NORM", "MHz", "POWER", "THROTTLE"
     ));
     for row in &b.rows {
+        let clock = match (row.sm_clock_hz, row.clock_source) {
+            (Some(hz), Some(src)) => format!("{:.0} {}", hz / 1e6, src.as_str()),
+            _ => "-".to_string(),
+        };
         out.push_str(&format!(
-            "  {:<12} {:<8} {:>12.1} {:>11} {:>13}\n",
+            "  {:<12} {:<8} {:>12.1} {:>11} {:>13} {:>13} {:>7}  {}\n",
             row.precision.as_str(),
             row.method.as_str(),
             row.flops_per_s / 1e12,
             pct(row.of_datasheet),
-            pct(row.of_clock_normalized)
+            pct(row.of_clock_normalized),
+            clock,
+            row.power_w.map_or("-".into(), |w| format!("{w:.0} W")),
+            if row.throttle.is_empty() {
+                "-".to_string()
+            } else {
+                row.throttle.join(",")
+            },
         ));
     }
     for (op, bps, share) in &b.memory {
@@ -234,6 +252,23 @@ pub fn to_table(b: &GpuBench) -> String {
     for (what, why) in &r.skipped {
         out.push_str(&format!("  skipped {what}: {why}\n"));
     }
+    for row in b
+        .rows
+        .iter()
+        .filter(|r| r.clock_source != Some(ClockSource::Kernel))
+    {
+        if let Some(note) = &row.clock_note {
+            out.push_str(&format!(
+                "  {} {}: no clock from the kernel's own blocks: {note}\n",
+                row.precision.as_str(),
+                row.method.as_str()
+            ));
+        }
+    }
+    out.push_str(
+        "  MHz: each row's SM clock, from its kernel's own blocks (kernel) or NVML while it ran \
+         (nvml); CLOCK-NORM: of the device's SMs x FLOP/clock/SM at that clock\n",
+    );
     out
 }
 

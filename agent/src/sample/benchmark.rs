@@ -8,9 +8,10 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use gpucost_hw::peaks::{lookup, Precision};
+use gpucost_core::reading::ThrottleReason;
+use gpucost_hw::peaks::{lookup, sm_peak, Arch, Precision};
 use gpucost_kernels::suite::{self, BenchOptions, BenchReport, Method};
 use tokio::sync::watch;
 
@@ -18,15 +19,66 @@ use super::nvml::NvmlBackend;
 use super::Backend;
 use crate::snapshot::Snapshot;
 
-/// How often a watcher looks at the GPU while a benchmark runs.
-const WATCH_EVERY: Duration = Duration::from_millis(100);
+/// How often a watcher looks at the GPU while a benchmark runs: often enough that each row's
+/// quarter of a second of measuring holds several readings.
+const WATCH_EVERY: Duration = Duration::from_millis(25);
 
-/// Clock, power and temperature while a benchmark ran (means of samples every 100 ms).
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+/// Clock, power and temperature while a benchmark ran (means of the busy samples), and every
+/// sample, for the rows to take theirs from.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Conditions {
     pub sm_clock_hz: Option<f64>,
     pub power_w: Option<f64>,
     pub temperature_c: Option<f64>,
+    pub samples: Vec<Sample>,
+}
+
+/// One look at the GPU while the benchmark ran.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sample {
+    pub at: Instant,
+    pub sm_clock_hz: Option<f64>,
+    /// Board power now where the GPU reports it (a one-second average would mix rows), else
+    /// the average.
+    pub power_w: Option<f64>,
+    pub temperature_c: Option<f64>,
+    /// NVML's clock-event reason bits.
+    pub clock_event_reasons: Option<u64>,
+    pub busy: bool,
+}
+
+impl Sample {
+    fn of(at: Instant, r: &gpucost_core::reading::Reading) -> Sample {
+        Sample {
+            at,
+            sm_clock_hz: r.sm_clock_mhz.map(|m| f64::from(m) * 1e6),
+            power_w: r
+                .power_instant_mw
+                .or(r.power_mw())
+                .map(|m| f64::from(m) / 1e3),
+            temperature_c: r.temperature_c.map(f64::from),
+            clock_event_reasons: r.clock_event_reasons,
+            busy: r.utilization_pct.is_some_and(|u| u > 50.0),
+        }
+    }
+}
+
+/// Where a row's SM clock came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClockSource {
+    /// Our kernel's own blocks: `%clock64` cycles over `%globaltimer` nanoseconds.
+    Kernel,
+    /// NVML's readings while the row was measured (library rows, whose kernels are not ours).
+    Nvml,
+}
+
+impl ClockSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClockSource::Kernel => "kernel",
+            ClockSource::Nvml => "nvml",
+        }
+    }
 }
 
 /// One precision's figures with their context.
@@ -37,8 +89,44 @@ pub struct Row {
     pub flops_per_s: f64,
     /// Share of the datasheet dense peak.
     pub of_datasheet: Option<f64>,
-    /// Share of SMs x FLOP/clock/SM x the measured SM clock.
+    /// Share of the device's SMs x FLOP/clock/SM x this row's own SM clock.
     pub of_clock_normalized: Option<f64>,
+    /// The SM clock this row ran at, Hz, and where it came from.
+    pub sm_clock_hz: Option<f64>,
+    pub clock_source: Option<ClockSource>,
+    /// Why the kernel's own clock is missing, where it is.
+    pub clock_note: Option<String>,
+    /// Mean board power while this row was measured, W.
+    pub power_w: Option<f64>,
+    /// Clock-event (throttle) reasons NVML reported while this row was measured (`gpu_idle`
+    /// left out: it is not a limit).
+    pub throttle: Vec<&'static str>,
+}
+
+/// What NVML's samples in `window` say of one row: (SM clock Hz, power W, throttle reasons).
+/// Means over the samples in it; `None` where it holds none with the field.
+pub fn row_conditions(
+    samples: &[Sample],
+    window: (Instant, Instant),
+) -> (Option<f64>, Option<f64>, Vec<&'static str>) {
+    let inside: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| s.at >= window.0 && s.at <= window.1)
+        .collect();
+    let mean = |f: &dyn Fn(&Sample) -> Option<f64>| {
+        let v: Vec<f64> = inside.iter().filter_map(|s| f(s)).collect();
+        (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+    };
+    let bits = inside
+        .iter()
+        .filter_map(|s| s.clock_event_reasons)
+        .fold(0u64, |a, b| a | b);
+    let throttle = ThrottleReason::ALL
+        .into_iter()
+        .filter(|r| r.bit().is_some_and(|b| bits & b != 0))
+        .map(ThrottleReason::as_str)
+        .collect();
+    (mean(&|s| s.sm_clock_hz), mean(&|s| s.power_w), throttle)
 }
 
 /// The benchmark of one GPU with its context.
@@ -56,23 +144,38 @@ pub struct GpuBench {
     pub memory: Vec<(&'static str, f64, Option<f64>)>,
 }
 
-/// Relates the raw results to the datasheet and the clock. Pure.
+/// Relates the raw results to the datasheet and to each row's own clock, on the SMs the
+/// device reports (a MIG instance's, not the board's). Pure.
 pub fn analyse(report: BenchReport, conditions: Conditions) -> GpuBench {
     let spec = lookup(&report.name);
+    let arch = Arch::from_compute_capability(report.compute_capability).or(spec.map(|s| s.arch));
     let rows: Vec<Row> = report
         .results
         .iter()
-        .map(|r| Row {
-            precision: r.precision,
-            method: r.method,
-            flops_per_s: r.flops_per_s,
-            of_datasheet: spec
-                .and_then(|s| s.peak(r.precision))
-                .map(|p| r.flops_per_s / p),
-            of_clock_normalized: spec
-                .zip(conditions.sm_clock_hz)
-                .and_then(|(s, clk)| s.clock_normalized_peak(r.precision, clk))
-                .map(|p| r.flops_per_s / p),
+        .map(|r| {
+            let (nvml_clock, power_w, throttle) = row_conditions(&conditions.samples, r.window);
+            let (sm_clock_hz, clock_source) = match (r.sm_clock, nvml_clock) {
+                (Some(c), _) => (Some(c.hz), Some(ClockSource::Kernel)),
+                (None, Some(hz)) => (Some(hz), Some(ClockSource::Nvml)),
+                (None, None) => (None, None),
+            };
+            let ceiling = arch
+                .zip(sm_clock_hz)
+                .and_then(|(a, clk)| sm_peak(&report.name, a, r.precision, report.sm_count, clk));
+            Row {
+                precision: r.precision,
+                method: r.method,
+                flops_per_s: r.flops_per_s,
+                of_datasheet: spec
+                    .and_then(|s| s.peak(r.precision))
+                    .map(|p| r.flops_per_s / p),
+                of_clock_normalized: ceiling.map(|p| r.flops_per_s / p),
+                sm_clock_hz,
+                clock_source,
+                clock_note: r.clock_note.clone(),
+                power_w,
+                throttle,
+            }
         })
         .collect();
     let best = |p: Precision| {
@@ -141,32 +244,27 @@ pub fn bench_gpu(
     result.map(|r| analyse(r, conditions))
 }
 
-/// Clock, power and temperature samples, kept only while the GPU computes (idle clocks would
-/// drag the mean down).
+/// The samples taken while a benchmark ran.
 #[derive(Default)]
-struct Samples {
-    clock_hz: Vec<f64>,
-    power_w: Vec<f64>,
-    temperature_c: Vec<f64>,
-}
+struct Samples(Vec<Sample>);
 
 impl Samples {
-    fn add(&mut self, r: &gpucost_core::reading::Reading) {
-        if r.utilization_pct.is_some_and(|u| u > 50.0) {
-            self.clock_hz
-                .extend(r.sm_clock_mhz.map(|m| f64::from(m) * 1e6));
-            self.power_w
-                .extend(r.power_mw().map(|m| f64::from(m) / 1e3));
-            self.temperature_c.extend(r.temperature_c.map(f64::from));
-        }
+    fn add(&mut self, at: Instant, r: &gpucost_core::reading::Reading) {
+        self.0.push(Sample::of(at, r));
     }
 
-    fn means(&self) -> Conditions {
-        let mean = |v: &[f64]| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
+    /// The run's conditions: means over the samples taken while the GPU computed (idle clocks
+    /// would drag the mean down), and every sample.
+    fn means(self) -> Conditions {
+        let mean = |f: &dyn Fn(&Sample) -> Option<f64>| {
+            let v: Vec<f64> = self.0.iter().filter(|s| s.busy).filter_map(f).collect();
+            (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+        };
         Conditions {
-            sm_clock_hz: mean(&self.clock_hz),
-            power_w: mean(&self.power_w),
-            temperature_c: mean(&self.temperature_c),
+            sm_clock_hz: mean(&|s| s.sm_clock_hz),
+            power_w: mean(&|s| s.power_w),
+            temperature_c: mean(&|s| s.temperature_c),
+            samples: self.0,
         }
     }
 }
@@ -183,7 +281,7 @@ pub fn watch_nvml(
         let mut samples = Samples::default();
         while !stop.load(Ordering::Relaxed) {
             if let Ok(r) = nvml.read(index, false) {
-                samples.add(&r);
+                samples.add(Instant::now(), &r);
             }
             std::thread::sleep(WATCH_EVERY);
         }
@@ -204,13 +302,13 @@ pub fn watch_snapshots(
             let snap = snapshots.borrow().clone();
             if snap.taken_at != last {
                 last = snap.taken_at;
-                if let Some(r) = snap
-                    .gpus
-                    .iter()
-                    .find(|g| g.info.uuid == uuid)
-                    .and_then(|g| g.reading.as_ref())
-                {
-                    samples.add(r);
+                if let Some((at, r)) = snap.taken_at.zip(
+                    snap.gpus
+                        .iter()
+                        .find(|g| g.info.uuid == uuid)
+                        .and_then(|g| g.reading.as_ref()),
+                ) {
+                    samples.add(at, r);
                 }
             }
             std::thread::sleep(WATCH_EVERY);
@@ -224,13 +322,27 @@ mod tests {
     use super::*;
     use gpucost_kernels::suite::{KernelResult, MemOp, MemoryResult};
 
-    fn report() -> BenchReport {
-        let k = |precision, method, tflops: f64| KernelResult {
-            precision,
-            method,
-            flops_per_s: tflops * 1e12,
-            median_s: 0.01,
-            repeats: 5,
+    /// Each row measured in its own quarter second from `t0`, in this order.
+    fn report_at(t0: Instant) -> BenchReport {
+        let slot = std::cell::Cell::new(0u32);
+        let k = |precision, method, tflops: f64, kernel_mhz: Option<f64>| {
+            let n = slot.replace(slot.get() + 1);
+            let from = t0 + Duration::from_millis(250 * u64::from(n));
+            KernelResult {
+                precision,
+                method,
+                flops_per_s: tflops * 1e12,
+                median_s: 0.01,
+                repeats: 5,
+                sm_clock: kernel_mhz.map(|m| gpucost_kernels::clocks::LaunchClock {
+                    hz: m * 1e6,
+                    min_hz: m * 1e6,
+                    max_hz: m * 1e6,
+                    blocks: 132,
+                }),
+                clock_note: None,
+                window: (from, from + Duration::from_millis(200)),
+            }
         };
         BenchReport {
             device: 0,
@@ -238,10 +350,10 @@ mod tests {
             compute_capability: (9, 0),
             sm_count: 132,
             results: vec![
-                k(Precision::Fp32, Method::Kernel, 63.0),
-                k(Precision::Bf16, Method::Kernel, 900.0),
-                k(Precision::Bf16, Method::Library, 750.0),
-                k(Precision::Fp8, Method::Library, 1400.0),
+                k(Precision::Fp32, Method::Kernel, 63.0, Some(1980.0)),
+                k(Precision::Bf16, Method::Kernel, 900.0, Some(1755.0)),
+                k(Precision::Bf16, Method::Library, 750.0, None),
+                k(Precision::Fp8, Method::Library, 1400.0, None),
             ],
             memory: vec![MemoryResult {
                 op: MemOp::Copy,
@@ -252,6 +364,94 @@ mod tests {
         }
     }
 
+    fn report() -> BenchReport {
+        report_at(Instant::now())
+    }
+
+    fn sample(at: Instant, mhz: f64, watts: f64, reasons: u64) -> Sample {
+        Sample {
+            at,
+            sm_clock_hz: Some(mhz * 1e6),
+            power_w: Some(watts),
+            temperature_c: Some(60.0),
+            clock_event_reasons: Some(reasons),
+            busy: true,
+        }
+    }
+
+    /// Issue 18, item 2: each row has its own clock (its kernel's stamps, or NVML's readings in
+    /// its window for a library row), its power and its throttle reasons, and its
+    /// clock-normalized share uses the SMs the device reports.
+    #[test]
+    fn issue_18_each_row_has_its_own_clock_power_and_throttle_reasons() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let samples = vec![
+            // The FP32 kernel's window (0-200 ms): NVML says 1410 MHz, the kernel 1980.
+            sample(ms(50), 1410.0, 500.0, 0x1),
+            sample(ms(150), 1410.0, 520.0, 0),
+            // The BF16 library's (500-700 ms): power-capped, 1600 then 1700 MHz.
+            sample(ms(550), 1600.0, 690.0, 0x4),
+            sample(ms(650), 1700.0, 700.0, 0x4 | 0x1),
+            // The FP8 library's (750-950 ms): nothing sampled.
+        ];
+        let mut report = report_at(t0);
+        let b = analyse(
+            report.clone(),
+            Conditions {
+                samples: samples.clone(),
+                ..Conditions::default()
+            },
+        );
+        let row = |b: &GpuBench, p, m| {
+            b.rows
+                .iter()
+                .find(|r| r.precision == p && r.method == m)
+                .unwrap()
+                .clone()
+        };
+        let fp32 = row(&b, Precision::Fp32, Method::Kernel);
+        assert_eq!(
+            (fp32.sm_clock_hz, fp32.clock_source),
+            (Some(1.98e9), Some(ClockSource::Kernel))
+        );
+        assert_eq!(fp32.power_w, Some(510.0));
+        assert!(fp32.throttle.is_empty(), "gpu_idle is not throttling");
+        let norm = 132.0 * 256.0 * 1.98e9;
+        assert!((fp32.of_clock_normalized.unwrap() - 63e12 / norm).abs() < 1e-9);
+        let lib = row(&b, Precision::Bf16, Method::Library);
+        assert_eq!(lib.clock_source, Some(ClockSource::Nvml));
+        assert!((lib.sm_clock_hz.unwrap() - 1.65e9).abs() < 1.0);
+        assert_eq!(
+            (lib.power_w, lib.throttle.clone()),
+            (Some(695.0), vec!["sw_power_cap"])
+        );
+        let norm = 132.0 * 4096.0 * 1.65e9;
+        assert!((lib.of_clock_normalized.unwrap() - 750e12 / norm).abs() < 1e-9);
+        let fp8 = row(&b, Precision::Fp8, Method::Library);
+        assert_eq!(
+            (fp8.sm_clock_hz, fp8.of_clock_normalized, fp8.power_w),
+            (None, None, None)
+        );
+        // A MIG instance of 16 SMs: its rows are against 16 SMs, not the board's 132.
+        report.sm_count = 16;
+        let b = analyse(
+            report,
+            Conditions {
+                samples,
+                ..Conditions::default()
+            },
+        );
+        let fp32 = row(&b, Precision::Fp32, Method::Kernel);
+        let norm = 16.0 * 256.0 * 1.98e9;
+        assert!((fp32.of_clock_normalized.unwrap() - 63e12 / norm).abs() < 1e-9);
+        let table = crate::cli::bench::to_table(&b);
+        assert!(table.contains("1980 kernel"), "{table}");
+        let json = crate::cli::bench::to_json(&b);
+        assert_eq!(json["results"][0]["sm_clock_source"], "kernel");
+        assert_eq!(json["results"][2]["throttle_reasons"][0], "sw_power_cap");
+    }
+
     #[test]
     fn analysis_relates_results_to_the_datasheet_and_the_clock() {
         let b = analyse(
@@ -260,6 +460,7 @@ mod tests {
                 sm_clock_hz: Some(1.98e9),
                 power_w: Some(690.0),
                 temperature_c: Some(61.0),
+                samples: Vec::new(),
             },
         );
         let row = |p, m| {
@@ -340,7 +541,9 @@ mod tests {
         }
         stop.store(true, Ordering::Relaxed);
         let c = w.join().unwrap();
-        // 1900 and 1700 MHz while busy, each once; the idle 300 MHz sample is left out.
+        // 1900 and 1700 MHz while busy, each once; the idle 300 MHz sample is left out of the
+        // mean, but kept with the others for the rows.
         assert_eq!(c.sm_clock_hz, Some(1.8e9));
+        assert_eq!(c.samples.len(), 3);
     }
 }

@@ -71,19 +71,23 @@ impl Bench<'_> {
                 continue;
             }
             match self.library(p, lt) {
-                Ok((flops_per_s, median_s)) => self.results.push(KernelResult {
+                Ok((flops_per_s, median_s, window)) => self.results.push(KernelResult {
                     precision: label,
                     method: Method::Library,
                     flops_per_s,
                     median_s,
                     repeats: self.plan.repeats,
+                    sm_clock: None,
+                    clock_note: None,
+                    window,
                 }),
                 Err(why) => self.skip(what, why),
             }
         }
     }
 
-    fn library(&self, p: Precision, lt: bool) -> Result<(f64, f64), String> {
+    /// Verifies then times one library GEMM: (FLOP/s, seconds per call, when it was measured).
+    fn library(&self, p: Precision, lt: bool) -> Result<(f64, f64, (Instant, Instant)), String> {
         let gpu = self.gpu;
         let mut n = flops::gemm_size(self.expected_rate(p), self.plan.launch_s / 2.0);
         let bytes = |n: u64| n * n * 3 * 8;
@@ -107,13 +111,19 @@ impl Bench<'_> {
         let mut g = made?;
         g.call()?;
         g.verify(gpu)?;
-        let (median, calls) =
-            self.measure(1, 10_000, |calls| (0..calls).try_for_each(|_| g.call()))?;
-        let per_call = median / calls as f64;
+        // The library's kernels stamp no clock: NVML's readings in the window stand in.
+        let m = self.measure_clocked(
+            1,
+            10_000,
+            |calls| (0..calls).try_for_each(|_| g.call()),
+            || Err(String::new()),
+        )?;
+        let per_call = m.median_s / m.units as f64;
         let nn = g.n();
         Ok((
             flops::rate(flops::gemm_flops(nn, nn, nn), per_call),
             per_call,
+            m.window,
         ))
     }
 }

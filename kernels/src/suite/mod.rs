@@ -22,6 +22,7 @@ use cudarc::driver::{CudaSlice, DeviceRepr, ValidAsZeroBits};
 
 use crate::blas::{BlasGemm, Gemmer, LtGemm};
 use crate::check::{self, Format, Rng};
+use crate::clocks::{self as clock_stamps, LaunchClock};
 use crate::flops::{self, MemTraffic, MmaShape};
 use crate::gpu::{self, Gpu, Origin};
 use crate::launch::{self, FmaKernel, Kernel, MmaBuffers, MmaKernel};
@@ -99,6 +100,14 @@ pub struct KernelResult {
     pub median_s: f64,
     /// Timed repeats the median is over.
     pub repeats: u32,
+    /// The SM clock our kernel's timed launches ran at, measured by its own blocks (the median
+    /// launch; see [`crate::clocks`]). `None` for library rows, whose kernels are not ours, and
+    /// where the stamps gave no clock ([`KernelResult::clock_note`] says why).
+    pub sm_clock: Option<LaunchClock>,
+    pub clock_note: Option<String>,
+    /// When this row's measuring ran (its warm-up and timed launches): what NVML saw of the GPU
+    /// then (power, throttle reasons) belongs to this row.
+    pub window: (Instant, Instant),
 }
 
 #[derive(Debug, Clone)]
@@ -286,6 +295,16 @@ impl Plan {
 /// Why a measurement did not happen: (what, why).
 type Skip = (String, String);
 
+/// What [`Bench::measure_clocked`] found.
+struct Measured {
+    /// Median seconds of one timed launch of `units`.
+    median_s: f64,
+    units: u64,
+    sm_clock: Option<LaunchClock>,
+    clock_note: Option<String>,
+    window: (Instant, Instant),
+}
+
 struct Bench<'g> {
     gpu: &'g Gpu,
     plan: Plan,
@@ -315,8 +334,21 @@ impl Bench<'_> {
         &self,
         probe: u64,
         max: u64,
-        mut enqueue: impl FnMut(u64) -> Result<(), String>,
+        enqueue: impl FnMut(u64) -> Result<(), String>,
     ) -> Result<(f64, u64), String> {
+        self.measure_clocked(probe, max, enqueue, || Err(String::new()))
+            .map(|m| (m.median_s, m.units))
+    }
+
+    /// [`Bench::measure`] for our kernels: after each timed launch (outside its timing),
+    /// `read_clock` reads the clock the launch's blocks stamped.
+    fn measure_clocked(
+        &self,
+        probe: u64,
+        max: u64,
+        mut enqueue: impl FnMut(u64) -> Result<(), String>,
+        mut read_clock: impl FnMut() -> Result<LaunchClock, String>,
+    ) -> Result<Measured, String> {
         let ctx = &self.gpu.ctx;
         let stream = &self.gpu.stream;
         let timing = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
@@ -332,15 +364,29 @@ impl Bench<'_> {
         timed(probe)?;
         let t = timed(probe)?;
         let units = flops::scale_to(probe, t, self.plan.launch_s, max);
-        let warm_until = Instant::now() + self.plan.warmup();
+        let began = Instant::now();
+        let warm_until = began + self.plan.warmup();
         while Instant::now() < warm_until {
             timed(units)?;
         }
-        let times = (0..self.plan.repeats)
-            .map(|_| timed(units))
-            .collect::<Result<Vec<_>, _>>()?;
+        let (mut times, mut clocks, mut clock_note) = (Vec::new(), Vec::new(), None);
+        for _ in 0..self.plan.repeats {
+            times.push(timed(units)?);
+            match read_clock() {
+                Ok(c) => clocks.push(c),
+                Err(why) => clock_note = Some(why),
+            }
+        }
+        let ended = Instant::now();
         let median = flops::median(&times).ok_or("no valid timings")?;
-        Ok((median, units))
+        let sm_clock = clock_stamps::median_launch(&clocks);
+        Ok(Measured {
+            median_s: median,
+            units,
+            sm_clock,
+            clock_note: clock_note.filter(|_| sm_clock.is_none()),
+            window: (began, ended),
+        })
     }
 }
 
@@ -474,8 +520,19 @@ mod tests {
             let pct = peak.map_or(String::new(), |pk| {
                 format!("{:5.1}% of datasheet", 100.0 * r.flops_per_s / pk)
             });
+            let clock = r.sm_clock.map_or_else(
+                || r.clock_note.clone().unwrap_or_default(),
+                |c| {
+                    format!(
+                        " at {:.0} MHz (blocks {:.0}-{:.0})",
+                        c.hz / 1e6,
+                        c.min_hz / 1e6,
+                        c.max_hz / 1e6
+                    )
+                },
+            );
             println!(
-                "{:<12} {:<8} {:9.1} TFLOP/s {pct}",
+                "{:<12} {:<8} {:9.1} TFLOP/s {pct}{clock}",
                 r.precision.as_str(),
                 r.method.as_str(),
                 r.flops_per_s / 1e12
@@ -500,6 +557,15 @@ mod tests {
             .filter(|(_, why)| why.contains("verification"))
             .collect();
         assert!(failed.is_empty(), "{failed:?}");
+        // Every row of our kernels has the clock its own blocks measured.
+        for r in report.results.iter().filter(|r| r.method == Method::Kernel) {
+            assert!(
+                r.sm_clock.is_some(),
+                "{} kernel: {:?}",
+                r.precision,
+                r.clock_note
+            );
+        }
         assert!(report
             .results
             .iter()
