@@ -55,7 +55,7 @@ pub fn fma_steps(iters: u32) -> u64 {
     u64::from(iters) * u64::from(shape::FMA_UNROLL)
 }
 
-/// FLOP of one launch of an `mma.cu` / `mma_fp8.cu` kernel: every warp issues
+/// FLOP of one launch of an `mma.cu` / `mma_fp8.cu` / `dmma.cu` kernel: every warp issues
 /// [`shape::MMA_NACC`] x [`shape::MMA_STEPS`] x `iters` instructions of `mma`.
 pub fn mma_launch_flops(blocks: u32, iters: u32, mma: MmaShape) -> f64 {
     let warps = u64::from(blocks) * u64::from(shape::MMA_THREADS / 32);
@@ -251,6 +251,27 @@ mod tests {
         assert_eq!(per_sm_per_clk, 4096.0);
         let peak = 132.0 * per_sm_per_clk * 1.83e9;
         assert!((peak / 989.4e12 - 1.0).abs() < 1e-3, "{peak}");
+    }
+
+    /// `dmma.cu` counts each m16n8k16 on f64 as 2 x 16 x 8 x 16 FLOP, the same shape as the
+    /// FP16 one: a full H100 SXM issuing one per SM every 16 clocks at its 1980 MHz FP64 clock
+    /// does the datasheet's 67 TFLOP/s of FP64 tensor work.
+    #[test]
+    fn dmma_count_matches_hopper_fp64_tensor_peak() {
+        let per_sm_per_clk = MmaShape::M16N8K16.flops() / 16.0;
+        assert_eq!(
+            Some(per_sm_per_clk),
+            Arch::Hopper.flop_per_clock_per_sm(Precision::Fp64Tensor)
+        );
+        let peak = 132.0 * per_sm_per_clk * 1.98e9;
+        assert!((peak / 67e12 - 1.0).abs() < 0.01, "{peak}");
+        // One launch of 132 blocks, one iteration: 8 warps x 8 accumulators x 16 steps each.
+        assert_eq!(
+            mma_launch_flops(132, 1, MmaShape::M16N8K16),
+            132.0 * 1024.0 * 4096.0
+        );
+        // Four times the m8n8k4's work per instruction.
+        assert_eq!(MmaShape::M16N8K16.flops(), 8.0 * MmaShape::M8N8K4.flops());
     }
 
     #[test]

@@ -152,7 +152,7 @@ pub fn fma_half2(
     Ok(())
 }
 
-/// The MMA kernels of `mma.cu`, `mma_fp8.cu` and `wgmma.cu`.
+/// The MMA kernels of `mma.cu`, `mma_fp8.cu`, `dmma.cu` and `wgmma.cu`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MmaKernel {
     F16,
@@ -161,6 +161,8 @@ pub enum MmaKernel {
     S8,
     F64,
     Fp8,
+    /// Hopper's FP64 m16n8k16 (`dmma.cu`).
+    F64K16,
     WgBf16,
     WgF16,
     WgFp8,
@@ -175,6 +177,7 @@ impl MmaKernel {
                 ModuleId::Mma
             }
             MmaKernel::Fp8 => ModuleId::MmaFp8,
+            MmaKernel::F64K16 => ModuleId::Dmma,
             MmaKernel::WgBf16
             | MmaKernel::WgF16
             | MmaKernel::WgFp8
@@ -191,6 +194,7 @@ impl MmaKernel {
             MmaKernel::S8 => "mma_s8",
             MmaKernel::F64 => "mma_f64",
             MmaKernel::Fp8 => "mma_fp8",
+            MmaKernel::F64K16 => "dmma_f64",
             MmaKernel::WgBf16 => "wgmma_bf16",
             MmaKernel::WgF16 => "wgmma_f16",
             MmaKernel::WgFp8 => "wgmma_fp8",
@@ -220,6 +224,7 @@ impl MmaKernel {
             MmaKernel::Tf32 => (16, n, 8),
             MmaKernel::S8 | MmaKernel::Fp8 => (16, n, 32),
             MmaKernel::F64 => (8, n, 4),
+            MmaKernel::F64K16 => (16, n, 16),
             MmaKernel::WgBf16 | MmaKernel::WgF16 => (shape::WG_TILE_M as usize, wn, 16),
             MmaKernel::WgFp8 | MmaKernel::WgS8 => (shape::WG_TILE_M as usize, wn, 32),
             MmaKernel::WgTf32 => (shape::WG_TILE_M as usize, wn, 8),
@@ -246,7 +251,7 @@ fn check_mma(
     let elem = match which {
         MmaKernel::F16 | MmaKernel::Bf16 | MmaKernel::WgBf16 | MmaKernel::WgF16 => 2,
         MmaKernel::Tf32 | MmaKernel::WgTf32 => 4,
-        MmaKernel::F64 => 8,
+        MmaKernel::F64 | MmaKernel::F64K16 => 8,
         MmaKernel::S8 | MmaKernel::Fp8 | MmaKernel::WgFp8 | MmaKernel::WgS8 => 1,
     };
     need("A", a * unit, m * kk * elem)?;
@@ -264,7 +269,10 @@ pub fn mma_f32acc(
     iters: i32,
     clocks: &mut CudaSlice<u64>,
 ) -> LaunchResult {
-    if matches!(which, MmaKernel::S8 | MmaKernel::WgS8 | MmaKernel::F64) {
+    if matches!(
+        which,
+        MmaKernel::S8 | MmaKernel::WgS8 | MmaKernel::F64 | MmaKernel::F64K16
+    ) {
         return Err(format!("{} does not accumulate in f32", which.entry()));
     }
     check_mma(
@@ -330,15 +338,18 @@ pub fn mma_s8(
     Ok(())
 }
 
-/// `mma_f64(const double* a, const double* bt, double* tile, double* sink, int iters,
-/// unsigned long long* clocks)`.
+/// `mma_f64`, `dmma_f64`(const double* a, const double* bt, double* tile, double* sink, int
+/// iters, unsigned long long* clocks).
 pub fn mma_f64(
     k: &Kernel,
+    which: MmaKernel,
     b: &mut MmaBuffers<f64, f64>,
     iters: i32,
     clocks: &mut CudaSlice<u64>,
 ) -> LaunchResult {
-    let which = MmaKernel::F64;
+    if !matches!(which, MmaKernel::F64 | MmaKernel::F64K16) {
+        return Err(format!("{} does not take f64 inputs", which.entry()));
+    }
     check_mma(
         which,
         k.grid,
@@ -356,11 +367,12 @@ pub fn mma_f64(
         .arg(&mut b.sink)
         .arg(&iters)
         .arg(clocks);
-    // SAFETY: mma_f64(const double*, const double*, double* tile, double* sink, int iters,
-    // unsigned long long* clocks): A and Bt are f64 buffers of the tile's inputs, tile one f64
-    // tile, sink one f64 per thread and clocks four u64 per block (checked above), iters an
-    // i32.
-    unsafe { l.launch(config(k.grid, which.threads())) }.map_err(|e| format!("mma_f64: {e}"))?;
+    // SAFETY: mma_f64/dmma_f64(const double*, const double*, double* tile, double* sink, int
+    // iters, unsigned long long* clocks): A and Bt are f64 buffers of the tile's inputs (sized
+    // for `which`'s tile), tile one f64 tile, sink one f64 per thread and clocks four u64 per
+    // block (checked above), iters an i32.
+    unsafe { l.launch(config(k.grid, which.threads())) }
+        .map_err(|e| format!("{}: {e}", which.entry()))?;
     Ok(())
 }
 

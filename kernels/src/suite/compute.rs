@@ -47,7 +47,13 @@ impl Bench<'_> {
                         );
                         continue;
                     }
-                    vec![MmaKernel::F64]
+                    // Hopper's m16n8k16 first: eight times the work per instruction of the
+                    // m8n8k4 the Ampere path uses.
+                    if hopper {
+                        vec![MmaKernel::F64K16, MmaKernel::F64]
+                    } else {
+                        vec![MmaKernel::F64]
+                    }
                 }
             };
             let what = format!("{p} kernel");
@@ -186,7 +192,7 @@ impl Bench<'_> {
             MmaKernel::Bf16 | MmaKernel::WgBf16 => Format::Bf16,
             MmaKernel::Tf32 | MmaKernel::WgTf32 => Format::F32,
             MmaKernel::S8 | MmaKernel::WgS8 => Format::S8,
-            MmaKernel::F64 => Format::F64,
+            MmaKernel::F64 | MmaKernel::F64K16 => Format::F64,
             MmaKernel::Fp8 | MmaKernel::WgFp8 => Format::E4m3,
         };
         let mut rng = Rng::new(0x6770_7563_6f73_7400 ^ which as u64);
@@ -201,7 +207,7 @@ impl Bench<'_> {
             (flops::wgmma_accumulations(1), s)
         } else {
             let s = match which {
-                MmaKernel::F16 | MmaKernel::Bf16 => MmaShape::M16N8K16,
+                MmaKernel::F16 | MmaKernel::Bf16 | MmaKernel::F64K16 => MmaShape::M16N8K16,
                 MmaKernel::Tf32 => MmaShape::M16N8K8,
                 MmaKernel::F64 => MmaShape::M8N8K4,
                 _ => MmaShape::M16N8K32,
@@ -215,18 +221,18 @@ impl Bench<'_> {
         let mut launch: Enqueue;
         let (tile, sink): (Vec<f64>, Vec<f64>);
         match which {
-            MmaKernel::F64 => {
+            MmaKernel::F64 | MmaKernel::F64K16 => {
                 let mut b = MmaBuffers {
                     a: upload(gpu, &to_f64(&a))?,
                     bt: upload(gpu, &to_f64(&bt))?,
                     tile: alloc::<f64>(gpu, m * n)?,
                     sink: alloc::<f64>(gpu, threads)?,
                 };
-                launch::mma_f64(&k, &mut b, 1, &mut clocks.buf.borrow_mut())?;
+                launch::mma_f64(&k, which, &mut b, 1, &mut clocks.buf.borrow_mut())?;
                 tile = download(gpu, &b.tile, |v| v)?;
                 sink = download(gpu, &b.sink, |v| v)?;
                 launch = Box::new(move |it| {
-                    launch::mma_f64(&k, &mut b, it, &mut clocks.buf.borrow_mut())
+                    launch::mma_f64(&k, which, &mut b, it, &mut clocks.buf.borrow_mut())
                 });
             }
             MmaKernel::S8 | MmaKernel::WgS8 => {
