@@ -563,7 +563,7 @@ fn benchmark_loop(
                 continue;
             }
             let watch = watch_snapshots(uuid.clone(), snapshots.clone());
-            match bench_nvml_gpu(index, &uuid, true, watch) {
+            match bench_nvml_gpu(index, &uuid, gpucost_kernels::suite::Pace::Quick, watch) {
                 Ok(b) => {
                     info!(
                         gpu = index,

@@ -6,17 +6,17 @@
 //! --example bench`). Exit code 1 when the benchmark fails or any verification failed.
 
 use gpucost_hw::peaks;
-use gpucost_kernels::suite::{self, BenchOptions};
+use gpucost_kernels::suite::{self, BenchOptions, Pace};
 
 fn main() {
     let mut opts = BenchOptions {
         device: 0,
-        quick: false,
+        pace: Pace::Normal,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
-            "--quick" => opts.quick = true,
+            "--quick" => opts.pace = Pace::Quick,
             "--device" => {
                 opts.device = args.next().and_then(|v| v.parse().ok()).unwrap_or_else(|| {
                     eprintln!("--device needs a number");

@@ -26,6 +26,9 @@ pub trait Gemmer {
     fn n(&self) -> u64;
     /// Checks a few outputs against the host's recomputation. Call after one `call`.
     fn verify(&mut self, gpu: &Gpu) -> Result<(), String>;
+    /// Fills A and B with random values at full precision to time on (after `verify`: the
+    /// outputs are no longer checkable).
+    fn randomize(&mut self, gpu: &Gpu, seed: u64) -> Result<(), String>;
 }
 
 /// Element formats of a library GEMM: inputs, output, and the precision it measures.
@@ -69,6 +72,24 @@ impl Buf {
 
     /// Fills with random values of `format`'s grid (see [`check::fill_value`]).
     fn fill(&mut self, gpu: &Gpu, format: Format, seed: u32) -> Result<(), String> {
+        let bits: Vec<u64> = format.grid().iter().map(|&v| format.bits(v)).collect();
+        self.fill_bits(gpu, seed, bits)
+    }
+
+    /// Fills with 16 random values at full precision, placed at random (to time on).
+    fn fill_random(&mut self, gpu: &Gpu, format: Format, seed: u64) -> Result<(), String> {
+        let mut rng = check::Rng::new(seed);
+        let bits: Vec<u64> = if format == Format::F64 {
+            rng.timing_f64(16).iter().map(|v| v.to_bits()).collect()
+        } else {
+            let v = rng.timing_values(format, 16);
+            v.iter().map(|&x| format.bits(x)).collect()
+        };
+        self.fill_bits(gpu, seed as u32, bits)
+    }
+
+    /// Fills with `bits` (16 values' bit patterns) by the fill hash.
+    fn fill_bits(&mut self, gpu: &Gpu, seed: u32, bits: Vec<u64>) -> Result<(), String> {
         fn go<T: FillElem>(
             gpu: &Gpu,
             dst: &mut CudaSlice<T>,
@@ -81,7 +102,6 @@ impl Buf {
                 .map_err(|e| format!("fill table: {e}"))?;
             launch::fill(gpu, dst, seed, &table)
         }
-        let bits: Vec<u64> = format.grid().iter().map(|&v| format.bits(v)).collect();
         match self {
             Buf::B8(d) => go(gpu, d, seed, bits.iter().map(|&b| b as u8).collect()),
             Buf::B16(d) => go(gpu, d, seed, bits.iter().map(|&b| b as u16).collect()),
@@ -339,6 +359,11 @@ impl Gemmer for LtGemm {
         let what = format!("cuBLASLt {} GEMM", self.precision);
         verify_probes(gpu, &what, self.n, self.formats, self.precision, &self.d)
     }
+
+    fn randomize(&mut self, gpu: &Gpu, seed: u64) -> Result<(), String> {
+        self.a.fill_random(gpu, self.formats.input, seed)?;
+        self.b.fill_random(gpu, self.formats.input, seed ^ 0xB)
+    }
 }
 
 impl Drop for LtGemm {
@@ -464,5 +489,10 @@ impl Gemmer for BlasGemm {
     fn verify(&mut self, gpu: &Gpu) -> Result<(), String> {
         let what = format!("cuBLAS {} GEMM", self.precision);
         verify_probes(gpu, &what, self.n, self.formats, self.precision, &self.d)
+    }
+
+    fn randomize(&mut self, gpu: &Gpu, seed: u64) -> Result<(), String> {
+        self.a.fill_random(gpu, self.formats.input, seed)?;
+        self.b.fill_random(gpu, self.formats.input, seed ^ 0xB)
     }
 }

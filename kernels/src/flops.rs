@@ -153,6 +153,55 @@ pub fn median(values: &[f64]) -> Option<f64> {
     })
 }
 
+/// How a row's timed launches spread: the median, the 10th and 90th percentiles (linear
+/// between ranks), the extremes, and how many there were.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Spread {
+    pub median: f64,
+    pub p10: f64,
+    pub p90: f64,
+    pub min: f64,
+    pub max: f64,
+    pub n: usize,
+}
+
+impl Spread {
+    /// The 10-90 range relative to the median (0.02: the middle 80% within 2%).
+    pub fn relative(&self) -> f64 {
+        if self.median > 0.0 {
+            (self.p90 - self.p10) / self.median
+        } else {
+            0.0
+        }
+    }
+}
+
+/// The spread of `values`; `None` when empty or when any value is NaN.
+pub fn spread(values: &[f64]) -> Option<Spread> {
+    if values.is_empty() || values.iter().any(|v| v.is_nan()) {
+        return None;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let at = |q: f64| {
+        let x = q * (v.len() - 1) as f64;
+        let (i, f) = (x.floor() as usize, x.fract());
+        if i + 1 < v.len() {
+            v[i] + f * (v[i + 1] - v[i])
+        } else {
+            v[i]
+        }
+    };
+    Some(Spread {
+        median: median(&v)?,
+        p10: at(0.1),
+        p90: at(0.9),
+        min: v[0],
+        max: v[v.len() - 1],
+        n: v.len(),
+    })
+}
+
 /// How many loop iterations (or calls) make one timed launch (or batch) last about `target_s`,
 /// given that `probe` of them took `probe_s`: scaled linearly, at least 1, at most `max`.
 pub fn scale_to(probe: u64, probe_s: f64, target_s: f64, max: u64) -> u64 {
@@ -291,6 +340,36 @@ mod tests {
         assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), Some(2.5));
         assert_eq!(median(&[]), None);
         assert_eq!(median(&[1.0, f64::NAN]), None);
+    }
+
+    /// Issue 18, item 4: the sustained mode's median and spread.
+    #[test]
+    fn issue_18_spreads() {
+        let v: Vec<f64> = (1..=10).map(f64::from).collect();
+        let s = spread(&v).unwrap();
+        assert_eq!((s.median, s.min, s.max, s.n), (5.5, 1.0, 10.0, 10));
+        assert!(
+            (s.p10 - 1.9).abs() < 1e-12 && (s.p90 - 9.1).abs() < 1e-12,
+            "{s:?}"
+        );
+        assert!((s.relative() - 7.2 / 5.5).abs() < 1e-12);
+        // Order does not matter; one value is its own spread.
+        let mut r = v.clone();
+        r.reverse();
+        assert_eq!(spread(&r), Some(s));
+        let one = spread(&[3.0]).unwrap();
+        assert_eq!(
+            (one.p10, one.median, one.p90, one.relative()),
+            (3.0, 3.0, 3.0, 0.0)
+        );
+        // A steady row whose slowest 15% of launches are 1% slower: a 1% spread.
+        let mut steady = vec![100.0; 17];
+        steady.extend([99.0, 99.0, 99.0]);
+        let s = spread(&steady).unwrap();
+        assert_eq!((s.median, s.p10, s.p90), (100.0, 99.0, 100.0));
+        assert!((s.relative() - 0.01).abs() < 1e-12, "{s:?}");
+        assert_eq!(spread(&[]), None);
+        assert_eq!(spread(&[1.0, f64::NAN]), None);
     }
 
     #[test]

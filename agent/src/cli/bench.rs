@@ -2,7 +2,9 @@
 //! vendor libraries, beside the datasheet and the clock it actually ran at. The measuring is
 //! `crate::sample::benchmark`; this is the command: which GPUs, and the table or JSON.
 
-use gpucost_kernels::suite;
+use std::time::Duration;
+
+use gpucost_kernels::suite::{self, Pace};
 use serde_json::json;
 
 use crate::sample::benchmark::{
@@ -15,8 +17,27 @@ pub struct BenchArgs {
     /// NVML's index or a UUID.
     pub gpu: Option<String>,
     pub json: bool,
-    pub quick: bool,
+    pub pace: Pace,
     pub nvml_lib: Option<std::path::PathBuf>,
+}
+
+/// The shortest and longest `--duration`: below 10 s no row holds its load long enough to
+/// settle; above an hour is a burn-in, not a benchmark.
+pub const DURATION_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::from_secs(10)..=Duration::from_secs(3600);
+
+/// `--duration`'s value: a duration such as `60s` or `5m`, within [`DURATION_RANGE`].
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(text.trim())
+        .map_err(|e| format!("{text:?} is not a duration such as 60s or 5m: {e}"))?;
+    if !DURATION_RANGE.contains(&d) {
+        return Err(format!(
+            "{text:?} is outside {} to {}",
+            humantime::format_duration(*DURATION_RANGE.start()),
+            humantime::format_duration(*DURATION_RANGE.end())
+        ));
+    }
+    Ok(d)
 }
 
 /// One GPU's benchmark, to run.
@@ -71,24 +92,29 @@ pub fn run(a: BenchArgs) -> i32 {
             }
         }
     };
-    let seconds = if a.quick { 3 } else { 10 };
+    let seconds = match a.pace {
+        Pace::Quick => 3,
+        Pace::Normal => 10,
+        // The duration, plus the time to open the GPU and check every kernel.
+        Pace::Sustained(d) => (d.as_secs_f64() * 1.1 + 10.0).ceil() as u64,
+    };
     let runs: Vec<(String, Run)> = match targets {
         Targets::Nvml(gpus) => gpus
             .into_iter()
             .map(|(index, uuid)| {
                 let lib = a.nvml_lib.clone();
-                let quick = a.quick;
+                let pace = a.pace;
                 let label = format!("GPU {index} ({uuid})");
                 let run: Run =
-                    Box::new(move || bench_nvml_gpu(index, &uuid, quick, watch_nvml(index, lib)));
+                    Box::new(move || bench_nvml_gpu(index, &uuid, pace, watch_nvml(index, lib)));
                 (label, run)
             })
             .collect(),
         Targets::Cuda(ordinals) => ordinals
             .into_iter()
             .map(|d| {
-                let quick = a.quick;
-                let run: Run = Box::new(move || bench_gpu(d, quick, |_| Conditions::default()));
+                let pace = a.pace;
+                let run: Run = Box::new(move || bench_gpu(d, pace, |_| Conditions::default()));
                 (format!("CUDA device {d}"), run)
             })
             .collect(),
@@ -166,6 +192,10 @@ pub fn to_json(b: &GpuBench) -> serde_json::Value {
         "compute_capability": format!("{}.{}", r.compute_capability.0, r.compute_capability.1),
         "sm_count": r.sm_count,
         "elapsed_s": r.elapsed_s,
+        "sustained_s": match r.pace {
+            Pace::Sustained(d) => Some(d.as_secs_f64()),
+            _ => None,
+        },
         "sm_clock_hz": b.conditions.sm_clock_hz,
         "power_w": b.conditions.power_w,
         "temperature_c": b.conditions.temperature_c,
@@ -180,11 +210,26 @@ pub fn to_json(b: &GpuBench) -> serde_json::Value {
             "clock_note": row.clock_note,
             "power_w": row.power_w,
             "throttle_reasons": row.throttle,
+            "launches": row.launches,
+            "p10_flops_per_s": row.p10_flops_per_s,
+            "p90_flops_per_s": row.p90_flops_per_s,
+            "settled_sm_clock_hz": row.settled_clock_hz,
+            "settled_power_w": row.settled_power_w,
         })).collect::<Vec<_>>(),
         "speedup_over_fp32": b.speedups.iter().map(|(p, s)| (p.as_str().to_string(), json!(s))).collect::<serde_json::Map<_, _>>(),
         "memory": b.memory.iter().map(|(op, bps, share)| json!({"op": op, "bytes_per_s": bps, "of_datasheet": share})).collect::<Vec<_>>(),
         "skipped": r.skipped.iter().map(|(w, why)| json!({"what": w, "why": why})).collect::<Vec<_>>(),
     })
+}
+
+/// The 10th-90th percentile range of a row's launches, relative to its median: "±1.2%".
+fn spread(row: &crate::sample::benchmark::Row) -> String {
+    match (row.p10_flops_per_s, row.p90_flops_per_s) {
+        (Some(lo), Some(hi)) if row.flops_per_s > 0.0 => {
+            format!("±{:.1}%", 50.0 * (hi - lo) / row.flops_per_s)
+        }
+        _ => "-".to_string(),
+    }
 }
 
 fn pct(v: Option<f64>) -> String {
@@ -208,20 +253,55 @@ pub fn to_table(b: &GpuBench) -> String {
         c.power_w.map_or("?".into(), |w| format!("{w:.0} W")),
         c.temperature_c.map_or("?".into(), |t| format!("{t:.0} C")),
     );
+    let sustained = matches!(r.pace, Pace::Sustained(_));
+    if let Pace::Sustained(d) = r.pace {
+        out.push_str(&format!(
+            "  sustained {}: each row held for its share; SETTLED is its last third of launches\n",
+            humantime::format_duration(d)
+        ));
+    }
     out.push_str(&format!(
-        "  {:<12} {:<8} {:>12} {:>11} {:>13} {:>13} {:>7}  {}\n",
-        "PRECISION", "METHOD", "TFLOP/s", "DATASHEET", "CLOCK-NORM", "MHz", "POWER", "THROTTLE"
+        "  {:<12} {:<8} {:>9} {:>7} {:>10} {:>11} {:>13} {:>7}{}  {}\n",
+        "PRECISION",
+        "METHOD",
+        "TFLOP/s",
+        "SPREAD",
+        "DATASHEET",
+        "CLOCK-NORM",
+        "MHz",
+        "POWER",
+        if sustained {
+            format!(" {:>16}", "SETTLED")
+        } else {
+            String::new()
+        },
+        "THROTTLE"
     ));
     for row in &b.rows {
         let clock = match (row.sm_clock_hz, row.clock_source) {
             (Some(hz), Some(src)) => format!("{:.0} {}", hz / 1e6, src.as_str()),
             _ => "-".to_string(),
         };
+        let settled = if sustained {
+            format!(
+                " {:>16}",
+                format!(
+                    "{} MHz {} W",
+                    row.settled_clock_hz
+                        .map_or("?".into(), |h| format!("{:.0}", h / 1e6)),
+                    row.settled_power_w
+                        .map_or("?".into(), |w| format!("{w:.0}"))
+                )
+            )
+        } else {
+            String::new()
+        };
         out.push_str(&format!(
-            "  {:<12} {:<8} {:>12.1} {:>11} {:>13} {:>13} {:>7}  {}\n",
+            "  {:<12} {:<8} {:>9.1} {:>7} {:>10} {:>11} {:>13} {:>7}{settled}  {}\n",
             row.precision.as_str(),
             row.method.as_str(),
             row.flops_per_s / 1e12,
+            spread(row),
             pct(row.of_datasheet),
             pct(row.of_clock_normalized),
             clock,
@@ -267,7 +347,8 @@ pub fn to_table(b: &GpuBench) -> String {
     }
     out.push_str(
         "  MHz: each row's SM clock, from its kernel's own blocks (kernel) or NVML while it ran \
-         (nvml); CLOCK-NORM: of the device's SMs x FLOP/clock/SM at that clock\n",
+         (nvml); CLOCK-NORM: of the device's SMs x FLOP/clock/SM at that clock; SPREAD: half \
+         the 10th-90th percentile range of its launches, of the median; timed on random data\n",
     );
     out
 }
@@ -275,6 +356,24 @@ pub fn to_table(b: &GpuBench) -> String {
 #[cfg(test)]
 mod tests {
     use super::pick;
+
+    /// Issue 18, item 4: `--duration`'s values.
+    #[test]
+    fn issue_18_bench_duration() {
+        use super::parse_duration;
+        use std::time::Duration;
+        assert_eq!(parse_duration("60s"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration(" 90s "), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        for bad in ["5s", "0s", "2h", "60", "sixty", ""] {
+            let e = parse_duration(bad).unwrap_err();
+            assert!(e.contains(&format!("{bad:?}")), "{bad}: {e}");
+        }
+        assert!(parse_duration("5s")
+            .unwrap_err()
+            .contains("outside 10s to 1h"));
+    }
 
     #[test]
     fn gpu_is_chosen_by_nvml_index_or_uuid() {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use gpucost_core::reading::ThrottleReason;
 use gpucost_hw::peaks::{lookup, sm_peak, Arch, Precision};
-use gpucost_kernels::suite::{self, BenchOptions, BenchReport, Method};
+use gpucost_kernels::suite::{self, BenchOptions, BenchReport, Method, Pace};
 use tokio::sync::watch;
 
 use super::nvml::NvmlBackend;
@@ -101,6 +101,14 @@ pub struct Row {
     /// Clock-event (throttle) reasons NVML reported while this row was measured (`gpu_idle`
     /// left out: it is not a limit).
     pub throttle: Vec<&'static str>,
+    /// The timed launches' rates: how many, their 10th and 90th percentiles, FLOP/s.
+    pub launches: u32,
+    pub p10_flops_per_s: Option<f64>,
+    pub p90_flops_per_s: Option<f64>,
+    /// What the row settled at (its last third of launches): SM clock (the kernel's own, else
+    /// NVML's) and power.
+    pub settled_clock_hz: Option<f64>,
+    pub settled_power_w: Option<f64>,
 }
 
 /// What NVML's samples in `window` say of one row: (SM clock Hz, power W, throttle reasons).
@@ -162,7 +170,14 @@ pub fn analyse(report: BenchReport, conditions: Conditions) -> GpuBench {
             let ceiling = arch
                 .zip(sm_clock_hz)
                 .and_then(|(a, clk)| sm_peak(&report.name, a, r.precision, report.sm_count, clk));
+            let (settled_nvml_clock, settled_power_w, _) =
+                row_conditions(&conditions.samples, r.settled_window);
             Row {
+                launches: r.repeats,
+                p10_flops_per_s: r.spread.map(|s| s.p10),
+                p90_flops_per_s: r.spread.map(|s| s.p90),
+                settled_clock_hz: r.settled_clock.map(|c| c.hz).or(settled_nvml_clock),
+                settled_power_w,
                 precision: r.precision,
                 method: r.method,
                 flops_per_s: r.flops_per_s,
@@ -219,11 +234,11 @@ pub fn analyse(report: BenchReport, conditions: Conditions) -> GpuBench {
 pub fn bench_nvml_gpu(
     index: u32,
     uuid: &str,
-    quick: bool,
+    pace: Pace,
     watch: impl FnOnce(&AtomicBool) -> Conditions + Send + 'static,
 ) -> Result<GpuBench, suite::BenchError> {
     let ordinal = suite::ordinal_of(&gpucost_kernels::devices::Wanted { uuid, pci: None })?;
-    let mut b = bench_gpu(ordinal, quick, watch)?;
+    let mut b = bench_gpu(ordinal, pace, watch)?;
     b.nvml = Some((index, uuid.to_string()));
     Ok(b)
 }
@@ -232,13 +247,13 @@ pub fn bench_nvml_gpu(
 /// stop) sees what the GPU's clock, power and temperature were.
 pub fn bench_gpu(
     device: usize,
-    quick: bool,
+    pace: Pace,
     watch: impl FnOnce(&AtomicBool) -> Conditions + Send + 'static,
 ) -> Result<GpuBench, suite::BenchError> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     let watcher = std::thread::spawn(move || watch(&flag));
-    let result = suite::run(&BenchOptions { device, quick });
+    let result = suite::run(&BenchOptions { device, pace });
     stop.store(true, Ordering::Relaxed);
     let conditions = watcher.join().unwrap_or_default();
     result.map(|r| analyse(r, conditions))
@@ -342,6 +357,12 @@ mod tests {
                 }),
                 clock_note: None,
                 window: (from, from + Duration::from_millis(200)),
+                spread: gpucost_kernels::flops::spread(&[tflops * 0.98e12, tflops * 1e12]),
+                settled_clock: None,
+                settled_window: (
+                    from + Duration::from_millis(130),
+                    from + Duration::from_millis(200),
+                ),
             }
         };
         BenchReport {
@@ -361,6 +382,7 @@ mod tests {
             }],
             skipped: vec![("tf32 kernel".into(), "verification failed".into())],
             elapsed_s: 9.5,
+            pace: Pace::Normal,
         }
     }
 
@@ -428,6 +450,16 @@ mod tests {
         );
         let norm = 132.0 * 4096.0 * 1.65e9;
         assert!((lib.of_clock_normalized.unwrap() - 750e12 / norm).abs() < 1e-9);
+        // Settled: the last third of the window (130-200 ms after each row's start): the
+        // library row's second sample only.
+        assert_eq!(
+            (lib.settled_power_w, lib.settled_clock_hz),
+            (Some(700.0), Some(1.7e9))
+        );
+        assert_eq!(fp32.settled_power_w, Some(520.0));
+        // Launches at 735 and 750 TFLOP/s: p10 736.5, p90 748.5.
+        assert!((lib.p10_flops_per_s.unwrap() - 736.5e12).abs() < 1e3);
+        assert!((lib.p90_flops_per_s.unwrap() - 748.5e12).abs() < 1e3);
         let fp8 = row(&b, Precision::Fp8, Method::Library);
         assert_eq!(
             (fp8.sm_clock_hz, fp8.of_clock_normalized, fp8.power_w),
@@ -447,9 +479,22 @@ mod tests {
         assert!((fp32.of_clock_normalized.unwrap() - 63e12 / norm).abs() < 1e-9);
         let table = crate::cli::bench::to_table(&b);
         assert!(table.contains("1980 kernel"), "{table}");
+        assert!(!table.contains("SETTLED"), "{table}");
         let json = crate::cli::bench::to_json(&b);
         assert_eq!(json["results"][0]["sm_clock_source"], "kernel");
         assert_eq!(json["results"][2]["throttle_reasons"][0], "sw_power_cap");
+        assert_eq!(json["results"][2]["settled_power_w"], 700.0);
+        assert_eq!(json["sustained_s"], serde_json::Value::Null);
+        // Sustained: the table shows what each row settled at.
+        let mut sustained = b.clone();
+        sustained.report.pace = Pace::Sustained(Duration::from_secs(60));
+        let table = crate::cli::bench::to_table(&sustained);
+        assert!(
+            table.contains("SETTLED") && table.contains("1700 MHz 700 W"),
+            "{table}"
+        );
+        assert!(table.contains("sustained 1m"), "{table}");
+        assert_eq!(crate::cli::bench::to_json(&sustained)["sustained_s"], 60.0);
     }
 
     #[test]

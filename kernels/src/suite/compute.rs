@@ -95,24 +95,23 @@ impl Bench<'_> {
         };
         match self
             .fma(kernel)
-            .and_then(|(rate, m)| self.plausible(p, rate).map(|()| (rate, m)))
+            .and_then(|(rate, work, m)| self.plausible(p, rate).map(|()| (rate, work, m)))
         {
-            Ok((flops_per_s, m)) => self.results.push(KernelResult {
-                precision: p,
-                method: Method::Kernel,
-                flops_per_s,
-                median_s: m.median_s,
-                repeats: self.plan.repeats,
-                sm_clock: m.sm_clock,
-                clock_note: m.clock_note,
-                window: m.window,
-            }),
+            Ok((flops_per_s, work, m)) => {
+                self.results
+                    .push(m.result(p, Method::Kernel, flops_per_s, work))
+            }
             Err(why) => self.skip(format!("{what} ({})", kernel.entry()), why),
         }
     }
 
-    /// Verifies then times one FMA kernel; (FLOP/s, the measurement).
-    fn fma(&self, kernel: FmaKernel) -> Result<(f64, Measured), String> {
+    /// Verifies then times one FMA kernel; (FLOP/s, FLOP per timed launch, the measurement).
+    ///
+    /// Checked with a = 1, b = 1 (exact small integers); timed with a = -1 and a random b, so
+    /// each chain flips between j and b - j at every step, toggling sign and mantissa bits,
+    /// bounded in every format (a = 1 would overflow FP16 in the long timed launches, and
+    /// |a| < 1 would settle on a fixed point whose bits no longer change).
+    fn fma(&self, kernel: FmaKernel) -> Result<(f64, f64, Measured), String> {
         let gpu = self.gpu;
         let f = kernel.function(gpu)?;
         let grid = launch::full_grid(gpu, &f, shape::FMA_THREADS)?;
@@ -123,8 +122,11 @@ impl Bench<'_> {
         let clocks = &stamps;
         // a = 1, b = 1: after n steps chain j holds j + n exactly (see fma.cu).
         let want = check::fma_thread_sum(shape::FMA_CHAINS, 1.0, 1.0, flops::fma_steps(1), lanes);
+        let mut rng = Rng::new(timing_seed(kernel.entry()));
+        let rb = rng.timing_values(Format::F32, 2);
         let (got, mut launch): (Vec<f64>, Enqueue) = match kernel {
             FmaKernel::F64 => {
+                let rb64 = rng.timing_f64(1)[0];
                 let mut out = alloc::<f64>(gpu, threads)?;
                 launch::fma_f64(&k, &mut out, 1.0, 1.0, 1, &mut clocks.buf.borrow_mut())?;
                 let got = download(gpu, &out, |v| v)?;
@@ -132,7 +134,7 @@ impl Bench<'_> {
                     got,
                     Box::new(move |it| {
                         let mut c = clocks.buf.borrow_mut();
-                        launch::fma_f64(&k, &mut out, 1.0, 1.0, it, &mut c)
+                        launch::fma_f64(&k, &mut out, -1.0, rb64, it, &mut c)
                     }),
                 )
             }
@@ -144,7 +146,7 @@ impl Bench<'_> {
                     got,
                     Box::new(move |it| {
                         let mut c = clocks.buf.borrow_mut();
-                        launch::fma_f32(&k, &mut out, 1.0, 1.0, it, &mut c)
+                        launch::fma_f32(&k, &mut out, -1.0, rb[0], it, &mut c)
                     }),
                 )
             }
@@ -155,6 +157,17 @@ impl Bench<'_> {
                     u32::from(check::bf16_bits(1.0))
                 };
                 let one2 = one | (one << 16);
+                let half = |v: f32| {
+                    u32::from(if kernel == FmaKernel::F16x2 {
+                        check::f16_bits(v)
+                    } else {
+                        check::bf16_bits(v)
+                    })
+                };
+                let (minus2, b2) = (
+                    half(-1.0) | (half(-1.0) << 16),
+                    half(rb[0]) | (half(rb[1]) << 16),
+                );
                 let mut out = alloc::<f32>(gpu, threads)?;
                 launch::fma_half2(&k, &mut out, one2, one2, 1, &mut clocks.buf.borrow_mut())?;
                 let got = download(gpu, &out, f64::from)?;
@@ -162,7 +175,7 @@ impl Bench<'_> {
                     got,
                     Box::new(move |it| {
                         let mut c = clocks.buf.borrow_mut();
-                        launch::fma_half2(&k, &mut out, one2, one2, it, &mut c)
+                        launch::fma_half2(&k, &mut out, minus2, b2, it, &mut c)
                     }),
                 )
             }
@@ -176,7 +189,7 @@ impl Bench<'_> {
         let m =
             self.measure_clocked(64, 1 << 24, |iters| launch(iters as i32), || clocks.read())?;
         let work = flops::fma_launch_flops(grid, m.units as u32, lanes);
-        Ok((flops::rate(work, m.median_s), m))
+        Ok((flops::rate(work, m.median_s), work, m))
     }
 
     /// Verifies then times one MMA kernel.
@@ -218,6 +231,8 @@ impl Bench<'_> {
 
         let stamps = Stamps::new(gpu, grid)?;
         let clocks = &stamps;
+        // Checked on the grid's values; timed on random ones, once the check has been made.
+        let mut timing = Rng::new(timing_seed(which.entry()));
         let mut launch: Enqueue;
         let (tile, sink): (Vec<f64>, Vec<f64>);
         match which {
@@ -231,6 +246,8 @@ impl Bench<'_> {
                 launch::mma_f64(&k, which, &mut b, 1, &mut clocks.buf.borrow_mut())?;
                 tile = download(gpu, &b.tile, |v| v)?;
                 sink = download(gpu, &b.sink, |v| v)?;
+                b.a = upload(gpu, &timing.timing_f64(m * kk))?;
+                b.bt = upload(gpu, &timing.timing_f64(n * kk))?;
                 launch = Box::new(move |it| {
                     launch::mma_f64(&k, which, &mut b, it, &mut clocks.buf.borrow_mut())
                 });
@@ -245,6 +262,8 @@ impl Bench<'_> {
                 launch::mma_s8(&k, which, &mut b, 1, &mut clocks.buf.borrow_mut())?;
                 tile = download(gpu, &b.tile, f64::from)?;
                 sink = download(gpu, &b.sink, f64::from)?;
+                b.a = upload(gpu, &words(format, &timing.timing_values(format, m * kk)))?;
+                b.bt = upload(gpu, &words(format, &timing.timing_values(format, n * kk)))?;
                 launch = Box::new(move |it| {
                     launch::mma_s8(&k, which, &mut b, it, &mut clocks.buf.borrow_mut())
                 });
@@ -259,6 +278,8 @@ impl Bench<'_> {
                 launch::mma_f32acc(&k, which, &mut b, 1, &mut clocks.buf.borrow_mut())?;
                 tile = download(gpu, &b.tile, f64::from)?;
                 sink = download(gpu, &b.sink, f64::from)?;
+                b.a = upload(gpu, &words(format, &timing.timing_values(format, m * kk)))?;
+                b.bt = upload(gpu, &words(format, &timing.timing_values(format, n * kk)))?;
                 launch = Box::new(move |it| {
                     launch::mma_f32acc(&k, which, &mut b, it, &mut clocks.buf.borrow_mut())
                 });
@@ -288,16 +309,7 @@ impl Bench<'_> {
         };
         let rate = flops::rate(work, m.median_s);
         self.plausible(p, rate)?;
-        Ok(KernelResult {
-            precision: p,
-            method: Method::Kernel,
-            flops_per_s: rate,
-            median_s: m.median_s,
-            repeats: self.plan.repeats,
-            sm_clock: m.sm_clock,
-            clock_note: m.clock_note,
-            window: m.window,
-        })
+        Ok(m.result(p, Method::Kernel, rate, work))
     }
 
     /// Refuses a rate above what the GPU's SMs can do on `p` at its highest clock.
@@ -326,7 +338,7 @@ impl Bench<'_> {
                 break;
             }
             match self.fma(kernel) {
-                Ok((rate, m)) => self.notes.push(format!(
+                Ok((rate, _, m)) => self.notes.push(format!(
                     "{} SIMT: {:.1} TFLOP/s{}",
                     kernel.entry(),
                     rate / 1e12,

@@ -71,23 +71,21 @@ impl Bench<'_> {
                 continue;
             }
             match self.library(p, lt) {
-                Ok((flops_per_s, median_s, window)) => self.results.push(KernelResult {
-                    precision: label,
-                    method: Method::Library,
-                    flops_per_s,
-                    median_s,
-                    repeats: self.plan.repeats,
-                    sm_clock: None,
-                    clock_note: None,
-                    window,
-                }),
+                Ok((flops_per_s, work, m)) => {
+                    // Seconds per call, not per batch of calls.
+                    let per_call = m.median_s / m.units as f64;
+                    let mut r = m.result(label, Method::Library, flops_per_s, work);
+                    r.median_s = per_call;
+                    self.results.push(r)
+                }
                 Err(why) => self.skip(what, why),
             }
         }
     }
 
-    /// Verifies then times one library GEMM: (FLOP/s, seconds per call, when it was measured).
-    fn library(&self, p: Precision, lt: bool) -> Result<(f64, f64, (Instant, Instant)), String> {
+    /// Verifies then times one library GEMM: (FLOP/s, FLOP per timed batch of calls, the
+    /// measurement).
+    fn library(&self, p: Precision, lt: bool) -> Result<(f64, f64, Measured), String> {
         let gpu = self.gpu;
         let mut n = flops::gemm_size(self.expected_rate(p), self.plan.launch_s / 2.0);
         let bytes = |n: u64| n * n * 3 * 8;
@@ -111,6 +109,8 @@ impl Bench<'_> {
         let mut g = made?;
         g.call()?;
         g.verify(gpu)?;
+        // Checked on the grid's values; timed on random ones.
+        g.randomize(gpu, timing_seed(&format!("{p} library")))?;
         // The library's kernels stamp no clock: NVML's readings in the window stand in.
         let m = self.measure_clocked(
             1,
@@ -118,13 +118,9 @@ impl Bench<'_> {
             |calls| (0..calls).try_for_each(|_| g.call()),
             || Err(String::new()),
         )?;
-        let per_call = m.median_s / m.units as f64;
         let nn = g.n();
-        Ok((
-            flops::rate(flops::gemm_flops(nn, nn, nn), per_call),
-            per_call,
-            m.window,
-        ))
+        let work = flops::gemm_flops(nn, nn, nn) * m.units as f64;
+        Ok((flops::rate(work, m.median_s), work, m))
     }
 }
 
