@@ -570,10 +570,13 @@ fn benchmark_loop(
                         "GPU {index} benchmarked in {:.1} s", b.report.elapsed_s
                     );
                     let result = gpucost_core::benchmark::GpuBenchmark {
+                        // One rate per precision and method (the metric's labels): the
+                        // library at its square shape, not the training shape as well.
                         flops: b
                             .report
                             .results
                             .iter()
+                            .filter(|r| r.shape.is_none_or(|s| s.is_square()))
                             .map(|r| (r.precision, r.method.as_str(), r.flops_per_s))
                             .collect(),
                         memory: b

@@ -109,6 +109,86 @@ pub fn gemm_flops(m: u64, n: u64, k: u64) -> f64 {
     2.0 * m as f64 * n as f64 * k as f64
 }
 
+/// The shape of a library GEMM: D (m x n) = A (m x k) x B (k x n).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct GemmShape {
+    pub m: u64,
+    pub n: u64,
+    pub k: u64,
+}
+
+impl GemmShape {
+    /// The square product everyone quotes (and `reference.py` measures among its sizes).
+    pub const SQUARE_8192: GemmShape = GemmShape {
+        m: 8192,
+        n: 8192,
+        k: 8192,
+    };
+
+    /// A training job's product: the MLP up-projection of the GPT-style decoder in
+    /// `shared/device/workload.py` at its defaults (batch 8 x sequence 1024 = 8192 tokens,
+    /// d_model 2048 -> 4 x 2048), tokens x 4d x d.
+    pub const TRAINING: GemmShape = GemmShape {
+        m: 8192,
+        n: 8192,
+        k: 2048,
+    };
+
+    pub fn square(n: u64) -> GemmShape {
+        GemmShape { m: n, n, k: n }
+    }
+
+    pub fn is_square(self) -> bool {
+        self.m == self.n && self.n == self.k
+    }
+
+    pub fn flops(self) -> f64 {
+        gemm_flops(self.m, self.n, self.k)
+    }
+
+    /// Bytes of A, B and D with `input` and `output` bytes per element.
+    pub fn bytes(self, input: u64, output: u64) -> u64 {
+        (self.m * self.k + self.k * self.n) * input + self.m * self.n * output
+    }
+
+    /// `8192^3`, or `8192x8192x2048` (m x n x k).
+    pub fn label(self) -> String {
+        if self.is_square() {
+            format!("{}^3", self.m)
+        } else {
+            format!("{}x{}x{}", self.m, self.n, self.k)
+        }
+    }
+}
+
+/// Longest a single library call may take, seconds: a fixed shape that would take longer at
+/// the rate a precision is expected to reach (FP64 on a GPU with no FP64 tensor cores) is
+/// replaced by a square one sized to the plan.
+pub const MAX_CALL_S: f64 = 0.1;
+
+/// The shapes a library row of a precision is measured at, given the rate it should roughly
+/// reach: 8192^3, and the training shape unless `quick` (the agent's short periodic run) or the
+/// precision has no tensor-core library path (`training`); a square one of about `target_s`
+/// per call instead where 8192^3 would take longer than [`MAX_CALL_S`].
+pub fn library_shapes(
+    expected_rate: f64,
+    target_s: f64,
+    quick: bool,
+    training: bool,
+) -> Vec<GemmShape> {
+    let takes = |s: GemmShape| s.flops() / expected_rate.max(1.0);
+    let mut out = Vec::new();
+    if takes(GemmShape::SQUARE_8192) <= MAX_CALL_S {
+        out.push(GemmShape::SQUARE_8192);
+    } else {
+        out.push(GemmShape::square(gemm_size(expected_rate, target_s)));
+    }
+    if training && !quick && takes(GemmShape::TRAINING) <= MAX_CALL_S {
+        out.push(GemmShape::TRAINING);
+    }
+    out
+}
+
 /// The memory benchmarks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum MemTraffic {
@@ -321,6 +401,32 @@ mod tests {
         );
         // Four times the m8n8k4's work per instruction.
         assert_eq!(MmaShape::M16N8K16.flops(), 8.0 * MmaShape::M8N8K4.flops());
+    }
+
+    /// Issue 18, item 5: the library rows' shapes.
+    #[test]
+    fn issue_18_library_shapes() {
+        let (sq, tr) = (GemmShape::SQUARE_8192, GemmShape::TRAINING);
+        assert_eq!(sq.flops(), 2.0 * 8192f64.powi(3));
+        assert_eq!(tr.flops(), 2.0 * 8192.0 * 8192.0 * 2048.0);
+        assert_eq!(
+            (sq.label(), tr.label()),
+            ("8192^3".into(), "8192x8192x2048".into())
+        );
+        // BF16 in and out: 3 x 128 MiB; FP8 in, BF16 out for the training shape.
+        assert_eq!(sq.bytes(2, 2), 3 * (128 << 20));
+        assert_eq!(tr.bytes(1, 2), 2 * (16 << 20) + (128 << 20));
+        // An H100's BF16 (~1 PFLOP/s): both fixed shapes.
+        assert_eq!(library_shapes(989e12, 0.0125, false, true), vec![sq, tr]);
+        // The agent's quick run: 8192^3 only.
+        assert_eq!(library_shapes(989e12, 0.003, true, true), vec![sq]);
+        // FP32 and FP64 GEMMs have no training row.
+        assert_eq!(library_shapes(60e12, 0.0125, false, false), vec![sq]);
+        // FP64 on an L4 (~0.5 TFLOP/s): 8192^3 would take 2 s a call; a square sized to the
+        // plan instead.
+        let l4 = library_shapes(0.5e12, 0.0125, false, true);
+        assert_eq!(l4, vec![GemmShape::square(gemm_size(0.5e12, 0.0125))]);
+        assert!(l4[0].flops() / 0.5e12 <= MAX_CALL_S);
     }
 
     #[test]

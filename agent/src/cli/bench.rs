@@ -4,11 +4,11 @@
 
 use std::time::Duration;
 
-use gpucost_kernels::suite::{self, Pace};
+use gpucost_kernels::suite::{self, Method, Pace};
 use serde_json::json;
 
 use crate::sample::benchmark::{
-    bench_gpu, bench_nvml_gpu, watch_nvml, ClockSource, Conditions, GpuBench,
+    bench_gpu, bench_nvml_gpu, watch_nvml, ClockSource, Conditions, GpuBench, SpeedupBasis,
 };
 use crate::sample::nvml::NvmlBackend;
 use crate::sample::Backend;
@@ -202,6 +202,9 @@ pub fn to_json(b: &GpuBench) -> serde_json::Value {
         "results": b.rows.iter().map(|row| json!({
             "precision": row.precision.as_str(),
             "method": row.method.as_str(),
+            // Our kernels are the ceiling; the libraries' GEMMs what a job gets.
+            "role": if row.method == Method::Kernel { "ceiling" } else { "delivered" },
+            "shape": row.shape.map(|s| json!({"m": s.m, "n": s.n, "k": s.k})),
             "flops_per_s": row.flops_per_s,
             "of_datasheet": row.of_datasheet,
             "of_clock_normalized": row.of_clock_normalized,
@@ -217,9 +220,19 @@ pub fn to_json(b: &GpuBench) -> serde_json::Value {
             "settled_power_w": row.settled_power_w,
         })).collect::<Vec<_>>(),
         "speedup_over_fp32": b.speedups.iter().map(|(p, s)| (p.as_str().to_string(), json!(s))).collect::<serde_json::Map<_, _>>(),
+        "speedup_basis": b.speedup_basis.as_str(),
         "memory": b.memory.iter().map(|(op, bps, share)| json!({"op": op, "bytes_per_s": bps, "of_datasheet": share})).collect::<Vec<_>>(),
         "skipped": r.skipped.iter().map(|(w, why)| json!({"what": w, "why": why})).collect::<Vec<_>>(),
     })
+}
+
+/// "kernel" (our kernel: the ceiling), or "library 8192^3" (a library GEMM of that shape:
+/// what a job gets).
+fn method(row: &crate::sample::benchmark::Row) -> String {
+    match row.shape {
+        Some(s) => format!("{} {}", row.method.as_str(), s.label()),
+        None => row.method.as_str().to_string(),
+    }
 }
 
 /// The 10th-90th percentile range of a row's launches, relative to its median: "±1.2%".
@@ -261,7 +274,7 @@ pub fn to_table(b: &GpuBench) -> String {
         ));
     }
     out.push_str(&format!(
-        "  {:<12} {:<8} {:>9} {:>7} {:>10} {:>11} {:>13} {:>7}{}  {}\n",
+        "  {:<12} {:<18} {:>9} {:>7} {:>10} {:>11} {:>13} {:>7}{}  {}\n",
         "PRECISION",
         "METHOD",
         "TFLOP/s",
@@ -297,9 +310,9 @@ pub fn to_table(b: &GpuBench) -> String {
             String::new()
         };
         out.push_str(&format!(
-            "  {:<12} {:<8} {:>9.1} {:>7} {:>10} {:>11} {:>13} {:>7}{settled}  {}\n",
+            "  {:<12} {:<18} {:>9.1} {:>7} {:>10} {:>11} {:>13} {:>7}{settled}  {}\n",
             row.precision.as_str(),
-            row.method.as_str(),
+            method(row),
             row.flops_per_s / 1e12,
             spread(row),
             pct(row.of_datasheet),
@@ -327,7 +340,14 @@ pub fn to_table(b: &GpuBench) -> String {
             .iter()
             .map(|(p, x)| format!("{} {x:.1}x", p.as_str()))
             .collect();
-        out.push_str(&format!("  speedup over fp32: {}\n", s.join(", ")));
+        out.push_str(&format!(
+            "  speedup over fp32 ({}): {}\n",
+            match b.speedup_basis {
+                SpeedupBasis::Delivered => "delivered: the libraries' GEMMs at one shape",
+                SpeedupBasis::Ceiling => "ceiling: our kernels, no library FP32 GEMM measured",
+            },
+            s.join(", ")
+        ));
     }
     for (what, why) in &r.skipped {
         out.push_str(&format!("  skipped {what}: {why}\n"));
@@ -346,9 +366,11 @@ pub fn to_table(b: &GpuBench) -> String {
         }
     }
     out.push_str(
-        "  MHz: each row's SM clock, from its kernel's own blocks (kernel) or NVML while it ran \
-         (nvml); CLOCK-NORM: of the device's SMs x FLOP/clock/SM at that clock; SPREAD: half \
-         the 10th-90th percentile range of its launches, of the median; timed on random data\n",
+        "  kernel rows: our kernels, the ceiling; library rows: cuBLAS/cuBLASLt GEMMs of the \
+         shape shown, what a training job is delivered. MHz: each row's SM clock, from its \
+         kernel's own blocks (kernel) or NVML while it ran (nvml); CLOCK-NORM: of the device's \
+         SMs x FLOP/clock/SM at that clock; SPREAD: half the 10th-90th percentile range of its \
+         launches, of the median; timed on random data\n",
     );
     out
 }

@@ -700,14 +700,15 @@ impl Node {
                 continue;
             }
             let owners = self.owners.get(&t.uuid).cloned().unwrap_or_default();
-            // This GPU's measured peaks where it has been benchmarked, else the datasheet's:
-            // the speedup an FP32-bound job would see in BF16.
+            // This GPU's measured rates where it has been benchmarked (what the libraries
+            // deliver, where they were measured), else the datasheet's: the speedup an
+            // FP32-bound job would see in BF16.
             let datasheet = *self
                 .peaks
                 .entry(t.model.clone())
                 .or_insert_with(|| PipePeaks::datasheet(&t.model));
             let peaks = datasheet.map(|d| match self.benchmarks.get(&t.uuid) {
-                Some(b) => d.measured(&gpucost_core::benchmark::best(b)),
+                Some(b) => d.measured(&gpucost_core::benchmark::delivered(b)),
                 None => d,
             });
             // What the pipes did is priced at what this unit's SMs do per clock at the clock

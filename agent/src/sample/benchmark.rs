@@ -109,6 +109,8 @@ pub struct Row {
     /// NVML's) and power.
     pub settled_clock_hz: Option<f64>,
     pub settled_power_w: Option<f64>,
+    /// A library row's GEMM shape (the delivered rate); `None` for our kernels (the ceiling).
+    pub shape: Option<gpucost_kernels::flops::GemmShape>,
 }
 
 /// What NVML's samples in `window` say of one row: (SM clock Hz, power W, throttle reasons).
@@ -146,10 +148,72 @@ pub struct GpuBench {
     pub report: BenchReport,
     pub conditions: Conditions,
     pub rows: Vec<Row>,
-    /// bf16, fp8, tf32 (kernel or library, whichever is faster) over fp32.
+    /// bf16, fp16, fp8, tf32 over fp32, as delivered (see [`speedups`]).
     pub speedups: Vec<(Precision, f64)>,
+    pub speedup_basis: SpeedupBasis,
     /// Memory ops as (op, bytes/s, share of the datasheet bandwidth).
     pub memory: Vec<(&'static str, f64, Option<f64>)>,
+}
+
+/// What the mixed-precision speedups compare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpeedupBasis {
+    /// The libraries' GEMMs at 8192^3 (or the square shape both were measured at): the rates a
+    /// training job gets.
+    Delivered,
+    /// Our kernels' rates, where the libraries could not be measured: ceilings, which overstate
+    /// what a job would gain.
+    Ceiling,
+}
+
+impl SpeedupBasis {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SpeedupBasis::Delivered => "delivered",
+            SpeedupBasis::Ceiling => "ceiling",
+        }
+    }
+}
+
+/// The mixed-precision speedups over FP32 (issue 18, item 5): each precision's delivered rate
+/// (its library GEMM at the same square shape as FP32's SGEMM) over FP32's. Where FP32 has no
+/// library row, our kernels' rates stand in, and the basis says so.
+pub fn speedups(rows: &[Row]) -> (Vec<(Precision, f64)>, SpeedupBasis) {
+    let targets = [
+        Precision::Bf16,
+        Precision::Fp16,
+        Precision::Fp8,
+        Precision::Tf32,
+    ];
+    let rate = |p: Precision, pick: &dyn Fn(&Row) -> bool| {
+        rows.iter()
+            .filter(|r| r.precision == p && pick(r))
+            .map(|r| r.flops_per_s)
+            .reduce(f64::max)
+    };
+    let fp32_shape = rows
+        .iter()
+        .find(|r| r.precision == Precision::Fp32 && r.method == Method::Library)
+        .and_then(|r| r.shape);
+    if let Some(shape) = fp32_shape {
+        let same = |r: &Row| r.method == Method::Library && r.shape == Some(shape);
+        if let Some(fp32) = rate(Precision::Fp32, &same).filter(|v| *v > 0.0) {
+            let out = targets
+                .into_iter()
+                .filter_map(|p| rate(p, &same).map(|v| (p, v / fp32)))
+                .collect();
+            return (out, SpeedupBasis::Delivered);
+        }
+    }
+    let kernel = |r: &Row| r.method == Method::Kernel;
+    let out = match rate(Precision::Fp32, &kernel).filter(|v| *v > 0.0) {
+        Some(fp32) => targets
+            .into_iter()
+            .filter_map(|p| rate(p, &kernel).map(|v| (p, v / fp32)))
+            .collect(),
+        None => Vec::new(),
+    };
+    (out, SpeedupBasis::Ceiling)
 }
 
 /// Relates the raw results to the datasheet and to each row's own clock, on the SMs the
@@ -173,6 +237,7 @@ pub fn analyse(report: BenchReport, conditions: Conditions) -> GpuBench {
             let (settled_nvml_clock, settled_power_w, _) =
                 row_conditions(&conditions.samples, r.settled_window);
             Row {
+                shape: r.shape,
                 launches: r.repeats,
                 p10_flops_per_s: r.spread.map(|s| s.p10),
                 p90_flops_per_s: r.spread.map(|s| s.p90),
@@ -193,19 +258,7 @@ pub fn analyse(report: BenchReport, conditions: Conditions) -> GpuBench {
             }
         })
         .collect();
-    let best = |p: Precision| {
-        rows.iter()
-            .filter(|r| r.precision == p)
-            .map(|r| r.flops_per_s)
-            .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))))
-    };
-    let speedups = match best(Precision::Fp32) {
-        Some(fp32) if fp32 > 0.0 => [Precision::Bf16, Precision::Fp8, Precision::Tf32]
-            .into_iter()
-            .filter_map(|p| best(p).map(|v| (p, v / fp32)))
-            .collect(),
-        _ => Vec::new(),
-    };
+    let (speedups, speedup_basis) = speedups(&rows);
     let memory = report
         .memory
         .iter()
@@ -223,6 +276,7 @@ pub fn analyse(report: BenchReport, conditions: Conditions) -> GpuBench {
         conditions,
         rows,
         speedups,
+        speedup_basis,
         memory,
     }
 }
@@ -363,6 +417,7 @@ mod tests {
                     from + Duration::from_millis(130),
                     from + Duration::from_millis(200),
                 ),
+                shape: None,
             }
         };
         BenchReport {
@@ -519,7 +574,9 @@ mod tests {
         assert!((fp32.of_datasheet.unwrap() - 63.0 / 67.0).abs() < 0.01);
         let norm = 132.0 * 256.0 * 1.98e9;
         assert!((fp32.of_clock_normalized.unwrap() - 63e12 / norm).abs() < 1e-9);
-        // Speedups over FP32 use the best method of each precision.
+        // No FP32 library row: the speedups compare our kernels (ceilings), and say so; FP8,
+        // measured by a library only, is not set against a kernel's FP32.
+        assert_eq!(b.speedup_basis, SpeedupBasis::Ceiling);
         let bf16 = b
             .speedups
             .iter()
@@ -527,16 +584,12 @@ mod tests {
             .unwrap()
             .1;
         assert!((bf16 - 900.0 / 63.0).abs() < 1e-9);
-        let fp8 = b
-            .speedups
-            .iter()
-            .find(|(p, _)| *p == Precision::Fp8)
-            .unwrap()
-            .1;
-        assert!((fp8 - 1400.0 / 63.0).abs() < 1e-9);
         assert!(
-            b.speedups.iter().all(|(p, _)| *p != Precision::Tf32),
-            "no tf32 result, no tf32 speedup"
+            b.speedups
+                .iter()
+                .all(|(p, _)| *p != Precision::Tf32 && *p != Precision::Fp8),
+            "{:?}",
+            b.speedups
         );
         assert!((b.memory[0].2.unwrap() - 3.0 / 3.35).abs() < 0.01);
         let table = crate::cli::bench::to_table(&b);
@@ -547,6 +600,55 @@ mod tests {
         let json = crate::cli::bench::to_json(&b);
         assert_eq!(json["results"].as_array().unwrap().len(), 4);
         assert_eq!(json["compute_capability"], "9.0");
+    }
+
+    /// Issue 18, item 5: the speedups are delivered rates: the libraries' GEMMs at the same
+    /// square shape, not our kernels' ceilings and not another shape.
+    #[test]
+    fn issue_18_speedups_use_delivered_rates() {
+        use gpucost_kernels::flops::GemmShape;
+        let mut report = report();
+        let lib = |p, tflops: f64, shape| {
+            let mut r = report.results[2].clone();
+            r.precision = p;
+            r.flops_per_s = tflops * 1e12;
+            r.shape = Some(shape);
+            r
+        };
+        let (sq, tr) = (GemmShape::SQUARE_8192, GemmShape::TRAINING);
+        report.results.extend([
+            lib(Precision::Fp32, 50.0, sq),
+            lib(Precision::Tf32, 400.0, sq),
+            lib(Precision::Bf16, 800.0, tr),
+        ]);
+        // The BF16 library row of the report (750) is at 8192^3.
+        for r in report.results.iter_mut() {
+            if r.method == Method::Library && r.shape.is_none() {
+                r.shape = Some(sq);
+            }
+        }
+        let b = analyse(report, Conditions::default());
+        assert_eq!(b.speedup_basis, SpeedupBasis::Delivered);
+        let get = |p| b.speedups.iter().find(|(q, _)| *q == p).map(|(_, v)| *v);
+        // 750 / 50, not the kernel's 900 / 63 nor the training shape's 800 / 50.
+        assert!((get(Precision::Bf16).unwrap() - 15.0).abs() < 1e-9);
+        assert!((get(Precision::Tf32).unwrap() - 8.0).abs() < 1e-9);
+        assert!((get(Precision::Fp8).unwrap() - 28.0).abs() < 1e-9);
+        assert_eq!(get(Precision::Fp16), None);
+        let json = crate::cli::bench::to_json(&b);
+        assert_eq!(json["speedup_basis"], "delivered");
+        let rows = json["results"].as_array().unwrap();
+        assert!(rows
+            .iter()
+            .any(|r| r["role"] == "delivered" && r["shape"]["k"] == 2048));
+        assert!(rows
+            .iter()
+            .any(|r| r["role"] == "ceiling" && r["shape"].is_null()));
+        let table = crate::cli::bench::to_table(&b);
+        assert!(
+            table.contains("8192x8192x2048") && table.contains("(delivered"),
+            "{table}"
+        );
     }
 
     #[test]

@@ -134,6 +134,9 @@ pub struct KernelResult {
     /// our kernel's stamps, and when they ran).
     pub settled_clock: Option<LaunchClock>,
     pub settled_window: (Instant, Instant),
+    /// A library row's GEMM shape: what a training job's products are delivered at, where our
+    /// kernels' rows are the ceiling.
+    pub shape: Option<flops::GemmShape>,
 }
 
 #[derive(Debug, Clone)]
@@ -287,6 +290,7 @@ struct Plan {
     repeats: u32,
     /// Sustained: each measurement's timed launches go on for this long, seconds.
     hold_s: f64,
+    pace: Pace,
 }
 
 impl Plan {
@@ -311,7 +315,13 @@ impl Plan {
             warmed: std::cell::Cell::new(false),
             repeats,
             hold_s,
+            pace,
         }
+    }
+
+    /// The agent's short periodic run.
+    fn quick(&self) -> bool {
+        self.pace == Pace::Quick
     }
 
     /// Seconds one more measurement needs.
@@ -379,6 +389,7 @@ impl Measured {
             window: self.window,
             settled_clock: self.settled_clock,
             settled_window: self.settled_window,
+            shape: None,
         }
     }
 }
