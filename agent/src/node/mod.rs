@@ -35,7 +35,7 @@ use crate::sample::sim::SimEndings;
 use crate::snapshot::{Published, Snapshot};
 use gpucost_core::account::cost::Interval;
 use gpucost_core::account::efficiency::{
-    flop_rate, fp32_bound, interval_peaks, PipeBasis, PipePeaks, UnitSms,
+    flop_rate, fp32_bound, priced, rates_per_clock, PipeBasis, PipePeaks, UnitSms,
 };
 use gpucost_core::account::pricing::Pricing;
 use gpucost_core::account::GpuEvents;
@@ -147,6 +147,10 @@ pub struct NodeConfig {
     pub bench_min_ratio: f64,
 }
 
+/// What a unit's pipe rates per clock depend on: its UUID, compute capability, SMs, and
+/// whether it is a MIG instance.
+type UnitKey = (String, Option<(u32, u32)>, Option<u32>, bool);
+
 pub struct Node {
     cfg: NodeConfig,
     sampler: Sampler,
@@ -173,6 +177,9 @@ pub struct Node {
     sim_endings: Option<SimEndings>,
     /// Model name -> its pipe peaks (looked up once).
     peaks: BTreeMap<String, Option<PipePeaks>>,
+    /// Each unit's pipe rates per clock cycle (UUID, compute capability, SMs: what they
+    /// depend on), found once.
+    per_clock: BTreeMap<UnitKey, Result<PipePeaks, &'static str>>,
     /// GPU UUID -> how its pipe activity was last priced (`None`: it could not be), to say so
     /// in the log when it changes; and each (GPU, basis) said at info or warn level once.
     pipe_basis: BTreeMap<String, Option<PipeBasis>>,
@@ -255,6 +262,7 @@ impl Node {
             ledger_error: None,
             owners: BTreeMap::new(),
             peaks: BTreeMap::new(),
+            per_clock: BTreeMap::new(),
             pipe_basis: BTreeMap::new(),
             pipe_basis_said: BTreeSet::new(),
             sim_endings: None,
@@ -715,14 +723,23 @@ impl Node {
             // they ran at in this interval (a MIG instance: its own SMs), not at a whole GPU's
             // benchmarked or datasheet rate.
             let priced = t.pipes.as_ref().map(|_| {
-                interval_peaks(&UnitSms {
-                    model: &t.model,
-                    compute_capability: t.compute_capability,
-                    sm_count: t.sm_count,
-                    mig: t.mig,
-                    share: t.slice_share,
-                    sm_clock_hz: t.sm_clock_mhz.map(|m| m * 1e6),
-                })
+                let key = (t.uuid.clone(), t.compute_capability, t.sm_count, t.mig);
+                let per_clock = *self.per_clock.entry(key).or_insert_with(|| {
+                    rates_per_clock(&UnitSms {
+                        model: &t.model,
+                        compute_capability: t.compute_capability,
+                        sm_count: t.sm_count,
+                        mig: t.mig,
+                        share: t.slice_share,
+                        sm_clock_hz: None,
+                    })
+                });
+                priced(
+                    per_clock,
+                    t.sm_clock_mhz.map(|m| m * 1e6),
+                    datasheet,
+                    t.slice_share,
+                )
             });
             if let Some(priced) = &priced {
                 self.note_pipe_basis(t, priced.map(|(_, b)| b));

@@ -146,36 +146,54 @@ impl PipeBasis {
 }
 
 /// The pipe rates to price one interval's activity with (issue 18, item 6): SMs x FLOP per
-/// clock per SM x the interval's SM clock. The architecture comes from the compute capability
-/// (else the datasheet table's entry for the model); the SMs from the driver (else, for a
-/// whole GPU, the table's). Where either or the clock is unknown, the datasheet's peaks times
-/// the unit's share stand in, and the basis says why. `None` when neither can be had (a GPU
-/// the table does not know, of an unknown architecture): no FLOPs, rather than a made-up rate.
+/// clock per SM x the interval's SM clock ([`rates_per_clock`] then [`priced`]). Where the
+/// architecture, the SMs or the clock are unknown, the datasheet's peaks times the unit's share
+/// stand in, and the basis says why. `None` when neither can be had (a GPU the table does not
+/// know, of an unknown architecture): no FLOPs, rather than a made-up rate.
 pub fn interval_peaks(u: &UnitSms<'_>) -> Option<(PipePeaks, PipeBasis)> {
+    priced(
+        rates_per_clock(u),
+        u.sm_clock_hz,
+        PipePeaks::datasheet(u.model),
+        u.share,
+    )
+}
+
+/// What all of a unit's SMs do on each pipe per clock cycle (FLOP per Hz), which depends only
+/// on what the unit is: found once per unit. The architecture comes from the compute
+/// capability (else the datasheet table's entry for the model); the SMs from the driver (else,
+/// for a whole GPU, the table's). An error says why there are none.
+pub fn rates_per_clock(u: &UnitSms<'_>) -> Result<PipePeaks, &'static str> {
     let spec = lookup(u.model);
     let arch = u
         .compute_capability
         .and_then(Arch::from_compute_capability)
-        .or(spec.map(|s| s.arch));
+        .or(spec.map(|s| s.arch))
+        .ok_or("its architecture is unknown (compute capability not read or not in the table)")?;
     let sms = match (u.sm_count, u.mig) {
-        (Some(n), _) if n > 0 => Some(n),
-        (_, false) => spec.map(|s| s.sm_count),
-        (_, true) => None,
+        (Some(n), _) if n > 0 => n,
+        (_, false) => spec.map(|s| s.sm_count).ok_or("its SM count is unknown")?,
+        (_, true) => return Err("the driver did not report the MIG instance's SMs"),
     };
-    let clock = u.sm_clock_hz.filter(|c| c.is_finite() && *c > 0.0);
-    let why = match (arch, sms, clock) {
-        (Some(arch), Some(sms), Some(clk)) => match PipePeaks::at_clock(u.model, arch, sms, clk) {
-            Some(k) => return Some((k, PipeBasis::SmClock)),
-            None => "its architecture has no BF16 or FP32 rate here",
-        },
-        (None, _, _) => {
-            "its architecture is unknown (compute capability not read or not in the table)"
-        }
-        (_, None, _) if u.mig => "the driver did not report the MIG instance's SMs",
-        (_, None, _) => "its SM count is unknown",
-        (_, _, None) => "its SM clock was not read",
+    PipePeaks::at_clock(u.model, arch, sms, 1.0)
+        .ok_or("its architecture has no BF16 or FP32 rate here")
+}
+
+/// One interval's pipe rates from the unit's [`rates_per_clock`] and its SM clock over the
+/// interval; the `datasheet` peaks times `share` where either is missing.
+pub fn priced(
+    per_clock: Result<PipePeaks, &'static str>,
+    sm_clock_hz: Option<f64>,
+    datasheet: Option<PipePeaks>,
+    share: f64,
+) -> Option<(PipePeaks, PipeBasis)> {
+    let clock = sm_clock_hz.filter(|c| c.is_finite() && *c > 0.0);
+    let why = match (per_clock, clock) {
+        (Ok(k), Some(clk)) => return Some((k.scaled(clk), PipeBasis::SmClock)),
+        (Err(why), _) => why,
+        (Ok(_), None) => "its SM clock was not read",
     };
-    PipePeaks::datasheet(u.model).map(|d| (d.scaled(u.share), PipeBasis::Datasheet(why)))
+    datasheet.map(|d| (d.scaled(share), PipeBasis::Datasheet(why)))
 }
 
 /// FLOP/s a GPU achieved with this pipe activity; `None` when a pipe it depends on is unknown
