@@ -64,6 +64,8 @@ fn snapshot(jobs: usize) -> Snapshot {
                 uuid: format!("GPU-{i:04}"),
                 model: "NVIDIA H100 80GB HBM3".into(),
                 mig: None,
+                compute_capability: None,
+                sm_count: None,
             },
             up: true,
             reading: None,

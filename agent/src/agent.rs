@@ -588,17 +588,20 @@ fn benchmark_loop(
                 continue;
             }
             let watch = watch_snapshots(uuid.clone(), snapshots.clone());
-            match bench_nvml_gpu(index, &uuid, true, watch) {
+            match bench_nvml_gpu(index, &uuid, gpucost_kernels::suite::Pace::Quick, watch) {
                 Ok(b) => {
                     info!(
                         gpu = index,
                         "GPU {index} benchmarked in {:.1} s", b.report.elapsed_s
                     );
                     let result = gpucost_core::benchmark::GpuBenchmark {
+                        // One rate per precision and method (the metric's labels): the
+                        // library at its square shape, not the training shape as well.
                         flops: b
                             .report
                             .results
                             .iter()
+                            .filter(|r| r.shape.is_none_or(|s| s.is_square()))
                             .map(|r| (r.precision, r.method.as_str(), r.flops_per_s))
                             .collect(),
                         memory: b

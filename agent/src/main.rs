@@ -44,8 +44,12 @@ struct BenchArgs {
     #[arg(long)]
     json: bool,
     /// At most 3 s per GPU instead of 10
-    #[arg(long)]
+    #[arg(long, conflicts_with = "duration")]
     quick: bool,
+    /// Sustained: about this long per GPU (10s to 1h, e.g. 60s), each row holding its load
+    /// for its share; reports each row's median, spread, and the clock and power it settled at
+    #[arg(long, value_name = "D", value_parser = cli::bench::parse_duration)]
+    duration: Option<std::time::Duration>,
     /// Path of libnvidia-ml, for clocks and power during the run
     #[arg(long, value_name = "PATH")]
     nvml_lib: Option<PathBuf>,
@@ -239,7 +243,11 @@ fn main() -> ExitCode {
         CliCommand::Bench(a) => exit_code(cli::bench::run(cli::bench::BenchArgs {
             gpu: a.gpu,
             json: a.json,
-            quick: a.quick,
+            pace: match (a.quick, a.duration) {
+                (_, Some(d)) => gpucost_kernels::suite::Pace::Sustained(d),
+                (true, None) => gpucost_kernels::suite::Pace::Quick,
+                (false, None) => gpucost_kernels::suite::Pace::Normal,
+            },
             nvml_lib: a.nvml_lib,
         })),
         CliCommand::Job(JobCommand::End {
@@ -447,4 +455,35 @@ fn load_config(args: AgentArgs) -> Result<config::Config, config::ConfigError> {
         layers.push(flag("socket", l));
     }
     config::resolve(&layers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 18, item 4: `gpucost bench --duration D`, sustained; not with `--quick`.
+    #[test]
+    fn issue_18_bench_takes_a_duration() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(["gpucost", "bench"].iter().chain(args)).map(|c| c.command)
+        };
+        match parse(&["--duration", "60s", "--json"]) {
+            Ok(CliCommand::Bench(a)) => {
+                assert_eq!(a.duration, Some(std::time::Duration::from_secs(60)));
+                assert!(a.json && !a.quick);
+            }
+            _ => panic!("gpucost bench --duration 60s --json"),
+        }
+        match parse(&[]) {
+            Ok(CliCommand::Bench(a)) => assert_eq!(a.duration, None),
+            _ => panic!("gpucost bench"),
+        }
+        for bad in [
+            &["--duration", "60s", "--quick"][..],
+            &["--duration", "5s"],
+            &["--duration"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+    }
 }

@@ -454,6 +454,8 @@ mod tests {
                 uuid: format!("GPU-{index}"),
                 model: "NVIDIA H100 80GB HBM3".into(),
                 mig: None,
+                compute_capability: None,
+                sm_count: None,
             },
             up: true,
             reading: Some(Reading {
@@ -498,6 +500,10 @@ mod tests {
             utilization: Some(0.5),
             pipes,
             slice_share: 1.0,
+            mig: false,
+            compute_capability: None,
+            sm_count: None,
+            sm_clock_mhz: None,
         }
     }
 

@@ -52,6 +52,27 @@ pub fn best(b: &GpuBenchmark) -> Vec<(Precision, f64)> {
         .collect()
 }
 
+/// Per precision, the rate a job is delivered, for the mixed-precision speedup (issue 18,
+/// item 5): where FP32 was measured by the library (its GEMMs are what frameworks run), each
+/// precision's library rate (its best rate where the library did not measure it); else, with
+/// nothing delivered to compare against, the best rate of each, as [`best`].
+pub fn delivered(b: &GpuBenchmark) -> Vec<(Precision, f64)> {
+    let library = |p: Precision| {
+        b.flops
+            .iter()
+            .filter(|(q, m, _)| *q == p && *m == "library")
+            .map(|(_, _, f)| *f)
+            .reduce(f64::max)
+    };
+    if library(Precision::Fp32).is_none() {
+        return best(b);
+    }
+    best(b)
+        .into_iter()
+        .map(|(p, f)| (p, library(p).unwrap_or(f)))
+        .collect()
+}
+
 /// Per precision, the best measured rate over the datasheet peak.
 pub fn ratios(model: &str, b: &GpuBenchmark) -> Vec<(Precision, f64)> {
     let Some(spec) = lookup(model) else {
@@ -95,6 +116,33 @@ mod tests {
         let slow = simulated(H100, 0.5, 1.0).unwrap();
         assert!(below_expectation(&ratios(H100, &slow), 0.85));
         assert!(simulated("Unknown GPU", 0.9, 1.0).is_none());
+    }
+
+    /// Issue 18, item 5: the speedup compares what the libraries deliver, not our kernels'
+    /// ceilings, wherever FP32 has a library rate.
+    #[test]
+    fn issue_18_delivered_rates_prefer_the_library() {
+        let mut b = GpuBenchmark {
+            flops: vec![
+                (Precision::Bf16, "kernel", 9e14),
+                (Precision::Bf16, "library", 7e14),
+                (Precision::Fp32, "kernel", 6.5e13),
+                (Precision::Fp8, "kernel", 1.5e15),
+            ],
+            memory: vec![],
+            taken_at: 0.0,
+            simulated: false,
+        };
+        // No FP32 library rate: nothing delivered to compare against; the best rates.
+        assert_eq!(delivered(&b), best(&b));
+        b.flops.push((Precision::Fp32, "library", 5e13));
+        let d = delivered(&b);
+        let get = |p| d.iter().find(|(q, _)| *q == p).map(|(_, f)| *f);
+        assert_eq!(get(Precision::Bf16), Some(7e14));
+        assert_eq!(get(Precision::Fp32), Some(5e13));
+        // FP8 has no library rate: its kernel's stands.
+        assert_eq!(get(Precision::Fp8), Some(1.5e15));
+        assert_eq!(d.len(), 3);
     }
 
     #[test]

@@ -244,7 +244,8 @@ usage! {
         idle_gpu_seconds: "s",
         /// The cost (all components) of those idle seconds.
         idle_cost: "money",
-        /// FLOPs executed, estimated from the GPU's pipe activity (GPM) x each pipe's peak rate.
+        /// FLOPs executed, estimated from the GPU's pipe activity (GPM) x what its SMs do per clock
+        /// on each pipe x the SM clock (`account::efficiency::interval_peaks`).
         flop: "FLOP",
         /// GPU-seconds held while FP32-bound: the FP32 pipe busy, the tensor cores idle.
         fp32_seconds: "s",

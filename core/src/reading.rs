@@ -33,6 +33,11 @@ pub struct GpuStatic {
     /// Set when this billing unit is a MIG GPU instance (its `uuid` is then the `MIG-…` id);
     /// `None` for a whole GPU.
     pub mig: Option<MigSlice>,
+    /// CUDA compute capability `(major, minor)`, where the driver reports it.
+    pub compute_capability: Option<(u32, u32)>,
+    /// Streaming multiprocessors of this unit as the driver reports them: a whole GPU's (from
+    /// its CUDA cores), a MIG instance's own (its attributes). `None` where it cannot say.
+    pub sm_count: Option<u32>,
 }
 
 /// A MIG GPU instance: a slice of a physical GPU that is billed as a unit of its own.
@@ -437,6 +442,8 @@ mod tests {
             uuid: "GPU-x".into(),
             model: "m".into(),
             mig: None,
+            compute_capability: None,
+            sm_count: None,
         };
         assert_eq!(whole.share(), 1.0);
         for (p, n) in [

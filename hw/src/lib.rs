@@ -12,7 +12,7 @@ pub mod peaks;
 pub mod pipes;
 
 pub use peaks::{
-    clock_normalized_peak, estimate_peak, lookup, Arch, GpuSpec, ParsePrecisionError, Peaks,
-    Precision, GPUS,
+    clock_normalized_peak, estimate_peak, lookup, sm_peak, Arch, GpuSpec, ParsePrecisionError,
+    Peaks, Precision, GPUS,
 };
 pub use pipes::Pipes;

@@ -170,6 +170,62 @@ impl Arch {
         let r = rates[precision as usize];
         (r != 0).then_some(f64::from(r))
     }
+
+    /// FP32 lanes (NVML's "CUDA cores") per SM: half the FP32 FLOP per clock per SM.
+    pub fn fp32_lanes_per_sm(self) -> u32 {
+        // Every architecture here has an FP32 path.
+        self.flop_per_clock_per_sm(Precision::Fp32)
+            .map_or(0, |r| r as u32 / 2)
+    }
+
+    /// The SMs of a GPU that NVML says has `cuda_cores` (`nvmlDeviceGetNumGpuCores`: FP32
+    /// lanes): `None` unless they divide into whole SMs of this architecture.
+    pub fn sms_of_cuda_cores(self, cuda_cores: u32) -> Option<u32> {
+        let lanes = self.fp32_lanes_per_sm();
+        (lanes > 0 && cuda_cores > 0 && cuda_cores % lanes == 0).then(|| cuda_cores / lanes)
+    }
+}
+
+/// FLOP (OP for INT8) per clock per SM that a product, by its NVML name, runs `precision` at on
+/// architecture `arch`: the architecture's rate, halved for the FP32-accumulate tensor paths of
+/// GeForce parts (see [`estimate_peak`]). `None` where the architecture has no such path.
+pub fn product_flop_per_clock_per_sm(
+    nvml_name: &str,
+    arch: Arch,
+    precision: Precision,
+) -> Option<f64> {
+    let rate = arch.flop_per_clock_per_sm(precision)?;
+    let halved = is_geforce(nvml_name)
+        && matches!(
+            precision,
+            Precision::Tf32 | Precision::Fp16 | Precision::Bf16 | Precision::Fp8
+        );
+    Some(if halved { rate / 2.0 } else { rate })
+}
+
+/// What `sm_count` SMs of the GPU named `nvml_name` (architecture `arch`) do on `precision` at
+/// SM clock `sm_clock_hz`, FLOP/s (OP/s for INT8): SMs x the product's FLOP/clk/SM
+/// ([`product_flop_per_clock_per_sm`]) x clock. For a path the datasheet table marks capped
+/// (H800's FP64, the H20) it is the datasheet figure scaled by the SMs and the clock instead,
+/// since the architecture's rate would overstate it. Pass the SMs the work had: a MIG
+/// instance's own.
+pub fn sm_peak(
+    nvml_name: &str,
+    arch: Arch,
+    precision: Precision,
+    sm_count: u32,
+    sm_clock_hz: f64,
+) -> Option<f64> {
+    if let Some(spec) =
+        lookup(nvml_name).filter(|s| s.arch == arch && s.capped.contains(&precision))
+    {
+        let sms = f64::from(sm_count) / f64::from(spec.sm_count.max(1));
+        return spec
+            .peak(precision)
+            .map(|p| p * sms * sm_clock_hz / spec.datasheet_clock_hz(precision));
+    }
+    let rate = product_flop_per_clock_per_sm(nvml_name, arch, precision)?;
+    Some(f64::from(sm_count) * rate * sm_clock_hz)
 }
 
 impl From<&GpuSpec> for Arch {
@@ -290,13 +346,8 @@ pub fn estimate_peak(
     precision: Precision,
 ) -> Option<f64> {
     let arch = Arch::from_compute_capability(compute_capability)?;
-    let peak = clock_normalized_peak(arch, precision, sm_count, f64::from(max_sm_clock_mhz) * 1e6)?;
-    let halved = is_geforce(nvml_name)
-        && matches!(
-            precision,
-            Precision::Tf32 | Precision::Fp16 | Precision::Bf16 | Precision::Fp8
-        );
-    Some(if halved { peak / 2.0 } else { peak })
+    let rate = product_flop_per_clock_per_sm(nvml_name, arch, precision)?;
+    Some(f64::from(sm_count) * rate * f64::from(max_sm_clock_mhz) * 1e6)
 }
 
 /// A consumer (GeForce or TITAN) part, by its NVML product name, e.g. "NVIDIA GeForce RTX 4090".
@@ -1057,6 +1108,62 @@ mod tests {
         let h20 = spec("H20 96GB");
         let bf16 = h20.clock_normalized_peak(Precision::Bf16, 1980e6).unwrap();
         assert_close(bf16, 148e12, 1e-9, "H20 bf16");
+    }
+
+    /// NVML's CUDA cores give the SMs: every table entry whose core count NVIDIA publishes.
+    #[test]
+    fn sms_from_cuda_cores() {
+        let cases = [
+            (Arch::Hopper, 16896, Some(132)),     // H100 SXM5, H200
+            (Arch::Hopper, 14592, Some(114)),     // H100 PCIe
+            (Arch::AmpereGa100, 6912, Some(108)), // A100
+            (Arch::Ada, 18176, Some(142)),        // L40S
+            (Arch::Ada, 7424, Some(58)),          // L4
+            (Arch::AmpereGa10x, 9216, Some(72)),  // A10
+            // Not whole SMs, or nothing: no SM count rather than a wrong one.
+            (Arch::Hopper, 16900, None),
+            (Arch::Hopper, 0, None),
+        ];
+        for (arch, cores, want) in cases {
+            assert_eq!(arch.sms_of_cuda_cores(cores), want, "{arch:?} {cores}");
+        }
+    }
+
+    /// Issue 18, item 6: a GPU's rate follows the SMs it has and the clock it runs at.
+    #[test]
+    fn issue_18_sm_peaks_follow_sms_and_clock() {
+        let h100 = "NVIDIA H100 80GB HBM3";
+        let at = |mhz: f64| sm_peak(h100, Arch::Hopper, Precision::Bf16, 132, mhz * 1e6).unwrap();
+        assert_eq!(at(1980.0), 132.0 * 4096.0 * 1980e6);
+        assert_eq!(at(1500.0), 132.0 * 4096.0 * 1500e6);
+        assert_close(
+            at(1500.0) / at(1980.0),
+            1500.0 / 1980.0,
+            1e-12,
+            "clock ratio",
+        );
+        // A MIG instance with 16 SMs: 16 of them, not a share of the board's 132.
+        let slice = sm_peak(h100, Arch::Hopper, Precision::Bf16, 16, 1980e6).unwrap();
+        assert_eq!(slice, 16.0 * 4096.0 * 1980e6);
+        // GeForce FP32-accumulate tensor paths at half the rate; FP32 and INT8 not halved.
+        let rtx = "NVIDIA GeForce RTX 4090";
+        assert_eq!(
+            sm_peak(rtx, Arch::Ada, Precision::Bf16, 128, 2520e6),
+            Some(128.0 * 512.0 * 2520e6)
+        );
+        assert_eq!(
+            sm_peak(rtx, Arch::Ada, Precision::Int8, 128, 2520e6),
+            Some(128.0 * 2048.0 * 2520e6)
+        );
+        // A capped path scales the datasheet figure: H800's FP64 at half its clock on half its
+        // SMs is a quarter of 1 TFLOP/s, not 66 SMs x 128 x 990 MHz.
+        let fp64 = sm_peak("NVIDIA H800", Arch::Hopper, Precision::Fp64, 66, 990e6).unwrap();
+        assert_close(fp64, 0.25e12, 1e-9, "H800 fp64");
+        // No such path.
+        assert_eq!(
+            sm_peak("NVIDIA L4", Arch::Ada, Precision::Fp64Tensor, 58, 2e9),
+            None
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@
 // iteration, fully unrolled, so each warp always has CHAINS independent FMAs to issue and the
 // loop counter costs one instruction in UNROLL * CHAINS. `a` and `b` are kernel arguments, so
 // the compiler cannot fold the recurrence; the per-thread sum of the chains is stored to `out`,
-// so none of it is dead code.
+// so none of it is dead code. `clocks` gets each block's cycle and nanosecond stamps (below).
 //
 // Closed form (what the host checks): after n = iters * UNROLL steps, chain j started at j holds
 // a^n * j + b * (a^n - 1) / (a - 1), which is j + n * b for a = 1. With a = 1, b = 1 and small n
@@ -21,8 +21,42 @@
 #define UNROLL 32
 #define THREADS 256
 
+// The clock this launch ran at, measured by the SMs themselves: thread 0 of each block stores
+// %clock64 (the SM's cycle counter) and %globaltimer (nanoseconds) when the block starts, and
+// again once all its threads are done, in clocks[4 * block + {0, 1, 2, 3}] = cycles at start,
+// cycles at end, ns at start, ns at end. The host divides cycles by nanoseconds. The start is
+// stored at once, so nothing stays live in registers across the timed loop.
+__device__ __forceinline__ unsigned long long sm_cycles() {
+    unsigned long long c;
+    asm volatile("mov.u64 %0, %%clock64;" : "=l"(c));
+    return c;
+}
+
+__device__ __forceinline__ unsigned long long global_ns() {
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+}
+
+__device__ __forceinline__ void clock_start(unsigned long long* __restrict__ clocks) {
+    if (threadIdx.x == 0) {
+        clocks[4 * blockIdx.x] = sm_cycles();
+        clocks[4 * blockIdx.x + 2] = global_ns();
+    }
+}
+
+__device__ __forceinline__ void clock_end(unsigned long long* __restrict__ clocks) {
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        clocks[4 * blockIdx.x + 1] = sm_cycles();
+        clocks[4 * blockIdx.x + 3] = global_ns();
+    }
+}
+
 extern "C" __global__ void __launch_bounds__(THREADS)
-fma_f64(double* __restrict__ out, double a, double b, int iters) {
+fma_f64(double* __restrict__ out, double a, double b, int iters,
+        unsigned long long* __restrict__ clocks) {
+    clock_start(clocks);
     double x[CHAINS];
 #pragma unroll
     for (int j = 0; j < CHAINS; ++j) x[j] = (double)j;
@@ -38,10 +72,13 @@ fma_f64(double* __restrict__ out, double a, double b, int iters) {
 #pragma unroll
     for (int j = 0; j < CHAINS; ++j) s += x[j];
     out[blockIdx.x * blockDim.x + threadIdx.x] = s;
+    clock_end(clocks);
 }
 
 extern "C" __global__ void __launch_bounds__(THREADS)
-fma_f32(float* __restrict__ out, float a, float b, int iters) {
+fma_f32(float* __restrict__ out, float a, float b, int iters,
+        unsigned long long* __restrict__ clocks) {
+    clock_start(clocks);
     float x[CHAINS];
 #pragma unroll
     for (int j = 0; j < CHAINS; ++j) x[j] = (float)j;
@@ -57,6 +94,7 @@ fma_f32(float* __restrict__ out, float a, float b, int iters) {
 #pragma unroll
     for (int j = 0; j < CHAINS; ++j) s += x[j];
     out[blockIdx.x * blockDim.x + threadIdx.x] = s;
+    clock_end(clocks);
 }
 
 // Both halves of a packed pair from one float (round to nearest even).
@@ -87,7 +125,9 @@ __device__ __forceinline__ float sum_bf16x2(unsigned v) {
 
 // a2, b2: a and b in both halves (packed by the host). Each step is 2 FMAs (4 FLOP) per lane.
 extern "C" __global__ void __launch_bounds__(THREADS)
-fma_f16x2(float* __restrict__ out, unsigned a2, unsigned b2, int iters) {
+fma_f16x2(float* __restrict__ out, unsigned a2, unsigned b2, int iters,
+          unsigned long long* __restrict__ clocks) {
+    clock_start(clocks);
     unsigned x[CHAINS];
 #pragma unroll
     for (int j = 0; j < CHAINS; ++j) x[j] = pack_f16x2((float)j);
@@ -104,10 +144,13 @@ fma_f16x2(float* __restrict__ out, unsigned a2, unsigned b2, int iters) {
 #pragma unroll
     for (int j = 0; j < CHAINS; ++j) s += sum_f16x2(x[j]);
     out[blockIdx.x * blockDim.x + threadIdx.x] = s;
+    clock_end(clocks);
 }
 
 extern "C" __global__ void __launch_bounds__(THREADS)
-fma_bf16x2(float* __restrict__ out, unsigned a2, unsigned b2, int iters) {
+fma_bf16x2(float* __restrict__ out, unsigned a2, unsigned b2, int iters,
+           unsigned long long* __restrict__ clocks) {
+    clock_start(clocks);
     unsigned x[CHAINS];
 #pragma unroll
     for (int j = 0; j < CHAINS; ++j) x[j] = pack_bf16x2((float)j);
@@ -124,4 +167,5 @@ fma_bf16x2(float* __restrict__ out, unsigned a2, unsigned b2, int iters) {
 #pragma unroll
     for (int j = 0; j < CHAINS; ++j) s += sum_bf16x2(x[j]);
     out[blockIdx.x * blockDim.x + threadIdx.x] = s;
+    clock_end(clocks);
 }

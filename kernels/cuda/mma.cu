@@ -17,7 +17,8 @@
 // Outputs: block 0 warp 0 stores its D tile (row-major, 16 x 8*NACC) to `tile` so that the host
 // can check it against a CPU reference; every thread stores the sum of its accumulators to
 // `sink`, so that no warp's work is dead and the host can check that all warps agree.
-// After `iters` iterations D = iters * STEPS * (A x B).
+// After `iters` iterations D = iters * STEPS * (A x B). `clocks` gets each block's cycle and
+// nanosecond stamps (below).
 //
 // No #include: NVRTC compiles this file alone, without the CUDA headers.
 
@@ -29,6 +30,38 @@
 #define STEPS 16
 #define THREADS 256
 #define TILE_N (8 * NACC)
+
+// The clock this launch ran at, measured by the SMs themselves: thread 0 of each block stores
+// %clock64 (the SM's cycle counter) and %globaltimer (nanoseconds) when the block starts, and
+// again once all its threads are done, in clocks[4 * block + {0, 1, 2, 3}] = cycles at start,
+// cycles at end, ns at start, ns at end. The host divides cycles by nanoseconds. The start is
+// stored at once, so nothing stays live in registers across the timed loop.
+__device__ __forceinline__ unsigned long long sm_cycles() {
+    unsigned long long c;
+    asm volatile("mov.u64 %0, %%clock64;" : "=l"(c));
+    return c;
+}
+
+__device__ __forceinline__ unsigned long long global_ns() {
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+}
+
+__device__ __forceinline__ void clock_start(unsigned long long* __restrict__ clocks) {
+    if (threadIdx.x == 0) {
+        clocks[4 * blockIdx.x] = sm_cycles();
+        clocks[4 * blockIdx.x + 2] = global_ns();
+    }
+}
+
+__device__ __forceinline__ void clock_end(unsigned long long* __restrict__ clocks) {
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        clocks[4 * blockIdx.x + 1] = sm_cycles();
+        clocks[4 * blockIdx.x + 3] = global_ns();
+    }
+}
 
 __device__ __forceinline__ void mma_f16(float (&c)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
     asm volatile(
@@ -68,7 +101,9 @@ __device__ __forceinline__ void mma_s8(int (&c)[4], const unsigned (&a)[4], cons
 #define MMA_KERNEL(NAME, ACC_T, MMA)                                                         \
     extern "C" __global__ void __launch_bounds__(THREADS)                                   \
     NAME(const unsigned* __restrict__ a_words, const unsigned* __restrict__ bt_words,        \
-         ACC_T* __restrict__ tile, ACC_T* __restrict__ sink, int iters) {                    \
+         ACC_T* __restrict__ tile, ACC_T* __restrict__ sink, int iters,                      \
+         unsigned long long* __restrict__ clocks) {                                          \
+        clock_start(clocks);                                                                 \
         const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;                      \
         const unsigned a[4] = {a_words[g * 8 + t], a_words[(g + 8) * 8 + t],                 \
                                a_words[g * 8 + t + 4], a_words[(g + 8) * 8 + t + 4]};       \
@@ -97,6 +132,7 @@ __device__ __forceinline__ void mma_s8(int (&c)[4], const unsigned (&a)[4], cons
                 tile[(g + 8) * TILE_N + 8 * j + 2 * t + 1] = c[j][3];                        \
             }                                                                                \
         }                                                                                    \
+        clock_end(clocks);                                                                   \
     }
 
 MMA_KERNEL(mma_f16, float, mma_f16)
@@ -115,7 +151,9 @@ __device__ __forceinline__ void mma_f64_884(double (&c)[2], double a, double b) 
 
 extern "C" __global__ void __launch_bounds__(THREADS)
 mma_f64(const double* __restrict__ a_in, const double* __restrict__ bt_in,
-        double* __restrict__ tile, double* __restrict__ sink, int iters) {
+        double* __restrict__ tile, double* __restrict__ sink, int iters,
+        unsigned long long* __restrict__ clocks) {
+    clock_start(clocks);
     const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const double a = a_in[g * 4 + t];
     double b[NACC];
@@ -144,4 +182,5 @@ mma_f64(const double* __restrict__ a_in, const double* __restrict__ bt_in,
             tile[g * TILE_N + 8 * j + 2 * t + 1] = c[j][1];
         }
     }
+    clock_end(clocks);
 }

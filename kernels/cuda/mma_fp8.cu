@@ -17,6 +17,38 @@
 #define THREADS 256
 #define TILE_N (8 * NACC)
 
+// The clock this launch ran at, measured by the SMs themselves: thread 0 of each block stores
+// %clock64 (the SM's cycle counter) and %globaltimer (nanoseconds) when the block starts, and
+// again once all its threads are done, in clocks[4 * block + {0, 1, 2, 3}] = cycles at start,
+// cycles at end, ns at start, ns at end. The host divides cycles by nanoseconds. The start is
+// stored at once, so nothing stays live in registers across the timed loop.
+__device__ __forceinline__ unsigned long long sm_cycles() {
+    unsigned long long c;
+    asm volatile("mov.u64 %0, %%clock64;" : "=l"(c));
+    return c;
+}
+
+__device__ __forceinline__ unsigned long long global_ns() {
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+}
+
+__device__ __forceinline__ void clock_start(unsigned long long* __restrict__ clocks) {
+    if (threadIdx.x == 0) {
+        clocks[4 * blockIdx.x] = sm_cycles();
+        clocks[4 * blockIdx.x + 2] = global_ns();
+    }
+}
+
+__device__ __forceinline__ void clock_end(unsigned long long* __restrict__ clocks) {
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        clocks[4 * blockIdx.x + 1] = sm_cycles();
+        clocks[4 * blockIdx.x + 3] = global_ns();
+    }
+}
+
 __device__ __forceinline__ void mma_e4m3(float (&c)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
     asm volatile(
         "mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 "
@@ -27,7 +59,9 @@ __device__ __forceinline__ void mma_e4m3(float (&c)[4], const unsigned (&a)[4], 
 
 extern "C" __global__ void __launch_bounds__(THREADS)
 mma_fp8(const unsigned* __restrict__ a_words, const unsigned* __restrict__ bt_words,
-        float* __restrict__ tile, float* __restrict__ sink, int iters) {
+        float* __restrict__ tile, float* __restrict__ sink, int iters,
+        unsigned long long* __restrict__ clocks) {
+    clock_start(clocks);
     const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const unsigned a[4] = {a_words[g * 8 + t], a_words[(g + 8) * 8 + t],
                            a_words[g * 8 + t + 4], a_words[(g + 8) * 8 + t + 4]};
@@ -60,4 +94,5 @@ mma_fp8(const unsigned* __restrict__ a_words, const unsigned* __restrict__ bt_wo
             tile[(g + 8) * TILE_N + 8 * j + 2 * t + 1] = c[j][3];
         }
     }
+    clock_end(clocks);
 }

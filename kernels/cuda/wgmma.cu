@@ -25,7 +25,8 @@
 //
 // Outputs: warpgroup 0 of block 0 stores its D (64 x 256, row-major) to `tile`, for the host
 // to check against a CPU reference; every thread stores the sum of its accumulators to `sink`.
-// After `iters` iterations D = iters * WG_STEPS * (A x B).
+// After `iters` iterations D = iters * WG_STEPS * (A x B). `clocks` gets each block's cycle
+// and nanosecond stamps (below).
 //
 // No #include: NVRTC compiles this file alone, without the CUDA headers.
 
@@ -37,6 +38,38 @@
 #define THREADS 384
 #define TILE_M 64
 #define TILE_N 256
+
+// The clock this launch ran at, measured by the SMs themselves: thread 0 of each block stores
+// %clock64 (the SM's cycle counter) and %globaltimer (nanoseconds) when the block starts, and
+// again once all its threads are done, in clocks[4 * block + {0, 1, 2, 3}] = cycles at start,
+// cycles at end, ns at start, ns at end. The host divides cycles by nanoseconds. The start is
+// stored at once, so nothing stays live in registers across the timed loop.
+__device__ __forceinline__ unsigned long long sm_cycles() {
+    unsigned long long c;
+    asm volatile("mov.u64 %0, %%clock64;" : "=l"(c));
+    return c;
+}
+
+__device__ __forceinline__ unsigned long long global_ns() {
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+}
+
+__device__ __forceinline__ void clock_start(unsigned long long* __restrict__ clocks) {
+    if (threadIdx.x == 0) {
+        clocks[4 * blockIdx.x] = sm_cycles();
+        clocks[4 * blockIdx.x + 2] = global_ns();
+    }
+}
+
+__device__ __forceinline__ void clock_end(unsigned long long* __restrict__ clocks) {
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        clocks[4 * blockIdx.x + 1] = sm_cycles();
+        clocks[4 * blockIdx.x + 3] = global_ns();
+    }
+}
 
 // The wgmma instructions, register-A / shared-B ("RS") form, scale-d = 1 (D += A x B), no
 // negation, B not transposed (K-major). Operands %0-%127: the accumulator fragment; %128-%131:
@@ -251,7 +284,9 @@ __device__ __forceinline__ unsigned long long smem_desc(unsigned addr) {
 #define WGMMA_KERNEL(NAME, WGMMA, ACC)                                                       \
     extern "C" __global__ void __launch_bounds__(THREADS, 1)                                \
     NAME(const unsigned* __restrict__ a_words, const unsigned* __restrict__ bt_words,        \
-         ACC* __restrict__ tile, ACC* __restrict__ sink, int iters) {                        \
+         ACC* __restrict__ tile, ACC* __restrict__ sink, int iters,                          \
+         unsigned long long* __restrict__ clocks) {                                          \
+        clock_start(clocks);                                                                 \
         __shared__ __align__(128) unsigned b_smem[TILE_N * 8];                               \
         for (int w = threadIdx.x; w < TILE_N * 8; w += THREADS) {                            \
             const int n = w >> 3, kw = w & 7;                                                \
@@ -292,6 +327,7 @@ __device__ __forceinline__ unsigned long long smem_desc(unsigned addr) {
                 tile[(r0 + 8) * TILE_N + 8 * j + 2 * t + 1] = d[4 * j + 3];                  \
             }                                                                                \
         }                                                                                    \
+        clock_end(clocks);                                                                   \
     }
 
 WGMMA_KERNEL(wgmma_bf16, wgmma_bf16_rs, float)

@@ -6,17 +6,17 @@
 //! --example bench`). Exit code 1 when the benchmark fails or any verification failed.
 
 use gpucost_hw::peaks;
-use gpucost_kernels::suite::{self, BenchOptions};
+use gpucost_kernels::suite::{self, BenchOptions, Pace};
 
 fn main() {
     let mut opts = BenchOptions {
         device: 0,
-        quick: false,
+        pace: Pace::Normal,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
-            "--quick" => opts.quick = true,
+            "--quick" => opts.pace = Pace::Quick,
             "--device" => {
                 opts.device = args.next().and_then(|v| v.parse().ok()).unwrap_or_else(|| {
                     eprintln!("--device needs a number");
@@ -52,18 +52,33 @@ fn main() {
             .map_or(String::new(), |p| {
                 format!("{:5.1}% of datasheet", 100.0 * r.flops_per_s / p)
             });
+        // The clock the kernel's own blocks measured (none for library rows), and the ceiling
+        // it sets: the device's SMs x FLOP/clock/SM at that clock.
+        let mhz = r.sm_clock.map(|c| c.hz / 1e6);
+        let ceiling = peaks::Arch::from_compute_capability(report.compute_capability)
+            .zip(r.sm_clock)
+            .and_then(|(arch, c)| {
+                peaks::sm_peak(&report.name, arch, r.precision, report.sm_count, c.hz)
+            });
+        let shape = r.shape.map(|s| s.label());
         println!(
-            "{:<12} {:<8} {:9.2} TFLOP/s  {pct}",
-            r.precision.as_str(),
-            r.method.as_str(),
-            r.flops_per_s / 1e12
-        );
-        json_results.push(format!(
-            r#"{{"precision":"{}","method":"{}","tflops":{:.3},"median_s":{:.6e}}}"#,
+            "{:<12} {:<8} {:9.2} TFLOP/s  {pct}{}{}",
             r.precision.as_str(),
             r.method.as_str(),
             r.flops_per_s / 1e12,
-            r.median_s
+            mhz.map_or(String::new(), |m| format!("  at {m:.0} MHz")),
+            shape.as_deref().map_or(String::new(), |s| format!("  {s}"))
+        );
+        let num = |v: Option<f64>| v.map_or("null".to_string(), |v| format!("{v:.3}"));
+        json_results.push(format!(
+            r#"{{"precision":"{}","method":"{}","tflops":{:.3},"median_s":{:.6e},"sm_clock_mhz":{},"ceiling_tflops":{},"shape":{}}}"#,
+            r.precision.as_str(),
+            r.method.as_str(),
+            r.flops_per_s / 1e12,
+            r.median_s,
+            num(mhz),
+            num(ceiling.map(|c| c / 1e12)),
+            shape.map_or("null".to_string(), |s| format!("\"{s}\""))
         ));
     }
     let mut json_memory = Vec::new();

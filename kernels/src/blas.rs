@@ -1,7 +1,8 @@
 //! The library reference: cuBLASLt GEMMs (BF16, FP16, TF32, FP8 e4m3) and cuBLAS SGEMM/DGEMM,
-//! what frameworks actually run, beside our kernels. Square n x n x n, "TN" column-major (A
-//! transposed, as FP8 requires): A is stored k x m, B k x n, D m x n, so that row i of op(A)
-//! and column j of B are contiguous. Inputs come from the `fill_*` kernels, so the host can
+//! what frameworks actually run, beside our kernels: the rate a training job's matrix products
+//! are delivered at. m x n x k (cuBLASLt; cuBLAS square), "TN" column-major (A transposed, as
+//! FP8 requires): A is stored k x m, B k x n, D m x n, so that row i of op(A) and column j of B
+//! are contiguous. Inputs come from the `fill_*` kernels, so the host can
 //! recompute any output from the fill hash without copying the inputs back.
 
 use std::ffi::c_void;
@@ -11,6 +12,7 @@ use cudarc::cublaslt::{result as lt, sys as lts};
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
 
 use crate::check::{self, Format};
+use crate::flops::GemmShape;
 use crate::gpu::Gpu;
 use crate::launch::{self, FillElem};
 use gpucost_hw::peaks::Precision;
@@ -22,10 +24,13 @@ const SEED_B: u32 = 0x5EED_000B;
 pub trait Gemmer {
     /// One call (asynchronous, on the GPU's stream).
     fn call(&mut self) -> Result<(), String>;
-    /// n of the n x n x n product.
-    fn n(&self) -> u64;
+    /// The product's shape.
+    fn shape(&self) -> GemmShape;
     /// Checks a few outputs against the host's recomputation. Call after one `call`.
     fn verify(&mut self, gpu: &Gpu) -> Result<(), String>;
+    /// Fills A and B with random values at full precision to time on (after `verify`: the
+    /// outputs are no longer checkable).
+    fn randomize(&mut self, gpu: &Gpu, seed: u64) -> Result<(), String>;
 }
 
 /// Element formats of a library GEMM: inputs, output, and the precision it measures.
@@ -69,6 +74,24 @@ impl Buf {
 
     /// Fills with random values of `format`'s grid (see [`check::fill_value`]).
     fn fill(&mut self, gpu: &Gpu, format: Format, seed: u32) -> Result<(), String> {
+        let bits: Vec<u64> = format.grid().iter().map(|&v| format.bits(v)).collect();
+        self.fill_bits(gpu, seed, bits)
+    }
+
+    /// Fills with 16 random values at full precision, placed at random (to time on).
+    fn fill_random(&mut self, gpu: &Gpu, format: Format, seed: u64) -> Result<(), String> {
+        let mut rng = check::Rng::new(seed);
+        let bits: Vec<u64> = if format == Format::F64 {
+            rng.timing_f64(16).iter().map(|v| v.to_bits()).collect()
+        } else {
+            let v = rng.timing_values(format, 16);
+            v.iter().map(|&x| format.bits(x)).collect()
+        };
+        self.fill_bits(gpu, seed as u32, bits)
+    }
+
+    /// Fills with `bits` (16 values' bit patterns) by the fill hash.
+    fn fill_bits(&mut self, gpu: &Gpu, seed: u32, bits: Vec<u64>) -> Result<(), String> {
         fn go<T: FillElem>(
             gpu: &Gpu,
             dst: &mut CudaSlice<T>,
@@ -81,7 +104,6 @@ impl Buf {
                 .map_err(|e| format!("fill table: {e}"))?;
             launch::fill(gpu, dst, seed, &table)
         }
-        let bits: Vec<u64> = format.grid().iter().map(|&v| format.bits(v)).collect();
         match self {
             Buf::B8(d) => go(gpu, d, seed, bits.iter().map(|&b| b as u8).collect()),
             Buf::B16(d) => go(gpu, d, seed, bits.iter().map(|&b| b as u16).collect()),
@@ -121,17 +143,17 @@ impl Buf {
     }
 }
 
-/// The outputs the host checks: corners, the middle, and a few more.
-fn probes(n: u64) -> Vec<(u64, u64)> {
-    let l = n - 1;
+/// The outputs (i, j) of an m x n D the host checks: corners, the middle, and a few more.
+fn probes(m: u64, n: u64) -> Vec<(u64, u64)> {
+    let (lm, ln) = (m - 1, n - 1);
     vec![
         (0, 0),
-        (0, l),
-        (l, 0),
-        (l, l),
-        (n / 2, n / 3),
-        (n / 3, n / 2),
-        (1, 7 % n),
+        (0, ln),
+        (lm, 0),
+        (lm, ln),
+        (m / 2, n / 3),
+        (m / 3, n / 2),
+        (1 % m, 7 % n),
     ]
 }
 
@@ -139,7 +161,7 @@ fn probes(n: u64) -> Vec<(u64, u64)> {
 fn verify_probes(
     gpu: &Gpu,
     what: &str,
-    n: u64,
+    shape: GemmShape,
     f: Formats,
     p: Precision,
     d: &Buf,
@@ -147,16 +169,17 @@ fn verify_probes(
     gpu.stream
         .synchronize()
         .map_err(|e| format!("{what}: {e}"))?;
-    for (i, j) in probes(n) {
-        // op(A)(i, p) = A_stored[i * n + p]; B(p, j) = B_stored[j * n + p].
+    let GemmShape { m, n, k } = shape;
+    for (i, j) in probes(m, n) {
+        // op(A)(i, q) = A_stored[i * k + q]; B(q, j) = B_stored[j * k + q]; D(i, j) at j * m + i.
         let (mut want, mut abs) = (0.0f64, 0.0f64);
-        for q in 0..n {
-            let a = f64::from(check::fill_value(f.input, i * n + q, SEED_A));
-            let b = f64::from(check::fill_value(f.input, j * n + q, SEED_B));
+        for q in 0..k {
+            let a = f64::from(check::fill_value(f.input, i * k + q, SEED_A));
+            let b = f64::from(check::fill_value(f.input, j * k + q, SEED_B));
             want += a * b;
             abs += (a * b).abs();
         }
-        let got = d.read(gpu, f.output, (j * n + i) as usize)?;
+        let got = d.read(gpu, f.output, (j * m + i) as usize)?;
         let allowed = check::tolerance(p) * abs + 1e-6;
         if (got - want).abs() > allowed || got.is_nan() {
             return Err(format!(
@@ -171,7 +194,7 @@ fn verify_probes(
 pub struct LtGemm {
     precision: Precision,
     formats: Formats,
-    n: u64,
+    shape: GemmShape,
     handle: lts::cublasLtHandle_t,
     desc: lts::cublasLtMatmulDesc_t,
     layouts: [lts::cublasLtMatrixLayout_t; 3],
@@ -188,8 +211,9 @@ pub struct LtGemm {
 }
 
 impl LtGemm {
-    /// Sets up an n x n x n cuBLASLt GEMM for `p` (BF16, FP16, TF32 or FP8).
-    pub fn new(gpu: &Gpu, p: Precision, n: u64) -> Result<LtGemm, String> {
+    /// Sets up a cuBLASLt GEMM of `shape` for `p` (BF16, FP16, TF32 or FP8).
+    pub fn new(gpu: &Gpu, p: Precision, shape: GemmShape) -> Result<LtGemm, String> {
+        let GemmShape { m, n, k } = shape;
         use lts::cudaDataType_t as T;
         let f = formats(p).ok_or("no cuBLASLt GEMM for this precision")?;
         let (ab, dt, compute) = match p {
@@ -222,16 +246,16 @@ impl LtGemm {
         let mut g = LtGemm {
             precision: p,
             formats: f,
-            n,
+            shape,
             handle,
             desc: std::ptr::null_mut(),
             layouts: [std::ptr::null_mut(); 3],
             // SAFETY: cublasLtMatmulAlgo_t is plain data (an array of u64); zero is a valid value
             // that the heuristic below overwrites.
             algo: unsafe { std::mem::zeroed() },
-            a: Buf::alloc(gpu, f.input, (n * n) as usize)?,
-            b: Buf::alloc(gpu, f.input, (n * n) as usize)?,
-            d: Buf::alloc(gpu, f.output, (n * n) as usize)?,
+            a: Buf::alloc(gpu, f.input, (k * m) as usize)?,
+            b: Buf::alloc(gpu, f.input, (k * n) as usize)?,
+            d: Buf::alloc(gpu, f.output, (m * n) as usize)?,
             workspace: gpu
                 .stream
                 .alloc_zeros::<u8>(32 << 20)
@@ -268,10 +292,10 @@ impl LtGemm {
             )
             .map_err(e("TRANSB"))?;
         }
-        let nn = n as i64;
-        g.layouts[0] = lt::create_matrix_layout(ab, n, n, nn).map_err(e("layout A"))?;
-        g.layouts[1] = lt::create_matrix_layout(ab, n, n, nn).map_err(e("layout B"))?;
-        g.layouts[2] = lt::create_matrix_layout(dt, n, n, nn).map_err(e("layout D"))?;
+        // Column-major: A stored k x m (lda k, used transposed), B k x n (ldb k), D m x n.
+        g.layouts[0] = lt::create_matrix_layout(ab, k, m, k as i64).map_err(e("layout A"))?;
+        g.layouts[1] = lt::create_matrix_layout(ab, k, n, k as i64).map_err(e("layout B"))?;
+        g.layouts[2] = lt::create_matrix_layout(dt, m, n, m as i64).map_err(e("layout D"))?;
         let pref = lt::create_matmul_pref().map_err(e("preference"))?;
         let ws = g.workspace.len();
         // SAFETY: the workspace-size attribute takes a u64 (size_t); the handles are live.
@@ -304,8 +328,8 @@ impl LtGemm {
 impl Gemmer for LtGemm {
     fn call(&mut self) -> Result<(), String> {
         let (alpha, beta) = (1.0f32, 0.0f32);
-        // SAFETY: descriptors, layouts and algo were created for exactly these n x n buffers of
-        // these types; the pointers are live device allocations owned by self (D doubles as C,
+        // SAFETY: descriptors, layouts and algo were created for exactly these buffers (A k x m,
+        // B k x n, D m x n) of these types; the pointers are live device allocations owned by self (D doubles as C,
         // with beta = 0); alpha/beta are f32, the scale type; the workspace is the size the
         // heuristic was told.
         unsafe {
@@ -331,13 +355,25 @@ impl Gemmer for LtGemm {
         .map_err(|err| format!("cublasLtMatmul ({}): {err:?}", self.precision))
     }
 
-    fn n(&self) -> u64 {
-        self.n
+    fn shape(&self) -> GemmShape {
+        self.shape
     }
 
     fn verify(&mut self, gpu: &Gpu) -> Result<(), String> {
-        let what = format!("cuBLASLt {} GEMM", self.precision);
-        verify_probes(gpu, &what, self.n, self.formats, self.precision, &self.d)
+        let what = format!("cuBLASLt {} GEMM {}", self.precision, self.shape.label());
+        verify_probes(
+            gpu,
+            &what,
+            self.shape,
+            self.formats,
+            self.precision,
+            &self.d,
+        )
+    }
+
+    fn randomize(&mut self, gpu: &Gpu, seed: u64) -> Result<(), String> {
+        self.a.fill_random(gpu, self.formats.input, seed)?;
+        self.b.fill_random(gpu, self.formats.input, seed ^ 0xB)
     }
 }
 
@@ -457,12 +493,24 @@ impl Gemmer for BlasGemm {
         r.map_err(|e| format!("cuBLAS {} GEMM: {e:?}", self.precision))
     }
 
-    fn n(&self) -> u64 {
-        self.n
+    fn shape(&self) -> GemmShape {
+        GemmShape::square(self.n)
     }
 
     fn verify(&mut self, gpu: &Gpu) -> Result<(), String> {
-        let what = format!("cuBLAS {} GEMM", self.precision);
-        verify_probes(gpu, &what, self.n, self.formats, self.precision, &self.d)
+        let what = format!("cuBLAS {} GEMM {}", self.precision, self.shape().label());
+        verify_probes(
+            gpu,
+            &what,
+            self.shape(),
+            self.formats,
+            self.precision,
+            &self.d,
+        )
+    }
+
+    fn randomize(&mut self, gpu: &Gpu, seed: u64) -> Result<(), String> {
+        self.a.fill_random(gpu, self.formats.input, seed)?;
+        self.b.fill_random(gpu, self.formats.input, seed ^ 0xB)
     }
 }

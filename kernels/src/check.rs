@@ -165,6 +165,61 @@ impl Rng {
             .map(|_| grid[(self.next_u64() >> 60) as usize])
             .collect()
     }
+
+    /// A uniform value in [0, 1).
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// `n` random values to time with: uniform over the format's working range at its full
+    /// precision ([-1, 1) for the floating-point formats, [-2, 2) for e4m3, every s8), so the
+    /// tensor cores and the FMA units toggle the bits real data toggles. The grid's values,
+    /// short exact numbers whose low mantissa bits are all zero, are for checking results
+    /// only: a kernel timed on them draws less power, and so may hold a higher clock, than on
+    /// real data.
+    pub fn timing_values(&mut self, format: Format, n: usize) -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                let u = self.unit();
+                match format {
+                    Format::E4m3 => (4.0 * u - 2.0) as f32,
+                    Format::S8 => ((256.0 * u).floor() - 128.0) as f32,
+                    _ => (2.0 * u - 1.0) as f32,
+                }
+            })
+            .collect()
+    }
+}
+
+impl Rng {
+    /// `n` random doubles in [-1, 1) at their full 53 bits (the f32 values of
+    /// [`Rng::timing_values`] would leave the low half of each mantissa zero).
+    pub fn timing_f64(&mut self, n: usize) -> Vec<f64> {
+        // A random sign on a 53-bit magnitude: 2u - 1 would be a multiple of 2^-52, leaving
+        // the last bit of every value in [0.5, 1) zero.
+        (0..n)
+            .map(|_| {
+                let m = self.unit();
+                if self.next_u64() & 1 == 1 {
+                    -m
+                } else {
+                    m
+                }
+            })
+            .collect()
+    }
+}
+
+/// The seed of the data `what` (a kernel's entry point, a library row) is timed on: fixed per
+/// name, so that every run times the same data and a figure can be reproduced, and different
+/// from one kernel to the next.
+pub fn timing_seed(what: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in what.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h ^ 0x7469_6d69_6e67_0000
 }
 
 /// The index the `fill_*` kernels (memory.cu) use for element `i`: the same hash.
@@ -276,6 +331,59 @@ pub fn word_checksum(words: u64, word: impl Fn(u64) -> u32) -> u32 {
 
 #[cfg(test)]
 mod tests {
+
+    /// Issue 18, item 4: timing data is random at full precision, seeded per kernel.
+    #[test]
+    fn issue_18_timing_data_is_random_and_seeded_per_kernel() {
+        assert_eq!(timing_seed("mma_bf16"), timing_seed("mma_bf16"));
+        assert_ne!(timing_seed("mma_bf16"), timing_seed("mma_f16"));
+        assert_ne!(timing_seed("wgmma_bf16"), timing_seed("mma_bf16"));
+        let draw = |seed| Rng::new(seed).timing_values(Format::Bf16, 4096);
+        assert_eq!(draw(timing_seed("x")), draw(timing_seed("x")));
+        assert_ne!(draw(timing_seed("x")), draw(timing_seed("y")));
+        let d = Rng::new(timing_seed("f64")).timing_f64(4096);
+        assert!(d.iter().all(|x| (-1.0..1.0).contains(x)));
+        let odd = d.iter().filter(|x| x.to_bits() & 1 == 1).count();
+        assert!(
+            odd > 4096 / 4,
+            "{odd} doubles with the last mantissa bit set"
+        );
+        for format in [
+            Format::F32,
+            Format::F16,
+            Format::Bf16,
+            Format::E4m3,
+            Format::S8,
+        ] {
+            let v = Rng::new(timing_seed("t")).timing_values(format, 4096);
+            let grid = format.grid();
+            let off_grid = v.iter().filter(|x| !grid.contains(x)).count();
+            let (lo, hi) = match format {
+                Format::E4m3 => (-2.0, 2.0),
+                Format::S8 => (-128.0, 128.0),
+                _ => (-1.0, 1.0),
+            };
+            assert!(v.iter().all(|x| (lo..hi).contains(x)), "{format:?}");
+            // Almost none of them on the grid (s8's grid is 16 of its 256 values).
+            assert!(
+                off_grid > 4096 * 9 / 10,
+                "{format:?}: {off_grid} off the grid"
+            );
+            // The packed bits are as varied as the values: low mantissa bits set.
+            let packed = format.pack(&v);
+            let low_bits_set = packed.iter().filter(|b| *b & 1 == 1).count();
+            assert!(
+                low_bits_set > packed.len() / 4,
+                "{format:?}: {low_bits_set} of {} bytes odd",
+                packed.len()
+            );
+            // NaN is no timing value: e4m3's S.1111.111 patterns never come up.
+            if format == Format::E4m3 {
+                assert!(packed.iter().all(|b| b & 0x7F != 0x7F));
+            }
+        }
+    }
+
     use super::*;
 
     #[test]

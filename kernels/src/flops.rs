@@ -55,7 +55,7 @@ pub fn fma_steps(iters: u32) -> u64 {
     u64::from(iters) * u64::from(shape::FMA_UNROLL)
 }
 
-/// FLOP of one launch of an `mma.cu` / `mma_fp8.cu` kernel: every warp issues
+/// FLOP of one launch of an `mma.cu` / `mma_fp8.cu` / `dmma.cu` kernel: every warp issues
 /// [`shape::MMA_NACC`] x [`shape::MMA_STEPS`] x `iters` instructions of `mma`.
 pub fn mma_launch_flops(blocks: u32, iters: u32, mma: MmaShape) -> f64 {
     let warps = u64::from(blocks) * u64::from(shape::MMA_THREADS / 32);
@@ -109,6 +109,86 @@ pub fn gemm_flops(m: u64, n: u64, k: u64) -> f64 {
     2.0 * m as f64 * n as f64 * k as f64
 }
 
+/// The shape of a library GEMM: D (m x n) = A (m x k) x B (k x n).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct GemmShape {
+    pub m: u64,
+    pub n: u64,
+    pub k: u64,
+}
+
+impl GemmShape {
+    /// The square product everyone quotes (and `reference.py` measures among its sizes).
+    pub const SQUARE_8192: GemmShape = GemmShape {
+        m: 8192,
+        n: 8192,
+        k: 8192,
+    };
+
+    /// A training job's product: the MLP up-projection of the GPT-style decoder in
+    /// `shared/device/workload.py` at its defaults (batch 8 x sequence 1024 = 8192 tokens,
+    /// d_model 2048 -> 4 x 2048), tokens x 4d x d.
+    pub const TRAINING: GemmShape = GemmShape {
+        m: 8192,
+        n: 8192,
+        k: 2048,
+    };
+
+    pub fn square(n: u64) -> GemmShape {
+        GemmShape { m: n, n, k: n }
+    }
+
+    pub fn is_square(self) -> bool {
+        self.m == self.n && self.n == self.k
+    }
+
+    pub fn flops(self) -> f64 {
+        gemm_flops(self.m, self.n, self.k)
+    }
+
+    /// Bytes of A, B and D with `input` and `output` bytes per element.
+    pub fn bytes(self, input: u64, output: u64) -> u64 {
+        (self.m * self.k + self.k * self.n) * input + self.m * self.n * output
+    }
+
+    /// `8192^3`, or `8192x8192x2048` (m x n x k).
+    pub fn label(self) -> String {
+        if self.is_square() {
+            format!("{}^3", self.m)
+        } else {
+            format!("{}x{}x{}", self.m, self.n, self.k)
+        }
+    }
+}
+
+/// Longest a single library call may take, seconds: a fixed shape that would take longer at
+/// the rate a precision is expected to reach (FP64 on a GPU with no FP64 tensor cores) is
+/// replaced by a square one sized to the plan.
+pub const MAX_CALL_S: f64 = 0.1;
+
+/// The shapes a library row of a precision is measured at, given the rate it should roughly
+/// reach: 8192^3, and the training shape unless `quick` (the agent's short periodic run) or the
+/// precision has no tensor-core library path (`training`); a square one of about `target_s`
+/// per call instead where 8192^3 would take longer than [`MAX_CALL_S`].
+pub fn library_shapes(
+    expected_rate: f64,
+    target_s: f64,
+    quick: bool,
+    training: bool,
+) -> Vec<GemmShape> {
+    let takes = |s: GemmShape| s.flops() / expected_rate.max(1.0);
+    let mut out = Vec::new();
+    if takes(GemmShape::SQUARE_8192) <= MAX_CALL_S {
+        out.push(GemmShape::SQUARE_8192);
+    } else {
+        out.push(GemmShape::square(gemm_size(expected_rate, target_s)));
+    }
+    if training && !quick && takes(GemmShape::TRAINING) <= MAX_CALL_S {
+        out.push(GemmShape::TRAINING);
+    }
+    out
+}
+
 /// The memory benchmarks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum MemTraffic {
@@ -150,6 +230,55 @@ pub fn median(values: &[f64]) -> Option<f64> {
         v[mid]
     } else {
         (v[mid - 1] + v[mid]) / 2.0
+    })
+}
+
+/// How a row's timed launches spread: the median, the 10th and 90th percentiles (linear
+/// between ranks), the extremes, and how many there were.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Spread {
+    pub median: f64,
+    pub p10: f64,
+    pub p90: f64,
+    pub min: f64,
+    pub max: f64,
+    pub n: usize,
+}
+
+impl Spread {
+    /// The 10-90 range relative to the median (0.02: the middle 80% within 2%).
+    pub fn relative(&self) -> f64 {
+        if self.median > 0.0 {
+            (self.p90 - self.p10) / self.median
+        } else {
+            0.0
+        }
+    }
+}
+
+/// The spread of `values`; `None` when empty or when any value is NaN.
+pub fn spread(values: &[f64]) -> Option<Spread> {
+    if values.is_empty() || values.iter().any(|v| v.is_nan()) {
+        return None;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let at = |q: f64| {
+        let x = q * (v.len() - 1) as f64;
+        let (i, f) = (x.floor() as usize, x.fract());
+        if i + 1 < v.len() {
+            v[i] + f * (v[i + 1] - v[i])
+        } else {
+            v[i]
+        }
+    };
+    Some(Spread {
+        median: median(&v)?,
+        p10: at(0.1),
+        p90: at(0.9),
+        min: v[0],
+        max: v[v.len() - 1],
+        n: v.len(),
     })
 }
 
@@ -253,6 +382,53 @@ mod tests {
         assert!((peak / 989.4e12 - 1.0).abs() < 1e-3, "{peak}");
     }
 
+    /// `dmma.cu` counts each m16n8k16 on f64 as 2 x 16 x 8 x 16 FLOP, the same shape as the
+    /// FP16 one: a full H100 SXM issuing one per SM every 16 clocks at its 1980 MHz FP64 clock
+    /// does the datasheet's 67 TFLOP/s of FP64 tensor work.
+    #[test]
+    fn dmma_count_matches_hopper_fp64_tensor_peak() {
+        let per_sm_per_clk = MmaShape::M16N8K16.flops() / 16.0;
+        assert_eq!(
+            Some(per_sm_per_clk),
+            Arch::Hopper.flop_per_clock_per_sm(Precision::Fp64Tensor)
+        );
+        let peak = 132.0 * per_sm_per_clk * 1.98e9;
+        assert!((peak / 67e12 - 1.0).abs() < 0.01, "{peak}");
+        // One launch of 132 blocks, one iteration: 8 warps x 8 accumulators x 16 steps each.
+        assert_eq!(
+            mma_launch_flops(132, 1, MmaShape::M16N8K16),
+            132.0 * 1024.0 * 4096.0
+        );
+        // Four times the m8n8k4's work per instruction.
+        assert_eq!(MmaShape::M16N8K16.flops(), 8.0 * MmaShape::M8N8K4.flops());
+    }
+
+    /// Issue 18, item 5: the library rows' shapes.
+    #[test]
+    fn issue_18_library_shapes() {
+        let (sq, tr) = (GemmShape::SQUARE_8192, GemmShape::TRAINING);
+        assert_eq!(sq.flops(), 2.0 * 8192f64.powi(3));
+        assert_eq!(tr.flops(), 2.0 * 8192.0 * 8192.0 * 2048.0);
+        assert_eq!(
+            (sq.label(), tr.label()),
+            ("8192^3".into(), "8192x8192x2048".into())
+        );
+        // BF16 in and out: 3 x 128 MiB; FP8 in, BF16 out for the training shape.
+        assert_eq!(sq.bytes(2, 2), 3 * (128 << 20));
+        assert_eq!(tr.bytes(1, 2), 2 * (16 << 20) + (128 << 20));
+        // An H100's BF16 (~1 PFLOP/s): both fixed shapes.
+        assert_eq!(library_shapes(989e12, 0.0125, false, true), vec![sq, tr]);
+        // The agent's quick run: 8192^3 only.
+        assert_eq!(library_shapes(989e12, 0.003, true, true), vec![sq]);
+        // FP32 and FP64 GEMMs have no training row.
+        assert_eq!(library_shapes(60e12, 0.0125, false, false), vec![sq]);
+        // FP64 on an L4 (~0.5 TFLOP/s): 8192^3 would take 2 s a call; a square sized to the
+        // plan instead.
+        let l4 = library_shapes(0.5e12, 0.0125, false, true);
+        assert_eq!(l4, vec![GemmShape::square(gemm_size(0.5e12, 0.0125))]);
+        assert!(l4[0].flops() / 0.5e12 <= MAX_CALL_S);
+    }
+
     #[test]
     fn gemm_and_memory() {
         assert_eq!(gemm_flops(8192, 8192, 8192), 2.0 * 8192f64.powi(3));
@@ -270,6 +446,36 @@ mod tests {
         assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), Some(2.5));
         assert_eq!(median(&[]), None);
         assert_eq!(median(&[1.0, f64::NAN]), None);
+    }
+
+    /// Issue 18, item 4: the sustained mode's median and spread.
+    #[test]
+    fn issue_18_spreads() {
+        let v: Vec<f64> = (1..=10).map(f64::from).collect();
+        let s = spread(&v).unwrap();
+        assert_eq!((s.median, s.min, s.max, s.n), (5.5, 1.0, 10.0, 10));
+        assert!(
+            (s.p10 - 1.9).abs() < 1e-12 && (s.p90 - 9.1).abs() < 1e-12,
+            "{s:?}"
+        );
+        assert!((s.relative() - 7.2 / 5.5).abs() < 1e-12);
+        // Order does not matter; one value is its own spread.
+        let mut r = v.clone();
+        r.reverse();
+        assert_eq!(spread(&r), Some(s));
+        let one = spread(&[3.0]).unwrap();
+        assert_eq!(
+            (one.p10, one.median, one.p90, one.relative()),
+            (3.0, 3.0, 3.0, 0.0)
+        );
+        // A steady row whose slowest 15% of launches are 1% slower: a 1% spread.
+        let mut steady = vec![100.0; 17];
+        steady.extend([99.0, 99.0, 99.0]);
+        let s = spread(&steady).unwrap();
+        assert_eq!((s.median, s.p10, s.p90), (100.0, 99.0, 100.0));
+        assert!((s.relative() - 0.01).abs() < 1e-12, "{s:?}");
+        assert_eq!(spread(&[]), None);
+        assert_eq!(spread(&[1.0, f64::NAN]), None);
     }
 
     #[test]

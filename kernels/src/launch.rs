@@ -4,6 +4,7 @@
 
 use cudarc::driver::{CudaFunction, CudaSlice, LaunchConfig, PushKernelArg};
 
+use crate::clocks::STAMPS_PER_BLOCK;
 use crate::gpu::Gpu;
 use crate::registry::{shape, ModuleId};
 
@@ -26,6 +27,11 @@ fn need(what: &str, have: usize, want: usize) -> LaunchResult {
     }
 }
 
+/// Checks that `clocks` holds the stamps of every block of a `grid`-block launch.
+fn check_clocks(clocks: &CudaSlice<u64>, grid: u32) -> LaunchResult {
+    need("clocks", clocks.len(), grid as usize * STAMPS_PER_BLOCK)
+}
+
 /// A kernel function and the grid it is launched with, on one GPU.
 pub struct Kernel<'g> {
     pub gpu: &'g Gpu,
@@ -34,6 +40,7 @@ pub struct Kernel<'g> {
 }
 
 /// The buffers of an MMA kernel: inputs A and Bt, the output tile, one sink value per thread.
+/// (The clock stamps are passed on their own: the host reads them after each timed launch.)
 pub struct MmaBuffers<I, O> {
     pub a: CudaSlice<I>,
     pub bt: CudaSlice<I>,
@@ -81,51 +88,71 @@ impl FmaKernel {
     }
 }
 
-/// `fma_f64(double* out, double a, double b, int iters)`.
-pub fn fma_f64(k: &Kernel, out: &mut CudaSlice<f64>, a: f64, b: f64, iters: i32) -> LaunchResult {
+/// `fma_f64(double* out, double a, double b, int iters, unsigned long long* clocks)`.
+pub fn fma_f64(
+    k: &Kernel,
+    out: &mut CudaSlice<f64>,
+    a: f64,
+    b: f64,
+    iters: i32,
+    clocks: &mut CudaSlice<u64>,
+) -> LaunchResult {
     let threads = shape::FMA_THREADS;
     need("fma_f64 out", out.len(), (k.grid * threads) as usize)?;
+    check_clocks(clocks, k.grid)?;
     let mut l = k.gpu.stream.launch_builder(&k.f);
-    l.arg(out).arg(&a).arg(&b).arg(&iters);
-    // SAFETY: fma_f64(double* out, double a, double b, int iters): out is a device buffer of
-    // f64 with one element per thread (checked above), a and b are f64, iters an i32.
+    l.arg(out).arg(&a).arg(&b).arg(&iters).arg(clocks);
+    // SAFETY: fma_f64(double* out, double a, double b, int iters, unsigned long long* clocks):
+    // out is a device buffer of f64 with one element per thread and clocks of u64 with four per
+    // block (checked above), a and b are f64, iters an i32.
     unsafe { l.launch(config(k.grid, threads)) }.map_err(|e| format!("fma_f64: {e}"))?;
     Ok(())
 }
 
-/// `fma_f32(float* out, float a, float b, int iters)`.
-pub fn fma_f32(k: &Kernel, out: &mut CudaSlice<f32>, a: f32, b: f32, iters: i32) -> LaunchResult {
+/// `fma_f32(float* out, float a, float b, int iters, unsigned long long* clocks)`.
+pub fn fma_f32(
+    k: &Kernel,
+    out: &mut CudaSlice<f32>,
+    a: f32,
+    b: f32,
+    iters: i32,
+    clocks: &mut CudaSlice<u64>,
+) -> LaunchResult {
     let threads = shape::FMA_THREADS;
     need("fma_f32 out", out.len(), (k.grid * threads) as usize)?;
+    check_clocks(clocks, k.grid)?;
     let mut l = k.gpu.stream.launch_builder(&k.f);
-    l.arg(out).arg(&a).arg(&b).arg(&iters);
-    // SAFETY: fma_f32(float* out, float a, float b, int iters): out is a device buffer of f32
-    // with one element per thread (checked above), a and b are f32, iters an i32.
+    l.arg(out).arg(&a).arg(&b).arg(&iters).arg(clocks);
+    // SAFETY: fma_f32(float* out, float a, float b, int iters, unsigned long long* clocks):
+    // out is a device buffer of f32 with one element per thread and clocks of u64 with four per
+    // block (checked above), a and b are f32, iters an i32.
     unsafe { l.launch(config(k.grid, threads)) }.map_err(|e| format!("fma_f32: {e}"))?;
     Ok(())
 }
 
-/// `fma_f16x2` / `fma_bf16x2(float* out, unsigned a2, unsigned b2, int iters)`: `a2`, `b2`
-/// hold a and b in both 16-bit halves.
+/// `fma_f16x2` / `fma_bf16x2(float* out, unsigned a2, unsigned b2, int iters, unsigned long
+/// long* clocks)`: `a2`, `b2` hold a and b in both 16-bit halves.
 pub fn fma_half2(
     k: &Kernel,
     out: &mut CudaSlice<f32>,
     a2: u32,
     b2: u32,
     iters: i32,
+    clocks: &mut CudaSlice<u64>,
 ) -> LaunchResult {
     let threads = shape::FMA_THREADS;
     need("fma_half2 out", out.len(), (k.grid * threads) as usize)?;
+    check_clocks(clocks, k.grid)?;
     let mut l = k.gpu.stream.launch_builder(&k.f);
-    l.arg(out).arg(&a2).arg(&b2).arg(&iters);
-    // SAFETY: fma_f16x2/fma_bf16x2(float* out, unsigned a2, unsigned b2, int iters): out is a
-    // device buffer of f32 with one element per thread (checked above), a2 and b2 are u32,
-    // iters an i32.
+    l.arg(out).arg(&a2).arg(&b2).arg(&iters).arg(clocks);
+    // SAFETY: fma_f16x2/fma_bf16x2(float* out, unsigned a2, unsigned b2, int iters, unsigned
+    // long long* clocks): out is a device buffer of f32 with one element per thread and clocks
+    // of u64 with four per block (checked above), a2 and b2 are u32, iters an i32.
     unsafe { l.launch(config(k.grid, threads)) }.map_err(|e| format!("fma_half2: {e}"))?;
     Ok(())
 }
 
-/// The MMA kernels of `mma.cu`, `mma_fp8.cu` and `wgmma.cu`.
+/// The MMA kernels of `mma.cu`, `mma_fp8.cu`, `dmma.cu` and `wgmma.cu`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MmaKernel {
     F16,
@@ -134,6 +161,8 @@ pub enum MmaKernel {
     S8,
     F64,
     Fp8,
+    /// Hopper's FP64 m16n8k16 (`dmma.cu`).
+    F64K16,
     WgBf16,
     WgF16,
     WgFp8,
@@ -148,6 +177,7 @@ impl MmaKernel {
                 ModuleId::Mma
             }
             MmaKernel::Fp8 => ModuleId::MmaFp8,
+            MmaKernel::F64K16 => ModuleId::Dmma,
             MmaKernel::WgBf16
             | MmaKernel::WgF16
             | MmaKernel::WgFp8
@@ -164,6 +194,7 @@ impl MmaKernel {
             MmaKernel::S8 => "mma_s8",
             MmaKernel::F64 => "mma_f64",
             MmaKernel::Fp8 => "mma_fp8",
+            MmaKernel::F64K16 => "dmma_f64",
             MmaKernel::WgBf16 => "wgmma_bf16",
             MmaKernel::WgF16 => "wgmma_f16",
             MmaKernel::WgFp8 => "wgmma_fp8",
@@ -193,6 +224,7 @@ impl MmaKernel {
             MmaKernel::Tf32 => (16, n, 8),
             MmaKernel::S8 | MmaKernel::Fp8 => (16, n, 32),
             MmaKernel::F64 => (8, n, 4),
+            MmaKernel::F64K16 => (16, n, 16),
             MmaKernel::WgBf16 | MmaKernel::WgF16 => (shape::WG_TILE_M as usize, wn, 16),
             MmaKernel::WgFp8 | MmaKernel::WgS8 => (shape::WG_TILE_M as usize, wn, 32),
             MmaKernel::WgTf32 => (shape::WG_TILE_M as usize, wn, 8),
@@ -219,7 +251,7 @@ fn check_mma(
     let elem = match which {
         MmaKernel::F16 | MmaKernel::Bf16 | MmaKernel::WgBf16 | MmaKernel::WgF16 => 2,
         MmaKernel::Tf32 | MmaKernel::WgTf32 => 4,
-        MmaKernel::F64 => 8,
+        MmaKernel::F64 | MmaKernel::F64K16 => 8,
         MmaKernel::S8 | MmaKernel::Fp8 | MmaKernel::WgFp8 | MmaKernel::WgS8 => 1,
     };
     need("A", a * unit, m * kk * elem)?;
@@ -229,14 +261,18 @@ fn check_mma(
 }
 
 /// `mma_f16`, `mma_bf16`, `mma_tf32`, `mma_fp8`, `wgmma_*`(const unsigned* a_words, const
-/// unsigned* bt_words, float* tile, float* sink, int iters).
+/// unsigned* bt_words, float* tile, float* sink, int iters, unsigned long long* clocks).
 pub fn mma_f32acc(
     k: &Kernel,
     which: MmaKernel,
     b: &mut MmaBuffers<u32, f32>,
     iters: i32,
+    clocks: &mut CudaSlice<u64>,
 ) -> LaunchResult {
-    if matches!(which, MmaKernel::S8 | MmaKernel::WgS8 | MmaKernel::F64) {
+    if matches!(
+        which,
+        MmaKernel::S8 | MmaKernel::WgS8 | MmaKernel::F64 | MmaKernel::F64K16
+    ) {
         return Err(format!("{} does not accumulate in f32", which.entry()));
     }
     check_mma(
@@ -248,27 +284,31 @@ pub fn mma_f32acc(
         b.tile.len(),
         b.sink.len(),
     )?;
+    check_clocks(clocks, k.grid)?;
     let mut l = k.gpu.stream.launch_builder(&k.f);
     l.arg(&b.a)
         .arg(&b.bt)
         .arg(&mut b.tile)
         .arg(&mut b.sink)
-        .arg(&iters);
+        .arg(&iters)
+        .arg(clocks);
     // SAFETY: (const unsigned* a_words, const unsigned* bt_words, float* tile, float* sink,
-    // int iters): A and Bt are u32 buffers holding the tile's inputs, tile holds one f32
-    // output tile and sink one f32 per thread (all checked above), iters is an i32.
+    // int iters, unsigned long long* clocks): A and Bt are u32 buffers holding the tile's
+    // inputs, tile holds one f32 output tile, sink one f32 per thread and clocks four u64 per
+    // block (all checked above), iters is an i32.
     unsafe { l.launch(config(k.grid, which.threads())) }
         .map_err(|e| format!("{}: {e}", which.entry()))?;
     Ok(())
 }
 
 /// `mma_s8`, `wgmma_s8`(const unsigned* a_words, const unsigned* bt_words, int* tile, int*
-/// sink, int iters).
+/// sink, int iters, unsigned long long* clocks).
 pub fn mma_s8(
     k: &Kernel,
     which: MmaKernel,
     b: &mut MmaBuffers<u32, i32>,
     iters: i32,
+    clocks: &mut CudaSlice<u64>,
 ) -> LaunchResult {
     if !matches!(which, MmaKernel::S8 | MmaKernel::WgS8) {
         return Err(format!("{} does not accumulate in s32", which.entry()));
@@ -282,23 +322,34 @@ pub fn mma_s8(
         b.tile.len(),
         b.sink.len(),
     )?;
+    check_clocks(clocks, k.grid)?;
     let mut l = k.gpu.stream.launch_builder(&k.f);
     l.arg(&b.a)
         .arg(&b.bt)
         .arg(&mut b.tile)
         .arg(&mut b.sink)
-        .arg(&iters);
-    // SAFETY: mma_s8(const unsigned*, const unsigned*, int* tile, int* sink, int iters): A and
-    // Bt are u32 buffers holding the s8 inputs, tile one i32 tile and sink one i32 per thread
-    // (checked above), iters an i32.
+        .arg(&iters)
+        .arg(clocks);
+    // SAFETY: mma_s8(const unsigned*, const unsigned*, int* tile, int* sink, int iters,
+    // unsigned long long* clocks): A and Bt are u32 buffers holding the s8 inputs, tile one i32
+    // tile, sink one i32 per thread and clocks four u64 per block (checked above), iters an i32.
     unsafe { l.launch(config(k.grid, which.threads())) }
         .map_err(|e| format!("{}: {e}", which.entry()))?;
     Ok(())
 }
 
-/// `mma_f64(const double* a, const double* bt, double* tile, double* sink, int iters)`.
-pub fn mma_f64(k: &Kernel, b: &mut MmaBuffers<f64, f64>, iters: i32) -> LaunchResult {
-    let which = MmaKernel::F64;
+/// `mma_f64`, `dmma_f64`(const double* a, const double* bt, double* tile, double* sink, int
+/// iters, unsigned long long* clocks).
+pub fn mma_f64(
+    k: &Kernel,
+    which: MmaKernel,
+    b: &mut MmaBuffers<f64, f64>,
+    iters: i32,
+    clocks: &mut CudaSlice<u64>,
+) -> LaunchResult {
+    if !matches!(which, MmaKernel::F64 | MmaKernel::F64K16) {
+        return Err(format!("{} does not take f64 inputs", which.entry()));
+    }
     check_mma(
         which,
         k.grid,
@@ -308,16 +359,20 @@ pub fn mma_f64(k: &Kernel, b: &mut MmaBuffers<f64, f64>, iters: i32) -> LaunchRe
         b.tile.len(),
         b.sink.len(),
     )?;
+    check_clocks(clocks, k.grid)?;
     let mut l = k.gpu.stream.launch_builder(&k.f);
     l.arg(&b.a)
         .arg(&b.bt)
         .arg(&mut b.tile)
         .arg(&mut b.sink)
-        .arg(&iters);
-    // SAFETY: mma_f64(const double*, const double*, double* tile, double* sink, int iters):
-    // A and Bt are f64 buffers of the tile's inputs, tile one f64 tile and sink one f64 per
-    // thread (checked above), iters an i32.
-    unsafe { l.launch(config(k.grid, which.threads())) }.map_err(|e| format!("mma_f64: {e}"))?;
+        .arg(&iters)
+        .arg(clocks);
+    // SAFETY: mma_f64/dmma_f64(const double*, const double*, double* tile, double* sink, int
+    // iters, unsigned long long* clocks): A and Bt are f64 buffers of the tile's inputs (sized
+    // for `which`'s tile), tile one f64 tile, sink one f64 per thread and clocks four u64 per
+    // block (checked above), iters an i32.
+    unsafe { l.launch(config(k.grid, which.threads())) }
+        .map_err(|e| format!("{}: {e}", which.entry()))?;
     Ok(())
 }
 

@@ -4,6 +4,7 @@
 //!   the PTX shipped for GPU nodes that have a driver but no CUDA toolkit.
 //! - [`devices`]: which CUDA device is the GPU NVML names (by UUID, never by index).
 //! - [`flops`]: how much work each kernel does, and rates from times. Pure.
+//! - [`clocks`]: the SM clock each launch ran at, from the stamps its blocks write. Pure.
 //! - [`suite`]: what `gpucost bench` and the agent run: each kernel verified, then timed.
 //!
 //! The datasheet peaks and per-SM rates live in `gpucost-hw` (no GPU, no CUDA).
@@ -14,6 +15,7 @@
 
 mod blas;
 mod check;
+pub mod clocks;
 pub mod devices;
 pub mod flops;
 mod gpu;

@@ -192,6 +192,7 @@ fn nvrtc_refuses_targets_below_the_minimum() {
         ("mma", "compute_75"),
         ("mma_fp8", "compute_86"),
         ("wgmma", "compute_90"),
+        ("dmma", "compute_90"),
         ("memory", "compute_75"),
     ] {
         let m = registry::MODULES.iter().find(|x| x.name == m).unwrap();
@@ -301,7 +302,7 @@ fn claimed_per_iteration(module: &str) -> Option<usize> {
             shape::FMA_THREADS,
             2.0,
         )),
-        "mma" | "mma_fp8" => Some(per(
+        "mma" | "mma_fp8" | "dmma" => Some(per(
             flops::mma_launch_flops(1, 1, s),
             shape::MMA_THREADS / 32,
             s.flops(),
@@ -315,12 +316,33 @@ fn claimed_per_iteration(module: &str) -> Option<usize> {
     }
 }
 
+/// Issue 18, item 2: every compute kernel stamps its blocks' clock (`%clock64` and
+/// `%globaltimer`, at the start and at the end) for every shipped target, so each row of the
+/// benchmark has the clock its own launches ran at. Reads the shipped PTX: needs no tools.
+#[test]
+fn issue_18_every_compute_kernel_stamps_its_clock() {
+    for (m, t) in tools::all_builds() {
+        if claimed_per_iteration(m.name).is_none() {
+            continue;
+        }
+        for e in m.entries {
+            let body = tools::ptx_entry(shipped(m, t), e.name)
+                .unwrap_or_else(|| panic!("{} {t}: no entry {}", m.name, e.name));
+            for reg in ["%clock64", "%globaltimer"] {
+                let n = body.matches(reg).count();
+                assert_eq!(n, 2, "{} {t} {}: reads {reg} {n} times", m.name, e.name);
+            }
+        }
+    }
+}
+
 #[test]
 fn claims_per_iteration_follow_the_flop_counts() {
     assert_eq!(claimed_per_iteration("fma"), Some(256));
     assert_eq!(claimed_per_iteration("mma"), Some(128));
     assert_eq!(claimed_per_iteration("mma_fp8"), Some(128));
     assert_eq!(claimed_per_iteration("wgmma"), Some(16));
+    assert_eq!(claimed_per_iteration("dmma"), Some(128));
     assert_eq!(claimed_per_iteration("memory"), None);
     // A loop is the stretch between a label and the branch back to it.
     let lines: Vec<String> = [

@@ -163,15 +163,17 @@ pub enum ModuleId {
     Mma,
     MmaFp8,
     Wgmma,
+    Dmma,
     Memory,
 }
 
 impl ModuleId {
-    pub const ALL: [ModuleId; 5] = [
+    pub const ALL: [ModuleId; 6] = [
         ModuleId::Fma,
         ModuleId::Mma,
         ModuleId::MmaFp8,
         ModuleId::Wgmma,
+        ModuleId::Dmma,
         ModuleId::Memory,
     ];
 
@@ -348,7 +350,8 @@ pub mod shape {
     pub const FMA_CHAINS: u32 = 8;
     pub const FMA_UNROLL: u32 = 32;
     pub const FMA_THREADS: u32 = 256;
-    /// mma.cu / mma_fp8.cu: accumulators per warp, steps per loop iteration, threads per block.
+    /// mma.cu / mma_fp8.cu / dmma.cu: accumulators per warp, steps per loop iteration, threads
+    /// per block.
     pub const MMA_NACC: u32 = 8;
     pub const MMA_STEPS: u32 = 16;
     pub const MMA_THREADS: u32 = 256;
@@ -368,7 +371,7 @@ const MMA_BODY: usize = (shape::MMA_STEPS * shape::MMA_NACC) as usize;
 const WG_BODY: usize = shape::WG_STEPS as usize;
 
 /// Every module, in [`ModuleId`] order.
-pub static MODULES: [Module; 5] = [
+pub static MODULES: [Module; 6] = [
     Module {
         id: ModuleId::Fma,
         name: "fma",
@@ -525,6 +528,23 @@ pub static MODULES: [Module; 5] = [
         ],
     },
     Module {
+        id: ModuleId::Dmma,
+        name: "dmma",
+        source: include_str!("../cuda/dmma.cu"),
+        toolchain: Toolchain::Cuda12_2,
+        min_cc: (9, 0),
+        avoid: &[],
+        shipped: &[(Target::Sm90a, include_str!("../ptx/dmma.sm_90a.ptx"))],
+        entries: &[Entry {
+            name: "dmma_f64",
+            ptx: &["mma.sync.aligned.m16n8k16.row.col.f64.f64.f64.f64"],
+            sass: &[sass(&["DMMA.16x8x16"], MMA_BODY)],
+            // Split into the m8n8k4 instruction, it would do the same work in eight times the
+            // instructions the FLOP count assumes.
+            sass_forbidden: &["DMMA.8x8x4", "DMMA.884"],
+        }],
+    },
+    Module {
         id: ModuleId::Memory,
         name: "memory",
         source: include_str!("../cuda/memory.cu"),
@@ -661,7 +681,7 @@ mod tests {
         assert_eq!(define(fma, "CHAINS"), shape::FMA_CHAINS);
         assert_eq!(define(fma, "UNROLL"), shape::FMA_UNROLL);
         assert_eq!(define(fma, "THREADS"), shape::FMA_THREADS);
-        for id in [ModuleId::Mma, ModuleId::MmaFp8] {
+        for id in [ModuleId::Mma, ModuleId::MmaFp8, ModuleId::Dmma] {
             let src = id.module().source;
             assert_eq!(define(src, "NACC"), shape::MMA_NACC);
             assert_eq!(define(src, "STEPS"), shape::MMA_STEPS);
@@ -702,6 +722,13 @@ mod tests {
         assert_eq!(wg.availability((8, 9)), Err("needs sm_90".into()));
         assert_eq!(wg.availability((10, 0)), Err("needs sm_90a".into()));
         assert_eq!(wg.runtime_arch((9, 0)), "compute_90a");
+
+        // The m16n8k16 DMMA runs on Hopper only (its target is sm_90a).
+        let dmma = ModuleId::Dmma.module();
+        assert_eq!(dmma.availability((9, 0)), Ok(()));
+        assert_eq!(dmma.availability((8, 0)), Err("needs sm_90".into()));
+        assert_eq!(dmma.availability((10, 0)), Err("needs sm_90a".into()));
+        assert_eq!(dmma.runtime_arch((9, 0)), "compute_90a");
 
         let fp8 = ModuleId::MmaFp8.module();
         assert_eq!(fp8.availability((8, 6)), Err("needs sm_89".into()));

@@ -34,7 +34,9 @@ use crate::sample::sampler::Sampler;
 use crate::sample::sim::SimEndings;
 use crate::snapshot::{Published, Snapshot, WhatIfPrices};
 use gpucost_core::account::cost::Interval;
-use gpucost_core::account::efficiency::{flop_rate, fp32_bound, PipePeaks};
+use gpucost_core::account::efficiency::{
+    flop_rate, fp32_bound, priced, rates_per_clock, PipeBasis, PipePeaks, UnitSms,
+};
 use gpucost_core::account::pricing::Pricing;
 use gpucost_core::account::GpuEvents;
 use gpucost_core::attribute::device::{
@@ -149,6 +151,10 @@ pub struct NodeConfig {
     pub pod_labels: PodLabels,
 }
 
+/// What a unit's pipe rates per clock depend on: its UUID, compute capability, SMs, and
+/// whether it is a MIG instance.
+type UnitKey = (String, Option<(u32, u32)>, Option<u32>, bool);
+
 pub struct Node {
     cfg: NodeConfig,
     sampler: Sampler,
@@ -177,6 +183,13 @@ pub struct Node {
     sim_endings: Option<SimEndings>,
     /// Model name -> its pipe peaks (looked up once).
     peaks: BTreeMap<String, Option<PipePeaks>>,
+    /// Each unit's pipe rates per clock cycle (UUID, compute capability, SMs: what they
+    /// depend on), found once.
+    per_clock: BTreeMap<UnitKey, Result<PipePeaks, &'static str>>,
+    /// GPU UUID -> how its pipe activity was last priced (`None`: it could not be), to say so
+    /// in the log when it changes; and each (GPU, basis) said at info or warn level once.
+    pipe_basis: BTreeMap<String, Option<PipeBasis>>,
+    pipe_basis_said: BTreeSet<(String, String)>,
     published: Published,
     export_labels: Arc<Vec<String>>,
     /// The prices and GPU models each job's savings levers are exported with.
@@ -265,6 +278,9 @@ impl Node {
             ledger_error: None,
             owners: BTreeMap::new(),
             peaks: BTreeMap::new(),
+            per_clock: BTreeMap::new(),
+            pipe_basis: BTreeMap::new(),
+            pipe_basis_said: BTreeSet::new(),
             sim_endings: None,
             published: Published::default(),
             tx,
@@ -711,22 +727,50 @@ impl Node {
                 continue;
             }
             let owners = self.owners.get(&t.uuid).cloned().unwrap_or_default();
-            // This GPU's measured peaks where it has been benchmarked, else the datasheet's.
+            // This GPU's measured rates where it has been benchmarked (what the libraries
+            // deliver, where they were measured), else the datasheet's: the speedup an
+            // FP32-bound job would see in BF16.
             let datasheet = *self
                 .peaks
                 .entry(t.model.clone())
                 .or_insert_with(|| PipePeaks::datasheet(&t.model));
             let peaks = datasheet.map(|d| match self.benchmarks.get(&t.uuid) {
-                Some(b) => d.measured(&gpucost_core::benchmark::best(b)),
+                Some(b) => d.measured(&gpucost_core::benchmark::delivered(b)),
                 None => d,
             });
+            // What the pipes did is priced at what this unit's SMs do per clock at the clock
+            // they ran at in this interval (a MIG instance: its own SMs), not at a whole GPU's
+            // benchmarked or datasheet rate.
+            let priced = t.pipes.as_ref().map(|_| {
+                let key = (t.uuid.clone(), t.compute_capability, t.sm_count, t.mig);
+                let per_clock = *self.per_clock.entry(key).or_insert_with(|| {
+                    rates_per_clock(&UnitSms {
+                        model: &t.model,
+                        compute_capability: t.compute_capability,
+                        sm_count: t.sm_count,
+                        mig: t.mig,
+                        share: t.slice_share,
+                        sm_clock_hz: None,
+                    })
+                });
+                priced(
+                    per_clock,
+                    t.sm_clock_mhz.map(|m| m * 1e6),
+                    datasheet,
+                    t.slice_share,
+                )
+            });
+            if let Some(priced) = &priced {
+                self.note_pipe_basis(t, priced.map(|(_, b)| b));
+            }
             // No FLOPs and no FP32 verdict from pipes that are unknown (a failed GPM metric).
-            let (flop, fp32_bound_speedup) = match (t.pipes.as_ref(), peaks.as_ref()) {
-                (Some(p), Some(k)) => (
-                    flop_rate(p, k).map(|rate| rate * t.dt),
-                    (fp32_bound(p) == Some(true)).then(|| k.bf16_over_fp32()),
-                ),
-                _ => (None, None),
+            let flop = match (t.pipes.as_ref(), priced.flatten()) {
+                (Some(p), Some((k, _))) => flop_rate(p, &k).map(|rate| rate * t.dt),
+                _ => None,
+            };
+            let fp32_bound_speedup = match (t.pipes.as_ref(), peaks.as_ref()) {
+                (Some(p), Some(k)) => (fp32_bound(p) == Some(true)).then(|| k.bf16_over_fp32()),
+                _ => None,
             };
             let iv = Interval {
                 t0: unix - t.dt,
@@ -736,15 +780,17 @@ impl Node {
                 energy_j: t.energy_j,
                 utilization: t.utilization,
                 model: &t.model,
-                // A MIG instance's pipe activity is of its own slices: its FLOPs are that
-                // share of what the same activity on the whole GPU would do.
-                flop: flop.unwrap_or(0.0) * t.slice_share,
+                // A MIG instance's pipe activity is of its own slices, and so are the rates
+                // it was priced at (its SMs, or the datasheet's times its share).
+                flop: flop.unwrap_or(0.0),
                 fp32_bound_speedup,
                 slice_share: t.slice_share,
             };
             let rates = GpuRates {
-                flop_rate: flop.map(|f| f * t.slice_share / t.dt),
-                flop_rate_unknown: t.pipes.is_some() && peaks.is_some() && flop.is_none(),
+                flop_rate: flop.map(|f| f / t.dt),
+                // Pipes that were read but could not be priced (a failed GPM metric, or a GPU
+                // of unknown architecture the table does not hold): unknown, not 0.
+                flop_rate_unknown: t.pipes.is_some() && flop.is_none(),
                 // MFU is against the datasheet peak (the usual convention), not the measured one.
                 bf16_peak: datasheet.map(|k| k.bf16 * t.slice_share),
             };
@@ -769,6 +815,47 @@ impl Node {
             self.tracker.expire(now);
         }
         self.publish(Some(cycle.duration));
+    }
+
+    /// Says in the log how a GPU's pipe activity is priced, when that changes (`None`: it
+    /// cannot be, and its jobs have no FLOP rate from counters): the first time each way, at
+    /// info or warn level; later changes at debug level.
+    fn note_pipe_basis(&mut self, t: &crate::sample::sampler::Tick, basis: Option<PipeBasis>) {
+        let before = self.pipe_basis.insert(t.uuid.clone(), basis);
+        if before == Some(basis) {
+            return;
+        }
+        let (index, model) = (t.index, &t.model);
+        // A clock that fails to read now and then would otherwise flip it back and forth.
+        if !self
+            .pipe_basis_said
+            .insert((t.uuid.clone(), format!("{basis:?}")))
+        {
+            debug!(
+                gpu = index,
+                "GPU {index}: pipe activity priced by {basis:?}"
+            );
+            return;
+        }
+        match basis {
+            Some(PipeBasis::SmClock) => info!(
+                gpu = index,
+                "GPU {index} ({model}): FLOP/s from pipe activity x {}",
+                PipeBasis::SmClock.describe()
+            ),
+            Some(b @ PipeBasis::Datasheet(_)) => warn!(
+                gpu = index,
+                "GPU {index} ({model}): FLOP/s from pipe activity x {}; the figures are at the \
+                 datasheet's clock, not at the clock the GPU ran at",
+                b.describe()
+            ),
+            None => warn!(
+                gpu = index,
+                "GPU {index} ({model}): its pipe activity cannot be turned into FLOP/s: neither \
+                 its architecture's per-SM rates nor its datasheet are known; its jobs have no \
+                 FLOP rate or MFU from counters"
+            ),
+        }
     }
 
     /// The prolog's job map, each entry's GPU resolved to its UUID when the entry first appears

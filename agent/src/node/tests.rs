@@ -1401,3 +1401,54 @@ fn issue_16_a_deleted_pod_is_cancelled_and_a_preempted_one_preempted() {
         assert_eq!((j.outcome, j.reason), (outcome, None), "{disruption:?}");
     }
 }
+
+/// Issue 18, item 6: a job's FLOP/s from pipe activity is priced at what its GPU's SMs do per
+/// clock at the clock they ran at: the same activity at 1500 MHz is 1500/1980 of that at
+/// 1980 MHz, and a GPU whose clock is not read falls back to the datasheet's peaks.
+#[test]
+fn issue_18_job_flops_follow_the_clock_of_their_gpu() {
+    use gpucost_core::reading::Pipes;
+    let mut script = Script::h100s(3);
+    for g in &mut script.gpus {
+        g.info.compute_capability = Some((9, 0));
+        g.info.sm_count = Some(132);
+        g.pipes = Some(Pipes {
+            tensor_active: Some(0.5),
+            hmma_active: Some(0.5),
+            ..Pipes::IDLE
+        });
+    }
+    script.gpus[0].sm_clock_mhz = Some(1980);
+    script.gpus[1].sm_clock_mhz = Some(1500);
+    script.gpus[2].sm_clock_mhz = None;
+    let mut rig = Rig::with(Setup {
+        script,
+        ..Setup::default()
+    });
+    rig.put_process(100, 0, "fast");
+    rig.put_process(101, 1, "slow");
+    rig.put_process(102, 2, "unclocked");
+    rig.steps(4);
+    let rates = rig.snap().job_rates.clone();
+    let flops = |id: &str| {
+        rates
+            .get(id)
+            .and_then(|r| r.achieved_flops)
+            .unwrap_or_else(|| panic!("{id}: no rate in {rates:?}"))
+    };
+    let per_mhz = 0.5 * 132.0 * 4096.0 * 1e6;
+    let (fast, slow) = (flops("fast"), flops("slow"));
+    assert!((fast / (per_mhz * 1980.0) - 1.0).abs() < 1e-9, "{fast}");
+    assert!((slow / (per_mhz * 1500.0) - 1.0).abs() < 1e-9, "{slow}");
+    // The datasheet's dense BF16 peak of an H100 SXM (at the 1830 MHz it assumes).
+    let sheet = gpucost_hw::lookup("NVIDIA H100 80GB HBM3")
+        .and_then(|s| s.peak(gpucost_hw::Precision::Bf16))
+        .unwrap();
+    let unclocked = flops("unclocked");
+    assert!(
+        (unclocked / (0.5 * sheet) - 1.0).abs() < 1e-9,
+        "{unclocked}"
+    );
+    // MFU stays against the datasheet peak: at 1980 MHz the same activity scores higher.
+    assert!(fast / rates["fast"].peak_flops > 0.5 * 1980.0 / 1830.0 - 0.001);
+}

@@ -276,6 +276,23 @@ pub struct Tick {
     /// The share of a physical GPU the unit is (`GpuStatic::share`): 1, or a MIG instance's
     /// slices over its parent's.
     pub slice_share: f64,
+    /// A MIG instance (its SMs are not the board's).
+    pub mig: bool,
+    /// The unit's compute capability and SMs, as the driver reported them when it opened.
+    pub compute_capability: Option<(u32, u32)>,
+    pub sm_count: Option<u32>,
+    /// The SM clock over the interval, MHz: the mean of the clocks read at its two ends, or the
+    /// one read at its end where the other is unknown. NVML reads the clock at an instant, so
+    /// this is the best the two readings say of the interval between them.
+    pub sm_clock_mhz: Option<f64>,
+}
+
+/// The SM clock over an interval from the clocks read at its start and end, MHz.
+pub fn interval_clock_mhz(start: Option<u32>, end: Option<u32>) -> Option<f64> {
+    match (start, end) {
+        (Some(a), Some(b)) => Some((f64::from(a) + f64::from(b)) / 2.0),
+        (_, b) => b.map(f64::from),
+    }
 }
 
 /// The result of a cycle.
@@ -741,6 +758,13 @@ impl Sampler {
                         utilization,
                         pipes: r.pipes,
                         slice_share: slot.snap.info.share(),
+                        mig: slot.snap.info.mig.is_some(),
+                        compute_capability: slot.snap.info.compute_capability,
+                        sm_count: slot.snap.info.sm_count,
+                        sm_clock_mhz: interval_clock_mhz(
+                            slot.snap.reading.as_ref().and_then(|p| p.sm_clock_mhz),
+                            r.sm_clock_mhz,
+                        ),
                     });
                     slot.snap.reading = Some(r);
                     slot.last_read = Some(at.max(slot.last_read.unwrap_or(at)));
@@ -1059,6 +1083,15 @@ mod tests {
         s.gpus().map(|g| g.totals.energy.total_j()).collect()
     }
 
+    /// Issue 18, item 6: the clock of an interval is what its two readings say of it.
+    #[test]
+    fn issue_18_an_intervals_clock_is_the_mean_of_its_ends() {
+        assert_eq!(interval_clock_mhz(Some(1500), Some(1980)), Some(1740.0));
+        assert_eq!(interval_clock_mhz(None, Some(1980)), Some(1980.0));
+        // The end's clock unknown: no clock, rather than one from before the interval.
+        assert_eq!(interval_clock_mhz(Some(1500), None), None);
+    }
+
     /// Issue 15: an Xid of a GPU in MIG mode (reported for the physical GPU) is counted once, by
     /// its first instance.
     #[test]
@@ -1081,6 +1114,8 @@ mod tests {
                     slices: 3,
                     parent_slices: 7,
                 }),
+                compute_capability: None,
+                sm_count: None,
             };
             units.push(g);
         }
@@ -1122,6 +1157,8 @@ mod tests {
                     slices,
                     parent_slices: 7,
                 }),
+                compute_capability: None,
+                sm_count: None,
             };
             g
         };

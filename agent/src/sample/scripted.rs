@@ -36,6 +36,9 @@ pub struct ScriptGpu {
     pub processes: Vec<ProcessUse>,
     /// NVML's clock-event (throttle) reason bits.
     pub clock_event_reasons: u64,
+    pub sm_clock_mhz: Option<u32>,
+    /// GPM pipe activity; `None`: the GPU has no GPM.
+    pub pipes: Option<gpucost_core::reading::Pipes>,
 }
 
 /// What the scripted GPUs answer.
@@ -75,6 +78,8 @@ impl Script {
                         uuid: format!("GPU-{i}"),
                         model: "NVIDIA H100 80GB HBM3".into(),
                         mig: None,
+                        compute_capability: None,
+                        sm_count: None,
                     },
                     lost: false,
                     hung: false,
@@ -86,6 +91,8 @@ impl Script {
                     utilization_pct: 0,
                     processes: Vec::new(),
                     clock_event_reasons: 0,
+                    sm_clock_mhz: None,
+                    pipes: None,
                 })
                 .collect(),
             ..Script::default()
@@ -270,6 +277,8 @@ impl Backend for ScriptedBackend {
             utilization_pct: Some(f64::from(g.utilization_pct)),
             processes: with_processes.then(|| g.processes.clone()),
             clock_event_reasons: Some(g.clock_event_reasons),
+            sm_clock_mhz: g.sm_clock_mhz,
+            pipes: g.pipes,
             ..Reading::default()
         })
     }

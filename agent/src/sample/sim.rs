@@ -138,6 +138,10 @@ impl Backend for SimBackend {
                     uuid,
                     model: spec.model.clone(),
                     mig: None,
+                    // A scenario says nothing of SMs or compute capability: the datasheet
+                    // table's (for the model) stand in when its pipe activity is priced.
+                    compute_capability: None,
+                    sm_count: None,
                 });
                 continue;
             };
@@ -162,6 +166,8 @@ impl Backend for SimBackend {
                     uuid: self.node.mig_uuid(i, gi).unwrap_or_default(),
                     model: spec.model.clone(),
                     mig: Some(slice),
+                    compute_capability: None,
+                    sm_count: None,
                 });
             }
         }

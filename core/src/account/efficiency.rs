@@ -1,12 +1,19 @@
 //! How well a GPU is used: FLOPs from pipe activity, MFU, and the FP32-on-tensor-cores signal.
 //!
-//! Pure. A pipe's FLOP rate is its activity (GPM, 0..1) times its peak rate; the peaks are the
-//! node's measured ones (`gpucost bench`) where known, else the datasheet's (`gpucost-kernels`).
-//! MFU is measured against the dense BF16 tensor peak: the precision large-model training runs
-//! in and the figure its MFU is conventionally quoted against (PaLM's definition), so numbers are
-//! comparable across jobs and with what training frameworks report.
+//! Pure. A pipe's FLOP rate is its activity (GPM, the share of cycles it was busy, 0..1) times
+//! what the unit's SMs do on it per cycle at the clock they ran at: SMs x FLOP/clk/SM x SM
+//! clock ([`interval_peaks`]; issue 18, item 6). A benchmarked or datasheet rate of the whole
+//! GPU would be wrong twice over: at another clock than the job's, and for a MIG instance at
+//! the board's SM count. Where the architecture, the SMs or the clock are unknown, the
+//! datasheet's peaks (times a MIG instance's share) stand in, and [`PipeBasis`] says so.
+//!
+//! The FP32-bound speedup is the node's measured BF16 over FP32 (`gpucost bench`) where known,
+//! else the datasheet's. MFU is measured against the dense BF16 tensor peak: the precision
+//! large-model training runs in and the figure its MFU is conventionally quoted against
+//! (PaLM's definition), so numbers are comparable across jobs and with what training
+//! frameworks report.
 
-use gpucost_hw::peaks::{lookup, Precision};
+use gpucost_hw::peaks::{lookup, sm_peak, Arch, Precision};
 
 use gpucost_hw::Pipes;
 
@@ -68,6 +75,125 @@ impl PipePeaks {
     pub fn bf16_over_fp32(&self) -> f64 {
         self.bf16 / self.fp32
     }
+
+    /// What `sm_count` SMs of the GPU named `model` (architecture `arch`) do on each pipe at SM
+    /// clock `sm_clock_hz` (see [`sm_peak`]); `None` where the architecture has no BF16 or
+    /// FP32 path. Paths it lacks (FP64 tensor cores outside GA100, Hopper and Blackwell) are 0:
+    /// GPM shows no activity on a pipe that does not exist.
+    pub fn at_clock(model: &str, arch: Arch, sm_count: u32, sm_clock_hz: f64) -> Option<PipePeaks> {
+        let p = |precision| sm_peak(model, arch, precision, sm_count, sm_clock_hz);
+        let (bf16, fp32) = (p(Precision::Bf16)?, p(Precision::Fp32)?);
+        Some(PipePeaks {
+            bf16,
+            int8: p(Precision::Int8).unwrap_or(0.0),
+            fp64_tensor: p(Precision::Fp64Tensor).unwrap_or(0.0),
+            fp32,
+            fp64: p(Precision::Fp64).unwrap_or(0.0),
+        })
+    }
+
+    /// Every rate times `f` (a MIG instance's share of the board).
+    pub fn scaled(self, f: f64) -> PipePeaks {
+        PipePeaks {
+            bf16: self.bf16 * f,
+            int8: self.int8 * f,
+            fp64_tensor: self.fp64_tensor * f,
+            fp32: self.fp32 * f,
+            fp64: self.fp64 * f,
+        }
+    }
+}
+
+/// What is known of a billing unit's SMs over one interval, to price its pipe activity.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct UnitSms<'a> {
+    /// The NVML product name (of the parent, for a MIG instance).
+    pub model: &'a str,
+    pub compute_capability: Option<(u32, u32)>,
+    /// The unit's SMs as the driver reports them (a MIG instance's own).
+    pub sm_count: Option<u32>,
+    /// A MIG instance: the datasheet's SM count (the board's) is not its own.
+    pub mig: bool,
+    /// The unit's share of the board (1 for a whole GPU): the datasheet fallback's scale.
+    pub share: f64,
+    /// The SM clock over the interval, Hz.
+    pub sm_clock_hz: Option<f64>,
+}
+
+/// Where an interval's pipe rates came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PipeBasis {
+    /// SMs x FLOP/clk/SM x the interval's SM clock.
+    SmClock,
+    /// The datasheet's dense peaks (times a MIG instance's share), at the clock the datasheet
+    /// assumes; the reason is why the clock-based rates could not be had.
+    Datasheet(&'static str),
+}
+
+impl PipeBasis {
+    /// How the rates were obtained, in words (for the log).
+    pub fn describe(self) -> String {
+        match self {
+            PipeBasis::SmClock => "SMs x FLOP per clock per SM x the SM clock read in each \
+                                   interval"
+                .to_string(),
+            PipeBasis::Datasheet(why) => format!(
+                "the datasheet's peaks at the clock the datasheet assumes (times a MIG \
+                 instance's share), since {why}"
+            ),
+        }
+    }
+}
+
+/// The pipe rates to price one interval's activity with (issue 18, item 6): SMs x FLOP per
+/// clock per SM x the interval's SM clock ([`rates_per_clock`] then [`priced`]). Where the
+/// architecture, the SMs or the clock are unknown, the datasheet's peaks times the unit's share
+/// stand in, and the basis says why. `None` when neither can be had (a GPU the table does not
+/// know, of an unknown architecture): no FLOPs, rather than a made-up rate.
+pub fn interval_peaks(u: &UnitSms<'_>) -> Option<(PipePeaks, PipeBasis)> {
+    priced(
+        rates_per_clock(u),
+        u.sm_clock_hz,
+        PipePeaks::datasheet(u.model),
+        u.share,
+    )
+}
+
+/// What all of a unit's SMs do on each pipe per clock cycle (FLOP per Hz), which depends only
+/// on what the unit is: found once per unit. The architecture comes from the compute
+/// capability (else the datasheet table's entry for the model); the SMs from the driver (else,
+/// for a whole GPU, the table's). An error says why there are none.
+pub fn rates_per_clock(u: &UnitSms<'_>) -> Result<PipePeaks, &'static str> {
+    let spec = lookup(u.model);
+    let arch = u
+        .compute_capability
+        .and_then(Arch::from_compute_capability)
+        .or(spec.map(|s| s.arch))
+        .ok_or("its architecture is unknown (compute capability not read or not in the table)")?;
+    let sms = match (u.sm_count, u.mig) {
+        (Some(n), _) if n > 0 => n,
+        (_, false) => spec.map(|s| s.sm_count).ok_or("its SM count is unknown")?,
+        (_, true) => return Err("the driver did not report the MIG instance's SMs"),
+    };
+    PipePeaks::at_clock(u.model, arch, sms, 1.0)
+        .ok_or("its architecture has no BF16 or FP32 rate here")
+}
+
+/// One interval's pipe rates from the unit's [`rates_per_clock`] and its SM clock over the
+/// interval; the `datasheet` peaks times `share` where either is missing.
+pub fn priced(
+    per_clock: Result<PipePeaks, &'static str>,
+    sm_clock_hz: Option<f64>,
+    datasheet: Option<PipePeaks>,
+    share: f64,
+) -> Option<(PipePeaks, PipeBasis)> {
+    let clock = sm_clock_hz.filter(|c| c.is_finite() && *c > 0.0);
+    let why = match (per_clock, clock) {
+        (Ok(k), Some(clk)) => return Some((k.scaled(clk), PipeBasis::SmClock)),
+        (Err(why), _) => why,
+        (Ok(_), None) => "its SM clock was not read",
+    };
+    datasheet.map(|d| (d.scaled(share), PipeBasis::Datasheet(why)))
 }
 
 /// FLOP/s a GPU achieved with this pipe activity; `None` when a pipe it depends on is unknown
@@ -259,6 +385,124 @@ mod tests {
             }
             assert_eq!(fp32_bound(&pipes), bound, "{pipes:?}");
         }
+    }
+
+    fn unit(
+        model: &str,
+        cc: Option<(u32, u32)>,
+        sms: Option<u32>,
+        mhz: Option<f64>,
+    ) -> UnitSms<'_> {
+        UnitSms {
+            model,
+            compute_capability: cc,
+            sm_count: sms,
+            mig: false,
+            share: 1.0,
+            sm_clock_hz: mhz.map(|m| m * 1e6),
+        }
+    }
+
+    /// Issue 18, item 6: a job's FLOP/s is its pipe activity x SMs x FLOP/clk/SM x the clock
+    /// its GPU ran at, not x the rate of the whole GPU at some other clock.
+    #[test]
+    fn issue_18_job_flops_follow_the_sm_clock() {
+        let model = "NVIDIA H100 80GB HBM3";
+        let busy = Pipes {
+            hmma_active: Some(0.5),
+            fp32_active: Some(0.1),
+            ..Pipes::IDLE
+        };
+        let rate = |mhz| {
+            let (k, basis) =
+                interval_peaks(&unit(model, Some((9, 0)), Some(132), Some(mhz))).unwrap();
+            assert_eq!(basis, PipeBasis::SmClock);
+            flop_rate(&busy, &k).unwrap()
+        };
+        // 0.5 x 132 x 4096 x f + 0.1 x 132 x 256 x f.
+        let per_hz = 0.5 * 132.0 * 4096.0 + 0.1 * 132.0 * 256.0;
+        assert!(
+            (rate(1980.0) - per_hz * 1980e6).abs() < 1.0,
+            "{}",
+            rate(1980.0)
+        );
+        assert!(
+            (rate(1500.0) - per_hz * 1500e6).abs() < 1.0,
+            "{}",
+            rate(1500.0)
+        );
+        assert!((rate(1500.0) / rate(1980.0) - 1500.0 / 1980.0).abs() < 1e-12);
+        // At 1980 MHz the tensor pipe does more than the datasheet's figure (which assumes
+        // 1830 MHz): 8% more.
+        let k = interval_peaks(&unit(model, Some((9, 0)), Some(132), Some(1980.0)))
+            .unwrap()
+            .0;
+        assert!(
+            (k.bf16 / h100().bf16 - 1980.0 / 1830.0).abs() < 0.002,
+            "{}",
+            k.bf16
+        );
+        // A MIG instance with its own 16 SMs: a sixteenth-and-a-bit of the board, not 1/7.
+        let mig = UnitSms {
+            mig: true,
+            share: 1.0 / 7.0,
+            ..unit(model, Some((9, 0)), Some(16), Some(1980.0))
+        };
+        let (k, basis) = interval_peaks(&mig).unwrap();
+        assert_eq!(basis, PipeBasis::SmClock);
+        assert_eq!(k.bf16, 16.0 * 4096.0 * 1980e6);
+        // A whole GPU whose SM count was not read: the table's, for the same product.
+        let (k, basis) = interval_peaks(&unit(model, Some((9, 0)), None, Some(1500.0))).unwrap();
+        assert_eq!(basis, PipeBasis::SmClock);
+        assert_eq!(k.bf16, 132.0 * 4096.0 * 1500e6);
+        // A GPU the table does not know, of a known architecture: from the driver's figures.
+        let (k, _) =
+            interval_peaks(&unit("NVIDIA L20", Some((8, 9)), Some(92), Some(2000.0))).unwrap();
+        assert_eq!((k.bf16, k.fp64_tensor), (92.0 * 1024.0 * 2000e6, 0.0));
+    }
+
+    /// The fallback says what it is: the datasheet's peaks times the unit's share, and why.
+    #[test]
+    fn issue_18_fallback_to_the_datasheet_says_why() {
+        let model = "NVIDIA H100 80GB HBM3";
+        let cases = [
+            (unit(model, Some((9, 0)), Some(132), None), "SM clock"),
+            (
+                UnitSms {
+                    mig: true,
+                    share: 3.0 / 7.0,
+                    ..unit(model, Some((9, 0)), None, Some(1980.0))
+                },
+                "MIG instance's SMs",
+            ),
+        ];
+        for (u, why) in cases {
+            let (k, basis) = interval_peaks(&u).unwrap();
+            match basis {
+                PipeBasis::Datasheet(w) => assert!(w.contains(why), "{w}"),
+                other => panic!("{other:?}"),
+            }
+            assert!(basis.describe().contains("datasheet"));
+            assert!((k.bf16 - h100().bf16 * u.share).abs() < 1.0);
+        }
+        // Unknown architecture (compute capability 7.5, not in the table): the datasheet
+        // where the model is known...
+        let (_, basis) =
+            interval_peaks(&unit(model, Some((7, 5)), Some(132), Some(1980.0))).unwrap();
+        assert_eq!(
+            basis,
+            PipeBasis::SmClock,
+            "the table knows the H100's architecture"
+        );
+        // ... and nothing, not a zero, where neither is.
+        assert_eq!(
+            interval_peaks(&unit("Tesla T4", Some((7, 5)), Some(40), Some(1590.0))),
+            None
+        );
+        assert_eq!(
+            interval_peaks(&unit("Some Future GPU", None, Some(200), Some(2e3))),
+            None
+        );
     }
 
     #[test]

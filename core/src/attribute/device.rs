@@ -223,6 +223,8 @@ mod tests {
             uuid: uuid.into(),
             model: "NVIDIA H100 80GB HBM3".into(),
             mig: None,
+            compute_capability: None,
+            sm_count: None,
         }
     }
 
@@ -240,6 +242,8 @@ mod tests {
                 slices,
                 parent_slices: 7,
             }),
+            compute_capability: None,
+            sm_count: None,
         }
     }
 

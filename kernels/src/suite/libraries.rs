@@ -2,6 +2,7 @@
 //! matrix products get, verified at sampled outputs.
 
 use super::*;
+use crate::flops::GemmShape;
 
 impl Bench<'_> {
     /// The rate a GEMM of `p` should roughly reach, for sizing it.
@@ -66,38 +67,57 @@ impl Bench<'_> {
                 self.skip(what, why);
                 continue;
             }
-            if !self.plan.fits() {
-                self.skip(what, "time budget spent");
-                continue;
-            }
-            match self.library(p, lt) {
-                Ok((flops_per_s, median_s)) => self.results.push(KernelResult {
-                    precision: label,
-                    method: Method::Library,
-                    flops_per_s,
-                    median_s,
-                    repeats: self.plan.repeats,
-                }),
-                Err(why) => self.skip(what, why),
+            // The delivered rates: 8192^3, and a training job's shape, where one call fits.
+            let target_s = self.plan.launch_s / 2.0;
+            let shapes =
+                flops::library_shapes(self.expected_rate(p), target_s, self.plan.quick(), lt);
+            for shape in shapes {
+                let what = format!("{label} library {}", shape.label());
+                if !self.plan.fits() {
+                    self.skip(what, "time budget spent");
+                    continue;
+                }
+                match self.library(p, lt, shape) {
+                    Ok((flops_per_s, work, m)) => {
+                        // Seconds per call, not per batch of calls.
+                        let per_call = m.median_s / m.units as f64;
+                        let mut r = m.result(label, Method::Library, flops_per_s, work);
+                        r.median_s = per_call;
+                        r.shape = Some(shape);
+                        self.results.push(r)
+                    }
+                    Err(why) => self.skip(what, why),
+                }
             }
         }
     }
 
-    fn library(&self, p: Precision, lt: bool) -> Result<(f64, f64), String> {
+    /// Verifies then times one library GEMM of `shape`: (FLOP/s, FLOP per timed batch of calls,
+    /// the measurement).
+    fn library(
+        &self,
+        p: Precision,
+        lt: bool,
+        shape: GemmShape,
+    ) -> Result<(f64, f64, Measured), String> {
         let gpu = self.gpu;
-        let mut n = flops::gemm_size(self.expected_rate(p), self.plan.launch_s / 2.0);
-        let bytes = |n: u64| n * n * 3 * 8;
         let (free, _) = gpu.ctx.mem_get_info().map_err(cuda("memory info"))?;
-        while n > 1024 && bytes(n) > free as u64 / 2 {
-            n -= 1024;
+        let need = shape.bytes(8, 8);
+        if need > free as u64 / 2 {
+            return Err(format!(
+                "{} MiB of GPU memory free; {} needs up to {} MiB",
+                free >> 20,
+                shape.label(),
+                need >> 20
+            ));
         }
         // cudarc panics where a library lacks a symbol its 12.2 bindings expect.
         let made = std::panic::catch_unwind(std::panic::AssertUnwindSafe(
             || -> Result<Box<dyn Gemmer>, String> {
                 Ok(if lt {
-                    Box::new(LtGemm::new(gpu, p, n)?)
+                    Box::new(LtGemm::new(gpu, p, shape)?)
                 } else {
-                    Box::new(BlasGemm::new(gpu, p, n)?)
+                    Box::new(BlasGemm::new(gpu, p, shape.n)?)
                 })
             },
         ))
@@ -107,14 +127,17 @@ impl Bench<'_> {
         let mut g = made?;
         g.call()?;
         g.verify(gpu)?;
-        let (median, calls) =
-            self.measure(1, 10_000, |calls| (0..calls).try_for_each(|_| g.call()))?;
-        let per_call = median / calls as f64;
-        let nn = g.n();
-        Ok((
-            flops::rate(flops::gemm_flops(nn, nn, nn), per_call),
-            per_call,
-        ))
+        // Checked on the grid's values; timed on random ones.
+        g.randomize(gpu, timing_seed(&format!("{p} library {}", shape.label())))?;
+        // The library's kernels stamp no clock: NVML's readings in the window stand in.
+        let m = self.measure_clocked(
+            1,
+            10_000,
+            |calls| (0..calls).try_for_each(|_| g.call()),
+            || Err(String::new()),
+        )?;
+        let work = g.shape().flops() * m.units as f64;
+        Ok((flops::rate(work, m.median_s), work, m))
     }
 }
 

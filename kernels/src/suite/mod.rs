@@ -6,11 +6,16 @@
 //! library GEMMs at sampled outputs, the memory kernels by checksum. A kernel that fails its
 //! check, or cannot load, is listed in [`BenchReport::skipped`] with the reason, and the next
 //! candidate for that precision (if any) is tried. Times are CUDA-event times of launches
-//! sized to a target duration, after a warm-up, the median of several repeats.
+//! sized to a target duration, after a warm-up, the median of several repeats. Results are
+//! checked on inputs drawn from exact grids; the timed launches then run on random data at
+//! full precision (`check::Rng::timing_values`, seeded per kernel), since the grids' short
+//! numbers draw less power than real data.
 //!
-//! Budget: 3 s per GPU with `quick`, 10 s otherwise, counted from opening the GPU (module
-//! loading, i.e. NVRTC compiles or the driver's PTX JIT, included); a measurement that no
-//! longer fits is skipped ("time budget spent"). Order: our kernels, memory, then libraries.
+//! Budget ([`Pace`]): 3 s per GPU when quick, 10 s normally, counted from opening the GPU
+//! (module loading, i.e. NVRTC compiles or the driver's PTX JIT, included); a measurement that
+//! no longer fits is skipped ("time budget spent"). Sustained, each row keeps launching for its
+//! share of the duration, and reports its median, its spread, and the clock of its last third
+//! (what it settled at). Order: our kernels, memory, then libraries.
 
 mod compute;
 mod libraries;
@@ -21,7 +26,8 @@ use std::time::{Duration, Instant};
 use cudarc::driver::{CudaSlice, DeviceRepr, ValidAsZeroBits};
 
 use crate::blas::{BlasGemm, Gemmer, LtGemm};
-use crate::check::{self, Format, Rng};
+use crate::check::{self, timing_seed, Format, Rng};
+use crate::clocks::{self as clock_stamps, LaunchClock};
 use crate::flops::{self, MemTraffic, MmaShape};
 use crate::gpu::{self, Gpu, Origin};
 use crate::launch::{self, FmaKernel, Kernel, MmaBuffers, MmaKernel};
@@ -85,9 +91,24 @@ impl MemOp {
 pub struct BenchOptions {
     /// CUDA device ordinal.
     pub device: usize,
-    /// About 3 s of measuring per GPU instead of about 10 s.
-    pub quick: bool,
+    pub pace: Pace,
 }
+
+/// How long to measure.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Pace {
+    /// About 3 s per GPU (the agent's periodic benchmark).
+    Quick,
+    /// About 10 s per GPU.
+    Normal,
+    /// About this long per GPU, each row holding its load long enough for the clock and power
+    /// to settle.
+    Sustained(Duration),
+}
+
+/// Rows a sustained run shares its duration among: our kernels (with fallbacks), the memory
+/// tests, the library GEMMs and the packed-half notes, about 24.
+const SUSTAINED_ROWS: f64 = 24.0;
 
 #[derive(Debug, Clone)]
 pub struct KernelResult {
@@ -99,6 +120,23 @@ pub struct KernelResult {
     pub median_s: f64,
     /// Timed repeats the median is over.
     pub repeats: u32,
+    /// The SM clock our kernel's timed launches ran at, measured by its own blocks (the median
+    /// launch; see [`crate::clocks`]). `None` for library rows, whose kernels are not ours, and
+    /// where the stamps gave no clock ([`KernelResult::clock_note`] says why).
+    pub sm_clock: Option<LaunchClock>,
+    pub clock_note: Option<String>,
+    /// When this row's measuring ran (its warm-up and timed launches): what NVML saw of the GPU
+    /// then (power, throttle reasons) belongs to this row.
+    pub window: (Instant, Instant),
+    /// The spread of the timed launches' rates, FLOP/s.
+    pub spread: Option<flops::Spread>,
+    /// What the row settled at: the last third of its timed launches (their median clock from
+    /// our kernel's stamps, and when they ran).
+    pub settled_clock: Option<LaunchClock>,
+    pub settled_window: (Instant, Instant),
+    /// A library row's GEMM shape: what a training job's products are delivered at, where our
+    /// kernels' rows are the ceiling.
+    pub shape: Option<flops::GemmShape>,
 }
 
 #[derive(Debug, Clone)]
@@ -120,6 +158,8 @@ pub struct BenchReport {
     pub skipped: Vec<(String, String)>,
     /// Wall time of the whole run, seconds.
     pub elapsed_s: f64,
+    /// The pace it ran at.
+    pub pace: Pace,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -183,7 +223,7 @@ pub fn run_with_notes(opts: &BenchOptions) -> Result<(BenchReport, Vec<String>),
     }
     // The budget covers everything from here: opening the GPU, loading the modules (NVRTC
     // compiles, driver JIT) and measuring.
-    let plan = Plan::new(opts.quick);
+    let plan = Plan::new(opts.pace);
     let gpu = Gpu::open(opts.device)
         .map_err(|e| BenchError::Cuda(format!("opening GPU {}: {e}", opts.device)))?;
     // Load every module that can run here up front, so that no measurement's warm-up is
@@ -204,7 +244,7 @@ pub fn run_with_notes(opts: &BenchOptions) -> Result<(BenchReport, Vec<String>),
     b.kernels();
     b.memory();
     b.libraries();
-    if !opts.quick {
+    if opts.pace != Pace::Quick {
         b.packed_half();
     }
     b.notes.extend(gpu::libraries().problems.iter().cloned());
@@ -228,6 +268,7 @@ pub fn run_with_notes(opts: &BenchOptions) -> Result<(BenchReport, Vec<String>),
         memory: b.memory,
         skipped: b.skipped,
         elapsed_s: started.elapsed().as_secs_f64(),
+        pace: opts.pace,
     };
     Ok((report, b.notes))
 }
@@ -245,15 +286,25 @@ struct Plan {
     warmup_s: f64,
     first_warmup_s: f64,
     warmed: std::cell::Cell<bool>,
+    /// Timed launches per measurement, at least.
     repeats: u32,
+    /// Sustained: each measurement's timed launches go on for this long, seconds.
+    hold_s: f64,
+    pace: Pace,
 }
 
 impl Plan {
-    fn new(quick: bool) -> Plan {
-        let (budget_s, launch_s, warmup_s, first_warmup_s, repeats) = if quick {
-            (3.0, 0.006, 0.015, 0.15, 5)
-        } else {
-            (10.0, 0.025, 0.08, 0.4, 7)
+    fn new(pace: Pace) -> Plan {
+        let (budget_s, launch_s, warmup_s, first_warmup_s, repeats, hold_s) = match pace {
+            Pace::Quick => (3.0, 0.006, 0.015, 0.15, 5, 0.0),
+            Pace::Normal => (10.0, 0.025, 0.08, 0.4, 7, 0.0),
+            Pace::Sustained(d) => {
+                // Each row's share of the duration; the budget adds the time the GPU takes to
+                // open, load its modules and check every kernel.
+                let d = d.as_secs_f64();
+                let hold = d / SUSTAINED_ROWS;
+                (d * 1.1 + 10.0, 0.025, hold / 5.0, 2.0, 7, hold)
+            }
         };
         Plan {
             deadline: Instant::now() + Duration::from_secs_f64(budget_s),
@@ -263,13 +314,30 @@ impl Plan {
             first_warmup_s,
             warmed: std::cell::Cell::new(false),
             repeats,
+            hold_s,
+            pace,
         }
+    }
+
+    /// The agent's short periodic run.
+    fn quick(&self) -> bool {
+        self.pace == Pace::Quick
+    }
+
+    /// Seconds one more measurement needs.
+    fn need_s(&self) -> f64 {
+        self.warmup_s + (f64::from(self.repeats + 2) * self.launch_s).max(self.hold_s)
     }
 
     /// Whether one more measurement fits.
     fn fits(&self) -> bool {
-        let need = self.warmup_s + f64::from(self.repeats + 2) * self.launch_s;
-        Instant::now() + Duration::from_secs_f64(need) <= self.deadline
+        Instant::now() + Duration::from_secs_f64(self.need_s()) <= self.deadline
+    }
+
+    /// Whether the timed launches of a measurement are done: `n` of them taken, `held_s`
+    /// seconds since they began.
+    fn done(&self, n: u32, held_s: f64) -> bool {
+        n >= self.repeats && held_s >= self.hold_s
     }
 
     /// The warm-up for the next measurement.
@@ -285,6 +353,46 @@ impl Plan {
 
 /// Why a measurement did not happen: (what, why).
 type Skip = (String, String);
+
+/// What [`Bench::measure_clocked`] found.
+struct Measured {
+    /// Median seconds of one timed launch of `units`.
+    median_s: f64,
+    units: u64,
+    /// Seconds of each timed launch.
+    times: Vec<f64>,
+    sm_clock: Option<LaunchClock>,
+    clock_note: Option<String>,
+    window: (Instant, Instant),
+    settled_clock: Option<LaunchClock>,
+    settled_window: (Instant, Instant),
+}
+
+impl Measured {
+    /// The spread of the launches' rates, each doing `work` FLOP.
+    fn spread(&self, work: f64) -> Option<flops::Spread> {
+        let rates: Vec<f64> = self.times.iter().map(|&t| flops::rate(work, t)).collect();
+        flops::spread(&rates)
+    }
+
+    /// The row of a precision measured this way, at `rate` with `work` FLOP per launch.
+    fn result(self, precision: Precision, method: Method, rate: f64, work: f64) -> KernelResult {
+        KernelResult {
+            precision,
+            method,
+            flops_per_s: rate,
+            median_s: self.median_s,
+            repeats: self.times.len() as u32,
+            spread: self.spread(work),
+            sm_clock: self.sm_clock,
+            clock_note: self.clock_note,
+            window: self.window,
+            settled_clock: self.settled_clock,
+            settled_window: self.settled_window,
+            shape: None,
+        }
+    }
+}
 
 struct Bench<'g> {
     gpu: &'g Gpu,
@@ -315,8 +423,21 @@ impl Bench<'_> {
         &self,
         probe: u64,
         max: u64,
-        mut enqueue: impl FnMut(u64) -> Result<(), String>,
+        enqueue: impl FnMut(u64) -> Result<(), String>,
     ) -> Result<(f64, u64), String> {
+        self.measure_clocked(probe, max, enqueue, || Err(String::new()))
+            .map(|m| (m.median_s, m.units))
+    }
+
+    /// [`Bench::measure`] for our kernels: after each timed launch (outside its timing),
+    /// `read_clock` reads the clock the launch's blocks stamped.
+    fn measure_clocked(
+        &self,
+        probe: u64,
+        max: u64,
+        mut enqueue: impl FnMut(u64) -> Result<(), String>,
+        mut read_clock: impl FnMut() -> Result<LaunchClock, String>,
+    ) -> Result<Measured, String> {
         let ctx = &self.gpu.ctx;
         let stream = &self.gpu.stream;
         let timing = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
@@ -332,15 +453,48 @@ impl Bench<'_> {
         timed(probe)?;
         let t = timed(probe)?;
         let units = flops::scale_to(probe, t, self.plan.launch_s, max);
-        let warm_until = Instant::now() + self.plan.warmup();
+        let began = Instant::now();
+        let warm_until = began + self.plan.warmup();
         while Instant::now() < warm_until {
             timed(units)?;
         }
-        let times = (0..self.plan.repeats)
-            .map(|_| timed(units))
-            .collect::<Result<Vec<_>, _>>()?;
+        // Each timed launch: (when it was queued, seconds, its clock).
+        let mut launches: Vec<(Instant, f64, Option<LaunchClock>)> = Vec::new();
+        let mut clock_note = None;
+        let timed_from = Instant::now();
+        while !self
+            .plan
+            .done(launches.len() as u32, timed_from.elapsed().as_secs_f64())
+        {
+            let at = Instant::now();
+            let t = timed(units)?;
+            let clock = match read_clock() {
+                Ok(c) => Some(c),
+                Err(why) => {
+                    clock_note = Some(why);
+                    None
+                }
+            };
+            launches.push((at, t, clock));
+        }
+        let ended = Instant::now();
+        let times: Vec<f64> = launches.iter().map(|l| l.1).collect();
         let median = flops::median(&times).ok_or("no valid timings")?;
-        Ok((median, units))
+        let clocks: Vec<LaunchClock> = launches.iter().filter_map(|l| l.2).collect();
+        let sm_clock = clock_stamps::median_launch(&clocks);
+        // The last third of the launches: what the row settled at.
+        let last = &launches[launches.len() - launches.len().div_ceil(3)..];
+        let settled: Vec<LaunchClock> = last.iter().filter_map(|l| l.2).collect();
+        Ok(Measured {
+            median_s: median,
+            units,
+            times,
+            sm_clock,
+            clock_note: clock_note.filter(|_| sm_clock.is_none()),
+            window: (began, ended),
+            settled_clock: clock_stamps::median_launch(&settled),
+            settled_window: (last[0].0, ended),
+        })
     }
 }
 
@@ -409,7 +563,7 @@ mod tests {
         }
         let r = run(&BenchOptions {
             device: 0,
-            quick: true,
+            pace: Pace::Quick,
         });
         assert!(matches!(r, Err(BenchError::NoDriver(_))), "{r:?}");
     }
@@ -436,16 +590,35 @@ mod tests {
 
     #[test]
     fn plans_fit_their_budgets() {
-        for quick in [true, false] {
-            let p = Plan::new(quick);
+        for pace in [Pace::Quick, Pace::Normal] {
+            let p = Plan::new(pace);
             // Roughly 20 measurements must fit the budget.
-            let per = p.warmup_s + f64::from(p.repeats + 2) * p.launch_s;
+            let per = p.need_s();
             assert!(
                 p.first_warmup_s + 20.0 * per < 0.7 * p.budget_s,
-                "quick={quick}: {per} s each"
+                "{pace:?}: {per} s each"
             );
             assert!(p.fits());
+            // A measurement is its repeats, however short.
+            assert!(!p.done(p.repeats - 1, 100.0) && p.done(p.repeats, 0.0));
         }
+    }
+
+    /// Issue 18, item 4: a sustained run shares its duration among its rows, each holding its
+    /// load for its share (not just a few launches), and all of them fit.
+    #[test]
+    fn issue_18_sustained_plans_hold_each_row() {
+        let p = Plan::new(Pace::Sustained(Duration::from_secs(60)));
+        assert!((p.hold_s - 2.5).abs() < 1e-9, "{}", p.hold_s);
+        assert!(!p.done(1000, 2.0), "2 s of a 2.5 s hold");
+        assert!(!p.done(3, 10.0), "too few launches");
+        assert!(p.done(7, 2.5));
+        // Every row's share, with its warm-up, fits the budget with the first warm-up.
+        assert!(p.first_warmup_s + SUSTAINED_ROWS * p.need_s() <= p.budget_s);
+        // And the budget is about the duration asked for, not ten times it.
+        assert!(p.budget_s < 60.0 * 1.5 + 10.0);
+        let short = Plan::new(Pace::Sustained(Duration::from_secs(12)));
+        assert!(short.hold_s < p.hold_s && short.fits());
     }
 
     /// The whole benchmark on a real GPU: every kernel that can run here must pass its check.
@@ -457,7 +630,7 @@ mod tests {
     fn bench_on_a_real_gpu() {
         let (report, notes) = run_with_notes(&BenchOptions {
             device: 0,
-            quick: false,
+            pace: Pace::Normal,
         })
         .expect("bench");
         println!(
@@ -474,8 +647,19 @@ mod tests {
             let pct = peak.map_or(String::new(), |pk| {
                 format!("{:5.1}% of datasheet", 100.0 * r.flops_per_s / pk)
             });
+            let clock = r.sm_clock.map_or_else(
+                || r.clock_note.clone().unwrap_or_default(),
+                |c| {
+                    format!(
+                        " at {:.0} MHz (blocks {:.0}-{:.0})",
+                        c.hz / 1e6,
+                        c.min_hz / 1e6,
+                        c.max_hz / 1e6
+                    )
+                },
+            );
             println!(
-                "{:<12} {:<8} {:9.1} TFLOP/s {pct}",
+                "{:<12} {:<8} {:9.1} TFLOP/s {pct}{clock}",
                 r.precision.as_str(),
                 r.method.as_str(),
                 r.flops_per_s / 1e12
@@ -500,6 +684,15 @@ mod tests {
             .filter(|(_, why)| why.contains("verification"))
             .collect();
         assert!(failed.is_empty(), "{failed:?}");
+        // Every row of our kernels has the clock its own blocks measured.
+        for r in report.results.iter().filter(|r| r.method == Method::Kernel) {
+            assert!(
+                r.sm_clock.is_some(),
+                "{} kernel: {:?}",
+                r.precision,
+                r.clock_note
+            );
+        }
         assert!(report
             .results
             .iter()

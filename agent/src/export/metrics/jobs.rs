@@ -163,7 +163,7 @@ pub(super) fn render_job(f: &mut Families, snap: &Snapshot, j: &JobRecord) {
         let labels = [("job_id", j.id.as_str()), ("source", source)];
         f.gauge(
             "gpucost_job_achieved_flops",
-            "FLOP/s the job achieves: from pipe activity x peaks (counters) or from the progress it reports (reported).",
+            "FLOP/s the job achieves: from pipe activity x SMs x FLOP per clock per SM x the SM clock (counters) or from the progress it reports (reported).",
             &labels,
             achieved,
         );

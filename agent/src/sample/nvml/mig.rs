@@ -80,6 +80,7 @@ pub(super) fn instances(
     index: u32,
     parent_uuid: &str,
     model: &str,
+    compute_capability: Option<(u32, u32)>,
     d: &Device<'_>,
 ) -> Vec<(GpuStatic, Unit)> {
     let max = match d.mig_device_count() {
@@ -137,6 +138,14 @@ pub(super) fn instances(
                 uuid,
                 model: model.to_string(),
                 mig: Some(slice.clone()),
+                compute_capability,
+                // The instance's own SMs (`nvmlDeviceGetAttributes_v2` answers for MIG device
+                // handles only): a 1g slice of an H100 has 16 of the board's 132, not 1/7.
+                sm_count: m
+                    .attributes()
+                    .ok()
+                    .map(|a| a.multiprocessor_count)
+                    .filter(|n| *n > 0),
             },
             Unit::Mig { position, slice },
         ));

@@ -210,6 +210,20 @@ fn describe_open_error(e: &NvmlError) -> String {
     }
 }
 
+/// The GPU's CUDA compute capability, where NVML reports it.
+fn compute_capability(d: &nvml_wrapper::Device<'_>) -> Option<(u32, u32)> {
+    let c = d.cuda_compute_capability().ok()?;
+    Some((u32::try_from(c.major).ok()?, u32::try_from(c.minor).ok()?))
+}
+
+/// A whole GPU's SMs: NVML has no call for them, but reports its CUDA cores (FP32 lanes), a
+/// whole number of SMs of its architecture. `None` for an architecture without per-SM rates
+/// here, or a count that does not divide.
+fn sms(d: &nvml_wrapper::Device<'_>, cc: Option<(u32, u32)>) -> Option<u32> {
+    let arch = gpucost_hw::Arch::from_compute_capability(cc?)?;
+    arch.sms_of_cuda_cores(d.num_cores().ok()?)
+}
+
 /// Turns one field's result into a value, noting why it is missing. A lost GPU aborts the whole
 /// reading: nothing else on it will answer.
 fn field<T>(
@@ -259,10 +273,12 @@ impl Backend for NvmlBackend {
                 ),
                 Err(_) => (format!("unknown-{index}"), "unknown".to_string()),
             };
+            let compute_capability = device.as_ref().ok().and_then(compute_capability);
             // A GPU in MIG mode is billed as its GPU instances (`mig.rs`).
             let instances = match &device {
                 Ok(d) if mig::mig_on(d) == Some(true) => {
-                    let found = mig::instances(&self.nvml, index, &uuid, &model, d);
+                    let found =
+                        mig::instances(&self.nvml, index, &uuid, &model, compute_capability, d);
                     if found.is_empty() {
                         self.mig_without_instances.insert(index);
                     }
@@ -272,11 +288,17 @@ impl Backend for NvmlBackend {
             };
             if instances.is_empty() {
                 self.units.insert(index, Unit::Whole { nvml_index: index });
+                let sm_count = device
+                    .as_ref()
+                    .ok()
+                    .and_then(|d| sms(d, compute_capability));
                 gpus.push(GpuStatic {
                     index,
                     uuid,
                     model,
                     mig: None,
+                    compute_capability,
+                    sm_count,
                 });
                 continue;
             }
