@@ -10,7 +10,8 @@
 // a^n * j + b * (a^n - 1) / (a - 1), which is j + n * b for a = 1. With a = 1, b = 1 and small n
 // every value is an exact small integer in every format, so the check is exact.
 //
-// No #include: NVRTC compiles this file alone, without the CUDA headers. The packed half
+// No #include: NVRTC compiles this file alone, without the CUDA headers; the registry puts
+// clocks.cuh (the clock stamps: clock_start, clock_end) in front of it. The packed half
 // instructions are written in PTX for the same reason.
 
 #if __CUDA_ARCH__ < 800
@@ -20,38 +21,6 @@
 #define CHAINS 8
 #define UNROLL 32
 #define THREADS 256
-
-// The clock this launch ran at, measured by the SMs themselves: thread 0 of each block stores
-// %clock64 (the SM's cycle counter) and %globaltimer (nanoseconds) when the block starts, and
-// again once all its threads are done, in clocks[4 * block + {0, 1, 2, 3}] = cycles at start,
-// cycles at end, ns at start, ns at end. The host divides cycles by nanoseconds. The start is
-// stored at once, so nothing stays live in registers across the timed loop.
-__device__ __forceinline__ unsigned long long sm_cycles() {
-    unsigned long long c;
-    asm volatile("mov.u64 %0, %%clock64;" : "=l"(c));
-    return c;
-}
-
-__device__ __forceinline__ unsigned long long global_ns() {
-    unsigned long long t;
-    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-    return t;
-}
-
-__device__ __forceinline__ void clock_start(unsigned long long* __restrict__ clocks) {
-    if (threadIdx.x == 0) {
-        clocks[4 * blockIdx.x] = sm_cycles();
-        clocks[4 * blockIdx.x + 2] = global_ns();
-    }
-}
-
-__device__ __forceinline__ void clock_end(unsigned long long* __restrict__ clocks) {
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        clocks[4 * blockIdx.x + 1] = sm_cycles();
-        clocks[4 * blockIdx.x + 3] = global_ns();
-    }
-}
 
 extern "C" __global__ void __launch_bounds__(THREADS)
 fma_f64(double* __restrict__ out, double a, double b, int iters,

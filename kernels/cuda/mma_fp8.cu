@@ -6,7 +6,8 @@
 // while the other modules are built with CUDA 12.2 (PTX ISA 8.2) so that R535 drivers load
 // them; this module's PTX needs an R550 or newer driver.
 //
-// No #include: NVRTC compiles this file alone, without the CUDA headers.
+// No #include: NVRTC compiles this file alone, without the CUDA headers; the registry puts
+// clocks.cuh (the clock stamps: clock_start, clock_end) in front of it.
 
 #if __CUDA_ARCH__ < 890
 #error "mma_fp8.cu needs sm_89 or newer (mma.sync on e4m3)"
@@ -16,38 +17,6 @@
 #define STEPS 16
 #define THREADS 256
 #define TILE_N (8 * NACC)
-
-// The clock this launch ran at, measured by the SMs themselves: thread 0 of each block stores
-// %clock64 (the SM's cycle counter) and %globaltimer (nanoseconds) when the block starts, and
-// again once all its threads are done, in clocks[4 * block + {0, 1, 2, 3}] = cycles at start,
-// cycles at end, ns at start, ns at end. The host divides cycles by nanoseconds. The start is
-// stored at once, so nothing stays live in registers across the timed loop.
-__device__ __forceinline__ unsigned long long sm_cycles() {
-    unsigned long long c;
-    asm volatile("mov.u64 %0, %%clock64;" : "=l"(c));
-    return c;
-}
-
-__device__ __forceinline__ unsigned long long global_ns() {
-    unsigned long long t;
-    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-    return t;
-}
-
-__device__ __forceinline__ void clock_start(unsigned long long* __restrict__ clocks) {
-    if (threadIdx.x == 0) {
-        clocks[4 * blockIdx.x] = sm_cycles();
-        clocks[4 * blockIdx.x + 2] = global_ns();
-    }
-}
-
-__device__ __forceinline__ void clock_end(unsigned long long* __restrict__ clocks) {
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        clocks[4 * blockIdx.x + 1] = sm_cycles();
-        clocks[4 * blockIdx.x + 3] = global_ns();
-    }
-}
 
 __device__ __forceinline__ void mma_e4m3(float (&c)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
     asm volatile(

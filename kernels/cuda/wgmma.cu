@@ -28,7 +28,8 @@
 // After `iters` iterations D = iters * WG_STEPS * (A x B). `clocks` gets each block's cycle
 // and nanosecond stamps (below).
 //
-// No #include: NVRTC compiles this file alone, without the CUDA headers.
+// No #include: NVRTC compiles this file alone, without the CUDA headers; the registry puts
+// clocks.cuh (the clock stamps: clock_start, clock_end) in front of it.
 
 #if !defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #error "wgmma.cu needs the sm_90a target (compute_90a): wgmma exists only there"
@@ -38,38 +39,6 @@
 #define THREADS 384
 #define TILE_M 64
 #define TILE_N 256
-
-// The clock this launch ran at, measured by the SMs themselves: thread 0 of each block stores
-// %clock64 (the SM's cycle counter) and %globaltimer (nanoseconds) when the block starts, and
-// again once all its threads are done, in clocks[4 * block + {0, 1, 2, 3}] = cycles at start,
-// cycles at end, ns at start, ns at end. The host divides cycles by nanoseconds. The start is
-// stored at once, so nothing stays live in registers across the timed loop.
-__device__ __forceinline__ unsigned long long sm_cycles() {
-    unsigned long long c;
-    asm volatile("mov.u64 %0, %%clock64;" : "=l"(c));
-    return c;
-}
-
-__device__ __forceinline__ unsigned long long global_ns() {
-    unsigned long long t;
-    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-    return t;
-}
-
-__device__ __forceinline__ void clock_start(unsigned long long* __restrict__ clocks) {
-    if (threadIdx.x == 0) {
-        clocks[4 * blockIdx.x] = sm_cycles();
-        clocks[4 * blockIdx.x + 2] = global_ns();
-    }
-}
-
-__device__ __forceinline__ void clock_end(unsigned long long* __restrict__ clocks) {
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        clocks[4 * blockIdx.x + 1] = sm_cycles();
-        clocks[4 * blockIdx.x + 3] = global_ns();
-    }
-}
 
 // The wgmma instructions, register-A / shared-B ("RS") form, scale-d = 1 (D += A x B), no
 // negation, B not transposed (K-major). Operands %0-%127: the accumulator fragment; %128-%131:

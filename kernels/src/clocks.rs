@@ -1,6 +1,6 @@
 //! The SM clock a kernel ran at, from the stamps its blocks write (`clock_start` and
-//! `clock_end` in the `.cu` files): each block's `%clock64` cycles over its `%globaltimer`
-//! nanoseconds. Pure: no GPU.
+//! `clock_end` in `kernels/cuda/clocks.cuh`, put in front of each compute module): each
+//! block's `%clock64` cycles over its `%globaltimer` nanoseconds. Pure: no GPU.
 //!
 //! NVML reads the clock at an instant, and the clock of a whole run averaged over every
 //! kernel says little of any one of them; these stamps are the clock each launch had, taken by

@@ -375,7 +375,10 @@ pub static MODULES: [Module; 6] = [
     Module {
         id: ModuleId::Fma,
         name: "fma",
-        source: include_str!("../cuda/fma.cu"),
+        source: concat!(
+            include_str!("../cuda/clocks.cuh"),
+            include_str!("../cuda/fma.cu")
+        ),
         toolchain: Toolchain::Cuda12_2,
         min_cc: (8, 0),
         avoid: &[],
@@ -415,7 +418,10 @@ pub static MODULES: [Module; 6] = [
     Module {
         id: ModuleId::Mma,
         name: "mma",
-        source: include_str!("../cuda/mma.cu"),
+        source: concat!(
+            include_str!("../cuda/clocks.cuh"),
+            include_str!("../cuda/mma.cu")
+        ),
         toolchain: Toolchain::Cuda12_2,
         min_cc: (8, 0),
         avoid: &[],
@@ -461,7 +467,10 @@ pub static MODULES: [Module; 6] = [
     Module {
         id: ModuleId::MmaFp8,
         name: "mma_fp8",
-        source: include_str!("../cuda/mma_fp8.cu"),
+        source: concat!(
+            include_str!("../cuda/clocks.cuh"),
+            include_str!("../cuda/mma_fp8.cu")
+        ),
         toolchain: Toolchain::Cuda12_4,
         min_cc: (8, 9),
         // Hopper has no FP8 mma.sync: ptxas turns it into conversions and FP16 HMMA.
@@ -489,7 +498,10 @@ pub static MODULES: [Module; 6] = [
     Module {
         id: ModuleId::Wgmma,
         name: "wgmma",
-        source: include_str!("../cuda/wgmma.cu"),
+        source: concat!(
+            include_str!("../cuda/clocks.cuh"),
+            include_str!("../cuda/wgmma.cu")
+        ),
         toolchain: Toolchain::Cuda12_2,
         min_cc: (9, 0),
         avoid: &[],
@@ -530,7 +542,10 @@ pub static MODULES: [Module; 6] = [
     Module {
         id: ModuleId::Dmma,
         name: "dmma",
-        source: include_str!("../cuda/dmma.cu"),
+        source: concat!(
+            include_str!("../cuda/clocks.cuh"),
+            include_str!("../cuda/dmma.cu")
+        ),
         toolchain: Toolchain::Cuda12_2,
         min_cc: (9, 0),
         avoid: &[],
