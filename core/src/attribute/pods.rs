@@ -124,48 +124,74 @@ pub struct PodMeta {
     pub ending: Option<PodEnding>,
 }
 
-/// Operators that put the name of the resource above the pod's controller on the pod itself:
-/// (kind label, name label) or (kind, name label). A pod of a RayJob is owned by its
-/// RayCluster, a pod of a JobSet by one of its Jobs; the label names the training job.
-/// KubeRay labels what a RayJob creates `ray.io/originated-from-crd` = `RayJob` and
-/// `ray.io/originated-from-cr-name` = its name (KubeRay's `utils/constant.go`); JobSet labels
-/// its pods `jobset.sigs.k8s.io/jobset-name` (JobSet's API reference).
-const OWNER_LABELS: [(OwnerKind, &str); 2] = [
-    (
-        OwnerKind::Label("ray.io/originated-from-crd"),
-        "ray.io/originated-from-cr-name",
-    ),
-    (OwnerKind::Fixed("JobSet"), "jobset.sigs.k8s.io/jobset-name"),
+/// Operators that put the name of the resource above the pod's controller on the pod itself.
+/// A pod of a RayJob is owned by its RayCluster, a pod of a JobSet by one of its Jobs; the label
+/// names the training job. KubeRay labels what a RayJob (or RayService) creates
+/// `ray.io/originated-from-crd` = its kind and `ray.io/originated-from-cr-name` = its name
+/// (KubeRay's `utils/constant.go`); JobSet labels its pods `jobset.sigs.k8s.io/jobset-name`
+/// (JobSet's API reference).
+///
+/// Anyone who may create pods in a namespace may write these labels, so a label counts only on
+/// a pod whose controller is what that operator creates (a RayCluster, a Job), and a kind only
+/// when it is one the operator has: a bare pod cannot join another team's job by a label.
+const OPERATOR_LABELS: [OperatorLabel; 2] = [
+    OperatorLabel {
+        controller: "RayCluster",
+        kind: KindFrom::Label("ray.io/originated-from-crd", &["RayJob", "RayService"]),
+        name: "ray.io/originated-from-cr-name",
+    },
+    OperatorLabel {
+        controller: "Job",
+        kind: KindFrom::Fixed("JobSet"),
+        name: "jobset.sigs.k8s.io/jobset-name",
+    },
 ];
 
-#[derive(Debug, Clone, Copy)]
-enum OwnerKind {
-    /// The kind is this label's value.
-    Label(&'static str),
+struct OperatorLabel {
+    /// The kind of the pod's controller the operator creates.
+    controller: &'static str,
+    kind: KindFrom,
+    /// The label holding the top resource's name.
+    name: &'static str,
+}
+
+enum KindFrom {
+    /// The kind is this label's value, one of these.
+    Label(&'static str, &'static [&'static str]),
     Fixed(&'static str),
 }
 
 impl PodMeta {
     /// The workload the pod belongs to: an operator's label naming the top resource
-    /// ([`OWNER_LABELS`]), else its controller. `None` for a bare pod.
+    /// ([`OPERATOR_LABELS`]), else its controller. `None` for a bare pod.
     pub fn owner(&self) -> Option<PodOwner> {
-        for (kind, name_label) in OWNER_LABELS {
-            let Some(name) = self.labels.get(name_label).filter(|n| !n.is_empty()) else {
+        let controller = self.controller.as_ref()?;
+        for op in &OPERATOR_LABELS {
+            if controller.kind != op.controller {
+                continue;
+            }
+            let Some(name) = self.labels.get(op.name).filter(|n| !n.is_empty()) else {
                 continue;
             };
-            let kind = match kind {
-                OwnerKind::Label(l) => match self.labels.get(l).filter(|k| !k.is_empty()) {
-                    Some(k) => k.as_str(),
-                    None => continue,
-                },
-                OwnerKind::Fixed(k) => k,
+            let kind = match op.kind {
+                KindFrom::Label(label, kinds) => {
+                    match self
+                        .labels
+                        .get(label)
+                        .filter(|k| kinds.contains(&k.as_str()))
+                    {
+                        Some(k) => k.as_str(),
+                        None => continue,
+                    }
+                }
+                KindFrom::Fixed(k) => k,
             };
             return Some(PodOwner {
                 kind: kind.to_string(),
                 name: name.clone(),
             });
         }
-        self.controller.clone()
+        Some(controller.clone())
     }
 
     /// The id of the job the pod belongs to: `namespace/kind/name` of its owner (lower-case
@@ -446,6 +472,41 @@ mod tests {
         j.labels
             .insert("jobset.sigs.k8s.io/jobset-name".into(), "js".into());
         assert_eq!(j.job_id(), "ml/jobset/js");
+    }
+
+    /// Anyone who may create pods may label them: a label joins a pod to another job only
+    /// where the operator that writes it made the pod's controller, and only with a kind that
+    /// operator has.
+    #[test]
+    fn an_operators_label_on_a_pod_it_did_not_make_is_ignored() {
+        let mut bare = pod("sneaky");
+        bare.labels
+            .insert("jobset.sigs.k8s.io/jobset-name".into(), "their-run".into());
+        bare.labels
+            .insert("ray.io/originated-from-crd".into(), "RayJob".into());
+        bare.labels.insert(
+            "ray.io/originated-from-cr-name".into(),
+            "their-rayjob".into(),
+        );
+        assert_eq!(bare.job_id(), "ml/sneaky", "a bare pod stays its own job");
+        let mut deployed = bare.clone();
+        deployed.controller = Some(PodOwner {
+            kind: "ReplicaSet".into(),
+            name: "web-7d9f".into(),
+        });
+        assert_eq!(deployed.job_id(), "ml/replicaset/web-7d9f");
+        let mut odd_kind = pod("w");
+        odd_kind.controller = Some(PodOwner {
+            kind: "RayCluster".into(),
+            name: "rc".into(),
+        });
+        odd_kind
+            .labels
+            .insert("ray.io/originated-from-crd".into(), "Job".into());
+        odd_kind
+            .labels
+            .insert("ray.io/originated-from-cr-name".into(), "x".into());
+        assert_eq!(odd_kind.job_id(), "ml/raycluster/rc");
     }
 
     #[test]
