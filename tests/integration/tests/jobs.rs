@@ -363,7 +363,7 @@ fn kill_9_mid_job_then_restart_resumes_without_going_back() {
 
 #[test]
 fn report_reads_the_agents_ledger() {
-    let agent = Agent::start(&["--simulate", "demo"], FAST);
+    let mut agent = Agent::start(&["--simulate", "demo"], FAST);
     for (team, code) in [("nlp", "0"), ("nlp", "2"), ("vision", "0")] {
         let label = format!("team={team}");
         let out = gpucost(
@@ -433,6 +433,10 @@ fn report_reads_the_agents_ledger() {
     assert!(lines[0].starts_with("id,"), "{csv}");
     assert!(lines[1].starts_with("41871,"), "{csv}");
 
+    // The two break-even reports below must read the same ledger: a running agent adds GPU
+    // time between them (it persists every 100 ms here), so it is stopped first (its last
+    // persist on SIGTERM).
+    assert!(agent.terminate().success());
     // The demo's GPUs are H100s priced in the example config: break-even is computable.
     let (code, be, err) = report(&[
         "--breakeven",
