@@ -39,10 +39,7 @@ cargo fmt --all -- --check
 step "lints"
 cargo clippy --workspace --all-targets --locked --quiet -- -D warnings
 step "tests"
-# Six tests at a time in each test binary (the default is one per core): most integration tests
-# wait on an agent's sampling cycles rather than compute, so on two cores this halves their time
-# (agent.rs and mig.rs: 107 s -> 43 s).
-cargo test --workspace --locked -- --test-threads=6
+cargo test --workspace --locked
 step "python package"
 # python/ against the agent just built, in a virtual environment under target/ with the pinned
 # test requirements (installed again only when they change); the package itself is rebuilt and
